@@ -1,0 +1,3 @@
+from lsl_core.cli import main
+
+raise SystemExit(main())

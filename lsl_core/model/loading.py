@@ -1,0 +1,277 @@
+"""Checkpoint manifests (JSON) -> LSLM. The embedded default and users' 7B checkpoints share this path.
+
+A manifest (`manifest.json`) names every part; relative paths are resolved against its folder:
+
+    {"name": "lora-step400", "family": "smollm2-135m+whisper-tiny.en", "strategy": "lora", "step": 400,
+     "llm": "embedded:smollm2-135m-instruct" | "<hub id>" | "<path>",
+     "encoder": "embedded:whisper-tiny.en" | "<hub id>" | "<path>",
+     "adaptor": "adaptor.safetensors", "lora": "lora", "downsample": 5,
+     "prompt": {"kind": "chat", "system": "..."}}
+
+A folder of manifests (searched recursively) is a model zoo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from lsl_core.errors import ManifestError, ModelLoadError
+from lsl_core.model.adaptor import Adaptor, AdaptorConfig
+from lsl_core.model.prompt import PromptTemplate
+
+Strategy = Literal["none", "frozen", "lora", "full"]
+STRATEGIES = ("none", "frozen", "lora", "full")
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class CheckpointManifest:
+    name: str  # display name, unique within a zoo
+    llm: str  # hub id, local folder, or "embedded:smollm2-135m-instruct"
+    encoder: str  # hub id, local folder, or "embedded:whisper-tiny.en"
+    family: str = ""  # groups checkpoints for R² fits (e.g. backbone + encoder)
+    strategy: Strategy = "lora"  # none: untrained adaptor; frozen: adaptor only; lora; full
+    step: int = 0  # training step of this checkpoint
+    adaptor: str | None = None  # adaptor safetensors (None only for strategy "none")
+    lora: str | None = None  # peft adapter folder (adapter_config.json + adapter_model.safetensors)
+    downsample: int = 5  # frames stacked by the adaptor
+    adaptor_hidden: int | None = None  # adaptor MLP width; None -> LLM width
+    prompt: dict = field(default_factory=dict)  # PromptTemplate fields
+    seed: int = 0  # init seed of the adaptor for strategy "none"
+    trust_remote_code: bool = False  # opt-in only: runs code from the checkpoint
+    root: str = ""  # folder the relative paths resolve against (set by read_manifest)
+    extra: dict = field(default_factory=dict)  # free-form metadata (training config, metrics)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ManifestError(f"manifest field 'strategy' must be one of {STRATEGIES}, got {self.strategy!r}.")
+        if not self.name:
+            raise ManifestError("manifest field 'name' is empty; give the checkpoint a name.")
+        if self.strategy != "none" and not self.adaptor:
+            raise ManifestError(f"manifest '{self.name}': field 'adaptor' is required for strategy '{self.strategy}'.")
+        if self.strategy == "lora" and not self.lora:
+            raise ManifestError(f"manifest '{self.name}': strategy 'lora' needs field 'lora' (a peft adapter folder).")
+        if int(self.downsample) <= 0:
+            raise ManifestError(f"manifest '{self.name}': 'downsample' must be a positive integer.")
+
+    def path(self, rel: str | None) -> Path | None:
+        """Resolve a manifest path relative to its folder."""
+        if rel is None:
+            return None
+        p = Path(rel)
+        return p if p.is_absolute() else Path(self.root) / p
+
+    def template(self) -> PromptTemplate:
+        try:
+            return PromptTemplate(**self.prompt)
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"manifest '{self.name}': bad 'prompt' field ({exc}).") from None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("root")
+        return d
+
+
+def read_manifest(path: str | Path) -> CheckpointManifest:
+    """Parse a manifest file (or a folder holding manifest.json)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MANIFEST_NAME
+    if not p.is_file():
+        raise ManifestError(f"Checkpoint manifest not found: {p}. Point to a manifest.json or its folder.")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"Manifest {p} is not valid JSON ({exc}).") from None
+    known = set(CheckpointManifest.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ManifestError(f"Manifest {p} has unknown field(s) {unknown}; known fields: {sorted(known - {'root'})}.")
+    missing = [k for k in ("name", "llm", "encoder") if k not in data]
+    if missing:
+        raise ManifestError(f"Manifest {p} lacks required field(s) {missing}.")
+    data["root"] = str(p.parent.resolve())
+    return CheckpointManifest(**data)
+
+
+def write_manifest(m: CheckpointManifest, folder: str | Path) -> Path:
+    """Write `manifest.json` into folder (paths inside should be relative to it)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / MANIFEST_NAME
+    out.write_text(json.dumps(m.to_json(), indent=2) + "\n")
+    return out
+
+
+def list_zoo(folder: str | Path) -> list[CheckpointManifest]:
+    """All readable manifests under a folder, sorted by (family, strategy, step); bad ones are skipped."""
+    found = []
+    for p in sorted(Path(folder).rglob(MANIFEST_NAME)):
+        try:
+            found.append(read_manifest(p))
+        except ManifestError:
+            continue
+    return sorted(found, key=lambda m: (m.family, m.strategy, m.step, m.name))
+
+
+def manifest_digest(m: CheckpointManifest) -> str:
+    """Identity of a checkpoint's weights for cache keys: manifest + adaptor/LoRA file bytes."""
+    h = hashlib.sha256(json.dumps(m.to_json(), sort_keys=True).encode())
+    for rel in (m.adaptor, m.lora):
+        p = m.path(rel)
+        if p is None or not p.exists():
+            continue
+        files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+        for f in files:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- device / dtype
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA, float32 on CPU (metrics are always computed in float32)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+# --------------------------------------------------------------------------- parts
+def _resolve_model_ref(ref: str, root: str, what: str) -> str | Path:
+    """embedded:* -> cached folder; existing relative/absolute path -> Path; else a hub id."""
+    if ref.startswith("embedded:"):
+        from lsl_core.model.embedded import resolve_embedded
+
+        return resolve_embedded(ref)
+    p = Path(ref) if Path(ref).is_absolute() else Path(root) / ref
+    if p.exists():
+        return p
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise ManifestError(f"The {what} path '{ref}' does not exist (resolved to {p}). Fix the manifest path.")
+    return ref  # hub id
+
+
+def _allow_download() -> bool:
+    return os.environ.get("LSL_ALLOW_DOWNLOAD", "0") == "1" and os.environ.get("HF_HUB_OFFLINE", "0") != "1"
+
+
+def load_llm(ref: str | Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
+    """Causal LM + tokenizer from a local folder or hub id; safetensors only, offline unless allowed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local_only = not _allow_download()
+    try:
+        tok = AutoTokenizer.from_pretrained(ref, local_files_only=local_only, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            ref, dtype=dtype, local_files_only=local_only, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"Could not load LLM '{ref}'" + (" offline" if local_only else "") + f": {str(exc).splitlines()[0]} "
+            "Pass a local folder with config.json + *.safetensors, or a hub id already in the HF cache "
+            "(set LSL_ALLOW_DOWNLOAD=1 to allow downloads)."
+        ) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model.to(device).eval(), tok
+
+
+def load_adaptor(m: CheckpointManifest, enc_dim: int, llm_dim: int) -> Adaptor:
+    """Adaptor from safetensors (or a seeded random init for strategy 'none'); checks widths."""
+    from safetensors.torch import load_file
+
+    cfg = AdaptorConfig(enc_dim=enc_dim, llm_dim=llm_dim, stack=m.downsample, hidden=m.adaptor_hidden)
+    if m.adaptor is None:
+        torch.manual_seed(m.seed)
+        return Adaptor(cfg)
+    p = m.path(m.adaptor)
+    if not p.is_file():
+        raise ManifestError(f"manifest '{m.name}': adaptor weights not found at {p}. Fix 'adaptor' or re-train.")
+    state = load_file(str(p))
+    exp = {"fc1.weight": (cfg.hidden or llm_dim, enc_dim * m.downsample), "fc2.weight": (llm_dim, cfg.hidden or llm_dim)}
+    for k, shape in exp.items():
+        if k not in state:
+            raise ManifestError(f"manifest '{m.name}': adaptor file {p.name} has no tensor '{k}'.")
+        if tuple(state[k].shape) != shape:
+            raise ManifestError(
+                f"manifest '{m.name}': adaptor '{k}' has shape {tuple(state[k].shape)} but the encoder width "
+                f"{enc_dim} x downsample {m.downsample} and LLM width {llm_dim} need {shape}. "
+                "The adaptor was trained for another encoder/LLM or downsample factor."
+            )
+    adaptor = Adaptor(cfg)
+    adaptor.load_state_dict({k: v.float() for k, v in state.items()})
+    return adaptor
+
+
+def attach_lora(llm, m: CheckpointManifest):
+    """Wrap the LLM with the manifest's peft LoRA adapter (safetensors only)."""
+    from peft import PeftModel
+
+    p = m.path(m.lora)
+    if not (p and (p / "adapter_config.json").is_file()):
+        raise ManifestError(f"manifest '{m.name}': LoRA folder {p} lacks adapter_config.json. Fix 'lora'.")
+    if not (p / "adapter_model.safetensors").is_file():
+        raise ManifestError(
+            f"manifest '{m.name}': {p} has no adapter_model.safetensors; pickled adapters are not loaded. "
+            "Re-save the adapter with safe_serialization=True."
+        )
+    try:
+        return PeftModel.from_pretrained(llm, str(p), is_trainable=False).eval()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ManifestError(f"manifest '{m.name}': LoRA adapter at {p} does not fit the LLM ({exc}).") from None
+
+
+def load_checkpoint(manifest: str | Path | CheckpointManifest, *, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None):
+    """Build an LSLM from a manifest. Device defaults to CUDA if present; dtype bf16 on CUDA, else float32."""
+    from lsl_core.model.encoder import SpeechEncoder
+    from lsl_core.model.lslm import LSLM
+
+    m = manifest if isinstance(manifest, CheckpointManifest) else read_manifest(manifest)
+    dev = torch.device(device) if device is not None else default_device()
+    dt = dtype or default_dtype(dev)
+    llm_ref = _resolve_model_ref(m.llm, m.root, "LLM")
+    enc_ref = _resolve_model_ref(m.encoder, m.root, "encoder")
+    llm, tok = load_llm(llm_ref, dt, dev, m.trust_remote_code)
+    encoder = SpeechEncoder.from_pretrained(enc_ref, dtype=dt, device=dev)
+    llm_dim = llm.get_input_embeddings().weight.shape[1]
+    adaptor = load_adaptor(m, encoder.output_dim, llm_dim).to(dev, dt).eval()
+    if m.lora:
+        llm = attach_lora(llm, m)
+    asr_factory = _asr_factory(enc_ref, dev, dt)
+    return LSLM(encoder, adaptor, llm, tok, m.template(), name=m.name, digest=f"{manifest_digest(m)}-{dev.type}-{dt}"
+                .replace("torch.", ""), manifest=m.to_json(), asr_factory=asr_factory)
+
+
+def _asr_factory(enc_ref, device, dtype):
+    """A lazy Whisper ASR for the cascade when the encoder folder is a full Whisper model."""
+    cfg = Path(enc_ref) / "config.json" if isinstance(enc_ref, Path) else None
+    if cfg is None or not cfg.is_file() or "whisper" not in cfg.read_text().lower():
+        return None
+
+    def make():
+        from lsl_core.model.asr import WhisperASR
+
+        return WhisperASR.from_pretrained(enc_ref, device=device, dtype=dtype)
+
+    return make
+
+
+def default_checkpoint() -> Path:
+    """The app's default model: the latest shipped `lora` checkpoint, else the untrained embedded stack."""
+    from lsl_core.data.paths import assets_dir
+
+    zoo = [m for m in list_zoo(assets_dir() / "checkpoints") if m.strategy == "lora"]
+    if zoo:
+        return Path(max(zoo, key=lambda m: m.step).root)
+    return assets_dir() / "checkpoints" / "embedded-untrained"

@@ -1,0 +1,252 @@
+"""LSLM: speech encoder -> adaptor -> LLM backbone (optionally LoRA), one object for both modalities.
+
+Both modalities go through the same prompt: prefix embeddings + query + suffix embeddings, where the
+query is either the adaptor output for the audio (speech, Ts frames) or the token embeddings of the
+typed question (text, Tt tokens). One forward per modality with output_hidden_states gives every
+layer; only the query span is kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lsl_core.data.audio import TARGET_SR, prepare_audio
+from lsl_core.model.adaptor import Adaptor
+from lsl_core.model.prompt import PromptTemplate
+
+
+@dataclass
+class SpeechEmbedding:
+    """Adaptor output for one clip."""
+
+    embeds: torch.Tensor  # [Ts, d] on the model device/dtype
+    frame_times: np.ndarray  # [Ts] start time (s) of each adaptor frame
+    frame_seconds: float  # duration covered by one adaptor frame (N x 20 ms)
+
+
+@dataclass
+class TextEmbedding:
+    """Token embeddings of the typed question."""
+
+    embeds: torch.Tensor  # [Tt, d]
+    token_ids: list[int]
+    tokens: list[str]  # display strings, one per token
+
+
+@dataclass
+class PromptInputs:
+    """A full prompt as embeddings with the position of its query span."""
+
+    inputs_embeds: torch.Tensor  # [1, T, d]
+    span: slice  # query positions inside T
+    prompt_ids: list[int] | None = None  # token ids when the query is text (None for speech)
+
+
+@dataclass
+class HiddenStates:
+    """Per-layer states of the query span for both modalities (float32, CPU).
+
+    speech: [L+1, Ts, d]; text: [L+1, Tt, d]. Index 0 is the LLM input (adaptor output / token
+    embeddings); index L is after the model's final norm (as HF returns it) - marked in plots.
+    """
+
+    speech: torch.Tensor
+    text: torch.Tensor
+    frame_times: np.ndarray  # [Ts] seconds
+    frame_seconds: float
+    tokens: list[str]  # [Tt]
+    final_layer_normed: bool = True
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        """L (number of decoder layers); the tensors hold L+1 entries."""
+        return self.speech.shape[0] - 1
+
+
+class LSLM:
+    """An end-to-end speech LLM assembled from parts (see loading.load_checkpoint)."""
+
+    def __init__(
+        self,
+        encoder,  # lsl_core.model.encoder.SpeechEncoder
+        adaptor: Adaptor,
+        llm: nn.Module,
+        tokenizer,
+        template: PromptTemplate | None = None,
+        *,
+        name: str = "lslm",
+        digest: str = "",
+        manifest: dict | None = None,
+        asr_factory: Callable[[], object] | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.adaptor = adaptor
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.template = template or PromptTemplate()
+        self.name = name
+        self.digest = digest
+        self.manifest = manifest or {}
+        self._asr_factory = asr_factory
+        self._asr = None
+        # One generation/forward at a time per model: concurrent app sessions share this object.
+        self.lock = threading.RLock()
+        prefix, suffix = self.template.split(tokenizer)
+        self.prefix_ids: list[int] = tokenizer(prefix, add_special_tokens=False).input_ids
+        self.suffix_ids: list[int] = tokenizer(suffix, add_special_tokens=False).input_ids
+        d_llm = self.llm.get_input_embeddings().weight.shape[1]
+        assert adaptor.cfg.llm_dim == d_llm, "adaptor output width must equal the LLM width"
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    @property
+    def num_layers(self) -> int:
+        """L: decoder layers of the backbone (hidden_states has L+1 entries)."""
+        return len(self.decoder_layers())
+
+    def decoder_layers(self) -> nn.ModuleList:
+        """The backbone's decoder blocks; block l receives hidden_states[l] as input (l < L)."""
+        base = self.llm
+        if hasattr(base, "get_base_model"):  # peft wrapper
+            base = base.get_base_model()
+        inner = getattr(base, "model", base)
+        layers = getattr(inner, "layers", None)
+        if layers is None:
+            raise AttributeError(f"cannot find decoder layers on {type(base).__name__}")
+        return layers
+
+    # ----------------------------------------------------------------- embeddings
+    @torch.no_grad()
+    def embed_speech(self, audio: np.ndarray, sr: int) -> SpeechEmbedding:
+        """Audio (any sr, mono/stereo) -> adaptor output [Ts, d] with frame start times."""
+        wav = prepare_audio(audio, sr)
+        enc = self.encode_audio(wav)  # [Te, d_enc]
+        return self.adapt(enc)
+
+    @torch.no_grad()
+    def encode_audio(self, wav16k: np.ndarray) -> torch.Tensor:
+        """16 kHz mono audio -> encoder states of the real audio frames [Te, d_enc]."""
+        return self.encoder.encode(wav16k)
+
+    def adapt(self, enc: torch.Tensor) -> SpeechEmbedding:
+        """Encoder states [Te, d_enc] -> SpeechEmbedding (grad flows if enabled by caller)."""
+        x = enc.to(device=self.device, dtype=next(self.adaptor.parameters()).dtype)
+        emb = self.adaptor(x[None])[0].to(self.dtype)  # [Ts, d]
+        frame_seconds = self.adaptor.cfg.stack * self.encoder.frame_seconds
+        times = np.arange(emb.shape[0], dtype=np.float64) * frame_seconds
+        return SpeechEmbedding(emb, times, frame_seconds)
+
+    def token_embeddings(self, ids: Sequence[int]) -> torch.Tensor:
+        """Token ids [T] -> LLM input embeddings [T, d]."""
+        t = torch.tensor(list(ids), dtype=torch.long, device=self.device)
+        return self.llm.get_input_embeddings()(t)
+
+    @torch.no_grad()
+    def embed_text(self, question: str) -> TextEmbedding:
+        """Typed question -> token embeddings [Tt, d] (no special tokens)."""
+        q = question.strip()
+        if not q:
+            from lsl_core.errors import LSLError
+
+            raise LSLError("The question text is empty; type the question that the audio speaks.")
+        ids = self.tokenizer(q, add_special_tokens=False).input_ids
+        tokens = [self.tokenizer.decode([i]) for i in ids]
+        return TextEmbedding(self.token_embeddings(ids), ids, tokens)
+
+    def build_prompt(self, query_embeds: torch.Tensor, query_ids: Sequence[int] | None = None) -> PromptInputs:
+        """Wrap query embeddings [Tq, d] in the template -> inputs_embeds [1, T, d] + query span."""
+        pre = self.token_embeddings(self.prefix_ids)  # [Tp, d]
+        suf = self.token_embeddings(self.suffix_ids)  # [Tx, d]
+        x = torch.cat([pre, query_embeds.to(pre.dtype), suf], dim=0)[None]  # [1, Tp+Tq+Tx, d]
+        span = slice(len(self.prefix_ids), len(self.prefix_ids) + query_embeds.shape[0])
+        ids = None if query_ids is None else [*self.prefix_ids, *query_ids, *self.suffix_ids]
+        return PromptInputs(x, span, ids)
+
+    # ----------------------------------------------------------------- forward passes
+    @torch.no_grad()
+    def forward_states(self, prompt: PromptInputs) -> torch.Tensor:
+        """One forward; per-layer states of the query span as float32 CPU [L+1, Tq, d]."""
+        with self.lock:
+            out = self.llm(inputs_embeds=prompt.inputs_embeds, output_hidden_states=True, use_cache=False)
+        hs = torch.stack([h[0, prompt.span] for h in out.hidden_states])  # [L+1, Tq, d]
+        return hs.float().cpu()
+
+    @torch.no_grad()
+    def hidden_states(self, sample=None, *, audio: np.ndarray | None = None, sr: int | None = None,
+                      question: str | None = None) -> HiddenStates:
+        """Speech [L+1, Ts, d] and text [L+1, Tt, d] states of one spoken question and its transcript."""
+        if sample is not None:
+            audio, sr, question = sample.audio, sample.sr, sample.question
+        if audio is None or question is None or sr is None:
+            raise TypeError("hidden_states needs a Sample or audio=, sr= and question=")
+        sp = self.embed_speech(audio, sr)
+        tx = self.embed_text(question)
+        speech = self.forward_states(self.build_prompt(sp.embeds))
+        text = self.forward_states(self.build_prompt(tx.embeds, tx.token_ids))
+        return HiddenStates(speech, text, sp.frame_times, sp.frame_seconds, tx.tokens,
+                            meta={"model": self.name, "digest": self.digest})
+
+    # ----------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate_from_prompt(self, prompt: PromptInputs, max_new_tokens: int = 40,
+                             edit: ContextManager | None = None, **gen_kwargs) -> str:
+        """Greedy (deterministic) answer for a prompt; `edit` is an optional hook context (prefill edits)."""
+        kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        kwargs.update(gen_kwargs)
+        mask = torch.ones(prompt.inputs_embeds.shape[:2], dtype=torch.long, device=self.device)
+        with self.lock, (edit or nullcontext()):
+            out = self.llm.generate(inputs_embeds=prompt.inputs_embeds, attention_mask=mask, **kwargs)
+        return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+
+    def prompt_for(self, *, audio: np.ndarray | None = None, sr: int | None = None,
+                   text: str | None = None) -> PromptInputs:
+        """The prompt for exactly one modality."""
+        if (audio is None) == (text is None):
+            raise TypeError("pass exactly one of audio= (with sr=) or text=")
+        if audio is not None:
+            return self.build_prompt(self.embed_speech(audio, sr or TARGET_SR).embeds)
+        tx = self.embed_text(text)
+        return self.build_prompt(tx.embeds, tx.token_ids)
+
+    def generate(self, *, audio: np.ndarray | None = None, sr: int | None = None, text: str | None = None,
+                 max_new_tokens: int = 40, **gen_kwargs) -> str:
+        """Answer a spoken (audio=, sr=) or typed (text=) question; greedy by default."""
+        return self.generate_from_prompt(self.prompt_for(audio=audio, sr=sr, text=text), max_new_tokens, **gen_kwargs)
+
+    # ----------------------------------------------------------------- cascade
+    @property
+    def has_asr(self) -> bool:
+        return self._asr_factory is not None
+
+    def transcribe(self, audio: np.ndarray, sr: int) -> str:
+        """ASR transcript from the encoder's own decoder (Whisper), for the cascade baseline."""
+        if self._asr_factory is None:
+            from lsl_core.errors import ModelLoadError
+
+            raise ModelLoadError("This checkpoint's encoder has no ASR decoder; the cascade answer is unavailable.")
+        with self.lock:
+            if self._asr is None:
+                self._asr = self._asr_factory()
+            return self._asr.transcribe(prepare_audio(audio, sr))
+
+    def cascade(self, audio: np.ndarray, sr: int, max_new_tokens: int = 40) -> tuple[str, str]:
+        """(transcript, answer to the transcript) - the ASR -> LLM baseline."""
+        transcript = self.transcribe(audio, sr)
+        answer = self.generate(text=transcript, max_new_tokens=max_new_tokens) if transcript.strip() else ""
+        return transcript, answer
