@@ -143,6 +143,9 @@ class AnalysisCache:
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.root / f"{key}.npz", self.root / f"{key}.json"
 
+    def has(self, key: str) -> bool:
+        return all(p.is_file() for p in self._paths(key))
+
     def get(self, key: str) -> SampleAnalysis | None:
         npz, js = self._paths(key)
         if not (npz.is_file() and js.is_file()):
@@ -175,9 +178,11 @@ def analyze_sample(model, sample, options: AnalysisOptions = AnalysisOptions(), 
                    cache: AnalysisCache | None | Literal[False] = None) -> SampleAnalysis:
     """Hidden states of one sample -> SampleAnalysis (memory + disk cached; cache=False disables)."""
     key = sample_key(model, sample, options)
-    if key in _MEMORY and cache is not False:
-        return _MEMORY[key]
     disk = None if cache is False else (cache or AnalysisCache())
+    if key in _MEMORY and disk is not None:
+        if not disk.has(key):
+            disk.put(key, _MEMORY[key])
+        return _MEMORY[key]
     hit = disk.get(key) if disk else None
     if hit is not None:
         _remember(key, hit)

@@ -1,0 +1,118 @@
+"""`python -m lsl_core analyze`: checkpoint(s) x sample set -> per-sample metrics (Parquet) + aggregates (JSON).
+
+Scales out by sharding samples: every process takes samples i with i % num_shards == shard. The shard
+comes from --shard/--num-shards or from the launcher's RANK/WORLD_SIZE (torchrun, `accelerate launch`),
+and each shard writes its own file; `--merge` concatenates them.
+
+    python -m lsl_core analyze --checkpoint assets/checkpoints/... --samples sd-qa-mini --out results/a.parquet
+    torchrun --nproc-per-node 8 -m lsl_core analyze --zoo ckpts/ --samples voicebench:/data/sd-qa --out r.parquet
+    python -m lsl_core analyze --merge r.parquet
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def register(sub) -> None:
+    p = sub.add_parser("analyze", help="hidden-state alignment metrics for checkpoint(s) over a sample set",
+                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", action="append", default=[], help="manifest.json or its folder (repeatable)")
+    src.add_argument("--zoo", help="folder searched recursively for manifest.json files")
+    p.add_argument("--samples", default="sd-qa-mini", help="sample set spec: sd-qa-mini | voicebench:DIR | folder:DIR")
+    p.add_argument("--limit", type=int, default=0, help="analyze only the first N samples (0 = all)")
+    p.add_argument("--voice", default=None, help="only samples of this voice/accent")
+    p.add_argument("--out", default="results/analysis.parquet", help="output Parquet (aggregates go to .json beside it)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda if available)")
+    p.add_argument("--no-cka", action="store_true", help="skip per-sample cross-layer CKA")
+    p.add_argument("--shard", type=int, default=None, help="shard index (default: $RANK or 0)")
+    p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: $WORLD_SIZE or 1)")
+    p.add_argument("--merge", action="store_true", help="merge the shard files of --out and exit")
+    p.set_defaults(func=run)
+
+
+def shard_of(args) -> tuple[int, int]:
+    """(shard, num_shards) from flags or the distributed launcher's environment."""
+    n = args.num_shards if args.num_shards is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    i = args.shard if args.shard is not None else int(os.environ.get("RANK", "0"))
+    if not 0 <= i < n:
+        from lsl_core.errors import LSLError
+
+        raise LSLError(f"--shard must be in [0, {n}), got {i}.")
+    return i, n
+
+
+def shard_path(out: Path, i: int, n: int) -> Path:
+    return out if n == 1 else out.with_name(f"{out.stem}.shard-{i:03d}-of-{n:03d}{out.suffix}")
+
+
+def merge_shards(out: Path) -> Path:
+    """Concatenate `<stem>.shard-*-of-*.parquet` into `out`."""
+    import pandas as pd
+
+    from lsl_core.errors import LSLError
+
+    parts = sorted(out.parent.glob(f"{out.stem}.shard-*-of-*{out.suffix}"))
+    if not parts:
+        raise LSLError(f"No shard files like {out.stem}.shard-000-of-NNN{out.suffix} in {out.parent}.")
+    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    df.to_parquet(out, index=False)
+    print(f"merged {len(parts)} shards, {len(df)} rows -> {out}")
+    return out
+
+
+def run(args) -> int:
+    import pandas as pd
+    from tqdm import tqdm
+
+    from lsl_core.analysis import AnalysisOptions, analyze_set
+    from lsl_core.data.sets import load_sample_set
+    from lsl_core.errors import LSLError
+    from lsl_core.model.loading import default_checkpoint, list_zoo, load_checkpoint, read_manifest
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merge_shards(out)
+        return 0
+    shard, n_shards = shard_of(args)
+    if args.zoo:
+        manifests = list_zoo(args.zoo)
+        if not manifests:
+            raise LSLError(f"No manifest.json found under {args.zoo}.")
+    else:
+        manifests = [read_manifest(c) for c in (args.checkpoint or [default_checkpoint()])]
+    sset = load_sample_set(args.samples)
+    samples = list(sset.filter(voice=args.voice)) if args.voice else list(sset)
+    if args.limit:
+        samples = samples[: args.limit]
+    samples = samples[shard::n_shards]
+    options = AnalysisOptions(cka=not args.no_cka)
+    frames, aggregates = [], {}
+    for m in manifests:
+        model = load_checkpoint(m, device=args.device)
+        bar = tqdm(total=len(samples), desc=f"analyze {m.name}", unit="sample")
+        res = analyze_set(model, samples, options, progress=lambda i, t, sid: bar.update(1))
+        bar.close()
+        df = res.rows.assign(checkpoint=m.name, family=m.family, strategy=m.strategy, step=m.step)
+        frames.append(df)
+        aggregates[m.name] = {
+            "n": res.n, "family": m.family, "strategy": m.strategy, "step": m.step,
+            "mean_seq_cos": res.mean_seq_cos.tolist(), "mean_seq_dist": res.mean_seq_dist.tolist(),
+            "mean_cka": None if res.mean_cka is None else np.asarray(res.mean_cka).tolist(),
+            "pooled_cka": None if res.pooled_cka is None else np.asarray(res.pooled_cka).tolist(),
+            "errors": res.errors,
+        }
+        for e in res.errors:
+            print(f"warning: {e}")
+        del model
+    path = shard_path(out, shard, n_shards)
+    pd.concat(frames, ignore_index=True).to_parquet(path, index=False)
+    path.with_suffix(".json").write_text(json.dumps(aggregates, indent=1))
+    print(f"wrote {sum(len(f) for f in frames)} rows -> {path} (+ aggregates {path.with_suffix('.json').name})")
+    return 0

@@ -1,0 +1,97 @@
+"""analyze_sample / analyze_set on the tiny model: results equal the metrics on the raw states,
+the disk cache round-trips exactly, sets stream with per-sample rows, sharding partitions samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tone
+
+from lsl_core.analysis import AnalysisCache, AnalysisOptions, analyze_sample, analyze_set, sample_key
+from lsl_core.data.samples import Sample
+from lsl_core.metrics.sequence import sequence_cosine
+from lsl_core.metrics.tokenwise import token_cosine_matrix
+
+QS = ["what is the capital of france ?", "who wrote hamlet ?", "when did world war two end ?",
+      "how many legs does a spider have ?", "where is mount everest ?", "which planet is largest ?"]
+
+
+def _samples(n=6):
+    return [Sample(id=f"s{i}", audio=tone(0.8 + 0.15 * i, freq=200 + 30 * i), sr=16_000, question=QS[i % len(QS)],
+                   accent="espeak:en-gb" if i % 2 else "espeak:en-us") for i in range(n)]
+
+
+def test_sample_analysis_matches_metrics_on_raw_states(tiny_model, tmp_path):
+    s = _samples(1)[0]
+    a = analyze_sample(tiny_model, s, cache=AnalysisCache(tmp_path))
+    hs = tiny_model.hidden_states(s)
+    np.testing.assert_allclose(a.cos, token_cosine_matrix(hs.speech, hs.text).numpy(), atol=1e-6)
+    np.testing.assert_allclose(a.seq_cos, sequence_cosine(hs.speech, hs.text).numpy(), atol=1e-6)
+    L = tiny_model.num_layers
+    assert a.cos.shape == (L + 1, hs.speech.shape[1], hs.text.shape[1])
+    assert a.path_cos.shape == (L + 1, len(a.tokens))
+    np.testing.assert_array_equal(a.path_cos, a.cos.argmax(axis=1))
+    assert a.tokens == hs.tokens
+    assert -1 <= a.aps_cos <= 1 and a.aps_dist >= 0
+    assert a.cka is not None and a.cka.shape == (L + 1, L + 1)
+    row = a.scalars()
+    assert row["Ts"] == hs.speech.shape[1] and len(row["seq_cos"]) == L + 1
+
+
+def test_disk_cache_roundtrip_and_key(tiny_model, tmp_path):
+    s = _samples(1)[0]
+    cache = AnalysisCache(tmp_path)
+    a = analyze_sample(tiny_model, s, cache=cache)
+    key = sample_key(tiny_model, s, AnalysisOptions())
+    b = cache.get(key)
+    assert b is not None and b is not a
+    for f in ("cos", "dist", "path_cos", "scores_dist", "spearman_cos", "consistency", "cka", "frame_times"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert b.tokens == a.tokens and b.aps_cos == a.aps_cos
+    # every result-changing input changes the key
+    other = Sample(id=s.id, audio=s.audio * 0.5, sr=s.sr, question=s.question)
+    assert sample_key(tiny_model, other, AnalysisOptions()) != key
+    assert sample_key(tiny_model, s, AnalysisOptions(cka=False)) != key
+    renamed = Sample(id=s.id, audio=s.audio, sr=s.sr, question=s.question + " x")
+    assert sample_key(tiny_model, renamed, AnalysisOptions()) != key
+
+
+def test_single_token_question_is_defined(tiny_model, tmp_path):
+    s = Sample(id="one", audio=tone(0.5), sr=16_000, question="paris")
+    a = analyze_sample(tiny_model, s, cache=False)
+    assert a.cos.shape[2] == 1
+    assert np.isfinite(a.spearman_cos).all() and np.isfinite(a.aps_cos)
+    assert a.cka is None and "4" in a.cka_note  # CKA needs >= 4 aligned pairs: said, not NaN
+
+
+def test_analyze_set_streams_rows_and_aggregates(tiny_model, tmp_path):
+    samples = _samples(6)
+    seen = []
+    res = analyze_set(tiny_model, samples, progress=lambda i, t, sid: seen.append((i, t, sid)),
+                      cache=AnalysisCache(tmp_path), cka_batch=4)
+    assert res.n == 6 and len(res.rows) == 6 and [s[0] for s in seen] == list(range(1, 7))
+    assert set(res.rows["voice"]) == {"espeak:en-gb", "espeak:en-us"}
+    per = np.stack([analyze_sample(tiny_model, s, cache=AnalysisCache(tmp_path)).seq_cos for s in samples])
+    np.testing.assert_allclose(res.mean_seq_cos, per.mean(0), atol=1e-6)
+    L = tiny_model.num_layers
+    assert res.pooled_cka.shape == (L + 1, L + 1) and np.isfinite(res.pooled_cka).all()
+
+
+def test_analyze_set_skips_bad_audio_with_a_note(tiny_model, tmp_path):
+    bad = Sample(id="bad", audio=np.zeros(0, np.float32), sr=16_000, question="who wrote hamlet ?")
+    res = analyze_set(tiny_model, [bad, *_samples(4)], cache=AnalysisCache(tmp_path))
+    assert res.n == 4 and any(e.startswith("bad:") and "empty" in e for e in res.errors)
+
+
+def test_shards_partition_the_samples():
+    from argparse import Namespace
+
+    from lsl_core.analysis_cli import shard_of
+
+    ids = list(range(11))
+    parts = [ids[i::3] for i in range(3)]
+    assert sorted(sum(parts, [])) == ids
+    assert shard_of(Namespace(shard=None, num_shards=None)) == (0, 1)
+    with pytest.raises(ValueError):
+        shard_of(Namespace(shard=3, num_shards=3))
