@@ -265,6 +265,8 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
         mb.update(torch.from_numpy(np.stack(buf_s, 1)), torch.from_numpy(np.stack(buf_t, 1)))
     elif buf_s and mb.n_batches == 0:
         errors.append(f"pooled CKA needs at least 4 samples, got {len(buf_s)}")
+    elif buf_s:
+        errors.append(f"pooled CKA: the last {len(buf_s)} sample(s) form a batch under 4 and are left out of it")
     if mb.n_batches:
         pooled = mb.compute().numpy()
     if n == 0:
