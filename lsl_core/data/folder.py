@@ -1,0 +1,69 @@
+"""A user's own folder: audio files plus questions.csv.
+
+questions.csv columns: file (audio path relative to the folder), question (the typed question),
+answers (optional, several separated by '|'), accent (optional label). Ids are the file paths
+without extension. Audio (wav/flac/ogg, any rate, mono or stereo) is decoded lazily to 16 kHz mono.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from lsl_core.data.sets import SampleRecord, SampleSet, audio_file_loader
+from lsl_core.errors import DataError
+
+CSV_NAME = "questions.csv"
+REQUIRED_COLUMNS = ("file", "question")
+OPTIONAL_COLUMNS = ("answers", "accent")
+_SCHEMA = "file,question[,answers,accent] (answers separated by '|')"
+
+
+def load_folder(folder: str | Path) -> SampleSet:
+    """Samples from <folder>/questions.csv and the audio files it names."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"Sample folder {folder} does not exist. Give a folder with audio files and {CSV_NAME}.")
+    csv_path = folder / CSV_NAME
+    if not csv_path.is_file():
+        raise DataError(f"No {CSV_NAME} in {folder}. Create it with the columns {_SCHEMA}.")
+    try:
+        with csv_path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip().lower(): (v or "").strip() if isinstance(v, str) else v
+                     for k, v in row.items()} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{csv_path} is not a readable UTF-8 CSV file ({exc}). Save it as CSV (UTF-8).") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise DataError(f"{csv_path} has no column {', '.join(repr(c) for c in missing)} (found: "
+                        f"{', '.join(columns) or 'none'}). Expected columns {_SCHEMA}.")
+    if not rows:
+        raise DataError(f"{csv_path} has a header but no rows; add one row per audio file.")
+    records, absent, seen = [], [], set()
+    for n, row in enumerate(rows, 2):  # line 1 is the header
+        file, question = row.get("file") or "", row.get("question") or ""
+        if not file or not question:
+            raise DataError(f"{csv_path} line {n}: empty {'file' if not file else 'question'}; "
+                            "every row needs an audio file and its typed question.")
+        path = folder / file
+        if not path.is_file():
+            absent.append(file)
+            continue
+        sid = Path(file).with_suffix("").as_posix()
+        if sid in seen:
+            raise DataError(f"{csv_path} line {n}: {file} is listed twice; list each audio file once.")
+        seen.add(sid)
+        answers = tuple(a.strip() for a in (row.get("answers") or "").split("|") if a.strip())
+        records.append(SampleRecord(id=sid, question=question, load_audio=audio_file_loader(path, file),
+                                    answers=answers, accent=row.get("accent") or "", source="folder",
+                                    meta={"path": str(path), "file": file}))
+    if absent:
+        raise DataError(f"{len(absent)} audio file(s) named in {csv_path} are missing from {folder}: "
+                        f"{', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''}. Fix the 'file' column "
+                        "(paths are relative to the folder) or add the files.")
+    return SampleSet(f"folder:{folder.name}", records)
+
+
+__all__ = ["load_folder", "CSV_NAME", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS"]

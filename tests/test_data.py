@@ -1,0 +1,317 @@
+"""Data loaders: VoiceBench parquet, the shipped sd-qa-mini set, user folders, espeak-ng synthesis, SD-QA splits."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from lsl_core.data.sdqa import load_sdqa_dev, load_sdqa_train_questions, select_mini_questions
+from lsl_core.data.sets import SampleSet, load_sample_set
+from lsl_core.errors import AudioError, DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT / "assets" / "sd-qa-mini"
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                  reason="espeak-ng is not installed (scripts/setup.sh installs it)")
+
+
+def sine(seconds: float, sr: int, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def encoded(audio: np.ndarray, sr: int, fmt: str = "WAV") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, sr, format=fmt, subtype="PCM_16")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ VoiceBench parquet
+def write_parquet(path: Path, columns: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+
+
+def audio_struct(blobs: list[bytes], names: list[str]):
+    import pyarrow as pa
+
+    typ = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    return pa.array([{"bytes": b, "path": n} for b, n in zip(blobs, names)], type=typ)
+
+
+@pytest.fixture()
+def voicebench_root(tmp_path) -> Path:
+    """root/sd-qa/{usa,gbr}-00000-of-00001.parquet: 44.1 kHz stereo WAV (usa) and 22.05 kHz mono FLAC (gbr)."""
+    root = tmp_path / "voicebench"
+    left = sine(1.0, 44_100)
+    stereo = np.stack([left, 0.5 * left], axis=1)  # [n, 2]: mono mix = 0.75 * left
+    usa = [encoded(stereo, 44_100), encoded(stereo[: 22_050], 44_100)]
+    write_parquet(root / "sd-qa" / "usa-00000-of-00001.parquet", {
+        "audio": audio_struct(usa, ["usa0.wav", "usa1.wav"]),
+        "prompt": ["When was the first web page released?", "Who invented Hangul?"],
+        "reference": ["1991", "Sejong the Great"],
+    })
+    gbr = [encoded(sine(0.8, 22_050, 300.0), 22_050, "FLAC")]
+    write_parquet(root / "sd-qa" / "gbr-00000-of-00001.parquet", {
+        "audio": audio_struct(gbr, ["gbr0.flac"]), "prompt": ["Who invented Hangul?"], "reference": ["Sejong"],
+    })
+    return root
+
+
+def test_voicebench_loads_accents_resamples_and_downmixes(voicebench_root):
+    s = load_sample_set(f"voicebench:{voicebench_root / 'sd-qa'}")
+    assert isinstance(s, SampleSet) and len(s) == 3
+    assert s.ids() == ["gbr-0", "usa-0", "usa-1"]  # files in name order, rows in file order
+    assert s.voices() == ["gbr", "usa"]
+    u = s["usa-0"]
+    assert (u.sr, u.audio.dtype, u.audio.ndim) == (16_000, np.float32, 1)
+    assert u.question == "When was the first web page released?" and u.answers == ("1991",)
+    assert u.accent == "usa" and u.source == "voicebench:sd-qa"
+    assert u.audio.size == 16_000  # 1 s at 44.1 kHz -> 1 s at 16 kHz
+    # independent reference: the 440 Hz sine sampled directly at 16 kHz, scaled by the stereo mix (1 + 0.5) / 2
+    ref = 0.75 * sine(1.0, 16_000)
+    np.testing.assert_allclose(u.audio[400:-400], ref[400:-400], atol=5e-3)
+    assert s["usa-1"].audio.size == 8_000
+    g = s["gbr-0"]
+    assert g.audio.size == int(0.8 * 16_000) and g.answers == ("Sejong",)
+    np.testing.assert_allclose(g.audio[400:-400], sine(0.8, 16_000, 300.0)[400:-400], atol=5e-3)
+    assert len(s.filter(voice="usa")) == 2 and s.filter(text="hangul").ids() == ["gbr-0", "usa-1"]
+
+
+def test_voicebench_root_with_several_subsets(voicebench_root):
+    write_parquet(voicebench_root / "mmsu" / "biology-00000-of-00001.parquet", {
+        "audio": audio_struct([encoded(sine(0.5, 16_000), 16_000)], ["m.wav"]),
+        "prompt": ["Which organelle makes ATP? A. nucleus B. mitochondria"], "answer": ["B"],
+    })
+    s = load_sample_set(f"voicebench:{voicebench_root}")
+    assert s.ids() == ["mmsu/biology-0", "sd-qa/gbr-0", "sd-qa/usa-0", "sd-qa/usa-1"]
+    m = s["mmsu/biology-0"]
+    assert m.answers == () and m.meta["answer"] == "B" and m.accent == "biology"
+    assert m.audio.size == 8_000
+
+
+def test_voicebench_missing_column_names_file_column_and_schema(tmp_path):
+    f = tmp_path / "sd-qa" / "usa-00000-of-00001.parquet"
+    write_parquet(f, {"audio": audio_struct([encoded(sine(0.5, 16_000), 16_000)], ["x.wav"]), "question": ["q"]})
+    with pytest.raises(DataError) as exc:
+        load_sample_set(f"voicebench:{tmp_path / 'sd-qa'}")
+    msg = str(exc.value)
+    assert "usa-00000-of-00001.parquet" in msg and "'prompt'" in msg and "struct<bytes: binary" in msg
+
+
+def test_voicebench_bad_audio_type_and_empty_folder(tmp_path):
+    f = tmp_path / "sd-qa" / "usa-00000-of-00001.parquet"
+    write_parquet(f, {"audio": ["not audio"], "prompt": ["q"]})
+    with pytest.raises(DataError, match="column 'audio' has type string"):
+        load_sample_set(f"voicebench:{tmp_path / 'sd-qa'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="No .parquet files"):
+        load_sample_set(f"voicebench:{tmp_path / 'empty'}")
+    with pytest.raises(DataError, match="does not exist"):
+        load_sample_set(f"voicebench:{tmp_path / 'nowhere'}")
+
+
+def test_voicebench_undecodable_bytes_raise_audio_error_naming_row(tmp_path):
+    f = tmp_path / "sd-qa" / "usa-00000-of-00001.parquet"
+    write_parquet(f, {"audio": audio_struct([b"garbage"], ["x.wav"]), "prompt": ["q"]})
+    s = load_sample_set(f"voicebench:{tmp_path / 'sd-qa'}")  # metadata loads; audio decodes lazily
+    with pytest.raises(AudioError, match="usa-0.*row 0"):
+        s[0]
+
+
+# ------------------------------------------------------------------ the shipped sd-qa-mini set
+def test_mini_set_shape_and_audio(mini_set):
+    assert len(mini_set) == 300
+    rows = [json.loads(x) for x in (MINI / "manifest.jsonl").read_text().splitlines() if x.strip()]
+    info = json.loads((MINI / "set.json").read_text())
+    voices = ["en-gb", "en-gb-x-rp", "en-us", "en-029", "en-gb-scotland"]
+    assert info["voices"] == voices and info["unseen_voice"] == "en-gb-scotland"
+    assert info["counts"]["questions"] == 60 and info["counts"]["clips"] == 300
+    assert info["synthetic"].startswith("espeak-ng")
+    assert mini_set.voices() == [f"espeak:{v}" for v in voices]
+    for v in voices:
+        assert len(mini_set.filter(voice=v)) == 60
+    assert len({r["example_id"] for r in rows}) == 60
+    for r in rows:  # the files themselves are 16 kHz mono (not only after prepare_audio)
+        assert r["synthetic"] is True and r["id"] == f"{r['example_id']}__{r['voice']}"
+        meta = sf.info(str(MINI / r["audio"]))
+        assert (meta.samplerate, meta.channels, meta.format) == (16_000, 1, "FLAC")
+    for s in mini_set:
+        assert s.sr == 16_000 and s.audio.dtype == np.float32 and s.audio.ndim == 1
+        assert abs(s.duration - s.meta["duration_s"]) < 1e-3
+        assert s.meta["synthetic"] is True and s.accent.startswith("espeak:")
+    size_mb = sum(p.stat().st_size for p in MINI.rglob("*") if p.is_file()) / 1e6
+    assert size_mb < 30
+
+
+def test_mini_set_questions_are_dev_questions_with_answers(mini_set):
+    dev = {q.example_id: q for q in load_sdqa_dev()}
+    for s in mini_set:
+        q = dev[s.meta["example_id"]]
+        assert s.question == q.question and s.answers == q.answers and s.answers
+    # the documented deterministic selection reproduces the shipped questions, in order
+    picked = [q.example_id for q in select_mini_questions(load_sdqa_dev(), 60)]
+    assert list(dict.fromkeys(s.meta["example_id"] for s in mini_set)) == picked
+
+
+def test_no_training_question_leaks_into_dev(mini_set):
+    train = load_sdqa_train_questions()
+    assert len(train) == 1031 and sum(bool(q.answers) for q in train) == 109
+    train_ids = {q.example_id for q in train}
+    train_texts = {q.question.strip().lower() for q in train}
+    mini_ids = {s.meta["example_id"] for s in mini_set}
+    assert not train_ids & mini_ids
+    assert not train_texts & {s.question.strip().lower() for s in mini_set}
+    assert not train_ids & {q.example_id for q in load_sdqa_dev()}  # the whole dev split, too
+
+
+def test_sample_set_indexing_slicing_and_errors(mini_set):
+    first = mini_set[0]
+    assert mini_set[first.id].id == first.id and mini_set[-1].id == mini_set.ids()[-1]
+    head = mini_set[:5]
+    assert isinstance(head, SampleSet) and len(head) == 5 and head.ids() == mini_set.ids()[:5]
+    assert first.id in mini_set and "nope" not in mini_set
+    with pytest.raises(DataError, match="No sample with id"):
+        mini_set["nope"]
+    with pytest.raises(IndexError):
+        mini_set[len(mini_set)]
+    with pytest.raises(DataError, match="Unknown sample set"):
+        load_sample_set("sd-qa-maxi")
+    assert list(mini_set.to_frame().columns[:5]) == ["id", "question", "answers", "accent", "source"]
+
+
+def test_manifest_set_reports_missing_audio(tmp_path):
+    (tmp_path / "manifest.jsonl").write_text(json.dumps({"id": "x", "question": "q?", "audio": "audio/x.flac"}) + "\n")
+    with pytest.raises(DataError, match="missing"):
+        load_sample_set(f"manifest:{tmp_path}")
+
+
+# ------------------------------------------------------------------ folder of audio + questions.csv
+def make_folder(root: Path, csv_text: str | None) -> Path:
+    (root / "sub").mkdir(parents=True)
+    left = sine(1.0, 44_100)
+    sf.write(str(root / "a.wav"), np.stack([left, left], axis=1), 44_100, subtype="PCM_16")
+    sf.write(str(root / "sub" / "b.flac"), sine(0.5, 16_000), 16_000, subtype="PCM_16")
+    if csv_text is not None:
+        (root / "questions.csv").write_text(csv_text, encoding="utf-8")
+    return root
+
+
+def test_folder_happy_path(tmp_path):
+    d = make_folder(tmp_path / "mine", "file,question,answers,accent\n"
+                    'a.wav,"Who wrote ""Happy Days""?",Norman Gimbel | Charles Fox,usa\n'
+                    "sub/b.flac,When did Alfred die?,,\n")
+    s = load_sample_set(f"folder:{d}")
+    assert s.ids() == ["a", "sub/b"] and s.voices() == ["usa", ""]
+    a, b = s[0], s[1]
+    assert a.question == 'Who wrote "Happy Days"?' and a.answers == ("Norman Gimbel", "Charles Fox")
+    assert (a.sr, a.audio.size) == (16_000, 16_000) and a.source == "folder"
+    assert b.answers == () and b.audio.size == 8_000 and b.accent == ""
+
+
+@pytest.mark.parametrize("csv_text, pattern", [
+    (None, "No questions.csv"),
+    ("file,text\na.wav,hi\n", "no column 'question'"),
+    ("question\nhi\n", "no column 'file'"),
+    ("file,question\n", "no rows"),
+    ("file,question\nmissing.wav,hi\n", "missing.wav"),
+    ("file,question\na.wav,\n", "line 2: empty question"),
+    ("file,question\na.wav,hi\na.wav,again\n", "listed twice"),
+])
+def test_folder_errors(tmp_path, csv_text, pattern):
+    d = make_folder(tmp_path / "mine", csv_text)
+    with pytest.raises(DataError, match=pattern):
+        load_sample_set(f"folder:{d}")
+
+
+def test_folder_missing_dir_and_bad_audio(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_sample_set(f"folder:{tmp_path / 'nowhere'}")
+    d = make_folder(tmp_path / "mine", "file,question\nbad.wav,hi\n")
+    (d / "bad.wav").write_bytes(b"not a wav file")
+    s = load_sample_set(f"folder:{d}")
+    with pytest.raises(AudioError, match="bad.wav"):
+        s[0]
+
+
+# ------------------------------------------------------------------ espeak-ng synthesis
+def test_synth_reports_missing_espeak(monkeypatch):
+    from lsl_core.data import synth
+
+    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    with pytest.raises(DataError, match=r"espeak-ng not installed: run scripts/setup.sh"):
+        synth.synthesize("Hello there.", "en-gb")
+
+
+@needs_espeak
+def test_synthesize_is_deterministic_16k():
+    from lsl_core.data.synth import synthesize
+
+    a = synthesize("Who invented air conditioning?", "en-gb")
+    b = synthesize("Who invented air conditioning?", "en-gb")
+    assert a.dtype == np.float32 and a.ndim == 1 and a.tobytes() == b.tobytes()
+    assert 0.8 < a.size / 16_000 < 5.0 and np.abs(a).max() > 0.05
+    assert synthesize("Who invented air conditioning?", "en-us").tobytes() != a.tobytes()
+    slow = synthesize("Who invented air conditioning?", "en-gb", speed=120)
+    assert slow.size > a.size
+    with pytest.raises(DataError, match="espeak-ng failed"):
+        synthesize("Hello.", "xx-nonexistent")
+    with pytest.raises(DataError, match="Invalid espeak-ng voice"):
+        synthesize("Hello.", "-v en")
+    with pytest.raises(DataError, match="empty"):
+        synthesize("   ", "en-gb")
+
+
+@needs_espeak
+def test_build_mini_set_same_bytes_twice(tmp_path):
+    from lsl_core.data.synth import build_mini_set
+
+    qs = select_mini_questions(load_sdqa_dev(), 2)
+    outs = [tmp_path / "one", tmp_path / "two"]
+    for out in outs:
+        build_mini_set(out, qs, ["en-gb", "en-029"], unseen_voice="en-029")
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
+    assert len([f for f in files if f.suffix == ".flac"]) == 4
+    for f in files:
+        assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f
+    s = load_sample_set(f"manifest:{outs[0]}")
+    assert s.ids() == [f"{qs[0].example_id}__en-gb", f"{qs[0].example_id}__en-029",
+                       f"{qs[1].example_id}__en-gb", f"{qs[1].example_id}__en-029"]
+    assert s[0].answers == qs[0].answers and s[1].accent == "espeak:en-029"
+    assert json.loads((outs[0] / "set.json").read_text())["unseen_voice"] == "en-029"
+
+
+@needs_espeak
+def test_synth_training_set_caches_flacs(tmp_path, monkeypatch):
+    from lsl_core.data.synth import synth_training_set
+
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
+    qs = load_sdqa_train_questions()[:2]
+    first = synth_training_set(qs, ["en-gb"])
+    cached = sorted((tmp_path / "cache" / "synth").rglob("*.flac"))
+    assert len(cached) == 2
+    again = synth_training_set(qs, ["en-gb"])
+    assert [s.audio.tobytes() for s in first] == [s.audio.tobytes() for s in again]
+    assert first[0].id == f"{qs[0].example_id}__en-gb" and first[0].accent == "espeak:en-gb"
+    assert first[0].sr == 16_000 and first[0].meta["synthetic"] is True and first[0].source == "synth:train"
+
+
+@needs_espeak
+def test_synth_cli(tmp_path, capsys):
+    from lsl_core.cli import main
+
+    out = tmp_path / "mini"
+    assert main(["synth", "--set", "sd-qa-mini", "--out", str(out), "--n-questions", "2", "--voices", "en-gb"]) == 0
+    info = json.loads((out / "set.json").read_text())
+    assert info["counts"]["clips"] == 2 and info["unseen_voice"] is None
+    assert main(["synth", "--set", "train", "--split", "dev"]) == 2  # dev questions never train
+    assert "never used for training" in capsys.readouterr().err
