@@ -1,0 +1,229 @@
+"""The speech encoder: a transformers WhisperEncoder plus its log-mel feature extractor.
+
+Convention (used in training and inference alike): every clip becomes the *standard padded
+30 s* log-mel input [1, n_mels, 3000] and runs through the full encoder, which returns 1500
+frames of 20 ms; we then keep only the frames that cover real audio,
+Te = min(ceil(num_samples / 320), 1500). Whisper was trained on padded 30 s windows, and a
+forward on the real length alone gives different states (see docs/EMBEDDED_NOTES.md), so we
+never feed shortened features.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lsl_core.errors import AudioError, ModelLoadError
+
+_ENCODER_PREFIXES = ("model.encoder.", "encoder.", "")  # WhisperForConditionalGeneration, WhisperModel, bare
+
+
+def _allow_download() -> bool:
+    """Downloads only when the user opts in (LSL_ALLOW_DOWNLOAD=1) and HF_HUB_OFFLINE is not set."""
+    return os.environ.get("LSL_ALLOW_DOWNLOAD", "0") == "1" and os.environ.get("HF_HUB_OFFLINE", "0") != "1"
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        dt = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(dt, torch.dtype):
+            raise ModelLoadError(f"Unknown dtype '{dtype}'. Use float32, bfloat16 or float16.")
+        return dt
+    return dtype
+
+
+def resolve_whisper_folder(path_or_id: str | Path, local_files_only: bool | None = None,
+                           what: str = "speech encoder") -> Path:
+    """'embedded:whisper-tiny.en' | local folder | hub id (HF cache) -> local folder with config.json.
+
+    local_files_only=None follows the project's rule: offline unless LSL_ALLOW_DOWNLOAD=1.
+    """
+    ref = str(path_or_id)
+    if ref.startswith("embedded:"):
+        from lsl_core.model.embedded import resolve_embedded
+
+        return resolve_embedded(ref)
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"The {what} folder {p} has no config.json. Point at a transformers Whisper folder.")
+        return p
+    offline = (not _allow_download()) if local_files_only is None else local_files_only
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(ref, local_files_only=offline,
+                                        allow_patterns=["*.json", "*.safetensors", "*.txt", "*.tiktoken"]))
+    except Exception as exc:  # HFValidationError, LocalEntryNotFoundError, network errors...
+        if offline:
+            raise ModelLoadError(
+                f"Could not load {what} '{ref}' offline: not a local folder and not in the HF cache. "
+                "Pass a local path or download it first (HF_HUB_OFFLINE is on)."
+            ) from None
+        raise ModelLoadError(f"Could not download {what} '{ref}': {str(exc).splitlines()[0]}") from None
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"The {what} '{ref}' in the HF cache has no config.json; download it completely.")
+    return folder
+
+
+def _safetensors_files(folder: Path, what: str) -> list[Path]:
+    """model.safetensors, or the shards named by model.safetensors.index.json. Never pickles."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / s for s in shards]
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise ModelLoadError(
+        f"The {what} folder {folder} has no model.safetensors; pickled weights (*.bin) are not loaded. "
+        "Re-save the model with save_pretrained(safe_serialization=True)."
+    )
+
+
+def _load_encoder_state(folder: Path, expected: dict[str, torch.Size], what: str) -> dict[str, torch.Tensor]:
+    """Read only the encoder's tensors from the folder's safetensors (the decoder stays on disk)."""
+    from safetensors import safe_open
+
+    files = _safetensors_files(folder, what)
+    keys_by_file = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            keys_by_file[f] = list(h.keys())
+    all_keys = {k for ks in keys_by_file.values() for k in ks}
+    prefix = next((p for p in _ENCODER_PREFIXES if f"{p}conv1.weight" in all_keys), None)
+    if prefix is None:
+        raise ModelLoadError(f"The {what} at {folder} has no Whisper encoder weights (no '*conv1.weight').")
+    state: dict[str, torch.Tensor] = {}
+    for f, keys in keys_by_file.items():
+        wanted = [k for k in keys if k.startswith(prefix) and k[len(prefix):] in expected]
+        if wanted:
+            with safe_open(str(f), framework="pt") as h:
+                for k in wanted:
+                    state[k[len(prefix):]] = h.get_tensor(k)
+    missing = sorted(set(expected) - set(state) - {"embed_positions.weight"})
+    if missing:
+        raise ModelLoadError(f"The {what} at {folder} lacks encoder weights {missing[:5]}; the checkpoint is incomplete.")
+    bad = [k for k, v in state.items() if v.shape != expected[k]]
+    if bad:
+        raise ModelLoadError(f"The {what} at {folder}: weights {bad[:3]} do not match its config.json shapes.")
+    return state
+
+
+class SpeechEncoder(nn.Module):
+    """Whisper encoder: 16 kHz audio -> padded 30 s log-mel [1, n_mels, 3000] -> states [1, 1500, d_enc].
+
+    Frames are 20 ms (hop 160 samples x conv stride 2 = 320 samples); `encode` trims the padded
+    output to the frames covering real audio.
+    """
+
+    frame_seconds: float = 0.02
+
+    def __init__(self, encoder: nn.Module, feature_extractor, name: str = "") -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.feature_extractor = feature_extractor
+        self.name = name
+        fe = feature_extractor
+        self.samples_per_frame = int(fe.hop_length) * 2  # conv2 has stride 2
+        self.max_frames = int(encoder.config.max_source_positions)
+        self.n_input_frames = int(fe.nb_max_frames)  # 3000 for a 30 s window
+        assert self.n_input_frames == 2 * self.max_frames, "feature window and encoder positions disagree"
+        self.frame_seconds = self.samples_per_frame / float(fe.sampling_rate)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path, dtype: torch.dtype | str | None = torch.float32,
+                        device: str | torch.device = "cpu", local_files_only: bool | None = None) -> "SpeechEncoder":
+        """Load the encoder half of a Whisper checkpoint (safetensors only).
+
+        path_or_id: local folder, hub id already in the HF cache, or "embedded:whisper-tiny.en".
+        local_files_only: None = offline unless LSL_ALLOW_DOWNLOAD=1 (the project default).
+        """
+        from transformers import WhisperConfig, WhisperFeatureExtractor
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        what = "speech encoder"
+        folder = resolve_whisper_folder(path_or_id, local_files_only, what)
+        try:
+            config = WhisperConfig.from_pretrained(folder)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ModelLoadError(f"The {what} at {folder} has an unusable config.json ({exc}).") from None
+        if config.model_type != "whisper":
+            raise ModelLoadError(f"The {what} at {folder} is a '{config.model_type}' model, not Whisper.")
+        if (folder / "preprocessor_config.json").is_file():
+            fe = WhisperFeatureExtractor.from_pretrained(folder)
+        else:  # e.g. a bare WhisperModel save: standard Whisper front end with the config's mel bins
+            fe = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+        if fe.feature_size != config.num_mel_bins:
+            raise ModelLoadError(
+                f"The {what} at {folder}: feature extractor has {fe.feature_size} mel bins but the model "
+                f"expects {config.num_mel_bins}. Fix preprocessor_config.json."
+            )
+        with torch.device("meta"):
+            enc = WhisperEncoder(config)
+        expected = {k: v.shape for k, v in enc.state_dict().items()}
+        state = _load_encoder_state(folder, expected, what)
+        if "embed_positions.weight" not in state:  # some saves drop the fixed sinusoids
+            from transformers.models.whisper.modeling_whisper import sinusoids
+
+            state["embed_positions.weight"] = sinusoids(*expected["embed_positions.weight"])
+        enc.load_state_dict(state, strict=True, assign=True)
+        enc = enc.to(device=torch.device(device), dtype=_as_dtype(dtype)).eval()
+        return cls(enc, fe, name=str(path_or_id))
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def output_dim(self) -> int:
+        """d_enc: width of the encoder states (384 for Whisper tiny)."""
+        return int(self.encoder.config.d_model)
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.conv1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoder.conv1.weight.dtype
+
+    def n_valid_frames(self, num_samples: int) -> int:
+        """Encoder frames (20 ms) that cover real audio: ceil(num_samples / 320), at most 1500."""
+        return min(math.ceil(int(num_samples) / self.samples_per_frame), self.max_frames)
+
+    # ------------------------------------------------------------------ compute
+    def features(self, audio_16k: np.ndarray) -> torch.Tensor:
+        """16 kHz mono audio [n] -> padded 30 s log-mel [1, n_mels, 3000] on the encoder's device/dtype."""
+        a = np.asarray(audio_16k, dtype=np.float32)
+        if a.ndim != 1 or a.size == 0:
+            raise AudioError(f"The speech encoder needs 1-D 16 kHz audio, got shape {a.shape}. Use prepare_audio().")
+        if a.size > self.feature_extractor.n_samples:
+            raise AudioError(
+                f"Audio is {a.size / self.feature_extractor.sampling_rate:.1f} s; the encoder sees at most "
+                f"{self.feature_extractor.chunk_length} s. Trim the clip."
+            )
+        feats = self.feature_extractor(a, sampling_rate=self.feature_extractor.sampling_rate, padding="max_length",
+                                       return_tensors="pt").input_features  # [1, n_mels, 3000]
+        return feats.to(device=self.device, dtype=self.dtype)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Log-mel features [B, n_mels, 3000] -> encoder states [B, 1500, d_enc]."""
+        if features.ndim != 3 or features.shape[-1] != self.n_input_frames:
+            raise AudioError(
+                f"Encoder input must be [B, n_mels, {self.n_input_frames}] (padded 30 s), got {tuple(features.shape)}. "
+                "Build it with SpeechEncoder.features()."
+            )
+        return self.encoder(features.to(device=self.device, dtype=self.dtype)).last_hidden_state
+
+    @torch.no_grad()
+    def encode(self, audio_16k: np.ndarray) -> torch.Tensor:
+        """16 kHz audio [n] -> states of the real-audio frames [Te, d_enc], Te = n_valid_frames(n)."""
+        states = self.forward(self.features(audio_16k))  # [1, 1500, d_enc]
+        return states[0, : self.n_valid_frames(len(audio_16k))]
