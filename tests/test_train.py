@@ -1,0 +1,285 @@
+"""Training on tiny random models: the response-only loss against an unpadded reference, one step
+lowers the loss, resume equals an uninterrupted run bit for bit, and `frozen` / `lora` / `full`
+checkpoints load back through their manifests."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lsl_core.errors import LSLError
+from lsl_core.model import batch as B
+from lsl_core.model.loading import list_zoo, load_checkpoint, read_manifest
+from lsl_core.train import (MonitorClip, TrainConfig, TrainData, Trainer, TrainExample, attach_trainable_lora,
+                            build_model)
+
+ANSWERS = ["paris", "shakespeare wrote hamlet", "it was in 1945", "eight", "nepal", "jupiter is largest"]
+
+
+def _cfg(tiny_parts, tmp_path, strategy="lora", **kw) -> TrainConfig:
+    base = dict(name=strategy, strategy=strategy, out=str(tmp_path / f"traj-{strategy}"), llm=str(tiny_parts["llm"]),
+                encoder=str(tiny_parts["encoder"]), family="tiny", n_questions=3, n_val_questions=1, steps=6,
+                batch_size=2, lr=1e-2, warmup_steps=2, save_every=3, save_steps=(), eval_every=0,
+                eval_max_new_tokens=4, gen_batch_size=4, device="cpu", save_dtype="float32", seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _data(model, n=6, seed=0) -> TrainData:
+    """n clips of random encoder states [Te, 16] with short word responses (+ one monitor clip)."""
+    g = torch.Generator().manual_seed(seed)
+    train = [TrainExample(f"c{i}", torch.randn(17 + 4 * i, 16, generator=g).half(), B.answer_ids(model, ANSWERS[i % 6]))
+             for i in range(n)]
+    monitor = [MonitorClip("m0", "what is the capital of france ?", "v", torch.randn(23, 16, generator=g).half(), False),
+               MonitorClip("m1", "what is the capital of france ?", "u", torch.randn(19, 16, generator=g).half(), True)]
+    return TrainData(train, monitor)
+
+
+def _trainer(cfg, resume_dir=None, n=6) -> Trainer:
+    model = build_model(cfg, torch.device("cpu"))
+    if cfg.strategy == "lora":
+        attach_trainable_lora(model, cfg)
+    return Trainer(cfg, model, _data(model, n), cfg.out, resume_dir or cfg.out + "-resume", progress=False)
+
+
+# ----------------------------------------------------------------------------- the loss
+def test_response_batch_labels_cover_only_the_response(tiny_model):
+    q = [torch.randn(5, 32), torch.randn(9, 32)]
+    resp = [B.answer_ids(tiny_model, "paris"), B.answer_ids(tiny_model, "it was in 1945")]
+    b = B.response_batch(tiny_model, q, resp)
+    n_pre, n_suf = len(tiny_model.prefix_ids), len(tiny_model.suffix_ids)
+    for i in range(2):
+        start = n_pre + q[i].shape[0] + n_suf
+        real = b.attention_mask[i].nonzero().flatten().tolist()
+        assert real == list(range(start + len(resp[i])))  # right padding
+        assert b.labels[i, start:start + len(resp[i])].tolist() == resp[i]
+        assert (b.labels[i, :start] == B.IGNORE_INDEX).all() and (b.labels[i, start + len(resp[i]):] == B.IGNORE_INDEX).all()
+        assert b.position_ids[i, : len(real)].tolist() == list(range(len(real)))
+    assert resp[0][-1] == tiny_model.tokenizer.eos_token_id
+
+
+def test_padded_batch_loss_equals_unpadded_reference(tiny_model):
+    """Batched right-padded loss == token-weighted mean of per-item losses from plain forwards on token ids."""
+    tok = tiny_model.tokenizer
+    questions = ["what is the capital of france ?", "who wrote hamlet ?", "where is mount everest ?"]
+    answers = ["paris", "shakespeare", "it was in nepal"]
+    queries = [B.text_query(tiny_model, q) for q in questions]
+    resp = [B.answer_ids(tiny_model, a) for a in answers]
+    with torch.no_grad():
+        got = B.response_loss(tiny_model, B.response_batch(tiny_model, queries, resp))
+        total, count = 0.0, 0
+        for q, r in zip(questions, resp):
+            prompt = [*tiny_model.prefix_ids, *tok(q, add_special_tokens=False).input_ids, *tiny_model.suffix_ids]
+            ids = torch.tensor([prompt + r])
+            logits = tiny_model.llm(input_ids=ids).logits[0]  # [T, V]
+            logp = torch.log_softmax(logits.double(), -1)
+            for k, t in enumerate(r):  # token prompt+k is predicted at position len(prompt)+k-1
+                total -= logp[len(prompt) + k - 1, t].item()
+                count += 1
+    assert got.item() == pytest.approx(total / count, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- one step
+@pytest.mark.parametrize("strategy", ["frozen", "lora", "full"])
+def test_one_step_lowers_the_loss_on_a_fixed_batch(tiny_parts, tmp_path, strategy):
+    cfg = _cfg(tiny_parts, tmp_path, strategy, batch_size=4, warmup_steps=0, lr=5e-3)
+    tr = _trainer(cfg, n=4)  # batch_size = dataset size: step 0 sees exactly these 4 clips
+    assert sorted(tr.batch_indices(0)) == [0, 1, 2, 3]
+    frozen_enc = {k: v.clone() for k, v in tr.model.encoder.state_dict().items()}
+    base_llm = {k: v.clone() for k, v in tr.model.llm.named_parameters() if not v.requires_grad}
+    tr.train_mode(False)
+    with torch.no_grad():
+        before = tr.loss_on([0, 1, 2, 3]).item()
+    tr.train_step()
+    tr.train_mode(False)
+    with torch.no_grad():
+        after = tr.loss_on([0, 1, 2, 3]).item()
+    assert after < before
+    for k, v in tr.model.encoder.state_dict().items():  # the encoder never trains
+        assert torch.equal(v, frozen_enc[k])
+    for k, v in tr.model.llm.named_parameters():  # frozen weights stay put (LoRA: the base; frozen: all)
+        if k in base_llm:
+            assert torch.equal(v, base_llm[k])
+    names = [n for n, _ in tr.trainable_named()]
+    assert any(n.startswith("adaptor.") for n in names)
+    assert any("lora_" in n for n in names) == (strategy == "lora")
+    assert any(n.startswith("llm.") for n in names) == (strategy != "frozen")
+
+
+def test_lr_schedule_warmup_then_cosine(tiny_parts, tmp_path):
+    tr = _trainer(_cfg(tiny_parts, tmp_path, "frozen", steps=10, warmup_steps=4, min_lr_ratio=0.1))
+    f = [tr.lr_factor(s) for s in range(10)]
+    assert f[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in zip(f[3:], f[4:]))
+    assert tr.lr_factor(10) == pytest.approx(0.1)
+
+
+def test_data_order_is_an_epochwise_permutation(tiny_parts, tmp_path):
+    tr = _trainer(_cfg(tiny_parts, tmp_path, "frozen", batch_size=2), n=6)
+    epoch0 = [i for s in range(3) for i in tr.batch_indices(s)]
+    epoch1 = [i for s in range(3, 6) for i in tr.batch_indices(s)]
+    assert sorted(epoch0) == sorted(epoch1) == list(range(6)) and epoch0 != epoch1
+
+
+# ----------------------------------------------------------------------------- resume
+def test_resume_gives_the_same_state_as_an_uninterrupted_run(tiny_parts, tmp_path):
+    """LoRA (with dropout, so the RNG matters): 6 steps straight == 3 steps, stop, new process state, 3 more."""
+    cfg_a = _cfg(tiny_parts, tmp_path / "a", "lora")
+    a = _trainer(cfg_a)
+    a.run()
+    rng_a = torch.get_rng_state()
+    cfg_b = _cfg(tiny_parts, tmp_path / "b", "lora")
+    b1 = _trainer(cfg_b)
+    b1.run(until=3)
+    del b1
+    torch.manual_seed(12345)  # a new process would start from some other RNG state
+    b2 = _trainer(cfg_b)
+    b2.run(resume=True)
+    assert b2.step == a.step == 6
+    for (na, pa), (nb, pb) in zip(a.trainable_named(), b2.trainable_named()):
+        assert na == nb and torch.equal(pa, pb), na
+    sa, sb = a.optimizer.state_dict(), b2.optimizer.state_dict()
+    for i in sa["state"]:
+        for k in sa["state"][i]:
+            assert torch.equal(sa["state"][i][k], sb["state"][i][k])
+    assert [g["lr"] for g in sa["param_groups"]] == [g["lr"] for g in sb["param_groups"]]
+    assert torch.equal(torch.get_rng_state(), rng_a)  # the dropout stream continued, not restarted
+    # the shipped artefacts agree too: final checkpoint bytes and the loss curve
+    fa, fb = tmp_path / "a" / "traj-lora" / "lora-step0006", tmp_path / "b" / "traj-lora" / "lora-step0006"
+    for rel in ("adaptor.safetensors", "lora/adapter_model.safetensors"):
+        assert (fa / rel).read_bytes() == (fb / rel).read_bytes(), rel
+
+    def losses(folder):
+        rows = [json.loads(x) for x in (folder / "train_log.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
+
+    assert losses(fa.parent) == losses(fb.parent) and len(losses(fa.parent)) == 6
+
+
+def test_resume_refuses_another_config_or_missing_state(tiny_parts, tmp_path):
+    cfg = _cfg(tiny_parts, tmp_path, "frozen", steps=2, save_every=2)
+    _trainer(cfg).run()
+    other = _trainer(dataclasses.replace(cfg, lr=0.5), resume_dir=cfg.out + "-resume")
+    with pytest.raises(LSLError, match="different train config"):
+        other.load_resume()
+    with pytest.raises(LSLError, match="No resume state"):
+        _trainer(cfg, resume_dir=str(tmp_path / "nowhere")).load_resume()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _outputs(model, states):
+    """Speech hidden states and greedy answer of one clip (what the app and evaluate use)."""
+    with torch.no_grad():
+        q = B.speech_query(model, states)
+        hs = model.forward_states(model.build_prompt(q))
+    return hs, B.generate_batch(model, [q], max_new_tokens=5)[0]
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora", "frozen"])
+def test_checkpoints_load_by_manifest(tiny_parts, tmp_path, strategy):
+    cfg = _cfg(tiny_parts, tmp_path, strategy, steps=4, save_every=2)
+    tr = _trainer(cfg)
+    saved = tr.run()
+    assert [p.name for p in saved] == [f"{strategy}-step0002", f"{strategy}-step0004"]
+    zoo = list_zoo(cfg.out)
+    assert [(m.name, m.step, m.strategy) for m in zoo] == [(f"{strategy}-step0002", 2, strategy),
+                                                           (f"{strategy}-step0004", 4, strategy)]
+    m = read_manifest(saved[-1])
+    assert m.adaptor == "adaptor.safetensors" and (m.lora == "lora") == (strategy == "lora")
+    assert m.llm == ("llm" if strategy == "full" else cfg.llm) and m.family == "tiny"
+    assert m.extra["train_config"] == "../train_config.json"
+    assert TrainConfig.from_json(saved[-1].parent / "train_config.json") == cfg  # re-runnable
+    loaded = load_checkpoint(saved[-1], device="cpu")
+    tr.train_mode(False)
+    states = tr.data.train[0].states
+    h1, a1 = _outputs(tr.model, states)
+    h2, a2 = _outputs(loaded, states)
+    torch.testing.assert_close(h2, h1, rtol=0, atol=0)  # float32 weights: identical model
+    assert a1 == a2
+    log = [json.loads(x) for x in (saved[-1].parent / "train_log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2, 4] and all(0 <= r["agreement"] <= 1 for r in evals)
+    assert "agreement_unseen" in evals[0]
+    assert all({"loss", "lr"} <= set(r) for r in log if r["kind"] == "train")
+
+
+def test_float16_lora_checkpoint_loads_into_a_float32_model(tiny_parts, tmp_path):
+    cfg = _cfg(tiny_parts, tmp_path, "lora", steps=2, save_every=2, save_dtype="float16")
+    tr = _trainer(cfg)
+    folder = tr.run()[-1]
+    st = load_file(str(folder / "lora" / "adapter_model.safetensors"))
+    assert st and all(v.dtype == torch.float16 for v in st.values())
+    assert all(v.dtype == torch.float16 for v in load_file(str(folder / "adaptor.safetensors")).values())
+    cfg_json = json.loads((folder / "lora" / "adapter_config.json").read_text())
+    assert cfg_json["r"] == 8 and cfg_json["lora_alpha"] == 4 and cfg_json["lora_dropout"] == 0.1
+    assert sorted(cfg_json["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert cfg_json["base_model_name_or_path"] == cfg.llm
+    loaded = load_checkpoint(folder, device="cpu")
+    want = {n.removeprefix("llm."): p for n, p in tr.trainable_named() if n.startswith("llm.")}
+    got = dict(loaded.llm.named_parameters())
+    assert want
+    for n, p in want.items():
+        assert got[n].dtype == torch.float32
+        torch.testing.assert_close(got[n], p.detach().half().float(), rtol=0, atol=0)
+    for n, p in tr.model.adaptor.named_parameters():
+        torch.testing.assert_close(dict(loaded.adaptor.named_parameters())[n], p.detach().half().float(), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_validation_names_the_field(tiny_parts, tmp_path):
+    with pytest.raises(LSLError, match="'heldout_voice'"):
+        _cfg(tiny_parts, tmp_path, voices=("en-gb", "en-gb-scotland"), heldout_voice="en-gb-scotland")
+    with pytest.raises(LSLError, match="'strategy'"):
+        _cfg(tiny_parts, tmp_path, strategy="none")
+    with pytest.raises(LSLError, match="'steps'"):
+        _cfg(tiny_parts, tmp_path, steps=0)
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"strategy": "lora", "colour": "red"}))
+    with pytest.raises(LSLError, match="unknown train config field"):
+        TrainConfig.from_json(p)
+    cfg = _cfg(tiny_parts, tmp_path, steps=400, save_every=200, save_steps=(25, 100), eval_every=100)
+    assert cfg.checkpoint_steps() == [25, 100, 200, 400]
+    assert cfg.eval_steps() == [0, 25, 100, 200, 300, 400]
+
+
+@pytest.mark.parametrize("name", ["train_lora.json", "train_frozen.json"])
+def test_shipped_configs_parse_and_hold_out_the_unseen_voice(name):
+    from pathlib import Path
+
+    cfg = TrainConfig.from_json(Path(__file__).parents[1] / "configs" / name)
+    assert cfg.heldout_voice == "en-gb-scotland" and "en-gb-scotland" not in cfg.voices
+    assert cfg.strategy == name.removeprefix("train_").removesuffix(".json")
+    assert len(cfg.checkpoint_steps()) >= 4 and cfg.save_dtype == "float16"
+
+
+def test_training_questions_are_test_questions_never_dev():
+    from lsl_core.data.sdqa import load_sdqa_dev
+    from lsl_core.train import split_questions
+
+    cfg = TrainConfig(n_questions=240, n_val_questions=16)
+    train, val = split_questions(cfg)
+    assert len(train) == 240 and len(val) == 16
+    ids = {q.example_id for q in train} | {q.example_id for q in val}
+    assert len(ids) == 256  # disjoint
+    dev = load_sdqa_dev()
+    assert not ids & {q.example_id for q in dev}
+    assert not {q.question.strip().lower() for q in train} & {q.question.strip().lower() for q in dev}
+    assert split_questions(cfg) == (train, val)  # deterministic
+
+
+def test_self_distillation_targets_are_the_backbones_greedy_answers(tiny_model, tmp_path, monkeypatch):
+    """Targets = the LLM's own greedy answer ids to the typed question; cached, so a rerun generates nothing."""
+    from lsl_core.train import self_distillation_targets
+
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
+    qs = ["what is the capital of france ?", "who wrote hamlet ?", "where is mount everest ?"]
+    got = self_distillation_targets(tiny_model, qs, max_new_tokens=6, batch_size=2)
+    for q, ids in zip(qs, got):
+        text = tiny_model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        assert text == tiny_model.generate(text=q, max_new_tokens=6)
+    monkeypatch.setattr(B, "generate_ids_batch", lambda *a, **k: pytest.fail("targets were not cached"))
+    assert self_distillation_targets(tiny_model, qs[::-1], max_new_tokens=6, batch_size=2) == got[::-1]
