@@ -127,7 +127,8 @@ def test_manifest_checkpoint_roundtrip_identical_outputs(tiny_parts, tmp_path):
     from lsl_core.model.lslm import LSLM
 
     adaptor, folder = _save_checkpoint(tiny_parts, tmp_path / "ck")
-    loaded = load_checkpoint(folder, device="cpu")
+    loaded = load_checkpoint(folder, device="cpu", merge_lora=False)
+    merged = load_checkpoint(folder, device="cpu")  # default: LoRA folded into the weights (faster decoding)
     # the same parts assembled by hand, in memory
     llm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_parts["llm"]), folder / "lora").eval()
     from transformers import AutoTokenizer
@@ -138,6 +139,10 @@ def test_manifest_checkpoint_roundtrip_identical_outputs(tiny_parts, tmp_path):
     a, b = loaded.hidden_states(s), manual.hidden_states(s)
     torch.testing.assert_close(a.speech, b.speech, rtol=0, atol=0)
     torch.testing.assert_close(a.text, b.text, rtol=0, atol=0)
+    c = merged.hidden_states(s)
+    torch.testing.assert_close(c.speech, a.speech, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c.text, a.text, rtol=1e-4, atol=1e-5)
+    assert not hasattr(merged.llm, "peft_config") and merged.digest == loaded.digest
     assert loaded.generate(audio=s.audio, sr=s.sr, max_new_tokens=5) == manual.generate(audio=s.audio, sr=s.sr, max_new_tokens=5)
     # LoRA really changes the model (the check above is not vacuous)
     base = AutoModelForCausalLM.from_pretrained(tiny_parts["llm"]).eval()

@@ -193,7 +193,7 @@ def test_checkpoints_load_by_manifest(tiny_parts, tmp_path, strategy):
     assert m.llm == ("llm" if strategy == "full" else cfg.llm) and m.family == "tiny"
     assert m.extra["train_config"] == "../train_config.json"
     assert TrainConfig.from_json(saved[-1].parent / "train_config.json") == cfg  # re-runnable
-    loaded = load_checkpoint(saved[-1], device="cpu")
+    loaded = load_checkpoint(saved[-1], device="cpu", merge_lora=False)
     tr.train_mode(False)
     states = tr.data.train[0].states
     h1, a1 = _outputs(tr.model, states)
@@ -218,7 +218,7 @@ def test_float16_lora_checkpoint_loads_into_a_float32_model(tiny_parts, tmp_path
     assert cfg_json["r"] == 8 and cfg_json["lora_alpha"] == 4 and cfg_json["lora_dropout"] == 0.1
     assert sorted(cfg_json["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
     assert cfg_json["base_model_name_or_path"] == cfg.llm
-    loaded = load_checkpoint(folder, device="cpu")
+    loaded = load_checkpoint(folder, device="cpu", merge_lora=False)
     want = {n.removeprefix("llm."): p for n, p in tr.trainable_named() if n.startswith("llm.")}
     got = dict(loaded.llm.named_parameters())
     assert want

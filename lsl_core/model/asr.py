@@ -91,7 +91,11 @@ class WhisperASR:
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
-            ids = self.model.generate(feats, generation_config=copy.deepcopy(self.generation_config), **kwargs)
+            gen = copy.deepcopy(self.generation_config)
+            # never ask for more tokens than the decoder has positions (small/tiny Whisper configs)
+            room = int(self.model.config.max_target_positions) - 4  # start/lang/task/notimestamps prompt
+            gen.max_new_tokens = max(1, min(int(gen.max_new_tokens), room))
+            ids = self.model.generate(feats, generation_config=gen, **kwargs)
         finally:
             quiet.setLevel(level)
         return self.tokenizer.decode(ids[0], skip_special_tokens=True).strip()

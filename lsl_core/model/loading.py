@@ -232,8 +232,12 @@ def attach_lora(llm, m: CheckpointManifest):
 
 
 def load_checkpoint(manifest: str | Path | CheckpointManifest, *, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None):
-    """Build an LSLM from a manifest. Device defaults to CUDA if present; dtype bf16 on CUDA, else float32."""
+                    dtype: torch.dtype | None = None, merge_lora: bool = True):
+    """Build an LSLM from a manifest. Device defaults to CUDA if present; dtype bf16 on CUDA, else float32.
+
+    merge_lora folds W + BA into W once (the same function; unmerged peft layers make CPU decoding
+    2-3x slower). Pass False to keep the peft wrapper, e.g. to continue training the adapter.
+    """
     from lsl_core.model.encoder import SpeechEncoder
     from lsl_core.model.lslm import LSLM
 
@@ -248,6 +252,8 @@ def load_checkpoint(manifest: str | Path | CheckpointManifest, *, device: str | 
     adaptor = load_adaptor(m, encoder.output_dim, llm_dim).to(dev, dt).eval()
     if m.lora:
         llm = attach_lora(llm, m)
+        if merge_lora:
+            llm = llm.merge_and_unload().eval()
     asr_factory = _asr_factory(enc_ref, dev, dt)
     return LSLM(encoder, adaptor, llm, tok, m.template(), name=m.name, digest=f"{manifest_digest(m)}-{dev.type}-{dt}"
                 .replace("torch.", ""), manifest=m.to_json(), asr_factory=asr_factory)

@@ -1,0 +1,481 @@
+"""Interventions (DESIGN §3) on tiny random models: the plan against a hand-computed reference, the
+edited layer input against the formulas (captured by hooks before and after ours), prefill-only
+editing, identity = plain generation, hook cleanup on error, LoRA, CUDA, and the Table 1 pipeline."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import tone
+from safetensors.torch import save_file
+from torch import nn
+
+from lsl_core.data.samples import Sample
+from lsl_core.errors import LSLError
+from lsl_core.intervention_eval import TABLE1_INTERVENTIONS, evaluate_interventions, table1, table1_markdown
+from lsl_core.interventions import (Intervention, condition_label, generate_side_by_side, intervention_hooks,
+                                    parse_condition, plan_intervention, plan_interventions, sample_states)
+from lsl_core.model.lslm import HiddenStates
+
+QUESTION = "what is the capital of france ?"
+NEW = 4  # new tokens: 1 prefill + 3 decode steps
+
+
+def _sample(seconds: float = 1.3, q: str = QUESTION, sid: str = "s1", answers=("paris",)) -> Sample:
+    return Sample(id=sid, audio=tone(seconds), sr=16_000, question=q, answers=tuple(answers))
+
+
+# ============================================================================ independent reference
+def _reference_plan(states: HiddenStates, iv: Intervention) -> tuple[list[int], np.ndarray | None]:
+    """Frames and mean targets t̄ [n, d] by explicit loops in float64 (bottom/all targets only)."""
+    hs = states.speech[iv.layer].double().numpy()  # [Ts, d]
+    ht = states.text[iv.layer].double().numpy()  # [Tt, d]
+    ts, tt = hs.shape[0], ht.shape[0]
+    A = np.zeros((ts, tt))
+    for i in range(ts):
+        for j in range(tt):
+            if iv.metric == "cosine":
+                A[i, j] = hs[i] @ ht[j] / (np.linalg.norm(hs[i]) * np.linalg.norm(ht[j]))
+            else:
+                A[i, j] = np.linalg.norm(hs[i] - ht[j])
+    path = [int(np.argmax(A[:, j]) if iv.metric == "cosine" else np.argmin(A[:, j])) for j in range(tt)]
+    quality = [A[path[j], j] if iv.metric == "cosine" else -A[path[j], j] for j in range(tt)]
+    tokens = sorted(range(tt), key=lambda j: (quality[j], j))
+    tokens = tokens[: iv.k] if iv.target == "bottom" else tokens
+    frames = sorted({path[j] for j in tokens})
+    targets = np.stack([np.mean([ht[j] for j in tokens if path[j] == f], axis=0) for f in frames]) if frames else None
+    return frames, targets
+
+
+def _formula(op: str, s: np.ndarray, t: np.ndarray | None, stats=None) -> np.ndarray:
+    """DESIGN §3 formulas in float64: s [n, d], t [n, d]."""
+    if op == "angle":
+        return np.linalg.norm(s, axis=1, keepdims=True) * t / np.linalg.norm(t, axis=1, keepdims=True)
+    if op == "length":
+        return s * np.linalg.norm(t, axis=1, keepdims=True) / np.linalg.norm(s, axis=1, keepdims=True)
+    mu_s, sd_s, mu_t, sd_t = stats
+    return (s - mu_s) / sd_s * sd_t + mu_t
+
+
+def _calib_stats(states: HiddenStates, layer: int):
+    hs, ht = states.speech[layer].double().numpy(), states.text[layer].double().numpy()
+    return hs.mean(0), hs.std(0), ht.mean(0), ht.std(0)
+
+
+# ============================================================================ capture hooks
+def _register_capture(model, layer: int, store: list, *, prepend: bool):
+    """A pre-hook that records the decoder layer's hidden_states input (before or after ours)."""
+
+    def hook(module, args, kwargs):
+        store.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+
+    return model.decoder_layers()[layer].register_forward_pre_hook(hook, with_kwargs=True, prepend=prepend)
+
+
+def _run_captured(model, prompt, plans, layer: int):
+    """Generate NEW tokens with the plans; return (inputs before our hooks, inputs after) per call."""
+    before, after = [], []
+    with intervention_hooks(model, plans):
+        handles = [_register_capture(model, layer, before, prepend=True),
+                   _register_capture(model, layer, after, prepend=False)]
+        try:
+            model.generate_from_prompt(prompt, NEW, min_new_tokens=NEW)
+        finally:
+            for h in handles:
+                h.remove()
+    return before, after
+
+
+def _check_edit(model, sample, iv: Intervention, atol: float = 1e-6):
+    """The edited prefill rows equal the formula; every other position and every decode step is untouched."""
+    speech_prompt, _, states = sample_states(model, sample)
+    embeds_before = speech_prompt.inputs_embeds.clone()
+    (plan,) = plan_interventions(iv, states, speech_prompt)
+    before, after = _run_captured(model, speech_prompt, [plan], iv.layer)
+    T = speech_prompt.inputs_embeds.shape[1]
+    assert [x.shape[1] for x in before] == [T] + [1] * (NEW - 1), "one prefill pass, then length-1 decode steps"
+    if iv.layer == 0:
+        torch.testing.assert_close(before[0], speech_prompt.inputs_embeds, rtol=0, atol=0)
+    assert torch.equal(speech_prompt.inputs_embeds, embeds_before), "the prompt tensor itself is never modified"
+
+    pos = plan.positions
+    assert pos and all(speech_prompt.span.start <= p < speech_prompt.span.stop for p in pos)
+    s = before[0][0, pos].double().numpy()  # [n, d] live unedited rows
+    if iv.op == "calibrate":
+        want = _formula("calibrate", s, None, _calib_stats(states, iv.layer))
+    else:
+        frames, targets = _reference_plan(states, iv)
+        assert list(plan.frames) == frames
+        want = _formula(iv.op, s, targets)
+    got = after[0][0, pos].double().numpy()
+    # to 1e-6, relative to the rows' scale when that is below 1 (tiny random embeddings are ~0.02)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=atol * min(1.0, float(np.abs(want).max())))
+    others = [p for p in range(T) if p not in pos]
+    assert torch.equal(after[0][:, others], before[0][:, others]), "positions outside the plan are untouched"
+    for b, a in zip(before[1:], after[1:]):
+        assert torch.equal(a, b), "decode steps are never edited"
+    return plan, before, after
+
+
+# ============================================================================ config and parsing
+@pytest.mark.parametrize("spec,expect", [
+    ("angle:bottom3@0", Intervention("angle", "bottom", 3, layer=0)),
+    ("angle:all", Intervention("angle", "all")),
+    ("length:bottom5@4:distance", Intervention("length", "bottom", 5, layer=4, metric="distance")),
+    ("calibrate:frames=3,1,2", Intervention("calibrate", "frames", frames=(1, 2, 3))),
+    ("calibrate:span@1", Intervention("calibrate", "span", layer=1)),
+    ("Angle:Bottom", Intervention("angle", "bottom", 3)),
+])
+def test_parse_and_label_round_trip(spec, expect):
+    iv = Intervention.parse(spec)
+    assert iv == expect
+    assert Intervention.parse(iv.label()) == iv
+    assert Intervention.parse("angle:bottom3@0").label() == "angle:bottom3"
+    assert Intervention.parse("length:bottom5@4:distance").label() == "length:bottom5@4:distance"
+    assert Intervention.parse("calibrate:frames=1,2,3").label() == "calibrate:frames=1,2,3"
+    assert Intervention.parse("angle:bottom3").title() == "Angle·Bottom3"
+    assert Intervention.parse("length:all").title() == "Length·All"
+
+
+def test_conditions_compose_in_order():
+    c = parse_condition("angle:bottom3+length:all@1")
+    assert [iv.label() for iv in c] == ["angle:bottom3", "length:all@1"]
+    assert condition_label([Intervention("calibrate", "all"), "angle:bottom2"]) == "calibrate:all+angle:bottom2"
+
+
+@pytest.mark.parametrize("spec,field", [
+    ("rotate:all", "op"), ("angle:top3", "target"), ("angle:all@x", "layer"), ("angle:all:manhattan", "metric"),
+    ("angle:frames=a", "frame index"), ("angle", "expected"), ("calibrate:frames=", "frames"),
+])
+def test_parse_errors_name_the_field(spec, field):
+    with pytest.raises(LSLError, match=field):
+        Intervention.parse(spec)
+
+
+def test_config_validation():
+    with pytest.raises(LSLError, match="k"):
+        Intervention(k=-1)
+    with pytest.raises(LSLError, match="layer"):
+        Intervention(layer=-2)
+    with pytest.raises(LSLError, match="frames"):
+        Intervention(target="all", frames=(1,))
+
+
+# ============================================================================ plans
+@pytest.mark.parametrize("metric", ["cosine", "distance"])
+@pytest.mark.parametrize("target", ["bottom", "all"])
+def test_plan_matches_the_hand_reference(tiny_model, metric, target):
+    speech_prompt, _, states = sample_states(tiny_model, _sample())
+    for layer in (0, 1):
+        iv = Intervention("angle", target, 3, layer=layer, metric=metric)
+        plan = plan_intervention(iv, states, speech_prompt.span, speech_prompt.inputs_embeds.shape[1])
+        frames, targets = _reference_plan(states, iv)
+        assert list(plan.frames) == frames
+        np.testing.assert_allclose(plan.targets.double().numpy(), targets, rtol=1e-5, atol=1e-6)
+        assert plan.positions == [speech_prompt.span.start + f for f in frames]
+        np.testing.assert_allclose(plan.frame_times, states.frame_times[frames])
+        assert plan.token_strings == tuple(states.tokens[j] for j in plan.tokens)
+        if target == "bottom":
+            assert len(plan.tokens) == 3 and len(plan.frames) <= 3
+
+
+def test_frame_shared_by_tokens_moves_towards_their_mean():
+    """Two tokens on one frame: the frame is edited once, towards the mean of the two text states."""
+    d = 4
+    text = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0]])[None]  # [1, Tt=3, d]
+    speech = torch.tensor([[1.0, 1.0, 0, 0], [0, 0, 0, 2.0]])[None]  # frame 0 best for tokens 0,1; frame 1 for 2
+    states = HiddenStates(torch.cat([speech, speech]), torch.cat([text, text]), np.array([0.0, 0.1]), 0.1,
+                          ["a", "b", "c"])
+    plan = plan_intervention(Intervention("angle", "all"), states, slice(5, 7), 10)
+    assert plan.frames == (0, 1) and plan.frame_tokens == ((0, 1), (2,))
+    torch.testing.assert_close(plan.targets, torch.tensor([[0.5, 0.5, 0, 0], [0, 0, 0, 1.0]]))
+    h = torch.arange(10 * d, dtype=torch.float32).reshape(1, 10, d)
+    out = plan.apply(h)
+    s0 = h[0, 5]
+    torch.testing.assert_close(out[0, 5], s0.norm() * torch.tensor([1.0, 1.0, 0, 0]) / math.sqrt(2))
+    step = h[:, :1]
+    assert plan.apply(step) is step, "a pass shorter than the prompt (a decode step) is returned as is"
+
+
+def test_explicit_frames_and_span_targets(tiny_model):
+    speech_prompt, _, states = sample_states(tiny_model, _sample())
+    ts = states.speech.shape[1]
+    plans = plan_interventions("angle:frames=0,2+calibrate:span", states, speech_prompt)
+    assert plans[0].frames == (0, 2) and all(len(js) >= 1 for js in plans[0].frame_tokens)
+    assert plans[1].frames == tuple(range(ts)) and plans[1].tokens == ()
+    with pytest.raises(LSLError, match="outside the speech span"):
+        plan_interventions(f"angle:frames={ts}", states, speech_prompt)
+    with pytest.raises(LSLError, match="out of range"):
+        plan_interventions(f"angle:all@{tiny_model.num_layers}", states, speech_prompt)
+
+
+# ============================================================================ the edit itself
+@pytest.mark.parametrize("op", ["angle", "length", "calibrate"])
+@pytest.mark.parametrize("layer", [0, 1])
+def test_edited_layer_input_equals_the_formula(tiny_model, op, layer):
+    _check_edit(tiny_model, _sample(), Intervention(op, "bottom", 3, layer=layer))
+
+
+@pytest.mark.parametrize("spec", ["angle:all:distance", "length:all@1", "calibrate:all"])
+def test_all_targets_equal_the_formula(tiny_model, spec):
+    _check_edit(tiny_model, _sample(), Intervention.parse(spec))
+
+
+def test_composition_applies_in_order(tiny_model):
+    """calibrate then angle on the same frames = the two formulas chained on the live state."""
+    speech_prompt, _, states = sample_states(tiny_model, _sample())
+    plans = plan_interventions("calibrate:all+angle:all", states, speech_prompt)
+    before, after = _run_captured(tiny_model, speech_prompt, plans, 0)
+    pos = plans[1].positions
+    s = before[0][0, pos].double().numpy()
+    idx = [plans[0].frames.index(f) for f in plans[1].frames]
+    mid = _formula("calibrate", s, None, _calib_stats(states, 0))
+    _, targets = _reference_plan(states, Intervention("angle", "all"))
+    np.testing.assert_allclose(after[0][0, pos].double().numpy(), _formula("angle", mid, targets), rtol=1e-5, atol=1e-6)
+    assert idx  # both plans touch the same path frames
+
+
+def test_hidden_states_keyword_and_positional_calls():
+    """The hook edits hidden_states whether the layer receives it positionally or as a keyword."""
+
+    class KwLayer(nn.Module):
+        def forward(self, *, hidden_states: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+            return hidden_states * scale
+
+    class PosLayer(nn.Module):
+        def forward(self, hidden_states: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+            return hidden_states * scale
+
+    class Fake:
+        def __init__(self):
+            self.layers = nn.ModuleList([KwLayer(), PosLayer()])
+
+        def decoder_layers(self):
+            return self.layers
+
+    g = torch.Generator().manual_seed(0)
+    states = HiddenStates(torch.randn(3, 4, 8, generator=g), torch.randn(3, 3, 8, generator=g),
+                          np.arange(4) * 0.1, 0.1, ["x", "y", "z"])
+    fake = Fake()
+    h = torch.randn(1, 9, 8, generator=g)
+    for layer, call in ((0, lambda m, x: m(hidden_states=x, scale=2.0)), (1, lambda m, x: m(x, scale=2.0))):
+        plan = plan_intervention(Intervention("length", "all", layer=layer), states, slice(2, 6), 9)
+        with intervention_hooks(fake, [plan]):
+            out = call(fake.layers[layer], h)
+            step = call(fake.layers[layer], h[:, :1])
+        torch.testing.assert_close(out, 2.0 * plan.apply(h))
+        assert not torch.equal(out, 2.0 * h)
+        torch.testing.assert_close(step, 2.0 * h[:, :1])
+        assert len(fake.layers[layer]._forward_pre_hooks) == 0
+
+
+def test_batched_conditions_edit_only_their_row(tiny_model):
+    """generate_conditions: row b gets exactly condition b's edit; answers equal one-by-one generation."""
+    from lsl_core.interventions import generate_conditions, generate_with_interventions
+
+    speech_prompt, _, states = sample_states(tiny_model, _sample())
+    conds = [(), tuple(plan_interventions("angle:all", states, speech_prompt)),
+             tuple(plan_interventions("calibrate:bottom3+length:all@1", states, speech_prompt))]
+    answers = generate_conditions(tiny_model, speech_prompt, conds, 5, min_new_tokens=5)
+    single = [generate_with_interventions(tiny_model, speech_prompt, list(c), 5, min_new_tokens=5) for c in conds]
+    assert answers == single
+    # the edit itself, row by row: capture after our hooks at layer 0
+    got = []
+    with intervention_hooks(tiny_model, [conds[1][0]], rows=[[1]]):
+        h = _register_capture(tiny_model, 0, got, prepend=False)
+        try:
+            tiny_model.llm(inputs_embeds=speech_prompt.inputs_embeds.expand(3, -1, -1), use_cache=False)
+        finally:
+            h.remove()
+    x = speech_prompt.inputs_embeds[0]
+    assert torch.equal(got[0][0], x) and torch.equal(got[0][2], x)
+    torch.testing.assert_close(got[0][1], conds[1][0].apply(speech_prompt.inputs_embeds)[0], rtol=0, atol=0)
+    sbs = generate_side_by_side(tiny_model, _sample(), ["angle:all", "angle:bottom0"], 5, cascade=False, batched=True)
+    assert sbs.interventions[1].answer == sbs.speech.answer
+
+
+# ============================================================================ identity and cleanup
+def _ids(model, prompt, plans=None, **kw):
+    mask = torch.ones(prompt.inputs_embeds.shape[:2], dtype=torch.long)
+    kwargs = dict(inputs_embeds=prompt.inputs_embeds, attention_mask=mask, do_sample=False, max_new_tokens=8,
+                  min_new_tokens=8, pad_token_id=model.tokenizer.eos_token_id, output_scores=True,
+                  return_dict_in_generate=True, **kw)
+    if plans is None:
+        return model.llm.generate(**kwargs)
+    with intervention_hooks(model, plans):
+        return model.llm.generate(**kwargs)
+
+
+def test_identity_intervention_reproduces_plain_generation(tiny_model):
+    s = _sample()
+    speech_prompt, _, states = sample_states(tiny_model, s)
+    plain = _ids(tiny_model, speech_prompt)
+    for spec in ("angle:bottom0", "length:bottom0@1", "calibrate:bottom0"):
+        plans = plan_interventions(spec, states, speech_prompt)
+        assert plans[0].frames == ()
+        same = _ids(tiny_model, speech_prompt, plans)
+        assert torch.equal(same.sequences, plain.sequences), "token for token"
+        assert all(torch.equal(a, b) for a, b in zip(same.scores, plain.scores))
+    sbs = generate_side_by_side(tiny_model, s, ["angle:bottom0"], max_new_tokens=6, cascade=False)
+    assert sbs.interventions[0].answer == sbs.speech.answer == tiny_model.generate(audio=s.audio, sr=s.sr,
+                                                                                   max_new_tokens=6)
+    # a real edit does change the model's output distribution (so the identity check is not vacuous)
+    edited = _ids(tiny_model, speech_prompt, plan_interventions("angle:all", states, speech_prompt))
+    assert not torch.allclose(edited.scores[0], plain.scores[0])
+
+
+def test_hooks_are_removed_after_an_exception(tiny_model):
+    speech_prompt, _, states = sample_states(tiny_model, _sample())
+    plans = plan_interventions("angle:bottom3+length:all@1", states, speech_prompt)
+    layers = tiny_model.decoder_layers()
+    foreign = layers[0].register_forward_pre_hook(lambda m, a: None)  # someone else's hook stays
+    counts = [len(layer._forward_pre_hooks) for layer in layers]
+
+    def boom(module, args, kwargs):
+        raise RuntimeError("boom inside the forward")
+
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            with intervention_hooks(tiny_model, plans):
+                assert [len(layer._forward_pre_hooks) for layer in layers] == [c + 1 for c in counts]
+                h = layers[1].register_forward_pre_hook(boom, with_kwargs=True)
+                try:
+                    tiny_model.generate_from_prompt(speech_prompt, 3)
+                finally:
+                    h.remove()
+        assert [len(layer._forward_pre_hooks) for layer in layers] == counts
+        assert foreign.id in layers[0]._forward_pre_hooks
+        with pytest.raises(ValueError, match="plain error"):
+            with intervention_hooks(tiny_model, plans):
+                raise ValueError("plain error")
+        assert [len(layer._forward_pre_hooks) for layer in layers] == counts
+    finally:
+        foreign.remove()
+    assert tiny_model.lock.acquire(blocking=False)  # the model lock was released too
+    tiny_model.lock.release()
+
+
+# ============================================================================ LoRA and CUDA
+def _tiny_checkpoint(tiny_parts, folder, with_lora: bool):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lsl_core.model.adaptor import Adaptor, AdaptorConfig
+    from lsl_core.model.loading import CheckpointManifest, write_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(7)
+    adaptor = Adaptor(AdaptorConfig(enc_dim=16, llm_dim=32, stack=5))
+    save_file({k: v.contiguous() for k, v in adaptor.state_dict().items()}, str(folder / "adaptor.safetensors"))
+    lora = None
+    if with_lora:
+        llm = AutoModelForCausalLM.from_pretrained(tiny_parts["llm"])
+        peft = get_peft_model(llm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                              init_lora_weights=False))
+        peft.save_pretrained(folder / "lora", safe_serialization=True)
+        lora = "lora"
+    write_manifest(CheckpointManifest(name="tiny-iv", llm=str(tiny_parts["llm"]), encoder=str(tiny_parts["encoder"]),
+                                      family="tiny", strategy="lora" if with_lora else "frozen", step=1,
+                                      adaptor="adaptor.safetensors", lora=lora, downsample=5), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_lora_model(tiny_parts, tmp_path_factory):
+    from lsl_core.model.loading import load_checkpoint
+
+    return load_checkpoint(_tiny_checkpoint(tiny_parts, tmp_path_factory.mktemp("ivlora"), True), device="cpu", merge_lora=False)
+
+
+def test_works_with_lora(tiny_lora_model):
+    assert hasattr(tiny_lora_model.llm, "get_base_model"), "the LLM is a peft wrapper"
+    for spec in ("angle:bottom3", "length:all@1", "calibrate:bottom3@1"):
+        _check_edit(tiny_lora_model, _sample(), Intervention.parse(spec))
+    s = _sample()
+    speech_prompt, _, states = sample_states(tiny_lora_model, s)
+    plain = _ids(tiny_lora_model, speech_prompt)
+    same = _ids(tiny_lora_model, speech_prompt, plan_interventions("angle:bottom0", states, speech_prompt))
+    assert torch.equal(same.sequences, plain.sequences)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_works_on_cuda_bf16(tiny_parts, tmp_path):
+    from lsl_core.model.loading import load_checkpoint
+
+    model = load_checkpoint(_tiny_checkpoint(tiny_parts, tmp_path / "ck", True), device="cuda")
+    assert model.dtype == torch.bfloat16
+    for spec in ("angle:bottom3", "length:all@1", "calibrate:all"):
+        iv = Intervention.parse(spec)
+        speech_prompt, _, states = sample_states(model, _sample())
+        (plan,) = plan_interventions(iv, states, speech_prompt)
+        before, after = _run_captured(model, speech_prompt, [plan], iv.layer)
+        pos = plan.positions
+        # float32 math, one cast back to bf16: identical to the plan's own float32 formula
+        want = plan.edit_rows(before[0][:, pos].float()).to(torch.bfloat16)
+        assert after[0].dtype == torch.bfloat16
+        torch.testing.assert_close(after[0][:, pos], want, rtol=0, atol=0)
+        others = [p for p in range(before[0].shape[1]) if p not in pos]
+        assert torch.equal(after[0][:, others], before[0][:, others])
+        assert all(torch.equal(a, b) for a, b in zip(before[1:], after[1:]))
+
+
+# ============================================================================ side by side and Table 1
+def test_side_by_side_scores_and_reuses_states(tiny_model):
+    s = _sample()
+    conds = ["angle:bottom3", "length:all@1:distance", "angle:bottom2+calibrate:bottom2"]
+    sbs = generate_side_by_side(tiny_model, s, conds, max_new_tokens=5, cascade=False)
+    assert sbs.cascade is None and sbs.transcript is None
+    assert [a.condition for a in sbs.interventions] == [condition_label(c) for c in conds]
+    assert sbs.text.agreement == 1.0 and sbs.references == ("paris",)
+    for a in sbs.answers():
+        assert 0.0 <= a.containment <= 1.0 and 0.0 <= a.f1 <= 1.0 and 0.0 <= a.agreement <= 1.0
+    a0 = sbs.interventions[0]
+    assert 1 <= len(a0.frames) <= 3 and len(a0.tokens) == 3
+    row = sbs.rows()[2]
+    assert row["frames"] == a0.frames and row["tokens"] == [sbs.tokens[j] for j in a0.tokens]
+    assert row["frame_times"] == pytest.approx([sbs.frame_times[f] for f in a0.frames])
+    states = tiny_model.hidden_states(s)
+    again = generate_side_by_side(tiny_model, s, conds, max_new_tokens=5, states=states, cascade=False)
+    assert [a.answer for a in again.answers()] == [a.answer for a in sbs.answers()]
+    assert [a.frames for a in again.interventions] == [a.frames for a in sbs.interventions]
+    no_refs = generate_side_by_side(tiny_model, _sample(answers=()), ["angle:all"], max_new_tokens=3, cascade=False)
+    assert math.isnan(no_refs.speech.f1) and not math.isnan(no_refs.speech.agreement)
+
+
+def test_evaluate_interventions_and_table1(tiny_model):
+    samples = [_sample(1.3, sid="a"), _sample(1.0, "who wrote hamlet ?", "b", ("shakespeare",))]
+    seen = []
+    df = evaluate_interventions(tiny_model, samples, list(TABLE1_INTERVENTIONS), max_new_tokens=3,
+                                progress=lambda d, n: seen.append((d, n)))
+    assert seen == [(1, 2), (2, 2)]
+    assert len(df) == 2 * (1 + len(TABLE1_INTERVENTIONS))
+    assert list(df["condition"][:7]) == ["original", *TABLE1_INTERVENTIONS]
+    t = table1(df)
+    assert list(t.index) == ["Original", "Angle·Bottom3", "Angle·All", "Length·Bottom3", "Length·All",
+                             "Calibrate·Bottom3", "Calibrate·All"]
+    assert list(t.columns[:6]) == ["containment", "F1", "agreement", "Δ containment", "Δ F1", "Δ agreement"]
+    assert (t.loc["Original", ["Δ containment", "Δ F1", "Δ agreement"]] == 0).all()
+    want_f1 = df[df.condition == "length:all"]["f1"].mean() * 100
+    want_orig = df[df.condition == "original"]["f1"].mean() * 100
+    assert t.loc["Length·All", "F1"] == pytest.approx(want_f1)
+    assert t.loc["Length·All", "Δ F1"] == pytest.approx(want_f1 - want_orig)
+    assert (t["n"] == 2).all() and t.loc["Original", "frames"] == 0
+    md = table1_markdown(t)
+    assert md.count("\n") == len(t) + 1 and "Angle·Bottom3" in md
+    with pytest.raises(LSLError, match="original"):
+        evaluate_interventions(tiny_model, samples, ["original"], max_new_tokens=2)
+
+
+# ============================================================================ the embedded default
+@pytest.mark.slow
+def test_embedded_default_edit_identity_and_cascade(embedded_model):
+    """The real model: the layer-0 edit matches the formula, k=0 equals plain speech, cascade is present."""
+    m = embedded_model
+    s = _sample(1.5, "What is the capital of France?", answers=("Paris",))
+    _check_edit(m, s, Intervention.parse("angle:bottom3"), atol=1e-6)
+    sbs = generate_side_by_side(m, s, ["angle:bottom0", "length:bottom3"], max_new_tokens=6)
+    assert sbs.interventions[0].answer == sbs.speech.answer
+    assert m.has_asr and sbs.cascade is not None and isinstance(sbs.transcript, str)
