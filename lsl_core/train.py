@@ -662,9 +662,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | No
     trainer = Trainer(cfg, model, data, cfg.out, resume_dir, progress)
     t1 = time.time()
     saved = trainer.run(resume=resume)
-    n = cfg.steps
-    print(f"trained {cfg.name}: {n} steps in {time.time() - t1:.0f} s; checkpoints: "
-          + ", ".join(p.name for p in saved), flush=True)
+    print(f"trained {cfg.name} to step {trainer.step}/{cfg.steps} in {time.time() - t1:.0f} s; new checkpoints: "
+          + (", ".join(p.name for p in saved) or "none"), flush=True)
     return saved
 
 

@@ -227,6 +227,9 @@ def test_float16_lora_checkpoint_loads_into_a_float32_model(tiny_parts, tmp_path
         torch.testing.assert_close(got[n], p.detach().half().float(), rtol=0, atol=0)
     for n, p in tr.model.adaptor.named_parameters():
         torch.testing.assert_close(dict(loaded.adaptor.named_parameters())[n], p.detach().half().float(), rtol=0, atol=0)
+    merged = load_checkpoint(folder, device="cpu")  # the default: W + BA folded in once
+    states = tr.data.train[0].states
+    torch.testing.assert_close(_outputs(merged, states)[0], _outputs(loaded, states)[0], rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- config

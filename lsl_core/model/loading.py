@@ -255,8 +255,10 @@ def load_checkpoint(manifest: str | Path | CheckpointManifest, *, device: str | 
         if merge_lora:
             llm = llm.merge_and_unload().eval()
     asr_factory = _asr_factory(enc_ref, dev, dt)
-    return LSLM(encoder, adaptor, llm, tok, m.template(), name=m.name, digest=f"{manifest_digest(m)}-{dev.type}-{dt}"
-                .replace("torch.", ""), manifest=m.to_json(), asr_factory=asr_factory)
+    merged = "-merged" if (m.lora and merge_lora) else ""  # merging rounds differently: part of the cache key
+    digest = f"{manifest_digest(m)}-{dev.type}-{dt}{merged}".replace("torch.", "")
+    return LSLM(encoder, adaptor, llm, tok, m.template(), name=m.name, digest=digest, manifest=m.to_json(),
+                asr_factory=asr_factory)
 
 
 def _asr_factory(enc_ref, device, dtype):

@@ -1,0 +1,386 @@
+"""Benchmark checkpoints on a sample set: sd-qa score on text and on speech input, GAP, agreement, per voice.
+
+    python -m lsl_core evaluate --zoo assets/checkpoints --samples sd-qa-mini --n-questions 20 \
+        --out assets/results --markdown docs/results/checkpoints.md
+    python -m lsl_core evaluate --checkpoint <manifest> --samples sd-qa-mini --intervention angle:bottom3
+
+For every checkpoint and sample: the greedy answer to the typed question (once per question) and
+to the spoken one (batched, left padded), scored against the gold answers with normalized
+containment and token F1 (lsl_core.scoring; PEDANT only when its model files are installed
+locally and --pedant is given), plus the agreement (token F1) of the speech answer with the text
+answer. GAP = text score - speech score (DESIGN §3), per voice; the held-out voice is the
+"unseen accent". Results go to <out>/<name>_samples.parquet (one row per checkpoint x sample) and
+<out>/<name>_summary.{parquet,json} (one row per checkpoint x voice, plus "seen"/"all" means).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lsl_core.errors import LSLError
+
+EVAL_VERSION = 1  # bump when answers or scores change meaning: invalidates the on-disk cache
+DEFAULT_UNSEEN = "en-gb-scotland"
+SCORER = "normalized containment + token F1 vs gold answers (SQuAD/TyDi normalization)"
+SUMMARY_METRICS = ("text_containment", "speech_containment", "gap_containment", "text_f1", "speech_f1", "gap_f1",
+                   "agreement")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    max_new_tokens: int = 24  # greedy answer length (text and speech alike)
+    batch_size: int = 16  # prompts per batched generate call
+    pedant: bool = False  # also score with PEDANT (only if qa-metrics and its model files are installed)
+    unseen_voice: str = DEFAULT_UNSEEN  # the voice held out of training (reported separately)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise LSLError(f"EvalOptions.max_new_tokens must be positive, got {self.max_new_tokens}.")
+        if self.batch_size <= 0:
+            raise LSLError(f"EvalOptions.batch_size must be positive, got {self.batch_size}.")
+
+
+# =========================================================================== samples
+def voice_of(sample) -> str:
+    """Bare voice/accent label of a sample ("en-gb" for "espeak:en-gb")."""
+    v = sample.meta.get("voice") if isinstance(sample.meta, dict) else None
+    return str(v or sample.accent.removeprefix("espeak:") or "unknown")
+
+
+def select_samples(samples, n_questions: int | None = None, voices: list[str] | None = None):
+    """The samples of the first n distinct questions (set order), optionally only some voices."""
+    if voices:
+        samples = samples.filter(voice=voices)
+    if n_questions is None:
+        return samples
+    if n_questions <= 0:
+        raise LSLError(f"--n-questions must be positive, got {n_questions}.")
+    recs = [samples.record(i) for i in range(len(samples))]
+    qkey = lambda r: str(r.meta.get("example_id") or r.question)  # noqa: E731
+    keep_q = list(dict.fromkeys(qkey(r) for r in recs))[:n_questions]
+    keep = set(keep_q)
+    return samples.filter(ids=[r.id for r in recs if qkey(r) in keep])
+
+
+# =========================================================================== one checkpoint
+def _score_columns(prefix: str, answer: str, refs: tuple[str, ...], question: str, pedant: bool) -> dict:
+    from lsl_core.scoring import pedant_score, score_sdqa
+
+    if not refs:
+        return {f"{prefix}_containment": float("nan"), f"{prefix}_f1": float("nan")}
+    s = score_sdqa(answer, refs)
+    out = {f"{prefix}_containment": float(s["containment"]), f"{prefix}_f1": float(s["f1"])}
+    if pedant:
+        out[f"{prefix}_pedant"] = float(pedant_score(answer, refs, question))
+    return out
+
+
+def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, use_cache: bool = True,
+                        progress: bool = False) -> pd.DataFrame:
+    """One row per sample: text/speech answers, their sd-qa scores and the agreement between them.
+
+    Text answers are generated once per distinct question; speech answers use cached encoder
+    states (same convention as training: SpeechEncoder.encode). Cached on disk per (checkpoint
+    digest incl. device/dtype, samples, options).
+    """
+    import torch
+
+    from lsl_core.cache import cache_dir
+    from lsl_core.model import batch as B
+    from lsl_core.scoring import answer_agreement, pedant_available
+
+    if opts.pedant and not pedant_available():
+        raise LSLError("--pedant needs qa-metrics with its PEDANT classifier files installed locally; "
+                       "this tool never downloads them. Drop --pedant to use containment and F1.")
+    items = [samples[i] for i in range(len(samples))]
+    if not items:
+        raise LSLError("No samples to evaluate; check --samples, --n-questions and --voices.")
+    audio_keys = [B.audio_key(s.audio) for s in items]
+    key_src = json.dumps([EVAL_VERSION, model.digest, asdict(opts), [s.id for s in items], audio_keys,
+                          [s.question for s in items]], sort_keys=True)
+    path = cache_dir("evaluate") / f"{hashlib.sha256(key_src.encode()).hexdigest()[:20]}.parquet"
+    if use_cache and path.is_file():
+        return pd.read_parquet(path)
+    t0 = time.time()
+    questions = list(dict.fromkeys(s.question for s in items))
+    with torch.no_grad():
+        texts = B.generate_batch(model, [B.text_query(model, q) for q in questions], opts.max_new_tokens,
+                                 opts.batch_size)
+        text_of = dict(zip(questions, texts))
+        queries = []
+        for s, ak in zip(items, audio_keys):
+            st = B.cached_encoder_states(model.encoder, voice_of(s), s.id, lambda s=s: s.audio, ak)
+            queries.append(B.speech_query(model, st))
+        speech = B.generate_batch(model, queries, opts.max_new_tokens, opts.batch_size)
+    m = model.manifest or {}
+    rows = []
+    for s, sp in zip(items, speech):
+        tx = text_of[s.question]
+        refs = tuple(s.answers)
+        voice = voice_of(s)
+        rows.append({
+            "checkpoint": model.name, "family": m.get("family", ""), "strategy": m.get("strategy", ""),
+            "step": int(m.get("step", 0) or 0), "sample_id": s.id,
+            "example_id": str(s.meta.get("example_id", "")), "voice": voice, "unseen": voice == opts.unseen_voice,
+            "question": s.question, "references": " | ".join(refs), "text_answer": tx, "speech_answer": sp,
+            **_score_columns("text", tx, refs, s.question, opts.pedant),
+            **_score_columns("speech", sp, refs, s.question, opts.pedant),
+            "agreement": float(answer_agreement(sp, tx)),
+        })
+    df = pd.DataFrame(rows)
+    df.attrs["seconds"] = time.time() - t0
+    if progress:
+        print(f"  {model.name}: {len(items)} speech + {len(questions)} text answers in {time.time() - t0:.0f} s",
+              flush=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return df
+
+
+def add_other_question_baseline(df: pd.DataFrame) -> pd.DataFrame:
+    """Add `agreement_other_q`: mean agreement of each speech answer with the text answers of the
+    *other* questions (same checkpoint) - what agreement reaches from answer style alone, without
+    the content of the question. Matched agreement above it is question-specific."""
+    from lsl_core.scoring import answer_agreement
+
+    out = []
+    for _, d in df.groupby("checkpoint", sort=False):
+        texts = d.drop_duplicates("question").set_index("question")["text_answer"]
+        other = []
+        for sp, q in zip(d["speech_answer"], d["question"]):
+            vals = [answer_agreement(sp, t) for tq, t in texts.items() if tq != q]
+            other.append(sum(vals) / len(vals) if vals else float("nan"))
+        out.append(d.assign(agreement_other_q=other))
+    return pd.concat(out).loc[df.index]
+
+
+# =========================================================================== summaries
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Per checkpoint x voice means (+ voice "seen" = all voices but the unseen one, and "all").
+
+    Columns: checkpoint, family, strategy, step, voice, unseen, n, text/speech containment and F1,
+    gap_containment = text - speech, gap_f1, agreement (and *_pedant when scored).
+    """
+    metrics = [c for c in ("text_containment", "speech_containment", "text_f1", "speech_f1", "agreement",
+                           "agreement_other_q", "text_pedant", "speech_pedant") if c in df.columns]
+    keys = ["checkpoint", "family", "strategy", "step"]
+    parts = []
+    for group, sub in [("voice", df), ("seen", df[~df["unseen"]].assign(voice="seen")), ("all", df.assign(voice="all"))]:
+        if sub.empty:
+            continue
+        g = sub.groupby(keys + ["voice"], sort=False)
+        agg = g[metrics].mean().reset_index()
+        agg["n"] = g.size().to_numpy()
+        agg["unseen"] = g["unseen"].all().to_numpy() if group == "voice" else False
+        parts.append(agg)
+    out = pd.concat(parts, ignore_index=True)
+    out["gap_containment"] = out["text_containment"] - out["speech_containment"]
+    out["gap_f1"] = out["text_f1"] - out["speech_f1"]
+    if "text_pedant" in out:
+        out["gap_pedant"] = out["text_pedant"] - out["speech_pedant"]
+    order = {v: i for i, v in enumerate(dict.fromkeys(df["voice"]))} | {"seen": 10_000, "all": 10_001}
+    rank = {"none": 0, "frozen": 1, "lora": 2, "full": 3}  # untrained baseline first, then by strategy
+    out = out.assign(_s=out["strategy"].map(rank).fillna(9), _v=out["voice"].map(order))
+    out = out.sort_values(["family", "_s", "strategy", "step", "checkpoint", "_v"], kind="stable")
+    out = out.drop(columns=["_s", "_v"])
+    cols = keys + ["voice", "unseen", "n"] + [c for c in out.columns if c not in keys + ["voice", "unseen", "n"]]
+    return out[cols].reset_index(drop=True)
+
+
+def _pct(x: float) -> str:
+    return "–" if pd.isna(x) else f"{100 * x:.1f}"
+
+
+def markdown_tables(summary: pd.DataFrame, meta: dict, curves: list[dict] | None = None) -> str:
+    """The results page: overview per checkpoint, then per checkpoint x voice, then training curves."""
+    lines = [
+        "# Demo checkpoints on sd-qa-mini",
+        "",
+        f"Generated by `{meta['command']}` — do not edit by hand.",
+        "",
+        f"- Samples: {meta['samples']} — {meta['n_questions']} SD-QA **dev** questions × {len(meta['voices'])} "
+        f"espeak-ng voices ({', '.join(meta['voices'])}; synthetic speech). Unseen voice (never used in training): "
+        f"**{meta['unseen_voice']}**.",
+        f"- Greedy answers, {meta['max_new_tokens']} new tokens; device {meta['device']}.",
+        f"- Score: {SCORER}. {meta['pedant']}",
+        "- GAP = text score − speech score (percentage points). Agreement = token F1 between the speech answer and "
+        "the same checkpoint's text answer (100 = identical words); *other-q* = its agreement with the text answers "
+        "of the other questions, i.e. what answer style alone reaches (matched − other-q = question-specific).",
+        "",
+        "## Overview (mean over questions; \"seen\" = the four training voices)",
+        "",
+        "| checkpoint | strategy | step | text F1 | speech F1 seen | speech F1 unseen | GAP F1 seen | GAP F1 unseen "
+        "| text cont. | speech cont. seen | GAP cont. seen | agreement seen | agreement unseen | other-q seen |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for ck, sub in summary.groupby("checkpoint", sort=False):
+        seen = sub[sub["voice"] == "seen"]
+        uns = sub[sub["unseen"]]
+        s = seen.iloc[0] if len(seen) else sub.iloc[0]
+        u = uns.iloc[0] if len(uns) else None
+        get = lambda row, k: _pct(row[k]) if row is not None else "–"  # noqa: E731
+        lines.append(f"| {ck} | {s['strategy']} | {s['step']} | {_pct(s['text_f1'])} | {_pct(s['speech_f1'])} | "
+                     f"{get(u, 'speech_f1')} | {_pct(s['gap_f1'])} | {get(u, 'gap_f1')} | "
+                     f"{_pct(s['text_containment'])} | {_pct(s['speech_containment'])} | "
+                     f"{_pct(s['gap_containment'])} | {_pct(s['agreement'])} | {get(u, 'agreement')} | "
+                     f"{_pct(s.get('agreement_other_q', float('nan')))} |")
+    lines += ["", "## Per voice", "",
+              "| checkpoint | voice | n | text F1 | speech F1 | GAP F1 | text cont. | speech cont. | GAP cont. "
+              "| agreement |",
+              "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for _, r in summary[~summary["voice"].isin(["seen", "all"])].iterrows():
+        v = f"{r['voice']} (unseen)" if r["unseen"] else r["voice"]
+        lines.append(f"| {r['checkpoint']} | {v} | {r['n']} | {_pct(r['text_f1'])} | {_pct(r['speech_f1'])} | "
+                     f"{_pct(r['gap_f1'])} | {_pct(r['text_containment'])} | {_pct(r['speech_containment'])} | "
+                     f"{_pct(r['gap_containment'])} | {_pct(r['agreement'])} |")
+    if curves:
+        lines += ["", "## Training curves (from each trajectory's train_log.jsonl)", "",
+                  "Loss: mean response-token cross-entropy over the 25 steps up to the step. Monitor agreement: "
+                  "speech vs text answer on held-out SD-QA *test* questions (bf16 autocast during training).", "",
+                  "| trajectory | step | loss | monitor agreement (seen voices) | monitor agreement (unseen voice) |",
+                  "|---|--:|--:|--:|--:|"]
+        for c in curves:
+            loss = "–" if c["loss"] is None else f"{c['loss']:.3f}"
+            lines.append(f"| {c['trajectory']} | {c['step']} | {loss} | {_pct(c.get('agreement', float('nan')))} | "
+                         f"{_pct(c.get('agreement_unseen', float('nan')))} |")
+    return "\n".join(lines) + "\n"
+
+
+def training_curves(manifests) -> list[dict]:
+    """(trajectory, step, windowed loss, monitor agreement) at each eval point of each trajectory's log."""
+    out = []
+    logs = dict.fromkeys(Path(m.root).parent / "train_log.jsonl" for m in manifests)
+    for log in logs:
+        if not log.is_file():
+            continue
+        rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        losses = {r["step"]: r["loss"] for r in rows if r.get("kind") == "train"}
+        for r in rows:
+            if r.get("kind") != "eval":
+                continue
+            window = [losses[s] for s in range(max(1, r["step"] - 24), r["step"] + 1) if s in losses]
+            out.append({"trajectory": log.parent.name, "step": r["step"],
+                        "loss": sum(window) / len(window) if window else None,
+                        "agreement": r.get("agreement", float("nan")),
+                        "agreement_unseen": r.get("agreement_unseen", float("nan"))})
+    return out
+
+
+# =========================================================================== CLI
+def register(subparsers) -> None:
+    """Add `evaluate` to `python -m lsl_core`."""
+    p = subparsers.add_parser("evaluate", help="sd-qa scores on text vs speech input, GAP and agreement, per voice",
+                              description=__doc__.splitlines()[0])
+    src = p.add_argument_group("checkpoints (one or both)")
+    src.add_argument("--zoo", type=Path, default=None, help="folder of manifests (searched recursively)")
+    src.add_argument("--checkpoint", action="append", default=[], help="a manifest.json or its folder (repeatable)")
+    p.add_argument("--samples", default="sd-qa-mini", help="sample set spec (sd-qa-mini, voicebench:<dir>, ...)")
+    p.add_argument("--n-questions", type=int, default=None, help="first N distinct questions of the set (all voices)")
+    p.add_argument("--voices", default=None, help="comma-separated voices/accents to keep (default: all)")
+    p.add_argument("--unseen-voice", default=DEFAULT_UNSEEN, help="the voice held out of training")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="greedy answer length")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per batched generate call")
+    p.add_argument("--pedant", action="store_true", help="also score with PEDANT (needs local qa-metrics files)")
+    p.add_argument("--intervention", action="append", default=[], metavar="SPEC",
+                   help="also evaluate speech answers under an intervention (e.g. angle:bottom3); repeatable")
+    p.add_argument("--out", type=Path, default=Path("assets/results"), help="folder for parquet/JSON results")
+    p.add_argument("--name", default="checkpoints", help="file name prefix of the results")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the results page (markdown) here")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: CUDA if available)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--no-cache", action="store_true", help="recompute answers even if cached")
+    p.set_defaults(func=main)
+
+
+def _pedant_note(opts: EvalOptions) -> str:
+    from lsl_core.scoring import pedant_available
+
+    if opts.pedant:
+        return "PEDANT (qa-metrics, local model files) also reported."
+    if pedant_available():
+        return "PEDANT is installed locally but was not requested (--pedant)."
+    return ("PEDANT (VoiceBench's sd-qa scorer) not used: qa-metrics cannot run offline here (it downloads "
+            "pickled classifiers).")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from lsl_core.data.sets import load_sample_set
+    from lsl_core.model.loading import list_zoo, load_checkpoint, read_manifest
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    manifests = list_zoo(args.zoo) if args.zoo else []
+    manifests += [read_manifest(c) for c in args.checkpoint]
+    if not manifests:
+        raise LSLError("No checkpoints to evaluate: pass --zoo <folder> and/or --checkpoint <manifest>.")
+    opts = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, pedant=args.pedant,
+                       unseen_voice=args.unseen_voice)
+    voices = [v.strip() for v in args.voices.split(",")] if args.voices else None
+    samples = select_samples(load_sample_set(args.samples), args.n_questions, voices)
+    print(f"evaluate: {len(manifests)} checkpoints x {len(samples)} samples of {args.samples}", flush=True)
+    frames, iv_frames, device = [], [], "cpu"
+    t_all = time.time()
+    for m in manifests:
+        model = load_checkpoint(m, device=args.device)
+        device = f"{model.device.type} {str(model.dtype).removeprefix('torch.')}"
+        frames.append(evaluate_checkpoint(model, samples, opts, use_cache=not args.no_cache, progress=True))
+        if args.intervention:
+            iv_frames.append(_interventions(model, samples, args.intervention, opts.max_new_tokens))
+        del model
+    df = add_other_question_baseline(pd.concat(frames, ignore_index=True))
+    summary = summarize(df)
+    qkeys = df.drop_duplicates("sample_id")
+    meta = {
+        "command": "python -m lsl_core " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py")
+        else "python -m lsl_core evaluate ...",
+        "samples": args.samples, "n_questions": int(qkeys["question"].nunique()),
+        "voices": list(dict.fromkeys(df["voice"])), "unseen_voice": opts.unseen_voice,
+        "max_new_tokens": opts.max_new_tokens, "device": device, "scorer": SCORER, "pedant": _pedant_note(opts),
+        "checkpoints": [m.name for m in manifests], "eval_version": EVAL_VERSION,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(args.out / f"{args.name}_samples.parquet", index=False)
+    summary.to_parquet(args.out / f"{args.name}_summary.parquet", index=False)
+    (args.out / f"{args.name}_summary.json").write_text(json.dumps(
+        {"meta": meta, "rows": json.loads(summary.to_json(orient="records"))}, indent=1) + "\n")
+    if iv_frames:
+        ivdf = pd.concat(iv_frames, ignore_index=True)
+        ivdf.to_parquet(args.out / f"{args.name}_interventions.parquet", index=False)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown_tables(summary, meta, training_curves(manifests)))
+    print(summary[summary["voice"].isin(["seen", opts.unseen_voice])][
+        ["checkpoint", "voice", "text_f1", "speech_f1", "gap_f1", "agreement"]].to_string(index=False))
+    print(f"wrote {args.out}/{args.name}_{{samples,summary}}.parquet"
+          + (f" and {args.markdown}" if args.markdown else "") + f" in {time.time() - t_all:.0f} s", flush=True)
+    return 0
+
+
+def _interventions(model, samples, specs: list[str], max_new_tokens: int) -> pd.DataFrame:
+    """Delegate to lsl_core.intervention_eval (when built): speech answers under each intervention."""
+    try:
+        from lsl_core.intervention_eval import evaluate_interventions
+    except ModuleNotFoundError as exc:
+        if exc.name != "lsl_core.intervention_eval":
+            raise
+        raise LSLError("--intervention needs lsl_core.intervention_eval, which is not in this checkout.") from None
+    out = evaluate_interventions(model, samples, specs, max_new_tokens)
+    out.insert(0, "checkpoint", model.name)
+    try:
+        from lsl_core.intervention_eval import table1, table1_markdown
+
+        print(f"interventions, {model.name}:\n" + table1_markdown(table1(out)), flush=True)
+    except (ImportError, KeyError, ValueError):
+        pass
+    return out

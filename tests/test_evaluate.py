@@ -1,0 +1,218 @@
+"""Evaluation on tiny random models: batched generation equals one-at-a-time generation, per-sample
+scores and the per-voice GAP summary match hand computations, and the CLI writes the results
+(parquet, JSON, markdown) for a zoo, delegating --intervention to intervention_eval."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from conftest import tone
+
+from lsl_core.data.samples import Sample
+from lsl_core.data.sets import SampleSet
+from lsl_core.evaluate import EvalOptions, evaluate_checkpoint, markdown_tables, select_samples, summarize
+from lsl_core.model import batch as B
+from lsl_core.scoring import answer_agreement, score_sdqa
+
+QUESTIONS = {"q1": ("what is the capital of france ?", ("paris",)),
+             "q2": ("who wrote hamlet ?", ("shakespeare",)),
+             "q3": ("how many legs does a spider have ?", ("eight", "8"))}
+VOICES = ("en-gb", "en-us", "en-gb-scotland")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _samples() -> SampleSet:
+    """3 questions x 3 'voices' (tones of different lengths/pitches), question-major like sd-qa-mini."""
+    items = []
+    for k, (qid, (q, refs)) in enumerate(QUESTIONS.items()):
+        for j, v in enumerate(VOICES):
+            items.append(Sample(id=f"{qid}__{v}", audio=tone(0.9 + 0.35 * k + 0.2 * j, freq=150 + 60 * j), sr=16_000,
+                                question=q, answers=refs, accent=f"espeak:{v}", source="test",
+                                meta={"example_id": qid, "voice": v}))
+    return SampleSet("tiny-set", items)
+
+
+# ----------------------------------------------------------------------------- batched generation
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+def test_batched_generation_equals_one_at_a_time(tiny_model, batch_size):
+    s = _samples()
+    texts = [QUESTIONS[q][0] for q in QUESTIONS] + ["where is mount everest ?", "which planet is largest ?"]
+    want_text = [tiny_model.generate(text=q, max_new_tokens=7) for q in texts]
+    got_text = B.generate_batch(tiny_model, [B.text_query(tiny_model, q) for q in texts], 7, batch_size)
+    assert got_text == want_text
+    clips = [s[i] for i in (0, 4, 8, 2)]  # different lengths -> real left padding
+    want_sp = [tiny_model.generate(audio=c.audio, sr=c.sr, max_new_tokens=7) for c in clips]
+    queries = [B.speech_query(tiny_model, tiny_model.encoder.encode(c.audio)) for c in clips]
+    assert len({q.shape[0] for q in queries}) > 1
+    assert B.generate_batch(tiny_model, queries, 7, batch_size) == want_sp
+
+
+def test_generate_ids_stop_at_eos(tiny_model):
+    ids = B.generate_ids_batch(tiny_model, [B.text_query(tiny_model, "who wrote hamlet ?")], 12, 4)[0]
+    eos = tiny_model.tokenizer.eos_token_id
+    assert len(ids) <= 12 and (eos not in ids or ids.index(eos) == len(ids) - 1)
+
+
+def test_encoder_state_cache_roundtrip(tiny_model):
+    a = tone(1.1)
+    calls = []
+
+    def audio():
+        calls.append(1)
+        return a
+
+    first = B.cached_encoder_states(tiny_model.encoder, "en-gb", "clip/1", audio, B.audio_key(a))
+    again = B.cached_encoder_states(tiny_model.encoder, "en-gb", "clip/1", audio, B.audio_key(a))
+    assert len(calls) == 1 and first.dtype == torch.float16 and torch.equal(first, again)
+    torch.testing.assert_close(first.float(), tiny_model.encoder.encode(a), atol=2e-3, rtol=2e-3)
+    assert first.shape[0] == tiny_model.encoder.n_valid_frames(a.size)
+
+
+# ----------------------------------------------------------------------------- one checkpoint
+def test_evaluate_checkpoint_rows_match_direct_computation(tiny_model):
+    s = _samples()
+    df = evaluate_checkpoint(tiny_model, s, EvalOptions(max_new_tokens=6, batch_size=4))
+    assert list(df["sample_id"]) == s.ids() and len(df) == 9
+    assert df.groupby("example_id")["text_answer"].nunique().eq(1).all()  # one text answer per question
+    for _, r in df.iterrows():
+        sample = s[r["sample_id"]]
+        assert r["text_answer"] == tiny_model.generate(text=sample.question, max_new_tokens=6)
+        states = B.cached_encoder_states(tiny_model.encoder, r["voice"], sample.id, lambda: sample.audio,
+                                         B.audio_key(sample.audio))
+        prompt = tiny_model.build_prompt(B.speech_query(tiny_model, states))
+        assert r["speech_answer"] == tiny_model.generate_from_prompt(prompt, 6)
+        sc = score_sdqa(r["speech_answer"], sample.answers)
+        assert r["speech_f1"] == pytest.approx(sc["f1"]) and r["speech_containment"] == sc["containment"]
+        assert r["agreement"] == pytest.approx(answer_agreement(r["speech_answer"], r["text_answer"]))
+        assert r["unseen"] == (r["voice"] == "en-gb-scotland")
+    again = evaluate_checkpoint(tiny_model, s, EvalOptions(max_new_tokens=6, batch_size=4))  # from the cache
+    pd.testing.assert_frame_equal(df, again)
+
+
+def test_select_samples_first_questions_all_voices():
+    s = _samples()
+    sub = select_samples(s, n_questions=2)
+    assert sub.ids() == [f"{q}__{v}" for q in ("q1", "q2") for v in VOICES]
+    assert select_samples(s, 2, voices=["en-us"]).ids() == ["q1__en-us", "q2__en-us"]
+
+
+# ----------------------------------------------------------------------------- summary
+def test_summary_gap_by_hand():
+    rows = []
+    # checkpoint A: text F1 1.0 everywhere; speech F1 0.5 on v1, 0.0 on the unseen voice
+    for q in ("a", "b"):
+        rows.append(dict(checkpoint="A", family="f", strategy="lora", step=10, sample_id=f"{q}1", voice="v1",
+                         unseen=False, text_containment=1.0, speech_containment=1.0, text_f1=1.0, speech_f1=0.5,
+                         agreement=0.5))
+        rows.append(dict(checkpoint="A", family="f", strategy="lora", step=10, sample_id=f"{q}2", voice="v2",
+                         unseen=False, text_containment=1.0, speech_containment=0.0, text_f1=1.0,
+                         speech_f1=0.25 if q == "a" else 0.75, agreement=0.0))
+        rows.append(dict(checkpoint="A", family="f", strategy="lora", step=10, sample_id=f"{q}3", voice="vx",
+                         unseen=True, text_containment=1.0, speech_containment=0.0, text_f1=1.0, speech_f1=0.0,
+                         agreement=0.2))
+    out = summarize(pd.DataFrame(rows)).set_index("voice")
+    assert list(out.index) == ["v1", "v2", "vx", "seen", "all"]
+    assert out.loc["v1", "gap_f1"] == pytest.approx(0.5) and out.loc["v2", "gap_f1"] == pytest.approx(0.5)
+    assert out.loc["vx", "gap_f1"] == pytest.approx(1.0) and bool(out.loc["vx", "unseen"])
+    assert out.loc["seen", "gap_containment"] == pytest.approx(0.5) and out.loc["seen", "n"] == 4
+    assert out.loc["all", "speech_f1"] == pytest.approx((0.5 * 2 + 0.25 + 0.75) / 6)
+    assert out.loc["seen", "agreement"] == pytest.approx(0.25)
+    rows.append(dict(rows[0], checkpoint="U", strategy="none", step=0))
+    assert list(dict.fromkeys(summarize(pd.DataFrame(rows))["checkpoint"])) == ["U", "A"]  # untrained first
+    md = markdown_tables(out.reset_index(), {"command": "x", "samples": "s", "n_questions": 2, "voices": ["v1", "v2", "vx"],
+                                             "unseen_voice": "vx", "max_new_tokens": 5, "device": "cpu",
+                                             "pedant": "PEDANT not used."})
+    assert "| A | lora | 10 | 100.0 | 50.0 | 0.0 | 50.0 | 100.0 |" in md
+    assert "| A | vx (unseen) | 2 |" in md
+
+
+def test_other_question_baseline_by_hand():
+    from lsl_core.evaluate import add_other_question_baseline
+
+    df = pd.DataFrame({"checkpoint": ["A"] * 3 + ["B"], "question": ["q1", "q1", "q2", "q1"],
+                       "text_answer": ["paris is the capital", "paris is the capital", "eight legs", "x"],
+                       "speech_answer": ["eight legs", "paris", "paris capital", "y"]})
+    got = add_other_question_baseline(df)["agreement_other_q"].tolist()
+    assert got[0] == pytest.approx(1.0)  # answers q2's text exactly: all style, no q1 content
+    assert got[1] == pytest.approx(0.0)
+    assert got[2] == pytest.approx(answer_agreement("paris capital", "paris is the capital"))
+    assert math.isnan(got[3])  # B has one question only: no other question to compare with
+
+
+# ----------------------------------------------------------------------------- CLI
+def _tiny_zoo(tiny_parts, root):
+    """Two checkpoints (adaptor seeds 1, 2) written as manifests, like a trajectory."""
+    from lsl_core.model.loading import CheckpointManifest, write_manifest
+
+    for step, seed in ((5, 1), (10, 2)):
+        write_manifest(CheckpointManifest(name=f"none-step{step}", llm=str(tiny_parts["llm"]),
+                                          encoder=str(tiny_parts["encoder"]), family="tiny", strategy="none",
+                                          step=step, seed=seed), root / f"ck{step}")
+    return root
+
+
+def _manifest_set(root):
+    """The samples as a folder set (manifest.jsonl + FLAC), as `synth --out` writes them."""
+    rows = []
+    for s in _samples():
+        rel = f"audio/{s.meta['voice']}/{s.meta['example_id']}.flac"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(root / rel), s.audio, 16_000, format="FLAC", subtype="PCM_16")
+        rows.append({"id": s.id, "example_id": s.meta["example_id"], "question": s.question,
+                     "answers": list(s.answers), "voice": s.meta["voice"], "accent": s.accent, "audio": rel})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path, monkeypatch):
+    from lsl_core.cli import main
+
+    zoo = _tiny_zoo(tiny_parts, tmp_path / "zoo")
+    sset = _manifest_set(tmp_path / "set")
+    calls = []
+
+    def fake_interventions(model, samples, interventions, max_new_tokens):
+        calls.append((model.name, len(list(samples)), list(interventions), max_new_tokens))
+        return pd.DataFrame({"sample_id": ["x"], "condition": ["original"], "f1": [0.0]})
+
+    import lsl_core.intervention_eval as ie
+
+    monkeypatch.setattr(ie, "evaluate_interventions", fake_interventions)
+    out, md = tmp_path / "results", tmp_path / "docs" / "checkpoints.md"
+    rc = main(["evaluate", "--zoo", str(zoo), "--samples", f"manifest:{sset}", "--n-questions", "2",
+               "--max-new-tokens", "5", "--batch-size", "3", "--out", str(out), "--markdown", str(md),
+               "--intervention", "angle:bottom3", "--device", "cpu"])
+    assert rc == 0
+    df = pd.read_parquet(out / "checkpoints_samples.parquet")
+    assert len(df) == 2 * 6 and set(df["checkpoint"]) == {"none-step5", "none-step10"}
+    summ = pd.read_parquet(out / "checkpoints_summary.parquet")
+    assert set(summ["voice"]) == {*VOICES, "seen", "all"}
+    meta = json.loads((out / "checkpoints_summary.json").read_text())["meta"]
+    assert meta["unseen_voice"] == "en-gb-scotland" and "PEDANT" in meta["pedant"] and meta["n_questions"] == 2
+    text = md.read_text()
+    assert "none-step5" in text and "en-gb-scotland (unseen)" in text and "do not edit by hand" in text
+    assert [c[0] for c in calls] == ["none-step5", "none-step10"] and calls[0][1:] == (6, ["angle:bottom3"], 5)
+    assert len(pd.read_parquet(out / "checkpoints_interventions.parquet")) == 2
+    # the speech answers differ between the two random adaptors while text answers (same LLM) agree
+    a, b = (df[df["checkpoint"] == n].reset_index() for n in ("none-step5", "none-step10"))
+    assert (a["text_answer"] == b["text_answer"]).all()
+    assert all(math.isfinite(x) for x in df["agreement"])
+    assert np.isclose(summ.query("voice == 'all'")["gap_f1"],
+                      summ.query("voice == 'all'")["text_f1"] - summ.query("voice == 'all'")["speech_f1"]).all()
+
+
+def test_cli_refuses_missing_inputs(tmp_path, capsys):
+    from lsl_core.cli import main
+
+    assert main(["evaluate", "--samples", "sd-qa-mini"]) == 2
+    assert "No checkpoints" in capsys.readouterr().err
