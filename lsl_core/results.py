@@ -1,0 +1,155 @@
+"""Stored evaluation results, read through one tolerant loader: `load_results(folder) -> Results`.
+
+The files are written by the CLIs (nothing here computes a score or a metric):
+  <name>_samples.parquet        python -m lsl_core evaluate   one row per checkpoint x sample
+                                (checkpoint, family, strategy, step, sample_id, voice, question,
+                                references, text_answer, speech_answer, text_/speech_ containment and f1,
+                                agreement)
+  <name>_summary.parquet        python -m lsl_core evaluate   one row per checkpoint x voice (+ "seen", "all")
+                                (text/speech scores, gap_containment, gap_f1, agreement)
+  <name>_interventions.parquet  python -m lsl_core evaluate --intervention ...   (intervention_eval rows)
+  *.parquet with aps_cos        python -m lsl_core analyze    per-sample alignment metrics per checkpoint
+
+Missing folders, missing files and unreadable files never raise: the Results say what is missing
+and which command writes it, so the app can show the message and keep its other widgets working.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+EVALUATE_COMMAND = ("python -m lsl_core evaluate --zoo assets/checkpoints --samples sd-qa-mini "
+                    "--out assets/results")
+ANALYZE_COMMAND = ("python -m lsl_core analyze --zoo assets/checkpoints --samples sd-qa-mini "
+                   "--out assets/results/analysis.parquet")
+
+
+@dataclass
+class Results:
+    """What a results folder holds; a table is None when absent (see `notes`)."""
+
+    folder: Path
+    samples: pd.DataFrame | None = None  # checkpoint x sample answers and scores
+    summary: pd.DataFrame | None = None  # checkpoint x voice means, GAP
+    interventions: pd.DataFrame | None = None  # sample x condition speech answers under interventions
+    alignment: pd.DataFrame | None = None  # checkpoint x sample alignment metrics (analyze CLI)
+    notes: list[str] = field(default_factory=list)  # one line per missing/unreadable table
+
+    @property
+    def empty(self) -> bool:
+        return all(t is None for t in (self.samples, self.summary, self.interventions, self.alignment))
+
+
+def default_results_dir() -> Path:
+    """$LSL_RESULTS_DIR, else the shipped assets/results."""
+    env = os.environ.get("LSL_RESULTS_DIR")
+    if env:
+        return Path(env)
+    from lsl_core.data.paths import assets_dir
+
+    return assets_dir() / "results"
+
+
+def load_results(folder: str | Path | None = None) -> Results:
+    """Read every results table in `folder` (default: default_results_dir()); never raises for absence.
+
+    Several files of one kind (e.g. two `*_summary.parquet` prefixes) are concatenated with a
+    `results` column naming the file prefix.
+    """
+    root = Path(folder) if folder is not None else default_results_dir()
+    res = Results(folder=root)
+    if not root.is_dir():
+        res.notes.append(f"No results folder at {root}. Write the evaluation results with `{EVALUATE_COMMAND}`.")
+        return res
+    kinds = {"samples": "_samples.parquet", "summary": "_summary.parquet", "interventions": "_interventions.parquet"}
+    claimed: set[Path] = set()
+    for attr, suffix in kinds.items():
+        files = sorted(root.glob(f"*{suffix}"))
+        claimed.update(files)
+        frames = []
+        for f in files:
+            try:
+                frames.append(pd.read_parquet(f).assign(results=f.name[: -len(suffix)]))
+            except Exception as exc:  # pyarrow raises several types for a torn/foreign file
+                res.notes.append(f"Could not read {f.name} ({type(exc).__name__}: {exc}); re-run the command "
+                                 "that wrote it.")
+        if frames:
+            setattr(res, attr, pd.concat(frames, ignore_index=True))
+        elif not files:
+            cmd = EVALUATE_COMMAND + (" --intervention angle:bottom3 --intervention angle:all"
+                                      if attr == "interventions" else "")
+            res.notes.append(f"No *{suffix} in {root}; write it with `{cmd}`.")
+    align = []
+    for f in sorted(set(root.glob("*.parquet")) - claimed):
+        try:
+            df = pd.read_parquet(f)
+        except Exception as exc:
+            res.notes.append(f"Could not read {f.name} ({type(exc).__name__}: {exc}).")
+            continue
+        if {"checkpoint", "aps_cos", "seq_cos_mean"} <= set(df.columns):
+            align.append(df.assign(results=f.stem))
+    if align:
+        res.alignment = pd.concat(align, ignore_index=True)
+    else:
+        res.notes.append(f"No alignment table (analyze output) in {root}; the app can compute it live, or run "
+                         f"`{ANALYZE_COMMAND}`.")
+    return res
+
+
+SCALARS = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist", "spearman_cos_mean", "spearman_dist_mean",
+           "consistency_mean")
+CURVES = ("seq_cos", "seq_dist", "spearman_cos", "spearman_dist", "consistency")
+CHECKPOINT_KEYS = ("checkpoint", "family", "strategy", "step")
+
+
+def checkpoint_means(rows: pd.DataFrame) -> pd.DataFrame:
+    """Alignment rows (one per checkpoint x sample, as `analyze` writes them) -> one row per checkpoint.
+
+    Scalars are averaged over samples; per-layer columns (lists [L+1]) are averaged layer-wise;
+    `n` counts samples and `trajectory` = "family · strategy" labels a training run.
+    """
+    import numpy as np
+
+    keys = [c for c in CHECKPOINT_KEYS if c in rows.columns]
+    out = []
+    for key, g in rows.groupby(keys, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        rec = dict(zip(keys, key))
+        rec["n"] = len(g)
+        for c in SCALARS:
+            if c in g.columns:
+                rec[c] = float(g[c].mean())
+        for c in CURVES:
+            if c in g.columns:
+                rec[c] = np.mean(np.stack([np.asarray(v, dtype=np.float64) for v in g[c]]), axis=0).tolist()
+        out.append(rec)
+    df = pd.DataFrame(out)
+    if len(df) and {"family", "strategy"} <= set(df.columns):
+        df["trajectory"] = df["family"].astype(str) + " · " + df["strategy"].astype(str)
+    return df.sort_values([c for c in ("family", "strategy", "step") if c in df.columns], kind="stable",
+                          ignore_index=True) if len(df) else df
+
+
+def gap_table(means: pd.DataFrame, summary: pd.DataFrame, score: str = "f1", voice: str = "all") -> pd.DataFrame:
+    """Per-checkpoint alignment means joined with the evaluated GAP (= text − speech `score`) of one voice row.
+
+    summary: evaluate's checkpoint x voice table (voice "all" = every voice, "seen" = training voices).
+    Checkpoints missing from either table are dropped (inner join on `checkpoint`).
+    """
+    cols = [f"text_{score}", f"speech_{score}", f"gap_{score}"]
+    missing = [c for c in ["checkpoint", "voice", *cols] if c not in summary.columns]
+    if missing:
+        from lsl_core.errors import DataError
+
+        raise DataError(f"The results summary has no column(s) {missing}; re-run `{EVALUATE_COMMAND}`.")
+    g = summary[summary["voice"] == voice][["checkpoint", *cols]].drop_duplicates("checkpoint")
+    out = means.merge(g, on="checkpoint", how="inner")
+    return out.rename(columns={f"gap_{score}": "gap"})
+
+
+__all__ = ["Results", "load_results", "default_results_dir", "checkpoint_means", "gap_table", "EVALUATE_COMMAND",
+           "ANALYZE_COMMAND", "SCALARS", "CURVES"]

@@ -1,0 +1,148 @@
+"""Interventions: edit speech frames at layer ℓ during prefill (angle / length / calibration of the
+Bottom-k or All path frames), regenerate, and compare text, speech, cascade and intervened answers."""
+
+import streamlit as st
+
+from lsl_core import viz
+from lsl_core.errors import LSLError
+from ui import context, errors, export, links, loaders, state, tables
+
+OPS = ("angle", "length", "calibrate")
+OP_HELP = ("angle: s′ = ‖s‖·t/‖t‖ (direction of the text state)  \n"
+           "length: s′ = s·‖t‖/‖s‖ (norm of the text state)  \n"
+           "calibrate: s′ = (s − μₛ)/σₛ·σₜ + μₜ (per-dimension statistics of the spans)")
+TARGETS = ("Bottom-k", "All")
+PATH_METRICS = ("cosine", "distance")
+
+
+def _intervention_module():
+    try:
+        from lsl_core import interventions
+    except ImportError as exc:  # built by another issue; the page says so instead of failing
+        st.warning(f"Interventions are not available in this checkout ({exc}).")
+        return None
+    return interventions
+
+
+def _seed_from_link(iv_mod, L: int, here: str) -> None:
+    """A link with ?iv=angle:bottom3@0 sets the controls and runs that intervention (once per session)."""
+    if not links.seed_once("iv"):
+        return
+    raw = st.query_params.get("iv")
+    if not raw:
+        return
+    try:
+        iv = iv_mod.Intervention.parse(raw)
+    except LSLError:
+        return
+    if iv.target not in ("bottom", "all") or iv.layer >= L:
+        return
+    st.session_state.update(iv_op=iv.op, iv_target="Bottom-k" if iv.target == "bottom" else "All",
+                            iv_layer=iv.layer, iv_metric=iv.metric,
+                            iv_applied={"label": iv.label(), "for": here})
+    if iv.target == "bottom":
+        st.session_state["iv_k"] = max(1, iv.k)
+
+
+def _apply(label: str, here: str) -> None:
+    """Regenerate: run `label` for this model + sample (a user selection, kept until the next press)."""
+    st.session_state["iv_applied"] = {"label": label, "for": here}
+
+
+def main() -> None:
+    st.title("Interventions")
+    iv_mod = _intervention_module()
+    sel = context.selection()
+    sample = context.require_sample(sel)
+    if sample is None or iv_mod is None:
+        return
+    handle = context.require_model(sel)
+    slot = context.sample_header(sample, handle)
+    if handle is None:
+        return
+    a = context.analysis(handle, sel, sample)
+    if a is None:
+        return
+    L, Tt = a.num_layers, len(a.tokens)
+    here = f"{handle.key}|{context.sample_key(sel, sample)}"  # answers belong to one model + sample
+    _seed_from_link(iv_mod, L, here)
+    links.seed("iv_max_new", "tokens", int, lambda v: 4 <= v <= 128)
+    links.seed("iv_cascade", "cascade", lambda v: v != "0")
+
+    # ---------------------------------------------------------------- controls (user selections)
+    keep = "session"  # the controls keep their values across page switches
+    c = st.columns([2, 2, 1, 3, 2])
+    op = c[0].radio("Operation", OPS, index=state.choice("iv_op", OPS), key="iv_op", help=OP_HELP,
+                    persist_state=keep)
+    target = c[1].radio("Frames", TARGETS, index=state.choice("iv_target", TARGETS), key="iv_target",
+                        persist_state=keep,
+                        help="Bottom-k: the path frames i*_j of the k tokens with the lowest path score at layer ℓ. "
+                             "All: the path frames of every token.")
+    k = c[2].number_input("k", 1, max(1, Tt), value=state.integer("iv_k", 1, max(1, Tt), 3), key="iv_k",
+                          disabled=target == "All", persist_state=keep,
+                          help="Number of least aligned tokens (Bottom3 = 3).")
+    layer = c[3].slider("Edit layer ℓ", 0, max(1, L - 1), value=state.integer("iv_layer", 0, max(0, L - 1), 0),
+                        key="iv_layer", persist_state=keep,
+                        help="Input of decoder layer ℓ (0 = the LLM input embeddings), during prefill only; "
+                             "the KV cache carries the edit into decoding.")
+    metric = c[4].radio("Path metric", PATH_METRICS, index=state.choice("iv_metric", PATH_METRICS), key="iv_metric",
+                        persist_state=keep, help="Which alignment path picks the frames and the bottom-k tokens.")
+    c2 = st.columns([2, 2, 2, 4])
+    max_new = c2[0].number_input("Max new tokens", 4, 128, value=state.integer("iv_max_new", 4, 128, 24),
+                                 key="iv_max_new", persist_state=keep)
+    cascade = c2[1].checkbox("Cascade baseline (ASR → LLM)", value=bool(state.value("iv_cascade", True)),
+                             key="iv_cascade", disabled=not handle.model.has_asr, persist_state=keep)
+    iv = iv_mod.Intervention(op=op, target="bottom" if target == "Bottom-k" else "all", k=int(k), layer=int(layer),
+                             metric=metric)
+    c2[2].button("Regenerate", type="primary", on_click=_apply, args=(iv.label(), here), key="iv_run",
+                 help="Generate the text, speech, cascade and intervened answers with these settings.")
+    run = st.session_state.get("iv_applied") or {}
+    applied = run.get("label") if run.get("for") == here else None
+    if applied and applied != iv.label():
+        c2[3].caption(f"Showing **{applied}**; the settings changed to **{iv.label()}** — press Regenerate.")
+    else:
+        c2[3].caption(f"Intervention: **{iv.title()}** (`{iv.label()}`)")
+    links.want(iv=applied, tokens=int(max_new) if applied else None,
+               cascade="0" if applied and not cascade else None)
+
+    # ---------------------------------------------------------------- results
+    result = None
+    if applied:
+        try:
+            with st.spinner(f"Generating answers (text, speech{', cascade' if cascade else ''}, {applied}) …"):
+                result = loaders.side_by_side(handle.key, context.sample_key(sel, sample), (applied,), int(max_new),
+                                              bool(cascade and handle.model.has_asr), handle.model, sample)
+        except Exception as exc:  # noqa: BLE001
+            errors.show(exc, "Generation failed")
+    else:
+        st.info("Choose an intervention and press **Regenerate** to see the answers side by side"
+                + (" for this sample." if run else "."))
+
+    shown = iv_mod.Intervention.parse(applied) if applied else iv
+    edited = None
+    if result is not None:
+        cols = st.columns(len(result["rows"]))
+        for col, r in zip(cols, result["rows"]):
+            with col:
+                st.markdown(f"**{r['title']}**")
+                st.markdown(tables.mark_md(r["containment"]))
+                st.info(r["answer"] or "∅ (empty answer)")
+                st.caption(f"F1 vs references {100 * r['f1']:.0f} % · agreement with text answer "
+                           f"{100 * r['agreement']:.0f} %")
+                if r["tokens"]:
+                    st.caption("edited tokens: " + ", ".join(repr(t) for t in r["token_text"])
+                               + " · frames at " + ", ".join(f"{t:.2f} s" for t in r["frame_times"]))
+        if result["transcript"] is not None:
+            st.markdown(f"**Cascade transcript (ASR):** {result['transcript'] or '∅'}")
+        edited = next((r for r in result["rows"] if r["condition"] == applied), None)
+        with st.expander("Answers table"):
+            export.table(tables.answers_table(result), f"answers_{sample.id}_{applied}")
+
+    title = (f"Edited at layer ℓ = {shown.layer} ({shown.metric} path): boxed frames/tokens were moved"
+             if edited else None)
+    export.figure(viz.token_heatmap(a, shown.layer, shown.metric, edited=edited, title=title),
+                  f"heatmap_{sample.id}_{shown.label()}", key="fig_iv_heatmap")
+    context.fill_transcript(slot, handle, sel, sample)
+
+
+main()

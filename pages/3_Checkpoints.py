@@ -1,0 +1,168 @@
+"""Checkpoints: alignment metrics for every checkpoint of a trajectory on one plot, Spearman and
+consistency across training, and the GAP against layer-averaged cosine, distance and APS with R²."""
+
+import pandas as pd
+import streamlit as st
+
+from lsl_core import viz
+from lsl_core.metrics.gap import gap_r2_table
+from lsl_core.results import ANALYZE_COMMAND, EVALUATE_COMMAND, checkpoint_means, gap_table
+from ui import config, context, errors, export, loaders, state
+
+CURVE_METRICS = ("seq_cos", "seq_dist", "spearman_cos", "spearman_dist", "consistency")
+X_METRICS = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist")
+GROUPINGS = {"family · strategy": ("family", "strategy"), "family": ("family",)}
+
+
+def _trajectory(m) -> str:
+    return f"{m.family} · {m.strategy}"
+
+
+def _request(roots: tuple, ids: tuple) -> None:
+    st.session_state["ck_request"] = {"roots": roots, "ids": ids}
+
+
+def _current_model(sel):
+    """The sidebar's model when it loads (reused by the sweep), else None (the sweep reports failures)."""
+    if sel.model_root is None:
+        return None
+    try:
+        return loaders.load_model(sel.model_root, config.device())
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _alignment(sel, manifests) -> tuple[pd.DataFrame | None, str]:
+    """Per checkpoint x sample alignment rows: stored (analyze output) or computed live on request."""
+    res = loaders.results()
+    sources = (["compute live"] if sel.sample_set is not None else []) + (
+        ["stored results"] if res.alignment is not None else [])
+    if not sources:
+        st.info(f"Pick a sample set in the sidebar to compute alignment live, or store it with `{ANALYZE_COMMAND}`.")
+        return None, ""
+    source = st.radio("Alignment metrics from", sources, index=state.choice("ck_source", sources), horizontal=True,
+                      key="ck_source")
+    if source == "stored results":
+        return res.alignment, f"stored results ({res.folder})"
+    n_max = max(1, len(sel.sample_set))
+    c1, c2 = st.columns([1, 3])
+    n = c1.number_input("Samples per checkpoint", 1, n_max, value=state.integer("ck_n", 1, n_max, min(3, n_max)),
+                        key="ck_n", help="The first n samples of the sidebar's (filtered) sample set.")
+    ids = tuple(sel.sample_set.ids()[: int(n)])
+    roots = tuple(m.root for m in manifests)
+    c2.button(f"Compute alignment: {len(roots)} checkpoints × {len(ids)} samples", type="primary",
+              on_click=_request, args=(roots, ids), key="ck_run",
+              help="Loads each checkpoint in turn; results are cached (memory and disk).")
+    req = st.session_state.get("ck_request")
+    if not req or req["roots"] != roots or req["ids"] != ids:
+        st.caption("Press the button to compute the metrics (a few seconds per sample and checkpoint on a CPU).")
+        return None, ""
+    subset = sel.sample_set.filter(ids=ids)
+    rows, notes = loaders.checkpoint_sweep(roots, sel.set_spec, ids, config.device(), subset, _current_model(sel))
+    for n_ in notes:
+        st.warning(n_)
+    return (rows if len(rows) else None), f"computed live on {len(ids)} samples of {sel.set_spec}"
+
+
+def main() -> None:
+    st.title("Checkpoints")
+    sel = context.selection()
+    if not sel.manifests:
+        st.error(sel.model_note or "No checkpoints in the zoo.")
+        return
+    trajectories = list(dict.fromkeys(_trajectory(m) for m in sel.manifests))
+    chosen = st.multiselect("Trajectories (family · strategy)", trajectories,
+                            default=state.subset("ck_traj", trajectories, trajectories), key="ck_traj",
+                            help="Checkpoints of one training run share family and strategy.")
+    manifests = [m for m in sel.manifests if _trajectory(m) in chosen]
+    if not manifests:
+        st.info("Choose at least one trajectory.")
+        return
+    st.caption(f"{len(manifests)} checkpoints: " + ", ".join(f"{m.name} (step {m.step})" for m in manifests))
+    res = loaders.results()
+
+    # ---------------------------------------------------------------- evaluation results
+    st.header("Scores across training")
+    if res.summary is None:
+        st.info("No evaluation results yet: the GAP needs them. " + " ".join(res.notes[:1])
+                + f"\n\nWrite them with `{EVALUATE_COMMAND}`.")
+        summary = None
+    else:
+        names = {m.name for m in manifests}
+        summary = res.summary[res.summary["checkpoint"].isin(names)]
+        score = st.radio("Score", ("f1", "containment"), index=state.choice("ck_score", ("f1", "containment")),
+                         horizontal=True, key="ck_score",
+                         help="Token F1 or containment of a gold answer, vs the SD-QA references.")
+        voices = list(dict.fromkeys(summary["voice"])) or ["all"]
+        voice = st.selectbox("Voice row", voices, index=state.choice("ck_voice", voices, "all"), key="ck_voice",
+                             help="'all' = every voice; 'seen' = the training voices; or one voice.")
+        rows = summary[summary["voice"] == voice].assign(trajectory=lambda d: d["family"] + " · " + d["strategy"])
+        if rows.empty:
+            st.info("The evaluation results hold none of these checkpoints.")
+        else:
+            cols = st.columns(2)
+            with cols[0]:
+                fig = viz.trend_curves(rows, f"gap_{score}",
+                                       title=f"GAP ({score}, text − speech) across training, voice '{voice}'")
+                export.figure(fig, f"gap_{score}_vs_step", key="fig_gap_step")
+            with cols[1]:
+                export.figure(viz.trend_curves(rows, f"speech_{score}", title=f"speech-input {score} across training"),
+                              f"speech_{score}_vs_step", key="fig_speech_step")
+            export.table(rows, "evaluation_summary")
+
+    # ---------------------------------------------------------------- alignment
+    st.header("Alignment across checkpoints")
+    with errors.guard("Alignment metrics"):
+        rows, source = _alignment(sel, manifests)
+        if rows is None:
+            return
+        names = {m.name for m in manifests}
+        means = checkpoint_means(rows[rows["checkpoint"].isin(names)])
+        if means.empty:
+            st.info("The alignment table holds none of these checkpoints.")
+            return
+        st.caption(f"Source: {source}.")
+        traj_options = list(dict.fromkeys(means["trajectory"]))
+        c1, c2 = st.columns(2)
+        metric = c1.selectbox("Per-layer metric", CURVE_METRICS, index=state.choice("ck_metric", CURVE_METRICS),
+                              key="ck_metric",
+                              format_func=lambda k: viz.LAYER_METRICS[k][0])
+        traj = c2.selectbox("Trajectory", traj_options, index=state.choice("ck_curve_traj", traj_options),
+                            key="ck_curve_traj")
+        export.figure(viz.checkpoint_curves(means[means["trajectory"] == traj], metric,
+                                            title=f"{viz.LAYER_METRICS[metric][0]} per layer — {traj}"),
+                      f"checkpoint_curves_{metric}", key="fig_ck_curves")
+        cols = st.columns(2)
+        with cols[0]:
+            export.figure(viz.trend_curves(means, "spearman_cos_mean"), "spearman_vs_step", key="fig_spearman")
+        with cols[1]:
+            export.figure(viz.trend_curves(means, "consistency_mean"), "consistency_vs_step", key="fig_consistency")
+        export.table(means.drop(columns=[c for c in CURVE_METRICS if c in means.columns]), "alignment_per_checkpoint")
+
+        # ------------------------------------------------------------ GAP vs alignment
+        st.header("GAP vs alignment")
+        if summary is None or summary.empty:
+            st.info(f"The GAP comes from evaluation results; write them with `{EVALUATE_COMMAND}`.")
+            return
+        group_name = st.radio("Fit one line per", list(GROUPINGS), index=state.choice("ck_group", list(GROUPINGS)),
+                              horizontal=True, key="ck_group")
+        by = GROUPINGS[group_name]
+        table = gap_table(means, summary, score=score, voice=voice)
+        if table.empty:
+            st.info("No checkpoint has both alignment metrics and evaluation results.")
+            return
+        fits = pd.concat([gap_r2_table(table, x, by=by, skip_unfit=True) for x in X_METRICS], ignore_index=True)
+        cols = st.columns(3)
+        for col, x in zip(cols, ("seq_cos_mean", "seq_dist_mean", "aps_cos")):
+            with col:
+                export.figure(viz.gap_scatter(table, x, fits[fits["metric"] == x], by=by,
+                                              gap_label=f"GAP ({score}, text − speech)"),
+                              f"gap_vs_{x}", key=f"fig_gap_{x}")
+        st.markdown("**R² of GAP ≈ slope · x + intercept** (groups with fewer than 3 checkpoints or a constant x "
+                    "are not fitted)")
+        export.table(fits, "gap_r2")
+        export.table(table.drop(columns=[c for c in CURVE_METRICS if c in table.columns]), "gap_vs_alignment",
+                     show=False, caption="GAP and alignment per checkpoint")
+
+
+main()

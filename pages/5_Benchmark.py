@@ -1,0 +1,161 @@
+"""Benchmark: text vs speech scores per voice and the GAP (from the evaluation results), a case browser,
+and the intervention table (stored, or run live on a few samples)."""
+
+import streamlit as st
+
+from lsl_core import viz
+from lsl_core.results import EVALUATE_COMMAND
+from ui import context, errors, export, loaders, state, tables
+
+CASE_COLUMNS = ["sample_id", "voice", "question", "references", "text_answer", "speech_answer", "outcome",
+                "text_f1", "speech_f1", "agreement"]
+
+
+def _open_in_explorer(checkpoint_root: str | None, sample_id: str) -> None:
+    """Button callback: select the case's model and sample, then go to the explorer."""
+    if checkpoint_root:
+        st.session_state["sb_model"] = checkpoint_root
+    st.session_state["sb_search"] = ""
+    st.session_state["sb_voices"] = []
+    st.session_state["sb_trsw"] = False
+    st.session_state["sb_sample"] = sample_id
+    st.session_state["_goto_explorer"] = True
+
+
+def _request_iv(ids: tuple, conds: tuple, max_new: int) -> None:
+    st.session_state["bm_iv_request"] = {"ids": ids, "conds": conds, "max_new": max_new}
+
+
+def _scores(res, sel) -> None:
+    st.header("Text vs speech per voice")
+    if res.summary is None:
+        st.info("No evaluation results: " + " ".join(res.notes[:1]) + f"\n\nWrite them with `{EVALUATE_COMMAND}`.")
+        return
+    names = list(dict.fromkeys(res.summary["checkpoint"]))
+    c1, c2 = st.columns([3, 1])
+    ck = c1.selectbox("Checkpoint", names, index=state.choice("bm_ck", names, sel.model_name), key="bm_ck")
+    metric = c2.radio("Score", ("f1", "containment"), index=state.choice("bm_metric", ("f1", "containment")),
+                      horizontal=True, key="bm_metric")
+    rows = res.summary[res.summary["checkpoint"] == ck]
+    export.figure(viz.scores_by_voice(rows, metric, title=f"{ck}: text vs speech {metric} per voice "
+                                      "('seen' = training voices, 'all' = every voice)"),
+                  f"scores_by_voice_{ck}_{metric}", key="fig_scores")
+    export.table(rows, f"summary_{ck}")
+    _cases(res, sel, ck)
+
+
+def _cases(res, sel, ck: str) -> None:
+    st.header("Case browser")
+    if res.samples is None:
+        st.info("No per-sample results: " + " ".join(n for n in res.notes if "_samples" in n))
+        return
+    df = res.samples[res.samples["checkpoint"] == ck]
+    if df.empty:
+        st.info(f"No per-sample results for {ck}.")
+        return
+    df = df.assign(outcome=tables.outcome(df))
+    c1, c2, c3 = st.columns([2, 2, 3])
+    outcome = c1.selectbox("Outcome", tables.OUTCOMES, index=state.choice("bm_outcome", tables.OUTCOMES),
+                           key="bm_outcome", help="Right = a gold answer is contained in the answer.")
+    all_voices = list(dict.fromkeys(df["voice"]))
+    voices = c2.multiselect("Voices", all_voices, default=state.subset("bm_voices", all_voices), key="bm_voices",
+                            placeholder="all voices")
+    text = c3.text_input("Search question / answers", value=state.value("bm_search", ""), key="bm_search")
+    if outcome != "all":
+        df = df[df["outcome"] == outcome]
+    if voices:
+        df = df[df["voice"].isin(voices)]
+    if text.strip():
+        t = text.strip().lower()
+        df = df[df["question"].str.lower().str.contains(t, regex=False)
+                | df["text_answer"].str.lower().str.contains(t, regex=False)
+                | df["speech_answer"].str.lower().str.contains(t, regex=False)]
+    st.caption(f"{len(df)} cases")
+    export.table(df[[c for c in CASE_COLUMNS if c in df.columns]], f"cases_{ck}", height=260)
+    if df.empty:
+        return
+    ids = list(df["sample_id"])
+    case = st.selectbox("Case", ids, index=state.choice("bm_case", ids), key="bm_case",
+                        format_func=lambda i: f"{df.loc[df['sample_id'] == i, 'question'].iloc[0]} · "
+                                              f"{df.loc[df['sample_id'] == i, 'voice'].iloc[0]}")
+    r = df[df["sample_id"] == case].iloc[0]
+    c1, c2 = st.columns(2)
+    c1.markdown(f"**Text answer** {tables.mark_md(r.get('text_containment'))}")
+    c1.info(r["text_answer"] or "∅")
+    c2.markdown(f"**Speech answer** {tables.mark_md(r.get('speech_containment'))}")
+    c2.info(r["speech_answer"] or "∅")
+    st.caption(f"References: {r.get('references', '')}")
+    root = next((m.root for m in sel.manifests if m.name == ck), None)
+    in_set = sel.full_set is not None and case in sel.full_set
+    st.button("Open this case in the Sample Explorer", on_click=_open_in_explorer, args=(root, case),
+              disabled=not in_set, key="bm_open",
+              help=None if in_set else "The case's sample is not in the sidebar's sample set; select that set first.")
+
+
+def _interventions(res, sel) -> None:
+    st.header("Interventions (speech input)")
+    try:
+        from lsl_core.intervention_eval import TABLE1_INTERVENTIONS, table1
+    except ImportError as exc:
+        st.warning(f"The intervention benchmark is not available in this checkout ({exc}).")
+        return
+    if res.interventions is not None:
+        iv = res.interventions
+        if "checkpoint" in iv.columns:
+            names = list(dict.fromkeys(iv["checkpoint"]))
+            ck = st.selectbox("Checkpoint (stored intervention results)", names, index=state.choice("bm_iv_ck", names),
+                              key="bm_iv_ck")
+            iv = iv[iv["checkpoint"] == ck]
+        with errors.guard("Intervention table"):
+            t = table1(iv)
+            export.figure(viz.intervention_bars(t, "F1"), "interventions_stored", key="fig_iv_stored")
+            export.table(t.reset_index(), "interventions_table1_stored")
+    else:
+        st.caption("No stored intervention results (write them with `python -m lsl_core evaluate ... "
+                   "--intervention angle:bottom3 --intervention angle:all`); run them live below.")
+    st.subheader("Run on the current model")
+    if sel.sample_set is None or sel.upload is not None:
+        st.info("Choose a sample set in the sidebar to run the intervention benchmark live.")
+        return
+    n_max = len(sel.sample_set)
+    c1, c2, c3 = st.columns([1, 1, 3])
+    n = c1.number_input("Samples", 1, n_max, value=state.integer("bm_iv_n", 1, n_max, min(2, n_max)), key="bm_iv_n",
+                        help="First n samples of the sidebar's filtered set.")
+    max_new = c2.number_input("Max new tokens", 4, 64, value=state.integer("bm_iv_max_new", 4, 64, 16),
+                              key="bm_iv_max_new")
+    conds = c3.multiselect("Conditions", list(TABLE1_INTERVENTIONS),
+                           default=state.subset("bm_iv_conds", TABLE1_INTERVENTIONS, TABLE1_INTERVENTIONS[:2]),
+                           key="bm_iv_conds")
+    ids = tuple(sel.sample_set.ids()[: int(n)])
+    st.button(f"Run {len(conds)} interventions on {len(ids)} samples", type="primary", key="bm_iv_run",
+              on_click=_request_iv, args=(ids, tuple(conds), int(max_new)), disabled=not conds)
+    req = st.session_state.get("bm_iv_request")
+    if not req or req != {"ids": ids, "conds": tuple(conds), "max_new": int(max_new)}:
+        st.caption("Greedy answers for the unedited speech input and each condition (about 10 s per answer on a CPU "
+                   "for the shipped model).")
+        return
+    handle = context.require_model(sel)
+    if handle is None:
+        return
+    with errors.guard("Intervention benchmark"):
+        subset = sel.sample_set.filter(ids=ids)
+        rows = loaders.intervention_rows(handle.key, sel.set_spec, ids, tuple(conds), int(max_new), handle.model,
+                                         subset)
+        t = table1(rows)
+        export.figure(viz.intervention_bars(t, "F1", title=f"{handle.name}: speech-input F1 per condition "
+                                            f"({len(ids)} samples)"), "interventions_live", key="fig_iv_live")
+        export.table(t.reset_index(), "interventions_table1")
+        export.table(rows, "interventions_per_sample", show=False, caption="per-sample answers")
+
+
+def main() -> None:
+    st.title("Benchmark")
+    if st.session_state.pop("_goto_explorer", False):
+        st.switch_page("pages/1_Sample_Explorer.py")
+    sel = context.selection()
+    res = loaders.results()
+    _scores(res, sel)
+    _interventions(res, sel)
+
+
+main()

@@ -1,0 +1,629 @@
+"""The Streamlit app driven by AppTest on tiny random models (fast): every page, every control changes
+what is shown, links reopen a view, bad input gives a message while the rest keeps working.
+
+The app is pointed at a temporary zoo / sample folder / results folder through the LSL_* variables
+(ui/config.py); figures are read back from the Plotly JSON Streamlit sends to the browser and
+compared with lsl_core computed independently on the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import threading
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import save_file
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+EXPLORER, INTERVENTIONS, CHECKPOINTS, CKA, BENCHMARK = (
+    "pages/1_Sample_Explorer.py", "pages/2_Interventions.py", "pages/3_Checkpoints.py",
+    "pages/4_Cross_Layer_CKA.py", "pages/5_Benchmark.py")
+QUESTIONS = ["what is the capital of france ?", "who wrote hamlet ?", "when did world war two end ?",
+             "how many legs does a spider have ?"]
+ACCENTS = ["usa", "gbr"]
+STEPS = (10, 20, 30)
+
+
+# ============================================================================ fixtures: a tiny world
+def _tiny_whisper(folder: Path) -> Path:
+    """Like tiny_models.make_tiny_whisper, plus a tokenizer and room for 128 new tokens: its ASR runs (cascade)."""
+    from tiny_models import make_tokenizer
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer(folder)
+    torch.manual_seed(0)
+    cfg = WhisperConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80,
+                        max_source_positions=1500, max_target_positions=256, pad_token_id=2, bos_token_id=1,
+                        eos_token_id=2, decoder_start_token_id=1)
+    WhisperForConditionalGeneration(cfg).eval().save_pretrained(folder, safe_serialization=True)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder
+
+
+def _checkpoint(folder: Path, llm: Path, enc: Path, name: str, strategy: str, step: int, seed: int) -> Path:
+    from lsl_core.model.adaptor import Adaptor, AdaptorConfig
+    from lsl_core.model.loading import CheckpointManifest, write_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    adaptor = None
+    if strategy != "none":
+        torch.manual_seed(seed)
+        ad = Adaptor(AdaptorConfig(enc_dim=16, llm_dim=32, stack=5))
+        save_file({k: v.contiguous() for k, v in ad.state_dict().items()}, str(folder / "adaptor.safetensors"))
+        adaptor = "adaptor.safetensors"
+    write_manifest(CheckpointManifest(name=name, llm=str(llm), encoder=str(enc), family="tiny", strategy=strategy,
+                                      step=step, adaptor=adaptor, seed=seed), folder)
+    return folder
+
+
+def _wav(seconds: float, freq: float) -> np.ndarray:
+    t = np.arange(int(seconds * 16_000)) / 16_000
+    return (0.3 * np.sin(2 * np.pi * freq * t * (1 + t))).astype(np.float32)
+
+
+def _wav_bytes(seconds: float, freq: float = 220.0) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, _wav(seconds, freq), 16_000, format="WAV")
+    return buf.getvalue()
+
+
+def _sample_folder(folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, ids = ["file,question,answers,accent"], []
+    for i, q in enumerate(QUESTIONS):
+        for a, acc in enumerate(ACCENTS):
+            sf.write(folder / f"q{i}_{acc}.wav", _wav(0.8 + 0.25 * i, 200 + 40 * i + 25 * a), 16_000)
+            rows.append(f"q{i}_{acc}.wav,{q},paris|shakespeare,{acc}")
+            ids.append(f"q{i}_{acc}")
+    (folder / "questions.csv").write_text("\n".join(rows) + "\n")
+    return ids
+
+
+def _results(folder: Path, ids: list[str], model_dir: Path, set_spec: str) -> dict:
+    """Per-sample evaluation rows (as lsl_core.evaluate writes them) -> real summarize(); + interventions."""
+    from lsl_core.evaluate import summarize
+
+    folder.mkdir(parents=True, exist_ok=True)
+    right = {"tiny-untrained": 0, "tiny-step10": 2, "tiny-step20": 4, "tiny-step30": 6}  # speech-right samples
+    rows = []
+    for ck, n_right in right.items():
+        step = 0 if ck == "tiny-untrained" else int(ck.removeprefix("tiny-step"))
+        for k, sid in enumerate(ids):
+            rows.append({"checkpoint": ck, "family": "tiny", "strategy": "none" if step == 0 else "frozen",
+                         "step": step, "sample_id": sid, "example_id": sid.split("_")[0],
+                         "voice": sid.split("_")[1], "unseen": sid.endswith("gbr"),
+                         "question": QUESTIONS[k // 2], "references": "paris | shakespeare",
+                         "text_answer": f"text answer {sid}", "speech_answer": f"speech answer {sid} {ck}",
+                         "text_containment": 1.0, "text_f1": 0.8, "speech_containment": float(k < n_right),
+                         "speech_f1": 0.8 * (k < n_right), "agreement": 0.5})
+    samples = pd.DataFrame(rows)
+    samples.to_parquet(folder / "checkpoints_samples.parquet", index=False)
+    summarize(samples).to_parquet(folder / "checkpoints_summary.parquet", index=False)
+
+    from lsl_core.data.sets import load_sample_set
+    from lsl_core.intervention_eval import evaluate_interventions
+    from lsl_core.model.loading import load_checkpoint
+
+    model = load_checkpoint(model_dir, device="cpu")
+    iv = evaluate_interventions(model, list(load_sample_set(set_spec))[:2], ["angle:bottom3", "angle:all"], 4)
+    iv.insert(0, "checkpoint", model.name)
+    iv.to_parquet(folder / "checkpoints_interventions.parquet", index=False)
+    trsw = {sid for k, sid in enumerate(ids) if k >= right["tiny-step10"]}
+    return {"trsw_step10": trsw}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_parts):
+    root = tmp_path_factory.mktemp("app")
+    llm, enc = tiny_parts["llm"], _tiny_whisper(root / "whisper")
+    zoo = root / "zoo"
+    roots = {f"tiny-step{s}": _checkpoint(zoo / "frozen" / f"step{s:04d}", llm, enc, f"tiny-step{s}", "frozen", s, s)
+             for s in STEPS}
+    roots["tiny-untrained"] = _checkpoint(zoo / "untrained", llm, enc, "tiny-untrained", "none", 0, 0)
+    bad = root / "badzoo" / "broken"
+    _checkpoint(bad, root / "no-such-llm", enc, "broken", "none", 0, 0)
+    ids = _sample_folder(root / "set")
+    spec = f"folder:{root / 'set'}"
+    info = _results(root / "results", ids, roots["tiny-step10"], spec)
+    env = {"LSL_ZOO": str(zoo), "LSL_DEFAULT_CHECKPOINT": str(roots["tiny-step10"]), "LSL_SAMPLE_SET": spec,
+           "LSL_RESULTS_DIR": str(root / "results"), "LSL_CACHE_DIR": str(root / "cache"), "LSL_DEVICE": "cpu",
+           "LSL_MAX_UPLOAD_MB": "1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield {"root": root, "roots": {k: str(Path(v).resolve()) for k, v in roots.items()}, "ids": ids,
+               "spec": spec, "bad": root / "badzoo", **info}
+
+
+@pytest.fixture(autouse=True)
+def navigation_mode(monkeypatch):
+    """Run AppTest like a live server after its first run: st.navigation rules, pages/ is not auto-discovered.
+
+    AppTest resets PagesManager.uses_pages_directory before every run, and a `pages/` folder next to
+    app.py then selects the legacy MPA v1 runner (which executes a page file without app.py). A live
+    server clears the flag for good the first time app.py calls st.navigation.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    init = PagesManager.__init__
+
+    def init_v2(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init_v2)
+
+
+# ============================================================================ helpers
+def _app(page: str | None = None, query: dict | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    if query:
+        at.query_params.update(query)
+    if page:  # like a browser opening /<page>?<query>
+        at.switch_page(page)
+    return _run(at)
+
+
+def _run(at):
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def _arr(v) -> np.ndarray:
+    """Plotly JSON array (list or typed {'dtype', 'bdata', 'shape'}) -> numpy."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        if "shape" in v:
+            a = a.reshape([int(s) for s in str(v["shape"]).split(",")])
+        return a
+    return np.asarray(v)
+
+
+def _figs(at) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def _fig(at, title: str) -> dict:
+    found = [f for f in _figs(at) if title in f["layout"].get("title", {}).get("text", "")]
+    assert found, f"no figure titled {title!r}: {[f['layout'].get('title', {}).get('text') for f in _figs(at)]}"
+    return found[0]
+
+
+def _heatmap(at) -> dict:
+    """The frames x tokens heatmap (the figure with an alignment-path trace)."""
+    found = [f for f in _figs(at) if any(t.get("name") == "alignment path i*_j" for t in f["data"])]
+    assert found, "no frames x tokens heatmap on the page"
+    return found[0]
+
+
+def _widget(items, label: str):
+    hit = [w for w in items if w.label == label]
+    assert hit, f"no widget {label!r}: {[w.label for w in items]}"
+    return hit[0]
+
+
+def _texts(at) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
+    parts += [e.value for e in at.error] + [w.value for w in at.warning] + [s.value for s in at.success]
+    return "\n".join(str(p) for p in parts)
+
+
+def _model(world, name="tiny-step10"):
+    from lsl_core.model.loading import load_checkpoint
+
+    return load_checkpoint(world["roots"][name], device="cpu")
+
+
+def _sample(world, sid):
+    from lsl_core.data.sets import load_sample_set
+
+    return load_sample_set(world["spec"])[sid]
+
+
+# ============================================================================ home + sidebar
+def test_home_loads_default_model_and_links_every_page(world):
+    at = _app()
+    assert "tiny-step10" in _texts(at) and "Model ready" in _texts(at)
+    assert len(at.get("page_link")) >= 6
+    link = at.sidebar.code[0].value
+    q = dict(parse_qsl(urlsplit(link).query))
+    assert q["model"] == "tiny-step10" and q["sample"] == world["ids"][0] and q["set"] == world["spec"]
+
+
+def test_sidebar_search_voice_and_text_right_speech_wrong_filters(world):
+    at = _app(EXPLORER)
+    sample = _widget(at.sidebar.selectbox, "Sample")
+    assert list(sample.options) and len(sample.options) == len(world["ids"])
+    _widget(at.sidebar.text_input, "Search question text").set_value("hamlet")
+    _run(at)
+    opts = _widget(at.sidebar.selectbox, "Sample").options
+    assert len(opts) == 2 and all("hamlet" in o for o in opts)
+    assert "who wrote hamlet" in _texts(at)  # the page follows the picked sample
+    _widget(at.sidebar.text_input, "Search question text").set_value("")
+    _widget(at.sidebar.multiselect, "Voice / accent").set_value(["gbr"])
+    _run(at)
+    assert [o.endswith("gbr") for o in _widget(at.sidebar.selectbox, "Sample").options] == [True] * 4
+    _widget(at.sidebar.multiselect, "Voice / accent").set_value([])
+    box = _widget(at.sidebar.checkbox, "Only “text right, speech wrong”")
+    assert not box.disabled
+    box.check()
+    _run(at)
+    assert at.session_state["sb_sample"] in world["trsw_step10"]
+    assert len(_widget(at.sidebar.selectbox, "Sample").options) == len(world["trsw_step10"])
+    # a checkpoint without per-sample results: the filter says why it is off
+    _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"]["tiny-step20"])
+    _run(at)
+    assert not _widget(at.sidebar.checkbox, "Only “text right, speech wrong”").disabled  # step20 has results
+    _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"]["tiny-untrained"])
+    _run(at)
+    assert _widget(at.sidebar.selectbox, "Sample").options  # untrained has results too: no crash either way
+
+
+# ============================================================================ Sample Explorer
+def test_explorer_layer_metric_and_sample_change_the_heatmap(world):
+    from lsl_core.analysis import analyze_sample
+
+    at = _app(EXPLORER)
+    model = _model(world)
+    L = model.num_layers
+    first = world["ids"][0]
+    ref = analyze_sample(model, _sample(world, first), cache=False)
+    fig = _heatmap(at)
+    assert f"layer ℓ = {L // 2} of {L}" in fig["layout"]["title"]["text"]
+    np.testing.assert_allclose(_arr(fig["data"][0]["z"]), ref.cos[L // 2], atol=1e-5)
+    path = fig["data"][1]
+    assert path["marker"]["symbol"] == "diamond"
+    centres = np.asarray(ref.frame_times) + ref.frame_seconds / 2
+    np.testing.assert_allclose(_arr(path["y"]), centres[ref.path_cos[L // 2]], atol=1e-6)
+    hover = np.asarray(fig["data"][0]["text"])
+    assert "token" in hover[0][0] and " s" in hover[0][0]
+    assert "frame time (s)" in fig["layout"]["yaxis"]["title"]["text"]
+    assert [t.strip("*<b>/") for t in fig["layout"]["xaxis"]["ticktext"]] == [t.strip() or "␣" for t in ref.tokens]
+    spearman_label = lambda a: [m for m in a.metric if m.label.startswith("Spearman")][0]  # noqa: E731
+    assert float(spearman_label(at).value) == pytest.approx(ref.spearman_cos[L // 2], abs=1e-3)
+
+    # layer slider: a different matrix, the final-norm layer is labelled, the URL follows
+    _widget(at.slider, "Layer ℓ").set_value(0)
+    _run(at)
+    fig0 = _heatmap(at)
+    assert "layer ℓ = 0" in fig0["layout"]["title"]["text"] and "LLM input" in fig0["layout"]["title"]["text"]
+    np.testing.assert_allclose(_arr(fig0["data"][0]["z"]), ref.cos[0], atol=1e-5)
+    assert not np.allclose(_arr(fig0["data"][0]["z"]), _arr(fig["data"][0]["z"]))
+    assert at.query_params["layer"] == "0"
+    assert spearman_label(at).label == "Spearman ρ, layer 0"
+    _widget(at.slider, "Layer ℓ").set_value(L)
+    _run(at)
+    assert "after final norm" in _heatmap(at)["layout"]["title"]["text"]
+
+    # metric: distance matrix, reversed scale (bright = close), distance path
+    _widget(at.radio, "Metric").set_value("distance")
+    _run(at)
+    figd = _heatmap(at)
+    np.testing.assert_allclose(_arr(figd["data"][0]["z"]), ref.dist[L], atol=1e-4)
+    assert figd["data"][0]["reversescale"] is True
+    np.testing.assert_allclose(_arr(figd["data"][1]["y"]), centres[ref.path_dist[L]], atol=1e-6)
+    assert at.query_params["metric"] == "distance"
+
+    # sample: another question -> other tokens, other matrix, the same layer and metric
+    other = world["ids"][3]
+    _widget(at.sidebar.selectbox, "Sample").set_value(other)
+    _run(at)
+    ref2 = analyze_sample(model, _sample(world, other), cache=False)
+    figs = _heatmap(at)
+    np.testing.assert_allclose(_arr(figs["data"][0]["z"]), ref2.dist[L], atol=1e-4)
+    assert len(figs["layout"]["xaxis"]["ticktext"]) == len(ref2.tokens) != len(ref.tokens)
+    assert QUESTIONS[1] in _texts(at) and at.query_params["sample"] == other
+    # sequence-level curves and the marked final layer
+    curves = _fig(at, "Sequence level")
+    np.testing.assert_allclose(_arr(curves["data"][0]["y"]), ref2.seq_cos, atol=1e-5)
+    assert any("after final norm" in (a.get("text") or "") for a in curves["layout"]["annotations"])
+    assert "ASR transcript" in _texts(at)
+    assert len(at.get("audio")) == 1
+    assert len(at.get("download_button")) >= 4  # per-layer and path tables, CSV + JSON
+
+
+def test_link_reopens_the_same_view(world):
+    at = _app(EXPLORER)
+    _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"]["tiny-step20"])
+    _widget(at.sidebar.selectbox, "Sample").set_value(world["ids"][5])
+    _run(at)
+    _widget(at.slider, "Layer ℓ").set_value(0)
+    _widget(at.radio, "Metric").set_value("distance")
+    _run(at)
+    z = _arr(_heatmap(at)["data"][0]["z"])
+    query = dict(parse_qsl(urlsplit(at.sidebar.code[0].value).query))
+    assert query == {"model": "tiny-step20", "set": world["spec"], "sample": world["ids"][5], "layer": "0",
+                     "metric": "distance"}
+    again = _app(EXPLORER, query)  # a new session opened from the link
+    assert again.session_state["sb_model"] == world["roots"]["tiny-step20"]
+    assert _widget(again.slider, "Layer ℓ").value == 0 and _widget(again.radio, "Metric").value == "distance"
+    np.testing.assert_array_equal(_arr(_heatmap(again)["data"][0]["z"]), z)
+    # invalid values are ignored, not fatal
+    bad = _app(EXPLORER, {"model": "nope", "sample": "nope", "layer": "99", "metric": "x"})
+    assert bad.session_state["sb_model"] == world["roots"]["tiny-step10"]
+    assert "layer ℓ = 1" in _heatmap(bad)["layout"]["title"]["text"]
+
+
+# ============================================================================ Interventions
+def test_interventions_regenerate_side_by_side_and_highlight(world):
+    from lsl_core.interventions import generate_side_by_side
+
+    at = _app(INTERVENTIONS)
+    assert "press **Regenerate**" in _texts(at)
+    fig = _heatmap(at)
+    assert not fig["layout"].get("shapes")  # nothing edited yet
+    assert _widget(at.radio, "Operation").value == "angle" and _widget(at.radio, "Frames").value == "Bottom-k"
+    assert _widget(at.number_input, "k").value == 3
+    _widget(at.number_input, "Max new tokens").set_value(6)
+    _run(at)
+    _widget(at.button, "Regenerate").click()
+    _run(at)
+    assert at.query_params["iv"] == "angle:bottom3" and at.query_params["tokens"] == "6"
+    titles = [m.value for m in at.markdown if m.value.startswith("**") and m.value.endswith("**")]
+    assert titles[:4] == ["**Text**", "**Speech**", "**Cascade (ASR → LLM)**", "**Angle·Bottom3**"]
+    sample = _sample(world, world["ids"][0])
+    ref = generate_side_by_side(_model(world), sample, ["angle:bottom3"], max_new_tokens=6)
+    answers = [i.value for i in at.info][:4]
+    assert answers == [a.answer or "∅ (empty answer)" for a in ref.answers()]
+    marks = [m.value for m in at.markdown if m.value.startswith((":green[", ":red[", ":gray["))]
+    assert len(marks) == 4
+    fig = _heatmap(at)
+    edited = ref.interventions[0]
+    assert len(fig["layout"]["shapes"]) == 2 * len(edited.frames)  # boxed frame bands
+    boxes = [t for t in fig["data"] if t.get("name") == "edited frame/token"]
+    assert list(_arr(boxes[-1]["x"])) == edited.tokens
+    ticks = fig["layout"]["xaxis"]["ticktext"]
+    assert [j for j, t in enumerate(ticks) if t.endswith("*</b>")] == edited.tokens
+    assert "edited tokens" in _texts(at)
+
+    # answers belong to one sample: another sample waits for Regenerate, the first one comes back from the cache
+    _widget(at.sidebar.selectbox, "Sample").set_value(world["ids"][1])
+    _run(at)
+    assert "for this sample" in _texts(at) and "**Angle·Bottom3**" not in [m.value for m in at.markdown]
+    assert "iv" not in at.query_params
+    _widget(at.sidebar.selectbox, "Sample").set_value(world["ids"][0])
+    _run(at)
+    assert [i.value for i in at.info][:4] == answers
+
+    # another operation and target: a new label, every token edited
+    _widget(at.radio, "Operation").set_value("length")
+    _widget(at.radio, "Frames").set_value("All")
+    _run(at)
+    assert "press Regenerate" in _texts(at)  # settings differ from what is shown
+    _widget(at.button, "Regenerate").click()
+    _run(at)
+    assert at.query_params["iv"] == "length:all"
+    assert "**Length·All**" in [m.value for m in at.markdown]
+    ticks = _heatmap(at)["layout"]["xaxis"]["ticktext"]
+    assert all(t.endswith("*</b>") for t in ticks)
+
+
+def test_intervention_link_reopens_and_runs(world):
+    at = _app(INTERVENTIONS, {"iv": "calibrate:bottom2@1:distance", "sample": world["ids"][2], "tokens": "5",
+                              "cascade": "0"})
+    assert _widget(at.number_input, "Max new tokens").value == 5
+    assert not _widget(at.checkbox, "Cascade baseline (ASR → LLM)").value
+    assert _widget(at.radio, "Operation").value == "calibrate"
+    assert _widget(at.number_input, "k").value == 2 and _widget(at.slider, "Edit layer ℓ").value == 1
+    assert _widget(at.radio, "Path metric").value == "distance"
+    titles = [m.value for m in at.markdown if m.value.startswith("**") and m.value.endswith("**")]
+    assert titles[:3] == ["**Text**", "**Speech**", "**Calibrate·Bottom2 @ℓ1 (distance)**"]  # no cascade
+    assert "layer ℓ = 1" in _heatmap(at)["layout"]["title"]["text"]
+
+
+# ============================================================================ Checkpoints
+def test_checkpoints_live_alignment_curves_trends_and_gap_fit(world):
+    from lsl_core.analysis import analyze_sample
+    from lsl_core.metrics.gap import fit_gap
+
+    at = _app(CHECKPOINTS)
+    assert _fig(at, "GAP (f1, text − speech) across training")
+    _widget(at.radio, "Alignment metrics from").set_value("compute live")
+    _widget(at.number_input, "Samples per checkpoint").set_value(2)
+    _run(at)
+    [btn] = [b for b in at.button if b.label.startswith("Compute alignment")]
+    btn.click()
+    _run(at)
+    assert not at.warning, [w.value for w in at.warning]
+    curves = _fig(at, "per layer — tiny · frozen")
+    assert len(curves["data"]) == 3  # one curve per checkpoint of the trajectory
+    # the curve of step 10 = mean over the 2 samples of the sequence cosine, computed independently
+    m10 = _model(world, "tiny-step10")
+    ref = np.mean([analyze_sample(m10, _sample(world, s), cache=False).seq_cos for s in world["ids"][:2]], axis=0)
+    np.testing.assert_allclose(_arr(curves["data"][0]["y"]), ref, atol=1e-5)
+    _widget(at.selectbox, "Per-layer metric").set_value("consistency")
+    _run(at)
+    assert not np.allclose(_arr(_fig(at, "per layer — tiny · frozen")["data"][0]["y"]), ref)
+    assert _fig(at, "mean Spearman ρ (cosine path) across training") and _fig(at, "mean consistency across training")
+    scatter = _fig(at, "GAP vs layer-averaged cosine")
+    legend = [t["name"] for t in scatter["data"]]
+    assert any(n.startswith("frozen: R² =") for n in legend)  # family is constant: the legend names the strategy
+    # the R² shown = an independent OLS on the plotted points
+    pts = [t for t in scatter["data"] if "R² =" in t["name"]][0]
+    fit = fit_gap(_arr(pts["x"]), _arr(pts["y"]))
+    assert f"R² = {fit.r2:.3f}" in pts["name"]
+    # grouping by family also fits the untrained checkpoint into the line
+    _widget(at.radio, "Fit one line per").set_value("family")
+    _run(at)
+    legend = [t["name"] for t in _fig(at, "GAP vs layer-averaged cosine")["data"]]
+    assert any(n.startswith("tiny: R²") and "(n = 4)" in n for n in legend)
+
+
+# ============================================================================ CKA
+def test_cka_sample_heatmap_follows_path_options_and_set_average(world):
+    from lsl_core.analysis import AnalysisOptions, analyze_sample
+
+    at = _app(CKA)
+    model = _model(world)
+    s = _sample(world, world["ids"][0])
+    ref = analyze_sample(model, s, AnalysisOptions(cka_path="cosine", cka_path_layer=1), cache=False)
+    z = _arr(_fig(at, "Aligned cross-layer CKA")["data"][0]["z"])
+    np.testing.assert_allclose(z, ref.cka, atol=1e-6)
+    _widget(at.slider, "Path taken at layer").set_value(0)
+    _widget(at.radio, "Alignment path").set_value("distance")
+    _run(at)
+    ref0 = analyze_sample(model, s, AnalysisOptions(cka_path="distance", cka_path_layer=0), cache=False)
+    np.testing.assert_allclose(_arr(_fig(at, "Aligned cross-layer CKA")["data"][0]["z"]), ref0.cka, atol=1e-6)
+    _widget(at.number_input, "Samples").set_value(4)
+    _run(at)
+    [btn] = [b for b in at.button if b.label.startswith("Compute over")]
+    btn.click()
+    _run(at)
+    mean = _arr(_fig(at, "Aligned CKA, mean over 4 samples")["data"][0]["z"])
+    refs = [analyze_sample(model, _sample(world, i), AnalysisOptions(cka_path="distance", cka_path_layer=0),
+                           cache=False).cka for i in world["ids"][:4]]
+    np.testing.assert_allclose(mean, np.mean(refs, axis=0), atol=1e-6)
+    assert _fig(at, "Mean-pooled CKA across 4 samples")
+
+
+# ============================================================================ Benchmark
+def test_benchmark_scores_cases_and_interventions(world):
+    at = _app(BENCHMARK)
+    fig = _fig(at, "text vs speech f1 per voice")
+    bars = {t["name"]: _arr(t["y"]) for t in fig["data"]}
+    summary = pd.read_parquet(world["root"] / "results" / "checkpoints_summary.parquet")
+    rows = summary[summary["checkpoint"] == "tiny-step10"]
+    np.testing.assert_allclose(bars["speech input"], 100 * rows["speech_f1"].to_numpy())
+    np.testing.assert_allclose(bars["GAP"], 100 * rows["gap_f1"].to_numpy())
+    _widget(at.radio, "Score").set_value("containment")
+    _run(at)
+    bars = {t["name"]: _arr(t["y"]) for t in _fig(at, "text vs speech containment per voice")["data"]}
+    np.testing.assert_allclose(bars["speech input"], 100 * rows["speech_containment"].to_numpy())
+    _widget(at.selectbox, "Checkpoint").set_value("tiny-step30")
+    _run(at)
+    assert _fig(at, "tiny-step30: text vs speech")
+    # case browser: outcome filter, then open a case in the explorer
+    _widget(at.selectbox, "Checkpoint").set_value("tiny-step10")
+    _widget(at.selectbox, "Outcome").set_value("text right · speech wrong")
+    _run(at)
+    assert f"{len(world['trsw_step10'])} cases" in _texts(at)
+    case = _widget(at.selectbox, "Case")
+    assert len(case.options) == len(world["trsw_step10"]) and all("· " in o for o in case.options)
+    case.set_value(sorted(world["trsw_step10"])[0])
+    _run(at)
+    _widget(at.button, "Open this case in the Sample Explorer").click()
+    _run(at)
+    assert _heatmap(at) and at.session_state["sb_sample"] == sorted(world["trsw_step10"])[0]
+    # stored intervention table and a live run
+    at = _app(BENCHMARK)
+    assert _fig(at, "Speech-input F1 under each intervention")
+    _widget(at.number_input, "Samples").set_value(1)
+    _widget(at.multiselect, "Conditions").set_value(["angle:bottom3"])
+    _widget(at.number_input, "Max new tokens").set_value(4)
+    _run(at)
+    [btn] = [b for b in at.button if b.label.startswith("Run 1 interventions")]
+    btn.click()
+    _run(at)
+    live = _fig(at, "speech-input F1 per condition (1 samples)")
+    assert [str(x) for x in live["data"][0]["x"]] == ["Original", "Angle·Bottom3"]
+
+
+# ============================================================================ bad input
+def test_missing_results_give_messages_and_the_rest_works(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("LSL_RESULTS_DIR", str(tmp_path / "nothing"))
+    at = _app(BENCHMARK)
+    assert "No evaluation results" in _texts(at) and "python -m lsl_core evaluate" in _texts(at)
+    at.switch_page(CHECKPOINTS)
+    _run(at)
+    assert "No evaluation results yet" in _texts(at)
+    assert _widget(at.sidebar.checkbox, "Only “text right, speech wrong”").disabled
+    at.switch_page(EXPLORER)
+    _run(at)
+    assert _heatmap(at)
+
+
+def test_failing_model_load_shows_error_and_other_widgets_keep_working(world):
+    at = _app(EXPLORER)
+    at.sidebar.text_input(key="sb_zoo_extra").set_value(str(world["bad"]))
+    _run(at)
+    broken = str((world["bad"] / "broken").resolve())
+    _widget(at.sidebar.selectbox, "Checkpoint").set_value(broken)
+    _run(at)
+    assert "Could not load the model 'broken'" in _texts(at) and "does not exist" in _texts(at)
+    assert not at.get("plotly_chart")
+    _widget(at.sidebar.text_input, "Search question text").set_value("hamlet")  # the sidebar still works
+    _run(at)
+    assert len(_widget(at.sidebar.selectbox, "Sample").options) == 2
+    _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"]["tiny-step10"])
+    _run(at)
+    assert _heatmap(at) and not at.error
+
+
+@pytest.mark.parametrize("name,data,question,message", [
+    ("notes.wav", b"this is not audio at all", "who wrote hamlet ?", "Could not decode audio"),
+    ("empty.wav", b"", "who wrote hamlet ?", "empty (0 bytes)"),
+    ("long.wav", None, "who wrote hamlet ?", "at most 30 s"),
+    ("huge.wav", b"\0" * (1_200_000), "who wrote hamlet ?", "limited to 1 MB"),
+    ("ok.wav", _wav_bytes(1.0), "  ", "Type the question"),
+])
+def test_bad_uploads_say_what_is_wrong(world, name, data, question, message):
+    from ui.upload import sample_from_upload
+
+    if data is None:  # 31 s at 8 kHz, 16-bit: under the size limit, over the encoder window
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros(31 * 8000, np.float32), 8000, format="WAV", subtype="PCM_16")
+        data = buf.getvalue()
+    with pytest.raises(Exception, match=re.escape(message)):
+        sample_from_upload(name, data, question, max_mb=1)
+    at = _app(EXPLORER)
+    _widget(at.sidebar.selectbox, "Sample set").set_value("upload")
+    _run(at)
+    assert "Upload an audio file" in _texts(at)
+    at.sidebar.file_uploader[0].set_value((name, data, "audio/wav"))
+    _widget(at.sidebar.text_input, "Question (what the clip says)").set_value(question)
+    _run(at)
+    assert message in "\n".join(e.value for e in at.error)
+    assert not at.get("plotly_chart")
+    assert _widget(at.sidebar.selectbox, "Sample set").value == "upload"  # widgets still there
+
+
+def test_good_upload_is_analyzed(world):
+    at = _app(EXPLORER)
+    _widget(at.sidebar.selectbox, "Sample set").set_value("upload")
+    _run(at)
+    at.sidebar.file_uploader[0].set_value(("mine.wav", _wav_bytes(1.4, 300.0), "audio/wav"))
+    _widget(at.sidebar.text_input, "Question (what the clip says)").set_value("who wrote hamlet ?")
+    _widget(at.sidebar.text_input, "Reference answers (optional, separated by |)").set_value("shakespeare")
+    _run(at)
+    fig = _heatmap(at)
+    assert _arr(fig["data"][0]["z"]).shape[1] == len(fig["layout"]["xaxis"]["ticktext"])
+    assert "shakespeare" in _texts(at)
+    assert "sample" not in at.query_params  # an upload cannot be linked
+
+
+# ============================================================================ device access
+def test_locked_iteration_releases_between_items_and_on_close():
+    from ui.loaders import _locked
+
+    lock = threading.RLock()
+    seen = []
+
+    def other_thread_can_lock() -> bool:
+        out = []
+        t = threading.Thread(target=lambda: out.append(lock.acquire(timeout=0.05) and (lock.release() or True)))
+        t.start()
+        t.join()
+        return out[0]
+
+    gen = _locked(range(3), lock)
+    for item in gen:
+        seen.append((item, other_thread_can_lock()))  # held while the item is processed
+        if item == 1:
+            break
+    assert seen == [(0, False), (1, False)]
+    gen.close()
+    assert other_thread_can_lock()  # released by close() after an early exit

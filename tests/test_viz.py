@@ -1,0 +1,171 @@
+"""lsl_core.viz: figures show exactly the numbers they are given, with labelled axes, grey-safe colours,
+hover text carrying value / time / token, the final-norm layer marked and edits highlighted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from plotly.colors import hex_to_rgb, sample_colorscale, unlabel_rgb
+
+from lsl_core import viz
+from lsl_core.metrics.gap import gap_r2_table
+
+
+def _analysis(L=3, Ts=6, Tt=4, seed=0):
+    """A SampleAnalysis-shaped record with hand-set arrays (the figures only read attributes)."""
+    rng = np.random.default_rng(seed)
+    cos = rng.uniform(-1, 1, (L + 1, Ts, Tt)).astype(np.float32)
+    dist = rng.uniform(0, 5, (L + 1, Ts, Tt)).astype(np.float32)
+    return SimpleNamespace(
+        cos=cos, dist=dist, path_cos=cos.argmax(1), path_dist=dist.argmin(1),
+        tokens=["When", " was", " it", "?"][:Tt], frame_times=np.arange(Ts) * 0.1, frame_seconds=0.1,
+        seq_cos=np.linspace(0.1, 0.4, L + 1), seq_dist=np.linspace(3, 1, L + 1),
+        spearman_cos=np.linspace(-0.5, 0.5, L + 1), spearman_dist=np.linspace(0.5, -0.5, L + 1),
+        consistency=np.linspace(0, 1, L + 1),
+    )
+
+
+def _luminance(color: str) -> float:
+    r, g, b = hex_to_rgb(color) if color.startswith("#") else unlabel_rgb(color)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_heatmap_shows_the_layer_matrix_path_and_hover():
+    a = _analysis()
+    fig = viz.token_heatmap(a, 2, "cosine")
+    hm, path = fig.data[0], fig.data[1]
+    np.testing.assert_array_equal(hm.z, a.cos[2])
+    np.testing.assert_allclose(hm.y, a.frame_times + 0.05)  # frame centres in seconds
+    assert list(fig.layout.xaxis.ticktext) == ["When", "was", "it", "?"]
+    assert fig.layout.yaxis.title.text == "speech frame time (s)" and "token" in fig.layout.xaxis.title.text
+    assert hm.colorscale == go.Heatmap(colorscale="Viridis").colorscale and not hm.reversescale
+    assert "%{z:.6f}" in hm.hovertemplate and "' was' (#1)" in hm.text[0][1] and "0.00–0.10 s" in hm.text[0][1]
+    assert path.marker.symbol == "diamond"
+    np.testing.assert_allclose(path.y, a.frame_times[a.path_cos[2]] + 0.05)
+    np.testing.assert_allclose(path.customdata[:, 3], a.cos[2][a.path_cos[2], np.arange(4)], rtol=1e-6)
+    assert "layer ℓ = 2 of 3" in fig.layout.title.text and "final norm" not in fig.layout.title.text
+    assert not fig.layout.shapes
+
+
+def test_heatmap_distance_final_layer_and_bad_layer():
+    a = _analysis()
+    fig = viz.token_heatmap(a, 3, "distance")
+    np.testing.assert_array_equal(fig.data[0].z, a.dist[3])
+    assert fig.data[0].reversescale  # bright = close, as for cosine
+    np.testing.assert_allclose(fig.data[1].y, a.frame_times[a.path_dist[3]] + 0.05)
+    assert "after final norm" in fig.layout.title.text
+    assert "LLM input" in viz.token_heatmap(a, 0).layout.title.text
+    with pytest.raises(ValueError, match="layer"):
+        viz.token_heatmap(a, 4)
+    with pytest.raises(ValueError, match="metric"):
+        viz.token_heatmap(a, 1, "dot")
+
+
+def test_heatmap_highlights_edited_frames_and_tokens():
+    a = _analysis()
+    fig = viz.token_heatmap(a, 1, edited={"frames": [2, 4], "tokens": [1]})
+    frame_bands = [s for s in fig.layout.shapes if s.x0 == -0.5 and s.x1 == 3.5]
+    assert len(frame_bands) == len(fig.layout.shapes) == 4  # each band drawn white under black dashes
+    assert {round(s.y0, 6) for s in frame_bands} == {0.2, 0.4}
+    assert fig.layout.xaxis.ticktext[1] == "<b>was*</b>" and "edited" in fig.layout.xaxis.title.text
+    boxes = [t for t in fig.data if t.name == "edited frame/token"]
+    assert len(boxes) == 2 and [t.showlegend for t in boxes] == [False, True]
+    assert list(boxes[1].x) == [1] and boxes[1].marker.symbol == "square-open"
+    np.testing.assert_allclose(boxes[1].y, [a.frame_times[a.path_cos[1][1]] + 0.05])
+    same = viz.token_heatmap(a, 1, edited=SimpleNamespace(frames=[2, 4], tokens=[1]))  # attribute form
+    assert len(same.layout.shapes) == len(fig.layout.shapes)
+
+
+def test_layer_curves_mark_final_layer_and_current_layer():
+    a = _analysis(L=5)
+    fig = viz.layer_curves(a, current_layer=2)
+    np.testing.assert_allclose(fig.data[0].y, a.seq_cos)
+    np.testing.assert_allclose(fig.data[1].y, a.seq_dist)
+    assert fig.data[0].marker.symbol[-1].endswith("-open") and fig.data[0].marker.size[-1] > fig.data[0].marker.size[0]
+    assert list(fig.data[0].customdata)[-1] == " (after final norm)"
+    assert any("after final norm" in (an.text or "") for an in fig.layout.annotations)
+    xs = sorted({s.x0 for s in fig.layout.shapes})
+    assert xs == [2, 5]  # the current layer and the final layer
+    assert "layer" in fig.layout.xaxis.title.text
+    tw = viz.tokenwise_curves(a, current_layer=1)
+    np.testing.assert_allclose(tw.data[2].y, a.consistency)
+
+
+def test_checkpoint_curves_one_line_per_checkpoint_ordered_by_step():
+    df = pd.DataFrame({"checkpoint": ["c", "a", "b"], "step": [300, 100, 200],
+                       "seq_cos": [[0.3, 0.3, 0.3], [0.1, 0.1, 0.1], [0.2, 0.2, 0.2]]})
+    fig = viz.checkpoint_curves(df, "seq_cos")
+    assert [t.name for t in fig.data] == ["a (step 100)", "b (step 200)", "c (step 300)"]
+    np.testing.assert_allclose(fig.data[2].y, [0.3] * 3)
+    assert len({t.line.dash for t in fig.data}) == 3 and len({t.line.color for t in fig.data}) == 3
+    lum = [_luminance(t.line.color) for t in fig.data]
+    assert lum == sorted(lum)  # later steps brighter: readable in grey
+    with pytest.raises(ValueError, match="seq_dist"):
+        viz.checkpoint_curves(df, "seq_dist")
+
+
+def test_gap_scatter_draws_the_fit_and_its_r2():
+    df = pd.DataFrame({"checkpoint": list("abcdef"), "family": ["f"] * 6, "strategy": ["lora"] * 4 + ["frozen"] * 2,
+                       "step": [1, 2, 3, 4, 1, 2], "aps_cos": [0.1, 0.2, 0.3, 0.5, 0.2, 0.3],
+                       "gap": [0.5, 0.42, 0.3, 0.1, 0.4, 0.35]})
+    fits = gap_r2_table(df, "aps_cos", skip_unfit=True)
+    fig = viz.gap_scatter(df, "aps_cos", fits)
+    lora_pts = [t for t in fig.data if t.mode == "markers" and t.name.startswith("lora")][0]
+    np.testing.assert_allclose(lora_pts.x, [0.1, 0.2, 0.3, 0.5])
+    r2 = float(fits.loc[fits["strategy"] == "lora", "r2"].iloc[0])
+    assert f"R² = {r2:.3f} (n = 4)" in lora_pts.name
+    line = [t for t in fig.data if t.mode == "lines"][0]
+    row = fits[fits["strategy"] == "lora"].iloc[0]
+    np.testing.assert_allclose(line.y, row["slope"] * np.asarray(line.x) + row["intercept"])
+    frozen = [t for t in fig.data if t.name.startswith("frozen")][0]
+    assert "no fit" in frozen.name  # 2 checkpoints cannot be fitted
+    assert fig.layout.xaxis.title.text == "APS (cosine)" and "GAP" in fig.layout.yaxis.title.text
+
+
+def test_cka_heatmap_fixed_scale_and_final_layer_labels():
+    M = np.eye(4) * 0.9 + 0.05
+    fig = viz.cka_heatmap(M, "CKA")
+    np.testing.assert_array_equal(fig.data[0].z, M)
+    assert (fig.data[0].zmin, fig.data[0].zmax) == (0.0, 1.0)
+    assert "speech layer" in fig.layout.yaxis.title.text and "3 = after final norm" in fig.layout.xaxis.title.text
+    assert "CKA = %{z:.6f}" in fig.data[0].hovertemplate
+
+
+def test_scores_by_voice_in_percent_with_gap_panel():
+    df = pd.DataFrame({"voice": ["usa", "gbr"], "text_f1": [0.8, 0.6], "speech_f1": [0.5, 0.2],
+                       "gap_f1": [0.3, 0.4], "n": [10, 12]})
+    fig = viz.scores_by_voice(df, "f1")
+    bars = {t.name: np.asarray(t.y) for t in fig.data}
+    np.testing.assert_allclose(bars["text input"], [80, 60])
+    np.testing.assert_allclose(bars["speech input"], [50, 20])
+    np.testing.assert_allclose(bars["GAP"], [30, 40])
+    assert fig.data[1].marker.pattern.shape == "/"  # speech bars differ by pattern, not only colour
+
+
+def test_intervention_bars_and_trend_curves():
+    t = pd.DataFrame({"F1": [10.0, 12.5], "Δ F1": [0.0, 2.5]}, index=pd.Index(["Original", "Angle·Bottom3"]))
+    fig = viz.intervention_bars(t)
+    assert list(fig.data[0].x) == ["Original", "Angle·Bottom3"] and list(fig.data[0].y) == [10.0, 12.5]
+    df = pd.DataFrame({"trajectory": ["x", "x", "y"], "step": [2, 1, 1], "consistency_mean": [0.5, 0.2, 0.3],
+                       "checkpoint": ["x2", "x1", "y1"]})
+    tr = viz.trend_curves(df, "consistency_mean")
+    assert [t.name for t in tr.data] == ["x", "y"] and list(tr.data[0].x) == [1, 2]
+    assert tr.layout.xaxis.title.text == "training step"
+
+
+def test_colour_scales_have_monotone_luminance():
+    lum = [_luminance(c) for c in sample_colorscale("Viridis", list(np.linspace(0, 1, 11)))]
+    assert all(b > a for a, b in zip(lum, lum[1:]))
+    cat = [_luminance(c) for c in viz.categorical_colors(6)]
+    assert all(b > a for a, b in zip(cat, cat[1:]))
+
+
+def test_viz_does_not_import_streamlit():
+    code = "import sys, lsl_core.viz, lsl_core.results; assert 'streamlit' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,247 @@
+"""Cached loaders: models once per process (st.cache_resource), everything computed from them cached
+by every input that changes the result (st.cache_data).
+
+Cache keys: a model is identified by `ModelHandle.key` = manifest folder + weight digest (which
+includes device and dtype); a sample by `sample_key` = set spec + sample id + audio digest. Objects
+that are not hashable (the model, the sample) are passed as leading-underscore arguments, so they
+do not enter the key; the string keys stand for them.
+
+Device access is serialized: every call into a model runs under its `lock` (an RLock shared by all
+sessions of this process), and long loops take the lock per sample, so other sessions interleave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from lsl_core.analysis import AnalysisOptions, SampleAnalysis, SetAnalysis, analyze_sample, analyze_set
+from lsl_core.errors import LSLError
+from lsl_core.model.loading import CheckpointManifest, list_zoo, read_manifest
+from lsl_core.results import Results, load_results
+from ui import config
+
+
+# =============================================================================== models
+@dataclass(frozen=True, eq=False)
+class ModelHandle:
+    """A loaded model with what the pages show about it."""
+
+    model: object  # lsl_core.model.lslm.LSLM
+    path: str  # manifest folder
+    seconds: float  # load time
+
+    @property
+    def key(self) -> str:
+        return f"{self.path}|{self.model.digest}"
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def zoo(folders: tuple[str, ...]) -> tuple[list[CheckpointManifest], list[str]]:
+    """Manifests under the folders (a folder may also be one checkpoint), deduplicated; + notes on problems."""
+    found: dict[str, CheckpointManifest] = {}
+    notes = []
+    for f in folders:
+        p = Path(f).expanduser()
+        if (p.is_file() and p.name.endswith(".json")) or (p / "manifest.json").is_file():
+            try:
+                m = read_manifest(p)
+                found.setdefault(m.root, m)
+            except LSLError as exc:
+                notes.append(str(exc))
+        elif p.is_dir():
+            ms = list_zoo(p)
+            if not ms:
+                notes.append(f"No readable manifest.json under {p}.")
+            for m in ms:
+                found.setdefault(m.root, m)
+        else:
+            notes.append(f"Model folder {p} does not exist; give a folder of checkpoints (manifest.json files).")
+    return list(found.values()), notes
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def load_model(manifest_root: str, device: str | None) -> ModelHandle:
+    """Load a checkpoint once per process (errors are not cached: a fixed manifest loads on the next try)."""
+    from lsl_core.model.loading import load_checkpoint
+
+    t0 = time.perf_counter()
+    try:
+        model = load_checkpoint(manifest_root, device=device)
+    except LSLError:
+        raise
+    except Exception as exc:  # torch/transformers/peft errors for a foreign checkpoint
+        from lsl_core.errors import ModelLoadError
+
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelLoadError(f"Could not load the checkpoint at {manifest_root}: {type(exc).__name__}: {first}. "
+                             "Check its manifest and weights.") from exc
+    return ModelHandle(model, manifest_root, time.perf_counter() - t0)
+
+
+# =============================================================================== samples
+@st.cache_resource(show_spinner=False, max_entries=8)
+def sample_set(spec: str):
+    """A SampleSet (lazy audio) per spec; shared by all sessions."""
+    from lsl_core.data.sets import load_sample_set
+
+    return load_sample_set(spec)
+
+
+def audio_digest(audio: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+
+def sample_key(spec: str, sample) -> str:
+    """Identity of a sample for cache keys: set spec + id + audio bytes + question."""
+    return f"{spec}#{sample.id}#{audio_digest(sample.audio)}#{hashlib.sha1(sample.question.encode()).hexdigest()[:8]}"
+
+
+def _locked(items: Iterable, lock) -> Iterator:
+    """Yield items while holding `lock` until the consumer asks for the next one (per-item locking)."""
+    for it in items:
+        with lock:
+            yield it
+
+
+# =============================================================================== analyses
+@st.cache_data(show_spinner=False, max_entries=128)
+def sample_analysis(model_key: str, sample_key: str, options_key: str, _model, _sample,
+                    _options: AnalysisOptions) -> SampleAnalysis:
+    """Every metric of one sample, all layers (lsl_core also keeps it on disk)."""
+    with _model.lock:
+        return analyze_sample(_model, _sample, _options)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def transcript(model_key: str, sample_key: str, _model, _sample) -> str | None:
+    """The ASR transcript of the clip (None when the encoder has no ASR decoder)."""
+    if not _model.has_asr:
+        return None
+    return _model.transcribe(_sample.audio, _sample.sr)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def side_by_side(model_key: str, sample_key: str, labels: tuple[str, ...], max_new_tokens: int, cascade: bool,
+                 _model, _sample) -> dict:
+    """Text / speech / cascade / intervened answers, scored; plain data (rows with edited frames/tokens)."""
+    from lsl_core.interventions import generate_side_by_side
+
+    with _model.lock:  # one generation sequence at a time per model (hooks + KV cache stay consistent)
+        sbs = generate_side_by_side(_model, _sample, list(labels), max_new_tokens=max_new_tokens,
+                                    cascade=cascade)
+    rows = []
+    for a in sbs.answers():
+        rows.append({
+            "condition": a.condition, "title": a.title, "answer": a.answer,
+            "containment": a.containment, "f1": a.f1, "em": a.em, "agreement": a.agreement,
+            "frames": list(a.frames), "frame_times": [sbs.frame_times[f] for f in a.frames] if sbs.frame_times else [],
+            "tokens": list(a.tokens), "token_text": [sbs.tokens[j] for j in a.tokens] if sbs.tokens else [],
+        })
+    return {"rows": rows, "transcript": sbs.transcript, "references": list(sbs.references),
+            "labels": list(labels), "max_new_tokens": max_new_tokens}
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def set_analysis(model_key: str, set_key: str, ids: tuple[str, ...], options_key: str, _model, _samples: Sequence,
+                 _options: AnalysisOptions) -> SetAnalysis:
+    """analyze_set over the given samples with a progress bar (replayed as nothing on a cache hit)."""
+    bar = st.progress(0.0, text=f"Analyzing {len(ids)} samples …")
+
+    def progress(i: int, total: int | None, sid: str) -> None:
+        bar.progress(min(1.0, i / max(1, len(ids))), text=f"Analyzed {i}/{len(ids)}: {sid}")
+
+    gen = _locked(_samples, _model.lock)
+    try:
+        res = analyze_set(_model, gen, _options, progress=progress, total=len(ids))
+    finally:
+        gen.close()
+        bar.empty()
+    return res
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def checkpoint_sweep(manifest_roots: tuple[str, ...], set_key: str, ids: tuple[str, ...], device: str | None,
+                     _samples: Sequence, _current: ModelHandle | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Alignment metrics per checkpoint x sample (the analyze CLI's rows), with a progress bar.
+
+    Checkpoints are loaded one after the other and released (_current, the sidebar's model, is reused);
+    a checkpoint that fails to load is reported in the notes and skipped.
+    """
+    from lsl_core.model.loading import load_checkpoint, read_manifest
+
+    total = len(manifest_roots) * len(ids)
+    bar = st.progress(0.0, text=f"{len(manifest_roots)} checkpoints × {len(ids)} samples …")
+    frames, notes = [], []
+    try:
+        for k, root in enumerate(manifest_roots):
+            m = read_manifest(root)
+            try:
+                same = _current is not None and _current.path == m.root
+                model = _current.model if same else load_checkpoint(m, device=device)
+            except Exception as exc:  # one bad checkpoint must not stop the sweep
+                notes.append(f"{m.name}: not loaded ({exc})")
+                continue
+
+            def progress(i, _t, sid, k=k, name=m.name):
+                done = k * len(ids) + i
+                bar.progress(min(1.0, done / max(1, total)), text=f"{name}: {i}/{len(ids)} samples ({sid})")
+
+            gen = _locked(_samples, model.lock)
+            try:
+                res = analyze_set(model, gen, AnalysisOptions(cka=False), progress=progress, total=len(ids))
+            except LSLError as exc:
+                notes.append(f"{m.name}: {exc}")
+                continue
+            finally:
+                gen.close()
+            notes += [f"{m.name}: {e}" for e in res.errors if "pooled CKA" not in e]  # CKA is off here
+            frames.append(res.rows.assign(checkpoint=m.name, family=m.family, strategy=m.strategy, step=m.step,
+                                          manifest=m.root))
+            del model
+    finally:
+        bar.empty()
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def intervention_rows(model_key: str, set_key: str, ids: tuple[str, ...], conditions: tuple[str, ...],
+                      max_new_tokens: int, _model, _samples: Sequence) -> pd.DataFrame:
+    """intervention_eval.evaluate_interventions over the samples, with a progress bar."""
+    from lsl_core.intervention_eval import evaluate_interventions
+
+    bar = st.progress(0.0, text=f"Generating answers for {len(ids)} samples × {len(conditions) + 1} conditions …")
+    gen = _locked(_samples, _model.lock)
+    try:
+        return evaluate_interventions(
+            _model, gen, list(conditions), max_new_tokens,
+            progress=lambda d, _n: bar.progress(min(1.0, d / max(1, len(ids))), text=f"{d}/{len(ids)} samples"))
+    finally:
+        gen.close()
+        bar.empty()
+
+
+# =============================================================================== results
+def results() -> Results:
+    """The evaluation results folder (re-read when a parquet file in it changes)."""
+    folder = config.results_dir()
+    stamp: tuple = ()
+    if folder.is_dir():
+        stamp = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.parquet")))
+    return _results(str(folder), stamp)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _results(folder: str, stamp: tuple) -> Results:
+    return load_results(folder)

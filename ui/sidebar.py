@@ -1,0 +1,241 @@
+"""The shared sidebar (rendered by app.py on every page): model, sample set, sample picker, upload.
+
+Widget values live in session state under the `sb_*` keys (the user's selections, nothing else);
+`render()` turns them into a Selection that the page of this run reads with `current()`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import streamlit as st
+
+from lsl_core.errors import LSLError
+from ui import config, links, loaders, state, tables
+from ui.upload import AUDIO_TYPES, sample_from_upload
+
+SOURCES = ("sd-qa-mini", "voicebench", "folder", "upload")
+SOURCE_LABELS = {
+    "sd-qa-mini": "sd-qa-mini (shipped; synthetic espeak voices)",
+    "voicebench": "VoiceBench folder (parquet files)",
+    "folder": "Own folder (audio + questions.csv)",
+    "upload": "Upload one clip",
+}
+_run = threading.local()
+
+
+@dataclass
+class Selection:
+    """What the sidebar selected in this run, resolved to objects (no model loaded yet)."""
+
+    manifests: list = field(default_factory=list)  # CheckpointManifest of the zoo
+    model_root: str | None = None  # manifest folder of the selected checkpoint
+    model_note: str | None = None  # why there is no model to select
+    set_spec: str | None = None  # load_sample_set spec, or "upload"
+    sample_set: object | None = None  # SampleSet (filtered by the sidebar's search/voice filters)
+    full_set: object | None = None  # SampleSet before filtering
+    set_error: BaseException | None = None  # why there is no sample (bad folder, bad upload)
+    set_hint: str | None = None  # a neutral prompt (e.g. "upload a file") instead of an error
+    sample_id: str | None = None
+    upload: object | None = None  # the uploaded Sample, when source == "upload"
+
+    @property
+    def manifest(self):
+        return next((m for m in self.manifests if m.root == self.model_root), None)
+
+    @property
+    def model_name(self) -> str | None:
+        m = self.manifest
+        return m.name if m else None
+
+    @property
+    def ids(self) -> list[str]:
+        return self.sample_set.ids() if self.sample_set is not None else []
+
+    def sample(self):
+        """The selected Sample (decodes its audio; may raise AudioError for a broken file)."""
+        if self.upload is not None:
+            return self.upload
+        if self.sample_set is None or self.sample_id is None:
+            return None
+        return self.full_set[self.sample_id]
+
+
+def current() -> Selection:
+    """The Selection rendered by app.py in this script run."""
+    sel = getattr(_run, "selection", None)
+    if sel is None:
+        _rerun_through_app()
+    return sel
+
+
+def end_run() -> None:
+    """Forget this run's Selection (app.py, at the end of every run)."""
+    _run.selection = None
+
+
+def _rerun_through_app() -> None:
+    """A page file ran without app.py. On the very first request of a fresh server Streamlit's legacy
+    pages/ runner does that when the URL names a page (e.g. a shared link). Declaring the page with
+    st.navigation switches that runner off (public API); the rerun then goes through app.py, with its
+    sidebar and page list, on the same URL and query parameters."""
+    import inspect
+
+    pages_dir = Path(__file__).resolve().parents[1] / "pages"
+    page = next((Path(f.filename) for f in inspect.stack() if Path(f.filename).resolve().parent == pages_dir), None)
+    if page is None:
+        raise RuntimeError("The sidebar was not rendered in this run; start the app with `streamlit run app.py`.")
+    st.navigation([st.Page(f"pages/{page.name}")], position="hidden")
+    st.rerun()
+
+
+def _model_label(m) -> str:
+    return f"{m.name} · {m.strategy} · step {m.step}"
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    kind, _, arg = spec.partition(":")
+    if spec == "sd-qa-mini" or kind not in ("voicebench", "folder"):
+        return "sd-qa-mini", ""
+    return kind, arg
+
+
+def render() -> Selection:
+    """Draw the sidebar and return the Selection (also kept for `current()` in this run)."""
+    sel = Selection()
+    _run.selection = sel  # replaced on every run (one script thread per session)
+    sb = st.sidebar
+    _model_section(sb, sel)
+    _samples_section(sb, sel)
+    links.want(model=sel.model_name,
+               set=sel.set_spec if sel.set_spec and sel.set_spec != "upload" else None,
+               sample=sel.sample_id if sel.upload is None else None)
+    return sel
+
+
+# ----------------------------------------------------------------------------- model
+def _model_section(sb, sel: Selection) -> None:
+    sb.subheader("Model")
+    pick = sb.container()
+    with sb.expander("Add a model folder"):
+        extra = st.text_input("Folder of checkpoints (manifest.json files) or one manifest", key="sb_zoo_extra",
+                              value=state.value("sb_zoo_extra", ""),
+                              placeholder="/data/checkpoints",
+                              help="Searched recursively for manifest.json and added to the shipped zoo.")
+    folders = [str(p) for p in config.zoo_folders()] + ([extra.strip()] if extra and extra.strip() else [])
+    manifests, notes = loaders.zoo(tuple(folders))
+    for n in notes:
+        pick.warning(n)
+    sel.manifests = manifests
+    roots = [m.root for m in manifests]
+    if not roots:
+        sel.model_note = (f"No checkpoint manifests found in {', '.join(folders)}. Add a folder of checkpoints in "
+                          "the sidebar or set LSL_ZOO.")
+        pick.error(sel.model_note)
+        return
+    by_name = {m.name: m.root for m in manifests}
+    links.seed("sb_model", "model", convert=lambda v: by_name.get(v) or str(Path(v).expanduser().resolve()),
+               valid=lambda r: r in roots)
+    labels = {m.root: _model_label(m) for m in manifests}
+    index = state.choice("sb_model", roots, config.default_checkpoint_root(roots))
+    sel.model_root = pick.selectbox("Checkpoint", roots, index=index, key="sb_model", format_func=labels.get,
+                                    help="The speech LLM (speech encoder → adaptor → LLM) every page uses. "
+                                         "Loaded once per server process.")
+
+
+# ----------------------------------------------------------------------------- samples
+def _samples_section(sb, sel: Selection) -> None:
+    sb.subheader("Samples")
+    default_kind, default_path = _split_spec(config.default_set_spec())
+    if links.seed_once("sb_set"):
+        raw = st.query_params.get("set")
+        if raw:
+            kind, path = _split_spec(raw)
+            st.session_state["sb_source"] = kind
+            if path:
+                st.session_state[f"sb_path_{kind}"] = path
+    source = sb.selectbox("Sample set", SOURCES, index=state.choice("sb_source", SOURCES, default_kind),
+                          key="sb_source", format_func=SOURCE_LABELS.get)
+    if source == "upload":
+        _upload_section(sb, sel)
+        return
+    if source == "sd-qa-mini":
+        spec = "sd-qa-mini"
+    else:
+        path = sb.text_input("Folder", key=f"sb_path_{source}",
+                             value=state.value(f"sb_path_{source}", default_path if source == default_kind else ""),
+                             placeholder="/data/voicebench/sd-qa" if source == "voicebench" else "/data/my-clips",
+                             help="VoiceBench: a folder of parquet files (audio, prompt, reference)."
+                             if source == "voicebench" else
+                             "A folder with audio files and questions.csv (file, question[, answers, accent]).")
+        if not path.strip():
+            sel.set_hint = "Type the folder of the sample set in the sidebar."
+            return
+        spec = f"{source}:{path.strip()}"
+    sel.set_spec = spec
+    try:
+        full = loaders.sample_set(spec)
+    except LSLError as exc:
+        sel.set_error = exc
+        sb.error(str(exc))
+        return
+    sel.full_set = full
+    _picker(sb, sel, full)
+
+
+def _picker(sb, sel: Selection, full) -> None:
+    search = sb.text_input("Search question text", key="sb_search", value=state.value("sb_search", ""),
+                           placeholder="e.g. capital")
+    voices = full.voices()
+    chosen = sb.multiselect("Voice / accent", voices, default=state.subset("sb_voices", voices), key="sb_voices",
+                            placeholder="all voices")
+    sub = full.filter(voice=chosen or None, text=search.strip() or None)
+    trsw = tables.text_right_speech_wrong(loaders.results().samples, sel.model_name or "")
+    only = sb.checkbox("Only “text right, speech wrong”", key="sb_trsw", value=bool(state.value("sb_trsw", False)),
+                       disabled=trsw is None,
+                       help="Samples this checkpoint answered correctly when typed and wrongly when spoken "
+                            "(from the evaluation results)." if trsw is not None else
+                            "Needs evaluation results for this checkpoint: run `python -m lsl_core evaluate`.")
+    if only and trsw is not None:
+        sub = sub.filter(ids=trsw)
+    sel.sample_set = sub
+    ids = sub.ids()
+    sb.caption(f"{len(ids)} of {len(full)} samples match")
+    if not ids:
+        sel.set_hint = "No sample matches the search and filters in the sidebar; widen them."
+        sb.warning(sel.set_hint)
+        return
+    links.seed("sb_sample", "sample", valid=lambda v: v in ids)
+
+    def label(sid: str) -> str:
+        r = full.record(sid)
+        q = r.question if len(r.question) <= 70 else r.question[:67] + "…"
+        return f"{q} · {r.accent or 'no accent label'}"
+
+    sel.sample_id = sb.selectbox("Sample", ids, index=state.choice("sb_sample", ids), key="sb_sample",
+                                 format_func=label)
+
+
+def _upload_section(sb, sel: Selection) -> None:
+    sel.set_spec = "upload"
+    max_mb = config.max_upload_mb()
+    up = sb.file_uploader(f"Audio file ({', '.join(t.upper() for t in AUDIO_TYPES)}; ≤ 30 s)", type=list(AUDIO_TYPES),
+                          key="sb_upload", max_upload_size=max(1, int(max_mb)))
+    question = sb.text_input("Question (what the clip says)", key="sb_up_question",
+                             value=state.value("sb_up_question", ""))
+    answers = sb.text_input("Reference answers (optional, separated by |)", key="sb_up_answers",
+                            value=state.value("sb_up_answers", ""))
+    if up is None:
+        sel.set_hint = "Upload an audio file of a spoken question in the sidebar and type its transcript."
+        return
+    try:
+        sample = sample_from_upload(up.name, up.getvalue(), question, answers, max_mb=max_mb)
+    except LSLError as exc:
+        sel.set_error = exc
+        sb.error(str(exc))
+        return
+    sel.upload = sample
+    sel.sample_id = sample.id
+    sb.caption(f"{up.name}: {sample.duration:.1f} s")

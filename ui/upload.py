@@ -1,0 +1,42 @@
+"""An uploaded audio file + its typed question -> Sample, or one AudioError/LSLError naming the fix."""
+
+from __future__ import annotations
+
+import hashlib
+
+from lsl_core.data.audio import MAX_SECONDS, TARGET_SR, load_audio_file, prepare_audio
+from lsl_core.data.samples import Sample
+from lsl_core.errors import AudioError, LSLError
+
+AUDIO_TYPES = ("wav", "flac", "ogg", "mp3")
+
+
+def sample_from_upload(name: str, data: bytes, question: str, answers: str = "", *,
+                       max_mb: float = 20.0) -> Sample:
+    """Validate an upload (not empty, not huge, decodable, <= 30 s) and build a Sample (16 kHz mono).
+
+    answers: reference answers separated by '|' (optional). The id is derived from the file bytes,
+    so the same clip keeps its cached analysis.
+    """
+    name = name or "upload"
+    if not data:
+        raise AudioError(f"The uploaded file '{name}' is empty (0 bytes). Upload a WAV, FLAC, OGG or MP3 "
+                         "recording of the question.")
+    size_mb = len(data) / 2**20
+    if size_mb > max_mb:
+        raise AudioError(f"The uploaded file '{name}' is {size_mb:.1f} MB; uploads are limited to {max_mb:g} MB. "
+                         f"A spoken question needs at most {MAX_SECONDS:.0f} s (a 16 kHz WAV of that length is "
+                         "about 1 MB): trim or re-encode the clip.")
+    try:
+        wav, sr = load_audio_file(bytes(data))
+        audio = prepare_audio(wav, sr)
+    except AudioError as exc:
+        raise AudioError(f"'{name}': {exc}") from None
+    q = (question or "").strip()
+    if not q:
+        raise LSLError("Type the question that the clip speaks (its transcript) in the sidebar: the text "
+                       "modality needs it.")
+    refs = tuple(a.strip() for a in (answers or "").split("|") if a.strip())
+    digest = hashlib.sha1(bytes(data) + q.encode()).hexdigest()[:12]
+    return Sample(id=f"upload-{digest}", audio=audio, sr=TARGET_SR, question=q, answers=refs, accent="upload",
+                  source="upload", meta={"file": name})
