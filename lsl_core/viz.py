@@ -424,7 +424,8 @@ def scores_by_voice(df: pd.DataFrame, metric: str = "f1", *, voice: str = "voice
                          hovertemplate="%{x}<br>speech " + metric
                                        + " = %{y:.2f} %<br>n = %{customdata}<extra></extra>"),
                   row=1, col=1)
-    fig.add_trace(go.Bar(x=voices, y=100 * gaps, name="GAP", marker=dict(color="#7f7f7f", line=dict(color="black", width=1)),
+    fig.add_trace(go.Bar(x=voices, y=100 * gaps, name="GAP",
+                         marker=dict(color="#7f7f7f", line=dict(color="black", width=1)),
                          hovertemplate="%{x}<br>GAP = %{y:.2f} points<extra></extra>"), row=1, col=2)
     fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="voice / accent")

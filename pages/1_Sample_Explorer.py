@@ -32,7 +32,7 @@ def main() -> None:
                       help=f"0 = LLM input (adaptor output / token embeddings); {L} = after the final norm.")
     metric = c2.radio("Metric", METRICS, index=state.choice("ex_metric", METRICS), key="ex_metric", horizontal=True,
                       persist_state="session",
-                      help="cosine f_cos(x, y) or Euclidean distance ‖x − y‖₂ between a speech frame and a token.")
+                      help="cosine f_cos(x, y) or Euclidean distance ‖x − y‖₂ of a speech frame and a token.")
     links.want(layer=layer, metric=metric)
 
     export.figure(viz.token_heatmap(a, layer, metric), f"heatmap_{sample.id}_layer{layer}_{metric}",

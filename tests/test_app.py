@@ -334,6 +334,8 @@ def test_explorer_layer_metric_and_sample_change_the_heatmap(world):
     assert "ASR transcript" in _texts(at)
     assert len(at.get("audio")) == 1
     assert len(at.get("download_button")) >= 4  # per-layer and path tables, CSV + JSON
+    for el in at.get("plotly_chart"):  # every figure: the toolbar's camera saves a named PNG
+        assert json.loads(el.proto.config)["toImageButtonOptions"]["format"] == "png"
 
 
 def test_link_reopens_the_same_view(world):
@@ -555,6 +557,9 @@ def test_failing_model_load_shows_error_and_other_widgets_keep_working(world):
     _run(at)
     assert "Could not load the model 'broken'" in _texts(at) and "does not exist" in _texts(at)
     assert not at.get("plotly_chart")
+    query = dict(parse_qsl(urlsplit(at.sidebar.code[0].value).query))
+    assert query["zoo"] == str(world["bad"]) and query["model"] == "broken"  # the link carries the extra folder
+    assert "Could not load the model 'broken'" in _texts(_app(EXPLORER, query))
     _widget(at.sidebar.text_input, "Search question text").set_value("hamlet")  # the sidebar still works
     _run(at)
     assert len(_widget(at.sidebar.selectbox, "Sample").options) == 2

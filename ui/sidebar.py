@@ -105,7 +105,7 @@ def _split_spec(spec: str) -> tuple[str, str]:
 def render() -> Selection:
     """Draw the sidebar and return the Selection (also kept for `current()` in this run)."""
     sel = Selection()
-    _run.selection = sel  # replaced on every run (one script thread per session)
+    _run.selection = sel  # this run's; app.py calls end_run() when the run ends
     sb = st.sidebar
     _model_section(sb, sel)
     _samples_section(sb, sel)
@@ -119,12 +119,15 @@ def render() -> Selection:
 def _model_section(sb, sel: Selection) -> None:
     sb.subheader("Model")
     pick = sb.container()
+    links.seed("sb_zoo_extra", "zoo")
     with sb.expander("Add a model folder"):
         extra = st.text_input("Folder of checkpoints (manifest.json files) or one manifest", key="sb_zoo_extra",
                               value=state.value("sb_zoo_extra", ""),
                               placeholder="/data/checkpoints",
                               help="Searched recursively for manifest.json and added to the shipped zoo.")
-    folders = [str(p) for p in config.zoo_folders()] + ([extra.strip()] if extra and extra.strip() else [])
+    extra = (extra or "").strip()
+    links.want(zoo=extra or None)
+    folders = [str(p) for p in config.zoo_folders()] + ([extra] if extra else [])
     manifests, notes = loaders.zoo(tuple(folders))
     for n in notes:
         pick.warning(n)
