@@ -35,8 +35,8 @@ def _current_model(sel):
 def _alignment(sel, manifests) -> tuple[pd.DataFrame | None, str]:
     """Per checkpoint x sample alignment rows: stored (analyze output) or computed live on request."""
     res = loaders.results()
-    sources = (["compute live"] if sel.sample_set is not None else []) + (
-        ["stored results"] if res.alignment is not None else [])
+    sources = (["stored results"] if res.alignment is not None else []) + (
+        ["compute live"] if sel.sample_set is not None else [])  # shipped results first: instant
     if not sources:
         st.info(f"Pick a sample set in the sidebar to compute alignment live, or store it with `{ANALYZE_COMMAND}`.")
         return None, ""
