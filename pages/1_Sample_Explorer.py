@@ -12,16 +12,10 @@ METRICS = ("cosine", "distance")
 def main() -> None:
     st.title("Sample Explorer")
     sel = context.selection()
-    sample = context.require_sample(sel)
-    if sample is None:
+    view = context.sample_view(sel)
+    if view is None:
         return
-    handle = context.require_model(sel)
-    slot = context.sample_header(sample, handle)
-    if handle is None:
-        return
-    a = context.analysis(handle, sel, sample)
-    if a is None:
-        return
+    sample, handle, slot, a = view
     L = a.num_layers
 
     links.seed("ex_layer", "layer", int, lambda v: 0 <= v <= L)

@@ -53,16 +53,10 @@ def main() -> None:
     st.title("Interventions")
     iv_mod = _intervention_module()
     sel = context.selection()
-    sample = context.require_sample(sel)
-    if sample is None or iv_mod is None:
+    view = context.sample_view(sel) if iv_mod is not None else None
+    if view is None:
         return
-    handle = context.require_model(sel)
-    slot = context.sample_header(sample, handle)
-    if handle is None:
-        return
-    a = context.analysis(handle, sel, sample)
-    if a is None:
-        return
+    sample, handle, slot, a = view
     L, Tt = a.num_layers, len(a.tokens)
     here = f"{handle.key}|{context.sample_key(sel, sample)}"  # answers belong to one model + sample
     _seed_from_link(iv_mod, L, here)

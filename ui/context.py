@@ -97,3 +97,19 @@ def fill_transcript(slot, handle: ModelHandle, sel: Selection, sample) -> None:
     except Exception as exc:  # noqa: BLE001
         with slot.container():
             errors.show(exc, "ASR transcript")
+
+
+def sample_view(sel: Selection):
+    """The common page preamble: (sample, model handle, header slot, SampleAnalysis), or None when any
+    of them is unavailable (the reason is already shown in the page)."""
+    sample = require_sample(sel)
+    if sample is None:
+        return None
+    handle = require_model(sel)
+    slot = sample_header(sample, handle)
+    if handle is None:
+        return None
+    a = analysis(handle, sel, sample)
+    if a is None:
+        return None
+    return sample, handle, slot, a
