@@ -15,7 +15,7 @@ _COMMANDS = {
     "synth": "lsl_core.data.synth",
     "analyze": "lsl_core.analysis_cli",
     "evaluate": "lsl_core.evaluate",
-    "train": "lsl_core.train",
+    "train": "lsl_core.experiments.train",
     "info": "lsl_core.cli_info",
 }
 

@@ -1,11 +1,13 @@
-"""Training on tiny random models: the response-only loss against an unpadded reference, one step
-lowers the loss, resume equals an uninterrupted run bit for bit, and `frozen` / `lora` / `full`
-checkpoints load back through their manifests."""
+"""Training on tiny random models: the response-only loss against an unpadded reference, the CTC
+alignment loss against a hand computation, one step of every objective lowers its loss, resume
+equals an uninterrupted run bit for bit, stages continue from their init, and `frozen` / `lora` /
+`full` checkpoints load back through their manifests."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,14 +16,16 @@ from safetensors.torch import load_file
 from lsl_core.errors import LSLError
 from lsl_core.model import batch as B
 from lsl_core.model.loading import list_zoo, load_checkpoint, read_manifest
-from lsl_core.train import (MonitorClip, TrainConfig, TrainData, Trainer, TrainExample, attach_trainable_lora,
-                            build_model)
+from lsl_core.experiments.train import (MonitorClip, TrainConfig, TrainData, Trainer, TrainExample, build_model,
+                                        make_trainer)
+from lsl_core.experiments.train import objectives as O
+from lsl_core.experiments.train.state import load_resume
 
 ANSWERS = ["paris", "shakespeare wrote hamlet", "it was in 1945", "eight", "nepal", "jupiter is largest"]
 
 
 def _cfg(tiny_parts, tmp_path, strategy="lora", **kw) -> TrainConfig:
-    base = dict(name=strategy, strategy=strategy, out=str(tmp_path / f"traj-{strategy}"), llm=str(tiny_parts["llm"]),
+    base = dict(name=kw.pop("name", strategy), strategy=strategy, out=str(tmp_path / f"traj-{strategy}"), llm=str(tiny_parts["llm"]),
                 encoder=str(tiny_parts["encoder"]), family="tiny", n_questions=3, n_val_questions=1, steps=6,
                 batch_size=2, lr=1e-2, warmup_steps=2, save_every=3, save_steps=(), eval_every=0,
                 eval_max_new_tokens=4, gen_batch_size=4, device="cpu", save_dtype="float32", seed=0)
@@ -29,10 +33,11 @@ def _cfg(tiny_parts, tmp_path, strategy="lora", **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def _data(model, n=6, seed=0) -> TrainData:
+def _data(model, n=6, seed=0, objective="qa") -> TrainData:
     """n clips of random encoder states [Te, 16] with short word responses (+ one monitor clip)."""
     g = torch.Generator().manual_seed(seed)
-    train = [TrainExample(f"c{i}", torch.randn(17 + 4 * i, 16, generator=g).half(), B.answer_ids(model, ANSWERS[i % 6]))
+    resp = (lambda a: B.answer_ids(model, a)[:-1]) if objective == "ctc" else (lambda a: B.answer_ids(model, a))
+    train = [TrainExample(f"c{i}", torch.randn(17 + 4 * i, 16, generator=g).half(), resp(ANSWERS[i % 6]))
              for i in range(n)]
     monitor = [MonitorClip("m0", "what is the capital of france ?", "v", torch.randn(23, 16, generator=g).half(), False),
                MonitorClip("m1", "what is the capital of france ?", "u", torch.randn(19, 16, generator=g).half(), True)]
@@ -41,9 +46,8 @@ def _data(model, n=6, seed=0) -> TrainData:
 
 def _trainer(cfg, resume_dir=None, n=6) -> Trainer:
     model = build_model(cfg, torch.device("cpu"))
-    if cfg.strategy == "lora":
-        attach_trainable_lora(model, cfg)
-    return Trainer(cfg, model, _data(model, n), cfg.out, resume_dir or cfg.out + "-resume", progress=False)
+    return make_trainer(cfg, model, _data(model, n, objective=cfg.objective), resume_dir=resume_dir or cfg.out + "-resume",
+                        progress=False)
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -165,9 +169,9 @@ def test_resume_refuses_another_config_or_missing_state(tiny_parts, tmp_path):
     _trainer(cfg).run()
     other = _trainer(dataclasses.replace(cfg, lr=0.5), resume_dir=cfg.out + "-resume")
     with pytest.raises(LSLError, match="different train config"):
-        other.load_resume()
+        load_resume(other)
     with pytest.raises(LSLError, match="No resume state"):
-        _trainer(cfg, resume_dir=str(tmp_path / "nowhere")).load_resume()
+        load_resume(_trainer(cfg, resume_dir=str(tmp_path / "nowhere")))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -249,25 +253,41 @@ def test_config_validation_names_the_field(tiny_parts, tmp_path):
     assert cfg.eval_steps() == [0, 25, 100, 200, 300, 400]
 
 
-@pytest.mark.parametrize("name", ["train_lora.json", "train_frozen.json"])
-def test_shipped_configs_parse_and_hold_out_the_unseen_voice(name):
-    from pathlib import Path
+SHIPPED = sorted((Path(__file__).parents[1] / "configs" / "train").glob("*.json"))
 
-    cfg = TrainConfig.from_json(Path(__file__).parents[1] / "configs" / name)
-    assert cfg.heldout_voice == "en-gb-scotland" and "en-gb-scotland" not in cfg.voices
-    assert cfg.strategy == name.removeprefix("train_").removesuffix(".json")
-    assert len(cfg.checkpoint_steps()) >= 4 and cfg.save_dtype == "float16"
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_configs_parse_chain_and_hold_out_the_unseen_voice(path):
+    cfg = TrainConfig.from_json(path)
+    assert cfg.heldout_voice == "en-gb-scotland" and all(not v.startswith("en-gb-scotland") for v in cfg.voices)
+    assert len(cfg.voices) >= 6 and cfg.speed_range and cfg.pitch_range  # >= 6 voices, speed/pitch variation
+    assert cfg.save_dtype == "float16" and cfg.autocast == "auto" and cfg.encoder_window == "clip"
+    if cfg.init:  # each stage continues from a checkpoint the previous stage writes
+        init = Path(cfg.init)
+        prev = [TrainConfig.from_json(p) for p in SHIPPED if p != path]
+        assert any(Path(c.out) / f"{c.name}-step{_final_step(c):04d}" == init for c in prev), cfg.init
+
+
+def _final_step(cfg) -> int:
+    offset = 0
+    if cfg.init:
+        prev = [TrainConfig.from_json(p) for p in SHIPPED]
+        parent = next(c for c in prev if Path(cfg.init).parent == Path(c.out))
+        offset = _final_step(parent)
+    return offset + cfg.steps
 
 
 def test_training_questions_are_test_questions_never_dev():
-    from lsl_core.data.sdqa import load_sdqa_dev
-    from lsl_core.train import split_questions
+    from lsl_core.data.sdqa import load_sdqa_dev, load_sdqa_train_questions
+    from lsl_core.experiments.train.corpus import split_questions
 
     cfg = TrainConfig(n_questions=240, n_val_questions=16)
     train, val = split_questions(cfg)
     assert len(train) == 240 and len(val) == 16
     ids = {q.example_id for q in train} | {q.example_id for q in val}
     assert len(ids) == 256  # disjoint
+    every, val_all = split_questions(TrainConfig(n_questions=0, n_val_questions=16))
+    assert val_all == val and len(every) + 16 == len(load_sdqa_train_questions())  # 0 = all but the monitored
     dev = load_sdqa_dev()
     assert not ids & {q.example_id for q in dev}
     assert not {q.question.strip().lower() for q in train} & {q.question.strip().lower() for q in dev}
@@ -276,7 +296,7 @@ def test_training_questions_are_test_questions_never_dev():
 
 def test_self_distillation_targets_are_the_backbones_greedy_answers(tiny_model, tmp_path, monkeypatch):
     """Targets = the LLM's own greedy answer ids to the typed question; cached, so a rerun generates nothing."""
-    from lsl_core.train import self_distillation_targets
+    from lsl_core.experiments.train.corpus import self_distillation_targets
 
     monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
     qs = ["what is the capital of france ?", "who wrote hamlet ?", "where is mount everest ?"]
@@ -286,3 +306,126 @@ def test_self_distillation_targets_are_the_backbones_greedy_answers(tiny_model, 
         assert text == tiny_model.generate(text=q, max_new_tokens=6)
     monkeypatch.setattr(B, "generate_ids_batch", lambda *a, **k: pytest.fail("targets were not cached"))
     assert self_distillation_targets(tiny_model, qs[::-1], max_new_tokens=6, batch_size=2) == got[::-1]
+
+
+# ----------------------------------------------------------------------------- the curriculum
+def test_ctc_alignment_loss_equals_a_hand_computed_case():
+    """Ts = 2 frames, one token v: CTC paths are (v,v), (v,-), (-,v); p = p1(v)p2(v) + p1(v)p2(-) + p1(-)p2(v)."""
+    g = torch.Generator().manual_seed(0)
+    E = torch.randn(5, 8, generator=g)  # V = 5 tokens, d = 8
+    head = O.CTCHead(E, temperature=3.0, norm_weight=0.0)
+    h = torch.randn(2, 8, generator=g)
+    v = 3
+    p = torch.softmax(head.logits(h).double(), -1)  # [2, 6], class v+1 = token v, class 0 = blank
+    prob = p[0, v + 1] * p[1, v + 1] + p[0, v + 1] * p[1, 0] + p[0, 0] * p[1, v + 1]
+    got = O.ctc_alignment_loss(head, [h], [[v]])
+    assert got.item() == pytest.approx(-torch.log(prob).item(), rel=1e-5)
+    # the norm term: frames at the mean embedding norm cost nothing, others (|h|/m - 1)^2
+    head.norm_weight = 1.0
+    m = E.norm(dim=-1).mean()
+    scaled = h / h.norm(dim=-1, keepdim=True) * m * torch.tensor([[1.0], [2.0]])
+    base = O.ctc_alignment_loss(head, [scaled], [[v]]).item()
+    head.norm_weight = 0.0
+    assert base - O.ctc_alignment_loss(head, [scaled], [[v]]).item() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_ctc_greedy_decoding_and_token_error_rate():
+    E = torch.eye(4)  # token v has embedding e_v
+    head = O.CTCHead(E, temperature=10.0)
+    with torch.no_grad():
+        head.blank.copy_(-torch.ones(4))
+    frames = torch.stack([E[2], E[2], -torch.ones(4), E[2], E[0], -torch.ones(4)])  # 2 2 - 2 0 -
+    assert head.greedy(frames) == [2, 2, 0]
+    assert O.token_error_rate([[2, 2, 0]], [[2, 2, 0]]) == 0
+    assert O.token_error_rate([[2, 0]], [[2, 2, 0]]) == pytest.approx(1 / 3)
+    assert O.token_error_rate([[1, 2, 2, 0], []], [[2, 2, 0], [1, 1]]) == pytest.approx(3 / 5)
+
+
+@pytest.mark.parametrize("objective", ["ctc", "repeat"])
+def test_alignment_stages_lower_their_loss_and_keep_the_llm_frozen(tiny_parts, tmp_path, objective):
+    cfg = _cfg(tiny_parts, tmp_path, "frozen", name=objective, objective=objective, batch_size=4, warmup_steps=0,
+               lr=5e-3)
+    tr = _trainer(cfg, n=4)
+    llm = {k: v.clone() for k, v in tr.model.llm.state_dict().items()}
+    tr.train_mode(False)
+    with torch.no_grad():
+        before = tr.loss_on([0, 1, 2, 3]).item()
+    tr.train_step()
+    tr.train_mode(False)
+    with torch.no_grad():
+        after = tr.loss_on([0, 1, 2, 3]).item()
+    assert after < before
+    assert all(torch.equal(v, llm[k]) for k, v in tr.model.llm.state_dict().items())
+    names = [n for n, _ in tr.trainable_named()]
+    assert ("ctc.blank" in names) == (objective == "ctc") and not any(n.startswith("llm.") for n in names)
+    if objective == "repeat":  # the repeat prompt differs from the checkpoint's prompt only in its system text
+        assert tr.repeat_model.prefix_ids != tr.model.prefix_ids
+        assert tr.repeat_model.llm is tr.model.llm and tr.repeat_model.adaptor is tr.model.adaptor
+        prefix = tr.model.tokenizer.decode(tr.repeat_model.prefix_ids)
+        assert "Repeat" in prefix or "<unk>" in prefix  # (the tiny word-level vocabulary lacks the word)
+
+
+def test_a_stage_continues_from_its_init_checkpoint(tiny_parts, tmp_path):
+    """Stage 2 loads stage 1's adaptor, names its checkpoints by the global step, and a LoRA stage that keeps
+    the adaptor points at init's adaptor file instead of copying it."""
+    s1 = _cfg(tiny_parts, tmp_path, "frozen", name="align", objective="repeat", steps=2, save_every=2)
+    first = _trainer(s1).run()[-1]
+    assert first.name == "align-step0002"
+    s2 = _cfg(tiny_parts, tmp_path, "lora", name="qa", steps=2, save_every=2, init=str(first), train_adaptor=False)
+    tr = _trainer(s2)
+    stage1 = load_checkpoint(first, device="cpu")
+    for (n, a), (_, b) in zip(tr.model.adaptor.state_dict().items(), stage1.adaptor.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert not any(n.startswith("adaptor.") for n, _ in tr.trainable_named())
+    folder = tr.run()[-1]
+    assert folder.name == "qa-step0004"
+    m = read_manifest(folder)
+    assert m.step == 4 and m.adaptor.startswith("..") and not (folder / "adaptor.safetensors").exists()
+    loaded = load_checkpoint(folder, device="cpu", merge_lora=False)
+    for (n, a), (_, b) in zip(loaded.adaptor.state_dict().items(), stage1.adaptor.state_dict().items()):
+        assert torch.equal(a, b), n
+    with pytest.raises(LSLError, match="'init'"):
+        _cfg(tiny_parts, tmp_path, "lora", train_adaptor=False)  # nothing to keep without init
+    with pytest.raises(LSLError, match="'init'"):  # a stage continues from adaptor-only checkpoints
+        _trainer(_cfg(tiny_parts, tmp_path, "frozen", name="x", init=str(folder)))
+
+
+def test_renditions_are_seeded_and_inside_the_ranges():
+    from lsl_core.experiments.train.corpus import rendition
+
+    cfg = TrainConfig(speed_range=(150, 160), pitch_range=(40, 45))
+    rs = [rendition(cfg, f"q{i}", v) for i in range(40) for v in cfg.voices]
+    assert rs == [rendition(cfg, f"q{i}", v) for i in range(40) for v in cfg.voices]
+    assert all(150 <= r.speed <= 160 and 40 <= r.pitch <= 45 for r in rs)
+    assert len({(r.speed, r.pitch) for r in rs}) > 20  # varied, not one setting
+    plain = rendition(dataclasses.replace(cfg, speed_range=(), pitch_range=()), "q0", "en-gb")
+    assert plain.speed is None and plain.pitch is None
+
+
+@pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="espeak-ng not installed")
+def test_cached_training_features_equal_fresh_ones(tiny_model, tmp_path, monkeypatch):
+    from lsl_core.data.synth import synthesize
+    from lsl_core.experiments.train.corpus import Rendition, clip_states
+
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
+    r = Rendition("en-gb", 180, 40)
+    first = clip_states(tiny_model, "q1", "Who wrote Hamlet?", r)
+    fresh = tiny_model.encoder.encode(synthesize("Who wrote Hamlet?", "en-gb", 180, 40)).half()
+    assert torch.equal(first, fresh)
+    monkeypatch.setattr("lsl_core.data.synth.synthesize", lambda *a, **k: pytest.fail("cache miss"))
+    assert torch.equal(clip_states(tiny_model, "q1", "Who wrote Hamlet?", r), first)
+    monkeypatch.undo()
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
+    slower = clip_states(tiny_model, "q1", "Who wrote Hamlet?", Rendition("en-gb", 120, 40))  # another rendition
+    assert slower.shape[0] > first.shape[0]
+
+
+def test_autocast_is_bf16_only_where_the_device_computes_it(tiny_parts, tmp_path, monkeypatch):
+    from lsl_core.experiments.train import trainer as T
+
+    cfg = _cfg(tiny_parts, tmp_path, "frozen")
+    monkeypatch.setattr(T, "bf16_native", lambda device: False)
+    assert _trainer(cfg).autocast is __import__("contextlib").nullcontext
+    monkeypatch.setattr(T, "bf16_native", lambda device: True)
+    with _trainer(cfg).autocast():
+        assert torch.is_autocast_enabled("cpu")

@@ -32,6 +32,8 @@ MINI_SET = "sd-qa-mini"
 MINI_VOICES = ("en-gb", "en-gb-x-rp", "en-us", "en-029", "en-gb-scotland")
 UNSEEN_VOICE = "en-gb-scotland"  # held out of training: the "unseen accent"
 TRAIN_VOICES = tuple(v for v in MINI_VOICES if v != UNSEEN_VOICE)
+# every working English espeak-ng voice but the unseen one: the demo checkpoints' training voices
+TRAIN_VOICE_FAMILY = (*TRAIN_VOICES, "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 MINI_N_QUESTIONS = 60
 TAIL_SILENCE_S = 0.1  # espeak-ng appends ~0.3 s of silence; keep 0.1 s of it
 _VOICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+\-]*$")
@@ -73,11 +75,12 @@ def _trim_tail(a: np.ndarray, sr: int) -> np.ndarray:
     return a[: min(a.size, int(loud[-1]) + 1 + int(TAIL_SILENCE_S * sr))]
 
 
-def synthesize(text: str, voice: str, speed: int | None = None) -> np.ndarray:
+def synthesize(text: str, voice: str, speed: int | None = None, pitch: int | None = None) -> np.ndarray:
     """Speak `text` with an espeak-ng voice -> mono float32 [n] at 16 kHz (deterministic).
 
     espeak-ng writes 22050 Hz 16-bit WAV; it is resampled with a polyphase filter (320/441) and
-    the trailing silence is cut to 0.1 s. speed: words per minute (espeak-ng default 175).
+    the trailing silence is cut to 0.1 s. speed: words per minute (espeak-ng default 175);
+    pitch: 0..99 (espeak-ng default 50).
     """
     _check_voice(voice)
     text = " ".join(str(text).split())
@@ -85,7 +88,10 @@ def synthesize(text: str, voice: str, speed: int | None = None) -> np.ndarray:
         raise DataError("Cannot synthesize an empty question; give some text.")
     if speed is not None and not (80 <= int(speed) <= 450):
         raise DataError(f"speed must be 80..450 words per minute, got {speed}.")
+    if pitch is not None and not (0 <= int(pitch) <= 99):
+        raise DataError(f"pitch must be 0..99 (espeak-ng), got {pitch}.")
     cmd = [_espeak(), "-v", voice, "--stdout"] + (["-s", str(int(speed))] if speed is not None else [])
+    cmd += ["-p", str(int(pitch))] if pitch is not None else []
     # text on stdin, never on the command line: a question starting with "-" is not an option
     proc = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True, check=False)
     if proc.returncode != 0 or len(proc.stdout) <= 44:

@@ -206,7 +206,9 @@ def cached_encoder_states(encoder, group: str, clip_id: str, audio: Callable[[],
 
     safe = lambda s: "".join(c if c.isalnum() or c in "-_.+" else "_" for c in s)  # noqa: E731
     name = safe(clip_id) + (f"-{safe(content_key)}" if content_key else "")
-    path = cache_dir("features", module_digest(encoder), safe(group)) / f"{name}.safetensors"
+    window = getattr(encoder, "window", "padded")  # the window convention changes the states: part of the key
+    tag = module_digest(encoder) + ("" if window == "padded" else f"-{window}")
+    path = cache_dir("features", tag, safe(group)) / f"{name}.safetensors"
     if path.is_file():
         try:
             return load_file(str(path))["states"]

@@ -1,11 +1,19 @@
 """The speech encoder: a transformers WhisperEncoder plus its log-mel feature extractor.
 
-Convention (used in training and inference alike): every clip becomes the *standard padded
-30 s* log-mel input [1, n_mels, 3000] and runs through the full encoder, which returns 1500
-frames of 20 ms; we then keep only the frames that cover real audio,
-Te = min(ceil(num_samples / 320), 1500). Whisper was trained on padded 30 s windows, and a
-forward on the real length alone gives different states (see docs/EMBEDDED_NOTES.md), so we
-never feed shortened features.
+Two window conventions (a checkpoint names its own in the manifest's `encoder_window`; training,
+analysis and generation of that checkpoint all use it):
+
+- "padded" (Whisper's own): every clip becomes the standard padded 30 s log-mel input
+  [1, n_mels, 3000]; the encoder returns 1500 frames of 20 ms and we keep the frames covering
+  real audio, Te = min(ceil(num_samples / 320), 1500).
+- "clip": the same log-mel features cut to the real audio + CLIP_PAD_S of the padding
+  [1, n_mels, 2*(Te + 50)], run through the same layers with the positional embeddings of those
+  positions only; the first Te frames are kept. 8-16x faster on short questions; its states differ
+  from the padded run (frame cosine ~0.98, see docs/EMBEDDED_NOTES.md), so it is a convention of
+  its own, never mixed with "padded" for one checkpoint.
+
+Log-mel features are always computed on the padded 30 s window, so both conventions see
+identical features on the real-audio part.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from torch import nn
 from lsl_core.errors import AudioError, ModelLoadError
 
 _ENCODER_PREFIXES = ("model.encoder.", "encoder.", "")  # WhisperForConditionalGeneration, WhisperModel, bare
+WINDOWS = ("padded", "clip")  # encoder window conventions (module docstring)
+CLIP_PAD_S = 1.0  # "clip" window: seconds of the padding kept after the real audio
 
 
 def _allow_download() -> bool:
@@ -127,11 +137,14 @@ class SpeechEncoder(nn.Module):
 
     frame_seconds: float = 0.02
 
-    def __init__(self, encoder: nn.Module, feature_extractor, name: str = "") -> None:
+    def __init__(self, encoder: nn.Module, feature_extractor, name: str = "", window: str = "padded") -> None:
         super().__init__()
+        if window not in WINDOWS:
+            raise ModelLoadError(f"Unknown encoder window {window!r}; use one of {WINDOWS} (manifest field 'encoder_window').")
         self.encoder = encoder
         self.feature_extractor = feature_extractor
         self.name = name
+        self.window = window
         fe = feature_extractor
         self.samples_per_frame = int(fe.hop_length) * 2  # conv2 has stride 2
         self.max_frames = int(encoder.config.max_source_positions)
@@ -142,11 +155,13 @@ class SpeechEncoder(nn.Module):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, dtype: torch.dtype | str | None = torch.float32,
-                        device: str | torch.device = "cpu", local_files_only: bool | None = None) -> "SpeechEncoder":
+                        device: str | torch.device = "cpu", local_files_only: bool | None = None,
+                        window: str = "padded") -> "SpeechEncoder":
         """Load the encoder half of a Whisper checkpoint (safetensors only).
 
         path_or_id: local folder, hub id already in the HF cache, or "embedded:whisper-tiny.en".
         local_files_only: None = offline unless LSL_ALLOW_DOWNLOAD=1 (the project default).
+        window: "padded" (30 s, Whisper's own) or "clip" (real length + CLIP_PAD_S); see the module docstring.
         """
         from transformers import WhisperConfig, WhisperFeatureExtractor
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -178,7 +193,7 @@ class SpeechEncoder(nn.Module):
             state["embed_positions.weight"] = sinusoids(*expected["embed_positions.weight"])
         enc.load_state_dict(state, strict=True, assign=True)
         enc = enc.to(device=torch.device(device), dtype=_as_dtype(dtype)).eval()
-        return cls(enc, fe, name=str(path_or_id))
+        return cls(enc, fe, name=str(path_or_id), window=window)
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -213,17 +228,39 @@ class SpeechEncoder(nn.Module):
                                        return_tensors="pt").input_features  # [1, n_mels, 3000]
         return feats.to(device=self.device, dtype=self.dtype)
 
+    def input_frames(self, num_samples: int) -> int:
+        """Log-mel frames the encoder reads for a clip: 3000 ("padded"), or 2 x (Te + CLIP_PAD_S/20 ms)."""
+        if self.window == "padded":
+            return self.n_input_frames
+        pad = round(CLIP_PAD_S / self.frame_seconds)  # encoder frames of padding kept
+        return min(2 * (self.n_valid_frames(num_samples) + pad), self.n_input_frames)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Log-mel features [B, n_mels, 3000] -> encoder states [B, 1500, d_enc]."""
-        if features.ndim != 3 or features.shape[-1] != self.n_input_frames:
+        """Log-mel features [B, n_mels, M] (M even, <= 3000) -> encoder states [B, M/2, d_enc].
+
+        The WhisperEncoder layers run by hand so that M < 3000 (the "clip" window) uses the positional
+        embeddings of its own positions; for M = 3000 this is exactly WhisperEncoder.forward.
+        """
+        M = features.shape[-1] if features.ndim == 3 else -1
+        if features.ndim != 3 or M % 2 or not 0 < M <= self.n_input_frames:
             raise AudioError(
-                f"Encoder input must be [B, n_mels, {self.n_input_frames}] (padded 30 s), got {tuple(features.shape)}. "
+                f"Encoder input must be [B, n_mels, M] with even M <= {self.n_input_frames}, got {tuple(features.shape)}. "
                 "Build it with SpeechEncoder.features()."
             )
-        return self.encoder(features.to(device=self.device, dtype=self.dtype)).last_hidden_state
+        enc = self.encoder
+        x = features.to(device=self.device, dtype=self.dtype)  # [B, n_mels, M]
+        x = nn.functional.gelu(enc.conv1(x))  # [B, d_enc, M]
+        x = nn.functional.gelu(enc.conv2(x))  # [B, d_enc, M/2]
+        x = x.permute(0, 2, 1)  # [B, M/2, d_enc]
+        x = x + enc.embed_positions.weight[: x.shape[1]]  # [B, M/2, d_enc]
+        x = nn.functional.dropout(x, p=enc.dropout, training=enc.training)
+        for layer in enc.layers:
+            x = layer(x, None)
+        return enc.layer_norm(x)  # [B, M/2, d_enc]
 
     @torch.no_grad()
     def encode(self, audio_16k: np.ndarray) -> torch.Tensor:
         """16 kHz audio [n] -> states of the real-audio frames [Te, d_enc], Te = n_valid_frames(n)."""
-        states = self.forward(self.features(audio_16k))  # [1, 1500, d_enc]
+        feats = self.features(audio_16k)[..., : self.input_frames(len(audio_16k))]  # [1, n_mels, M]
+        states = self.forward(feats)  # [1, M/2, d_enc]
         return states[0, : self.n_valid_frames(len(audio_16k))]

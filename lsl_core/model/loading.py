@@ -46,6 +46,7 @@ class CheckpointManifest:
     prompt: dict = field(default_factory=dict)  # PromptTemplate fields
     seed: int = 0  # init seed of the adaptor for strategy "none"
     trust_remote_code: bool = False  # opt-in only: runs code from the checkpoint
+    encoder_window: str = "padded"  # Whisper window convention: "padded" (30 s) or "clip" (real length + 1 s)
     root: str = ""  # folder the relative paths resolve against (set by read_manifest)
     extra: dict = field(default_factory=dict)  # free-form metadata (training config, metrics)
 
@@ -60,6 +61,9 @@ class CheckpointManifest:
             raise ManifestError(f"manifest '{self.name}': strategy 'lora' needs field 'lora' (a peft adapter folder).")
         if int(self.downsample) <= 0:
             raise ManifestError(f"manifest '{self.name}': 'downsample' must be a positive integer.")
+        if self.encoder_window not in ("padded", "clip"):
+            raise ManifestError(f"manifest '{self.name}': 'encoder_window' must be 'padded' or 'clip', "
+                                f"got {self.encoder_window!r}.")
 
     def path(self, rel: str | None) -> Path | None:
         """Resolve a manifest path relative to its folder."""
@@ -247,7 +251,7 @@ def load_checkpoint(manifest: str | Path | CheckpointManifest, *, device: str | 
     llm_ref = _resolve_model_ref(m.llm, m.root, "LLM")
     enc_ref = _resolve_model_ref(m.encoder, m.root, "encoder")
     llm, tok = load_llm(llm_ref, dt, dev, m.trust_remote_code)
-    encoder = SpeechEncoder.from_pretrained(enc_ref, dtype=dt, device=dev)
+    encoder = SpeechEncoder.from_pretrained(enc_ref, dtype=dt, device=dev, window=m.encoder_window)
     llm_dim = llm.get_input_embeddings().weight.shape[1]
     adaptor = load_adaptor(m, encoder.output_dim, llm_dim).to(dev, dt).eval()
     if m.lora:

@@ -1,0 +1,150 @@
+"""Train the demo speech LLM through an alignment curriculum -> checkpoint trajectories.
+
+    python -m lsl_core train --config configs/train/1_align_ctc.json [--resume] [--steps N] [--out DIR]
+
+Each config is one stage (config.py): `ctc` and `repeat` align the adaptor with the LLM frozen, `qa`
+self-distils answers with the LLM frozen (adaptor only), LoRA or fully tuned. A stage continues from
+its `init` checkpoint (the previous stage's last one), and its checkpoints carry the global step
+(init's step + the stage's step), so a trajectory reads untrained -> ctc -> repeat -> qa.
+The encoder is always frozen; its states are cached on disk once per clip (safetensors).
+
+Written into the trajectory folder `out`:
+    train_config.json        this TrainConfig (re-run: --config <out>/train_config.json)
+    train_log.jsonl          {"kind": "train", step, global_step, loss, lr, sec} per step and
+                             {"kind": "eval", step, agreement, agreement_unseen, ...} at eval points
+    train_targets.jsonl      the responses trained on (question id, question, target)
+    <name>-step<NNNN>/       manifest.json + adaptor.safetensors (+ lora/ or llm/), in save_dtype
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from lsl_core.errors import LSLError
+from lsl_core.experiments.train.config import OBJECTIVES, TRAIN_STRATEGIES, TrainConfig
+from lsl_core.experiments.train.corpus import MonitorClip, TrainData, TrainExample, prepare_data
+from lsl_core.experiments.train.state import default_resume_dir
+from lsl_core.experiments.train.trainer import Trainer
+from lsl_core.model.loading import CheckpointManifest, load_checkpoint, read_manifest
+from lsl_core.model.lslm import LSLM
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LSLError(f"train config asks for device '{spec}' but CUDA is not available; use 'cpu' or 'auto'.")
+    return dev
+
+
+def init_manifest(cfg: TrainConfig) -> CheckpointManifest | None:
+    """The checkpoint this stage continues from (None: a seeded untrained adaptor)."""
+    if not cfg.init:
+        return None
+    m = read_manifest(cfg.init)
+    if m.lora or m.strategy == "full":
+        raise LSLError(f"train config field 'init' ({cfg.init}) is a {m.strategy} checkpoint; a stage continues "
+                       "from an adaptor-only checkpoint (strategy frozen).")
+    if m.encoder_window != cfg.encoder_window or m.downsample != cfg.downsample:
+        raise LSLError(f"train config field 'init' ({cfg.init}) uses encoder_window={m.encoder_window!r}, "
+                       f"downsample={m.downsample}; the config says {cfg.encoder_window!r}, {cfg.downsample}. "
+                       "Make them equal.")
+    return m
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> LSLM:
+    """Encoder + adaptor (init's, or seeded) + LLM in float32, with the strategy's trainable parts."""
+    init = init_manifest(cfg)
+    adaptor = str(init.path(init.adaptor).resolve()) if init is not None and init.adaptor else None
+    m = CheckpointManifest(name=f"{cfg.name}-init", llm=cfg.llm, encoder=cfg.encoder, family=cfg.family,
+                           strategy="frozen" if adaptor else "none", adaptor=adaptor, downsample=cfg.downsample,
+                           seed=cfg.adaptor_seed, prompt=dict(cfg.prompt), encoder_window=cfg.encoder_window)
+    model = load_checkpoint(m, device=device, dtype=torch.float32)
+    model.encoder.requires_grad_(False)
+    model.llm.requires_grad_(cfg.strategy == "full")
+    model.adaptor.requires_grad_(cfg.train_adaptor)
+    return model
+
+
+def attach_trainable_lora(model: LSLM, cfg: TrainConfig) -> None:
+    """Wrap the LLM in a fresh peft LoRA (seeded init); only the LoRA matrices train."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), bias="none", task_type="CAUSAL_LM")
+    try:
+        model.llm = get_peft_model(model.llm, lcfg)
+    except ValueError as exc:
+        raise LSLError(f"train config field 'lora_targets' {list(cfg.lora_targets)} does not fit the LLM ({exc}).") from None
+
+
+def make_trainer(cfg: TrainConfig, model: LSLM, data: TrainData, *, resume_dir: str | Path | None = None,
+                 progress: bool = True) -> Trainer:
+    """A Trainer for this stage (LoRA attached after the data: qa targets are the base model's answers)."""
+    init = init_manifest(cfg)
+    if cfg.strategy == "lora":
+        attach_trainable_lora(model, cfg)
+    out = Path(cfg.out)
+    return Trainer(cfg, model, data, out, resume_dir or default_resume_dir(out),
+                   step_offset=init.step if init else 0,
+                   init_adaptor=init.path(init.adaptor) if init is not None and init.adaptor else None,
+                   progress=progress)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | None = None,
+          progress: bool = True, prepare_only: bool = False) -> list[Path]:
+    """Prepare data (cached), build the model, train; returns the checkpoint folders written."""
+    device = resolve_device(cfg.device)
+    t0 = time.time()
+    model = build_model(cfg, device)
+    data = prepare_data(cfg, model, progress)
+    print(f"data: {len(data.train)} training clips ({len(data.train) // len(cfg.voices)} questions x "
+          f"{len(cfg.voices)} voices), {len(data.monitor)} monitoring clips, ready in {time.time() - t0:.0f} s",
+          flush=True)
+    if prepare_only:
+        return []
+    trainer = make_trainer(cfg, model, data, resume_dir=resume_dir, progress=progress)
+    t1 = time.time()
+    saved = trainer.run(resume=resume)
+    print(f"trained {cfg.name} to step {trainer.step}/{cfg.steps} in {time.time() - t1:.0f} s; new checkpoints: "
+          + (", ".join(p.name for p in saved) or "none"), flush=True)
+    return saved
+
+
+def register(subparsers) -> None:
+    """Add `train` to `python -m lsl_core`."""
+    p = subparsers.add_parser("train", help="train one curriculum stage (adaptor, +LoRA or full LLM) -> checkpoints",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, type=Path, help="TrainConfig JSON (e.g. configs/train/1_align_ctc.json)")
+    p.add_argument("--resume", action="store_true", help="continue from the saved resume state")
+    p.add_argument("--resume-dir", type=Path, default=None, help="resume state folder (default: in the cache)")
+    p.add_argument("--out", default=None, help="override the config's trajectory folder")
+    p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
+    p.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--prepare-only", action="store_true", help="only synthesize/encode/generate targets (cached)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig.from_json(args.config)
+    changes = {k: v for k, v in (("out", args.out), ("steps", args.steps), ("device", args.device)) if v is not None}
+    if changes:
+        cfg = dataclasses.replace(cfg, **changes)
+    train(cfg, resume=args.resume, resume_dir=args.resume_dir, progress=not args.no_progress,
+          prepare_only=args.prepare_only)
+    return 0
+
+
+__all__ = ["TrainConfig", "OBJECTIVES", "TRAIN_STRATEGIES", "Trainer", "TrainData", "TrainExample", "MonitorClip",
+           "build_model", "attach_trainable_lora", "make_trainer", "prepare_data", "train", "register", "main"]

@@ -1,0 +1,181 @@
+"""TrainConfig: one training stage of the curriculum, as data (peft habit: every field has a help
+comment, choices are Literal, validation names the bad field).
+
+The curriculum (configs/train/*.json, run in order) is a list of stages, each continuing from the
+previous stage's final checkpoint (`init`):
+
+    ctc      alignment, stage 1a: adaptor only, no LLM pass. The adaptor output of each speech frame is
+             scored against the LLM's own (frozen) input-embedding table; CTC over the question's tokens.
+    repeat   alignment, stage 1b: LLM frozen; from speech the LLM reproduces the spoken question
+             (response = transcript tokens) under a "repeat" system prompt.
+    qa       stage 2, QA self-distillation: the response is the backbone's own greedy answer to the typed
+             question, so a perfectly aligned model answers speech exactly as it answers text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from lsl_core.data.synth import TRAIN_VOICE_FAMILY, UNSEEN_VOICE
+from lsl_core.errors import LSLError
+from lsl_core.model.embedded import EMBEDDED_ENCODER, EMBEDDED_LLM
+
+TrainStrategy = Literal["frozen", "lora", "full"]
+TRAIN_STRATEGIES = ("frozen", "lora", "full")
+Objective = Literal["ctc", "repeat", "qa"]
+OBJECTIVES = ("ctc", "repeat", "qa")
+REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "lora"  # run name: checkpoints are "<name>-step<NNNN>" (unique within a zoo)
+    objective: Objective = "qa"  # ctc | repeat | qa (module docstring)
+    strategy: TrainStrategy = "lora"  # what of the LLM trains: frozen (nothing), lora (LoRA matrices), full
+    train_adaptor: bool = True  # False: the adaptor stays as `init` left it (its checkpoints point to init's file)
+    init: str | None = None  # manifest (or its folder) to continue from: its adaptor, and its step as offset
+    out: str = "assets/checkpoints/lora"  # trajectory folder (relative to the cwd)
+    llm: str = EMBEDDED_LLM  # backbone: "embedded:...", local folder or hub id (as in a manifest)
+    encoder: str = EMBEDDED_ENCODER  # speech encoder (Whisper), always frozen
+    encoder_window: Literal["padded", "clip"] = "clip"  # Whisper window convention, written to every manifest
+    family: str = "smollm2-135m+whisper-tiny.en"  # manifest family (groups checkpoints for R² fits)
+    prompt: dict = field(default_factory=dict)  # PromptTemplate of the checkpoints ({} = default chat template)
+    repeat_system: str = REPEAT_SYSTEM  # system prompt of the `repeat` objective (training only)
+    downsample: int = 5  # encoder frames stacked by the adaptor (5 x 20 ms = 100 ms)
+    adaptor_seed: int = 0  # adaptor init seed when there is no `init` (seed 0 = embedded-untrained)
+    # -- data: SD-QA English *test* questions (never dev) x espeak-ng voice renditions
+    n_questions: int = 0  # training questions (a seeded sample of the test questions; 0 = all not monitored)
+    n_val_questions: int = 16  # test questions kept out of training, used only to monitor progress
+    voices: tuple[str, ...] = TRAIN_VOICE_FAMILY  # espeak-ng training voices (one rendition of each question each)
+    heldout_voice: str = UNSEEN_VOICE  # never trained on; monitored as the "unseen accent"
+    speed_range: tuple[int, ...] = (145, 205)  # words/min drawn per rendition (uniform, seeded); () = default 175
+    pitch_range: tuple[int, ...] = (30, 70)  # espeak-ng pitch drawn per rendition; () = default 50
+    target_max_new_tokens: int = 32  # length cap of the backbone's greedy answers (qa targets)
+    gen_batch_size: int = 16  # batch size of batched greedy generation (targets, monitoring)
+    # -- optimisation
+    steps: int = 400  # optimizer steps of this stage
+    batch_size: int = 8  # clips per step
+    lr: float = 1e-3  # peak learning rate of the adaptor (and of LoRA)
+    llm_lr: float | None = None  # peak learning rate of the LLM weights (LoRA/full); None -> lr
+    warmup_steps: int = 20  # linear warmup, then cosine decay to min_lr_ratio * peak
+    min_lr_ratio: float = 0.1  # final lr as a fraction of the peak
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # max global gradient norm (0 = no clipping)
+    lora_r: int = 8  # LoRA rank (seed paper: 8)
+    lora_alpha: int = 4  # LoRA alpha (seed paper: 4, i.e. scaling 0.5)
+    lora_dropout: float = 0.1  # LoRA dropout (seed paper: 0.1)
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # attention projections
+    ctc_temperature: float = 20.0  # ctc: logits = temperature x cosine(frame, token embedding)
+    ctc_norm_weight: float = 0.1  # ctc: weight of ((|frame| / mean |token embedding|) - 1)^2
+    seed: int = 0  # question sample, renditions, data order, LoRA init and dropout
+    # -- checkpoints / monitoring
+    save_every: int = 100  # checkpoint every K steps (0 = only save_steps and the last step)
+    save_steps: tuple[int, ...] = ()  # extra checkpoint steps (early ones, for the trajectory)
+    eval_every: int = 0  # monitor every K steps (0 = at checkpoints only); also at step 0
+    eval_max_new_tokens: int = 24  # answer length when monitoring agreement
+    save_dtype: Literal["float16", "float32", "bfloat16"] = "float16"  # dtype of shipped weights
+    autocast: Literal["auto", "bf16", "none"] = "auto"  # auto: bf16 only where the device computes bf16 natively
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> LSLError:
+            return LSLError(f"train config field '{name}' {why} (got {getattr(self, name)!r}).")
+
+        if not self.name or any(c in self.name for c in "/\\ "):
+            raise bad("name", "must be a non-empty name without slashes or spaces")
+        if self.objective not in OBJECTIVES:
+            raise bad("objective", f"must be one of {OBJECTIVES}")
+        if self.strategy not in TRAIN_STRATEGIES:
+            raise bad("strategy", f"must be one of {TRAIN_STRATEGIES}")
+        if self.objective == "ctc" and (self.strategy != "frozen" or not self.train_adaptor):
+            raise bad("strategy", "must be 'frozen' with train_adaptor true for objective 'ctc' (no LLM pass)")
+        if self.strategy == "frozen" and not self.train_adaptor:
+            raise bad("train_adaptor", "must be true for strategy 'frozen' (nothing else would train)")
+        if not self.train_adaptor and not self.init:
+            raise bad("init", "is needed when train_adaptor is false (the adaptor to keep)")
+        if self.encoder_window not in ("padded", "clip"):
+            raise bad("encoder_window", "must be 'padded' or 'clip'")
+        for k in ("steps", "batch_size", "target_max_new_tokens", "gen_batch_size", "downsample",
+                  "lora_r", "eval_max_new_tokens"):
+            if int(getattr(self, k)) <= 0:
+                raise bad(k, "must be a positive integer")
+        for k in ("n_questions", "n_val_questions", "warmup_steps", "save_every", "eval_every"):
+            if int(getattr(self, k)) < 0:
+                raise bad(k, "must be >= 0")
+        if not self.lr > 0 or (self.llm_lr is not None and not self.llm_lr > 0):
+            raise bad("lr" if not self.lr > 0 else "llm_lr", "must be a positive number")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise bad("min_lr_ratio", "must be in [0, 1]")
+        if not 0 <= self.lora_dropout < 1:
+            raise bad("lora_dropout", "must be in [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise bad("weight_decay" if self.weight_decay < 0 else "grad_clip", "must be >= 0")
+        if not self.ctc_temperature > 0 or self.ctc_norm_weight < 0:
+            raise bad("ctc_temperature" if not self.ctc_temperature > 0 else "ctc_norm_weight",
+                      "must be positive (temperature) / non-negative (norm weight)")
+        if not self.voices or len(set(self.voices)) != len(self.voices):
+            raise bad("voices", "must list at least one voice, each once")
+        if self.heldout_voice and self.heldout_voice.split("+")[0] in {v.split("+")[0] for v in self.voices}:
+            raise bad("heldout_voice", "must not be a training voice: it is the unseen accent")
+        for k, lo, hi in (("speed_range", 80, 450), ("pitch_range", 0, 99)):
+            r = getattr(self, k)
+            if r and (len(r) != 2 or not lo <= r[0] <= r[1] <= hi):
+                raise bad(k, f"must be () or [low, high] with {lo} <= low <= high <= {hi}")
+        if any(int(s) <= 0 for s in self.save_steps):
+            raise bad("save_steps", "must hold positive step numbers")
+        if self.save_dtype not in ("float16", "float32", "bfloat16"):
+            raise bad("save_dtype", "must be float16, float32 or bfloat16")
+        if self.autocast not in ("auto", "bf16", "none"):
+            raise bad("autocast", "must be auto, bf16 or none")
+
+    # -- (de)serialisation
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LSLError(f"{source}: unknown train config field(s) {unknown}; known: {sorted(known)}.")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        try:
+            return cls(**kw)
+        except TypeError as exc:
+            raise LSLError(f"{source}: bad train config ({exc}).") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "TrainConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise LSLError(f"Train config {p} not found. Pass a JSON file such as configs/train/3_qa_lora.json.")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise LSLError(f"Train config {p} is not valid JSON ({exc}).") from None
+        return cls.from_dict(data, str(p))
+
+    def digest(self, ignore: tuple[str, ...] = ("device", "out")) -> str:
+        """Identity of everything that changes the trained weights (resume refuses a different one)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps (of this stage) that get a checkpoint: multiples of save_every, save_steps, the last step."""
+        s = {int(x) for x in self.save_steps if int(x) <= self.steps} | {self.steps}
+        if self.save_every:
+            s |= set(range(self.save_every, self.steps + 1, self.save_every))
+        return sorted(s)
+
+    def eval_steps(self) -> list[int]:
+        """Steps that log the monitor: 0, every checkpoint, and multiples of eval_every."""
+        s = {0, *self.checkpoint_steps()}
+        if self.eval_every:
+            s |= set(range(self.eval_every, self.steps + 1, self.eval_every))
+        return sorted(s)

@@ -1,0 +1,164 @@
+"""The training corpus: SD-QA English *test* questions (never dev) spoken by espeak-ng voice renditions,
+as cached encoder states, plus each objective's response tokens.
+
+A rendition is (voice, speed, pitch): every training question is spoken once by every training voice,
+at a speed and pitch drawn per (question, voice) from a seeded generator, so the same config always
+gives the same audio. The held-out voice speaks only the monitoring questions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lsl_core.errors import LSLError
+from lsl_core.experiments.train.config import TrainConfig
+from lsl_core.model import batch as B
+from lsl_core.model.lslm import LSLM
+
+
+@dataclass(frozen=True)
+class Rendition:
+    """How one clip is spoken: an espeak-ng voice with a speed (words/min) and pitch (0..99)."""
+
+    voice: str
+    speed: int | None = None  # None = espeak-ng default (175)
+    pitch: int | None = None  # None = espeak-ng default (50)
+
+    def key(self) -> str:
+        return f"{self.voice}|s{self.speed}|p{self.pitch}"
+
+
+@dataclass
+class TrainExample:
+    """One training clip: cached encoder states, the transcript tokens and the response to learn."""
+
+    key: str  # "<question id>__<voice>"
+    states: torch.Tensor  # [Te, d_enc] encoder states (float16, CPU)
+    response: list[int]  # target token ids of the objective (ctc: transcript; repeat/qa: ... + <|im_end|>)
+
+
+@dataclass
+class MonitorClip:
+    """A held-out clip for the progress curves in the log (never trained on)."""
+
+    key: str
+    question: str
+    voice: str
+    states: torch.Tensor  # [Te, d_enc]
+    unseen: bool  # spoken by the held-out voice
+
+
+@dataclass
+class TrainData:
+    train: list[TrainExample]
+    monitor: list[MonitorClip] = field(default_factory=list)
+    targets: list[dict] = field(default_factory=list)  # rows for train_targets.jsonl
+
+
+def split_questions(cfg: TrainConfig) -> tuple[list, list]:
+    """(training, monitoring) SD-QA test questions: a seeded permutation, disjoint, never dev questions."""
+    from lsl_core.data.sdqa import load_sdqa_train_questions
+
+    qs = load_sdqa_train_questions()
+    n_train = cfg.n_questions or len(qs) - cfg.n_val_questions
+    need = n_train + cfg.n_val_questions
+    if need > len(qs) or n_train <= 0:
+        raise LSLError(f"train config asks for {need} questions (n_questions + n_val_questions) but only "
+                       f"{len(qs)} SD-QA test questions exist; lower n_questions or n_val_questions.")
+    perm = np.random.default_rng(cfg.seed).permutation(len(qs))
+    monitor = [qs[i] for i in perm[: cfg.n_val_questions]]  # fixed by the seed, whatever n_questions is
+    train = [qs[i] for i in perm[cfg.n_val_questions: need]]
+    return train, monitor
+
+
+def rendition(cfg: TrainConfig, question_id: str, voice: str) -> Rendition:
+    """The seeded (speed, pitch) of one question x voice (uniform in the config's ranges)."""
+    h = hashlib.sha256(f"{cfg.seed}|{question_id}|{voice}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(h[:8], "little"))
+    speed = int(rng.integers(cfg.speed_range[0], cfg.speed_range[1] + 1)) if cfg.speed_range else None
+    pitch = int(rng.integers(cfg.pitch_range[0], cfg.pitch_range[1] + 1)) if cfg.pitch_range else None
+    return Rendition(voice, speed, pitch)
+
+
+def clip_states(model: LSLM, question_id: str, text: str, r: Rendition) -> torch.Tensor:
+    """Encoder states [Te, d_enc] of `text` spoken as rendition r; synthesized and encoded only on a cache miss."""
+    from lsl_core.data.synth import espeak_version, synthesize
+
+    content = hashlib.sha256(f"espeak-ng {espeak_version()}|{r.key()}|{text}".encode()).hexdigest()[:12]
+    return B.cached_encoder_states(model.encoder, f"espeak-{r.voice}", question_id,
+                                   lambda: synthesize(text, r.voice, r.speed, r.pitch), content)
+
+
+def transcript_ids(model: LSLM, text: str) -> list[int]:
+    """The question's token ids exactly as the text modality sees them (no special tokens)."""
+    return list(model.tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def self_distillation_targets(model: LSLM, questions: list[str], max_new_tokens: int,
+                              batch_size: int) -> list[list[int]]:
+    """The backbone's own greedy answers (token ids) to the typed questions, cached on disk.
+
+    Key: LLM weight digest, prompt template, max_new_tokens, question text. Call before any LoRA is
+    attached (the targets are the *base* model's answers).
+    """
+    from lsl_core.cache import cache_dir
+
+    key = hashlib.sha256(json.dumps([B.module_digest(model.llm), model.template.to_dict(), max_new_tokens],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir("targets") / f"{key}.json"
+    cached: dict[str, list[int]] = json.loads(path.read_text()) if path.is_file() else {}
+    todo = [q for q in dict.fromkeys(questions) if q not in cached]
+    if todo:
+        t0 = time.time()
+
+        def save(idx: list[int], ids: list[list[int]]) -> None:  # after every batch: an interrupted run keeps them
+            cached.update((todo[i], row) for i, row in zip(idx, ids))
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cached))
+            os.replace(tmp, path)
+            done = sum(q in cached for q in todo)
+            print(f"targets: {done}/{len(todo)} greedy answers ({time.time() - t0:.0f} s)", flush=True)
+
+        B.generate_ids_batch(model, [model.embed_text(q).embeds for q in todo], max_new_tokens, batch_size,
+                             on_batch=save)
+    return [cached[q] for q in questions]
+
+
+def responses(cfg: TrainConfig, model: LSLM, texts: list[str]) -> list[list[int]]:
+    """Target token ids of each training question for the config's objective."""
+    if cfg.objective == "ctc":
+        return [transcript_ids(model, t) for t in texts]
+    if cfg.objective == "repeat":
+        return [[*transcript_ids(model, t), B.eos_id(model)] for t in texts]
+    return self_distillation_targets(model, texts, cfg.target_max_new_tokens, cfg.gen_batch_size)
+
+
+def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True) -> TrainData:
+    """Questions x renditions -> cached encoder states + the objective's responses (+ monitoring clips)."""
+    from tqdm import tqdm
+
+    train_qs, val_qs = split_questions(cfg)
+    texts = [" ".join(q.question.split()) for q in train_qs]
+    targets = responses(cfg, model, texts)
+    jobs = [(q, t, resp, v) for q, t, resp in zip(train_qs, texts, targets) for v in cfg.voices]
+    train = []
+    for q, t, resp, v in tqdm(jobs, desc="encoder states (train)", unit="clip", mininterval=5, disable=not progress):
+        states = clip_states(model, q.example_id, t, rendition(cfg, q.example_id, v))
+        train.append(TrainExample(f"{q.example_id}__{v}", states, list(resp)))
+    monitor = []
+    for k, q in enumerate(val_qs):
+        t = " ".join(q.question.split())
+        seen = cfg.voices[k % len(cfg.voices)]
+        for v, unseen in [(seen, False)] + ([(cfg.heldout_voice, True)] if cfg.heldout_voice else []):
+            monitor.append(MonitorClip(f"{q.example_id}__{v}", t, v, clip_states(model, q.example_id, t, Rendition(v)),
+                                       unseen))
+    rows = [{"example_id": q.example_id, "question": t, "target": model.tokenizer.decode(r, skip_special_tokens=True).strip(),
+             "stopped": bool(r) and r[-1] == B.eos_id(model)} for q, t, r in zip(train_qs, texts, targets)]
+    return TrainData(train, monitor, rows)

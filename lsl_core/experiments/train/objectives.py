@@ -1,0 +1,99 @@
+"""Training objectives, one function each (the curriculum's stages; see config.py).
+
+ctc_alignment_loss   speech frames h [Ts, d] (adaptor output) are scored against the frozen LLM
+                     input-embedding table E [V, d] and a learned blank vector b [d]:
+                         logits_i = τ · [cos(h_i, b), cos(h_i, E_1), ..., cos(h_i, E_V)]   [Ts, V+1]
+                     CTC (blank = class 0) over the question's token ids, per-token normalised, plus
+                     λ · mean_i (‖h_i‖ / m − 1)², m = mean ‖E_v‖, so frames take the direction of the
+                     spoken tokens' embeddings at an embedding's norm. No LLM pass: a step costs the
+                     adaptor and one [N, d] x [d, V] product.
+response_loss        cross-entropy of the LLM on response tokens after the speech query, in the
+                     checkpoint's prompt template (lsl_core.model.batch.response_batch/response_loss);
+                     the `repeat` and `qa` objectives differ only in the response and the template.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lsl_core.model import batch as B
+from lsl_core.model.lslm import LSLM
+
+
+class CTCHead(nn.Module):
+    """Cosine scores of frames against the LLM's own input embeddings plus one learned blank vector."""
+
+    def __init__(self, embeddings: Tensor, temperature: float = 20.0, norm_weight: float = 0.1, seed: int = 0) -> None:
+        super().__init__()
+        E = embeddings.detach().float()  # [V, d]
+        self.register_buffer("unit", F.normalize(E, dim=-1), persistent=False)  # [V, d]
+        self.mean_norm = float(E.norm(dim=-1).mean())
+        g = torch.Generator().manual_seed(seed)
+        self.blank = nn.Parameter(torch.randn(E.shape[1], generator=g) * 0.02)  # [d]
+        self.temperature = float(temperature)
+        self.norm_weight = float(norm_weight)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Frames h [N, d] -> logits [N, V+1] (class 0 = blank, class v+1 = token v)."""
+        hn = F.normalize(h.float(), dim=-1)  # [N, d]
+        lb = hn @ F.normalize(self.blank, dim=0)[:, None]  # [N, 1]
+        lv = hn @ self.unit.T  # [N, V]
+        return self.temperature * torch.cat([lb, lv], dim=-1)  # [N, V+1]
+
+    def greedy(self, h: Tensor) -> list[int]:
+        """Best-path decoding of frames h [Ts, d]: collapse repeats, drop blanks -> token ids."""
+        best = self.logits(h).argmax(-1).tolist()  # [Ts]
+        out, prev = [], None
+        for c in best:
+            if c != prev and c != 0:
+                out.append(c - 1)
+            prev = c
+        return out
+
+
+def ctc_alignment_loss(head: CTCHead, frames: Sequence[Tensor], targets: Sequence[Sequence[int]]) -> Tensor:
+    """Mean over clips of CTC(frames_i [Ts_i, d], token ids_i) / len(ids_i) + the norm term (scalar).
+
+    A clip whose frames cannot hold its tokens (CTC needs Ts >= len + repeats) contributes 0
+    (zero_infinity) rather than inf.
+    """
+    assert len(frames) == len(targets) and frames, "one target sequence per clip"
+    lengths = [f.shape[0] for f in frames]
+    logp = F.log_softmax(head.logits(torch.cat(list(frames), 0)), dim=-1)  # [N, V+1]
+    T = max(lengths)
+    padded = logp.new_zeros(T, len(frames), logp.shape[1])  # [T, B, V+1] (CTC's time-major layout)
+    start = 0
+    for b, n in enumerate(lengths):
+        padded[:n, b] = logp[start:start + n]
+        start += n
+    tgt = torch.tensor([t + 1 for ids in targets for t in ids], dtype=torch.long)  # tokens shifted past blank
+    tgt_len = torch.tensor([len(ids) for ids in targets], dtype=torch.long)
+    ctc = F.ctc_loss(padded, tgt, torch.tensor(lengths), tgt_len, blank=0, reduction="none", zero_infinity=True)  # [B]
+    ctc = (ctc / tgt_len.clamp_min(1).float()).mean()
+    h = torch.cat(list(frames), 0).float()  # [N, d]
+    norm = ((h.norm(dim=-1) / head.mean_norm - 1) ** 2).mean()
+    return ctc + head.norm_weight * norm
+
+
+def response_loss(model: LSLM, queries: Sequence[Tensor], responses: Sequence[Sequence[int]]) -> Tensor:
+    """Mean cross-entropy over the response tokens after each query [Tq_i, d] (scalar, float32)."""
+    return B.response_loss(model, B.response_batch(model, list(queries), [list(r) for r in responses]))
+
+
+def token_error_rate(hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]]) -> float:
+    """Levenshtein distance summed over clips / reference tokens summed (0 = every token right)."""
+    errors = total = 0
+    for h, r in zip(hyps, refs):
+        prev = list(range(len(h) + 1))
+        for i, rt in enumerate(r, 1):
+            cur = [i] + [0] * len(h)
+            for j, ht in enumerate(h, 1):
+                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (rt != ht))
+            prev = cur
+        errors += prev[-1]
+        total += len(r)
+    return errors / max(1, total)

@@ -1,0 +1,265 @@
+"""The training loop of one stage: step-indexed (the batch, the lr and the RNG at step s depend only on
+(config, s)), resumable bit for bit, checkpointing and monitoring on schedule.
+
+Monitoring (held-out test questions, a seen and the unseen voice) logs, at every eval step:
+  agreement / agreement_unseen   token F1 of the speech answer vs the same model's text answer
+                                 (default QA prompt) - the "does it hear" curve of every stage;
+  ctc_ter / ctc_ter_unseen       ctc stage: token error rate of best-path CTC decoding;
+  repeat_f1 / repeat_f1_unseen   repeat stage: token F1 of the repeated question vs the question.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from lsl_core.errors import LSLError
+from lsl_core.experiments.train import objectives as O
+from lsl_core.experiments.train.checkpoints import CONFIG_NAME, LOG_NAME, TARGETS_NAME, save_checkpoint
+from lsl_core.experiments.train.config import TrainConfig
+from lsl_core.experiments.train.corpus import TrainData
+from lsl_core.experiments.train.state import load_resume, save_resume
+from lsl_core.model import batch as B
+from lsl_core.model.lslm import LSLM
+from lsl_core.model.prompt import PromptTemplate
+
+
+def with_template(model: LSLM, template: PromptTemplate) -> LSLM:
+    """A view of `model` (same modules) whose prompts use another template."""
+    view = copy.copy(model)
+    view.template = template
+    prefix, suffix = template.split(model.tokenizer)
+    view.prefix_ids = model.tokenizer(prefix, add_special_tokens=False).input_ids
+    view.suffix_ids = model.tokenizer(suffix, add_special_tokens=False).input_ids
+    return view
+
+
+def bf16_native(device: torch.device) -> bool:
+    """True where bf16 matmuls run natively (CUDA with bf16, CPUs with AMX/AVX512-BF16); elsewhere
+    autocast to bf16 is emulated and ~40x slower than float32 (measured on AVX2 CPUs)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+class Trainer:
+    """One stage of the curriculum over prepared data (see corpus.prepare_data)."""
+
+    def __init__(self, cfg: TrainConfig, model: LSLM, data: TrainData, out: str | Path, resume_dir: str | Path,
+                 *, step_offset: int = 0, init_adaptor: Path | None = None, progress: bool = True) -> None:
+        if not data.train:
+            raise LSLError("No training examples: check n_questions and voices in the train config.")
+        self.cfg, self.data = cfg, data
+        self.out = Path(out)
+        self.resume_dir = Path(resume_dir)
+        self.step_offset = step_offset
+        self.init_adaptor = init_adaptor
+        self.progress = progress
+        self.model = model  # QA prompt: the checkpoint's own template (monitoring, qa objective)
+        self.repeat_model = with_template(model, PromptTemplate(**{**cfg.prompt, "system": cfg.repeat_system}))
+        self.device = model.device
+        self.step = 0
+        self.ctc = (O.CTCHead(model.llm.get_input_embeddings().weight, cfg.ctc_temperature, cfg.ctc_norm_weight,
+                              cfg.seed).to(self.device) if cfg.objective == "ctc" else None)
+        self._perms: dict[int, torch.Tensor] = {}
+        self._text_answers: list[str] | None = None  # monitoring text answers (frozen LLM: computed once)
+        self._recent: list[float] = []
+        named = self.trainable_named()
+        adaptor = [p for n, p in named if not n.startswith("llm.")]
+        llm = [p for n, p in named if n.startswith("llm.")]
+        groups = [{"params": adaptor, "lr": cfg.lr, "peak_lr": cfg.lr}] if adaptor else []
+        if llm:
+            groups.append({"params": llm, "lr": cfg.llm_lr or cfg.lr, "peak_lr": cfg.llm_lr or cfg.lr})
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        use_bf16 = cfg.autocast == "bf16" or (cfg.autocast == "auto" and bf16_native(self.device))
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+        torch.manual_seed(cfg.seed + 1)  # dropout stream (saved and restored on resume)
+
+    # ------------------------------------------------------------------ parameters
+    def trainable_named(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """Trainable parameters with stable names: 'adaptor.*', 'ctc.*', then 'llm.*'."""
+        out = [(f"adaptor.{n}", p) for n, p in self.model.adaptor.named_parameters() if p.requires_grad]
+        if self.ctc is not None:
+            out += [(f"ctc.{n}", p) for n, p in self.ctc.named_parameters()]
+        out += [(f"llm.{n}", p) for n, p in self.model.llm.named_parameters() if p.requires_grad]
+        return out
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the peak lr at 0-based optimizer step `step`: linear warmup, cosine decay."""
+        c = self.cfg
+        if step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        t = (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps)
+        return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    # ------------------------------------------------------------------ data order
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            self._perms[epoch] = torch.randperm(len(self.data.train), generator=g)
+        return self._perms[epoch]
+
+    def batch_indices(self, step: int) -> list[int]:
+        """Examples of 0-based step `step`: the next batch_size items of the epoch-wise shuffled stream."""
+        n, bs = len(self.data.train), self.cfg.batch_size
+        return [int(self._perm(p // n)[p % n]) for p in range(step * bs, (step + 1) * bs)]
+
+    # ------------------------------------------------------------------ one step
+    def loss_on(self, idx: list[int]) -> torch.Tensor:
+        """The objective's loss on the given examples (grad enabled by the caller)."""
+        ex = [self.data.train[i] for i in idx]
+        with self.autocast():
+            queries = [B.speech_query(self.model, e.states) for e in ex]  # [Ts_i, d] each
+            if self.cfg.objective == "ctc":
+                return O.ctc_alignment_loss(self.ctc, queries, [e.response for e in ex])
+            model = self.repeat_model if self.cfg.objective == "repeat" else self.model
+            return O.response_loss(model, queries, [e.response for e in ex])
+
+    def train_mode(self, on: bool) -> None:
+        self.model.adaptor.train(on and self.cfg.train_adaptor)
+        self.model.llm.train(on and self.cfg.strategy != "frozen")
+
+    def train_step(self) -> float:
+        """One optimizer step (self.step -> self.step + 1); returns the batch loss before the update."""
+        self.train_mode(True)
+        factor = self.lr_factor(self.step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["peak_lr"] * factor
+        loss = self.loss_on(self.batch_indices(self.step))
+        if not torch.isfinite(loss):
+            raise LSLError(f"Training loss became {loss.item()} at step {self.step + 1}; lower lr in the config.")
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable_named()], self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return float(loss.item())
+
+    # ------------------------------------------------------------------ monitoring
+    @torch.no_grad()
+    def monitor(self) -> dict:
+        """Agreement of speech with text answers (+ the stage's own score) on the held-out clips."""
+        from lsl_core.scoring import answer_agreement
+
+        clips = self.data.monitor
+        if not clips:
+            return {}
+        self.train_mode(False)
+        c = self.cfg
+        questions = list(dict.fromkeys(cl.question for cl in clips))
+        with self.autocast():
+            if self._text_answers is None or c.strategy != "frozen":
+                self._text_answers = B.generate_batch(self.model, [self.model.embed_text(q).embeds for q in questions],
+                                                      c.eval_max_new_tokens, c.gen_batch_size)
+            queries = [B.speech_query(self.model, cl.states) for cl in clips]
+            speech = B.generate_batch(self.model, queries, c.eval_max_new_tokens, c.gen_batch_size)
+            extra: list[float] = []
+            if c.objective == "ctc":
+                hyps = [self.ctc.greedy(q) for q in queries]
+                refs = [self.model.tokenizer(cl.question, add_special_tokens=False).input_ids for cl in clips]
+                extra = [O.token_error_rate([h], [r]) for h, r in zip(hyps, refs)]
+            elif c.objective == "repeat":
+                rep = B.generate_batch(self.repeat_model, queries, c.eval_max_new_tokens, c.gen_batch_size)
+                extra = [answer_agreement(r, cl.question) for r, cl in zip(rep, clips)]
+        text_of = dict(zip(questions, self._text_answers))
+        agree = [answer_agreement(s, text_of[cl.question]) for s, cl in zip(speech, clips)]
+        out: dict = {}
+        name = {"ctc": "ctc_ter", "repeat": "repeat_f1"}.get(c.objective)
+        for suffix, keep in (("", False), ("_unseen", True)):
+            sel = [i for i, cl in enumerate(clips) if cl.unseen == keep]
+            if not sel:
+                continue
+            out[f"agreement{suffix}"] = sum(agree[i] for i in sel) / len(sel)
+            out[f"n{suffix}"] = len(sel)
+            if name:
+                out[f"{name}{suffix}"] = sum(extra[i] for i in sel) / len(sel)
+        out["example"] = {"question": clips[0].question, "text": text_of[clips[0].question], "speech": speech[0]}
+        return out
+
+    # ------------------------------------------------------------------ log
+    @property
+    def log_path(self) -> Path:
+        return self.out / LOG_NAME
+
+    def _log(self, row: dict) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """Keep log rows up to `step` (a resumed run rewrites what came after its state)."""
+        if not self.log_path.is_file():
+            return
+        rows = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if r.get("step", 0) <= step]
+        self.log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    # ------------------------------------------------------------------ loop
+    def run(self, resume: bool = False, until: int | None = None) -> list[Path]:
+        """Train to `until` (default cfg.steps), checkpointing and monitoring on schedule."""
+        c = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / CONFIG_NAME).write_text(json.dumps(c.to_dict(), indent=2) + "\n")
+        if self.data.targets:
+            (self.out / TARGETS_NAME).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                         for r in self.data.targets))
+        if resume:
+            load_resume(self)
+            self._truncate_log(self.step)
+        else:
+            self.log_path.write_text("")
+        until = c.steps if until is None else min(until, c.steps)
+        ckpt_steps, eval_steps = set(c.checkpoint_steps()), set(c.eval_steps())
+        saved: list[Path] = []
+        last_eval: dict = {}
+        if self.step == 0 and 0 in eval_steps:
+            last_eval = self._eval_and_log()
+        from tqdm import tqdm
+
+        bar = tqdm(total=until, initial=self.step, desc=f"train {c.name}", unit="step", disable=not self.progress,
+                   mininterval=5)
+        while self.step < until:
+            t0 = time.time()
+            lr = self.lr_factor(self.step) * c.lr
+            loss = self.train_step()
+            self._recent = (self._recent + [loss])[-25:]
+            self._log({"kind": "train", "step": self.step, "global_step": self.step_offset + self.step,
+                       "loss": round(loss, 5), "lr": lr, "sec": round(time.time() - t0, 3)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}")
+            if self.step in eval_steps:
+                last_eval = self._eval_and_log()
+            if self.step in ckpt_steps:
+                extra = {"stage_step": self.step, "train_loss_recent": round(sum(self._recent) / len(self._recent), 5)}
+                if last_eval.get("step") == self.step:
+                    extra["monitor"] = {k: v for k, v in last_eval.items() if k not in ("kind", "example")}
+                saved.append(save_checkpoint(c, self.model, self.out, self.step_offset + self.step,
+                                             init_adaptor=self.init_adaptor, extra=extra))
+                save_resume(self)
+        bar.close()
+        if self.step == until and until not in ckpt_steps:
+            save_resume(self)  # a partial run (until < steps) can always be resumed
+        return saved
+
+    def _eval_and_log(self) -> dict:
+        t0 = time.time()
+        res = self.monitor()
+        if not res:
+            return {}
+        row = {"kind": "eval", "step": self.step, "global_step": self.step_offset + self.step, **res,
+               "sec": round(time.time() - t0, 1)}
+        self._log(row)
+        if self.progress:
+            shown = {k: round(v, 3) for k, v in res.items() if isinstance(v, float)}
+            print(f"step {self.step_offset + self.step}: {shown}", flush=True)
+        return row
