@@ -1,0 +1,79 @@
+"""The encoder's two window conventions: "padded" (Whisper's 30 s window) is exactly transformers'
+WhisperEncoder; "clip" reads the real audio + CLIP_PAD_S of the same features; the two never share
+cached states."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import tone
+from lsl_core.errors import AudioError, ManifestError
+from lsl_core.model import batch as B
+from lsl_core.model.encoder import CLIP_PAD_S, SpeechEncoder
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_parts):
+    load = lambda w: SpeechEncoder.from_pretrained(tiny_parts["encoder"], dtype=torch.float32, device="cpu", window=w)  # noqa: E731
+    return load("padded"), load("clip")
+
+
+def test_padded_window_is_exactly_the_transformers_encoder(encoders):
+    padded, _ = encoders
+    feats = padded.features(tone(2.0))  # [1, 80, 3000]
+    with torch.no_grad():
+        ref = padded.encoder(feats).last_hidden_state  # transformers' own forward
+        got = padded.forward(feats)
+    assert torch.equal(got, ref)
+
+
+def test_clip_window_reads_the_real_audio_plus_the_pad(encoders):
+    padded, clip = encoders
+    audio = tone(1.3)  # 20800 samples -> 65 frames of 20 ms
+    n = math.ceil(audio.size / 320)
+    assert clip.input_frames(audio.size) == 2 * (n + round(CLIP_PAD_S / 0.02)) and padded.input_frames(audio.size) == 3000
+    a, b = padded.encode(audio), clip.encode(audio)
+    assert a.shape == b.shape == (n, padded.output_dim)
+    assert not torch.allclose(a, b)  # attention over 30 s vs over the clip: a different convention
+    feats = clip.features(audio)[..., : clip.input_frames(audio.size)]
+    with torch.no_grad():  # by hand: the same layers with the first M/2 positional embeddings
+        enc = clip.encoder
+        x = torch.nn.functional.gelu(enc.conv2(torch.nn.functional.gelu(enc.conv1(feats)))).permute(0, 2, 1)
+        x = x + enc.embed_positions.weight[: x.shape[1]]
+        for layer in enc.layers:
+            x = layer(x, None)
+        want = enc.layer_norm(x)[0, :n]
+    torch.testing.assert_close(b, want, rtol=0, atol=0)
+    # a 30 s clip has no room for padding: both windows read the whole window
+    assert clip.input_frames(16_000 * 30) == 3000
+
+
+def test_odd_or_oversized_inputs_are_refused(encoders):
+    padded, _ = encoders
+    with pytest.raises(AudioError, match="even M"):
+        padded.forward(torch.zeros(1, 80, 301))
+    with pytest.raises(AudioError, match="even M"):
+        padded.forward(torch.zeros(1, 80, 3002))
+
+
+def test_cached_states_are_keyed_by_window(encoders, tmp_path, monkeypatch):
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path))
+    padded, clip = encoders
+    audio = tone(1.0)
+    a = B.cached_encoder_states(padded, "g", "c1", lambda: audio)
+    b = B.cached_encoder_states(clip, "g", "c1", lambda: audio)
+    assert torch.equal(a, padded.encode(audio).half()) and torch.equal(b, clip.encode(audio).half())
+
+
+def test_manifest_names_the_window(tiny_parts):
+    from lsl_core.model.loading import CheckpointManifest, load_checkpoint
+
+    m = CheckpointManifest(name="t", llm=str(tiny_parts["llm"]), encoder=str(tiny_parts["encoder"]), strategy="none",
+                           encoder_window="clip")
+    assert load_checkpoint(m, device="cpu").encoder.window == "clip"
+    assert CheckpointManifest(name="t", llm="x", encoder="y", strategy="none").encoder_window == "padded"
+    with pytest.raises(ManifestError, match="'encoder_window'"):
+        CheckpointManifest(name="t", llm="x", encoder="y", strategy="none", encoder_window="30s")
