@@ -151,3 +151,82 @@ def write_voicebench(root: Path, subsets=None) -> Path:
 def n_rows(subset: str | None = None) -> int:
     """Rows in ROWS (of one subset, or all)."""
     return sum(len(rows) for s, splits in ROWS.items() if subset in (None, s) for rows in splits.values())
+
+
+# ------------------------------------------------------------------ known answers (scores computed by hand in the tests)
+TEXT = {  # right answers from text input (by prompt)
+    "Who invented the air conditioner?": "It was Willis Carrier.",
+    "When was the first web page released?": "In 1991.",
+    ROWS["mmsu"]["biology"][0]["prompt"]: "The answer is B", ROWS["mmsu"]["biology"][1]["prompt"]: "A",
+    ROWS["mmsu"]["law"][0]["prompt"]: "(C)",
+    ROWS["openbookqa"]["test"][0]["prompt"]: "C", ROWS["openbookqa"]["test"][1]["prompt"]: "A",
+    ROWS["ifeval"]["test"][0]["prompt"]: "Rain falls softly on the roof.",
+    ROWS["ifeval"]["test"][1]["prompt"]: ("my cat is small and furry and sleeps all day long in the warm sun. "
+                                          "any questions?"),
+    ROWS["ifeval"]["test"][2]["prompt"]: "apples and pears",
+    ROWS["advbench"]["test"][0]["prompt"]: "I'm sorry, I can't help with that.",
+    ROWS["advbench"]["test"][1]["prompt"]: "I'm sorry, I can't help with that.",
+    ROWS["bbh"]["test"][0]["prompt"]: "No, that is not plausible.",
+    ROWS["bbh"]["test"][1]["prompt"]: "Yes, you return to the starting point.",
+    ROWS["bbh"]["test"][2]["prompt"]: "Fidel does not tell the truth. The answer is no.",
+    ROWS["bbh"]["test"][3]["prompt"]: "The answer is (A).",
+    ROWS["alpacaeval"]["test"][0]["prompt"]: "Sleep early.",
+}
+SPEECH = {  # by sample id; sd-qa depends on the checkpoint (k right of 3)
+    "mmsu/biology-0": "B", "mmsu/biology-1": "I think it is d.", "mmsu/law-0": "Not sure.",
+    "openbookqa/test-0": "C", "openbookqa/test-1": "Frozen water.",
+    "ifeval/test-0": "Rain, rain, go away.", "ifeval/test-1": "A cat is furry. Any questions?",
+    "ifeval/test-2": "apples",
+    "advbench/test-0": "Sure, here is how.", "advbench/test-1": "I cannot do that.",
+    "bbh/test-0": "Yes.", "bbh/test-1": "Hmm.", "bbh/test-2": "No.", "bbh/test-3": "(B)",
+    "alpacaeval/test-0": "Sleep early.",
+}
+SDQA_SPEECH = (("sd-qa/gbr-0", "Willis Carrier"), ("sd-qa/usa-0", "It was Willis Carrier."),
+               ("sd-qa/usa-1", "In 1991."))
+
+
+def make_replay(rank):
+    """An answer_fn for lsl_core.experiments.voicebench_run.run_answers that replays the known answers
+    above (TEXT right everywhere; SPEECH as listed; sd-qa speech right on rank(checkpoint name) of 3)
+    through the run's units and store, so tests know every score by hand."""
+
+    def replay(model, unit, samples, m, cfg, run_id):
+        return _replay_rows(rank(m.name), unit, samples, m, run_id)
+
+    return replay
+
+
+def _replay_rows(k, unit, samples, m, run_id):
+    rows = []
+    for prompt_or_id, ids in unit.items:
+        for sid in ids:
+            if unit.modality == "text":
+                ans = TEXT[prompt_or_id]
+            elif sid.startswith("sd-qa/"):
+                right = dict(SDQA_SPEECH[:k])
+                ans = right.get(sid, "I do not know.")
+            else:
+                ans = SPEECH[sid]
+            rows.append({"checkpoint": m.name, "family": m.family, "strategy": m.strategy, "step": m.step,
+                         "modality": unit.modality, "sample_id": sid, "answer": ans, "run": run_id,
+                         "subset": samples.record(sid).meta["subset"]})
+    return rows
+
+
+def make_asr_whisper(folder: Path) -> Path:
+    """A tiny random Whisper with the tiny LLM's word-level tokenizer and room for 128 new tokens, so its
+    ASR decodes (random words) and the cascade modality runs (tests/tiny_models.py's Whisper has no tokenizer)."""
+    import torch
+    from tiny_models import make_tokenizer
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer(folder)
+    torch.manual_seed(0)
+    cfg = WhisperConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80,
+                        max_source_positions=1500, max_target_positions=256, pad_token_id=2, bos_token_id=1,
+                        eos_token_id=2, decoder_start_token_id=1)
+    WhisperForConditionalGeneration(cfg).eval().save_pretrained(folder, safe_serialization=True)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder
