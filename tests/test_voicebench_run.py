@@ -277,7 +277,7 @@ def test_documented_commands_parse():
 
     text = (ROOT / "docs" / "voicebench.md").read_text()
     cmds = [b.replace("\\\n", " ").strip() for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
-    assert len(cmds) == 6
+    assert len(cmds) == 5
     parser = build_parser()
     for cmd in cmds:
         argv = shlex.split(cmd)
