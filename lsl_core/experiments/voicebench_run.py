@@ -545,8 +545,13 @@ def main(args: argparse.Namespace) -> int:
     command = "python -m lsl_core " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(
         ("__main__.py", "lsl_core")) else "python -m lsl_core voicebench ..."
     samples = load_samples(cfg)
-    for p in samples.problems if rank == 0 else ():
-        print(f"warning: {p}", flush=True)
+    if rank == 0:
+        from lsl_core.data.voicebench import count_notes
+
+        for p in samples.problems:
+            print(f"warning: {p}", flush=True)
+        for note in count_notes(samples):
+            print(f"note: {note}", flush=True)
     if not args.score_only:
         if args.fresh and rank == 0:
             for sub in ("answers", "alignment", "judge"):
