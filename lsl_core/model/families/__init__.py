@@ -53,6 +53,13 @@ def capabilities(model) -> dict[str, Capability]:
     return own() if callable(own) else builtin_capabilities(bool(getattr(model, "has_asr", False)))
 
 
+def transcript_source(model) -> str:
+    """Who writes the ASR transcript of this model (for captions)."""
+    if getattr(model, "family", None) is not None:
+        return "the model itself, asked to transcribe"
+    return "the encoder's Whisper decoder"
+
+
 def is_family_manifest(m) -> bool:
     """A manifest naming a whole public checkpoint (`model`) rather than encoder + adaptor + LLM."""
     return bool(getattr(m, "model", ""))
@@ -127,4 +134,4 @@ def load_family(m, *, device: torch.device, dtype: torch.dtype, ref, local_only:
 
 
 __all__ = ["FAMILIES", "CAPABILITY_NAMES", "Capability", "Family", "FamilyLSLM", "FamilyInfo", "register_family",
-           "family_table", "capabilities", "is_family_manifest", "resolve_family", "load_family"]
+           "family_table", "capabilities", "transcript_source", "is_family_manifest", "resolve_family", "load_family"]
