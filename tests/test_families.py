@@ -40,7 +40,10 @@ def tiny_root(tmp_path_factory) -> Path:
 def models(tiny_root) -> dict:
     from lsl_core.model.loading import load_checkpoint
 
-    return {name: load_checkpoint(tiny_root / name, device="cpu") for name in FAMILY_NAMES}
+    out = {name: load_checkpoint(tiny_root / name, device="cpu") for name in FAMILY_NAMES}
+    for m in out.values():
+        m.asr_token_limit = 4  # random weights never stop on their own: keep transcripts short
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +139,8 @@ def test_text_prompt_puts_the_question_where_the_audio_was(models, sample, name)
         text = model.family.render(tok, model.system, sample.question.strip())
         assert tok(text, add_special_tokens=False).input_ids == prompt.prompt_ids
     else:
-        ids = [tok.convert_tokens_to_ids(t) for t in ("<s>", "[INST]")] + tx.token_ids + [tok.convert_tokens_to_ids("[/INST]")]
-        assert prompt.prompt_ids == ids
+        special = tok.convert_tokens_to_ids
+        assert prompt.prompt_ids == [special("<s>"), special("[INST]"), *tx.token_ids, special("[/INST]")]
 
 
 def test_voxtral_prompt_layout_and_transcription_mode(models):
@@ -149,6 +152,9 @@ def test_voxtral_prompt_layout_and_transcription_mode(models):
     assert name(model.asr_suffix_ids)[0] == "[/INST]" and name(model.asr_suffix_ids)[-1] == "[TRANSCRIBE]"
     assert tok.decode(model.asr_suffix_ids[1:-1]) == "lang:en"
     assert tok.convert_tokens_to_ids("[AUDIO]") == model.llm.config.audio_token_id == 24
+    pre, suf = model.family.text_prompt_ids(tok, "Be brief.")  # a manifest system prompt: V7 system block
+    assert name(pre)[:2] == ["<s>", "[SYSTEM_PROMPT]"] and name(pre)[-2:] == ["[/SYSTEM_PROMPT]", "[INST]"]
+    assert tok.decode(pre[2:-2]) == "Be brief." and name(suf) == ["[/INST]"]
 
 
 # ============================================================================ interventions
@@ -185,10 +191,9 @@ def test_intervention_changes_only_speech_positions_at_the_chosen_layer(models, 
     assert changed and set(changed) <= set(plan.positions)  # speech span only
     outside = [i for i in range(before.shape[0]) if i not in plan.positions]
     torch.testing.assert_close(after[outside], before[outside], rtol=0, atol=0)
-    for other in {0, layer + 1} - {layer}:  # any other layer's input is untouched
-        if other < model.num_layers and other < layer:
-            torch.testing.assert_close(_layer_inputs(model, other, prompt, intervention_hooks(model, [plan])),
-                                       _layer_inputs(model, other, prompt), rtol=0, atol=0)
+    for earlier in range(layer):  # the layers before ℓ read unedited states
+        torch.testing.assert_close(_layer_inputs(model, earlier, prompt, intervention_hooks(model, [plan])),
+                                   _layer_inputs(model, earlier, prompt), rtol=0, atol=0)
     # prefill only: during generation layer ℓ sees one full-length pass (edited) then 1-token steps (not edited)
     lengths, edited = [], []
 
@@ -227,8 +232,7 @@ def test_every_metric_and_side_by_side_answers(models, sample, name):
     sbs = generate_side_by_side(model, sample, ["angle:bottom3", f"calibrate:span@{L // 2}"], max_new_tokens=4)
     titles = [x.title for x in sbs.answers()]
     assert titles[:3] == ["Text", "Speech", "Cascade (ASR → LLM)"] and len(titles) == 5
-    assert isinstance(sbs.transcript, str)
-    assert sbs.transcript == model.transcribe(sample.audio, sample.sr)  # greedy: the same transcript again
+    assert isinstance(sbs.transcript, str) and sbs.cascade is not None
     assert set(sbs.interventions[1].frames) == set(range(ts))
     assert all(isinstance(x.answer, str) for x in sbs.answers())
 
@@ -243,8 +247,10 @@ def test_transcript_is_the_model_itself_asked_to_transcribe(models, sample, name
     assert (model.asr_prefix_ids, model.asr_suffix_ids) != (model.speech_prefix_ids, model.speech_suffix_ids)
     instruction = model.family.transcribe_instruction or "lang:en"
     assert instruction in model.tokenizer.decode(model.asr_suffix_ids)
-    assert model.transcribe(sample.audio, sample.sr) == model.generate_from_prompt(asr, max_new_tokens=int(
-        min(256, 16 + 6 * sp.frame_times.shape[0] * sp.frame_seconds)))
+    assert model.transcribe(sample.audio, sample.sr) == model.generate_from_prompt(asr, max_new_tokens=4)
+    model.asr_token_limit = None
+    assert model.asr_max_new_tokens(len(sp.frame_times)) == int(16 + 6 * len(sp.frame_times) * sp.frame_seconds)
+    model.asr_token_limit = 4
 
 
 def test_bf16_weights_give_float32_states(tiny_root, sample):
@@ -481,7 +487,11 @@ def test_app_explorer_and_interventions_open_each_family(tiny_root, models, name
     [b for b in at.button if b.label == "Regenerate"][0].click()
     at.run()
     assert not at.exception, [e.message for e in at.exception]
-    ref_sbs = generate_side_by_side(model, sample, ["angle:bottom3"], max_new_tokens=4)
+    model.asr_token_limit = None  # as loaded by the app
+    try:
+        ref_sbs = generate_side_by_side(model, sample, ["angle:bottom3"], max_new_tokens=4)
+    finally:
+        model.asr_token_limit = 4
     titles = [m.value for m in at.markdown if m.value.startswith("**") and m.value.endswith("**")]
     assert titles[:4] == ["**Text**", "**Speech**", "**Cascade (ASR → LLM)**", "**Angle·Bottom3**"]
     assert [i.value for i in at.info][:4] == [a.answer or "∅ (empty answer)" for a in ref_sbs.answers()]

@@ -231,6 +231,8 @@ class FamilyLSLM(LSLM):
     tower and projector make the speech span).
     """
 
+    asr_token_limit: int | None = None  # fixed transcript length limit (None: by clip length)
+
     def __init__(self, family: Family, llm: nn.Module, tokenizer, feature_extractor, *, system: str | None,
                  name: str, digest: str, manifest: dict | None = None) -> None:
         self.family = family
@@ -257,7 +259,8 @@ class FamilyLSLM(LSLM):
 
     @property
     def adaptor(self):
-        raise LSLError(f"{self.name} ({self.family.name}) has no adaptor of ours: {self.family.unsupported['training']}.")
+        raise LSLError(f"{self.name} ({self.family.name}) has no adaptor of ours: "
+                       f"{self.family.unsupported['training']}.")
 
     def capabilities(self) -> dict[str, Capability]:
         return self.family.capabilities()
@@ -323,8 +326,14 @@ class FamilyLSLM(LSLM):
         """The model itself asked to transcribe the clip (family.transcribe_instruction), greedy."""
         sp = self.embed_speech(audio, sr)
         prompt = self.build_prompt(sp.embeds, asr=True)
-        seconds = len(sp.frame_times) * sp.frame_seconds
-        return self.generate_from_prompt(prompt, max_new_tokens=int(min(256, 16 + 6 * seconds)))
+        return self.generate_from_prompt(prompt, max_new_tokens=self.asr_max_new_tokens(len(sp.frame_times)))
+
+    def asr_max_new_tokens(self, ts: int) -> int:
+        """Transcript length limit for a span of Ts positions: ~6 tokens per second of speech, 16-256
+        (asr_token_limit overrides it, e.g. in tests)."""
+        if self.asr_token_limit is not None:
+            return self.asr_token_limit
+        return int(min(256, 16 + 6 * ts * self.family.frame_seconds_for(self.llm)))
 
 
 # =============================================================================== digest

@@ -84,8 +84,8 @@ class Qwen2Audio(ChatTemplateFamily):
         feat_lens, out_lens = tower._get_feat_extract_output_lengths(fmask.sum(-1))
         max_len = (feats.shape[-1] - 2) // 2 + 1
         keep = (torch.arange(max_len, device=feats.device)[None] < feat_lens[:, None]).long()  # [1, Te]
-        mask = create_bidirectional_mask(config=tower.config, inputs_embeds=torch.zeros(1, max_len, 1, dtype=feats.dtype,
-                                         device=feats.device), attention_mask=keep)
+        dummy = torch.zeros(1, max_len, 1, dtype=feats.dtype, device=feats.device)  # only its shape/dtype are read
+        mask = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=keep)
         states = tower(feats, attention_mask=mask).last_hidden_state  # [1, Te/2, d_audio]
         emb = inner.multi_modal_projector(states)  # [1, 750, d]
         return emb[0, : int(out_lens[0])]  # [Ts, d]

@@ -85,7 +85,8 @@ def make_tiny_qwen2_audio(folder: Path, seed: int = 0) -> Path:
     from lsl_core.model.families.qwen2_audio import QWEN2_AUDIO_TEMPLATE
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
-    tok = make_bpe_tokenizer(specials, bos=None, eos="<|im_end|>", pad="<|endoftext|>", chat_template=QWEN2_AUDIO_TEMPLATE)
+    tok = make_bpe_tokenizer(specials, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
+                             chat_template=QWEN2_AUDIO_TEMPLATE)
     torch.manual_seed(seed)
     cfg = Qwen2AudioConfig(
         audio_config=dict(model_type="qwen2_audio_encoder", d_model=16, encoder_layers=1, encoder_attention_heads=2,
@@ -111,8 +112,8 @@ def make_tiny_qwen2_5_omni(folder: Path, seed: int = 0) -> Path:
     thinker = dict(
         audio_config=dict(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=128,
                           output_dim=TEXT["hidden_size"], n_window=50),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=TEXT["hidden_size"],
-                           fullatt_block_indexes=[0]),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2,
+                           out_hidden_size=TEXT["hidden_size"], fullatt_block_indexes=[0]),
         text_config=dict(vocab_size=len(tok), **TEXT, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}),
         audio_token_index=ids["<|AUDIO|>"], image_token_index=ids["<|IMAGE|>"], video_token_index=ids["<|VIDEO|>"],

@@ -68,7 +68,8 @@ class Voxtral(Family):
     def _head(self, tok, system: str | None) -> list[int]:
         ids = [self._special(tok, "<s>")]
         if system:
-            ids += [self._special(tok, "[SYSTEM_PROMPT]"), *self._enc(tok, system), self._special(tok, "[/SYSTEM_PROMPT]")]
+            ids += [self._special(tok, "[SYSTEM_PROMPT]"), *self._enc(tok, system),
+                    self._special(tok, "[/SYSTEM_PROMPT]")]
         return ids + [self._special(tok, "[INST]")]
 
     def speech_prompt_ids(self, tok, system, instruction=""):
