@@ -429,3 +429,26 @@ def test_autocast_is_bf16_only_where_the_device_computes_it(tiny_parts, tmp_path
     monkeypatch.setattr(T, "bf16_native", lambda device: True)
     with _trainer(cfg).autocast():
         assert torch.is_autocast_enabled("cpu")
+
+
+def test_vocabulary_sentences_are_seeded_word_tokens_spoken_once(tiny_model):
+    from lsl_core.experiments.train.corpus import vocabulary_sentences, vocabulary_words
+
+    class BPE:  # a byte-level BPE vocabulary in id order: "Ġword" tokens, fragments and punctuation
+        def get_vocab(self):
+            toks = ["!", "Ġthe", "Ġcat", "Ġa", "ĠDog", "Ġgarden", "ing", "Ġcafé", "Ġsat"] + [f"Ġw{'x' * i}" for i in range(60)]
+            return {t: i for i, t in enumerate(toks)}
+
+    words = vocabulary_words(BPE(), 10)
+    assert words[:4] == ["the", "cat", "garden", "sat"]  # lowercase ASCII words of >= 3 letters, in id order
+    sents = vocabulary_sentences(BPE(), 20, 55, seed=3)
+    assert sents == vocabulary_sentences(BPE(), 20, 55, seed=3) != vocabulary_sentences(BPE(), 20, 55, seed=4)
+    pool = set(vocabulary_words(BPE(), 55))
+    for sid, text in sents:
+        ws = text.rstrip(".").lower().split()
+        assert 4 <= len(ws) <= 10 and set(ws) <= pool and text[0].isupper()
+    assert len({sid for sid, _ in sents}) == 20
+    with pytest.raises(LSLError, match="vocab_sentences"):
+        TrainConfig(objective="qa", vocab_sentences=10)
+    with pytest.raises(LSLError, match="vocab_sentences"):  # a word-level vocabulary has no 'Ġword' tokens
+        vocabulary_sentences(tiny_model.tokenizer, 5, 100, seed=0)

@@ -107,8 +107,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | No
     t0 = time.time()
     model = build_model(cfg, device)
     data = prepare_data(cfg, model, progress)
-    print(f"data: {len(data.train)} training clips ({len(data.train) // len(cfg.voices)} questions x "
-          f"{len(cfg.voices)} voices), {len(data.monitor)} monitoring clips, ready in {time.time() - t0:.0f} s",
+    n_q = len(data.train) - cfg.vocab_sentences
+    print(f"data: {len(data.train)} training clips ({n_q // len(cfg.voices)} questions x {len(cfg.voices)} voices + "
+          f"{cfg.vocab_sentences} word sequences), {len(data.monitor)} monitoring clips, ready in {time.time() - t0:.0f} s",
           flush=True)
     if prepare_only:
         return []

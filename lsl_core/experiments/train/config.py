@@ -52,6 +52,8 @@ class TrainConfig:
     # -- data: SD-QA English *test* questions (never dev) x espeak-ng voice renditions
     n_questions: int = 0  # training questions (a seeded sample of the test questions; 0 = all not monitored)
     n_val_questions: int = 16  # test questions kept out of training, used only to monitor progress
+    vocab_sentences: int = 0  # ctc/repeat: extra seeded word sequences drawn from the LLM's word tokens
+    vocab_words: int = 12000  # ... from its first (most frequent, by BPE merge order) this many word tokens
     voices: tuple[str, ...] = TRAIN_VOICE_FAMILY  # espeak-ng training voices (one rendition of each question each)
     heldout_voice: str = UNSEEN_VOICE  # never trained on; monitored as the "unseen accent"
     speed_range: tuple[int, ...] = (145, 205)  # words/min drawn per rendition (uniform, seeded); () = default 175
@@ -107,7 +109,10 @@ class TrainConfig:
                 raise bad(k, "must be a positive integer")
         if self.adaptor_hidden is not None and int(self.adaptor_hidden) <= 0:
             raise bad("adaptor_hidden", "must be a positive integer or null")
-        for k in ("n_questions", "n_val_questions", "warmup_steps", "save_every", "eval_every"):
+        if self.vocab_sentences and self.objective == "qa":
+            raise bad("vocab_sentences", "must be 0 for objective 'qa' (word sequences have no answer to distil)")
+        for k in ("n_questions", "n_val_questions", "vocab_sentences", "vocab_words", "warmup_steps", "save_every",
+                  "eval_every"):
             if int(getattr(self, k)) < 0:
                 raise bad(k, "must be >= 0")
         if not self.lr > 0 or (self.llm_lr is not None and not self.llm_lr > 0):

@@ -1,6 +1,11 @@
 """The training corpus: SD-QA English *test* questions (never dev) spoken by espeak-ng voice renditions,
 as cached encoder states, plus each objective's response tokens.
 
+The ~1,000 test questions cover a small vocabulary, so the alignment stages (ctc, repeat) can add
+`vocab_sentences` seeded word sequences ("Lavender kingdom teachings revived wooden.") drawn from
+the LLM tokenizer's own word tokens: every spoken word then has a token to map to, and no
+evaluation question is ever spoken.
+
 A rendition is (voice, speed, pitch): every training question is spoken once by every training voice,
 at a speed and pitch drawn per (question, voice) from a seeded generator, so the same config always
 gives the same audio. The held-out voice speaks only the monitoring questions.
@@ -78,6 +83,30 @@ def split_questions(cfg: TrainConfig) -> tuple[list, list]:
     return train, monitor
 
 
+def vocabulary_words(tokenizer, n: int) -> list[str]:
+    """The first n word tokens of a byte-level BPE vocabulary ("Ġword": lowercase ASCII letters, >= 3 of them),
+    in id order - BPE merge order, roughly by frequency."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    words = [t[1:] for t, _ in vocab if t[:1] in ("Ġ", "▁") and t[1:].isascii() and t[1:].isalpha()
+             and t[1:].islower() and len(t) >= 4]
+    return words[:n]
+
+
+def vocabulary_sentences(tokenizer, n: int, n_words: int, seed: int) -> list[tuple[str, str]]:
+    """n seeded (id, sentence) pairs of 4-10 words drawn uniformly from vocabulary_words(tokenizer, n_words)."""
+    words = vocabulary_words(tokenizer, n_words)
+    if n and len(words) < 50:
+        raise LSLError("train config field 'vocab_sentences' needs a tokenizer with word tokens ('Ġword'); "
+                       f"this one has {len(words)}. Set vocab_sentences to 0.")
+    rng = np.random.default_rng(seed + 7919)
+    out = []
+    for i in range(n):
+        k = int(rng.integers(4, 11))
+        ws = [words[j] for j in rng.integers(0, len(words), k)]
+        out.append((f"vocab{seed}-{i:05d}", " ".join(ws).capitalize() + "."))
+    return out
+
+
 def rendition(cfg: TrainConfig, question_id: str, voice: str) -> Rendition:
     """The seeded (speed, pitch) of one question x voice (uniform in the config's ranges)."""
     h = hashlib.sha256(f"{cfg.seed}|{question_id}|{voice}".encode()).digest()
@@ -145,13 +174,18 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True) -> TrainD
     from tqdm import tqdm
 
     train_qs, val_qs = split_questions(cfg)
-    texts = [" ".join(q.question.split()) for q in train_qs]
+    items = [(q.example_id, " ".join(q.question.split())) for q in train_qs]
+    vocab = vocabulary_sentences(model.tokenizer, cfg.vocab_sentences, cfg.vocab_words, cfg.seed)
+    texts = [t for _, t in items + vocab]
     targets = responses(cfg, model, texts)
-    jobs = [(q, t, resp, v) for q, t, resp in zip(train_qs, texts, targets) for v in cfg.voices]
+    jobs = [(qid, t, resp, v) for (qid, t), resp in zip(items, targets) for v in cfg.voices]
+    # each word sequence is spoken once, by the training voices in turn
+    jobs += [(qid, t, resp, cfg.voices[i % len(cfg.voices)])
+             for i, ((qid, t), resp) in enumerate(zip(vocab, targets[len(items):]))]
     train = []
-    for q, t, resp, v in tqdm(jobs, desc="encoder states (train)", unit="clip", mininterval=5, disable=not progress):
-        states = clip_states(model, q.example_id, t, rendition(cfg, q.example_id, v))
-        train.append(TrainExample(f"{q.example_id}__{v}", states, list(resp)))
+    for qid, t, resp, v in tqdm(jobs, desc="encoder states (train)", unit="clip", mininterval=5, disable=not progress):
+        states = clip_states(model, qid, t, rendition(cfg, qid, v))
+        train.append(TrainExample(f"{qid}__{v}", states, list(resp)))
     monitor = []
     for k, q in enumerate(val_qs):
         t = " ".join(q.question.split())
@@ -159,6 +193,6 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True) -> TrainD
         for v, unseen in [(seen, False)] + ([(cfg.heldout_voice, True)] if cfg.heldout_voice else []):
             monitor.append(MonitorClip(f"{q.example_id}__{v}", t, v, clip_states(model, q.example_id, t, Rendition(v)),
                                        unseen))
-    rows = [{"example_id": q.example_id, "question": t, "target": model.tokenizer.decode(r, skip_special_tokens=True).strip(),
-             "stopped": bool(r) and r[-1] == B.eos_id(model)} for q, t, r in zip(train_qs, texts, targets)]
+    rows = [{"example_id": qid, "question": t, "target": model.tokenizer.decode(r, skip_special_tokens=True).strip(),
+             "stopped": bool(r) and r[-1] == B.eos_id(model)} for (qid, t), r in zip(items + vocab, targets)]
     return TrainData(train, monitor, rows)
