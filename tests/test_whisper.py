@@ -255,8 +255,11 @@ def test_encoder_shapes_and_valid_frames(encoder):
     with torch.no_grad():
         full = encoder(encoder.features(audio))
     torch.testing.assert_close(enc, full[0, :65], rtol=0, atol=0)  # trimmed from the padded 30 s run
-    with pytest.raises(AudioError, match="3000"):
-        encoder(torch.zeros(1, 80, 1000))
+    with pytest.raises(AudioError, match="even M <= 3000"):
+        encoder(torch.zeros(1, 80, 3002))  # longer than Whisper's 30 s window
+    with pytest.raises(AudioError, match="even M"):
+        encoder(torch.zeros(1, 80, 1001))  # odd: conv2 has stride 2
+    assert encoder(torch.zeros(1, 80, 1000)).shape == (1, 500, 384)  # a "clip" window is valid
     with pytest.raises(AudioError, match="30 s"):
         encoder.features(np.zeros(31 * 16_000, np.float32))
 
