@@ -33,7 +33,7 @@ def main() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
     from lsl_core.data.sets import load_sample_set
-    from lsl_core.interventions import generate_with_interventions, plan_interventions, sample_states
+    from lsl_core.interventions import generate_with_interventions, plan_interventions
     from lsl_core.model.loading import default_checkpoint, load_checkpoint
 
     model = load_checkpoint(default_checkpoint(), device="cpu")
@@ -41,7 +41,7 @@ def main() -> None:
     n = args.new_tokens
 
     t = time.perf_counter()
-    prompt, _, states = sample_states(model, sample)
+    prompt, _, states = model.prompts_and_states(sample)
     t_states = time.perf_counter() - t
     t = time.perf_counter()
     plans = {c: plan_interventions(c, states, prompt) for c in args.conditions}
