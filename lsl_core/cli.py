@@ -13,8 +13,8 @@ import sys
 # subcommand -> module that registers it
 _COMMANDS = {
     "synth": "lsl_core.data.synth",
-    "analyze": "lsl_core.analysis_cli",
-    "evaluate": "lsl_core.evaluate",
+    "analyze": "lsl_core.experiments.analyze",
+    "evaluate": "lsl_core.experiments.evaluate",
     "voicebench": "lsl_core.experiments.voicebench_run",
     "train": "lsl_core.experiments.train",
     "info": "lsl_core.cli_info",

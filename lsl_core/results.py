@@ -7,7 +7,7 @@ The files are written by the CLIs (nothing here computes a score or a metric):
                                 agreement)
   <name>_summary.parquet        python -m lsl_core evaluate   one row per checkpoint x voice (+ "seen", "all")
                                 (text/speech scores, gap_containment, gap_f1, agreement)
-  <name>_interventions.parquet  python -m lsl_core evaluate --intervention ...   (intervention_eval rows)
+  <name>_interventions.parquet  python -m lsl_core evaluate --intervention ...   (experiments.table1 rows)
   *.parquet with aps_cos        python -m lsl_core analyze    per-sample alignment metrics per checkpoint
 
 Missing folders, missing files and unreadable files never raise: the Results say what is missing

@@ -199,7 +199,7 @@ def _cases(res, sel, ck: str) -> None:
 def _interventions(res, sel) -> None:
     st.header("Interventions (speech input)")
     try:
-        from lsl_core.intervention_eval import TABLE1_INTERVENTIONS, table1
+        from lsl_core.experiments.table1 import TABLE1_INTERVENTIONS, table1
     except ImportError as exc:
         st.warning(f"The intervention benchmark is not available in this checkout ({exc}).")
         return

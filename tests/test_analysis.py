@@ -87,7 +87,7 @@ def test_analyze_set_skips_bad_audio_with_a_note(tiny_model, tmp_path):
 def test_shards_partition_the_samples():
     from argparse import Namespace
 
-    from lsl_core.analysis_cli import shard_of
+    from lsl_core.experiments.analyze import shard_of
 
     ids = list(range(11))
     parts = [ids[i::3] for i in range(3)]

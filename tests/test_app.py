@@ -91,8 +91,8 @@ def _sample_folder(folder: Path) -> list[str]:
 
 
 def _results(folder: Path, ids: list[str], model_dir: Path, set_spec: str) -> dict:
-    """Per-sample evaluation rows (as lsl_core.evaluate writes them) -> real summarize(); + interventions."""
-    from lsl_core.evaluate import summarize
+    """Per-sample evaluation rows (as lsl_core.experiments.evaluate writes them) -> real summarize(); + interventions."""
+    from lsl_core.experiments.evaluate import summarize
 
     folder.mkdir(parents=True, exist_ok=True)
     right = {"tiny-untrained": 0, "tiny-step10": 2, "tiny-step20": 4, "tiny-step30": 6}  # speech-right samples
@@ -112,7 +112,7 @@ def _results(folder: Path, ids: list[str], model_dir: Path, set_spec: str) -> di
     summarize(samples).to_parquet(folder / "checkpoints_summary.parquet", index=False)
 
     from lsl_core.data.sets import load_sample_set
-    from lsl_core.intervention_eval import evaluate_interventions
+    from lsl_core.experiments.table1 import evaluate_interventions
     from lsl_core.model.loading import load_checkpoint
 
     model = load_checkpoint(model_dir, device="cpu")

@@ -1,6 +1,6 @@
 """Evaluation on tiny random models: batched generation equals one-at-a-time generation, per-sample
 scores and the per-voice GAP summary match hand computations, and the CLI writes the results
-(parquet, JSON, markdown) for a zoo, delegating --intervention to intervention_eval."""
+(parquet, JSON, markdown) for a zoo, delegating --intervention to experiments.table1."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from conftest import tone
 
 from lsl_core.data.samples import Sample
 from lsl_core.data.sets import SampleSet
-from lsl_core.evaluate import EvalOptions, evaluate_checkpoint, markdown_tables, select_samples, summarize
+from lsl_core.experiments.evaluate import EvalOptions, evaluate_checkpoint, markdown_tables, select_samples, summarize
 from lsl_core.model import batch as B
 from lsl_core.scoring import answer_agreement, score_sdqa
 
@@ -137,7 +137,7 @@ def test_summary_gap_by_hand():
 
 
 def test_other_question_baseline_by_hand():
-    from lsl_core.evaluate import add_other_question_baseline
+    from lsl_core.experiments.evaluate import add_other_question_baseline
 
     df = pd.DataFrame({"checkpoint": ["A"] * 3 + ["B"], "question": ["q1", "q1", "q2", "q1"],
                        "text_answer": ["paris is the capital", "paris is the capital", "eight legs", "x"],
@@ -185,7 +185,7 @@ def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path, monkeypatc
         calls.append((model.name, len(list(samples)), list(interventions), max_new_tokens))
         return pd.DataFrame({"sample_id": ["x"], "condition": ["original"], "f1": [0.0]})
 
-    import lsl_core.intervention_eval as ie
+    import lsl_core.experiments.table1 as ie
 
     monkeypatch.setattr(ie, "evaluate_interventions", fake_interventions)
     out, md = tmp_path / "results", tmp_path / "docs" / "checkpoints.md"

@@ -15,7 +15,7 @@ from torch import nn
 
 from lsl_core.data.samples import Sample
 from lsl_core.errors import LSLError
-from lsl_core.intervention_eval import TABLE1_INTERVENTIONS, evaluate_interventions, table1, table1_markdown
+from lsl_core.experiments.table1 import TABLE1_INTERVENTIONS, evaluate_interventions, table1, table1_markdown
 from lsl_core.interventions import (OPERATIONS, Intervention, Operation, angle_projection, condition_label,
                                     generate_side_by_side, intervention_hooks, length_normalization, parse_condition,
                                     plan_intervention, plan_interventions, span_statistics, statistical_calibration)

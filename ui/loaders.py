@@ -218,8 +218,8 @@ def checkpoint_sweep(manifest_roots: tuple[str, ...], set_key: str, ids: tuple[s
 @st.cache_data(show_spinner=False, max_entries=8)
 def intervention_rows(model_key: str, set_key: str, ids: tuple[str, ...], conditions: tuple[str, ...],
                       max_new_tokens: int, _model, _samples: Sequence) -> pd.DataFrame:
-    """intervention_eval.evaluate_interventions over the samples, with a progress bar."""
-    from lsl_core.intervention_eval import evaluate_interventions
+    """experiments.table1.evaluate_interventions over the samples, with a progress bar."""
+    from lsl_core.experiments.table1 import evaluate_interventions
 
     bar = st.progress(0.0, text=f"Generating answers for {len(ids)} samples × {len(conditions) + 1} conditions …")
     gen = _locked(_samples, _model.lock)

@@ -370,15 +370,15 @@ def main(args: argparse.Namespace) -> int:
 def _interventions(model, samples, specs: list[str], max_new_tokens: int) -> pd.DataFrame:
     """Delegate to lsl_core.intervention_eval (when built): speech answers under each intervention."""
     try:
-        from lsl_core.intervention_eval import evaluate_interventions
+        from lsl_core.experiments.table1 import evaluate_interventions
     except ModuleNotFoundError as exc:
-        if exc.name != "lsl_core.intervention_eval":
+        if exc.name != "lsl_core.experiments.table1":
             raise
         raise LSLError("--intervention needs lsl_core.intervention_eval, which is not in this checkout.") from None
     out = evaluate_interventions(model, samples, specs, max_new_tokens)
     out.insert(0, "checkpoint", model.name)
     try:
-        from lsl_core.intervention_eval import table1, table1_markdown
+        from lsl_core.experiments.table1 import table1, table1_markdown
 
         print(f"interventions, {model.name}:\n" + table1_markdown(table1(out)), flush=True)
     except (ImportError, KeyError, ValueError):
