@@ -174,35 +174,31 @@ def _manifest_set(root):
     return root
 
 
-def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path, monkeypatch):
+def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path):
     from lsl_core.cli import main
+    from lsl_core.experiments.report import code_version, read_header
 
     zoo = _tiny_zoo(tiny_parts, tmp_path / "zoo")
     sset = _manifest_set(tmp_path / "set")
-    calls = []
-
-    def fake_interventions(model, samples, interventions, max_new_tokens):
-        calls.append((model.name, len(list(samples)), list(interventions), max_new_tokens))
-        return pd.DataFrame({"sample_id": ["x"], "condition": ["original"], "f1": [0.0]})
-
-    import lsl_core.experiments.table1 as ie
-
-    monkeypatch.setattr(ie, "evaluate_interventions", fake_interventions)
     out, md = tmp_path / "results", tmp_path / "docs" / "checkpoints.md"
-    rc = main(["evaluate", "--zoo", str(zoo), "--samples", f"manifest:{sset}", "--n-questions", "2",
-               "--max-new-tokens", "5", "--batch-size", "3", "--out", str(out), "--markdown", str(md),
-               "--intervention", "angle:bottom3", "--device", "cpu"])
-    assert rc == 0
+    argv = ["evaluate", "--zoo", str(zoo), "--samples", f"manifest:{sset}", "--n-questions", "2",
+            "--max-new-tokens", "5", "--batch-size", "3", "--out", str(out), "--markdown", str(md),
+            "--intervention", "angle:bottom3", "--device", "cpu"]
+    assert main(argv) == 0
     df = pd.read_parquet(out / "checkpoints_samples.parquet")
     assert len(df) == 2 * 6 and set(df["checkpoint"]) == {"none-step5", "none-step10"}
     summ = pd.read_parquet(out / "checkpoints_summary.parquet")
     assert set(summ["voice"]) == {*VOICES, "seen", "all"}
     meta = json.loads((out / "checkpoints_summary.json").read_text())["meta"]
     assert meta["unseen_voice"] == "en-gb-scotland" and "PEDANT" in meta["pedant"] and meta["n_questions"] == 2
+    assert meta["command"] == "python -m lsl_core " + " ".join(argv) and meta["code_version"] == code_version()
     text = md.read_text()
-    assert "none-step5" in text and "en-gb-scotland (unseen)" in text and "do not edit by hand" in text
-    assert [c[0] for c in calls] == ["none-step5", "none-step10"] and calls[0][1:] == (6, ["angle:bottom3"], 5)
-    assert len(pd.read_parquet(out / "checkpoints_interventions.parquet")) == 2
+    head = read_header(text)
+    assert head["command"] == meta["command"] and head["version"] == meta["code_version"] and head["source"] is None
+    assert "none-step5" in text and "en-gb-scotland (unseen)" in text and "the 2 voices other than en-gb-scotland" in text
+    iv = pd.read_parquet(out / "checkpoints_interventions.parquet")  # the real table1 rows, one checkpoint column
+    assert len(iv) == 2 * 6 * 2 and set(iv["condition"]) == {"original", "angle:bottom3"}
+    assert iv.groupby("checkpoint").size().to_dict() == {"none-step5": 12, "none-step10": 12}
     # the speech answers differ between the two random adaptors while text answers (same LLM) agree
     a, b = (df[df["checkpoint"] == n].reset_index() for n in ("none-step5", "none-step10"))
     assert (a["text_answer"] == b["text_answer"]).all()

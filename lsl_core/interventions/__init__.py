@@ -23,14 +23,14 @@ from lsl_core.interventions.config import (GRAMMAR, PATH_METRICS, TARGETS, Condi
                                            Target, condition_label, condition_title, parse_condition)
 from lsl_core.interventions.hooks import generate_conditions, generate_with_interventions, intervention_hooks
 from lsl_core.interventions.ops import (OPERATIONS, OPS, SIGMA_EPS, Operation, angle_projection, length_normalization,
-                                        span_statistics, statistical_calibration)
+                                        operation, ops_help, span_statistics, statistical_calibration)
 from lsl_core.interventions.plan import EditPlan, plan_intervention, plan_interventions
 from lsl_core.interventions.side_by_side import ConditionAnswer, SideBySide, generate_side_by_side, sample_states
 
 __all__ = [
     "GRAMMAR", "PATH_METRICS", "TARGETS", "OPS", "OPERATIONS", "SIGMA_EPS", "Op", "Target", "PathMetric",
     "Intervention", "Condition", "parse_condition", "condition_label", "condition_title",
-    "Operation", "angle_projection", "length_normalization", "statistical_calibration", "span_statistics",
+    "Operation", "operation", "ops_help", "angle_projection", "length_normalization", "statistical_calibration", "span_statistics",
     "EditPlan", "plan_intervention", "plan_interventions",
     "intervention_hooks", "generate_with_interventions", "generate_conditions",
     "ConditionAnswer", "SideBySide", "generate_side_by_side", "sample_states",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -74,6 +74,17 @@ class HiddenStates:
     def num_layers(self) -> int:
         """L (number of decoder layers); the tensors hold L+1 entries."""
         return self.speech.shape[0] - 1
+
+
+def locked_items(items: Iterable, lock) -> Iterator:
+    """Yield items while holding `lock` (e.g. LSLM.lock) until the consumer asks for the next one.
+
+    A long loop over samples takes the model lock per item, so other sessions interleave between items;
+    closing the generator releases the lock.
+    """
+    for it in items:
+        with lock:
+            yield it
 
 
 class LSLM:
