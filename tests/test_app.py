@@ -23,10 +23,10 @@ import soundfile as sf
 import torch
 from safetensors.torch import save_file
 
+from ui.nav import PAGES
+
 APP = Path(__file__).resolve().parents[1] / "app.py"
-EXPLORER, INTERVENTIONS, CHECKPOINTS, CKA, BENCHMARK = (
-    "pages/1_Sample_Explorer.py", "pages/2_Interventions.py", "pages/3_Checkpoints.py",
-    "pages/4_Cross_Layer_CKA.py", "pages/5_Benchmark.py")
+EXPLORER, INTERVENTIONS, CHECKPOINTS, CKA, BENCHMARK = (p.path for p in PAGES)
 QUESTIONS = ["what is the capital of france ?", "who wrote hamlet ?", "when did world war two end ?",
              "how many legs does a spider have ?"]
 ACCENTS = ["usa", "gbr"]
@@ -673,7 +673,7 @@ def test_good_upload_is_analyzed(world):
 
 # ============================================================================ device access
 def test_locked_iteration_releases_between_items_and_on_close():
-    from ui.loaders import _locked
+    from lsl_core.model.lslm import locked_items
 
     lock = threading.RLock()
     seen = []
@@ -685,7 +685,7 @@ def test_locked_iteration_releases_between_items_and_on_close():
         t.join()
         return out[0]
 
-    gen = _locked(range(3), lock)
+    gen = locked_items(range(3), lock)
     for item in gen:
         seen.append((item, other_thread_can_lock()))  # held while the item is processed
         if item == 1:

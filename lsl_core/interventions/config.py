@@ -19,12 +19,13 @@ from typing import Literal, Sequence, Union
 
 from lsl_core.errors import LSLError
 from lsl_core.interventions.ops import OPERATIONS
+from lsl_core.metrics.tokenwise import METRICS
 
 Op = str  # a name in ops.OPERATIONS ('angle', 'length', 'calibrate', ...)
 Target = Literal["bottom", "all", "frames", "span"]
 PathMetric = Literal["cosine", "distance"]
 TARGETS: tuple[str, ...] = ("bottom", "all", "frames", "span")
-PATH_METRICS: tuple[str, ...] = ("cosine", "distance")
+PATH_METRICS: tuple[str, ...] = METRICS  # the alignment path metrics of metrics.tokenwise
 GRAMMAR = ("op:target[@layer][:metric], e.g. angle:bottom3@0, angle:all, length:bottom5@4:distance, "
            "calibrate:frames=1,2,3")
 
@@ -52,7 +53,7 @@ class Intervention:
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
             raise LSLError(f"Intervention.layer must be a non-negative integer (0 = LLM input), got {self.layer!r}.")
         if self.metric not in PATH_METRICS:
-            raise LSLError(f"Intervention.metric must be 'cosine' or 'distance', got {self.metric!r}.")
+            raise LSLError(f"Intervention.metric must be one of {PATH_METRICS}, got {self.metric!r}.")
         frames = tuple(self.frames)
         if any(isinstance(f, bool) or not isinstance(f, int) or f < 0 for f in frames):
             raise LSLError(f"Intervention.frames must be non-negative integer frame indices, got {self.frames!r}.")
@@ -82,7 +83,7 @@ class Intervention:
                 layer = _parse_int(layer_s, "layer", spec)
             metric = metric_part
             if metric not in PATH_METRICS:
-                raise LSLError(f"Intervention {spec!r}: metric must be 'cosine' or 'distance', got {metric!r}.")
+                raise LSLError(f"Intervention {spec!r}: metric must be one of {PATH_METRICS}, got {metric!r}.")
         if "@" in target_part:
             target_part, layer_s = target_part.split("@", 1)
             layer = _parse_int(layer_s, "layer", spec)
