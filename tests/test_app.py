@@ -119,8 +119,8 @@ def _results(folder: Path, ids: list[str], model_dir: Path, set_spec: str) -> di
     iv = evaluate_interventions(model, list(load_sample_set(set_spec))[:2], ["angle:bottom3", "angle:all"], 4)
     iv.insert(0, "checkpoint", model.name)
     iv.to_parquet(folder / "checkpoints_interventions.parquet", index=False)
-    trsw = {sid for k, sid in enumerate(ids) if k >= right["tiny-step10"]}
-    return {"trsw_step10": trsw}
+    trsw = {ck: {sid for k, sid in enumerate(ids) if k >= n} for ck, n in right.items()}  # text right, speech wrong
+    return {"trsw_step10": trsw["tiny-step10"], "trsw": trsw}
 
 
 @pytest.fixture(scope="module")
@@ -265,12 +265,12 @@ def test_sidebar_search_voice_and_text_right_speech_wrong_filters(world):
     assert at.session_state["sb_sample"] in world["trsw_step10"]
     assert len(_widget(at.sidebar.selectbox, "Sample").options) == len(world["trsw_step10"])
     # a checkpoint without per-sample results: the filter says why it is off
-    _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"]["tiny-step20"])
-    _run(at)
-    assert not _widget(at.sidebar.checkbox, "Only “text right, speech wrong”").disabled  # step20 has results
-    _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"]["tiny-untrained"])
-    _run(at)
-    assert _widget(at.sidebar.selectbox, "Sample").options  # untrained has results too: no crash either way
+    # the filter follows the checkpoint: each one's own "text right, speech wrong" samples
+    for ck in ("tiny-step20", "tiny-untrained"):
+        _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"][ck])
+        _run(at)
+        assert not _widget(at.sidebar.checkbox, "Only “text right, speech wrong”").disabled
+        assert set(_widget(at.sidebar.selectbox, "Sample").options) == world["trsw"][ck], ck
 
 
 # ============================================================================ Sample Explorer

@@ -176,7 +176,7 @@ def _manifest_set(root):
 
 def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path):
     from lsl_core.cli import main
-    from lsl_core.experiments.report import code_version, read_header
+    from lsl_core.experiments.pages import code_version, read_header
 
     zoo = _tiny_zoo(tiny_parts, tmp_path / "zoo")
     sset = _manifest_set(tmp_path / "set")

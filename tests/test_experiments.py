@@ -20,7 +20,7 @@ from conftest import tone
 from lsl_core.cli import COMMANDS, build_parser, main
 from lsl_core.data.samples import Sample
 from lsl_core.errors import LSLError
-from lsl_core.experiments.report import PAGES, code_version, page_header, read_header, skeleton
+from lsl_core.experiments.pages import PAGES, code_version, page_header, read_header, skeleton
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = [("what is the capital of france ?", "paris"), ("who wrote hamlet ?", "shakespeare"),

@@ -29,7 +29,7 @@ import pandas as pd
 
 from lsl_core.analysis import AnalysisOptions, analyze_set
 from lsl_core.errors import LSLError
-from lsl_core.experiments.report import NOT_RECORDED, page_header
+from lsl_core.experiments.pages import NOT_RECORDED, page_header
 from lsl_core.model.lslm import locked_items
 from lsl_core.results import CHECKPOINT_KEYS, checkpoint_means
 
@@ -232,7 +232,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from lsl_core.data.sets import load_sample_set
-    from lsl_core.experiments.report import provenance, write_page
+    from lsl_core.experiments.pages import provenance, write_page
     from lsl_core.model.loading import default_checkpoint, list_zoo, read_manifest
 
     if args.merge is not None:

@@ -29,7 +29,7 @@ import pandas as pd
 from lsl_core.data.audio import audio_digest
 from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
-from lsl_core.experiments.report import NOT_RECORDED, page_header
+from lsl_core.experiments.pages import NOT_RECORDED, page_header
 
 EVAL_VERSION = 2  # bump when answers or scores change meaning: invalidates the on-disk cache
 LOSS_WINDOW = 25  # training curves: the loss is averaged over this many steps up to each eval step
@@ -378,7 +378,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from lsl_core.data.sets import load_sample_set
-    from lsl_core.experiments.report import provenance
+    from lsl_core.experiments.pages import provenance
     from lsl_core.model.loading import list_zoo, load_checkpoint, read_manifest
 
     if args.threads:
@@ -422,7 +422,7 @@ def main(args: argparse.Namespace) -> int:
         ivdf = pd.concat(iv_frames, ignore_index=True)
         ivdf.to_parquet(args.out / f"{args.name}_interventions.parquet", index=False)
     if args.markdown:
-        from lsl_core.experiments.report import write_page
+        from lsl_core.experiments.pages import write_page
 
         write_page(args.markdown, markdown_tables(summary, meta, training_curves(manifests)))
     print(summary[summary["voice"].isin(["seen", opts.unseen_voice])][

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import pandas as pd
 
 from lsl_core.errors import LSLError
-from lsl_core.experiments.report import NOT_RECORDED, page_header
+from lsl_core.experiments.pages import NOT_RECORDED, page_header
 from lsl_core.interventions import GRAMMAR, OPS, Condition, condition_label, generate_side_by_side, parse_condition
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -248,7 +248,7 @@ def main(args) -> int:
     import torch
 
     from lsl_core.data.sets import load_sample_set
-    from lsl_core.experiments.report import provenance, write_page
+    from lsl_core.experiments.pages import provenance, write_page
     from lsl_core.model.loading import default_checkpoint, load_checkpoint, read_manifest
 
     meta = provenance(getattr(args, "argv", None))
