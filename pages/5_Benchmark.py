@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from lsl_core import viz
+from lsl_core.experiments.pages import PAGES
 from lsl_core.experiments.table1 import TABLE1_INTERVENTIONS, table1
 from lsl_core.experiments.voicebench_scores import RUN_COMMAND, disagreement_cases
 from lsl_core.results import EVALUATE_COMMAND
@@ -192,17 +193,18 @@ def _interventions(res, sel) -> None:
     if res.interventions is not None:
         iv = res.interventions
         if "checkpoint" in iv.columns:
-            names = list(dict.fromkeys(iv["checkpoint"]))
+            run = iv["results"] + " · " + iv["checkpoint"] if "results" in iv.columns else iv["checkpoint"]
+            names = list(dict.fromkeys(run))  # one entry per results file x checkpoint (runs are not mixed)
             ck = st.selectbox("Checkpoint (stored intervention results)", names, index=state.choice("bm_iv_ck", names),
                               key="bm_iv_ck")
-            iv = iv[iv["checkpoint"] == ck]
+            iv = iv[run == ck]
         with errors.guard("Intervention table"):
             t = table1(iv)
             export.figure(viz.intervention_bars(t, "F1"), "interventions_stored", key="fig_iv_stored")
             export.table(t.reset_index(), "interventions_table1_stored")
     else:
-        st.caption("No stored intervention results (write them with `python -m lsl_core evaluate ... "
-                   "--intervention angle:bottom3 --intervention angle:all`); run them live below.")
+        st.caption(f"No stored intervention results (write them with `{PAGES['interventions'].command}`, or "
+                   "`python -m lsl_core evaluate ... --intervention angle:bottom3`); run them live below.")
     st.subheader("Run on the current model")
     if sel.sample_set is None or sel.upload is not None:
         st.info("Choose a sample set in the sidebar to run the intervention benchmark live.")

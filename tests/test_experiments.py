@@ -190,9 +190,10 @@ def test_table1_command_writes_rows_meta_and_page_and_no_merge_lora_keeps_peft(t
                 *flag]
         assert main(argv) == 0
         meta = json.loads((out / "table1.json").read_text())["meta"]
-        rows = pd.read_parquet(out / "table1_samples.parquet")
+        rows = pd.read_parquet(out / "table1_interventions.parquet")
         assert len(rows) == 2 * 3 and list(dict.fromkeys(rows["condition"])) == ["original", "angle:bottom3",
                                                                                    "length:all"]
+        assert set(rows["checkpoint"]) == {"tiny-lora"}
         assert meta["command"] == "python -m lsl_core " + shlex.join(argv)
         pages[tuple(flag)] = md.read_text()
         assert read_header(pages[tuple(flag)])["command"] == meta["command"]

@@ -1,7 +1,7 @@
 """`python -m lsl_core report <page>`: (re)write a results page under docs/results.
 
     checkpoints    re-rendered from evaluate's stored results (<results>/checkpoints_summary.*)
-    interventions  re-rendered from table1's stored rows (<results>/table1_samples.parquet + table1.json)
+    interventions  re-rendered from table1's stored rows (<results>/table1_interventions.parquet + table1.json)
     alignment      re-rendered from analyze's parquet (+ its JSON meta)
     benchmarks     runs benchmarks/bench_*.py (BENCHMARKS) and writes their output
 

@@ -6,7 +6,7 @@ evaluate_interventions(model, samples, interventions) -> DataFrame, one row per 
 table1(df) -> DataFrame, rows Original, Angle·Bottom3, Angle·All, Length·Bottom3, Length·All,
     Calibrate·…, columns containment / F1 / agreement (percent, mean over samples) and their Δ vs Original.
 
-One command writes the per-sample rows (<out>/table1_samples.parquet + table1.json with the command
+One command writes the per-sample rows (<out>/table1_interventions.parquet + table1.json with the command
 and code version) and docs/results/interventions.md (20 samples, 24 new tokens, < 10 min on 2 CPU cores):
 
     python -m lsl_core table1 --n 20 --max-new-tokens 24 --out assets/results --markdown docs/results/interventions.md
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # The seed paper's Table 1 rows (after Original), in order: every registered op on Bottom3 and on All.
 TABLE1_INTERVENTIONS: tuple[str, ...] = tuple(f"{op}:{target}" for op in OPS for target in ("bottom3", "all"))
-RESULTS_NAME = "table1"  # <out>/table1_samples.parquet + <out>/table1.json
+RESULTS_NAME = "table1"  # <out>/table1_interventions.parquet (read by results.load_results too) + <out>/table1.json
 ORIGINAL = "original"
 COLUMNS = (
     "sample_id", "accent", "condition", "title", "answer", "containment", "f1", "em", "agreement",
@@ -204,9 +204,9 @@ def markdown_page(df: pd.DataFrame, meta: dict) -> str:
 
 
 def render_stored(folder: str | Path, name: str, render: dict) -> str:
-    """The page from table1's stored rows (<folder>/<name>_samples.parquet + <name>.json): nothing recomputed."""
+    """The page from table1's stored rows (<folder>/<name>_interventions.parquet + <name>.json): nothing recomputed."""
     folder = Path(folder)
-    rows, meta_file = folder / f"{name}_samples.parquet", folder / f"{name}.json"
+    rows, meta_file = folder / f"{name}_interventions.parquet", folder / f"{name}.json"
     if not (rows.is_file() and meta_file.is_file()):
         raise LSLError(f"No stored Table 1 results {rows.name} + {meta_file.name} in {folder}; write them with "
                        f"`python -m lsl_core table1 --out {folder}`.")
@@ -233,7 +233,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the shipped page used 2)")
     p.add_argument("--out", type=Path, default=None,
-                   help=f"folder for the per-sample rows ({RESULTS_NAME}_samples.parquet) and {RESULTS_NAME}.json")
+                   help=f"folder for the per-sample rows ({RESULTS_NAME}_interventions.parquet) and {RESULTS_NAME}.json")
     p.add_argument("--markdown", type=Path, default=None, help="write the results page here (default: print it)")
     p.add_argument("--csv", type=Path, default=None, help="also write the per-sample rows as CSV")
     p.add_argument("--no-merge-lora", dest="merge_lora", action="store_false",
@@ -275,7 +275,8 @@ def main(args) -> int:
     md = markdown_page(df, meta)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        df.to_parquet(args.out / f"{RESULTS_NAME}_samples.parquet", index=False)
+        df.insert(0, "checkpoint", manifest.name)  # the same layout as evaluate --intervention writes
+        df.to_parquet(args.out / f"{RESULTS_NAME}_interventions.parquet", index=False)
         (args.out / f"{RESULTS_NAME}.json").write_text(json.dumps({"meta": meta}, indent=1) + "\n")
     if args.csv:
         df.to_csv(args.csv, index=False)
