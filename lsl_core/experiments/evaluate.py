@@ -293,14 +293,16 @@ def training_curves(manifests) -> list[dict]:
     The loss is the mean over the LOSS_WINDOW train steps up to the eval step; the monitor's settings
     (held-out questions, autocast) come from train_config.json beside the log when it is there.
     """
+    from lsl_core.experiments.train.checkpoints import CONFIG_NAME, LOG_NAME
+
     out = []
-    logs = dict.fromkeys(Path(m.root).parent / "train_log.jsonl" for m in manifests)
+    logs = dict.fromkeys(Path(m.root).parent / LOG_NAME for m in manifests)
     for log in logs:
         if not log.is_file():
             continue
         config = {}
-        if (log.parent / "train_config.json").is_file():
-            config = json.loads((log.parent / "train_config.json").read_text())
+        if (log.parent / CONFIG_NAME).is_file():
+            config = json.loads((log.parent / CONFIG_NAME).read_text())
         rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
         losses = {r["step"]: r["loss"] for r in rows if r.get("kind") == "train"}
         for r in rows:
