@@ -270,7 +270,8 @@ def test_sidebar_search_voice_and_text_right_speech_wrong_filters(world):
         _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"][ck])
         _run(at)
         assert not _widget(at.sidebar.checkbox, "Only “text right, speech wrong”").disabled
-        assert set(_widget(at.sidebar.selectbox, "Sample").options) == world["trsw"][ck], ck
+        labels = {f"{QUESTIONS[int(sid[1])]} · {sid.split('_')[1]}" for sid in world["trsw"][ck]}  # q{i}_{accent}
+        assert set(_widget(at.sidebar.selectbox, "Sample").options) == labels, ck
 
 
 # ============================================================================ Sample Explorer
