@@ -11,7 +11,7 @@ and each shard writes its own file; `--merge` concatenates them (and combines th
     python -m lsl_core analyze --checkpoint assets/checkpoints/... --samples sd-qa-mini --out results/a.parquet
     torchrun --nproc-per-node 8 -m lsl_core analyze --zoo ckpts/ --samples voicebench:/data/sd-qa --out r.parquet
     python -m lsl_core analyze --merge r.parquet
-    python -m lsl_core analyze --zoo assets/checkpoints --samples sd-qa-mini --limit 100 \
+    python -m lsl_core analyze --zoo assets/checkpoints --samples sd-qa-mini --limit 100 \\
         --out assets/results/analysis.parquet --markdown docs/results/alignment.md
 """
 

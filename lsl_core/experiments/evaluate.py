@@ -1,6 +1,6 @@
 """Benchmark checkpoints on a sample set: sd-qa score on text and on speech input, GAP, agreement, per voice.
 
-    python -m lsl_core evaluate --zoo assets/checkpoints --samples sd-qa-mini --n-questions 20 \
+    python -m lsl_core evaluate --zoo assets/checkpoints --samples sd-qa-mini --n-questions 20 \\
         --max-new-tokens 24 --batch-size 25 --out assets/results --markdown docs/results/checkpoints.md
     python -m lsl_core evaluate --checkpoint <manifest> --samples sd-qa-mini --intervention angle:bottom3
 
