@@ -7,17 +7,13 @@ lsl_core for results and lsl_core.viz for figures. Settings: ui/config.py (LSL_*
 
 import streamlit as st
 
-from ui import home, links, sidebar
+from ui import home, links, nav, sidebar
 
 st.set_page_config(page_title="Modality Gap Explorer", page_icon=":material/record_voice_over:", layout="wide")
 
 PAGES = [
     st.Page(home.render, title="Home", icon=":material/home:", default=True),
-    st.Page("pages/1_Sample_Explorer.py", title="Sample Explorer", icon=":material/grid_on:"),
-    st.Page("pages/2_Interventions.py", title="Interventions", icon=":material/tune:"),
-    st.Page("pages/3_Checkpoints.py", title="Checkpoints", icon=":material/show_chart:"),
-    st.Page("pages/4_Cross_Layer_CKA.py", title="Cross-layer CKA", icon=":material/apps:"),
-    st.Page("pages/5_Benchmark.py", title="Benchmark", icon=":material/leaderboard:"),
+    *(st.Page(p.path, title=p.title, icon=p.icon) for p in nav.PAGES),
 ]
 
 page = st.navigation(PAGES)

@@ -16,10 +16,11 @@ from typing import Callable, Iterable, Literal
 import numpy as np
 import torch
 
+from lsl_core.data.audio import audio_digest
 from lsl_core.errors import MetricInputError
-from lsl_core.metrics.cka import MinibatchCKA, cross_layer_cka, pooled_cross_layer_cka
+from lsl_core.metrics.cka import MIN_PAIRS, MinibatchCKA, cross_layer_cka, pooled_cross_layer_cka
 from lsl_core.metrics.sequence import layer_average, mean_pool, sequence_cosine, sequence_distance
-from lsl_core.metrics.tokenwise import TokenwiseResult, tokenwise_metrics
+from lsl_core.metrics.tokenwise import METRICS, TokenwiseResult, tokenwise_metrics
 
 ANALYSIS_VERSION = 1  # bump when a metric's definition changes: invalidates disk caches
 
@@ -31,7 +32,7 @@ class AnalysisOptions:
     cka_path_layer: int = -1  # layer whose path aligns frames to tokens for CKA; -1 -> middle layer L//2
 
     def __post_init__(self) -> None:
-        if self.cka_path not in ("cosine", "distance"):
+        if self.cka_path not in METRICS:
             raise ValueError(f"AnalysisOptions.cka_path must be 'cosine' or 'distance', got {self.cka_path!r}")
         if self.cka_path_layer < -1:
             raise ValueError(f"AnalysisOptions.cka_path_layer must be >= -1, got {self.cka_path_layer}")
@@ -127,7 +128,7 @@ def sample_key(model, sample, options: AnalysisOptions) -> str:
     for part in (str(ANALYSIS_VERSION), model.digest, sample.id, sample.question, str(sample.sr), options.key()):
         h.update(part.encode())
         h.update(b"\0")
-    h.update(np.ascontiguousarray(sample.audio, dtype=np.float32).tobytes())
+    h.update(audio_digest(sample.audio).encode())
     return h.hexdigest()[:24]
 
 
@@ -261,12 +262,13 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
         if progress:
             progress(i + 1, total, s.id)
     pooled = None
-    if len(buf_s) >= 4:
+    if len(buf_s) >= MIN_PAIRS:
         mb.update(torch.from_numpy(np.stack(buf_s, 1)), torch.from_numpy(np.stack(buf_t, 1)))
     elif buf_s and mb.n_batches == 0:
-        errors.append(f"pooled CKA needs at least 4 samples, got {len(buf_s)}")
+        errors.append(f"pooled CKA needs at least {MIN_PAIRS} samples, got {len(buf_s)}")
     elif buf_s:
-        errors.append(f"pooled CKA: the last {len(buf_s)} sample(s) form a batch under 4 and are left out of it")
+        errors.append(f"pooled CKA: the last {len(buf_s)} sample(s) form a batch under {MIN_PAIRS} and are left out "
+                      "of it")
     if mb.n_batches:
         pooled = mb.compute().numpy()
     if n == 0:

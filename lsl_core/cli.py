@@ -1,7 +1,18 @@
-"""`python -m lsl_core {synth,analyze,evaluate,voicebench,train,bench,info,families}`: one entry point, one subcommand per module.
+"""`python -m lsl_core <command>`: one entry point, one subcommand per module, one error path.
 
-Each subcommand module exposes `register(subparsers)` adding its parser with `set_defaults(func=...)`.
-User errors (LSLError) print one line and exit 2, without a traceback.
+    synth     espeak-ng sample sets (lsl_core.data.synth)
+    analyze   alignment metrics of checkpoint(s) over a sample set; shards + --merge (experiments.analyze)
+    evaluate  text vs speech scores, GAP and agreement per voice (experiments.evaluate)
+    table1    Table 1: speech answers under each intervention (experiments.table1)
+    report    (re)write a results page under docs/results (experiments.report)
+    voicebench  speech vs text scores on VoiceBench subsets (experiments.voicebench_run)
+    train     adaptor (+ LoRA / full) training curriculum (experiments.train)
+    info      device, cache, shipped checkpoints and sample sets (lsl_core.cli_info)
+    families  the public model families and their capabilities (model.families.cli)
+
+Each command module exposes `register(subparsers)` adding its parser with `set_defaults(func=...)`;
+`func(args)` gets `args.argv` (the command line, for results headers). A user error (LSLError)
+prints one line `error: ...` and exits 2, without a traceback; anything else is a bug and raises.
 """
 
 from __future__ import annotations
@@ -10,11 +21,13 @@ import argparse
 import importlib
 import sys
 
-# subcommand -> module that registers it
-_COMMANDS = {
+# command -> module that registers it (the one list of commands)
+COMMANDS = {
     "synth": "lsl_core.data.synth",
-    "analyze": "lsl_core.analysis_cli",
-    "evaluate": "lsl_core.evaluate",
+    "analyze": "lsl_core.experiments.analyze",
+    "evaluate": "lsl_core.experiments.evaluate",
+    "table1": "lsl_core.experiments.table1",
+    "report": "lsl_core.experiments.report",
     "voicebench": "lsl_core.experiments.voicebench_run",
     "train": "lsl_core.experiments.train",
     "info": "lsl_core.cli_info",
@@ -24,22 +37,18 @@ _COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lsl_core", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, module in _COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue  # not built yet in this checkout
-        mod.register(sub)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for module in COMMANDS.values():
+        importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from lsl_core.errors import LSLError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except LSLError as exc:

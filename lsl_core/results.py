@@ -7,7 +7,8 @@ The files are written by the CLIs (nothing here computes a score or a metric):
                                 agreement)
   <name>_summary.parquet        python -m lsl_core evaluate   one row per checkpoint x voice (+ "seen", "all")
                                 (text/speech scores, gap_containment, gap_f1, agreement)
-  <name>_interventions.parquet  python -m lsl_core evaluate --intervention ...   (intervention_eval rows)
+  <name>_interventions.parquet  python -m lsl_core evaluate --intervention ... or python -m lsl_core table1 --out
+                                (experiments.table1 rows, one per sample x condition, with a checkpoint column)
   *.parquet with aps_cos        python -m lsl_core analyze    per-sample alignment metrics per checkpoint
 
 Missing folders, missing files and unreadable files never raise: the Results say what is missing
@@ -22,10 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-EVALUATE_COMMAND = ("python -m lsl_core evaluate --zoo assets/checkpoints --samples sd-qa-mini "
-                    "--out assets/results")
-ANALYZE_COMMAND = ("python -m lsl_core analyze --zoo assets/checkpoints --samples sd-qa-mini "
-                   "--out assets/results/analysis.parquet")
+from lsl_core.experiments.pages import PAGES
+
+EVALUATE_COMMAND = PAGES["checkpoints"].command  # the documented commands that write these files
+ANALYZE_COMMAND = PAGES["alignment"].command
 
 
 @dataclass

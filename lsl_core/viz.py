@@ -404,7 +404,7 @@ def scores_by_voice(df: pd.DataFrame, metric: str = "f1", *, voice: str = "voice
     """Text vs speech score per voice (grouped bars, percent) and the GAP per voice (second panel).
 
     df: one row per voice with columns text_<metric>, speech_<metric> and optionally gap_<metric>
-    (fractions 0..1, as lsl_core.evaluate.summarize writes them).
+    (fractions 0..1, as lsl_core.experiments.evaluate.summarize writes them).
     """
     t, s, g = f"text_{metric}", f"speech_{metric}", f"gap_{metric}"
     for c in (voice, t, s):
@@ -435,7 +435,7 @@ def scores_by_voice(df: pd.DataFrame, metric: str = "f1", *, voice: str = "voice
 
 
 def intervention_bars(table: pd.DataFrame, metric: str = "F1", *, title: str | None = None) -> go.Figure:
-    """Table 1 (lsl_core.intervention_eval.table1) as bars: one bar per condition, Original first (percent)."""
+    """Table 1 (lsl_core.experiments.table1.table1) as bars: one bar per condition, Original first (percent)."""
     if metric not in table.columns:
         raise ValueError(f"column {metric!r} not in the table; available: {list(table.columns)}")
     names = [str(i) for i in table.index]

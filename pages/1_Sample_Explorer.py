@@ -4,9 +4,8 @@ the alignment path; sequence-level curves across layers; APS, Spearman and consi
 import streamlit as st
 
 from lsl_core import viz
+from lsl_core.metrics.tokenwise import METRICS
 from ui import context, export, links, state, tables
-
-METRICS = ("cosine", "distance")
 
 
 def main() -> None:

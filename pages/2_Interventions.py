@@ -5,27 +5,15 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.errors import LSLError
+from lsl_core.interventions import OPERATIONS, PATH_METRICS, Intervention, ops_help
 from lsl_core.model.families import capabilities, transcript_source
 from ui import context, errors, export, links, loaders, state, tables
 
-OPS = ("angle", "length", "calibrate")
-OP_HELP = ("angle: s′ = ‖s‖·t/‖t‖ (direction of the text state)  \n"
-           "length: s′ = s·‖t‖/‖s‖ (norm of the text state)  \n"
-           "calibrate: s′ = (s − μₛ)/σₛ·σₜ + μₜ (per-dimension statistics of the spans)")
+OPS = tuple(OPERATIONS)  # the registry's ops, in its order
 TARGETS = ("Bottom-k", "All")
-PATH_METRICS = ("cosine", "distance")
 
 
-def _intervention_module():
-    try:
-        from lsl_core import interventions
-    except ImportError as exc:  # built by another issue; the page says so instead of failing
-        st.warning(f"Interventions are not available in this checkout ({exc}).")
-        return None
-    return interventions
-
-
-def _seed_from_link(iv_mod, L: int, here: str) -> None:
+def _seed_from_link(L: int, here: str) -> None:
     """A link with ?iv=angle:bottom3@0 sets the controls and runs that intervention (once per session)."""
     if not links.seed_once("iv"):
         return
@@ -33,7 +21,7 @@ def _seed_from_link(iv_mod, L: int, here: str) -> None:
     if not raw:
         return
     try:
-        iv = iv_mod.Intervention.parse(raw)
+        iv = Intervention.parse(raw)
     except LSLError:
         return
     if iv.target not in ("bottom", "all") or iv.layer >= L:
@@ -52,22 +40,21 @@ def _apply(label: str, here: str) -> None:
 
 def main() -> None:
     st.title("Interventions")
-    iv_mod = _intervention_module()
     sel = context.selection()
-    view = context.sample_view(sel) if iv_mod is not None else None
+    view = context.sample_view(sel)
     if view is None:
         return
     sample, handle, slot, a = view
     L, Tt = a.num_layers, len(a.tokens)
     here = f"{handle.key}|{context.sample_key(sel, sample)}"  # answers belong to one model + sample
-    _seed_from_link(iv_mod, L, here)
+    _seed_from_link(L, here)
     links.seed("iv_max_new", "tokens", int, lambda v: 4 <= v <= 128)
     links.seed("iv_cascade", "cascade", lambda v: v != "0")
 
     # ---------------------------------------------------------------- controls (user selections)
     keep = "session"  # the controls keep their values across page switches
     c = st.columns([2, 2, 1, 3, 2])
-    op = c[0].radio("Operation", OPS, index=state.choice("iv_op", OPS), key="iv_op", help=OP_HELP,
+    op = c[0].radio("Operation", OPS, index=state.choice("iv_op", OPS), key="iv_op", help=ops_help().replace("\n", "  \n"),
                     persist_state=keep)
     target = c[1].radio("Frames", TARGETS, index=state.choice("iv_target", TARGETS), key="iv_target",
                         persist_state=keep,
@@ -90,7 +77,7 @@ def main() -> None:
                              key="iv_cascade", disabled=not casc_cap, persist_state=keep,
                              help=(f"Transcript by {transcript_source(handle.model)}, answered as typed text."
                                    if casc_cap else f"Not available: {casc_cap.reason}."))
-    iv = iv_mod.Intervention(op=op, target="bottom" if target == "Bottom-k" else "all", k=int(k), layer=int(layer),
+    iv = Intervention(op=op, target="bottom" if target == "Bottom-k" else "all", k=int(k), layer=int(layer),
                              metric=metric)
     c2[2].button("Regenerate", type="primary", on_click=_apply, args=(iv.label(), here), key="iv_run",
                  help="Generate the text, speech, cascade and intervened answers with these settings.")
@@ -116,7 +103,7 @@ def main() -> None:
         st.info("Choose an intervention and press **Regenerate** to see the answers side by side"
                 + (" for this sample." if run else "."))
 
-    shown = iv_mod.Intervention.parse(applied) if applied else iv
+    shown = Intervention.parse(applied) if applied else iv
     edited = None
     if result is not None:
         cols = st.columns(len(result["rows"]))

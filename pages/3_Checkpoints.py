@@ -6,10 +6,9 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.metrics.gap import gap_r2_table
-from lsl_core.results import ANALYZE_COMMAND, EVALUATE_COMMAND, checkpoint_means, gap_table
+from lsl_core.results import ANALYZE_COMMAND, CURVES, EVALUATE_COMMAND, checkpoint_means, gap_table
 from ui import config, context, errors, export, loaders, state
 
-CURVE_METRICS = ("seq_cos", "seq_dist", "spearman_cos", "spearman_dist", "consistency")
 X_METRICS = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist")
 GROUPINGS = {"family · strategy": ("family", "strategy"), "family": ("family",)}
 
@@ -124,7 +123,7 @@ def main() -> None:
         st.caption(f"Source: {source}.")
         traj_options = list(dict.fromkeys(means["trajectory"]))
         c1, c2 = st.columns(2)
-        metric = c1.selectbox("Per-layer metric", CURVE_METRICS, index=state.choice("ck_metric", CURVE_METRICS),
+        metric = c1.selectbox("Per-layer metric", CURVES, index=state.choice("ck_metric", CURVES),
                               key="ck_metric",
                               format_func=lambda k: viz.LAYER_METRICS[k][0])
         traj = c2.selectbox("Trajectory", traj_options, index=state.choice("ck_curve_traj", traj_options),
@@ -137,7 +136,7 @@ def main() -> None:
             export.figure(viz.trend_curves(means, "spearman_cos_mean"), "spearman_vs_step", key="fig_spearman")
         with cols[1]:
             export.figure(viz.trend_curves(means, "consistency_mean"), "consistency_vs_step", key="fig_consistency")
-        export.table(means.drop(columns=[c for c in CURVE_METRICS if c in means.columns]), "alignment_per_checkpoint")
+        export.table(means.drop(columns=[c for c in CURVES if c in means.columns]), "alignment_per_checkpoint")
 
         # ------------------------------------------------------------ GAP vs alignment
         st.header("GAP vs alignment")
@@ -161,7 +160,7 @@ def main() -> None:
         st.markdown("**R² of GAP ≈ slope · x + intercept** (groups with fewer than 3 checkpoints or a constant x "
                     "are not fitted)")
         export.table(fits, "gap_r2")
-        export.table(table.drop(columns=[c for c in CURVE_METRICS if c in table.columns]), "gap_vs_alignment",
+        export.table(table.drop(columns=[c for c in CURVES if c in table.columns]), "gap_vs_alignment",
                      show=False, caption="GAP and alignment per checkpoint")
 
 

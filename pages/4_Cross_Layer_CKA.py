@@ -5,9 +5,11 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.analysis import AnalysisOptions
+from lsl_core.metrics.cka import MIN_PAIRS
+from lsl_core.metrics.tokenwise import METRICS
 from ui import context, errors, export, loaders, state, tables
 
-PATHS = ("cosine", "distance")
+PATHS = METRICS  # the alignment path is chosen by cosine or by distance
 
 
 def _request(ids: tuple, options_key: str) -> None:
@@ -74,7 +76,7 @@ def main() -> None:
                 export.table(tables.matrix_table(res.mean_cka), "cka_mean", show=False)
         with cols[1]:
             if res.pooled_cka is None:
-                st.info("The pooled (unaligned) CKA needs at least 4 samples.")
+                st.info(f"The pooled (unaligned) CKA needs at least {MIN_PAIRS} samples.")
             else:
                 export.figure(viz.cka_heatmap(res.pooled_cka, f"Mean-pooled CKA across {res.n} samples (unaligned)"),
                               "cka_pooled", key="fig_cka_pooled")

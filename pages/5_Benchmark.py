@@ -7,34 +7,26 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from lsl_core import viz
+from lsl_core.experiments.pages import PAGES
+from lsl_core.experiments.table1 import TABLE1_INTERVENTIONS, table1
 from lsl_core.experiments.voicebench_scores import RUN_COMMAND, disagreement_cases
 from lsl_core.results import EVALUATE_COMMAND
-from ui import config, context, errors, export, loaders, state, tables
+from ui import config, context, errors, export, loaders, nav, sidebar, state, tables
 
 CASE_COLUMNS = ["sample_id", "voice", "question", "references", "text_answer", "speech_answer", "outcome",
                 "text_f1", "speech_f1", "agreement"]
 
 
 def _open_in_explorer(checkpoint_root: str | None, sample_id: str) -> None:
-    """Button callback: select the case's model and sample, then go to the explorer."""
-    if checkpoint_root:
-        st.session_state["sb_model"] = checkpoint_root
-    st.session_state["sb_search"] = ""
-    st.session_state["sb_voices"] = []
-    st.session_state["sb_trsw"] = False
-    st.session_state["sb_sample"] = sample_id
+    """Button callback: ask the sidebar to select the case's model and sample, then go to the explorer."""
+    sidebar.select(model_root=checkpoint_root, sample_id=sample_id)
     st.session_state["_goto_explorer"] = True
 
 
 def _open_vb_case(checkpoint_root: str | None, set_spec: str, sample_id: str) -> None:
     """Button callback: select the run's sample set, the case's model and sample, then go to the explorer."""
-    kind, _, path = set_spec.partition(":")
-    if kind in ("voicebench", "folder") and path:
-        st.session_state["sb_source"] = kind
-        st.session_state[f"sb_path_{kind}"] = path
-    elif set_spec == "sd-qa-mini":
-        st.session_state["sb_source"] = "sd-qa-mini"
-    _open_in_explorer(checkpoint_root, sample_id)
+    sidebar.select(model_root=checkpoint_root, sample_id=sample_id, set_spec=set_spec)
+    st.session_state["_goto_explorer"] = True
 
 
 def _run_set_spec(meta: dict) -> str:
@@ -198,25 +190,21 @@ def _cases(res, sel, ck: str) -> None:
 
 def _interventions(res, sel) -> None:
     st.header("Interventions (speech input)")
-    try:
-        from lsl_core.intervention_eval import TABLE1_INTERVENTIONS, table1
-    except ImportError as exc:
-        st.warning(f"The intervention benchmark is not available in this checkout ({exc}).")
-        return
     if res.interventions is not None:
         iv = res.interventions
         if "checkpoint" in iv.columns:
-            names = list(dict.fromkeys(iv["checkpoint"]))
+            run = iv["results"] + " · " + iv["checkpoint"] if "results" in iv.columns else iv["checkpoint"]
+            names = list(dict.fromkeys(run))  # one entry per results file x checkpoint (runs are not mixed)
             ck = st.selectbox("Checkpoint (stored intervention results)", names, index=state.choice("bm_iv_ck", names),
                               key="bm_iv_ck")
-            iv = iv[iv["checkpoint"] == ck]
+            iv = iv[run == ck]
         with errors.guard("Intervention table"):
             t = table1(iv)
             export.figure(viz.intervention_bars(t, "F1"), "interventions_stored", key="fig_iv_stored")
             export.table(t.reset_index(), "interventions_table1_stored")
     else:
-        st.caption("No stored intervention results (write them with `python -m lsl_core evaluate ... "
-                   "--intervention angle:bottom3 --intervention angle:all`); run them live below.")
+        st.caption(f"No stored intervention results (write them with `{PAGES['interventions'].command}`, or "
+                   "`python -m lsl_core evaluate ... --intervention angle:bottom3`); run them live below.")
     st.subheader("Run on the current model")
     if sel.sample_set is None or sel.upload is not None:
         st.info("Choose a sample set in the sidebar to run the intervention benchmark live.")
@@ -255,7 +243,7 @@ def _interventions(res, sel) -> None:
 def main() -> None:
     st.title("Benchmark")
     if st.session_state.pop("_goto_explorer", False):
-        st.switch_page("pages/1_Sample_Explorer.py")
+        st.switch_page(nav.EXPLORER)
     sel = context.selection()
     _voicebench(sel)
     res = loaders.results()

@@ -1,11 +1,9 @@
 """analyze_sample / analyze_set on the tiny model: results equal the metrics on the raw states,
-the disk cache round-trips exactly, sets stream with per-sample rows, sharding partitions samples."""
+the disk cache round-trips exactly, sets stream with per-sample rows (sharding: tests/test_experiments.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import torch
 from conftest import tone
 
 from lsl_core.analysis import AnalysisCache, AnalysisOptions, analyze_sample, analyze_set, sample_key
@@ -82,16 +80,3 @@ def test_analyze_set_skips_bad_audio_with_a_note(tiny_model, tmp_path):
     bad = Sample(id="bad", audio=np.zeros(0, np.float32), sr=16_000, question="who wrote hamlet ?")
     res = analyze_set(tiny_model, [bad, *_samples(4)], cache=AnalysisCache(tmp_path))
     assert res.n == 4 and any(e.startswith("bad:") and "empty" in e for e in res.errors)
-
-
-def test_shards_partition_the_samples():
-    from argparse import Namespace
-
-    from lsl_core.analysis_cli import shard_of
-
-    ids = list(range(11))
-    parts = [ids[i::3] for i in range(3)]
-    assert sorted(sum(parts, [])) == ids
-    assert shard_of(Namespace(shard=None, num_shards=None)) == (0, 1)
-    with pytest.raises(ValueError):
-        shard_of(Namespace(shard=3, num_shards=3))

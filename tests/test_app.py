@@ -23,10 +23,10 @@ import soundfile as sf
 import torch
 from safetensors.torch import save_file
 
+from ui.nav import PAGES
+
 APP = Path(__file__).resolve().parents[1] / "app.py"
-EXPLORER, INTERVENTIONS, CHECKPOINTS, CKA, BENCHMARK = (
-    "pages/1_Sample_Explorer.py", "pages/2_Interventions.py", "pages/3_Checkpoints.py",
-    "pages/4_Cross_Layer_CKA.py", "pages/5_Benchmark.py")
+EXPLORER, INTERVENTIONS, CHECKPOINTS, CKA, BENCHMARK = (p.path for p in PAGES)
 QUESTIONS = ["what is the capital of france ?", "who wrote hamlet ?", "when did world war two end ?",
              "how many legs does a spider have ?"]
 ACCENTS = ["usa", "gbr"]
@@ -91,8 +91,8 @@ def _sample_folder(folder: Path) -> list[str]:
 
 
 def _results(folder: Path, ids: list[str], model_dir: Path, set_spec: str) -> dict:
-    """Per-sample evaluation rows (as lsl_core.evaluate writes them) -> real summarize(); + interventions."""
-    from lsl_core.evaluate import summarize
+    """Per-sample evaluation rows (as lsl_core.experiments.evaluate writes them) -> real summarize(); + interventions."""
+    from lsl_core.experiments.evaluate import summarize
 
     folder.mkdir(parents=True, exist_ok=True)
     right = {"tiny-untrained": 0, "tiny-step10": 2, "tiny-step20": 4, "tiny-step30": 6}  # speech-right samples
@@ -112,15 +112,15 @@ def _results(folder: Path, ids: list[str], model_dir: Path, set_spec: str) -> di
     summarize(samples).to_parquet(folder / "checkpoints_summary.parquet", index=False)
 
     from lsl_core.data.sets import load_sample_set
-    from lsl_core.intervention_eval import evaluate_interventions
+    from lsl_core.experiments.table1 import evaluate_interventions
     from lsl_core.model.loading import load_checkpoint
 
     model = load_checkpoint(model_dir, device="cpu")
     iv = evaluate_interventions(model, list(load_sample_set(set_spec))[:2], ["angle:bottom3", "angle:all"], 4)
     iv.insert(0, "checkpoint", model.name)
     iv.to_parquet(folder / "checkpoints_interventions.parquet", index=False)
-    trsw = {sid for k, sid in enumerate(ids) if k >= right["tiny-step10"]}
-    return {"trsw_step10": trsw}
+    trsw = {ck: {sid for k, sid in enumerate(ids) if k >= n} for ck, n in right.items()}  # text right, speech wrong
+    return {"trsw_step10": trsw["tiny-step10"], "trsw": trsw}
 
 
 @pytest.fixture(scope="module")
@@ -265,12 +265,13 @@ def test_sidebar_search_voice_and_text_right_speech_wrong_filters(world):
     assert at.session_state["sb_sample"] in world["trsw_step10"]
     assert len(_widget(at.sidebar.selectbox, "Sample").options) == len(world["trsw_step10"])
     # a checkpoint without per-sample results: the filter says why it is off
-    _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"]["tiny-step20"])
-    _run(at)
-    assert not _widget(at.sidebar.checkbox, "Only “text right, speech wrong”").disabled  # step20 has results
-    _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"]["tiny-untrained"])
-    _run(at)
-    assert _widget(at.sidebar.selectbox, "Sample").options  # untrained has results too: no crash either way
+    # the filter follows the checkpoint: each one's own "text right, speech wrong" samples
+    for ck in ("tiny-step20", "tiny-untrained"):
+        _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"][ck])
+        _run(at)
+        assert not _widget(at.sidebar.checkbox, "Only “text right, speech wrong”").disabled
+        labels = {f"{QUESTIONS[int(sid[1])]} · {sid.split('_')[1]}" for sid in world["trsw"][ck]}  # q{i}_{accent}
+        assert set(_widget(at.sidebar.selectbox, "Sample").options) == labels, ck
 
 
 # ============================================================================ Sample Explorer
@@ -673,7 +674,7 @@ def test_good_upload_is_analyzed(world):
 
 # ============================================================================ device access
 def test_locked_iteration_releases_between_items_and_on_close():
-    from ui.loaders import _locked
+    from lsl_core.model.lslm import locked_items
 
     lock = threading.RLock()
     seen = []
@@ -685,7 +686,7 @@ def test_locked_iteration_releases_between_items_and_on_close():
         t.join()
         return out[0]
 
-    gen = _locked(range(3), lock)
+    gen = locked_items(range(3), lock)
     for item in gen:
         seen.append((item, other_thread_can_lock()))  # held while the item is processed
         if item == 1:

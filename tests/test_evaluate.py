@@ -1,6 +1,6 @@
 """Evaluation on tiny random models: batched generation equals one-at-a-time generation, per-sample
 scores and the per-voice GAP summary match hand computations, and the CLI writes the results
-(parquet, JSON, markdown) for a zoo, delegating --intervention to intervention_eval."""
+(parquet, JSON, markdown) for a zoo, delegating --intervention to experiments.table1."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from conftest import tone
 
 from lsl_core.data.samples import Sample
 from lsl_core.data.sets import SampleSet
-from lsl_core.evaluate import EvalOptions, evaluate_checkpoint, markdown_tables, select_samples, summarize
+from lsl_core.experiments.evaluate import EvalOptions, evaluate_checkpoint, markdown_tables, select_samples, summarize
 from lsl_core.model import batch as B
 from lsl_core.scoring import answer_agreement, score_sdqa
 
@@ -137,7 +137,7 @@ def test_summary_gap_by_hand():
 
 
 def test_other_question_baseline_by_hand():
-    from lsl_core.evaluate import add_other_question_baseline
+    from lsl_core.experiments.evaluate import add_other_question_baseline
 
     df = pd.DataFrame({"checkpoint": ["A"] * 3 + ["B"], "question": ["q1", "q1", "q2", "q1"],
                        "text_answer": ["paris is the capital", "paris is the capital", "eight legs", "x"],
@@ -174,35 +174,31 @@ def _manifest_set(root):
     return root
 
 
-def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path, monkeypatch):
+def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path):
     from lsl_core.cli import main
+    from lsl_core.experiments.pages import code_version, read_header
 
     zoo = _tiny_zoo(tiny_parts, tmp_path / "zoo")
     sset = _manifest_set(tmp_path / "set")
-    calls = []
-
-    def fake_interventions(model, samples, interventions, max_new_tokens):
-        calls.append((model.name, len(list(samples)), list(interventions), max_new_tokens))
-        return pd.DataFrame({"sample_id": ["x"], "condition": ["original"], "f1": [0.0]})
-
-    import lsl_core.intervention_eval as ie
-
-    monkeypatch.setattr(ie, "evaluate_interventions", fake_interventions)
     out, md = tmp_path / "results", tmp_path / "docs" / "checkpoints.md"
-    rc = main(["evaluate", "--zoo", str(zoo), "--samples", f"manifest:{sset}", "--n-questions", "2",
-               "--max-new-tokens", "5", "--batch-size", "3", "--out", str(out), "--markdown", str(md),
-               "--intervention", "angle:bottom3", "--device", "cpu"])
-    assert rc == 0
+    argv = ["evaluate", "--zoo", str(zoo), "--samples", f"manifest:{sset}", "--n-questions", "2",
+            "--max-new-tokens", "5", "--batch-size", "3", "--out", str(out), "--markdown", str(md),
+            "--intervention", "angle:bottom3", "--device", "cpu"]
+    assert main(argv) == 0
     df = pd.read_parquet(out / "checkpoints_samples.parquet")
     assert len(df) == 2 * 6 and set(df["checkpoint"]) == {"none-step5", "none-step10"}
     summ = pd.read_parquet(out / "checkpoints_summary.parquet")
     assert set(summ["voice"]) == {*VOICES, "seen", "all"}
     meta = json.loads((out / "checkpoints_summary.json").read_text())["meta"]
     assert meta["unseen_voice"] == "en-gb-scotland" and "PEDANT" in meta["pedant"] and meta["n_questions"] == 2
+    assert meta["command"] == "python -m lsl_core " + " ".join(argv) and meta["code_version"] == code_version()
     text = md.read_text()
-    assert "none-step5" in text and "en-gb-scotland (unseen)" in text and "do not edit by hand" in text
-    assert [c[0] for c in calls] == ["none-step5", "none-step10"] and calls[0][1:] == (6, ["angle:bottom3"], 5)
-    assert len(pd.read_parquet(out / "checkpoints_interventions.parquet")) == 2
+    head = read_header(text)
+    assert head["command"] == meta["command"] and head["version"] == meta["code_version"] and head["source"] is None
+    assert "none-step5" in text and "en-gb-scotland (unseen)" in text and "the 2 voices other than en-gb-scotland" in text
+    iv = pd.read_parquet(out / "checkpoints_interventions.parquet")  # the real table1 rows, one checkpoint column
+    assert len(iv) == 2 * 6 * 2 and set(iv["condition"]) == {"original", "angle:bottom3"}
+    assert iv.groupby("checkpoint").size().to_dict() == {"none-step5": 12, "none-step10": 12}
     # the speech answers differ between the two random adaptors while text answers (same LLM) agree
     a, b = (df[df["checkpoint"] == n].reset_index() for n in ("none-step5", "none-step10"))
     assert (a["text_answer"] == b["text_answer"]).all()

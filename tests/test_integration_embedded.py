@@ -55,7 +55,8 @@ def _trajectory(strategy: str):
 
 def test_analyze_cli_on_shipped_checkpoints(tmp_path):
     """`python -m lsl_core analyze` over sd-qa-mini (2 questions x 5 voices) on the earliest and the latest
-    lora checkpoint: results are written, every metric is in range, and alignment grows with training."""
+    lora checkpoint: results are written, every metric is in range, and each row is the metric of the
+    checkpoint and sample it names."""
     lora = _trajectory("lora")
     out = tmp_path / "analysis.parquet"
     cmd = [sys.executable, "-m", "lsl_core", "analyze", "--samples", "sd-qa-mini", "--limit", "10", "--device", "cpu",
@@ -74,15 +75,15 @@ def test_analyze_cli_on_shipped_checkpoints(tmp_path):
         assert len(agg[name]["mean_seq_cos"]) == 31
         cka = np.array(agg[name]["mean_cka"])
         assert cka.shape == (31, 31) and np.all((cka >= -1e-9) & (cka <= 1 + 1e-9))
-    by = df.groupby("checkpoint")[["seq_cos_mean", "aps_cos", "seq_dist_mean"]].mean()
-    # The data say otherwise than the seed papers' expectation, so this documents the measurement
-    # (10 samples, CPU float32) instead of asserting a wish: on this 135M backbone the raw cosine of
-    # mean-pooled states (layers 1..L) FALLS with training (0.720 -> 0.663) while the adaptor's output
-    # norm, and so the distance, grows (140.9 -> 144.9); speech answers agree more with text answers
-    # (see README). The untrained adaptor's near-zero inputs make every prompt look alike to the LLM.
-    measured = {"lora-step0025": (0.720, 0.604, 140.9), "lora-step0400": (0.663, 0.577, 144.9)}
-    for name, (cos, aps, dist) in measured.items():
-        assert by.loc[name, "seq_cos_mean"] == pytest.approx(cos, abs=0.01), by.to_dict()
-        assert by.loc[name, "aps_cos"] == pytest.approx(aps, abs=0.01), by.to_dict()
-        assert by.loc[name, "seq_dist_mean"] == pytest.approx(dist, rel=0.02), by.to_dict()
-    assert by.loc[lora[-1].name, "seq_cos_mean"] < by.loc[lora[0].name, "seq_cos_mean"]
+    # the rows belong to the checkpoint and sample they name: one row recomputed in process, cache off
+    # (the measured means themselves are reported by `analyze --markdown` / docs/results/alignment.md)
+    from lsl_core.analysis import analyze_sample
+    from lsl_core.data.sets import load_sample_set
+    from lsl_core.model.loading import load_checkpoint
+
+    sample = load_sample_set("sd-qa-mini")[9]
+    row = df[(df["checkpoint"] == lora[0].name) & (df["sample_id"] == sample.id)].iloc[0]
+    want = analyze_sample(load_checkpoint(lora[0].root, device="cpu"), sample, cache=False).scalars()
+    for col in ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist", "spearman_cos_mean", "consistency_mean"):
+        assert row[col] == pytest.approx(want[col], rel=1e-6, abs=1e-9), col
+    assert row["Ts"] == want["Ts"] and row["Tt"] == want["Tt"]

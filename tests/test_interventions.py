@@ -15,9 +15,10 @@ from torch import nn
 
 from lsl_core.data.samples import Sample
 from lsl_core.errors import LSLError
-from lsl_core.intervention_eval import TABLE1_INTERVENTIONS, evaluate_interventions, table1, table1_markdown
-from lsl_core.interventions import (Intervention, condition_label, generate_side_by_side, intervention_hooks,
-                                    parse_condition, plan_intervention, plan_interventions, sample_states)
+from lsl_core.experiments.table1 import TABLE1_INTERVENTIONS, evaluate_interventions, table1, table1_markdown
+from lsl_core.interventions import (OPERATIONS, Intervention, Operation, angle_projection, condition_label,
+                                    generate_side_by_side, intervention_hooks, length_normalization, parse_condition,
+                                    plan_intervention, plan_interventions, span_statistics, statistical_calibration)
 from lsl_core.model.lslm import HiddenStates
 
 QUESTION = "what is the capital of france ?"
@@ -91,7 +92,7 @@ def _run_captured(model, prompt, plans, layer: int):
 
 def _check_edit(model, sample, iv: Intervention, atol: float = 1e-6):
     """The edited prefill rows equal the formula; every other position and every decode step is untouched."""
-    speech_prompt, _, states = sample_states(model, sample)
+    speech_prompt, _, states = model.prompts_and_states(sample)
     embeds_before = speech_prompt.inputs_embeds.clone()
     (plan,) = plan_interventions(iv, states, speech_prompt)
     before, after = _run_captured(model, speech_prompt, [plan], iv.layer)
@@ -164,11 +165,68 @@ def test_config_validation():
         Intervention(target="all", frames=(1,))
 
 
+# ============================================================================ the op functions
+def test_angle_projection_by_hand_and_against_the_formula():
+    s = torch.tensor([[3.0, 4.0, 0.0], [1.0, 0.0, 0.0]])  # ‖s‖ = 5, 1
+    t = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 0.0]])  # second target has norm 0: s is kept
+    torch.testing.assert_close(angle_projection(s, t), torch.tensor([[0.0, 0.0, 5.0], [1.0, 0.0, 0.0]]))
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 16, generator=g), torch.randn(5, 16, generator=g)  # [B, n, d], [n, d]
+    want = np.stack([_formula("angle", x, t.double().numpy()) for x in s.double().numpy()])
+    np.testing.assert_allclose(angle_projection(s, t).double().numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_length_normalization_by_hand_and_against_the_formula():
+    s = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]])  # a zero row stays zero
+    t = torch.tensor([[0.0, 10.0, 0.0], [1.0, 1.0, 1.0]])
+    torch.testing.assert_close(length_normalization(s, t), torch.tensor([[6.0, 8.0, 0.0], [0.0, 0.0, 0.0]]))
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(3, 4, 8, generator=g), torch.randn(4, 8, generator=g)
+    want = np.stack([_formula("length", x, t.double().numpy()) for x in s.double().numpy()])
+    np.testing.assert_allclose(length_normalization(s, t).double().numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_statistical_calibration_by_hand_and_against_the_formula():
+    hs = torch.tensor([[0.0, 1.0], [2.0, 1.0]])  # μ_s = (1, 1), σ_s = (1, 0): dimension 1 is constant
+    ht = torch.tensor([[10.0, 5.0], [14.0, 7.0]])  # μ_t = (12, 6), σ_t = (2, 1)
+    stats = span_statistics(hs, ht)
+    torch.testing.assert_close(torch.stack(stats), torch.tensor([[1.0, 1.0], [1.0, 0.0], [12.0, 6.0], [2.0, 1.0]]))
+    got = statistical_calibration(hs, *stats)
+    # dimension 0: (s − 1)/1·2 + 12; dimension 1: s − μ_s = 0, so it maps onto μ_t = 6 (σ_s clamped, no NaN)
+    torch.testing.assert_close(got, torch.tensor([[10.0, 6.0], [14.0, 6.0]]))
+    g = torch.Generator().manual_seed(2)
+    hs, ht, s = torch.randn(7, 8, generator=g), torch.randn(5, 8, generator=g) * 3 + 1, torch.randn(2, 3, 8, generator=g)
+    ref = tuple(x.double().numpy() for x in (hs.mean(0), hs.std(0, unbiased=False), ht.mean(0),
+                                             ht.std(0, unbiased=False)))
+    want = np.stack([_formula("calibrate", x, None, ref) for x in s.double().numpy()])
+    np.testing.assert_allclose(statistical_calibration(s, *span_statistics(hs, ht)).double().numpy(), want,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_registry_lists_each_op_once_with_its_function():
+    assert {n: op.fn for n, op in OPERATIONS.items()} == {
+        "angle": angle_projection, "length": length_normalization, "calibrate": statistical_calibration}
+    assert all(op.name == n and op.formula and op.takes for n, op in OPERATIONS.items())
+
+
+def test_a_new_op_is_one_function_and_one_registry_line(tiny_model, monkeypatch):
+    """Registering an op makes it parse, plan, title and edit through the hooks, with nothing else changed."""
+    monkeypatch.setitem(OPERATIONS, "double", Operation("double", lambda s, t: 2 * s, "targets", "s′ = 2s", "none"))
+    iv = Intervention.parse("double:all")
+    assert iv.title() == "Double·All" and iv.label() == "double:all"
+    speech_prompt, _, states = tiny_model.prompts_and_states(_sample())
+    (plan,) = plan_interventions(iv, states, speech_prompt)
+    before, after = _run_captured(tiny_model, speech_prompt, [plan], 0)
+    torch.testing.assert_close(after[0][0, plan.positions], 2 * before[0][0, plan.positions])
+    with pytest.raises(LSLError, match="op must be one of"):
+        Intervention.parse("triple:all")
+
+
 # ============================================================================ plans
 @pytest.mark.parametrize("metric", ["cosine", "distance"])
 @pytest.mark.parametrize("target", ["bottom", "all"])
 def test_plan_matches_the_hand_reference(tiny_model, metric, target):
-    speech_prompt, _, states = sample_states(tiny_model, _sample())
+    speech_prompt, _, states = tiny_model.prompts_and_states(_sample())
     for layer in (0, 1):
         iv = Intervention("angle", target, 3, layer=layer, metric=metric)
         plan = plan_intervention(iv, states, speech_prompt.span, speech_prompt.inputs_embeds.shape[1])
@@ -201,7 +259,7 @@ def test_frame_shared_by_tokens_moves_towards_their_mean():
 
 
 def test_explicit_frames_and_span_targets(tiny_model):
-    speech_prompt, _, states = sample_states(tiny_model, _sample())
+    speech_prompt, _, states = tiny_model.prompts_and_states(_sample())
     ts = states.speech.shape[1]
     plans = plan_interventions("angle:frames=0,2+calibrate:span", states, speech_prompt)
     assert plans[0].frames == (0, 2) and all(len(js) >= 1 for js in plans[0].frame_tokens)
@@ -226,7 +284,7 @@ def test_all_targets_equal_the_formula(tiny_model, spec):
 
 def test_composition_applies_in_order(tiny_model):
     """calibrate then angle on the same frames = the two formulas chained on the live state."""
-    speech_prompt, _, states = sample_states(tiny_model, _sample())
+    speech_prompt, _, states = tiny_model.prompts_and_states(_sample())
     plans = plan_interventions("calibrate:all+angle:all", states, speech_prompt)
     before, after = _run_captured(tiny_model, speech_prompt, plans, 0)
     pos = plans[1].positions
@@ -276,7 +334,7 @@ def test_batched_conditions_edit_only_their_row(tiny_model):
     """generate_conditions: row b gets exactly condition b's edit; answers equal one-by-one generation."""
     from lsl_core.interventions import generate_conditions, generate_with_interventions
 
-    speech_prompt, _, states = sample_states(tiny_model, _sample())
+    speech_prompt, _, states = tiny_model.prompts_and_states(_sample())
     conds = [(), tuple(plan_interventions("angle:all", states, speech_prompt)),
              tuple(plan_interventions("calibrate:bottom3+length:all@1", states, speech_prompt))]
     answers = generate_conditions(tiny_model, speech_prompt, conds, 5, min_new_tokens=5)
@@ -311,7 +369,7 @@ def _ids(model, prompt, plans=None, **kw):
 
 def test_identity_intervention_reproduces_plain_generation(tiny_model):
     s = _sample()
-    speech_prompt, _, states = sample_states(tiny_model, s)
+    speech_prompt, _, states = tiny_model.prompts_and_states(s)
     plain = _ids(tiny_model, speech_prompt)
     for spec in ("angle:bottom0", "length:bottom0@1", "calibrate:bottom0"):
         plans = plan_interventions(spec, states, speech_prompt)
@@ -328,7 +386,7 @@ def test_identity_intervention_reproduces_plain_generation(tiny_model):
 
 
 def test_hooks_are_removed_after_an_exception(tiny_model):
-    speech_prompt, _, states = sample_states(tiny_model, _sample())
+    speech_prompt, _, states = tiny_model.prompts_and_states(_sample())
     plans = plan_interventions("angle:bottom3+length:all@1", states, speech_prompt)
     layers = tiny_model.decoder_layers()
     foreign = layers[0].register_forward_pre_hook(lambda m, a: None)  # someone else's hook stays
@@ -395,7 +453,7 @@ def test_works_with_lora(tiny_lora_model):
     for spec in ("angle:bottom3", "length:all@1", "calibrate:bottom3@1"):
         _check_edit(tiny_lora_model, _sample(), Intervention.parse(spec))
     s = _sample()
-    speech_prompt, _, states = sample_states(tiny_lora_model, s)
+    speech_prompt, _, states = tiny_lora_model.prompts_and_states(s)
     plain = _ids(tiny_lora_model, speech_prompt)
     same = _ids(tiny_lora_model, speech_prompt, plan_interventions("angle:bottom0", states, speech_prompt))
     assert torch.equal(same.sequences, plain.sequences)
@@ -409,7 +467,7 @@ def test_works_on_cuda_bf16(tiny_parts, tmp_path):
     assert model.dtype == torch.bfloat16
     for spec in ("angle:bottom3", "length:all@1", "calibrate:all"):
         iv = Intervention.parse(spec)
-        speech_prompt, _, states = sample_states(model, _sample())
+        speech_prompt, _, states = model.prompts_and_states(_sample())
         (plan,) = plan_interventions(iv, states, speech_prompt)
         before, after = _run_captured(model, speech_prompt, [plan], iv.layer)
         pos = plan.positions

@@ -145,3 +145,19 @@ def test_layer_average_and_mean_pool_errors():
         layer_average(torch.tensor([1.0, float("nan")]))
     with pytest.raises(MetricInputError, match="T >= 1"):
         mean_pool(torch.ones(2, 0, 3))
+
+
+def test_large_states_with_close_means_are_exact_to_1e6():
+    """States of magnitude ~1e3 whose means differ by ~1 (like real LLM states with a shared offset): the
+    mean-pooled metrics equal the float64 reference to 1e-6 relative (a float32 sum is off by ~1e-4)."""
+    g = torch.Generator().manual_seed(12)
+    d = 576
+    offset = 1e3 * torch.randn(1, 1, d, generator=g)  # [1, 1, d] shared by every frame and token
+    hs = (offset + torch.randn(31, 300, d, generator=g)).float()  # [L+1, Ts, d] float32, |h| ~ 1e3
+    ht = (offset + 1.0 + torch.randn(31, 25, d, generator=g)).float()  # means differ by ~1 per dimension
+    ms, mt = hs.double().mean(1), ht.double().mean(1)  # exact means of the float32 values, [L+1, d]
+    want_dist = torch.linalg.vector_norm(ms - mt, dim=-1)
+    want_cos = (ms * mt).sum(-1) / (ms.norm(dim=-1) * mt.norm(dim=-1))
+    torch.testing.assert_close(sequence_distance(hs, ht).double(), want_dist, rtol=1e-6, atol=0)
+    torch.testing.assert_close(1 - sequence_cosine(hs, ht).double(), 1 - want_cos, rtol=0, atol=1e-6)
+    torch.testing.assert_close(mean_pool(hs).double(), ms, rtol=1e-6, atol=0)

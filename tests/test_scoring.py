@@ -105,9 +105,20 @@ def test_is_refusal(text, refused):
     assert is_refusal(text) is refused
 
 
-def test_pedant_is_off_without_local_models():
-    assert pedant_available() in (True, False)  # never raises, never downloads
-    import importlib.util
+def test_pedant_needs_the_local_classifier_files_and_never_imports_qa_metrics(tmp_path, monkeypatch):
+    """A fake qa_metrics whose import would fail: absent files -> False, both files present -> True,
+    and the package is never imported (its PEDANT constructor downloads pickles)."""
+    import sys
 
-    if importlib.util.find_spec("qa_metrics") is None:
-        assert pedant_available() is False
+    pkg = tmp_path / "qa_metrics"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise RuntimeError('qa_metrics must not be imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "qa_metrics", raising=False)
+    assert pedant_available() is False  # installed, but no classifier files
+    (pkg / "classifier").mkdir()
+    (pkg / "classifier" / "lr_classifier.pkl").write_bytes(b"x")
+    assert pedant_available() is False  # one of the two files only
+    (pkg / "classifier" / "tf-idf_vectorizer.pkl").write_bytes(b"x")
+    assert pedant_available() is True
+    assert "qa_metrics" not in sys.modules

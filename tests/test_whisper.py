@@ -15,9 +15,9 @@ import torch
 
 from lsl_core.errors import AudioError, ModelLoadError
 from lsl_core.model.asr import normalize_transcript
+from lsl_core.model.embedded import embedded_ct2_source
 from lsl_core.model.whisper_ct2 import (
     ct2_to_hf_state_dict,
-    embedded_ct2_source,
     read_ct2_model,
     whisper_config_from_ct2,
 )
@@ -36,7 +36,7 @@ def ct2_vars() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def whisper_dir() -> Path:
     """The converted HF folder in the real cache (converted once, ~3 s; reused afterwards)."""
-    from lsl_core.model.whisper_ct2 import embedded_whisper_dir
+    from lsl_core.model.embedded import embedded_whisper_dir
 
     return embedded_whisper_dir()
 
@@ -169,7 +169,7 @@ def test_hf_mapping_is_strict(ct2_vars):
 
 # ------------------------------------------------------------------ converted folder
 def test_converted_folder_and_cache_reuse(whisper_dir):
-    from lsl_core.model.whisper_ct2 import embedded_whisper_dir
+    from lsl_core.model.embedded import embedded_whisper_dir
 
     for name in ("config.json", "model.safetensors", "generation_config.json", "preprocessor_config.json",
                  "tokenizer.json", "tokenizer_config.json", "SOURCE_DIGEST"):

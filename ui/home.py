@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import context
-
-PAGES = (
-    ("pages/1_Sample_Explorer.py", "Sample Explorer", "audio, transcript and the frames × tokens similarity "
-     "of every layer, with the alignment path; sequence-level curves; APS, Spearman, consistency"),
-    ("pages/2_Interventions.py", "Interventions", "move the least aligned speech frames towards their text "
-     "tokens (angle / length / calibration) and regenerate: text, speech, cascade and intervened answers"),
-    ("pages/3_Checkpoints.py", "Checkpoints", "metrics across training checkpoints; GAP vs alignment with R²"),
-    ("pages/4_Cross_Layer_CKA.py", "Cross-layer CKA", "which speech layer matches which text layer"),
-    ("pages/5_Benchmark.py", "Benchmark", "text vs speech scores per voice, GAP, cases, intervention table"),
-)
+from ui import context, nav
 
 
 def render() -> None:
@@ -25,9 +15,9 @@ def render() -> None:
         "Pick a model and a sample in the sidebar; every page uses them, and the "
         "*Link to this view* in the sidebar reopens the same view."
     )
-    st.page_link("pages/1_Sample_Explorer.py", label="Start: open the Sample Explorer", icon=":material/grid_on:")
-    for path, title, what in PAGES:
-        st.page_link(path, label=f"{title} — {what}")
+    st.page_link(nav.EXPLORER, label="Start: open the Sample Explorer", icon=":material/grid_on:")
+    for p in nav.PAGES:
+        st.page_link(p.path, label=f"{p.title} — {p.what}")
     st.caption("Figures download from their toolbar (camera icon, PNG); tables from the CSV / JSON buttons. "
                "The shipped speech is synthetic (espeak-ng voices stand in for accents).")
     sel = context.selection()

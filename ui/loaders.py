@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from lsl_core.analysis import AnalysisOptions, SampleAnalysis, SetAnalysis, analyze_sample, analyze_set
+from lsl_core.data.audio import audio_digest
 from lsl_core.errors import LSLError
+from lsl_core.model.lslm import locked_items
 from lsl_core.model.loading import CheckpointManifest, list_zoo, read_manifest
 from lsl_core.results import Results, load_results
 from ui import config
@@ -99,20 +100,9 @@ def sample_set(spec: str):
     return load_sample_set(spec)
 
 
-def audio_digest(audio: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()[:16]
-
-
 def sample_key(spec: str, sample) -> str:
     """Identity of a sample for cache keys: set spec + id + audio bytes + question."""
     return f"{spec}#{sample.id}#{audio_digest(sample.audio)}#{hashlib.sha1(sample.question.encode()).hexdigest()[:8]}"
-
-
-def _locked(items: Iterable, lock) -> Iterator:
-    """Yield items while holding `lock` until the consumer asks for the next one (per-item locking)."""
-    for it in items:
-        with lock:
-            yield it
 
 
 # =============================================================================== analyses
@@ -162,7 +152,7 @@ def set_analysis(model_key: str, set_key: str, ids: tuple[str, ...], options_key
     def progress(i: int, total: int | None, sid: str) -> None:
         bar.progress(min(1.0, i / max(1, len(ids))), text=f"Analyzed {i}/{len(ids)}: {sid}")
 
-    gen = _locked(_samples, _model.lock)
+    gen = locked_items(_samples, _model.lock)
     try:
         res = analyze_set(_model, gen, _options, progress=progress, total=len(ids))
     finally:
@@ -174,55 +164,39 @@ def set_analysis(model_key: str, set_key: str, ids: tuple[str, ...], options_key
 @st.cache_data(show_spinner=False, max_entries=8)
 def checkpoint_sweep(manifest_roots: tuple[str, ...], set_key: str, ids: tuple[str, ...], device: str | None,
                      _samples: Sequence, _current: ModelHandle | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Alignment metrics per checkpoint x sample (the analyze CLI's rows), with a progress bar.
+    """experiments.analyze.analyze_checkpoints over the samples (the analyze CLI's rows), with a progress bar.
 
-    Checkpoints are loaded one after the other and released (_current, the sidebar's model, is reused);
-    a checkpoint that fails to load is reported in the notes and skipped.
+    _current (the sidebar's model) is reused; a checkpoint that fails is reported in the notes and skipped.
     """
-    from lsl_core.model.loading import load_checkpoint, read_manifest
+    from lsl_core.experiments.analyze import analyze_checkpoints
+    from lsl_core.model.loading import read_manifest
 
-    total = len(manifest_roots) * len(ids)
-    bar = st.progress(0.0, text=f"{len(manifest_roots)} checkpoints × {len(ids)} samples …")
-    frames, notes = [], []
+    manifests = [read_manifest(root) for root in manifest_roots]
+    order = {m.name: k for k, m in enumerate(manifests)}
+    total = len(manifests) * len(ids)
+    bar = st.progress(0.0, text=f"{len(manifests)} checkpoints × {len(ids)} samples …")
+
+    def progress(m, i: int, _t: int, sid: str) -> None:
+        done = order[m.name] * len(ids) + i
+        bar.progress(min(1.0, done / max(1, total)), text=f"{m.name}: {i}/{len(ids)} samples ({sid})")
+
     try:
-        for k, root in enumerate(manifest_roots):
-            m = read_manifest(root)
-            try:
-                same = _current is not None and _current.path == m.root
-                model = _current.model if same else load_checkpoint(m, device=device)
-            except Exception as exc:  # one bad checkpoint must not stop the sweep
-                notes.append(f"{m.name}: not loaded ({exc})")
-                continue
-
-            def progress(i, _t, sid, k=k, name=m.name):
-                done = k * len(ids) + i
-                bar.progress(min(1.0, done / max(1, total)), text=f"{name}: {i}/{len(ids)} samples ({sid})")
-
-            gen = _locked(_samples, model.lock)
-            try:
-                res = analyze_set(model, gen, AnalysisOptions(cka=False), progress=progress, total=len(ids))
-            except LSLError as exc:
-                notes.append(f"{m.name}: {exc}")
-                continue
-            finally:
-                gen.close()
-            notes += [f"{m.name}: {e}" for e in res.errors if "pooled CKA" not in e]  # CKA is off here
-            frames.append(res.rows.assign(checkpoint=m.name, family=m.family, strategy=m.strategy, step=m.step,
-                                          manifest=m.root))
-            del model
+        sweep = analyze_checkpoints(manifests, _samples, AnalysisOptions(cka=False), device=device,
+                                    loaded={_current.path: _current.model} if _current is not None else None,
+                                    progress=progress, skip_failed=True)
     finally:
         bar.empty()
-    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
+    return sweep.rows, [n for n in sweep.notes if "pooled CKA" not in n]  # CKA is off here
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def intervention_rows(model_key: str, set_key: str, ids: tuple[str, ...], conditions: tuple[str, ...],
                       max_new_tokens: int, _model, _samples: Sequence) -> pd.DataFrame:
-    """intervention_eval.evaluate_interventions over the samples, with a progress bar."""
-    from lsl_core.intervention_eval import evaluate_interventions
+    """experiments.table1.evaluate_interventions over the samples, with a progress bar."""
+    from lsl_core.experiments.table1 import evaluate_interventions
 
     bar = st.progress(0.0, text=f"Generating answers for {len(ids)} samples × {len(conditions) + 1} conditions …")
-    gen = _locked(_samples, _model.lock)
+    gen = locked_items(_samples, _model.lock)
     try:
         return evaluate_interventions(
             _model, gen, list(conditions), max_new_tokens,

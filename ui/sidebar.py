@@ -91,6 +91,30 @@ def _rerun_through_app() -> None:
     st.rerun()
 
 
+def select(model_root: str | None = None, sample_id: str | None = None, set_spec: str | None = None) -> None:
+    """Select a model, a sample set and/or a sample from another page (call it from a widget callback,
+    before the rerun).
+
+    set_spec: "sd-qa-mini", "voicebench:<dir>" or "folder:<dir>" (other specs leave the set as it is).
+    The sample is picked with the search, voice and "text right, speech wrong" filters cleared, so it
+    is in the list; the sidebar's own widget keys stay private to it.
+    """
+    if model_root:
+        st.session_state["sb_model"] = model_root
+    if set_spec is not None:
+        kind, _, path = set_spec.partition(":")
+        if kind in ("voicebench", "folder") and path:
+            st.session_state["sb_source"] = kind
+            st.session_state[f"sb_path_{kind}"] = path
+        elif set_spec == "sd-qa-mini":
+            st.session_state["sb_source"] = "sd-qa-mini"
+    if sample_id is not None:
+        st.session_state["sb_search"] = ""
+        st.session_state["sb_voices"] = []
+        st.session_state["sb_trsw"] = False
+        st.session_state["sb_sample"] = sample_id
+
+
 def _model_label(m) -> str:
     return f"{m.name} · {m.strategy} · step {m.step}"
 

@@ -72,3 +72,13 @@ def prepare_audio(audio: np.ndarray, sr: int, max_seconds: float = MAX_SECONDS) 
             f"Audio is only {a.size} samples ({seconds * 1000:.1f} ms); the encoder needs at least 20 ms."
         )
     return a
+
+
+def audio_digest(audio: np.ndarray) -> str:
+    """Content identity of a decoded clip for cache keys: sha256 of its float32 samples (16 hex digits).
+
+    The one audio hash of the project (analysis cache, evaluation cache, encoder-state cache, app caches).
+    """
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()[:16]

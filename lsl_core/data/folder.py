@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from lsl_core.data.sets import SampleRecord, SampleSet, audio_file_loader
+from lsl_core.data.samples import SampleRecord, SampleSet, audio_file_loader
 from lsl_core.errors import DataError
 
 CSV_NAME = "questions.csv"

@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 
 from lsl_core.data.audio import load_audio_file, prepare_audio
-from lsl_core.data.sets import DataProblem, SampleRecord, SampleSet
+from lsl_core.data.samples import DataProblem, SampleRecord, SampleSet
 from lsl_core.errors import AudioError, DataError
 
 REQUIRED_COLUMNS = ("audio", "prompt")

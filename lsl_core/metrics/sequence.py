@@ -5,7 +5,9 @@
 
 Inputs are the query-span hidden states of one sample: speech hs [L+1, Ts, d] and text
 ht [L+1, Tt, d]; index 0 is the LLM input embedding, index L is (in HF) after the final norm.
-All layers are computed at once; no Python loop runs over layers or tokens.
+All layers are computed at once; no Python loop runs over layers or tokens. The means are
+accumulated in float64 (states of magnitude ~1e3 whose means differ by ~1 lose 4 digits in a
+float32 sum), so every value is exact to 1e-6 before the one cast of the result to float32.
 
 This module also holds `validate_states`, the one entry check every metric module shares.
 """
@@ -86,20 +88,21 @@ def unit_rows(h: Tensor) -> Tensor:
 
 
 def mean_pool(h: Tensor) -> Tensor:
-    """Mean over positions per layer: h [L+1, T, d] -> [L+1, d] (float32)."""
+    """Mean over positions per layer: h [L+1, T, d] -> [L+1, d] (summed in float64, returned as float32)."""
     h = torch.as_tensor(h).detach()
     if h.ndim != 3 or h.shape[1] == 0:
         raise MetricInputError(
             f"mean_pool needs states of shape [L+1, T, d] with T >= 1, got {tuple(h.shape)}. "
             "Pass the query-span states of one sample."
         )
-    return h.to(torch.float32).mean(dim=1)
+    return h.to(torch.float64).mean(dim=1).to(torch.float32)
 
 
 def _sequence_cosine(hs: Tensor, ht: Tensor) -> Tensor:
-    """Validated float32 hs [L+1,Ts,d], ht [L+1,Tt,d] -> [L+1]."""
-    ms, mt = unit_rows(hs.mean(dim=1)), unit_rows(ht.mean(dim=1))  # [L+1, d] each
-    return (ms * mt).sum(dim=-1).clamp(-1.0, 1.0)
+    """Validated float32 hs [L+1,Ts,d], ht [L+1,Tt,d] -> [L+1] float32 (means summed in float64)."""
+    ms = unit_rows(hs.to(torch.float64).mean(dim=1))  # [L+1, d] float64
+    mt = unit_rows(ht.to(torch.float64).mean(dim=1))  # [L+1, d] float64
+    return (ms * mt).sum(dim=-1).clamp(-1.0, 1.0).to(torch.float32)
 
 
 def sequence_cosine(hs: Tensor, ht: Tensor) -> Tensor:
@@ -114,7 +117,8 @@ def sequence_cosine(hs: Tensor, ht: Tensor) -> Tensor:
 def sequence_distance(hs: Tensor, ht: Tensor) -> Tensor:
     """Euclidean distance of the mean-pooled states per layer: [L+1,Ts,d], [L+1,Tt,d] -> [L+1] float32."""
     hs, ht = validate_states(hs, ht)
-    return torch.linalg.vector_norm(hs.mean(dim=1) - ht.mean(dim=1), dim=-1)  # differences: no cancellation
+    ms, mt = hs.to(torch.float64).mean(dim=1), ht.to(torch.float64).mean(dim=1)  # [L+1, d] float64
+    return torch.linalg.vector_norm(ms - mt, dim=-1).to(torch.float32)  # [L+1]
 
 
 def layer_average(curve: Tensor) -> float:

@@ -1,42 +1,32 @@
-"""Batches over LSLM parts: left-padded greedy generation and right-padded training forwards.
+"""Batches over LSLM parts for training and evaluation: right-padded training forwards, batched greedy
+generation (thin wrappers over LSLM.generate_ids, the one generation path) and the encoder-state cache.
 
 Every batch item is one query - speech (adaptor output [Ts, d]) or text (question token
 embeddings [Tt, d]) - wrapped in the model's prompt template exactly as `LSLM.build_prompt`
-wraps a single one, so a batched answer equals the one-at-a-time answer:
+wraps a single one, and padded by `lsl_core.model.padding` (left for generation, right for
+training), so a batched answer equals the one-at-a-time answer:
 
     generation (left padding):  [pad .. pad | prefix | query | suffix] -> new tokens
     training   (right padding): [prefix | query | suffix | response <|im_end|> | pad .. pad]
-
-Padded positions are masked out of attention; position ids follow the attention mask (HF
-generate derives them from it; the training forward passes them explicitly), so padding never
-changes a real position's state.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import hashlib
 import os
 import weakref
-from contextlib import nullcontext
 from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
 
+from lsl_core.data.audio import audio_digest
 from lsl_core.model.lslm import LSLM
+from lsl_core.model.padding import IGNORE_INDEX, PaddedBatch, pad_batch
 
-IGNORE_INDEX = -100  # label value that the causal-LM loss skips
-
-
-@dataclass
-class PaddedBatch:
-    """A batch of prompts (+ optional labels) as embeddings."""
-
-    inputs_embeds: torch.Tensor  # [B, T, d]
-    attention_mask: torch.Tensor  # [B, T] 1 = real position, 0 = padding
-    position_ids: torch.Tensor  # [B, T] 0.. over real positions, 0 on padding
-    labels: torch.Tensor | None = None  # [B, T] token ids on response positions, IGNORE_INDEX elsewhere
+__all__ = ["IGNORE_INDEX", "PaddedBatch", "speech_query", "text_query", "pad_id", "eos_id", "prompt_batch",
+           "response_batch", "response_loss", "generate_ids_batch", "generate_batch", "answer_ids", "module_digest",
+           "cached_encoder_states", "audio_key"]
 
 
 # --------------------------------------------------------------------------- queries
@@ -46,19 +36,18 @@ def speech_query(model: LSLM, encoder_states: torch.Tensor) -> torch.Tensor:
 
 
 def text_query(model: LSLM, question: str) -> torch.Tensor:
-    """Typed question -> its token embeddings [Tt, d] (no special tokens), as LSLM.embed_text."""
-    ids = model.tokenizer(question.strip(), add_special_tokens=False).input_ids
-    return model.token_embeddings(ids)
+    """Typed question -> its token embeddings [Tt, d] (no special tokens): LSLM.embed_text's embeds."""
+    return model.embed_text(question).embeds
 
 
 def pad_id(model: LSLM) -> int:
-    tok = model.tokenizer
-    return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    """LSLM.pad_id (the one pad rule)."""
+    return model.pad_id
 
 
 def eos_id(model: LSLM) -> int:
-    """The token that ends an assistant turn (<|im_end|> for ChatML)."""
-    return int(model.tokenizer.eos_token_id)
+    """LSLM.eos_id: the token that ends an assistant turn (<|im_end|> for ChatML)."""
+    return model.eos_id
 
 
 # --------------------------------------------------------------------------- padding
@@ -67,34 +56,9 @@ def _prompt_embeds(model: LSLM, query: torch.Tensor) -> torch.Tensor:
     return model.build_prompt(query).inputs_embeds[0]
 
 
-def _stack(rows: list[torch.Tensor], pad_vec: torch.Tensor, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows [T_i, d] -> ([B, T, d], mask [B, T]) padded with pad_vec on the left or right."""
-    T = max(r.shape[0] for r in rows)
-    out, mask = [], []
-    for r in rows:
-        n = T - r.shape[0]  # padding positions of this row
-        pad = pad_vec.to(r.dtype).expand(n, -1)  # [n, d]
-        out.append(torch.cat([pad, r] if left else [r, pad], dim=0))  # [T, d]
-        m = torch.zeros(T, dtype=torch.long, device=r.device)
-        if left:
-            m[n:] = 1
-        else:
-            m[: T - n] = 1
-        mask.append(m)
-    return torch.stack(out), torch.stack(mask)  # [B, T, d], [B, T]
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Attention mask [B, T] -> position ids [B, T] counting real positions only (0 on padding)."""
-    return (mask.cumsum(-1) - 1).clamp(min=0) * mask
-
-
 def prompt_batch(model: LSLM, queries: Sequence[torch.Tensor]) -> PaddedBatch:
-    """Queries [Tq_i, d] -> left-padded prompts for generation."""
-    rows = [_prompt_embeds(model, q) for q in queries]
-    pad_vec = model.token_embeddings([pad_id(model)])  # [1, d]
-    x, mask = _stack(rows, pad_vec, left=True)
-    return PaddedBatch(x, mask, _positions(mask))
+    """Queries [Tq_i, d] -> left-padded prompts for generation (LSLM.padded_prompts)."""
+    return model.padded_prompts([model.build_prompt(q) for q in queries])
 
 
 def response_batch(model: LSLM, queries: Sequence[torch.Tensor], responses: Sequence[Sequence[int]]) -> PaddedBatch:
@@ -110,13 +74,13 @@ def response_batch(model: LSLM, queries: Sequence[torch.Tensor], responses: Sequ
         resp = list(resp)
         rows.append(torch.cat([prompt, model.token_embeddings(resp).to(prompt.dtype)], dim=0))  # [T_i, d]
         labels.append([IGNORE_INDEX] * prompt.shape[0] + resp)
-    pad_vec = model.token_embeddings([pad_id(model)])
-    x, mask = _stack(rows, pad_vec, left=False)
-    T = x.shape[1]
-    lab = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long, device=x.device)
+    batch = pad_batch(rows, model.token_embeddings([model.pad_id]), left=False)
+    B, T = batch.attention_mask.shape
+    lab = torch.full((B, T), IGNORE_INDEX, dtype=torch.long, device=batch.inputs_embeds.device)
     for i, row in enumerate(labels):
         lab[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return PaddedBatch(x, mask, _positions(mask), lab)
+    batch.labels = lab
+    return batch
 
 
 # --------------------------------------------------------------------------- forward / generate
@@ -131,41 +95,18 @@ def response_loss(model: LSLM, batch: PaddedBatch) -> torch.Tensor:
                                              ignore_index=IGNORE_INDEX)
 
 
-@torch.no_grad()
 def generate_ids_batch(model: LSLM, queries: Sequence[torch.Tensor], max_new_tokens: int = 32, batch_size: int = 16,
                        edit: ContextManager | None = None,
                        on_batch: Callable[[list[int], list[list[int]]], None] | None = None) -> list[list[int]]:
-    """Greedy new-token ids for N queries [Tq_i, d], batch_size at a time (left padded).
-
-    Each answer ends at its first <|im_end|> (kept) or after max_new_tokens (then it has none).
-    Queries are grouped by length to keep padding small; answers come back in input order.
-    `edit` is an optional hook context held around each batch's generate call; `on_batch(indices,
-    ids)` is called after each batch (progress, incremental caching).
-    """
-    if batch_size <= 0:
-        raise ValueError(f"generate_ids_batch: batch_size must be positive, got {batch_size}")
-    order = sorted(range(len(queries)), key=lambda i: queries[i].shape[0])
-    answers: list[list[int]] = [[] for _ in queries]
-    pad, eos = pad_id(model), eos_id(model)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        b = prompt_batch(model, [queries[i] for i in idx])
-        with model.lock, (edit if edit is not None else nullcontext()):
-            out = model.llm.generate(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
-                                     do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                                     pad_token_id=pad)  # [B, <=max_new_tokens] new tokens only
-        for i, row in zip(idx, out.tolist()):
-            answers[i] = row[: row.index(eos) + 1] if eos in row else row
-        if on_batch is not None:
-            on_batch(idx, [answers[i] for i in idx])
-    return answers
+    """Greedy new-token ids for N queries [Tq_i, d]: LSLM.generate_ids on their prompts (see there)."""
+    prompts = [model.build_prompt(q) for q in queries]
+    return model.generate_ids(prompts, max_new_tokens, batch_size=batch_size, edit=edit, on_batch=on_batch)
 
 
 def generate_batch(model: LSLM, queries: Sequence[torch.Tensor], max_new_tokens: int = 32, batch_size: int = 16,
                    edit: ContextManager | None = None) -> list[str]:
     """Greedy answers (decoded, stripped) for N queries [Tq_i, d] -> N strings, in input order."""
-    ids = generate_ids_batch(model, queries, max_new_tokens, batch_size, edit)
-    return [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+    return [model.decode(row) for row in generate_ids_batch(model, queries, max_new_tokens, batch_size, edit)]
 
 
 def answer_ids(model: LSLM, answer: str) -> list[int]:
@@ -222,6 +163,5 @@ def cached_encoder_states(encoder, group: str, clip_id: str, audio: Callable[[],
 
 
 def audio_key(audio: np.ndarray) -> str:
-    """Content hash of a clip (for cached_encoder_states when the audio is already decoded)."""
-    a = np.ascontiguousarray(audio, dtype=np.float32)
-    return hashlib.sha256(a.tobytes()).hexdigest()[:12]
+    """Content hash of a clip (for cached_encoder_states when the audio is already decoded): audio_digest."""
+    return audio_digest(audio)

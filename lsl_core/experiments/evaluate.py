@@ -1,7 +1,7 @@
 """Benchmark checkpoints on a sample set: sd-qa score on text and on speech input, GAP, agreement, per voice.
 
-    python -m lsl_core evaluate --zoo assets/checkpoints --samples sd-qa-mini --n-questions 20 \
-        --out assets/results --markdown docs/results/checkpoints.md
+    python -m lsl_core evaluate --zoo assets/checkpoints --samples sd-qa-mini --n-questions 20 \\
+        --max-new-tokens 24 --batch-size 25 --out assets/results --markdown docs/results/checkpoints.md
     python -m lsl_core evaluate --checkpoint <manifest> --samples sd-qa-mini --intervention angle:bottom3
 
 For every checkpoint and sample: the greedy answer to the typed question (once per question) and
@@ -10,7 +10,9 @@ containment and token F1 (lsl_core.scoring; PEDANT only when its model files are
 locally and --pedant is given), plus the agreement (token F1) of the speech answer with the text
 answer. GAP = text score - speech score (DESIGN §3), per voice; the held-out voice is the
 "unseen accent". Results go to <out>/<name>_samples.parquet (one row per checkpoint x sample) and
-<out>/<name>_summary.{parquet,json} (one row per checkpoint x voice, plus "seen"/"all" means).
+<out>/<name>_summary.{parquet,json} (one row per checkpoint x voice, plus "seen"/"all" means; the
+JSON's meta records the command and the code version). The results page (--markdown, or later
+`python -m lsl_core report checkpoints`) is rendered from those files by `markdown_tables`.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from lsl_core.data.audio import audio_digest
+from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
+from lsl_core.experiments.pages import NOT_RECORDED, page_header
 
-EVAL_VERSION = 1  # bump when answers or scores change meaning: invalidates the on-disk cache
-DEFAULT_UNSEEN = "en-gb-scotland"
+EVAL_VERSION = 2  # bump when answers or scores change meaning: invalidates the on-disk cache
+LOSS_WINDOW = 25  # training curves: the loss is averaged over this many steps up to each eval step
 SCORER = "normalized containment + token F1 vs gold answers (SQuAD/TyDi normalization)"
 SUMMARY_METRICS = ("text_containment", "speech_containment", "gap_containment", "text_f1", "speech_f1", "gap_f1",
                    "agreement")
@@ -39,7 +43,7 @@ class EvalOptions:
     max_new_tokens: int = 24  # greedy answer length (text and speech alike)
     batch_size: int = 16  # prompts per batched generate call
     pedant: bool = False  # also score with PEDANT (only if qa-metrics and its model files are installed)
-    unseen_voice: str = DEFAULT_UNSEEN  # the voice held out of training (reported separately)
+    unseen_voice: str = UNSEEN_VOICE  # the voice held out of training (reported separately)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -94,7 +98,7 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
     import torch
 
     from lsl_core.cache import cache_dir
-    from lsl_core.model import batch as B
+    from lsl_core.model.batch import cached_encoder_states
     from lsl_core.scoring import answer_agreement, pedant_available
 
     if opts.pedant and not pedant_available():
@@ -103,7 +107,7 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
     items = [samples[i] for i in range(len(samples))]
     if not items:
         raise LSLError("No samples to evaluate; check --samples, --n-questions and --voices.")
-    audio_keys = [B.audio_key(s.audio) for s in items]
+    audio_keys = [audio_digest(s.audio) for s in items]
     key_src = json.dumps([EVAL_VERSION, model.digest, asdict(opts), [s.id for s in items], audio_keys,
                           [s.question for s in items]], sort_keys=True)
     path = cache_dir("evaluate") / f"{hashlib.sha256(key_src.encode()).hexdigest()[:20]}.parquet"
@@ -112,14 +116,14 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
     t0 = time.time()
     questions = list(dict.fromkeys(s.question for s in items))
     with torch.no_grad():
-        texts = B.generate_batch(model, [B.text_query(model, q) for q in questions], opts.max_new_tokens,
-                                 opts.batch_size)
+        texts = model.generate_answers([model.prompt_for(text=q) for q in questions], opts.max_new_tokens,
+                                       batch_size=opts.batch_size)
         text_of = dict(zip(questions, texts))
-        queries = []
+        prompts = []
         for s, ak in zip(items, audio_keys):
-            st = B.cached_encoder_states(model.encoder, voice_of(s), s.id, lambda s=s: s.audio, ak)
-            queries.append(B.speech_query(model, st))
-        speech = B.generate_batch(model, queries, opts.max_new_tokens, opts.batch_size)
+            st = cached_encoder_states(model.encoder, voice_of(s), s.id, lambda s=s: s.audio, ak)  # [Te, d_enc]
+            prompts.append(model.build_prompt(model.adapt(st).embeds))
+        speech = model.generate_answers(prompts, opts.max_new_tokens, batch_size=opts.batch_size)
     m = model.manifest or {}
     rows = []
     for s, sp in zip(items, speech):
@@ -130,6 +134,7 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
             "checkpoint": model.name, "family": m.get("family", ""), "strategy": m.get("strategy", ""),
             "step": int(m.get("step", 0) or 0), "sample_id": s.id,
             "example_id": str(s.meta.get("example_id", "")), "voice": voice, "unseen": voice == opts.unseen_voice,
+            "split": str(s.meta.get("split", "")), "synthetic": bool(s.meta.get("synthetic", False)),
             "question": s.question, "references": " | ".join(refs), "text_answer": tx, "speech_answer": sp,
             **_score_columns("text", tx, refs, s.question, opts.pedant),
             **_score_columns("speech", sp, refs, s.question, opts.pedant),
@@ -200,23 +205,38 @@ def _pct(x: float) -> str:
     return "–" if pd.isna(x) else f"{100 * x:.1f}"
 
 
+def _samples_line(meta: dict) -> str:
+    """'sd-qa-mini — 20 questions of the dev split × 5 synthetic voices (…)', from the evaluated rows."""
+    voices = list(meta["voices"])
+    splits = ", ".join(meta.get("splits") or [])
+    questions = f"{meta['n_questions']} questions" + (f" of the {splits} split" if splits else "")
+    kind = "synthetic voices" if meta.get("synthetic") else "voices/accents"
+    return f"{meta['samples']} — {questions} × {len(voices)} {kind} ({', '.join(voices)})"
+
+
 def markdown_tables(summary: pd.DataFrame, meta: dict, curves: list[dict] | None = None) -> str:
-    """The results page: overview per checkpoint, then per checkpoint x voice, then training curves."""
-    lines = [
-        "# Demo checkpoints on sd-qa-mini",
-        "",
-        f"Generated by `{meta['command']}` — do not edit by hand.",
-        "",
-        f"- Samples: {meta['samples']} — {meta['n_questions']} SD-QA **dev** questions × {len(meta['voices'])} "
-        f"espeak-ng voices ({', '.join(meta['voices'])}; synthetic speech). Unseen voice (never used in training): "
-        f"**{meta['unseen_voice']}**.",
+    """The results page: overview per checkpoint, then per checkpoint x voice, then training curves.
+
+    meta: evaluate's meta (command, code_version, samples, n_questions, voices, unseen_voice,
+    max_new_tokens, device, pedant; optional splits, synthetic, render = the report command).
+    """
+    unseen = meta["unseen_voice"]
+    seen_voices = [v for v in meta["voices"] if v != unseen]
+    render = meta.get("render")  # re-rendered by `report checkpoints` from stored results
+    header = page_header(f"Checkpoints: text vs speech input — {meta['samples']}",
+                         render["command"] if render else meta["command"],
+                         render["code_version"] if render else meta.get("code_version", NOT_RECORDED),
+                         source=meta["command"] if render else None,
+                         source_version=meta.get("code_version", NOT_RECORDED) if render else None)
+    lines = header + [
+        f"- Samples: {_samples_line(meta)}. Unseen voice (never used in training): **{unseen}**.",
         f"- Greedy answers, {meta['max_new_tokens']} new tokens; device {meta['device']}.",
-        f"- Score: {SCORER}. {meta['pedant']}",
+        f"- Score: {meta.get('scorer', SCORER)}. {meta['pedant']}",
         "- GAP = text score − speech score (percentage points). Agreement = token F1 between the speech answer and "
         "the same checkpoint's text answer (100 = identical words); *other-q* = its agreement with the text answers "
         "of the other questions, i.e. what answer style alone reaches (matched − other-q = question-specific).",
         "",
-        "## Overview (mean over questions; \"seen\" = the four training voices)",
+        f"## Overview (mean over questions; \"seen\" = the {len(seen_voices)} voices other than {unseen})",
         "",
         "| checkpoint | strategy | step | text F1 | speech F1 seen | speech F1 unseen | GAP F1 seen | GAP F1 unseen "
         "| text cont. | speech cont. seen | GAP cont. seen | agreement seen | agreement unseen | other-q seen |",
@@ -244,8 +264,8 @@ def markdown_tables(summary: pd.DataFrame, meta: dict, curves: list[dict] | None
                      f"{_pct(r['gap_containment'])} | {_pct(r['agreement'])} |")
     if curves:
         lines += ["", "## Training curves (from each trajectory's train_log.jsonl)", "",
-                  "Loss: mean response-token cross-entropy over the 25 steps up to the step. Monitor agreement: "
-                  "speech vs text answer on held-out SD-QA *test* questions (bf16 autocast during training).", "",
+                  f"Loss: mean response-token cross-entropy over the {LOSS_WINDOW} steps up to the step. Monitor "
+                  f"agreement: speech vs text answer on held-out questions ({_monitor_note(curves)}).", "",
                   "| trajectory | step | loss | monitor agreement (seen voices) | monitor agreement (unseen voice) |",
                   "|---|--:|--:|--:|--:|"]
         for c in curves:
@@ -255,24 +275,67 @@ def markdown_tables(summary: pd.DataFrame, meta: dict, curves: list[dict] | None
     return "\n".join(lines) + "\n"
 
 
+def _monitor_note(curves: list[dict]) -> str:
+    """How the monitor was run, from each trajectory's train_config.json (one phrase per distinct setting)."""
+    notes = []
+    for c in curves:
+        n, autocast = c.get("n_monitor"), c.get("autocast")
+        parts = ([f"{n} questions"] if n else []) + ([f"{autocast} autocast"] if autocast else [])
+        notes.append(", ".join(parts) or "settings not recorded")
+    distinct = list(dict.fromkeys(notes))
+    return distinct[0] if len(distinct) == 1 else "; ".join(
+        f"{t}: {n}" for t, n in dict(zip((c["trajectory"] for c in curves), notes)).items())
+
+
 def training_curves(manifests) -> list[dict]:
-    """(trajectory, step, windowed loss, monitor agreement) at each eval point of each trajectory's log."""
+    """(trajectory, step, windowed loss, monitor agreement) at each eval point of each trajectory's log.
+
+    The loss is the mean over the LOSS_WINDOW train steps up to the eval step; the monitor's settings
+    (held-out questions, autocast) come from train_config.json beside the log when it is there.
+    """
+    from lsl_core.experiments.train.checkpoints import CONFIG_NAME, LOG_NAME
+
     out = []
-    logs = dict.fromkeys(Path(m.root).parent / "train_log.jsonl" for m in manifests)
+    logs = dict.fromkeys(Path(m.root).parent / LOG_NAME for m in manifests)
     for log in logs:
         if not log.is_file():
             continue
+        config = {}
+        if (log.parent / CONFIG_NAME).is_file():
+            config = json.loads((log.parent / CONFIG_NAME).read_text())
         rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
         losses = {r["step"]: r["loss"] for r in rows if r.get("kind") == "train"}
         for r in rows:
             if r.get("kind") != "eval":
                 continue
-            window = [losses[s] for s in range(max(1, r["step"] - 24), r["step"] + 1) if s in losses]
+            window = [losses[s] for s in range(max(1, r["step"] - LOSS_WINDOW + 1), r["step"] + 1) if s in losses]
             out.append({"trajectory": log.parent.name, "step": r["step"],
                         "loss": sum(window) / len(window) if window else None,
                         "agreement": r.get("agreement", float("nan")),
-                        "agreement_unseen": r.get("agreement_unseen", float("nan"))})
+                        "agreement_unseen": r.get("agreement_unseen", float("nan")),
+                        "n_monitor": config.get("n_val_questions"), "autocast": config.get("autocast")})
     return out
+
+
+def render_stored(folder: str | Path, name: str, render: dict, zoo: str | Path | None = None) -> str:
+    """The results page from evaluate's stored files (<folder>/<name>_summary.{parquet,json}): nothing recomputed.
+
+    render: provenance of the `report checkpoints` run; training curves from the logs under `zoo`
+    (default: the folders of the checkpoints named in the stored meta, found under assets/checkpoints).
+    """
+    from lsl_core.data.paths import assets_dir
+    from lsl_core.model.loading import list_zoo
+
+    folder = Path(folder)
+    table, meta_file = folder / f"{name}_summary.parquet", folder / f"{name}_summary.json"
+    if not (table.is_file() and meta_file.is_file()):
+        raise LSLError(f"No stored evaluation results {table.name} + {meta_file.name} in {folder}; write them with "
+                       f"`python -m lsl_core evaluate ... --out {folder} --name {name}`.")
+    summary = pd.read_parquet(table)
+    meta = json.loads(meta_file.read_text())["meta"]
+    names = set(meta.get("checkpoints") or summary["checkpoint"])
+    manifests = [m for m in list_zoo(zoo or assets_dir() / "checkpoints") if m.name in names]
+    return markdown_tables(summary, {**meta, "render": render}, training_curves(manifests))
 
 
 # =========================================================================== CLI
@@ -286,12 +349,13 @@ def register(subparsers) -> None:
     p.add_argument("--samples", default="sd-qa-mini", help="sample set spec (sd-qa-mini, voicebench:<dir>, ...)")
     p.add_argument("--n-questions", type=int, default=None, help="first N distinct questions of the set (all voices)")
     p.add_argument("--voices", default=None, help="comma-separated voices/accents to keep (default: all)")
-    p.add_argument("--unseen-voice", default=DEFAULT_UNSEEN, help="the voice held out of training")
+    p.add_argument("--unseen-voice", default=UNSEEN_VOICE, help="the voice held out of training")
     p.add_argument("--max-new-tokens", type=int, default=24, help="greedy answer length")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per batched generate call")
     p.add_argument("--pedant", action="store_true", help="also score with PEDANT (needs local qa-metrics files)")
     p.add_argument("--intervention", action="append", default=[], metavar="SPEC",
-                   help="also evaluate speech answers under an intervention (e.g. angle:bottom3); repeatable")
+                   help="also evaluate speech answers under an intervention (e.g. angle:bottom3, see `table1 --help` "
+                        "for the grammar); repeatable; rows go to <out>/<name>_interventions.parquet")
     p.add_argument("--out", type=Path, default=Path("assets/results"), help="folder for parquet/JSON results")
     p.add_argument("--name", default="checkpoints", help="file name prefix of the results")
     p.add_argument("--markdown", type=Path, default=None, help="also write the results page (markdown) here")
@@ -316,6 +380,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from lsl_core.data.sets import load_sample_set
+    from lsl_core.experiments.pages import provenance
     from lsl_core.model.loading import list_zoo, load_checkpoint, read_manifest
 
     if args.threads:
@@ -329,6 +394,7 @@ def main(args: argparse.Namespace) -> int:
     voices = [v.strip() for v in args.voices.split(",")] if args.voices else None
     samples = select_samples(load_sample_set(args.samples), args.n_questions, voices)
     print(f"evaluate: {len(manifests)} checkpoints x {len(samples)} samples of {args.samples}", flush=True)
+    meta = provenance(getattr(args, "argv", None))  # before anything is written: the version of the code that ran
     frames, iv_frames, device = [], [], "cpu"
     t_all = time.time()
     for m in manifests:
@@ -341,14 +407,14 @@ def main(args: argparse.Namespace) -> int:
     df = add_other_question_baseline(pd.concat(frames, ignore_index=True))
     summary = summarize(df)
     qkeys = df.drop_duplicates("sample_id")
-    meta = {
-        "command": "python -m lsl_core " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py")
-        else "python -m lsl_core evaluate ...",
+    meta.update({
         "samples": args.samples, "n_questions": int(qkeys["question"].nunique()),
         "voices": list(dict.fromkeys(df["voice"])), "unseen_voice": opts.unseen_voice,
-        "max_new_tokens": opts.max_new_tokens, "device": device, "scorer": SCORER, "pedant": _pedant_note(opts),
-        "checkpoints": [m.name for m in manifests], "eval_version": EVAL_VERSION,
-    }
+        "splits": sorted({x for x in df.get("split", pd.Series(dtype=str)) if x}),
+        "synthetic": bool(df.get("synthetic", pd.Series([False])).all()),
+        "max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "device": device, "scorer": SCORER,
+        "pedant": _pedant_note(opts), "checkpoints": [m.name for m in manifests], "eval_version": EVAL_VERSION,
+    })
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_parquet(args.out / f"{args.name}_samples.parquet", index=False)
     summary.to_parquet(args.out / f"{args.name}_summary.parquet", index=False)
@@ -358,8 +424,9 @@ def main(args: argparse.Namespace) -> int:
         ivdf = pd.concat(iv_frames, ignore_index=True)
         ivdf.to_parquet(args.out / f"{args.name}_interventions.parquet", index=False)
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown_tables(summary, meta, training_curves(manifests)))
+        from lsl_core.experiments.pages import write_page
+
+        write_page(args.markdown, markdown_tables(summary, meta, training_curves(manifests)))
     print(summary[summary["voice"].isin(["seen", opts.unseen_voice])][
         ["checkpoint", "voice", "text_f1", "speech_f1", "gap_f1", "agreement"]].to_string(index=False))
     print(f"wrote {args.out}/{args.name}_{{samples,summary}}.parquet"
@@ -368,19 +435,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _interventions(model, samples, specs: list[str], max_new_tokens: int) -> pd.DataFrame:
-    """Delegate to lsl_core.intervention_eval (when built): speech answers under each intervention."""
-    try:
-        from lsl_core.intervention_eval import evaluate_interventions
-    except ModuleNotFoundError as exc:
-        if exc.name != "lsl_core.intervention_eval":
-            raise
-        raise LSLError("--intervention needs lsl_core.intervention_eval, which is not in this checkout.") from None
-    out = evaluate_interventions(model, samples, specs, max_new_tokens)
-    out.insert(0, "checkpoint", model.name)
-    try:
-        from lsl_core.intervention_eval import table1, table1_markdown
+    """Speech answers under each intervention (experiments.table1), printed as Table 1 per checkpoint."""
+    from lsl_core.experiments.table1 import evaluate_interventions, table1, table1_markdown
 
-        print(f"interventions, {model.name}:\n" + table1_markdown(table1(out)), flush=True)
-    except (ImportError, KeyError, ValueError):
-        pass
+    out = evaluate_interventions(model, samples, specs, max_new_tokens)
+    print(f"interventions, {model.name}:\n" + table1_markdown(table1(out)), flush=True)
+    out.insert(0, "checkpoint", model.name)
     return out

@@ -1,0 +1,173 @@
+"""What an intervention is (data only) and its text grammar: `Intervention.parse("angle:bottom3@0")`.
+
+    op:target[@layer][:metric]     e.g. angle:bottom3@0, angle:all, length:bottom5@4:distance,
+                                   calibrate:frames=1,2,3, calibrate:span@1
+    a+b                            a condition: several interventions composed in order
+
+op is a name registered in `interventions.ops.OPERATIONS`; target picks the speech frames:
+  "bottom" = the path frames i*_j of the k text tokens with the lowest path score at layer ℓ
+  (highest distance for the distance metric), "all" = the path frames of every text token,
+  "frames" = explicit query-frame indices, "span" = every speech frame of the query.
+`label()` is the canonical text (parse(label()) == self), `title()` the Table 1 display name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal, Sequence, Union
+
+from lsl_core.errors import LSLError
+from lsl_core.interventions.ops import OPERATIONS
+from lsl_core.metrics.tokenwise import METRICS
+
+Op = str  # a name in ops.OPERATIONS ('angle', 'length', 'calibrate', ...)
+Target = Literal["bottom", "all", "frames", "span"]
+PathMetric = Literal["cosine", "distance"]
+TARGETS: tuple[str, ...] = ("bottom", "all", "frames", "span")
+PATH_METRICS: tuple[str, ...] = METRICS  # the alignment path metrics of metrics.tokenwise
+GRAMMAR = ("op:target[@layer][:metric], e.g. angle:bottom3@0, angle:all, length:bottom5@4:distance, "
+           "calibrate:frames=1,2,3")
+
+
+# =============================================================================== the config
+@dataclass(frozen=True)
+class Intervention:
+    """One edit of speech positions at layer ℓ during prefill (data only; see module docstring)."""
+
+    op: Op = "angle"  # a name in ops.OPERATIONS: angle takes t's direction, length t's norm, calibrate span mean/std
+    target: Target = "bottom"  # which frames: bottom-k path frames, all path frames, explicit frames, whole span
+    k: int = 3  # number of least-aligned text tokens for target "bottom" (k = 0 edits nothing)
+    frames: tuple[int, ...] = ()  # query-frame indices (0-based, inside the speech span) for target "frames"
+    layer: int = 0  # ℓ: edit the input of decoder layer ℓ = hidden_states[ℓ]; 0 = the LLM input embeddings
+    metric: PathMetric = "cosine"  # path metric choosing i*_j and the bottom-k scores
+
+    def __post_init__(self) -> None:
+        if self.op not in OPERATIONS:
+            raise LSLError(f"Intervention.op must be one of {tuple(OPERATIONS)} (interventions.ops.OPERATIONS), "
+                           f"got {self.op!r}.")
+        if self.target not in TARGETS:
+            raise LSLError(f"Intervention.target must be one of {TARGETS}, got {self.target!r}.")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
+            raise LSLError(f"Intervention.k must be a non-negative integer (3 for Bottom3), got {self.k!r}.")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise LSLError(f"Intervention.layer must be a non-negative integer (0 = LLM input), got {self.layer!r}.")
+        if self.metric not in PATH_METRICS:
+            raise LSLError(f"Intervention.metric must be one of {PATH_METRICS}, got {self.metric!r}.")
+        frames = tuple(self.frames)
+        if any(isinstance(f, bool) or not isinstance(f, int) or f < 0 for f in frames):
+            raise LSLError(f"Intervention.frames must be non-negative integer frame indices, got {self.frames!r}.")
+        if self.target == "frames" and not frames:
+            raise LSLError("Intervention.frames is empty; target 'frames' needs at least one frame index.")
+        if self.target != "frames" and frames:
+            raise LSLError(f"Intervention.frames is only used with target 'frames' (target is {self.target!r}).")
+        object.__setattr__(self, "frames", tuple(sorted(set(frames))))
+
+    # ------------------------------------------------------------------ text round-trip
+    @classmethod
+    def parse(cls, spec: str) -> "Intervention":
+        """'angle:bottom3@0' | 'angle:all' | 'length:bottom5@4:distance' | 'calibrate:frames=1,2,3' -> Intervention."""
+        if isinstance(spec, Intervention):
+            return spec
+        text = str(spec).strip().lower().replace(" ", "")
+        parts = text.split(":")
+        if len(parts) < 2 or len(parts) > 3 or not parts[1]:
+            raise LSLError(f"Cannot parse intervention {spec!r}; expected {GRAMMAR}.")
+        op, target_part = parts[0], parts[1]
+        metric = "cosine"
+        layer = 0
+        if len(parts) == 3:
+            metric_part = parts[2]
+            if "@" in metric_part:  # tolerate 'angle:all:distance@4'
+                metric_part, layer_s = metric_part.split("@", 1)
+                layer = _parse_int(layer_s, "layer", spec)
+            metric = metric_part
+            if metric not in PATH_METRICS:
+                raise LSLError(f"Intervention {spec!r}: metric must be one of {PATH_METRICS}, got {metric!r}.")
+        if "@" in target_part:
+            target_part, layer_s = target_part.split("@", 1)
+            layer = _parse_int(layer_s, "layer", spec)
+        if op not in OPERATIONS:
+            raise LSLError(f"Intervention {spec!r}: op must be one of {tuple(OPERATIONS)}, got {op!r}; "
+                           f"expected {GRAMMAR}.")
+        k, frames = 3, ()
+        m = re.fullmatch(r"bottom(\d*)", target_part)
+        if m:
+            target = "bottom"
+            k = int(m.group(1)) if m.group(1) else 3
+        elif target_part in ("all", "span"):
+            target = target_part
+        elif target_part.startswith("frames="):
+            target = "frames"
+            items = [x for x in target_part[len("frames="):].split(",") if x]
+            frames = tuple(_parse_int(x, "frame index", spec) for x in items)
+        else:
+            raise LSLError(
+                f"Intervention {spec!r}: target must be bottomK, all, span or frames=i,j,..., got {target_part!r}."
+            )
+        return cls(op=op, target=target, k=k, frames=frames, layer=layer, metric=metric)
+
+    def label(self) -> str:
+        """Canonical text form, parse(label()) == self: 'angle:bottom3', 'length:all@4:distance'."""
+        if self.target == "bottom":
+            tgt = f"bottom{self.k}"
+        elif self.target == "frames":
+            tgt = "frames=" + ",".join(str(f) for f in self.frames)
+        else:
+            tgt = self.target
+        out = f"{self.op}:{tgt}"
+        if self.layer:
+            out += f"@{self.layer}"
+        if self.metric != "cosine":
+            out += f":{self.metric}"
+        return out
+
+    def title(self) -> str:
+        """Display name in the seed paper's Table 1 style: 'Angle·Bottom3', 'Length·All @ℓ4 (distance)'."""
+        if self.target == "bottom":
+            tgt = f"Bottom{self.k}"
+        elif self.target == "frames":
+            tgt = "Frames[" + ",".join(str(f) for f in self.frames) + "]"
+        else:
+            tgt = self.target.capitalize()
+        out = f"{OPERATIONS[self.op].title}·{tgt}"
+        if self.layer:
+            out += f" @ℓ{self.layer}"
+        if self.metric != "cosine":
+            out += f" ({self.metric})"
+        return out
+
+
+def _parse_int(s: str, what: str, spec: str) -> int:
+    if not re.fullmatch(r"\d+", s or ""):
+        raise LSLError(f"Intervention {spec!r}: {what} must be a non-negative integer, got {s!r}; expected {GRAMMAR}.")
+    return int(s)
+
+
+# A condition is one intervention or several composed in order (label 'a+b').
+Condition = Union[Intervention, str, Sequence[Union[Intervention, str]]]
+
+
+def parse_condition(cond: Condition) -> tuple[Intervention, ...]:
+    """'angle:bottom3+length:all' / Intervention / [Intervention | str, ...] -> interventions in order."""
+    if isinstance(cond, Intervention):
+        return (cond,)
+    if isinstance(cond, str):
+        parts = [p for p in cond.split("+") if p.strip()]
+        if not parts:
+            raise LSLError(f"Empty intervention condition {cond!r}; expected {GRAMMAR} (join several with '+').")
+        return tuple(Intervention.parse(p) for p in parts)
+    out = tuple(iv for c in cond for iv in parse_condition(c))
+    if not out:
+        raise LSLError("An intervention condition holds no intervention.")
+    return out
+
+
+def condition_label(cond: Condition) -> str:
+    """Canonical text of a condition: labels joined by '+'."""
+    return "+".join(iv.label() for iv in parse_condition(cond))
+
+
+def condition_title(cond: Condition) -> str:
+    """Display name of a condition: titles joined by ' + '."""
+    return " + ".join(iv.title() for iv in parse_condition(cond))
