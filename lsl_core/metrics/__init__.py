@@ -2,7 +2,7 @@
 
 Inputs: one sample's query-span states, speech hs [L+1, Ts, d] and text ht [L+1, Tt, d].
   sequence  — mean-pooled cosine/distance curves per layer and their layer average
-  tokenwise — token matrices, alignment path, Spearman monotonicity, consistency, APS, bottom-k
+  tokenwise — token matrices, alignment path (argmax or monotone DTW), Spearman, consistency, APS, bottom-k
   cka       — cross-layer linear CKA (aligned per sample; pooled/minibatch across samples)
   gap       — GAP = text score - speech score and its OLS fit (R²) on a metric
 
@@ -27,10 +27,14 @@ from lsl_core.metrics.sequence import (
     validate_states,
 )
 from lsl_core.metrics.tokenwise import (
+    PATH_METHODS,
+    DTWAlignment,
     TokenwiseResult,
     alignment_path,
     alignment_path_score,
     bottom_k_tokens,
+    dtw_alignment,
+    dtw_path,
     path_consistency,
     path_monotonicity,
     path_scores,
@@ -40,6 +44,8 @@ from lsl_core.metrics.tokenwise import (
 )
 
 __all__ = [
+    "PATH_METHODS",
+    "DTWAlignment",
     "LinearFit",
     "MinibatchCKA",
     "TokenwiseResult",
@@ -47,6 +53,8 @@ __all__ = [
     "alignment_path_score",
     "bottom_k_tokens",
     "cross_layer_cka",
+    "dtw_alignment",
+    "dtw_path",
     "fit_gap",
     "gap",
     "gap_r2_table",
