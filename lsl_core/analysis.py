@@ -18,8 +18,9 @@ import torch
 
 from lsl_core.errors import MetricInputError
 from lsl_core.metrics.cka import MinibatchCKA, cross_layer_cka, pooled_cross_layer_cka
+from lsl_core.metrics.norms import standardized_distance, token_norms
 from lsl_core.metrics.sequence import layer_average, mean_pool, sequence_cosine, sequence_distance
-from lsl_core.metrics.tokenwise import TokenwiseResult, tokenwise_metrics
+from lsl_core.metrics.tokenwise import PATH_METHODS, TokenwiseResult, tokenwise_metrics
 
 ANALYSIS_VERSION = 1  # bump when a metric's definition changes: invalidates disk caches
 
@@ -29,8 +30,13 @@ class AnalysisOptions:
     cka: bool = True  # compute the per-sample cross-layer CKA matrix (seed 000)
     cka_path: Literal["cosine", "distance"] = "cosine"  # which alignment path pairs frames with tokens
     cka_path_layer: int = -1  # layer whose path aligns frames to tokens for CKA; -1 -> middle layer L//2
+    # how frames are paired with tokens everywhere (path scores, Spearman, consistency, APS, CKA):
+    # "argmax" = best frame per token (seed 001), "dtw" = monotone DTW path (seed 000)
+    path: Literal["argmax", "dtw"] = "argmax"
 
     def __post_init__(self) -> None:
+        if self.path not in PATH_METHODS:
+            raise ValueError(f"AnalysisOptions.path must be 'argmax' or 'dtw', got {self.path!r}")
         if self.cka_path not in ("cosine", "distance"):
             raise ValueError(f"AnalysisOptions.cka_path must be 'cosine' or 'distance', got {self.cka_path!r}")
         if self.cka_path_layer < -1:
@@ -68,6 +74,14 @@ class SampleAnalysis:
     cka: np.ndarray | None  # [L+1, L+1] speech layer x text layer, or None if too few pairs
     cka_note: str = ""  # why cka is None
     options: dict = field(default_factory=dict)
+    norm_speech: np.ndarray | None = None  # [L+1] mean L2 norm of the speech frames per layer
+    norm_text: np.ndarray | None = None  # [L+1] mean L2 norm of the text tokens per layer
+    std_dist: np.ndarray | None = None  # [L+1] standardized distance of the mean-pooled spans (metrics.norms)
+
+    @property
+    def path_method(self) -> str:
+        """'argmax' or 'dtw': how path_cos / path_dist pair frames with tokens."""
+        return str(self.options.get("path", "argmax"))
 
     @property
     def num_layers(self) -> int:
@@ -94,12 +108,16 @@ class SampleAnalysis:
             "seq_cos": self.seq_cos.tolist(), "seq_dist": self.seq_dist.tolist(),
             "spearman_cos": self.spearman_cos.tolist(), "spearman_dist": self.spearman_dist.tolist(),
             "consistency": self.consistency.tolist(),
+            "path": self.path_method,
+            **({} if self.std_dist is None else {
+                "std_dist_mean": mean(self.std_dist), "std_dist": self.std_dist.tolist(),
+                "norm_speech": self.norm_speech.tolist(), "norm_text": self.norm_text.tolist()}),
         }
 
 
 def metrics_from_states(hs: torch.Tensor, ht: torch.Tensor, options: AnalysisOptions = AnalysisOptions()) -> dict:
     """Every metric of DESIGN §3 from speech [L+1, Ts, d] and text [L+1, Tt, d] states (one pass each)."""
-    tw: TokenwiseResult = tokenwise_metrics(hs, ht)
+    tw: TokenwiseResult = tokenwise_metrics(hs, ht, path=options.path)
     L = hs.shape[0] - 1
     cka, note = None, ""
     if options.cka:
@@ -110,7 +128,9 @@ def metrics_from_states(hs: torch.Tensor, ht: torch.Tensor, options: AnalysisOpt
         except MetricInputError as exc:
             note = str(exc)
     np_ = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    norm_s, norm_t = token_norms(hs, ht)  # [L+1] each
     return dict(
+        norm_speech=np_(norm_s), norm_text=np_(norm_t), std_dist=np_(standardized_distance(hs, ht)),
         seq_cos=np_(sequence_cosine(hs, ht)), seq_dist=np_(sequence_distance(hs, ht)),
         cos=np_(tw.cos), dist=np_(tw.dist), path_cos=np_(tw.path_cos), path_dist=np_(tw.path_dist),
         scores_cos=np_(tw.scores_cos), scores_dist=np_(tw.scores_dist),

@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--out", default="results/analysis.parquet", help="output Parquet (aggregates go to .json beside it)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda if available)")
     p.add_argument("--no-cka", action="store_true", help="skip per-sample cross-layer CKA")
+    p.add_argument("--path", choices=("argmax", "dtw"), default="argmax",
+                   help="how frames are paired with tokens for path scores, Spearman, APS and CKA: argmax = best "
+                        "frame per token (seed 001), dtw = monotone DTW path (seed 000)")
     p.add_argument("--shard", type=int, default=None, help="shard index (default: $RANK or 0)")
     p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: $WORLD_SIZE or 1)")
     p.add_argument("--merge", action="store_true", help="merge the shard files of --out and exit")
@@ -92,7 +95,7 @@ def run(args) -> int:
     if args.limit:
         samples = samples[: args.limit]
     samples = samples[shard::n_shards]
-    options = AnalysisOptions(cka=not args.no_cka)
+    options = AnalysisOptions(cka=not args.no_cka, path=args.path)
     frames, aggregates = [], {}
     for m in manifests:
         model = load_checkpoint(m, device=args.device)
@@ -102,7 +105,7 @@ def run(args) -> int:
         df = res.rows.assign(checkpoint=m.name, family=m.family, strategy=m.strategy, step=m.step)
         frames.append(df)
         aggregates[m.name] = {
-            "n": res.n, "family": m.family, "strategy": m.strategy, "step": m.step,
+            "n": res.n, "family": m.family, "strategy": m.strategy, "step": m.step, "path": args.path,
             "mean_seq_cos": res.mean_seq_cos.tolist(), "mean_seq_dist": res.mean_seq_dist.tolist(),
             "mean_cka": None if res.mean_cka is None else np.asarray(res.mean_cka).tolist(),
             "pooled_cka": None if res.pooled_cka is None else np.asarray(res.pooled_cka).tolist(),

@@ -69,6 +69,31 @@ def ref_layer_average(curve: Vec) -> float:
     return curve[0] if len(curve) == 1 else mean(curve[1:])
 
 
+def ref_mean_norm(h: list[Mat]) -> Vec:
+    return [mean([norm(row) for row in layer]) for layer in h]
+
+
+def ref_standardized_distance(hs: list[Mat], ht: list[Mat]) -> Vec:
+    """Per layer: z-score every dimension over the union of both spans (population std), then the L2
+    distance of the two spans' mean z vectors divided by sqrt(d); constant dimensions give 0."""
+    out = []
+    for l in range(len(hs)):
+        rows = hs[l] + ht[l]
+        d = len(rows[0])
+        mu = mean_rows(rows)
+        z_s, z_t = [], []
+        for k in range(d):
+            sd = math.sqrt(mean([(r[k] - mu[k]) ** 2 for r in rows]))
+            if sd == 0.0:
+                z_s.append(0.0)
+                z_t.append(0.0)
+                continue
+            z_s.append(mean([(r[k] - mu[k]) / sd for r in hs[l]]))
+            z_t.append(mean([(r[k] - mu[k]) / sd for r in ht[l]]))
+        out.append(distance(z_s, z_t) / math.sqrt(d))
+    return out
+
+
 # ---- token level -----------------------------------------------------------------------------
 
 def ref_token_matrix(hs: list[Mat], ht: list[Mat], f) -> list[Mat]:
