@@ -295,5 +295,53 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
                        mean_cka=None if sum_cka is None else sum_cka / n_cka, pooled_cka=pooled, n=n, errors=errors)
 
 
-__all__ = ["AnalysisOptions", "SampleAnalysis", "SetAnalysis", "analyze_sample", "analyze_set",
+# --------------------------------------------------------------------------- CKA stability
+@dataclass
+class StabilityResult:
+    """Cross-layer CKA of a sample set under several configurations and how alike the matrices are."""
+
+    configs: list  # [C] lsl_core.metrics.stability.CKAConfig, in the order given
+    matrices: dict[str, np.ndarray | None]  # label -> [L+1, L+1] (None: undefined for this set)
+    summary: "object"  # lsl_core.metrics.stability.StabilitySummary (None if no matrix at all)
+    n: int  # samples analyzed
+    errors: list[str] = field(default_factory=list)
+
+
+def analyze_stability(model, samples: Iterable, configs=None, *, reference: str | None = None, tolerance: int = 1,
+                      progress: Callable[[int, int | None, str], None] | None = None,
+                      total: int | None = None) -> StabilityResult:
+    """Recompute the cross-layer CKA of `samples` under each configuration (default:
+    metrics.stability.default_configs) from one speech + one text forward per sample, streaming
+    (flat memory), and summarize how stable the matrices and their band locations are.
+
+    progress(i, total, sample_id) after each sample; samples with a user error (bad audio) are
+    listed in `errors` and skipped.
+    """
+    from lsl_core.errors import LSLError
+    from lsl_core.metrics.stability import StabilityAccumulator, default_configs, stability_summary
+
+    total = total if total is not None else (len(samples) if hasattr(samples, "__len__") else None)
+    configs = list(configs) if configs is not None else list(default_configs(model.num_layers))
+    acc = StabilityAccumulator(configs)
+    errors: list[str] = []
+    for i, s in enumerate(samples):
+        try:
+            states = model.hidden_states(s)
+        except LSLError as exc:
+            errors.append(f"{s.id}: {exc}")
+            continue
+        acc.update(states.speech, states.text, s.id)
+        if progress:
+            progress(i + 1, total, s.id)
+    if acc.n_samples == 0:
+        raise MetricInputError("No sample could be analyzed: " + ("; ".join(errors[:3]) or "the set is empty."))
+    matrices = acc.matrices()
+    errors += acc.notes
+    summary = None
+    if any(m is not None for m in matrices.values()):
+        summary = stability_summary(matrices, reference=reference, tolerance=tolerance)
+    return StabilityResult(configs=configs, matrices=matrices, summary=summary, n=acc.n_samples, errors=errors)
+
+
+__all__ = ["AnalysisOptions", "StabilityResult", "analyze_stability", "SampleAnalysis", "SetAnalysis", "analyze_sample", "analyze_set",
            "metrics_from_states", "AnalysisCache", "sample_key", "pooled_cross_layer_cka"]
