@@ -343,5 +343,93 @@ def analyze_stability(model, samples: Iterable, configs=None, *, reference: str 
     return StabilityResult(configs=configs, matrices=matrices, summary=summary, n=acc.n_samples, errors=errors)
 
 
-__all__ = ["AnalysisOptions", "StabilityResult", "analyze_stability", "SampleAnalysis", "SetAnalysis", "analyze_sample", "analyze_set",
+# --------------------------------------------------------------------------- logit lens
+@dataclass
+class LensAnalysis:
+    """Logit lens of one sample (metrics.lens) with decoded strings, ready for a figure or a table.
+
+    n = number of layers read; k = top-k per position. Ranks: 1 = the aligned token is the top token.
+    """
+
+    sample_id: str
+    layers: np.ndarray  # [n] layers read (ascending; L = after the final norm)
+    num_layers: int  # L
+    tokens: list[str]  # [Tt] question tokens
+    token_ids: list[int]  # [Tt] their vocabulary ids
+    frame_times: np.ndarray  # [Ts] seconds
+    frame_seconds: float
+    frame_token: np.ndarray  # [n, Ts] index j of the text token aligned to each frame
+    speech_top: np.ndarray  # [n, Ts, k] decoded top-k strings (most probable first)
+    speech_top_probs: np.ndarray  # [n, Ts, k]
+    speech_rank: np.ndarray  # [n, Ts] rank of the aligned text token in the frame's distribution
+    speech_prob: np.ndarray  # [n, Ts] its probability
+    text_top: np.ndarray  # [n, Tt, k]
+    text_top_probs: np.ndarray  # [n, Tt, k]
+    text_rank: np.ndarray  # [n, Tt] rank of each token's own id at its position
+    vocab_size: int
+    alignment: str  # e.g. "dtw cosine path, each layer's own" / "argmax distance path of layer 15"
+
+    def table(self):
+        """Long-form rows (one per layer x frame) with the exact values, for export."""
+        import pandas as pd
+
+        rows = []
+        for r, layer in enumerate(self.layers):
+            for i in range(self.speech_rank.shape[1]):
+                j = int(self.frame_token[r, i])
+                rows.append({"layer": int(layer), "frame": i, "time_s": float(self.frame_times[i]),
+                             "aligned_token": self.tokens[j], "aligned_token_index": j,
+                             "rank_of_aligned_token": int(self.speech_rank[r, i]),
+                             "prob_of_aligned_token": float(self.speech_prob[r, i]),
+                             "top_tokens": list(self.speech_top[r, i]),
+                             "top_probs": [float(p) for p in self.speech_top_probs[r, i]]})
+        return pd.DataFrame(rows)
+
+
+def lens_sample(model, sample, *, k: int = 5, layers=None, path: str = "dtw", metric: str = "cosine",
+                alignment_layer: int | None = None) -> LensAnalysis:
+    """Logit lens over the speech frames and the text tokens of one sample (one forward per modality).
+
+    Each frame's aligned text token comes from `tokenwise.frame_alignment` on the `metric` token
+    matrix with the `path` method, at every layer read (alignment_layer None) or at one fixed layer.
+    layers: the layers to read (default all 0..L; each costs a [T, d] x [d, V] matmul).
+    """
+    from lsl_core.metrics.lens import speech_logit_lens
+    from lsl_core.metrics.tokenwise import frame_alignment, token_cosine_matrix, token_distance_matrix
+
+    states = model.hidden_states(sample)
+    ids = model.embed_text(sample.question).token_ids
+    L = states.num_layers
+    if alignment_layer is not None and not 0 <= alignment_layer <= L:
+        raise MetricInputError(f"alignment_layer must be in 0..{L}, got {alignment_layer}.")
+    A = (token_cosine_matrix if metric == "cosine" else token_distance_matrix)(states.speech, states.text)
+    ft = frame_alignment(A, metric, path)  # [L+1, Ts]
+    if alignment_layer is not None:
+        ft = ft[alignment_layer].expand_as(ft)
+    with model.lock:
+        lens = speech_logit_lens(states.speech, states.text, ids, model.lens_head(), ft, k=k, layers=layers)
+    decode = _decoder(model.tokenizer)
+    where = "each layer's own" if alignment_layer is None else f"of layer {alignment_layer}"
+    return LensAnalysis(
+        sample_id=sample.id, layers=lens.speech.layers.numpy(), num_layers=L, tokens=list(states.tokens),
+        token_ids=list(ids), frame_times=np.asarray(states.frame_times), frame_seconds=float(states.frame_seconds),
+        frame_token=lens.frame_token.numpy(), speech_top=decode(lens.speech.top_ids),
+        speech_top_probs=lens.speech.top_probs.numpy(), speech_rank=lens.speech.target_rank.numpy(),
+        speech_prob=lens.speech.target_prob.numpy(), text_top=decode(lens.text.top_ids),
+        text_top_probs=lens.text.top_probs.numpy(), text_rank=lens.text.target_rank.numpy(),
+        vocab_size=model.lens_head().vocab_size, alignment=f"{path} {metric} path, {where}")
+
+
+def _decoder(tokenizer) -> Callable[[torch.Tensor], np.ndarray]:
+    """ids [...] -> decoded strings [...] (object array), each distinct id decoded once."""
+
+    def decode(ids: torch.Tensor) -> np.ndarray:
+        flat = ids.reshape(-1).tolist()
+        table = {i: tokenizer.decode([i]) for i in set(flat)}
+        return np.array([table[i] for i in flat], dtype=object).reshape(tuple(ids.shape))
+
+    return decode
+
+
+__all__ = ["AnalysisOptions", "StabilityResult", "analyze_stability", "LensAnalysis", "lens_sample", "SampleAnalysis", "SetAnalysis", "analyze_sample", "analyze_set",
            "metrics_from_states", "AnalysisCache", "sample_key", "pooled_cross_layer_cka"]

@@ -2,6 +2,7 @@
 
     A_l[i, j] = f(h_{l,i}^s, h_{l,j}^t)                       [L+1, Ts, Tt]
     path      i*_j = argmax_i A_l^cos[:, j]  (argmin_i for f_d)  [L+1, Tt]   method "argmax"
+    frame alignment  j(i): the token aligned to each frame (DTW: visited token; argmax: best token)  [L+1, Ts]
     DTW path  monotone: dynamic time warping over the cost C_l = 1 - A_l^cos (or A_l^d) with steps
               (1,0), (0,1), (1,1) from (0,0) to (Ts-1, Tt-1); token j takes, among the frames the
               path visits in column j, the one with the best value of A_l      [L+1, Tt]   method "dtw"
@@ -234,6 +235,21 @@ def dtw_alignment(A: Tensor, metric: Metric) -> DTWAlignment:
 def dtw_path(A: Tensor, metric: Metric) -> Tensor:
     """The monotone (DTW) path i*_j: A [L+1,Ts,Tt] -> LongTensor [L+1,Tt] (see `dtw_alignment`)."""
     return dtw_alignment(A, metric).path
+
+
+def frame_alignment(A: Tensor, metric: Metric, method: PathMethod = "argmax") -> Tensor:
+    """The text token aligned to each speech frame: A [L+1,Ts,Tt] -> LongTensor [L+1,Ts].
+
+    "dtw": the token the monotone path visits at frame i (the best-valued one if several);
+    "argmax": the frame's best token (argmax over tokens for cosine, argmin for distance; ties to
+    the lowest token index). The converse of the path i*_j, for per-frame views such as the logit lens.
+    """
+    _check_metric(metric)
+    _check_method(method)
+    A = _check_matrix(A)
+    if method == "dtw":
+        return dtw_alignment(A, metric).frame_token
+    return A.argmax(dim=2) if metric == "cosine" else A.argmin(dim=2)  # [L+1, Ts]
 
 
 def path_scores(A: Tensor, path: Tensor) -> Tensor:
