@@ -1,4 +1,4 @@
-"""`python -m lsl_core {synth,analyze,evaluate,voicebench,train,bench,info,families}`: one entry point, one subcommand per module.
+"""`python -m lsl_core {synth,analyze,evaluate,voicebench,train,report-case,bench,info,families}`: one entry point, one subcommand per module.
 
 Each subcommand module exposes `register(subparsers)` adding its parser with `set_defaults(func=...)`.
 User errors (LSLError) print one line and exit 2, without a traceback.
@@ -17,6 +17,7 @@ _COMMANDS = {
     "evaluate": "lsl_core.evaluate",
     "voicebench": "lsl_core.experiments.voicebench_run",
     "train": "lsl_core.experiments.train",
+    "report-case": "lsl_core.case_report",
     "info": "lsl_core.cli_info",
     "families": "lsl_core.model.families.cli",
 }
