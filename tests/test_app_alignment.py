@@ -81,3 +81,32 @@ def test_sixty_second_upload_renders_binned(world):
     assert "600 frames shown in 200 bins" in fig["layout"]["title"]["text"]
     assert np.shape(_arr(fig["data"][0]["z"]))[0] == 200
     assert not at.error
+
+
+def test_cka_page_argmax_vs_dtw_and_stability(world):
+    from lsl_core.analysis import AnalysisOptions, analyze_sample, analyze_stability
+    from lsl_core.data.sets import load_sample_set
+
+    at = _app(CKA)
+    model = _model(world)
+    s = _sample(world, world["ids"][0])
+    L = model.num_layers
+    for method in ("argmax", "dtw"):
+        ref = analyze_sample(model, s, AnalysisOptions(cka_path_layer=L // 2, path=method), cache=False)
+        fig = _fig(at, f"cosine {method} path at layer {L // 2}")
+        np.testing.assert_allclose(_arr(fig["data"][0]["z"]), ref.cka, atol=1e-6)
+        np.testing.assert_array_equal(_arr(fig["data"][1]["x"]), ref.cka.argmax(axis=1))  # the band
+    assert "argmax vs DTW for this sample: Pearson r" in _texts(at)
+
+    _widget(at.number_input, "Samples").set_value(4)
+    _run(at)
+    at.button(key="cka_stability_run").click()
+    _run(at)
+    ids = world["ids"][:4]
+    ref = analyze_stability(model, [load_sample_set(world["spec"])[i] for i in ids])
+    fig = _fig(at, "Stability of the cross-layer CKA")
+    np.testing.assert_allclose(_arr(fig["data"][0]["z"]), ref.summary.correlation, atol=1e-9)
+    for k, label in enumerate(ref.summary.labels):
+        np.testing.assert_array_equal(_arr(fig["data"][1 + k]["y"]), ref.summary.band[k])
+    dtw = _fig(at, "Aligned CKA, dtw · cosine · path@middle, mean over 4 samples")
+    np.testing.assert_allclose(_arr(dtw["data"][0]["z"]), ref.matrices["dtw · cosine · path@middle"], atol=1e-9)
