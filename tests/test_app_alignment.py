@@ -110,3 +110,45 @@ def test_cka_page_argmax_vs_dtw_and_stability(world):
         np.testing.assert_array_equal(_arr(fig["data"][1 + k]["y"]), ref.summary.band[k])
     dtw = _fig(at, "Aligned CKA, dtw · cosine · path@middle, mean over 4 samples")
     np.testing.assert_allclose(_arr(dtw["data"][0]["z"]), ref.matrices["dtw · cosine · path@middle"], atol=1e-9)
+
+
+def test_interventions_case_report_download(world, monkeypatch):
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    deferred: dict[str, object] = {}  # file name -> the callable the button runs on a click
+    add = MediaFileManager.add_deferred
+
+    def record(self, data_callable, mimetype, coordinates, file_name=None, **kw):
+        deferred[file_name] = data_callable
+        return add(self, data_callable, mimetype, coordinates, file_name=file_name, **kw)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    at = _app(INTERVENTIONS)
+    _widget(at.number_input, "Max new tokens").set_value(4)
+    _widget(at.checkbox, "Cascade baseline (ASR → LLM)").uncheck()
+    _run(at)
+    assert not at.get("download_button") or all(b.proto.label != "Case report (HTML)" for b in at.get("download_button"))
+    at.button(key="iv_run").click()
+    _run(at)
+    (btn,) = [b for b in at.get("download_button") if b.proto.label == "Case report (HTML)"]
+    assert btn.proto.deferred_file_id  # built only on a click: run the registered callable as the click would
+    (name,) = [n for n in deferred if n and n.startswith("case_")]
+    assert name.endswith("angle_bottom3.html")
+    page = deferred[name]()
+    from test_case_report import _figure_json, _Sections
+
+    from lsl_core.case_report import SECTIONS
+
+    p = _Sections()
+    p.feed(page)
+    assert p.sections == list(SECTIONS) and p.external == []
+    assert p.cards == ["text", "speech", "angle:bottom3"]
+    for answer in [i.value for i in at.info][:3]:  # the answers shown on the page are the report's
+        assert answer.replace("'", "&#x27;") in page
+    s = _sample(world, world["ids"][0])
+    assert s.question in page and "--intervention angle:bottom3 --tokens 4 --no-cascade" in page
+    from lsl_core.analysis import analyze_sample
+
+    a = analyze_sample(_model(world), s, cache=False)
+    z = _arr(_figure_json(page, "fig-heatmap")["data"][0]["z"])
+    np.testing.assert_allclose(z, a.cos[0], atol=1e-5)
