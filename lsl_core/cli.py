@@ -1,4 +1,4 @@
-"""`python -m lsl_core {synth,analyze,evaluate,voicebench,train,report-case,bench,info,families}`: one entry point, one subcommand per module.
+"""`python -m lsl_core {synth,analyze,evaluate,voicebench,train,report-case,stability,bench,info,families}`: one entry point, one subcommand per module.
 
 Each subcommand module exposes `register(subparsers)` adding its parser with `set_defaults(func=...)`.
 User errors (LSLError) print one line and exit 2, without a traceback.
@@ -18,6 +18,7 @@ _COMMANDS = {
     "voicebench": "lsl_core.experiments.voicebench_run",
     "train": "lsl_core.experiments.train",
     "report-case": "lsl_core.case_report",
+    "stability": "lsl_core.experiments.stability",
     "info": "lsl_core.cli_info",
     "families": "lsl_core.model.families.cli",
 }

@@ -180,3 +180,32 @@ def test_analyze_stability_on_the_tiny_model(tiny_model):
         np.testing.assert_allclose(res.matrices[label], m, atol=1e-12)
     assert res.summary.labels[0] == CKAConfig().label()
     assert res.summary.band.shape == (len(res.configs), L + 1)
+
+
+def test_stability_command_writes_matrices_and_summary(tiny_parts, tmp_path, capsys):
+    import json
+
+    import soundfile as sf
+    from conftest import tone
+
+    from lsl_core.cli import main
+    from lsl_core.model.loading import CheckpointManifest, write_manifest
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    qs = ["what is the capital of france ?", "who wrote hamlet ?", "when did world war two end ?",
+          "how many legs does a spider have ?"]
+    rows = ["file,question"]
+    for i, q in enumerate(qs):
+        sf.write(folder / f"q{i}.wav", tone(0.8 + 0.2 * i, freq=200 + 30 * i), 16_000)
+        rows.append(f"q{i}.wav,{q}")
+    (folder / "questions.csv").write_text("\n".join(rows) + "\n")
+    write_manifest(CheckpointManifest(name="tiny-cli", llm=str(tiny_parts["llm"]), encoder=str(tiny_parts["encoder"]),
+                                      family="tiny", strategy="none", downsample=5, seed=1), tmp_path / "ckpt")
+    out = tmp_path / "stability.json"
+    assert main(["stability", "--checkpoint", str(tmp_path / "ckpt"), "--samples", f"folder:{folder}",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["n"] == 4 and data["configs"][0] == CKAConfig().label()
+    assert np.asarray(data["summary"]["correlation"]).shape == (len(data["summary"]["labels"]),) * 2
+    assert "r_with_reference" in capsys.readouterr().out
