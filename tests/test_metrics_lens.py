@@ -72,16 +72,16 @@ def test_last_layer_is_the_models_own_next_token_distribution(tiny_model, sample
     np.testing.assert_allclose(got.top_probs[0].numpy(), probs.numpy(), rtol=1e-4, atol=1e-7)
 
 
-def test_untied_head_with_bias_and_softcap():
+def test_untied_head_with_bias_divisor_and_softcap():
     g = torch.Generator().manual_seed(3)
     V, d = 11, 6
     W, b = torch.randn(V, d, generator=g), torch.randn(V, generator=g)
-    head = LensHead(norm=lambda x: 2.0 * x, weight=W, bias=b, softcap=1.5)
+    head = LensHead(norm=lambda x: 2.0 * x, weight=W, bias=b, softcap=1.5, divisor=3.0)
     h = torch.randn(3, 4, d, generator=g)  # [L+1=3, T=4, d]
     got = logit_lens(h, head, k=V, targets=torch.tensor([0, 3, 5, 10]))
     for layer in range(3):
         x = h[layer] if layer == 2 else 2.0 * h[layer]  # layer L = 2 is already normed
-        logits = 1.5 * torch.tanh((x @ W.T + b) / 1.5)
+        logits = 1.5 * torch.tanh((x @ W.T + b) / 3.0 / 1.5)
         probs = torch.softmax(logits, -1)
         assert torch.equal(got.top_ids[layer], probs.argsort(dim=-1, descending=True))
         np.testing.assert_allclose(got.top_probs[layer].numpy(), probs.sort(dim=-1, descending=True).values.numpy(),
@@ -151,3 +151,33 @@ def test_errors_name_the_problem(tiny_model):
         speech_logit_lens(torch.zeros(2, 3, d), torch.zeros(2, 2, d), [1, 2], head, torch.zeros(4, dtype=torch.long))
     with pytest.raises(MetricInputError, match="outside 0..1"):
         speech_logit_lens(torch.zeros(2, 3, d), torch.zeros(2, 2, d), [1, 2], head, torch.full((3,), 2))
+
+
+FAMILIES = ("qwen2-audio", "qwen2.5-omni", "voxtral", "granite-speech")
+
+
+@pytest.fixture(scope="module")
+def family_root(tmp_path_factory):
+    from lsl_core.model.families.tiny import make_all
+
+    root = tmp_path_factory.mktemp("families")
+    make_all(root)
+    return root
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lens_head_of_every_model_family_reads_its_own_logits(family_root, family, sample):
+    """Each public speech-LLM class (tiny random weights): the head found by lens_head gives, at layer L,
+    the model's own next-token distribution on the text span."""
+    from lsl_core.model.loading import load_checkpoint
+
+    model = load_checkpoint(family_root / family, device="cpu")
+    head = model.lens_head()
+    st = model.hidden_states(sample)
+    prompt = model.prompt_for(text=sample.question)
+    with torch.no_grad():
+        logits = model.llm(inputs_embeds=prompt.inputs_embeds).logits[0, prompt.span].float()  # [Tt, V]
+    got = logit_lens(st.text, head, k=3, layers=[st.num_layers])
+    assert torch.equal(got.top_ids[0], logits.topk(3, dim=-1).indices)
+    np.testing.assert_allclose(got.top_probs[0].numpy(), torch.softmax(logits, -1).gather(1, got.top_ids[0]).numpy(),
+                               rtol=1e-4, atol=1e-7)

@@ -12,8 +12,9 @@ the token the monotone DTW path visits at frame i, or the frame's best token for
 its rank r_{l,i} = rank of the text token id of j(i) in p_{l,i} says whether layer l "reads" the word
 that frame carries. The same lens over the text span gives the text positions' top-k for comparison.
 
-The head is the model's: tied or untied W_U [V, d], optional bias, optional final-logit soft-capping
-(Gemma: c·tanh(logits/c), monotone, so ranks are unchanged). n = number of layers read (a subset
+The head is the model's: tied or untied W_U [V, d], optional bias, optional logit divisor (Granite's
+logits_scaling) and final-logit soft-capping (Gemma: c·tanh(logits/c)); both are monotone, so ranks
+are unchanged, but probabilities follow the model. n = number of layers read (a subset
 of 0..L may be asked for: the lens costs one [T, d] x [d, V] matmul per layer). Logits are computed in
 float32, in row chunks, and never kept whole ([L+1, T, V] would be gigabytes for a long clip).
 """
@@ -40,6 +41,7 @@ class LensHead:
     bias: Tensor | None = None  # b_U [V]
     final_normed: bool = True  # hidden_states[L] already passed the final norm (HF convention)
     softcap: float | None = None  # final logit soft-capping c (Gemma 2/3), None = off
+    divisor: float = 1.0  # logits are divided by this (Granite's logits_scaling), before soft-capping
 
     @property
     def vocab_size(self) -> int:
@@ -78,6 +80,8 @@ def lens_logits(h_layer: Tensor, head: LensHead, is_final: bool) -> Tensor:
     logits = x.to(torch.float32) @ head.weight.to(torch.float32).T  # [T, V]
     if head.bias is not None:
         logits = logits + head.bias.to(torch.float32)
+    if head.divisor != 1.0:
+        logits = logits / head.divisor
     if head.softcap:
         logits = head.softcap * torch.tanh(logits / head.softcap)
     return logits

@@ -145,16 +145,20 @@ class LSLM:
         head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
         if head is None or not hasattr(head, "weight"):
             raise ModelLoadError(f"{type(base).__name__} has no LM head (output embeddings); the logit lens needs one.")
-        inner = getattr(base, "model", base)
+        layers = self.decoder_layers()
+        inner = next((m for m in base.modules() if getattr(m, "layers", None) is layers), getattr(base, "model", base))
         norm = next((getattr(inner, n) for n in ("norm", "final_layernorm", "ln_f", "final_norm")
-                     if isinstance(getattr(inner, n, None), nn.Module)), None)
+                     if isinstance(getattr(inner, n, None), nn.Module)), None)  # on the module holding the layers
         if norm is None:
             raise ModelLoadError(f"Cannot find the final norm of {type(inner).__name__} (looked for norm, "
                                  "final_layernorm, ln_f, final_norm); the logit lens needs it.")
-        cap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
+        cfg = getattr(base, "config", None)
+        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        cap = getattr(text_cfg, "final_logit_softcapping", None) or getattr(cfg, "final_logit_softcapping", None)
+        divisor = getattr(text_cfg, "logits_scaling", None) or getattr(cfg, "logits_scaling", None) or 1.0
         bias = getattr(head, "bias", None)
         return LensHead(norm=norm, weight=head.weight.detach(), bias=None if bias is None else bias.detach(),
-                        final_normed=True, softcap=float(cap) if cap else None)
+                        final_normed=True, softcap=float(cap) if cap else None, divisor=float(divisor))
 
     # ----------------------------------------------------------------- embeddings
     @torch.no_grad()
