@@ -19,8 +19,9 @@ import torch
 from lsl_core.data.audio import audio_digest
 from lsl_core.errors import MetricInputError
 from lsl_core.metrics.cka import MIN_PAIRS, MinibatchCKA, cross_layer_cka, pooled_cross_layer_cka
+from lsl_core.metrics.norms import standardized_distance, token_norms
 from lsl_core.metrics.sequence import layer_average, mean_pool, sequence_cosine, sequence_distance
-from lsl_core.metrics.tokenwise import METRICS, TokenwiseResult, tokenwise_metrics
+from lsl_core.metrics.tokenwise import METRICS, PATH_METHODS, TokenwiseResult, tokenwise_metrics
 
 ANALYSIS_VERSION = 1  # bump when a metric's definition changes: invalidates disk caches
 
@@ -30,8 +31,13 @@ class AnalysisOptions:
     cka: bool = True  # compute the per-sample cross-layer CKA matrix (seed 000)
     cka_path: Literal["cosine", "distance"] = "cosine"  # which alignment path pairs frames with tokens
     cka_path_layer: int = -1  # layer whose path aligns frames to tokens for CKA; -1 -> middle layer L//2
+    # how frames are paired with tokens everywhere (path scores, Spearman, consistency, APS, CKA):
+    # "argmax" = best frame per token (seed 001), "dtw" = monotone DTW path (seed 000)
+    path: Literal["argmax", "dtw"] = "argmax"
 
     def __post_init__(self) -> None:
+        if self.path not in PATH_METHODS:
+            raise ValueError(f"AnalysisOptions.path must be 'argmax' or 'dtw', got {self.path!r}")
         if self.cka_path not in METRICS:
             raise ValueError(f"AnalysisOptions.cka_path must be 'cosine' or 'distance', got {self.cka_path!r}")
         if self.cka_path_layer < -1:
@@ -69,6 +75,14 @@ class SampleAnalysis:
     cka: np.ndarray | None  # [L+1, L+1] speech layer x text layer, or None if too few pairs
     cka_note: str = ""  # why cka is None
     options: dict = field(default_factory=dict)
+    norm_speech: np.ndarray | None = None  # [L+1] mean L2 norm of the speech frames per layer
+    norm_text: np.ndarray | None = None  # [L+1] mean L2 norm of the text tokens per layer
+    std_dist: np.ndarray | None = None  # [L+1] standardized distance of the mean-pooled spans (metrics.norms)
+
+    @property
+    def path_method(self) -> str:
+        """'argmax' or 'dtw': how path_cos / path_dist pair frames with tokens."""
+        return str(self.options.get("path", "argmax"))
 
     @property
     def num_layers(self) -> int:
@@ -95,12 +109,16 @@ class SampleAnalysis:
             "seq_cos": self.seq_cos.tolist(), "seq_dist": self.seq_dist.tolist(),
             "spearman_cos": self.spearman_cos.tolist(), "spearman_dist": self.spearman_dist.tolist(),
             "consistency": self.consistency.tolist(),
+            "path": self.path_method,
+            **({} if self.std_dist is None else {
+                "std_dist_mean": mean(self.std_dist), "std_dist": self.std_dist.tolist(),
+                "norm_speech": self.norm_speech.tolist(), "norm_text": self.norm_text.tolist()}),
         }
 
 
 def metrics_from_states(hs: torch.Tensor, ht: torch.Tensor, options: AnalysisOptions = AnalysisOptions()) -> dict:
     """Every metric of DESIGN §3 from speech [L+1, Ts, d] and text [L+1, Tt, d] states (one pass each)."""
-    tw: TokenwiseResult = tokenwise_metrics(hs, ht)
+    tw: TokenwiseResult = tokenwise_metrics(hs, ht, path=options.path)
     L = hs.shape[0] - 1
     cka, note = None, ""
     if options.cka:
@@ -111,7 +129,9 @@ def metrics_from_states(hs: torch.Tensor, ht: torch.Tensor, options: AnalysisOpt
         except MetricInputError as exc:
             note = str(exc)
     np_ = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    norm_s, norm_t = token_norms(hs, ht)  # [L+1] each
     return dict(
+        norm_speech=np_(norm_s), norm_text=np_(norm_t), std_dist=np_(standardized_distance(hs, ht)),
         seq_cos=np_(sequence_cosine(hs, ht)), seq_dist=np_(sequence_distance(hs, ht)),
         cos=np_(tw.cos), dist=np_(tw.dist), path_cos=np_(tw.path_cos), path_dist=np_(tw.path_dist),
         scores_cos=np_(tw.scores_cos), scores_dist=np_(tw.scores_dist),
@@ -277,5 +297,141 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
                        mean_cka=None if sum_cka is None else sum_cka / n_cka, pooled_cka=pooled, n=n, errors=errors)
 
 
-__all__ = ["AnalysisOptions", "SampleAnalysis", "SetAnalysis", "analyze_sample", "analyze_set",
+# --------------------------------------------------------------------------- CKA stability
+@dataclass
+class StabilityResult:
+    """Cross-layer CKA of a sample set under several configurations and how alike the matrices are."""
+
+    configs: list  # [C] lsl_core.metrics.stability.CKAConfig, in the order given
+    matrices: dict[str, np.ndarray | None]  # label -> [L+1, L+1] (None: undefined for this set)
+    summary: "object"  # lsl_core.metrics.stability.StabilitySummary (None if no matrix at all)
+    n: int  # samples analyzed
+    errors: list[str] = field(default_factory=list)
+
+
+def analyze_stability(model, samples: Iterable, configs=None, *, reference: str | None = None, tolerance: int = 1,
+                      progress: Callable[[int, int | None, str], None] | None = None,
+                      total: int | None = None) -> StabilityResult:
+    """Recompute the cross-layer CKA of `samples` under each configuration (default:
+    metrics.stability.default_configs) from one speech + one text forward per sample, streaming
+    (flat memory), and summarize how stable the matrices and their band locations are.
+
+    progress(i, total, sample_id) after each sample; samples with a user error (bad audio) are
+    listed in `errors` and skipped.
+    """
+    from lsl_core.errors import LSLError
+    from lsl_core.metrics.stability import StabilityAccumulator, default_configs, stability_summary
+
+    total = total if total is not None else (len(samples) if hasattr(samples, "__len__") else None)
+    configs = list(configs) if configs is not None else list(default_configs(model.num_layers))
+    acc = StabilityAccumulator(configs)
+    errors: list[str] = []
+    for i, s in enumerate(samples):
+        try:
+            states = model.hidden_states(s)
+        except LSLError as exc:
+            errors.append(f"{s.id}: {exc}")
+            continue
+        acc.update(states.speech, states.text, s.id)
+        if progress:
+            progress(i + 1, total, s.id)
+    if acc.n_samples == 0:
+        raise MetricInputError("No sample could be analyzed: " + ("; ".join(errors[:3]) or "the set is empty."))
+    matrices = acc.matrices()
+    errors += acc.notes
+    summary = None
+    if any(m is not None for m in matrices.values()):
+        summary = stability_summary(matrices, reference=reference, tolerance=tolerance)
+    return StabilityResult(configs=configs, matrices=matrices, summary=summary, n=acc.n_samples, errors=errors)
+
+
+# --------------------------------------------------------------------------- logit lens
+@dataclass
+class LensAnalysis:
+    """Logit lens of one sample (metrics.lens) with decoded strings, ready for a figure or a table.
+
+    n = number of layers read; k = top-k per position. Ranks: 1 = the aligned token is the top token.
+    """
+
+    sample_id: str
+    layers: np.ndarray  # [n] layers read (ascending; L = after the final norm)
+    num_layers: int  # L
+    tokens: list[str]  # [Tt] question tokens
+    token_ids: list[int]  # [Tt] their vocabulary ids
+    frame_times: np.ndarray  # [Ts] seconds
+    frame_seconds: float
+    frame_token: np.ndarray  # [n, Ts] index j of the text token aligned to each frame
+    speech_top: np.ndarray  # [n, Ts, k] decoded top-k strings (most probable first)
+    speech_top_probs: np.ndarray  # [n, Ts, k]
+    speech_rank: np.ndarray  # [n, Ts] rank of the aligned text token in the frame's distribution
+    speech_prob: np.ndarray  # [n, Ts] its probability
+    text_top: np.ndarray  # [n, Tt, k]
+    text_top_probs: np.ndarray  # [n, Tt, k]
+    text_rank: np.ndarray  # [n, Tt] rank of each token's own id at its position
+    vocab_size: int
+    alignment: str  # e.g. "dtw cosine path, each layer's own" / "argmax distance path of layer 15"
+
+    def table(self):
+        """Long-form rows (one per layer x frame) with the exact values, for export."""
+        import pandas as pd
+
+        rows = []
+        for r, layer in enumerate(self.layers):
+            for i in range(self.speech_rank.shape[1]):
+                j = int(self.frame_token[r, i])
+                rows.append({"layer": int(layer), "frame": i, "time_s": float(self.frame_times[i]),
+                             "aligned_token": self.tokens[j], "aligned_token_index": j,
+                             "rank_of_aligned_token": int(self.speech_rank[r, i]),
+                             "prob_of_aligned_token": float(self.speech_prob[r, i]),
+                             "top_tokens": list(self.speech_top[r, i]),
+                             "top_probs": [float(p) for p in self.speech_top_probs[r, i]]})
+        return pd.DataFrame(rows)
+
+
+def lens_sample(model, sample, *, k: int = 5, layers=None, path: str = "dtw", metric: str = "cosine",
+                alignment_layer: int | None = None) -> LensAnalysis:
+    """Logit lens over the speech frames and the text tokens of one sample (one forward per modality).
+
+    Each frame's aligned text token comes from `tokenwise.frame_alignment` on the `metric` token
+    matrix with the `path` method, at every layer read (alignment_layer None) or at one fixed layer.
+    layers: the layers to read (default all 0..L; each costs a [T, d] x [d, V] matmul).
+    """
+    from lsl_core.metrics.lens import speech_logit_lens
+    from lsl_core.metrics.tokenwise import frame_alignment, token_cosine_matrix, token_distance_matrix
+
+    states = model.hidden_states(sample)
+    ids = model.embed_text(sample.question).token_ids
+    L = states.num_layers
+    if alignment_layer is not None and not 0 <= alignment_layer <= L:
+        raise MetricInputError(f"alignment_layer must be in 0..{L}, got {alignment_layer}.")
+    A = (token_cosine_matrix if metric == "cosine" else token_distance_matrix)(states.speech, states.text)
+    ft = frame_alignment(A, metric, path)  # [L+1, Ts]
+    if alignment_layer is not None:
+        ft = ft[alignment_layer].expand_as(ft)
+    with model.lock:
+        lens = speech_logit_lens(states.speech, states.text, ids, model.lens_head(), ft, k=k, layers=layers)
+    decode = _decoder(model.tokenizer)
+    where = "each layer's own" if alignment_layer is None else f"of layer {alignment_layer}"
+    return LensAnalysis(
+        sample_id=sample.id, layers=lens.speech.layers.numpy(), num_layers=L, tokens=list(states.tokens),
+        token_ids=list(ids), frame_times=np.asarray(states.frame_times), frame_seconds=float(states.frame_seconds),
+        frame_token=lens.frame_token.numpy(), speech_top=decode(lens.speech.top_ids),
+        speech_top_probs=lens.speech.top_probs.numpy(), speech_rank=lens.speech.target_rank.numpy(),
+        speech_prob=lens.speech.target_prob.numpy(), text_top=decode(lens.text.top_ids),
+        text_top_probs=lens.text.top_probs.numpy(), text_rank=lens.text.target_rank.numpy(),
+        vocab_size=model.lens_head().vocab_size, alignment=f"{path} {metric} path, {where}")
+
+
+def _decoder(tokenizer) -> Callable[[torch.Tensor], np.ndarray]:
+    """ids [...] -> decoded strings [...] (object array), each distinct id decoded once."""
+
+    def decode(ids: torch.Tensor) -> np.ndarray:
+        flat = ids.reshape(-1).tolist()
+        table = {i: tokenizer.decode([i]) for i in set(flat)}
+        return np.array([table[i] for i in flat], dtype=object).reshape(tuple(ids.shape))
+
+    return decode
+
+
+__all__ = ["AnalysisOptions", "StabilityResult", "analyze_stability", "LensAnalysis", "lens_sample", "SampleAnalysis", "SetAnalysis", "analyze_sample", "analyze_set",
            "metrics_from_states", "AnalysisCache", "sample_key", "pooled_cross_layer_cka"]

@@ -7,6 +7,8 @@
     report    (re)write a results page under docs/results (experiments.report)
     voicebench  speech vs text scores on VoiceBench subsets (experiments.voicebench_run)
     train     adaptor (+ LoRA / full) training curriculum (experiments.train)
+    report-case  one clip's self-contained HTML case report (lsl_core.case_report)
+    stability CKA stability across configurations (experiments.stability)
     info      device, cache, shipped checkpoints and sample sets (lsl_core.cli_info)
     families  the public model families and their capabilities (model.families.cli)
 
@@ -30,6 +32,8 @@ COMMANDS = {
     "report": "lsl_core.experiments.report",
     "voicebench": "lsl_core.experiments.voicebench_run",
     "train": "lsl_core.experiments.train",
+    "report-case": "lsl_core.case_report",
+    "stability": "lsl_core.experiments.stability",
     "info": "lsl_core.cli_info",
     "families": "lsl_core.model.families.cli",
 }

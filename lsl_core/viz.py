@@ -100,6 +100,36 @@ def _edited_sets(edited: Any) -> tuple[list[int], list[int]]:
     return sorted({int(f) for f in frames}), sorted({int(j) for j in tokens})
 
 
+MAX_HEATMAP_ROWS = 240  # frames drawn one per row up to this; longer clips are binned (about 2 px per row)
+
+
+def frame_bins(n_frames: int, max_rows: int = MAX_HEATMAP_ROWS) -> list[tuple[int, int]] | None:
+    """Consecutive frame bins [lo, hi) of equal size (the last may be shorter) so that at most max_rows
+    rows are drawn; None when every frame gets its own row."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if n_frames <= max_rows:
+        return None
+    size = -(-n_frames // max_rows)  # ceil
+    return [(lo, min(n_frames, lo + size)) for lo in range(0, n_frames, size)]
+
+
+def _bin_rows(A: np.ndarray, bins: list[tuple[int, int]], higher_is_better: bool
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per bin of rows and per column: the best value, the row holding it (first on ties), the mean.
+
+    A [Ts, T] -> ([nb, T] best, [nb, T] int row index into A, [nb, T] mean).
+    """
+    best = np.empty((len(bins), A.shape[1]))
+    where = np.empty((len(bins), A.shape[1]), dtype=int)
+    mean = np.empty((len(bins), A.shape[1]))
+    for r, (lo, hi) in enumerate(bins):
+        block = A[lo:hi]  # [b, T]
+        k = block.argmax(axis=0) if higher_is_better else block.argmin(axis=0)  # [T]
+        best[r], where[r], mean[r] = block[k, np.arange(A.shape[1])], lo + k, block.mean(axis=0)
+    return best, where, mean
+
+
 def _mark_final_layer(fig: go.Figure, L: int, rows_cols: Sequence[tuple[int, int]] | None = None) -> None:
     """A dotted vertical line at layer L in every given subplot; the first one is labelled 'after final norm'."""
     targets = rows_cols or [(None, None)]
@@ -140,7 +170,7 @@ def _layer_trace(y: np.ndarray, name: str, color: str, symbol: str, dash: str, s
 
 # =============================================================================== sample figures
 def token_heatmap(analysis, layer: int, metric: Metric = "cosine", edited: Any = None,
-                  title: str | None = None) -> go.Figure:
+                  title: str | None = None, max_rows: int = MAX_HEATMAP_ROWS) -> go.Figure:
     """The frames x tokens matrix A_ℓ [Ts, Tt] of one layer, with the alignment path as diamonds.
 
     analysis: a SampleAnalysis (cos/dist [L+1, Ts, Tt], path_cos/path_dist [L+1, Tt], tokens [Tt],
@@ -148,7 +178,9 @@ def token_heatmap(analysis, layer: int, metric: Metric = "cosine", edited: Any =
     (s); hover shows the exact value, the frame's time span and the token. edited: frames and
     tokens changed by an intervention ({'frames': [...], 'tokens': [...]} or an object with those
     attributes) are marked: frames as boxed horizontal bands, tokens as bold starred ticks whose path cells
-    are boxed.
+    are boxed. Long clips (Ts > max_rows) are drawn in bins of consecutive frames (`frame_bins`): a
+    cell's colour is the best value in its bin (so the path stays visible), its hover gives the exact
+    best value, the frame holding it and the bin mean; path diamonds and edited frames keep exact times.
     """
     if metric not in ("cosine", "distance"):
         raise ValueError(f"metric must be 'cosine' or 'distance', got {metric!r}")
@@ -165,25 +197,46 @@ def token_heatmap(analysis, layer: int, metric: Metric = "cosine", edited: Any =
     tokens = list(analysis.tokens)
     frames_edit, tokens_edit = _edited_sets(edited)
 
-    # hover text per cell [Ts, Tt]
+    # hover text per cell [Ts, Tt] (or per bin of frames for long clips)
     tok_hover = [_token_hover(t, j) for j, t in enumerate(tokens)]
-    cell = np.empty((Ts, Tt), dtype=object)
-    for i in range(Ts):
-        span = f"frame {i}, {starts[i]:.2f}–{starts[i] + fs:.2f} s"
-        for j in range(Tt):
-            cell[i, j] = f"token {tok_hover[j]}<br>{span}"
     metric_label = "cosine" if metric == "cosine" else "distance (L2)"
+    bins = frame_bins(Ts, max_rows)
     fig = go.Figure()
-    fig.add_trace(go.Heatmap(
-        z=A, x=np.arange(Tt), y=centres, text=cell, name=metric_label,
-        colorscale=SEQUENTIAL, reversescale=(metric == "distance"),  # bright = well aligned in both
-        colorbar=dict(title=dict(text=metric_label + (" (bright = close)" if metric == "distance" else ""),
-                                 side="right")),
-        hovertemplate="%{text}<br>" + metric_label + " = %{z:.6f}<extra></extra>",
-    ))
+    if bins is None:
+        cell = np.empty((Ts, Tt), dtype=object)
+        for i in range(Ts):
+            span = f"frame {i}, {starts[i]:.2f}–{starts[i] + fs:.2f} s"
+            for j in range(Tt):
+                cell[i, j] = f"token {tok_hover[j]}<br>{span}"
+        fig.add_trace(go.Heatmap(
+            z=A, x=np.arange(Tt), y=centres, text=cell, name=metric_label,
+            colorscale=SEQUENTIAL, reversescale=(metric == "distance"),  # bright = well aligned in both
+            colorbar=dict(title=dict(text=metric_label + (" (bright = close)" if metric == "distance" else ""),
+                                     side="right")),
+            hovertemplate="%{text}<br>" + metric_label + " = %{z:.6f}<extra></extra>",
+        ))
+    else:
+        best, where, mean = _bin_rows(A, bins, higher_is_better=metric == "cosine")  # [nb, Tt] each
+        cell = np.empty(best.shape, dtype=object)
+        for r, (lo, hi) in enumerate(bins):
+            span = f"frames {lo}–{hi - 1}, {starts[lo]:.2f}–{starts[hi - 1] + fs:.2f} s"
+            for j in range(Tt):
+                k = int(where[r, j])
+                cell[r, j] = (f"token {tok_hover[j]}<br>{span}<br>best: frame {k} ({starts[k]:.2f} s), "
+                              f"{metric_label} = {best[r, j]:.6f}<br>bin mean = {mean[r, j]:.6f}")
+        bin_centres = np.array([(starts[lo] + starts[hi - 1] + fs) / 2.0 for lo, hi in bins])  # [nb]
+        fig.add_trace(go.Heatmap(
+            z=best, x=np.arange(Tt), y=bin_centres, text=cell, name=metric_label,
+            colorscale=SEQUENTIAL, reversescale=(metric == "distance"),
+            colorbar=dict(title=dict(text=f"{metric_label}, best of {bins[0][1] - bins[0][0]} frames"
+                                          + (" (bright = close)" if metric == "distance" else ""), side="right")),
+            hovertemplate="%{text}<extra></extra>",
+        ))
     # alignment path (diamonds): i*_j per token
+    method = str(getattr(analysis, "path_method", "argmax"))  # SampleAnalysis: "argmax" or "dtw"
     fig.add_trace(go.Scatter(
-        x=np.arange(Tt), y=centres[path], mode="markers", name="alignment path i*_j",
+        x=np.arange(Tt), y=centres[path], mode="markers",
+        name="alignment path i*_j" + ("" if method == "argmax" else f" ({method})"),
         marker=dict(symbol="diamond", size=10, color="white", line=dict(color="black", width=1.5)),
         customdata=np.stack([path, starts[path], starts[path] + fs, A[path, np.arange(Tt)]], axis=1),
         text=tok_hover,
@@ -214,7 +267,12 @@ def token_heatmap(analysis, layer: int, metric: Metric = "cosine", edited: Any =
                      ticksuffix=" s")
     where = f" ({FINAL_NORM_NOTE})" if layer == L else (" (LLM input)" if layer == 0 else "")
     default_title = f"{metric_label} A<sub>ℓ</sub>[i, j], layer ℓ = {layer} of {L}{where}"
-    _base_layout(fig, title or default_title, height=max(380, min(760, 18 * Ts + 160)))
+    if method != "argmax":
+        default_title += f", {method} path"
+    if bins is not None:
+        default_title += f" — {Ts} frames shown in {len(bins)} bins (hover and export exact)"
+    rows = Ts if bins is None else len(bins)
+    _base_layout(fig, title or default_title, height=max(380, min(760, 18 * rows + 160)))
     fig.update_layout(showlegend=True, legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     return fig
 
@@ -378,8 +436,12 @@ def gap_scatter(df: pd.DataFrame, x: str, fits: pd.DataFrame | None = None, *, g
 
 # =============================================================================== CKA
 def cka_heatmap(matrix: np.ndarray, title: str, *, x_label: str = "text layer b",
-                y_label: str = "speech layer a") -> go.Figure:
-    """Cross-layer CKA [L+1, L+1] (speech layer a = rows, text layer b = columns), colour fixed to 0..1."""
+                y_label: str = "speech layer a", band: np.ndarray | None = None) -> go.Figure:
+    """Cross-layer CKA [L+1, L+1] (speech layer a = rows, text layer b = columns), colour fixed to 0..1.
+
+    band: optional [L+1] text layer b*(a) per speech layer (metrics.stability.band_location), drawn
+    as open circles joined by a line.
+    """
     M = np.asarray(matrix, dtype=np.float64)
     if M.ndim != 2:
         raise ValueError(f"CKA matrix must be 2-D, got shape {M.shape}")
@@ -391,11 +453,155 @@ def cka_heatmap(matrix: np.ndarray, title: str, *, x_label: str = "text layer b"
     ))
     fig.add_shape(type="line", x0=-0.5, y0=-0.5, x1=Lb + 0.5, y1=La + 0.5,
                   line=dict(color="white", width=1, dash="dot"))
+    if band is not None:
+        band = np.asarray(band, dtype=int)
+        fig.add_trace(go.Scatter(
+            x=band, y=np.arange(La + 1), mode="lines+markers", name="band b*(a) = argmax_b CKA",
+            line=dict(color="white", width=1), marker=dict(symbol="circle-open", size=8, color="white",
+                                                           line=dict(width=2)),
+            customdata=M[np.arange(La + 1), band],
+            hovertemplate=f"{y_label} %{{y}}: most similar {x_label} %{{x}}<br>CKA = %{{customdata:.6f}}"
+                          "<extra></extra>"))
+        fig.update_layout(showlegend=True, legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0.0))
     fig.update_xaxes(title_text=f"{x_label} (ℓ; {Lb} = {FINAL_NORM_NOTE})", dtick=max(1, Lb // 10),
                      range=[-0.5, Lb + 0.5], constrain="domain")
     fig.update_yaxes(title_text=f"{y_label} (ℓ; {La} = {FINAL_NORM_NOTE})", dtick=max(1, La // 10),
                      range=[-0.5, La + 0.5], scaleanchor="x", constrain="domain")
     return _base_layout(fig, title, height=520)
+
+
+def cka_stability(summary, title: str | None = None) -> go.Figure:
+    """How alike the CKA matrices of several configurations are (metrics.stability.StabilitySummary):
+    left, Pearson r between every pair of matrices [C, C]; right, the band location b*(a) per speech
+    layer for each configuration (reference first, thick) with the diagonal a = b dotted."""
+    labels = [html.escape(x, quote=False) for x in summary.labels]
+    C = len(labels)
+    R = np.asarray(summary.correlation, dtype=np.float64)  # [C, C]
+    band = np.asarray(summary.band, dtype=int)  # [C, L+1]
+    L = band.shape[1] - 1
+    short = [f"C{k + 1}" for k in range(C)]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.42, 0.58], horizontal_spacing=0.14,
+                        subplot_titles=("Pearson r between CKA matrices", "band location b*(a) = argmax_b CKA[a, b]"))
+    full = np.array([[f"{short[p]} {labels[p]}<br>vs {short[q]} {labels[q]}" for q in range(C)] for p in range(C)],
+                    dtype=object)
+    fig.add_trace(go.Heatmap(
+        z=R, x=short, y=short, text=full, colorscale=SEQUENTIAL, zmin=-1.0, zmax=1.0, name="Pearson r",
+        colorbar=dict(title=dict(text="Pearson r", side="right"), x=0.40, len=0.9),
+        hovertemplate="%{text}<br>r = %{z:.6f}<extra></extra>"), row=1, col=1)
+    colors = categorical_colors(C)
+    agree = np.asarray(summary.band_agreement, dtype=np.float64)
+    for k in range(C):
+        fig.add_trace(go.Scatter(
+            x=np.arange(L + 1), y=band[k], mode="lines+markers",
+            name=f"{short[k]}: {labels[k]}" + (" (reference)" if k == 0 else f" — band agrees on {100 * agree[k]:.0f} %"),
+            line=dict(color=colors[k], dash=DASHES[k % len(DASHES)], width=3 if k == 0 else 1.5),
+            marker=dict(symbol=SYMBOLS[k % len(SYMBOLS)], size=7, color=colors[k]),
+            hovertemplate=f"{short[k]} {labels[k]}<br>speech layer %{{x}} → text layer %{{y}}<extra></extra>"),
+            row=1, col=2)
+    fig.add_trace(go.Scatter(x=[0, L], y=[0, L], mode="lines", name="a = b", showlegend=False,
+                             line=dict(color="#555555", dash="dot", width=1), hoverinfo="skip"), row=1, col=2)
+    fig.update_xaxes(title_text="configuration", row=1, col=1)
+    fig.update_yaxes(title_text="configuration", autorange="reversed", row=1, col=1)
+    fig.update_xaxes(title_text=f"speech layer a (ℓ; {L} = {FINAL_NORM_NOTE})", row=1, col=2)
+    fig.update_yaxes(title_text="most similar text layer b* (ℓ)", row=1, col=2)
+    _base_layout(fig, title or f"Stability of the cross-layer CKA across {C} configurations "
+                              f"(band agreement within ±{summary.tolerance} layer)", height=520)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0.0),
+                      margin=dict(b=60 + 22 * C))
+    return fig
+
+
+def norm_curves(analysis, current_layer: int | None = None, title: str | None = None) -> go.Figure:
+    """Per-layer mean token norm of each span (log scale) and the standardized distance d~ (two panels).
+
+    analysis: SampleAnalysis with norm_speech, norm_text, std_dist [L+1] (metrics.norms).
+    """
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
+                        subplot_titles=("mean token norm ‖h‖₂ per span", "standardized distance d̃ of the spans"))
+    dark, light = categorical_colors(2)
+    L = len(analysis.std_dist) - 1
+    fig.add_trace(_layer_trace(analysis.norm_speech, "speech frames", dark, "circle", "solid", hover_label="‖h‖₂"),
+                  row=1, col=1)
+    fig.add_trace(_layer_trace(analysis.norm_text, "text tokens", light, "square", "dash", hover_label="‖h‖₂"),
+                  row=1, col=1)
+    fig.add_trace(_layer_trace(analysis.std_dist, "standardized distance", "#333333", "diamond", "solid",
+                               hover_label="d̃", showlegend=False), row=1, col=2)
+    panels = [(1, 1), (1, 2)]
+    _mark_final_layer(fig, L, panels)
+    _mark_current_layer(fig, current_layer, panels)
+    fig.update_xaxes(title_text="layer ℓ (0 = LLM input)", dtick=max(1, L // 10))
+    fig.update_yaxes(title_text="mean L2 norm (model units, log)", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="RMS standardized mean difference", rangemode="tozero", row=1, col=2)
+    return _base_layout(fig, title or "Token norms and standardized distance across layers", height=360)
+
+
+def lens_grid(lens, span: Literal["speech", "text"] = "speech", *, max_cols: int = MAX_HEATMAP_ROWS,
+              label_cells: int = 60, title: str | None = None) -> go.Figure:
+    """Logit lens as a grid: positions (speech frames in time, or text tokens) x layers read.
+
+    lens: analysis.LensAnalysis. Each cell shows the decoded top-1 token; its colour is the rank of
+    the aligned text token (speech) or of the token itself (text) in that position's distribution,
+    log scale, bright = rank 1. Hover: exact rank and probability, the aligned token, the top-k with
+    probabilities. Long clips (more than max_cols frames) are binned: a cell shows the bin's frame
+    with the best rank, named in the hover. Cell labels are drawn when at most label_cells columns.
+    """
+    if span not in ("speech", "text"):
+        raise ValueError(f"span must be 'speech' or 'text', got {span!r}")
+    layers = np.asarray(lens.layers, dtype=int)  # [n]
+    L, V = int(lens.num_layers), int(lens.vocab_size)
+    speech = span == "speech"
+    rank = np.asarray(lens.speech_rank if speech else lens.text_rank, dtype=np.int64)  # [n, T]
+    top = lens.speech_top if speech else lens.text_top  # [n, T, k] strings
+    probs = np.asarray(lens.speech_top_probs if speech else lens.text_top_probs, dtype=np.float64)  # [n, T, k]
+    n, T = rank.shape
+    fs = float(lens.frame_seconds)
+    starts = np.asarray(lens.frame_times, dtype=np.float64)
+    bins = frame_bins(T, max_cols) if speech else None
+    cols = [(i, i + 1) for i in range(T)] if bins is None else bins
+    z = np.empty((n, len(cols)))
+    label = np.empty((n, len(cols)), dtype=object)
+    hover = np.empty((n, len(cols)), dtype=object)
+    for r in range(n):
+        note = f" ({FINAL_NORM_NOTE})" if layers[r] == L else (" (LLM input)" if layers[r] == 0 else "")
+        for c, (lo, hi) in enumerate(cols):
+            i = lo + int(rank[r, lo:hi].argmin())  # the best-ranked position of the bin (itself if unbinned)
+            tops = ", ".join(f"{html.escape(repr(t), quote=False)} {p:.3f}" for t, p in zip(top[r, i], probs[r, i]))
+            if speech:
+                j = int(lens.frame_token[r, i])
+                where = (f"frame {i}, {starts[i]:.2f}–{starts[i] + fs:.2f} s" if hi - lo == 1 else
+                         f"frames {lo}–{hi - 1} ({starts[lo]:.2f}–{starts[hi - 1] + fs:.2f} s), best: frame {i}")
+                target = f"aligned token {_token_hover(lens.tokens[j], j)}"
+                extra = f", p = {float(lens.speech_prob[r, i]):.3g}"
+            else:
+                where, target, extra = f"token {_token_hover(lens.tokens[i], i)}", "the token itself", ""
+            z[r, c] = np.log10(rank[r, i])
+            label[r, c] = token_label(str(top[r, i][0]))
+            hover[r, c] = (f"layer {layers[r]}{note}<br>{where}<br>{target}: rank {rank[r, i]} of {V}{extra}"
+                           f"<br>top-{len(top[r, i])}: {tops}")
+    if speech:
+        x = np.array([(starts[lo] + starts[hi - 1] + fs) / 2.0 for lo, hi in cols])
+        x_title = "speech frame time (s)" + (f" — {T} frames in {len(cols)} bins (hover exact)" if bins else "")
+    else:
+        x, x_title = np.arange(T), "text token j (question)"
+    zmax = max(1.0, float(np.log10(V)))
+    ticks = list(range(0, int(zmax) + 1))
+    target_name = "aligned text token" if speech else "token itself"
+    fig = go.Figure(go.Heatmap(
+        z=z, x=x, y=layers, text=hover, customdata=label, name="logit lens",
+        texttemplate="%{customdata}" if len(cols) <= label_cells else None, textfont=dict(size=9),
+        colorscale=SEQUENTIAL, reversescale=True, zmin=0.0, zmax=zmax,
+        colorbar=dict(title=dict(text=f"rank of the {target_name} (log; bright = 1)", side="right"),
+                      tickvals=ticks, ticktext=[f"{10 ** v:,}" for v in ticks]),
+        hovertemplate="%{text}<extra></extra>"))
+    if not speech:
+        fig.update_xaxes(tickmode="array", tickvals=list(range(T)), ticktext=[token_label(t) for t in lens.tokens],
+                         tickangle=-45)
+    fig.update_xaxes(title_text=x_title, showgrid=False)
+    fig.update_yaxes(title_text=f"layer ℓ ({L} = {FINAL_NORM_NOTE})", showgrid=False)
+    what = "speech frames" if speech else "text tokens"
+    default = (f"Logit lens over the {what}: top-1 token per cell, colour = rank of the {target_name}"
+               + (f" ({lens.alignment})" if speech else ""))
+    return _base_layout(fig, title or default, height=max(320, min(900, 22 * n + 180)))
 
 
 # =============================================================================== benchmark
@@ -494,6 +700,8 @@ def subset_scores(summary: pd.DataFrame, gap: pd.DataFrame, *, title: str | None
     fig.update_yaxes(title_text="GAP (percentage points)", row=1, col=2)
     return _base_layout(fig, title or "VoiceBench: text vs speech per subset", height=440)
 
-__all__ = ["token_heatmap", "layer_curves", "tokenwise_curves", "checkpoint_curves", "trend_curves", "gap_scatter",
+
+__all__ = ["cka_stability", "norm_curves", "lens_grid", "frame_bins", "MAX_HEATMAP_ROWS",
+           "token_heatmap", "layer_curves", "tokenwise_curves", "checkpoint_curves", "trend_curves", "gap_scatter",
            "cka_heatmap", "scores_by_voice", "intervention_bars", "subset_scores", "categorical_colors", "token_label",
            "LAYER_METRICS", "SCALAR_LABELS"]

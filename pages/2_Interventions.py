@@ -38,6 +38,28 @@ def _apply(label: str, here: str) -> None:
     st.session_state["iv_applied"] = {"label": label, "for": here}
 
 
+def _case_report_button(sel, handle, sample, a, result: dict, applied: str, shown, max_new: int, cascade: bool) -> None:
+    """One click: the shown case (audio, question, answers, heatmap, curves, metrics) as one offline HTML file."""
+    from lsl_core.case_report import case_report_html
+
+    command = None
+    if sel.set_spec and sel.upload is None:
+        command = (f"python -m lsl_core report-case --checkpoint {handle.path} --samples {sel.set_spec} "
+                   f"--sample {sample.id} --intervention {applied} --tokens {max_new}"
+                   + ("" if cascade and handle.model.has_asr else " --no-cascade")
+                   + ("" if a.path_method == "argmax" else f" --path {a.path_method}"))
+
+    def build() -> str:  # runs only when the button is clicked
+        return case_report_html(sample, a, result, condition=applied, layer=shown.layer, metric=shown.metric,
+                                model_name=handle.name, digest=handle.model.digest, command=command)
+
+    slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"case_{sample.id}_{applied}")
+    st.download_button("Case report (HTML)", build, file_name=f"{slug}.html", mime="text/html", key="iv_report",
+                       on_click="ignore", icon=":material/description:",
+                       help="A self-contained HTML file of this case: audio, question, answers side by side, the "
+                            "heatmap with the path and the edited frames, curves and metrics. Opens offline.")
+
+
 def main() -> None:
     st.title("Interventions")
     sel = context.selection()
@@ -122,6 +144,9 @@ def main() -> None:
         edited = next((r for r in result["rows"] if r["condition"] == applied), None)
         with st.expander("Answers table"):
             export.table(tables.answers_table(result), f"answers_{sample.id}_{applied}")
+
+    if result is not None and edited is not None:
+        _case_report_button(sel, handle, sample, a, result, applied, shown, int(max_new), bool(cascade))
 
     title = (f"Edited at layer ℓ = {shown.layer} ({shown.metric} path): boxed frames/tokens were moved"
              if edited else None)

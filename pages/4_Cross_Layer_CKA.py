@@ -1,11 +1,14 @@
 """Cross-layer CKA: linear CKA between speech layer a (frames aligned to tokens by the path) and text
-layer b, for the selected sample and averaged over a set; plus the unaligned mean-pooled variant."""
+layer b, for the selected sample and averaged over a set; plus the unaligned mean-pooled variant. The
+argmax path and the monotone DTW path side by side, and how stable the matrices and their band are
+across analysis configurations (path method, metric, path layer, aligned vs pooled)."""
 
 import streamlit as st
 
 from lsl_core import viz
 from lsl_core.analysis import AnalysisOptions
 from lsl_core.metrics.cka import MIN_PAIRS
+from lsl_core.metrics.stability import band_location, matrix_correlation
 from lsl_core.metrics.tokenwise import METRICS
 from ui import context, errors, export, loaders, state, tables
 
@@ -16,10 +19,74 @@ def _request(ids: tuple, options_key: str) -> None:
     st.session_state["cka_request"] = {"ids": ids, "options": options_key}
 
 
+def _request_stability(ids: tuple) -> None:
+    st.session_state["cka_stability_request"] = {"ids": ids}
+
+
+def _sample_side_by_side(handle, sel, sample, metric: str, path_layer: int) -> None:
+    """Aligned CKA of this sample with the argmax path and with the DTW path, same metric and path layer."""
+    cols = st.columns(2)
+    found = {}
+    for col, method in zip(cols, ("argmax", "dtw")):
+        options = AnalysisOptions(cka=True, cka_path=metric, cka_path_layer=int(path_layer), path=method)
+        with col:
+            a = context.analysis(handle, sel, sample, options)
+            if a is None:
+                continue
+            if a.cka is None:
+                st.warning(f"CKA is undefined for this sample: {a.cka_note}")
+                continue
+            found[method] = a.cka
+            export.figure(viz.cka_heatmap(a.cka, f"Aligned cross-layer CKA — {sample.id} ({metric} {method} path at "
+                                                 f"layer {path_layer})", band=band_location(a.cka)),
+                          f"cka_{sample.id}_{method}", key=f"fig_cka_sample_{method}")
+            export.table(tables.matrix_table(a.cka), f"cka_{sample.id}_{method}", show=False,
+                         caption="CKA matrix (long form)")
+    if len(found) == 2:
+        r = matrix_correlation(found["argmax"], found["dtw"])
+        same = (band_location(found["argmax"]) == band_location(found["dtw"])).mean()
+        st.caption(f"argmax vs DTW for this sample: Pearson r of the matrices = {r:.4f}; the band (most similar text "
+                   f"layer per speech layer) is the same for {100 * same:.0f} % of the speech layers.")
+
+
+def _stability(handle, sel, ids: tuple) -> None:
+    """The CKA of the set under every configuration of the default grid, and how alike they are."""
+    st.header("Stability across analysis configurations")
+    st.caption("The aligned CKA recomputed with the argmax and the DTW path, the cosine and the distance matrix, "
+               "the path of the middle layer, of each speech layer itself and of the quarter layers, and the "
+               "unaligned pooled variant. Seed 000 reports that the alignment band is stable across such choices.")
+    st.button(f"Compute stability over {len(ids)} samples", on_click=_request_stability, args=(ids,),
+              key="cka_stability_run")
+    req = st.session_state.get("cka_stability_request")
+    if not req or req["ids"] != ids:
+        st.caption("Press the button (one speech + one text forward per sample, then every configuration).")
+        return
+    with errors.guard("Stability"):
+        res = loaders.stability(handle.key, sel.set_spec, ids, handle.model, sel.sample_set.filter(ids=ids))
+        for e in res.errors:
+            st.warning(e)
+        if res.summary is None:
+            st.info("No configuration gave a CKA matrix: use questions with at least 4 tokens and at least 4 samples.")
+            return
+        export.figure(viz.cka_stability(res.summary), "cka_stability", key="fig_cka_stability")
+        export.table(res.summary.table(), "cka_stability", caption="One row per configuration, reference first.")
+        pair = [k for k in ("argmax · cosine · path@middle", "dtw · cosine · path@middle") if res.matrices.get(k) is not None]
+        if len(pair) == 2:
+            st.subheader(f"Mean over {res.n} samples: argmax vs DTW path (cosine, middle layer)")
+            cols = st.columns(2)
+            for col, k in zip(cols, pair):
+                with col:
+                    M = res.matrices[k]
+                    export.figure(viz.cka_heatmap(M, f"Aligned CKA, {k}, mean over {res.n} samples",
+                                                  band=band_location(M)),
+                                  f"cka_set_{k.split(' ')[0]}", key=f"fig_cka_set_{k.split(' ')[0]}")
+
+
 def main() -> None:
     st.title("Cross-layer CKA")
     st.caption("Rows: speech layer a; columns: text layer b. Aligned CKA pairs each text token j with its path "
-               "frame i*_j; the pooled variant compares mean-pooled states across samples (no alignment).")
+               "frame i*_j; the pooled variant compares mean-pooled states across samples (no alignment). "
+               "Circles mark the band: the most similar text layer for each speech layer.")
     sel = context.selection()
     sample = context.require_sample(sel)
     if sample is None:
@@ -30,21 +97,14 @@ def main() -> None:
     L = handle.model.num_layers
     c1, c2 = st.columns([1, 3])
     path = c1.radio("Alignment path", PATHS, index=state.choice("cka_path", PATHS), key="cka_path", horizontal=True,
-                    persist_state="session")
+                    persist_state="session", help="The token matrix the path is found on (argmax and DTW alike).")
     path_layer = c2.slider("Path taken at layer", 0, L, value=state.integer("cka_layer", 0, L, L // 2), key="cka_layer",
                            persist_state="session",
                            help="The layer whose alignment path pairs frames with tokens (default: the middle layer).")
     options = AnalysisOptions(cka=True, cka_path=path, cka_path_layer=int(path_layer))
 
     st.header(f"This sample: {sample.question}")
-    a = context.analysis(handle, sel, sample, options)
-    if a is not None:
-        if a.cka is None:
-            st.warning(f"CKA is undefined for this sample: {a.cka_note}")
-        else:
-            export.figure(viz.cka_heatmap(a.cka, f"Aligned cross-layer CKA — {sample.id} ({path} path at layer "
-                                                 f"{path_layer})"), f"cka_{sample.id}", key="fig_cka_sample")
-            export.table(tables.matrix_table(a.cka), f"cka_{sample.id}", show=False, caption="CKA matrix (long form)")
+    _sample_side_by_side(handle, sel, sample, path, int(path_layer))
 
     st.header("Averaged over a set")
     if sel.sample_set is None or sel.upload is not None:
@@ -60,27 +120,28 @@ def main() -> None:
     req = st.session_state.get("cka_request")
     if not req or req["ids"] != ids or req["options"] != options.key():
         st.caption("Press the button to average over the set (cached; a few seconds per new sample on a CPU).")
-        return
-    with errors.guard("Set analysis"):
-        subset = sel.sample_set.filter(ids=ids)
-        res = loaders.set_analysis(handle.key, sel.set_spec, ids, options.key(), handle.model, subset, options)
-        for e in res.errors:
-            st.warning(e)
-        cols = st.columns(2)
-        with cols[0]:
-            if res.mean_cka is None:
-                st.info("No sample had enough aligned pairs for CKA.")
-            else:
-                export.figure(viz.cka_heatmap(res.mean_cka, f"Aligned CKA, mean over {res.n} samples"),
-                              "cka_mean", key="fig_cka_mean")
-                export.table(tables.matrix_table(res.mean_cka), "cka_mean", show=False)
-        with cols[1]:
-            if res.pooled_cka is None:
-                st.info(f"The pooled (unaligned) CKA needs at least {MIN_PAIRS} samples.")
-            else:
-                export.figure(viz.cka_heatmap(res.pooled_cka, f"Mean-pooled CKA across {res.n} samples (unaligned)"),
-                              "cka_pooled", key="fig_cka_pooled")
-                export.table(tables.matrix_table(res.pooled_cka), "cka_pooled", show=False)
+    else:
+        with errors.guard("Set analysis"):
+            subset = sel.sample_set.filter(ids=ids)
+            res = loaders.set_analysis(handle.key, sel.set_spec, ids, options.key(), handle.model, subset, options)
+            for e in res.errors:
+                st.warning(e)
+            cols = st.columns(2)
+            with cols[0]:
+                if res.mean_cka is None:
+                    st.info("No sample had enough aligned pairs for CKA.")
+                else:
+                    export.figure(viz.cka_heatmap(res.mean_cka, f"Aligned CKA, mean over {res.n} samples"),
+                                  "cka_mean", key="fig_cka_mean")
+                    export.table(tables.matrix_table(res.mean_cka), "cka_mean", show=False)
+            with cols[1]:
+                if res.pooled_cka is None:
+                    st.info(f"The pooled (unaligned) CKA needs at least {MIN_PAIRS} samples.")
+                else:
+                    export.figure(viz.cka_heatmap(res.pooled_cka, f"Mean-pooled CKA across {res.n} samples (unaligned)"),
+                                  "cka_pooled", key="fig_cka_pooled")
+                    export.table(tables.matrix_table(res.pooled_cka), "cka_pooled", show=False)
+    _stability(handle, sel, ids)
 
 
 main()

@@ -69,6 +69,31 @@ def ref_layer_average(curve: Vec) -> float:
     return curve[0] if len(curve) == 1 else mean(curve[1:])
 
 
+def ref_mean_norm(h: list[Mat]) -> Vec:
+    return [mean([norm(row) for row in layer]) for layer in h]
+
+
+def ref_standardized_distance(hs: list[Mat], ht: list[Mat]) -> Vec:
+    """Per layer: z-score every dimension over the union of both spans (population std), then the L2
+    distance of the two spans' mean z vectors divided by sqrt(d); constant dimensions give 0."""
+    out = []
+    for l in range(len(hs)):
+        rows = hs[l] + ht[l]
+        d = len(rows[0])
+        mu = mean_rows(rows)
+        z_s, z_t = [], []
+        for k in range(d):
+            sd = math.sqrt(mean([(r[k] - mu[k]) ** 2 for r in rows]))
+            if sd == 0.0:
+                z_s.append(0.0)
+                z_t.append(0.0)
+                continue
+            z_s.append(mean([(r[k] - mu[k]) / sd for r in hs[l]]))
+            z_t.append(mean([(r[k] - mu[k]) / sd for r in ht[l]]))
+        out.append(distance(z_s, z_t) / math.sqrt(d))
+    return out
+
+
 # ---- token level -----------------------------------------------------------------------------
 
 def ref_token_matrix(hs: list[Mat], ht: list[Mat], f) -> list[Mat]:
@@ -93,6 +118,60 @@ def ref_path(A: list[Mat], metric: str) -> list[list[int]]:
             row.append(best_i)
         paths.append(row)
     return paths
+
+
+def ref_dtw(layer: Mat, metric: str) -> tuple[list[int], list[int], float, int]:
+    """Textbook DTW on one layer's matrix [Ts][Tt], row by row with explicit loops.
+
+    Cost c = 1 - A (cosine) or A (distance); D[i][j] = c[i][j] + min over the predecessors
+    (i-1, j-1), (i-1, j), (i, j-1), preferring them in that order when equal. The path is
+    recovered by walking the stored predecessors back from (Ts-1, Tt-1), and collected as a
+    list of cells; then each token takes the visited frame with the best value (lowest frame on
+    ties) and each frame its visited token with the best value (lowest token on ties).
+    Returns (frame per token [Tt], token per frame [Ts], total cost, number of cells).
+    """
+    ts, tt = len(layer), len(layer[0])
+    c = [[(1.0 - layer[i][j]) if metric == "cosine" else layer[i][j] for j in range(tt)] for i in range(ts)]
+    D = [[math.inf] * tt for _ in range(ts)]
+    prev: list[list[tuple[int, int] | None]] = [[None] * tt for _ in range(ts)]
+    for i in range(ts):
+        for j in range(tt):
+            if i == 0 and j == 0:
+                D[i][j] = c[i][j]
+                continue
+            options = []
+            if i > 0 and j > 0:
+                options.append((D[i - 1][j - 1], (i - 1, j - 1)))
+            if i > 0:
+                options.append((D[i - 1][j], (i - 1, j)))
+            if j > 0:
+                options.append((D[i][j - 1], (i, j - 1)))
+            best_value, best_cell = options[0]
+            for value, cell in options[1:]:
+                if value < best_value:  # strict: an equal later option never replaces an earlier one
+                    best_value, best_cell = value, cell
+            D[i][j] = c[i][j] + best_value
+            prev[i][j] = best_cell
+    cells = [(ts - 1, tt - 1)]
+    while cells[-1] != (0, 0):
+        cells.append(prev[cells[-1][0]][cells[-1][1]])
+    cells.reverse()
+
+    def better(a: float, b: float) -> bool:
+        return a > b if metric == "cosine" else a < b
+
+    per_token: list[int | None] = [None] * tt
+    per_frame: list[int | None] = [None] * ts
+    for i, j in cells:  # ascending i and j, so a strict comparison keeps the lowest index on ties
+        if per_token[j] is None or better(layer[i][j], layer[per_token[j]][j]):
+            per_token[j] = i
+        if per_frame[i] is None or better(layer[i][j], layer[i][per_frame[i]]):
+            per_frame[i] = j
+    return per_token, per_frame, D[ts - 1][tt - 1], len(cells)
+
+
+def ref_dtw_path(A: list[Mat], metric: str) -> list[list[int]]:
+    return [ref_dtw(layer, metric)[0] for layer in A]
 
 
 def ref_path_scores(A: list[Mat], path: list[list[int]]) -> Mat:

@@ -80,3 +80,32 @@ def test_analyze_set_skips_bad_audio_with_a_note(tiny_model, tmp_path):
     bad = Sample(id="bad", audio=np.zeros(0, np.float32), sr=16_000, question="who wrote hamlet ?")
     res = analyze_set(tiny_model, [bad, *_samples(4)], cache=AnalysisCache(tmp_path))
     assert res.n == 4 and any(e.startswith("bad:") and "empty" in e for e in res.errors)
+
+
+def test_dtw_path_option_is_used_everywhere_and_keys_the_cache(tiny_model, tmp_path):
+    from lsl_core.metrics.cka import cross_layer_cka
+    from lsl_core.metrics.norms import standardized_distance, token_norms
+    from lsl_core.metrics.tokenwise import dtw_path, path_monotonicity
+
+    s = _samples(3)[2]
+    a = analyze_sample(tiny_model, s, AnalysisOptions(path="dtw"), cache=AnalysisCache(tmp_path))
+    hs = tiny_model.hidden_states(s)
+    cos, dist = torch.from_numpy(a.cos), torch.from_numpy(a.dist)
+    np.testing.assert_array_equal(a.path_cos, dtw_path(cos, "cosine").numpy())
+    np.testing.assert_array_equal(a.path_dist, dtw_path(dist, "distance").numpy())
+    assert (np.diff(a.path_cos, axis=1) >= 0).all() and a.path_method == "dtw"
+    np.testing.assert_allclose(a.spearman_cos, path_monotonicity(torch.from_numpy(a.path_cos)).numpy())
+    np.testing.assert_allclose(a.scores_cos, np.take_along_axis(a.cos, a.path_cos[:, None, :], 1)[:, 0])
+    L = tiny_model.num_layers
+    np.testing.assert_allclose(a.cka, cross_layer_cka(hs.speech, hs.text, torch.from_numpy(a.path_cos[L // 2])).numpy())
+    n_s, n_t = token_norms(hs.speech, hs.text)
+    np.testing.assert_allclose(a.norm_speech, n_s.numpy())
+    np.testing.assert_allclose(a.std_dist, standardized_distance(hs.speech, hs.text).numpy())
+    row = a.scalars()
+    assert row["path"] == "dtw" and len(row["std_dist"]) == L + 1
+    assert sample_key(tiny_model, s, AnalysisOptions(path="dtw")) != sample_key(tiny_model, s, AnalysisOptions())
+    b = AnalysisCache(tmp_path).get(sample_key(tiny_model, s, AnalysisOptions(path="dtw")))
+    np.testing.assert_array_equal(b.std_dist, a.std_dist)
+    assert b.path_method == "dtw"
+    with pytest.raises(ValueError, match="AnalysisOptions.path"):
+        AnalysisOptions(path="viterbi")

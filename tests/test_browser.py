@@ -10,6 +10,7 @@ when Chromium or Playwright is missing. Slow: loads the embedded model (tens of 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -184,3 +185,79 @@ def test_user_reaches_heatmap_and_regenerates_with_bottom3_angle(server, shots):
             browser.close()
     for name in ("1_sample_explorer", "2_sample_explorer_other_sample", "3_interventions_bottom3_angle"):
         assert (shots / f"{name}.png").stat().st_size > 10_000
+
+
+def _minute_of_questions(path: Path) -> str:
+    """A 60 s 16 kHz WAV: eight shipped sd-qa-mini questions (en-gb voice) spoken one after the other with
+    pauses, padded with silence to 60 s; returns their text joined (the typed question of the clip)."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from lsl_core.data.audio import load_audio_file, prepare_audio
+
+    manifest = ROOT / "assets" / "sd-qa-mini" / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["voice"] == "en-gb"][:8]
+    clip, texts = np.zeros(60 * 16_000, np.float32), []
+    at = 16_000
+    for r in rows:
+        a = prepare_audio(*load_audio_file(manifest.parent / r["audio"]))
+        clip[at : at + a.size] = a
+        at += a.size + 4 * 16_000  # 4 s of silence between questions
+        texts.append(r["question"])
+    assert at - 4 * 16_000 <= clip.size, "the questions do not fit in 60 s"
+    sf.write(path, clip, 16_000, subtype="PCM_16")
+    return " ".join(texts)
+
+
+def test_sixty_second_upload_and_logit_lens_render_without_freezing(server, shots, tmp_path):
+    """A 60 s clip (600 LLM frames) uploaded in the sidebar renders as a binned heatmap and the page stays
+    responsive; the logit-lens grid renders for the shipped default sample."""
+    from playwright.sync_api import expect, sync_playwright
+
+    wav = tmp_path / "minute.wav"
+    question = _minute_of_questions(wav)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        try:
+            page.goto(server, wait_until="domcontentloaded")
+            page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Sample Explorer").click()
+            page.locator(HEATMAP).first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
+            _wait_idle(page)
+            # the logit lens of the default sample: toggle on, the frames x layers grid appears
+            page.get_by_text("Read every layer through the final norm and LM head").click()
+            lens = page.locator('[data-testid="stPlotlyChart"]', has_text="Logit lens over the speech frames")
+            lens.locator(".heatmaplayer").first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
+            _wait_idle(page)
+            lens.first.scroll_into_view_if_needed()
+            lens.first.screenshot(path=str(shots / "5_logit_lens.png"))
+
+            # upload one minute of speech
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            sidebar.locator('[data-testid="stSelectbox"]', has_text="Sample set").click()
+            page.get_by_role("option", name=re.compile("Upload one clip")).click()
+            _wait_idle(page)
+            sidebar.locator('input[type="file"]').set_input_files(str(wav))
+            q = sidebar.get_by_label("Question (what the clip says)")
+            q.fill(question)
+            q.press("Enter")
+            t0 = time.perf_counter()
+            title = page.locator('[data-testid="stPlotlyChart"] .gtitle', has_text="600 frames shown in 200 bins")
+            title.first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
+            _wait_idle(page)
+            print(f"\n60 s upload -> binned heatmap: {time.perf_counter() - t0:.1f} s")
+            expect(page.get_by_text("Frames × tokens")).to_be_visible()
+            # responsive: the main thread answers at once, and hovering a cell shows its exact values
+            t1 = time.perf_counter()
+            assert page.evaluate("() => 1 + 1") == 2
+            heat = page.locator('[data-testid="stPlotlyChart"]', has=title).locator(".nsewdrag").first
+            box = heat.bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+            expect(page.locator(".hoverlayer .hovertext").first).to_contain_text("best: frame", timeout=10_000)
+            print(f"hover answered in {time.perf_counter() - t1:.2f} s")
+            _shot(page, shots / "6_sixty_second_clip.png")
+        finally:
+            browser.close()

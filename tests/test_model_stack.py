@@ -164,7 +164,7 @@ def test_zoo_lists_manifests_sorted(tiny_parts, tmp_path):
 @pytest.mark.parametrize("audio,sr,msg", [
     (np.zeros(0, np.float32), 16_000, "empty"),
     (np.full(16_000, np.nan, np.float32), 16_000, "NaN"),
-    (np.zeros(31 * 16_000, np.float32), 16_000, "at most 30"),
+    (np.zeros(121 * 16_000, np.float32), 16_000, "at most 120 s"),
     (np.zeros(100, np.float32), 16_000, "20 ms"),
     (np.zeros(16_000, np.float32), 0, "Sample rate"),
     (np.array(["a", "b"]), 16_000, "numeric"),
@@ -172,6 +172,20 @@ def test_zoo_lists_manifests_sorted(tiny_parts, tmp_path):
 def test_bad_audio_raises_audio_error(tiny_model, audio, sr, msg):
     with pytest.raises(AudioError, match=msg):
         tiny_model.embed_speech(audio, sr)
+
+
+def test_clips_over_30_s_are_encoded_window_by_window(tiny_model):
+    """45 s: a full 30 s window (1500 frames) then a 15 s window (750 frames), each encoded on its own
+    padded window, concatenated in time order; the adaptor then stacks 5 frames per LLM position."""
+    audio = tone(45.0)
+    enc = tiny_model.encoder
+    got = enc.encode(audio)
+    first, rest = enc.encode(audio[:480_000]), enc.encode(audio[480_000:])
+    assert got.shape[0] == 2250 and first.shape[0] == 1500 and rest.shape[0] == 750
+    torch.testing.assert_close(got, torch.cat([first, rest]), rtol=0, atol=0)
+    sp = tiny_model.embed_speech(audio, 16_000)
+    assert sp.embeds.shape[0] == 450 and sp.frame_times[-1] == pytest.approx(449 * 0.1)
+    assert [len(w) for w in enc.windows(audio)] == [480_000, 240_000]
 
 
 def test_stereo_and_any_rate_are_accepted(tiny_model):

@@ -178,3 +178,91 @@ def test_the_figures_colour_scales_read_in_grey():
 def test_viz_does_not_import_streamlit():
     code = "import sys, lsl_core.viz, lsl_core.results; assert 'streamlit' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------- issue 13: long clips, lens, stability
+def test_long_clip_heatmap_bins_frames_and_keeps_exact_values_in_hover():
+    a = _analysis(L=2, Ts=600, Tt=4, seed=3)
+    assert viz.frame_bins(240) is None and viz.frame_bins(241)[0] == (0, 2) and viz.frame_bins(600)[-1] == (597, 600)
+    fig = viz.token_heatmap(a, 1, "cosine")
+    hm, path = fig.data[0], fig.data[1]
+    bins = viz.frame_bins(600)
+    assert len(bins) == 200 and np.shape(hm.z) == (200, 4)  # 600 frames in bins of 3
+    block = a.cos[1][3:6]  # the second bin, frames 3..5
+    np.testing.assert_allclose(hm.z[1], block.max(axis=0))
+    k = int(block[:, 2].argmax())
+    assert f"best: frame {3 + k} ({(3 + k) * 0.1:.2f} s), cosine = {block[k, 2]:.6f}" in hm.text[1][2]
+    assert f"bin mean = {block[:, 2].mean():.6f}" in hm.text[1][2]
+    np.testing.assert_allclose(path.y, a.frame_times[a.path_cos[1]] + 0.05)  # the path keeps exact frame times
+    assert "600 frames shown in 200 bins" in fig.layout.title.text
+    dist = viz.token_heatmap(a, 1, "distance")
+    np.testing.assert_allclose(dist.data[0].z[1], a.dist[1][3:6].min(axis=0))  # best = smallest distance
+    exact = viz.token_heatmap(a, 1, "cosine", max_rows=600)
+    np.testing.assert_array_equal(exact.data[0].z, a.cos[1])
+
+
+def test_heatmap_names_the_dtw_path():
+    a = _analysis()
+    a.path_method = "dtw"
+    fig = viz.token_heatmap(a, 1, "cosine")
+    assert fig.data[1].name == "alignment path i*_j (dtw)" and "dtw path" in fig.layout.title.text
+
+
+def _lens(n_layers=3, Ts=5, Tt=3, k=2, V=1000, seed=0):
+    rng = np.random.default_rng(seed)
+    words = np.array(["the", " cap", "ital", "?", " of"], dtype=object)
+    return SimpleNamespace(
+        layers=np.arange(n_layers), num_layers=n_layers - 1, vocab_size=V, tokens=[" what", " is", " it"][:Tt],
+        frame_times=np.arange(Ts) * 0.1, frame_seconds=0.1, alignment="dtw cosine path, each layer's own",
+        frame_token=np.minimum(np.arange(Ts) // 2, Tt - 1)[None].repeat(n_layers, 0),
+        speech_rank=rng.integers(1, V, (n_layers, Ts)), speech_prob=rng.uniform(0, 1, (n_layers, Ts)),
+        speech_top=rng.choice(words, (n_layers, Ts, k)), speech_top_probs=rng.uniform(0, 1, (n_layers, Ts, k)),
+        text_rank=rng.integers(1, V, (n_layers, Tt)), text_top=rng.choice(words, (n_layers, Tt, k)),
+        text_top_probs=rng.uniform(0, 1, (n_layers, Tt, k)))
+
+
+def test_lens_grid_shows_top_token_and_rank_colour():
+    lens = _lens()
+    fig = viz.lens_grid(lens)
+    hm = fig.data[0]
+    np.testing.assert_allclose(hm.z, np.log10(lens.speech_rank))
+    assert hm.reversescale and hm.zmin == 0 and hm.zmax == pytest.approx(3.0)  # rank 1 bright, up to log10(V)
+    assert hm.customdata[1][3] == viz.token_label(lens.speech_top[1, 3, 0]) and hm.texttemplate == "%{customdata}"
+    j = lens.frame_token[1, 3]
+    assert f"rank {lens.speech_rank[1, 3]} of 1000" in hm.text[1][3] and f"{lens.tokens[j]!r}" in hm.text[1][3]
+    assert "frame 3, 0.30–0.40 s" in hm.text[1][3] and "after final norm" in hm.text[2][0]
+    assert "layer" in fig.layout.yaxis.title.text and "time (s)" in fig.layout.xaxis.title.text
+    text = viz.lens_grid(lens, "text")
+    np.testing.assert_allclose(text.data[0].z, np.log10(lens.text_rank))
+    assert list(text.layout.xaxis.ticktext) == ["what", "is", "it"]
+
+
+def test_lens_grid_bins_long_clips():
+    lens = _lens(Ts=500, V=50_000, seed=2)
+    fig = viz.lens_grid(lens)
+    bins = viz.frame_bins(500)
+    assert np.shape(fig.data[0].z) == (3, len(bins)) and fig.data[0].texttemplate is None  # no labels on 250 columns
+    lo, hi = bins[7]
+    best = lo + int(lens.speech_rank[0, lo:hi].argmin())
+    assert fig.data[0].z[0][7] == pytest.approx(np.log10(lens.speech_rank[0, best]))
+    assert f"best: frame {best}" in fig.data[0].text[0][7]
+
+
+def test_norm_curves_and_stability_figures():
+    a = _analysis(L=4)
+    a.norm_speech, a.norm_text, a.std_dist = np.geomspace(1, 100, 5), np.geomspace(2, 50, 5), np.linspace(0.1, 1, 5)
+    fig = viz.norm_curves(a, current_layer=2)
+    np.testing.assert_allclose(fig.data[0].y, a.norm_speech)
+    np.testing.assert_allclose(fig.data[2].y, a.std_dist)
+    assert fig.layout.yaxis.type == "log" and "norm" in fig.layout.yaxis.title.text
+
+    from lsl_core.metrics.stability import band_location, stability_summary
+
+    M = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.4], [0.1, 0.5, 0.6]])
+    s = stability_summary({"argmax · cosine · path@middle": M, "dtw · cosine · path@middle": M[:, ::-1]})
+    fig = viz.cka_stability(s)
+    np.testing.assert_allclose(fig.data[0].z, s.correlation)
+    assert list(fig.data[1].y) == [0, 1, 2] and list(fig.data[2].y) == [2, 1, 0]
+    assert "reference" in fig.data[1].name and "33 %" in fig.data[2].name
+    band = viz.cka_heatmap(M, "t", band=band_location(M))
+    assert list(band.data[1].x) == [0, 1, 2] and list(band.data[1].customdata) == [0.9, 0.8, 0.6]

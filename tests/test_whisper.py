@@ -301,3 +301,15 @@ def test_converted_model_transcribes_shipped_sdqa_clip(asr):
     assert row["voice"] == "en-gb"
     audio = prepare_audio(*load_audio_file(MINI_MANIFEST.parent / row["audio"]))
     assert normalize_transcript(asr.transcribe(audio)) == normalize_transcript(row["question"])
+
+
+def test_clip_over_30_s_is_transcribed_window_by_window(asr):
+    """40 s: a question in the first 30 s window, spoken again (slower voice) in the second; both are
+    transcribed, in order (the question tiny.en transcribes word for word above)."""
+    first = second = "How many players are on a soccer team?"
+    clip = np.zeros(40 * 16_000, np.float32)
+    a, b = espeak(first, "en-gb"), espeak(second, "en-gb-x-rp")
+    clip[16_000 : 16_000 + a.size] = a
+    clip[31 * 16_000 : 31 * 16_000 + b.size] = b
+    text = normalize_transcript(asr.transcribe(clip))
+    assert text == f"{normalize_transcript(first)} {normalize_transcript(second)}", text

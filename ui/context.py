@@ -100,9 +100,10 @@ def fill_transcript(slot, handle: ModelHandle, sel: Selection, sample) -> None:
             errors.show(exc, "ASR transcript")
 
 
-def sample_view(sel: Selection):
+def sample_view(sel: Selection, options: AnalysisOptions = AnalysisOptions()):
     """The common page preamble: (sample, model handle, header slot, SampleAnalysis), or None when any
-    of them is unavailable (the reason is already shown in the page)."""
+    of them is unavailable (the reason is already shown in the page). options: the analysis options
+    (e.g. the alignment path method)."""
     sample = require_sample(sel)
     if sample is None:
         return None
@@ -110,7 +111,7 @@ def sample_view(sel: Selection):
     slot = sample_header(sample, handle)
     if handle is None:
         return None
-    a = analysis(handle, sel, sample)
+    a = analysis(handle, sel, sample, options)
     if a is None:
         return None
     return sample, handle, slot, a

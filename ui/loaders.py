@@ -143,6 +143,35 @@ def side_by_side(model_key: str, sample_key: str, labels: tuple[str, ...], max_n
             "labels": list(labels), "max_new_tokens": max_new_tokens}
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def lens(model_key: str, sample_key: str, k: int, layers: tuple[int, ...], path: str, metric: str,
+         alignment_layer: int | None, _model, _sample):
+    """analysis.lens_sample: the logit lens of one sample over the given layers (one forward per modality)."""
+    from lsl_core.analysis import lens_sample
+
+    with _model.lock:
+        return lens_sample(_model, _sample, k=k, layers=list(layers), path=path, metric=metric,
+                           alignment_layer=alignment_layer)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def stability(model_key: str, set_key: str, ids: tuple[str, ...], _model, _samples: Sequence):
+    """analysis.analyze_stability over the samples (the default grid of CKA configurations), with a progress bar."""
+    from lsl_core.analysis import analyze_stability
+
+    bar = st.progress(0.0, text=f"CKA under every configuration, {len(ids)} samples …")
+
+    def progress(i: int, total: int | None, sid: str) -> None:
+        bar.progress(min(1.0, i / max(1, len(ids))), text=f"CKA under every configuration: {i}/{len(ids)} ({sid})")
+
+    gen = _locked(_samples, _model.lock)
+    try:
+        return analyze_stability(_model, gen, progress=progress, total=len(ids))
+    finally:
+        gen.close()
+        bar.empty()
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def set_analysis(model_key: str, set_key: str, ids: tuple[str, ...], options_key: str, _model, _samples: Sequence,
                  _options: AnalysisOptions) -> SetAnalysis:

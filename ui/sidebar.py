@@ -14,6 +14,7 @@ import streamlit as st
 
 from lsl_core.errors import LSLError
 from ui import config, links, loaders, state, tables
+from lsl_core.data.audio import MAX_SECONDS
 from ui.upload import AUDIO_TYPES, sample_from_upload
 
 SOURCES = ("sd-qa-mini", "voicebench", "folder", "upload")
@@ -248,7 +249,8 @@ def _picker(sb, sel: Selection, full) -> None:
 def _upload_section(sb, sel: Selection) -> None:
     sel.set_spec = "upload"
     max_mb = config.max_upload_mb()
-    up = sb.file_uploader(f"Audio file ({', '.join(t.upper() for t in AUDIO_TYPES)}; ≤ 30 s)", type=list(AUDIO_TYPES),
+    up = sb.file_uploader(f"Audio file ({', '.join(t.upper() for t in AUDIO_TYPES)}; ≤ {MAX_SECONDS:.0f} s)",
+                          type=list(AUDIO_TYPES),
                           key="sb_upload", max_upload_size=max(1, int(max_mb)))
     question = sb.text_input("Question (what the clip says)", key="sb_up_question",
                              value=state.value("sb_up_question", ""))

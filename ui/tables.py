@@ -32,6 +32,16 @@ def path_table(a, layer: int, metric: str) -> pd.DataFrame:
     })
 
 
+def layer_matrix_table(a, layer: int, metric: str) -> pd.DataFrame:
+    """The frames x tokens matrix of one layer, long form with exact values (frame, time, token, value)."""
+    A = np.asarray((a.cos if metric == "cosine" else a.dist)[layer])  # [Ts, Tt]
+    Ts, Tt = A.shape
+    i, j = np.meshgrid(np.arange(Ts), np.arange(Tt), indexing="ij")
+    times = np.asarray(a.frame_times)
+    return pd.DataFrame({"frame": i.ravel(), "frame_start_s": times[i.ravel()], "token_index": j.ravel(),
+                         "token": np.asarray(list(a.tokens), dtype=object)[j.ravel()], metric: A.ravel()})
+
+
 def matrix_table(M: np.ndarray, row: str = "speech_layer", col: str = "text_layer") -> pd.DataFrame:
     """A square matrix as a long table (row, col, value) for CSV/JSON export."""
     M = np.asarray(M)

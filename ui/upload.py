@@ -13,7 +13,7 @@ AUDIO_TYPES = ("wav", "flac", "ogg", "mp3")
 
 def sample_from_upload(name: str, data: bytes, question: str, answers: str = "", *,
                        max_mb: float = 20.0) -> Sample:
-    """Validate an upload (not empty, not huge, decodable, <= 30 s) and build a Sample (16 kHz mono).
+    """Validate an upload (not empty, not huge, decodable, <= MAX_SECONDS) and build a Sample (16 kHz mono).
 
     answers: reference answers separated by '|' (optional). The id is derived from the file bytes,
     so the same clip keeps its cached analysis.
@@ -25,8 +25,8 @@ def sample_from_upload(name: str, data: bytes, question: str, answers: str = "",
     size_mb = len(data) / 2**20
     if size_mb > max_mb:
         raise AudioError(f"The uploaded file '{name}' is {size_mb:.1f} MB; uploads are limited to {max_mb:g} MB. "
-                         f"A spoken question needs at most {MAX_SECONDS:.0f} s (a 16 kHz WAV of that length is "
-                         "about 1 MB): trim or re-encode the clip.")
+                         f"A spoken question needs at most {MAX_SECONDS:.0f} s (a 16 kHz 16-bit WAV of that length is "
+                         f"about {MAX_SECONDS * TARGET_SR * 2 / 2**20:.1f} MB): trim or re-encode the clip.")
     try:
         wav, sr = load_audio_file(bytes(data))
         audio = prepare_audio(wav, sr)

@@ -10,7 +10,8 @@ import numpy as np
 from lsl_core.errors import AudioError
 
 TARGET_SR = 16_000
-MAX_SECONDS = 30.0  # the Whisper encoder window; longer audio would be silently cut
+WINDOW_SECONDS = 30.0  # the Whisper encoder window; longer clips are encoded window by window (encoder.py)
+MAX_SECONDS = 120.0  # at most four windows: hundreds of LLM positions are still a question, not a lecture
 
 
 def load_audio_file(source: str | Path | bytes) -> tuple[np.ndarray, int]:
@@ -64,7 +65,8 @@ def prepare_audio(audio: np.ndarray, sr: int, max_seconds: float = MAX_SECONDS) 
     seconds = a.size / TARGET_SR
     if seconds > max_seconds:
         raise AudioError(
-            f"Audio is {seconds:.1f} s long; the speech encoder sees at most {max_seconds:.0f} s. "
+            f"Audio is {seconds:.1f} s long; the app reads at most {max_seconds:.0f} s (the speech encoder "
+            f"takes {WINDOW_SECONDS:.0f} s windows, longer clips are read window by window). "
             "Trim the clip to the spoken question."
         )
     if a.size < TARGET_SR // 50:  # shorter than one 20 ms encoder frame

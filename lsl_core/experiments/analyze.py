@@ -85,7 +85,7 @@ def analyze_checkpoints(manifests: Sequence, samples: Sequence, options: Analysi
         notes += [f"{m.name}: {e}" for e in res.errors]
         frames.append(res.rows.assign(checkpoint=m.name, family=m.family, strategy=m.strategy, step=m.step))
         aggregates[m.name] = {
-            "n": res.n, "family": m.family, "strategy": m.strategy, "step": m.step,
+            "n": res.n, "family": m.family, "strategy": m.strategy, "step": m.step, "path": options.path,
             "mean_seq_cos": res.mean_seq_cos.tolist(), "mean_seq_dist": res.mean_seq_dist.tolist(),
             "mean_cka": None if res.mean_cka is None else np.asarray(res.mean_cka).tolist(),
             "pooled_cka": None if res.pooled_cka is None else np.asarray(res.pooled_cka).tolist(),
@@ -221,6 +221,9 @@ def register(sub) -> None:
                    help="also write the alignment page (per-checkpoint means) here; not with shards")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda if available)")
     p.add_argument("--no-cka", action="store_true", help="skip per-sample cross-layer CKA")
+    p.add_argument("--path", choices=("argmax", "dtw"), default="argmax",
+                   help="how frames are paired with tokens for path scores, Spearman, APS and CKA: argmax = best "
+                        "frame per token (seed 001), dtw = monotone DTW path (seed 000)")
     p.add_argument("--shard", type=int, default=None, help="shard index (default: $RANK or 0)")
     p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: $WORLD_SIZE or 1)")
     p.add_argument("--merge", nargs="?", const="", default=None, metavar="OUT",
@@ -264,7 +267,7 @@ def run(args) -> int:
         if i == total:
             bar.close()
 
-    sweep = analyze_checkpoints(manifests, samples, AnalysisOptions(cka=not args.no_cka), device=args.device,
+    sweep = analyze_checkpoints(manifests, samples, AnalysisOptions(cka=not args.no_cka, path=args.path), device=args.device,
                                 progress=progress)
     for bar in bars.values():
         bar.close()

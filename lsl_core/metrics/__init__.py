@@ -2,8 +2,11 @@
 
 Inputs: one sample's query-span states, speech hs [L+1, Ts, d] and text ht [L+1, Tt, d].
   sequence  — mean-pooled cosine/distance curves per layer and their layer average
-  tokenwise — token matrices, alignment path, Spearman monotonicity, consistency, APS, bottom-k
+  tokenwise — token matrices, alignment path (argmax or monotone DTW), Spearman, consistency, APS, bottom-k
   cka       — cross-layer linear CKA (aligned per sample; pooled/minibatch across samples)
+  stability — the CKA under several configurations and how alike the matrices / bands are
+  norms     — per-layer mean token norms and the standardized distance of the two spans
+  lens      — logit lens: top-k vocabulary tokens read from every layer, rank of the aligned token
   gap       — GAP = text score - speech score and its OLS fit (R²) on a metric
 
 Note: the re-exported *function* `gap` shadows the submodule attribute, so
@@ -19,6 +22,8 @@ from lsl_core.metrics.cka import (
     unbiased_hsic,
 )
 from lsl_core.metrics.gap import LinearFit, fit_gap, gap, gap_r2_table
+from lsl_core.metrics.norms import mean_token_norm, standardized_distance, token_norms
+from lsl_core.metrics.stability import CKAConfig, StabilitySummary, default_configs, stability_summary
 from lsl_core.metrics.sequence import (
     layer_average,
     mean_pool,
@@ -27,10 +32,14 @@ from lsl_core.metrics.sequence import (
     validate_states,
 )
 from lsl_core.metrics.tokenwise import (
+    PATH_METHODS,
+    DTWAlignment,
     TokenwiseResult,
     alignment_path,
     alignment_path_score,
     bottom_k_tokens,
+    dtw_alignment,
+    dtw_path,
     path_consistency,
     path_monotonicity,
     path_scores,
@@ -40,6 +49,15 @@ from lsl_core.metrics.tokenwise import (
 )
 
 __all__ = [
+    "CKAConfig",
+    "StabilitySummary",
+    "default_configs",
+    "mean_token_norm",
+    "stability_summary",
+    "standardized_distance",
+    "token_norms",
+    "PATH_METHODS",
+    "DTWAlignment",
     "LinearFit",
     "MinibatchCKA",
     "TokenwiseResult",
@@ -47,6 +65,8 @@ __all__ = [
     "alignment_path_score",
     "bottom_k_tokens",
     "cross_layer_cka",
+    "dtw_alignment",
+    "dtw_path",
     "fit_gap",
     "gap",
     "gap_r2_table",

@@ -82,7 +82,13 @@ class WhisperASR:
 
     @torch.no_grad()
     def transcribe(self, audio_16k: np.ndarray, language: str = "en") -> str:
-        """16 kHz mono audio [n] (at most 30 s) -> transcript (greedy, no timestamps, <= 128 tokens)."""
+        """16 kHz mono audio [n] -> transcript (greedy, no timestamps, <= 128 tokens per 30 s window).
+
+        A clip longer than 30 s is transcribed window by window (SpeechEncoder.windows) and the texts joined.
+        """
+        parts = self.front.windows(audio_16k)
+        if len(parts) > 1:
+            return " ".join(t for t in (self.transcribe(p, language) for p in parts) if t)
         feats = self.front.features(audio_16k)  # [1, n_mels, 3000]
         kwargs = {}
         if getattr(self.generation_config, "is_multilingual", False):

@@ -14,6 +14,11 @@ analysis and generation of that checkpoint all use it):
 
 Log-mel features are always computed on the padded 30 s window, so both conventions see
 identical features on the real-audio part.
+
+Clips longer than one window (30 s) are cut into consecutive 30 s windows, each encoded on its own
+under the checkpoint's convention, and the real-audio frames of the windows are concatenated (as
+Voxtral's encoder does): frame i still starts at i x 20 ms, but frames at a window edge see no
+context across it. Whisper itself never sees more than 30 s at once.
 """
 
 from __future__ import annotations
@@ -253,9 +258,22 @@ class SpeechEncoder(nn.Module):
             x = layer(x, None)
         return enc.layer_norm(x)  # [B, M/2, d_enc]
 
+    def windows(self, audio_16k: np.ndarray) -> list[np.ndarray]:
+        """Consecutive 30 s windows of a clip (one for a clip of at most 30 s; the last may be shorter)."""
+        a = np.asarray(audio_16k, dtype=np.float32)
+        n = int(self.feature_extractor.n_samples)  # samples per window (480 000)
+        return [a[s : s + n] for s in range(0, max(1, a.size), n)]
+
     @torch.no_grad()
     def encode(self, audio_16k: np.ndarray) -> torch.Tensor:
-        """16 kHz audio [n] -> states of the real-audio frames [Te, d_enc], Te = n_valid_frames(n)."""
-        feats = self.features(audio_16k)[..., : self.input_frames(len(audio_16k))]  # [1, n_mels, M]
-        states = self.forward(feats)  # [1, M/2, d_enc]
-        return states[0, : self.n_valid_frames(len(audio_16k))]
+        """16 kHz audio [n] -> states of the real-audio frames [Te, d_enc], Te = ceil(n / 320).
+
+        Up to 30 s: one window, Te = n_valid_frames(n). Longer: window by window (module docstring),
+        each under this encoder's window convention; frames concatenated in time order.
+        """
+        out = []
+        for part in self.windows(audio_16k):
+            feats = self.features(part)[..., : self.input_frames(len(part))]  # [1, n_mels, M]
+            states = self.forward(feats)  # [1, M/2, d_enc]
+            out.append(states[0, : self.n_valid_frames(len(part))])
+        return torch.cat(out)  # [Te, d_enc]

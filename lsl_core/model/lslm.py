@@ -146,6 +146,36 @@ class LSLM:
             raise AttributeError(f"cannot find decoder layers on {type(base).__name__}")
         return layers
 
+    def lens_head(self):
+        """The backbone's final norm and LM head (tied or untied, as the model has it), for the logit lens.
+
+        -> lsl_core.metrics.lens.LensHead. Raises ModelLoadError when the backbone has no output
+        embedding or no recognizable final norm.
+        """
+        from lsl_core.errors import ModelLoadError
+        from lsl_core.metrics.lens import LensHead
+
+        base = self.llm
+        if hasattr(base, "get_base_model"):  # peft wrapper
+            base = base.get_base_model()
+        head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+        if head is None or not hasattr(head, "weight"):
+            raise ModelLoadError(f"{type(base).__name__} has no LM head (output embeddings); the logit lens needs one.")
+        layers = self.decoder_layers()
+        inner = next((m for m in base.modules() if getattr(m, "layers", None) is layers), getattr(base, "model", base))
+        norm = next((getattr(inner, n) for n in ("norm", "final_layernorm", "ln_f", "final_norm")
+                     if isinstance(getattr(inner, n, None), nn.Module)), None)  # on the module holding the layers
+        if norm is None:
+            raise ModelLoadError(f"Cannot find the final norm of {type(inner).__name__} (looked for norm, "
+                                 "final_layernorm, ln_f, final_norm); the logit lens needs it.")
+        cfg = getattr(base, "config", None)
+        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        cap = getattr(text_cfg, "final_logit_softcapping", None) or getattr(cfg, "final_logit_softcapping", None)
+        divisor = getattr(text_cfg, "logits_scaling", None) or getattr(cfg, "logits_scaling", None) or 1.0
+        bias = getattr(head, "bias", None)
+        return LensHead(norm=norm, weight=head.weight.detach(), bias=None if bias is None else bias.detach(),
+                        final_normed=True, softcap=float(cap) if cap else None, divisor=float(divisor))
+
     # ----------------------------------------------------------------- embeddings
     @torch.no_grad()
     def embed_speech(self, audio: np.ndarray, sr: int) -> SpeechEmbedding:
