@@ -164,6 +164,8 @@ def display_table(df: pd.DataFrame, *, fractions: Sequence[str] | None = None, p
     distances DISTANCE_DIGITS, other floats VALUE_DIGITS. Downloads keep the exact values.
     """
     out = df.copy()
+    base = lambda c: re.sub(r"_(lo|hi)$", "", str(c))  # noqa: E731  an interval end is in its column's unit
+    percents = {c for c in out.columns if c in percents or base(c) in percents}
     fractions = ([c for c in out.columns if is_score_column(c) and c not in percents] if fractions is None
                  else list(fractions))
     renames = {}
@@ -172,7 +174,8 @@ def display_table(df: pd.DataFrame, *, fractions: Sequence[str] | None = None, p
             if not pd.api.types.is_numeric_dtype(out[c]):
                 continue
             out[c] = (out[c] * (100.0 if c in fractions else 1.0)).round(PERCENT_DIGITS)
-            renames[c] = f"{c} (%)"
+            if "%" not in str(c):
+                renames[c] = f"{c} (%)"
         elif pd.api.types.is_float_dtype(out[c]):
             out[c] = out[c].round(DISTANCE_DIGITS if "dist" in str(c) else VALUE_DIGITS)
     return out.rename(columns=renames)
@@ -216,11 +219,11 @@ def _top_margin(title: str, legend_on_top: bool = False) -> int:
 
 
 def sample_title(analysis, what: str) -> str:
-    """'<model> · <sample id> — what': the title a sample figure (and its exported PNG) carries."""
+    """'<model> · sample <id>' over 'what' (two lines): the title a sample figure and its exported PNG carry."""
     model = getattr(analysis, "model", "") or ""
     sid = getattr(analysis, "sample_id", "") or ""
     who = " · ".join(x for x in (model, f"sample {sid}" if sid else "") if x)
-    return f"{who} — {what}" if who else what
+    return f"{who}<br>{what}" if who else what
 
 
 def error_bars(df: pd.DataFrame, column: str, scale: float = 1.0) -> dict | None:
@@ -420,6 +423,20 @@ def tokenwise_curves(analysis, current_layer: int | None = None, title: str | No
                                hover_label="ρ"), row=1, col=1)
     fig.add_trace(_layer_trace(analysis.consistency, "consistency", "#333333", "diamond", "solid",
                                hover_label="share"), row=1, col=2)
+    # diagnostics beside the numbers: layers whose path is collapsed, and where ρ is undefined (drawn as 0)
+    for key, rho, color, name in (("cos", analysis.spearman_cos, colors[0], "cosine"),
+                                  ("dist", analysis.spearman_dist, colors[1], "distance")):
+        collapsed = getattr(analysis, f"collapsed_{key}", None)
+        undefined = getattr(analysis, f"spearman_undefined_{key}", None)
+        for flags, symbol, label in ((collapsed, "square-open", "collapsed path"),
+                                     (undefined, "x-thin-open", "ρ undefined (constant path), drawn as 0")):
+            if flags is None or not np.asarray(flags).any():
+                continue
+            ls = np.nonzero(np.asarray(flags))[0]
+            fig.add_trace(go.Scatter(
+                x=ls, y=np.asarray(rho)[ls], mode="markers", name=f"{name} path: {label}",
+                marker=dict(symbol=symbol, size=15, color=color, line=dict(width=2, color=color)),
+                hovertemplate=f"layer %{{x}}: {name} path, {label}<extra></extra>"), row=1, col=1)
     panels = [(1, 1), (1, 2)]
     _mark_final_layer(fig, L, panels)
     _mark_current_layer(fig, current_layer, panels)

@@ -4,7 +4,8 @@ the alignment path; sequence-level curves across layers; APS, Spearman and consi
 import streamlit as st
 
 from lsl_core import viz
-from ui import context, export, links, state, tables
+from lsl_core.metrics import diagnostics
+from ui import context, export, links, notes, state, tables
 
 METRICS = ("cosine", "distance")
 
@@ -29,21 +30,28 @@ def main() -> None:
                       help="cosine f_cos(x, y) or Euclidean distance ‖x − y‖₂ of a speech frame and a token.")
     links.want(layer=layer, metric=metric)
 
-    export.figure(viz.token_heatmap(a, layer, metric), f"heatmap_{sample.id}_layer{layer}_{metric}",
+    export.figure(viz.token_heatmap(a, layer, metric), f"heatmap_{a.model}_{sample.id}_layer{layer}_{metric}",
                   key="fig_heatmap")
+    layer_notes = diagnostics.layer_notes(a, layer, metric)  # collapsed path / undefined Spearman at this layer
+    codes = {n.code for n in layer_notes}
     m = st.columns(5)
-    m[0].metric("APS (cosine)", f"{a.aps_cos:.4f}", help="Mean cosine along the path over layers 1..L and tokens.")
-    m[1].metric("APS (distance)", f"{a.aps_dist:.4f}", help="Mean distance along the path over layers 1..L.")
+    v, d = viz.VALUE_DIGITS, viz.DISTANCE_DIGITS
+    m[0].metric("APS (cosine)", f"{a.aps_cos:.{v}f}", help="Mean cosine along the path over layers 1..L and tokens.")
+    m[1].metric("APS (distance)", f"{a.aps_dist:.{d}f}", help="Mean distance along the path over layers 1..L.")
     sp = a.spearman_cos if metric == "cosine" else a.spearman_dist
-    m[2].metric(f"Spearman ρ, layer {layer}", f"{sp[layer]:.3f}",
-                help=f"Monotonicity of the {metric} path: Spearman ρ between token order j and frame i*_j.")
-    m[3].metric(f"Consistency, layer {layer}", f"{a.consistency[layer]:.3f}",
+    m[2].metric(f"Spearman ρ, layer {layer}", "undefined" if "spearman_undefined" in codes else f"{sp[layer]:.{v}f}",
+                help=f"Monotonicity of the {metric} path: Spearman ρ between token order j and frame i*_j."
+                     + (" Undefined here: a constant path (stored as 0)." if "spearman_undefined" in codes else ""))
+    m[3].metric(f"Consistency, layer {layer}", f"{a.consistency[layer]:.{v}f}",
                 help="Share of tokens whose cosine and distance paths pick the same frame.")
     m[4].metric("Frames × tokens", f"{a.cos.shape[1]} × {a.cos.shape[2]}",
                 help=f"Ts speech frames ({a.frame_seconds * 1000:.0f} ms each) × Tt question tokens.")
+    notes.show(layer_notes)
+    notes.show(diagnostics.sample_notes(a))
 
-    export.figure(viz.layer_curves(a, current_layer=layer), f"sequence_curves_{sample.id}", key="fig_seq")
-    export.figure(viz.tokenwise_curves(a, current_layer=layer), f"tokenwise_curves_{sample.id}", key="fig_tok")
+    export.figure(viz.layer_curves(a, current_layer=layer), f"sequence_curves_{a.model}_{sample.id}", key="fig_seq")
+    export.figure(viz.tokenwise_curves(a, current_layer=layer), f"tokenwise_curves_{a.model}_{sample.id}",
+                  key="fig_tok")
     with st.expander("Tables: per-layer metrics and the alignment path"):
         st.markdown("**Per layer**")
         export.table(tables.layer_table(a), f"layers_{sample.id}")

@@ -162,10 +162,10 @@ def cka_note(n_pairs: int) -> Note | None:
 
 
 def small_n_note(n: int, what: str = "this comparison") -> Note | None:
-    """'n = 2 samples: too few for {what}' (None when n >= SMALL_N)."""
+    """'Small n (2 samples, under 10) for {what}: ...' (None when n >= SMALL_N)."""
     if not small_n(n):
         return None
-    return Note("small_n", f"Small n: {what} rests on {int(n)} sample{'s' if int(n) != 1 else ''} (under {SMALL_N}); "
+    return Note("small_n", f"Small n ({int(n)} sample{'s' if int(n) != 1 else ''}, under {SMALL_N}) for {what}: "
                            "read the 95% intervals, not the point values.")
 
 

@@ -1,0 +1,206 @@
+"""Shared demo server: N users pressing Regenerate at once on the real Streamlit app (embedded default, CPU).
+
+Starts `streamlit run app.py` on 127.0.0.1 (a free port), then drives N sessions over Streamlit's own
+websocket protocol (what a browser tab sends: one `rerun_script` with the page and the link's query
+string). Each session opens a link to the Interventions page for its own sample with `iv=` set, so the
+page regenerates (text, speech, cascade and the intervened answer) on load. Measured per round:
+
+    concurrent   N sessions start together; time until the LAST session receives its answers
+    serial       the same N kinds of request, one session after the other (what one-at-a-time serving
+                 gives the last user); total time
+
+Every round uses an intervention layer of its own (angle:bottom3@r), so no answer comes from a cache;
+the analyses are warmed first (one session per sample), so the rounds time regeneration, not analysis.
+Each session checks that the answers it received are for its own sample's question. Prints one table:
+time-to-last-answer for N = 1, 2, 4 concurrent and serial, and the concurrency ratio
+concurrent(N) / concurrent(1). Target: concurrent(4) <= 2 x concurrent(1).
+
+    .venv/bin/python benchmarks/bench_concurrency.py [--sessions 1 2 4] [--new-tokens 24] [--timeout 600]
+
+Bounded: at most 8 sessions, each waits at most --timeout seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MAX_SESSIONS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"streamlit did not start; see {log_path}")
+
+
+class Session:
+    """One browser tab, as Streamlit's websocket protocol sees it: open the page of a link, collect texts."""
+
+    def __init__(self, port: int, query: dict, page: str = "Interventions") -> None:
+        self.url = f"ws://127.0.0.1:{port}/_stcore/stream"
+        self.query = urllib.parse.urlencode(query)
+        self.page = page
+        self.texts: list[str] = []
+        self.done_at: float | None = None
+        self.error: str | None = None
+
+    def run(self, until: re.Pattern, timeout: float) -> None:
+        """Send one rerun_script and read messages until a text matching `until` arrives (records the time)."""
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+        from websockets.sync.client import connect
+
+        try:
+            with connect(self.url, subprotocols=["streamlit"], open_timeout=60, max_size=None) as ws:
+                msg = BackMsg()
+                msg.rerun_script.query_string = self.query
+                msg.rerun_script.page_name = self.page
+                ws.send(msg.SerializeToString())
+                deadline = time.perf_counter() + timeout
+                while time.perf_counter() < deadline:
+                    raw = ws.recv(timeout=max(0.1, deadline - time.perf_counter()))
+                    fm = ForwardMsg.FromString(raw)
+                    kind = fm.WhichOneof("type")
+                    if kind == "script_finished" and self.done_at is not None:
+                        return  # the rest of the page (batch caption) has arrived
+                    if kind == "delta" and fm.delta.WhichOneof("type") == "new_element":
+                        el = fm.delta.new_element
+                        ek = el.WhichOneof("type")
+                        text = getattr(getattr(el, ek), "body", "") if ek in ("markdown", "alert") else ""
+                        if text:
+                            self.texts.append(text)
+                            if self.done_at is None and until.search(text):
+                                self.done_at = time.perf_counter()  # this session's answers are on its page
+                if self.done_at is None:
+                    self.error = f"no answer within {timeout:.0f} s"
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def question(self) -> str | None:
+        for t in self.texts:
+            if t.startswith("**Question (text input):**"):
+                return t.split("**", 2)[2].strip()
+        return None
+
+    def batch_size(self) -> int:
+        for t in self.texts:
+            m = re.search(r"one batch with (\d+) other", t)
+            if m:
+                return int(m.group(1)) + 1
+        return 1
+
+
+def run_round(port: int, ids: list[str], questions: dict, layer: int, tokens: int, concurrent: bool,
+              timeout: float) -> dict:
+    """N sessions (one per sample id) regenerating angle:bottom3@layer; concurrent or one after another."""
+    until = re.compile(rf"^\*\*Angle·Bottom3 @ℓ{layer}\*\*$")  # the intervened answer's column title
+    sessions = [Session(port, {"sample": sid, "iv": f"angle:bottom3@{layer}", "tokens": tokens}) for sid in ids]
+    t0 = time.perf_counter()
+    if concurrent:
+        threads = [threading.Thread(target=s.run, args=(until, timeout)) for s in sessions]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    else:
+        for s in sessions:
+            s.run(until, timeout)
+    errors = [s.error for s in sessions if s.error]
+    own = all(s.question() == questions[sid] for s, sid in zip(sessions, ids))
+    last = max((s.done_at or float("nan")) for s in sessions) - t0
+    return {"seconds": last, "errors": errors, "own_answers": own, "batch": max(s.batch_size() for s in sessions)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds one session may wait for its answers")
+    args = ap.parse_args()
+    if max(args.sessions) > MAX_SESSIONS or min(args.sessions) < 1:
+        raise SystemExit(f"--sessions must be in 1..{MAX_SESSIONS}")
+
+    from lsl_core.data.sets import load_sample_set
+
+    mini = load_sample_set("sd-qa-mini")
+    ids = mini.ids()[: max(args.sessions)]
+    questions = {sid: mini.record(sid).question for sid in ids}
+    port = _free_port()
+    log = ROOT / ".pytest_cache" / "bench_concurrency.log"
+    log.parent.mkdir(exist_ok=True)
+    proc = start_server(port, log)
+    try:
+        t = time.perf_counter()
+        for sid in ids:  # warm: model load, analysis of every sample (explorer page), one generation
+            Session(port, {"sample": sid}, "Sample_Explorer").run(re.compile(r"^\*\*Per layer\*\*$"), args.timeout)
+        Session(port, {"sample": ids[0], "iv": "angle:bottom3@29", "tokens": args.new_tokens}).run(
+            re.compile(r"^\*\*Angle·Bottom3 @ℓ29\*\*$"), args.timeout)
+        print(f"warm-up (model load, {len(ids)} analyses, 1 regeneration): {time.perf_counter() - t:.1f} s")
+        rows, layer = [], 1
+        for n in args.sessions:
+            conc = run_round(port, ids[:n], questions, layer, args.new_tokens, True, args.timeout)
+            ser = run_round(port, ids[:n], questions, layer + 1, args.new_tokens, False, args.timeout)
+            layer += 2
+            rows.append((n, conc, ser))
+            print(f"  N={n}: concurrent {conc['seconds']:.1f} s (largest batch {conc['batch']}), serial "
+                  f"{ser['seconds']:.1f} s", flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    base = rows[0][1]["seconds"] if rows and rows[0][0] == 1 else float("nan")
+    print(f"\n{args.new_tokens} new tokens per answer; each request = text, speech, cascade and angle:bottom3 answers\n")
+    print("| sessions N | concurrent: time to last answer | largest batch | serial: time to last answer | "
+          "concurrent(N) / concurrent(1) | serial / concurrent | own answers |")
+    print("|---:|---:|---:|---:|---:|---:|---|")
+    for n, conc, ser in rows:
+        ok = "yes" if conc["own_answers"] and ser["own_answers"] and not conc["errors"] and not ser["errors"] else \
+            f"NO {conc['errors'] + ser['errors']}"
+        print(f"| {n} | {conc['seconds']:.1f} s | {conc['batch']} | {ser['seconds']:.1f} s | "
+              f"{conc['seconds'] / base:.2f}x | {ser['seconds'] / conc['seconds']:.2f}x | {ok} |")
+    four = [c for n, c, _ in rows if n == 4]
+    if four:
+        ratio = four[0]["seconds"] / base
+        print(f"\nconcurrency ratio concurrent(4) / concurrent(1) = {ratio:.2f}x (target <= 2.00x): "
+              f"{'met' if ratio <= 2.0 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
