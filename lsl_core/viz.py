@@ -407,7 +407,7 @@ def layer_curves(analysis, current_layer: int | None = None, title: str | None =
     marker behind a dotted line; current_layer, if given, a dashed line.
     """
     return _curves_panels(analysis, ("seq_cos", "seq_dist"), current_layer,
-                          title or sample_title(analysis, "sequence level: mean-pooled speech vs text states, "
+                          title or sample_title(analysis, "Sequence level: mean-pooled speech vs text states, "
                                                           f"layers 0–{len(analysis.seq_cos) - 1}"))
 
 
@@ -443,7 +443,7 @@ def tokenwise_curves(analysis, current_layer: int | None = None, title: str | No
     fig.update_xaxes(title_text="layer ℓ (0 = LLM input)", dtick=max(1, L // 10))
     fig.update_yaxes(title_text="Spearman ρ (−1 … 1)", row=1, col=1)
     fig.update_yaxes(title_text="share of tokens (0 … 1)", range=[-0.02, 1.02], row=1, col=2)
-    return _base_layout(fig, title or sample_title(analysis, "token level: alignment-path monotonicity and "
+    return _base_layout(fig, title or sample_title(analysis, "Token level: alignment-path monotonicity and "
                                                              f"consistency, layers 0–{L}"), height=360)
 
 
