@@ -9,8 +9,9 @@ page regenerates (text, speech, cascade and the intervened answer) on load. Meas
     serial       the same N kinds of request, one session after the other (what one-at-a-time serving
                  gives the last user); total time
 
-Every round uses an intervention layer of its own (angle:bottom3@r), so no answer comes from a cache;
-the analyses are warmed first (one session per sample), so the rounds time regeneration, not analysis.
+Every round uses a condition of its own (angle:bottom1, angle:bottom2, ...; the same cost), so no answer
+comes from a cache; the analyses (and the ASR transcripts the pages show) are warmed first, one session per
+sample, so the rounds time regeneration, not analysis.
 Each session checks that the answers it received are for its own sample's question. Prints one table:
 time-to-last-answer for N = 1, 2, 4 concurrent and serial, and the concurrency ratio
 concurrent(N) / concurrent(1). Target: concurrent(4) <= 2 x concurrent(1).
@@ -124,11 +125,11 @@ class Session:
         return 1
 
 
-def run_round(port: int, ids: list[str], questions: dict, layer: int, tokens: int, concurrent: bool,
+def run_round(port: int, ids: list[str], questions: dict, k: int, tokens: int, concurrent: bool,
               timeout: float) -> dict:
-    """N sessions (one per sample id) regenerating angle:bottom3@layer; concurrent or one after another."""
-    until = re.compile(rf"^\*\*Angle·Bottom3 @ℓ{layer}\*\*$")  # the intervened answer's column title
-    sessions = [Session(port, {"sample": sid, "iv": f"angle:bottom3@{layer}", "tokens": tokens}) for sid in ids]
+    """N sessions (one per sample id) regenerating angle:bottom{k}; concurrent or one after another."""
+    until = re.compile(rf"^\*\*Angle·Bottom{k}\*\*$")  # the intervened answer's column title
+    sessions = [Session(port, {"sample": sid, "iv": f"angle:bottom{k}", "tokens": tokens}) for sid in ids]
     t0 = time.perf_counter()
     if concurrent:
         threads = [threading.Thread(target=s.run, args=(until, timeout)) for s in sessions]
@@ -167,14 +168,14 @@ def main() -> None:
         t = time.perf_counter()
         for sid in ids:  # warm: model load, analysis of every sample (explorer page), one generation
             Session(port, {"sample": sid}, "Sample_Explorer").run(re.compile(r"^\*\*Per layer\*\*$"), args.timeout)
-        Session(port, {"sample": ids[0], "iv": "angle:bottom3@29", "tokens": args.new_tokens}).run(
-            re.compile(r"^\*\*Angle·Bottom3 @ℓ29\*\*$"), args.timeout)
-        print(f"warm-up (model load, {len(ids)} analyses, 1 regeneration): {time.perf_counter() - t:.1f} s")
-        rows, layer = [], 1
+        Session(port, {"sample": ids[0], "iv": "angle:all", "tokens": args.new_tokens}).run(
+            re.compile(r"^\*\*Angle·All\*\*$"), args.timeout)
+        print(f"warm-up (model load, {len(ids)} analyses, 1 regeneration): {time.perf_counter() - t:.1f} s", flush=True)
+        rows, k = [], 1
         for n in args.sessions:
-            conc = run_round(port, ids[:n], questions, layer, args.new_tokens, True, args.timeout)
-            ser = run_round(port, ids[:n], questions, layer + 1, args.new_tokens, False, args.timeout)
-            layer += 2
+            conc = run_round(port, ids[:n], questions, k, args.new_tokens, True, args.timeout)
+            ser = run_round(port, ids[:n], questions, k + 1, args.new_tokens, False, args.timeout)
+            k += 2
             rows.append((n, conc, ser))
             print(f"  N={n}: concurrent {conc['seconds']:.1f} s (largest batch {conc['batch']}), serial "
                   f"{ser['seconds']:.1f} s", flush=True)
@@ -186,7 +187,7 @@ def main() -> None:
             proc.kill()
 
     base = rows[0][1]["seconds"] if rows and rows[0][0] == 1 else float("nan")
-    print(f"\n{args.new_tokens} new tokens per answer; each request = text, speech, cascade and angle:bottom3 answers\n")
+    print(f"\n{args.new_tokens} new tokens per answer; each request = text, speech, cascade and angle:bottomK answers\n")
     print("| sessions N | concurrent: time to last answer | largest batch | serial: time to last answer | "
           "concurrent(N) / concurrent(1) | serial / concurrent | own answers |")
     print("|---:|---:|---:|---:|---:|---:|---|")

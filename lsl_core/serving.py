@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import OrderedDict
 import threading
 import time
 import weakref
@@ -120,6 +121,7 @@ class SideBySideRequest:
     conditions: tuple  # intervention conditions (labels like 'angle:bottom3@0' or Intervention tuples)
     max_new_tokens: int = 40
     cascade: bool = True
+    transcript: str | None = None  # the clip's ASR transcript when the caller has it (the app caches it)
 
 
 @dataclass
@@ -134,23 +136,69 @@ class _Prepared:
     states: Any  # HiddenStates (frame times, tokens)
 
 
+def planning_states(model: "LSLM", sample: "Sample", conds: Sequence) -> tuple:
+    """(speech prompt, text prompt, HiddenStates) for planning `conds` on one sample.
+
+    One encoder pass; the forwards (one per modality) run only when some intervention sits at a layer
+    ℓ > 0. At ℓ = 0 a plan reads only hidden_states[0], the LLM input (adaptor output / token
+    embeddings), which the prompts already hold: the states are then that layer, broadcast over the
+    L+1 layer axis without a copy (exactly what a forward returns at index 0).
+    """
+    from lsl_core.interventions import sample_states
+    from lsl_core.model.lslm import HiddenStates
+
+    if any(iv.layer > 0 for ivs in conds for iv in ivs):
+        return sample_states(model, sample)
+    sp = model.embed_speech(sample.audio, sample.sr)
+    tx = model.embed_text(sample.question)
+    speech_prompt, text_prompt = model.build_prompt(sp.embeds), model.build_prompt(tx.embeds, tx.token_ids)
+    L1 = model.num_layers + 1
+    hs = speech_prompt.inputs_embeds[0, speech_prompt.span].float().cpu()  # [Ts, d] = hidden_states[0] span
+    ht = text_prompt.inputs_embeds[0, text_prompt.span].float().cpu()  # [Tt, d]
+    states = HiddenStates(hs[None].expand(L1, -1, -1), ht[None].expand(L1, -1, -1), sp.frame_times,
+                          sp.frame_seconds, tx.tokens, meta={"model": model.name, "digest": model.digest,
+                                                             "layers": "input only (layer 0)"})
+    return speech_prompt, text_prompt, states
+
+
 def _prepare(model: "LSLM", req: SideBySideRequest) -> _Prepared:
-    """States (one encoder pass, one forward per modality), plans, ASR transcript; the rows to generate."""
-    from lsl_core.interventions import parse_condition, plan_interventions, sample_states
+    """States for planning, plans, ASR transcript (unless given); the rows to generate."""
+    from lsl_core.interventions import parse_condition, plan_interventions
 
     s = req.sample
     conds = [parse_condition(c) for c in req.conditions]
-    speech_prompt, text_prompt, states = sample_states(model, s)
+    speech_prompt, text_prompt, states = planning_states(model, s, conds)
     plans = [tuple(plan_interventions(ivs, states, speech_prompt)) for ivs in conds]
     n = int(req.max_new_tokens)
     rows = [GenerationRow(text_prompt, (), n), GenerationRow(speech_prompt, (), n)]
     transcript = None
     if req.cascade and model.has_asr:
-        transcript = model.transcribe(s.audio, s.sr)
+        transcript = req.transcript if req.transcript is not None else _transcribe(model, s)
         if transcript.strip():
             rows.append(GenerationRow(model.prompt_for(text=transcript), (), n))
     rows += [GenerationRow(speech_prompt, p, n) for p in plans]
     return _Prepared(req, rows, conds, plans, transcript, states)
+
+
+_TRANSCRIPTS: "OrderedDict[tuple, str]" = OrderedDict()  # (model digest, audio sha1, sr) -> transcript
+_TRANSCRIPTS_MAX = 256
+
+
+def _transcribe(model: "LSLM", sample: "Sample") -> str:
+    """The clip's ASR transcript, remembered per model and audio (deterministic greedy decoding)."""
+    import hashlib
+
+    import numpy as np
+
+    key = (model.digest, hashlib.sha1(np.ascontiguousarray(sample.audio).tobytes()).hexdigest(), int(sample.sr))
+    if key in _TRANSCRIPTS:
+        _TRANSCRIPTS.move_to_end(key)
+        return _TRANSCRIPTS[key]
+    text = model.transcribe(sample.audio, sample.sr)
+    _TRANSCRIPTS[key] = text
+    while len(_TRANSCRIPTS) > _TRANSCRIPTS_MAX:
+        _TRANSCRIPTS.popitem(last=False)
+    return text
 
 
 def _scores(answer: str, references: Sequence[str], text_answer: str | None) -> dict:
@@ -405,4 +453,5 @@ def server_for(model: "LSLM", window_s: float = BATCH_WINDOW_S) -> GenerationSer
 
 
 __all__ = ["BATCH_WINDOW_S", "MAX_BATCH_REQUESTS", "GenerationRow", "generate_rows", "SideBySideRequest",
+           "planning_states",
            "serve_side_by_side", "Ticket", "Batcher", "GenerationServer", "server_for"]

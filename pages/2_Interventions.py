@@ -104,8 +104,10 @@ def main() -> None:
     result = None
     if applied:
         try:  # the shared server batches this request with other sessions'; a progress bar shows the queue
-            result = loaders.side_by_side(handle.key, context.sample_key(sel, sample), (applied,), int(max_new),
-                                          bool(cascade and handle.model.has_asr), handle.model, sample)
+            skey = context.sample_key(sel, sample)
+            result = loaders.side_by_side(handle.key, skey, (applied,), int(max_new),
+                                          bool(cascade and handle.model.has_asr), handle.model, sample,
+                                          loaders.known_transcript(handle.key, skey))
         except Exception as exc:  # noqa: BLE001
             errors.show(exc, "Generation failed")
     else:

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import tone
 from lsl_core.data.samples import Sample
@@ -57,6 +58,26 @@ def test_batched_side_by_side_equals_the_unbatched_view(tiny_model, monkeypatch)
         assert _rows(g) == _rows(want)
         assert g.sample_id == req.sample.id and g.tokens == want.tokens
         assert g.speech.f1 == want.speech.f1 or (np.isnan(g.speech.f1) and np.isnan(want.speech.f1))
+
+
+def test_layer0_planning_needs_no_forward_and_matches_the_full_states(tiny_model, monkeypatch):
+    from lsl_core.interventions import parse_condition, plan_interventions, sample_states
+    from lsl_core.serving import planning_states
+
+    s = _samples()[1]
+    sp, _, full = sample_states(tiny_model, s)
+    conds = [parse_condition("angle:bottom3"), parse_condition("calibrate:all+length:bottom2")]
+    calls = []
+    monkeypatch.setattr(tiny_model, "forward_states", lambda *a, **k: calls.append(1))
+    sp0, tx0, light = planning_states(tiny_model, s, conds)
+    assert not calls and light.speech.shape == full.speech.shape
+    assert torch.equal(light.speech[0], full.speech[0]) and torch.equal(light.text[0], full.text[0])
+    for c in conds:
+        a, b = plan_interventions(c, light, sp0), plan_interventions(c, full, sp)
+        assert [(p.frames, p.tokens) for p in a] == [(p.frames, p.tokens) for p in b]
+        for pa, pb in zip(a, b):
+            for x, y in ((pa.targets, pb.targets), *(zip(pa.stats or (), pb.stats or ()))):
+                assert (x is None and y is None) or torch.equal(x, y)
 
 
 def test_a_failing_request_does_not_fail_the_others(tiny_model):

@@ -131,12 +131,22 @@ def transcript(model_key: str, sample_key: str, _model, _sample) -> str | None:
     """The ASR transcript of the clip (None when the encoder has no ASR decoder)."""
     if not _model.has_asr:
         return None
-    return _model.transcribe(_sample.audio, _sample.sr)
+    text = _model.transcribe(_sample.audio, _sample.sr)
+    _KNOWN_TRANSCRIPTS[(model_key, sample_key)] = text
+    return text
+
+
+_KNOWN_TRANSCRIPTS: dict[tuple[str, str], str] = {}  # transcripts this process computed (regeneration reuses them)
+
+
+def known_transcript(model_key: str, sample_key: str) -> str | None:
+    """The transcript `transcript()` already computed for this model + sample, else None (never computes)."""
+    return _KNOWN_TRANSCRIPTS.get((model_key, sample_key))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def side_by_side(model_key: str, sample_key: str, labels: tuple[str, ...], max_new_tokens: int, cascade: bool,
-                 _model, _sample) -> dict:
+                 _model, _sample, _transcript: str | None = None) -> dict:
     """Text / speech / cascade / intervened answers, scored; plain data (rows with edited frames/tokens).
 
     Served by the model's lsl_core.serving.GenerationServer: requests of concurrent sessions are gathered
@@ -144,7 +154,8 @@ def side_by_side(model_key: str, sample_key: str, labels: tuple[str, ...], max_n
     """
     from lsl_core.serving import SideBySideRequest, server_for
 
-    ticket = server_for(_model).submit(SideBySideRequest(_sample, tuple(labels), int(max_new_tokens), bool(cascade)))
+    request = SideBySideRequest(_sample, tuple(labels), int(max_new_tokens), bool(cascade), _transcript)
+    ticket = server_for(_model).submit(request)
     box = st.empty()
     try:
         while not ticket.wait(0.3):
