@@ -158,8 +158,13 @@ def main() -> None:
     from lsl_core.data.sets import load_sample_set
 
     mini = load_sample_set("sd-qa-mini")
-    ids = mini.ids()[: max(args.sessions)]
-    questions = {sid: mini.record(sid).question for sid in ids}
+    questions: dict[str, str] = {}
+    for sid in mini.ids():  # one sample per question: every session's page must show its own question
+        if mini.record(sid).question not in questions.values():
+            questions[sid] = mini.record(sid).question
+        if len(questions) == max(args.sessions):
+            break
+    ids = list(questions)
     port = _free_port()
     log = ROOT / ".pytest_cache" / "bench_concurrency.log"
     log.parent.mkdir(exist_ok=True)
