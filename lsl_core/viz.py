@@ -22,6 +22,7 @@ Shapes use the fixed letters L (layers; arrays hold L+1 entries), Ts (speech fra
 from __future__ import annotations
 
 import html
+import math
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -59,8 +60,8 @@ SCALAR_LABELS: dict[str, str] = {
     "spearman_cos_mean": "mean Spearman ρ (cosine path)",
     "spearman_dist_mean": "mean Spearman ρ (distance path)",
     "consistency_mean": "mean consistency",
-    "gap_f1": "GAP in F1 (text − speech, percentage points)",
-    "gap_containment": "GAP in containment (text − speech, percentage points)",
+    "gap_f1": "GAP in F1 (text − speech, points)",
+    "gap_containment": "GAP in containment (text − speech, points)",
     "speech_f1": "speech-input F1 (%)",
     "text_f1": "text-input F1 (%)",
     "speech_containment": "speech-input containment (%)",
@@ -109,7 +110,8 @@ PERCENT_DIGITS = 1  # scores (F1, containment, agreement, GAP) are shown as perc
 VALUE_DIGITS = 3  # cosines, Spearman ρ, CKA, consistency, shares
 DISTANCE_DIGITS = 2  # L2 distances (model units, often > 100)
 TITLE_TOP_PX = 34  # the title starts below the toolbar's row (Plotly's mode bar is ~28 px high at the top)
-TITLE_LINE_PX = 22
+TITLE_FONT_PX = 16
+TITLE_LINE_PX = 21  # Plotly's line spacing (1.3 em) at TITLE_FONT_PX
 TITLE_MAX_CHARS = 72  # wrap longer titles; export.figure passes fewer for figures in columns
 _SCORE_COLUMN = re.compile(r"^(text_|speech_|gap_|cascade_)?(containment|f1|em|pedant|agreement(_other_q)?)"
                            r"(_lo|_hi)?$", re.IGNORECASE)
@@ -203,19 +205,29 @@ def _strip_tags(s: str) -> str:
 def fit_title(fig: go.Figure, max_chars: int = TITLE_MAX_CHARS) -> go.Figure:
     """Re-wrap a figure's title for a narrower column and grow its top margin to match (in place)."""
     title = fig.layout.title.text or ""
-    text = wrap_title(title.replace("<br>", " "), max_chars)
-    fig.update_layout(title_text=text, margin_t=_top_margin(text, _legend_on_top(fig)))
+    place_title(fig, wrap_title(title.replace("<br>", " "), max_chars))
     return fig
 
 
-def _legend_on_top(fig: go.Figure) -> bool:
+def place_title(fig: go.Figure, text: str | None = None) -> go.Figure:
+    """Put the title in its own band: its first line starts TITLE_TOP_PX below the figure's top edge (under
+    the toolbar's row) and the top margin grows with its lines, a legend or panel titles above the plot,
+    so nothing overlaps. Plotly centres a multi-line title on its anchor (it moves the block up by half
+    of the extra lines), which the top padding undoes. Call it after the legend and annotations are set;
+    export.figure calls it again (through fit_title) when it re-wraps for a column."""
+    text = (fig.layout.title.text or "") if text is None else text
+    lines = text.count("<br>") + 1 if text else 0
     lg = fig.layout.legend
-    return bool(fig.layout.showlegend is not False and lg is not None and lg.y is not None and lg.y >= 1.0)
-
-
-def _top_margin(title: str, legend_on_top: bool = False) -> int:
-    lines = title.count("<br>") + 1 if title else 0
-    return TITLE_TOP_PX + TITLE_LINE_PX * lines + (34 if legend_on_top else 12)
+    legend_on_top = bool(fig.layout.showlegend is not False and lg is not None and lg.y is not None and lg.y >= 1.0)
+    subtitles = any(a.text and a.yref == "paper" and a.y is not None and a.y >= 1.0
+                    for a in fig.layout.annotations or ())  # make_subplots' panel titles sit there
+    below = 10 + (30 if legend_on_top else 0) + (24 if subtitles else 0)  # px between title and plot area
+    fig.update_layout(
+        title=dict(text=text, x=0.0, xanchor="left", xref="container", y=1.0, yref="container", yanchor="top",
+                   pad=dict(l=12, t=TITLE_TOP_PX + math.ceil(TITLE_LINE_PX * max(0, lines - 1) / 2), b=0),
+                   font=dict(size=TITLE_FONT_PX)),
+        margin_t=TITLE_TOP_PX + TITLE_LINE_PX * lines + below)
+    return fig
 
 
 def sample_title(analysis, what: str) -> str:
@@ -260,11 +272,10 @@ def _token_hover(token: str, j: int) -> str:
 def _base_layout(fig: go.Figure, title: str, height: int | None = None, legend_on_top: bool = False) -> go.Figure:
     """Template, hover, and the title in its own band under the toolbar's row (never covered by it)."""
     text = wrap_title(title)
-    fig.update_layout(template=TEMPLATE,
-                      title=dict(text=text, x=0.0, xanchor="left", xref="container", y=1.0, yref="container",
-                                 yanchor="top", pad=dict(t=TITLE_TOP_PX, l=12), font=dict(size=16)),
-                      margin=dict(l=60, r=20, t=_top_margin(text, legend_on_top), b=60),
-                      hoverlabel=dict(namelength=-1))
+    fig.update_layout(template=TEMPLATE, margin=dict(l=60, r=20, b=60), hoverlabel=dict(namelength=-1))
+    if legend_on_top:  # the builder sets its legend later: reserve the band now
+        fig.update_layout(legend=dict(y=1.0, yanchor="bottom"))
+    place_title(fig, text)
     if height:
         fig.update_layout(height=height + TITLE_LINE_PX * text.count("<br>"))
     return fig
@@ -527,8 +538,9 @@ def trend_curves(df: pd.DataFrame, y: str, *, x: str = "step", group: str = "tra
             hovertemplate="%{text}<br>" + f"{x} = %{{x}}<br>{y} = %{{y:{fmt}}}{unit}" + ci_text + "<extra></extra>",
         ))
     fig.update_xaxes(title_text="training step" if x == "step" else x)
-    fig.update_yaxes(title_text=SCALAR_LABELS.get(y, y) + (" (%)" if scale == 100.0 and "%" not in
-                                                             SCALAR_LABELS.get(y, "%") else ""))
+    label = SCALAR_LABELS.get(y, y)
+    fig.update_yaxes(title_text=label + (" (%)" if scale == 100.0 and "%" not in label and "points" not in label
+                                         else ""))
     _base_layout(fig, title or f"{SCALAR_LABELS.get(y, y)} across training", height=420)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0),
                       margin=dict(b=110))

@@ -225,13 +225,21 @@ def test_titles_sit_below_the_toolbar_and_name_model_sample_layer():
     a.model, a.sample_id = "lora-step0400", "q7__en-gb"
     fig = viz.token_heatmap(a, 2)
     t = fig.layout.title
-    assert t.yref == "container" and t.yanchor == "top" and t.pad.t >= viz.TITLE_TOP_PX
     assert "lora-step0400" in t.text and "q7__en-gb" in t.text and "layer ℓ = 2" in t.text
-    lines = t.text.count("<br>") + 1
-    assert fig.layout.margin.t >= viz.TITLE_TOP_PX + viz.TITLE_LINE_PX * lines  # the title band fits
+
+    def band(f) -> tuple[float, float]:  # (first line top, free px between the title block and the plot area)
+        tt = f.layout.title
+        assert tt.yref == "container" and tt.y == 1.0 and tt.yanchor == "top"
+        lines = tt.text.count("<br>") + 1
+        top = tt.pad.t - viz.TITLE_LINE_PX * (lines - 1) / 2  # Plotly centres extra lines on the anchor
+        return top, f.layout.margin.t - top - viz.TITLE_LINE_PX * lines
+
+    top, gap = band(fig)
+    assert top >= viz.TITLE_TOP_PX and gap >= 30  # below the toolbar's row; room for the legend above the plot
     narrow = viz.fit_title(viz.layer_curves(a), 30)
     assert all(len(re.sub("<[^>]+>", "", ln)) <= 30 for ln in narrow.layout.title.text.split("<br>"))
-    assert narrow.layout.margin.t >= viz.TITLE_TOP_PX + viz.TITLE_LINE_PX * (narrow.layout.title.text.count("<br>") + 1)
+    top, gap = band(narrow)
+    assert narrow.layout.title.text.count("<br>") >= 3 and top >= viz.TITLE_TOP_PX and gap >= 24  # panel titles
     assert "lora-step0400" in narrow.layout.title.text.replace("<br>", " ")
 
 

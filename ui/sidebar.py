@@ -235,6 +235,7 @@ def _upload_section(sb, sel: Selection) -> None:
     max_mb = config.max_upload_mb()
     up = sb.file_uploader(f"Audio file ({', '.join(t.upper() for t in AUDIO_TYPES)}; ≤ 30 s)", type=list(AUDIO_TYPES),
                           key="sb_upload", max_upload_size=max(1, int(max_mb)))
+    message = sb.container()  # the upload's one message sits right under the uploader
     question = sb.text_input("Question (what the clip says)", key="sb_up_question",
                              value=state.value("sb_up_question", ""))
     answers = sb.text_input("Reference answers (optional, separated by |)", key="sb_up_answers",
@@ -252,11 +253,11 @@ def _upload_section(sb, sel: Selection) -> None:
         sample = sample_from_upload(up.name, up.getvalue(), question, answers, max_mb=max_mb)
     except LSLError as exc:
         sel.set_error = exc  # shown here, once; the page points at the sidebar (context.require_sample)
-        sb.error(str(exc), icon=":material/warning:")
+        message.error(str(exc), icon=":material/warning:")
         return
     sel.upload = sample
     sel.upload_file = (up.name, up.getvalue())
     sel.sample_id = sample.id
-    sb.caption(f"{up.name}: {sample.duration:.1f} s")
+    message.caption(f"{up.name}: {sample.duration:.1f} s")
     for w in sample.meta.get("audio_warnings", []):
-        sb.warning(w, icon=":material/graphic_eq:")
+        message.warning(w, icon=":material/graphic_eq:")
