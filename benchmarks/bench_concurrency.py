@@ -13,10 +13,12 @@ Every round uses a condition of its own (angle:bottom1, angle:bottom2, ...; the 
 comes from a cache; the analyses (and the ASR transcripts the pages show) are warmed first, one session per
 sample, so the rounds time regeneration, not analysis.
 Each session checks that the answers it received are for its own sample's question. Prints one table:
-time-to-last-answer for N = 1, 2, 4 concurrent and serial, and the concurrency ratio
-concurrent(N) / concurrent(1). Target: concurrent(4) <= 2 x concurrent(1).
+time-to-last-answer for N = 1, 2, 4 concurrent and serial, the CPU seconds the server process used in each
+round (less sensitive than wall time to other jobs on a shared machine), and the concurrency ratio
+concurrent(N) / concurrent(1). Target: concurrent(4) <= 2 x concurrent(1). With --repeats R the concurrent
+rounds run R times, interleaved over N (1, 2, 4, 1, 2, 4, ...), and the table shows medians.
 
-    .venv/bin/python benchmarks/bench_concurrency.py [--sessions 1 2 4] [--new-tokens 24] [--timeout 600]
+    .venv/bin/python benchmarks/bench_concurrency.py [--sessions 1 2 4] [--new-tokens 24] [--repeats 1]
 
 Bounded: at most 8 sessions, each waits at most --timeout seconds.
 """
@@ -125,11 +127,18 @@ class Session:
         return 1
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_round(port: int, ids: list[str], questions: dict, k: int, tokens: int, concurrent: bool,
-              timeout: float) -> dict:
+              timeout: float, pid: int) -> dict:
     """N sessions (one per sample id) regenerating angle:bottom{k}; concurrent or one after another."""
     until = re.compile(rf"^\*\*Angle·Bottom{k}\*\*$")  # the intervened answer's column title
     sessions = [Session(port, {"sample": sid, "iv": f"angle:bottom{k}", "tokens": tokens}) for sid in ids]
+    cpu0 = cpu_seconds(pid)
     t0 = time.perf_counter()
     if concurrent:
         threads = [threading.Thread(target=s.run, args=(until, timeout)) for s in sessions]
@@ -143,7 +152,8 @@ def run_round(port: int, ids: list[str], questions: dict, k: int, tokens: int, c
     errors = [s.error for s in sessions if s.error]
     own = all(s.question() == questions[sid] for s, sid in zip(sessions, ids))
     last = max((s.done_at or float("nan")) for s in sessions) - t0
-    return {"seconds": last, "errors": errors, "own_answers": own, "batch": max(s.batch_size() for s in sessions)}
+    return {"seconds": last, "cpu": cpu_seconds(pid) - cpu0, "errors": errors, "own_answers": own,
+            "batch": max(s.batch_size() for s in sessions)}
 
 
 def main() -> None:
@@ -151,6 +161,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds one session may wait for its answers")
+    ap.add_argument("--repeats", type=int, default=1, help="concurrent rounds per N (interleaved; medians)")
     args = ap.parse_args()
     if max(args.sessions) > MAX_SESSIONS or min(args.sessions) < 1:
         raise SystemExit(f"--sessions must be in 1..{MAX_SESSIONS}")
@@ -176,14 +187,27 @@ def main() -> None:
         Session(port, {"sample": ids[0], "iv": "angle:all", "tokens": args.new_tokens}).run(
             re.compile(r"^\*\*Angle·All\*\*$"), args.timeout)
         print(f"warm-up (model load, {len(ids)} analyses, 1 regeneration): {time.perf_counter() - t:.1f} s", flush=True)
-        rows, k = [], 1
+        import statistics
+
+        k, conc_runs, serial = 1, {n: [] for n in args.sessions}, {}
+        for rep in range(max(1, args.repeats)):
+            for n in args.sessions:
+                r = run_round(port, ids[:n], questions, k, args.new_tokens, True, args.timeout, proc.pid)
+                k += 1
+                conc_runs[n].append(r)
+                print(f"  N={n} concurrent (repeat {rep + 1}): {r['seconds']:.1f} s, server CPU {r['cpu']:.1f} s, "
+                      f"largest batch {r['batch']}", flush=True)
         for n in args.sessions:
-            conc = run_round(port, ids[:n], questions, k, args.new_tokens, True, args.timeout)
-            ser = run_round(port, ids[:n], questions, k + 1, args.new_tokens, False, args.timeout)
-            k += 2
-            rows.append((n, conc, ser))
-            print(f"  N={n}: concurrent {conc['seconds']:.1f} s (largest batch {conc['batch']}), serial "
-                  f"{ser['seconds']:.1f} s", flush=True)
+            serial[n] = run_round(port, ids[:n], questions, k, args.new_tokens, False, args.timeout, proc.pid)
+            k += 1
+            print(f"  N={n} serial: {serial[n]['seconds']:.1f} s, server CPU {serial[n]['cpu']:.1f} s", flush=True)
+        rows = []
+        for n in args.sessions:
+            runs = conc_runs[n]
+            med = {key: statistics.median(r[key] for r in runs) for key in ("seconds", "cpu")}
+            rows.append((n, {**med, "batch": max(r["batch"] for r in runs),
+                             "own_answers": all(r["own_answers"] for r in runs),
+                             "errors": [e for r in runs for e in r["errors"]]}, serial[n]))
     finally:
         proc.terminate()
         try:
@@ -191,21 +215,24 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
 
-    base = rows[0][1]["seconds"] if rows and rows[0][0] == 1 else float("nan")
-    print(f"\n{args.new_tokens} new tokens per answer; each request = text, speech, cascade and angle:bottomK answers\n")
-    print("| sessions N | concurrent: time to last answer | largest batch | serial: time to last answer | "
-          "concurrent(N) / concurrent(1) | serial / concurrent | own answers |")
-    print("|---:|---:|---:|---:|---:|---:|---|")
+    base = rows[0][1] if rows and rows[0][0] == 1 else {"seconds": float("nan"), "cpu": float("nan")}
+    reps = f"median of {args.repeats} interleaved concurrent rounds; " if args.repeats > 1 else ""
+    print(f"\n{reps}{args.new_tokens} new tokens per answer; each request = text, speech, cascade and "
+          "angle:bottomK answers\n")
+    print("| sessions N | concurrent: time to last answer | server CPU | largest batch | serial: time to last answer "
+          "| serial server CPU | concurrent(N) / concurrent(1): wall, CPU | serial / concurrent | own answers |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for n, conc, ser in rows:
         ok = "yes" if conc["own_answers"] and ser["own_answers"] and not conc["errors"] and not ser["errors"] else \
             f"NO {conc['errors'] + ser['errors']}"
-        print(f"| {n} | {conc['seconds']:.1f} s | {conc['batch']} | {ser['seconds']:.1f} s | "
-              f"{conc['seconds'] / base:.2f}x | {ser['seconds'] / conc['seconds']:.2f}x | {ok} |")
+        print(f"| {n} | {conc['seconds']:.1f} s | {conc['cpu']:.1f} s | {conc['batch']} | {ser['seconds']:.1f} s | "
+              f"{ser['cpu']:.1f} s | {conc['seconds'] / base['seconds']:.2f}x, {conc['cpu'] / base['cpu']:.2f}x | "
+              f"{ser['seconds'] / conc['seconds']:.2f}x | {ok} |")
     four = [c for n, c, _ in rows if n == 4]
     if four:
-        ratio = four[0]["seconds"] / base
-        print(f"\nconcurrency ratio concurrent(4) / concurrent(1) = {ratio:.2f}x (target <= 2.00x): "
-              f"{'met' if ratio <= 2.0 else 'NOT met'}")
+        ratio, cpu_ratio = four[0]["seconds"] / base["seconds"], four[0]["cpu"] / base["cpu"]
+        print(f"\nconcurrency ratio concurrent(4) / concurrent(1) = {ratio:.2f}x wall, {cpu_ratio:.2f}x server CPU "
+              f"(target <= 2.00x): {'met' if ratio <= 2.0 else 'NOT met'}")
 
 
 if __name__ == "__main__":
