@@ -1,4 +1,4 @@
-"""`python -m lsl_core {synth,analyze,evaluate,train,bench,info}`: one entry point, one subcommand per module.
+"""`python -m lsl_core {synth,analyze,evaluate,voicebench,train,bench,info,families}`: one entry point, one subcommand per module.
 
 Each subcommand module exposes `register(subparsers)` adding its parser with `set_defaults(func=...)`.
 User errors (LSLError) print one line and exit 2, without a traceback.
@@ -15,8 +15,10 @@ _COMMANDS = {
     "synth": "lsl_core.data.synth",
     "analyze": "lsl_core.analysis_cli",
     "evaluate": "lsl_core.evaluate",
+    "voicebench": "lsl_core.experiments.voicebench_run",
     "train": "lsl_core.experiments.train",
     "info": "lsl_core.cli_info",
+    "families": "lsl_core.model.families.cli",
 }
 
 

@@ -736,8 +736,52 @@ def intervention_bars(table: pd.DataFrame, metric: str = "F1", *, title: str | N
     return _base_layout(fig, title or f"Speech-input {metric} under each intervention", height=380)
 
 
+
+def subset_scores(summary: pd.DataFrame, gap: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """VoiceBench per subset: headline score per modality with 95% CIs (left), GAP = text - speech with
+    its paired CI, per subset and overall (right).
+
+    summary: one checkpoint's rows of the run's summary table (subset, modality, metric, score,
+    ci_low, ci_high, n; scores in %). gap: its rows of the gap table (subset incl. "overall", gap,
+    gap_ci_low, gap_ci_high, n).
+    """
+    for c in ("subset", "modality", "score", "ci_low", "ci_high"):
+        if c not in summary.columns:
+            raise ValueError(f"column {c!r} not in the summary table; available: {list(summary.columns)}")
+    subsets = list(dict.fromkeys(summary["subset"]))
+    mods = [m for m in ("text", "speech", "cascade") if m in set(summary["modality"])]
+    styles = [condition_style(m) for m in mods]  # the one style per condition (text, speech, cascade)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1,
+                        subplot_titles=("headline score per subset (95% CI)", "GAP = text − speech (95% CI)"))
+    for m, st in zip(mods, styles):
+        d = summary[summary["modality"] == m].set_index("subset").reindex(subsets)
+        fig.add_trace(go.Bar(
+            x=subsets, y=d["score"], name=f"{m} input",
+            marker=dict(color=st.color, line=dict(color="black", width=1),
+                        pattern=dict(shape=st.pattern, fgcolor="#333333")),
+            error_y=dict(type="data", symmetric=False, array=d["ci_high"] - d["score"],
+                         arrayminus=d["score"] - d["ci_low"], color="#222222"),
+            customdata=np.stack([d["metric"].fillna(""), d["n"].fillna(0), d["ci_low"], d["ci_high"]], axis=1),
+            hovertemplate="%{x}<br>" + m + f" %{{customdata[0]}} = %{{y:.{PERCENT_DIGITS}f}} %<br>95% CI "
+                          f"[%{{customdata[2]:.{PERCENT_DIGITS}f}}, %{{customdata[3]:.{PERCENT_DIGITS}f}}]"
+                          "<br>n = %{customdata[1]}<extra></extra>"), row=1, col=1)
+    g = gap.set_index("subset").reindex([*subsets, "overall"]).dropna(subset=["gap"])
+    fig.add_trace(go.Bar(
+        x=list(g.index), y=g["gap"], name="GAP",
+        marker=dict(color=condition_style("gap").color, line=dict(color="black", width=1)),
+        error_y=dict(type="data", symmetric=False, array=g["gap_ci_high"] - g["gap"],
+                     arrayminus=g["gap"] - g["gap_ci_low"], color="#222222"),
+        customdata=np.stack([g["n"], g["gap_ci_low"], g["gap_ci_high"]], axis=1),
+        hovertemplate=f"%{{x}}<br>GAP = %{{y:.{PERCENT_DIGITS}f}} points<br>95% CI [%{{customdata[1]:.{PERCENT_DIGITS}f}}, "
+                      f"%{{customdata[2]:.{PERCENT_DIGITS}f}}]<br>n = %{{customdata[0]}}<extra></extra>"), row=1, col=2)
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="VoiceBench subset")
+    fig.update_yaxes(title_text="score (%)", row=1, col=1)
+    fig.update_yaxes(title_text="GAP (percentage points)", row=1, col=2)
+    return _base_layout(fig, title or "VoiceBench: text vs speech per subset", height=440)
+
 __all__ = ["token_heatmap", "layer_curves", "tokenwise_curves", "checkpoint_curves", "trend_curves", "gap_scatter",
-           "cka_heatmap", "cka_spread", "scores_by_voice", "intervention_bars", "categorical_colors", "token_label",
-           "LAYER_METRICS", "SCALAR_LABELS", "SeriesStyle", "STRATEGY_STYLES", "CONDITION_STYLES", "strategy_style",
-           "condition_style", "is_score_column", "percent", "display_table", "wrap_title", "fit_title", "sample_title",
-           "error_bars", "PERCENT_DIGITS", "VALUE_DIGITS", "DISTANCE_DIGITS"]
+           "cka_heatmap", "cka_spread", "scores_by_voice", "intervention_bars", "subset_scores", "categorical_colors",
+           "token_label", "LAYER_METRICS", "SCALAR_LABELS", "SeriesStyle", "STRATEGY_STYLES", "CONDITION_STYLES",
+           "strategy_style", "condition_style", "is_score_column", "percent", "display_table", "wrap_title", "fit_title",
+           "sample_title", "error_bars", "PERCENT_DIGITS", "VALUE_DIGITS", "DISTANCE_DIGITS"]

@@ -6,6 +6,7 @@ import streamlit as st
 from lsl_core import viz
 from lsl_core.errors import LSLError
 from lsl_core.metrics import diagnostics
+from lsl_core.model.families import capabilities, transcript_source
 from ui import context, errors, export, links, loaders, notes, state, tables
 
 OPS = ("angle", "length", "calibrate")
@@ -85,8 +86,11 @@ def main() -> None:
     c2 = st.columns([2, 2, 2, 4])
     max_new = c2[0].number_input("Max new tokens", 4, 128, value=state.integer("iv_max_new", 4, 128, 24),
                                  key="iv_max_new", persist_state=keep)
+    casc_cap = capabilities(handle.model)["cascade"]
     cascade = c2[1].checkbox("Cascade baseline (ASR → LLM)", value=bool(state.value("iv_cascade", True)),
-                             key="iv_cascade", disabled=not handle.model.has_asr, persist_state=keep)
+                             key="iv_cascade", disabled=not casc_cap, persist_state=keep,
+                             help=(f"Transcript by {transcript_source(handle.model)}, answered as typed text."
+                                   if casc_cap else f"Not available: {casc_cap.reason}."))
     iv = iv_mod.Intervention(op=op, target="bottom" if target == "Bottom-k" else "all", k=int(k), layer=int(layer),
                              metric=metric)
     c2[2].button("Regenerate", type="primary", on_click=_apply, args=(iv.label(), here), key="iv_run",

@@ -1,12 +1,16 @@
-"""Benchmark: text vs speech scores per voice and the GAP (from the evaluation results), a case browser,
-and the intervention table (stored, or run live on a few samples)."""
+"""Benchmark: VoiceBench text vs speech per subset (scores with CIs, GAP, failure shares, "text right,
+speech wrong" cases linking to the Explorer), text vs speech per voice from the sd-qa evaluation, a case
+browser, and the intervention table (stored, or run live on a few samples)."""
+
+from urllib.parse import urlencode
 
 import streamlit as st
 
 from lsl_core import viz
+from lsl_core.experiments.voicebench_scores import RUN_COMMAND, disagreement_cases
 from lsl_core.metrics import diagnostics
 from lsl_core.results import EVALUATE_COMMAND
-from ui import context, errors, export, loaders, notes, state, tables
+from ui import config, context, errors, export, loaders, notes, state, tables
 
 CASE_COLUMNS = ["sample_id", "voice", "question", "references", "text_answer", "speech_answer", "outcome",
                 "text_f1", "speech_f1", "agreement"]
@@ -23,12 +27,114 @@ def _open_in_explorer(checkpoint_root: str | None, sample_id: str) -> None:
     st.session_state["_goto_explorer"] = True
 
 
+def _open_vb_case(checkpoint_root: str | None, set_spec: str, sample_id: str) -> None:
+    """Button callback: select the run's sample set, the case's model and sample, then go to the explorer."""
+    kind, _, path = set_spec.partition(":")
+    if kind in ("voicebench", "folder") and path:
+        st.session_state["sb_source"] = kind
+        st.session_state[f"sb_path_{kind}"] = path
+    elif set_spec == "sd-qa-mini":
+        st.session_state["sb_source"] = "sd-qa-mini"
+    _open_in_explorer(checkpoint_root, sample_id)
+
+
+def _run_set_spec(meta: dict) -> str:
+    """The sample-set spec that reloads the run's samples in the sidebar (same ids)."""
+    data = str(meta.get("data") or "")
+    as_subset = (meta.get("config") or {}).get("as_subset")
+    return data if as_subset or not data else f"voicebench:{data}"
+
+
+def _explorer_link(checkpoint: str, set_spec: str, sample_id: str) -> str:
+    return "Sample_Explorer?" + urlencode({"model": checkpoint, "set": set_spec, "sample": sample_id})
+
+
+def _voicebench(sel) -> None:
+    st.header("VoiceBench: text vs speech per subset")
+    folder = st.text_input("VoiceBench results folder", value=state.value("bm_vb_dir",
+                                                                        str(config.results_dir() / "voicebench")),
+                           key="bm_vb_dir", help="The --out folder of `python -m lsl_core voicebench`.")
+    vb = loaders.voicebench_results(folder.strip())
+    if vb.empty:
+        st.info("No VoiceBench results here. " + " ".join(vb.notes[:1])
+                + f"\n\nWrite them with `{RUN_COMMAND}` (commands for the papers' tables: docs/voicebench.md).")
+        return
+    for note in vb.notes:
+        st.caption(note)
+    names = list(dict.fromkeys(vb.gap["checkpoint"]))
+    all_subsets = [x for x in dict.fromkeys(vb.gap["subset"]) if x != "overall"]
+    c1, c2 = st.columns([2, 3])
+    ck = c1.selectbox("Checkpoint", names, index=state.choice("bm_vb_ck", names, sel.model_name), key="bm_vb_ck")
+    picked = c2.multiselect("Subsets", all_subsets, default=state.subset("bm_vb_subsets", all_subsets, all_subsets),
+                            key="bm_vb_subsets", placeholder="all subsets")
+    picked = picked or all_subsets
+    summ = vb.summary[(vb.summary["checkpoint"] == ck) & vb.summary["subset"].isin(picked)]
+    gap = vb.gap[(vb.gap["checkpoint"] == ck) & vb.gap["subset"].isin([*picked, "overall"])]
+    over = vb.gap[(vb.gap["checkpoint"] == ck) & (vb.gap["subset"] == "overall")]
+    meta = vb.meta or {}
+    st.caption(f"Data: {meta.get('data', '?')} · {meta.get('max_new_tokens', '?')} new tokens, greedy · scores in %, "
+               "95% bootstrap CIs over samples · overall = sample-weighted over "
+               f"{over['subsets'].iloc[0] if len(over) and 'subsets' in over else 'all'} (every subset of the run).")
+    with errors.guard("VoiceBench figure"):
+        export.figure(viz.subset_scores(summ, gap, title=f"{ck}: text vs speech per VoiceBench subset"),
+                      f"voicebench_{ck}", key="fig_vb")
+    if "n" in summ.columns and len(summ):
+        notes.show([diagnostics.small_n_note(int(summ["n"].min()), "a subset's score")])
+    cols = [c for c in ("subset", "n", "text", "speech", "cascade", "gap", "gap_ci_low", "gap_ci_high",
+                        "gap_cascade") if c in gap.columns]
+    export.table(gap[cols].dropna(axis=1, how="all"), f"voicebench_gap_{ck}")
+    fail = [c for c in summ.columns if c.startswith("fail_")]
+    shown = summ[["subset", "modality", "metric", "score", "ci_low", "ci_high", "n", *fail]].rename(
+        columns={c: c[5:] + " (% of answers)" for c in fail})
+    st.subheader("Scores and failure shares")
+    st.caption("no_letter: multiple-choice answers naming no option; unparsed: BBH answers no rule could read. "
+               "Both count as wrong (never guessed). AdvBench's score is its refusal rate.")
+    export.table(shown, f"voicebench_summary_{ck}")
+    if vb.r2 is not None and len(vb.r2):
+        st.subheader("R² of GAP on alignment metrics across checkpoints")
+        export.table(vb.r2, "voicebench_r2", height=260)
+    _vb_cases(vb, sel, ck, picked, _run_set_spec(meta))
+
+
+def _vb_cases(vb, sel, ck: str, picked: list, set_spec: str) -> None:
+    st.subheader("“Text right, speech wrong” cases")
+    if vb.scores is None:
+        st.info("No per-sample scores in the results folder; rerun with --score-only.")
+        return
+    mods = [m for m in ("speech", "cascade") if m in set(vb.scores["modality"])]
+    c1, c2 = st.columns(2)
+    subset = c1.selectbox("Subset", picked, index=state.choice("bm_vb_case_subset", picked), key="bm_vb_case_subset")
+    wrong = c2.radio("Wrong on", mods, index=state.choice("bm_vb_wrong", mods), horizontal=True, key="bm_vb_wrong")
+    cases = disagreement_cases(vb.scores, ck, subset, wrong=wrong)
+    st.caption(f"{len(cases)} samples of {subset} answered right from text and wrong from {wrong} by {ck}.")
+    if cases.empty:
+        return
+    cases = cases.assign(explorer=[_explorer_link(ck, set_spec, i) for i in cases["sample_id"]])
+    st.dataframe(cases, hide_index=True, height=260, key="bm_vb_cases_table",
+                 column_config={"explorer": st.column_config.LinkColumn("Explorer", display_text="open")})
+    export.table(cases, f"voicebench_cases_{ck}_{subset}", show=False, caption="cases")
+    ids = list(cases["sample_id"])
+    case = st.selectbox("Case", ids, index=state.choice("bm_vb_case", ids), key="bm_vb_case",
+                        format_func=lambda i: f"{i} · {cases.loc[cases['sample_id'] == i, 'prompt'].iloc[0][:80]}")
+    r = cases[cases["sample_id"] == case].iloc[0]
+    a, b = st.columns(2)
+    a.markdown("**Text answer** ✓")
+    a.info(r["text_answer"] or "∅")
+    b.markdown(f"**{wrong.capitalize()} answer** ✗")
+    b.info(r[f"{wrong}_answer"] or "∅")
+    st.caption(f"Reference: {r['references'] or '–'}")
+    root = next((m.root for m in sel.manifests if m.name == ck), None)
+    st.button("Open this case in the Sample Explorer", on_click=_open_vb_case, args=(root, set_spec, case),
+              key="bm_vb_open", disabled=not set_spec,
+              help="Selects the run's sample set, this checkpoint (when it is in the sidebar's zoo) and the sample.")
+
+
 def _request_iv(ids: tuple, conds: tuple, max_new: int) -> None:
     st.session_state["bm_iv_request"] = {"ids": ids, "conds": conds, "max_new": max_new}
 
 
 def _scores(res, sel) -> None:
-    st.header("Text vs speech per voice")
+    st.header("sd-qa: text vs speech per voice")
     if res.summary is None:
         st.info("No evaluation results: " + " ".join(res.notes[:1]) + f"\n\nWrite them with `{EVALUATE_COMMAND}`.")
         return
@@ -175,6 +281,7 @@ def main() -> None:
     if st.session_state.pop("_goto_explorer", False):
         st.switch_page("pages/1_Sample_Explorer.py")
     sel = context.selection()
+    _voicebench(sel)
     res = loaders.results()
     _scores(res, sel)
     _interventions(res, sel)

@@ -575,6 +575,67 @@ def test_benchmark_scores_cases_and_interventions(world):
     assert len(_arr(stored["data"][0]["error_y"]["array"])) == len(stored["data"][0]["x"])
 
 
+def test_benchmark_voicebench_subsets_cis_failures_cases_and_explorer_link(world, tmp_path):
+    """A VoiceBench run over fixture parquet files (known answers replayed through the run's store):
+    the page shows its stored scores, CIs and GAP per subset, failure shares and the cases, and a
+    case opens in the Sample Explorer with the run's sample set."""
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (scripts/setup.sh installs it)")
+    from lsl_core.experiments.voicebench_run import RunConfig, finalize, run_answers
+    from lsl_core.model.loading import read_manifest
+    from voicebench_fixtures import make_replay, write_voicebench
+
+    at = _app(BENCHMARK)
+    assert "No VoiceBench results here" in _texts(at) and "python -m lsl_core voicebench" in _texts(at)
+    vb = write_voicebench(tmp_path / "vb")
+    names = ["tiny-untrained", "tiny-step10", "tiny-step20"]  # sd-qa speech right on 0, 1, 2 of 3 rows
+    cfg = RunConfig(data=str(vb), n_boot=100)
+    out = tmp_path / "vbres"
+    run_answers(cfg, [read_manifest(world["roots"][n]) for n in names], out, answer_fn=make_replay(names.index),
+                progress=False)
+    res = finalize(out, cfg)
+    at.text_input(key="bm_vb_dir").set_value(str(out))
+    _run(at)
+    fig = _fig(at, "tiny-step10: text vs speech per VoiceBench subset")  # the sidebar's model is preselected
+    summ = res["tables"].summary
+    summ = summ[summ["checkpoint"] == "tiny-step10"]
+    for trace in fig["data"][:2]:
+        rows = summ[summ["modality"] == trace["name"].split()[0]]
+        assert list(trace["x"]) == list(rows["subset"])
+        np.testing.assert_allclose(_arr(trace["y"]), rows["score"].to_numpy())
+        np.testing.assert_allclose(_arr(trace["error_y"]["array"]), (rows["ci_high"] - rows["score"]).to_numpy())
+    gap = res["tables"].gap.set_index(["checkpoint", "subset"]).loc["tiny-step10"]
+    gtrace = fig["data"][2]
+    assert gtrace["name"] == "GAP" and list(gtrace["x"])[-1] == "overall" and "alpacaeval" not in gtrace["x"]
+    np.testing.assert_allclose(_arr(gtrace["y"]), gap.loc[list(gtrace["x"]), "gap"].to_numpy())
+    assert gap.loc["sd-qa", "gap"] == pytest.approx(200 / 3)  # text 3 of 3, speech 1 of 3
+    # subsets picked: the figure follows; failure shares are in the summary table
+    at.multiselect(key="bm_vb_subsets").set_value(["mmsu", "sd-qa"])
+    _run(at)
+    fig = _fig(at, "tiny-step10: text vs speech per VoiceBench subset")
+    assert list(fig["data"][0]["x"]) == ["mmsu", "sd-qa"] and list(fig["data"][2]["x"]) == ["mmsu", "sd-qa", "overall"]
+    table = next(d.value for d in at.dataframe if "no_letter (% of answers)" in d.value.columns)
+    mm = table[(table["subset"] == "mmsu") & (table["modality"] == "speech")].iloc[0]
+    assert mm["no_letter (% of answers)"] == pytest.approx(100 / 3) and mm["score"] == pytest.approx(100 / 3)
+    # "text right, speech wrong" cases of sd-qa, each with a link to the Explorer
+    at.selectbox(key="bm_vb_case_subset").set_value("sd-qa")
+    _run(at)
+    assert "2 samples of sd-qa answered right from text and wrong from speech by tiny-step10." in _texts(at)
+    cases = next(d.value for d in at.dataframe if "explorer" in d.value.columns)
+    assert sorted(cases["sample_id"]) == ["sd-qa/usa-0", "sd-qa/usa-1"]
+    link = cases.set_index("sample_id").loc["sd-qa/usa-1", "explorer"]
+    assert link.startswith("Sample_Explorer?") and dict(parse_qsl(urlsplit(link).query)) == {
+        "model": "tiny-step10", "set": f"voicebench:{vb}", "sample": "sd-qa/usa-1"}
+    at.selectbox(key="bm_vb_case").set_value("sd-qa/usa-1")
+    _run(at)
+    at.button(key="bm_vb_open").click()
+    _run(at)
+    assert at.session_state["sb_source"] == "voicebench" and at.session_state["sb_path_voicebench"] == str(vb)
+    assert at.session_state["sb_sample"] == "sd-qa/usa-1" and _heatmap(at)
+
+
 # ============================================================================ bad input
 def test_missing_results_give_messages_and_the_rest_works(world, tmp_path, monkeypatch):
     monkeypatch.setenv("LSL_RESULTS_DIR", str(tmp_path / "nothing"))

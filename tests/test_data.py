@@ -1,8 +1,7 @@
-"""Data loaders: VoiceBench parquet, the shipped sd-qa-mini set, user folders, espeak-ng synthesis, SD-QA splits."""
+"""Data loaders (VoiceBench parquet: tests/test_voicebench.py): the shipped sd-qa-mini set, user folders, espeak-ng synthesis, SD-QA splits."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -24,108 +23,6 @@ needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
 def sine(seconds: float, sr: int, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
     t = np.arange(int(round(seconds * sr))) / sr
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def encoded(audio: np.ndarray, sr: int, fmt: str = "WAV") -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, audio, sr, format=fmt, subtype="PCM_16")
-    return buf.getvalue()
-
-
-# ------------------------------------------------------------------ VoiceBench parquet
-def write_parquet(path: Path, columns: dict) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns), path)
-
-
-def audio_struct(blobs: list[bytes], names: list[str]):
-    import pyarrow as pa
-
-    typ = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    return pa.array([{"bytes": b, "path": n} for b, n in zip(blobs, names)], type=typ)
-
-
-@pytest.fixture()
-def voicebench_root(tmp_path) -> Path:
-    """root/sd-qa/{usa,gbr}-00000-of-00001.parquet: 44.1 kHz stereo WAV (usa) and 22.05 kHz mono FLAC (gbr)."""
-    root = tmp_path / "voicebench"
-    left = sine(1.0, 44_100)
-    stereo = np.stack([left, 0.5 * left], axis=1)  # [n, 2]: mono mix = 0.75 * left
-    usa = [encoded(stereo, 44_100), encoded(stereo[: 22_050], 44_100)]
-    write_parquet(root / "sd-qa" / "usa-00000-of-00001.parquet", {
-        "audio": audio_struct(usa, ["usa0.wav", "usa1.wav"]),
-        "prompt": ["When was the first web page released?", "Who invented Hangul?"],
-        "reference": ["1991", "Sejong the Great"],
-    })
-    gbr = [encoded(sine(0.8, 22_050, 300.0), 22_050, "FLAC")]
-    write_parquet(root / "sd-qa" / "gbr-00000-of-00001.parquet", {
-        "audio": audio_struct(gbr, ["gbr0.flac"]), "prompt": ["Who invented Hangul?"], "reference": ["Sejong"],
-    })
-    return root
-
-
-def test_voicebench_loads_accents_resamples_and_downmixes(voicebench_root):
-    s = load_sample_set(f"voicebench:{voicebench_root / 'sd-qa'}")
-    assert isinstance(s, SampleSet) and len(s) == 3
-    assert s.ids() == ["gbr-0", "usa-0", "usa-1"]  # files in name order, rows in file order
-    assert s.voices() == ["gbr", "usa"]
-    u = s["usa-0"]
-    assert (u.sr, u.audio.dtype, u.audio.ndim) == (16_000, np.float32, 1)
-    assert u.question == "When was the first web page released?" and u.answers == ("1991",)
-    assert u.accent == "usa" and u.source == "voicebench:sd-qa"
-    assert u.audio.size == 16_000  # 1 s at 44.1 kHz -> 1 s at 16 kHz
-    # independent reference: the 440 Hz sine sampled directly at 16 kHz, scaled by the stereo mix (1 + 0.5) / 2
-    ref = 0.75 * sine(1.0, 16_000)
-    np.testing.assert_allclose(u.audio[400:-400], ref[400:-400], atol=5e-3)
-    assert s["usa-1"].audio.size == 8_000
-    g = s["gbr-0"]
-    assert g.audio.size == int(0.8 * 16_000) and g.answers == ("Sejong",)
-    np.testing.assert_allclose(g.audio[400:-400], sine(0.8, 16_000, 300.0)[400:-400], atol=5e-3)
-    assert len(s.filter(voice="usa")) == 2 and s.filter(text="hangul").ids() == ["gbr-0", "usa-1"]
-
-
-def test_voicebench_root_with_several_subsets(voicebench_root):
-    write_parquet(voicebench_root / "mmsu" / "biology-00000-of-00001.parquet", {
-        "audio": audio_struct([encoded(sine(0.5, 16_000), 16_000)], ["m.wav"]),
-        "prompt": ["Which organelle makes ATP? A. nucleus B. mitochondria"], "answer": ["B"],
-    })
-    s = load_sample_set(f"voicebench:{voicebench_root}")
-    assert s.ids() == ["mmsu/biology-0", "sd-qa/gbr-0", "sd-qa/usa-0", "sd-qa/usa-1"]
-    m = s["mmsu/biology-0"]
-    assert m.answers == () and m.meta["answer"] == "B" and m.accent == "biology"
-    assert m.audio.size == 8_000
-
-
-def test_voicebench_missing_column_names_file_column_and_schema(tmp_path):
-    f = tmp_path / "sd-qa" / "usa-00000-of-00001.parquet"
-    write_parquet(f, {"audio": audio_struct([encoded(sine(0.5, 16_000), 16_000)], ["x.wav"]), "question": ["q"]})
-    with pytest.raises(DataError) as exc:
-        load_sample_set(f"voicebench:{tmp_path / 'sd-qa'}")
-    msg = str(exc.value)
-    assert "usa-00000-of-00001.parquet" in msg and "'prompt'" in msg and "struct<bytes: binary" in msg
-
-
-def test_voicebench_bad_audio_type_and_empty_folder(tmp_path):
-    f = tmp_path / "sd-qa" / "usa-00000-of-00001.parquet"
-    write_parquet(f, {"audio": ["not audio"], "prompt": ["q"]})
-    with pytest.raises(DataError, match="column 'audio' has type string"):
-        load_sample_set(f"voicebench:{tmp_path / 'sd-qa'}")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="No .parquet files"):
-        load_sample_set(f"voicebench:{tmp_path / 'empty'}")
-    with pytest.raises(DataError, match="does not exist"):
-        load_sample_set(f"voicebench:{tmp_path / 'nowhere'}")
-
-
-def test_voicebench_undecodable_bytes_raise_audio_error_naming_row(tmp_path):
-    f = tmp_path / "sd-qa" / "usa-00000-of-00001.parquet"
-    write_parquet(f, {"audio": audio_struct([b"garbage"], ["x.wav"]), "prompt": ["q"]})
-    s = load_sample_set(f"voicebench:{tmp_path / 'sd-qa'}")  # metadata loads; audio decodes lazily
-    with pytest.raises(AudioError, match="usa-0.*row 0"):
-        s[0]
 
 
 # ------------------------------------------------------------------ the shipped sd-qa-mini set

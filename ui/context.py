@@ -12,6 +12,7 @@ import streamlit as st
 
 from lsl_core.analysis import AnalysisOptions, SampleAnalysis
 from lsl_core.errors import LSLError
+from lsl_core.model.families import transcript_source
 from ui import config, errors, loaders, sidebar
 from ui.loaders import ModelHandle
 from ui.sidebar import Selection
@@ -98,7 +99,7 @@ def fill_transcript(slot, handle: ModelHandle, sel: Selection, sample) -> None:
         with slot.container():
             with st.spinner("ASR transcript …"):
                 text = loaders.transcript(handle.key, sample_key(sel, sample), handle.model, sample)
-        slot.markdown(f"**ASR transcript** (the encoder's Whisper decoder): {text or '∅'}")
+        slot.markdown(f"**ASR transcript** ({transcript_source(handle.model)}): {text or '∅'}")
     except Exception as exc:  # noqa: BLE001
         with slot.container():
             errors.show(exc, "ASR transcript")

@@ -310,3 +310,20 @@ def results() -> Results:
 @st.cache_data(show_spinner=False, max_entries=4)
 def _results(folder: str, stamp: tuple) -> Results:
     return load_results(folder)
+
+
+# =============================================================================== VoiceBench results
+def voicebench_results(folder: str):
+    """A VoiceBench run's tables (lsl_core.experiments.voicebench_scores), re-read when its files change."""
+    p = Path(folder).expanduser()
+    stamp: tuple = ()
+    if p.is_dir():
+        stamp = tuple((f.name, f.stat().st_mtime_ns) for f in sorted([*p.glob("*.parquet"), *p.glob("*.json")]))
+    return _voicebench_results(str(p), stamp)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _voicebench_results(folder: str, stamp: tuple):
+    from lsl_core.experiments.voicebench_scores import load_voicebench_results
+
+    return load_voicebench_results(folder)

@@ -2,7 +2,8 @@
 
 Specs:
 - "sd-qa-mini"          the embedded set (assets/sd-qa-mini: 60 SD-QA dev questions × 5 espeak-ng voices)
-- "voicebench:<folder>" VoiceBench parquet files (a subset folder like .../sd-qa, or its parent)
+- "voicebench:<folder>" VoiceBench parquet files (a subset folder like .../sd-qa, or the root holding
+                        every subset folder; lsl_core.data.voicebench lists the subsets and their columns)
 - "folder:<dir>"        audio files + questions.csv (file, question[, answers, accent])
 - "manifest:<dir>"      a folder written by `python -m lsl_core synth ... --out <dir>` (manifest.jsonl)
 
@@ -73,6 +74,18 @@ def audio_file_loader(path: Path, label: str | None = None) -> Callable[[], np.n
     return load
 
 
+@dataclass(frozen=True)
+class DataProblem:
+    """One unusable file or row of a sample set (kept instead of raised with on_error="collect")."""
+
+    file: str  # path of the file
+    row: int | None  # 0-based row in that file; None when the whole file is unusable
+    message: str  # what is wrong and what to do
+
+    def __str__(self) -> str:
+        return f"{self.file}{'' if self.row is None else f' row {self.row}'}: {self.message}"
+
+
 def _voice_key(accent: str) -> str:
     return accent.split(":", 1)[1] if accent.startswith("espeak:") else accent
 
@@ -84,8 +97,10 @@ class SampleSet:
     set[i] / set["id"] -> Sample; set[a:b] -> SampleSet; iteration yields Samples.
     """
 
-    def __init__(self, name: str, items: Sequence[SampleRecord | Sample], cache_size: int = 32):
+    def __init__(self, name: str, items: Sequence[SampleRecord | Sample], cache_size: int = 32,
+                 problems: Sequence[DataProblem] = ()):
         self.name = name
+        self.problems = list(problems)  # files/rows skipped while loading (voicebench on_error="collect")
         self._items = list(items)
         self._index = {it.id: i for i, it in enumerate(self._items)}
         if len(self._index) != len(self._items):
@@ -113,7 +128,7 @@ class SampleSet:
 
     def __getitem__(self, key: int | str | slice) -> Sample | SampleSet:
         if isinstance(key, slice):
-            return SampleSet(self.name, self._items[key], self._cache_size)
+            return SampleSet(self.name, self._items[key], self._cache_size, self.problems)
         if isinstance(key, str):
             if key not in self._index:
                 raise DataError(f"No sample with id {key!r} in set {self.name!r} ({len(self)} samples).")
@@ -170,7 +185,7 @@ class SampleSet:
         if ids is not None:
             keep = set(ids)
             items = [it for it in items if it.id in keep]
-        return SampleSet(self.name, items, self._cache_size)
+        return SampleSet(self.name, items, self._cache_size, self.problems)
 
     def to_frame(self):
         """A pandas DataFrame of the metadata (id, question, answers, accent, source + meta), no audio."""
@@ -259,5 +274,5 @@ def load_sample_set(spec: str) -> SampleSet:
     raise DataError(f"Unknown sample set {spec!r}. Use one of: {SPEC_FORMS}.")
 
 
-__all__ = ["SampleSet", "SampleRecord", "load_sample_set", "load_manifest_set", "audio_file_loader",
+__all__ = ["SampleSet", "SampleRecord", "DataProblem", "load_sample_set", "load_manifest_set", "audio_file_loader",
            "EMBEDDED_SETS", "SPEC_FORMS"]

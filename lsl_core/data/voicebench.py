@@ -1,11 +1,25 @@
 """VoiceBench parquet folders (hlt-lab/voicebench, brought by the user; nothing is downloaded).
 
-Layout: <root>/<subset>/<prefix>-00000-of-00001.parquet, e.g. sd-qa/usa-00000-of-00001.parquet.
-Columns: `audio` — the Hugging Face Audio feature, struct<bytes: binary (an encoded wav/flac/mp3
-file), path: string>; `prompt` — the typed question; sd-qa also has `reference` (gold answer).
-Other subsets (openbookqa, mmsu, advbench, ifeval, ...) share audio + prompt; any further scalar
-columns are kept in Sample.meta. The file-name prefix is the accent (sd-qa) or split name;
-ids are "<prefix>-<row>" ("<subset>/<prefix>-<row>" when several subsets are loaded at once).
+Layout: <root>/<subset>/<split>-00000-of-00001.parquet (e.g. sd-qa/usa-00000-of-00001.parquet,
+ifeval/test-00000-of-00001.parquet), or the hub's converted form <root>/<subset>/<split>/0000.parquet.
+Point at the root (every subset folder under it) or at one subset folder. Columns:
+    audio      the Hugging Face Audio feature: struct<bytes: binary (an encoded wav/flac/mp3 file),
+               path: string>; decoded with soundfile and resampled to 16 kHz mono on first use
+    prompt     the typed instruction: the text modality of the sample, as VoiceBench feeds it
+    reference  gold answer (sd-qa, mmsu, openbookqa, bbh)
+    id         bbh: names the task;  key, instruction_id_list, kwargs: ifeval
+Splits are accents (sd-qa: aus gbr ind_n ind_s irl kenya nga nzl phl usa zaf, 553 rows each) or
+domains (mmsu: 3,074 rows over 12 domains); other subsets have one split ("test"). `SUBSETS` lists
+every subset with its evaluator, columns and published row count.
+
+Sample ids are "<split>-<row>" for a subset folder and "<subset>/<split>-<row>" for a root, with
+<row> counted over the split's rows (bad rows keep their number, so ids never shift). Every
+further column is kept in Sample.meta (lists and structs too), with subset, split, file and row.
+
+Problems (missing column, unknown subset, empty prompt/reference, malformed ifeval kwargs) name the
+file and row: `on_error="raise"` raises the first as DataError; "collect" skips the bad file or row
+and lists them in `SampleSet.problems`, so the rest can still be evaluated. An undecodable audio
+cell is found when that sample is first decoded (AudioError naming the file and row).
 """
 
 from __future__ import annotations
@@ -13,17 +27,52 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from lsl_core.data.audio import load_audio_file, prepare_audio
-from lsl_core.data.sets import SampleRecord, SampleSet
+from lsl_core.data.sets import DataProblem, SampleRecord, SampleSet
 from lsl_core.errors import AudioError, DataError
 
 REQUIRED_COLUMNS = ("audio", "prompt")
 EXPECTED_SCHEMA = ("audio: struct<bytes: binary, path: string> (Hugging Face Audio), prompt: string, "
-                   "reference: string (sd-qa; optional elsewhere)")
+                   "reference: string (sd-qa, mmsu, openbookqa, bbh)")
+SDQA_ACCENTS = ("aus", "gbr", "ind_n", "ind_s", "irl", "kenya", "nga", "nzl", "phl", "usa", "zaf")
+
+
+@dataclass(frozen=True)
+class SubsetSpec:
+    """One VoiceBench subset: how it is scored and what its parquet files hold."""
+
+    name: str  # folder name, e.g. "sd-qa"
+    evaluator: str  # key of lsl_core.scoring.EVALUATORS
+    columns: tuple[str, ...]  # required columns besides audio + prompt
+    n: int  # published number of rows (per split when `per_split`)
+    task: str  # what the subset tests (one line)
+    splits: tuple[str, ...] = ()  # published split names where they are fixed
+    per_split: bool = False  # n counts rows per split (sd-qa: per accent)
+
+
+SUBSETS: dict[str, SubsetSpec] = {s.name: s for s in (
+    SubsetSpec("alpacaeval", "open", (), 199, "open-ended QA (Google TTS)"),
+    SubsetSpec("alpacaeval_full", "open", (), 636, "open-ended QA (Google TTS)"),
+    SubsetSpec("commoneval", "open", (), 200, "open-ended QA (human speech)"),
+    SubsetSpec("wildvoice", "open", (), 1000, "open-ended QA (human speech)"),
+    SubsetSpec("openbookqa", "mcq", ("reference",), 455, "multiple-choice QA (Google TTS)"),
+    SubsetSpec("mmsu", "mcq", ("reference",), 3074, "multiple-choice QA, 12 domains (Google TTS)"),
+    SubsetSpec("sd-qa", "sdqa", ("reference",), 553, "reference-based QA, 11 accents (human speech)",
+               splits=SDQA_ACCENTS, per_split=True),
+    SubsetSpec("ifeval", "ifeval", ("key", "instruction_id_list", "kwargs"), 345,
+               "instruction following (Google TTS)"),
+    SubsetSpec("bbh", "bbh", ("reference", "id"), 1000, "reasoning, 4 BBH tasks (human speech)"),
+    SubsetSpec("advbench", "harm", (), 520, "safety: refusal of harmful requests (Google TTS)"),
+)}
+UNSUPPORTED = {"mtbench": "multi-turn QA (several spoken turns per row); not supported by this tool"}
+# The first seed paper's table: sd-qa (one accent) + mmsu + openbookqa + ifeval + advbench = 4,947 rows.
+PAPER_SUBSETS = ("sd-qa:usa", "mmsu", "openbookqa", "ifeval", "advbench")
 _SHARD = re.compile(r"^(?P<prefix>.+?)-\d{5}-of-\d{5}$")
 
 
@@ -33,14 +82,34 @@ def file_prefix(path: Path) -> str:
     return m.group("prefix") if m else path.stem
 
 
-def _audio_kind(path: Path, schema) -> str:
+def parse_selection(items) -> dict[str, set[str] | None]:
+    """["sd-qa:usa", "sd-qa:gbr", "mmsu"] -> {"sd-qa": {"usa", "gbr"}, "mmsu": None (all splits)}."""
+    out: dict[str, set[str] | None] = {}
+    for item in items:
+        name, _, split = str(item).strip().partition(":")
+        if name not in SUBSETS:
+            hint = f" ({UNSUPPORTED[name]})" if name in UNSUPPORTED else ""
+            raise DataError(f"Unknown VoiceBench subset {name!r}{hint}; known: {', '.join(SUBSETS)}.")
+        if not split:
+            out[name] = None
+        elif out.get(name, set()) is not None:
+            out.setdefault(name, set()).add(split)
+    return out
+
+
+# ------------------------------------------------------------------ audio
+def _audio_kind(path: Path, schema, spec: SubsetSpec | None) -> str:
     """"struct" or "binary" for a usable audio column; DataError naming file and schema otherwise."""
     import pyarrow as pa
 
-    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    need = REQUIRED_COLUMNS + (spec.columns if spec else ())
+    missing = [c for c in need if c not in schema.names]
     if missing:
         raise DataError(f"{path} has no column {', '.join(repr(c) for c in missing)} (columns: "
-                        f"{', '.join(schema.names)}). Expected a VoiceBench file with {EXPECTED_SCHEMA}.")
+                        f"{', '.join(schema.names)}). Expected a VoiceBench "
+                        f"{spec.name if spec else ''} file with {EXPECTED_SCHEMA}"
+                        + (f"; this subset also needs {', '.join(spec.columns)}" if spec and spec.columns else "")
+                        + ".")
     t = schema.field("audio").type
     if pa.types.is_struct(t) and any(t.field(i).name in ("bytes", "path") for i in range(t.num_fields)):
         return "struct"
@@ -83,16 +152,17 @@ def _loader(path: Path, row: int, label: str):
             elif ref and (Path(ref).is_file() or (path.parent / ref).is_file()):
                 audio, sr = load_audio_file(Path(ref) if Path(ref).is_file() else path.parent / ref)
             else:
-                raise DataError(f"{path} row {row}: the audio cell has no bytes"
-                                + (f" and its path {ref!r} does not exist" if ref else "")
-                                + f". Expected {EXPECTED_SCHEMA} with the encoded file in `bytes`.")
+                raise AudioError(f"the audio cell has no bytes"
+                                 + (f" and its path {ref!r} does not exist" if ref else "")
+                                 + f". Expected {EXPECTED_SCHEMA} with the encoded file in `bytes`.")
             return prepare_audio(audio, sr)
         except AudioError as exc:
-            raise AudioError(f"{label} ({path.name} row {row}): {exc}") from None
+            raise AudioError(f"{label} ({path} row {row}): {exc}") from None
 
     return load
 
 
+# ------------------------------------------------------------------ rows
 def _answers(value) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -101,42 +171,139 @@ def _answers(value) -> tuple[str, ...]:
     return (str(value),)
 
 
-def load_voicebench(folder: str | Path) -> SampleSet:
-    """All VoiceBench parquet files in a subset folder (or in the subset folders under a root)."""
+def _row_problem(spec: SubsetSpec | None, row: dict) -> str | None:
+    """Why a row cannot be used (None if it can)."""
+    prompt = row.get("prompt")
+    if prompt is None or not str(prompt).strip():
+        return "empty 'prompt'; every row needs the typed instruction"
+    for c in spec.columns if spec else ():
+        v = row.get(c)
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return f"empty {c!r}; the {spec.name} subset needs it in every row"
+    if spec and spec.name == "ifeval":
+        ids, kwargs = row["instruction_id_list"], row["kwargs"]
+        if isinstance(kwargs, str):
+            import json
+
+            try:
+                kwargs = json.loads(kwargs)
+            except json.JSONDecodeError as exc:
+                return f"'kwargs' is text but not JSON ({exc})"
+        if not isinstance(ids, (list, tuple)) or not isinstance(kwargs, (list, tuple)) or len(ids) != len(kwargs):
+            return ("'instruction_id_list' and 'kwargs' must be lists of equal length (one kwargs entry per "
+                    "instruction)")
+        from lsl_core.scoring.ifeval.checkers import INSTRUCTIONS
+
+        unknown = [i for i in ids if i not in INSTRUCTIONS]
+        if unknown:
+            return f"unknown IFEval instruction id(s) {', '.join(map(repr, unknown))}"
+    return None
+
+
+def _discover(folder: Path) -> tuple[bool, list[tuple[str, str, Path]]]:
+    """(is_root, [(subset, split, file)]) for a subset folder or a root of subset folders."""
+    direct = sorted(folder.glob("*.parquet"))
+    if direct:  # a subset folder: <subset>/<split>-0000x-of-0000y.parquet
+        return False, [(folder.name, file_prefix(f), f) for f in direct]
+    if folder.name in SUBSETS:  # a subset folder in the hub's converted layout: <subset>/<split>/0000.parquet
+        return False, [(folder.name, f.parent.name, f) for f in sorted(folder.glob("*/*.parquet"))]
+    out = [(f.parent.name, file_prefix(f), f) for f in sorted(folder.glob("*/*.parquet"))]
+    out += [(f.parent.parent.name, f.parent.name, f) for f in sorted(folder.glob("*/*/*.parquet"))]
+    return True, sorted(out, key=lambda t: (t[0], t[1], str(t[2])))
+
+
+def load_voicebench(folder: str | Path, *, subsets=None,
+                    on_error: Literal["raise", "collect"] = "raise") -> SampleSet:
+    """VoiceBench parquet files of a subset folder (or of every subset folder under a root) -> SampleSet.
+
+    subsets: optional selection like ["sd-qa:usa", "mmsu"] (subset or subset:split; default all).
+    on_error: "raise" the first problem as DataError, or "collect" them in `SampleSet.problems`.
+    """
     import pyarrow.parquet as pq
 
+    if on_error not in ("raise", "collect"):
+        raise DataError(f"on_error must be 'raise' or 'collect', got {on_error!r}.")
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"VoiceBench folder {folder} does not exist. Point at a folder holding files like "
                         "sd-qa/usa-00000-of-00001.parquet (download hlt-lab/voicebench yourself).")
-    files = sorted(folder.glob("*.parquet")) or sorted(folder.glob("*/*.parquet"))
+    is_root, files = _discover(folder)
     if not files:
         raise DataError(f"No .parquet files in {folder} or its subfolders. Expected VoiceBench files like "
                         "sd-qa/usa-00000-of-00001.parquet.")
-    several = len({f.parent for f in files}) > 1
+    selection = parse_selection(subsets) if subsets else None
+    problems: list[DataProblem] = []
+
+    def problem(p: DataProblem) -> None:
+        if on_error == "raise":
+            raise DataError(str(p))
+        problems.append(p)
+
     records, counters = [], {}
-    for f in files:
+    for subset, split, f in files:
+        if selection is not None and (subset not in selection
+                                      or (selection[subset] is not None and split not in selection[subset])):
+            continue
+        spec = SUBSETS.get(subset)
+        if spec is None:
+            why = UNSUPPORTED.get(subset, "the folder name must be the subset's name")
+            problem(DataProblem(str(f), None, f"unknown VoiceBench subset {subset!r} ({why}); known: "
+                                              f"{', '.join(SUBSETS)}. Its rows are skipped."))
+            continue
         try:
             schema = pq.read_schema(f)
         except Exception as exc:  # pyarrow raises several types for a non-parquet file
-            raise DataError(f"{f} is not a readable parquet file ({exc}).") from None
-        _audio_kind(f, schema)
-        subset, prefix = f.parent.name, file_prefix(f)
+            problem(DataProblem(str(f), None, f"not a readable parquet file ({exc})."))
+            continue
+        try:
+            _audio_kind(f, schema, spec)
+        except DataError as exc:
+            problem(DataProblem(str(f), None, str(exc).removeprefix(f"{f} ").removeprefix(f"{f}: ")))
+            continue
         rows = pq.read_table(f, columns=[c for c in schema.names if c != "audio"]).to_pylist()
         for r, row in enumerate(rows):
-            prompt = row.get("prompt")
-            if prompt is None or not str(prompt).strip():
-                raise DataError(f"{f} row {r} has an empty 'prompt'; every row needs the typed question.")
-            k = counters.get((subset, prefix), 0)  # continues across shards of one prefix
-            counters[(subset, prefix)] = k + 1
-            sid = f"{subset}/{prefix}-{k}" if several else f"{prefix}-{k}"
-            meta = {c: v for c, v in row.items() if c not in ("prompt",)
-                    and (isinstance(v, (str, int, float, bool)) or v is None)}
-            meta.update(subset=subset, file=f.name, row=r)
+            k = counters.get((subset, split), 0)  # continues across shards of one split
+            counters[(subset, split)] = k + 1
+            why = _row_problem(spec, row)
+            if why:
+                problem(DataProblem(str(f), r, why + "."))
+                continue
+            sid = f"{subset}/{split}-{k}" if is_root else f"{split}-{k}"
+            meta = {c: v for c, v in row.items() if c != "prompt"}
+            meta.update(subset=subset, split=split, file=f.name, path=str(f), row=r)
             records.append(SampleRecord(
-                id=sid, question=str(prompt).strip(), load_audio=_loader(f, r, sid),
-                answers=_answers(row.get("reference")), accent=prefix, source=f"voicebench:{subset}", meta=meta))
-    return SampleSet(f"voicebench:{folder.name}", records)
+                id=sid, question=str(row["prompt"]).strip(), load_audio=_loader(f, r, sid),
+                answers=_answers(row.get("reference")), accent=split, source=f"voicebench:{subset}", meta=meta))
+    if not records and not problems:
+        raise DataError(f"No rows of {', '.join(subsets or [])} in {folder}; check the subset names and splits.")
+    return SampleSet(f"voicebench:{folder.name}", records, problems=problems)
 
 
-__all__ = ["load_voicebench", "file_prefix", "REQUIRED_COLUMNS", "EXPECTED_SCHEMA"]
+def subset_counts(samples: SampleSet) -> dict[str, dict[str, int]]:
+    """{subset: {split: rows}} of a loaded VoiceBench set (no audio decoded)."""
+    out: dict[str, dict[str, int]] = {}
+    for i in range(len(samples)):
+        m = samples.record(i).meta
+        out.setdefault(m.get("subset", "?"), {}).setdefault(m.get("split", "?"), 0)
+        out[m.get("subset", "?")][m.get("split", "?")] += 1
+    return out
+
+
+def count_notes(samples: SampleSet) -> list[str]:
+    """One line per subset whose row count differs from the published one (partial folder, fixture)."""
+    notes = []
+    for subset, splits in subset_counts(samples).items():
+        spec = SUBSETS.get(subset)
+        if spec is None:
+            continue
+        if spec.per_split:
+            for split, n in splits.items():
+                if n != spec.n:
+                    notes.append(f"{subset}:{split} has {n} rows; the published split has {spec.n}.")
+        elif sum(splits.values()) != spec.n:
+            notes.append(f"{subset} has {sum(splits.values())} rows; the published subset has {spec.n}.")
+    return notes
+
+
+__all__ = ["load_voicebench", "file_prefix", "parse_selection", "subset_counts", "count_notes", "SubsetSpec",
+           "SUBSETS", "UNSUPPORTED", "PAPER_SUBSETS", "SDQA_ACCENTS", "REQUIRED_COLUMNS", "EXPECTED_SCHEMA"]

@@ -8,6 +8,12 @@ A manifest (`manifest.json`) names every part; relative paths are resolved again
      "adaptor": "adaptor.safetensors", "lora": "lora", "downsample": 5,
      "prompt": {"kind": "chat", "system": "..."}}
 
+A public speech LLM opened through its transformers class (lsl_core.model.families) names the whole
+checkpoint in `model` instead of llm/encoder/adaptor; `family` (or `hf_class`) picks the class:
+
+    {"name": "qwen2-audio-7b-instruct", "family": "qwen2-audio", "model": "Qwen/Qwen2-Audio-7B-Instruct",
+     "strategy": "pretrained", "prompt": {"system": "..."}, "device_map": null}
+
 A folder of manifests (searched recursively) is a model zoo.
 """
 
@@ -26,17 +32,17 @@ from lsl_core.errors import ManifestError, ModelLoadError
 from lsl_core.model.adaptor import Adaptor, AdaptorConfig
 from lsl_core.model.prompt import PromptTemplate
 
-Strategy = Literal["none", "frozen", "lora", "full"]
-STRATEGIES = ("none", "frozen", "lora", "full")
+Strategy = Literal["none", "frozen", "lora", "full", "pretrained"]
+STRATEGIES = ("none", "frozen", "lora", "full", "pretrained")  # pretrained: a public model used as released
 MANIFEST_NAME = "manifest.json"
 
 
 @dataclass(frozen=True)
 class CheckpointManifest:
     name: str  # display name, unique within a zoo
-    llm: str  # hub id, local folder, or "embedded:smollm2-135m-instruct"
-    encoder: str  # hub id, local folder, or "embedded:whisper-tiny.en"
-    family: str = ""  # groups checkpoints for R² fits (e.g. backbone + encoder)
+    llm: str = ""  # hub id, local folder, or "embedded:smollm2-135m-instruct" (built-in stack)
+    encoder: str = ""  # hub id, local folder, or "embedded:whisper-tiny.en" (built-in stack)
+    family: str = ""  # groups checkpoints for R² fits; with `model`: the model family (lsl_core.model.families)
     strategy: Strategy = "lora"  # none: untrained adaptor; frozen: adaptor only; lora; full
     step: int = 0  # training step of this checkpoint
     adaptor: str | None = None  # adaptor safetensors (None only for strategy "none")
@@ -47,6 +53,9 @@ class CheckpointManifest:
     seed: int = 0  # init seed of the adaptor for strategy "none"
     trust_remote_code: bool = False  # opt-in only: runs code from the checkpoint
     encoder_window: str = "padded"  # Whisper window convention: "padded" (30 s) or "clip" (real length + 1 s)
+    model: str = ""  # a whole public checkpoint (hub id or folder) opened by its family instead of llm/encoder
+    hf_class: str = ""  # transformers class of `model` (optional; must agree with `family`)
+    device_map: str | None = None  # e.g. "auto": spread a `model` over several GPUs (accelerate)
     root: str = ""  # folder the relative paths resolve against (set by read_manifest)
     extra: dict = field(default_factory=dict)  # free-form metadata (training config, metrics)
 
@@ -55,6 +64,11 @@ class CheckpointManifest:
             raise ManifestError(f"manifest field 'strategy' must be one of {STRATEGIES}, got {self.strategy!r}.")
         if not self.name:
             raise ManifestError("manifest field 'name' is empty; give the checkpoint a name.")
+        if self.model:  # a family checkpoint: no adaptor / encoder of ours
+            return
+        if not (self.llm and self.encoder):
+            raise ManifestError(f"manifest '{self.name}': give 'llm' and 'encoder' (our stack) or 'model' "
+                                "(a whole public checkpoint with its 'family').")
         if self.strategy != "none" and not self.adaptor:
             raise ManifestError(f"manifest '{self.name}': field 'adaptor' is required for strategy '{self.strategy}'.")
         if self.strategy == "lora" and not self.lora:
@@ -99,7 +113,7 @@ def read_manifest(path: str | Path) -> CheckpointManifest:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ManifestError(f"Manifest {p} has unknown field(s) {unknown}; known fields: {sorted(known - {'root'})}.")
-    missing = [k for k in ("name", "llm", "encoder") if k not in data]
+    missing = [k for k in (("name", "model") if "model" in data else ("name", "llm", "encoder")) if k not in data]
     if missing:
         raise ManifestError(f"Manifest {p} lacks required field(s) {missing}.")
     data["root"] = str(p.parent.resolve())
@@ -248,6 +262,11 @@ def load_checkpoint(manifest: str | Path | CheckpointManifest, *, device: str | 
     m = manifest if isinstance(manifest, CheckpointManifest) else read_manifest(manifest)
     dev = torch.device(device) if device is not None else default_device()
     dt = dtype or default_dtype(dev)
+    if m.model:  # a public speech LLM through its family (lsl_core.model.families)
+        from lsl_core.model.families import load_family
+
+        return load_family(m, device=dev, dtype=dt, ref=_resolve_model_ref(m.model, m.root, "model"),
+                           local_only=not _allow_download(), manifest_digest=manifest_digest(m))
     llm_ref = _resolve_model_ref(m.llm, m.root, "LLM")
     enc_ref = _resolve_model_ref(m.encoder, m.root, "encoder")
     llm, tok = load_llm(llm_ref, dt, dev, m.trust_remote_code)

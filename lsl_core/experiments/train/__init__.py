@@ -51,9 +51,10 @@ def init_manifest(cfg: TrainConfig) -> CheckpointManifest | None:
     if m.lora or m.strategy == "full":
         raise LSLError(f"train config field 'init' ({cfg.init}) is a {m.strategy} checkpoint; a stage continues "
                        "from an adaptor-only checkpoint (strategy frozen).")
-    if m.encoder_window != cfg.encoder_window or m.downsample != cfg.downsample:
-        raise LSLError(f"train config field 'init' ({cfg.init}) uses encoder_window={m.encoder_window!r}, "
-                       f"downsample={m.downsample}; the config says {cfg.encoder_window!r}, {cfg.downsample}. "
+    mine = (cfg.encoder_window, cfg.downsample, cfg.adaptor_hidden)
+    if (m.encoder_window, m.downsample, m.adaptor_hidden) != mine:
+        raise LSLError(f"train config field 'init' ({cfg.init}) has encoder_window={m.encoder_window!r}, "
+                       f"downsample={m.downsample}, adaptor_hidden={m.adaptor_hidden}; the config says {mine}. "
                        "Make them equal.")
     return m
 
@@ -64,6 +65,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> LSLM:
     adaptor = str(init.path(init.adaptor).resolve()) if init is not None and init.adaptor else None
     m = CheckpointManifest(name=f"{cfg.name}-init", llm=cfg.llm, encoder=cfg.encoder, family=cfg.family,
                            strategy="frozen" if adaptor else "none", adaptor=adaptor, downsample=cfg.downsample,
+                           adaptor_hidden=cfg.adaptor_hidden,
                            seed=cfg.adaptor_seed, prompt=dict(cfg.prompt), encoder_window=cfg.encoder_window)
     model = load_checkpoint(m, device=device, dtype=torch.float32)
     model.encoder.requires_grad_(False)

@@ -47,6 +47,7 @@ class TrainConfig:
     prompt: dict = field(default_factory=dict)  # PromptTemplate of the checkpoints ({} = default chat template)
     repeat_system: str = REPEAT_SYSTEM  # system prompt of the `repeat` objective (training only)
     downsample: int = 5  # encoder frames stacked by the adaptor (5 x 20 ms = 100 ms)
+    adaptor_hidden: int | None = None  # hidden width of the adaptor's two-layer MLP; None -> the LLM width
     adaptor_seed: int = 0  # adaptor init seed when there is no `init` (seed 0 = embedded-untrained)
     # -- data: SD-QA English *test* questions (never dev) x espeak-ng voice renditions
     n_questions: int = 0  # training questions (a seeded sample of the test questions; 0 = all not monitored)
@@ -104,6 +105,8 @@ class TrainConfig:
                   "lora_r", "eval_max_new_tokens"):
             if int(getattr(self, k)) <= 0:
                 raise bad(k, "must be a positive integer")
+        if self.adaptor_hidden is not None and int(self.adaptor_hidden) <= 0:
+            raise bad("adaptor_hidden", "must be a positive integer or null")
         for k in ("n_questions", "n_val_questions", "warmup_steps", "save_every", "eval_every"):
             if int(getattr(self, k)) < 0:
                 raise bad(k, "must be >= 0")
