@@ -18,12 +18,11 @@ PAGES = [
 
 page = st.navigation(PAGES)
 links.begin()
-sidebar.render()
+selection = sidebar.render()
 link_box = st.sidebar.expander("Link to this view", icon=":material/link:")
 try:
     page.run()
 finally:
     sidebar.end_run()
     links.flush()
-    link_box.code(links.share_url(), language=None, wrap_lines=True)
-    link_box.caption("Reopens this page with the same model, sample, layer and intervention.")
+    links.render_box(link_box, selection)

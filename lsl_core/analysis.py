@@ -83,6 +83,23 @@ class SampleAnalysis:
     def path_method(self) -> str:
         """'argmax' or 'dtw': how path_cos / path_dist pair frames with tokens."""
         return str(self.options.get("path", "argmax"))
+    # diagnostics (lsl_core.metrics.diagnostics; computed from the paths when not given, e.g. an older cache)
+    path_top_share_cos: np.ndarray | None = None  # [L+1] share of tokens on the 2 most-used path frames
+    path_top_share_dist: np.ndarray | None = None  # [L+1]
+    collapsed_cos: np.ndarray | None = None  # [L+1] bool: collapsed cosine path (share >= COLLAPSE_SHARE)
+    collapsed_dist: np.ndarray | None = None  # [L+1] bool
+    spearman_undefined_cos: np.ndarray | None = None  # [L+1] bool: constant path or Tt < 2 (ρ shown as 0)
+    spearman_undefined_dist: np.ndarray | None = None  # [L+1] bool
+
+    def __post_init__(self) -> None:
+        from lsl_core.metrics.diagnostics import path_diagnostics
+
+        names = ("path_top_share_cos", "path_top_share_dist", "collapsed_cos", "collapsed_dist",
+                 "spearman_undefined_cos", "spearman_undefined_dist")
+        if any(getattr(self, n) is None for n in names):
+            for n, v in path_diagnostics(self.path_cos, self.path_dist).items():
+                if getattr(self, n) is None:
+                    setattr(self, n, v)
 
     @property
     def num_layers(self) -> int:
@@ -113,6 +130,11 @@ class SampleAnalysis:
             **({} if self.std_dist is None else {
                 "std_dist_mean": mean(self.std_dist), "std_dist": self.std_dist.tolist(),
                 "norm_speech": self.norm_speech.tolist(), "norm_text": self.norm_text.tolist()}),
+            # diagnostics: share of layers 1..L whose path is collapsed / whose Spearman is undefined
+            "collapsed_cos_frac": mean(np.asarray(self.collapsed_cos, dtype=np.float64)),
+            "collapsed_dist_frac": mean(np.asarray(self.collapsed_dist, dtype=np.float64)),
+            "spearman_undefined_cos_frac": mean(np.asarray(self.spearman_undefined_cos, dtype=np.float64)),
+            "spearman_undefined_dist_frac": mean(np.asarray(self.spearman_undefined_dist, dtype=np.float64)),
         }
 
 
@@ -238,6 +260,14 @@ class SetAnalysis:
     pooled_cka: np.ndarray | None  # [L+1, L+1] unaligned mean-pooled CKA across samples (minibatch HSIC)
     n: int
     errors: list[str] = field(default_factory=list)
+    # spread over samples (lsl_core.metrics.stats, 95% bootstrap intervals), None when not computable
+    mean_cka_low: np.ndarray | None = None  # [L+1, L+1] interval of mean_cka over the samples with a CKA
+    mean_cka_high: np.ndarray | None = None
+    mean_cka_n: int = 0  # samples with an aligned CKA matrix
+    pooled_cka_low: np.ndarray | None = None  # [L+1, L+1] pooled_cka ± 1.96 jackknife SE over the first
+    pooled_cka_high: np.ndarray | None = None  #   pooled_cka_spread_n samples
+    pooled_cka_spread_n: int = 0
+    notes: list = field(default_factory=list)  # diagnostics.Note for the set (collapsed paths, small n)
 
 
 def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOptions(), *,
@@ -254,6 +284,7 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
 
     total = total if total is not None else (len(samples) if hasattr(samples, "__len__") else None)
     rows, errors = [], []
+    cka_mats, keep_s, keep_t = [], [], []  # per-sample CKA matrices, pooled states of the first SPREAD_MAX_SAMPLES
     sum_cos = sum_dist = sum_cka = None
     n_cka = 0
     mb = MinibatchCKA()
@@ -273,6 +304,10 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
         if a.cka is not None:
             sum_cka = a.cka.copy() if sum_cka is None else sum_cka + a.cka
             n_cka += 1
+            cka_mats.append(np.asarray(a.cka, dtype=np.float32))
+        if len(keep_s) < SPREAD_MAX_SAMPLES:
+            keep_s.append(a.pooled_speech)
+            keep_t.append(a.pooled_text)
         buf_s.append(a.pooled_speech)
         buf_t.append(a.pooled_text)
         if len(buf_s) == cka_batch:
@@ -293,8 +328,34 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
         pooled = mb.compute().numpy()
     if n == 0:
         raise MetricInputError("No sample could be analyzed: " + ("; ".join(errors[:3]) or "the set is empty."))
+    spread = _set_spread(cka_mats, keep_s, keep_t, pooled)
+    from lsl_core.metrics.diagnostics import set_notes, small_n_note
+
+    notes = set_notes(rows)
+    small = small_n_note(n, "this average over samples")
+    notes += [small] if small else []
     return SetAnalysis(rows=pd.DataFrame(rows), mean_seq_cos=sum_cos / n, mean_seq_dist=sum_dist / n,
-                       mean_cka=None if sum_cka is None else sum_cka / n_cka, pooled_cka=pooled, n=n, errors=errors)
+                       mean_cka=None if sum_cka is None else sum_cka / n_cka, pooled_cka=pooled, n=n, errors=errors,
+                       notes=notes, **spread)
+
+
+SPREAD_MAX_SAMPLES = 128  # pooled states kept for the pooled-CKA interval ([L+1, d] x 2 per sample)
+
+
+def _set_spread(cka_mats: list, keep_s: list, keep_t: list, pooled: np.ndarray | None) -> dict:
+    """Spread over samples (SetAnalysis fields): 95% bootstrap interval of the mean aligned CKA; for the pooled
+    CKA the jackknife interval (stats.pooled_cka_interval) of the first SPREAD_MAX_SAMPLES samples around it."""
+    from lsl_core.metrics.cka import MIN_PAIRS
+    from lsl_core.metrics.stats import bootstrap_ci, pooled_cka_interval
+
+    out: dict = {"mean_cka_n": len(cka_mats)}
+    if cka_mats:
+        ci = bootstrap_ci(np.stack(cka_mats).astype(np.float64))  # over samples: [n, L+1, L+1]
+        out.update(mean_cka_low=ci.low, mean_cka_high=ci.high)
+    if pooled is not None and len(keep_s) > MIN_PAIRS:
+        ci = pooled_cka_interval(np.stack(keep_s, 1), np.stack(keep_t, 1), pooled)  # [L+1, N, d] each
+        out.update(pooled_cka_low=ci.low, pooled_cka_high=ci.high, pooled_cka_spread_n=len(keep_s))
+    return out
 
 
 # --------------------------------------------------------------------------- CKA stability

@@ -102,7 +102,9 @@ def load_results(folder: str | Path | None = None) -> Results:
 
 
 SCALARS = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist", "spearman_cos_mean", "spearman_dist_mean",
-           "consistency_mean")
+           "consistency_mean",
+           # path diagnostics (share of layers 1..L; lsl_core.metrics.diagnostics), in newer analyze output
+           "collapsed_cos_frac", "collapsed_dist_frac", "spearman_undefined_cos_frac", "spearman_undefined_dist_frac")
 CURVES = ("seq_cos", "seq_dist", "spearman_cos", "spearman_dist", "consistency")
 CHECKPOINT_KEYS = ("checkpoint", "family", "strategy", "step")
 

@@ -9,7 +9,12 @@ Conventions shared by every figure:
     reads; categorical series also differ by marker symbol and dash style, not by hue alone;
   - hover shows the exact value, the frame time in seconds and the token text;
   - layer L (hidden_states[L], after the backbone's final norm) is marked in every layer plot;
-  - alignment-path cells are diamonds; edited frames / tokens of an intervention are boxed.
+  - alignment-path cells are diamonds; edited frames / tokens of an intervention are boxed;
+  - ONE style (section "the figure style" below): a colour + marker + dash + bar pattern per training
+    strategy and per condition (text, speech, cascade, each intervention), used by every chart; scores
+    in percent everywhere (PERCENT_DIGITS decimals), other values VALUE_DIGITS; titles sit below the
+    Plotly toolbar's row (TITLE_TOP_PX) and wrap, so the toolbar never covers them; sample figures
+    name model, sample and layer in their title (it is the exported PNG's title too).
 
 Shapes use the fixed letters L (layers; arrays hold L+1 entries), Ts (speech frames), Tt (text tokens).
 """
@@ -17,7 +22,11 @@ Shapes use the fixed letters L (layers; arrays hold L+1 entries), Ts (speech fra
 from __future__ import annotations
 
 import html
+import math
+import re
+import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -51,14 +60,193 @@ SCALAR_LABELS: dict[str, str] = {
     "spearman_cos_mean": "mean Spearman ρ (cosine path)",
     "spearman_dist_mean": "mean Spearman ρ (distance path)",
     "consistency_mean": "mean consistency",
-    "gap_f1": "GAP in F1 (text − speech, 0…1)",
-    "gap_containment": "GAP in containment (text − speech, 0…1)",
-    "speech_f1": "speech-input F1 (0…1)",
-    "text_f1": "text-input F1 (0…1)",
-    "speech_containment": "speech-input containment (0…1)",
-    "text_containment": "text-input containment (0…1)",
-    "agreement": "speech/text answer agreement (token F1)",
+    "gap_f1": "GAP in F1 (text − speech, points)",
+    "gap_containment": "GAP in containment (text − speech, points)",
+    "speech_f1": "speech-input F1 (%)",
+    "text_f1": "text-input F1 (%)",
+    "speech_containment": "speech-input containment (%)",
+    "text_containment": "text-input containment (%)",
+    "agreement": "speech/text answer agreement (token F1, %)",
 }
+
+
+
+# =============================================================================== the figure style
+@dataclass(frozen=True)
+class SeriesStyle:
+    """How one named series looks on every chart: line/marker colour, marker symbol, dash, bar fill pattern."""
+
+    color: str
+    symbol: str = "circle"
+    dash: str = "solid"
+    pattern: str = ""  # Plotly bar pattern shape ("" = solid fill)
+
+
+def _cividis(x: float) -> str:
+    return sample_colorscale(CATEGORICAL_SCALE, [x])[0]
+
+
+# training strategies (manifest.strategy); luminance rises with how much is trained, so grey still separates them
+STRATEGY_STYLES: dict[str, SeriesStyle] = {
+    "none": SeriesStyle("#555555", "x", "dot"),
+    "frozen": SeriesStyle(_cividis(0.0), "circle", "solid"),
+    "lora": SeriesStyle(_cividis(0.55), "square", "dash"),
+    "full": SeriesStyle(_cividis(0.8), "diamond", "dashdot"),
+}
+# answer conditions: inputs and interventions (by op; the target picks the pattern/marker)
+CONDITION_STYLES: dict[str, SeriesStyle] = {
+    "text": SeriesStyle(_cividis(0.0), "circle", "solid", ""),
+    "speech": SeriesStyle(_cividis(0.72), "square", "dash", "/"),  # = "original" (unedited speech)
+    "cascade": SeriesStyle("#8c8c8c", "triangle-up", "dot", "x"),
+    "angle": SeriesStyle(_cividis(0.25), "diamond", "dashdot", ""),
+    "length": SeriesStyle(_cividis(0.45), "star", "longdash", ""),
+    "calibrate": SeriesStyle(_cividis(0.6), "hexagon", "longdashdot", ""),
+    "gap": SeriesStyle("#7f7f7f", "cross", "solid", ""),
+}
+_TARGET_PATTERN = {"bottom": ".", "all": "", "frames": "-", "span": "|"}
+_CONDITION_ALIASES = {"original": "speech", "speech input": "speech", "text input": "text",
+                      "cascade (asr → llm)": "cascade"}
+PERCENT_DIGITS = 1  # scores (F1, containment, agreement, GAP) are shown as percent with 1 decimal
+VALUE_DIGITS = 3  # cosines, Spearman ρ, CKA, consistency, shares
+DISTANCE_DIGITS = 2  # L2 distances (model units, often > 100)
+TITLE_TOP_PX = 34  # the title starts below the toolbar's row (Plotly's mode bar is ~28 px high at the top)
+TITLE_FONT_PX = 16
+TITLE_LINE_PX = 21  # Plotly's line spacing (1.3 em) at TITLE_FONT_PX
+TITLE_MAX_CHARS = 72  # wrap longer titles; export.figure passes fewer for figures in columns
+_SCORE_COLUMN = re.compile(r"^(text_|speech_|gap_|cascade_)?(containment|f1|em|pedant|agreement(_other_q)?)"
+                           r"(_lo|_hi)?$", re.IGNORECASE)
+
+
+def _fallback_style(name: str) -> SeriesStyle:
+    """A stable style for a name the tables do not list (same name -> same style in every chart and run)."""
+    k = zlib.crc32(name.encode())
+    return SeriesStyle(_cividis((k % 7) / 8.0), SYMBOLS[k % len(SYMBOLS)], DASHES[(k // 7) % len(DASHES)])
+
+
+def strategy_style(strategy: str) -> SeriesStyle:
+    """The style of a training strategy ('none', 'frozen', 'lora', 'full'; 'family · strategy' also works)."""
+    key = str(strategy).split("·")[-1].strip().lower()
+    return STRATEGY_STYLES.get(key) or _fallback_style(key)
+
+
+def condition_style(condition: str) -> SeriesStyle:
+    """The style of an answer condition: 'text', 'speech'/'Original', 'cascade', or an intervention given
+    as a label ('angle:bottom3@0', composed 'a+b' takes its first part) or a title ('Angle·Bottom3')."""
+    key = str(condition).strip().lower()
+    key = _CONDITION_ALIASES.get(key, key)
+    if key in CONDITION_STYLES:
+        return CONDITION_STYLES[key]
+    parts = re.split(r"[:·]", key.split("+")[0].strip(), maxsplit=1)  # op, rest ('bottom3@0', 'Bottom3 @ℓ1')
+    base = CONDITION_STYLES.get(parts[0].strip())
+    if base is None:
+        return _fallback_style(key)
+    m = re.match(r"\s*([a-z]+)", parts[1]) if len(parts) > 1 else None
+    target = m.group(1) if m else ""
+    return SeriesStyle(base.color, base.symbol, base.dash, _TARGET_PATTERN.get(target, base.pattern))
+
+
+def is_score_column(name: str) -> bool:
+    """Columns holding fractions 0..1 that the UI shows in percent (F1, containment, EM, agreement, GAP...)."""
+    return bool(_SCORE_COLUMN.match(str(name)))
+
+
+def percent(x: float, digits: int = PERCENT_DIGITS) -> str:
+    """A fraction as the UI shows it: 0.2513 -> '25.1 %' ('–' for NaN/None)."""
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "–"
+    return f"{100.0 * float(x):.{digits}f} %"
+
+
+def display_table(df: pd.DataFrame, *, fractions: Sequence[str] | None = None, percents: Sequence[str] = ()
+                  ) -> pd.DataFrame:
+    """A table as the UI shows it: score fractions -> percent ('… (%)'), every float rounded consistently.
+
+    fractions: columns holding 0..1 scores (default: every column is_score_column recognises);
+    percents: columns already in percent (e.g. Table 1). Percent columns get PERCENT_DIGITS decimals,
+    distances DISTANCE_DIGITS, other floats VALUE_DIGITS. Downloads keep the exact values.
+    """
+    out = df.copy()
+    base = lambda c: re.sub(r"_(lo|hi)$", "", str(c))  # noqa: E731  an interval end is in its column's unit
+    percents = {c for c in out.columns if c in percents or base(c) in percents}
+    fractions = ([c for c in out.columns if is_score_column(c) and c not in percents] if fractions is None
+                 else list(fractions))
+    renames = {}
+    for c in out.columns:
+        if c in fractions or c in percents:
+            if not pd.api.types.is_numeric_dtype(out[c]):
+                continue
+            out[c] = (out[c] * (100.0 if c in fractions else 1.0)).round(PERCENT_DIGITS)
+            if "%" not in str(c):
+                renames[c] = f"{c} (%)"
+        elif pd.api.types.is_float_dtype(out[c]):
+            out[c] = out[c].round(DISTANCE_DIGITS if "dist" in str(c) else VALUE_DIGITS)
+    return out.rename(columns=renames)
+
+
+def wrap_title(text: str, max_chars: int = TITLE_MAX_CHARS) -> str:
+    """Break a title at spaces into lines of <= max_chars (HTML <br>); existing <br> breaks are kept."""
+    lines = []
+    for part in str(text).split("<br>"):
+        line = ""
+        for word in part.split(" "):
+            if line and len(_strip_tags(line)) + 1 + len(_strip_tags(word)) > max_chars:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    return "<br>".join(lines)
+
+
+def _strip_tags(s: str) -> str:
+    return re.sub(r"<[^>]+>", "", s)
+
+
+def fit_title(fig: go.Figure, max_chars: int = TITLE_MAX_CHARS) -> go.Figure:
+    """Re-wrap a figure's title for a narrower column and grow its top margin to match (in place)."""
+    title = fig.layout.title.text or ""
+    place_title(fig, wrap_title(title.replace("<br>", " "), max_chars))
+    return fig
+
+
+def place_title(fig: go.Figure, text: str | None = None) -> go.Figure:
+    """Put the title in its own band: its first line starts TITLE_TOP_PX below the figure's top edge (under
+    the toolbar's row) and the top margin grows with its lines, a legend or panel titles above the plot,
+    so nothing overlaps. Plotly centres a multi-line title on its anchor (it moves the block up by half
+    of the extra lines), which the top padding undoes. Call it after the legend and annotations are set;
+    export.figure calls it again (through fit_title) when it re-wraps for a column."""
+    text = (fig.layout.title.text or "") if text is None else text
+    lines = text.count("<br>") + 1 if text else 0
+    lg = fig.layout.legend
+    legend_on_top = bool(fig.layout.showlegend is not False and lg is not None and lg.y is not None and lg.y >= 1.0)
+    subtitles = any(a.text and a.yref == "paper" and a.y is not None and a.y >= 1.0
+                    for a in fig.layout.annotations or ())  # make_subplots' panel titles sit there
+    below = 10 + (30 if legend_on_top else 0) + (24 if subtitles else 0)  # px between title and plot area
+    fig.update_layout(
+        title=dict(text=text, x=0.0, xanchor="left", xref="container", y=1.0, yref="container", yanchor="top",
+                   pad=dict(l=12, t=TITLE_TOP_PX + math.ceil(TITLE_LINE_PX * max(0, lines - 1) / 2), b=0),
+                   font=dict(size=TITLE_FONT_PX)),
+        margin_t=TITLE_TOP_PX + TITLE_LINE_PX * lines + below)
+    return fig
+
+
+def sample_title(analysis, what: str) -> str:
+    """'<model> · sample <id>' over 'what' (two lines): the title a sample figure and its exported PNG carry."""
+    model = getattr(analysis, "model", "") or ""
+    sid = getattr(analysis, "sample_id", "") or ""
+    who = " · ".join(x for x in (model, f"sample {sid}" if sid else "") if x)
+    return f"{who}<br>{what}" if who else what
+
+
+def error_bars(df: pd.DataFrame, column: str, scale: float = 1.0) -> dict | None:
+    """Plotly error_y for `column` from its column_lo / column_hi (95% interval), or None when absent."""
+    lo, hi = f"{column}_lo", f"{column}_hi"
+    if lo not in df.columns or hi not in df.columns:
+        return None
+    y = df[column].to_numpy(dtype=np.float64)
+    return dict(type="data", symmetric=False, array=scale * (df[hi].to_numpy(dtype=np.float64) - y),
+                arrayminus=scale * (y - df[lo].to_numpy(dtype=np.float64)), thickness=1.5, width=4,
+                color="#222222")
 
 
 # =============================================================================== helpers
@@ -81,11 +269,15 @@ def _token_hover(token: str, j: int) -> str:
     return f"{html.escape(repr(token), quote=False)} (#{j})"
 
 
-def _base_layout(fig: go.Figure, title: str, height: int | None = None) -> go.Figure:
-    fig.update_layout(template=TEMPLATE, title=dict(text=title, x=0.0, xanchor="left"),
-                      margin=dict(l=60, r=20, t=60, b=60), hoverlabel=dict(namelength=-1))
+def _base_layout(fig: go.Figure, title: str, height: int | None = None, legend_on_top: bool = False) -> go.Figure:
+    """Template, hover, and the title in its own band under the toolbar's row (never covered by it)."""
+    text = wrap_title(title)
+    fig.update_layout(template=TEMPLATE, margin=dict(l=60, r=20, b=60), hoverlabel=dict(namelength=-1))
+    if legend_on_top:  # the builder sets its legend later: reserve the band now
+        fig.update_layout(legend=dict(y=1.0, yanchor="bottom"))
+    place_title(fig, text)
     if height:
-        fig.update_layout(height=height)
+        fig.update_layout(height=height + TITLE_LINE_PX * text.count("<br>"))
     return fig
 
 
@@ -271,8 +463,9 @@ def token_heatmap(analysis, layer: int, metric: Metric = "cosine", edited: Any =
         default_title += f", {method} path"
     if bins is not None:
         default_title += f" — {Ts} frames shown in {len(bins)} bins (hover and export exact)"
+    default_title = sample_title(analysis, default_title)
     rows = Ts if bins is None else len(bins)
-    _base_layout(fig, title or default_title, height=max(380, min(760, 18 * rows + 160)))
+    _base_layout(fig, title or default_title, height=max(380, min(760, 18 * rows + 160)), legend_on_top=True)
     fig.update_layout(showlegend=True, legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     return fig
 
@@ -284,7 +477,8 @@ def layer_curves(analysis, current_layer: int | None = None, title: str | None =
     marker behind a dotted line; current_layer, if given, a dashed line.
     """
     return _curves_panels(analysis, ("seq_cos", "seq_dist"), current_layer,
-                          title or "Sequence level: mean-pooled speech vs text states across layers")
+                          title or sample_title(analysis, "Sequence level: mean-pooled speech vs text states, "
+                                                          f"layers 0–{len(analysis.seq_cos) - 1}"))
 
 
 def tokenwise_curves(analysis, current_layer: int | None = None, title: str | None = None) -> go.Figure:
@@ -299,13 +493,28 @@ def tokenwise_curves(analysis, current_layer: int | None = None, title: str | No
                                hover_label="ρ"), row=1, col=1)
     fig.add_trace(_layer_trace(analysis.consistency, "consistency", "#333333", "diamond", "solid",
                                hover_label="share"), row=1, col=2)
+    # diagnostics beside the numbers: layers whose path is collapsed, and where ρ is undefined (drawn as 0)
+    for key, rho, color, name in (("cos", analysis.spearman_cos, colors[0], "cosine"),
+                                  ("dist", analysis.spearman_dist, colors[1], "distance")):
+        collapsed = getattr(analysis, f"collapsed_{key}", None)
+        undefined = getattr(analysis, f"spearman_undefined_{key}", None)
+        for flags, symbol, label in ((collapsed, "square-open", "collapsed path"),
+                                     (undefined, "x-thin-open", "ρ undefined (constant path), drawn as 0")):
+            if flags is None or not np.asarray(flags).any():
+                continue
+            ls = np.nonzero(np.asarray(flags))[0]
+            fig.add_trace(go.Scatter(
+                x=ls, y=np.asarray(rho)[ls], mode="markers", name=f"{name} path: {label}",
+                marker=dict(symbol=symbol, size=15, color=color, line=dict(width=2, color=color)),
+                hovertemplate=f"layer %{{x}}: {name} path, {label}<extra></extra>"), row=1, col=1)
     panels = [(1, 1), (1, 2)]
     _mark_final_layer(fig, L, panels)
     _mark_current_layer(fig, current_layer, panels)
     fig.update_xaxes(title_text="layer ℓ (0 = LLM input)", dtick=max(1, L // 10))
     fig.update_yaxes(title_text="Spearman ρ (−1 … 1)", row=1, col=1)
     fig.update_yaxes(title_text="share of tokens (0 … 1)", range=[-0.02, 1.02], row=1, col=2)
-    return _base_layout(fig, title or "Token level: alignment-path monotonicity and consistency", height=360)
+    return _base_layout(fig, title or sample_title(analysis, "Token level: alignment-path monotonicity and "
+                                                             f"consistency, layers 0–{L}"), height=360)
 
 
 def _curves_panels(analysis, keys: Sequence[str], current_layer: int | None, title: str) -> go.Figure:
@@ -355,24 +564,42 @@ def checkpoint_curves(df: pd.DataFrame, metric: str, *, label: str = "checkpoint
 
 def trend_curves(df: pd.DataFrame, y: str, *, x: str = "step", group: str = "trajectory",
                  hover: str = "checkpoint", title: str | None = None) -> go.Figure:
-    """A scalar across training: one line per group (e.g. trajectory), points sorted by x (step)."""
+    """A scalar across training: one line per group (e.g. trajectory), points sorted by x (step).
+
+    Each group takes its strategy's style (`strategy_style` of the group name's last '·' part); score
+    columns (is_score_column) are drawn in percent; y_lo / y_hi columns, when present, become 95%
+    error bars.
+    """
     for c in (x, y):
         if c not in df.columns:
             raise ValueError(f"column {c!r} not in the table; available: {list(df.columns)}")
     groups = list(dict.fromkeys(df[group])) if group in df.columns else [None]
-    colors = categorical_colors(len(groups))
+    scale = 100.0 if is_score_column(y) else 1.0
+    unit = " %" if scale == 100.0 else ""
+    fmt = f".{PERCENT_DIGITS}f" if scale == 100.0 else f".{VALUE_DIGITS}f"
     fig = go.Figure()
     for k, g in enumerate(groups):
         sub = (df if g is None else df[df[group] == g]).sort_values(x, kind="stable")
+        st = strategy_style(str(g)) if g is not None else SeriesStyle(categorical_colors(1)[0])
+        err = error_bars(sub, y, scale)
+        ci_text = ""
+        if err is not None:
+            ci_text = (f"<br>95% CI [%{{customdata[0]:{fmt}}}, %{{customdata[1]:{fmt}}}]{unit}"
+                       " (n = %{customdata[2]})")
+        custom = (np.stack([scale * sub[f"{y}_lo"], scale * sub[f"{y}_hi"],
+                            sub["n"] if "n" in sub.columns else np.full(len(sub), np.nan)], axis=1)
+                  if err is not None else None)
         fig.add_trace(go.Scatter(
-            x=sub[x], y=sub[y], mode="lines+markers", name=str(g if g is not None else y),
-            line=dict(color=colors[k], dash=DASHES[k % len(DASHES)], width=2),
-            marker=dict(symbol=SYMBOLS[k % len(SYMBOLS)], size=9, color=colors[k]),
+            x=sub[x], y=scale * sub[y], mode="lines+markers", name=str(g if g is not None else y),
+            line=dict(color=st.color, dash=st.dash, width=2),
+            marker=dict(symbol=st.symbol, size=9, color=st.color), error_y=err, customdata=custom,
             text=sub[hover] if hover in sub.columns else None,
-            hovertemplate="%{text}<br>" + f"{x} = %{{x}}<br>{y} = %{{y:.6f}}<extra></extra>",
+            hovertemplate="%{text}<br>" + f"{x} = %{{x}}<br>{y} = %{{y:{fmt}}}{unit}" + ci_text + "<extra></extra>",
         ))
     fig.update_xaxes(title_text="training step" if x == "step" else x)
-    fig.update_yaxes(title_text=SCALAR_LABELS.get(y, y))
+    label = SCALAR_LABELS.get(y, y)
+    fig.update_yaxes(title_text=label + (" (%)" if scale == 100.0 and "%" not in label and "points" not in label
+                                         else ""))
     _base_layout(fig, title or f"{SCALAR_LABELS.get(y, y)} across training", height=420)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0),
                       margin=dict(b=110))
@@ -381,18 +608,24 @@ def trend_curves(df: pd.DataFrame, y: str, *, x: str = "step", group: str = "tra
 
 def gap_scatter(df: pd.DataFrame, x: str, fits: pd.DataFrame | None = None, *, gap: str = "gap",
                 by: Sequence[str] = ("family", "strategy"), label: str = "checkpoint",
-                gap_label: str = "GAP (text − speech score)", title: str | None = None) -> go.Figure:
+                gap_label: str = "GAP (text − speech score, percentage points)", title: str | None = None,
+                gap_scale: float = 100.0) -> go.Figure:
     """GAP against an alignment metric, one point per checkpoint, with one OLS line per group.
 
     df: one row per checkpoint with columns x, gap, `label` and the `by` columns. fits: the output of
     metrics.gap.gap_r2_table (columns *by, slope, intercept, r2, n); each group's line is drawn over
-    its x range and its R² is shown in the legend. Groups differ in marker symbol, dash and luminance;
-    legend names show only the `by` values that differ between groups.
+    its x range and its R² is shown in the legend. Groups take their strategy's style (strategy_style);
+    legend names show only the `by` values that differ between groups. gap_scale: the GAP (a
+    difference of fractions) is drawn in percentage points (100); R² does not depend on it.
     """
     by = [c for c in by if c in df.columns]
     keys = [tuple(r) for r in df[by].drop_duplicates().itertuples(index=False)] if by else [()]
     varying = [i for i, c in enumerate(by) if df[c].nunique() > 1] or list(range(len(by)))
-    colors = categorical_colors(len(keys))
+    if "strategy" in by:
+        styles = [strategy_style(str(key[by.index("strategy")])) for key in keys]
+    else:
+        styles = [SeriesStyle(c, SYMBOLS[k % len(SYMBOLS)], DASHES[k % len(DASHES)])
+                  for k, c in enumerate(categorical_colors(len(keys)))]
     fig = go.Figure()
     for k, key in enumerate(keys):
         mask = np.ones(len(df), dtype=bool)
@@ -411,18 +644,19 @@ def gap_scatter(df: pd.DataFrame, x: str, fits: pd.DataFrame | None = None, *, g
         legend = name + (f": R² = {fit_row['r2']:.3f} (n = {int(fit_row['n'])})" if fit_row is not None
                          else " (no fit: < 3 checkpoints or constant x)")
         fig.add_trace(go.Scatter(
-            x=sub[x], y=sub[gap], mode="markers", name=legend, legendgroup=name,
-            marker=dict(symbol=SYMBOLS[k % len(SYMBOLS)], size=11, color=colors[k], line=dict(color="black", width=1)),
+            x=sub[x], y=gap_scale * sub[gap], mode="markers", name=legend, legendgroup=name,
+            marker=dict(symbol=styles[k].symbol, size=11, color=styles[k].color, line=dict(color="black", width=1)),
             text=sub[label] if label in sub.columns else None,
             hovertemplate="%{text}<br>" + f"{html.escape(SCALAR_LABELS.get(x, x), quote=False)} = %{{x:.6f}}<br>"
-                          "GAP = %{y:.4f}<extra></extra>",
+                          f"GAP = %{{y:.{PERCENT_DIGITS}f}}{' points' if gap_scale == 100.0 else ''}"
+                          "<extra></extra>",
         ))
         if fit_row is not None and len(sub):
             xs = np.linspace(float(sub[x].min()), float(sub[x].max()), 20)
             fig.add_trace(go.Scatter(
-                x=xs, y=fit_row["slope"] * xs + fit_row["intercept"], mode="lines", legendgroup=name,
+                x=xs, y=gap_scale * (fit_row["slope"] * xs + fit_row["intercept"]), mode="lines", legendgroup=name,
                 name=f"fit {name}", showlegend=False,
-                line=dict(color=colors[k], dash=DASHES[(k + 1) % len(DASHES)], width=2),
+                line=dict(color=styles[k].color, dash=styles[k].dash, width=2),
                 hovertemplate=f"fit {html.escape(name, quote=False)}: GAP = {fit_row['slope']:.4g}·x "
                               f"+ {fit_row['intercept']:.4g}, R² = {fit_row['r2']:.3f}<extra></extra>",
             ))
@@ -436,20 +670,26 @@ def gap_scatter(df: pd.DataFrame, x: str, fits: pd.DataFrame | None = None, *, g
 
 # =============================================================================== CKA
 def cka_heatmap(matrix: np.ndarray, title: str, *, x_label: str = "text layer b",
-                y_label: str = "speech layer a", band: np.ndarray | None = None) -> go.Figure:
+                y_label: str = "speech layer a", band: np.ndarray | None = None, low: np.ndarray | None = None,
+                high: np.ndarray | None = None, spread: str = "95% interval") -> go.Figure:
     """Cross-layer CKA [L+1, L+1] (speech layer a = rows, text layer b = columns), colour fixed to 0..1.
 
     band: optional [L+1] text layer b*(a) per speech layer (metrics.stability.band_location), drawn
-    as open circles joined by a line.
+    as open circles joined by a line. low / high [L+1, L+1], when given, are each cell's interval over
+    samples, shown in the hover.
     """
     M = np.asarray(matrix, dtype=np.float64)
     if M.ndim != 2:
         raise ValueError(f"CKA matrix must be 2-D, got shape {M.shape}")
     La, Lb = M.shape[0] - 1, M.shape[1] - 1
+    custom, extra = None, ""
+    if low is not None and high is not None:
+        custom = np.stack([np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)], axis=-1)
+        extra = f"<br>{spread}: [%{{customdata[0]:.{VALUE_DIGITS}f}}, %{{customdata[1]:.{VALUE_DIGITS}f}}]"
     fig = go.Figure(go.Heatmap(
         z=M, x=np.arange(Lb + 1), y=np.arange(La + 1), colorscale=SEQUENTIAL, zmin=0.0, zmax=1.0,
-        colorbar=dict(title=dict(text="linear CKA", side="right")),
-        hovertemplate=f"{y_label} %{{y}}<br>{x_label} %{{x}}<br>CKA = %{{z:.6f}}<extra></extra>",
+        colorbar=dict(title=dict(text="linear CKA", side="right")), customdata=custom,
+        hovertemplate=f"{y_label} %{{y}}<br>{x_label} %{{x}}<br>CKA = %{{z:.6f}}{extra}<extra></extra>",
     ))
     fig.add_shape(type="line", x0=-0.5, y0=-0.5, x1=Lb + 0.5, y1=La + 0.5,
                   line=dict(color="white", width=1, dash="dot"))
@@ -604,35 +844,66 @@ def lens_grid(lens, span: Literal["speech", "text"] = "speech", *, max_cols: int
     return _base_layout(fig, title or default, height=max(320, min(900, 22 * n + 180)))
 
 
+def cka_spread(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str) -> go.Figure:
+    """The diagonal CKA[a, a] (speech layer a vs text layer a) of one or more CKA matrices with a band for
+    their spread over samples: curves = {name: (matrix, low, high)}, each [L+1, L+1]."""
+    fig = go.Figure()
+    L = 0
+    for k, (name, (M, lo, hi)) in enumerate(curves.items()):
+        d, dl, dh = (np.diagonal(np.asarray(m, dtype=np.float64)) for m in (M, lo, hi))
+        L = max(L, d.shape[0] - 1)
+        st = SeriesStyle(categorical_colors(max(2, len(curves)))[k], SYMBOLS[k], DASHES[k])
+        x = np.arange(d.shape[0])
+        fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([dh, dl[::-1]]), fill="toself",
+                                 fillcolor="rgba(120,120,120,0.25)", line=dict(width=0), hoverinfo="skip",
+                                 name=f"{name}: 95% interval", legendgroup=name))
+        fig.add_trace(go.Scatter(
+            x=x, y=d, mode="lines+markers", name=name, legendgroup=name,
+            line=dict(color=st.color, dash=st.dash, width=2), marker=dict(symbol=st.symbol, size=7, color=st.color),
+            customdata=np.stack([dl, dh], axis=1),
+            hovertemplate=f"{html.escape(name, quote=False)}<br>layer %{{x}}<br>CKA = %{{y:.6f}}<br>95% interval "
+                          f"[%{{customdata[0]:.{VALUE_DIGITS}f}}, %{{customdata[1]:.{VALUE_DIGITS}f}}]<extra></extra>",
+        ))
+    _mark_final_layer(fig, L)
+    fig.update_xaxes(title_text="layer a = b (speech layer vs the same text layer)", dtick=max(1, L // 10))
+    fig.update_yaxes(title_text="linear CKA (0 … 1)")
+    _base_layout(fig, title, height=400)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0.0), margin=dict(b=110))
+    return fig
+
+
 # =============================================================================== benchmark
 def scores_by_voice(df: pd.DataFrame, metric: str = "f1", *, voice: str = "voice",
                     title: str | None = None) -> go.Figure:
     """Text vs speech score per voice (grouped bars, percent) and the GAP per voice (second panel).
 
     df: one row per voice with columns text_<metric>, speech_<metric> and optionally gap_<metric>
-    (fractions 0..1, as lsl_core.experiments.evaluate.summarize writes them).
+    (fractions 0..1, as lsl_core.experiments.evaluate.summarize writes them); <column>_lo / _hi columns, when
+    present (stats.summary_intervals), are drawn as 95% error bars.
     """
     t, s, g = f"text_{metric}", f"speech_{metric}", f"gap_{metric}"
     for c in (voice, t, s):
         if c not in df.columns:
             raise ValueError(f"column {c!r} not in the table; available: {list(df.columns)}")
+    df = df if g in df.columns else df.assign(**{g: df[t] - df[s]})
     voices = [str(v) for v in df[voice]]
-    gaps = df[g] if g in df.columns else df[t] - df[s]
-    dark, light = categorical_colors(2)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1,
                         subplot_titles=(f"{metric} on text vs speech input", f"GAP = text − speech ({metric})"))
-    n = df["n"].tolist() if "n" in df.columns else [None] * len(df)
-    fig.add_trace(go.Bar(x=voices, y=100 * df[t], name="text input", marker=dict(color=dark), customdata=n,
-                         hovertemplate="%{x}<br>text " + metric + " = %{y:.2f} %<br>n = %{customdata}<extra></extra>"),
-                  row=1, col=1)
-    fig.add_trace(go.Bar(x=voices, y=100 * df[s], name="speech input",
-                         marker=dict(color=light, pattern=dict(shape="/", fgcolor="#333333")), customdata=n,
-                         hovertemplate="%{x}<br>speech " + metric
-                                       + " = %{y:.2f} %<br>n = %{customdata}<extra></extra>"),
-                  row=1, col=1)
-    fig.add_trace(go.Bar(x=voices, y=100 * gaps, name="GAP",
-                         marker=dict(color="#7f7f7f", line=dict(color="black", width=1)),
-                         hovertemplate="%{x}<br>GAP = %{y:.2f} points<extra></extra>"), row=1, col=2)
+    n = df["n"].to_numpy() if "n" in df.columns else np.full(len(df), np.nan)
+    d = PERCENT_DIGITS
+    for col, name, key, panel, unit in ((t, "text input", "text", 1, "%"), (s, "speech input", "speech", 1, "%"),
+                                        (g, "GAP", "gap", 2, "points")):
+        st = condition_style(key)
+        err = error_bars(df, col, 100.0)
+        lo = 100 * df[f"{col}_lo"].to_numpy() if err else np.full(len(df), np.nan)
+        hi = 100 * df[f"{col}_hi"].to_numpy() if err else np.full(len(df), np.nan)
+        ci = f"<br>95% CI [%{{customdata[1]:.{d}f}}, %{{customdata[2]:.{d}f}}]" if err else ""
+        fig.add_trace(go.Bar(
+            x=voices, y=100 * df[col], name=name, error_y=err, customdata=np.stack([n, lo, hi], axis=1),
+            marker=dict(color=st.color, line=dict(color="black", width=1),
+                        pattern=dict(shape=st.pattern, fgcolor="#333333") if st.pattern else None),
+            hovertemplate=f"%{{x}}<br>{name} {metric} = %{{y:.{d}f}} {unit}{ci}<br>n = %{{customdata[0]}}"
+                          "<extra></extra>"), row=1, col=panel)
     fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="voice / accent")
     fig.update_yaxes(title_text=f"{metric} (%)", row=1, col=1)
@@ -641,17 +912,29 @@ def scores_by_voice(df: pd.DataFrame, metric: str = "f1", *, voice: str = "voice
 
 
 def intervention_bars(table: pd.DataFrame, metric: str = "F1", *, title: str | None = None) -> go.Figure:
-    """Table 1 (lsl_core.experiments.table1.table1) as bars: one bar per condition, Original first (percent)."""
+    """Table 1 (lsl_core.experiments.table1.table1) as bars: one bar per condition, Original first (percent).
+
+    Each bar takes its condition's style (condition_style: colour per op, pattern per target);
+    `metric`_lo / _hi columns (stats.condition_intervals) become 95% error bars.
+    """
     if metric not in table.columns:
         raise ValueError(f"column {metric!r} not in the table; available: {list(table.columns)}")
     names = [str(i) for i in table.index]
-    colors = categorical_colors(len(names))
+    styles = [condition_style(nm) for nm in names]
+    err = error_bars(table, metric)
+    d = PERCENT_DIGITS
+    cols = [table[f"Δ {metric}"] if f"Δ {metric}" in table.columns else pd.Series(np.nan, index=table.index)]
+    cols += [table[f"{metric}_lo"], table[f"{metric}_hi"]] if err else [pd.Series(np.nan, index=table.index)] * 2
+    cols += [table["n"] if "n" in table.columns else pd.Series(np.nan, index=table.index)]
     fig = go.Figure(go.Bar(
-        x=names, y=table[metric], marker=dict(color=colors, line=dict(color="black", width=1)),
-        customdata=table[f"Δ {metric}"] if f"Δ {metric}" in table.columns else None,
-        hovertemplate="%{x}<br>" + metric + " = %{y:.2f} %" + ("<br>Δ vs Original = %{customdata:+.2f}"
-                                                                 if f"Δ {metric}" in table.columns else "")
-                      + "<extra></extra>",
+        x=names, y=table[metric], error_y=err,
+        marker=dict(color=[st.color for st in styles], line=dict(color="black", width=1),
+                    pattern=dict(shape=[st.pattern for st in styles], fgcolor="#333333")),
+        customdata=np.stack([c.to_numpy(dtype=np.float64) for c in cols], axis=1),
+        hovertemplate="%{x}<br>" + metric + f" = %{{y:.{d}f}} %"
+                      + (f"<br>Δ vs Original = %{{customdata[0]:+.{d}f}}" if f"Δ {metric}" in table.columns else "")
+                      + (f"<br>95% CI [%{{customdata[1]:.{d}f}}, %{{customdata[2]:.{d}f}}]" if err else "")
+                      + "<br>n = %{customdata[3]}<extra></extra>",
     ))
     fig.update_xaxes(title_text="condition (intervention at the LLM input unless @ℓ)")
     fig.update_yaxes(title_text=f"{metric} (%)")
@@ -672,28 +955,30 @@ def subset_scores(summary: pd.DataFrame, gap: pd.DataFrame, *, title: str | None
             raise ValueError(f"column {c!r} not in the summary table; available: {list(summary.columns)}")
     subsets = list(dict.fromkeys(summary["subset"]))
     mods = [m for m in ("text", "speech", "cascade") if m in set(summary["modality"])]
-    colors = categorical_colors(len(mods))
-    patterns = {"text": "", "speech": "/", "cascade": "."}
+    styles = [condition_style(m) for m in mods]  # the one style per condition (text, speech, cascade)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1,
                         subplot_titles=("headline score per subset (95% CI)", "GAP = text − speech (95% CI)"))
-    for m, color in zip(mods, colors):
+    for m, st in zip(mods, styles):
         d = summary[summary["modality"] == m].set_index("subset").reindex(subsets)
         fig.add_trace(go.Bar(
             x=subsets, y=d["score"], name=f"{m} input",
-            marker=dict(color=color, pattern=dict(shape=patterns[m], fgcolor="#333333")),
+            marker=dict(color=st.color, line=dict(color="black", width=1),
+                        pattern=dict(shape=st.pattern, fgcolor="#333333")),
             error_y=dict(type="data", symmetric=False, array=d["ci_high"] - d["score"],
                          arrayminus=d["score"] - d["ci_low"], color="#222222"),
             customdata=np.stack([d["metric"].fillna(""), d["n"].fillna(0), d["ci_low"], d["ci_high"]], axis=1),
-            hovertemplate="%{x}<br>" + m + " %{customdata[0]} = %{y:.2f} %<br>95% CI [%{customdata[2]:.2f}, "
-                          "%{customdata[3]:.2f}]<br>n = %{customdata[1]}<extra></extra>"), row=1, col=1)
+            hovertemplate="%{x}<br>" + m + f" %{{customdata[0]}} = %{{y:.{PERCENT_DIGITS}f}} %<br>95% CI "
+                          f"[%{{customdata[2]:.{PERCENT_DIGITS}f}}, %{{customdata[3]:.{PERCENT_DIGITS}f}}]"
+                          "<br>n = %{customdata[1]}<extra></extra>"), row=1, col=1)
     g = gap.set_index("subset").reindex([*subsets, "overall"]).dropna(subset=["gap"])
     fig.add_trace(go.Bar(
-        x=list(g.index), y=g["gap"], name="GAP", marker=dict(color="#7f7f7f", line=dict(color="black", width=1)),
+        x=list(g.index), y=g["gap"], name="GAP",
+        marker=dict(color=condition_style("gap").color, line=dict(color="black", width=1)),
         error_y=dict(type="data", symmetric=False, array=g["gap_ci_high"] - g["gap"],
                      arrayminus=g["gap"] - g["gap_ci_low"], color="#222222"),
         customdata=np.stack([g["n"], g["gap_ci_low"], g["gap_ci_high"]], axis=1),
-        hovertemplate="%{x}<br>GAP = %{y:.2f} points<br>95% CI [%{customdata[1]:.2f}, %{customdata[2]:.2f}]"
-                      "<br>n = %{customdata[0]}<extra></extra>"), row=1, col=2)
+        hovertemplate=f"%{{x}}<br>GAP = %{{y:.{PERCENT_DIGITS}f}} points<br>95% CI [%{{customdata[1]:.{PERCENT_DIGITS}f}}, "
+                      f"%{{customdata[2]:.{PERCENT_DIGITS}f}}]<br>n = %{{customdata[0]}}<extra></extra>"), row=1, col=2)
     fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="VoiceBench subset")
     fig.update_yaxes(title_text="score (%)", row=1, col=1)
@@ -703,5 +988,7 @@ def subset_scores(summary: pd.DataFrame, gap: pd.DataFrame, *, title: str | None
 
 __all__ = ["cka_stability", "norm_curves", "lens_grid", "frame_bins", "MAX_HEATMAP_ROWS",
            "token_heatmap", "layer_curves", "tokenwise_curves", "checkpoint_curves", "trend_curves", "gap_scatter",
-           "cka_heatmap", "scores_by_voice", "intervention_bars", "subset_scores", "categorical_colors", "token_label",
-           "LAYER_METRICS", "SCALAR_LABELS"]
+           "cka_heatmap", "cka_spread", "scores_by_voice", "intervention_bars", "subset_scores", "categorical_colors",
+           "token_label", "LAYER_METRICS", "SCALAR_LABELS", "SeriesStyle", "STRATEGY_STYLES", "CONDITION_STYLES",
+           "strategy_style", "condition_style", "is_score_column", "percent", "display_table", "wrap_title", "fit_title",
+           "sample_title", "error_bars", "PERCENT_DIGITS", "VALUE_DIGITS", "DISTANCE_DIGITS"]

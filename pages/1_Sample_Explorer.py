@@ -6,8 +6,9 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.analysis import AnalysisOptions
+from lsl_core.metrics import diagnostics
 from lsl_core.metrics.tokenwise import METRICS
-from ui import alignment, context, errors, export, links, loaders, state, tables
+from ui import alignment, context, errors, export, links, loaders, notes, state, tables
 
 LENS_TOP_K = 5
 
@@ -82,29 +83,35 @@ def main() -> None:
     path = alignment.radio(c3)
     links.want(layer=layer, metric=metric)
 
-    export.figure(viz.token_heatmap(a, layer, metric), f"heatmap_{sample.id}_layer{layer}_{metric}",
+    export.figure(viz.token_heatmap(a, layer, metric), f"heatmap_{a.model}_{sample.id}_layer{layer}_{metric}",
                   key="fig_heatmap")
+    layer_notes = diagnostics.layer_notes(a, layer, metric)  # collapsed path / undefined Spearman at this layer
+    codes = {n.code for n in layer_notes}
     m = st.columns(5)
-    m[0].metric("APS (cosine)", f"{a.aps_cos:.4f}", help="Mean cosine along the path over layers 1..L and tokens.")
-    m[1].metric("APS (distance)", f"{a.aps_dist:.4f}", help="Mean distance along the path over layers 1..L.")
+    v, d = viz.VALUE_DIGITS, viz.DISTANCE_DIGITS
+    m[0].metric("APS (cosine)", f"{a.aps_cos:.{v}f}", help="Mean cosine along the path over layers 1..L and tokens.")
+    m[1].metric("APS (distance)", f"{a.aps_dist:.{d}f}", help="Mean distance along the path over layers 1..L.")
     sp = a.spearman_cos if metric == "cosine" else a.spearman_dist
-    m[2].metric(f"Spearman ρ, layer {layer}", f"{sp[layer]:.3f}",
-                help=f"Monotonicity of the {metric} path: Spearman ρ between token order j and frame i*_j.")
-    m[3].metric(f"Consistency, layer {layer}", f"{a.consistency[layer]:.3f}",
+    m[2].metric(f"Spearman ρ, layer {layer}", "undefined" if "spearman_undefined" in codes else f"{sp[layer]:.{v}f}",
+                help=f"Monotonicity of the {metric} path: Spearman ρ between token order j and frame i*_j."
+                     + (" Undefined here: a constant path (stored as 0)." if "spearman_undefined" in codes else ""))
+    m[3].metric(f"Consistency, layer {layer}", f"{a.consistency[layer]:.{v}f}",
                 help="Share of tokens whose cosine and distance paths pick the same frame.")
     m[4].metric("Frames × tokens", f"{a.cos.shape[1]} × {a.cos.shape[2]}",
                 help=f"Ts speech frames ({a.frame_seconds * 1000:.0f} ms each) × Tt question tokens.")
+    notes.show(layer_notes)
+    notes.show(diagnostics.sample_notes(a))
 
     lo, hi = st.select_slider("Layer filter (curves and logit lens)", options=list(range(L + 1)),
                               value=_layer_filter(L), key="ex_layers",
                               persist_state="session",
                               help="Show and compute only these layers (the logit lens costs one product per layer).")
-    export.figure(_layer_range(viz.layer_curves(a, current_layer=layer), lo, hi), f"sequence_curves_{sample.id}",
+    export.figure(_layer_range(viz.layer_curves(a, current_layer=layer), lo, hi), f"sequence_curves_{a.model}_{sample.id}",
                   key="fig_seq")
-    export.figure(_layer_range(viz.tokenwise_curves(a, current_layer=layer), lo, hi), f"tokenwise_curves_{sample.id}",
+    export.figure(_layer_range(viz.tokenwise_curves(a, current_layer=layer), lo, hi), f"tokenwise_curves_{a.model}_{sample.id}",
                   key="fig_tok")
     if a.std_dist is not None:
-        export.figure(_layer_range(viz.norm_curves(a, current_layer=layer), lo, hi), f"norm_curves_{sample.id}",
+        export.figure(_layer_range(viz.norm_curves(a, current_layer=layer), lo, hi), f"norm_curves_{a.model}_{sample.id}",
                       key="fig_norms")
     with st.expander("Tables: per-layer metrics, the alignment path, the matrix of this layer"):
         st.markdown("**Per layer**")

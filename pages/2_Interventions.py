@@ -6,8 +6,9 @@ import streamlit as st
 from lsl_core import viz
 from lsl_core.errors import LSLError
 from lsl_core.interventions import OPERATIONS, PATH_METRICS, Intervention, ops_help
+from lsl_core.metrics import diagnostics
 from lsl_core.model.families import capabilities, transcript_source
-from ui import context, errors, export, links, loaders, state, tables
+from ui import context, errors, export, links, loaders, notes, state, tables
 
 OPS = tuple(OPERATIONS)  # the registry's ops, in its order
 TARGETS = ("Bottom-k", "All")
@@ -115,10 +116,11 @@ def main() -> None:
     # ---------------------------------------------------------------- results
     result = None
     if applied:
-        try:
-            with st.spinner(f"Generating answers (text, speech{', cascade' if cascade else ''}, {applied}) …"):
-                result = loaders.side_by_side(handle.key, context.sample_key(sel, sample), (applied,), int(max_new),
-                                              bool(cascade and handle.model.has_asr), handle.model, sample)
+        try:  # the shared server batches this request with other sessions'; a progress bar shows the queue
+            skey = context.sample_key(sel, sample)
+            result = loaders.side_by_side(handle.key, skey, (applied,), int(max_new),
+                                          bool(cascade and handle.model.has_asr), handle.model, sample,
+                                          loaders.known_transcript(handle.key, skey))
         except Exception as exc:  # noqa: BLE001
             errors.show(exc, "Generation failed")
     else:
@@ -134,24 +136,29 @@ def main() -> None:
                 st.markdown(f"**{r['title']}**")
                 st.markdown(tables.mark_md(r["containment"]))
                 st.info(r["answer"] or "∅ (empty answer)")
-                st.caption(f"F1 vs references {100 * r['f1']:.0f} % · agreement with text answer "
-                           f"{100 * r['agreement']:.0f} %")
+                st.caption(f"F1 vs references {viz.percent(r['f1'])} · agreement with text answer "
+                           f"{viz.percent(r['agreement'])}")
                 if r["tokens"]:
                     st.caption("edited tokens: " + ", ".join(repr(t) for t in r["token_text"])
                                + " · frames at " + ", ".join(f"{t:.2f} s" for t in r["frame_times"]))
         if result["transcript"] is not None:
             st.markdown(f"**Cascade transcript (ASR):** {result['transcript'] or '∅'}")
+        if result.get("batch_size", 0) > 1:
+            st.caption(f"Generated on the shared server in one batch with {result['batch_size'] - 1} other "
+                       f"session request(s) (batch #{result['batch_id']}); greedy answers, each session gets its own.")
         edited = next((r for r in result["rows"] if r["condition"] == applied), None)
         with st.expander("Answers table"):
-            export.table(tables.answers_table(result), f"answers_{sample.id}_{applied}")
+            export.table(tables.answers_table(result), f"answers_{sample.id}_{applied}",
+                         percents=("F1 vs references (%)", "agreement with text answer (%)"))
 
     if result is not None and edited is not None:
         _case_report_button(sel, handle, sample, a, result, applied, shown, int(max_new), bool(cascade))
 
-    title = (f"Edited at layer ℓ = {shown.layer} ({shown.metric} path): boxed frames/tokens were moved"
-             if edited else None)
+    title = (viz.sample_title(a, f"Edited at layer ℓ = {shown.layer} ({shown.metric} path): boxed frames/tokens "
+                                 "were moved") if edited else None)
     export.figure(viz.token_heatmap(a, shown.layer, shown.metric, edited=edited, title=title),
-                  f"heatmap_{sample.id}_{shown.label()}", key="fig_iv_heatmap")
+                  f"heatmap_{a.model}_{sample.id}_{shown.label()}", key="fig_iv_heatmap")
+    notes.show(diagnostics.layer_notes(a, shown.layer, shown.metric))
     context.fill_transcript(slot, handle, sel, sample)
 
 

@@ -5,9 +5,10 @@ import pandas as pd
 import streamlit as st
 
 from lsl_core import viz
+from lsl_core.metrics import diagnostics
 from lsl_core.metrics.gap import gap_r2_table
 from lsl_core.results import ANALYZE_COMMAND, CURVES, EVALUATE_COMMAND, checkpoint_means, gap_table
-from ui import config, context, errors, export, loaders, state
+from ui import config, context, errors, export, loaders, notes, state
 
 X_METRICS = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist")
 GROUPINGS = {"family · strategy": ("family", "strategy"), "family": ("family",)}
@@ -99,14 +100,18 @@ def main() -> None:
         if rows.empty:
             st.info("The evaluation results hold none of these checkpoints.")
         else:
+            rows = loaders.with_intervals(rows, res)  # + 95% bootstrap intervals over the samples of each row
             cols = st.columns(2)
             with cols[0]:
                 fig = viz.trend_curves(rows, f"gap_{score}",
-                                       title=f"GAP ({score}, text − speech) across training, voice '{voice}'")
-                export.figure(fig, f"gap_{score}_vs_step", key="fig_gap_step")
+                                       title=f"GAP ({score}, text − speech) across training, voice '{voice}', 95% CI")
+                export.figure(fig, f"gap_{score}_vs_step", key="fig_gap_step", columns=2)
             with cols[1]:
-                export.figure(viz.trend_curves(rows, f"speech_{score}", title=f"speech-input {score} across training"),
-                              f"speech_{score}_vs_step", key="fig_speech_step")
+                export.figure(viz.trend_curves(rows, f"speech_{score}",
+                                               title=f"speech-input {score} across training, voice '{voice}', 95% CI"),
+                              f"speech_{score}_vs_step", key="fig_speech_step", columns=2)
+            if "n" in rows.columns and len(rows):
+                notes.show([diagnostics.small_n_note(int(rows["n"].min()), "a checkpoint's score in this voice row")])
             export.table(rows, "evaluation_summary")
 
     # ---------------------------------------------------------------- alignment
@@ -121,6 +126,13 @@ def main() -> None:
             st.info("The alignment table holds none of these checkpoints.")
             return
         st.caption(f"Source: {source}.")
+        means = loaders.alignment_intervals(means, rows[rows["checkpoint"].isin(names)])  # + 95% intervals
+        notes.show(diagnostics.set_notes(rows[rows["checkpoint"].isin(names)]))
+        if "collapsed_cos_frac" not in rows.columns:
+            st.caption(":material/info: These stored results predate the path diagnostics (collapsed paths, undefined "
+                       "Spearman); compute live, or re-run the analyze command, to see how many paths collapse.")
+        if len(means):
+            notes.show([diagnostics.small_n_note(int(means["n"].min()), "a checkpoint's alignment mean")])
         traj_options = list(dict.fromkeys(means["trajectory"]))
         c1, c2 = st.columns(2)
         metric = c1.selectbox("Per-layer metric", CURVES, index=state.choice("ck_metric", CURVES),
@@ -133,9 +145,12 @@ def main() -> None:
                       f"checkpoint_curves_{metric}", key="fig_ck_curves")
         cols = st.columns(2)
         with cols[0]:
-            export.figure(viz.trend_curves(means, "spearman_cos_mean"), "spearman_vs_step", key="fig_spearman")
+            export.figure(viz.trend_curves(means, "spearman_cos_mean", title="mean Spearman ρ (cosine path) across "
+                                           "training, 95% CI over samples"), "spearman_vs_step", key="fig_spearman",
+                          columns=2)
         with cols[1]:
-            export.figure(viz.trend_curves(means, "consistency_mean"), "consistency_vs_step", key="fig_consistency")
+            export.figure(viz.trend_curves(means, "consistency_mean", title="mean consistency across training, 95% CI "
+                                           "over samples"), "consistency_vs_step", key="fig_consistency", columns=2)
         export.table(means.drop(columns=[c for c in CURVES if c in means.columns]), "alignment_per_checkpoint")
 
         # ------------------------------------------------------------ GAP vs alignment
@@ -155,8 +170,10 @@ def main() -> None:
         for col, x in zip(cols, ("seq_cos_mean", "seq_dist_mean", "aps_cos")):
             with col:
                 export.figure(viz.gap_scatter(table, x, fits[fits["metric"] == x], by=by,
-                                              gap_label=f"GAP ({score}, text − speech)"),
-                              f"gap_vs_{x}", key=f"fig_gap_{x}")
+                                              gap_label=f"GAP ({score}, text − speech, points)"),
+                              f"gap_vs_{x}", key=f"fig_gap_{x}", columns=3)
+        if len(fits):
+            notes.show([diagnostics.small_n_note(int(fits["n"].min()), "an R² fit (one point per checkpoint)")])
         st.markdown("**R² of GAP ≈ slope · x + intercept** (groups with fewer than 3 checkpoints or a constant x "
                     "are not fitted)")
         export.table(fits, "gap_r2")

@@ -7,10 +7,11 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.analysis import AnalysisOptions
+from lsl_core.metrics import diagnostics
 from lsl_core.metrics.cka import MIN_PAIRS
 from lsl_core.metrics.stability import band_location, matrix_correlation
 from lsl_core.metrics.tokenwise import METRICS
-from ui import context, errors, export, loaders, state, tables
+from ui import context, errors, export, loaders, notes, state, tables
 
 PATHS = METRICS  # the alignment path is chosen by cosine or by distance
 
@@ -105,6 +106,12 @@ def main() -> None:
 
     st.header(f"This sample: {sample.question}")
     _sample_side_by_side(handle, sel, sample, path, int(path_layer))
+    a = context.analysis(handle, sel, sample, options)
+    if a is not None:
+        path_notes = [n for n in diagnostics.layer_notes(a, int(path_layer), path) if n.code == "collapsed_path"]
+        notes.show([diagnostics.cka_note(len(a.tokens))] + path_notes)
+        if path_notes:
+            st.caption("With a collapsed path, most speech rows of the CKA input repeat one or two frames.")
 
     st.header("Averaged over a set")
     if sel.sample_set is None or sel.upload is not None:
@@ -126,21 +133,39 @@ def main() -> None:
             res = loaders.set_analysis(handle.key, sel.set_spec, ids, options.key(), handle.model, subset, options)
             for e in res.errors:
                 st.warning(e)
+            notes.show(res.notes)
             cols = st.columns(2)
+            spread = {}
             with cols[0]:
                 if res.mean_cka is None:
                     st.info("No sample had enough aligned pairs for CKA.")
                 else:
-                    export.figure(viz.cka_heatmap(res.mean_cka, f"Aligned CKA, mean over {res.n} samples"),
-                                  "cka_mean", key="fig_cka_mean")
+                    n_cka = getattr(res, "mean_cka_n", res.n)
+                    export.figure(viz.cka_heatmap(res.mean_cka, f"Aligned CKA, mean over {n_cka} samples — {handle.name} "
+                                                  "(hover: 95% bootstrap interval)", low=res.mean_cka_low,
+                                                  high=res.mean_cka_high, spread="95% bootstrap interval over samples"),
+                                  f"cka_mean_{handle.name}", key="fig_cka_mean", columns=2)
                     export.table(tables.matrix_table(res.mean_cka), "cka_mean", show=False)
+                    if res.mean_cka_low is not None:
+                        spread[f"aligned, mean over {n_cka}"] = (res.mean_cka, res.mean_cka_low, res.mean_cka_high)
             with cols[1]:
                 if res.pooled_cka is None:
                     st.info(f"The pooled (unaligned) CKA needs at least {MIN_PAIRS} samples.")
                 else:
-                    export.figure(viz.cka_heatmap(res.pooled_cka, f"Mean-pooled CKA across {res.n} samples (unaligned)"),
-                                  "cka_pooled", key="fig_cka_pooled")
+                    export.figure(viz.cka_heatmap(res.pooled_cka, f"Mean-pooled CKA across {res.n} samples (unaligned) — "
+                                                  f"{handle.name} (hover: 95% interval)", low=res.pooled_cka_low,
+                                                  high=res.pooled_cka_high, spread="± 1.96 jackknife SE over samples"),
+                                  f"cka_pooled_{handle.name}", key="fig_cka_pooled", columns=2)
                     export.table(tables.matrix_table(res.pooled_cka), "cka_pooled", show=False)
+                    if res.pooled_cka_low is not None:
+                        spread[f"pooled over {res.pooled_cka_spread_n}"] = (res.pooled_cka, res.pooled_cka_low,
+                                                                             res.pooled_cka_high)
+            if spread:
+                export.figure(viz.cka_spread(spread, f"{handle.name}: CKA of speech layer a with text layer a, and its "
+                                                     f"spread over the {res.n} samples"), f"cka_spread_{handle.name}",
+                              key="fig_cka_spread")
+                st.caption("Bands: aligned CKA, 95% bootstrap interval of the mean over samples; pooled CKA, ± 1.96 "
+                           "jackknife standard errors over samples (a bootstrap would repeat samples, which biases HSIC).")
     _stability(handle, sel, ids)
 
 

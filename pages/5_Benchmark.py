@@ -10,8 +10,9 @@ from lsl_core import viz
 from lsl_core.experiments.pages import PAGES
 from lsl_core.experiments.table1 import TABLE1_INTERVENTIONS, table1
 from lsl_core.experiments.voicebench_scores import RUN_COMMAND, disagreement_cases
+from lsl_core.metrics import diagnostics
 from lsl_core.results import EVALUATE_COMMAND
-from ui import config, context, errors, export, loaders, nav, sidebar, state, tables
+from ui import config, context, errors, export, loaders, nav, notes, sidebar, state, tables
 
 CASE_COLUMNS = ["sample_id", "voice", "question", "references", "text_answer", "speech_answer", "outcome",
                 "text_f1", "speech_f1", "agreement"]
@@ -69,6 +70,8 @@ def _voicebench(sel) -> None:
     with errors.guard("VoiceBench figure"):
         export.figure(viz.subset_scores(summ, gap, title=f"{ck}: text vs speech per VoiceBench subset"),
                       f"voicebench_{ck}", key="fig_vb")
+    if "n" in summ.columns and len(summ):
+        notes.show([diagnostics.small_n_note(int(summ["n"].min()), "a subset's score")])
     cols = [c for c in ("subset", "n", "text", "speech", "cascade", "gap", "gap_ci_low", "gap_ci_high",
                         "gap_cascade") if c in gap.columns]
     export.table(gap[cols].dropna(axis=1, how="all"), f"voicebench_gap_{ck}")
@@ -132,10 +135,12 @@ def _scores(res, sel) -> None:
     ck = c1.selectbox("Checkpoint", names, index=state.choice("bm_ck", names, sel.model_name), key="bm_ck")
     metric = c2.radio("Score", ("f1", "containment"), index=state.choice("bm_metric", ("f1", "containment")),
                       horizontal=True, key="bm_metric")
-    rows = res.summary[res.summary["checkpoint"] == ck]
-    export.figure(viz.scores_by_voice(rows, metric, title=f"{ck}: text vs speech {metric} per voice "
+    rows = loaders.with_intervals(res.summary[res.summary["checkpoint"] == ck], res)  # + 95% bootstrap intervals
+    export.figure(viz.scores_by_voice(rows, metric, title=f"{ck}: text vs speech {metric} per voice, 95% CI "
                                       "('seen' = training voices, 'all' = every voice)"),
                   f"scores_by_voice_{ck}_{metric}", key="fig_scores")
+    if "n" in rows.columns and len(rows):
+        notes.show([diagnostics.small_n_note(int(rows["n"].min()), "a voice's score")])
     export.table(rows, f"summary_{ck}")
     _cases(res, sel, ck)
 
@@ -188,6 +193,21 @@ def _cases(res, sel, ck: str) -> None:
               help=None if in_set else "The case's sample is not in the sidebar's sample set; select that set first.")
 
 
+def _n(n: int) -> str:
+    return f"{n} sample{'s' if n != 1 else ''}"
+
+
+_T1_PERCENT = ("containment", "F1", "agreement", "Δ containment", "Δ F1", "Δ agreement")  # table1 is in percent
+
+
+def _with_ci(t, rows):
+    """table1 + 95% bootstrap intervals per condition and for each Δ (paired on samples)."""
+    from lsl_core.metrics.stats import condition_intervals
+
+    ci = condition_intervals(rows)
+    return t.join(ci, how="left")
+
+
 def _interventions(res, sel) -> None:
     st.header("Interventions (speech input)")
     if res.interventions is not None:
@@ -199,9 +219,12 @@ def _interventions(res, sel) -> None:
                               key="bm_iv_ck")
             iv = iv[run == ck]
         with errors.guard("Intervention table"):
-            t = table1(iv)
-            export.figure(viz.intervention_bars(t, "F1"), "interventions_stored", key="fig_iv_stored")
-            export.table(t.reset_index(), "interventions_table1_stored")
+            t = _with_ci(table1(iv), iv)
+            n = int(t["n"].min())
+            export.figure(viz.intervention_bars(t, "F1", title=f"Speech-input F1 under each intervention ({_n(n)}, "
+                                                "95% CI)"), "interventions_stored", key="fig_iv_stored")
+            notes.show([diagnostics.small_n_note(int(t["n"].min()), "the differences between conditions")])
+            export.table(t.reset_index(), "interventions_table1_stored", percents=_T1_PERCENT)
     else:
         st.caption(f"No stored intervention results (write them with `{PAGES['interventions'].command}`, or "
                    "`python -m lsl_core evaluate ... --intervention angle:bottom3`); run them live below.")
@@ -219,7 +242,7 @@ def _interventions(res, sel) -> None:
                            default=state.subset("bm_iv_conds", TABLE1_INTERVENTIONS, TABLE1_INTERVENTIONS[:2]),
                            key="bm_iv_conds")
     ids = tuple(sel.sample_set.ids()[: int(n)])
-    st.button(f"Run {len(conds)} interventions on {len(ids)} samples", type="primary", key="bm_iv_run",
+    st.button(f"Run {len(conds)} interventions on {_n(len(ids))}", type="primary", key="bm_iv_run",
               on_click=_request_iv, args=(ids, tuple(conds), int(max_new)), disabled=not conds)
     req = st.session_state.get("bm_iv_request")
     if not req or req != {"ids": ids, "conds": tuple(conds), "max_new": int(max_new)}:
@@ -233,10 +256,11 @@ def _interventions(res, sel) -> None:
         subset = sel.sample_set.filter(ids=ids)
         rows = loaders.intervention_rows(handle.key, sel.set_spec, ids, tuple(conds), int(max_new), handle.model,
                                          subset)
-        t = table1(rows)
+        t = _with_ci(table1(rows), rows)
         export.figure(viz.intervention_bars(t, "F1", title=f"{handle.name}: speech-input F1 per condition "
-                                            f"({len(ids)} samples)"), "interventions_live", key="fig_iv_live")
-        export.table(t.reset_index(), "interventions_table1")
+                                            f"({_n(len(ids))}, 95% CI)"), "interventions_live", key="fig_iv_live")
+        notes.show([diagnostics.small_n_note(len(ids), "the differences between conditions")])
+        export.table(t.reset_index(), "interventions_table1", percents=_T1_PERCENT)
         export.table(rows, "interventions_per_sample", show=False, caption="per-sample answers")
 
 

@@ -197,8 +197,13 @@ def _figs(at) -> list[dict]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
+def _title(f: dict) -> str:
+    """A figure's title as read: wrapped lines joined by spaces."""
+    return f["layout"].get("title", {}).get("text", "").replace("<br>", " ")
+
+
 def _fig(at, title: str) -> dict:
-    found = [f for f in _figs(at) if title in f["layout"].get("title", {}).get("text", "")]
+    found = [f for f in _figs(at) if title in _title(f)]
     assert found, f"no figure titled {title!r}: {[f['layout'].get('title', {}).get('text') for f in _figs(at)]}"
     return found[0]
 
@@ -256,7 +261,7 @@ def test_sidebar_search_voice_and_text_right_speech_wrong_filters(world):
     _widget(at.sidebar.text_input, "Search question text").set_value("")
     _widget(at.sidebar.multiselect, "Voice / accent").set_value(["gbr"])
     _run(at)
-    assert [o.endswith("gbr") for o in _widget(at.sidebar.selectbox, "Sample").options] == [True] * 4
+    assert [o.startswith("[gbr]") for o in _widget(at.sidebar.selectbox, "Sample").options] == [True] * 4
     _widget(at.sidebar.multiselect, "Voice / accent").set_value([])
     box = _widget(at.sidebar.checkbox, "Only “text right, speech wrong”")
     assert not box.disabled
@@ -295,7 +300,10 @@ def test_explorer_layer_metric_and_sample_change_the_heatmap(world):
     assert "frame time (s)" in fig["layout"]["yaxis"]["title"]["text"]
     assert [t.strip("*<b>/") for t in fig["layout"]["xaxis"]["ticktext"]] == [t.strip() or "␣" for t in ref.tokens]
     spearman_label = lambda a: [m for m in a.metric if m.label.startswith("Spearman")][0]  # noqa: E731
-    assert float(spearman_label(at).value) == pytest.approx(ref.spearman_cos[L // 2], abs=1e-3)
+    if ref.spearman_undefined_cos[L // 2]:
+        assert spearman_label(at).value == "undefined"
+    else:
+        assert float(spearman_label(at).value) == pytest.approx(ref.spearman_cos[L // 2], abs=1e-3)
 
     # layer slider: a different matrix, the final-norm layer is labelled, the URL follows
     _widget(at.slider, "Layer ℓ").set_value(0)
@@ -337,6 +345,26 @@ def test_explorer_layer_metric_and_sample_change_the_heatmap(world):
     assert len(at.get("download_button")) >= 4  # per-layer and path tables, CSV + JSON
     for el in at.get("plotly_chart"):  # every figure: the toolbar's camera saves a named PNG
         assert json.loads(el.proto.config)["toImageButtonOptions"]["format"] == "png"
+
+
+def test_explorer_notes_follow_the_diagnostics_of_each_layer(world):
+    """The collapsed-path / undefined-Spearman notes appear exactly at the layers lsl_core flags."""
+    from lsl_core.analysis import analyze_sample
+
+    model = _model(world)
+    sid = world["ids"][2]
+    ref = analyze_sample(model, _sample(world, sid), cache=False)
+    at = _app(EXPLORER, {"sample": sid})
+    for layer in range(model.num_layers + 1):
+        _widget(at.slider, "Layer ℓ").set_value(layer)
+        _run(at)
+        warnings = "\n".join(w.value for w in at.warning)
+        assert (f"Collapsed path at layer {layer}" in warnings) == bool(ref.collapsed_cos[layer]), layer
+        assert (f"Spearman ρ is undefined at layer {layer}" in warnings) == bool(ref.spearman_undefined_cos[layer])
+    tok = [f for f in _figs(at) if "path monotonicity" in json.dumps(f["layout"].get("annotations", []))][0]
+    marked = [t for t in tok["data"] if t.get("name") == "cosine path: collapsed path"]
+    flagged = np.nonzero(ref.collapsed_cos)[0].tolist()
+    assert (marked[0]["x"] if marked else []) == flagged or _arr(marked[0]["x"]).tolist() == flagged
 
 
 def test_link_reopens_the_same_view(world):
@@ -434,14 +462,19 @@ def test_checkpoints_live_alignment_curves_trends_and_gap_fit(world):
     from lsl_core.metrics.gap import fit_gap
 
     at = _app(CHECKPOINTS)
-    assert _fig(at, "GAP (f1, text − speech) across training")
+    gap = _fig(at, "GAP (f1, text − speech) across training")
+    for trace in gap["data"]:  # 95% bootstrap intervals over each checkpoint's samples, in points
+        assert trace["error_y"]["type"] == "data" and len(_arr(trace["error_y"]["array"])) == len(_arr(trace["y"]))
+    assert {t["line"]["color"] for t in gap["data"]} == {t["line"]["color"] for t in
+                                                         _fig(at, "speech-input f1 across training")["data"]}
     _widget(at.radio, "Alignment metrics from").set_value("compute live")
     _widget(at.number_input, "Samples per checkpoint").set_value(2)
     _run(at)
     [btn] = [b for b in at.button if b.label.startswith("Compute alignment")]
     btn.click()
     _run(at)
-    assert not at.warning, [w.value for w in at.warning]
+    assert not [w for w in at.warning if not w.value.startswith("Small n")], [w.value for w in at.warning]
+    assert "Small n (2 samples, under 10) for a checkpoint's alignment mean" in _texts(at)
     curves = _fig(at, "per layer — tiny · frozen")
     assert len(curves["data"]) == 3  # one curve per checkpoint of the trajectory
     # the curve of step 10 = mean over the 2 samples of the sequence cosine, computed independently
@@ -491,6 +524,10 @@ def test_cka_sample_heatmap_follows_path_options_and_set_average(world):
                            cache=False).cka for i in world["ids"][:4]]
     np.testing.assert_allclose(mean, np.mean(refs, axis=0), atol=1e-6)
     assert _fig(at, "Mean-pooled CKA across 4 samples")
+    low = _arr(_fig(at, "Aligned CKA, mean over 4 samples")["data"][0]["customdata"])[..., 0]
+    assert (low <= mean + 1e-9).all()  # each cell's 95% interval over samples is in the hover
+    band = _fig(at, "spread over the 4 samples")["data"]
+    assert band[0]["fill"] == "toself" and len(_arr(band[1]["y"])) == model.num_layers + 1
 
 
 # ============================================================================ Benchmark
@@ -531,8 +568,12 @@ def test_benchmark_scores_cases_and_interventions(world):
     [btn] = [b for b in at.button if b.label.startswith("Run 1 interventions")]
     btn.click()
     _run(at)
-    live = _fig(at, "speech-input F1 per condition (1 samples)")
+    live = _fig(at, "speech-input F1 per condition (1 sample, 95% CI)")
     assert [str(x) for x in live["data"][0]["x"]] == ["Original", "Angle·Bottom3"]
+    assert live["data"][0]["error_y"]["type"] == "data"  # 95% bootstrap interval drawn (zero width for n = 1)
+    assert "Small n (1 sample, under 10) for the differences between conditions" in _texts(at)
+    stored = _fig(at, "Speech-input F1 under each intervention")
+    assert len(_arr(stored["data"][0]["error_y"]["array"])) == len(stored["data"][0]["x"])
 
 
 def test_benchmark_voicebench_subsets_cis_failures_cases_and_explorer_link(world, tmp_path):
@@ -636,6 +677,7 @@ def test_failing_model_load_shows_error_and_other_widgets_keep_working(world):
     ("long.wav", None, "who wrote hamlet ?", "at most 120 s"),
     ("huge.wav", b"\0" * (1_200_000), "who wrote hamlet ?", "limited to 1 MB"),
     ("ok.wav", _wav_bytes(1.0), "  ", "Type the question"),
+    ("silence.wav", "silence", "who wrote hamlet ?", "no speech energy"),
 ])
 def test_bad_uploads_say_what_is_wrong(world, name, data, question, message):
     from ui.upload import sample_from_upload
@@ -643,6 +685,10 @@ def test_bad_uploads_say_what_is_wrong(world, name, data, question, message):
     if data is None:  # 121 s at 2 kHz, 16-bit: under the size limit, over the longest clip the app reads
         buf = io.BytesIO()
         sf.write(buf, np.zeros(121 * 2000, np.float32), 2000, format="WAV", subtype="PCM_16")
+        data = buf.getvalue()
+    if data == "silence":  # 0.1 s of digital silence: analysed as speech before the speech-energy check
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros(1600, np.float32), 16_000, format="WAV", subtype="PCM_16")
         data = buf.getvalue()
     with pytest.raises(Exception, match=re.escape(message)):
         sample_from_upload(name, data, question, max_mb=1)
@@ -654,6 +700,10 @@ def test_bad_uploads_say_what_is_wrong(world, name, data, question, message):
     _widget(at.sidebar.text_input, "Question (what the clip says)").set_value(question)
     _run(at)
     assert message in "\n".join(e.value for e in at.error)
+    assert sum(message in e.value for e in at.error) == 1  # one message, next to the uploader
+    assert sum(message in t for t in _texts(at).split("\n")) == 1
+    assert "the message in the sidebar" in _texts(at)  # the page points there instead of repeating it
+    assert "object at 0x" not in _texts(at)
     assert not at.get("plotly_chart")
     assert _widget(at.sidebar.selectbox, "Sample set").value == "upload"  # widgets still there
 
@@ -669,7 +719,27 @@ def test_good_upload_is_analyzed(world):
     fig = _heatmap(at)
     assert _arr(fig["data"][0]["z"]).shape[1] == len(fig["layout"]["xaxis"]["ticktext"])
     assert "shakespeare" in _texts(at)
-    assert "sample" not in at.query_params  # an upload cannot be linked
+    assert "sample" not in at.query_params  # an upload cannot be linked ...
+    box = "\n".join(w.value for w in at.sidebar.warning)
+    assert "cannot travel in a link" in box  # ... and the link box says so, with the clip + question to send along
+    bundle = [e for e in at.get("download_button") if "Clip + question" in e.proto.label]
+    assert bundle and bundle[0].proto.url
+    query = dict(parse_qsl(urlsplit(at.sidebar.code[0].value).query))
+    assert query["set"] == "upload"
+    opened = _app(EXPLORER, query)  # the receiver: the upload box and why, not a silently different sample
+    assert "This link was made from an uploaded clip" in _texts(opened) and not opened.get("plotly_chart")
+    assert _widget(opened.sidebar.selectbox, "Sample set").value == "upload"
+
+
+def test_upload_bundle_holds_clip_and_question():
+    import zipfile
+
+    from ui.links import upload_bundle
+
+    z = zipfile.ZipFile(io.BytesIO(upload_bundle("mine.wav", b"RIFFdata", "who wrote hamlet ?", ("shakespeare",))))
+    assert z.read("mine.wav") == b"RIFFdata"
+    text = z.read("question.txt").decode()
+    assert "question: who wrote hamlet ?" in text and "shakespeare" in text
 
 
 # ============================================================================ device access

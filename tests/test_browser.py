@@ -187,6 +187,149 @@ def test_user_reaches_heatmap_and_regenerates_with_bottom3_angle(server, shots):
         assert (shots / f"{name}.png").stat().st_size > 10_000
 
 
+# ============================================================================ trustworthy views (issue 14)
+def _wav_bytes(x) -> bytes:
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(x, dtype=np.float32), 16_000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _open(page, server: str, path: str) -> None:
+    """Open a link to a page: the landing page first, so that a fresh server knows the app's pages (before
+    app.py's st.navigation ran once, the browser shows 'Page not found' for a page URL)."""
+    from playwright.sync_api import expect
+
+    page.goto(server, wait_until="domcontentloaded")
+    expect(page.get_by_role("heading", name="Modality Gap Explorer")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+    page.goto(f"{server}/{path}", wait_until="domcontentloaded")
+
+
+def _count_text(page, text: str) -> int:
+    """How many rendered elements (alerts, captions, markdown) show `text` (each element counted once)."""
+    return page.evaluate("""(t) => Array.from(document.querySelectorAll(
+        '[data-testid="stAlertContainer"], [data-testid="stCaptionContainer"], [data-testid="stMarkdownContainer"]'))
+        .filter(e => e.innerText.includes(t) && !Array.from(e.querySelectorAll('*')).some(
+            c => c !== e && c.matches('[data-testid="stAlertContainer"], [data-testid="stCaptionContainer"], '
+                                      + '[data-testid="stMarkdownContainer"]') && c.innerText.includes(t))).length""",
+                         text)
+
+
+def test_silence_and_bad_uploads_each_get_one_message(server, shots):
+    import numpy as np
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            _open(page, server, "Sample_Explorer?set=upload")
+            expect(page.get_by_text("This link was made from an uploaded clip")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            q = sidebar.get_by_label("Question (what the clip says)")
+            q.fill("who wrote hamlet ?")
+            q.press("Enter")
+            _wait_idle(page)
+            for name, data, message in (
+                    ("silence.wav", _wav_bytes(np.zeros(1600)), "no speech energy"),
+                    ("notes.wav", b"this is not audio at all" * 4, "Could not decode audio")):
+                sidebar.locator('input[type="file"]').set_input_files(
+                    files=[{"name": name, "mimeType": "audio/wav", "buffer": data}])
+                expect(sidebar.get_by_text(message)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+                _wait_idle(page)
+                assert _count_text(page, message) == 1, f"{message!r} shown {_count_text(page, message)} times"
+                assert _count_text(page, "the message in the sidebar") == 1
+                assert "object at 0x" not in page.locator("body").inner_text()
+                assert page.locator(HEATMAP).count() == 0  # nothing was analysed
+            _shot(page, shots / "5_upload_refused.png")
+            assert "WAV, FLAC, OGG or MP3" in sidebar.get_by_text("Could not decode audio").inner_text()
+        finally:
+            browser.close()
+
+
+def test_collapsed_path_note_and_intervals_are_drawn(server, shots):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        try:
+            # the shipped checkpoints' middle-layer paths collapse onto the leading frames (EMBEDDED_NOTES.md)
+            _open(page, server, "Sample_Explorer")
+            page.locator(HEATMAP).first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
+            _wait_idle(page)
+            expect(page.get_by_text("path is collapsed at").first).to_be_visible()
+            assert page.locator(".legendtext", has_text="collapsed path").count() > 0  # marked on the ρ curve
+            _shot(page, shots / "6_collapsed_note.png")
+            # Benchmark: text / speech / GAP bars with 95% error bars from the stored per-sample results
+            page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Benchmark").click()
+            expect(page.get_by_text("95% CI").first).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+            _wait_idle(page)
+            chart = page.locator('[data-testid="stPlotlyChart"]').first
+            chart.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
+            assert chart.locator("g.errorbar").count() >= 3  # error bars drawn, one per bar
+            _shot(page, shots / "7_benchmark_intervals.png")
+            # Checkpoints: scores across training with intervals; the title clears the toolbar's row
+            page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Checkpoints").click()
+            expect(page.get_by_text("Scores across training")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+            _wait_idle(page)
+            charts = page.locator('[data-testid="stPlotlyChart"]')
+            assert charts.first.locator("g.errorbar").count() > 0
+            for k in range(charts.count()):  # 1-, 2- and 3-column rows: no title under the toolbar
+                fig = charts.nth(k)
+                fig.scroll_into_view_if_needed()
+                fig.hover()
+                page.wait_for_timeout(300)
+                title = fig.locator(".gtitle").bounding_box()
+                bar = fig.locator(".modebar-container").bounding_box()
+                assert title and bar and title["y"] >= bar["y"] + bar["height"] - 1, (k, title, bar)
+            _shot(page, shots / "8_checkpoints_intervals.png")
+        finally:
+            browser.close()
+
+
+def test_four_concurrent_sessions_each_receive_their_own_answers(server, shots):
+    """Four tabs regenerate at once on the shared server: one batch (or two), every tab its own sample."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    from lsl_core.data.sets import load_sample_set
+
+    mini = load_sample_set("sd-qa-mini")
+    ids = mini.ids()[5:25:5]  # four different questions (each is spoken by 5 voices in a row)
+    layers = [21, 22, 23, 24]  # distinct conditions: nothing comes from a cache
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        pages = [browser.new_context(viewport={"width": 1300, "height": 1000}).new_page() for _ in ids]
+        try:
+            _open(pages[0], server, "")  # the app's pages are known to the server
+            for pg, sid, ell in zip(pages, ids, layers):  # open all tabs (sync API: one thread), then wait
+                pg.goto(f"{server}/Interventions?sample={sid}&iv=angle:bottom3@{ell}&tokens=8&cascade=0",
+                        wait_until="commit")
+            for pg, sid, ell in zip(pages, ids, layers):
+                pg.locator("strong", has_text=f"Angle·Bottom3 @ℓ{ell}").first.wait_for(timeout=LOAD_TIMEOUT_MS)
+            batches = []
+            for k, (pg, sid, ell) in enumerate(zip(pages, ids, layers)):
+                _wait_idle(pg)
+                assert _question(pg).endswith(mini.record(sid).question), (sid, _question(pg))
+                titles = [t for t in pg.locator("strong").all_inner_texts() if t.startswith("Angle·")]
+                assert set(titles) == {f"Angle·Bottom3 @ℓ{ell}"}  # only this tab's condition (column + caption)
+                text = pg.locator("body").inner_text()
+                m = re.search(r"one batch with (\d+) other", text)
+                batches.append(int(m.group(1)) + 1 if m else 1)
+                pg.mouse.move(5, 5)
+                if k == 0:
+                    _shot(pg, shots / "9_concurrent_session.png")
+            assert max(batches) >= 2, batches  # requests of different tabs were generated together
+        finally:
+            browser.close()
+
+
 def _minute_of_questions(path: Path) -> str:
     """A 60 s 16 kHz WAV: eight shipped sd-qa-mini questions (en-gb voice) spoken one after the other with
     pauses, padded with silence to 60 s; returns their text joined (the typed question of the clip)."""
@@ -210,6 +353,7 @@ def _minute_of_questions(path: Path) -> str:
     assert at - 4 * 16_000 <= clip.size, "the questions do not fit in 60 s"
     sf.write(path, clip, 16_000, subtype="PCM_16")
     return " ".join(texts)
+
 
 
 def test_sixty_second_upload_and_logit_lens_render_without_freezing(server, shots, tmp_path):
@@ -261,3 +405,4 @@ def test_sixty_second_upload_and_logit_lens_render_without_freezing(server, shot
             _shot(page, shots / "6_sixty_second_clip.png")
         finally:
             browser.close()
+

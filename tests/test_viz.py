@@ -3,6 +3,7 @@ hover text carrying value / time / token, the final-norm layer marked and edits 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -121,7 +122,8 @@ def test_gap_scatter_draws_the_fit_and_its_r2():
     assert f"R² = {r2:.3f} (n = 4)" in lora_pts.name
     line = [t for t in fig.data if t.mode == "lines"][0]
     row = fits[fits["strategy"] == "lora"].iloc[0]
-    np.testing.assert_allclose(line.y, row["slope"] * np.asarray(line.x) + row["intercept"])
+    np.testing.assert_allclose(line.y, 100 * (row["slope"] * np.asarray(line.x) + row["intercept"]))  # points
+    np.testing.assert_allclose(lora_pts.y, [50, 42, 30, 10])  # GAP drawn in percentage points
     frozen = [t for t in fig.data if t.name.startswith("frozen")][0]
     assert "no fit" in frozen.name  # 2 checkpoints cannot be fitted
     assert fig.layout.xaxis.title.text == "APS (cosine)" and "GAP" in fig.layout.yaxis.title.text
@@ -266,3 +268,84 @@ def test_norm_curves_and_stability_figures():
     assert "reference" in fig.data[1].name and "33 %" in fig.data[2].name
     band = viz.cka_heatmap(M, "t", band=band_location(M))
     assert list(band.data[1].x) == [0, 1, 2] and list(band.data[1].customdata) == [0.9, 0.8, 0.6]
+
+
+# ============================================================================ the one figure style
+def test_one_style_per_strategy_and_condition_across_charts():
+    """A strategy / condition looks the same on every chart, and the styles differ in grey too."""
+    df = pd.DataFrame({"trajectory": ["f · lora", "f · lora", "f · frozen"], "step": [1, 2, 1],
+                       "gap_f1": [0.1, 0.05, 0.2], "checkpoint": ["l1", "l2", "z1"], "family": "f",
+                       "strategy": ["lora", "lora", "frozen"], "aps_cos": [0.5, 0.6, 0.4], "gap": [0.1, 0.05, 0.2]})
+    tr = viz.trend_curves(df, "gap_f1")
+    sc = viz.gap_scatter(df, "aps_cos", by=("family", "strategy"))
+    for name in ("lora", "frozen"):
+        st = viz.strategy_style(name)
+        line = [t for t in tr.data if t.name.endswith(name)][0]
+        pts = [t for t in sc.data if t.name.startswith(name)][0]
+        assert line.line.color == pts.marker.color == st.color and line.marker.symbol == pts.marker.symbol == st.symbol
+    lum = {k: _luminance(v.color) for k, v in viz.STRATEGY_STYLES.items()}
+    assert len({round(x) for x in lum.values()}) == len(lum)
+    assert len({v.symbol for v in viz.STRATEGY_STYLES.values()}) == len(viz.STRATEGY_STYLES)
+    # conditions: labels and titles of one intervention share colour and pattern; ops differ
+    assert viz.condition_style("angle:bottom3@0") == viz.condition_style("Angle·Bottom3")
+    assert viz.condition_style("Original") == viz.condition_style("speech")
+    assert viz.condition_style("angle:all").pattern != viz.condition_style("angle:bottom3").pattern
+    assert viz.condition_style("angle:all").color != viz.condition_style("length:all").color
+    assert viz.condition_style("mystery") == viz.condition_style("mystery")  # stable fallback
+    t = pd.DataFrame({"F1": [10.0, 12.5]}, index=pd.Index(["Original", "Angle·Bottom3"]))
+    bars = viz.intervention_bars(t)
+    sv = viz.scores_by_voice(pd.DataFrame({"voice": ["a"], "text_f1": [0.5], "speech_f1": [0.2]}))
+    speech_bar = [b for b in sv.data if b.name == "speech input"][0]
+    assert bars.data[0].marker.color[0] == speech_bar.marker.color == viz.condition_style("speech").color
+
+
+def test_scores_in_percent_with_error_bars_and_rounded_tables():
+    df = pd.DataFrame({"trajectory": ["f · lora"] * 2, "step": [1, 2], "speech_f1": [0.25, 0.3],
+                       "speech_f1_lo": [0.2, 0.1], "speech_f1_hi": [0.3, 0.45], "n": [4, 4], "checkpoint": ["a", "b"]})
+    fig = viz.trend_curves(df, "speech_f1")
+    np.testing.assert_allclose(fig.data[0].y, [25, 30])
+    np.testing.assert_allclose(fig.data[0].error_y.array, [5, 15])
+    np.testing.assert_allclose(fig.data[0].error_y.arrayminus, [5, 20])
+    assert "(%)" in fig.layout.yaxis.title.text and "95% CI" in fig.data[0].hovertemplate
+    t = pd.DataFrame({"F1": [10.0, 12.5], "F1_lo": [5.0, 6.0], "F1_hi": [15.0, 20.0]}, index=["Original", "Angle·All"])
+    b = viz.intervention_bars(t)
+    np.testing.assert_allclose(b.data[0].error_y.array, [5, 7.5])
+    shown = viz.display_table(pd.DataFrame({"speech_f1": [0.123456], "seq_dist_mean": [201.3056],
+                                            "aps_cos": [0.5555555], "F1": [11.1111]}), percents=["F1"])
+    assert shown.to_dict("records") == [{"speech_f1 (%)": 12.3, "seq_dist_mean": 201.31, "aps_cos": 0.556,
+                                         "F1 (%)": 11.1}]
+    assert viz.percent(0.2513) == "25.1 %" and viz.percent(float("nan")) == "–"
+
+
+def test_titles_sit_below_the_toolbar_and_name_model_sample_layer():
+    a = _analysis()
+    a.model, a.sample_id = "lora-step0400", "q7__en-gb"
+    fig = viz.token_heatmap(a, 2)
+    t = fig.layout.title
+    assert "lora-step0400" in t.text and "q7__en-gb" in t.text and "layer ℓ = 2" in t.text
+
+    def band(f) -> tuple[float, float]:  # (first line top, free px between the title block and the plot area)
+        tt = f.layout.title
+        assert tt.yref == "container" and tt.y == 1.0 and tt.yanchor == "top"
+        lines = tt.text.count("<br>") + 1
+        top = tt.pad.t - viz.TITLE_LINE_PX * (lines - 1) / 2  # Plotly centres extra lines on the anchor
+        return top, f.layout.margin.t - top - viz.TITLE_LINE_PX * lines
+
+    top, gap = band(fig)
+    assert top >= viz.TITLE_TOP_PX and gap >= 30  # below the toolbar's row; room for the legend above the plot
+    narrow = viz.fit_title(viz.layer_curves(a), 30)
+    assert all(len(re.sub("<[^>]+>", "", ln)) <= 30 for ln in narrow.layout.title.text.split("<br>"))
+    top, gap = band(narrow)
+    assert narrow.layout.title.text.count("<br>") >= 3 and top >= viz.TITLE_TOP_PX and gap >= 24  # panel titles
+    assert "lora-step0400" in narrow.layout.title.text.replace("<br>", " ")
+
+
+def test_cka_spread_band_and_hover_interval():
+    M = np.eye(3) * 0.8
+    fig = viz.cka_heatmap(M, "t", low=M - 0.1, high=M + 0.1)
+    np.testing.assert_allclose(np.asarray(fig.data[0].customdata)[1, 1], [0.7, 0.9])
+    assert "95% interval" in fig.data[0].hovertemplate
+    sp = viz.cka_spread({"pooled": (M, M - 0.1, M + 0.1)}, "spread")
+    band, line = sp.data
+    np.testing.assert_allclose(line.y, [0.8, 0.8, 0.8])
+    np.testing.assert_allclose(band.y, [0.9, 0.9, 0.9, 0.7, 0.7, 0.7])

@@ -23,9 +23,11 @@ def selection() -> Selection:
 
 
 def require_sample(sel: Selection):
-    """The selected Sample, or None after showing why there is none."""
+    """The selected Sample, or None after showing why there is none (a bad set or upload is explained once,
+    in the sidebar next to the control that fixes it; the page only points there)."""
     if sel.set_error is not None:
-        errors.show(sel.set_error, "Sample set" if sel.set_spec != "upload" else "Upload")
+        what = "The uploaded clip was refused" if sel.set_spec == "upload" else "The sample set could not be read"
+        st.info(f"{what}: the message in the sidebar says why and what to do.", icon=":material/arrow_back:")
         return None
     if sel.set_hint:
         st.info(sel.set_hint, icon=":material/arrow_back:")
@@ -75,6 +77,9 @@ def sample_header(sample, handle: ModelHandle | None = None):
     c1, c2 = st.columns([2, 3])
     with c1:
         st.audio(sample.audio, sample_rate=sample.sr)
+        if sample.source != "upload":  # an upload's warnings are already next to the uploader
+            for w in sample.meta.get("audio_warnings", []):
+                st.warning(w, icon=":material/graphic_eq:")
         st.caption(f"{sample.duration:.2f} s · voice/accent: {sample.accent or '—'}"
                    + (" (synthetic speech)" if sample.accent.startswith("espeak:") else "") + f" · id `{sample.id}`")
     with c2:

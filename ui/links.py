@@ -75,6 +75,38 @@ def flush() -> None:
         st.query_params.from_dict(params)
 
 
+def upload_bundle(file_name: str, data: bytes, question: str, answers: tuple[str, ...] = ()) -> bytes:
+    """A zip with the uploaded clip as it was uploaded and a text file with its question (and answers)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(file_name or "clip.wav", data)
+        z.writestr("question.txt", "question: " + question + "\n"
+                   + (f"reference answers: {' | '.join(answers)}\n" if answers else "")
+                   + "Re-upload: choose 'Upload one clip' in the sidebar, upload the audio file and paste the question.\n")
+    return buf.getvalue()
+
+
+def render_box(box, sel) -> None:
+    """The sidebar's 'Link to this view': the URL, and for an uploaded clip why it cannot travel in the link
+    plus the clip and its question as a download to re-upload (app.py, at the end of every run)."""
+    box.code(share_url(), language=None, wrap_lines=True)
+    upload = getattr(sel, "upload", None)
+    if upload is None:
+        box.caption("Reopens this page with the same model, sample, layer and intervention.")
+        return
+    box.warning("This view uses an uploaded clip, and a clip cannot travel in a link: the link reopens the model, "
+                "page and settings with an empty upload box. Send the clip and its question along (download below); "
+                "the receiver uploads them in the sidebar.", icon=":material/link_off:")
+    name, data = getattr(sel, "upload_file", None) or (f"{upload.id}.wav", b"")
+    stem = name.rsplit(".", 1)[0] or "clip"
+    box.download_button("Clip + question (.zip)", upload_bundle(name, data, upload.question, upload.answers),
+                        file_name=f"{stem}_with_question.zip", mime="application/zip", key="dl_upload_bundle",
+                        on_click="ignore", icon=":material/download:")
+
+
 def share_url() -> str:
     """The absolute link to the current view (relative '?…' when the browser URL is unknown)."""
     base = st.context.url or ""

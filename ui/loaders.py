@@ -8,6 +8,8 @@ do not enter the key; the string keys stand for them.
 
 Device access is serialized: every call into a model runs under its `lock` (an RLock shared by all
 sessions of this process), and long loops take the lock per sample, so other sessions interleave.
+Regeneration goes through the model's GenerationServer (lsl_core.serving): concurrent sessions' requests
+are generated together in one batch instead of one after another.
 """
 
 from __future__ import annotations
@@ -119,18 +121,39 @@ def transcript(model_key: str, sample_key: str, _model, _sample) -> str | None:
     """The ASR transcript of the clip (None when the encoder has no ASR decoder)."""
     if not _model.has_asr:
         return None
-    return _model.transcribe(_sample.audio, _sample.sr)
+    text = _model.transcribe(_sample.audio, _sample.sr)
+    _KNOWN_TRANSCRIPTS[(model_key, sample_key)] = text
+    return text
+
+
+_KNOWN_TRANSCRIPTS: dict[tuple[str, str], str] = {}  # transcripts this process computed (regeneration reuses them)
+
+
+def known_transcript(model_key: str, sample_key: str) -> str | None:
+    """The transcript `transcript()` already computed for this model + sample, else None (never computes)."""
+    return _KNOWN_TRANSCRIPTS.get((model_key, sample_key))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def side_by_side(model_key: str, sample_key: str, labels: tuple[str, ...], max_new_tokens: int, cascade: bool,
-                 _model, _sample) -> dict:
-    """Text / speech / cascade / intervened answers, scored; plain data (rows with edited frames/tokens)."""
-    from lsl_core.interventions import generate_side_by_side
+                 _model, _sample, _transcript: str | None = None) -> dict:
+    """Text / speech / cascade / intervened answers, scored; plain data (rows with edited frames/tokens).
 
-    with _model.lock:  # one generation sequence at a time per model (hooks + KV cache stay consistent)
-        sbs = generate_side_by_side(_model, _sample, list(labels), max_new_tokens=max_new_tokens,
-                                    cascade=cascade)
+    Served by the model's lsl_core.serving.GenerationServer: requests of concurrent sessions are gathered
+    and generated in one batch; while waiting, this session sees its queue position and the batch's progress.
+    """
+    from lsl_core.serving import SideBySideRequest, server_for
+
+    request = SideBySideRequest(_sample, tuple(labels), int(max_new_tokens), bool(cascade), _transcript)
+    ticket = server_for(_model).submit(request)
+    box = st.empty()
+    try:
+        while not ticket.wait(0.3):
+            status = ticket.status()
+            box.progress(min(1.0, max(0.0, status["progress"])), text=status["text"])
+        sbs = ticket.result()
+    finally:
+        box.empty()
     rows = []
     for a in sbs.answers():
         rows.append({
@@ -140,7 +163,8 @@ def side_by_side(model_key: str, sample_key: str, labels: tuple[str, ...], max_n
             "tokens": list(a.tokens), "token_text": [sbs.tokens[j] for j in a.tokens] if sbs.tokens else [],
         })
     return {"rows": rows, "transcript": sbs.transcript, "references": list(sbs.references),
-            "labels": list(labels), "max_new_tokens": max_new_tokens}
+            "labels": list(labels), "max_new_tokens": max_new_tokens, "sample_id": sbs.sample_id,
+            "question": sbs.question, "batch_size": ticket.batch_size, "batch_id": ticket.batch_id}
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -235,7 +259,48 @@ def intervention_rows(model_key: str, set_key: str, ids: tuple[str, ...], condit
         bar.empty()
 
 
+# =============================================================================== intervals
+@st.cache_data(show_spinner=False, max_entries=8)
+def _summary_ci(folder: str, stamp: tuple, _samples: pd.DataFrame) -> pd.DataFrame:
+    from lsl_core.metrics.stats import summary_intervals
+
+    return summary_intervals(_samples)
+
+
+def with_intervals(summary_rows: pd.DataFrame, res: Results) -> pd.DataFrame:
+    """Evaluation summary rows + <score>_lo / _hi (95% bootstrap over each row's samples), when the per-sample
+    results are there (lsl_core.metrics.stats.summary_intervals; cached per results folder state)."""
+    if res.samples is None or summary_rows.empty:
+        return summary_rows
+    ci = _summary_ci(str(res.folder), _stamp(res.folder), res.samples)
+    keep = ["checkpoint", "voice"] + [c for c in ci.columns if c.endswith(("_lo", "_hi"))]
+    return summary_rows.merge(ci[keep], on=["checkpoint", "voice"], how="left")
+
+
+def alignment_intervals(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """checkpoint_means rows + <scalar>_lo / _hi: 95% bootstrap intervals over each checkpoint's samples."""
+    from lsl_core.results import SCALARS
+
+    cols = [c for c in SCALARS if c in rows.columns]
+    if rows.empty or not cols or "checkpoint" not in rows.columns:
+        return means
+    ci = _grouped_ci(rows[["checkpoint", *cols]].reset_index(drop=True), tuple(cols))
+    keep = ["checkpoint"] + [c for c in ci.columns if c.endswith(("_lo", "_hi"))]
+    return means.merge(ci[keep], on="checkpoint", how="left")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _grouped_ci(rows: pd.DataFrame, cols: tuple[str, ...]) -> pd.DataFrame:
+    from lsl_core.metrics.stats import grouped_ci
+
+    return grouped_ci(rows, list(cols), ["checkpoint"])
+
+
 # =============================================================================== results
+def _stamp(folder: Path) -> tuple:
+    return tuple((p.name, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.parquet"))) if folder.is_dir() else ()
+
+
 def results() -> Results:
     """The evaluation results folder (re-read when a parquet file in it changes)."""
     folder = config.results_dir()

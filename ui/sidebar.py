@@ -37,10 +37,11 @@ class Selection:
     set_spec: str | None = None  # load_sample_set spec, or "upload"
     sample_set: object | None = None  # SampleSet (filtered by the sidebar's search/voice filters)
     full_set: object | None = None  # SampleSet before filtering
-    set_error: BaseException | None = None  # why there is no sample (bad folder, bad upload)
+    set_error: BaseException | None = None  # why there is no sample (bad folder, bad upload); shown in the sidebar
     set_hint: str | None = None  # a neutral prompt (e.g. "upload a file") instead of an error
     sample_id: str | None = None
     upload: object | None = None  # the uploaded Sample, when source == "upload"
+    upload_file: tuple[str, bytes] | None = None  # (file name, bytes) as uploaded, for the link box's download
 
     @property
     def manifest(self):
@@ -122,6 +123,8 @@ def _model_label(m) -> str:
 
 def _split_spec(spec: str) -> tuple[str, str]:
     kind, _, arg = spec.partition(":")
+    if spec == "upload":
+        return "upload", ""
     if spec == "sd-qa-mini" or kind not in ("voicebench", "folder"):
         return "sd-qa-mini", ""
     return kind, arg
@@ -134,8 +137,7 @@ def render() -> Selection:
     sb = st.sidebar
     _model_section(sb, sel)
     _samples_section(sb, sel)
-    links.want(model=sel.model_name,
-               set=sel.set_spec if sel.set_spec and sel.set_spec != "upload" else None,
+    links.want(model=sel.model_name, set=sel.set_spec,  # "upload": the link reopens the upload box, not a sample
                sample=sel.sample_id if sel.upload is None else None)
     return sel
 
@@ -237,13 +239,20 @@ def _picker(sb, sel: Selection, full) -> None:
         return
     links.seed("sb_sample", "sample", valid=lambda v: v in ids)
 
-    def label(sid: str) -> str:
+    def label(sid: str) -> str:  # the voice first: a narrow sidebar cuts the end of a long label
         r = full.record(sid)
         q = r.question if len(r.question) <= 70 else r.question[:67] + "…"
-        return f"{q} · {r.accent or 'no accent label'}"
+        return f"[{_voice(r.accent)}] {q}"
 
     sel.sample_id = sb.selectbox("Sample", ids, index=state.choice("sb_sample", ids), key="sb_sample",
                                  format_func=label)
+    r = full.record(sel.sample_id)
+    sb.caption(f"Voice / accent: **{r.accent or 'no accent label'}**"
+               + (" (synthetic speech)" if r.accent.startswith("espeak:") else "") + f" · id `{sel.sample_id}`")
+
+
+def _voice(accent: str) -> str:
+    return (accent.split(":", 1)[1] if accent.startswith("espeak:") else accent) or "no voice label"
 
 
 def _upload_section(sb, sel: Selection) -> None:
@@ -252,19 +261,29 @@ def _upload_section(sb, sel: Selection) -> None:
     up = sb.file_uploader(f"Audio file ({', '.join(t.upper() for t in AUDIO_TYPES)}; ≤ {MAX_SECONDS:.0f} s)",
                           type=list(AUDIO_TYPES),
                           key="sb_upload", max_upload_size=max(1, int(max_mb)))
+    message = sb.container()  # the upload's one message sits right under the uploader
     question = sb.text_input("Question (what the clip says)", key="sb_up_question",
                              value=state.value("sb_up_question", ""))
     answers = sb.text_input("Reference answers (optional, separated by |)", key="sb_up_answers",
                             value=state.value("sb_up_answers", ""))
     if up is None:
-        sel.set_hint = "Upload an audio file of a spoken question in the sidebar and type its transcript."
+        if st.query_params.get("set") == "upload" and not st.session_state.get("_upload_seen"):
+            sel.set_hint = ("This link was made from an uploaded clip, and a clip cannot travel in a link: upload the "
+                            "clip (the person who shared the link can download it with its question from their "
+                            "sidebar's “Link to this view”) and type its question in the sidebar.")
+        else:
+            sel.set_hint = "Upload an audio file of a spoken question in the sidebar and type its transcript."
         return
+    st.session_state["_upload_seen"] = True
     try:
         sample = sample_from_upload(up.name, up.getvalue(), question, answers, max_mb=max_mb)
     except LSLError as exc:
-        sel.set_error = exc
-        sb.error(str(exc))
+        sel.set_error = exc  # shown here, once; the page points at the sidebar (context.require_sample)
+        message.error(str(exc), icon=":material/warning:")
         return
     sel.upload = sample
+    sel.upload_file = (up.name, up.getvalue())
     sel.sample_id = sample.id
-    sb.caption(f"{up.name}: {sample.duration:.1f} s")
+    message.caption(f"{up.name}: {sample.duration:.1f} s")
+    for w in sample.meta.get("audio_warnings", []):
+        message.warning(w, icon=":material/graphic_eq:")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsl_core.data.audio import TARGET_SR, load_audio_file, prepare_audio
+from lsl_core.data.audio import TARGET_SR, check_speech, load_audio_file, prepare_audio
 from lsl_core.errors import AudioError, DataError
 
 
@@ -61,9 +61,18 @@ class SampleRecord:
     meta: dict = field(default_factory=dict)
 
     def materialize(self) -> Sample:
-        """Decode the audio -> Sample."""
-        return Sample(id=self.id, audio=self.load_audio(), sr=TARGET_SR, question=self.question,
-                      answers=self.answers, accent=self.accent, source=self.source, meta=dict(self.meta))
+        """Decode the audio -> Sample; a clip with no speech energy raises AudioError (check_speech),
+        and its warnings (very short speech) land in meta["audio_warnings"]."""
+        audio = self.load_audio()
+        try:
+            check = check_speech(audio, TARGET_SR)
+        except AudioError as exc:
+            raise AudioError(f"Sample {self.id}: {exc}") from None
+        meta = dict(self.meta)
+        if check.warnings:
+            meta["audio_warnings"] = list(check.warnings)
+        return Sample(id=self.id, audio=audio, sr=TARGET_SR, question=self.question,
+                      answers=self.answers, accent=self.accent, source=self.source, meta=meta)
 
 
 def audio_file_loader(path: Path, label: str | None = None) -> Callable[[], np.ndarray]:

@@ -1,0 +1,243 @@
+"""Uncertainty of aggregates: the percentile bootstrap, one function for every bar and score in the app.
+
+    resample:  idx_b = n indices drawn with replacement from 0..n-1,  b = 1..B     (B = N_BOOT)
+    replicate: θ_b = statistic(values[idx_b])                                    (default: the mean)
+    interval:  [q_{(1-level)/2}(θ_b), q_{(1+level)/2}(θ_b)]  around  θ = statistic(values)
+
+Deterministic: the draws come from numpy's default_rng(seed) (SEED unless given), so a page,
+a CLI and a test print the same interval for the same numbers. A paired difference (GAP = text −
+speech on the same samples, Δ = condition − Original on the same samples) is bootstrapped as the
+mean of the per-sample differences, which keeps the pairing.
+
+The pooled cross-layer CKA gets its spread from the delete-one jackknife instead
+(`pooled_cka_interval`; a bootstrap resample repeats samples, which biases HSIC upwards).
+
+Conventions: rows holding NaN (e.g. F1 without reference answers) are dropped before resampling
+and `n` counts the rows used; n = 1 gives a zero-width interval (flag it with
+`diagnostics.small_n`); n = 0 raises. The percentile interval undercovers a little for very small n
+(about 0.90 at n = 10 for a normal mean); `tests/test_stats.py` measures its coverage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lsl_core.errors import MetricInputError
+
+N_BOOT = 2000  # bootstrap replicates (the interval ends move by < 1% of the width between seeds at this B)
+LEVEL = 0.95
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap interval; arrays when the statistic returns an array."""
+
+    estimate: float | np.ndarray
+    low: float | np.ndarray
+    high: float | np.ndarray
+    n: int  # rows used (NaN rows dropped)
+    level: float = LEVEL
+
+    @property
+    def half_width(self) -> float | np.ndarray:
+        return (np.asarray(self.high) - np.asarray(self.low)) / 2.0
+
+
+def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = SEED) -> np.ndarray:
+    """The resampling scheme: [n_boot, n] indices drawn uniformly with replacement from 0..n-1."""
+    if n <= 0:
+        raise MetricInputError("A bootstrap needs at least one value; the group is empty.")
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _finite_rows(v: np.ndarray) -> np.ndarray:
+    """Drop rows (first axis) that hold any NaN."""
+    if v.dtype.kind not in "fc" or v.size == 0:
+        return v
+    keep = ~np.isnan(v.reshape(v.shape[0], -1)).any(axis=1)
+    return v[keep]
+
+
+def bootstrap_ci(values, statistic: Callable[[np.ndarray], np.ndarray | float] | None = None, *,
+                 n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED) -> Interval:
+    """Percentile bootstrap interval of `statistic` over the rows of `values`.
+
+    values: [n] or [n, ...] (rows = independent samples; NaN rows dropped). statistic(rows [m, ...])
+    -> float or array [...]; None = the mean over rows (vectorised over all replicates). To bootstrap
+    a statistic of items held elsewhere (e.g. pooled CKA from Gram matrices), pass values = arange(n)
+    and a statistic of the resampled index array.
+    """
+    if not 0.0 < level < 1.0:
+        raise MetricInputError(f"bootstrap_ci: level must be in (0, 1), got {level}.")
+    if n_boot < 1:
+        raise MetricInputError(f"bootstrap_ci: n_boot must be positive, got {n_boot}.")
+    v = _finite_rows(np.asarray(values))
+    if v.ndim == 0:
+        raise MetricInputError("bootstrap_ci needs an array of values, one row per sample; got a scalar.")
+    n = v.shape[0]
+    idx = bootstrap_indices(n, n_boot, seed)  # [B, n]
+    if statistic is None:
+        v = v.astype(np.float64)
+        estimate = v.mean(axis=0)
+        counts = np.bincount((np.arange(n_boot)[:, None] * n + idx).ravel(), minlength=n_boot * n)
+        counts = counts.reshape(n_boot, n).astype(np.float64)  # [B, n] how often each row was drawn
+        reps = (counts @ v.reshape(n, -1) / n).reshape(n_boot, *v.shape[1:])  # [B, ...] replicate means
+    else:
+        estimate = np.asarray(statistic(v), dtype=np.float64)
+        reps = np.stack([np.asarray(statistic(v[i]), dtype=np.float64) for i in idx])  # [B, ...]
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(reps, [alpha, 1.0 - alpha], axis=0)
+    if statistic is None:  # a mean lies within [min, max]: removes the matmul's rounding (constants stay exact)
+        low, high = np.maximum(low, v.min(axis=0)), np.minimum(high, v.max(axis=0))
+    low, high = np.minimum(low, estimate), np.maximum(high, estimate)
+    as_out = (lambda x: float(x)) if np.ndim(estimate) == 0 else (lambda x: np.asarray(x))  # noqa: E731
+    return Interval(as_out(estimate), as_out(low), as_out(high), int(n), level)
+
+
+def grouped_ci(df, columns: Sequence[str], by: Sequence[str] = (), *, n_boot: int = N_BOOT,
+               level: float = LEVEL, seed: int = SEED):
+    """Mean and bootstrap interval of each column per group: -> DataFrame with by..., n, col, col_lo, col_hi.
+
+    Groups keep their order of first appearance; `n` is the group size (each column drops its own NaNs).
+    """
+    import pandas as pd
+
+    by = [b for b in by]
+    missing = [c for c in [*columns, *by] if c not in df.columns]
+    if missing:
+        raise MetricInputError(f"grouped_ci: column(s) {missing} not in the table; available {list(df.columns)}.")
+    groups = df.groupby(by, sort=False, dropna=False) if by else [((), df)]
+    out = []
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        rec = dict(zip(by, key))
+        rec["n"] = len(g)
+        for c in columns:
+            vals = g[c].to_numpy(dtype=np.float64)
+            if np.isnan(vals).all():
+                rec[c] = rec[f"{c}_lo"] = rec[f"{c}_hi"] = np.nan
+                continue
+            ci = bootstrap_ci(vals, n_boot=n_boot, level=level, seed=seed)
+            rec[c], rec[f"{c}_lo"], rec[f"{c}_hi"] = ci.estimate, ci.low, ci.high
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+# =============================================================================== pooled CKA
+
+
+def pooled_cka_interval(xs, yt, estimate=None, *, level: float = LEVEL) -> Interval:
+    """Spread over samples of the mean-pooled cross-layer CKA: estimate ± z·SE, SE from the delete-one jackknife.
+
+    xs [L+1, N, d] pooled speech states, yt [L+1, N, d] pooled text states (row n = the same sample).
+    The statistic is the pooled CKA with the unbiased HSIC estimator over the N samples (what
+    `cka.MinibatchCKA` computes for one batch); estimate: the matrix the view shows ([L+1, L+1];
+    default that statistic). Why not the bootstrap here: a resample repeats samples, and a repeated
+    sample enters the off-diagonal Gram terms as a perfect match, which shifts every replicate of
+    an HSIC estimate upwards; the jackknife leaves one sample out and never repeats one.
+    """
+    import torch
+    from scipy.stats import norm
+
+    from lsl_core.metrics.cka import MIN_PAIRS, _unbiased_hsic_matrix
+
+    X = torch.as_tensor(np.asarray(xs, dtype=np.float64))
+    Y = torch.as_tensor(np.asarray(yt, dtype=np.float64))
+    if X.ndim != 3 or Y.ndim != 3 or X.shape[1] != Y.shape[1]:
+        raise MetricInputError(f"pooled_cka_interval needs xs, yt of shape [L+1, N, d] with the same N; got "
+                               f"{tuple(X.shape)} and {tuple(Y.shape)}.")
+    n = X.shape[1]
+    if n < MIN_PAIRS + 1:  # every leave-one-out set needs MIN_PAIRS samples
+        raise MetricInputError(f"The spread of pooled CKA needs at least {MIN_PAIRS + 1} samples, got {n}.")
+    X, Y = X - X.mean(dim=1, keepdim=True), Y - Y.mean(dim=1, keepdim=True)  # rounding only (HSIC_1 is shift-free)
+    K = torch.bmm(X, X.transpose(1, 2))  # [A, N, N] linear Grams
+    G = torch.bmm(Y, Y.transpose(1, 2))  # [B, N, N]
+
+    def cka(keep: torch.Tensor) -> np.ndarray:
+        k, g = K[:, keep][:, :, keep], G[:, keep][:, :, keep]
+        xy = _unbiased_hsic_matrix(k, g)  # [A, B]
+        xx = torch.diagonal(_unbiased_hsic_matrix(k, k))  # [A]
+        yy = torch.diagonal(_unbiased_hsic_matrix(g, g))  # [B]
+        ok = (xx > 0)[:, None] & (yy > 0)[None, :]
+        den = torch.sqrt(torch.where(ok, xx[:, None] * yy[None, :], torch.ones_like(xy)))
+        return torch.where(ok, xy / den, torch.zeros_like(xy)).numpy()
+
+    full = cka(torch.arange(n))
+    loo = np.stack([cka(torch.cat([torch.arange(i), torch.arange(i + 1, n)])) for i in range(n)])  # [N, A, B]
+    se = np.sqrt((n - 1) / n * ((loo - loo.mean(axis=0)) ** 2).sum(axis=0))  # jackknife standard error
+    est = full if estimate is None else np.asarray(estimate, dtype=np.float64)
+    z = float(norm.ppf(0.5 + level / 2.0))
+    return Interval(est, est - z * se, est + z * se, int(n), level)
+
+
+# =============================================================================== the app's aggregates
+def summary_intervals(samples, scores: Sequence[str] = ("f1", "containment"), *, n_boot: int = N_BOOT,
+                      seed: int = SEED):
+    """95% intervals for evaluate's checkpoint x voice summary, from its per-sample rows.
+
+    samples: one row per checkpoint x sample (columns checkpoint, voice, unseen, text_<s>, speech_<s>).
+    Groups as `evaluate.summarize`: each voice, "seen" (unseen == False) and "all". Per group and
+    score: text_<s>, speech_<s> and gap_<s> = mean(text − speech) on the same samples (paired), each
+    with _lo / _hi; n = samples. Fractions 0..1, like the summary.
+    """
+    import pandas as pd
+
+    df = samples.copy()
+    cols = []
+    for sc in scores:
+        if f"text_{sc}" in df.columns and f"speech_{sc}" in df.columns:
+            df[f"gap_{sc}"] = df[f"text_{sc}"] - df[f"speech_{sc}"]
+            cols += [f"text_{sc}", f"speech_{sc}", f"gap_{sc}"]
+    if "agreement" in df.columns:
+        cols.append("agreement")
+    parts = [df]
+    if "unseen" in df.columns:
+        parts.append(df[~df["unseen"].astype(bool)].assign(voice="seen"))
+    parts.append(df.assign(voice="all"))
+    pooled = pd.concat([p for p in parts if len(p)], ignore_index=True)
+    by = [c for c in ("checkpoint", "voice") if c in pooled.columns]
+    return grouped_ci(pooled, cols, by, n_boot=n_boot, seed=seed)
+
+
+def condition_intervals(rows, columns: Sequence[str] = ("containment", "f1", "agreement"), *,
+                        names: dict | None = None, baseline: str = "original", scale: float = 100.0,
+                        n_boot: int = N_BOOT, seed: int = SEED):
+    """95% intervals for Table 1 (intervention_eval.table1) from its per-sample rows.
+
+    rows: one row per sample x condition (columns sample_id, condition, title, *columns). Returns one
+    row per condition title (table1's index, baseline first) with <name>_lo / _hi and Δ <name>_lo /
+    _hi, in percent (scale): the mean of the condition's rows, and the mean of per-sample differences
+    condition − baseline (paired on sample_id).
+    """
+    import pandas as pd
+
+    names = names or {"containment": "containment", "f1": "F1", "agreement": "agreement"}
+    order = [baseline] + [c for c in dict.fromkeys(rows["condition"]) if c != baseline]
+    base = rows[rows["condition"] == baseline].set_index("sample_id")
+    out = []
+    for cond in order:
+        sub = rows[rows["condition"] == cond]
+        if sub.empty:
+            continue
+        rec = {"condition": sub["title"].iloc[0] if "title" in sub.columns else cond}
+        for col in columns:
+            if col not in sub.columns:
+                continue
+            nm = names.get(col, col)
+            ci = bootstrap_ci(scale * sub[col].to_numpy(dtype=np.float64), n_boot=n_boot, seed=seed) \
+                if sub[col].notna().any() else None
+            rec[f"{nm}_lo"], rec[f"{nm}_hi"] = (ci.low, ci.high) if ci else (np.nan, np.nan)
+            paired = sub.set_index("sample_id")[col] - base[col].reindex(sub["sample_id"]).to_numpy()
+            ci = bootstrap_ci(scale * paired.to_numpy(dtype=np.float64), n_boot=n_boot, seed=seed) \
+                if paired.notna().any() else None
+            rec[f"Δ {nm}_lo"], rec[f"Δ {nm}_hi"] = (ci.low, ci.high) if ci else (np.nan, np.nan)
+        out.append(rec)
+    return pd.DataFrame(out).set_index("condition")
+
+
+__all__ = ["N_BOOT", "LEVEL", "SEED", "Interval", "bootstrap_indices", "bootstrap_ci", "grouped_ci",
+           "pooled_cka_interval", "summary_intervals", "condition_intervals"]

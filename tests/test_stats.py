@@ -1,0 +1,130 @@
+"""lsl_core.metrics.stats: the bootstrap behind every aggregate bar/score, checked against hand-computed
+cases, an exact enumeration, and its coverage over many simulated data sets; the pooled-CKA jackknife
+against the CKA module and a slow leave-one-out loop."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lsl_core.errors import MetricInputError
+from lsl_core.metrics.cka import MinibatchCKA
+from lsl_core.metrics.stats import (bootstrap_ci, bootstrap_indices, condition_intervals, grouped_ci,
+                                    pooled_cka_interval, summary_intervals)
+
+
+def test_hand_checked_interval_of_three_zeros_and_a_one():
+    # mean of 4 draws from {0,0,0,1} = Binomial(4, 1/4)/4: P(0) = .316, P(.25) = .422, P(.5) = .211,
+    # P(.75) = .047, P(1) = .004 -> the 2.5% quantile is 0 and the 97.5% quantile is 0.75 (P(<= .5) = .949)
+    ci = bootstrap_ci([0.0, 0.0, 0.0, 1.0])
+    assert (ci.estimate, ci.low, ci.high, ci.n) == (0.25, 0.0, 0.75, 4)
+    # two values: means 0 (1/4), .5 (1/2), 1 (1/4) -> [0, 1]
+    two = bootstrap_ci([0.0, 1.0])
+    assert (two.low, two.high) == (0.0, 1.0)
+
+
+def test_replicate_means_match_an_exact_enumeration():
+    """The replicate distribution converges to the exact bootstrap distribution (all n^n resamples)."""
+    v = np.array([0.1, 0.4, 0.45, 1.3])
+    exact = np.array([v[list(i)].mean() for i in itertools.product(range(4), repeat=4)])  # 256 resamples
+    lo, hi = np.quantile(exact, [0.025, 0.975])
+    ci = bootstrap_ci(v, n_boot=20_000)
+    assert abs(ci.low - lo) <= 0.05 and abs(ci.high - hi) <= 0.05
+    # the vectorised mean path equals the generic statistic path on the same draws
+    generic = bootstrap_ci(v, lambda x: x.mean(axis=0), n_boot=500)
+    fast = bootstrap_ci(v, n_boot=500)
+    assert generic.low == pytest.approx(fast.low, abs=1e-12) and generic.high == pytest.approx(fast.high, abs=1e-12)
+
+
+def test_deterministic_shift_equivariant_and_contains_the_estimate():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=25)
+    a, b = bootstrap_ci(x), bootstrap_ci(x)
+    assert (a.low, a.high) == (b.low, b.high)  # same seed, same interval
+    c = bootstrap_ci(x, seed=1)
+    assert (c.low, c.high) != (a.low, a.high)
+    s = bootstrap_ci(x + 10.0)
+    assert s.low == pytest.approx(a.low + 10.0) and s.high == pytest.approx(a.high + 10.0)
+    assert a.low <= a.estimate <= a.high
+    const = bootstrap_ci(np.full(7, 0.3))
+    assert const.low == const.high == const.estimate == pytest.approx(0.3)
+
+
+def test_coverage_of_a_normal_mean_is_near_95_percent():
+    """Over 300 simulated data sets (n = 40), the interval holds the true mean about 95% of the time."""
+    rng = np.random.default_rng(0)
+    hits = 0
+    reps = 300
+    for r in range(reps):
+        x = rng.normal(loc=2.0, scale=3.0, size=40)
+        ci = bootstrap_ci(x, n_boot=1000, seed=r)
+        hits += ci.low <= 2.0 <= ci.high
+    assert 0.89 <= hits / reps <= 0.99, hits / reps
+
+
+def test_width_shrinks_like_one_over_root_n():
+    rng = np.random.default_rng(1)
+    w = [bootstrap_ci(rng.normal(size=n)).half_width for n in (50, 800)]
+    assert 2.5 < w[0] / w[1] < 6.0  # sqrt(16) = 4
+
+
+def test_nan_rows_dropped_matrices_and_errors():
+    ci = bootstrap_ci([0.0, np.nan, 1.0])
+    assert ci.n == 2
+    m = bootstrap_ci(np.stack([np.eye(2), 2 * np.eye(2), 3 * np.eye(2)]))  # [n, 2, 2]
+    np.testing.assert_allclose(m.estimate, 2 * np.eye(2))
+    assert m.low.shape == (2, 2) and m.low[0, 0] < 2 < m.high[0, 0] and m.low[0, 1] == m.high[0, 1] == 0
+    with pytest.raises(MetricInputError, match="empty"):
+        bootstrap_ci([])
+    with pytest.raises(MetricInputError, match="level"):
+        bootstrap_ci([1.0, 2.0], level=1.5)
+    assert bootstrap_indices(3, 5, 0).shape == (5, 3)
+
+
+def test_grouped_and_paired_intervals():
+    df = pd.DataFrame({"g": ["a"] * 4 + ["b"] * 2, "v": [0, 0, 0, 1, 1, 1.0]})
+    t = grouped_ci(df, ["v"], ["g"])
+    assert list(t["g"]) == ["a", "b"] and list(t["n"]) == [4, 2]
+    assert (t.loc[0, "v"], t.loc[0, "v_lo"], t.loc[0, "v_hi"]) == (0.25, 0.0, 0.75)
+    # summary: GAP = paired mean difference; "seen" excludes unseen voices; "all" pools every row
+    samples = pd.DataFrame({"checkpoint": "c", "voice": ["x", "x", "y", "y"], "unseen": [False, False, True, True],
+                            "text_f1": [1.0, 1.0, 0.5, 0.5], "speech_f1": [0.0, 1.0, 0.5, 0.0]})
+    s = summary_intervals(samples, ("f1",)).set_index("voice")
+    assert list(s.index) == ["x", "y", "seen", "all"]
+    assert s.loc["all", "gap_f1"] == pytest.approx(0.375) and s.loc["seen", "n"] == 2
+    assert s.loc["x", "gap_f1_lo"] == 0.0 and s.loc["x", "gap_f1_hi"] == 1.0  # differences {1, 0}
+    rows = pd.DataFrame({"sample_id": ["s1", "s2"] * 2, "condition": ["original"] * 2 + ["angle:all"] * 2,
+                         "title": ["Original"] * 2 + ["Angle·All"] * 2, "f1": [0.2, 0.4, 0.3, 0.4],
+                         "containment": [0, 0, 1, 0], "agreement": [0.5, 0.5, 0.5, 0.5]})
+    c = condition_intervals(rows)
+    assert list(c.index) == ["Original", "Angle·All"]
+    assert (c.loc["Angle·All", "Δ F1_lo"], c.loc["Angle·All", "Δ F1_hi"]) == pytest.approx((0.0, 10.0))  # {10, 0} pts
+    assert (c.loc["Original", "F1_lo"], c.loc["Original", "F1_hi"]) == pytest.approx((20.0, 40.0))
+
+
+def test_pooled_cka_jackknife_matches_minibatch_cka_and_a_slow_loop():
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((3, 9, 6))
+    yt = xs + 0.7 * rng.standard_normal((3, 9, 6))
+    ci = pooled_cka_interval(xs, yt)
+    m = MinibatchCKA()
+    m.update(torch.tensor(xs), torch.tensor(yt))
+    np.testing.assert_allclose(ci.estimate, m.compute().numpy(), atol=1e-10)  # one batch: the same statistic
+    loo = []
+    for i in range(9):  # slow reference: the same estimator on each leave-one-out set
+        keep = [j for j in range(9) if j != i]
+        mm = MinibatchCKA()
+        mm.update(torch.tensor(xs[:, keep]), torch.tensor(yt[:, keep]))
+        loo.append(mm.compute().numpy())
+    loo = np.stack(loo)
+    se = np.sqrt(8 / 9 * ((loo - loo.mean(0)) ** 2).sum(0))
+    np.testing.assert_allclose(ci.high - ci.estimate, 1.959963984540054 * se, atol=1e-9)
+    assert (ci.low <= ci.estimate).all() and (ci.estimate <= ci.high).all()
+    shown = np.full((3, 3), 0.5)  # the interval is centred on the matrix the view shows
+    np.testing.assert_allclose(pooled_cka_interval(xs, yt, shown).low, 0.5 - 1.959963984540054 * se, atol=1e-9)
+    with pytest.raises(MetricInputError, match="at least 5"):
+        pooled_cka_interval(xs[:, :4], yt[:, :4])
