@@ -9,6 +9,9 @@ The files are written by the CLIs (nothing here computes a score or a metric):
                                 (text/speech scores, gap_containment, gap_f1, agreement)
   <name>_interventions.parquet  python -m lsl_core evaluate --intervention ...   (intervention_eval rows)
   *.parquet with aps_cos        python -m lsl_core analyze    per-sample alignment metrics per checkpoint
+  <name>_controls.parquet       python -m lsl_core analyze --controls   per checkpoint: specific alignment
+                                (metric x layer) and speech->text retrieval (scorer x layer); layer -1 =
+                                layer-averaged (see docs/controls.md)
 
 Missing folders, missing files and unreadable files never raise: the Results say what is missing
 and which command writes it, so the app can show the message and keep its other widgets working.
@@ -26,6 +29,8 @@ EVALUATE_COMMAND = ("python -m lsl_core evaluate --zoo assets/checkpoints --samp
                     "--out assets/results")
 ANALYZE_COMMAND = ("python -m lsl_core analyze --zoo assets/checkpoints --samples sd-qa-mini "
                    "--out assets/results/analysis.parquet")
+CONTROLS_COMMAND = ("python -m lsl_core analyze --controls --zoo assets/checkpoints --samples sd-qa-mini "
+                    "--out assets/results/analysis.parquet")
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Results:
     summary: pd.DataFrame | None = None  # checkpoint x voice means, GAP
     interventions: pd.DataFrame | None = None  # sample x condition speech answers under interventions
     alignment: pd.DataFrame | None = None  # checkpoint x sample alignment metrics (analyze CLI)
+    controls: pd.DataFrame | None = None  # checkpoint x (metric | scorer) x layer controls (analyze --controls)
     notes: list[str] = field(default_factory=list)  # one line per missing/unreadable table
 
     @property
@@ -83,6 +89,16 @@ def load_results(folder: str | Path | None = None) -> Results:
             cmd = EVALUATE_COMMAND + (" --intervention angle:bottom3 --intervention angle:all"
                                       if attr == "interventions" else "")
             res.notes.append(f"No *{suffix} in {root}; write it with `{cmd}`.")
+    control_files = sorted(root.glob("*_controls.parquet"))
+    claimed.update(control_files)
+    controls = []
+    for f in control_files:
+        try:
+            controls.append(pd.read_parquet(f).assign(results=f.name[: -len("_controls.parquet")]))
+        except Exception as exc:  # pyarrow raises several types for a torn/foreign file
+            res.notes.append(f"Could not read {f.name} ({type(exc).__name__}: {exc}); re-run `{CONTROLS_COMMAND}`.")
+    if controls:
+        res.controls = pd.concat(controls, ignore_index=True)
     align = []
     for f in sorted(set(root.glob("*.parquet")) - claimed):
         try:
@@ -152,4 +168,4 @@ def gap_table(means: pd.DataFrame, summary: pd.DataFrame, score: str = "f1", voi
 
 
 __all__ = ["Results", "load_results", "default_results_dir", "checkpoint_means", "gap_table", "EVALUATE_COMMAND",
-           "ANALYZE_COMMAND", "SCALARS", "CURVES"]
+           "ANALYZE_COMMAND", "CONTROLS_COMMAND", "SCALARS", "CURVES"]
