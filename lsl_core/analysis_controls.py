@@ -146,6 +146,20 @@ class ControlsCache:
 
 
 # --------------------------------------------------------------------------- a set
+def spread_over_questions(questions: Sequence[str], n: int) -> list[int]:
+    """Indices of n samples covering as many distinct questions as possible: the first reading of every
+    question (in set order), then the second, ... (sd-qa-mini lists 5 voices per question in a row, so
+    its first n samples would hold only n/5 questions: too few candidates for retrieval)."""
+    seen: dict[str, int] = {}
+    rank = []
+    for q in questions:
+        q = q.strip()
+        rank.append(seen.get(q, 0))
+        seen[q] = rank[-1] + 1
+    order = sorted(range(len(questions)), key=lambda i: (rank[i], i))
+    return order[: max(0, n)]
+
+
 def _blocks(n: int, size: int) -> list[range]:
     """Consecutive blocks of at most `size` of n items, as even as possible."""
     k = max(1, -(-n // size))
@@ -155,14 +169,17 @@ def _blocks(n: int, size: int) -> list[range]:
 
 def analyze_controls(model, samples: Sequence, options: ControlOptions = ControlOptions(), *,
                      progress: Progress | None = None, cache: ControlsCache | None | Literal[False] = None,
-                     analysis_options=None) -> ControlsResult:
+                     analysis_options=None, lock=None) -> ControlsResult:
     """Controls of every metric over `samples` (a sequence of Sample) for one model (cached on disk).
 
     progress(done, total, label) is called after each forward (total = samples + distinct questions).
     analysis_options: when given, each sample's SampleAnalysis under those options is stored from
     the same states (the `analyze` pass then reads it instead of running the model again).
-    Samples whose audio is refused are left out and named in `notes`.
+    Samples whose audio is refused are left out and named in `notes`. lock: a context manager held
+    around each forward only (e.g. the model's RLock in a server), so other users interleave.
     """
+    from contextlib import nullcontext
+
     from lsl_core.analysis import analyze_sample
     from lsl_core.model.lslm import HiddenStates
 
@@ -180,14 +197,16 @@ def analyze_controls(model, samples: Sequence, options: ControlOptions = Control
         pool, _ = question_pool([s.question for s in items])
         texts, tokens = {}, {}
         for q in pool:
-            texts[q], tokens[q] = text_states(model, q)
+            with lock or nullcontext():
+                texts[q], tokens[q] = text_states(model, q)
             done += 1
             if progress:
                 progress(done, total, f"text: {q[:40]}")
         speech, kept = [], []
         for s in items:
             try:
-                hs, sp = speech_states(model, s.audio, s.sr)
+                with lock or nullcontext():
+                    hs, sp = speech_states(model, s.audio, s.sr)
             except LSLError as exc:
                 notes.append(f"{s.id}: {exc}")
                 done += 1
@@ -372,4 +391,4 @@ def controls_report(result: ControlsResult, name: str = "") -> str:
 
 __all__ = ["CONTROLS_VERSION", "ControlsCache", "SampleControls", "analyze_controls", "controls_key", "controls_report",
            "controls_table", "frame_permutation", "sample_controls", "shuffled_states", "silence_states",
-           "speech_states", "text_states"]
+           "speech_states", "spread_over_questions", "text_states"]

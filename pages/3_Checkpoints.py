@@ -1,5 +1,6 @@
 """Checkpoints: alignment metrics for every checkpoint of a trajectory on one plot, Spearman and
-consistency across training, and the GAP against layer-averaged cosine, distance and APS with R²."""
+consistency across training, and the GAP against layer-averaged cosine, distance and APS with R²;
+speech -> text retrieval per layer and the specific alignment across checkpoints (controls)."""
 
 import pandas as pd
 import streamlit as st
@@ -7,7 +8,7 @@ import streamlit as st
 from lsl_core import viz
 from lsl_core.metrics.gap import gap_r2_table
 from lsl_core.results import ANALYZE_COMMAND, EVALUATE_COMMAND, checkpoint_means, gap_table
-from ui import config, context, errors, export, loaders, state
+from ui import config, context, controls, errors, export, loaders, state
 
 CURVE_METRICS = ("seq_cos", "seq_dist", "spearman_cos", "spearman_dist", "consistency")
 X_METRICS = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist")
@@ -109,6 +110,9 @@ def main() -> None:
                 export.figure(viz.trend_curves(rows, f"speech_{score}", title=f"speech-input {score} across training"),
                               f"speech_{score}_vs_step", key="fig_speech_step")
             export.table(rows, "evaluation_summary")
+
+    # ---------------------------------------------------------------- controls: retrieval per layer
+    controls.checkpoint_section(sel, manifests, res, lambda: _current_model(sel))
 
     # ---------------------------------------------------------------- alignment
     st.header("Alignment across checkpoints")
