@@ -96,9 +96,10 @@ def shuffled_states(model, audio: np.ndarray, sr: int, perm: np.ndarray) -> torc
 
 # --------------------------------------------------------------------------- caching
 def controls_key(model, samples: Sequence, options: ControlOptions) -> str:
-    """Cache key: version + checkpoint digest (device, dtype) + every sample's identity + options."""
+    """Cache key: version + checkpoint digest (device, dtype) + every sample's identity + the options that
+    change the per-pair values (the summary's bootstrap settings are applied when reading)."""
     h = hashlib.sha256()
-    for part in (str(CONTROLS_VERSION), model.digest, options.key()):
+    for part in (str(CONTROLS_VERSION), model.digest, options.state_key()):
         h.update(part.encode())
         h.update(b"\0")
     for s in samples:
@@ -188,6 +189,7 @@ def analyze_controls(model, samples: Sequence, options: ControlOptions = Control
     disk = None if cache is False else (cache or ControlsCache())
     hit = disk.get(key) if disk else None
     if hit is not None:
+        hit.options = asdict(options)  # the requested summary settings (n_boot, ci, bootstrap unit)
         return hit
     blocks = _blocks(len(samples), options.block_samples)
     total = len(samples) + sum(len({samples[i].question.strip() for i in b}) for b in blocks)
@@ -353,8 +355,9 @@ def controls_report(result: ControlsResult, name: str = "") -> str:
     lines = [
         f"Controls{' — ' + name if name else ''}: {result.n} samples, {len(result.questions)} distinct questions, "
         f"K={result.partners.shape[1]} mismatched partners per sample, Nc={nc} retrieval candidates, "
-        f"centring={result.centring}, seed={opt.get('seed', 0)}, {int(opt.get('ci', 0.95) * 100)}% bootstrap CI "
-        f"over samples ({opt.get('n_boot')} resamples)",
+        f"centring={result.centring}, seed={opt.get('seed', 0)}, {round(opt.get('ci', 0.95) * 100)}% bootstrap CI "
+        f"resampling {'questions' if opt.get('bootstrap', 'question') == 'question' else 'clips'} "
+        f"({opt.get('n_boot')} resamples)",
         "",
         f"Speech -> text retrieval of the own transcript among Nc candidates (chance: top-1 {ch.chance_top1:.3f}, "
         f"top-5 {ch.chance_top5:.3f}, MRR {ch.chance_mrr:.3f})",
@@ -377,13 +380,15 @@ def controls_report(result: ControlsResult, name: str = "") -> str:
             cells.append(f"{r.specific:>+14.4f} {_ci(r.ci_low, r.ci_high)}")
         lines.append(f"{'mean' if layer == -1 else layer:>5} | " + " | ".join(cells))
     lines += ["", "Layer-averaged (1..L), every metric", f"{'metric':>14} {'better':>6} {'matched':>10} "
-              f"{'mismatched':>10} {'specific D':>11} {'95% CI':^17} {'n':>4}"]
+              f"{'mismatched':>10} {'specific D':>11} {'95% CI':^17} {'n':>4} {'q':>4}"]
     for _, r in spec[spec.layer == -1].iterrows():
         flag = "" if not np.isfinite([r.ci_low, r.ci_high]).all() else (
             " *" if (r.ci_low > 0 or r.ci_high < 0) else "")
         lines.append(f"{r.metric:>14} {'higher' if r.higher_is_better else 'lower':>6} {r.matched:>10.4f} "
-                     f"{r.mismatched:>10.4f} {r.specific:>+11.4f} {_ci(r.ci_low, r.ci_high):^17} {r.n:>4}{flag}")
-    lines.append("(* the CI excludes 0; for distances a negative D means the own transcript is closer)")
+                     f"{r.mismatched:>10.4f} {r.specific:>+11.4f} {_ci(r.ci_low, r.ci_high):^17} {r.n:>4} "
+                     f"{r.n_questions:>4}{flag}")
+    lines.append("(n clips, q distinct questions; * the CI excludes 0; for distances a negative D means the own "
+                 "transcript is closer)")
     for note in result.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)

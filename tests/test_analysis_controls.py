@@ -82,6 +82,11 @@ def test_disk_cache_round_trips_and_keys_every_input(tiny_model, tmp_path, monke
     assert controls_key(tiny_model, samples, ControlOptions(partners=2, candidates=3, n_boot=200,
                                                             centring="joint")) != key
     assert controls_key(tiny_model, samples[:-1], OPT) != key
+    # the summary's settings do not change the stored values: same key, and a hit reports the requested ones
+    wider = ControlOptions(partners=2, candidates=3, n_boot=300, ci=0.9, bootstrap="sample")
+    assert controls_key(tiny_model, samples, wider) == key
+    c = analyze_controls(tiny_model, samples, wider, cache=cache)
+    assert c.options["n_boot"] == 300 and c.specific().query("layer == -1").n_questions.max() == len(QS)
     louder = [Sample(id=s.id, audio=s.audio * 0.5, sr=s.sr, question=s.question) for s in samples]
     assert controls_key(tiny_model, louder, OPT) != key
 

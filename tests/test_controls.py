@@ -259,6 +259,19 @@ def test_bootstrap_ci_brackets_the_mean_with_the_normal_width():
     np.testing.assert_array_equal(bootstrap_ci(v, 50, 0.9, seed=3), bootstrap_ci(v, 50, 0.9, seed=3))
 
 
+def test_cluster_bootstrap_resamples_whole_questions():
+    """Five voices of one question repeat its value: resampling questions gives exactly the CI of the distinct
+    values (same draws), while resampling clips treats the copies as independent and is ~sqrt(5) narrower."""
+    v = np.random.default_rng(1).standard_normal((40, 2))
+    rows, groups = np.repeat(v, 5, axis=0), np.repeat(np.arange(40), 5)
+    by_q = bootstrap_ci(rows, 3000, 0.95, seed=2, groups=groups)
+    np.testing.assert_allclose(by_q, bootstrap_ci(v, 3000, 0.95, seed=2), rtol=1e-12)
+    naive = bootstrap_ci(rows, 3000, 0.95, seed=2)
+    ratio = (by_q[:, 1] - by_q[:, 0]) / (naive[:, 1] - naive[:, 0])
+    assert np.all((ratio > 1.8) & (ratio < 2.7))  # sqrt(5) = 2.24
+    np.testing.assert_array_equal(bootstrap_ci(v, 100, 0.9, 0, groups=np.arange(40)), bootstrap_ci(v, 100, 0.9, 0))
+
+
 def test_blocks_join_into_one_result():
     n_q = 6
     texts = _texts(n_q, seed=17)
@@ -274,7 +287,7 @@ def test_blocks_join_into_one_result():
 
 
 @pytest.mark.parametrize("field,value", [("partners", 0), ("candidates", 1), ("centring", "mean"), ("ci", 1.0),
-                                         ("seed", -1), ("n_boot", 0), ("cka_path_layer", -2)])
+                                         ("seed", -1), ("n_boot", 0), ("cka_path_layer", -2), ("bootstrap", "voice")])
 def test_options_name_the_bad_field(field, value):
     with pytest.raises(ValueError, match=f"ControlOptions.{field}"):
         ControlOptions(**{field: value})

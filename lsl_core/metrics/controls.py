@@ -9,7 +9,8 @@ For a per-layer metric f (curve [L+1]; see METRICS):
     matched       m_i      = f(S_i, T_q(i))                                          [N, L+1]
     mismatched    x_{i,k}  = f(S_i, T_p(i,k)),  p(i,k) != q(i),  k = 1..K             [N, K, L+1]
     specific alignment  D  = mean_i d_i,  d_i = m_i - mean_k x_{i,k}                   [L+1]
-                        95% CI: percentile bootstrap over samples i (fixed seed)
+                        95% CI: percentile bootstrap (fixed seed) resampling questions (all
+                        clips of a question together; default) or single clips
     layer-averaged      the same with f replaced by its mean over layers 1..L (`layer_average`)
     retrieval     candidates C_i = {q(i)} + (Nc - 1) other questions; score s_i(c) = sequence
                   cosine or the per-layer APS term; rank r_i of q(i) (1 = best);
@@ -93,6 +94,8 @@ class ControlOptions:
     ci: float = 0.95  # confidence level of the percentile bootstrap interval
     cka_path_layer: int = -1  # layer whose cosine path pairs frames with tokens for CKA; -1 -> L//2
     block_samples: int = 256  # at most this many samples share one candidate pool / centring reference
+    bootstrap: Literal["question", "sample"] = "question"  # CI resampling unit: questions (the voices of one
+    #   question share its transcript and partners, so they move together) or single clips
 
     def __post_init__(self) -> None:
         for name, low in (("partners", 1), ("candidates", 2), ("n_boot", 1), ("block_samples", 2)):
@@ -107,11 +110,22 @@ class ControlOptions:
             raise ValueError(f"ControlOptions.ci must lie strictly between 0 and 1, got {self.ci!r}")
         if isinstance(self.cka_path_layer, bool) or not isinstance(self.cka_path_layer, int) or self.cka_path_layer < -1:
             raise ValueError(f"ControlOptions.cka_path_layer must be an integer >= -1, got {self.cka_path_layer!r}")
+        if self.bootstrap not in ("question", "sample"):
+            raise ValueError(f"ControlOptions.bootstrap must be 'question' or 'sample', got {self.bootstrap!r}")
 
     def key(self) -> str:
         import json
 
         return json.dumps(asdict(self), sort_keys=True)
+
+    def state_key(self) -> str:
+        """The fields that change the per-pair values (not the summary's bootstrap): a disk-cache key part."""
+        import json
+
+        return json.dumps({k: getattr(self, k) for k in STATE_FIELDS}, sort_keys=True)
+
+
+STATE_FIELDS = ("partners", "candidates", "seed", "centring", "cka_path_layer", "block_samples")
 
 
 # ---- partners --------------------------------------------------------------------------------
@@ -285,11 +299,15 @@ def chance_levels(n_candidates: np.ndarray | int) -> np.ndarray:
 
 # ---- bootstrap ---------------------------------------------------------------------------------
 
-def bootstrap_ci(values: np.ndarray, n_boot: int, level: float, seed: int) -> np.ndarray:
+def bootstrap_ci(values: np.ndarray, n_boot: int, level: float, seed: int,
+                 groups: np.ndarray | None = None) -> np.ndarray:
     """Percentile bootstrap CI of the mean over rows: values [n, p] -> [p, 2] (low, high).
 
-    Resampling rows with replacement, drawn as multinomial counts (memory [n_boot, n], not
-    [n_boot, n, p]). n = 1 gives the point itself; n = 0 gives NaN.
+    groups [n] (optional): resample whole groups (a cluster bootstrap: rows of one group, e.g. the
+    voices of one question, are not independent); the mean of a resample is then sum of the drawn
+    groups' row sums / their row count. Draws are multinomial counts (memory [n_boot, G], not
+    [n_boot, n, p]). With one row per group this is the ordinary bootstrap, draw for draw. A single
+    group (or row) gives the point itself; no rows give NaN.
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2:
@@ -297,9 +315,20 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, level: float, seed: int) -> np
     n, p = v.shape
     if n == 0:
         return np.full((p, 2), np.nan)
+    if groups is None:
+        sums, sizes = v, np.ones(n)  # [G = n, p], [G]
+    else:
+        g = np.asarray(groups)
+        if g.shape != (n,):
+            raise MetricInputError(f"groups must have one label per row ({n}), got shape {g.shape}.")
+        _, inv = np.unique(g, return_inverse=True)
+        sums = np.zeros((inv.max() + 1, p))
+        np.add.at(sums, inv, v)  # [G, p] row sums per group
+        sizes = np.bincount(inv).astype(np.float64)  # [G]
+    G = sums.shape[0]
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)  # [B, n]
-    means = counts @ v / n  # [B, p]
+    counts = rng.multinomial(G, np.full(G, 1.0 / G), size=n_boot).astype(np.float64)  # [B, G]
+    means = (counts @ sums) / (counts @ sizes)[:, None]  # [B, p]
     alpha = (1.0 - level) / 2.0
     return np.quantile(means, [alpha, 1.0 - alpha], axis=0).T  # [p, 2]
 
@@ -339,7 +368,7 @@ class ControlsResult:
         return self.matched.shape[-1] - 1
 
     def _opt(self) -> ControlOptions:
-        return ControlOptions(**self.options)
+        return ControlOptions(**{k: v for k, v in self.options.items() if k in ControlOptions.__dataclass_fields__})
 
     def differences(self, metric: str) -> np.ndarray:
         """d_i = matched - mean over partners, per layer: -> [N, L+1] (NaN rows where undefined)."""
@@ -366,13 +395,15 @@ class ControlsResult:
             mat = self.matched[ok, m]  # [n, L+1]
             lay = lambda a: a[:, 1:].mean(axis=1, keepdims=True) if L > 0 else a  # noqa: E731  [n, 1]
             both = np.concatenate([d[ok], lay(d[ok])], axis=1)  # [n, L+2]
-            ci = bootstrap_ci(both, opt.n_boot, opt.ci, opt.seed)  # [L+2, 2]
+            groups = self.question_of[ok] if opt.bootstrap == "question" else None
+            ci = bootstrap_ci(both, opt.n_boot, opt.ci, opt.seed, groups)  # [L+2, 2]
             mat_all = np.concatenate([mat, lay(mat)], axis=1).mean(axis=0)
             mis_all = np.concatenate([mis, lay(mis)], axis=1).mean(axis=0)
             spec = both.mean(axis=0)
             for j, layer in enumerate([*range(L + 1), -1]):
                 rows.append(dict(metric=name, layer=layer, matched=mat_all[j], mismatched=mis_all[j],
                                  specific=spec[j], ci_low=ci[j, 0], ci_high=ci[j, 1], n=int(ok.sum()),
+                                 n_questions=int(np.unique(self.question_of[ok]).size),
                                  higher_is_better=METRICS[name][1]))
         return pd.DataFrame(rows)
 
