@@ -150,6 +150,38 @@ def checkpoint_means(rows: pd.DataFrame) -> pd.DataFrame:
                           ignore_index=True) if len(df) else df
 
 
+def controls_means(rows: pd.DataFrame, centring: str | None = None) -> pd.DataFrame:
+    """`analyze --controls` rows -> one row per checkpoint with the layer-averaged values as columns:
+    matched_<metric>, mismatched_<metric>, specific_<metric> (+ _ci_low/_ci_high) and top1_<scorer>,
+    mrr_<scorer>, so that `gap_table` / `gap_r2_table` can fit the GAP on raw or specific alignment.
+
+    centring: keep only rows of that centring (None: all; a table mixing centrings is refused).
+    """
+    if centring is not None and "centring" in rows.columns:
+        rows = rows[rows["centring"] == centring]
+    if "centring" in rows.columns and rows["centring"].nunique() > 1:
+        from lsl_core.errors import DataError
+
+        raise DataError(f"The controls table mixes centrings {sorted(rows['centring'].unique())}; pick one.")
+    keys = [c for c in CHECKPOINT_KEYS if c in rows.columns]
+    mean = rows[rows["layer"] == -1]
+    out = []
+    for key, g in mean.groupby(keys, sort=False, dropna=False):
+        rec = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        for _, r in g[g["table"] == "specific"].iterrows():
+            m = r["metric"]
+            rec.update({f"matched_{m}": r["matched"], f"mismatched_{m}": r["mismatched"],
+                        f"specific_{m}": r["specific"], f"specific_{m}_ci_low": r["ci_low"],
+                        f"specific_{m}_ci_high": r["ci_high"]})
+        for _, r in g[g["table"] == "retrieval"].iterrows():
+            rec.update({f"top1_{r['scorer']}": r["top1"], f"mrr_{r['scorer']}": r["mrr"],
+                        "chance_top1": r["chance_top1"]})
+        out.append(rec)
+    df = pd.DataFrame(out)
+    return df.sort_values([c for c in ("family", "strategy", "step") if c in df.columns], kind="stable",
+                          ignore_index=True) if len(df) else df
+
+
 def gap_table(means: pd.DataFrame, summary: pd.DataFrame, score: str = "f1", voice: str = "all") -> pd.DataFrame:
     """Per-checkpoint alignment means joined with the evaluated GAP (= text − speech `score`) of one voice row.
 
@@ -167,5 +199,6 @@ def gap_table(means: pd.DataFrame, summary: pd.DataFrame, score: str = "f1", voi
     return out.rename(columns={f"gap_{score}": "gap"})
 
 
-__all__ = ["Results", "load_results", "default_results_dir", "checkpoint_means", "gap_table", "EVALUATE_COMMAND",
+__all__ = ["Results", "load_results", "default_results_dir", "checkpoint_means", "controls_means", "gap_table",
+           "EVALUATE_COMMAND",
            "ANALYZE_COMMAND", "CONTROLS_COMMAND", "SCALARS", "CURVES"]

@@ -205,3 +205,25 @@ def test_analyze_cli_prints_and_writes_the_controls(tiny_parts, tmp_path, capsys
     assert main(["analyze", "--checkpoint", str(ck), "--samples", f"folder:{folder}", "--out", str(out),
                  "--controls", "--num-shards", "2"]) == 2
     assert "unsharded" in capsys.readouterr().err
+
+
+def test_controls_means_give_one_row_per_checkpoint_for_the_gap_fit(tiny_model):
+    from lsl_core.analysis_controls import controls_table
+    from lsl_core.results import controls_means
+
+    res = analyze_controls(tiny_model, _samples(1), OPT, cache=False)
+    rows = controls_table(res, checkpoint="a", family="f", strategy="s", step=1)
+    means = controls_means(rows)
+    assert len(means) == 1 and means.loc[0, "checkpoint"] == "a"
+    spec = res.specific().query("metric == 'aps_cos' and layer == -1").iloc[0]
+    assert means.loc[0, "specific_aps_cos"] == spec.specific and means.loc[0, "matched_aps_cos"] == spec.matched
+    retr = res.retrieval_table().query("scorer == 'seq_cos' and layer == -1").iloc[0]
+    assert means.loc[0, "top1_seq_cos"] == retr.top1 and means.loc[0, "chance_top1"] == pytest.approx(1 / 3)
+    import pandas as pd
+
+    from lsl_core.errors import DataError
+
+    mixed = pd.concat([rows, rows.assign(centring="joint")])
+    with pytest.raises(DataError, match="mixes centrings"):
+        controls_means(mixed)
+    assert len(controls_means(mixed, centring="joint")) == 1

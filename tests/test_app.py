@@ -762,6 +762,11 @@ def test_checkpoints_retrieval_curve_live_and_from_stored_results(world, tmp_pat
     np.testing.assert_allclose(_arr(step10["y"]), want, atol=1e-9)
     assert any("chance 0.250" in (a.get("text") or "") for a in fig["layout"]["annotations"])
     assert _fig(at, "Specific alignment per layer: sequence cosine")
+    # GAP on raw vs specific alignment: one fit over the 3 frozen checkpoints that have evaluation results
+    [fits] = [d.value for d in at.dataframe if {"metric", "r2"} <= set(d.value.columns)
+              and (d.value["metric"] == "specific_seq_cos").any()]
+    assert set(fits["metric"]) >= {"matched_seq_cos", "specific_seq_cos", "top1_seq_cos"}
+    assert (fits["n"] == 3).all() and fits["r2"].between(0, 1).all()
     _widget(at.radio, "Statistic").set_value("mrr")
     _run(at)
     assert _fig(at, "mean reciprocal rank by sequence cosine")

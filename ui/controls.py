@@ -189,3 +189,30 @@ def checkpoint_section(sel, manifests, res, current) -> None:
         export.figure(viz.specific_curves(spec, metric), f"specific_{metric}", key="fig_specific")
         export.table(tables.controls_summary(rows), "controls_per_checkpoint",
                      caption="Layer-averaged (1..L): retrieval and specific alignment with 95% CI per checkpoint")
+        if res.summary is not None:
+            _gap_fits(rows, res.summary)
+
+
+GAP_X = ("matched_seq_cos", "specific_seq_cos", "matched_aps_cos", "specific_aps_cos", "top1_seq_cos", "top1_aps_cos")
+
+
+def _gap_fits(rows: pd.DataFrame, summary: pd.DataFrame) -> None:
+    """R² of the GAP on the raw (matched) vs the specific alignment and on retrieval, per trajectory."""
+    from lsl_core.metrics.gap import gap_r2_table
+    from lsl_core.results import controls_means, gap_table
+
+    score = st.session_state.get("ck_score", "f1")
+    voice = st.session_state.get("ck_voice", "all")
+    table = gap_table(controls_means(rows), summary, score=score, voice=voice)
+    xs = [x for x in GAP_X if x in table.columns]
+    if table.empty or not xs:
+        st.info("No checkpoint has both controls and evaluation results.")
+        return
+    fits = pd.concat([gap_r2_table(table, x, by=("family", "strategy"), skip_unfit=True) for x in xs],
+                     ignore_index=True)
+    if fits.empty:
+        st.caption("GAP vs raw and specific alignment: no trajectory has 3 checkpoints with both tables.")
+        return
+    st.markdown(f"**R² of GAP ({score}, voice '{voice}') on the raw (matched) vs the specific alignment and on "
+                "retrieval**, one fit per trajectory (layer-averaged values)")
+    export.table(fits, "gap_r2_controls")
