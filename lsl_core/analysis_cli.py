@@ -44,6 +44,9 @@ def register(sub) -> None:
                    help="subtract a per-layer mean of the set's speech and text states before every metric")
     c.add_argument("--seed", type=int, default=0, help="seed of the partner draw and the bootstrap")
     c.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the 95%% CI")
+    c.add_argument("--block-samples", type=int, default=256,
+                   help="at most this many clips' speech states in memory at once; each block is its own candidate "
+                        "pool (~1.7 MB per clip for the embedded model: 31 layers x ~24 frames x 576)")
     c.add_argument("--bootstrap", choices=("question", "sample"), default="question",
                    help="resampling unit of the CI: questions (the voices of a question move together) or clips")
     p.set_defaults(func=run)
@@ -153,7 +156,8 @@ def _control_options(args, n_shards: int):
                        "(drop --shard/--num-shards and the launcher).")
     try:
         return ControlOptions(partners=args.partners, candidates=args.candidates, centring=args.centring,
-                              seed=args.seed, n_boot=args.n_boot, bootstrap=args.bootstrap)
+                              seed=args.seed, n_boot=args.n_boot, bootstrap=args.bootstrap,
+                              block_samples=args.block_samples)
     except ValueError as exc:
         raise LSLError(str(exc).replace("ControlOptions.", "--").replace("_", "-")) from None
 

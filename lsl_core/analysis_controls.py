@@ -323,6 +323,7 @@ def sample_controls(model, sample, pool: Sequence[str], options: ControlOptions 
 
 
 # --------------------------------------------------------------------------- reports
+MIN_QUESTIONS_FOR_CI = 10  # below this, a bootstrap over questions has few distinct resamples: say so
 REPORT_METRICS = ("seq_cos", "aps_cos", "spearman_cos", "cka")  # per-layer columns of the printed table
 
 
@@ -389,6 +390,10 @@ def controls_report(result: ControlsResult, name: str = "") -> str:
                      f"{r.n_questions:>4}{flag}")
     lines.append("(n clips, q distinct questions; * the CI excludes 0; for distances a negative D means the own "
                  "transcript is closer)")
+    q = len(result.questions)
+    if opt.get("bootstrap", "question") == "question" and q < MIN_QUESTIONS_FOR_CI:
+        lines.append(f"note: the CI resamples {q} questions; with fewer than {MIN_QUESTIONS_FOR_CI} it is rough "
+                     "(few distinct resamples): add questions rather than voices")
     for note in result.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
