@@ -38,6 +38,9 @@ def register(sub) -> None:
     c.add_argument("--controls", action="store_true",
                    help="also compute the controls, print the per-layer retrieval and specific-alignment table "
                         "and write <out stem>_controls.parquet/.json")
+    c.add_argument("--controls-only", action="store_true",
+                   help="only the controls (implies --controls): no per-sample rows, e.g. for a second, centred run "
+                        "into another --out")
     c.add_argument("--partners", type=int, default=5, help="mismatched questions per sample (K)")
     c.add_argument("--candidates", type=int, default=20, help="retrieval candidates per sample incl. its own (Nc)")
     c.add_argument("--centring", choices=("none", "joint", "modality"), default="none",
@@ -117,6 +120,9 @@ def run(args) -> int:
             frame, meta = _controls(model, m, samples, control_options, options)
             control_frames.append(frame)
             control_meta[m.name] = meta
+        if args.controls_only:
+            del model
+            continue
         bar = tqdm(total=len(samples), desc=f"analyze {m.name}", unit="sample")
         res = analyze_set(model, samples, options, progress=lambda i, t, sid: bar.update(1))
         bar.close()
@@ -132,10 +138,11 @@ def run(args) -> int:
         for e in res.errors:
             print(f"warning: {e}")
         del model
-    path = shard_path(out, shard, n_shards)
-    pd.concat(frames, ignore_index=True).to_parquet(path, index=False)
-    path.with_suffix(".json").write_text(json.dumps(aggregates, indent=1))
-    print(f"wrote {sum(len(f) for f in frames)} rows -> {path} (+ aggregates {path.with_suffix('.json').name})")
+    if frames:
+        path = shard_path(out, shard, n_shards)
+        pd.concat(frames, ignore_index=True).to_parquet(path, index=False)
+        path.with_suffix(".json").write_text(json.dumps(aggregates, indent=1))
+        print(f"wrote {sum(len(f) for f in frames)} rows -> {path} (+ aggregates {path.with_suffix('.json').name})")
     if control_frames:
         cpath = out.with_name(f"{out.stem}_controls.parquet")
         pd.concat(control_frames, ignore_index=True).to_parquet(cpath, index=False)
@@ -146,7 +153,7 @@ def run(args) -> int:
 
 def _control_options(args, n_shards: int):
     """ControlOptions from the flags, or None without --controls."""
-    if not args.controls:
+    if not (args.controls or args.controls_only):
         return None
     from lsl_core.errors import LSLError
     from lsl_core.metrics.controls import ControlOptions

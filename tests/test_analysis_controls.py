@@ -202,6 +202,13 @@ def test_analyze_cli_prints_and_writes_the_controls(tiny_parts, tmp_path, capsys
     r = res.controls[(res.controls.table == "retrieval") & (res.controls.scorer == "seq_cos")]
     assert sorted(r.layer.tolist()) == [-1, *range(L + 1)] and (r.checkpoint == "tiny-ck").all()
     assert r.chance_top1.iloc[0] == pytest.approx(1 / 3)
+    centred = tmp_path / "res" / "centred.parquet"
+    assert main(["analyze", "--checkpoint", str(ck), "--samples", f"folder:{folder}", "--device", "cpu", "--out",
+                 str(centred), "--controls-only", "--centring", "joint", "--partners", "2", "--candidates", "3",
+                 "--n-boot", "100"]) == 0
+    assert "centring=joint" in capsys.readouterr().out and not centred.exists()  # no second alignment table
+    both = load_results(out.parent)
+    assert set(both.controls.centring) == {"none", "joint"} and len(both.alignment) == 8
     assert main(["analyze", "--checkpoint", str(ck), "--samples", f"folder:{folder}", "--out", str(out),
                  "--controls", "--num-shards", "2"]) == 2
     assert "unsharded" in capsys.readouterr().err
