@@ -218,8 +218,12 @@ _MEMORY_MAX = 64
 
 
 def analyze_sample(model, sample, options: AnalysisOptions = AnalysisOptions(), *,
-                   cache: AnalysisCache | None | Literal[False] = None) -> SampleAnalysis:
-    """Hidden states of one sample -> SampleAnalysis (memory + disk cached; cache=False disables)."""
+                   cache: AnalysisCache | None | Literal[False] = None, states=None) -> SampleAnalysis:
+    """Hidden states of one sample -> SampleAnalysis (memory + disk cached; cache=False disables).
+
+    states: this model's `hidden_states(sample)` when the caller already has them (the controls
+    pass computes them anyway); used only on a cache miss.
+    """
     key = sample_key(model, sample, options)
     disk = None if cache is False else (cache or AnalysisCache())
     if key in _MEMORY and disk is not None:
@@ -230,7 +234,7 @@ def analyze_sample(model, sample, options: AnalysisOptions = AnalysisOptions(), 
     if hit is not None:
         _remember(key, hit)
         return hit
-    states = model.hidden_states(sample)
+    states = states if states is not None else model.hidden_states(sample)
     m = metrics_from_states(states.speech, states.text, options)
     result = SampleAnalysis(sample_id=sample.id, model=model.name, digest=model.digest, tokens=states.tokens,
                             frame_times=np.asarray(states.frame_times), frame_seconds=float(states.frame_seconds),

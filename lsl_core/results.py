@@ -10,6 +10,9 @@ The files are written by the CLIs (nothing here computes a score or a metric):
   <name>_interventions.parquet  python -m lsl_core evaluate --intervention ... or python -m lsl_core table1 --out
                                 (experiments.table1 rows, one per sample x condition, with a checkpoint column)
   *.parquet with aps_cos        python -m lsl_core analyze    per-sample alignment metrics per checkpoint
+  <name>_controls.parquet       python -m lsl_core analyze --controls   per checkpoint: specific alignment
+                                (metric x layer) and speech->text retrieval (scorer x layer); layer -1 =
+                                layer-averaged (see docs/controls.md)
 
 Missing folders, missing files and unreadable files never raise: the Results say what is missing
 and which command writes it, so the app can show the message and keep its other widgets working.
@@ -27,6 +30,8 @@ from lsl_core.experiments.pages import PAGES
 
 EVALUATE_COMMAND = PAGES["checkpoints"].command  # the documented commands that write these files
 ANALYZE_COMMAND = PAGES["alignment"].command
+CONTROLS_COMMAND = ("python -m lsl_core analyze --controls --zoo assets/checkpoints --samples sd-qa-mini "
+                    "--out assets/results/analysis.parquet")
 
 
 @dataclass
@@ -38,6 +43,7 @@ class Results:
     summary: pd.DataFrame | None = None  # checkpoint x voice means, GAP
     interventions: pd.DataFrame | None = None  # sample x condition speech answers under interventions
     alignment: pd.DataFrame | None = None  # checkpoint x sample alignment metrics (analyze CLI)
+    controls: pd.DataFrame | None = None  # checkpoint x (metric | scorer) x layer controls (analyze --controls)
     notes: list[str] = field(default_factory=list)  # one line per missing/unreadable table
 
     @property
@@ -84,6 +90,16 @@ def load_results(folder: str | Path | None = None) -> Results:
             cmd = EVALUATE_COMMAND + (" --intervention angle:bottom3 --intervention angle:all"
                                       if attr == "interventions" else "")
             res.notes.append(f"No *{suffix} in {root}; write it with `{cmd}`.")
+    control_files = sorted(root.glob("*_controls.parquet"))
+    claimed.update(control_files)
+    controls = []
+    for f in control_files:
+        try:
+            controls.append(pd.read_parquet(f).assign(results=f.name[: -len("_controls.parquet")]))
+        except Exception as exc:  # pyarrow raises several types for a torn/foreign file
+            res.notes.append(f"Could not read {f.name} ({type(exc).__name__}: {exc}); re-run `{CONTROLS_COMMAND}`.")
+    if controls:
+        res.controls = pd.concat(controls, ignore_index=True)
     align = []
     for f in sorted(set(root.glob("*.parquet")) - claimed):
         try:
@@ -137,6 +153,38 @@ def checkpoint_means(rows: pd.DataFrame) -> pd.DataFrame:
                           ignore_index=True) if len(df) else df
 
 
+def controls_means(rows: pd.DataFrame, centring: str | None = None) -> pd.DataFrame:
+    """`analyze --controls` rows -> one row per checkpoint with the layer-averaged values as columns:
+    matched_<metric>, mismatched_<metric>, specific_<metric> (+ _ci_low/_ci_high) and top1_<scorer>,
+    mrr_<scorer>, so that `gap_table` / `gap_r2_table` can fit the GAP on raw or specific alignment.
+
+    centring: keep only rows of that centring (None: all; a table mixing centrings is refused).
+    """
+    if centring is not None and "centring" in rows.columns:
+        rows = rows[rows["centring"] == centring]
+    if "centring" in rows.columns and rows["centring"].nunique() > 1:
+        from lsl_core.errors import DataError
+
+        raise DataError(f"The controls table mixes centrings {sorted(rows['centring'].unique())}; pick one.")
+    keys = [c for c in CHECKPOINT_KEYS if c in rows.columns]
+    mean = rows[rows["layer"] == -1]
+    out = []
+    for key, g in mean.groupby(keys, sort=False, dropna=False):
+        rec = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        for _, r in g[g["table"] == "specific"].iterrows():
+            m = r["metric"]
+            rec.update({f"matched_{m}": r["matched"], f"mismatched_{m}": r["mismatched"],
+                        f"specific_{m}": r["specific"], f"specific_{m}_ci_low": r["ci_low"],
+                        f"specific_{m}_ci_high": r["ci_high"]})
+        for _, r in g[g["table"] == "retrieval"].iterrows():
+            rec.update({f"top1_{r['scorer']}": r["top1"], f"mrr_{r['scorer']}": r["mrr"],
+                        "chance_top1": r["chance_top1"]})
+        out.append(rec)
+    df = pd.DataFrame(out)
+    return df.sort_values([c for c in ("family", "strategy", "step") if c in df.columns], kind="stable",
+                          ignore_index=True) if len(df) else df
+
+
 def gap_table(means: pd.DataFrame, summary: pd.DataFrame, score: str = "f1", voice: str = "all") -> pd.DataFrame:
     """Per-checkpoint alignment means joined with the evaluated GAP (= text − speech `score`) of one voice row.
 
@@ -154,5 +202,6 @@ def gap_table(means: pd.DataFrame, summary: pd.DataFrame, score: str = "f1", voi
     return out.rename(columns={f"gap_{score}": "gap"})
 
 
-__all__ = ["Results", "load_results", "default_results_dir", "checkpoint_means", "gap_table", "EVALUATE_COMMAND",
-           "ANALYZE_COMMAND", "SCALARS", "CURVES"]
+__all__ = ["Results", "load_results", "default_results_dir", "checkpoint_means", "controls_means", "gap_table",
+           "EVALUATE_COMMAND",
+           "ANALYZE_COMMAND", "CONTROLS_COMMAND", "SCALARS", "CURVES"]

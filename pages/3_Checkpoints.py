@@ -1,5 +1,6 @@
 """Checkpoints: alignment metrics for every checkpoint of a trajectory on one plot, Spearman and
-consistency across training, and the GAP against layer-averaged cosine, distance and APS with R²."""
+consistency across training, and the GAP against layer-averaged cosine, distance and APS with R²;
+speech -> text retrieval per layer and the specific alignment across checkpoints (controls)."""
 
 import pandas as pd
 import streamlit as st
@@ -8,7 +9,7 @@ from lsl_core import viz
 from lsl_core.metrics import diagnostics
 from lsl_core.metrics.gap import gap_r2_table
 from lsl_core.results import ANALYZE_COMMAND, CURVES, EVALUATE_COMMAND, checkpoint_means, gap_table
-from ui import config, context, errors, export, loaders, notes, state
+from ui import config, context, controls, errors, export, loaders, notes, state
 
 X_METRICS = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist")
 GROUPINGS = {"family · strategy": ("family", "strategy"), "family": ("family",)}
@@ -113,6 +114,9 @@ def main() -> None:
             if "n" in rows.columns and len(rows):
                 notes.show([diagnostics.small_n_note(int(rows["n"].min()), "a checkpoint's score in this voice row")])
             export.table(rows, "evaluation_summary")
+
+    # ---------------------------------------------------------------- controls: retrieval per layer
+    controls.checkpoint_section(sel, manifests, res, lambda: _current_model(sel))
 
     # ---------------------------------------------------------------- alignment
     st.header("Alignment across checkpoints")

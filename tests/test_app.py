@@ -764,3 +764,92 @@ def test_locked_iteration_releases_between_items_and_on_close():
     assert seen == [(0, False), (1, False)]
     gen.close()
     assert other_thread_can_lock()  # released by close() after an early exit
+
+
+# ============================================================================ controls (issue 15)
+def test_explorer_shows_controls_next_to_every_metric(world):
+    from lsl_core.analysis_controls import sample_controls
+    from lsl_core.data.sets import load_sample_set
+    from lsl_core.metrics.controls import ControlOptions
+
+    at = _app(EXPLORER)
+    first = world["ids"][0]
+    L = _model(world).num_layers
+    ref = sample_controls(_model(world), _sample(world, first), load_sample_set(world["spec"]).questions(),
+                          ControlOptions(partners=5))
+    assert len(ref.partner_questions) == 3  # 4 questions in the set: K is capped at the 3 others
+    cards = {m.label: m for m in at.metric}
+    aps = cards["APS (cosine)"]
+    assert aps.delta.startswith(f"{ref.layer_mean('aps_cos', 'specific'):+.4f} specific")
+    assert f"other questions: {ref.layer_mean('aps_cos', 'mismatched'):.4f}" in aps.delta
+    sp = cards[f"Spearman ρ, layer {L // 2}"]
+    assert sp.delta.startswith(f"{ref.curve('spearman_cos', 'specific')[L // 2]:+.4f}")
+    assert cards[f"Consistency, layer {L // 2}"].delta and cards["APS (distance)"].delta
+    fig = _fig(at, "Controls: sequence cosine per layer")
+    named = {t["name"]: t for t in fig["data"]}
+    np.testing.assert_allclose(_arr(named["this clip, own transcript"]["y"]), ref.curve("seq_cos"), atol=1e-5)
+    np.testing.assert_allclose(_arr(named["shuffled frames (same clip)"]["y"]), ref.curve("seq_cos", "shuffled"),
+                               atol=1e-5)
+    assert any(n.startswith("silence (") for n in named) and any(n.startswith("mismatched: mean of 3") for n in named)
+    partners = [t for t in fig["data"] if t.get("legendgroup") == "partners"]
+    assert len(partners) == 3 and all("other question:" in t["hovertemplate"] for t in partners)
+    assert any("is the alignment specific" in h.value for h in at.subheader) and "**Shuffled frames**" in _texts(at)
+    [table] = [d.value for d in at.dataframe if "specific, layers 1..L" in d.value.columns]
+    row = table[table["metric"] == "APS (cosine)"].iloc[0]
+    assert row["specific, layers 1..L"] == pytest.approx(ref.layer_mean("aps_cos", "specific"), abs=1e-6)
+    assert row[f"silence, layer {L // 2}"] == pytest.approx(ref.curve("aps_cos", "silence")[L // 2], abs=1e-6)
+    # fewer partners -> fewer lines and a new draw; another metric -> another figure
+    _widget(at.number_input, "Other questions (controls)").set_value(1)
+    _run(at)
+    assert len([t for t in _fig(at, "Controls:")["data"] if t.get("legendgroup") == "partners"]) == 1
+    _widget(at.selectbox, "Control metric").set_value("spearman_cos")
+    _run(at)
+    assert _fig(at, "Controls: Spearman rho, cosine path per layer")
+
+
+def test_checkpoints_retrieval_curve_live_and_from_stored_results(world, tmp_path, monkeypatch):
+    import shutil
+
+    from lsl_core.analysis_controls import analyze_controls, controls_table
+    from lsl_core.metrics.controls import ControlOptions
+
+    at = _app(CHECKPOINTS)
+    _widget(at.radio, "Controls from").set_value("compute live")
+    _widget(at.number_input, "Samples for the controls").set_value(4)
+    _run(at)
+    [btn] = [b for b in at.button if b.label.startswith("Compute controls")]
+    assert "× 4 samples" in btn.label
+    btn.click()
+    _run(at)
+    assert not at.warning, [w.value for w in at.warning]
+    fig = _fig(at, "Speech → text retrieval per layer: top-1 accuracy by sequence cosine")
+    assert len(fig["data"]) == 4  # every checkpoint of both trajectories
+    # the 4 samples cover the 4 distinct questions (one voice each); retrieval among 4 candidates
+    ids = [world["ids"][k] for k in (0, 2, 4, 6)]
+    ref = analyze_controls(_model(world), [_sample(world, s) for s in ids], ControlOptions(), cache=False)
+    table = ref.retrieval_table()
+    want = table[(table.scorer == "seq_cos") & (table.layer >= 0)].top1.to_numpy()
+    step10 = [t for t in fig["data"] if t["name"].startswith("tiny-step10")][0]
+    np.testing.assert_allclose(_arr(step10["y"]), want, atol=1e-9)
+    assert any("chance 0.250" in (a.get("text") or "") for a in fig["layout"]["annotations"])
+    assert _fig(at, "Specific alignment per layer: sequence cosine")
+    # GAP on raw vs specific alignment: one fit over the 3 frozen checkpoints that have evaluation results
+    [fits] = [d.value for d in at.dataframe if {"metric", "r2"} <= set(d.value.columns)
+              and (d.value["metric"] == "specific_seq_cos").any()]
+    assert set(fits["metric"]) >= {"matched_seq_cos", "specific_seq_cos", "top1_seq_cos"}
+    assert (fits["n"] == 3).all() and fits["r2"].between(0, 1).all()
+    _widget(at.radio, "Statistic").set_value("mrr")
+    _run(at)
+    assert _fig(at, "mean reciprocal rank by sequence cosine")
+
+    # stored results (what `analyze --controls` writes) are read without computing
+    stored = tmp_path / "results"
+    shutil.copytree(world["root"] / "results", stored)
+    frame = controls_table(ref, checkpoint="tiny-step10", family="tiny", strategy="frozen", step=10)
+    frame.assign(centring="none").to_parquet(stored / "analysis_controls.parquet", index=False)
+    monkeypatch.setenv("LSL_RESULTS_DIR", str(stored))
+    at = _app(CHECKPOINTS)
+    assert _widget(at.radio, "Controls from").value == "stored results"
+    fig = _fig(at, "Speech → text retrieval per layer")
+    assert len(fig["data"]) == 1
+    np.testing.assert_allclose(_arr(fig["data"][0]["y"]), want, atol=1e-9)

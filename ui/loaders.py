@@ -242,6 +242,58 @@ def checkpoint_sweep(manifest_roots: tuple[str, ...], set_key: str, ids: tuple[s
     return sweep.rows, [n for n in sweep.notes if "pooled CKA" not in n]  # CKA is off here
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def sample_controls(model_key: str, sample_key: str, pool_key: str, options_key: str, _model, _sample,
+                    _pool: Sequence[str], _options) -> "object":
+    """One clip's controls (lsl_core.analysis_controls.sample_controls): other questions, silence, shuffled frames."""
+    from lsl_core.analysis_controls import sample_controls as compute
+
+    with _model.lock:
+        return compute(_model, _sample, list(_pool), _options)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def checkpoint_controls(manifest_roots: tuple[str, ...], set_key: str, ids: tuple[str, ...], device: str | None,
+                        options_key: str, _samples: Sequence, _options, _current: ModelHandle | None = None
+                        ) -> tuple[pd.DataFrame, list[str]]:
+    """`analyze --controls` rows (retrieval + specific alignment) per checkpoint, with a progress bar.
+
+    Checkpoints are loaded one after the other (the sidebar's model is reused); one that fails is named
+    in the notes and skipped. Results are also cached on disk by lsl_core.
+    """
+    from lsl_core.analysis_controls import analyze_controls, controls_table
+    from lsl_core.model.loading import load_checkpoint, read_manifest
+
+    bar = st.progress(0.0, text=f"Controls: {len(manifest_roots)} checkpoints × {len(ids)} samples …")
+    frames, notes = [], []
+    samples = list(_samples)
+    try:
+        for k, root in enumerate(manifest_roots):
+            m = read_manifest(root)
+            try:
+                same = _current is not None and _current.path == m.root
+                model = _current.model if same else load_checkpoint(m, device=device)
+            except Exception as exc:  # one bad checkpoint must not stop the sweep
+                notes.append(f"{m.name}: not loaded ({exc})")
+                continue
+
+            def progress(done, total, label, k=k, name=m.name):
+                frac = (k + done / max(1, total)) / max(1, len(manifest_roots))
+                bar.progress(min(1.0, frac), text=f"{name}: {done}/{total} forwards ({label})")
+
+            try:
+                res = analyze_controls(model, samples, _options, progress=progress, lock=model.lock)
+            except LSLError as exc:
+                notes.append(f"{m.name}: {exc}")
+                continue
+            notes += [f"{m.name}: {n}" for n in res.notes]
+            frames.append(controls_table(res, checkpoint=m.name, family=m.family, strategy=m.strategy, step=m.step))
+            del model
+    finally:
+        bar.empty()
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def intervention_rows(model_key: str, set_key: str, ids: tuple[str, ...], conditions: tuple[str, ...],
                       max_new_tokens: int, _model, _samples: Sequence) -> pd.DataFrame:

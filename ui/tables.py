@@ -95,3 +95,41 @@ def text_right_speech_wrong(samples: pd.DataFrame | None, checkpoint: str) -> se
     if sub.empty or not {"text_containment", "speech_containment"} <= set(sub.columns):
         return None
     return set(sub.loc[outcome(sub) == OUTCOMES[1], "sample_id"].astype(str))
+
+
+def controls_table(sc, layer: int) -> pd.DataFrame:
+    """One clip's controls (SampleControls) per metric: at layer ℓ and averaged over layers 1..L."""
+    from lsl_core.metrics.controls import METRICS
+
+    rows = []
+    for m in sc.metrics:
+        label, higher = METRICS[m]
+        row = {"metric": label, "better": "higher" if higher else "lower"}
+        for which, name in (("matched", "this clip"), ("mismatched", "other questions (mean)"),
+                            ("specific", "specific"), ("silence", "silence"), ("shuffled", "shuffled frames")):
+            row[f"{name}, layer {layer}"] = float(sc.curve(m, which)[layer])
+        for which, name in (("matched", "this clip"), ("mismatched", "other questions (mean)"),
+                            ("specific", "specific"), ("silence", "silence"), ("shuffled", "shuffled frames")):
+            row[f"{name}, layers 1..L"] = sc.layer_mean(m, which)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def controls_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """`analyze --controls` rows -> one row per checkpoint: layer-averaged retrieval and specific alignment."""
+    keys = [c for c in ("checkpoint", "family", "strategy", "step", "centring") if c in rows.columns]
+    mean = rows[rows["layer"] == -1]
+    out = []
+    for key, g in mean.groupby(keys, sort=False, dropna=False):
+        rec = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        for _, r in g[g["table"] == "retrieval"].iterrows():
+            rec[f"top-1 by {r['scorer']}"] = r["top1"]
+            rec[f"MRR by {r['scorer']}"] = r["mrr"]
+            rec["chance top-1"] = r["chance_top1"]
+        for _, r in g[g["table"] == "specific"].iterrows():
+            rec[f"specific {r['metric']}"] = r["specific"]
+            rec[f"specific {r['metric']} 95% CI"] = f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+        out.append(rec)
+    df = pd.DataFrame(out)
+    return df.sort_values([c for c in ("family", "strategy", "step") if c in df.columns], kind="stable",
+                          ignore_index=True) if len(df) else df

@@ -11,6 +11,7 @@ and each shard writes its own file; `--merge` concatenates them (and combines th
     python -m lsl_core analyze --checkpoint assets/checkpoints/... --samples sd-qa-mini --out results/a.parquet
     torchrun --nproc-per-node 8 -m lsl_core analyze --zoo ckpts/ --samples voicebench:/data/sd-qa --out r.parquet
     python -m lsl_core analyze --merge r.parquet
+    python -m lsl_core analyze --controls --samples sd-qa-mini --limit 50   # + matched vs mismatched, retrieval
     python -m lsl_core analyze --zoo assets/checkpoints --samples sd-qa-mini --limit 100 \\
         --out assets/results/analysis.parquet --markdown docs/results/alignment.md
 """
@@ -228,6 +229,24 @@ def register(sub) -> None:
     p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: $WORLD_SIZE or 1)")
     p.add_argument("--merge", nargs="?", const="", default=None, metavar="OUT",
                    help="merge the shard files of OUT (default: of --out) into OUT and exit")
+    c = p.add_argument_group("controls (matched vs mismatched pairs, retrieval; docs/controls.md)")
+    c.add_argument("--controls", action="store_true",
+                   help="also compute the controls, print the per-layer retrieval and specific-alignment table "
+                        "and write <out stem>_controls.parquet/.json")
+    c.add_argument("--controls-only", action="store_true",
+                   help="only the controls (implies --controls): no per-sample rows, e.g. for a second, centred run "
+                        "into another --out")
+    c.add_argument("--partners", type=int, default=5, help="mismatched questions per sample (K)")
+    c.add_argument("--candidates", type=int, default=20, help="retrieval candidates per sample incl. its own (Nc)")
+    c.add_argument("--centring", choices=("none", "joint", "modality"), default="none",
+                   help="subtract a per-layer mean of the set's speech and text states before every metric")
+    c.add_argument("--seed", type=int, default=0, help="seed of the partner draw and the bootstrap")
+    c.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the 95%% CI")
+    c.add_argument("--block-samples", type=int, default=256,
+                   help="at most this many clips' speech states in memory at once; each block is its own candidate "
+                        "pool (~1.7 MB per clip for the embedded model: 31 layers x ~24 frames x 576)")
+    c.add_argument("--bootstrap", choices=("question", "sample"), default="question",
+                   help="resampling unit of the CI: questions (the voices of a question move together) or clips")
     p.set_defaults(func=run)
 
 
@@ -267,14 +286,31 @@ def run(args) -> int:
         if i == total:
             bar.close()
 
-    sweep = analyze_checkpoints(manifests, samples, AnalysisOptions(cka=not args.no_cka, path=args.path), device=args.device,
-                                progress=progress)
+    options = AnalysisOptions(cka=not args.no_cka, path=args.path)
+    meta.update({"samples": args.samples, "limit": args.limit, "voice": args.voice, "shard": shard,
+                 "num_shards": n_shards, "checkpoints": [m.name for m in manifests]})
+    control_options = _control_options(args, n_shards)
+    if control_options is not None:
+        from lsl_core.model.loading import load_checkpoint
+
+        control_frames, control_meta = [], {"meta": meta}
+        for m in manifests:
+            model = load_checkpoint(m, device=args.device)
+            frame, cmeta = _controls(model, m, samples, control_options, options)
+            control_frames.append(frame)
+            control_meta[m.name] = cmeta
+            del model
+        cpath = out.with_name(f"{out.stem}_controls.parquet")
+        pd.concat(control_frames, ignore_index=True).to_parquet(cpath, index=False)
+        cpath.with_suffix(".json").write_text(json.dumps(control_meta, indent=1))
+        print(f"wrote controls -> {cpath} (+ {cpath.with_suffix('.json').name})")
+        if args.controls_only:
+            return 0
+    sweep = analyze_checkpoints(manifests, samples, options, device=args.device, progress=progress)
     for bar in bars.values():
         bar.close()
     for note in sweep.notes:
         print(f"warning: {note}")
-    meta.update({"samples": args.samples, "limit": args.limit, "voice": args.voice, "shard": shard,
-                 "num_shards": n_shards, "checkpoints": [m.name for m in manifests]})
     path = shard_path(out, shard, n_shards)
     sweep.rows.to_parquet(path, index=False)
     path.with_suffix(".json").write_text(json.dumps({"meta": meta, **sweep.aggregates}, indent=1))
@@ -283,3 +319,47 @@ def run(args) -> int:
         write_page(args.markdown, alignment_page(sweep.rows, meta))
         print(f"wrote {args.markdown}")
     return 0
+
+
+def _control_options(args, n_shards: int):
+    """ControlOptions from the flags, or None without --controls."""
+    if not (args.controls or args.controls_only):
+        return None
+    from lsl_core.metrics.controls import ControlOptions
+
+    if n_shards > 1:
+        raise LSLError("--controls compares every sample with the others of its set: run it unsharded "
+                       "(drop --shard/--num-shards and the launcher).")
+    try:
+        return ControlOptions(partners=args.partners, candidates=args.candidates, centring=args.centring,
+                              seed=args.seed, n_boot=args.n_boot, bootstrap=args.bootstrap,
+                              block_samples=args.block_samples)
+    except ValueError as exc:
+        raise LSLError(str(exc).replace("ControlOptions.", "--").replace("_", "-")) from None
+
+
+def _controls(model, m, samples, control_options, analysis_options):
+    """Controls of one checkpoint: progress bar, printed tables, (long table, JSON summary)."""
+    import time
+
+    from tqdm import tqdm
+
+    from lsl_core.analysis_controls import analyze_controls, controls_report, controls_table
+
+    bar = tqdm(total=None, desc=f"controls {m.name}", unit="forward")
+
+    def progress(done: int, total: int, label: str) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    t0 = time.perf_counter()
+    res = analyze_controls(model, samples, control_options, progress=progress, analysis_options=analysis_options)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    print(controls_report(res, m.name))
+    print(f"(controls: {seconds:.1f} s for {res.n} samples; cached on disk for the same checkpoint, samples and "
+          "options)")
+    frame = controls_table(res, checkpoint=m.name, family=m.family, strategy=m.strategy, step=m.step)
+    meta = {"n": res.n, "questions": len(res.questions), "family": m.family, "strategy": m.strategy,
+            "step": m.step, "options": res.options, "centring": res.centring, "notes": res.notes}
+    return frame, meta
