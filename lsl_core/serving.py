@@ -81,31 +81,27 @@ def generate_rows(model: "LSLM", rows: Sequence[GenerationRow],
     first max_new_tokens[b] tokens up to its first end-of-turn token (greedy: the same tokens as a
     shorter run). Answers come back in row order.
     """
+    from transformers import StoppingCriteriaList
+
     from lsl_core.interventions import intervention_hooks
-    from lsl_core.model.batch import _stack, eos_id, pad_id
 
     if not rows:
         return []
-    embeds = [r.prompt.inputs_embeds[0] for r in rows]  # [T_b, d] each
-    pad_vec = model.token_embeddings([pad_id(model)])  # [1, d]
-    x, mask = _stack(embeds, pad_vec, left=True)  # [B, T, d], [B, T]
-    T = x.shape[1]
+    T = max(int(r.prompt.inputs_embeds.shape[1]) for r in rows)  # the batch's length after left padding
     plans, plan_rows = [], []
     for b, r in enumerate(rows):
-        pad = T - embeds[b].shape[0]
+        pad = T - int(r.prompt.inputs_embeds.shape[1])
         for p in r.plans:
             plans.append(_shifted(p, pad, T))
             plan_rows.append([b])
     steps = max(int(r.max_new_tokens) for r in rows)
-    from transformers import StoppingCriteriaList
-
-    kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=steps, pad_token_id=pad_id(model),
-                  stopping_criteria=StoppingCriteriaList([_StepProgress(steps, progress)]))
-    with model.lock, intervention_hooks(model, plans, plan_rows):
-        out = model.llm.generate(inputs_embeds=x, attention_mask=mask, **kwargs)  # [B, new] new tokens only
-    eos = eos_id(model)
+    # the one generation path (LSLM.generate_ids): one batch, rows in input order (the hooks are per row)
+    out = model.generate_ids([r.prompt for r in rows], steps, batch_size=len(rows), sort=False,
+                             edit=intervention_hooks(model, plans, plan_rows),
+                             stopping_criteria=StoppingCriteriaList([_StepProgress(steps, progress)]))
+    eos = model.eos_id
     answers = []
-    for r, ids in zip(rows, out.tolist()):
+    for r, ids in zip(rows, out):
         ids = ids[: int(r.max_new_tokens)]
         ids = ids[: ids.index(eos) + 1] if eos in ids else ids
         answers.append(model.tokenizer.decode(ids, skip_special_tokens=True).strip())

@@ -4,6 +4,8 @@ the disk cache round-trips exactly, sets stream with per-sample rows (sharding: 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 from conftest import tone
 
 from lsl_core.analysis import AnalysisCache, AnalysisOptions, analyze_sample, analyze_set, sample_key

@@ -275,7 +275,7 @@ def test_sidebar_search_voice_and_text_right_speech_wrong_filters(world):
         _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"][ck])
         _run(at)
         assert not _widget(at.sidebar.checkbox, "Only “text right, speech wrong”").disabled
-        labels = {f"{QUESTIONS[int(sid[1])]} · {sid.split('_')[1]}" for sid in world["trsw"][ck]}  # q{i}_{accent}
+        labels = {f"[{sid.split('_')[1]}] {QUESTIONS[int(sid[1])]}" for sid in world["trsw"][ck]}  # q{i}_{accent}
         assert set(_widget(at.sidebar.selectbox, "Sample").options) == labels, ck
 
 
@@ -619,7 +619,8 @@ def test_benchmark_voicebench_subsets_cis_failures_cases_and_explorer_link(world
     assert list(fig["data"][0]["x"]) == ["mmsu", "sd-qa"] and list(fig["data"][2]["x"]) == ["mmsu", "sd-qa", "overall"]
     table = next(d.value for d in at.dataframe if "no_letter (% of answers)" in d.value.columns)
     mm = table[(table["subset"] == "mmsu") & (table["modality"] == "speech")].iloc[0]
-    assert mm["no_letter (% of answers)"] == pytest.approx(100 / 3) and mm["score"] == pytest.approx(100 / 3)
+    # tables show 3 decimals (viz.display_table)
+    assert mm["no_letter (% of answers)"] == pytest.approx(100 / 3, abs=1e-3) and mm["score"] == pytest.approx(100 / 3, abs=1e-3)
     # "text right, speech wrong" cases of sd-qa, each with a link to the Explorer
     at.selectbox(key="bm_vb_case_subset").set_value("sd-qa")
     _run(at)
@@ -796,8 +797,9 @@ def test_explorer_shows_controls_next_to_every_metric(world):
     assert any("is the alignment specific" in h.value for h in at.subheader) and "**Shuffled frames**" in _texts(at)
     [table] = [d.value for d in at.dataframe if "specific, layers 1..L" in d.value.columns]
     row = table[table["metric"] == "APS (cosine)"].iloc[0]
-    assert row["specific, layers 1..L"] == pytest.approx(ref.layer_mean("aps_cos", "specific"), abs=1e-6)
-    assert row[f"silence, layer {L // 2}"] == pytest.approx(ref.curve("aps_cos", "silence")[L // 2], abs=1e-6)
+    # tables show 3 decimals (viz.display_table)
+    assert row["specific, layers 1..L"] == pytest.approx(ref.layer_mean("aps_cos", "specific"), abs=1e-3)
+    assert row[f"silence, layer {L // 2}"] == pytest.approx(ref.curve("aps_cos", "silence")[L // 2], abs=1e-3)
     # fewer partners -> fewer lines and a new draw; another metric -> another figure
     _widget(at.number_input, "Other questions (controls)").set_value(1)
     _run(at)
@@ -821,7 +823,8 @@ def test_checkpoints_retrieval_curve_live_and_from_stored_results(world, tmp_pat
     assert "× 4 samples" in btn.label
     btn.click()
     _run(at)
-    assert not at.warning, [w.value for w in at.warning]
+    problems = [w.value for w in at.warning if not w.value.startswith("Small n")]  # the tiny world has few samples
+    assert not problems, problems
     fig = _fig(at, "Speech → text retrieval per layer: top-1 accuracy by sequence cosine")
     assert len(fig["data"]) == 4  # every checkpoint of both trajectories
     # the 4 samples cover the 4 distinct questions (one voice each); retrieval among 4 candidates

@@ -50,7 +50,9 @@ def test_explorer_dtw_path_norm_curves_and_logit_lens(world):
     assert fig["data"][1]["name"] == "alignment path i*_j (dtw)" and at.query_params["path"] == "dtw"
     norms = _fig(at, "Token norms and standardized distance")
     np.testing.assert_allclose(_arr(norms["data"][2]["y"]), ref.std_dist, rtol=1e-6)
-    assert f"{ref.aps_cos:.4f}" == [m for m in at.metric if m.label == "APS (cosine)"][0].value
+    from lsl_core.viz import VALUE_DIGITS
+
+    assert f"{ref.aps_cos:.{VALUE_DIGITS}f}" == [m for m in at.metric if m.label == "APS (cosine)"][0].value
 
     # the logit lens: off until asked, then the grid over the layer filter's layers
     assert not [f for f in _figs(at) if "Logit lens" in f["layout"]["title"]["text"]]

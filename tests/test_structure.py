@@ -110,6 +110,9 @@ def test_documented_command_parses(where, command):
     if rest and rest[0].startswith("{"):  # a listing of commands: python -m lsl_core {a,b,...}
         assert set(rest[0].strip("{}").split(",")) <= set(COMMANDS), f"{where}: `{command}` names unknown commands"
         return
+    if len(rest) == 1 and not rest[0].startswith("-"):  # prose naming a command: `python -m lsl_core train`
+        assert rest[0] in COMMANDS, f"{where}: `{command}` names an unknown command"
+        return
     try:
         build_parser().parse_args(rest)
     except SystemExit as exc:

@@ -188,7 +188,7 @@ def stability(model_key: str, set_key: str, ids: tuple[str, ...], _model, _sampl
     def progress(i: int, total: int | None, sid: str) -> None:
         bar.progress(min(1.0, i / max(1, len(ids))), text=f"CKA under every configuration: {i}/{len(ids)} ({sid})")
 
-    gen = _locked(_samples, _model.lock)
+    gen = locked_items(_samples, _model.lock)
     try:
         return analyze_stability(_model, gen, progress=progress, total=len(ids))
     finally:

@@ -262,7 +262,7 @@ def load_checkpoint(manifest: str | Path | CheckpointManifest, *, device: str | 
         from lsl_core.model.families import load_family
 
         return load_family(m, device=dev, dtype=dt, ref=_resolve_model_ref(m.model, m.root, "model"),
-                           local_only=not _allow_download(), manifest_digest=manifest_digest(m))
+                           local_only=not allow_download(), manifest_digest=manifest_digest(m))
     llm_ref = _resolve_model_ref(m.llm, m.root, "LLM")
     enc_ref = _resolve_model_ref(m.encoder, m.root, "encoder")
     llm, tok = load_llm(llm_ref, dt, dev, m.trust_remote_code)
