@@ -8,7 +8,10 @@ For every checkpoint and sample: the greedy answer to the typed question (once p
 to the spoken one (batched, left padded), scored against the gold answers with normalized
 containment and token F1 (lsl_core.scoring; PEDANT only when its model files are installed
 locally and --pedant is given), plus the agreement (token F1) of the speech answer with the text
-answer. GAP = text score - speech score (DESIGN §3), per voice; the held-out voice is the
+answer. The cascade baseline (the encoder's own Whisper decoder transcribes the clip, the same LLM
+answers the transcript) is scored the same way, with its agreement with the text answer; the
+*answerable* view keeps the questions whose text answer contains a gold answer, where GAP =
+text containment - speech containment measures what speech loses of what the model knows. GAP = text score - speech score (DESIGN §3), per voice; the held-out voice is the
 "unseen accent". Results go to <out>/<name>_samples.parquet (one row per checkpoint x sample) and
 <out>/<name>_summary.{parquet,json} (one row per checkpoint x voice, plus "seen"/"all" means; the
 JSON's meta records the command and the code version). The results page (--markdown, or later
@@ -31,11 +34,13 @@ from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
 from lsl_core.experiments.pages import NOT_RECORDED, page_header
 
-EVAL_VERSION = 2  # bump when answers or scores change meaning: invalidates the on-disk cache
+EVAL_VERSION = 3  # bump when answers or scores change meaning: invalidates the on-disk cache
 LOSS_WINDOW = 25  # training curves: the loss is averaged over this many steps up to each eval step
 SCORER = "normalized containment + token F1 vs gold answers (SQuAD/TyDi normalization)"
 SUMMARY_METRICS = ("text_containment", "speech_containment", "gap_containment", "text_f1", "speech_f1", "gap_f1",
-                   "agreement")
+                   "agreement", "cascade_containment", "cascade_f1", "cascade_agreement")
+_ANSWERS: dict[tuple, str] = {}  # (LLM identity, max_new_tokens, typed prompt) -> answer: shared by checkpoints
+#   whose LLM is the untouched base model (strategy none/frozen), so text and cascade answers run once per sweep
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class EvalOptions:
     batch_size: int = 16  # prompts per batched generate call
     pedant: bool = False  # also score with PEDANT (only if qa-metrics and its model files are installed)
     unseen_voice: str = UNSEEN_VOICE  # the voice held out of training (reported separately)
+    cascade: bool = True  # also the ASR -> LLM cascade (when the encoder has an ASR decoder)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -87,6 +93,45 @@ def _score_columns(prefix: str, answer: str, refs: tuple[str, ...], question: st
     return out
 
 
+def llm_identity(model) -> str:
+    """Who answers typed prompts: the base LLM id for checkpoints that leave it untouched (strategy
+    none / frozen / pretrained without LoRA), else the checkpoint's own digest (LoRA, full fine-tune)."""
+    m = model.manifest or {}
+    if m.get("strategy") in ("none", "frozen") and not m.get("lora"):
+        return f"base:{m.get('llm', '')}:{model.device}:{model.dtype}"
+    return f"checkpoint:{model.digest}"
+
+
+def text_answers(model, prompts_text: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy answers to typed prompts, memoized per LLM identity within the process (llm_identity)."""
+    who = llm_identity(model)
+    todo = list(dict.fromkeys(t for t in prompts_text if (who, max_new_tokens, t) not in _ANSWERS))
+    if todo:
+        out = model.generate_answers([model.prompt_for(text=t) for t in todo], max_new_tokens, batch_size=batch_size)
+        _ANSWERS.update({(who, max_new_tokens, t): a for t, a in zip(todo, out)})
+    return [_ANSWERS[(who, max_new_tokens, t)] for t in prompts_text]
+
+
+def transcripts(model, items, audio_keys: list[str]) -> list[str]:
+    """ASR transcript of every clip by the checkpoint's Whisper decoder, cached on disk per (encoder, audio)."""
+    from lsl_core.cache import cache_dir
+
+    enc = str((model.manifest or {}).get("encoder", model.name))
+    folder = cache_dir("asr", hashlib.sha256(enc.encode()).hexdigest()[:16])
+    out = []
+    for s, ak in zip(items, audio_keys):
+        f = folder / f"{ak}.json"
+        if f.is_file():
+            out.append(json.loads(f.read_text())["transcript"])
+            continue
+        t = model.transcribe(s.audio, s.sr)
+        tmp = f.with_name(f".{f.name}.tmp")
+        tmp.write_text(json.dumps({"encoder": enc, "transcript": t}))
+        tmp.replace(f)
+        out.append(t)
+    return out
+
+
 def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, use_cache: bool = True,
                         progress: bool = False) -> pd.DataFrame:
     """One row per sample: text/speech answers, their sd-qa scores and the agreement between them.
@@ -115,10 +160,14 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
         return pd.read_parquet(path)
     t0 = time.time()
     questions = list(dict.fromkeys(s.question for s in items))
+    cascade = opts.cascade and getattr(model, "has_asr", False)
     with torch.no_grad():
-        texts = model.generate_answers([model.prompt_for(text=q) for q in questions], opts.max_new_tokens,
-                                       batch_size=opts.batch_size)
+        texts = text_answers(model, questions, opts.max_new_tokens, opts.batch_size)
         text_of = dict(zip(questions, texts))
+        heard = transcripts(model, items, audio_keys) if cascade else [None] * len(items)
+        if cascade:
+            spoken = [t for t in heard if t and t.strip()]
+            cas_of = dict(zip(spoken, text_answers(model, spoken, opts.max_new_tokens, opts.batch_size)))
         prompts = []
         for s, ak in zip(items, audio_keys):
             st = cached_encoder_states(model.encoder, voice_of(s), s.id, lambda s=s: s.audio, ak)  # [Te, d_enc]
@@ -126,10 +175,16 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
         speech = model.generate_answers(prompts, opts.max_new_tokens, batch_size=opts.batch_size)
     m = model.manifest or {}
     rows = []
-    for s, sp in zip(items, speech):
+    for s, sp, heard_s in zip(items, speech, heard):
         tx = text_of[s.question]
         refs = tuple(s.answers)
         voice = voice_of(s)
+        cas = {}
+        if cascade:
+            ca = cas_of.get(heard_s, "") if heard_s and heard_s.strip() else ""
+            cas = {"transcript": heard_s, "cascade_answer": ca,
+                   **_score_columns("cascade", ca, refs, s.question, opts.pedant),
+                   "cascade_agreement": float(answer_agreement(ca, tx))}
         rows.append({
             "checkpoint": model.name, "family": m.get("family", ""), "strategy": m.get("strategy", ""),
             "step": int(m.get("step", 0) or 0), "sample_id": s.id,
@@ -139,12 +194,13 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
             **_score_columns("text", tx, refs, s.question, opts.pedant),
             **_score_columns("speech", sp, refs, s.question, opts.pedant),
             "agreement": float(answer_agreement(sp, tx)),
+            **cas,
         })
     df = pd.DataFrame(rows)
     df.attrs["seconds"] = time.time() - t0
     if progress:
-        print(f"  {model.name}: {len(items)} speech + {len(questions)} text answers in {time.time() - t0:.0f} s",
-              flush=True)
+        print(f"  {model.name}: {len(items)} speech + {len(questions)} text"
+              + (f" + {len(items)} cascade" if cascade else "") + f" answers in {time.time() - t0:.0f} s", flush=True)
     tmp = path.with_name(f".{path.name}.tmp")
     df.to_parquet(tmp, index=False)
     tmp.replace(path)
@@ -176,7 +232,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     gap_containment = text - speech, gap_f1, agreement (and *_pedant when scored).
     """
     metrics = [c for c in ("text_containment", "speech_containment", "text_f1", "speech_f1", "agreement",
-                           "agreement_other_q", "text_pedant", "speech_pedant") if c in df.columns]
+                           "agreement_other_q", "cascade_containment", "cascade_f1", "cascade_agreement",
+                           "text_pedant", "speech_pedant") if c in df.columns]
     keys = ["checkpoint", "family", "strategy", "step"]
     parts = []
     for group, sub in [("voice", df), ("seen", df[~df["unseen"]].assign(voice="seen")), ("all", df.assign(voice="all"))]:
@@ -186,10 +243,21 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         agg = g[metrics].mean().reset_index()
         agg["n"] = g.size().to_numpy()
         agg["unseen"] = g["unseen"].all().to_numpy() if group == "voice" else False
+        # answerable: the samples whose text answer contains a gold answer (this checkpoint knows the answer)
+        ans = sub[sub["text_containment"] == 1.0]
+        ga = ans.groupby(keys + ["voice"], sort=False)
+        extra = {"n_answerable": ga.size(), "speech_containment_answerable": ga["speech_containment"].mean()}
+        if "cascade_containment" in ans.columns:
+            extra["cascade_containment_answerable"] = ga["cascade_containment"].mean()
+        agg = agg.join(pd.DataFrame(extra), on=keys + ["voice"])
+        agg["n_answerable"] = agg["n_answerable"].fillna(0).astype(int)
         parts.append(agg)
     out = pd.concat(parts, ignore_index=True)
     out["gap_containment"] = out["text_containment"] - out["speech_containment"]
     out["gap_f1"] = out["text_f1"] - out["speech_f1"]
+    out["gap_answerable"] = 1.0 - out["speech_containment_answerable"]  # text containment is 1 on these samples
+    if "cascade_agreement" in out:
+        out["agreement_vs_cascade"] = out["agreement"] / out["cascade_agreement"]
     if "text_pedant" in out:
         out["gap_pedant"] = out["text_pedant"] - out["speech_pedant"]
     order = {v: i for i, v in enumerate(dict.fromkeys(df["voice"]))} | {"seen": 10_000, "all": 10_001}
@@ -199,6 +267,54 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out = out.drop(columns=["_s", "_v"])
     cols = keys + ["voice", "unseen", "n"] + [c for c in out.columns if c not in keys + ["voice", "unseen", "n"]]
     return out[cols].reset_index(drop=True)
+
+
+def headline_intervals(df: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
+    """End-to-end vs cascade with 95% bootstrap intervals over *questions*, per checkpoint x {seen, unseen}.
+
+    The voices of one question are averaged first (they share the question, so they are not independent),
+    then questions are resampled. Columns (fractions, each with _lo / _hi): agreement (speech vs text
+    answer), cascade_agreement, ratio = agreement / cascade_agreement (paired: one replicate draws the same
+    questions for both), gap_answerable = 1 - speech containment on the questions whose text answer
+    contains a gold answer (n_answerable_q of them); n_q = questions.
+    """
+    import numpy as np
+
+    from lsl_core.metrics.stats import bootstrap_ci
+
+    rows = []
+    for ck, d in df.groupby("checkpoint", sort=False):
+        for group, sub in (("seen", d[d["voice"] != unseen_voice]), (unseen_voice, d[d["voice"] == unseen_voice])):
+            if sub.empty:
+                continue
+            cols = [c for c in ("agreement", "cascade_agreement", "speech_containment", "text_containment")
+                    if c in sub.columns]
+            q = sub.groupby("question", sort=False)[cols].mean()  # [n_q, cols]
+            rec = {"checkpoint": ck, "strategy": d["strategy"].iloc[0], "step": int(d["step"].iloc[0]),
+                   "voice": group, "n_q": len(q)}
+            for c in ("agreement", "cascade_agreement"):
+                if c in q:
+                    ci = bootstrap_ci(q[c].to_numpy(np.float64))
+                    rec.update({c: ci.estimate, f"{c}_lo": ci.low, f"{c}_hi": ci.high})
+            if "cascade_agreement" in q:
+                pair = q[["agreement", "cascade_agreement"]].to_numpy(np.float64)  # [n_q, 2]
+                ci = bootstrap_ci(pair, lambda r: r[:, 0].mean() / max(r[:, 1].mean(), 1e-12))
+                rec.update({"ratio": ci.estimate, "ratio_lo": ci.low, "ratio_hi": ci.high})
+            ans = q[q["text_containment"] == 1.0]
+            rec["n_answerable_q"] = len(ans)
+            if len(ans) >= 2:
+                ci = bootstrap_ci(1.0 - ans["speech_containment"].to_numpy(np.float64))
+                rec.update({"gap_answerable": ci.estimate, "gap_answerable_lo": ci.low,
+                            "gap_answerable_hi": ci.high})
+            rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def _ci(r, c: str) -> str:
+    """'41.2 [35.0, 47.1]' (percent) from a headline row, or '–'."""
+    if c not in r or pd.isna(r.get(c)):
+        return "–"
+    return f"{100 * r[c]:.1f} [{100 * r[c + '_lo']:.1f}, {100 * r[c + '_hi']:.1f}]"
 
 
 def _pct(x: float) -> str:
@@ -214,7 +330,8 @@ def _samples_line(meta: dict) -> str:
     return f"{meta['samples']} — {questions} × {len(voices)} {kind} ({', '.join(voices)})"
 
 
-def markdown_tables(summary: pd.DataFrame, meta: dict, curves: list[dict] | None = None) -> str:
+def markdown_tables(summary: pd.DataFrame, meta: dict, curves: list[dict] | None = None,
+                    headline: pd.DataFrame | None = None) -> str:
     """The results page: overview per checkpoint, then per checkpoint x voice, then training curves.
 
     meta: evaluate's meta (command, code_version, samples, n_questions, voices, unseen_voice,
@@ -253,6 +370,20 @@ def markdown_tables(summary: pd.DataFrame, meta: dict, curves: list[dict] | None
                      f"{_pct(s['text_containment'])} | {_pct(s['speech_containment'])} | "
                      f"{_pct(s['gap_containment'])} | {_pct(s['agreement'])} | {get(u, 'agreement')} | "
                      f"{_pct(s.get('agreement_other_q', float('nan')))} |")
+    if headline is not None and len(headline):
+        lines += ["", "## End-to-end vs cascade, and the answerable GAP (95% bootstrap CI over questions)", "",
+                  "Agreement = token F1 with the same checkpoint's text answer. Cascade = the encoder's Whisper decoder "
+                  "transcribes the clip and the same LLM answers the transcript. Ratio = end-to-end / cascade "
+                  "agreement. Answerable GAP = 1 − speech containment on the questions whose text answer contains "
+                  "a gold answer (n = those questions; GAP in percent).", "",
+                  "| checkpoint | strategy | step | voices | questions | agreement | cascade agreement | ratio "
+                  "| answerable q | answerable GAP |",
+                  "|---|---|--:|---|--:|--:|--:|--:|--:|--:|"]
+        for _, r in headline.iterrows():
+            ratio = "–" if pd.isna(r.get("ratio")) else f"{r['ratio']:.2f} [{r['ratio_lo']:.2f}, {r['ratio_hi']:.2f}]"
+            lines.append(f"| {r['checkpoint']} | {r['strategy']} | {r['step']} | {r['voice']} | {r['n_q']} | "
+                         f"{_ci(r, 'agreement')} | {_ci(r, 'cascade_agreement')} | {ratio} | {r['n_answerable_q']} | "
+                         f"{_ci(r, 'gap_answerable')} |")
     lines += ["", "## Per voice", "",
               "| checkpoint | voice | n | text F1 | speech F1 | GAP F1 | text cont. | speech cont. | GAP cont. "
               "| agreement |",
@@ -333,9 +464,11 @@ def render_stored(folder: str | Path, name: str, render: dict, zoo: str | Path |
                        f"`python -m lsl_core evaluate ... --out {folder} --name {name}`.")
     summary = pd.read_parquet(table)
     meta = json.loads(meta_file.read_text())["meta"]
+    head_file = folder / f"{name}_headline.parquet"
+    headline = pd.read_parquet(head_file) if head_file.is_file() else None
     names = set(meta.get("checkpoints") or summary["checkpoint"])
     manifests = [m for m in list_zoo(zoo or assets_dir() / "checkpoints") if m.name in names]
-    return markdown_tables(summary, {**meta, "render": render}, training_curves(manifests))
+    return markdown_tables(summary, {**meta, "render": render}, training_curves(manifests), headline)
 
 
 # =========================================================================== CLI
@@ -353,6 +486,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=24, help="greedy answer length")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per batched generate call")
     p.add_argument("--pedant", action="store_true", help="also score with PEDANT (needs local qa-metrics files)")
+    p.add_argument("--no-cascade", action="store_true", help="skip the ASR -> LLM cascade baseline")
     p.add_argument("--intervention", action="append", default=[], metavar="SPEC",
                    help="also evaluate speech answers under an intervention (e.g. angle:bottom3, see `table1 --help` "
                         "for the grammar); repeatable; rows go to <out>/<name>_interventions.parquet")
@@ -390,7 +524,7 @@ def main(args: argparse.Namespace) -> int:
     if not manifests:
         raise LSLError("No checkpoints to evaluate: pass --zoo <folder> and/or --checkpoint <manifest>.")
     opts = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, pedant=args.pedant,
-                       unseen_voice=args.unseen_voice)
+                       unseen_voice=args.unseen_voice, cascade=not args.no_cascade)
     voices = [v.strip() for v in args.voices.split(",")] if args.voices else None
     samples = select_samples(load_sample_set(args.samples), args.n_questions, voices)
     print(f"evaluate: {len(manifests)} checkpoints x {len(samples)} samples of {args.samples}", flush=True)
@@ -406,6 +540,7 @@ def main(args: argparse.Namespace) -> int:
         del model
     df = add_other_question_baseline(pd.concat(frames, ignore_index=True))
     summary = summarize(df)
+    headline = headline_intervals(df, opts.unseen_voice)
     qkeys = df.drop_duplicates("sample_id")
     meta.update({
         "samples": args.samples, "n_questions": int(qkeys["question"].nunique()),
@@ -418,6 +553,7 @@ def main(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_parquet(args.out / f"{args.name}_samples.parquet", index=False)
     summary.to_parquet(args.out / f"{args.name}_summary.parquet", index=False)
+    headline.to_parquet(args.out / f"{args.name}_headline.parquet", index=False)
     (args.out / f"{args.name}_summary.json").write_text(json.dumps(
         {"meta": meta, "rows": json.loads(summary.to_json(orient="records"))}, indent=1) + "\n")
     if iv_frames:
@@ -426,9 +562,10 @@ def main(args: argparse.Namespace) -> int:
     if args.markdown:
         from lsl_core.experiments.pages import write_page
 
-        write_page(args.markdown, markdown_tables(summary, meta, training_curves(manifests)))
+        write_page(args.markdown, markdown_tables(summary, meta, training_curves(manifests), headline))
     print(summary[summary["voice"].isin(["seen", opts.unseen_voice])][
-        ["checkpoint", "voice", "text_f1", "speech_f1", "gap_f1", "agreement"]].to_string(index=False))
+        [c for c in ("checkpoint", "voice", "text_f1", "speech_f1", "gap_f1", "agreement", "cascade_agreement",
+                     "gap_answerable") if c in summary.columns]].to_string(index=False))
     print(f"wrote {args.out}/{args.name}_{{samples,summary}}.parquet"
           + (f" and {args.markdown}" if args.markdown else "") + f" in {time.time() - t_all:.0f} s", flush=True)
     return 0
