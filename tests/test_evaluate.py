@@ -81,7 +81,7 @@ def test_encoder_state_cache_roundtrip(tiny_model):
 # ----------------------------------------------------------------------------- one checkpoint
 def test_evaluate_checkpoint_rows_match_direct_computation(tiny_model):
     s = _samples()
-    df = evaluate_checkpoint(tiny_model, s, EvalOptions(max_new_tokens=6, batch_size=4))
+    df = evaluate_checkpoint(tiny_model, s, EvalOptions(max_new_tokens=6, batch_size=4, cascade=False))
     assert list(df["sample_id"]) == s.ids() and len(df) == 9
     assert df.groupby("example_id")["text_answer"].nunique().eq(1).all()  # one text answer per question
     for _, r in df.iterrows():
@@ -95,8 +95,43 @@ def test_evaluate_checkpoint_rows_match_direct_computation(tiny_model):
         assert r["speech_f1"] == pytest.approx(sc["f1"]) and r["speech_containment"] == sc["containment"]
         assert r["agreement"] == pytest.approx(answer_agreement(r["speech_answer"], r["text_answer"]))
         assert r["unseen"] == (r["voice"] == "en-gb-scotland")
-    again = evaluate_checkpoint(tiny_model, s, EvalOptions(max_new_tokens=6, batch_size=4))  # from the cache
+    again = evaluate_checkpoint(tiny_model, s, EvalOptions(max_new_tokens=6, batch_size=4, cascade=False))  # cached
     pd.testing.assert_frame_equal(df, again)
+
+
+def test_cascade_answers_the_transcript_and_answerable_gap(tiny_model, monkeypatch, tmp_path):
+    """The cascade answers what the ASR heard with the same LLM; a transcript equal to the question gives the
+    text answer (agreement 1), another question's transcript gives that question's answer."""
+    from lsl_core.experiments.evaluate import headline_intervals, summarize
+
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))  # transcripts are cached on disk
+    s = _samples()
+    heard = {sid: s[sid].question for sid in s.ids()}
+    other = s.ids()[0]
+    swapped = next(i for i in s.ids() if s[i].question != s[other].question)
+    heard[other] = s[swapped].question  # the ASR "mishears" one clip as another question
+    by_audio = {B.audio_key(s[i].audio): heard[i] for i in s.ids()}
+    monkeypatch.setattr(type(tiny_model), "transcribe", lambda self, audio, sr: by_audio[B.audio_key(audio)],
+                        raising=False)
+    monkeypatch.setattr(type(tiny_model), "has_asr", property(lambda self: True), raising=False)
+    df = evaluate_checkpoint(tiny_model, s, EvalOptions(max_new_tokens=6, batch_size=4), use_cache=False)
+    for _, r in df.iterrows():
+        assert r["transcript"] == heard[r["sample_id"]]
+        assert r["cascade_answer"] == tiny_model.generate(text=heard[r["sample_id"]], max_new_tokens=6)
+        assert r["cascade_agreement"] == pytest.approx(answer_agreement(r["cascade_answer"], r["text_answer"]))
+    assert (df.loc[df["sample_id"] != other, "cascade_agreement"] == 1.0).all()
+    df = df.assign(text_containment=[1.0, 1.0, 0.0] * 3, speech_containment=[0.0, 1.0, 0.0] * 3)
+    summ = summarize(df).set_index("voice")
+    allv = summ.loc["all"]
+    answerable = df[df["text_containment"] == 1.0]
+    assert allv["n_answerable"] == len(answerable)
+    assert allv["gap_answerable"] == pytest.approx(1.0 - answerable["speech_containment"].mean())
+    head = headline_intervals(df)
+    seen = head[head["voice"] == "seen"].iloc[0]
+    q = df[~df["unseen"]].groupby("question")[["agreement", "cascade_agreement"]].mean()
+    assert seen["n_q"] == len(q) and seen["agreement"] == pytest.approx(q["agreement"].mean())
+    assert seen["ratio"] == pytest.approx(q["agreement"].mean() / q["cascade_agreement"].mean())
+    assert seen["agreement_lo"] <= seen["agreement"] <= seen["agreement_hi"]
 
 
 def test_select_samples_first_questions_all_voices():
@@ -183,7 +218,7 @@ def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path):
     out, md = tmp_path / "results", tmp_path / "docs" / "checkpoints.md"
     argv = ["evaluate", "--zoo", str(zoo), "--samples", f"manifest:{sset}", "--n-questions", "2",
             "--max-new-tokens", "5", "--batch-size", "3", "--out", str(out), "--markdown", str(md),
-            "--intervention", "angle:bottom3", "--device", "cpu"]
+            "--intervention", "angle:bottom3", "--device", "cpu", "--no-cascade"]
     assert main(argv) == 0
     df = pd.read_parquet(out / "checkpoints_samples.parquet")
     assert len(df) == 2 * 6 and set(df["checkpoint"]) == {"none-step5", "none-step10"}
