@@ -4,6 +4,7 @@
     analyze   alignment metrics of checkpoint(s) over a sample set; shards + --merge (experiments.analyze)
     evaluate  text vs speech scores, GAP and agreement per voice (experiments.evaluate)
     table1    Table 1: speech answers under each intervention (experiments.table1)
+    curriculum  agreement, cascade, alignment and GAP per shipped checkpoint, R² (experiments.curriculum)
     report    (re)write a results page under docs/results (experiments.report)
     voicebench  speech vs text scores on VoiceBench subsets (experiments.voicebench_run)
     train     adaptor (+ LoRA / full) training curriculum (experiments.train)
@@ -29,6 +30,7 @@ COMMANDS = {
     "analyze": "lsl_core.experiments.analyze",
     "evaluate": "lsl_core.experiments.evaluate",
     "table1": "lsl_core.experiments.table1",
+    "curriculum": "lsl_core.experiments.curriculum",
     "report": "lsl_core.experiments.report",
     "voicebench": "lsl_core.experiments.voicebench_run",
     "train": "lsl_core.experiments.train",

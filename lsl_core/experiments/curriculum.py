@@ -1,0 +1,299 @@
+"""`python -m lsl_core curriculum`: does the shipped training curriculum make the gap real and measurable?
+
+One table per checkpoint of the stored results (nothing re-generated):
+
+    evaluate  -> agreement (speech vs text answer) and the cascade's, seen / unseen voice, with CIs over
+                 questions; GAP F1; the answerable GAP                 (<results>/checkpoints_*.parquet)
+    analyze   -> mean path Spearman (layers 1..L, cosine and distance), share of collapsed paths, APS,
+                 sequence cosine                                        (<results>/analysis.parquet)
+    controls  -> speech -> text retrieval top-1 at the best layer      (<results>/analysis_controls.parquet)
+
+plus one quantity measured here with each checkpoint: the APS margin of real clips over an all-zero
+clip of the same length (`silence_margin`, on the first --silence-clips clips of the set). Then the
+trajectories' Spearman of step vs agreement and the R² of each alignment metric vs GAP across all
+checkpoints, with a bootstrap 95% CI over checkpoints (`r2_with_ci`).
+
+    python -m lsl_core curriculum --results assets/results --zoo assets/checkpoints \\
+        --markdown docs/results/curriculum.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lsl_core.errors import LSLError
+from lsl_core.experiments.pages import NOT_RECORDED, page_header
+
+# alignment metrics whose R² vs GAP is reported (column -> what it is)
+R2_METRICS = {
+    "seq_cos_mean": "sequence cosine (layers 1..L)",
+    "aps_cos": "APS, cosine path",
+    "spearman_cos_mean": "path Spearman, cosine",
+    "spearman_dist_mean": "path Spearman, distance",
+    "retrieval_top1_best": "retrieval top-1 at the best layer",
+    "specific_seq_cos": "specific sequence cosine (matched − mismatched)",
+    "silence_margin_aps": "APS margin over silence",
+}
+GAPS = {"gap_f1": "GAP F1 (all voices)", "gap_answerable": "answerable GAP (all voices)"}
+
+
+# =============================================================================== measured with the model
+def silence_margin(model, samples: Sequence) -> dict:
+    """APS (cosine path) of each clip with its own transcript minus APS of an all-zero clip of the same
+    length with the same transcript (lsl_core.analysis_controls.silence_states), averaged over clips.
+
+    -> {"aps_real", "aps_silence", "silence_margin_aps", "n"}; a margin near 0 means the path score
+    does not depend on the speech at all.
+    """
+    import torch
+
+    from lsl_core.analysis_controls import silence_states, speech_states, text_states
+    from lsl_core.metrics.controls import candidate_metrics
+
+    real, silent = [], []
+    with torch.no_grad():
+        for s in samples:
+            hs, _ = speech_states(model, s.audio, s.sr)
+            tx = text_states(model, s.question)[0]
+            sil = silence_states(model, float(len(s.audio)) / float(s.sr))
+            real.append(float(candidate_metrics(hs, [tx])["aps_cos"][0, 1:].mean()))
+            silent.append(float(candidate_metrics(sil, [tx])["aps_cos"][0, 1:].mean()))
+    r, z = float(np.mean(real)), float(np.mean(silent))
+    return {"aps_real": r, "aps_silence": z, "silence_margin_aps": r - z, "n": len(real)}
+
+
+# =============================================================================== statistics
+def step_spearman(steps: Sequence[float], values: Sequence[float]) -> float:
+    """Spearman ρ of step vs a score along one trajectory (NaN for fewer than 3 points)."""
+    from scipy.stats import spearmanr
+
+    if len(steps) < 3:
+        return float("nan")
+    return float(spearmanr(steps, values).statistic)
+
+
+def r2_with_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """OLS R² of y on x over checkpoints (lsl_core.metrics.gap.fit_gap) with a percentile bootstrap 95% CI
+    over checkpoints (resamples with fewer than 3 distinct x are skipped)."""
+    from lsl_core.metrics.gap import fit_gap
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    fit = fit_gap(x, y)
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(x), len(x))
+        if len(np.unique(x[i])) < 3:
+            continue
+        reps.append(fit_gap(x[i], y[i]).r2)
+    lo, hi = (np.quantile(reps, [0.025, 0.975]) if reps else (np.nan, np.nan))
+    return {"n": fit.n, "slope": fit.slope, "r2": fit.r2, "r2_lo": float(lo), "r2_hi": float(hi)}
+
+
+# =============================================================================== the table
+def curriculum_table(results: Path, silence: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per evaluated checkpoint: scores (evaluate), alignment means (analyze), retrieval (controls)."""
+    from lsl_core.results import checkpoint_means, controls_means
+
+    results = Path(results)
+    need = [results / "checkpoints_summary.parquet", results / "checkpoints_headline.parquet",
+            results / "analysis.parquet"]
+    missing = [p.name for p in need if not p.is_file()]
+    if missing:
+        raise LSLError(f"{results} lacks {missing}; write them with `python -m lsl_core evaluate ... --out {results}` "
+                       f"and `python -m lsl_core analyze --controls ... --out {results}/analysis.parquet`.")
+    summary = pd.read_parquet(need[0])
+    head = pd.read_parquet(need[1])
+    al = checkpoint_means(pd.read_parquet(need[2]))
+    allv = summary[summary["voice"] == "all"].set_index("checkpoint")
+    rows = []
+    for ck, r in allv.iterrows():
+        rec = {"checkpoint": ck, "strategy": r["strategy"], "step": int(r["step"]),
+               "text_f1": r["text_f1"], "speech_f1": r["speech_f1"], "gap_f1": r["gap_f1"],
+               "gap_answerable": r.get("gap_answerable", np.nan), "n_answerable": r.get("n_answerable", np.nan)}
+        for _, h in head[head["checkpoint"] == ck].iterrows():
+            tag = "seen" if h["voice"] == "seen" else "unseen"
+            for c in ("agreement", "cascade_agreement", "ratio"):
+                for suf in ("", "_lo", "_hi"):
+                    rec[f"{c}{suf}_{tag}"] = h.get(f"{c}{suf}", np.nan)
+        rows.append(rec)
+    df = pd.DataFrame(rows)
+    keep = [c for c in ("checkpoint", "seq_cos_mean", "aps_cos", "spearman_cos_mean", "spearman_dist_mean",
+                        "collapsed_cos_frac", "collapsed_dist_frac") if c in al.columns]
+    df = df.merge(al[keep], on="checkpoint", how="left")
+    cpath = results / "analysis_controls.parquet"
+    if cpath.is_file():
+        ctl = pd.read_parquet(cpath)
+        retr = ctl[(ctl["table"] == "retrieval") & (ctl["scorer"] == "seq_cos") & (ctl["layer"] >= 0)]
+        best = retr.loc[retr.groupby("checkpoint")["top1"].idxmax(), ["checkpoint", "top1", "layer", "chance_top1"]]
+        best = best.rename(columns={"top1": "retrieval_top1_best", "layer": "retrieval_best_layer",
+                                    "chance_top1": "retrieval_chance"})
+        df = df.merge(best, on="checkpoint", how="left")
+        means = controls_means(ctl)
+        if "specific_seq_cos" in means.columns:
+            df = df.merge(means[["checkpoint", "specific_seq_cos"]], on="checkpoint", how="left")
+    if silence:
+        sil = pd.DataFrame([{"checkpoint": k, **v} for k, v in silence.items()]).drop(columns=["n"], errors="ignore")
+        df = df.merge(sil, on="checkpoint", how="left")
+    rank = {"none": 0, "frozen": 1, "lora": 2, "full": 3}
+    return df.assign(_r=df["strategy"].map(rank).fillna(9)).sort_values(["_r", "step"]).drop(columns="_r") \
+        .reset_index(drop=True)
+
+
+def trajectories(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each strategy's path through training: the shared start (untrained, then the frozen-LLM alignment
+    stages up to the QA stage's init) followed by that strategy's QA checkpoints."""
+    qa_start = {s: int(df[df["strategy"] == s]["step"].min()) for s in ("lora", "full") if (df["strategy"] == s).any()}
+    out = {"frozen": df[df["strategy"].isin(["none", "frozen"])].sort_values("step")}
+    for s, first in qa_start.items():
+        prefix = df[df["strategy"].isin(["none", "frozen"]) & (df["step"] < first)]
+        out[s] = pd.concat([prefix, df[df["strategy"] == s]]).sort_values("step")
+    return out
+
+
+def r2_table(df: pd.DataFrame) -> pd.DataFrame:
+    """R² (with bootstrap CI over checkpoints) of every available alignment metric vs each GAP."""
+    rows = []
+    for g, gname in GAPS.items():
+        if g not in df.columns:
+            continue
+        for m, mname in R2_METRICS.items():
+            if m not in df.columns or df[m].isna().all():
+                continue
+            try:
+                fit = r2_with_ci(df[m].to_numpy(), df[g].to_numpy())
+            except Exception as exc:  # noqa: BLE001 - a metric that cannot be fitted is reported, not fatal
+                rows.append({"gap": gname, "metric": mname, "note": str(exc)})
+                continue
+            rows.append({"gap": gname, "metric": mname, **fit})
+    return pd.DataFrame(rows)
+
+
+# =============================================================================== the page
+def _p(x, digits: int = 1) -> str:
+    return "–" if x is None or pd.isna(x) else f"{100 * x:.{digits}f}"
+
+
+def _f(x, digits: int = 3) -> str:
+    return "–" if x is None or pd.isna(x) else f"{x:.{digits}f}"
+
+
+def _ci(r, c: str, tag: str) -> str:
+    v = r.get(f"{c}_{tag}")
+    if v is None or pd.isna(v):
+        return "–"
+    return f"{100 * v:.1f} [{100 * r[f'{c}_lo_{tag}']:.1f}, {100 * r[f'{c}_hi_{tag}']:.1f}]"
+
+
+def markdown(df: pd.DataFrame, r2: pd.DataFrame, meta: dict) -> str:
+    """docs/results/curriculum.md."""
+    lines = page_header("The training curriculum: agreement, cascade, alignment and GAP per checkpoint",
+                        meta["command"], meta.get("code_version", NOT_RECORDED))
+    lines += [
+        f"- Inputs: {meta['inputs']}.",
+        f"- Silence margin: APS (cosine path, layers 1..L) of real clips minus an all-zero clip of the same length "
+        f"with the same transcript, on {meta.get('silence_clips', 0)} clips ({meta.get('silence_voice', '')}).",
+        "- Agreement = token F1 between a checkpoint's speech answer and its own text answer; cascade = Whisper "
+        "transcript → the same LLM; 95% CIs resample questions. Seen = the 4 sd-qa-mini voices also used in "
+        "training (with other questions); unseen = en-gb-scotland, never used in training. No sd-qa-mini "
+        "question is used in training (training texts: the SD-QA English test split + word sequences).",
+        "",
+        "## Per checkpoint",
+        "",
+        "| checkpoint | strategy | step | agreement seen | agreement unseen | cascade unseen | e2e/cascade unseen "
+        "| GAP F1 | answerable GAP (n) | Spearman cos | Spearman L2 | collapsed (cos) | retrieval top-1 (layer) "
+        "| APS − silence |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for _, r in df.iterrows():
+        ratio = r.get("ratio_unseen")
+        ratio_s = "–" if ratio is None or pd.isna(ratio) else \
+            f"{ratio:.2f} [{r['ratio_lo_unseen']:.2f}, {r['ratio_hi_unseen']:.2f}]"
+        retr = "–" if pd.isna(r.get("retrieval_top1_best", np.nan)) else \
+            f"{r['retrieval_top1_best']:.2f} (ℓ{int(r['retrieval_best_layer'])})"
+        n_ans = "" if pd.isna(r.get("n_answerable", np.nan)) else f" ({int(r['n_answerable'])})"
+        lines.append(
+            f"| {r['checkpoint']} | {r['strategy']} | {r['step']} | {_ci(r, 'agreement', 'seen')} | "
+            f"{_ci(r, 'agreement', 'unseen')} | {_ci(r, 'cascade_agreement', 'unseen')} | {ratio_s} | "
+            f"{_p(r['gap_f1'])} | {_p(r.get('gap_answerable'))}{n_ans} | {_f(r.get('spearman_cos_mean'))} | "
+            f"{_f(r.get('spearman_dist_mean'))} | {_p(r.get('collapsed_cos_frac'), 0)} % | {retr} | "
+            f"{_f(r.get('silence_margin_aps'))} |")
+    chance = df["retrieval_chance"].dropna().iloc[0] if "retrieval_chance" in df and df["retrieval_chance"].notna().any() \
+        else None
+    lines += ["", f"Retrieval chance level: {_f(chance)} (one own transcript among the candidates).", "",
+              "## Does agreement rise along each trajectory?", "",
+              "| trajectory | checkpoints | Spearman(step, agreement seen) | Spearman(step, agreement unseen) |",
+              "|---|--:|--:|--:|"]
+    for name, t in trajectories(df).items():
+        lines.append(f"| {name} | {len(t)} | {_f(step_spearman(t['step'], t['agreement_seen']), 2)} | "
+                     f"{_f(step_spearman(t['step'], t['agreement_unseen']), 2)} |")
+    lines += ["", f"## Which alignment metric predicts the GAP? (OLS over all {len(df)} checkpoints; R² with a "
+              "bootstrap 95% CI over checkpoints)", "",
+              "| GAP | alignment metric | n | slope | R² [95% CI] |", "|---|---|--:|--:|--:|"]
+    for _, r in r2.iterrows():
+        if "r2" not in r or pd.isna(r.get("r2")):
+            lines.append(f"| {r['gap']} | {r['metric']} | – | – | not fitted: {r.get('note', '')} |")
+            continue
+        lines.append(f"| {r['gap']} | {r['metric']} | {int(r['n'])} | {r['slope']:+.3f} | "
+                     f"{r['r2']:.2f} [{r['r2_lo']:.2f}, {r['r2_hi']:.2f}] |")
+    return "\n".join(lines) + "\n"
+
+
+# =============================================================================== the command
+def register(sub) -> None:
+    p = sub.add_parser("curriculum", help="agreement, cascade, alignment and GAP per shipped checkpoint (+ R²)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=Path("assets/results"),
+                   help="folder with evaluate's checkpoints_* files and analyze's analysis*.parquet")
+    p.add_argument("--zoo", type=Path, default=None, help="checkpoints folder, to measure the silence margin")
+    p.add_argument("--samples", default="sd-qa-mini", help="sample set of the silence margin")
+    p.add_argument("--silence-clips", type=int, default=30, help="clips for the silence margin (0 = skip)")
+    p.add_argument("--silence-voice", default="en-gb-scotland", help="voice of the silence-margin clips")
+    p.add_argument("--markdown", type=Path, default=None, help="write the results page here")
+    p.add_argument("--out", type=Path, default=None, help="also write the per-checkpoint table (parquet)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from lsl_core.experiments.pages import provenance, write_page
+
+    meta = provenance(getattr(args, "argv", None))
+    silence: dict[str, dict] = {}
+    if args.zoo and args.silence_clips > 0:
+        from tqdm import tqdm
+
+        from lsl_core.data.sets import load_sample_set
+        from lsl_core.model.loading import list_zoo, load_checkpoint
+
+        summary = pd.read_parquet(args.results / "checkpoints_summary.parquet")
+        names = set(summary["checkpoint"])
+        sset = load_sample_set(args.samples).filter(voice=args.silence_voice)
+        clips = [sset[i] for i in range(min(args.silence_clips, len(sset)))]
+        for m in tqdm([m for m in list_zoo(args.zoo) if m.name in names], desc="silence margin", unit="checkpoint"):
+            silence[m.name] = silence_margin(load_checkpoint(m), clips)
+    df = curriculum_table(args.results, silence)
+    r2 = r2_table(df)
+    meta.update({"inputs": f"{args.results}/checkpoints_summary.parquet, checkpoints_headline.parquet, "
+                           "analysis.parquet, analysis_controls.parquet",
+                 "silence_clips": args.silence_clips if silence else 0,
+                 "silence_voice": f"{args.samples}, voice {args.silence_voice}"})
+    if args.out:
+        df.to_parquet(args.out, index=False)
+        r2.to_parquet(args.out.with_name(args.out.stem + "_r2.parquet"), index=False)
+    if args.markdown:
+        write_page(args.markdown, markdown(df, r2, meta))
+        print(f"wrote {args.markdown}")
+    cols = [c for c in ("checkpoint", "step", "agreement_seen", "agreement_unseen", "cascade_agreement_unseen",
+                        "gap_f1", "spearman_cos_mean", "retrieval_top1_best", "silence_margin_aps") if c in df.columns]
+    print(df[cols].to_string(index=False))
+    print(r2.to_string(index=False))
+    print(json.dumps({"checkpoints": len(df)}))
+    return 0

@@ -1,0 +1,90 @@
+"""The curriculum report: silence margin against a direct computation, the trajectory Spearman and the R²
+with its bootstrap CI on hand-made numbers, and the per-checkpoint table joined from stored results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import tone
+
+from lsl_core.data.samples import Sample
+from lsl_core.experiments.curriculum import (curriculum_table, r2_table, r2_with_ci, silence_margin, step_spearman,
+                                             trajectories)
+from lsl_core.metrics.tokenwise import alignment_path, path_scores, token_cosine_matrix
+
+
+def _aps(hs: torch.Tensor, ht: torch.Tensor) -> float:
+    """APS by hand: best frame per token by cosine, its value, mean over tokens and layers 1..L."""
+    cos = token_cosine_matrix(hs, ht)  # [L+1, Ts, Tt]
+    return float(path_scores(cos, alignment_path(cos, "cosine"))[1:].mean())
+
+
+def test_silence_margin_is_real_minus_silent_aps(tiny_model):
+    from lsl_core.analysis_controls import silence_states, speech_states, text_states
+
+    clips = [Sample(id=f"c{k}", audio=tone(0.8 + 0.3 * k, freq=180 + 40 * k), sr=16_000, question=q)
+             for k, q in enumerate(["who wrote hamlet ?", "how many legs does a spider have ?"])]
+    got = silence_margin(tiny_model, clips)
+    real, silent = [], []
+    for s in clips:
+        hs, _ = speech_states(tiny_model, s.audio, s.sr)
+        ht = text_states(tiny_model, s.question)[0]
+        real.append(_aps(hs, ht))
+        silent.append(_aps(silence_states(tiny_model, len(s.audio) / 16_000), ht))
+    assert got["n"] == 2
+    assert got["aps_real"] == pytest.approx(np.mean(real), abs=1e-6)
+    assert got["silence_margin_aps"] == pytest.approx(np.mean(real) - np.mean(silent), abs=1e-6)
+
+
+def test_step_spearman_and_r2_ci_on_hand_made_points():
+    assert step_spearman([1, 2, 3, 4], [0.1, 0.2, 0.15, 0.3]) == pytest.approx(0.8)
+    assert np.isnan(step_spearman([1, 2], [0.1, 0.2]))
+    x = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    fit = r2_with_ci(x, 1.0 - 2.0 * x)  # an exact line
+    assert fit["r2"] == pytest.approx(1.0) and fit["slope"] == pytest.approx(-2.0) and fit["n"] == 6
+    assert fit["r2_lo"] == pytest.approx(1.0) and fit["r2_hi"] == pytest.approx(1.0)
+    noisy = r2_with_ci(x, np.array([0.3, 0.1, 0.5, 0.2, 0.6, 0.1]))
+    assert 0.0 <= noisy["r2_lo"] <= noisy["r2"] <= noisy["r2_hi"] <= 1.0
+
+
+def _stored(tmp_path):
+    cks = [("u", "none", 0), ("a1", "frozen", 10), ("a2", "frozen", 20), ("l1", "lora", 25), ("l2", "lora", 30),
+           ("f1", "frozen", 25)]
+    summ, head, rows = [], [], []
+    for k, (ck, strat, step) in enumerate(cks):
+        summ.append({"checkpoint": ck, "strategy": strat, "step": step, "voice": "all", "text_f1": 0.5,
+                     "speech_f1": 0.05 * k, "gap_f1": 0.5 - 0.05 * k, "gap_answerable": 1 - 0.1 * k, "n_answerable": 9})
+        for v in ("seen", "en-gb-scotland"):
+            a = 0.1 * k
+            head.append({"checkpoint": ck, "voice": v, "agreement": a, "agreement_lo": a - 0.01,
+                         "agreement_hi": a + 0.01, "cascade_agreement": 0.4, "cascade_agreement_lo": 0.3,
+                         "cascade_agreement_hi": 0.5, "ratio": a / 0.4, "ratio_lo": 0.0, "ratio_hi": 1.0})
+        for j in range(2):
+            rows.append({"checkpoint": ck, "family": "f", "strategy": strat, "step": step, "seq_cos_mean": 0.1 * k + j,
+                         "aps_cos": 0.2 * k, "spearman_cos_mean": 0.05 * k * k, "spearman_dist_mean": 0.0,
+                         "collapsed_cos_frac": 1.0 - 0.1 * k})
+    pd.DataFrame(summ).to_parquet(tmp_path / "checkpoints_summary.parquet")
+    pd.DataFrame(head).to_parquet(tmp_path / "checkpoints_headline.parquet")
+    pd.DataFrame(rows).to_parquet(tmp_path / "analysis.parquet")
+    return cks
+
+
+def test_table_joins_scores_alignment_and_orders_trajectories(tmp_path):
+    cks = _stored(tmp_path)
+    df = curriculum_table(tmp_path, {"l2": {"aps_real": 0.5, "aps_silence": 0.3, "silence_margin_aps": 0.2, "n": 3}})
+    assert list(df["checkpoint"]) == ["u", "a1", "a2", "f1", "l1", "l2"]  # untrained, frozen by step, lora
+    r = df.set_index("checkpoint")
+    assert r.loc["a2", "seq_cos_mean"] == pytest.approx(0.2 + 0.5)  # mean over the 2 sample rows
+    assert r.loc["l1", "agreement_unseen"] == pytest.approx(0.3) and r.loc["l1", "agreement_lo_seen"] == pytest.approx(0.29)
+    assert r.loc["l2", "silence_margin_aps"] == pytest.approx(0.2) and np.isnan(r.loc["u", "silence_margin_aps"])
+    tr = trajectories(df)
+    assert list(tr["frozen"]["checkpoint"]) == ["u", "a1", "a2", "f1"]
+    assert list(tr["lora"]["checkpoint"]) == ["u", "a1", "a2", "l1", "l2"]  # the shared start, then LoRA
+    r2 = r2_table(df).set_index(["gap", "metric"])
+    gap = df["gap_f1"].to_numpy()
+    x = df["aps_cos"].to_numpy()
+    expect = np.corrcoef(x, gap)[0, 1] ** 2
+    assert r2.loc[("GAP F1 (all voices)", "APS, cosine path"), "r2"] == pytest.approx(expect)
+    assert len(cks) == r2.loc[("GAP F1 (all voices)", "APS, cosine path"), "n"]
