@@ -112,6 +112,9 @@ def _wait_idle(page, timeout_ms: int = LOAD_TIMEOUT_MS) -> None:
 def test_user_reaches_heatmap_and_regenerates_with_bottom3_angle(server, shots):
     from playwright.sync_api import expect, sync_playwright
 
+    from lsl_core.model.loading import default_checkpoint, read_manifest
+
+    default = read_manifest(default_checkpoint()).name  # the shipped default (latest LoRA checkpoint)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -131,7 +134,7 @@ def test_user_reaches_heatmap_and_regenerates_with_bottom3_angle(server, shots):
             # pick another sample in the sidebar
             before = _question(page)
             model = _sidebar_values(page)["Checkpoint"]
-            assert model.startswith("lora-step0400"), model  # the shipped default
+            assert model.startswith(default), (model, default)
             sidebar = page.locator('[data-testid="stSidebar"]')
             sidebar.locator('[data-testid="stSelectbox"]', has_text="Sample").last.click()
             page.get_by_role("option").nth(5).click()
@@ -173,7 +176,7 @@ def test_user_reaches_heatmap_and_regenerates_with_bottom3_angle(server, shots):
             # the sidebar's link reopens the same model, sample, layer and intervention in a new session
             page.locator('[data-testid="stSidebar"]').get_by_text("Link to this view").click()
             link = page.locator('[data-testid="stSidebar"] [data-testid="stCode"]').inner_text().strip()
-            assert "model=lora-step0400" in link and "iv=angle%3Abottom3" in link and "/Interventions?" in link
+            assert f"model={default}" in link and "iv=angle%3Abottom3" in link and "/Interventions?" in link
             other = browser.new_page(viewport={"width": 1500, "height": 1100})
             other.goto(link, wait_until="domcontentloaded")
             expect(other.get_by_text("Edited at layer ℓ = 0")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
