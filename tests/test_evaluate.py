@@ -218,7 +218,7 @@ def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path):
     out, md = tmp_path / "results", tmp_path / "docs" / "checkpoints.md"
     argv = ["evaluate", "--zoo", str(zoo), "--samples", f"manifest:{sset}", "--n-questions", "2",
             "--max-new-tokens", "5", "--batch-size", "3", "--out", str(out), "--markdown", str(md),
-            "--intervention", "angle:bottom3", "--device", "cpu", "--no-cascade"]
+            "--intervention", "angle:bottom3", "--device", "cpu"]
     assert main(argv) == 0
     df = pd.read_parquet(out / "checkpoints_samples.parquet")
     assert len(df) == 2 * 6 and set(df["checkpoint"]) == {"none-step5", "none-step10"}

@@ -131,18 +131,21 @@ class Page:
 
 PAGES: dict[str, Page] = {p.name: p for p in (
     Page("checkpoints", "docs/results/checkpoints.md",
-         "python -m lsl_core evaluate --zoo assets/checkpoints --samples sd-qa-mini --n-questions 20 "
-         "--max-new-tokens 24 --batch-size 25 --out assets/results --markdown docs/results/checkpoints.md",
+         "python -m lsl_core evaluate --zoo assets/checkpoints --samples sd-qa-mini "
+         "--max-new-tokens 24 --batch-size 50 --out assets/results --markdown docs/results/checkpoints.md",
          "python -m lsl_core report checkpoints --results assets/results --markdown docs/results/checkpoints.md"),
     Page("interventions", "docs/results/interventions.md",
          "python -m lsl_core table1 --n 20 --max-new-tokens 24 --out assets/results "
          "--markdown docs/results/interventions.md",
          "python -m lsl_core report interventions --results assets/results --markdown docs/results/interventions.md"),
     Page("alignment", "docs/results/alignment.md",
-         "python -m lsl_core analyze --zoo assets/checkpoints --samples sd-qa-mini --limit 100 "
+         "python -m lsl_core analyze --zoo assets/checkpoints --samples sd-qa-mini --controls "
          "--out assets/results/analysis.parquet --markdown docs/results/alignment.md",
          "python -m lsl_core report alignment --results assets/results/analysis.parquet "
          "--markdown docs/results/alignment.md"),
+    Page("curriculum", "docs/results/curriculum.md",
+         "python -m lsl_core curriculum --results assets/results --zoo assets/checkpoints "
+         "--markdown docs/results/curriculum.md", ""),
     Page("benchmarks", "docs/results/benchmarks.md",
          "python -m lsl_core report benchmarks --markdown docs/results/benchmarks.md", ""),
 )}

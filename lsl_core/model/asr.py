@@ -101,7 +101,10 @@ class WhisperASR:
             # never ask for more tokens than the decoder has positions (small/tiny Whisper configs)
             room = int(self.model.config.max_target_positions) - 4  # start/lang/task/notimestamps prompt
             gen.max_new_tokens = max(1, min(int(gen.max_new_tokens), room))
-            ids = self.model.generate(feats, generation_config=gen, **kwargs)
+            try:
+                ids = self.model.generate(feats, generation_config=gen, **kwargs)
+            except IndexError:  # transformers' Whisper generate indexes the last token of an empty output
+                return ""  # (a decoder whose first token is end-of-text: nothing was heard)
         finally:
             quiet.setLevel(level)
         return self.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
