@@ -67,6 +67,8 @@ SCALAR_LABELS: dict[str, str] = {
     "speech_containment": "speech-input containment (%)",
     "text_containment": "text-input containment (%)",
     "agreement": "speech/text answer agreement (token F1, %)",
+    "cascade_agreement": "cascade/text answer agreement (token F1, %)",
+    "gap_answerable": "answerable GAP: 1 − speech containment where text contains (%)",
 }
 
 
@@ -113,8 +115,8 @@ TITLE_TOP_PX = 34  # the title starts below the toolbar's row (Plotly's mode bar
 TITLE_FONT_PX = 16
 TITLE_LINE_PX = 21  # Plotly's line spacing (1.3 em) at TITLE_FONT_PX
 TITLE_MAX_CHARS = 72  # wrap longer titles; export.figure passes fewer for figures in columns
-_SCORE_COLUMN = re.compile(r"^(text_|speech_|gap_|cascade_)?(containment|f1|em|pedant|agreement(_other_q)?)"
-                           r"(_lo|_hi)?$", re.IGNORECASE)
+_SCORE_COLUMN = re.compile(r"^(text_|speech_|gap_|cascade_)?(containment|f1|em|pedant|agreement(_other_q)?|"
+                           r"answerable)(_lo|_hi)?$", re.IGNORECASE)
 
 
 def _fallback_style(name: str) -> SeriesStyle:

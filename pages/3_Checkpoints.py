@@ -111,6 +111,21 @@ def main() -> None:
                 export.figure(viz.trend_curves(rows, f"speech_{score}",
                                                title=f"speech-input {score} across training, voice '{voice}', 95% CI"),
                               f"speech_{score}_vs_step", key="fig_speech_step", columns=2)
+            if "cascade_agreement" in rows.columns:  # end-to-end vs the ASR -> LLM cascade, and the answerable view
+                cols = st.columns(2)
+                with cols[0]:
+                    export.figure(viz.trend_curves(rows, "agreement", title=f"speech vs text answer agreement, voice "
+                                                   f"'{voice}', 95% CI (cascade: "
+                                                   f"{100 * rows['cascade_agreement'].mean():.1f} % mean)"),
+                                  "agreement_vs_step", key="fig_agreement_step", columns=2)
+                with cols[1]:
+                    export.figure(viz.trend_curves(rows, "gap_answerable", title=f"answerable GAP (questions whose "
+                                                   f"text answer is right), voice '{voice}'"),
+                                  "gap_answerable_vs_step", key="fig_gap_answerable_step", columns=2)
+                st.caption("Agreement = token F1 of the speech answer with the same checkpoint's text answer; the "
+                           "cascade (Whisper transcript → the same LLM) is the pipeline baseline. Answerable GAP = "
+                           "1 − speech containment on the samples whose text answer contains a gold answer "
+                           "(`n_answerable` in the table).")
             if "n" in rows.columns and len(rows):
                 notes.show([diagnostics.small_n_note(int(rows["n"].min()), "a checkpoint's score in this voice row")])
             export.table(rows, "evaluation_summary")

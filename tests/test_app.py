@@ -106,7 +106,8 @@ def _results(folder: Path, ids: list[str], model_dir: Path, set_spec: str) -> di
                          "question": QUESTIONS[k // 2], "references": "paris | shakespeare",
                          "text_answer": f"text answer {sid}", "speech_answer": f"speech answer {sid} {ck}",
                          "text_containment": 1.0, "text_f1": 0.8, "speech_containment": float(k < n_right),
-                         "speech_f1": 0.8 * (k < n_right), "agreement": 0.5})
+                         "speech_f1": 0.8 * (k < n_right), "agreement": 0.5 + 0.05 * n_right,
+                         "cascade_agreement": 0.7, "cascade_containment": 1.0, "cascade_f1": 0.8})
     samples = pd.DataFrame(rows)
     samples.to_parquet(folder / "checkpoints_samples.parquet", index=False)
     summarize(samples).to_parquet(folder / "checkpoints_summary.parquet", index=False)
@@ -467,6 +468,17 @@ def test_checkpoints_live_alignment_curves_trends_and_gap_fit(world):
         assert trace["error_y"]["type"] == "data" and len(_arr(trace["error_y"]["array"])) == len(_arr(trace["y"]))
     assert {t["line"]["color"] for t in gap["data"]} == {t["line"]["color"] for t in
                                                          _fig(at, "speech-input f1 across training")["data"]}
+    # end-to-end agreement across training (the cascade's mean in the title) and the answerable GAP
+    summary = pd.read_parquet(world["root"] / "results" / "checkpoints_summary.parquet")
+    allv = summary[summary["voice"] == "all"].set_index("checkpoint")
+    agree = _fig(at, "speech vs text answer agreement, voice 'all'")
+    assert "cascade: 70.0 % mean" in agree["layout"]["title"]["text"]
+    for trace in agree["data"]:
+        ys = _arr(trace["y"])
+        assert len(ys) and set(np.round(ys, 6)) <= set(np.round(100 * allv["agreement"].to_numpy(), 6))
+    ans = _fig(at, "answerable GAP (questions whose text answer is right)")
+    want = sorted(np.round(100 * allv["gap_answerable"].to_numpy(), 6))
+    assert sorted(np.round(np.concatenate([_arr(t["y"]) for t in ans["data"]]), 6)) == want
     _widget(at.radio, "Alignment metrics from").set_value("compute live")
     _widget(at.number_input, "Samples per checkpoint").set_value(2)
     _run(at)

@@ -139,7 +139,7 @@ PAGES: dict[str, Page] = {p.name: p for p in (
          "--markdown docs/results/interventions.md",
          "python -m lsl_core report interventions --results assets/results --markdown docs/results/interventions.md"),
     Page("alignment", "docs/results/alignment.md",
-         "python -m lsl_core analyze --zoo assets/checkpoints --samples sd-qa-mini --controls "
+         "python -m lsl_core analyze --zoo assets/checkpoints --samples sd-qa-mini --limit 100 --controls "
          "--out assets/results/analysis.parquet --markdown docs/results/alignment.md",
          "python -m lsl_core report alignment --results assets/results/analysis.parquet "
          "--markdown docs/results/alignment.md"),
