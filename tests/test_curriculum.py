@@ -88,3 +88,6 @@ def test_table_joins_scores_alignment_and_orders_trajectories(tmp_path):
     expect = np.corrcoef(x, gap)[0, 1] ** 2
     assert r2.loc[("GAP F1 (all voices)", "APS, cosine path"), "r2"] == pytest.approx(expect)
     assert len(cks) == r2.loc[("GAP F1 (all voices)", "APS, cosine path"), "n"]
+    flat = r2_table(df.assign(gap_answerable=1.0))
+    [note] = flat[flat["gap"] == "answerable GAP (all voices)"]["note"]
+    assert "100.0 for every checkpoint" in note  # a constant GAP is reported, not fitted as R² = 0
