@@ -71,9 +71,11 @@ def _shifted(plan: "EditPlan", pad: int, T: int) -> "EditPlan":
 
 
 @torch.no_grad()
-def generate_rows(model: "LSLM", rows: Sequence[GenerationRow],
+def _generate_batch(model: "LSLM", rows: Sequence[GenerationRow],
                   progress: Callable[[float], None] | None = None) -> list[str]:
     """Greedy answers for rows of different prompts, lengths and edits in ONE batched generate call.
+
+    (generate_rows calls it once per modality for models that switch weights per modality.)
 
     Prompts [1, T_b, d] are left padded to T = max T_b (padding masked, positions from the mask, as
     `model.batch.prompt_batch`); row b's plans edit only row b, at their positions shifted by its
@@ -105,6 +107,28 @@ def generate_rows(model: "LSLM", rows: Sequence[GenerationRow],
         ids = ids[: int(r.max_new_tokens)]
         ids = ids[: ids.index(eos) + 1] if eos in ids else ids
         answers.append(model.tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return answers
+
+
+@torch.no_grad()
+def generate_rows(model: "LSLM", rows: Sequence[GenerationRow],
+                  progress: Callable[[float], None] | None = None) -> list[str]:
+    """Greedy answers for rows of different prompts, lengths and edits, batched (see _generate_batch).
+
+    One generate call for the built-in stack; a model family that switches weights between speech
+    and text prompts (FamilyLSLM: a LoRA on for speech only) gets one call per modality.
+    """
+    if not rows:
+        return []
+    if not hasattr(model, "_weights"):  # the built-in stack: every row in one batch
+        return _generate_batch(model, rows, progress)
+    answers: list[str] = [""] * len(rows)
+    groups: dict[bool, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r.prompt.prompt_ids is None, []).append(i)
+    for idx in groups.values():
+        for i, a in zip(idx, _generate_batch(model, [rows[i] for i in idx], progress)):
+            answers[i] = a
     return answers
 
 

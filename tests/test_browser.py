@@ -126,7 +126,7 @@ def test_user_reaches_heatmap_and_regenerates_with_bottom3_angle(server, shots):
             page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Sample Explorer").click()
             page.locator(HEATMAP).first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
             print(f"\nlanding -> rendered heatmap: {time.perf_counter() - t0:.1f} s")
-            expect(page.get_by_text("APS (cosine)")).to_be_visible()
+            expect(page.get_by_text("APS (cosine)")).to_be_visible(timeout=LOAD_TIMEOUT_MS)  # after the controls
             _wait_idle(page)
             _shot(page, shots / "1_sample_explorer.png")
             assert "sample=" in page.url and "layer=" in page.url
@@ -255,17 +255,27 @@ def test_silence_and_bad_uploads_each_get_one_message(server, shots):
 
 
 def test_collapsed_path_note_and_intervals_are_drawn(server, shots):
+    import numpy as np
     from playwright.sync_api import expect, sync_playwright
 
+    from lsl_core.analysis import analyze_sample
+    from lsl_core.data.sets import load_sample_set
+    from lsl_core.model.loading import load_checkpoint
+
+    # the untrained stack's late-layer paths collapse onto a few frames (the trained ones no longer do):
+    # find such a layer for the first sample with the library, then open that view by its link
+    sample = load_sample_set("sd-qa-mini")[0]
+    a = analyze_sample(load_checkpoint(ROOT / "assets" / "checkpoints" / "embedded-untrained"), sample)
+    collapsed = np.nonzero(a.collapsed_cos)[0]
+    assert collapsed.size, "expected a collapsed cosine path for the untrained stack"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         try:
-            # the shipped checkpoints' middle-layer paths collapse onto the leading frames (EMBEDDED_NOTES.md)
-            _open(page, server, "Sample_Explorer")
+            _open(page, server, f"Sample_Explorer?model=embedded-untrained&sample={sample.id}&layer={collapsed[0]}")
             page.locator(HEATMAP).first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
             _wait_idle(page)
-            expect(page.get_by_text("path is collapsed at").first).to_be_visible()
+            expect(page.get_by_text("path is collapsed at").first).to_be_visible(timeout=LOAD_TIMEOUT_MS)
             assert page.locator(".legendtext", has_text="collapsed path").count() > 0  # marked on the ρ curve
             _shot(page, shots / "6_collapsed_note.png")
             # Benchmark: text / speech / GAP bars with 95% error bars from the stored per-sample results
@@ -396,11 +406,12 @@ def test_sixty_second_upload_and_logit_lens_render_without_freezing(server, shot
             title.first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
             _wait_idle(page)
             print(f"\n60 s upload -> binned heatmap: {time.perf_counter() - t0:.1f} s")
-            expect(page.get_by_text("Frames × tokens")).to_be_visible()
+            expect(page.get_by_text("Frames × tokens").first).to_be_visible()
             # responsive: the main thread answers at once, and hovering a cell shows its exact values
             t1 = time.perf_counter()
             assert page.evaluate("() => 1 + 1") == 2
-            heat = page.locator('[data-testid="stPlotlyChart"]', has=title).locator(".nsewdrag").first
+            heat = page.locator('[data-testid="stPlotlyChart"]', has=page.locator(".gtitle", has_text="600 frames shown in 200 bins")
+                                ).locator(".nsewdrag").first
             box = heat.bounding_box()
             page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
             expect(page.locator(".hoverlayer .hovertext").first).to_contain_text("best: frame", timeout=10_000)

@@ -493,5 +493,6 @@ def test_app_explorer_and_interventions_open_each_family(tiny_root, models, name
     finally:
         model.asr_token_limit = 4
     titles = [m.value for m in at.markdown if m.value.startswith("**") and m.value.endswith("**")]
+    assert titles, ([e.value for e in at.error], [w.value for w in at.warning])
     assert titles[:4] == ["**Text**", "**Speech**", "**Cascade (ASR → LLM)**", "**Angle·Bottom3**"]
     assert [i.value for i in at.info][:4] == [a.answer or "∅ (empty answer)" for a in ref_sbs.answers()]
