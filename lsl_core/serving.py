@@ -22,7 +22,6 @@ Nothing here imports streamlit; the app only submits a request and polls its tic
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import OrderedDict
 import threading
 import time
@@ -221,39 +220,27 @@ def _transcribe(model: "LSLM", sample: "Sample") -> str:
     return text
 
 
-def _scores(answer: str, references: Sequence[str], text_answer: str | None) -> dict:
-    """score_sdqa vs the references (NaN without references) + agreement with the text answer."""
-    from lsl_core.scoring import answer_agreement, score_sdqa
-
-    if references:
-        sc = score_sdqa(answer, list(references))
-        out = {k: float(sc[k]) for k in ("containment", "f1", "em")}
-    else:
-        out = {"containment": math.nan, "f1": math.nan, "em": math.nan}
-    out["agreement"] = 1.0 if text_answer is None else float(answer_agreement(answer, text_answer))
-    return out
-
-
 def _finish(p: _Prepared, answers: list[str]) -> "SideBySide":
     """The generated answers of one request (its rows, in order) -> a scored SideBySide."""
     from lsl_core.interventions import ConditionAnswer, SideBySide, condition_label, condition_title
+    from lsl_core.interventions.side_by_side import score_answer
 
     s = p.request.sample
     refs = tuple(s.answers)
     it = iter(answers)
     text_answer = next(it)
-    text = ConditionAnswer("text", "Text", text_answer, **_scores(text_answer, refs, None))
+    text = ConditionAnswer("text", "Text", text_answer, **score_answer(text_answer, refs, None))
     speech_answer = next(it)
-    speech = ConditionAnswer("speech", "Speech", speech_answer, **_scores(speech_answer, refs, text_answer))
+    speech = ConditionAnswer("speech", "Speech", speech_answer, **score_answer(speech_answer, refs, text_answer))
     casc = None
     if p.transcript is not None:
         ans = next(it) if p.transcript.strip() else ""
-        casc = ConditionAnswer("cascade", "Cascade (ASR → LLM)", ans, **_scores(ans, refs, text_answer))
+        casc = ConditionAnswer("cascade", "Cascade (ASR → LLM)", ans, **score_answer(ans, refs, text_answer))
     outs = []
     for ivs, plans in zip(p.conds, p.plans):
         ans = next(it)
         outs.append(ConditionAnswer(condition_label(ivs), condition_title(ivs), ans,
-                                    **_scores(ans, refs, text_answer), plans=plans))
+                                    **score_answer(ans, refs, text_answer), plans=plans))
     return SideBySide(s.id, s.question, refs, text, speech, casc, p.transcript, tuple(outs),
                       tuple(float(t) for t in p.states.frame_times), tuple(p.states.tokens))
 

@@ -76,7 +76,7 @@ class SideBySide:
         return out
 
 
-def _score(answer: str, references: Sequence[str], text_answer: str | None) -> dict:
+def score_answer(answer: str, references: Sequence[str], text_answer: str | None) -> dict:
     """score_sdqa vs references (NaN without references) + agreement with the text answer."""
     from lsl_core.scoring import answer_agreement, score_sdqa
 
@@ -115,7 +115,7 @@ def generate_side_by_side(model: "LSLM", sample: "Sample", interventions: Sequen
     refs = tuple(sample.answers)
 
     text_answer = model.generate_from_prompt(text_prompt, max_new_tokens)
-    text = ConditionAnswer("text", "Text", text_answer, **_score(text_answer, refs, None))
+    text = ConditionAnswer("text", "Text", text_answer, **score_answer(text_answer, refs, None))
     plans_per_cond = [tuple(plan_interventions(ivs, states, speech_prompt)) for ivs in conds]
     if batched:
         speech_answer, *iv_answers = generate_conditions(model, speech_prompt, [(), *plans_per_cond], max_new_tokens)
@@ -123,16 +123,16 @@ def generate_side_by_side(model: "LSLM", sample: "Sample", interventions: Sequen
         speech_answer = model.generate_from_prompt(speech_prompt, max_new_tokens)
         iv_answers = [generate_with_interventions(model, speech_prompt, plans, max_new_tokens)
                       for plans in plans_per_cond]
-    speech = ConditionAnswer("speech", "Speech", speech_answer, **_score(speech_answer, refs, text_answer))
+    speech = ConditionAnswer("speech", "Speech", speech_answer, **score_answer(speech_answer, refs, text_answer))
     casc, transcript = None, None
     if cascade and model.has_asr:
         transcript, casc_answer = model.cascade(sample.audio, sample.sr, max_new_tokens)
-        casc = ConditionAnswer("cascade", "Cascade (ASR → LLM)", casc_answer, **_score(casc_answer, refs, text_answer))
+        casc = ConditionAnswer("cascade", "Cascade (ASR → LLM)", casc_answer, **score_answer(casc_answer, refs, text_answer))
 
     outs = []
     for ivs, plans, ans in zip(conds, plans_per_cond, iv_answers):
         outs.append(ConditionAnswer(condition_label(ivs), condition_title(ivs), ans,
-                                    **_score(ans, refs, text_answer), plans=plans))
+                                    **score_answer(ans, refs, text_answer), plans=plans))
     frame_times = tuple(float(t) for t in states.frame_times) if states is not None else ()
     tokens = tuple(states.tokens) if states is not None else ()
     return SideBySide(sample.id, sample.question, refs, text, speech, casc, transcript, tuple(outs),
