@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Literal
 
@@ -178,39 +178,24 @@ class AnalysisCache:
     """Disk cache of SampleAnalysis as .npz (arrays, no pickle) + .json (strings, scalars)."""
 
     def __init__(self, root: str | Path | None = None) -> None:
-        from lsl_core.cache import cache_dir
+        from lsl_core.cache import NpzJsonStore, cache_dir
 
         self.root = Path(root) if root else cache_dir("analysis")
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        return self.root / f"{key}.npz", self.root / f"{key}.json"
+        self._store = NpzJsonStore(self.root)
 
     def has(self, key: str) -> bool:
-        return all(p.is_file() for p in self._paths(key))
+        return self._store.has(key)
 
     def get(self, key: str) -> SampleAnalysis | None:
-        npz, js = self._paths(key)
-        if not (npz.is_file() and js.is_file()):
-            return None
-        try:
-            meta = json.loads(js.read_text())
-            with np.load(npz, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError):
-            return None  # a torn write: recompute
+        got = self._store.read(key)
+        if got is None:
+            return None  # missing, or a torn write: recompute
+        meta, arrays = got
         arrays.setdefault("cka", None)
         return SampleAnalysis(**meta, **arrays)
 
     def put(self, key: str, a: SampleAnalysis) -> None:
-        npz, js = self._paths(key)
-        arrays = {f.name: getattr(a, f.name) for f in fields(a) if isinstance(getattr(a, f.name), np.ndarray)}
-        meta = {f.name: getattr(a, f.name) for f in fields(a) if f.name not in arrays}
-        meta.pop("cka", None)
-        tmp = npz.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(npz)
-        js.write_text(json.dumps(meta))
+        self._store.write(key, a, skip=("cka",))
 
 
 _MEMORY: dict[str, SampleAnalysis] = {}

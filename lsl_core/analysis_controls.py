@@ -17,8 +17,7 @@ sample_controls(model, sample, pool, options) -> SampleControls
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -114,36 +113,22 @@ class ControlsCache:
     """Disk cache of ControlsResult as .npz (arrays, no pickle) + .json (names, options, notes)."""
 
     def __init__(self, root: str | Path | None = None) -> None:
-        from lsl_core.cache import cache_dir
+        from lsl_core.cache import NpzJsonStore, cache_dir
 
         self.root = Path(root) if root else cache_dir("controls")
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        return self.root / f"{key}.npz", self.root / f"{key}.json"
+        self._store = NpzJsonStore(self.root)
 
     def get(self, key: str) -> ControlsResult | None:
-        npz, js = self._paths(key)
-        if not (npz.is_file() and js.is_file()):
-            return None
-        try:
-            meta = json.loads(js.read_text())
-            with np.load(npz, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError):
-            return None  # a torn write: recompute
+        got = self._store.read(key)
+        if got is None:
+            return None  # missing, or a torn write: recompute
+        meta, arrays = got
         arrays.setdefault("reference", None)
         meta["metrics"], meta["scorers"] = tuple(meta["metrics"]), tuple(meta["scorers"])
         return ControlsResult(**meta, **arrays)
 
     def put(self, key: str, r: ControlsResult) -> None:
-        npz, js = self._paths(key)
-        arrays = {f.name: getattr(r, f.name) for f in fields(r) if isinstance(getattr(r, f.name), np.ndarray)}
-        meta = {f.name: getattr(r, f.name) for f in fields(r) if f.name not in arrays and f.name != "reference"}
-        tmp = npz.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(npz)
-        js.write_text(json.dumps(meta))
+        self._store.write(key, r, skip=("reference",))
 
 
 # --------------------------------------------------------------------------- a set

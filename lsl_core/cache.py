@@ -1,8 +1,14 @@
-"""Where converted weights, encoder features and analysis results are cached on disk."""
+"""Where converted weights, encoder features and analysis results are cached on disk.
+
+NpzJsonStore: the one on-disk layout of cached result dataclasses (analysis, controls): the numpy array
+fields in <key>.npz (no pickle), every other field in <key>.json.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 
@@ -16,3 +22,45 @@ def cache_dir(*parts: str) -> Path:
     path = Path(root).joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class NpzJsonStore:
+    """Dataclass instances on disk as <key>.npz (its numpy array fields) + <key>.json (the rest)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        return self.root / f"{key}.npz", self.root / f"{key}.json"
+
+    def has(self, key: str) -> bool:
+        return all(p.is_file() for p in self.paths(key))
+
+    def read(self, key: str) -> tuple[dict, dict] | None:
+        """(json fields, array fields) of an entry, or None when it is missing or torn (recompute)."""
+        import numpy as np
+
+        npz, js = self.paths(key)
+        if not (npz.is_file() and js.is_file()):
+            return None
+        try:
+            meta = json.loads(js.read_text())
+            with np.load(npz, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError):
+            return None
+        return meta, arrays
+
+    def write(self, key: str, obj, skip: tuple[str, ...] = ()) -> None:
+        """Store dataclass `obj`: array fields -> npz (written first, atomically), the others -> json;
+        fields named in `skip` that are not arrays are left out (the reader supplies them)."""
+        import numpy as np
+
+        npz, js = self.paths(key)
+        arrays = {f.name: getattr(obj, f.name) for f in fields(obj) if isinstance(getattr(obj, f.name), np.ndarray)}
+        meta = {f.name: getattr(obj, f.name) for f in fields(obj) if f.name not in arrays and f.name not in skip}
+        tmp = npz.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(npz)
+        js.write_text(json.dumps(meta))
