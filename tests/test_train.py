@@ -9,6 +9,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -402,6 +403,22 @@ def test_renditions_are_seeded_and_inside_the_ranges():
     assert plain.speed is None and plain.pitch is None
 
 
+def test_voice_variants_are_drawn_per_rendition_and_leave_speed_and_pitch_as_they_were():
+    from lsl_core.experiments.train.corpus import rendition
+
+    cfg = TrainConfig(speed_range=(150, 160), pitch_range=(40, 45))
+    varied = dataclasses.replace(cfg, variants=("", "m3", "f2", "klatt"))
+    keys = [(f"q{i}", v) for i in range(40) for v in cfg.voices]
+    rs, vs = [rendition(cfg, *k) for k in keys], [rendition(varied, *k) for k in keys]
+    assert [(r.speed, r.pitch) for r in rs] == [(r.speed, r.pitch) for r in vs]  # old audio stays reproducible
+    assert all(r.variant == "" and r.espeak_voice == r.voice for r in rs)
+    assert {r.variant for r in vs} == {"", "m3", "f2", "klatt"}
+    assert all(r.espeak_voice == (f"{r.voice}+{r.variant}" if r.variant else r.voice) for r in vs)
+    assert all((r.key() == v.key()) == (v.variant == "") for r, v in zip(rs, vs))  # a variant caches apart
+    with pytest.raises(LSLError, match="'variants'"):
+        TrainConfig(variants=("m3 --stdout",))
+
+
 @pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="espeak-ng not installed")
 def test_cached_training_features_equal_fresh_ones(tiny_model, tmp_path, monkeypatch):
     from lsl_core.data.synth import synthesize
@@ -418,6 +435,10 @@ def test_cached_training_features_equal_fresh_ones(tiny_model, tmp_path, monkeyp
     monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
     slower = clip_states(tiny_model, "q1", "Who wrote Hamlet?", Rendition("en-gb", 120, 40))  # another rendition
     assert slower.shape[0] > first.shape[0]
+    other = clip_states(tiny_model, "q1", "Who wrote Hamlet?", Rendition("en-gb", 180, 40, "klatt"))  # a variant
+    assert torch.equal(other, tiny_model.encoder.encode(synthesize("Who wrote Hamlet?", "en-gb+klatt", 180, 40)).half())
+    a, b = synthesize("Who wrote Hamlet?", "en-gb", 180, 40), synthesize("Who wrote Hamlet?", "en-gb+klatt", 180, 40)
+    assert a.shape != b.shape or not np.array_equal(a, b)  # the variant is another voice, not a no-op
 
 
 def test_autocast_is_bf16_only_where_the_device_computes_it(tiny_parts, tmp_path, monkeypatch):

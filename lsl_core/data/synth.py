@@ -68,6 +68,29 @@ def _check_voice(voice: str) -> str:
     return voice
 
 
+@lru_cache(maxsize=64)
+def _voice_file(language: str) -> str:
+    """The espeak-ng voice file of a language name ("en-gb" -> "gmw/en"), MBROLA voices skipped.
+
+    A variant ("+m3") only takes effect on a voice file: "en-gb+m3" is silently spoken as plain en-gb
+    (espeak-ng 1.51), while "gmw/en+m3" is the m3 timbre.
+    """
+    out = subprocess.run([_espeak(), f"--voices={language}"], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 5 and cols[1] == language and not cols[4].startswith("mb/"):
+            return cols[4]
+    raise DataError(f"espeak-ng has no voice {language!r}; `espeak-ng --voices=en` lists them.")
+
+
+def _voice_arg(voice: str) -> str:
+    """What `espeak-ng -v` takes for a voice name, with a variant resolved onto its voice file."""
+    if "+" not in voice:
+        return voice
+    language, variant = voice.split("+", 1)
+    return f"{_voice_file(language)}+{variant}"
+
+
 def _trim_tail(a: np.ndarray, sr: int) -> np.ndarray:
     loud = np.flatnonzero(np.abs(a) > 1e-3)
     if loud.size == 0:
@@ -80,7 +103,8 @@ def synthesize(text: str, voice: str, speed: int | None = None, pitch: int | Non
 
     espeak-ng writes 22050 Hz 16-bit WAV; it is resampled with a polyphase filter (320/441) and
     the trailing silence is cut to 0.1 s. speed: words per minute (espeak-ng default 175);
-    pitch: 0..99 (espeak-ng default 50).
+    pitch: 0..99 (espeak-ng default 50). voice may carry a variant (speaker timbre), "en-gb+m3"
+    (`espeak-ng --voices=variant` lists them).
     """
     _check_voice(voice)
     text = " ".join(str(text).split())
@@ -90,7 +114,7 @@ def synthesize(text: str, voice: str, speed: int | None = None, pitch: int | Non
         raise DataError(f"speed must be 80..450 words per minute, got {speed}.")
     if pitch is not None and not (0 <= int(pitch) <= 99):
         raise DataError(f"pitch must be 0..99 (espeak-ng), got {pitch}.")
-    cmd = [_espeak(), "-v", voice, "--stdout"] + (["-s", str(int(speed))] if speed is not None else [])
+    cmd = [_espeak(), "-v", _voice_arg(voice), "--stdout"] + (["-s", str(int(speed))] if speed is not None else [])
     cmd += ["-p", str(int(pitch))] if pitch is not None else []
     # text on stdin, never on the command line: a question starting with "-" is not an option
     proc = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True, check=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -58,6 +59,7 @@ class TrainConfig:
     heldout_voice: str = UNSEEN_VOICE  # never trained on; monitored as the "unseen accent"
     speed_range: tuple[int, ...] = (145, 205)  # words/min drawn per rendition (uniform, seeded); () = default 175
     pitch_range: tuple[int, ...] = (30, 70)  # espeak-ng pitch drawn per rendition; () = default 50
+    variants: tuple[str, ...] = ()  # espeak-ng voice variants drawn per rendition ("m3", "f2", "klatt"; "" = none)
     target_max_new_tokens: int = 32  # length cap of the backbone's greedy answers (qa targets)
     gen_batch_size: int = 16  # batch size of batched greedy generation (targets, monitoring)
     # -- optimisation
@@ -134,6 +136,10 @@ class TrainConfig:
             r = getattr(self, k)
             if r and (len(r) != 2 or not lo <= r[0] <= r[1] <= hi):
                 raise bad(k, f"must be () or [low, high] with {lo} <= low <= high <= {hi}")
+        if any(not isinstance(v, str) or (v and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", v))
+               for v in self.variants):
+            raise bad("variants", "must list espeak-ng variant names such as m3, f2 or klatt (or \"\" for none); "
+                      "`espeak-ng --voices=variant` lists them")
         if any(int(s) <= 0 for s in self.save_steps):
             raise bad("save_steps", "must hold positive step numbers")
         if self.save_dtype not in ("float16", "float32", "bfloat16"):

@@ -6,9 +6,11 @@ The ~1,000 test questions cover a small vocabulary, so the alignment stages (ctc
 the LLM tokenizer's own word tokens: every spoken word then has a token to map to, and no
 evaluation question is ever spoken.
 
-A rendition is (voice, speed, pitch): every training question is spoken once by every training voice,
-at a speed and pitch drawn per (question, voice) from a seeded generator, so the same config always
-gives the same audio. The held-out voice speaks only the monitoring questions.
+A rendition is (voice, speed, pitch, variant): every training question is spoken once by every training
+voice, at a speed, pitch and (if the config lists `variants`) espeak-ng voice variant - a different
+speaker timbre: formants, breathiness, the Klatt synthesizer - drawn per (question, voice) from a seeded
+generator, so the same config always gives the same audio. The held-out voice speaks only the
+monitoring questions, always without a variant.
 """
 
 from __future__ import annotations
@@ -30,14 +32,21 @@ from lsl_core.model.lslm import LSLM
 
 @dataclass(frozen=True)
 class Rendition:
-    """How one clip is spoken: an espeak-ng voice with a speed (words/min) and pitch (0..99)."""
+    """How one clip is spoken: an espeak-ng voice (accent) with a speed (words/min), pitch (0..99) and
+    voice variant (speaker timbre, `espeak-ng --voices=variant`; "" = none)."""
 
     voice: str
     speed: int | None = None  # None = espeak-ng default (175)
     pitch: int | None = None  # None = espeak-ng default (50)
+    variant: str = ""
+
+    @property
+    def espeak_voice(self) -> str:
+        """The name espeak-ng takes: "en-gb" or "en-gb+m3"."""
+        return f"{self.voice}+{self.variant}" if self.variant else self.voice
 
     def key(self) -> str:
-        return f"{self.voice}|s{self.speed}|p{self.pitch}"
+        return f"{self.espeak_voice}|s{self.speed}|p{self.pitch}"
 
 
 @dataclass
@@ -108,12 +117,14 @@ def vocabulary_sentences(tokenizer, n: int, n_words: int, seed: int) -> list[tup
 
 
 def rendition(cfg: TrainConfig, question_id: str, voice: str) -> Rendition:
-    """The seeded (speed, pitch) of one question x voice (uniform in the config's ranges)."""
+    """The seeded (speed, pitch, variant) of one question x voice (uniform in the config's ranges and
+    variants; the variant is drawn last, so adding variants leaves every speed and pitch as it was)."""
     h = hashlib.sha256(f"{cfg.seed}|{question_id}|{voice}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(h[:8], "little"))
     speed = int(rng.integers(cfg.speed_range[0], cfg.speed_range[1] + 1)) if cfg.speed_range else None
     pitch = int(rng.integers(cfg.pitch_range[0], cfg.pitch_range[1] + 1)) if cfg.pitch_range else None
-    return Rendition(voice, speed, pitch)
+    variant = str(cfg.variants[int(rng.integers(len(cfg.variants)))]) if cfg.variants else ""
+    return Rendition(voice, speed, pitch, variant)
 
 
 def clip_states(model: LSLM, question_id: str, text: str, r: Rendition) -> torch.Tensor:
@@ -122,7 +133,7 @@ def clip_states(model: LSLM, question_id: str, text: str, r: Rendition) -> torch
 
     content = hashlib.sha256(f"espeak-ng {espeak_version()}|{r.key()}|{text}".encode()).hexdigest()[:12]
     return B.cached_encoder_states(model.encoder, f"espeak-{r.voice}", question_id,
-                                   lambda: synthesize(text, r.voice, r.speed, r.pitch), content)
+                                   lambda: synthesize(text, r.espeak_voice, r.speed, r.pitch), content)
 
 
 def transcript_ids(model: LSLM, text: str) -> list[int]:
