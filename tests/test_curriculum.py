@@ -10,8 +10,8 @@ import torch
 from conftest import tone
 
 from lsl_core.data.samples import Sample
-from lsl_core.experiments.curriculum import (curriculum_table, r2_table, r2_with_ci, silence_margin, step_spearman,
-                                             trajectories)
+from lsl_core.experiments.curriculum import (curriculum_table, frame_sink, markdown, r2_table, r2_with_ci, silence_margin,
+                                             step_spearman, trajectories)
 from lsl_core.metrics.tokenwise import alignment_path, path_scores, token_cosine_matrix
 
 
@@ -36,6 +36,26 @@ def test_silence_margin_is_real_minus_silent_aps(tiny_model):
     assert got["n"] == 2
     assert got["aps_real"] == pytest.approx(np.mean(real), abs=1e-6)
     assert got["silence_margin_aps"] == pytest.approx(np.mean(real) - np.mean(silent), abs=1e-6)
+
+
+def test_frame_sink_is_the_norm_ratio_of_the_whole_prompt_at_its_largest_layer(tiny_model):
+    clips = [Sample(id=f"c{k}", audio=tone(0.8 + 0.3 * k, freq=180 + 40 * k), sr=16_000, question="q")
+             for k in range(2)]
+    got = frame_sink(tiny_model, clips)
+    first, p0 = [], []
+    for s in clips:  # by hand: one forward over the whole prompt, row norms, median over the speech span
+        prompt = tiny_model.build_prompt(tiny_model.embed_speech(s.audio, s.sr).embeds)
+        out = tiny_model.llm(inputs_embeds=prompt.inputs_embeds, output_hidden_states=True)
+        norms = torch.stack([h[0].double().norm(dim=-1) for h in out.hidden_states])  # [L+1, T]
+        med = norms[:, prompt.span].median(dim=-1).values[:, None]
+        first.append((norms / med)[1:, prompt.span.start])
+        p0.append((norms / med)[1:, 0])
+    f, z = torch.stack(first).mean(0), torch.stack(p0).mean(0)
+    assert got["n"] == 2
+    assert got["sink_first_frame"] == pytest.approx(float(f.max()), rel=1e-5)
+    assert got["sink_first_frame_layer"] == int(f.argmax()) + 1
+    assert got["sink_prompt0"] == pytest.approx(float(z.max()), rel=1e-5)
+    assert got["sink_max_frame"] >= got["sink_first_frame"] - 1e-9
 
 
 def test_step_spearman_and_r2_ci_on_hand_made_points():
@@ -88,6 +108,12 @@ def test_table_joins_scores_alignment_and_orders_trajectories(tmp_path):
     expect = np.corrcoef(x, gap)[0, 1] ** 2
     assert r2.loc[("GAP F1 (all voices)", "APS, cosine path"), "r2"] == pytest.approx(expect)
     assert len(cks) == r2.loc[("GAP F1 (all voices)", "APS, cosine path"), "n"]
+    sink = {"sink_first_frame": 1.2, "sink_first_frame_layer": 3, "sink_max_frame": 1.9, "sink_prompt0": 40.0,
+            "sink_prompt0_layer": 2}
+    page = markdown(curriculum_table(tmp_path, {"l2": {"silence_margin_aps": 0.2, **sink}}), r2_table(df),
+                    {"command": "python -m lsl_core curriculum", "inputs": "x"})
+    assert "| l2 | 1.20 (ℓ3) | 1.90 | 40.0 (ℓ2) |" in page and "| u |" in page.split("sink?")[0]
+    assert "| u | 1." not in page.split("sink?")[1]  # checkpoints without the measurement get no row
     flat = r2_table(df.assign(gap_answerable=1.0))
     [note] = flat[flat["gap"] == "answerable GAP (all voices)"]["note"]
     assert "100.0 for every checkpoint" in note  # a constant GAP is reported, not fitted as R² = 0

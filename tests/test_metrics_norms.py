@@ -60,3 +60,19 @@ def test_errors_name_the_problem():
         standardized_distance(torch.ones(2, 0, 3), torch.ones(2, 4, 3))
     with pytest.raises(MetricInputError, match="no empty axis"):
         mean_token_norm(torch.ones(2, 0, 3))
+
+
+def test_norm_ratio_hand_case_and_a_planted_sink():
+    from lsl_core.metrics.norms import norm_ratio
+
+    h = torch.zeros(1, 4, 2)
+    h[0, :, 0] = torch.tensor([30.0, 3.0, 4.0, 5.0])  # norms 30, 3, 4, 5
+    r = norm_ratio(h, slice(1, 4))  # median of rows 1..3 = 4
+    torch.testing.assert_close(r, torch.tensor([[7.5, 0.75, 1.0, 1.25]], dtype=F64))
+    hs, _ = _states(3, (3, 12, 1, 8))
+    hs[1:, 0] *= 50  # a sink at the first row from layer 1 on
+    r = norm_ratio(hs, slice(0, 12))
+    assert r.shape == (3, 12)
+    assert (r[1:, 0] > 10).all() and r[0, 0] < 10 and (r[:, 1:] < 10).all()
+    with pytest.raises(MetricInputError, match="non-empty reference span"):
+        norm_ratio(hs, slice(5, 5))

@@ -8,8 +8,9 @@ One table per checkpoint of the stored results (nothing re-generated):
                  sequence cosine                                        (<results>/analysis.parquet)
     controls  -> speech -> text retrieval top-1 at the best layer      (<results>/analysis_controls.parquet)
 
-plus one quantity measured here with each checkpoint: the APS margin of real clips over an all-zero
-clip of the same length (`silence_margin`, on the first --silence-clips clips of the set). Then the
+plus two quantities measured here with each checkpoint, on the first --silence-clips clips of the set:
+the APS margin of real clips over an all-zero clip of the same length (`silence_margin`), and whether the
+first speech frames act as an attention sink (`frame_sink`: norm over the median speech-frame norm). Then the
 trajectories' Spearman of step vs agreement and the R² of each alignment metric vs GAP across all
 checkpoints, with a bootstrap 95% CI over checkpoints (`r2_with_ci`).
 
@@ -66,6 +67,35 @@ def silence_margin(model, samples: Sequence) -> dict:
             silent.append(float(candidate_metrics(sil, [tx])["aps_cos"][0, 1:].mean()))
     r, z = float(np.mean(real)), float(np.mean(silent))
     return {"aps_real": r, "aps_silence": z, "silence_margin_aps": r - z, "n": len(real)}
+
+
+def frame_sink(model, samples: Sequence) -> dict:
+    """Do the first speech frames act as an attention sink? Over the whole speech prompt, each position's
+    norm over the median norm of the clip's speech frames (lsl_core.metrics.norms.norm_ratio), averaged
+    over clips, at the layer (1..L) where it is largest:
+
+    -> {"sink_first_frame", "sink_first_frame_layer"  (first speech frame),
+        "sink_max_frame"                              (largest of any speech frame),
+        "sink_prompt0", "sink_prompt0_layer"          (prompt position 0, the small LLMs' known sink), "n"}
+    """
+    import torch
+
+    from lsl_core.metrics.norms import norm_ratio
+    from lsl_core.model.lslm import PromptInputs
+
+    first, most, p0 = [], [], []
+    with torch.no_grad():
+        for s in samples:
+            prompt = model.build_prompt(model.embed_speech(s.audio, s.sr).embeds)
+            whole = PromptInputs(prompt.inputs_embeds, slice(0, prompt.inputs_embeds.shape[1]))
+            r = norm_ratio(model.forward_states(whole), prompt.span)[1:]  # [L, T], layers 1..L
+            first.append(r[:, prompt.span.start])
+            most.append(r[:, prompt.span].amax(dim=-1))
+            p0.append(r[:, 0])
+    f, m, z = (torch.stack(x).mean(dim=0) for x in (first, most, p0))  # [L]
+    return {"sink_first_frame": float(f.max()), "sink_first_frame_layer": int(f.argmax()) + 1,
+            "sink_max_frame": float(m.max()), "sink_prompt0": float(z.max()), "sink_prompt0_layer": int(z.argmax()) + 1,
+            "n": len(first)}
 
 
 # =============================================================================== statistics
@@ -205,7 +235,8 @@ def markdown(df: pd.DataFrame, r2: pd.DataFrame, meta: dict) -> str:
     lines += [
         f"- Inputs: {meta['inputs']}.",
         f"- Silence margin: APS (cosine path, layers 1..L) of real clips minus an all-zero clip of the same length "
-        f"with the same transcript, on {meta.get('silence_clips', 0)} clips ({meta.get('silence_voice', '')}).",
+        f"with the same transcript, on {meta.get('silence_clips', 0)} clips ({meta.get('silence_voice', '')}); "
+        "the sink table uses the same clips.",
         "- Agreement = token F1 between a checkpoint's speech answer and its own text answer; cascade = Whisper "
         "transcript → the same LLM; 95% CIs resample questions. Seen = the 4 sd-qa-mini voices also used in "
         "training (with other questions); unseen = en-gb-scotland, never used in training. No sd-qa-mini "
@@ -240,6 +271,18 @@ def markdown(df: pd.DataFrame, r2: pd.DataFrame, meta: dict) -> str:
     for name, t in trajectories(df).items():
         lines.append(f"| {name} | {len(t)} | {_f(step_spearman(t['step'], t['agreement_seen']), 2)} | "
                      f"{_f(step_spearman(t['step'], t['agreement_unseen']), 2)} |")
+    if "sink_first_frame" in df.columns and df["sink_first_frame"].notna().any():
+        lines += ["", "## Do the first speech frames act as a sink?", "",
+                  "Residual-stream norm of a position over the median norm of the clip's speech frames, mean over "
+                  "the same clips, at the layer (1..L) where it is largest. An attention sink shows as a ratio "
+                  "of ~10x or more (prompt position 0 is this LLM's sink).", "",
+                  "| checkpoint | first speech frame (layer) | largest speech frame | prompt position 0 (layer) |",
+                  "|---|--:|--:|--:|"]
+        for _, r in df.iterrows():
+            if pd.isna(r.get("sink_first_frame")):
+                continue
+            lines.append(f"| {r['checkpoint']} | {r['sink_first_frame']:.2f} (ℓ{int(r['sink_first_frame_layer'])}) | "
+                         f"{r['sink_max_frame']:.2f} | {r['sink_prompt0']:.1f} (ℓ{int(r['sink_prompt0_layer'])}) |")
     lines += ["", f"## Which alignment metric predicts the GAP? (OLS over all {len(df)} checkpoints; R² with a "
               "bootstrap 95% CI over checkpoints)", "",
               "| GAP | alignment metric | n | slope | R² [95% CI] |", "|---|---|--:|--:|--:|"]
@@ -282,8 +325,10 @@ def run(args) -> int:
         names = set(summary["checkpoint"])
         sset = load_sample_set(args.samples).filter(voice=args.silence_voice)
         clips = [sset[i] for i in range(min(args.silence_clips, len(sset)))]
-        for m in tqdm([m for m in list_zoo(args.zoo) if m.name in names], desc="silence margin", unit="checkpoint"):
-            silence[m.name] = silence_margin(load_checkpoint(m), clips)
+        for m in tqdm([m for m in list_zoo(args.zoo) if m.name in names], desc="silence margin, sink",
+                      unit="checkpoint"):
+            model = load_checkpoint(m)
+            silence[m.name] = {**silence_margin(model, clips), **frame_sink(model, clips)}
     df = curriculum_table(args.results, silence)
     r2 = r2_table(df)
     meta.update({"inputs": f"{args.results}/checkpoints_summary.parquet, checkpoints_headline.parquet, "

@@ -22,7 +22,7 @@ from lsl_core.metrics.cka import (
     unbiased_hsic,
 )
 from lsl_core.metrics.gap import LinearFit, fit_gap, gap, gap_r2_table
-from lsl_core.metrics.norms import mean_token_norm, standardized_distance, token_norms
+from lsl_core.metrics.norms import mean_token_norm, norm_ratio, standardized_distance, token_norms
 from lsl_core.metrics.stability import CKAConfig, StabilitySummary, default_configs, stability_summary
 from lsl_core.metrics.sequence import (
     layer_average,
@@ -56,6 +56,7 @@ __all__ = [
     "stability_summary",
     "standardized_distance",
     "token_norms",
+    "norm_ratio",
     "PATH_METHODS",
     "DTWAlignment",
     "LinearFit",

@@ -2,6 +2,7 @@
 
     mean token norm     n_l^s = 1/Ts sum_i ||h_{l,i}^s||_2,   n_l^t = 1/Tt sum_j ||h_{l,j}^t||_2        [L+1]
     standardized dist.  d~_l = sqrt( 1/d sum_k ((h̄_{l,k}^s - h̄_{l,k}^t) / sigma_{l,k})^2 )                [L+1]
+    norm ratio          r_{l,i} = ||h_{l,i}||_2 / median_{j in ref} ||h_{l,j}||_2                          [L+1, T]
 
 sigma_{l,k} is the population standard deviation of dimension k over the Ts + Tt rows of both spans at
 layer l (z-scoring the union of the spans; the mean cancels in the difference of the means). The raw
@@ -9,6 +10,10 @@ distance ||h̄^s - h̄^t|| grows with the residual stream's norm and is dominate
 dimensions; d~ weighs every dimension by its own spread, so layers become comparable. It is the root
 mean square over dimensions of the standardized mean difference; a dimension constant over both spans
 (sigma = 0) has no difference and contributes 0.
+
+The norm ratio finds attention sinks: a position whose residual norm is many times the typical one
+(in small LLMs, prompt position 0 reaches ~10-100x). Measured against the median of the speech frames,
+it says whether the first frames of a clip act as such a sink.
 """
 
 from __future__ import annotations
@@ -35,6 +40,18 @@ def token_norms(hs: Tensor, ht: Tensor) -> tuple[Tensor, Tensor]:
     """Mean token norm of the speech and the text span: hs [L+1,Ts,d], ht [L+1,Tt,d] -> ([L+1], [L+1]) float64."""
     hs, ht = validate_states(hs, ht, dtype=torch.float64)
     return mean_token_norm(hs), mean_token_norm(ht)
+
+
+def norm_ratio(h: Tensor, ref: slice) -> Tensor:
+    """Each row's L2 norm over the median row norm of rows `ref`, per layer: h [L+1,T,d] -> [L+1,T] float64."""
+    norms = torch.linalg.vector_norm(torch.as_tensor(h).detach().to(torch.float64), dim=-1)  # [L+1, T]
+    if norms.ndim != 2 or norms[:, ref].shape[-1] == 0:
+        from lsl_core.errors import MetricInputError
+
+        raise MetricInputError(f"norm_ratio needs states [L+1, T, d] and a non-empty reference span; got "
+                               f"{tuple(torch.as_tensor(h).shape)} and {ref}.")
+    med = norms[:, ref].median(dim=-1).values  # [L+1]
+    return norms / med.clamp_min(1e-12)[:, None]
 
 
 def standardized_distance(hs: Tensor, ht: Tensor) -> Tensor:
