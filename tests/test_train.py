@@ -391,6 +391,32 @@ def test_a_stage_continues_from_its_init_checkpoint(tiny_parts, tmp_path):
         _trainer(_cfg(tiny_parts, tmp_path, "frozen", name="x", init=str(folder)))
 
 
+def test_a_lora_stage_continues_the_lora_of_its_init(tiny_parts, tmp_path):
+    """repeat with LoRA -> qa with LoRA: the second stage starts from the first stage's LoRA weights (not a
+    fresh LoRA), trains them further, and refuses a LoRA of another shape."""
+    s1 = _cfg(tiny_parts, tmp_path, "lora", name="hear", objective="repeat", steps=2, save_every=2, lr=5e-2)
+    first = _trainer(s1).run()[-1]
+    saved = load_file(str(first / "lora" / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in saved.items())  # B trained off zero
+    s2 = _cfg(tiny_parts, tmp_path / "b", "lora", name="qa", steps=2, save_every=2, init=str(first),
+              train_adaptor=False)
+    tr = _trainer(s2)
+    from peft import get_peft_model_state_dict
+
+    start = get_peft_model_state_dict(tr.model.llm)
+    assert start.keys() == saved.keys()
+    for k, v in saved.items():
+        assert torch.equal(start[k].float(), v.float()), k
+    last = tr.run()[-1]
+    assert last.name == "qa-step0004"
+    after = load_file(str(last / "lora" / "adapter_model.safetensors"))
+    assert any(not torch.equal(after[k], saved[k]) for k in saved)  # it kept training
+    with pytest.raises(LSLError, match="lora_r"):
+        _trainer(dataclasses.replace(s2, lora_r=4))
+    with pytest.raises(LSLError, match="only a lora stage"):
+        _trainer(_cfg(tiny_parts, tmp_path / "c", "frozen", name="x", init=str(first)))
+
+
 def test_renditions_are_seeded_and_inside_the_ranges():
     from lsl_core.experiments.train.corpus import rendition
 

@@ -48,9 +48,10 @@ def init_manifest(cfg: TrainConfig) -> CheckpointManifest | None:
     if not cfg.init:
         return None
     m = read_manifest(cfg.init)
-    if m.lora or m.strategy == "full":
-        raise LSLError(f"train config field 'init' ({cfg.init}) is a {m.strategy} checkpoint; a stage continues "
-                       "from an adaptor-only checkpoint (strategy frozen).")
+    if m.strategy == "full" or (m.lora and cfg.strategy != "lora"):
+        raise LSLError(f"train config field 'init' ({cfg.init}) is a {m.strategy} checkpoint; a {cfg.strategy} "
+                       "stage continues from an adaptor-only checkpoint (strategy frozen)"
+                       + ("" if m.strategy == "full" else ", and only a lora stage from a LoRA checkpoint") + ".")
     mine = (cfg.encoder_window, cfg.downsample, cfg.adaptor_hidden)
     if (m.encoder_window, m.downsample, m.adaptor_hidden) != mine:
         raise LSLError(f"train config field 'init' ({cfg.init}) has encoder_window={m.encoder_window!r}, "
@@ -74,8 +75,9 @@ def build_model(cfg: TrainConfig, device: torch.device) -> LSLM:
     return model
 
 
-def attach_trainable_lora(model: LSLM, cfg: TrainConfig) -> None:
-    """Wrap the LLM in a fresh peft LoRA (seeded init); only the LoRA matrices train."""
+def attach_trainable_lora(model: LSLM, cfg: TrainConfig, init: CheckpointManifest | None = None) -> None:
+    """Wrap the LLM in a peft LoRA; only the LoRA matrices train. Fresh (seeded init), or - when `init` is a
+    LoRA checkpoint - continuing from its LoRA weights (rank, alpha and targets must match the config)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(cfg.seed)
@@ -85,6 +87,29 @@ def attach_trainable_lora(model: LSLM, cfg: TrainConfig) -> None:
         model.llm = get_peft_model(model.llm, lcfg)
     except ValueError as exc:
         raise LSLError(f"train config field 'lora_targets' {list(cfg.lora_targets)} does not fit the LLM ({exc}).") from None
+    if init is not None and init.lora:
+        load_lora_weights(model.llm, init.path(init.lora), cfg)
+
+
+def load_lora_weights(peft_llm, folder: Path, cfg: TrainConfig) -> None:
+    """Copy a saved peft adapter (safetensors) into the freshly wrapped LLM, as float32 trainable weights."""
+    import json
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    mine = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.lora_targets)}
+    theirs = {"r": saved.get("r"), "lora_alpha": saved.get("lora_alpha"),
+              "target_modules": sorted(saved.get("target_modules") or [])}
+    if mine != theirs:
+        raise LSLError(f"train config field 'init' has a LoRA with {theirs}; the config asks for {mine}. "
+                       "Make lora_r, lora_alpha and lora_targets equal to continue it.")
+    weights = {k: v.float() for k, v in load_file(str(folder / "adapter_model.safetensors")).items()}
+    result = set_peft_model_state_dict(peft_llm, weights)
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing:
+        raise LSLError(f"the init LoRA in {folder} lacks {len(missing)} weights of this LLM (e.g. {missing[0]}).")
 
 
 def make_trainer(cfg: TrainConfig, model: LSLM, data: TrainData, *, resume_dir: str | Path | None = None,
@@ -92,7 +117,7 @@ def make_trainer(cfg: TrainConfig, model: LSLM, data: TrainData, *, resume_dir: 
     """A Trainer for this stage (LoRA attached after the data: qa targets are the base model's answers)."""
     init = init_manifest(cfg)
     if cfg.strategy == "lora":
-        attach_trainable_lora(model, cfg)
+        attach_trainable_lora(model, cfg, init)
     out = Path(cfg.out)
     return Trainer(cfg, model, data, out, resume_dir or default_resume_dir(out),
                    step_offset=init.step if init else 0,
