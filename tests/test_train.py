@@ -269,6 +269,18 @@ def test_shipped_configs_parse_chain_and_hold_out_the_unseen_voice(path):
         assert any(Path(c.out) / f"{c.name}-step{_final_step(c):04d}" == init for c in prev), cfg.init
 
 
+EXPERIMENTS = sorted((Path(__file__).parents[1] / "configs" / "train" / "experiments").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.name for p in EXPERIMENTS])
+def test_experiment_configs_parse_continue_a_curriculum_stage_and_do_not_write_into_the_zoo(path):
+    cfg = TrainConfig.from_json(path)
+    assert cfg.heldout_voice == "en-gb-scotland" and all(not v.startswith("en-gb-scotland") for v in cfg.voices)
+    assert not Path(cfg.out).is_relative_to("assets")  # tried levers are not shipped checkpoints
+    stages = [TrainConfig.from_json(p) for p in SHIPPED]
+    assert any(Path(c.out) / f"{c.name}-step{_final_step(c):04d}" == Path(cfg.init) for c in stages), cfg.init
+
+
 def _final_step(cfg) -> int:
     offset = 0
     if cfg.init:
