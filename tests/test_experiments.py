@@ -229,7 +229,10 @@ def _small_pages(tiny_parts, tmp_path) -> dict[str, str]:
                  "--markdown", str(tmp_path / "interventions.md")]) == 0
     assert main(["analyze", "--zoo", str(zoo), "--samples", spec, "--no-cka", "--device", "cpu", "--out",
                  str(tmp_path / "r" / "analysis.parquet"), "--markdown", str(tmp_path / "alignment.md")]) == 0
-    assert main(["curriculum", "--results", str(tmp_path / "r"), "--markdown", str(tmp_path / "curriculum.md")]) == 0
+    assert main(["curriculum", "--results", str(tmp_path / "r"), "--zoo", str(zoo), "--samples", spec,
+                 "--silence-clips", "2", "--markdown", str(tmp_path / "curriculum.md")]) == 0
+    assert main(["curriculum", "--results", str(tmp_path / "r"), "--zoo", str(zoo), "--samples", spec,
+                 "--silence-voice", "en-us"]) != 0  # no clip of that voice: one clear error, no traceback
     # benchmarks: the sections the report runs (each script's own tables are its format, checked by running it)
     runs = [(" ".join([script, *args]), "(script output)") for script, args in report.BENCHMARKS]
     bench = report.benchmarks_page(runs, {"command": "c", "code_version": "v", "machine": "m"})

@@ -325,6 +325,9 @@ def run(args) -> int:
         names = set(summary["checkpoint"])
         sset = load_sample_set(args.samples).filter(voice=args.silence_voice)
         clips = [sset[i] for i in range(min(args.silence_clips, len(sset)))]
+        if not clips:
+            raise LSLError(f"--samples {args.samples} has no clip of voice {args.silence_voice!r} for the silence "
+                           "margin; pass --silence-voice with one of its voices, or --silence-clips 0.")
         for m in tqdm([m for m in list_zoo(args.zoo) if m.name in names], desc="silence margin, sink",
                       unit="checkpoint"):
             model = load_checkpoint(m)
