@@ -119,7 +119,7 @@ def generate_rows(model: "LSLM", rows: Sequence[GenerationRow],
     """
     if not rows:
         return []
-    if not hasattr(model, "_weights"):  # the built-in stack: every row in one batch
+    if not model.weights_per_modality:  # the built-in stack: every row in one batch
         return _generate_batch(model, rows, progress)
     answers: list[str] = [""] * len(rows)
     groups: dict[bool, list[int]] = {}

@@ -496,3 +496,18 @@ def test_app_explorer_and_interventions_open_each_family(tiny_root, models, name
     assert titles, ([e.value for e in at.error], [w.value for w in at.warning])
     assert titles[:4] == ["**Text**", "**Speech**", "**Cascade (ASR → LLM)**", "**Angle·Bottom3**"]
     assert [i.value for i in at.info][:4] == [a.answer or "∅ (empty answer)" for a in ref_sbs.answers()]
+
+
+def test_serving_batches_a_family_per_modality(models, sample):
+    """Speech and text rows mixed in one request: the batcher splits them by modality for a family (its
+    weights differ per modality) and each answer equals the one generated alone."""
+    from lsl_core.serving import GenerationRow, generate_rows
+
+    model = models[FAMILY_NAMES[0]]
+    assert model.weights_per_modality
+    sp = model.build_prompt(model.embed_speech(sample.audio, sample.sr).embeds)
+    tx_emb = model.embed_text(sample.question)
+    tx = model.build_prompt(tx_emb.embeds, tx_emb.token_ids)
+    rows = [GenerationRow(tx, (), 4), GenerationRow(sp, (), 3), GenerationRow(tx, (), 2)]
+    want = [model.generate_from_prompt(r.prompt, r.max_new_tokens) for r in rows]
+    assert generate_rows(model, rows) == want

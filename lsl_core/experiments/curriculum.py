@@ -129,7 +129,7 @@ def r2_with_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) 
 
 
 # =============================================================================== the table
-def curriculum_table(results: Path, silence: dict[str, dict] | None = None) -> pd.DataFrame:
+def curriculum_table(results: Path, measured: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per evaluated checkpoint: scores (evaluate), alignment means (analyze), retrieval (controls)."""
     from lsl_core.results import checkpoint_means, controls_means
 
@@ -170,9 +170,9 @@ def curriculum_table(results: Path, silence: dict[str, dict] | None = None) -> p
         means = controls_means(ctl)
         if "specific_seq_cos" in means.columns:
             df = df.merge(means[["checkpoint", "specific_seq_cos"]], on="checkpoint", how="left")
-    if silence:
-        sil = pd.DataFrame([{"checkpoint": k, **v} for k, v in silence.items()]).drop(columns=["n"], errors="ignore")
-        df = df.merge(sil, on="checkpoint", how="left")
+    if measured:  # silence margin + sink per checkpoint (run() measures them with the model)
+        extra = pd.DataFrame([{"checkpoint": k, **v} for k, v in measured.items()]).drop(columns=["n"], errors="ignore")
+        df = df.merge(extra, on="checkpoint", how="left")
     rank = {"none": 0, "frozen": 1, "lora": 2, "full": 3}
     return df.assign(_r=df["strategy"].map(rank).fillna(9)).sort_values(["_r", "step"]).drop(columns="_r") \
         .reset_index(drop=True)
@@ -301,8 +301,8 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=Path("assets/results"),
                    help="folder with evaluate's checkpoints_* files and analyze's analysis*.parquet")
-    p.add_argument("--zoo", type=Path, default=None, help="checkpoints folder, to measure the silence margin")
-    p.add_argument("--samples", default="sd-qa-mini", help="sample set of the silence margin")
+    p.add_argument("--zoo", type=Path, default=None, help="checkpoints folder, to measure the silence margin and the first-frame sink")
+    p.add_argument("--samples", default="sd-qa-mini", help="sample set of the silence margin and the sink")
     p.add_argument("--silence-clips", type=int, default=30, help="clips for the silence margin (0 = skip)")
     p.add_argument("--silence-voice", default="en-gb-scotland", help="voice of the silence-margin clips")
     p.add_argument("--markdown", type=Path, default=None, help="write the results page here")
@@ -314,7 +314,7 @@ def run(args) -> int:
     from lsl_core.experiments.pages import provenance, write_page
 
     meta = provenance(getattr(args, "argv", None))
-    silence: dict[str, dict] = {}
+    measured: dict[str, dict] = {}
     if args.zoo and args.silence_clips > 0:
         from tqdm import tqdm
 
@@ -331,12 +331,12 @@ def run(args) -> int:
         for m in tqdm([m for m in list_zoo(args.zoo) if m.name in names], desc="silence margin, sink",
                       unit="checkpoint"):
             model = load_checkpoint(m)
-            silence[m.name] = {**silence_margin(model, clips), **frame_sink(model, clips)}
-    df = curriculum_table(args.results, silence)
+            measured[m.name] = {**silence_margin(model, clips), **frame_sink(model, clips)}
+    df = curriculum_table(args.results, measured)
     r2 = r2_table(df)
     meta.update({"inputs": f"{args.results}/checkpoints_summary.parquet, checkpoints_headline.parquet, "
                            "analysis.parquet, analysis_controls.parquet",
-                 "silence_clips": args.silence_clips if silence else 0,
+                 "silence_clips": args.silence_clips if measured else 0,
                  "silence_voice": f"{args.samples}, voice {args.silence_voice}"})
     if args.out:
         df.to_parquet(args.out, index=False)

@@ -90,6 +90,10 @@ def locked_items(items: Iterable, lock) -> Iterator:
 class LSLM:
     """An end-to-end speech LLM assembled from parts (see loading.load_checkpoint)."""
 
+    # True where the weights differ between speech and text prompts (a model family with a speech-only
+    # LoRA): one generate_ids call then holds prompts of one modality, and batchers split by modality.
+    weights_per_modality: bool = False
+
     def __init__(
         self,
         encoder,  # lsl_core.model.encoder.SpeechEncoder

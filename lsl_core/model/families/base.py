@@ -231,6 +231,8 @@ class FamilyLSLM(LSLM):
     tower and projector make the speech span).
     """
 
+    weights_per_modality = True  # family.modality switches weights (LSLM.weights_per_modality)
+
     asr_token_limit: int | None = None  # fixed transcript length limit (None: by clip length)
 
     def __init__(self, family: Family, llm: nn.Module, tokenizer, feature_extractor, *, system: str | None,
