@@ -23,6 +23,7 @@ from lsl_core.experiments.train import objectives as O
 from lsl_core.experiments.train.state import load_resume
 
 ANSWERS = ["paris", "shakespeare wrote hamlet", "it was in 1945", "eight", "nepal", "jupiter is largest"]
+QUESTIONS = ["what is the capital of france ?", "who wrote hamlet ?", "where is mount everest ?"]
 
 
 def _cfg(tiny_parts, tmp_path, strategy="lora", **kw) -> TrainConfig:
@@ -38,8 +39,8 @@ def _data(model, n=6, seed=0, objective="qa") -> TrainData:
     """n clips of random encoder states [Te, 16] with short word responses (+ one monitor clip)."""
     g = torch.Generator().manual_seed(seed)
     resp = (lambda a: B.answer_ids(model, a)[:-1]) if objective == "ctc" else (lambda a: B.answer_ids(model, a))
-    train = [TrainExample(f"c{i}", torch.randn(17 + 4 * i, 16, generator=g).half(), resp(ANSWERS[i % 6]))
-             for i in range(n)]
+    train = [TrainExample(f"c{i}", torch.randn(17 + 4 * i, 16, generator=g).half(), resp(ANSWERS[i % 6]),
+                          QUESTIONS[i % 3]) for i in range(n)]
     monitor = [MonitorClip("m0", "what is the capital of france ?", "v", torch.randn(23, 16, generator=g).half(), False),
                MonitorClip("m1", "what is the capital of france ?", "u", torch.randn(19, 16, generator=g).half(), True)]
     return TrainData(train, monitor)
@@ -86,6 +87,68 @@ def test_padded_batch_loss_equals_unpadded_reference(tiny_model):
                 total -= logp[len(prompt) + k - 1, t].item()
                 count += 1
     assert got.item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_distillation_loss_equals_a_per_token_kl_of_unpadded_forwards(tiny_model):
+    """distillation_loss == mean over response tokens of sum_v p_text(v) log(p_text(v) / p_speech(v)), each
+    distribution from a plain unpadded forward (teacher on token ids, student on its query embeddings); 0 when
+    the student reads the same text."""
+    import copy
+
+    tiny_model = copy.copy(tiny_model)  # sharpen the random LLM's near-uniform distributions (a scaled final norm)
+    tiny_model.llm = copy.deepcopy(tiny_model.llm)
+    with torch.no_grad():
+        tiny_model.llm.model.norm.weight.mul_(30.0)
+    g = torch.Generator().manual_seed(3)
+    text = [B.text_query(tiny_model, q) for q in QUESTIONS]
+    speech = [torch.randn(n, 32, generator=g) for n in (7, 12, 5)]
+    resp = [B.answer_ids(tiny_model, a) for a in ANSWERS[:3]]
+    tok = tiny_model.tokenizer
+    with torch.no_grad():
+        got = O.distillation_loss(tiny_model, tiny_model, speech, text, resp).item()
+        same = O.distillation_loss(tiny_model, tiny_model, text, text, resp).item()
+        total, count, reverse = 0.0, 0, 0.0
+        for q, sq, r in zip(QUESTIONS, speech, resp):
+            ids = [*tiny_model.prefix_ids, *tok(q, add_special_tokens=False).input_ids, *tiny_model.suffix_ids]
+            p = torch.log_softmax(tiny_model.llm(input_ids=torch.tensor([ids + r])).logits[0].double(), -1)
+            x = torch.cat([tiny_model.build_prompt(sq).inputs_embeds[0], tiny_model.token_embeddings(r)], 0)[None]
+            qlog = torch.log_softmax(tiny_model.llm(inputs_embeds=x).logits[0].double(), -1)
+            n_sp = x.shape[1] - len(r)
+            for k in range(len(r)):  # response token k is predicted one position before it
+                pt, qt = p[len(ids) + k - 1], qlog[n_sp + k - 1]
+                total += float((pt.exp() * (pt - qt)).sum())
+                reverse += float((qt.exp() * (qt - pt)).sum())
+                count += 1
+    assert got == pytest.approx(total / count, rel=1e-4)
+    assert abs(got - reverse / count) > 0.05 * got  # the direction matters: KL(teacher || student)
+    assert got > 1e-3 and abs(same) < 1e-3 * got
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "lora", "full"])
+def test_distillation_teacher_is_the_llm_before_the_stage(tiny_parts, tmp_path, strategy):
+    """With distill_weight > 0 a step lowers CE + KL, and the teacher's text distributions stay those of the
+    LLM before training (lora: adapter disabled; full: a frozen copy; frozen: the model itself)."""
+    cfg = _cfg(tiny_parts, tmp_path, strategy, batch_size=4, warmup_steps=0, lr=5e-3, distill_weight=1.0)
+    tr = _trainer(cfg, n=4)
+    ex = [tr.data.train[i] for i in range(4)]
+
+    def teacher_logits():
+        with torch.no_grad(), tr._teacher_context():
+            q = [tr.teacher.embed_text(e.text).embeds for e in ex]
+            return B.response_logits(tr.teacher, B.response_batch(tr.teacher, q, [e.response for e in ex]))[0]
+
+    tr.train_mode(False)
+    with torch.no_grad():
+        before, t0 = tr.loss_on([0, 1, 2, 3]).item(), teacher_logits()
+    tr.train_step()
+    tr.train_mode(False)
+    with torch.no_grad():
+        after, t1 = tr.loss_on([0, 1, 2, 3]).item(), teacher_logits()
+        plain = O.response_loss(tr.model, [B.speech_query(tr.model, e.states) for e in ex],
+                                [e.response for e in ex]).item()
+    assert after < before and after > plain  # the KL term is in the loss and positive
+    assert torch.equal(t0, t1)
+    assert (tr.teacher.llm is tr.model.llm) == (strategy != "full")
 
 
 # ----------------------------------------------------------------------------- one step
@@ -245,6 +308,10 @@ def test_config_validation_names_the_field(tiny_parts, tmp_path):
         _cfg(tiny_parts, tmp_path, strategy="none")
     with pytest.raises(LSLError, match="'steps'"):
         _cfg(tiny_parts, tmp_path, steps=0)
+    with pytest.raises(LSLError, match="'distill_weight'"):
+        _cfg(tiny_parts, tmp_path, "frozen", objective="repeat", distill_weight=0.5)
+    with pytest.raises(LSLError, match="'distill_weight'"):
+        _cfg(tiny_parts, tmp_path, distill_weight=-1.0)
     p = tmp_path / "c.json"
     p.write_text(json.dumps({"strategy": "lora", "colour": "red"}))
     with pytest.raises(LSLError, match="unknown train config field"):

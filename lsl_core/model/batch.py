@@ -25,8 +25,8 @@ from lsl_core.model.lslm import LSLM
 from lsl_core.model.padding import IGNORE_INDEX, PaddedBatch, pad_batch
 
 __all__ = ["IGNORE_INDEX", "PaddedBatch", "speech_query", "text_query", "pad_id", "eos_id", "prompt_batch",
-           "response_batch", "response_loss", "generate_ids_batch", "generate_batch", "answer_ids", "module_digest",
-           "cached_encoder_states", "audio_key"]
+           "response_batch", "response_logits", "response_loss", "generate_ids_batch", "generate_batch", "answer_ids",
+           "module_digest", "cached_encoder_states", "audio_key"]
 
 
 # --------------------------------------------------------------------------- queries
@@ -84,15 +84,21 @@ def response_batch(model: LSLM, queries: Sequence[torch.Tensor], responses: Sequ
 
 
 # --------------------------------------------------------------------------- forward / generate
-def response_loss(model: LSLM, batch: PaddedBatch) -> torch.Tensor:
-    """Mean cross-entropy over the response tokens of a batch (scalar, float32)."""
-    assert batch.labels is not None, "response_loss needs a batch built by response_batch"
+def response_logits(model: LSLM, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits that predict each response token of a batch built by response_batch, and those tokens:
+    ([N, V] float32, [N] ids), N = response tokens over the batch, row by row in order."""
+    assert batch.labels is not None, "response_logits needs a batch built by response_batch"
     out = model.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                     position_ids=batch.position_ids, use_cache=False)
-    logits = out.logits[:, :-1].float()  # [B, T-1, V]: position t predicts token t+1
-    target = batch.labels[:, 1:]  # [B, T-1]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                             ignore_index=IGNORE_INDEX)
+    target = batch.labels[:, 1:]  # [B, T-1]: position t predicts token t+1
+    keep = target != IGNORE_INDEX  # [B, T-1]
+    return out.logits[:, :-1][keep].float(), target[keep]
+
+
+def response_loss(model: LSLM, batch: PaddedBatch) -> torch.Tensor:
+    """Mean cross-entropy over the response tokens of a batch (scalar, float32)."""
+    logits, target = response_logits(model, batch)  # [N, V], [N]
+    return torch.nn.functional.cross_entropy(logits, target)
 
 
 def generate_ids_batch(model: LSLM, queries: Sequence[torch.Tensor], max_new_tokens: int = 32, batch_size: int = 16,

@@ -9,7 +9,9 @@ previous stage's final checkpoint (`init`):
     repeat   alignment, stage 1b: LLM frozen; from speech the LLM reproduces the spoken question
              (response = transcript tokens) under a "repeat" system prompt.
     qa       stage 2, QA self-distillation: the response is the backbone's own greedy answer to the typed
-             question, so a perfectly aligned model answers speech exactly as it answers text.
+             question, so a perfectly aligned model answers speech exactly as it answers text. With
+             distill_weight > 0 the loss adds the KL from the backbone's next-token distributions on the
+             typed question (the teacher: the LLM before this stage) to those on speech.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class TrainConfig:
     pitch_range: tuple[int, ...] = (30, 70)  # espeak-ng pitch drawn per rendition; () = default 50
     variants: tuple[str, ...] = ()  # espeak-ng voice variants drawn per rendition ("m3", "f2", "klatt"; "" = none)
     target_max_new_tokens: int = 32  # length cap of the backbone's greedy answers (qa targets)
+    distill_weight: float = 0.0  # qa: + this x KL(backbone on the typed question || on speech) per response token
     gen_batch_size: int = 16  # batch size of batched greedy generation (targets, monitoring)
     # -- optimisation
     steps: int = 400  # optimizer steps of this stage
@@ -113,6 +116,9 @@ class TrainConfig:
             raise bad("adaptor_hidden", "must be a positive integer or null")
         if self.vocab_sentences and self.objective == "qa":
             raise bad("vocab_sentences", "must be 0 for objective 'qa' (word sequences have no answer to distil)")
+        if not self.distill_weight >= 0 or (self.distill_weight and self.objective != "qa"):
+            raise bad("distill_weight", "must be >= 0, and 0 unless the objective is 'qa' (the teacher answers "
+                      "the typed question)")
         for k in ("n_questions", "n_val_questions", "vocab_sentences", "vocab_words", "warmup_steps", "save_every",
                   "eval_every"):
             if int(getattr(self, k)) < 0:

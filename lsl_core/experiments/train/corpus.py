@@ -56,6 +56,7 @@ class TrainExample:
     key: str  # "<question id>__<voice>"
     states: torch.Tensor  # [Te, d_enc] encoder states (float16, CPU)
     response: list[int]  # target token ids of the objective (ctc: transcript; repeat/qa: ... + <|im_end|>)
+    text: str = ""  # the spoken text (the distillation teacher reads it typed)
 
 
 @dataclass
@@ -196,7 +197,7 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True) -> TrainD
     train = []
     for qid, t, resp, v in tqdm(jobs, desc="encoder states (train)", unit="clip", mininterval=5, disable=not progress):
         states = clip_states(model, qid, t, rendition(cfg, qid, v))
-        train.append(TrainExample(f"{qid}__{v}", states, list(resp)))
+        train.append(TrainExample(f"{qid}__{v}", states, list(resp), t))
     monitor = []
     for k, q in enumerate(val_qs):
         t = " ".join(q.question.split())

@@ -10,10 +10,15 @@ ctc_alignment_loss   speech frames h [Ts, d] (adaptor output) are scored against
 response_loss        cross-entropy of the LLM on response tokens after the speech query, in the
                      checkpoint's prompt template (lsl_core.model.batch.response_batch/response_loss);
                      the `repeat` and `qa` objectives differ only in the response and the template.
+distillation_loss    qa with distill_weight > 0 (DiVA / BLSP-KD style): the teacher is the backbone reading the
+                     typed question, the student the same backbone hearing it; over the response tokens r_t,
+                         KL(p_teacher(. | text, r_<t) || p_student(. | speech, r_<t)), mean over tokens,
+                     so the speech path learns the whole next-token distribution, not only its argmax.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -82,6 +87,20 @@ def ctc_alignment_loss(head: CTCHead, frames: Sequence[Tensor], targets: Sequenc
 def response_loss(model: LSLM, queries: Sequence[Tensor], responses: Sequence[Sequence[int]]) -> Tensor:
     """Mean cross-entropy over the response tokens after each query [Tq_i, d] (scalar, float32)."""
     return B.response_loss(model, B.response_batch(model, list(queries), [list(r) for r in responses]))
+
+
+def distillation_loss(student: LSLM, teacher: LSLM, speech: Sequence[Tensor], text: Sequence[Tensor],
+                      responses: Sequence[Sequence[int]], teacher_context=None) -> Tensor:
+    """Mean over response tokens of KL(teacher on the text queries [Tt_i, d] || student on the speech queries
+    [Ts_i, d]) (scalar, float32). The teacher pass runs without grad (inside `teacher_context`, e.g. peft's
+    disable_adapter); both batches hold the same responses, so their response positions pair up in order."""
+    resp = [list(r) for r in responses]
+    with torch.no_grad(), (teacher_context if teacher_context is not None else nullcontext()):
+        t_logits, t_ids = B.response_logits(teacher, B.response_batch(teacher, list(text), resp))  # [N, V], [N]
+    s_logits, s_ids = B.response_logits(student, B.response_batch(student, list(speech), resp))  # [N, V], [N]
+    assert torch.equal(t_ids, s_ids), "teacher and student batches must hold the same response tokens"
+    t_logp = F.log_softmax(t_logits, dim=-1)
+    return F.kl_div(F.log_softmax(s_logits, dim=-1), t_logp, log_target=True, reduction="batchmean")
 
 
 def token_error_rate(hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]]) -> float:

@@ -71,6 +71,7 @@ class Trainer:
         self.step = 0
         self.ctc = (O.CTCHead(model.llm.get_input_embeddings().weight, cfg.ctc_temperature, cfg.ctc_norm_weight,
                               cfg.seed).to(self.device) if cfg.objective == "ctc" else None)
+        self.teacher = self._distillation_teacher() if cfg.distill_weight else None
         self._perms: dict[int, torch.Tensor] = {}
         self._text_answers: list[str] | None = None  # monitoring text answers (frozen LLM: computed once)
         self._recent: list[float] = []
@@ -84,6 +85,18 @@ class Trainer:
         use_bf16 = cfg.autocast == "bf16" or (cfg.autocast == "auto" and bf16_native(self.device))
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
         torch.manual_seed(cfg.seed + 1)  # dropout stream (saved and restored on resume)
+
+    def _distillation_teacher(self) -> LSLM:
+        """The LLM as it is before this stage reads the typed questions: the model itself (frozen), the model with
+        its LoRA disabled (lora), or a frozen copy (full, [one more LLM in memory])."""
+        if self.cfg.strategy != "full":
+            return self.model
+        view = copy.copy(self.model)
+        view.llm = copy.deepcopy(self.model.llm).requires_grad_(False).eval()
+        return view
+
+    def _teacher_context(self):
+        return self.model.llm.disable_adapter() if self.cfg.strategy == "lora" else nullcontext()
 
     # ------------------------------------------------------------------ parameters
     def trainable_named(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -123,7 +136,12 @@ class Trainer:
             if self.cfg.objective == "ctc":
                 return O.ctc_alignment_loss(self.ctc, queries, [e.response for e in ex])
             model = self.repeat_model if self.cfg.objective == "repeat" else self.model
-            return O.response_loss(model, queries, [e.response for e in ex])
+            loss = O.response_loss(model, queries, [e.response for e in ex])
+            if self.teacher is not None:
+                text = [self.teacher.embed_text(e.text).embeds for e in ex]  # [Tt_i, d] each
+                loss = loss + self.cfg.distill_weight * O.distillation_loss(
+                    model, self.teacher, queries, text, [e.response for e in ex], self._teacher_context())
+            return loss
 
     def train_mode(self, on: bool) -> None:
         self.model.adaptor.train(on and self.cfg.train_adaptor)
