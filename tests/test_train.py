@@ -90,9 +90,9 @@ def test_padded_batch_loss_equals_unpadded_reference(tiny_model):
 
 
 def test_distillation_loss_equals_a_per_token_kl_of_unpadded_forwards(tiny_model):
-    """distillation_loss == mean over response tokens of sum_v p_text(v) log(p_text(v) / p_speech(v)), each
+    """distillation_loss's KL == mean over response tokens of sum_v p_text(v) log(p_text(v) / p_speech(v)), each
     distribution from a plain unpadded forward (teacher on token ids, student on its query embeddings); 0 when
-    the student reads the same text."""
+    the student reads the same text; its cross-entropy == response_loss on the same student batch."""
     import copy
 
     tiny_model = copy.copy(tiny_model)  # sharpen the random LLM's near-uniform distributions (a scaled final norm)
@@ -105,8 +105,9 @@ def test_distillation_loss_equals_a_per_token_kl_of_unpadded_forwards(tiny_model
     resp = [B.answer_ids(tiny_model, a) for a in ANSWERS[:3]]
     tok = tiny_model.tokenizer
     with torch.no_grad():
-        got = O.distillation_loss(tiny_model, tiny_model, speech, text, resp).item()
-        same = O.distillation_loss(tiny_model, tiny_model, text, text, resp).item()
+        ce, kl = O.distillation_loss(tiny_model, tiny_model, speech, text, resp)
+        got, same = kl.item(), O.distillation_loss(tiny_model, tiny_model, text, text, resp)[1].item()
+        assert ce.item() == pytest.approx(O.response_loss(tiny_model, speech, resp).item(), rel=1e-5)
         total, count, reverse = 0.0, 0, 0.0
         for q, sq, r in zip(QUESTIONS, speech, resp):
             ids = [*tiny_model.prefix_ids, *tok(q, add_special_tokens=False).input_ids, *tiny_model.suffix_ids]

@@ -90,17 +90,20 @@ def response_loss(model: LSLM, queries: Sequence[Tensor], responses: Sequence[Se
 
 
 def distillation_loss(student: LSLM, teacher: LSLM, speech: Sequence[Tensor], text: Sequence[Tensor],
-                      responses: Sequence[Sequence[int]], teacher_context=None) -> Tensor:
-    """Mean over response tokens of KL(teacher on the text queries [Tt_i, d] || student on the speech queries
-    [Ts_i, d]) (scalar, float32). The teacher pass runs without grad (inside `teacher_context`, e.g. peft's
-    disable_adapter); both batches hold the same responses, so their response positions pair up in order."""
+                      responses: Sequence[Sequence[int]], teacher_context=None) -> tuple[Tensor, Tensor]:
+    """(cross-entropy, KL) over the response tokens from one student forward (scalars, float32): the student's
+    mean cross-entropy on the speech queries [Ts_i, d] (= response_loss), and the mean over response tokens of
+    KL(teacher on the text queries [Tt_i, d] || student). The teacher pass runs without grad (inside
+    `teacher_context`, e.g. peft's disable_adapter); both batches hold the same responses, so their response
+    positions pair up in order."""
     resp = [list(r) for r in responses]
     with torch.no_grad(), (teacher_context if teacher_context is not None else nullcontext()):
         t_logits, t_ids = B.response_logits(teacher, B.response_batch(teacher, list(text), resp))  # [N, V], [N]
     s_logits, s_ids = B.response_logits(student, B.response_batch(student, list(speech), resp))  # [N, V], [N]
     assert torch.equal(t_ids, s_ids), "teacher and student batches must hold the same response tokens"
-    t_logp = F.log_softmax(t_logits, dim=-1)
-    return F.kl_div(F.log_softmax(s_logits, dim=-1), t_logp, log_target=True, reduction="batchmean")
+    s_logp = F.log_softmax(s_logits, dim=-1)  # [N, V]
+    kl = F.kl_div(s_logp, F.log_softmax(t_logits, dim=-1), log_target=True, reduction="batchmean")
+    return F.nll_loss(s_logp, s_ids), kl
 
 
 def token_error_rate(hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]]) -> float:

@@ -136,12 +136,12 @@ class Trainer:
             if self.cfg.objective == "ctc":
                 return O.ctc_alignment_loss(self.ctc, queries, [e.response for e in ex])
             model = self.repeat_model if self.cfg.objective == "repeat" else self.model
-            loss = O.response_loss(model, queries, [e.response for e in ex])
-            if self.teacher is not None:
-                text = [self.teacher.embed_text(e.text).embeds for e in ex]  # [Tt_i, d] each
-                loss = loss + self.cfg.distill_weight * O.distillation_loss(
-                    model, self.teacher, queries, text, [e.response for e in ex], self._teacher_context())
-            return loss
+            if self.teacher is None:
+                return O.response_loss(model, queries, [e.response for e in ex])
+            text = [self.teacher.embed_text(e.text).embeds for e in ex]  # [Tt_i, d] each
+            ce, kl = O.distillation_loss(model, self.teacher, queries, text, [e.response for e in ex],
+                                         self._teacher_context())
+            return ce + self.cfg.distill_weight * kl
 
     def train_mode(self, on: bool) -> None:
         self.model.adaptor.train(on and self.cfg.train_adaptor)
