@@ -132,10 +132,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | No
     t0 = time.time()
     model = build_model(cfg, device)
     data = prepare_data(cfg, model, progress)
-    n_q = len(data.train) - cfg.vocab_sentences
+    n_vocab = sum(e.key.startswith("vocab") for e in data.train)
+    n_written = sum(e.key.startswith("written") for e in data.train)
+    n_q = len(data.train) - n_vocab - n_written
     print(f"data: {len(data.train)} training clips ({n_q // len(cfg.voices)} questions x {len(cfg.voices)} voices + "
-          f"{cfg.vocab_sentences} word sequences), {len(data.monitor)} monitoring clips, ready in {time.time() - t0:.0f} s",
-          flush=True)
+          f"{n_vocab} word sequences + {n_written} written questions), {len(data.monitor)} monitoring clips, "
+          f"ready in {time.time() - t0:.0f} s", flush=True)
     if prepare_only:
         return []
     trainer = make_trainer(cfg, model, data, resume_dir=resume_dir, progress=progress)

@@ -57,6 +57,7 @@ class TrainConfig:
     n_val_questions: int = 16  # test questions kept out of training, used only to monitor progress
     vocab_sentences: int = 0  # ctc/repeat: extra seeded word sequences drawn from the LLM's word tokens
     vocab_words: int = 12000  # ... from its first (most frequent, by BPE merge order) this many word tokens
+    written_questions: int = 0  # extra questions the backbone writes from few-shot lists of training ones (written.py)
     voices: tuple[str, ...] = TRAIN_VOICE_FAMILY  # espeak-ng training voices (one rendition of each question each)
     heldout_voice: str = UNSEEN_VOICE  # never trained on; monitored as the "unseen accent"
     speed_range: tuple[int, ...] = (145, 205)  # words/min drawn per rendition (uniform, seeded); () = default 175
@@ -119,7 +120,8 @@ class TrainConfig:
         if not self.distill_weight >= 0 or (self.distill_weight and self.objective != "qa"):
             raise bad("distill_weight", "must be >= 0, and 0 unless the objective is 'qa' (the teacher answers "
                       "the typed question)")
-        for k in ("n_questions", "n_val_questions", "vocab_sentences", "vocab_words", "warmup_steps", "save_every",
+        for k in ("n_questions", "n_val_questions", "vocab_sentences", "vocab_words", "written_questions",
+                  "warmup_steps", "save_every",
                   "eval_every"):
             if int(getattr(self, k)) < 0:
                 raise bad(k, "must be >= 0")

@@ -4,7 +4,9 @@ as cached encoder states, plus each objective's response tokens.
 The ~1,000 test questions cover a small vocabulary, so the alignment stages (ctc, repeat) can add
 `vocab_sentences` seeded word sequences ("Lavender kingdom teachings revived wooden.") drawn from
 the LLM tokenizer's own word tokens: every spoken word then has a token to map to, and no
-evaluation question is ever spoken.
+evaluation question is ever spoken. Any stage can add `written_questions`: questions the backbone
+writes from few-shot lists of training questions, none near a dev or monitoring question (written.py).
+Word sequences and written questions are each spoken once, by the training voices in turn.
 
 A rendition is (voice, speed, pitch, variant): every training question is spoken once by every training
 voice, at a speed, pitch and (if the config lists `variants`) espeak-ng voice variant - a different
@@ -188,10 +190,17 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True) -> TrainD
     train_qs, val_qs = split_questions(cfg)
     items = [(q.example_id, " ".join(q.question.split())) for q in train_qs]
     vocab = vocabulary_sentences(model.tokenizer, cfg.vocab_sentences, cfg.vocab_words, cfg.seed)
+    if cfg.written_questions:
+        from lsl_core.data.sdqa import load_sdqa_dev
+        from lsl_core.experiments.train.written import written_questions
+
+        banned = [q.question for q in load_sdqa_dev()] + [q.question for q in val_qs]
+        vocab += written_questions(model, [t for _, t in items], banned, cfg.written_questions, cfg.seed,
+                                   progress=progress)
     texts = [t for _, t in items + vocab]
     targets = responses(cfg, model, texts)
     jobs = [(qid, t, resp, v) for (qid, t), resp in zip(items, targets) for v in cfg.voices]
-    # each word sequence is spoken once, by the training voices in turn
+    # each word sequence / written question is spoken once, by the training voices in turn
     jobs += [(qid, t, resp, cfg.voices[i % len(cfg.voices)])
              for i, ((qid, t), resp) in enumerate(zip(vocab, targets[len(items):]))]
     train = []
