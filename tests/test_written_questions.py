@@ -112,3 +112,21 @@ def test_config_refuses_a_negative_count():
 
     with pytest.raises(LSLError, match="written_questions"):
         TrainConfig(written_questions=-1)
+
+
+def test_verdict_names_why_a_question_is_dropped():
+    known = {" ".join(q.lower().split()) for q in POOL}
+    banned = [W.words(q) for q in DEV]
+    assert W.verdict("Which river flows through Cairo?", known, banned) == "kept"
+    assert W.verdict("Which river flows through Cairo", known, banned) == "malformed"
+    assert W.verdict("Who wrote Hamlet?", known, banned) == "repeat"
+    assert W.verdict("What is the capital of Finland?", known, banned) == "near"
+
+
+def test_written_questions_report_what_they_dropped(tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(W, "_sample_batch", _scripted([]))
+    W.written_questions(tiny_model, POOL, DEV, n=3, seed=0, batch_size=5, progress=True)
+    # batches 0 and 1 fully (5 lines each), batch 2 up to its first line, which is the third kept question
+    assert ("kept 3 of 11 sampled; dropped 2 near a dev/monitoring question, 2 malformed, 4 repeats"
+            in capsys.readouterr().out)

@@ -49,15 +49,21 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def keep(text: str, known: set[str], banned: list[frozenset[str]]) -> bool:
-    """Whether a written question is usable (module docstring): well-formed, new, and far from every banned one."""
+def verdict(text: str, known: set[str], banned: list[frozenset[str]]) -> str:
+    """Why a written question is dropped - "malformed", "repeat" (a training or already kept question),
+    "near" (near a banned one) - or "kept" (module docstring)."""
     n = len(text.split())
     if not (text.endswith("?") and 3 <= n <= 25 and text.isascii() and text.isprintable()):
-        return False
+        return "malformed"
     if " ".join(text.lower().split()) in known:
-        return False
+        return "repeat"
     w = words(text)
-    return all(jaccard(w, b) < NEAR for b in banned)
+    return "kept" if all(jaccard(w, b) < NEAR for b in banned) else "near"
+
+
+def keep(text: str, known: set[str], banned: list[frozenset[str]]) -> bool:
+    """Whether a written question is usable: well-formed, new, and far from every banned one."""
+    return verdict(text, known, banned) == "kept"
 
 
 def _batch_prompts(pool: list[str], seed: int, index: int, size: int) -> list[str]:
@@ -100,6 +106,7 @@ def written_questions(model: LSLM, pool: list[str], banned: list[str], n: int, s
     known = {" ".join(q.lower().split()) for q in pool}
     banned_w = [words(q) for q in banned]
     kept: list[tuple[str, str]] = []
+    counts: dict[str, int] = {}
     limit = max_batches if max_batches is not None else 4 * n // batch_size + 1
     t0 = time.time()
     for index in range(limit):
@@ -112,9 +119,17 @@ def written_questions(model: LSLM, pool: list[str], banned: list[str], n: int, s
                 print(f"written questions: {len(kept)}/{n} kept after {index + 1} batches ({time.time() - t0:.0f} s)",
                       flush=True)
         for text in batches[str(index)]:
-            if len(kept) < n and keep(text, known, banned_w):
+            if len(kept) >= n:
+                break
+            v = verdict(text, known, banned_w)
+            counts[v] = counts.get(v, 0) + 1
+            if v == "kept":
                 known.add(" ".join(text.lower().split()))
                 kept.append((f"written{seed}-{len(kept):05d}", text))
         if len(kept) >= n:
             break
+    if progress:
+        print(f"written questions: kept {len(kept)} of {sum(counts.values())} sampled; dropped "
+              f"{counts.get('near', 0)} near a dev/monitoring question, {counts.get('malformed', 0)} malformed, "
+              f"{counts.get('repeat', 0)} repeats", flush=True)
     return kept
