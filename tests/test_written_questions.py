@@ -16,19 +16,23 @@ DEV = ["What's the capital city of Finland?", "Who discovered penicillin?"]
 
 
 def test_keep_rules_on_hand_made_cases():
-    known = {" ".join(q.lower().split()) for q in POOL}
+    known = {W.normalised(q) for q in POOL}
     banned = [W.words(q) for q in DEV]
-    assert W.keep("Which river flows through Cairo?", known, banned)
-    assert not W.keep("Which river flows through Cairo", known, banned)  # not a question
-    assert not W.keep("Why?", known, banned)  # under 3 words
-    assert not W.keep(" ".join(["word"] * 26) + "?", known, banned)  # over 25 words
-    assert not W.keep("Who founded São Paulo?", known, banned)  # not ASCII
-    assert not W.keep("who wrote  HAMLET?", known, banned)  # a training question, after normalisation
+
+    def v(text):
+        return W.verdict(text, known, banned)
+
+    assert v("Which river flows through Cairo?") == "kept"
+    assert v("Which river flows through Cairo") == "malformed"  # not a question
+    assert v("Why?") == "malformed"  # under 3 words
+    assert v(" ".join(["word"] * 26) + "?") == "malformed"  # over 25 words
+    assert v("Who founded São Paulo?") == "malformed"  # not ASCII
+    assert v("who wrote  HAMLET?") == "repeat"  # a training question, after normalisation
     # near a dev question: {what, is, the, capital, of, finland} vs {what's, the, capital, city, of, finland} -> 4/8
     assert W.jaccard(W.words("What is the capital of Finland?"), W.words(DEV[0])) == pytest.approx(0.5)
-    assert not W.keep("What is the capital of Finland?", known, banned)
-    assert W.keep("What is the capital of Peru?", known, banned)  # 3/9 with the dev question
-    assert not W.keep("Who discovered penicillin first?", known, banned)
+    assert v("What is the capital of Finland?") == "near"
+    assert v("What is the capital of Peru?") == "kept"  # 3/9 with the dev question
+    assert v("Who discovered penicillin first?") == "near"
 
 
 def test_prompt_lists_the_examples_then_opens_the_next_line():
@@ -112,15 +116,6 @@ def test_config_refuses_a_negative_count():
 
     with pytest.raises(LSLError, match="written_questions"):
         TrainConfig(written_questions=-1)
-
-
-def test_verdict_names_why_a_question_is_dropped():
-    known = {" ".join(q.lower().split()) for q in POOL}
-    banned = [W.words(q) for q in DEV]
-    assert W.verdict("Which river flows through Cairo?", known, banned) == "kept"
-    assert W.verdict("Which river flows through Cairo", known, banned) == "malformed"
-    assert W.verdict("Who wrote Hamlet?", known, banned) == "repeat"
-    assert W.verdict("What is the capital of Finland?", known, banned) == "near"
 
 
 def test_written_questions_report_what_they_dropped(tiny_model, tmp_path, monkeypatch, capsys):

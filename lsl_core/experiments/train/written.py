@@ -40,6 +40,11 @@ def few_shot_prompt(examples: list[str]) -> str:
     return "Trivia questions:\n" + "".join(f"{k + 1}. {q}\n" for k, q in enumerate(examples)) + f"{len(examples) + 1}."
 
 
+def normalised(text: str) -> str:
+    """Lower case, single spaces: the form in which two questions count as the same."""
+    return " ".join(text.lower().split())
+
+
 def words(text: str) -> frozenset[str]:
     """Lower-cased alphanumeric words of a question (apostrophes kept: "what's")."""
     return frozenset(re.findall(r"[a-z0-9']+", text.lower()))
@@ -51,19 +56,14 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
 
 def verdict(text: str, known: set[str], banned: list[frozenset[str]]) -> str:
     """Why a written question is dropped - "malformed", "repeat" (a training or already kept question),
-    "near" (near a banned one) - or "kept" (module docstring)."""
+    "near" (near a banned one) - or "kept" (module docstring). known: normalised() questions."""
     n = len(text.split())
     if not (text.endswith("?") and 3 <= n <= 25 and text.isascii() and text.isprintable()):
         return "malformed"
-    if " ".join(text.lower().split()) in known:
+    if normalised(text) in known:
         return "repeat"
     w = words(text)
     return "kept" if all(jaccard(w, b) < NEAR for b in banned) else "near"
-
-
-def keep(text: str, known: set[str], banned: list[frozenset[str]]) -> bool:
-    """Whether a written question is usable: well-formed, new, and far from every banned one."""
-    return verdict(text, known, banned) == "kept"
 
 
 def _batch_prompts(pool: list[str], seed: int, index: int, size: int) -> list[str]:
@@ -103,7 +103,7 @@ def written_questions(model: LSLM, pool: list[str], banned: list[str], n: int, s
                                      N_SHOT, seed, batch_size, pool], sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir("written") / f"{key}.json"
     batches: dict[str, list[str]] = json.loads(path.read_text()) if path.is_file() else {}
-    known = {" ".join(q.lower().split()) for q in pool}
+    known = {normalised(q) for q in pool}
     banned_w = [words(q) for q in banned]
     kept: list[tuple[str, str]] = []
     counts: dict[str, int] = {}
@@ -124,7 +124,7 @@ def written_questions(model: LSLM, pool: list[str], banned: list[str], n: int, s
             v = verdict(text, known, banned_w)
             counts[v] = counts.get(v, 0) + 1
             if v == "kept":
-                known.add(" ".join(text.lower().split()))
+                known.add(normalised(text))
                 kept.append((f"written{seed}-{len(kept):05d}", text))
         if len(kept) >= n:
             break
