@@ -189,20 +189,20 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True) -> TrainD
 
     train_qs, val_qs = split_questions(cfg)
     items = [(q.example_id, " ".join(q.question.split())) for q in train_qs]
-    vocab = vocabulary_sentences(model.tokenizer, cfg.vocab_sentences, cfg.vocab_words, cfg.seed)
+    extra = vocabulary_sentences(model.tokenizer, cfg.vocab_sentences, cfg.vocab_words, cfg.seed)  # spoken once
     if cfg.written_questions:
         from lsl_core.data.sdqa import load_sdqa_dev
         from lsl_core.experiments.train.written import written_questions
 
         banned = [q.question for q in load_sdqa_dev()] + [q.question for q in val_qs]
-        vocab += written_questions(model, [t for _, t in items], banned, cfg.written_questions, cfg.seed,
+        extra += written_questions(model, [t for _, t in items], banned, cfg.written_questions, cfg.seed,
                                    progress=progress)
-    texts = [t for _, t in items + vocab]
+    texts = [t for _, t in items + extra]
     targets = responses(cfg, model, texts)
     jobs = [(qid, t, resp, v) for (qid, t), resp in zip(items, targets) for v in cfg.voices]
     # each word sequence / written question is spoken once, by the training voices in turn
     jobs += [(qid, t, resp, cfg.voices[i % len(cfg.voices)])
-             for i, ((qid, t), resp) in enumerate(zip(vocab, targets[len(items):]))]
+             for i, ((qid, t), resp) in enumerate(zip(extra, targets[len(items):]))]
     train = []
     for qid, t, resp, v in tqdm(jobs, desc="encoder states (train)", unit="clip", mininterval=5, disable=not progress):
         states = clip_states(model, qid, t, rendition(cfg, qid, v))
@@ -215,5 +215,5 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True) -> TrainD
             monitor.append(MonitorClip(f"{q.example_id}__{v}", t, v, clip_states(model, q.example_id, t, Rendition(v)),
                                        unseen))
     rows = [{"example_id": qid, "question": t, "target": model.tokenizer.decode(r, skip_special_tokens=True).strip(),
-             "stopped": bool(r) and r[-1] == B.eos_id(model)} for (qid, t), r in zip(items + vocab, targets)]
+             "stopped": bool(r) and r[-1] == B.eos_id(model)} for (qid, t), r in zip(items + extra, targets)]
     return TrainData(train, monitor, rows)
