@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from lsl_core.experiments.train import written as W
 
@@ -46,7 +47,9 @@ def test_sampling_is_seeded_per_batch_and_gives_single_lines(tiny_model):
     for p in prompts:  # five distinct pool questions each
         shown = re.findall(r"^\d\. (.*)$", p, flags=re.M)
         assert len(shown) == W.N_SHOT == len(set(shown)) and set(shown) <= set(POOL)
+    state = torch.random.get_rng_state()
     a = W._sample_batch(tiny_model, prompts, seed=0, index=0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is left as it was
     assert a == W._sample_batch(tiny_model, prompts, seed=0, index=0)
     assert a != W._sample_batch(tiny_model, prompts, seed=0, index=1)
     assert len(a) == 3 and all("\n" not in s for s in a)

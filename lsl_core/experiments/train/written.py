@@ -81,9 +81,11 @@ def _sample_batch(model: LSLM, prompts: list[str], seed: int, index: int) -> lis
     finally:
         tok.padding_side = side
     newline = tok("\n", add_special_tokens=False).input_ids
-    torch.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}|{index}".encode()).digest()[:6], "little"))
-    out = llm.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=True, temperature=TEMPERATURE, top_p=TOP_P,
-                       pad_token_id=tok.pad_token_id, eos_token_id=[*newline, B.eos_id(model)])
+    cuda = [model.device.index or 0] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # the caller's random streams stay as they were
+        torch.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}|{index}".encode()).digest()[:6], "little"))
+        out = llm.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=True, temperature=TEMPERATURE,
+                           top_p=TOP_P, pad_token_id=tok.pad_token_id, eos_token_id=[*newline, B.eos_id(model)])
     return [tok.decode(row, skip_special_tokens=True).split("\n")[0].strip() for row in out[:, enc.input_ids.shape[1]:]]
 
 
@@ -110,14 +112,12 @@ def written_questions(model: LSLM, pool: list[str], banned: list[str], n: int, s
     limit = max_batches if max_batches is not None else 4 * n // batch_size + 1
     t0 = time.time()
     for index in range(limit):
-        if str(index) not in batches:
+        fresh = str(index) not in batches
+        if fresh:
             batches[str(index)] = _sample_batch(model, _batch_prompts(pool, seed, index, batch_size), seed, index)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(batches))
             os.replace(tmp, path)
-            if progress:
-                print(f"written questions: {len(kept)}/{n} kept after {index + 1} batches ({time.time() - t0:.0f} s)",
-                      flush=True)
         for text in batches[str(index)]:
             if len(kept) >= n:
                 break
@@ -126,6 +126,9 @@ def written_questions(model: LSLM, pool: list[str], banned: list[str], n: int, s
             if v == "kept":
                 known.add(normalised(text))
                 kept.append((f"written{seed}-{len(kept):05d}", text))
+        if progress and fresh:
+            print(f"written questions: {len(kept)}/{n} kept after {index + 1} batches ({time.time() - t0:.0f} s)",
+                  flush=True)
         if len(kept) >= n:
             break
     if progress:
