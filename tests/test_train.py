@@ -581,3 +581,68 @@ def test_vocabulary_sentences_are_seeded_word_tokens_spoken_once(tiny_model):
         TrainConfig(objective="qa", vocab_sentences=10)
     with pytest.raises(LSLError, match="vocab_sentences"):  # a word-level vocabulary has no 'Ġword' tokens
         vocabulary_sentences(tiny_model.tokenizer, 5, 100, seed=0)
+
+
+# ----------------------------------------------------------------------------- monitoring training clips
+def test_monitor_reports_training_clips_apart_from_the_held_out_ones(tiny_parts, tmp_path):
+    cfg = _cfg(tiny_parts, tmp_path, strategy="frozen", objective="repeat")
+    model = build_model(cfg, torch.device("cpu"))
+    data = _data(model, objective="repeat")
+    ex = data.train[0]
+    data.monitor.append(MonitorClip(ex.key, ex.text, "v", ex.states, False, train=True))
+    res = make_trainer(cfg, model, data, resume_dir=tmp_path / "r", progress=False).monitor()
+    assert (res["n"], res["n_unseen"], res["n_train"]) == (1, 1, 1)  # the held-out groups exclude the training clip
+    assert {"agreement_train", "repeat_f1_train"} <= set(res) and 0 <= res["repeat_f1_train"] <= 1
+    data.monitor = data.monitor[:2]
+    assert "n_train" not in make_trainer(cfg, build_model(cfg, torch.device("cpu")), data, resume_dir=tmp_path / "r2",
+                                         progress=False).monitor()
+
+
+def test_prepare_data_monitors_a_seeded_sample_of_training_clips(tiny_parts, tmp_path, monkeypatch):
+    from lsl_core.data.sdqa import SDQAQuestion
+    from lsl_core.experiments.train import corpus as C
+
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
+    train = [SDQAQuestion(f"t{i}", q, (), "test") for i, q in enumerate(QUESTIONS)]
+    monkeypatch.setattr(C, "split_questions", lambda cfg: (train, [SDQAQuestion("v0", "Who painted it?", (), "test")]))
+    cfg = _cfg(tiny_parts, tmp_path, strategy="frozen", objective="repeat", voices=("en-gb", "en-us"),
+               monitor_train_clips=4)
+    model = build_model(cfg, torch.device("cpu"))
+    data = C.prepare_data(cfg, model, progress=False)
+    picked = [c for c in data.monitor if c.train]
+    assert len(picked) == 4 and len(data.monitor) == 2 + 4 and not any(c.unseen for c in picked)
+    by_key = {e.key: e for e in data.train}
+    for c in picked:  # the clip as trained on: same states, its own text, its voice
+        assert c.states is by_key[c.key].states and c.question == by_key[c.key].text and c.key.endswith(c.voice)
+    again = C.prepare_data(cfg, model, progress=False)
+    assert [c.key for c in again.monitor if c.train] == [c.key for c in picked]  # seeded
+    every = C.prepare_data(dataclasses.replace(cfg, monitor_train_clips=50), model, progress=False)
+    assert sorted(c.key for c in every.monitor if c.train) == sorted(by_key)  # capped at the training clips
+
+
+def test_train_cli_overrides_fields_and_monitors_without_training(tiny_parts, tmp_path, capsys, monkeypatch):
+    from lsl_core.cli import main
+    from lsl_core.experiments.train import parse_sets
+
+    assert parse_sets(["init=a/b", "steps=3", 'voices=["en-us"]', "lr=1e-3"]) == {
+        "init": "a/b", "steps": 3, "voices": ["en-us"], "lr": 1e-3}
+    with pytest.raises(LSLError, match="FIELD=VALUE"):
+        parse_sets(["monitor_train_clips"])
+    from lsl_core.data.sdqa import SDQAQuestion
+    from lsl_core.experiments.train import corpus as C
+
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
+    qs = [SDQAQuestion(f"t{i}", q, (), "test") for i, q in enumerate(QUESTIONS)]  # words the tiny tokenizer knows
+    monkeypatch.setattr(C, "split_questions", lambda cfg: (qs[:2], qs[2:]))
+    cfg = _cfg(tiny_parts, tmp_path, strategy="frozen", objective="repeat", n_questions=2)
+    path = tmp_path / "stage.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    for bad, why in (("monitor_train_clip=4", "unknown train config field"), ("monitor_train_clips=-1", "must be >= 0")):
+        assert main(["train", "--config", str(path), "--set", bad, "--monitor-only", "--no-progress"]) == 2
+        assert why in capsys.readouterr().err
+    assert main(["train", "--config", str(path), "--set", 'voices=["en-us"]', "--set", "monitor_train_clips=2",
+                 "--monitor-only", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "data: 2 training clips (2 questions x 1 voices" in out
+    assert "monitor of the seeded adaptor (step 0):" in out and "'repeat_f1_train'" in out
+    assert not Path(cfg.out).exists()  # nothing trained, nothing written

@@ -1,6 +1,7 @@
 """Train the demo speech LLM through an alignment curriculum -> checkpoint trajectories.
 
     python -m lsl_core train --config configs/train/1_align_ctc.json [--resume] [--steps N] [--out DIR]
+                             [--set FIELD=VALUE ...] [--prepare-only] [--monitor-only]
 
 Each config is one stage (config.py): `ctc` and `repeat` align the adaptor with the LLM frozen, `qa`
 self-distils answers with the LLM frozen (adaptor only), LoRA or fully tuned. A stage continues from
@@ -19,7 +20,6 @@ Written into the trajectory folder `out`:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
@@ -126,8 +126,9 @@ def make_trainer(cfg: TrainConfig, model: LSLM, data: TrainData, *, resume_dir: 
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | None = None,
-          progress: bool = True, prepare_only: bool = False) -> list[Path]:
-    """Prepare data (cached), build the model, train; returns the checkpoint folders written."""
+          progress: bool = True, prepare_only: bool = False, monitor_only: bool = False) -> list[Path]:
+    """Prepare data (cached), build the model, train; returns the checkpoint folders written.
+    monitor_only: print the monitor of the stage's start (its `init`) and train nothing."""
     device = resolve_device(cfg.device)
     t0 = time.time()
     model = build_model(cfg, device)
@@ -141,6 +142,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | No
     if prepare_only:
         return []
     trainer = make_trainer(cfg, model, data, resume_dir=resume_dir, progress=progress)
+    if monitor_only:
+        shown = {k: round(v, 3) for k, v in trainer.monitor().items() if isinstance(v, float)}
+        print(f"monitor of {cfg.init or 'the seeded adaptor'} (step {trainer.step_offset}): {shown}", flush=True)
+        return []
     t1 = time.time()
     saved = trainer.run(resume=resume)
     print(f"trained {cfg.name} to step {trainer.step}/{cfg.steps} in {time.time() - t1:.0f} s; new checkpoints: "
@@ -158,10 +163,31 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="override the config's trajectory folder")
     p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
     p.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any config field (VALUE as JSON, else a string), e.g. --set init=<checkpoint> "
+                        "--set monitor_train_clips=48; repeatable")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--prepare-only", action="store_true", help="only synthesize/encode/generate targets (cached)")
+    p.add_argument("--monitor-only", action="store_true",
+                   help="print the monitor (agreement, stage score per voice group) of the config's init; no training")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
+
+
+def parse_sets(items: list[str]) -> dict:
+    """['init=a/b', 'steps=3', 'voices=["en-us"]'] -> {'init': 'a/b', 'steps': 3, 'voices': ['en-us']}."""
+    import json
+
+    out = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise LSLError(f"--set {item!r}: write FIELD=VALUE, e.g. --set monitor_train_clips=48.")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
 
 
 def main(args: argparse.Namespace) -> int:
@@ -169,10 +195,11 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig.from_json(args.config)
     changes = {k: v for k, v in (("out", args.out), ("steps", args.steps), ("device", args.device)) if v is not None}
+    changes.update(parse_sets(args.set))
     if changes:
-        cfg = dataclasses.replace(cfg, **changes)
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **changes}, f"{args.config} with overrides")
     train(cfg, resume=args.resume, resume_dir=args.resume_dir, progress=not args.no_progress,
-          prepare_only=args.prepare_only)
+          prepare_only=args.prepare_only, monitor_only=args.monitor_only)
     return 0
 
 

@@ -87,6 +87,8 @@ class TrainConfig:
     save_steps: tuple[int, ...] = ()  # extra checkpoint steps (early ones, for the trajectory)
     eval_every: int = 0  # monitor every K steps (0 = at checkpoints only); also at step 0
     eval_max_new_tokens: int = 24  # answer length when monitoring agreement
+    monitor_train_clips: int = 0  # also monitor this many seeded training clips as trained on (log rows *_train):
+    #                               their gap to the held-out rows is what the stage memorised
     save_dtype: Literal["float16", "float32", "bfloat16"] = "float16"  # dtype of shipped weights
     autocast: Literal["auto", "bf16", "none"] = "auto"  # auto: bf16 only where the device computes bf16 natively
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -122,7 +124,7 @@ class TrainConfig:
                       "the typed question)")
         for k in ("n_questions", "n_val_questions", "vocab_sentences", "vocab_words", "written_questions",
                   "warmup_steps", "save_every",
-                  "eval_every"):
+                  "eval_every", "monitor_train_clips"):
             if int(getattr(self, k)) < 0:
                 raise bad(k, "must be >= 0")
         if not self.lr > 0 or (self.llm_lr is not None and not self.llm_lr > 0):

@@ -70,6 +70,7 @@ class MonitorClip:
     voice: str
     states: torch.Tensor  # [Te, d_enc]
     unseen: bool  # spoken by the held-out voice
+    train: bool = False  # a training clip (its training rendition): shows what the stage memorised
 
 
 @dataclass
@@ -214,6 +215,11 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True) -> TrainD
         for v, unseen in [(seen, False)] + ([(cfg.heldout_voice, True)] if cfg.heldout_voice else []):
             monitor.append(MonitorClip(f"{q.example_id}__{v}", t, v, clip_states(model, q.example_id, t, Rendition(v)),
                                        unseen))
+    if cfg.monitor_train_clips:
+        pick = np.random.default_rng(cfg.seed + 104729).choice(len(train), min(cfg.monitor_train_clips, len(train)),
+                                                               replace=False)
+        monitor += [MonitorClip(train[i].key, train[i].text, train[i].key.rsplit("__", 1)[-1], train[i].states, False,
+                                train=True) for i in sorted(pick)]
     rows = [{"example_id": qid, "question": t, "target": model.tokenizer.decode(r, skip_special_tokens=True).strip(),
              "stopped": bool(r) and r[-1] == B.eos_id(model)} for (qid, t), r in zip(items + extra, targets)]
     return TrainData(train, monitor, rows)

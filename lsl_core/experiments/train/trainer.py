@@ -1,7 +1,8 @@
 """The training loop of one stage: step-indexed (the batch, the lr and the RNG at step s depend only on
 (config, s)), resumable bit for bit, checkpointing and monitoring on schedule.
 
-Monitoring (held-out test questions, a seen and the unseen voice) logs, at every eval step:
+Monitoring (held-out test questions, a seen and the unseen voice; with monitor_train_clips also that many
+training clips as trained on, suffix _train) logs, at every eval step:
   agreement / agreement_unseen   token F1 of the speech answer vs the same model's text answer
                                  (default QA prompt) - the "does it hear" curve of every stage;
   ctc_ter / ctc_ter_unseen       ctc stage: token error rate of best-path CTC decoding;
@@ -194,8 +195,10 @@ class Trainer:
         agree = [answer_agreement(s, text_of[cl.question]) for s, cl in zip(speech, clips)]
         out: dict = {}
         name = {"ctc": "ctc_ter", "repeat": "repeat_f1"}.get(c.objective)
-        for suffix, keep in (("", False), ("_unseen", True)):
-            sel = [i for i, cl in enumerate(clips) if cl.unseen == keep]
+        groups = (("", lambda cl: not cl.unseen and not cl.train), ("_unseen", lambda cl: cl.unseen),
+                  ("_train", lambda cl: cl.train))
+        for suffix, member in groups:
+            sel = [i for i, cl in enumerate(clips) if member(cl)]
             if not sel:
                 continue
             out[f"agreement{suffix}"] = sum(agree[i] for i in sel) / len(sel)
