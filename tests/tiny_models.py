@@ -29,6 +29,11 @@ def make_tokenizer(folder: Path):
     vocab = {t: i for i, t in enumerate(specials + punct + ["system", "user", "assistant", "you", "are", "a",
                                                              "helpful", "briefly", "in", "one", "short",
                                                              "sentence", "Question", "Answer"] + WORDS)}
+    # a repeated word keeps its last position, which leaves holes below len(vocab) and pushes the last words past
+    # the LLM's table (vocab_size = len(vocab)); they take the holes, every other id stays as it always was
+    holes = sorted(set(range(len(vocab))) - set(vocab.values()))
+    past = sorted((i, t) for t, i in vocab.items() if i >= len(vocab))
+    vocab.update({t: hole for hole, (_, t) in zip(holes, past)})
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<|im_start|>",
