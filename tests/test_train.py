@@ -628,12 +628,7 @@ def test_train_cli_overrides_fields_and_monitors_without_training(tiny_parts, tm
         "init": "a/b", "steps": 3, "voices": ["en-us"], "lr": 1e-3}
     with pytest.raises(LSLError, match="FIELD=VALUE"):
         parse_sets(["monitor_train_clips"])
-    from lsl_core.data.sdqa import SDQAQuestion
-    from lsl_core.experiments.train import corpus as C
-
     monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
-    qs = [SDQAQuestion(f"t{i}", q, (), "test") for i, q in enumerate(QUESTIONS)]  # words the tiny tokenizer knows
-    monkeypatch.setattr(C, "split_questions", lambda cfg: (qs[:2], qs[2:]))
     cfg = _cfg(tiny_parts, tmp_path, strategy="frozen", objective="repeat", n_questions=2)
     path = tmp_path / "stage.json"
     path.write_text(json.dumps(cfg.to_dict()))
