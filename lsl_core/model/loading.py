@@ -30,6 +30,7 @@ import torch
 from lsl_core.errors import ManifestError, ModelLoadError
 from lsl_core.model.adaptor import Adaptor, AdaptorConfig
 from lsl_core.model.hub import allow_download
+from lsl_core.model.lora_scope import LORA_SCOPES, apply_lora_scope
 from lsl_core.model.prompt import PromptTemplate
 
 Strategy = Literal["none", "frozen", "lora", "full", "pretrained"]
@@ -47,6 +48,7 @@ class CheckpointManifest:
     step: int = 0  # training step of this checkpoint
     adaptor: str | None = None  # adaptor safetensors (None only for strategy "none")
     lora: str | None = None  # peft adapter folder (adapter_config.json + adapter_model.safetensors)
+    lora_scope: str = "all"  # where the LoRA acts: "all" positions, or "speech" only (lsl_core.model.lora_scope)
     downsample: int = 5  # frames stacked by the adaptor
     adaptor_hidden: int | None = None  # adaptor MLP width; None -> LLM width
     prompt: dict = field(default_factory=dict)  # PromptTemplate fields
@@ -64,6 +66,12 @@ class CheckpointManifest:
             raise ManifestError(f"manifest field 'strategy' must be one of {STRATEGIES}, got {self.strategy!r}.")
         if not self.name:
             raise ManifestError("manifest field 'name' is empty; give the checkpoint a name.")
+        if self.lora_scope not in LORA_SCOPES:
+            raise ManifestError(f"manifest '{self.name}': 'lora_scope' must be one of {LORA_SCOPES}, "
+                                f"got {self.lora_scope!r}.")
+        if self.lora_scope != "all" and not self.lora:
+            raise ManifestError(f"manifest '{self.name}': 'lora_scope' {self.lora_scope!r} needs a 'lora' adapter; "
+                                "remove 'lora_scope' or add 'lora'.")
         if self.model:  # a family checkpoint: no adaptor / encoder of ours
             return
         if not (self.llm and self.encoder):
@@ -93,8 +101,12 @@ class CheckpointManifest:
             raise ManifestError(f"manifest '{self.name}': bad 'prompt' field ({exc}).") from None
 
     def to_json(self) -> dict:
+        """The manifest as written; `lora_scope` only when it is not the default 'all' (so manifests written
+        before the field existed, and their digests and cache keys, stay as they were)."""
         d = asdict(self)
         d.pop("root")
+        if d["lora_scope"] == "all":
+            d.pop("lora_scope")
         return d
 
 
@@ -250,7 +262,9 @@ def load_checkpoint(manifest: str | Path | CheckpointManifest, *, device: str | 
     """Build an LSLM from a manifest. Device defaults to CUDA if present; dtype bf16 on CUDA, else float32.
 
     merge_lora folds W + BA into W once (the same function; unmerged peft layers make CPU decoding
-    2-3x slower). Pass False to keep the peft wrapper, e.g. to continue training the adapter.
+    2-3x slower). Pass False to keep the peft wrapper, e.g. to continue training the adapter. A LoRA with
+    lora_scope 'speech' acts at speech positions only, which no merged weight can express: it stays unmerged
+    with its scope hooks (lsl_core.model.lora_scope).
     """
     from lsl_core.model.encoder import SpeechEncoder
     from lsl_core.model.lslm import LSLM
@@ -269,10 +283,13 @@ def load_checkpoint(manifest: str | Path | CheckpointManifest, *, device: str | 
     encoder = SpeechEncoder.from_pretrained(enc_ref, dtype=dt, device=dev, window=m.encoder_window)
     llm_dim = llm.get_input_embeddings().weight.shape[1]
     adaptor = load_adaptor(m, encoder.output_dim, llm_dim).to(dev, dt).eval()
+    merge_lora = merge_lora and m.lora_scope == "all"
     if m.lora:
         llm = attach_lora(llm, m)
         if merge_lora:
             llm = llm.merge_and_unload().eval()
+        else:
+            apply_lora_scope(llm, m.lora_scope)
     asr_factory = _asr_factory(enc_ref, dev, dt)
     merged = "-merged" if (m.lora and merge_lora) else ""  # merging rounds differently: part of the cache key
     digest = f"{manifest_digest(m)}-{dev.type}-{dt}{merged}".replace("torch.", "")

@@ -31,6 +31,7 @@ from lsl_core.experiments.train.corpus import MonitorClip, TrainData, TrainExamp
 from lsl_core.experiments.train.state import default_resume_dir
 from lsl_core.experiments.train.trainer import Trainer
 from lsl_core.model.loading import CheckpointManifest, load_checkpoint, read_manifest
+from lsl_core.model.lora_scope import apply_lora_scope
 from lsl_core.model.lslm import LSLM
 
 
@@ -52,6 +53,10 @@ def init_manifest(cfg: TrainConfig) -> CheckpointManifest | None:
         raise LSLError(f"train config field 'init' ({cfg.init}) is a {m.strategy} checkpoint; a {cfg.strategy} "
                        "stage continues from an adaptor-only checkpoint (strategy frozen)"
                        + ("" if m.strategy == "full" else ", and only a lora stage from a LoRA checkpoint") + ".")
+    if m.lora and m.lora_scope != cfg.lora_scope:
+        raise LSLError(f"train config field 'init' ({cfg.init}) has a LoRA with lora_scope {m.lora_scope!r}; the "
+                       f"config says {cfg.lora_scope!r}. Make them equal to continue it (or start from an "
+                       "adaptor-only checkpoint).")
     mine = (cfg.encoder_window, cfg.downsample, cfg.adaptor_hidden)
     if (m.encoder_window, m.downsample, m.adaptor_hidden) != mine:
         raise LSLError(f"train config field 'init' ({cfg.init}) has encoder_window={m.encoder_window!r}, "
@@ -77,7 +82,8 @@ def build_model(cfg: TrainConfig, device: torch.device) -> LSLM:
 
 def attach_trainable_lora(model: LSLM, cfg: TrainConfig, init: CheckpointManifest | None = None) -> None:
     """Wrap the LLM in a peft LoRA; only the LoRA matrices train. Fresh (seeded init), or - when `init` is a
-    LoRA checkpoint - continuing from its LoRA weights (rank, alpha and targets must match the config)."""
+    LoRA checkpoint - continuing from its LoRA weights (rank, alpha and targets must match the config).
+    cfg.lora_scope 'speech' confines it to the speech positions (lsl_core.model.lora_scope)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(cfg.seed)
@@ -89,6 +95,7 @@ def attach_trainable_lora(model: LSLM, cfg: TrainConfig, init: CheckpointManifes
         raise LSLError(f"train config field 'lora_targets' {list(cfg.lora_targets)} does not fit the LLM ({exc}).") from None
     if init is not None and init.lora:
         load_lora_weights(model.llm, init.path(init.lora), cfg)
+    apply_lora_scope(model.llm, cfg.lora_scope)
 
 
 def load_lora_weights(peft_llm, folder: Path, cfg: TrainConfig) -> None:

@@ -55,7 +55,8 @@ def save_checkpoint(cfg: TrainConfig, model: LSLM, out: Path, step: int, *, init
         save_full_llm(model.llm, model.tokenizer, tmp / llm_ref, dt)
     m = CheckpointManifest(
         name=checkpoint_name(cfg, step), llm=llm_ref or cfg.llm, encoder=cfg.encoder, family=cfg.family,
-        strategy=cfg.strategy, step=step, adaptor=adaptor, lora=lora, downsample=cfg.downsample,
+        strategy=cfg.strategy, step=step, adaptor=adaptor, lora=lora,
+        lora_scope=cfg.lora_scope if lora else "all", downsample=cfg.downsample,
         adaptor_hidden=cfg.adaptor_hidden,
         prompt=dict(cfg.prompt), seed=cfg.adaptor_seed, encoder_window=cfg.encoder_window,
         extra={"trajectory": out.name, "stage": cfg.objective, "train_config": f"../{CONFIG_NAME}",

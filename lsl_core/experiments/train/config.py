@@ -79,6 +79,8 @@ class TrainConfig:
     lora_alpha: int = 4  # LoRA alpha (seed paper: 4, i.e. scaling 0.5)
     lora_dropout: float = 0.1  # LoRA dropout (seed paper: 0.1)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # attention projections
+    lora_scope: Literal["all", "speech"] = "all"  # where the LoRA acts: every position, or the speech positions
+    #                                               only (text path = the frozen backbone; lsl_core.model.lora_scope)
     ctc_temperature: float = 20.0  # ctc: logits = temperature x cosine(frame, token embedding)
     ctc_norm_weight: float = 0.1  # ctc: weight of ((|frame| / mean |token embedding|) - 1)^2
     seed: int = 0  # question sample, renditions, data order, LoRA init and dropout
@@ -133,6 +135,10 @@ class TrainConfig:
             raise bad("min_lr_ratio", "must be in [0, 1]")
         if not 0 <= self.lora_dropout < 1:
             raise bad("lora_dropout", "must be in [0, 1)")
+        if self.lora_scope not in ("all", "speech"):
+            raise bad("lora_scope", "must be 'all' or 'speech'")
+        if self.lora_scope != "all" and self.strategy != "lora":
+            raise bad("lora_scope", "must be 'all' unless the strategy is 'lora' (it says where the LoRA acts)")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise bad("weight_decay" if self.weight_decay < 0 else "grad_clip", "must be >= 0")
         if not self.ctc_temperature > 0 or self.ctc_norm_weight < 0:
@@ -188,6 +194,8 @@ class TrainConfig:
     def digest(self, ignore: tuple[str, ...] = ("device", "out")) -> str:
         """Identity of everything that changes the trained weights (resume refuses a different one)."""
         d = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        if d.get("lora_scope") == "all":  # added later: at its default it leaves every older digest as it was
+            d.pop("lora_scope")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def checkpoint_steps(self) -> list[int]:
