@@ -24,5 +24,6 @@ def run(args) -> int:
     for folder in [assets_dir() / "checkpoints", *([args.zoo] if args.zoo else [])]:
         print(f"zoo {folder}:")
         for m in list_zoo(folder):
-            print(f"  {m.name:<28} {m.family:<30} {m.strategy:<7} step {m.step}")
+            scope = " (LoRA on speech positions only)" if m.lora_scope == "speech" else ""
+            print(f"  {m.name:<28} {m.family:<30} {m.strategy:<7} step {m.step}{scope}")
     return 0

@@ -166,3 +166,27 @@ def test_shipped_results_were_computed_on_the_shipped_checkpoints():
         m = zoo[name]
         merged = "-merged" if (m.lora and m.lora_scope == "all") else ""
         assert digest == f"{manifest_digest(m)}-cpu-float32{merged}", name
+
+
+def test_forwards_without_speech_skip_the_lora_branch_in_eval_only(tiny_parts, tmp_path):
+    """Decode steps and text prompts call the base layers directly (what makes a scoped LoRA decode as fast as
+    the plain backbone); the answers are those of the masked branch, and training always runs the branch."""
+    model = load_checkpoint(_checkpoint(tiny_parts, tmp_path / "ck"), device="cpu")
+    scope: SpeechScope = model.llm.lsl_lora_scope
+    sp, tp, _ = model.prompts_and_states(_sample())
+    lora_a = next(m for n, m in model.llm.named_modules() if n.endswith("q_proj.lora_A.default"))
+    calls = []
+    lora_a.register_forward_hook(lambda *a: calls.append(1))
+    fast = model.generate_ids([sp, tp], 6, batch_size=1)
+    assert len(calls) == 1  # the speech prompt's prefill only: 6 decode steps x 2 and the text prefill skip it
+    for layer in scope._wrapped:  # the masked branch everywhere: the same answers
+        layer.__dict__.pop("forward")
+    assert model.generate_ids([sp, tp], 6, batch_size=1) == fast and len(calls) > 1 + 6
+    calls.clear()
+    for layer in scope._wrapped:  # wrapped again, as loading does
+        layer.forward = scope._skip_without_speech(layer, layer.forward)
+    model.llm(inputs_embeds=tp.inputs_embeds)
+    assert not calls
+    model.llm.train()
+    model.llm(inputs_embeds=tp.inputs_embeds)  # training: the branch runs (its dropout draws), masked to zero
+    assert len(calls) == 1

@@ -301,6 +301,38 @@ def test_float16_lora_checkpoint_loads_into_a_float32_model(tiny_parts, tmp_path
     torch.testing.assert_close(_outputs(merged, states)[0], _outputs(loaded, states)[0], rtol=1e-4, atol=1e-5)
 
 
+def test_a_speech_scoped_lora_stage_trains_saves_and_continues_with_its_scope(tiny_parts, tmp_path):
+    """lora_scope 'speech': the LoRA trains (B leaves zero), the checkpoint says so and reloads as trained; the
+    text path stays the base LLM's; a stage continues it only with the same scope."""
+    s1 = _cfg(tiny_parts, tmp_path, "lora", name="hear", objective="repeat", steps=2, save_every=2, lr=5e-2,
+              lora_scope="speech")
+    tr = _trainer(s1)
+    first = tr.run()[-1]
+    m = read_manifest(first)
+    assert m.lora_scope == "speech"
+    saved = load_file(str(first / "lora" / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in saved.items())
+    loaded = load_checkpoint(first, device="cpu")
+    tr.train_mode(False)
+    states = tr.data.train[0].states
+    h1, a1 = _outputs(tr.model, states)
+    h2, a2 = _outputs(loaded, states)
+    torch.testing.assert_close(h2, h1, rtol=0, atol=0)
+    assert a1 == a2
+    base = load_checkpoint(dataclasses.replace(m, strategy="frozen", lora=None, lora_scope="all"), device="cpu")
+    q = [B.text_query(loaded, QUESTIONS[0])]
+    torch.testing.assert_close(loaded.forward_states(loaded.build_prompt(q[0])),
+                               base.forward_states(base.build_prompt(q[0])), rtol=0, atol=0)
+    assert B.generate_batch(loaded, q, 5) == B.generate_batch(base, q, 5)
+    s2 = _cfg(tiny_parts, tmp_path / "b", "lora", name="qa", steps=2, save_every=2, init=str(first),
+              lora_scope="speech")
+    assert read_manifest(_trainer(s2).run()[-1]).lora_scope == "speech"
+    with pytest.raises(LSLError, match="lora_scope 'speech'"):
+        _trainer(dataclasses.replace(s2, lora_scope="all"))
+    with pytest.raises(LSLError, match="'lora_scope'"):
+        _cfg(tiny_parts, tmp_path, "frozen", lora_scope="speech")
+
+
 # ----------------------------------------------------------------------------- config
 def test_config_validation_names_the_field(tiny_parts, tmp_path):
     with pytest.raises(LSLError, match="'heldout_voice'"):

@@ -13,7 +13,9 @@ rows always match; a speech frame would need a hash collision to pass for text).
 generation, training and interventions all feed `inputs_embeds` to the backbone, the scope holds on every
 path without plumbing; decode steps (a generated token, fed as an id) run without the update.
 
-A position-dependent update cannot be folded into W, so a speech-scoped LoRA stays an unmerged peft wrapper.
+A position-dependent update cannot be folded into W, so a speech-scoped LoRA stays an unmerged peft wrapper;
+a forward without speech positions (every decode step, every text prompt) calls the LoRA layers' base
+weights directly, so decoding costs what a plain backbone costs (benchmarks/bench_lora_scope.py).
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ class SpeechScope:
 
     A forward pre-hook on the backbone's decoder reads `inputs_embeds` [B, T, d] and marks the positions
     that are not rows of the embedding table (speech); a forward hook on every `lora_B` multiplies its output
-    [B, T, out] by that mask. No `inputs_embeds` (a decode step) or a mismatched length -> no update.
+    [B, T, out] by that mask. No `inputs_embeds` (a decode step) or a mismatched length -> no update. In eval
+    mode a forward without any speech position skips the LoRA branch (base layer only: the same result, as
+    the masked update is zero); in training every forward runs it, so dropout draws stay as without the skip.
     """
 
     def __init__(self, peft_llm: nn.Module) -> None:
@@ -62,6 +66,7 @@ class SpeechScope:
         self._weights = _hash_weights(table.shape[1], table.device)
         self._table = table_hashes(table, self._weights)  # [V'] sorted
         self._mask: torch.Tensor | None = None  # [B, T, 1] of the forward in progress
+        self._any_speech = False  # whether the forward in progress has a speech position
         decoder = base.get_decoder()
         self._handles = [decoder.register_forward_pre_hook(self._read_inputs, with_kwargs=True)]
         lora_b = [m for name, m in base.named_modules() if ".lora_B." in f"{name}." and isinstance(m, nn.Linear)]
@@ -69,6 +74,17 @@ class SpeechScope:
             raise ValueError("lora_scope 'speech' needs a peft LoRA on the LLM; found no lora_B layers")
         self._handles += [m.register_forward_hook(self._scope_update) for m in lora_b]
         self.num_layers = len(lora_b)
+        self._wrapped = [m for m in base.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_B")]
+        for layer in self._wrapped:
+            layer.forward = self._skip_without_speech(layer, layer.forward)
+
+    def _skip_without_speech(self, layer: nn.Module, lora_forward):
+        def forward(x, *args, **kwargs):
+            if not self._any_speech and not layer.training:
+                return layer.base_layer(x, *args, **kwargs)
+            return lora_forward(x, *args, **kwargs)
+
+        return forward
 
     def speech_mask(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """[B, T, d] input embeddings -> bool [B, T]: True where the input is not a row of the embedding table."""
@@ -77,6 +93,7 @@ class SpeechScope:
     def _read_inputs(self, module, args, kwargs):
         x = kwargs.get("inputs_embeds")
         self._mask = None if x is None else self.speech_mask(x)[..., None]
+        self._any_speech = bool(self._mask is not None and self._mask.any())
         return None
 
     def _scope_update(self, module, inputs, out: torch.Tensor) -> torch.Tensor:
@@ -89,7 +106,9 @@ class SpeechScope:
         """Take the hooks off (the LoRA then acts at every position again)."""
         for h in self._handles:
             h.remove()
-        self._handles = []
+        for layer in self._wrapped:
+            layer.__dict__.pop("forward", None)
+        self._handles, self._wrapped = [], []
 
 
 def apply_lora_scope(peft_llm: nn.Module, scope: str) -> SpeechScope | None:
