@@ -102,7 +102,7 @@ def test_evaluate_checkpoint_rows_match_direct_computation(tiny_model):
 def test_cascade_answers_the_transcript_and_answerable_gap(tiny_model, monkeypatch, tmp_path):
     """The cascade answers what the ASR heard with the same LLM; a transcript equal to the question gives the
     text answer (agreement 1), another question's transcript gives that question's answer."""
-    from lsl_core.experiments.evaluate import headline_intervals, summarize
+    from lsl_core.experiments.evaluate import add_other_question_baseline, headline_intervals, summarize
 
     monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))  # transcripts are cached on disk
     s = _samples()
@@ -132,6 +132,38 @@ def test_cascade_answers_the_transcript_and_answerable_gap(tiny_model, monkeypat
     assert seen["n_q"] == len(q) and seen["agreement"] == pytest.approx(q["agreement"].mean())
     assert seen["ratio"] == pytest.approx(q["agreement"].mean() / q["cascade_agreement"].mean())
     assert seen["agreement_lo"] <= seen["agreement"] <= seen["agreement_hi"]
+    # above answer style: each side minus its agreement with the other questions' text answers
+    df = add_other_question_baseline(df)
+    for _, r in df.iterrows():
+        others = [t for qq, t in zip(df["question"], df["text_answer"]) if qq != r["question"]]
+        others = list(dict.fromkeys(others))  # one text answer per question
+        assert r["cascade_agreement_other_q"] == pytest.approx(
+            sum(answer_agreement(r["cascade_answer"], t) for t in others) / len(others))
+    assert "cascade_agreement_other_q" in summarize(df).columns
+
+
+def test_ratio_above_answer_style_by_hand():
+    """(agreement - other-q) / (cascade agreement - cascade other-q), voices of a question averaged first;
+    no ratio where the cascade is not above its own style baseline."""
+    from lsl_core.experiments.evaluate import headline_intervals
+
+    rows = []
+    # question: (agreement, other-q, cascade agreement, cascade other-q) on the two seen voices
+    vals = {"q1": [(0.5, 0.1, 0.9, 0.1), (0.3, 0.1, 0.7, 0.1)], "q2": [(0.2, 0.2, 0.6, 0.2), (0.2, 0.0, 0.6, 0.0)],
+            "q3": [(0.4, 0.1, 0.5, 0.3), (0.4, 0.1, 0.5, 0.3)]}
+    for q, per_voice in vals.items():
+        for v, (a, ao, c, co) in zip(("v1", "v2"), per_voice):
+            rows.append(dict(checkpoint="A", strategy="lora", step=1, question=q, voice=v, agreement=a,
+                             agreement_other_q=ao, cascade_agreement=c, cascade_agreement_other_q=co,
+                             speech_containment=0.0, text_containment=0.0))
+    r = headline_intervals(pd.DataFrame(rows), unseen_voice="vx").iloc[0]
+    num = ((0.4 - 0.1) + (0.2 - 0.1) + (0.4 - 0.1)) / 3  # per question: voices averaged first
+    den = ((0.8 - 0.1) + (0.6 - 0.1) + (0.5 - 0.3)) / 3
+    assert r["agreement_specific"] == pytest.approx(num) and r["cascade_agreement_specific"] == pytest.approx(den)
+    assert r["ratio_specific"] == pytest.approx(num / den)
+    assert r["ratio_specific_lo"] <= num / den <= r["ratio_specific_hi"] and r["ratio_specific_lo"] < r["ratio_specific_hi"]
+    flat = pd.DataFrame(rows).assign(cascade_agreement_other_q=lambda d: d["cascade_agreement"])
+    assert pd.isna(headline_intervals(flat, unseen_voice="vx").iloc[0].get("ratio_specific", float("nan")))
 
 
 def test_select_samples_first_questions_all_voices():

@@ -151,7 +151,7 @@ def curriculum_table(results: Path, measured: dict[str, dict] | None = None) -> 
                "gap_answerable": r.get("gap_answerable", np.nan), "n_answerable": r.get("n_answerable", np.nan)}
         for _, h in head[head["checkpoint"] == ck].iterrows():
             tag = "seen" if h["voice"] == "seen" else "unseen"
-            for c in ("agreement", "cascade_agreement", "ratio"):
+            for c in ("agreement", "cascade_agreement", "ratio", "ratio_specific"):
                 for suf in ("", "_lo", "_hi"):
                     rec[f"{c}{suf}_{tag}"] = h.get(f"{c}{suf}", np.nan)
         rows.append(rec)
@@ -240,25 +240,30 @@ def markdown(df: pd.DataFrame, r2: pd.DataFrame, meta: dict) -> str:
         "- Agreement = token F1 between a checkpoint's speech answer and its own text answer; cascade = Whisper "
         "transcript → the same LLM; 95% CIs resample questions. Seen = the 4 sd-qa-mini voices also used in "
         "training (with other questions); unseen = en-gb-scotland, never used in training. No sd-qa-mini "
-        "question is used in training (training texts: the SD-QA English test split + word sequences).",
+        "question is used in training (training texts: the SD-QA English test split + word sequences). Above "
+        "style: the ratio after subtracting from each side its agreement with the other questions' text answers "
+        "(what answer style alone reaches), i.e. question-specific agreement, end-to-end / cascade.",
         "",
         "## Per checkpoint",
         "",
         "| checkpoint | strategy | step | agreement seen | agreement unseen | cascade unseen | e2e/cascade unseen "
-        "| GAP F1 | answerable GAP (clips) | Spearman cos | Spearman L2 | collapsed (cos) | retrieval top-1 (layer) "
-        "| APS − silence |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| e2e/cascade unseen, above style | GAP F1 | answerable GAP (clips) | Spearman cos | Spearman L2 "
+        "| collapsed (cos) | retrieval top-1 (layer) | APS − silence |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for _, r in df.iterrows():
         ratio = r.get("ratio_unseen")
         ratio_s = "–" if ratio is None or pd.isna(ratio) else \
             f"{ratio:.2f} [{r['ratio_lo_unseen']:.2f}, {r['ratio_hi_unseen']:.2f}]"
+        spec = r.get("ratio_specific_unseen", np.nan)
+        spec_s = "–" if spec is None or pd.isna(spec) else \
+            f"{spec:.2f} [{r['ratio_specific_lo_unseen']:.2f}, {r['ratio_specific_hi_unseen']:.2f}]"
         retr = "–" if pd.isna(r.get("retrieval_top1_best", np.nan)) else \
             f"{r['retrieval_top1_best']:.2f} (ℓ{int(r['retrieval_best_layer'])})"
         n_ans = "" if pd.isna(r.get("n_answerable", np.nan)) else f" ({int(r['n_answerable'])})"
         lines.append(
             f"| {r['checkpoint']} | {r['strategy']} | {r['step']} | {_ci(r, 'agreement', 'seen')} | "
-            f"{_ci(r, 'agreement', 'unseen')} | {_ci(r, 'cascade_agreement', 'unseen')} | {ratio_s} | "
+            f"{_ci(r, 'agreement', 'unseen')} | {_ci(r, 'cascade_agreement', 'unseen')} | {ratio_s} | {spec_s} | "
             f"{_p(r['gap_f1'])} | {_p(r.get('gap_answerable'))}{n_ans} | {_f(r.get('spearman_cos_mean'))} | "
             f"{_f(r.get('spearman_dist_mean'))} | {_p(r.get('collapsed_cos_frac'), 0)} % | {retr} | "
             f"{_f(r.get('silence_margin_aps'))} |")

@@ -210,17 +210,22 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
 def add_other_question_baseline(df: pd.DataFrame) -> pd.DataFrame:
     """Add `agreement_other_q`: mean agreement of each speech answer with the text answers of the
     *other* questions (same checkpoint) - what agreement reaches from answer style alone, without
-    the content of the question. Matched agreement above it is question-specific."""
+    the content of the question. Matched agreement above it is question-specific. With a cascade, the
+    same for its answers: `cascade_agreement_other_q`."""
     from lsl_core.scoring import answer_agreement
 
+    answers = [c for c in ("speech_answer", "cascade_answer") if c in df.columns]
     out = []
     for _, d in df.groupby("checkpoint", sort=False):
         texts = d.drop_duplicates("question").set_index("question")["text_answer"]
-        other = []
-        for sp, q in zip(d["speech_answer"], d["question"]):
-            vals = [answer_agreement(sp, t) for tq, t in texts.items() if tq != q]
-            other.append(sum(vals) / len(vals) if vals else float("nan"))
-        out.append(d.assign(agreement_other_q=other))
+        cols = {}
+        for col in answers:
+            other = []
+            for a, q in zip(d[col], d["question"]):
+                vals = [answer_agreement(a, t) for tq, t in texts.items() if tq != q]
+                other.append(sum(vals) / len(vals) if vals else float("nan"))
+            cols["agreement_other_q" if col == "speech_answer" else "cascade_agreement_other_q"] = other
+        out.append(d.assign(**cols))
     return pd.concat(out).loc[df.index]
 
 
@@ -233,7 +238,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """
     metrics = [c for c in ("text_containment", "speech_containment", "text_f1", "speech_f1", "agreement",
                            "agreement_other_q", "cascade_containment", "cascade_f1", "cascade_agreement",
-                           "text_pedant", "speech_pedant") if c in df.columns]
+                           "cascade_agreement_other_q", "text_pedant", "speech_pedant") if c in df.columns]
     keys = ["checkpoint", "family", "strategy", "step"]
     parts = []
     for group, sub in [("voice", df), ("seen", df[~df["unseen"]].assign(voice="seen")), ("all", df.assign(voice="all"))]:
@@ -275,7 +280,8 @@ def headline_intervals(df: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd
     The voices of one question are averaged first (they share the question, so they are not independent),
     then questions are resampled. Columns (fractions, each with _lo / _hi): agreement (speech vs text
     answer), cascade_agreement, ratio = agreement / cascade_agreement (paired: one replicate draws the same
-    questions for both), gap_answerable = 1 - speech containment on the questions whose text answer
+    questions for both), ratio_specific = the same ratio above each side's answer-style baseline,
+    (agreement - agreement_other_q) / (cascade_agreement - cascade_agreement_other_q), gap_answerable = 1 - speech containment on the questions whose text answer
     contains a gold answer (n_answerable_q of them); n_q = questions.
     """
     import numpy as np
@@ -287,8 +293,8 @@ def headline_intervals(df: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd
         for group, sub in (("seen", d[d["voice"] != unseen_voice]), (unseen_voice, d[d["voice"] == unseen_voice])):
             if sub.empty:
                 continue
-            cols = [c for c in ("agreement", "cascade_agreement", "speech_containment", "text_containment")
-                    if c in sub.columns]
+            cols = [c for c in ("agreement", "cascade_agreement", "agreement_other_q", "cascade_agreement_other_q",
+                                "speech_containment", "text_containment") if c in sub.columns]
             q = sub.groupby("question", sort=False)[cols].mean()  # [n_q, cols]
             rec = {"checkpoint": ck, "strategy": d["strategy"].iloc[0], "step": int(d["step"].iloc[0]),
                    "voice": group, "n_q": len(q)}
@@ -300,6 +306,13 @@ def headline_intervals(df: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd
                 pair = q[["agreement", "cascade_agreement"]].to_numpy(np.float64)  # [n_q, 2]
                 ci = bootstrap_ci(pair, lambda r: r[:, 0].mean() / max(r[:, 1].mean(), 1e-12))
                 rec.update({"ratio": ci.estimate, "ratio_lo": ci.low, "ratio_hi": ci.high})
+            if {"cascade_agreement", "agreement_other_q", "cascade_agreement_other_q"} <= set(q.columns) \
+                    and (q["cascade_agreement"] - q["cascade_agreement_other_q"]).mean() > 0:  # else no ratio
+                spec = np.stack([q["agreement"] - q["agreement_other_q"],
+                                 q["cascade_agreement"] - q["cascade_agreement_other_q"]], 1)  # [n_q, 2]
+                ci = bootstrap_ci(spec.astype(np.float64), lambda r: r[:, 0].mean() / max(r[:, 1].mean(), 1e-12))
+                rec.update({"agreement_specific": spec[:, 0].mean(), "cascade_agreement_specific": spec[:, 1].mean(),
+                            "ratio_specific": ci.estimate, "ratio_specific_lo": ci.low, "ratio_specific_hi": ci.high})
             ans = q[q["text_containment"] == 1.0]
             rec["n_answerable_q"] = len(ans)
             if len(ans) >= 2:
@@ -374,16 +387,20 @@ def markdown_tables(summary: pd.DataFrame, meta: dict, curves: list[dict] | None
         lines += ["", "## End-to-end vs cascade, and the answerable GAP (95% bootstrap CI over questions)", "",
                   "Agreement = token F1 with the same checkpoint's text answer. Cascade = the encoder's Whisper decoder "
                   "transcribes the clip and the same LLM answers the transcript. Ratio = end-to-end / cascade "
-                  "agreement. Answerable GAP = 1 − speech containment on the questions whose text answer contains "
-                  "a gold answer (n = those questions; GAP in percent).", "",
+                  "agreement. Above style = the same ratio after subtracting from each side its agreement with the "
+                  "text answers of the other questions (what answer style alone reaches): question-specific "
+                  "agreement, end-to-end / cascade. Answerable GAP = 1 − speech containment on the questions whose "
+                  "text answer contains a gold answer (n = those questions; GAP in percent).", "",
                   "| checkpoint | strategy | step | voices | questions | agreement | cascade agreement | ratio "
-                  "| answerable q | answerable GAP |",
-                  "|---|---|--:|---|--:|--:|--:|--:|--:|--:|"]
+                  "| ratio above style | answerable q | answerable GAP |",
+                  "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|"]
         for _, r in headline.iterrows():
             ratio = "–" if pd.isna(r.get("ratio")) else f"{r['ratio']:.2f} [{r['ratio_lo']:.2f}, {r['ratio_hi']:.2f}]"
+            spec = "–" if pd.isna(r.get("ratio_specific", float("nan"))) else \
+                f"{r['ratio_specific']:.2f} [{r['ratio_specific_lo']:.2f}, {r['ratio_specific_hi']:.2f}]"
             lines.append(f"| {r['checkpoint']} | {r['strategy']} | {r['step']} | {r['voice']} | {r['n_q']} | "
-                         f"{_ci(r, 'agreement')} | {_ci(r, 'cascade_agreement')} | {ratio} | {r['n_answerable_q']} | "
-                         f"{_ci(r, 'gap_answerable')} |")
+                         f"{_ci(r, 'agreement')} | {_ci(r, 'cascade_agreement')} | {ratio} | {spec} | "
+                         f"{r['n_answerable_q']} | {_ci(r, 'gap_answerable')} |")
     lines += ["", "## Per voice", "",
               "| checkpoint | voice | n | text F1 | speech F1 | GAP F1 | text cont. | speech cont. | GAP cont. "
               "| agreement |",
