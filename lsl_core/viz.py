@@ -565,14 +565,16 @@ def checkpoint_curves(df: pd.DataFrame, metric: str, *, label: str = "checkpoint
 
 
 def trend_curves(df: pd.DataFrame, y: str, *, x: str = "step", group: str = "trajectory",
-                 hover: str = "checkpoint", title: str | None = None) -> go.Figure:
+                 hover: str = "checkpoint", title: str | None = None, baseline: str | None = None,
+                 baseline_label: str = "null baseline") -> go.Figure:
     """A scalar across training: one line per group (e.g. trajectory), points sorted by x (step).
 
     Each group takes its strategy's style (`strategy_style` of the group name's last '·' part); score
     columns (is_score_column) are drawn in percent; y_lo / y_hi columns, when present, become 95%
-    error bars.
+    error bars. `baseline`: a column drawn per group as a thin dotted line of the same colour (e.g.
+    agreement_other_q, what answer style alone reaches), named '<group> · <baseline_label>'.
     """
-    for c in (x, y):
+    for c in (x, y, *([baseline] if baseline else [])):
         if c not in df.columns:
             raise ValueError(f"column {c!r} not in the table; available: {list(df.columns)}")
     groups = list(dict.fromkeys(df[group])) if group in df.columns else [None]
@@ -598,6 +600,14 @@ def trend_curves(df: pd.DataFrame, y: str, *, x: str = "step", group: str = "tra
             text=sub[hover] if hover in sub.columns else None,
             hovertemplate="%{text}<br>" + f"{x} = %{{x}}<br>{y} = %{{y:{fmt}}}{unit}" + ci_text + "<extra></extra>",
         ))
+        if baseline:
+            fig.add_trace(go.Scatter(
+                x=sub[x], y=scale * sub[baseline], mode="lines+markers",
+                name=f"{g if g is not None else y} · {baseline_label}",
+                line=dict(color=st.color, dash="dot", width=1), marker=dict(symbol=st.symbol, size=5, color=st.color),
+                text=sub[hover] if hover in sub.columns else None,
+                hovertemplate="%{text}<br>" + f"{x} = %{{x}}<br>{baseline} ({baseline_label}) = "
+                              f"%{{y:{fmt}}}{unit}<extra></extra>"))
     fig.update_xaxes(title_text="training step" if x == "step" else x)
     label = SCALAR_LABELS.get(y, y)
     fig.update_yaxes(title_text=label + (" (%)" if scale == 100.0 and "%" not in label and "points" not in label

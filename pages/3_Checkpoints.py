@@ -114,15 +114,19 @@ def main() -> None:
             if "cascade_agreement" in rows.columns:  # end-to-end vs the ASR -> LLM cascade, and the answerable view
                 cols = st.columns(2)
                 with cols[0]:
+                    style = "agreement_other_q" if "agreement_other_q" in rows.columns else None
                     export.figure(viz.trend_curves(rows, "agreement", title=f"speech vs text answer agreement, voice "
                                                    f"'{voice}', 95% CI (cascade: "
-                                                   f"{100 * rows['cascade_agreement'].mean():.1f} % mean)"),
+                                                   f"{100 * rows['cascade_agreement'].mean():.1f} % mean)",
+                                                   baseline=style, baseline_label="answer style (other questions)"),
                                   "agreement_vs_step", key="fig_agreement_step", columns=2)
                 with cols[1]:
                     export.figure(viz.trend_curves(rows, "gap_answerable", title=f"answerable GAP (questions whose "
                                                    f"text answer is right), voice '{voice}'"),
                                   "gap_answerable_vs_step", key="fig_gap_answerable_step", columns=2)
                 st.caption("Agreement = token F1 of the speech answer with the same checkpoint's text answer; the "
+                           "dotted line is its agreement with the text answers of the other questions (what answer "
+                           "style alone reaches: only the distance above it is about the question). The "
                            "cascade (Whisper transcript → the same LLM) is the pipeline baseline. Answerable GAP = "
                            "1 − speech containment on the samples whose text answer contains a gold answer "
                            "(`n_answerable` in the table).")

@@ -107,6 +107,7 @@ def _results(folder: Path, ids: list[str], model_dir: Path, set_spec: str) -> di
                          "text_answer": f"text answer {sid}", "speech_answer": f"speech answer {sid} {ck}",
                          "text_containment": 1.0, "text_f1": 0.8, "speech_containment": float(k < n_right),
                          "speech_f1": 0.8 * (k < n_right), "agreement": 0.5 + 0.05 * n_right,
+                         "agreement_other_q": 0.1 + 0.02 * n_right,
                          "cascade_agreement": 0.7, "cascade_containment": 1.0, "cascade_f1": 0.8})
     samples = pd.DataFrame(rows)
     samples.to_parquet(folder / "checkpoints_samples.parquet", index=False)
@@ -473,9 +474,12 @@ def test_checkpoints_live_alignment_curves_trends_and_gap_fit(world):
     allv = summary[summary["voice"] == "all"].set_index("checkpoint")
     agree = _fig(at, "speech vs text answer agreement, voice 'all'")
     assert "cascade: 70.0 % mean" in agree["layout"]["title"]["text"]
+    style = [t for t in agree["data"] if t["name"].endswith("· answer style (other questions)")]
+    assert style and len(style) == len(agree["data"]) / 2  # one dotted null baseline per trajectory
     for trace in agree["data"]:
         ys = _arr(trace["y"])
-        assert len(ys) and set(np.round(ys, 6)) <= set(np.round(100 * allv["agreement"].to_numpy(), 6))
+        col = "agreement_other_q" if trace in style else "agreement"
+        assert len(ys) and set(np.round(ys, 6)) <= set(np.round(100 * allv[col].to_numpy(), 6))
     ans = _fig(at, "answerable GAP (questions whose text answer is right)")
     want = sorted(np.round(100 * allv["gap_answerable"].to_numpy(), 6))
     assert sorted(np.round(np.concatenate([_arr(t["y"]) for t in ans["data"]]), 6)) == want

@@ -307,6 +307,14 @@ def test_scores_in_percent_with_error_bars_and_rounded_tables():
     np.testing.assert_allclose(fig.data[0].error_y.array, [5, 15])
     np.testing.assert_allclose(fig.data[0].error_y.arrayminus, [5, 20])
     assert "(%)" in fig.layout.yaxis.title.text and "95% CI" in fig.data[0].hovertemplate
+    with_style = viz.trend_curves(df.assign(agreement=[0.2, 0.3], agreement_other_q=[0.15, 0.05]), "agreement",
+                                  baseline="agreement_other_q", baseline_label="answer style")
+    assert [d.name for d in with_style.data] == ["f · lora", "f · lora · answer style"]
+    np.testing.assert_allclose(with_style.data[1].y, [15, 5])  # percent, like the curve it belongs to
+    assert with_style.data[1].line.dash == "dot" and with_style.data[1].line.color == with_style.data[0].line.color
+    assert "agreement_other_q" in with_style.data[1].hovertemplate and list(with_style.data[1].text) == ["a", "b"]
+    with pytest.raises(ValueError, match="agreement_other_q"):
+        viz.trend_curves(df, "speech_f1", baseline="agreement_other_q")
     t = pd.DataFrame({"F1": [10.0, 12.5], "F1_lo": [5.0, 6.0], "F1_hi": [15.0, 20.0]}, index=["Original", "Angle·All"])
     b = viz.intervention_bars(t)
     np.testing.assert_allclose(b.data[0].error_y.array, [5, 7.5])
