@@ -102,6 +102,17 @@ def test_table_joins_scores_alignment_and_orders_trajectories(tmp_path):
     tr = trajectories(df)
     assert list(tr["frozen"]["checkpoint"]) == ["u", "a1", "a2", "f1"]
     assert list(tr["lora"]["checkpoint"]) == ["u", "a1", "a2", "l1", "l2"]  # the shared start, then LoRA
+    # a LoRA stage after the frozen QA checkpoints (LoRA from the repeat stage on): the stage names keep the
+    # frozen QA checkpoint f1 (step 25) out of the LoRA path, which the step rule alone would take in
+    late = df.assign(step=df["step"].where(~df["checkpoint"].isin(["l1", "l2"]), df["step"] + 10))
+    assert list(trajectories(late)["lora"]["checkpoint"]) == ["u", "a1", "a2", "f1", "l1", "l2"]
+    stages = {"u": "", "a1": "ctc", "a2": "repeat", "f1": "qa", "l1": "repeat", "l2": "qa"}
+    staged = curriculum_table(tmp_path, stages=stages)
+    assert dict(zip(staged["checkpoint"], staged["stage"])) == stages
+    staged = staged.assign(step=staged["step"].where(~staged["checkpoint"].isin(["l1", "l2"]), staged["step"] + 10))
+    tr = trajectories(staged)
+    assert list(tr["lora"]["checkpoint"]) == ["u", "a1", "a2", "l1", "l2"]
+    assert list(tr["frozen"]["checkpoint"]) == ["u", "a1", "a2", "f1"]
     r2 = r2_table(df).set_index(["gap", "metric"])
     gap = df["gap_f1"].to_numpy()
     x = df["aps_cos"].to_numpy()

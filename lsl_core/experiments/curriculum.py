@@ -129,8 +129,13 @@ def r2_with_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) 
 
 
 # =============================================================================== the table
-def curriculum_table(results: Path, measured: dict[str, dict] | None = None) -> pd.DataFrame:
-    """One row per evaluated checkpoint: scores (evaluate), alignment means (analyze), retrieval (controls)."""
+def curriculum_table(results: Path, measured: dict[str, dict] | None = None,
+                     stages: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per evaluated checkpoint: scores (evaluate), alignment means (analyze), retrieval (controls).
+
+    stages: checkpoint name -> its training stage (manifest extra 'stage': ctc / repeat / qa), a column
+    that lets `trajectories` tell the shared alignment start from a QA stage's checkpoints.
+    """
     from lsl_core.results import checkpoint_means, controls_means
 
     results = Path(results)
@@ -173,6 +178,8 @@ def curriculum_table(results: Path, measured: dict[str, dict] | None = None) -> 
     if measured:  # silence margin + sink per checkpoint (run() measures them with the model)
         extra = pd.DataFrame([{"checkpoint": k, **v} for k, v in measured.items()]).drop(columns=["n"], errors="ignore")
         df = df.merge(extra, on="checkpoint", how="left")
+    if stages:
+        df["stage"] = df["checkpoint"].map(stages).fillna("")
     rank = {"none": 0, "frozen": 1, "lora": 2, "full": 3}
     return df.assign(_r=df["strategy"].map(rank).fillna(9)).sort_values(["_r", "step"]).drop(columns="_r") \
         .reset_index(drop=True)
@@ -180,11 +187,19 @@ def curriculum_table(results: Path, measured: dict[str, dict] | None = None) -> 
 
 def trajectories(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Each strategy's path through training: the shared start (untrained, then the frozen-LLM alignment
-    stages up to the QA stage's init) followed by that strategy's QA checkpoints."""
+    stages up to the stage's init) followed by that strategy's checkpoints.
+
+    With a `stage` column (curriculum_table(stages=...)) the shared start is every untrained or frozen-LLM
+    checkpoint of an alignment stage (not 'qa') before the strategy's first checkpoint, so a LoRA stage that
+    starts after the frozen QA checkpoints (e.g. a LoRA in the repeat stage) does not take them in; without
+    it, every untrained or frozen checkpoint before the first one."""
     qa_start = {s: int(df[df["strategy"] == s]["step"].min()) for s in ("lora", "full") if (df["strategy"] == s).any()}
     out = {"frozen": df[df["strategy"].isin(["none", "frozen"])].sort_values("step")}
+    shared = df["strategy"].isin(["none", "frozen"])
+    if "stage" in df.columns:
+        shared &= df["stage"] != "qa"
     for s, first in qa_start.items():
-        prefix = df[df["strategy"].isin(["none", "frozen"]) & (df["step"] < first)]
+        prefix = df[shared & (df["step"] < first)]
         out[s] = pd.concat([prefix, df[df["strategy"] == s]]).sort_values("step")
     return out
 
@@ -337,7 +352,12 @@ def run(args) -> int:
                       unit="checkpoint"):
             model = load_checkpoint(m)
             measured[m.name] = {**silence_margin(model, clips), **frame_sink(model, clips)}
-    df = curriculum_table(args.results, measured)
+    stages = None
+    if args.zoo:
+        from lsl_core.model.loading import list_zoo
+
+        stages = {m.name: str(m.extra.get("stage", "")) for m in list_zoo(args.zoo)}
+    df = curriculum_table(args.results, measured, stages)
     r2 = r2_table(df)
     meta.update({"inputs": f"{args.results}/checkpoints_summary.parquet, checkpoints_headline.parquet, "
                            "analysis.parquet, analysis_controls.parquet",
