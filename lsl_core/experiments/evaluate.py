@@ -281,8 +281,10 @@ def headline_intervals(df: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd
     then questions are resampled. Columns (fractions, each with _lo / _hi): agreement (speech vs text
     answer), cascade_agreement, ratio = agreement / cascade_agreement (paired: one replicate draws the same
     questions for both), ratio_specific = the same ratio above each side's answer-style baseline,
-    (agreement - agreement_other_q) / (cascade_agreement - cascade_agreement_other_q), gap_answerable = 1 - speech containment on the questions whose text answer
-    contains a gold answer (n_answerable_q of them); n_q = questions.
+    (agreement - agreement_other_q) / (cascade_agreement - cascade_agreement_other_q), with the two
+    differences as agreement_specific / cascade_agreement_specific (absent unless the cascade is above its
+    baseline), gap_answerable = 1 - speech containment on the questions whose text answer contains a gold
+    answer (n_answerable_q of them); n_q = questions.
     """
     import numpy as np
 
