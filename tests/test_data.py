@@ -58,6 +58,10 @@ def test_mini_set_questions_are_dev_questions_with_answers(mini_set):
     # the documented deterministic selection reproduces the shipped questions, in order
     picked = [q.example_id for q in select_mini_questions(load_sdqa_dev(), 60)]
     assert list(dict.fromkeys(s.meta["example_id"] for s in mini_set)) == picked
+    # the next 60 (synth --skip-questions 60): the same rule continued, disjoint from the shipped set
+    nxt = [q.example_id for q in select_mini_questions(load_sdqa_dev(), 60, offset=60)]
+    assert [q.example_id for q in select_mini_questions(load_sdqa_dev(), 120)] == picked + nxt
+    assert len(set(nxt)) == 60 and not set(nxt) & set(picked)
 
 
 def test_no_training_question_leaks_into_dev(mini_set):

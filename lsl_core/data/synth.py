@@ -308,6 +308,9 @@ def register(subparsers) -> None:
                         f"train default: {','.join(TRAIN_VOICES)})")
     p.add_argument("--n-questions", type=int, default=None,
                    help=f"number of questions (sd-qa-mini default {MINI_N_QUESTIONS}; train default all)")
+    p.add_argument("--skip-questions", type=int, default=0,
+                   help="sd-qa-mini rule only: skip this many qualifying questions first (60: the next 60 dev "
+                        "questions, disjoint from sd-qa-mini, e.g. to confirm a result on clips no choice was made on)")
     p.add_argument("--split", choices=["dev", "test"], default=None,
                    help="SD-QA split the questions come from (sd-qa-mini default dev; train must be test)")
     p.add_argument("--speed", type=int, default=None, help="words per minute (espeak-ng default 175)")
@@ -324,11 +327,14 @@ def main(args) -> int:
     n = args.n_questions
     if n is not None and n <= 0:
         raise DataError(f"--n-questions must be positive, got {n}.")
+    if args.skip_questions < 0 or (args.skip_questions and (args.set_name != MINI_SET or args.out is None)):
+        raise DataError("--skip-questions takes a number >= 0, with --set sd-qa-mini and an --out folder (the "
+                        "shipped sd-qa-mini is the first 60 questions; it is not overwritten).")
     if args.set_name == MINI_SET:
         voices = _voices(args.voices.split(",")) if args.voices else list(MINI_VOICES)
         split = args.split or "dev"
         pool = load_sdqa_dev() if split == "dev" else load_sdqa_test()
-        questions = select_mini_questions(pool, n or MINI_N_QUESTIONS)
+        questions = select_mini_questions(pool, n or MINI_N_QUESTIONS, offset=args.skip_questions)
         out = args.out or assets_dir() / MINI_SET
         manifest = build_mini_set(out, questions, voices, speed=args.speed, workers=args.workers, progress=True,
                                   unseen_voice=UNSEEN_VOICE if UNSEEN_VOICE in voices else None)
