@@ -137,6 +137,11 @@ def test_folder_errors(tmp_path, csv_text, pattern):
 def test_folder_missing_dir_and_bad_audio(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_sample_set(f"folder:{tmp_path / 'nowhere'}")
+    synth_set = tmp_path / "synth"  # a set written by `synth --out` opened with the wrong prefix
+    synth_set.mkdir()
+    (synth_set / "manifest.jsonl").write_text("")
+    with pytest.raises(DataError, match=f"open it as manifest:{synth_set}"):
+        load_sample_set(f"folder:{synth_set}")
     d = make_folder(tmp_path / "mine", "file,question\nbad.wav,hi\n")
     (d / "bad.wav").write_bytes(b"not a wav file")
     s = load_sample_set(f"folder:{d}")

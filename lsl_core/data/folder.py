@@ -26,6 +26,9 @@ def load_folder(folder: str | Path) -> SampleSet:
         raise DataError(f"Sample folder {folder} does not exist. Give a folder with audio files and {CSV_NAME}.")
     csv_path = folder / CSV_NAME
     if not csv_path.is_file():
+        if (folder / "manifest.jsonl").is_file():  # a set written by `synth --out`
+            raise DataError(f"No {CSV_NAME} in {folder}, but a manifest.jsonl (a set written by `synth --out`): "
+                            f"open it as manifest:{folder}.")
         raise DataError(f"No {CSV_NAME} in {folder}. Create it with the columns {_SCHEMA}.")
     try:
         with csv_path.open(encoding="utf-8-sig", newline="") as fh:
