@@ -62,6 +62,8 @@ def test_mini_set_questions_are_dev_questions_with_answers(mini_set):
     nxt = [q.example_id for q in select_mini_questions(load_sdqa_dev(), 60, offset=60)]
     assert [q.example_id for q in select_mini_questions(load_sdqa_dev(), 120)] == picked + nxt
     assert len(set(nxt)) == 60 and not set(nxt) & set(picked)
+    with pytest.raises(DataError, match="skipped ones included"):
+        select_mini_questions(load_sdqa_dev(), 60, offset=10_000)
 
 
 def test_no_training_question_leaks_into_dev(mini_set):

@@ -114,15 +114,13 @@ def select_mini_questions(questions: list[SDQAQuestion], n: int = 60, max_answer
     that many qualifying questions first (offset 60: the next 60, disjoint from sd-qa-mini's)."""
     if n <= 0 or offset < 0:
         raise DataError(f"n must be a positive number of questions and offset >= 0, got n={n}, offset={offset}.")
-    n_all = n
-    n = offset + n_all
     picked = [q for q in questions
               if q.answers and min(len(a) for a in q.answers) <= max_answer_chars
               and len(q.question.split()) <= max_words]
-    if len(picked) < n:
+    if len(picked) < offset + n:
         raise DataError(f"Only {len(picked)} questions satisfy the selection rule (answer <= {max_answer_chars} "
-                        f"chars, question <= {max_words} words); ask for at most that many.")
-    return picked[offset:n]
+                        f"chars, question <= {max_words} words); ask for at most that many (skipped ones included).")
+    return picked[offset:offset + n]
 
 
 __all__ = ["SDQAQuestion", "ATTRIBUTION", "sdqa_data_dir", "load_sdqa_dev", "load_sdqa_test",

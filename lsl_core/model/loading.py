@@ -262,9 +262,9 @@ def load_checkpoint(manifest: str | Path | CheckpointManifest, *, device: str | 
     """Build an LSLM from a manifest. Device defaults to CUDA if present; dtype bf16 on CUDA, else float32.
 
     merge_lora folds W + BA into W once (the same function; unmerged peft layers make CPU decoding
-    1.12-1.15x slower, benchmarks/bench_lora_scope.py). Pass False to keep the peft wrapper, e.g. to continue training the adapter. A LoRA with
-    lora_scope 'speech' acts at speech positions only, which no merged weight can express: it stays unmerged
-    with its scope hooks (lsl_core.model.lora_scope).
+    1.12-1.15x slower, benchmarks/bench_lora_scope.py). Pass False to keep the peft wrapper, e.g. to continue
+    training the adapter. A LoRA with lora_scope 'speech' acts at speech positions only, which no merged
+    weight can express: it stays unmerged with its scope hooks (lsl_core.model.lora_scope).
     """
     from lsl_core.model.encoder import SpeechEncoder
     from lsl_core.model.lslm import LSLM

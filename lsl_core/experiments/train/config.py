@@ -27,6 +27,7 @@ from typing import Literal
 from lsl_core.data.synth import TRAIN_VOICE_FAMILY, UNSEEN_VOICE
 from lsl_core.errors import LSLError
 from lsl_core.model.embedded import EMBEDDED_ENCODER, EMBEDDED_LLM
+from lsl_core.model.lora_scope import LORA_SCOPES
 
 TrainStrategy = Literal["frozen", "lora", "full"]
 TRAIN_STRATEGIES = ("frozen", "lora", "full")
@@ -135,8 +136,8 @@ class TrainConfig:
             raise bad("min_lr_ratio", "must be in [0, 1]")
         if not 0 <= self.lora_dropout < 1:
             raise bad("lora_dropout", "must be in [0, 1)")
-        if self.lora_scope not in ("all", "speech"):
-            raise bad("lora_scope", "must be 'all' or 'speech'")
+        if self.lora_scope not in LORA_SCOPES:
+            raise bad("lora_scope", f"must be one of {LORA_SCOPES}")
         if self.lora_scope != "all" and self.strategy != "lora":
             raise bad("lora_scope", "must be 'all' unless the strategy is 'lora' (it says where the LoRA acts)")
         if self.weight_decay < 0 or self.grad_clip < 0:
