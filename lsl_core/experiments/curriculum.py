@@ -333,13 +333,16 @@ def register(sub) -> None:
 def run(args) -> int:
     from lsl_core.experiments.pages import provenance, write_page
 
+    from lsl_core.model.loading import list_zoo
+
     meta = provenance(getattr(args, "argv", None))
+    zoo = list_zoo(args.zoo) if args.zoo else []
     measured: dict[str, dict] = {}
-    if args.zoo and args.silence_clips > 0:
+    if zoo and args.silence_clips > 0:
         from tqdm import tqdm
 
         from lsl_core.data.sets import load_sample_set
-        from lsl_core.model.loading import list_zoo, load_checkpoint
+        from lsl_core.model.loading import load_checkpoint
 
         summary = pd.read_parquet(args.results / "checkpoints_summary.parquet")
         names = set(summary["checkpoint"])
@@ -348,15 +351,11 @@ def run(args) -> int:
         if not clips:
             raise LSLError(f"--samples {args.samples} has no clip of voice {args.silence_voice!r} for the silence "
                            "margin; pass --silence-voice with one of its voices, or --silence-clips 0.")
-        for m in tqdm([m for m in list_zoo(args.zoo) if m.name in names], desc="silence margin, sink",
+        for m in tqdm([m for m in zoo if m.name in names], desc="silence margin, sink",
                       unit="checkpoint"):
             model = load_checkpoint(m)
             measured[m.name] = {**silence_margin(model, clips), **frame_sink(model, clips)}
-    stages = None
-    if args.zoo:
-        from lsl_core.model.loading import list_zoo
-
-        stages = {m.name: str(m.extra.get("stage", "")) for m in list_zoo(args.zoo)}
+    stages = {m.name: str(m.extra.get("stage", "")) for m in zoo} or None
     df = curriculum_table(args.results, measured, stages)
     r2 = r2_table(df)
     meta.update({"inputs": f"{args.results}/checkpoints_summary.parquet, checkpoints_headline.parquet, "
