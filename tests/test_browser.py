@@ -126,7 +126,9 @@ def test_user_reaches_heatmap_and_regenerates_with_bottom3_angle(server, shots):
             page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Sample Explorer").click()
             page.locator(HEATMAP).first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
             print(f"\nlanding -> rendered heatmap: {time.perf_counter() - t0:.1f} s")
-            expect(page.get_by_text("APS (cosine)")).to_be_visible(timeout=LOAD_TIMEOUT_MS)  # after the controls
+            # the metric tile, after the controls (the controls table below names the same score in a cell)
+            expect(page.locator('[data-testid="stMetricLabel"]', has_text="APS (cosine)")).to_be_visible(
+                timeout=LOAD_TIMEOUT_MS)
             _wait_idle(page)
             _shot(page, shots / "1_sample_explorer.png")
             assert "sample=" in page.url and "layer=" in page.url
