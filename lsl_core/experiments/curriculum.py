@@ -332,7 +332,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from lsl_core.experiments.pages import provenance, write_page
-
     from lsl_core.model.loading import list_zoo
 
     meta = provenance(getattr(args, "argv", None))
