@@ -1,11 +1,13 @@
 """Training on tiny random models: the response-only loss against an unpadded reference, the CTC
-alignment loss against a hand computation, one step of every objective lowers its loss, resume
-equals an uninterrupted run bit for bit, stages continue from their init, and `frozen` / `lora` /
-`full` checkpoints load back through their manifests."""
+alignment loss against a hand computation, one step of every objective lowers its loss, masking of the
+cached encoder states (hand-checkable cases), resume equals an uninterrupted run bit for bit (also with
+masking), stages continue from their init, and `frozen` / `lora` / `full` checkpoints load back through
+their manifests."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,7 +21,9 @@ from lsl_core.model import batch as B
 from lsl_core.model.loading import list_zoo, load_checkpoint, read_manifest
 from lsl_core.experiments.train import (MonitorClip, TrainConfig, TrainData, Trainer, TrainExample, build_model,
                                         make_trainer)
+from lsl_core.experiments.train import augment as A
 from lsl_core.experiments.train import objectives as O
+from lsl_core.experiments.train.config import LATER_FIELDS
 from lsl_core.experiments.train.state import load_resume
 
 ANSWERS = ["paris", "shakespeare wrote hamlet", "it was in 1945", "eight", "nepal", "jupiter is largest"]
@@ -194,14 +198,74 @@ def test_data_order_is_an_epochwise_permutation(tiny_parts, tmp_path):
     assert sorted(epoch0) == sorted(epoch1) == list(range(6)) and epoch0 != epoch1
 
 
+# ----------------------------------------------------------------------------- masking (augment.py)
+def test_masking_replaces_spans_by_the_clip_mean_and_zeroes_channel_bands():
+    x = torch.arange(50 * 8, dtype=torch.float32).reshape(50, 8)  # [Te, d_enc], every entry distinct
+    before = x.clone()
+    y = A.mask_states(x, 3, 4, 0, 0, A.mask_generator(0, 7, 1))
+    assert torch.equal(x, before)  # the cached states are never changed
+    rows = (y != x).any(1)
+    assert torch.equal(y[rows], x.mean(0).expand(int(rows.sum()), 8))  # masked frames = the mean frame
+    assert rows.sum() <= 3 * 4  # at most time_masks spans of <= time_mask_frames frames
+    z = A.mask_states(x, 0, 0, 2, 3, A.mask_generator(0, 7, 1))
+    cols = (z != x).any(0)
+    assert (z[:, cols] == 0).all() and torch.equal(z[:, ~cols], x[:, ~cols]) and cols.sum() <= 2 * 3
+    # widths are capped at a fifth of the clip: a 10-frame clip loses at most 2 frames per span
+    short = torch.arange(10 * 2, dtype=torch.float32).reshape(10, 2) + 1
+    for step in range(20):
+        m = A.mask_states(short, 1, 10, 0, 0, A.mask_generator(0, step, 0))
+        assert (m != short).any(1).sum() <= 2
+    assert torch.equal(A.mask_states(x, 0, 10, 0, 27, A.mask_generator(0, 0, 0)), x)  # no masks: unchanged
+
+
+def test_masks_depend_only_on_seed_step_and_slot():
+    x = torch.randn(60, 16)
+    draw = lambda seed, step, slot: A.mask_states(x, 2, 5, 2, 4, A.mask_generator(seed, step, slot))  # noqa: E731
+    assert torch.equal(draw(0, 3, 1), draw(0, 3, 1))
+    others = [draw(1, 3, 1), draw(0, 4, 1), draw(0, 3, 2)]
+    assert all(not torch.equal(draw(0, 3, 1), o) for o in others)
+
+
+def test_a_masked_stage_trains_on_masked_clips_and_monitors_the_cached_ones(tiny_parts, tmp_path):
+    cfg = _cfg(tiny_parts, tmp_path, "frozen", batch_size=4, time_masks=2, time_mask_frames=4, channel_masks=2,
+               channel_mask_width=3)
+    tr = _trainer(cfg, n=4)
+    cached = [e.states.clone() for e in tr.data.train]
+    ex = tr.data.train
+    assert all(torch.equal(a, e.states) for a, e in zip(tr.clip_states(ex, None), ex))  # no step: as cached
+    masked = tr.clip_states(ex, 0)
+    assert all(not torch.equal(m, e.states) for m, e in zip(masked, ex))
+    assert all(torch.equal(a, b) for a, b in zip(masked, tr.clip_states(ex, 0)))  # step-indexed: drawn again equal
+    tr.train_mode(False)
+    with torch.no_grad():
+        assert tr.loss_on([0, 1, 2, 3], 0).item() != tr.loss_on([0, 1, 2, 3]).item()
+    tr.run()
+    assert all(torch.equal(c, e.states) for c, e in zip(cached, tr.data.train))
+    plain = _trainer(dataclasses.replace(cfg, time_masks=0, channel_masks=0), n=4)
+    assert all(torch.equal(a, e.states) for a, e in zip(plain.clip_states(plain.data.train, 0), plain.data.train))
+
+
+def test_masking_fields_at_their_defaults_leave_the_digest_as_it_was(tiny_parts, tmp_path):
+    """Resume states written before the masking fields existed keep resuming (their digest is unchanged)."""
+    cfg = _cfg(tiny_parts, tmp_path, "frozen")
+    d = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "out", *LATER_FIELDS)}
+    assert cfg.digest() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    assert dataclasses.replace(cfg, time_masks=1).digest() != cfg.digest()
+    with pytest.raises(LSLError, match="'channel_masks'"):
+        _cfg(tiny_parts, tmp_path, channel_masks=-1)
+
+
 # ----------------------------------------------------------------------------- resume
-def test_resume_gives_the_same_state_as_an_uninterrupted_run(tiny_parts, tmp_path):
-    """LoRA (with dropout, so the RNG matters): 6 steps straight == 3 steps, stop, new process state, 3 more."""
-    cfg_a = _cfg(tiny_parts, tmp_path / "a", "lora")
+@pytest.mark.parametrize("masks", [{}, {"time_masks": 2, "time_mask_frames": 4, "channel_masks": 1}],
+                         ids=["plain", "masked"])
+def test_resume_gives_the_same_state_as_an_uninterrupted_run(tiny_parts, tmp_path, masks):
+    """LoRA (with dropout, so the RNG matters): 6 steps straight == 3 steps, stop, new process state, 3 more;
+    with masking, the masks of each step are drawn again identically after the resume."""
+    cfg_a = _cfg(tiny_parts, tmp_path / "a", "lora", **masks)
     a = _trainer(cfg_a)
     a.run()
     rng_a = torch.get_rng_state()
-    cfg_b = _cfg(tiny_parts, tmp_path / "b", "lora")
+    cfg_b = _cfg(tiny_parts, tmp_path / "b", "lora", **masks)
     b1 = _trainer(cfg_b)
     b1.run(until=3)
     del b1

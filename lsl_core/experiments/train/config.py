@@ -34,6 +34,9 @@ TRAIN_STRATEGIES = ("frozen", "lora", "full")
 Objective = Literal["ctc", "repeat", "qa"]
 OBJECTIVES = ("ctc", "repeat", "qa")
 REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."
+# fields added after checkpoints were shipped, with their defaults (left out of the digest at these values)
+LATER_FIELDS = {"lora_scope": "all", "time_masks": 0, "time_mask_frames": 10, "channel_masks": 0,
+                "channel_mask_width": 27}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,11 @@ class TrainConfig:
     target_max_new_tokens: int = 32  # length cap of the backbone's greedy answers (qa targets)
     distill_weight: float = 0.0  # qa: + this x KL(backbone on the typed question || on speech) per response token
     gen_batch_size: int = 16  # batch size of batched greedy generation (targets, monitoring)
+    # -- SpecAugment-style masking of the cached encoder states of training clips (augment.py; 0 = off)
+    time_masks: int = 0  # spans per clip replaced by the clip's mean frame
+    time_mask_frames: int = 10  # max span width in encoder frames (20 ms each; capped at a fifth of the clip)
+    channel_masks: int = 0  # channel bands per clip set to 0
+    channel_mask_width: int = 27  # max band width in channels
     # -- optimisation
     steps: int = 400  # optimizer steps of this stage
     batch_size: int = 8  # clips per step
@@ -126,7 +134,7 @@ class TrainConfig:
             raise bad("distill_weight", "must be >= 0, and 0 unless the objective is 'qa' (the teacher answers "
                       "the typed question)")
         for k in ("n_questions", "n_val_questions", "vocab_sentences", "vocab_words", "written_questions",
-                  "warmup_steps", "save_every",
+                  "time_masks", "time_mask_frames", "channel_masks", "channel_mask_width", "warmup_steps", "save_every",
                   "eval_every", "monitor_train_clips"):
             if int(getattr(self, k)) < 0:
                 raise bad(k, "must be >= 0")
@@ -195,8 +203,9 @@ class TrainConfig:
     def digest(self, ignore: tuple[str, ...] = ("device", "out")) -> str:
         """Identity of everything that changes the trained weights (resume refuses a different one)."""
         d = {k: v for k, v in self.to_dict().items() if k not in ignore}
-        if d.get("lora_scope") == "all":  # added later: at its default it leaves every older digest as it was
-            d.pop("lora_scope")
+        for k, default in LATER_FIELDS.items():  # added later: at their defaults they leave older digests as they were
+            if d.get(k) == default:
+                d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def checkpoint_steps(self) -> list[int]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lsl_core.errors import LSLError
+from lsl_core.experiments.train import augment as A
 from lsl_core.experiments.train import objectives as O
 from lsl_core.experiments.train.checkpoints import CONFIG_NAME, LOG_NAME, TARGETS_NAME, save_checkpoint
 from lsl_core.experiments.train.config import TrainConfig
@@ -129,11 +130,21 @@ class Trainer:
         return [int(self._perm(p // n)[p % n]) for p in range(step * bs, (step + 1) * bs)]
 
     # ------------------------------------------------------------------ one step
-    def loss_on(self, idx: list[int]) -> torch.Tensor:
-        """The objective's loss on the given examples (grad enabled by the caller)."""
+    def clip_states(self, ex: list, step: int | None) -> list[torch.Tensor]:
+        """Encoder states [Te_i, d_enc] of the examples as step `step` trains on them: masked when the config asks
+        for it (augment.py), as cached otherwise or when step is None."""
+        c = self.cfg
+        if step is None or not (c.time_masks or c.channel_masks):
+            return [e.states for e in ex]
+        return [A.mask_states(e.states, c.time_masks, c.time_mask_frames, c.channel_masks, c.channel_mask_width,
+                              A.mask_generator(c.seed, step, slot)) for slot, e in enumerate(ex)]
+
+    def loss_on(self, idx: list[int], step: int | None = None) -> torch.Tensor:
+        """The objective's loss on the given examples (grad enabled by the caller); with `step`, the clips are
+        augmented as that optimizer step trains on them."""
         ex = [self.data.train[i] for i in idx]
         with self.autocast():
-            queries = [B.speech_query(self.model, e.states) for e in ex]  # [Ts_i, d] each
+            queries = [B.speech_query(self.model, s) for s in self.clip_states(ex, step)]  # [Ts_i, d] each
             if self.cfg.objective == "ctc":
                 return O.ctc_alignment_loss(self.ctc, queries, [e.response for e in ex])
             model = self.repeat_model if self.cfg.objective == "repeat" else self.model
@@ -154,7 +165,7 @@ class Trainer:
         factor = self.lr_factor(self.step)
         for g in self.optimizer.param_groups:
             g["lr"] = g["peak_lr"] * factor
-        loss = self.loss_on(self.batch_indices(self.step))
+        loss = self.loss_on(self.batch_indices(self.step), self.step)
         if not torch.isfinite(loss):
             raise LSLError(f"Training loss became {loss.item()} at step {self.step + 1}; lower lr in the config.")
         loss.backward()
