@@ -10,6 +10,7 @@ import torch
 from conftest import tone
 
 from lsl_core.data.samples import Sample
+from lsl_core.errors import LSLError
 from lsl_core.experiments.curriculum import (curriculum_table, frame_sink, markdown, r2_table, r2_with_ci, silence_margin,
                                              step_spearman, trajectories)
 from lsl_core.metrics.tokenwise import alignment_path, path_scores, token_cosine_matrix
@@ -128,3 +129,21 @@ def test_table_joins_scores_alignment_and_orders_trajectories(tmp_path):
     flat = r2_table(df.assign(gap_answerable=1.0))
     [note] = flat[flat["gap"] == "answerable GAP (all voices)"]["note"]
     assert "100.0 for every checkpoint" in note  # a constant GAP is reported, not fitted as R² = 0
+
+
+def test_a_set_that_was_only_evaluated_gets_scores_and_trajectories_without_alignment(tmp_path):
+    """No analysis.parquet (e.g. fresh questions scored by `evaluate` alone): scores, ratios and the trajectory
+    Spearman are there, the alignment columns are not, and the page says how to add them instead of failing."""
+    _stored(tmp_path)
+    (tmp_path / "analysis.parquet").unlink()
+    df = curriculum_table(tmp_path)
+    assert list(df["checkpoint"]) == ["u", "a1", "a2", "f1", "l1", "l2"]
+    assert "seq_cos_mean" not in df.columns and "aps_cos" not in df.columns
+    assert df.set_index("checkpoint").loc["l1", "agreement_unseen"] == pytest.approx(0.3)
+    assert r2_table(df).empty  # nothing to fit without alignment metrics
+    page = markdown(df, r2_table(df), {"command": "python -m lsl_core curriculum", "inputs": "x"})
+    assert "| lora | 5 | 1.00 | 1.00 |" in page  # agreement rises with step along u, a1, a2, l1, l2
+    assert "No alignment metric in these results" in page and "| GAP | alignment metric |" not in page
+    (tmp_path / "checkpoints_headline.parquet").unlink()
+    with pytest.raises(LSLError, match="checkpoints_headline.parquet"):
+        curriculum_table(tmp_path)

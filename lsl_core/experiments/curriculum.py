@@ -132,6 +132,7 @@ def r2_with_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) 
 def curriculum_table(results: Path, measured: dict[str, dict] | None = None,
                      stages: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per evaluated checkpoint: scores (evaluate), alignment means (analyze), retrieval (controls).
+    Without analyze's files (a sample set that was only evaluated) the alignment columns are left out.
 
     stages: checkpoint name -> its training stage (manifest extra 'stage': ctc / repeat / qa), a column
     that lets `trajectories` tell the shared alignment start from a QA stage's checkpoints.
@@ -139,15 +140,16 @@ def curriculum_table(results: Path, measured: dict[str, dict] | None = None,
     from lsl_core.results import checkpoint_means, controls_means
 
     results = Path(results)
-    need = [results / "checkpoints_summary.parquet", results / "checkpoints_headline.parquet",
-            results / "analysis.parquet"]
+    need = [results / "checkpoints_summary.parquet", results / "checkpoints_headline.parquet"]
     missing = [p.name for p in need if not p.is_file()]
     if missing:
         raise LSLError(f"{results} lacks {missing}; write them with `python -m lsl_core evaluate ... --out {results}` "
-                       f"and `python -m lsl_core analyze --controls ... --out {results}/analysis.parquet`.")
+                       f"(and, for the alignment columns, `python -m lsl_core analyze --controls ... --out "
+                       f"{results}/analysis.parquet`).")
     summary = pd.read_parquet(need[0])
     head = pd.read_parquet(need[1])
-    al = checkpoint_means(pd.read_parquet(need[2]))
+    apath = results / "analysis.parquet"
+    al = checkpoint_means(pd.read_parquet(apath)) if apath.is_file() else pd.DataFrame({"checkpoint": []})
     allv = summary[summary["voice"] == "all"].set_index("checkpoint")
     rows = []
     for ck, r in allv.iterrows():
@@ -253,9 +255,10 @@ def markdown(df: pd.DataFrame, r2: pd.DataFrame, meta: dict) -> str:
         f"with the same transcript, on {meta.get('silence_clips', 0)} clips ({meta.get('silence_voice', '')}); "
         "the sink table uses the same clips.",
         "- Agreement = token F1 between a checkpoint's speech answer and its own text answer; cascade = Whisper "
-        "transcript → the same LLM; 95% CIs resample questions. Seen = the 4 sd-qa-mini voices also used in "
-        "training (with other questions); unseen = en-gb-scotland, never used in training. No sd-qa-mini "
-        "question is used in training (training texts: the SD-QA English test split + word sequences). Above "
+        "transcript → the same LLM; 95% CIs resample questions. Seen = the evaluated voices also used in "
+        "training (with other questions; in sd-qa-mini and its next-60 sibling en-gb, en-gb-x-rp, en-us, en-029); "
+        "unseen = en-gb-scotland, never used in training. Both sets hold SD-QA dev questions, never used in "
+        "training (training texts: the SD-QA English test split + word sequences). Above "
         "style: the ratio after subtracting from each side its agreement with the other questions' text answers "
         "(what answer style alone reaches), i.e. question-specific agreement, end-to-end / cascade.",
         "",
@@ -304,8 +307,12 @@ def markdown(df: pd.DataFrame, r2: pd.DataFrame, meta: dict) -> str:
             lines.append(f"| {r['checkpoint']} | {r['sink_first_frame']:.2f} (ℓ{int(r['sink_first_frame_layer'])}) | "
                          f"{r['sink_max_frame']:.2f} | {r['sink_prompt0']:.1f} (ℓ{int(r['sink_prompt0_layer'])}) |")
     lines += ["", f"## Which alignment metric predicts the GAP? (OLS over all {len(df)} checkpoints; R² with a "
-              "bootstrap 95% CI over checkpoints)", "",
-              "| GAP | alignment metric | n | slope | R² [95% CI] |", "|---|---|--:|--:|--:|"]
+              "bootstrap 95% CI over checkpoints)", ""]
+    if not any(m in df.columns for m in R2_METRICS):
+        return "\n".join(lines + ["No alignment metric in these results (no analysis.parquet next to evaluate's "
+                                   "files): `python -m lsl_core analyze --zoo ... --controls --out "
+                                   "<results>/analysis.parquet` adds them and these fits."]) + "\n"
+    lines += ["| GAP | alignment metric | n | slope | R² [95% CI] |", "|---|---|--:|--:|--:|"]
     for _, r in r2.iterrows():
         if "r2" not in r or pd.isna(r.get("r2")):
             lines.append(f"| {r['gap']} | {r['metric']} | – | – | not fitted: {r.get('note', '')} |")
@@ -357,8 +364,10 @@ def run(args) -> int:
     stages = {m.name: str(m.extra.get("stage", "")) for m in zoo} or None
     df = curriculum_table(args.results, measured, stages)
     r2 = r2_table(df)
-    meta.update({"inputs": f"{args.results}/checkpoints_summary.parquet, checkpoints_headline.parquet, "
-                           "analysis.parquet, analysis_controls.parquet",
+    inputs = [f.name for f in (args.results / n for n in ("checkpoints_summary.parquet", "checkpoints_headline.parquet",
+                                                         "analysis.parquet", "analysis_controls.parquet"))
+              if f.is_file()]
+    meta.update({"inputs": f"{args.results}/" + ", ".join(inputs),
                  "silence_clips": args.silence_clips if measured else 0,
                  "silence_voice": f"{args.samples}, voice {args.silence_voice}"})
     if args.out:
