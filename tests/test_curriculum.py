@@ -144,6 +144,9 @@ def test_a_set_that_was_only_evaluated_gets_scores_and_trajectories_without_alig
     page = markdown(df, r2_table(df), {"command": "python -m lsl_core curriculum", "inputs": "x"})
     assert "| lora | 5 | 1.00 | 1.00 |" in page  # agreement rises with step along u, a1, a2, l1, l2
     assert "No alignment metric in these results" in page and "| GAP | alignment metric |" not in page
+    assert "Spearman cos" not in page and "Retrieval chance" not in page and "not measured" in page
+    [row] = [x for x in page.splitlines() if x.startswith("| l1 |")]
+    assert row.count("|") == 11  # 10 score columns, no empty alignment cells
     (tmp_path / "checkpoints_headline.parquet").unlink()
     with pytest.raises(LSLError, match="checkpoints_headline.parquet"):
         curriculum_table(tmp_path)

@@ -251,9 +251,10 @@ def markdown(df: pd.DataFrame, r2: pd.DataFrame, meta: dict) -> str:
                         meta["command"], meta.get("code_version", NOT_RECORDED))
     lines += [
         f"- Inputs: {meta['inputs']}.",
-        f"- Silence margin: APS (cosine path, layers 1..L) of real clips minus an all-zero clip of the same length "
-        f"with the same transcript, on {meta.get('silence_clips', 0)} clips ({meta.get('silence_voice', '')}); "
-        "the sink table uses the same clips.",
+        (f"- Silence margin: APS (cosine path, layers 1..L) of real clips minus an all-zero clip of the same length "
+         f"with the same transcript, on {meta['silence_clips']} clips ({meta.get('silence_voice', '')}); "
+         "the sink table uses the same clips." if meta.get("silence_clips") else
+         "- Silence margin and first-frame sink: not measured (`--zoo` with `--silence-clips` > 0 measures them)."),
         "- Agreement = token F1 between a checkpoint's speech answer and its own text answer; cascade = Whisper "
         "transcript → the same LLM; 95% CIs resample questions. Seen = the evaluated voices also used in "
         "training (with other questions; in sd-qa-mini and its next-60 sibling en-gb, en-gb-x-rp, en-us, en-029); "
@@ -264,11 +265,15 @@ def markdown(df: pd.DataFrame, r2: pd.DataFrame, meta: dict) -> str:
         "",
         "## Per checkpoint",
         "",
-        "| checkpoint | strategy | step | agreement seen | agreement unseen | cascade unseen | e2e/cascade unseen "
-        "| e2e/cascade unseen, above style | GAP F1 | answerable GAP (clips) | Spearman cos | Spearman L2 "
-        "| collapsed (cos) | retrieval top-1 (layer) | APS − silence |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
+    # alignment columns (analyze, controls, silence margin) only where the results hold any of them
+    n_align = 5 if any(c in df.columns for c in ("spearman_cos_mean", "collapsed_cos_frac", "retrieval_top1_best",
+                                                "silence_margin_aps")) else 0
+    head = ["checkpoint", "strategy", "step", "agreement seen", "agreement unseen", "cascade unseen",
+            "e2e/cascade unseen", "e2e/cascade unseen, above style", "GAP F1", "answerable GAP (clips)",
+            "Spearman cos", "Spearman L2", "collapsed (cos)", "retrieval top-1 (layer)", "APS − silence"]
+    head = head[:len(head) - 5 + n_align]
+    lines += ["| " + " | ".join(head) + " |", "|---|---|" + "--:|" * (len(head) - 2)]
     for _, r in df.iterrows():
         ratio = r.get("ratio_unseen")
         ratio_s = "–" if ratio is None or pd.isna(ratio) else \
@@ -279,16 +284,18 @@ def markdown(df: pd.DataFrame, r2: pd.DataFrame, meta: dict) -> str:
         retr = "–" if pd.isna(r.get("retrieval_top1_best", np.nan)) else \
             f"{r['retrieval_top1_best']:.2f} (ℓ{int(r['retrieval_best_layer'])})"
         n_ans = "" if pd.isna(r.get("n_answerable", np.nan)) else f" ({int(r['n_answerable'])})"
-        lines.append(
-            f"| {r['checkpoint']} | {r['strategy']} | {r['step']} | {_ci(r, 'agreement', 'seen')} | "
-            f"{_ci(r, 'agreement', 'unseen')} | {_ci(r, 'cascade_agreement', 'unseen')} | {ratio_s} | {spec_s} | "
-            f"{_p(r['gap_f1'])} | {_p(r.get('gap_answerable'))}{n_ans} | {_f(r.get('spearman_cos_mean'))} | "
-            f"{_f(r.get('spearman_dist_mean'))} | {_p(r.get('collapsed_cos_frac'), 0)} % | {retr} | "
-            f"{_f(r.get('silence_margin_aps'))} |")
+        collapsed = _p(r.get("collapsed_cos_frac"), 0)
+        cells = [r["checkpoint"], r["strategy"], r["step"], _ci(r, "agreement", "seen"), _ci(r, "agreement", "unseen"),
+                 _ci(r, "cascade_agreement", "unseen"), ratio_s, spec_s, _p(r["gap_f1"]),
+                 f"{_p(r.get('gap_answerable'))}{n_ans}", _f(r.get("spearman_cos_mean")),
+                 _f(r.get("spearman_dist_mean")), collapsed if collapsed == "–" else f"{collapsed} %", retr,
+                 _f(r.get("silence_margin_aps"))]
+        lines.append("| " + " | ".join(str(c) for c in cells[:len(head)]) + " |")
     chance = df["retrieval_chance"].dropna().iloc[0] if "retrieval_chance" in df and df["retrieval_chance"].notna().any() \
         else None
-    lines += ["", f"Retrieval chance level: {_f(chance)} (one own transcript among the candidates).", "",
-              "## Does agreement rise along each trajectory?", "",
+    if chance is not None:
+        lines += ["", f"Retrieval chance level: {_f(chance)} (one own transcript among the candidates)."]
+    lines += ["", "## Does agreement rise along each trajectory?", "",
               "| trajectory | checkpoints | Spearman(step, agreement seen) | Spearman(step, agreement unseen) |",
               "|---|--:|--:|--:|"]
     for name, t in trajectories(df).items():
