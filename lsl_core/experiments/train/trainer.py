@@ -25,7 +25,7 @@ from lsl_core.experiments.train import augment as A
 from lsl_core.experiments.train import objectives as O
 from lsl_core.experiments.train.checkpoints import CONFIG_NAME, LOG_NAME, TARGETS_NAME, save_checkpoint
 from lsl_core.experiments.train.config import TrainConfig
-from lsl_core.experiments.train.corpus import TrainData
+from lsl_core.experiments.train.corpus import TrainData, TrainExample
 from lsl_core.experiments.train.state import load_resume, save_resume
 from lsl_core.model import batch as B
 from lsl_core.model.lslm import LSLM
@@ -130,7 +130,7 @@ class Trainer:
         return [int(self._perm(p // n)[p % n]) for p in range(step * bs, (step + 1) * bs)]
 
     # ------------------------------------------------------------------ one step
-    def clip_states(self, ex: list, step: int | None) -> list[torch.Tensor]:
+    def clip_states(self, ex: list[TrainExample], step: int | None) -> list[torch.Tensor]:
         """Encoder states [Te_i, d_enc] of the examples as step `step` trains on them: masked when the config asks
         for it (augment.py), as cached otherwise or when step is None."""
         c = self.cfg
