@@ -232,17 +232,17 @@ def test_a_masked_stage_trains_on_masked_clips_and_monitors_the_cached_ones(tiny
     tr = _trainer(cfg, n=4)
     cached = [e.states.clone() for e in tr.data.train]
     ex = tr.data.train
-    assert all(torch.equal(a, e.states) for a, e in zip(tr.clip_states(ex, None), ex))  # no step: as cached
-    masked = tr.clip_states(ex, 0)
+    assert all(torch.equal(a, e.states) for a, e in zip(tr.step_states(ex, None), ex))  # no step: as cached
+    masked = tr.step_states(ex, 0)
     assert all(not torch.equal(m, e.states) for m, e in zip(masked, ex))
-    assert all(torch.equal(a, b) for a, b in zip(masked, tr.clip_states(ex, 0)))  # step-indexed: drawn again equal
+    assert all(torch.equal(a, b) for a, b in zip(masked, tr.step_states(ex, 0)))  # step-indexed: drawn again equal
     tr.train_mode(False)
     with torch.no_grad():
         assert tr.loss_on([0, 1, 2, 3], 0).item() != tr.loss_on([0, 1, 2, 3]).item()
     tr.run()
     assert all(torch.equal(c, e.states) for c, e in zip(cached, tr.data.train))
     plain = _trainer(dataclasses.replace(cfg, time_masks=0, channel_masks=0), n=4)
-    assert all(torch.equal(a, e.states) for a, e in zip(plain.clip_states(plain.data.train, 0), plain.data.train))
+    assert all(torch.equal(a, e.states) for a, e in zip(plain.step_states(plain.data.train, 0), plain.data.train))
 
 
 def test_masking_fields_at_their_defaults_leave_the_digest_as_it_was(tiny_parts, tmp_path):

@@ -130,7 +130,7 @@ class Trainer:
         return [int(self._perm(p // n)[p % n]) for p in range(step * bs, (step + 1) * bs)]
 
     # ------------------------------------------------------------------ one step
-    def clip_states(self, ex: list[TrainExample], step: int | None) -> list[torch.Tensor]:
+    def step_states(self, ex: list[TrainExample], step: int | None) -> list[torch.Tensor]:
         """Encoder states [Te_i, d_enc] of the examples as step `step` trains on them: masked when the config asks
         for it (augment.py), as cached otherwise or when step is None."""
         c = self.cfg
@@ -144,7 +144,7 @@ class Trainer:
         augmented as that optimizer step trains on them."""
         ex = [self.data.train[i] for i in idx]
         with self.autocast():
-            queries = [B.speech_query(self.model, s) for s in self.clip_states(ex, step)]  # [Ts_i, d] each
+            queries = [B.speech_query(self.model, s) for s in self.step_states(ex, step)]  # [Ts_i, d] each
             if self.cfg.objective == "ctc":
                 return O.ctc_alignment_loss(self.ctc, queries, [e.response for e in ex])
             model = self.repeat_model if self.cfg.objective == "repeat" else self.model
