@@ -51,6 +51,7 @@ class CheckpointManifest:
     lora_scope: str = "all"  # where the LoRA acts: "all" positions, or "speech" only (lsl_core.model.lora_scope)
     downsample: int = 5  # frames stacked by the adaptor
     adaptor_hidden: int | None = None  # adaptor MLP width; None -> LLM width
+    adaptor_context: int = 0  # local self-attention blocks inside the adaptor (lsl_core.model.adaptor); 0 = plain MLP
     prompt: dict = field(default_factory=dict)  # PromptTemplate fields
     seed: int = 0  # init seed of the adaptor for strategy "none"
     trust_remote_code: bool = False  # opt-in only: runs code from the checkpoint
@@ -83,6 +84,9 @@ class CheckpointManifest:
             raise ManifestError(f"manifest '{self.name}': strategy 'lora' needs field 'lora' (a peft adapter folder).")
         if int(self.downsample) <= 0:
             raise ManifestError(f"manifest '{self.name}': 'downsample' must be a positive integer.")
+        if not isinstance(self.adaptor_context, int) or self.adaptor_context < 0:
+            raise ManifestError(f"manifest '{self.name}': 'adaptor_context' must be an integer >= 0 (context blocks "
+                                f"in the adaptor), got {self.adaptor_context!r}.")
         if self.encoder_window not in ("padded", "clip"):
             raise ManifestError(f"manifest '{self.name}': 'encoder_window' must be 'padded' or 'clip', "
                                 f"got {self.encoder_window!r}.")
@@ -101,12 +105,14 @@ class CheckpointManifest:
             raise ManifestError(f"manifest '{self.name}': bad 'prompt' field ({exc}).") from None
 
     def to_json(self) -> dict:
-        """The manifest as written; `lora_scope` only when it is not the default 'all' (so manifests written
-        before the field existed, and their digests and cache keys, stay as they were)."""
+        """The manifest as written; `lora_scope` and `adaptor_context` only when not at their defaults (so
+        manifests written before the fields existed, and their digests and cache keys, stay as they were)."""
         d = asdict(self)
         d.pop("root")
         if d["lora_scope"] == "all":
             d.pop("lora_scope")
+        if d["adaptor_context"] == 0:
+            d.pop("adaptor_context")
         return d
 
 
@@ -216,7 +222,8 @@ def load_adaptor(m: CheckpointManifest, enc_dim: int, llm_dim: int) -> Adaptor:
     """Adaptor from safetensors (or a seeded random init for strategy 'none'); checks widths."""
     from safetensors.torch import load_file
 
-    cfg = AdaptorConfig(enc_dim=enc_dim, llm_dim=llm_dim, stack=m.downsample, hidden=m.adaptor_hidden)
+    cfg = AdaptorConfig(enc_dim=enc_dim, llm_dim=llm_dim, stack=m.downsample, hidden=m.adaptor_hidden,
+                        context=m.adaptor_context)
     if m.adaptor is None:
         torch.manual_seed(m.seed)
         return Adaptor(cfg)
@@ -235,6 +242,15 @@ def load_adaptor(m: CheckpointManifest, enc_dim: int, llm_dim: int) -> Adaptor:
                 "The adaptor was trained for another encoder/LLM or downsample factor."
             )
     adaptor = Adaptor(cfg)
+    want, have = set(adaptor.state_dict()), set(state)
+    if want != have:
+        blocks = len({k.split(".")[1] for k in have if k.startswith("context.")})
+        raise ManifestError(
+            f"manifest '{m.name}': adaptor file {p.name} holds {blocks} context block(s) but the manifest says "
+            f"adaptor_context={m.adaptor_context}" if blocks != m.adaptor_context else
+            f"manifest '{m.name}': adaptor file {p.name} has unexpected or missing tensors "
+            f"({sorted(have ^ want)[:3]}); it was not written by this adaptor."
+        )
     adaptor.load_state_dict({k: v.float() for k, v in state.items()})
     return adaptor
 

@@ -57,11 +57,11 @@ def init_manifest(cfg: TrainConfig) -> CheckpointManifest | None:
         raise LSLError(f"train config field 'init' ({cfg.init}) has a LoRA with lora_scope {m.lora_scope!r}; the "
                        f"config says {cfg.lora_scope!r}. Make them equal to continue it (or start from an "
                        "adaptor-only checkpoint).")
-    mine = (cfg.encoder_window, cfg.downsample, cfg.adaptor_hidden)
-    if (m.encoder_window, m.downsample, m.adaptor_hidden) != mine:
+    mine = (cfg.encoder_window, cfg.downsample, cfg.adaptor_hidden, cfg.adaptor_context)
+    if (m.encoder_window, m.downsample, m.adaptor_hidden, m.adaptor_context) != mine:
         raise LSLError(f"train config field 'init' ({cfg.init}) has encoder_window={m.encoder_window!r}, "
-                       f"downsample={m.downsample}, adaptor_hidden={m.adaptor_hidden}; the config says {mine}. "
-                       "Make them equal.")
+                       f"downsample={m.downsample}, adaptor_hidden={m.adaptor_hidden}, "
+                       f"adaptor_context={m.adaptor_context}; the config says {mine}. Make them equal.")
     return m
 
 
@@ -71,7 +71,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> LSLM:
     adaptor = str(init.path(init.adaptor).resolve()) if init is not None and init.adaptor else None
     m = CheckpointManifest(name=f"{cfg.name}-init", llm=cfg.llm, encoder=cfg.encoder, family=cfg.family,
                            strategy="frozen" if adaptor else "none", adaptor=adaptor, downsample=cfg.downsample,
-                           adaptor_hidden=cfg.adaptor_hidden,
+                           adaptor_hidden=cfg.adaptor_hidden, adaptor_context=cfg.adaptor_context,
                            seed=cfg.adaptor_seed, prompt=dict(cfg.prompt), encoder_window=cfg.encoder_window)
     model = load_checkpoint(m, device=device, dtype=torch.float32)
     model.encoder.requires_grad_(False)

@@ -57,7 +57,7 @@ def save_checkpoint(cfg: TrainConfig, model: LSLM, out: Path, step: int, *, init
         name=checkpoint_name(cfg, step), llm=llm_ref or cfg.llm, encoder=cfg.encoder, family=cfg.family,
         strategy=cfg.strategy, step=step, adaptor=adaptor, lora=lora,
         lora_scope=cfg.lora_scope if lora else "all", downsample=cfg.downsample,
-        adaptor_hidden=cfg.adaptor_hidden,
+        adaptor_hidden=cfg.adaptor_hidden, adaptor_context=cfg.adaptor_context,
         prompt=dict(cfg.prompt), seed=cfg.adaptor_seed, encoder_window=cfg.encoder_window,
         extra={"trajectory": out.name, "stage": cfg.objective, "train_config": f"../{CONFIG_NAME}",
                "train_log": f"../{LOG_NAME}", "weights_dtype": cfg.save_dtype, **(extra or {})})

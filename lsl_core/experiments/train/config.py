@@ -35,8 +35,8 @@ Objective = Literal["ctc", "repeat", "qa"]
 OBJECTIVES = ("ctc", "repeat", "qa")
 REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."
 # fields added after checkpoints were shipped, with their defaults (left out of the digest at these values)
-LATER_FIELDS = {"lora_scope": "all", "time_masks": 0, "time_mask_frames": 10, "channel_masks": 0,
-                "channel_mask_width": 27}
+LATER_FIELDS = {"lora_scope": "all", "adaptor_context": 0, "time_masks": 0, "time_mask_frames": 10,
+                "channel_masks": 0, "channel_mask_width": 27}
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class TrainConfig:
     repeat_system: str = REPEAT_SYSTEM  # system prompt of the `repeat` objective (training only)
     downsample: int = 5  # encoder frames stacked by the adaptor (5 x 20 ms = 100 ms)
     adaptor_hidden: int | None = None  # hidden width of the adaptor's two-layer MLP; None -> the LLM width
+    adaptor_context: int = 0  # local self-attention blocks between the adaptor's linear layers (0 = plain MLP)
     adaptor_seed: int = 0  # adaptor init seed when there is no `init` (seed 0 = embedded-untrained)
     # -- data: SD-QA English *test* questions (never dev) x espeak-ng voice renditions
     n_questions: int = 0  # training questions (a seeded sample of the test questions; 0 = all not monitored)
@@ -133,7 +134,7 @@ class TrainConfig:
         if not self.distill_weight >= 0 or (self.distill_weight and self.objective != "qa"):
             raise bad("distill_weight", "must be >= 0, and 0 unless the objective is 'qa' (the teacher answers "
                       "the typed question)")
-        for k in ("n_questions", "n_val_questions", "vocab_sentences", "vocab_words", "written_questions",
+        for k in ("adaptor_context", "n_questions", "n_val_questions", "vocab_sentences", "vocab_words", "written_questions",
                   "time_masks", "time_mask_frames", "channel_masks", "channel_mask_width", "warmup_steps", "save_every",
                   "eval_every", "monitor_train_clips"):
             if int(getattr(self, k)) < 0:
