@@ -95,8 +95,8 @@ def test_generation_is_deterministic_and_modality_specific(tiny_model):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(tiny_parts, folder, *, with_lora=True, seed=3):
-    """Train-free checkpoint: random adaptor + random (non-zero) LoRA, saved like train.py does."""
+def _save_checkpoint(tiny_parts, folder, *, with_lora=True, seed=3, context=0):
+    """Train-free checkpoint: random adaptor (+ `context` blocks) + random (non-zero) LoRA, saved like train.py does."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -104,7 +104,10 @@ def _save_checkpoint(tiny_parts, folder, *, with_lora=True, seed=3):
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    adaptor = Adaptor(AdaptorConfig(enc_dim=16, llm_dim=32, stack=5))
+    adaptor = Adaptor(AdaptorConfig(enc_dim=16, llm_dim=32, stack=5, context=context))
+    with torch.no_grad():  # random context blocks (fresh ones start as the identity)
+        for p in adaptor.context.parameters():
+            p.normal_(0, 0.2)
     save_file({k: v.contiguous() for k, v in adaptor.state_dict().items()}, str(folder / "adaptor.safetensors"))
     lora = None
     if with_lora:
@@ -114,7 +117,7 @@ def _save_checkpoint(tiny_parts, folder, *, with_lora=True, seed=3):
         lora = "lora"
     m = CheckpointManifest(name=f"tiny-{seed}", llm=str(tiny_parts["llm"]), encoder=str(tiny_parts["encoder"]),
                            family="tiny", strategy="lora" if with_lora else "frozen", step=10,
-                           adaptor="adaptor.safetensors", lora=lora, downsample=5)
+                           adaptor="adaptor.safetensors", lora=lora, downsample=5, adaptor_context=context)
     write_manifest(m, folder)
     return adaptor, folder
 
@@ -149,6 +152,25 @@ def test_manifest_checkpoint_roundtrip_identical_outputs(tiny_parts, tmp_path):
     ids = torch.tensor([[1, 24, 52, 2]])
     assert not torch.allclose(base(ids).logits, loaded.llm(ids).logits)
     assert loaded.digest and loaded.digest.endswith("cpu-float32")
+
+
+def test_a_context_adaptor_checkpoint_loads_by_its_manifest(tiny_parts, tmp_path):
+    """adaptor_context is written to the manifest only when set; a file whose blocks disagree with it is refused."""
+    adaptor, folder = _save_checkpoint(tiny_parts, tmp_path / "ctx", with_lora=False, context=2)
+    assert json.loads((folder / "manifest.json").read_text())["adaptor_context"] == 2
+    loaded = load_checkpoint(folder, device="cpu")
+    x = torch.randn(1, 40, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.adaptor(x), adaptor.eval()(x), rtol=0, atol=0)
+    _, plain = _save_checkpoint(tiny_parts, tmp_path / "plain", with_lora=False)
+    assert "adaptor_context" not in json.loads((plain / "manifest.json").read_text())  # older digests unchanged
+    good = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**good, "adaptor_context": 0}))
+    with pytest.raises(ManifestError, match="holds 2 context block.*adaptor_context=0"):
+        load_checkpoint(folder, device="cpu")
+    (folder / "manifest.json").write_text(json.dumps({**good, "adaptor_context": -1}))
+    with pytest.raises(ManifestError, match="'adaptor_context' must be an integer >= 0"):
+        read_manifest(folder)
 
 
 def test_zoo_lists_manifests_sorted(tiny_parts, tmp_path):

@@ -251,6 +251,7 @@ def test_masking_fields_at_their_defaults_leave_the_digest_as_it_was(tiny_parts,
     d = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "out", *LATER_FIELDS)}
     assert cfg.digest() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
     assert dataclasses.replace(cfg, time_masks=1).digest() != cfg.digest()
+    assert dataclasses.replace(cfg, adaptor_context=1).digest() != cfg.digest()
     with pytest.raises(LSLError, match="'channel_masks'"):
         _cfg(tiny_parts, tmp_path, channel_masks=-1)
 
@@ -567,6 +568,39 @@ def test_a_stage_continues_from_its_init_checkpoint(tiny_parts, tmp_path):
         _cfg(tiny_parts, tmp_path, "lora", train_adaptor=False)  # nothing to keep without init
     with pytest.raises(LSLError, match="'init'"):  # a stage continues from adaptor-only checkpoints
         _trainer(_cfg(tiny_parts, tmp_path, "frozen", name="x", init=str(folder)))
+
+
+def test_a_context_adaptor_trains_saves_and_is_continued_only_by_a_context_stage(tiny_parts, tmp_path):
+    """adaptor_context: its blocks train (they start as the identity, then move), the checkpoint says so and
+    reloads to the same model, and a next stage must ask for the same adaptor."""
+    s1 = _cfg(tiny_parts, tmp_path, "frozen", name="ctx", objective="repeat", steps=3, save_every=3, warmup_steps=0,
+              adaptor_context=1)
+    tr = _trainer(s1)
+    names = [n for n, _ in tr.trainable_named()]
+    assert "adaptor.context.0.qkv.weight" in names and "adaptor.context.0.proj.weight" in names
+    tr.train_mode(False)
+    with torch.no_grad():
+        before = tr.loss_on([0, 1]).item()
+    folder = tr.run()[-1]
+    tr.train_mode(False)
+    with torch.no_grad():
+        assert tr.loss_on([0, 1]).item() < before
+    assert tr.model.adaptor.context[0].proj.weight.abs().sum() > 0  # the block is no longer the identity
+    m = read_manifest(folder)
+    assert m.adaptor_context == 1
+    loaded = load_checkpoint(folder, device="cpu", merge_lora=False)
+    states = tr.data.train[0].states
+    h1, a1 = _outputs(tr.model, states)
+    h2, a2 = _outputs(loaded, states)
+    torch.testing.assert_close(h2, h1, rtol=0, atol=0)
+    assert a1 == a2
+    with pytest.raises(LSLError, match="adaptor_context=1; the config says"):
+        _trainer(_cfg(tiny_parts, tmp_path, "lora", name="qa", init=str(folder)))
+    cont = _trainer(_cfg(tiny_parts, tmp_path, "lora", name="qa", init=str(folder), adaptor_context=1))
+    for (n, a), (_, b) in zip(cont.model.adaptor.state_dict().items(), loaded.adaptor.state_dict().items()):
+        assert torch.equal(a, b), n
+    with pytest.raises(LSLError, match="adaptor_context"):
+        _cfg(tiny_parts, tmp_path, adaptor_context=-1)
 
 
 def test_a_lora_stage_continues_the_lora_of_its_init(tiny_parts, tmp_path):
