@@ -12,6 +12,7 @@ window, so a speech embedding still describes its own 100 ms plus its neighbourh
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import torch
@@ -105,3 +106,17 @@ class Adaptor(nn.Module):
         for block in self.context:
             h = block(h)
         return self.fc2(F.relu(h))
+
+
+def with_context(adaptor: Adaptor, context: int, seed: int = 0) -> Adaptor:
+    """`adaptor` with `context` blocks: its own weights and blocks kept, the added blocks fresh (seeded; the
+    identity), so the result computes exactly what `adaptor` did. context must be >= the blocks it has."""
+    have = adaptor.cfg.context
+    if context < have:
+        raise ValueError(f"with_context: the adaptor has {have} context blocks; cannot keep them in {context}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        grown = Adaptor(dataclasses.replace(adaptor.cfg, context=context))
+    grown = grown.to(adaptor.fc1.weight.device, adaptor.fc1.weight.dtype)
+    grown.load_state_dict(adaptor.state_dict(), strict=False)  # fc1, fc2 and the first `have` blocks
+    return grown

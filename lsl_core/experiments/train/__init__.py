@@ -30,6 +30,7 @@ from lsl_core.experiments.train.config import OBJECTIVES, TRAIN_STRATEGIES, Trai
 from lsl_core.experiments.train.corpus import MonitorClip, TrainData, TrainExample, prepare_data
 from lsl_core.experiments.train.state import default_resume_dir
 from lsl_core.experiments.train.trainer import Trainer
+from lsl_core.model.adaptor import with_context
 from lsl_core.model.loading import CheckpointManifest, load_checkpoint, read_manifest
 from lsl_core.model.lora_scope import apply_lora_scope
 from lsl_core.model.lslm import LSLM
@@ -57,11 +58,16 @@ def init_manifest(cfg: TrainConfig) -> CheckpointManifest | None:
         raise LSLError(f"train config field 'init' ({cfg.init}) has a LoRA with lora_scope {m.lora_scope!r}; the "
                        f"config says {cfg.lora_scope!r}. Make them equal to continue it (or start from an "
                        "adaptor-only checkpoint).")
-    mine = (cfg.encoder_window, cfg.downsample, cfg.adaptor_hidden, cfg.adaptor_context)
-    if (m.encoder_window, m.downsample, m.adaptor_hidden, m.adaptor_context) != mine:
+    mine = (cfg.encoder_window, cfg.downsample, cfg.adaptor_hidden)
+    if (m.encoder_window, m.downsample, m.adaptor_hidden) != mine:
         raise LSLError(f"train config field 'init' ({cfg.init}) has encoder_window={m.encoder_window!r}, "
-                       f"downsample={m.downsample}, adaptor_hidden={m.adaptor_hidden}, "
-                       f"adaptor_context={m.adaptor_context}; the config says {mine}. Make them equal.")
+                       f"downsample={m.downsample}, adaptor_hidden={m.adaptor_hidden}; the config says {mine}. "
+                       "Make them equal.")
+    grows = m.adaptor_context < cfg.adaptor_context and cfg.train_adaptor  # added blocks start as the identity
+    if m.adaptor_context != cfg.adaptor_context and not grows:
+        raise LSLError(f"train config field 'init' ({cfg.init}) has adaptor_context={m.adaptor_context}; the config "
+                       f"says {cfg.adaptor_context}. Make them equal, or add blocks (a larger adaptor_context) in a "
+                       "stage that trains the adaptor.")
     return m
 
 
@@ -71,9 +77,12 @@ def build_model(cfg: TrainConfig, device: torch.device) -> LSLM:
     adaptor = str(init.path(init.adaptor).resolve()) if init is not None and init.adaptor else None
     m = CheckpointManifest(name=f"{cfg.name}-init", llm=cfg.llm, encoder=cfg.encoder, family=cfg.family,
                            strategy="frozen" if adaptor else "none", adaptor=adaptor, downsample=cfg.downsample,
-                           adaptor_hidden=cfg.adaptor_hidden, adaptor_context=cfg.adaptor_context,
+                           adaptor_hidden=cfg.adaptor_hidden,
+                           adaptor_context=init.adaptor_context if init is not None else cfg.adaptor_context,
                            seed=cfg.adaptor_seed, prompt=dict(cfg.prompt), encoder_window=cfg.encoder_window)
     model = load_checkpoint(m, device=device, dtype=torch.float32)
+    if model.adaptor.cfg.context < cfg.adaptor_context:  # init_manifest allowed it: blocks added to init's adaptor
+        model.adaptor = with_context(model.adaptor, cfg.adaptor_context, seed=cfg.adaptor_seed)
     model.encoder.requires_grad_(False)
     model.llm.requires_grad_(cfg.strategy == "full")
     model.adaptor.requires_grad_(cfg.train_adaptor)
