@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lsl_core.model.adaptor import CONTEXT_FRAMES, CONTEXT_HEADS, Adaptor, AdaptorConfig, ContextBlock
+from lsl_core.model.adaptor import CONTEXT_FRAMES, CONTEXT_HEADS, Adaptor, AdaptorConfig, ContextBlock, with_context
 
 
 def _randomise(module: torch.nn.Module, seed: int = 1) -> None:
@@ -93,6 +93,22 @@ def test_clips_are_adapted_independently_of_their_batch():
     x = torch.randn(3, 30, 4)
     with torch.no_grad():
         torch.testing.assert_close(ad(x)[1:2], ad(x[1:2]), rtol=1e-5, atol=1e-6)
+
+
+def test_with_context_keeps_what_the_adaptor_computes_and_seeds_the_new_blocks():
+    torch.manual_seed(0)
+    one = Adaptor(AdaptorConfig(enc_dim=4, llm_dim=16, stack=2, context=1))
+    _randomise(one)
+    x = torch.randn(1, 30, 4)
+    state = torch.random.get_rng_state()
+    three, again = with_context(one, 3, seed=5), with_context(one, 3, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left alone
+    assert three.cfg.context == 3 and torch.equal(three.context[0].qkv.weight, one.context[0].qkv.weight)
+    torch.testing.assert_close(three.context[2].qkv.weight, again.context[2].qkv.weight, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(three(x), one(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cannot keep them in 0"):
+        with_context(one, 0)
 
 
 def test_adaptor_config_names_the_bad_field():

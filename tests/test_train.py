@@ -594,13 +594,37 @@ def test_a_context_adaptor_trains_saves_and_is_continued_only_by_a_context_stage
     h2, a2 = _outputs(loaded, states)
     torch.testing.assert_close(h2, h1, rtol=0, atol=0)
     assert a1 == a2
-    with pytest.raises(LSLError, match="adaptor_context=1; the config says"):
+    with pytest.raises(LSLError, match="adaptor_context=1; the config says 0"):  # blocks are never dropped
         _trainer(_cfg(tiny_parts, tmp_path, "lora", name="qa", init=str(folder)))
     cont = _trainer(_cfg(tiny_parts, tmp_path, "lora", name="qa", init=str(folder), adaptor_context=1))
     for (n, a), (_, b) in zip(cont.model.adaptor.state_dict().items(), loaded.adaptor.state_dict().items()):
         assert torch.equal(a, b), n
     with pytest.raises(LSLError, match="adaptor_context"):
         _cfg(tiny_parts, tmp_path, adaptor_context=-1)
+
+
+def test_a_stage_adds_context_blocks_to_a_plain_init_adaptor(tiny_parts, tmp_path):
+    """init without blocks + adaptor_context 2: the stage starts as exactly init's model (fresh blocks are the
+    identity), then trains the blocks; only a stage that trains the adaptor may add them."""
+    s1 = _cfg(tiny_parts, tmp_path, "frozen", name="plain", objective="repeat", steps=2, save_every=2)
+    plain = _trainer(s1).run()[-1]
+    s2 = _cfg(tiny_parts, tmp_path, "frozen", name="grown", objective="repeat", steps=2, save_every=2,
+              warmup_steps=0, init=str(plain), adaptor_context=2)
+    tr = _trainer(s2)
+    assert tr.model.adaptor.cfg.context == 2
+    states = tr.data.train[0].states
+    tr.train_mode(False)
+    h0, _ = _outputs(tr.model, states)
+    h_init, _ = _outputs(load_checkpoint(plain, device="cpu"), states)
+    torch.testing.assert_close(h0, h_init, rtol=0, atol=0)
+    folder = tr.run()[-1]
+    assert folder.name == "grown-step0004" and read_manifest(folder).adaptor_context == 2
+    assert (folder / "adaptor.safetensors").is_file()
+    h1, _ = _outputs(load_checkpoint(folder, device="cpu"), states)
+    assert not torch.allclose(h1, h_init)
+    with pytest.raises(LSLError, match="add blocks .* in a stage that trains the adaptor"):
+        _trainer(_cfg(tiny_parts, tmp_path, "lora", name="qa", init=str(plain), adaptor_context=2,
+                      train_adaptor=False))
 
 
 def test_a_lora_stage_continues_the_lora_of_its_init(tiny_parts, tmp_path):
