@@ -168,6 +168,9 @@ def test_a_context_adaptor_checkpoint_loads_by_its_manifest(tiny_parts, tmp_path
     (folder / "manifest.json").write_text(json.dumps({**good, "adaptor_context": 0}))
     with pytest.raises(ManifestError, match="holds 2 context block.*adaptor_context=0"):
         load_checkpoint(folder, device="cpu")
+    (folder / "manifest.json").write_text(json.dumps({**good, "adaptor_hidden": 12}))
+    with pytest.raises(ManifestError, match="divisible by 8 attention heads"):
+        load_checkpoint(folder, device="cpu")
     (folder / "manifest.json").write_text(json.dumps({**good, "adaptor_context": -1}))
     with pytest.raises(ManifestError, match="'adaptor_context' must be an integer >= 0"):
         read_manifest(folder)

@@ -222,8 +222,11 @@ def load_adaptor(m: CheckpointManifest, enc_dim: int, llm_dim: int) -> Adaptor:
     """Adaptor from safetensors (or a seeded random init for strategy 'none'); checks widths."""
     from safetensors.torch import load_file
 
-    cfg = AdaptorConfig(enc_dim=enc_dim, llm_dim=llm_dim, stack=m.downsample, hidden=m.adaptor_hidden,
-                        context=m.adaptor_context)
+    try:
+        cfg = AdaptorConfig(enc_dim=enc_dim, llm_dim=llm_dim, stack=m.downsample, hidden=m.adaptor_hidden,
+                            context=m.adaptor_context)
+    except ValueError as exc:
+        raise ManifestError(f"manifest '{m.name}': {exc}. Fix 'adaptor_hidden' / 'adaptor_context'.") from None
     if m.adaptor is None:
         torch.manual_seed(m.seed)
         return Adaptor(cfg)

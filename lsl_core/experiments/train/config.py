@@ -134,9 +134,9 @@ class TrainConfig:
         if not self.distill_weight >= 0 or (self.distill_weight and self.objective != "qa"):
             raise bad("distill_weight", "must be >= 0, and 0 unless the objective is 'qa' (the teacher answers "
                       "the typed question)")
-        for k in ("adaptor_context", "n_questions", "n_val_questions", "vocab_sentences", "vocab_words", "written_questions",
-                  "time_masks", "time_mask_frames", "channel_masks", "channel_mask_width", "warmup_steps", "save_every",
-                  "eval_every", "monitor_train_clips"):
+        for k in ("adaptor_context", "n_questions", "n_val_questions", "vocab_sentences", "vocab_words",
+                  "written_questions", "time_masks", "time_mask_frames", "channel_masks", "channel_mask_width",
+                  "warmup_steps", "save_every", "eval_every", "monitor_train_clips"):
             if int(getattr(self, k)) < 0:
                 raise bad(k, "must be >= 0")
         if not self.lr > 0 or (self.llm_lr is not None and not self.llm_lr > 0):
