@@ -3,6 +3,7 @@
     synth     espeak-ng sample sets (lsl_core.data.synth)
     analyze   alignment metrics of checkpoint(s) over a sample set; shards + --merge (experiments.analyze)
     evaluate  text vs speech scores, GAP and agreement per voice (experiments.evaluate)
+    compare   two evaluated checkpoints on the same clips: paired differences (experiments.compare)
     table1    Table 1: speech answers under each intervention (experiments.table1)
     curriculum  agreement, cascade, alignment and GAP per shipped checkpoint, R² (experiments.curriculum)
     report    (re)write a results page under docs/results (experiments.report)
@@ -29,6 +30,7 @@ COMMANDS = {
     "synth": "lsl_core.data.synth",
     "analyze": "lsl_core.experiments.analyze",
     "evaluate": "lsl_core.experiments.evaluate",
+    "compare": "lsl_core.experiments.compare",
     "table1": "lsl_core.experiments.table1",
     "curriculum": "lsl_core.experiments.curriculum",
     "report": "lsl_core.experiments.report",
