@@ -483,6 +483,20 @@ def test_checkpoints_live_alignment_curves_trends_and_gap_fit(world):
     ans = _fig(at, "answerable GAP (questions whose text answer is right)")
     want = sorted(np.round(100 * allv["gap_answerable"].to_numpy(), 6))
     assert sorted(np.round(np.concatenate([_arr(t["y"]) for t in ans["data"]]), 6)) == want
+    # two checkpoints paired on the same clips: the library's table; a checkpoint against itself differs by 0
+    from lsl_core.experiments.compare import format_table, paired_difference
+
+    samples = pd.read_parquet(world["root"] / "results" / "checkpoints_samples.parquet")
+    base, other = _widget(at.selectbox, "Base checkpoint").value, _widget(at.selectbox, "Other checkpoint").value
+    assert base != other
+    table = format_table(paired_difference(samples, base, other), base, other)
+    assert table in [m.value for m in at.markdown]
+    _widget(at.selectbox, "Other checkpoint").set_value(base)
+    _run(at)
+    [table] = [m.value for m in at.markdown if m.value.startswith("| voice | questions |")]
+    assert "| +0.0 [+0.0, +0.0] |" in table and "+0.00 [+0.00, +0.00]" in table
+    _widget(at.selectbox, "Other checkpoint").set_value(other)
+    _run(at)
     _widget(at.radio, "Alignment metrics from").set_value("compute live")
     _widget(at.number_input, "Samples per checkpoint").set_value(2)
     _run(at)
