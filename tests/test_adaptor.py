@@ -59,7 +59,8 @@ def test_a_fresh_context_adaptor_is_the_plain_adaptor_of_its_seed():
     ctx = Adaptor(AdaptorConfig(enc_dim=16, llm_dim=32, stack=5, context=2))
     x = torch.randn(2, 47, 16)
     torch.testing.assert_close(ctx(x), plain(x), rtol=0, atol=0)
-    assert len(ctx.context) == 2 and sum(p.numel() for p in ctx.parameters()) > sum(p.numel() for p in plain.parameters())
+    assert len(ctx.context) == 2
+    assert sum(p.numel() for p in ctx.parameters()) > sum(p.numel() for p in plain.parameters())
 
 
 def test_context_block_equals_a_loop_reference_with_a_local_window():

@@ -47,7 +47,8 @@ def paired_difference(samples: pd.DataFrame, base: str, other: str,
     names = list(dict.fromkeys(samples["checkpoint"])) if "checkpoint" in samples else []
     for ck in (base, other):
         if ck not in names:
-            raise LSLError(f"compare: checkpoint '{ck}' is not in the results (they hold: {', '.join(names) or 'none'}). "
+            held = ", ".join(names) or "none"
+            raise LSLError(f"compare: checkpoint '{ck}' is not in the results (they hold: {held}). "
                            "Pass a --results folder that `evaluate` wrote for it.")
     missing = [c for c in COLUMNS if c not in samples.columns]
     if missing:
@@ -101,7 +102,8 @@ def format_table(d: pd.DataFrame, base: str, other: str) -> str:
             return f"{100 * r[f'delta_{m}']:+.1f} [{100 * r[f'delta_{m}_lo']:+.1f}, {100 * r[f'delta_{m}_hi']:+.1f}]"
         lines.append(
             f"| {r['voice']} | {r['n_q']} | {100 * r['base_agreement']:.1f} → {100 * r['other_agreement']:.1f} | "
-            f"{pct('agreement')} | {100 * r['base_cascade_agreement']:.1f} → {100 * r['other_cascade_agreement']:.1f} | "
+            f"{pct('agreement')} | "
+            f"{100 * r['base_cascade_agreement']:.1f} → {100 * r['other_cascade_agreement']:.1f} | "
             f"{pct('cascade_agreement')} | {r['base_ratio']:.2f}× → {r['other_ratio']:.2f}× | "
             f"{r['delta_ratio']:+.2f} [{r['delta_ratio_lo']:+.2f}, {r['delta_ratio_hi']:+.2f}] |")
     return "\n".join(lines)
