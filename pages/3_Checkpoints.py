@@ -6,9 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from lsl_core import viz
-from lsl_core.metrics import diagnostics
 from lsl_core.data.synth import UNSEEN_VOICE
-from lsl_core.experiments.compare import format_table, paired_difference
+from lsl_core.experiments.compare import format_table
+from lsl_core.metrics import diagnostics
 from lsl_core.metrics.gap import gap_r2_table
 from lsl_core.results import ANALYZE_COMMAND, CURVES, EVALUATE_COMMAND, checkpoint_means, gap_table
 from ui import config, context, controls, errors, export, loaders, notes, state
@@ -67,8 +67,9 @@ def _alignment(sel, manifests) -> tuple[pd.DataFrame | None, str]:
     return (rows if len(rows) else None), f"computed live on {len(ids)} samples of {sel.set_spec}"
 
 
-def _paired(samples: pd.DataFrame | None, names: list[str]) -> None:
+def _paired(res, names: list[str]) -> None:
     """Two evaluated checkpoints on the same clips: paired differences (lsl_core.experiments.compare)."""
+    samples = res.samples
     if samples is None or "cascade_agreement" not in samples.columns:
         return
     have = [n for n in dict.fromkeys(samples["checkpoint"]) if n in set(names)]
@@ -81,7 +82,7 @@ def _paired(samples: pd.DataFrame | None, names: list[str]) -> None:
         other = c2.selectbox("Other checkpoint", have, index=state.choice("ck_pair_other", have, have[-1]),
                              key="ck_pair_other")
         with errors.guard("Paired comparison"):
-            st.markdown(format_table(paired_difference(samples, base, other, UNSEEN_VOICE), base, other))
+            st.markdown(format_table(loaders.paired_table(res, base, other, UNSEEN_VOICE), base, other))
             st.caption("Other − base on the clips both were scored on; the voices of a question are averaged, "
                        "then questions are resampled, the same ones for both (95% bootstrap). A ratio can move "
                        "through its denominator: the cascade is compared with each checkpoint's own text answers. "
@@ -156,7 +157,7 @@ def main() -> None:
             if "n" in rows.columns and len(rows):
                 notes.show([diagnostics.small_n_note(int(rows["n"].min()), "a checkpoint's score in this voice row")])
             export.table(rows, "evaluation_summary")
-            _paired(res.samples, [m.name for m in manifests])
+            _paired(res, [m.name for m in manifests])
 
     # ---------------------------------------------------------------- controls: retrieval per layer
     controls.checkpoint_section(sel, manifests, res, lambda: _current_model(sel))

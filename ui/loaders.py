@@ -329,6 +329,20 @@ def with_intervals(summary_rows: pd.DataFrame, res: Results) -> pd.DataFrame:
     return summary_rows.merge(ci[keep], on=["checkpoint", "voice"], how="left")
 
 
+def paired_table(res: Results, base: str, other: str, unseen_voice: str) -> pd.DataFrame:
+    """lsl_core.experiments.compare.paired_difference of two checkpoints in the results folder (cached per
+    results folder state: its bootstrap takes about a second, and the page reruns on every widget)."""
+    return _paired(str(res.folder), _stamp(res.folder), base, other, unseen_voice, res.samples)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _paired(folder: str, stamp: tuple, base: str, other: str, unseen_voice: str,
+            _samples: pd.DataFrame) -> pd.DataFrame:
+    from lsl_core.experiments.compare import paired_difference
+
+    return paired_difference(_samples, base, other, unseen_voice)
+
+
 def alignment_intervals(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """checkpoint_means rows + <scalar>_lo / _hi: 95% bootstrap intervals over each checkpoint's samples."""
     from lsl_core.results import SCALARS
