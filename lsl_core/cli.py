@@ -3,6 +3,7 @@
     synth     espeak-ng sample sets (lsl_core.data.synth)
     analyze   alignment metrics of checkpoint(s) over a sample set; shards + --merge (experiments.analyze)
     evaluate  text vs speech scores, GAP and agreement per voice (experiments.evaluate)
+    hearing   word recall of the speech path: words heard in training vs never heard (experiments.hearing)
     compare   two evaluated checkpoints on the same clips: paired differences (experiments.compare)
     table1    Table 1: speech answers under each intervention (experiments.table1)
     curriculum  agreement, cascade, alignment and GAP per shipped checkpoint, R² (experiments.curriculum)
@@ -30,6 +31,7 @@ COMMANDS = {
     "synth": "lsl_core.data.synth",
     "analyze": "lsl_core.experiments.analyze",
     "evaluate": "lsl_core.experiments.evaluate",
+    "hearing": "lsl_core.experiments.hearing",
     "compare": "lsl_core.experiments.compare",
     "table1": "lsl_core.experiments.table1",
     "curriculum": "lsl_core.experiments.curriculum",

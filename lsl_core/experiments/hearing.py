@@ -1,0 +1,269 @@
+"""What the speech path hears: word recall of a checkpoint's spoken-question repeat, split by whether the
+word was ever spoken to it in training.
+
+    python -m lsl_core hearing --checkpoint assets/checkpoints/align-repeat/align-step2700 --samples sd-qa-mini
+
+Each clip goes through the checkpoint with the repeat instruction of the alignment curriculum (the
+stage-1 target: "Repeat the user's message exactly, word for word."), greedy. A word of the spoken
+question (normalize_transcript, every occurrence) counts as recalled when the output contains it. Words
+are grouped by the checkpoint's **lineage**: every text its training stages spoke, read from each
+stage's `train_targets.jsonl` beside its `train_config.json` (the checkpoint's trajectory, then its
+`init`'s, and so on):
+
+- ``question``: the word occurs in a training question (SD-QA English test split);
+- ``other``: only in other training text (word sequences, written questions);
+- ``never``: in no training text of the lineage.
+
+A model that maps sounds to the LLM's tokens in general recalls ``never`` words about as well as the
+others; one that learned a closed vocabulary recalls them almost never. Recall is per voice group (the
+unseen voice vs the rest) with a 95% bootstrap interval over questions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lsl_core.data.synth import UNSEEN_VOICE
+from lsl_core.errors import LSLError
+
+GROUPS = ("question", "other", "never")  # where a spoken word was heard in training (module docstring)
+REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."  # TrainConfig.repeat_system's default
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Every text a checkpoint's training stages spoke: SD-QA training questions and other text, as
+    normalised word sets, with the trajectory folders read (newest stage first) and any init not found."""
+
+    question_words: frozenset[str]
+    other_words: frozenset[str]
+    stages: tuple[str, ...]
+    missing: str = ""  # an init path named by a train config that could not be found ("" = complete)
+
+    def group(self, word: str) -> str:
+        """"question", "other" or "never" for one normalised word."""
+        if word in self.question_words:
+            return "question"
+        return "other" if word in self.other_words else "never"
+
+
+def words(text: str) -> list[str]:
+    """Normalised words of a text (normalize_transcript, split), in order, repeats kept."""
+    from lsl_core.model.asr import normalize_transcript
+
+    return normalize_transcript(text).split()
+
+
+def _find(ref: str) -> Path | None:
+    """An init path as a train config names it: relative to the working folder or to the project root."""
+    from lsl_core.data.paths import assets_dir
+
+    for p in (Path(ref), assets_dir().parent / ref):
+        if p.exists():
+            return p.parent if p.name == "manifest.json" else p
+    return None
+
+
+def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage:
+    """The training texts of a checkpoint folder's lineage (module docstring).
+
+    A row of `train_targets.jsonl` counts as a training question when its example_id is an SD-QA
+    English test id (sdqa_ids; default: every training question's), else as other text. Raises LSLError when the
+    checkpoint's own trajectory has no train_targets.jsonl (an untrained or foreign checkpoint: nothing
+    to split by); a missing *init* further up ends the walk and is reported in `missing`.
+    """
+    from lsl_core.experiments.train.checkpoints import CONFIG_NAME, TARGETS_NAME
+
+    if sdqa_ids is None:
+        from lsl_core.data.sdqa import load_sdqa_train_questions
+
+        sdqa_ids = {str(q.example_id) for q in load_sdqa_train_questions()}
+    folder = Path(checkpoint)
+    folder = folder.parent if folder.name == "manifest.json" else folder
+    qw: set[str] = set()
+    ow: set[str] = set()
+    stages: list[str] = []
+    missing = ""
+    seen: set[Path] = set()
+    while folder is not None:
+        traj = folder.resolve().parent
+        targets, config = traj / TARGETS_NAME, traj / CONFIG_NAME
+        if traj in seen:
+            break  # a config whose init points back into its own lineage
+        seen.add(traj)
+        if not targets.is_file() or not config.is_file():
+            if not stages:
+                raise LSLError(f"hearing: {folder} is not a trained checkpoint of this project (its trajectory "
+                               f"{traj} has no {TARGETS_NAME} / {CONFIG_NAME}); pass a checkpoint that "
+                               "`python -m lsl_core train` wrote.")
+            missing = str(folder)
+            break
+        for line in targets.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                (qw if str(row.get("example_id")) in sdqa_ids else ow).update(words(str(row.get("question", ""))))
+        stages.append(traj.name)
+        init = json.loads(config.read_text()).get("init")
+        if not init:
+            break
+        folder = _find(str(init))
+        if folder is None:
+            missing = str(init)
+    return Lineage(frozenset(qw), frozenset(ow - qw), tuple(stages), missing)
+
+
+def word_recall(output: str, question: str, lin: Lineage) -> dict[str, tuple[int, int]]:
+    """group -> (recalled, spoken): the question's words (every occurrence) found in the output's words.
+
+    >>> lin = Lineage(frozenset({"who", "invented"}), frozenset({"paper"}), ("t",))
+    >>> word_recall("Who invented the paper clip?", "Who invented hangul paper?", lin)
+    {'question': (2, 2), 'other': (1, 1), 'never': (0, 1)}
+    """
+    heard = set(words(output))
+    out = {g: [0, 0] for g in GROUPS}
+    for w in words(question):
+        g = out[lin.group(w)]
+        g[0] += w in heard
+        g[1] += 1
+    return {g: (h, n) for g, (h, n) in out.items()}
+
+
+def repeat_outputs(model, samples, max_new_tokens: int = 32, batch_size: int = 16,
+                   system: str = REPEAT_SYSTEM, progress: bool = True) -> list[str]:
+    """Greedy repeat of each sample's speech by the checkpoint (the repeat instruction as system prompt).
+
+    Encoder states come from the on-disk feature cache (the same keys evaluate uses)."""
+    from tqdm import tqdm
+
+    from lsl_core.experiments.evaluate import voice_of
+    from lsl_core.experiments.train.trainer import with_template
+    from lsl_core.model import batch as B
+    from lsl_core.model.prompt import PromptTemplate
+
+    repeat = with_template(model, PromptTemplate(**{**model.template.to_dict(), "system": system}))
+    queries = []
+    for s in tqdm(samples, desc="encoder states", unit="clip", disable=not progress, mininterval=5):
+        st = B.cached_encoder_states(model.encoder, voice_of(s), s.id, lambda s=s: s.audio, B.audio_key(s.audio))
+        queries.append(B.speech_query(model, st))  # [Tq, d]
+    return B.generate_batch(repeat, queries, max_new_tokens, batch_size)
+
+
+def recall_rows(outputs: list[str], questions: list[str], voices: list[str], lin: Lineage) -> pd.DataFrame:
+    """One row per (clip, group): question, voice, group, recalled, spoken (clips with no word of the
+    group give spoken 0)."""
+    rows = []
+    for out, q, v in zip(outputs, questions, voices, strict=True):
+        for g, (h, n) in word_recall(out, q, lin).items():
+            rows.append({"question": q, "voice": v, "group": g, "recalled": h, "spoken": n})
+    return pd.DataFrame(rows, columns=["question", "voice", "group", "recalled", "spoken"])
+
+
+def recall_table(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
+    """Per voice group (seen, unseen) and word group: words spoken, distinct words, recall (recalled /
+    spoken, pooled over clips) and its 95% bootstrap interval over questions (a replicate pools the clips
+    of the questions it draws)."""
+    from lsl_core.metrics.stats import bootstrap_ci
+
+    out = []
+    for vg, sel in (("seen", rows["voice"] != unseen_voice), ("unseen", rows["voice"] == unseen_voice)):
+        part = rows[sel]
+        if part.empty:
+            continue
+        for g in GROUPS:
+            r = part[part["group"] == g]
+            per_q = r.groupby("question", sort=False)[["recalled", "spoken"]].sum()  # [n_q, 2]
+            per_q = per_q[per_q["spoken"] > 0].to_numpy(dtype=float)
+            n = int(per_q[:, 1].sum()) if len(per_q) else 0
+            row = {"voices": vg, "words": g, "spoken": n, "questions": len(per_q),
+                   "recall": float(per_q[:, 0].sum() / n) if n else float("nan"), "lo": float("nan"),
+                   "hi": float("nan")}
+            if len(per_q) >= 2:
+                ci = bootstrap_ci(per_q, lambda m: m[:, 0].sum() / max(m[:, 1].sum(), 1e-12))
+                row["lo"], row["hi"] = float(ci.low), float(ci.high)
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def format_table(tables: dict[str, pd.DataFrame]) -> str:
+    """Markdown: one row per checkpoint x voice group, recall in % with its interval and word count per group."""
+    head = "| checkpoint | voices | " + " | ".join(f"recall, {g} words" for g in GROUPS) + " |"
+    lines = [head, "|---|---|" + "--:|" * len(GROUPS)]
+    for name, t in tables.items():
+        for vg in dict.fromkeys(t["voices"]):
+            cells = []
+            for g in GROUPS:
+                r = t[(t["voices"] == vg) & (t["words"] == g)].iloc[0]
+                if not r["spoken"]:
+                    cells.append("– (0 words)")
+                    continue
+                ci = f" [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]" if np.isfinite(r["lo"]) else ""
+                cells.append(f"{100 * r['recall']:.1f}{ci} ({r['spoken']} words)")
+            lines.append(f"| {name} | {vg} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    """Add `hearing` to `python -m lsl_core`."""
+    p = subparsers.add_parser("hearing", help="word recall of the speech path: words heard in training vs never heard",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="a trained checkpoint folder or its manifest.json (repeatable)")
+    p.add_argument("--samples", default="sd-qa-mini", help="sample set spec (sd-qa-mini, manifest:<dir>, ...)")
+    p.add_argument("--voices", default=None, help="comma-separated voices to keep (default: all)")
+    p.add_argument("--n-questions", type=int, default=None, help="first N distinct questions of the set (all voices)")
+    p.add_argument("--unseen-voice", default=UNSEEN_VOICE, help="the voice held out of training")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="greedy repeat length")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per batched generate call")
+    p.add_argument("--examples", type=int, default=0, help="also print this many clips (question | repeat)")
+    p.add_argument("--out", type=Path, default=None, help="write the per-clip rows here (parquet)")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: CUDA if available)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from lsl_core.data.sets import load_sample_set
+    from lsl_core.experiments.evaluate import select_samples, voice_of
+    from lsl_core.model.loading import load_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    samples = select_samples(load_sample_set(args.samples), args.n_questions,
+                             [v.strip() for v in args.voices.split(",")] if args.voices else None)
+    if not len(samples):
+        raise LSLError("hearing: no samples; check --samples, --voices and --n-questions.")
+    lineages = {ck: lineage(ck) for ck in args.checkpoint}  # every checkpoint checked before any model loads
+    clips = list(samples)
+    questions, voices = [s.question for s in clips], [voice_of(s) for s in clips]
+    tables, all_rows = {}, []
+    for ck, lin in lineages.items():
+        model = load_checkpoint(ck, device=args.device)
+        name = model.name or Path(ck).name
+        outs = repeat_outputs(model, clips, args.max_new_tokens, args.batch_size)
+        rows = recall_rows(outs, questions, voices, lin)
+        tables[name] = recall_table(rows, args.unseen_voice)
+        all_rows.append(rows.assign(checkpoint=name, output=[o for o in outs for _ in GROUPS]))
+        where = " <- ".join(lin.stages) + (f" (init {lin.missing} not found: lineage incomplete)" if lin.missing else "")
+        n_never = Counter(w for q in dict.fromkeys(questions) for w in words(q) if lin.group(w) == "never")
+        print(f"{name}: lineage {where}; {len(lin.question_words)} question words, {len(lin.other_words)} other; "
+              f"{len(n_never)} distinct spoken words never heard in training")
+        for q, o in list(zip(questions, outs))[: args.examples]:
+            print(f"   {q} | {o}")
+        del model
+    print(f"Word recall of the spoken question in the checkpoint's repeat (%, 95% bootstrap over questions), "
+          f"{len(clips)} clips of {args.samples}:")
+    print(format_table(tables))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        pd.concat(all_rows).to_parquet(args.out)
+        print(f"rows: {args.out}")
+    return 0

@@ -1,0 +1,137 @@
+"""hearing: the word groups of a checkpoint's lineage (hand-built trajectories and the shipped ones, against
+the training split computed independently), word recall by hand, the pooled recall and its bootstrap, and
+the command end to end on a shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lsl_core.cli import main as cli_main
+from lsl_core.errors import LSLError
+from lsl_core.experiments.hearing import Lineage, lineage, recall_rows, recall_table, word_recall, words
+from lsl_core.metrics.stats import N_BOOT, SEED, bootstrap_indices
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "checkpoints"
+
+
+def _trajectory(root: Path, name: str, rows: list[tuple[str, str]], init: str | None, steps=(1,)) -> list[Path]:
+    """A trajectory folder as `train` writes it: train_config.json, train_targets.jsonl, checkpoint folders."""
+    traj = root / name
+    traj.mkdir(parents=True)
+    (traj / "train_config.json").write_text(json.dumps({"name": name, "init": init}))
+    (traj / "train_targets.jsonl").write_text("".join(json.dumps({"example_id": i, "question": q, "target": q})
+                                                      + "\n" for i, q in rows))
+    out = []
+    for s in steps:
+        (traj / f"{name}-step{s}").mkdir()
+        (traj / f"{name}-step{s}" / "manifest.json").write_text("{}")
+        out.append(traj / f"{name}-step{s}")
+    return out
+
+
+def test_word_recall_by_hand():
+    lin = Lineage(frozenset({"who", "invented", "the"}), frozenset({"paper"}), ("t",))
+    # "the" twice in the question: each occurrence counts; one output mention recalls both
+    assert word_recall("Who invented the paper clip?", "Who invented the paper of the Hangul?", lin) == {
+        "question": (4, 4), "other": (1, 1), "never": (0, 2)}  # never: "of", "hangul"
+    assert word_recall("", "Who invented Hangul?", lin) == {"question": (0, 2), "other": (0, 0), "never": (0, 1)}
+    # normalisation: case, punctuation and apostrophes as in the ASR scoring
+    assert word_recall("WHO'S there", "Who's there?", Lineage(frozenset(), frozenset(), ())) == {
+        "question": (0, 0), "other": (0, 0), "never": (2, 2)}
+
+
+def test_lineage_walks_the_inits_and_splits_question_from_other_text(tmp_path):
+    (ctc,) = _trajectory(tmp_path, "ctc", [("q1", "Who wrote Hamlet?"), ("vocab0-00001", "Lavender kingdom wooden.")],
+                         None)
+    (rep,) = _trajectory(tmp_path, "rep", [("q2", "Where is the kingdom of Nepal?")], str(ctc))
+    qa = _trajectory(tmp_path, "qa", [("q1", "Who wrote Hamlet?")], str(rep / "manifest.json"), steps=(3, 4))
+    lin = lineage(qa[1], sdqa_ids={"q1", "q2"})
+    assert lin.stages == ("qa", "rep", "ctc") and lin.missing == ""
+    assert lin.question_words == {"who", "wrote", "hamlet", "where", "is", "the", "kingdom", "of", "nepal"}
+    assert lin.other_words == {"lavender", "wooden"}  # "kingdom" was also in a training question
+    assert [lin.group(w) for w in ("nepal", "wooden", "hangul")] == ["question", "other", "never"]
+    assert lineage(qa[0] / "manifest.json", sdqa_ids={"q1", "q2"}) == lin  # a manifest path works too
+    only_rep = lineage(rep, sdqa_ids={"q1", "q2"})
+    assert only_rep.stages == ("rep", "ctc") and "hamlet" in only_rep.question_words
+
+
+def test_lineage_reports_a_missing_init_and_refuses_an_untrained_checkpoint(tmp_path):
+    (a,) = _trajectory(tmp_path, "a", [("q1", "Who wrote Hamlet?")], str(tmp_path / "gone" / "ck"))
+    lin = lineage(a, sdqa_ids={"q1"})
+    assert lin.stages == ("a",) and lin.missing == str(tmp_path / "gone" / "ck")
+    bare = tmp_path / "bare" / "ck"
+    bare.mkdir(parents=True)
+    with pytest.raises(LSLError, match="not a trained checkpoint.*python -m lsl_core train"):
+        lineage(bare)
+    (loop,) = _trajectory(tmp_path, "loop", [("q1", "Who?")], None)
+    cfg = loop.parent / "train_config.json"
+    cfg.write_text(json.dumps({"init": str(loop)}))  # init inside its own trajectory: read once
+    assert lineage(loop, sdqa_ids={"q1"}).stages == ("loop",)
+
+
+def test_the_shipped_lineage_is_the_training_split():
+    """The words of the shipped LoRA checkpoint's lineage equal those of the training questions as the
+    curriculum splits them (split_questions: the 16 monitoring questions are never trained on)."""
+    from lsl_core.experiments.train import TrainConfig
+    from lsl_core.experiments.train.corpus import split_questions
+
+    lin = lineage(ASSETS / "qa-lora" / "lora-step2900")
+    assert lin.stages == ("qa-lora", "align-repeat", "align-ctc") and lin.missing == ""
+    train, monitor = split_questions(TrainConfig(n_questions=0, n_val_questions=16))
+    assert lin.question_words == {w for q in train for w in words(q.question)}
+    assert lin.other_words == frozenset()
+    only_monitor = {w for q in monitor for w in words(q.question)} - lin.question_words
+    assert only_monitor and all(lin.group(w) == "never" for w in only_monitor)
+
+
+def test_recall_table_pools_clips_per_question_and_bootstraps_questions():
+    lin = Lineage(frozenset({"who", "wrote", "is"}), frozenset({"nepal"}), ("t",))
+    questions = ["Who wrote Hamlet?", "Who wrote Hamlet?", "Where is Nepal?", "Where is Nepal?", "Who is Zog?"]
+    voices = ["en-gb", "en-gb-scotland", "en-gb", "en-gb-scotland", "en-gb"]
+    outputs = ["who wrote hamlet", "who", "where is nepal", "", "who is"]
+    rows = recall_rows(outputs, questions, voices, lin)
+    assert len(rows) == 15 and rows["spoken"].sum() == sum(len(words(q)) for q in questions)
+    t = recall_table(rows, "en-gb-scotland").set_index(["voices", "words"])
+    # seen voice: question words who,wrote | is | who,is -> 5 of 5; never: hamlet, where, zog -> 2 of 3
+    assert t.loc[("seen", "question"), "recall"] == 1.0 and t.loc[("seen", "question"), "spoken"] == 5
+    assert t.loc[("seen", "never"), "recall"] == pytest.approx(2 / 3) and t.loc[("seen", "never"), "questions"] == 3
+    assert t.loc[("seen", "other"), "recall"] == 1.0 and t.loc[("seen", "other"), "spoken"] == 1
+    # unseen voice: who (1 of who,wrote,is) -> 1/3; never: hamlet, where -> 0/2
+    assert t.loc[("unseen", "question"), "recall"] == pytest.approx(1 / 3)
+    assert t.loc[("unseen", "never"), "recall"] == 0.0
+    # the interval is the percentile bootstrap of the pooled ratio over resampled questions (loop reference)
+    assert t.loc[("seen", "question"), ["lo", "hi"]].tolist() == [1.0, 1.0]  # every replicate recalls all
+    seen_never = rows[(rows["voice"] != "en-gb-scotland") & (rows["group"] == "never")]
+    per_q = seen_never.groupby("question", sort=False)[["recalled", "spoken"]].sum().to_numpy(float)
+    reps = [per_q[i, 0].sum() / per_q[i, 1].sum() for i in bootstrap_indices(len(per_q), N_BOOT, SEED)]
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    assert t.loc[("seen", "never"), "lo"] == pytest.approx(min(lo, 2 / 3))
+    assert t.loc[("seen", "never"), "hi"] == pytest.approx(max(hi, 2 / 3))
+    assert lo < 2 / 3 < hi  # not a degenerate interval: the clamp to the estimate did not decide it
+
+
+def test_hearing_command_on_a_shipped_checkpoint(capsys, tmp_path):
+    """End to end on the embedded stack: 2 questions x 2 voices of sd-qa-mini through align-step2700."""
+    ck = ASSETS / "align-repeat" / "align-step2700"
+    out = tmp_path / "rows.parquet"
+    assert cli_main(["hearing", "--checkpoint", str(ck), "--n-questions", "2", "--voices", "en-gb,en-gb-scotland",
+                     "--max-new-tokens", "12", "--examples", "1", "--out", str(out), "--threads", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "align-step2700: lineage align-repeat <- align-ctc;" in text
+    assert "| align-step2700 | seen |" in text and "| align-step2700 | unseen |" in text
+    rows = pd.read_parquet(out)
+    assert len(rows) == 4 * 3 and set(rows["voice"]) == {"en-gb", "en-gb-scotland"}
+    assert (rows["recalled"] <= rows["spoken"]).all() and rows["output"].map(len).gt(0).all()
+    lin = lineage(ck)
+    for _, r in rows.iterrows():  # every clip's counts are word_recall of its own output
+        assert word_recall(r["output"], r["question"], lin)[r["group"]] == (r["recalled"], r["spoken"])
+
+
+def test_hearing_refuses_an_untrained_checkpoint_before_loading_any_model(capsys):
+    assert cli_main(["hearing", "--checkpoint", str(ASSETS / "embedded-untrained")]) == 2
+    assert "not a trained checkpoint" in capsys.readouterr().err
