@@ -736,6 +736,20 @@ def test_vocabulary_sentences_are_seeded_word_tokens_spoken_once(tiny_model):
         TrainConfig(objective="qa", vocab_sentences=10)
     with pytest.raises(LSLError, match="vocab_sentences"):  # a word-level vocabulary has no 'Ġword' tokens
         vocabulary_sentences(tiny_model.tokenizer, 5, 100, seed=0)
+    # vocab_cased: capitalised words (names) join the pool in id order and keep their capital inside a sentence
+    assert vocabulary_words(BPE(), 5, cased=True) == ["the", "cat", "Dog", "garden", "sat"]
+    cased_sents = vocabulary_sentences(BPE(), 40, 60, seed=3, cased=True)
+    assert any(" Dog" in t for _, t in cased_sents) and all(t[0].isupper() for _, t in cased_sents)
+    cased_pool = set(vocabulary_words(BPE(), 60, cased=True))
+    for _, t in cased_sents:
+        first, *rest = t.rstrip(".").split()
+        assert set(rest) <= cased_pool and (first in cased_pool or first.lower() in cased_pool)
+    # the default sentences are exactly those of before the option (older configs keep their corpus and digest)
+    assert vocabulary_sentences(BPE(), 20, 55, seed=3, cased=False) == sents
+    assert all(t == t[0] + t[1:].lower() for _, t in sents)
+    cfg = TrainConfig(objective="repeat", vocab_sentences=10)
+    assert cfg.digest() == TrainConfig(objective="repeat", vocab_sentences=10, vocab_cased=False).digest()
+    assert cfg.digest() != TrainConfig(objective="repeat", vocab_sentences=10, vocab_cased=True).digest()
 
 
 # ----------------------------------------------------------------------------- monitoring training clips

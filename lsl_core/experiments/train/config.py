@@ -35,7 +35,7 @@ Objective = Literal["ctc", "repeat", "qa"]
 OBJECTIVES = ("ctc", "repeat", "qa")
 REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."
 # fields added after checkpoints were shipped, with their defaults (left out of the digest at these values)
-LATER_FIELDS = {"lora_scope": "all", "adaptor_context": 0, "time_masks": 0, "time_mask_frames": 10,
+LATER_FIELDS = {"lora_scope": "all", "adaptor_context": 0, "vocab_cased": False, "time_masks": 0, "time_mask_frames": 10,
                 "channel_masks": 0, "channel_mask_width": 27}
 
 
@@ -62,6 +62,7 @@ class TrainConfig:
     n_val_questions: int = 16  # test questions kept out of training, used only to monitor progress
     vocab_sentences: int = 0  # ctc/repeat: extra seeded word sequences drawn from the LLM's word tokens
     vocab_words: int = 12000  # ... from its first (most frequent, by BPE merge order) this many word tokens
+    vocab_cased: bool = False  # ... counting capitalised word tokens too (names: "Iran", "Bruce"), kept as written
     written_questions: int = 0  # extra questions the backbone writes from few-shot lists of training ones (written.py)
     voices: tuple[str, ...] = TRAIN_VOICE_FAMILY  # espeak-ng training voices (one rendition of each question each)
     heldout_voice: str = UNSEEN_VOICE  # never trained on; monitored as the "unseen accent"

@@ -96,18 +96,25 @@ def split_questions(cfg: TrainConfig) -> tuple[list, list]:
     return train, monitor
 
 
-def vocabulary_words(tokenizer, n: int) -> list[str]:
-    """The first n word tokens of a byte-level BPE vocabulary ("Ġword": lowercase ASCII letters, >= 3 of them),
-    in id order - BPE merge order, roughly by frequency."""
+def vocabulary_words(tokenizer, n: int, cased: bool = False) -> list[str]:
+    """The first n word tokens of a byte-level BPE vocabulary ("Ġword": ASCII letters, >= 3 of them), in id
+    order - BPE merge order, roughly by frequency. Lowercase words only, or (cased) also capitalised ones
+    ("ĠIran": names, places), kept as written; all-capital tokens never (espeak-ng may spell them)."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    words = [t[1:] for t, _ in vocab if t[:1] in ("Ġ", "▁") and t[1:].isascii() and t[1:].isalpha()
-             and t[1:].islower() and len(t) >= 4]
+
+    def is_word(w: str) -> bool:
+        if not (w.isascii() and w.isalpha() and len(w) >= 3):
+            return False
+        return w.islower() or (cased and w[0].isupper() and w[1:].islower())
+
+    words = [t[1:] for t, _ in vocab if t[:1] in ("Ġ", "▁") and is_word(t[1:])]
     return words[:n]
 
 
-def vocabulary_sentences(tokenizer, n: int, n_words: int, seed: int) -> list[tuple[str, str]]:
-    """n seeded (id, sentence) pairs of 4-10 words drawn uniformly from vocabulary_words(tokenizer, n_words)."""
-    words = vocabulary_words(tokenizer, n_words)
+def vocabulary_sentences(tokenizer, n: int, n_words: int, seed: int, cased: bool = False) -> list[tuple[str, str]]:
+    """n seeded (id, sentence) pairs of 4-10 words drawn uniformly from vocabulary_words(tokenizer, n_words,
+    cased); the first letter is capitalised (and, when not cased, the rest lowercase, as before the option)."""
+    words = vocabulary_words(tokenizer, n_words, cased)
     if n and len(words) < 50:
         raise LSLError("train config field 'vocab_sentences' needs a tokenizer with word tokens ('Ġword'); "
                        f"this one has {len(words)}. Set vocab_sentences to 0.")
@@ -116,7 +123,9 @@ def vocabulary_sentences(tokenizer, n: int, n_words: int, seed: int) -> list[tup
     for i in range(n):
         k = int(rng.integers(4, 11))
         ws = [words[j] for j in rng.integers(0, len(words), k)]
-        out.append((f"vocab{seed}-{i:05d}", " ".join(ws).capitalize() + "."))
+        text = " ".join(ws)
+        text = text[0].upper() + text[1:] if cased else text.capitalize()
+        out.append((f"vocab{seed}-{i:05d}", text + "."))
     return out
 
 
@@ -190,7 +199,8 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True) -> TrainD
 
     train_qs, val_qs = split_questions(cfg)
     items = [(q.example_id, " ".join(q.question.split())) for q in train_qs]
-    extra = vocabulary_sentences(model.tokenizer, cfg.vocab_sentences, cfg.vocab_words, cfg.seed)  # spoken once
+    extra = vocabulary_sentences(model.tokenizer, cfg.vocab_sentences, cfg.vocab_words, cfg.seed,
+                                 cfg.vocab_cased)  # spoken once
     if cfg.written_questions:
         from lsl_core.data.sdqa import load_sdqa_dev
         from lsl_core.experiments.train.written import written_questions
