@@ -13,7 +13,8 @@ import pytest
 
 from lsl_core.cli import main as cli_main
 from lsl_core.errors import LSLError
-from lsl_core.experiments.hearing import Lineage, lineage, recall_rows, recall_table, word_recall, words
+from lsl_core.experiments.hearing import (Lineage, coverage, lineage, recall_rows, recall_table, word_recall,
+                                         words)
 from lsl_core.metrics.stats import N_BOOT, SEED, bootstrap_indices
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "checkpoints"
@@ -43,6 +44,14 @@ def test_word_recall_by_hand():
     # normalisation: case, punctuation and apostrophes as in the ASR scoring
     assert word_recall("WHO'S there", "Who's there?", Lineage(frozenset(), frozenset(), ())) == {
         "question": (0, 0), "other": (0, 0), "never": (2, 2)}
+
+
+def test_coverage_counts_distinct_questions_by_hand():
+    lin = Lineage(frozenset({"who", "wrote", "is", "the"}), frozenset({"nepal"}), ("t",))
+    qs = ["Who wrote Hamlet?", "Where is Nepal?", "Who wrote the the?", "Where is Nepal?"]  # one repeat
+    # words: 3 + 3 + 4; never: hamlet, where -> 2; questions with a never word: the first two
+    assert coverage(qs, lin) == {"words": 10, "never": 2, "questions": 3, "questions_with_never": 2}
+    assert coverage([], lin) == {"words": 0, "never": 0, "questions": 0, "questions_with_never": 0}
 
 
 def test_lineage_walks_the_inits_and_splits_question_from_other_text(tmp_path):
@@ -123,6 +132,7 @@ def test_hearing_command_on_a_shipped_checkpoint(capsys, tmp_path):
                      "--max-new-tokens", "12", "--examples", "1", "--out", str(out), "--threads", "2"]) == 0
     text = capsys.readouterr().out
     assert "align-step2700: lineage align-repeat <- align-ctc;" in text
+    assert "of the 2 questions here" in text and "were never spoken in training" in text
     assert "| align-step2700 | seen |" in text and "| align-step2700 | unseen |" in text
     rows = pd.read_parquet(out)
     assert len(rows) == 4 * 3 and set(rows["voice"]) == {"en-gb", "en-gb-scotland"}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +132,20 @@ def word_recall(output: str, question: str, lin: Lineage) -> dict[str, tuple[int
         g[0] += w in heard
         g[1] += 1
     return {g: (h, n) for g, (h, n) in out.items()}
+
+
+def coverage(questions: list[str], lin: Lineage) -> dict[str, int]:
+    """How much of a question set the lineage ever spoke, over distinct questions: words (every occurrence),
+    those never heard in training, questions, and questions with at least one never-heard word.
+
+    >>> coverage(["Who wrote Hamlet?", "Who wrote Hamlet?", "Who is Zog?"], Lineage(frozenset({"who", "wrote", "is"}),
+    ...          frozenset(), ("t",)))
+    {'words': 6, 'never': 2, 'questions': 2, 'questions_with_never': 2}
+    """
+    qs = list(dict.fromkeys(questions))
+    groups = [[lin.group(w) for w in words(q)] for q in qs]
+    return {"words": sum(map(len, groups)), "never": sum(g.count("never") for g in groups), "questions": len(qs),
+            "questions_with_never": sum("never" in g for g in groups)}
 
 
 def repeat_outputs(model, samples, max_new_tokens: int = 32, batch_size: int = 16,
@@ -253,9 +266,13 @@ def main(args: argparse.Namespace) -> int:
         tables[name] = recall_table(rows, args.unseen_voice)
         all_rows.append(rows.assign(checkpoint=name, output=[o for o in outs for _ in GROUPS]))
         where = " <- ".join(lin.stages) + (f" (init {lin.missing} not found: lineage incomplete)" if lin.missing else "")
-        n_never = Counter(w for q in dict.fromkeys(questions) for w in words(q) if lin.group(w) == "never")
-        print(f"{name}: lineage {where}; {len(lin.question_words)} question words, {len(lin.other_words)} other; "
-              f"{len(n_never)} distinct spoken words never heard in training")
+        cov = coverage(questions, lin)
+        never_pct = 100 * cov["never"] / max(cov["words"], 1)
+        q_pct = 100 * cov["questions_with_never"] / max(cov["questions"], 1)
+        print(f"{name}: lineage {where}; training spoke {len(lin.question_words)} distinct words in questions, "
+              f"{len(lin.other_words)} more in other text. Of the {cov['words']} words of the {cov['questions']} "
+              f"questions here, {cov['never']} ({never_pct:.0f}%) were never spoken in training; "
+              f"{cov['questions_with_never']} questions ({q_pct:.0f}%) hold at least one.")
         for q, o in list(zip(questions, outs))[: args.examples]:
             print(f"   {q} | {o}")
         del model
