@@ -15,7 +15,9 @@ stage's `train_targets.jsonl` beside its `train_config.json` (the checkpoint's t
 - ``never``: in no training text of the lineage.
 
 A model that maps sounds to the LLM's tokens in general recalls ``never`` words about as well as the
-others; one that learned a closed vocabulary recalls them almost never. Recall is per voice group (the
+others; one that learned a closed vocabulary recalls them almost never. With ``--asr`` the transcript of
+the checkpoint's own Whisper decoder (the cascade's first half, cached as evaluate caches it) is scored on
+the same clips and groups: the open-vocabulary reference. Recall is per voice group (the
 unseen voice vs the rest) with a 95% bootstrap interval over questions.
 """
 
@@ -234,6 +236,8 @@ def register(subparsers) -> None:
     p.add_argument("--unseen-voice", default=UNSEEN_VOICE, help="the voice held out of training")
     p.add_argument("--max-new-tokens", type=int, default=32, help="greedy repeat length")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per batched generate call")
+    p.add_argument("--asr", action="store_true",
+                   help="also score the transcript of each checkpoint's Whisper decoder (the cascade's ASR), same groups")
     p.add_argument("--examples", type=int, default=0, help="also print this many clips (question | repeat)")
     p.add_argument("--out", type=Path, default=None, help="write the per-clip rows here (parquet)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: CUDA if available)")
@@ -245,7 +249,8 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from lsl_core.data.sets import load_sample_set
-    from lsl_core.experiments.evaluate import select_samples, voice_of
+    from lsl_core.experiments.evaluate import select_samples, transcripts, voice_of
+    from lsl_core.model import batch as B
     from lsl_core.model.loading import load_checkpoint
 
     if args.threads:
@@ -275,6 +280,13 @@ def main(args: argparse.Namespace) -> int:
               f"{cov['questions_with_never']} questions ({q_pct:.0f}%) hold at least one.")
         for q, o in list(zip(questions, outs))[: args.examples]:
             print(f"   {q} | {o}")
+        if args.asr and model.has_asr:  # the cascade's first half on the same clips, grouped by this lineage
+            heard = transcripts(model, clips, [B.audio_key(s.audio) for s in clips])
+            asr_rows = recall_rows(heard, questions, voices, lin)
+            tables[f"{name}: Whisper ASR"] = recall_table(asr_rows, args.unseen_voice)
+            all_rows.append(asr_rows.assign(checkpoint=f"{name}: Whisper ASR", output=[o for o in heard for _ in GROUPS]))
+        elif args.asr:
+            print(f"{name}: its encoder has no ASR decoder; no transcript row.")
         del model
     print(f"Word recall of the spoken question in the checkpoint's repeat (%, 95% bootstrap over questions), "
           f"{len(clips)} clips of {args.samples}:")
