@@ -288,7 +288,8 @@ def main(args: argparse.Namespace) -> int:
         elif args.asr:
             print(f"{name}: its encoder has no ASR decoder; no transcript row.")
         del model
-    print(f"Word recall of the spoken question in the checkpoint's repeat (%, 95% bootstrap over questions), "
+    what = "repeat (rows ': Whisper ASR': its Whisper transcript)" if args.asr else "repeat"
+    print(f"Word recall of the spoken question in each checkpoint's {what} (%, 95% bootstrap over questions), "
           f"{len(clips)} clips of {args.samples}:")
     print(format_table(tables))
     if args.out:
