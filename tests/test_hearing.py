@@ -24,7 +24,8 @@ def _trajectory(root: Path, name: str, rows: list[tuple[str, str]], init: str | 
     """A trajectory folder as `train` writes it: train_config.json, train_targets.jsonl, checkpoint folders."""
     traj = root / name
     traj.mkdir(parents=True)
-    (traj / "train_config.json").write_text(json.dumps({"name": name, "init": init}))
+    cfg = {"name": name, "init": init, "repeat_system": f"Repeat ({name})."}
+    (traj / "train_config.json").write_text(json.dumps(cfg))
     (traj / "train_targets.jsonl").write_text("".join(json.dumps({"example_id": i, "question": q, "target": q})
                                                       + "\n" for i, q in rows))
     out = []
@@ -60,7 +61,7 @@ def test_lineage_walks_the_inits_and_splits_question_from_other_text(tmp_path):
     (rep,) = _trajectory(tmp_path, "rep", [("q2", "Where is the kingdom of Nepal?")], str(ctc))
     qa = _trajectory(tmp_path, "qa", [("q1", "Who wrote Hamlet?")], str(rep / "manifest.json"), steps=(3, 4))
     lin = lineage(qa[1], sdqa_ids={"q1", "q2"})
-    assert lin.stages == ("qa", "rep", "ctc") and lin.missing == ""
+    assert lin.stages == ("qa", "rep", "ctc") and lin.missing == "" and lin.repeat_system == "Repeat (qa)."
     assert lin.question_words == {"who", "wrote", "hamlet", "where", "is", "the", "kingdom", "of", "nepal"}
     assert lin.other_words == {"lavender", "wooden"}  # "kingdom" was also in a training question
     assert [lin.group(w) for w in ("nepal", "wooden", "hangul")] == ["question", "other", "never"]
@@ -77,6 +78,11 @@ def test_lineage_reports_a_missing_init_and_refuses_an_untrained_checkpoint(tmp_
     bare.mkdir(parents=True)
     with pytest.raises(LSLError, match="not a trained checkpoint.*python -m lsl_core train"):
         lineage(bare)
+    broken = tmp_path / "broken"
+    (b,) = _trajectory(broken, "b", [("q1", "Who?")], None)
+    (b.parent / "train_targets.jsonl").write_text('{"example_id": "q1", "question": ')  # cut short
+    with pytest.raises(LSLError, match="unreadable train_targets.jsonl"):
+        lineage(b, sdqa_ids={"q1"})
     (loop,) = _trajectory(tmp_path, "loop", [("q1", "Who?")], None)
     cfg = loop.parent / "train_config.json"
     cfg.write_text(json.dumps({"init": str(loop)}))  # init inside its own trajectory: read once
@@ -91,6 +97,7 @@ def test_the_shipped_lineage_is_the_training_split():
 
     lin = lineage(ASSETS / "qa-lora" / "lora-step2900")
     assert lin.stages == ("qa-lora", "align-repeat", "align-ctc") and lin.missing == ""
+    assert lin.repeat_system == TrainConfig().repeat_system  # read from the newest stage's config
     train, monitor = split_questions(TrainConfig(n_questions=0, n_val_questions=16))
     assert lin.question_words == {w for q in train for w in words(q.question)}
     assert lin.other_words == frozenset()

@@ -4,7 +4,8 @@ word was ever spoken to it in training.
     python -m lsl_core hearing --checkpoint assets/checkpoints/align-repeat/align-step2700 --samples sd-qa-mini
 
 Each clip goes through the checkpoint with the repeat instruction of the alignment curriculum (the
-stage-1 target: "Repeat the user's message exactly, word for word."), greedy. A word of the spoken
+stage-1 target; the `repeat_system` its newest stage's config names, by default "Repeat the user's message
+exactly, word for word."), greedy. A word of the spoken
 question (normalize_transcript, every occurrence) counts as recalled when the output contains it. Words
 are grouped by the checkpoint's **lineage**: every text its training stages spoke, read from each
 stage's `train_targets.jsonl` beside its `train_config.json` (the checkpoint's trajectory, then its
@@ -47,6 +48,7 @@ class Lineage:
     other_words: frozenset[str]
     stages: tuple[str, ...]
     missing: str = ""  # an init path named by a train config that could not be found ("" = complete)
+    repeat_system: str = REPEAT_SYSTEM  # the repeat instruction the newest stage's config names
 
     def group(self, word: str) -> str:
         """"question", "other" or "never" for one normalised word."""
@@ -76,9 +78,10 @@ def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage
     """The training texts of a checkpoint folder's lineage (module docstring).
 
     A row of `train_targets.jsonl` counts as a training question when its example_id is an SD-QA
-    English test id (sdqa_ids; default: every training question's), else as other text. Raises LSLError when the
-    checkpoint's own trajectory has no train_targets.jsonl (an untrained or foreign checkpoint: nothing
-    to split by); a missing *init* further up ends the walk and is reported in `missing`.
+    English test id (sdqa_ids; default: every training question's), else as other text. Raises LSLError
+    when the checkpoint's own trajectory has no train_targets.jsonl (an untrained or foreign checkpoint:
+    nothing to split by) or an unreadable one; a missing *init* further up ends the walk and is reported
+    in `missing`.
     """
     from lsl_core.experiments.train.checkpoints import CONFIG_NAME, TARGETS_NAME
 
@@ -92,6 +95,7 @@ def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage
     ow: set[str] = set()
     stages: list[str] = []
     missing = ""
+    system = REPEAT_SYSTEM
     seen: set[Path] = set()
     while folder is not None:
         traj = folder.resolve().parent
@@ -106,18 +110,24 @@ def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage
                                "`python -m lsl_core train` wrote.")
             missing = str(folder)
             break
-        for line in targets.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                (qw if str(row.get("example_id")) in sdqa_ids else ow).update(words(str(row.get("question", ""))))
+        try:
+            rows = [json.loads(line) for line in targets.read_text().splitlines() if line.strip()]
+            cfg = json.loads(config.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise LSLError(f"hearing: {traj} holds an unreadable {TARGETS_NAME} or {CONFIG_NAME} ({exc}); "
+                           "restore it from the training run that wrote it.") from None
+        for row in rows:
+            (qw if str(row.get("example_id")) in sdqa_ids else ow).update(words(str(row.get("question", ""))))
+        if not stages:
+            system = str(cfg.get("repeat_system") or REPEAT_SYSTEM)
         stages.append(traj.name)
-        init = json.loads(config.read_text()).get("init")
+        init = cfg.get("init")
         if not init:
             break
         folder = _find(str(init))
         if folder is None:
             missing = str(init)
-    return Lineage(frozenset(qw), frozenset(ow - qw), tuple(stages), missing)
+    return Lineage(frozenset(qw), frozenset(ow - qw), tuple(stages), missing, system)
 
 
 def word_recall(output: str, question: str, lin: Lineage) -> dict[str, tuple[int, int]]:
@@ -237,7 +247,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32, help="greedy repeat length")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per batched generate call")
     p.add_argument("--asr", action="store_true",
-                   help="also score the transcript of each checkpoint's Whisper decoder (the cascade's ASR), same groups")
+                   help="also score the transcript of each checkpoint's Whisper decoder (the cascade's ASR), "
+                        "same groups")
     p.add_argument("--examples", type=int, default=0, help="also print this many clips (question | repeat)")
     p.add_argument("--out", type=Path, default=None, help="write the per-clip rows here (parquet)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: CUDA if available)")
@@ -266,11 +277,13 @@ def main(args: argparse.Namespace) -> int:
     for ck, lin in lineages.items():
         model = load_checkpoint(ck, device=args.device)
         name = model.name or Path(ck).name
-        outs = repeat_outputs(model, clips, args.max_new_tokens, args.batch_size)
+        outs = repeat_outputs(model, clips, args.max_new_tokens, args.batch_size, lin.repeat_system)
         rows = recall_rows(outs, questions, voices, lin)
         tables[name] = recall_table(rows, args.unseen_voice)
         all_rows.append(rows.assign(checkpoint=name, output=[o for o in outs for _ in GROUPS]))
-        where = " <- ".join(lin.stages) + (f" (init {lin.missing} not found: lineage incomplete)" if lin.missing else "")
+        where = " <- ".join(lin.stages)
+        if lin.missing:
+            where += f" (init {lin.missing} not found: lineage incomplete)"
         cov = coverage(questions, lin)
         never_pct = 100 * cov["never"] / max(cov["words"], 1)
         q_pct = 100 * cov["questions_with_never"] / max(cov["questions"], 1)
@@ -284,7 +297,8 @@ def main(args: argparse.Namespace) -> int:
             heard = transcripts(model, clips, [B.audio_key(s.audio) for s in clips])
             asr_rows = recall_rows(heard, questions, voices, lin)
             tables[f"{name}: Whisper ASR"] = recall_table(asr_rows, args.unseen_voice)
-            all_rows.append(asr_rows.assign(checkpoint=f"{name}: Whisper ASR", output=[o for o in heard for _ in GROUPS]))
+            all_rows.append(asr_rows.assign(checkpoint=f"{name}: Whisper ASR",
+                                            output=[o for o in heard for _ in GROUPS]))
         elif args.asr:
             print(f"{name}: its encoder has no ASR decoder; no transcript row.")
         del model

@@ -35,8 +35,8 @@ Objective = Literal["ctc", "repeat", "qa"]
 OBJECTIVES = ("ctc", "repeat", "qa")
 REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."
 # fields added after checkpoints were shipped, with their defaults (left out of the digest at these values)
-LATER_FIELDS = {"lora_scope": "all", "adaptor_context": 0, "vocab_cased": False, "time_masks": 0, "time_mask_frames": 10,
-                "channel_masks": 0, "channel_mask_width": 27}
+LATER_FIELDS = {"lora_scope": "all", "adaptor_context": 0, "vocab_cased": False, "time_masks": 0,
+                "time_mask_frames": 10, "channel_masks": 0, "channel_mask_width": 27}
 
 
 @dataclass(frozen=True)
