@@ -135,16 +135,18 @@ def test_hearing_command_on_a_shipped_checkpoint(capsys, tmp_path):
     """End to end on the embedded stack: 2 questions x 2 voices of sd-qa-mini through align-step2700."""
     ck = ASSETS / "align-repeat" / "align-step2700"
     out = tmp_path / "rows.parquet"
-    assert cli_main(["hearing", "--checkpoint", str(ck), "--n-questions", "2", "--voices", "en-gb,en-gb-scotland",
+    assert cli_main(["hearing", "--checkpoint", str(ck), "--checkpoint", str(ASSETS / "align-repeat" / "align-step1800"),
+                     "--n-questions", "2", "--voices", "en-gb,en-gb-scotland",
                      "--max-new-tokens", "12", "--examples", "1", "--asr", "--out", str(out), "--threads", "2"]) == 0
     text = capsys.readouterr().out
     assert "align-step2700: lineage align-repeat <- align-ctc;" in text
     assert "of the 2 questions here" in text and "were never spoken in training" in text
     assert "| align-step2700 | seen |" in text and "| align-step2700 | unseen |" in text
     assert "| align-step2700: Whisper ASR | seen |" in text
+    assert "align-step1800: same encoder and training words as align-step2700" in text  # one ASR row per lineage
     rows = pd.read_parquet(out)
-    assert len(rows) == 2 * 4 * 3 and set(rows["voice"]) == {"en-gb", "en-gb-scotland"}
-    assert set(rows["checkpoint"]) == {"align-step2700", "align-step2700: Whisper ASR"}
+    assert len(rows) == 3 * 4 * 3 and set(rows["voice"]) == {"en-gb", "en-gb-scotland"}
+    assert set(rows["checkpoint"]) == {"align-step2700", "align-step1800", "align-step2700: Whisper ASR"}
     assert (rows["recalled"] <= rows["spoken"]).all() and rows["output"].map(len).gt(0).all()
     lin = lineage(ck)
     for _, r in rows.iterrows():  # every clip's counts are word_recall of its own output

@@ -18,7 +18,8 @@ stage's `train_targets.jsonl` beside its `train_config.json` (the checkpoint's t
 A model that maps sounds to the LLM's tokens in general recalls ``never`` words about as well as the
 others; one that learned a closed vocabulary recalls them almost never. With ``--asr`` the transcript of
 the checkpoint's own Whisper decoder (the cascade's first half, cached as evaluate caches it) is scored on
-the same clips and groups: the open-vocabulary reference. Recall is per voice group (the
+the same clips and groups: the open-vocabulary reference (once per encoder and training vocabulary: checkpoints
+of one lineage share the row). Recall is per voice group (the
 unseen voice vs the rest) with a 95% bootstrap interval over questions.
 """
 
@@ -274,6 +275,7 @@ def main(args: argparse.Namespace) -> int:
     clips = list(samples)
     questions, voices = [s.question for s in clips], [voice_of(s) for s in clips]
     tables, all_rows = {}, []
+    asr_done: dict[tuple, str] = {}  # (encoder, word groups) -> the checkpoint whose ASR row covers them
     for ck, lin in lineages.items():
         model = load_checkpoint(ck, device=args.device)
         name = model.name or Path(ck).name
@@ -293,7 +295,11 @@ def main(args: argparse.Namespace) -> int:
               f"{cov['questions_with_never']} questions ({q_pct:.0f}%) hold at least one.")
         for q, o in list(zip(questions, outs))[: args.examples]:
             print(f"   {q} | {o}")
-        if args.asr and model.has_asr:  # the cascade's first half on the same clips, grouped by this lineage
+        asr_key = (str((model.manifest or {}).get("encoder", "")), lin.question_words, lin.other_words)
+        if args.asr and model.has_asr and asr_key in asr_done:
+            print(f"{name}: same encoder and training words as {asr_done[asr_key]}: its Whisper ASR row stands.")
+        elif args.asr and model.has_asr:  # the cascade's first half on the same clips, grouped by this lineage
+            asr_done[asr_key] = name
             heard = transcripts(model, clips, [B.audio_key(s.audio) for s in clips])
             asr_rows = recall_rows(heard, questions, voices, lin)
             tables[f"{name}: Whisper ASR"] = recall_table(asr_rows, args.unseen_voice)
