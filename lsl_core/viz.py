@@ -1155,3 +1155,52 @@ __all__ = ["cka_stability", "norm_curves", "lens_grid", "frame_bins", "MAX_HEATM
            "strategy_style", "condition_style", "is_score_column", "percent", "display_table", "wrap_title", "fit_title",
            "sample_title", "error_bars", "PERCENT_DIGITS", "VALUE_DIGITS", "DISTANCE_DIGITS",
            "control_curves", "retrieval_curves", "specific_curves", "CONTROL_AXES"]
+
+
+WORD_GROUP_STYLES = {  # hearing's word groups: dark solid / mid hatched / light crossed (distinct in grey)
+    "question": SeriesStyle(_cividis(0.0), "circle", "solid", ""),
+    "other": SeriesStyle(_cividis(0.4), "square", "dash", "/"),
+    "never": SeriesStyle(_cividis(0.8), "diamond", "dot", "x"),
+}
+WORD_GROUP_LABELS = {"question": "words of a training question", "other": "words only in other training text",
+                     "never": "words never spoken in training"}
+
+
+def hearing_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Word recall of each checkpoint's speech path (and Whisper transcript) by word group: one panel per voice
+    group (seen, unseen), grouped bars per checkpoint with 95% intervals, in percent.
+
+    table: lsl_core.experiments.hearing.recall_tables (columns checkpoint, voices, words, spoken, questions,
+    recall, lo, hi; fractions). Groups with no spoken word are left out.
+    """
+    for c in ("checkpoint", "voices", "words", "recall", "lo", "hi", "spoken"):
+        if c not in table.columns:
+            raise ValueError(f"column {c!r} not in the table; available: {list(table.columns)}")
+    panels = [v for v in ("seen", "unseen") if v in set(table["voices"])]
+    fig = make_subplots(rows=1, cols=max(len(panels), 1), shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=[f"{v} voice{'s' if v == 'seen' else ''}" for v in panels])
+    d = PERCENT_DIGITS
+    for k, vg in enumerate(panels, start=1):
+        for g, st in WORD_GROUP_STYLES.items():
+            r = table[(table["voices"] == vg) & (table["words"] == g) & (table["spoken"] > 0)]
+            if r.empty:
+                continue
+            r = r.assign(recall_lo=r["lo"], recall_hi=r["hi"])
+            extra = np.stack([r["spoken"].to_numpy(), r.get("questions", r["spoken"]).to_numpy(),
+                              100 * r["lo"].to_numpy(), 100 * r["hi"].to_numpy()], axis=1)
+            fig.add_trace(go.Bar(
+                x=[str(c) for c in r["checkpoint"]], y=100 * r["recall"], name=WORD_GROUP_LABELS[g],
+                legendgroup=g, showlegend=k == 1, error_y=error_bars(r, "recall", 100.0), customdata=extra,
+                marker=dict(color=st.color, line=dict(color="black", width=1),
+                            pattern=dict(shape=st.pattern, fgcolor="#333333") if st.pattern else None),
+                hovertemplate=f"%{{x}}, {vg} voices<br>{WORD_GROUP_LABELS[g]}: recall %{{y:.{d}f}} %"
+                              f"<br>95% CI [%{{customdata[2]:.{d}f}}, %{{customdata[3]:.{d}f}}]"
+                              "<br>%{customdata[0]} words spoken in %{customdata[1]} questions<extra></extra>"),
+                row=1, col=k)
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="checkpoint (speech path) or its Whisper transcript")
+    fig.update_yaxes(title_text="word recall (%)", range=[0, 100], row=1, col=1)
+    _base_layout(fig, title or "What the speech path hears: recall of the spoken question's words", height=460)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0.0),
+                      margin=dict(b=150))
+    return fig

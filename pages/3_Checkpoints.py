@@ -7,6 +7,7 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.data.synth import UNSEEN_VOICE
+from lsl_core.experiments import hearing
 from lsl_core.experiments.compare import format_table
 from lsl_core.metrics import diagnostics
 from lsl_core.metrics.gap import gap_r2_table
@@ -89,6 +90,29 @@ def _paired(res, names: list[str]) -> None:
                        "CLI: `python -m lsl_core compare`.")
 
 
+def _hearing(names: list[str]) -> None:
+    """What each checkpoint's speech path hears: stored word recall (lsl_core.experiments.hearing)."""
+    with st.expander("What the speech path hears: recall of trained vs never-spoken words"):
+        with errors.guard("Word recall"):
+            table = loaders.hearing_table()
+            if table is None:
+                st.info(f"No stored word-recall results. Write them with `{hearing.COMMAND}`.")
+                return
+            shown = [c for c in dict.fromkeys(table["checkpoint"]) if str(c).split(": ")[0] in set(names)]
+            if not shown:
+                st.info("The stored word-recall results hold none of these checkpoints.")
+                return
+            t = table[table["checkpoint"].isin(shown)]
+            export.figure(viz.hearing_bars(t), "hearing_recall", key="fig_hearing")
+            st.markdown(hearing.format_table(t))
+            st.caption("Each checkpoint repeats every spoken question (the repeat stage's instruction); a word of "
+                       "the question counts as heard when the repeat contains it. Words are split by whether the "
+                       "checkpoint's training ever spoke them (its stages' train_targets.jsonl); ': Whisper ASR' "
+                       "is its Whisper transcript, the cascade's first half, on the same clips. 95% bootstrap "
+                       "over questions. QA-stage checkpoints answer more than they repeat. CLI: "
+                       "`python -m lsl_core hearing`.")
+
+
 def main() -> None:
     st.title("Checkpoints")
     sel = context.selection()
@@ -161,6 +185,7 @@ def main() -> None:
 
     # ---------------------------------------------------------------- controls: retrieval per layer
     controls.checkpoint_section(sel, manifests, res, lambda: _current_model(sel))
+    _hearing([m.name for m in manifests])
 
     # ---------------------------------------------------------------- alignment
     st.header("Alignment across checkpoints")

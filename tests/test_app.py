@@ -886,3 +886,46 @@ def test_checkpoints_retrieval_curve_live_and_from_stored_results(world, tmp_pat
     fig = _fig(at, "Speech → text retrieval per layer")
     assert len(fig["data"]) == 1
     np.testing.assert_allclose(_arr(fig["data"][0]["y"]), want, atol=1e-9)
+
+
+def test_checkpoints_word_recall_from_stored_rows(world, tmp_path, monkeypatch):
+    """The word-recall section reads `hearing --out` rows from the results folder: the library's table and
+    figure for the zoo's checkpoints (and their Whisper rows), a note when there are none, one error for a
+    broken file while the rest of the page stays."""
+    import shutil
+
+    from lsl_core.experiments.hearing import Lineage, format_table, recall_rows, recall_tables
+
+    stored = tmp_path / "results"
+    shutil.copytree(world["root"] / "results", stored)
+    monkeypatch.setenv("LSL_RESULTS_DIR", str(stored))
+    at = _app(CHECKPOINTS)
+    assert "No stored word-recall results. Write them with `python -m lsl_core hearing" in _texts(at)
+
+    lin = Lineage(frozenset({"who", "wrote", "is"}), frozenset({"nepal"}), ("t",))
+    qs = ["Who wrote Hamlet?", "Where is Nepal?", "Who is Zog?"] * 2
+    voices = ["en-gb"] * 3 + ["en-gb-scotland"] * 3
+    parts = []
+    for name, outs in (("tiny-step10", ["who wrote", "is nepal", "who"] * 2),
+                       ("tiny-step10: Whisper ASR", ["who wrote hamlet", "where is nepal", "who is zog"] * 2),
+                       ("not-in-this-zoo", [""] * 6)):
+        parts.append(recall_rows(outs, qs, voices, lin).assign(checkpoint=name))
+    rows = pd.concat(parts, ignore_index=True)
+    rows.to_parquet(stored / "hearing.parquet")
+    at = _app(CHECKPOINTS)
+    fig = _fig(at, "What the speech path hears")
+    xs = {x for t in fig["data"] for x in t["x"]}
+    assert xs == {"tiny-step10", "tiny-step10: Whisper ASR"}  # checkpoints outside the zoo are left out
+    want = recall_tables(rows[rows["checkpoint"] != "not-in-this-zoo"], "en-gb-scotland")
+    assert format_table(want) in [m.value for m in at.markdown]
+    never = [t for t in fig["data"] if t["name"] == "words never spoken in training"]
+    assert len(never) == 2  # one per voice panel
+    seen = want[(want["voices"] == "seen") & (want["words"] == "never")]
+    np.testing.assert_allclose(sorted(_arr(never[0]["y"])), sorted(100 * seen["recall"].to_numpy()))
+    assert all(t["error_y"]["type"] == "data" for t in fig["data"])
+
+    (stored / "hearing.parquet").write_bytes(b"not a parquet file")
+    at = _app(CHECKPOINTS)
+    errs = [e.value for e in at.error if "hearing.parquet" in e.value]
+    assert len(errs) == 1 and "re-run `python -m lsl_core hearing" in errs[0], _texts(at)
+    assert _fig(at, "GAP (f1, text − speech) across training")  # the rest of the page is still there

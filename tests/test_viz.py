@@ -149,6 +149,28 @@ def test_scores_by_voice_in_percent_with_gap_panel():
     assert fig.data[1].marker.pattern.shape == "/"  # speech bars differ by pattern, not only colour
 
 
+def test_hearing_bars_panels_groups_intervals_and_grey_order():
+    t = pd.DataFrame({"checkpoint": ["a"] * 6 + ["a: Whisper ASR"] * 6,
+                      "voices": (["seen"] * 3 + ["unseen"] * 3) * 2,
+                      "words": ["question", "other", "never"] * 4,
+                      "spoken": [10, 0, 4, 5, 0, 2] * 2, "questions": [3, 0, 2, 3, 0, 1] * 2,
+                      "recall": [0.7, np.nan, 0.25, 0.4, np.nan, 0.0, 0.8, np.nan, 0.5, 0.6, np.nan, 0.5],
+                      "lo": [0.5, np.nan, 0.0, 0.2, np.nan, 0.0] * 2, "hi": [0.9, np.nan, 0.5, 0.6, np.nan, 0.0] * 2})
+    fig = viz.hearing_bars(t)
+    # groups with no spoken word are left out; one trace per (panel, group), the legend once per group
+    assert [tr.name for tr in fig.data] == ["words of a training question", "words never spoken in training"] * 2
+    assert [tr.showlegend for tr in fig.data] == [True, True, False, False]
+    np.testing.assert_allclose(fig.data[1].y, [25.0, 50.0])  # seen voices, never-spoken words, in percent
+    np.testing.assert_allclose(fig.data[1].error_y.array, [25.0, 0.0])  # hi - recall, in points
+    np.testing.assert_allclose(fig.data[1].error_y.arrayminus, [25.0, 50.0])
+    assert "words spoken in" in fig.data[0].hovertemplate and "95% CI" in fig.data[0].hovertemplate
+    assert fig.layout.yaxis.title.text == "word recall (%)" and fig.layout.xaxis.title.text
+    assert _luminance(fig.data[0].marker.color) < _luminance(fig.data[1].marker.color)  # readable in grey
+    assert fig.data[1].marker.pattern.shape == "x"
+    with pytest.raises(ValueError, match="recall"):
+        viz.hearing_bars(t.drop(columns="recall"))
+
+
 def test_intervention_bars_and_trend_curves():
     t = pd.DataFrame({"F1": [10.0, 12.5], "Δ F1": [0.0, 2.5]}, index=pd.Index(["Original", "Angle·Bottom3"]))
     fig = viz.intervention_bars(t)

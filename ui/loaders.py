@@ -343,6 +343,30 @@ def _paired(folder: str, stamp: tuple, base: str, other: str, unseen_voice: str,
     return paired_difference(_samples, base, other, unseen_voice)
 
 
+def hearing_table() -> pd.DataFrame | None:
+    """lsl_core.experiments.hearing.recall_tables of the stored word-recall rows (results folder), or None when
+    there are none; cached per file state (each table bootstraps every checkpoint and group)."""
+    from lsl_core.errors import LSLError
+    from lsl_core.experiments.hearing import COMMAND, RESULTS_FILE
+
+    path = config.results_dir() / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return _hearing(str(path), path.stat().st_mtime_ns)
+    except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors are ValueError / OSError subclasses
+        raise LSLError(f"Could not read {path.name} in {path.parent} ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:160]}); re-run `{COMMAND}`.") from None
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _hearing(path: str, stamp: int) -> pd.DataFrame:
+    from lsl_core.data.synth import UNSEEN_VOICE
+    from lsl_core.experiments.hearing import recall_tables
+
+    return recall_tables(pd.read_parquet(path), UNSEEN_VOICE)
+
+
 def alignment_intervals(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """checkpoint_means rows + <scalar>_lo / _hi: 95% bootstrap intervals over each checkpoint's samples."""
     from lsl_core.results import SCALARS

@@ -38,6 +38,13 @@ from lsl_core.errors import LSLError
 
 GROUPS = ("question", "other", "never")  # where a spoken word was heard in training (module docstring)
 REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."  # TrainConfig.repeat_system's default
+RESULTS_FILE = "hearing.parquet"  # the rows the Checkpoints page reads from the results folder
+COMMAND = ("python -m lsl_core hearing --checkpoint assets/checkpoints/align-ctc/ctc-step1500 "
+           "--checkpoint assets/checkpoints/align-repeat/align-step1800 "
+           "--checkpoint assets/checkpoints/align-repeat/align-step2700 "
+           "--checkpoint assets/checkpoints/qa-frozen/frozen-step2900 "
+           "--checkpoint assets/checkpoints/qa-lora/lora-step2900 "
+           "--samples sd-qa-mini --asr --out assets/results/hearing.parquet")  # writes the page's stored rows
 
 
 @dataclass(frozen=True)
@@ -217,21 +224,33 @@ def recall_table(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.Dat
     return pd.DataFrame(out)
 
 
-def format_table(tables: dict[str, pd.DataFrame]) -> str:
-    """Markdown: one row per checkpoint x voice group, recall in % with its interval and word count per group."""
+def recall_tables(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
+    """recall_table per checkpoint of `hearing --out` rows (column checkpoint; a checkpoint's Whisper transcript
+    is the checkpoint "<name>: Whisper ASR"), in the rows' order, with a checkpoint column first."""
+    if rows.empty or "checkpoint" not in rows.columns:
+        raise LSLError("hearing: no rows with a checkpoint column; write them with `python -m lsl_core hearing "
+                       "--out <file>.parquet`.")
+    parts = [recall_table(r, unseen_voice).assign(checkpoint=name)
+             for name, r in rows.groupby("checkpoint", sort=False)]
+    t = pd.concat(parts, ignore_index=True)
+    return t[["checkpoint", *[c for c in t.columns if c != "checkpoint"]]]
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """Markdown of recall_tables: one row per checkpoint x voice group, recall in % with its interval and the
+    words spoken per word group."""
     head = "| checkpoint | voices | " + " | ".join(f"recall, {g} words" for g in GROUPS) + " |"
     lines = [head, "|---|---|" + "--:|" * len(GROUPS)]
-    for name, t in tables.items():
-        for vg in dict.fromkeys(t["voices"]):
-            cells = []
-            for g in GROUPS:
-                r = t[(t["voices"] == vg) & (t["words"] == g)].iloc[0]
-                if not r["spoken"]:
-                    cells.append("– (0 words)")
-                    continue
-                ci = f" [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]" if np.isfinite(r["lo"]) else ""
-                cells.append(f"{100 * r['recall']:.1f}{ci} ({r['spoken']} words)")
-            lines.append(f"| {name} | {vg} | " + " | ".join(cells) + " |")
+    for (name, vg), t in table.groupby(["checkpoint", "voices"], sort=False):
+        cells = []
+        for g in GROUPS:
+            r = t[t["words"] == g].iloc[0]
+            if not r["spoken"]:
+                cells.append("– (0 words)")
+                continue
+            ci = f" [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]" if np.isfinite(r["lo"]) else ""
+            cells.append(f"{100 * r['recall']:.1f}{ci} ({r['spoken']} words)")
+        lines.append(f"| {name} | {vg} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -274,14 +293,13 @@ def main(args: argparse.Namespace) -> int:
     lineages = {ck: lineage(ck) for ck in args.checkpoint}  # every checkpoint checked before any model loads
     clips = list(samples)
     questions, voices = [s.question for s in clips], [voice_of(s) for s in clips]
-    tables, all_rows = {}, []
+    all_rows = []
     asr_done: dict[tuple, str] = {}  # (encoder, word groups) -> the checkpoint whose ASR row covers them
     for ck, lin in lineages.items():
         model = load_checkpoint(ck, device=args.device)
         name = model.name or Path(ck).name
         outs = repeat_outputs(model, clips, args.max_new_tokens, args.batch_size, lin.repeat_system)
         rows = recall_rows(outs, questions, voices, lin)
-        tables[name] = recall_table(rows, args.unseen_voice)
         all_rows.append(rows.assign(checkpoint=name, output=[o for o in outs for _ in GROUPS]))
         where = " <- ".join(lin.stages)
         if lin.missing:
@@ -302,7 +320,6 @@ def main(args: argparse.Namespace) -> int:
             asr_done[asr_key] = name
             heard = transcripts(model, clips, [B.audio_key(s.audio) for s in clips])
             asr_rows = recall_rows(heard, questions, voices, lin)
-            tables[f"{name}: Whisper ASR"] = recall_table(asr_rows, args.unseen_voice)
             all_rows.append(asr_rows.assign(checkpoint=f"{name}: Whisper ASR",
                                             output=[o for o in heard for _ in GROUPS]))
         elif args.asr:
@@ -311,9 +328,10 @@ def main(args: argparse.Namespace) -> int:
     what = "repeat (rows ': Whisper ASR': its Whisper transcript)" if args.asr else "repeat"
     print(f"Word recall of the spoken question in each checkpoint's {what} (%, 95% bootstrap over questions), "
           f"{len(clips)} clips of {args.samples}:")
-    print(format_table(tables))
+    every = pd.concat(all_rows, ignore_index=True)
+    print(format_table(recall_tables(every, args.unseen_voice)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        pd.concat(all_rows).to_parquet(args.out)
+        every.to_parquet(args.out)
         print(f"rows: {args.out}")
     return 0
