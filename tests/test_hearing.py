@@ -13,8 +13,8 @@ import pytest
 
 from lsl_core.cli import main as cli_main
 from lsl_core.errors import LSLError
-from lsl_core.experiments.hearing import (Lineage, coverage, lineage, recall_rows, recall_table, word_recall,
-                                         words)
+from lsl_core.experiments.hearing import (Lineage, coverage, lineage, recall_rows, recall_table, recall_tables,
+                                         word_recall, words)
 from lsl_core.metrics.stats import N_BOOT, SEED, bootstrap_indices
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "checkpoints"
@@ -135,7 +135,8 @@ def test_hearing_command_on_a_shipped_checkpoint(capsys, tmp_path):
     """End to end on the embedded stack: 2 questions x 2 voices of sd-qa-mini through align-step2700."""
     ck = ASSETS / "align-repeat" / "align-step2700"
     out = tmp_path / "rows.parquet"
-    assert cli_main(["hearing", "--checkpoint", str(ck), "--checkpoint", str(ASSETS / "align-repeat" / "align-step1800"),
+    other = ASSETS / "align-repeat" / "align-step1800"
+    assert cli_main(["hearing", "--checkpoint", str(ck), "--checkpoint", str(other),
                      "--n-questions", "2", "--voices", "en-gb,en-gb-scotland",
                      "--max-new-tokens", "12", "--examples", "1", "--asr", "--out", str(out), "--threads", "2"]) == 0
     text = capsys.readouterr().out
@@ -156,3 +157,18 @@ def test_hearing_command_on_a_shipped_checkpoint(capsys, tmp_path):
 def test_hearing_refuses_an_untrained_checkpoint_before_loading_any_model(capsys):
     assert cli_main(["hearing", "--checkpoint", str(ASSETS / "embedded-untrained")]) == 2
     assert "not a trained checkpoint" in capsys.readouterr().err
+
+
+def test_recall_tables_per_checkpoint_transcripts_last_and_a_clear_error_without_rows():
+    lin = Lineage(frozenset({"who"}), frozenset(), ("t",))
+    one = recall_rows(["who"], ["Who wrote?"], ["en-gb"], lin)
+    rows = pd.concat([one.assign(checkpoint="b: Whisper ASR"), one.assign(checkpoint="b"),
+                      one.assign(checkpoint="a")], ignore_index=True)
+    t = recall_tables(rows, "en-gb-scotland")
+    assert list(dict.fromkeys(t["checkpoint"])) == ["b", "a", "b: Whisper ASR"]  # rows' order, transcripts last
+    assert list(t.columns[:3]) == ["checkpoint", "voices", "words"]
+    for name, part in t.groupby("checkpoint"):  # each block is recall_table of that checkpoint's rows
+        pd.testing.assert_frame_equal(part.drop(columns="checkpoint").reset_index(drop=True),
+                                      recall_table(rows[rows["checkpoint"] == name], "en-gb-scotland"))
+    with pytest.raises(LSLError, match="python -m lsl_core hearing"):
+        recall_tables(one)  # no checkpoint column

@@ -38,6 +38,7 @@ from lsl_core.errors import LSLError
 
 GROUPS = ("question", "other", "never")  # where a spoken word was heard in training (module docstring)
 REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."  # TrainConfig.repeat_system's default
+ASR_SUFFIX = ": Whisper ASR"  # rows of a checkpoint's Whisper transcript are named "<checkpoint>: Whisper ASR"
 RESULTS_FILE = "hearing.parquet"  # the rows the Checkpoints page reads from the results folder
 COMMAND = ("python -m lsl_core hearing --checkpoint assets/checkpoints/align-ctc/ctc-step1500 "
            "--checkpoint assets/checkpoints/align-repeat/align-step1800 "
@@ -226,12 +227,13 @@ def recall_table(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.Dat
 
 def recall_tables(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
     """recall_table per checkpoint of `hearing --out` rows (column checkpoint; a checkpoint's Whisper transcript
-    is the checkpoint "<name>: Whisper ASR"), in the rows' order, with a checkpoint column first."""
+    is the checkpoint "<name>: Whisper ASR"), in the rows' order with the transcripts last, checkpoint first."""
     if rows.empty or "checkpoint" not in rows.columns:
         raise LSLError("hearing: no rows with a checkpoint column; write them with `python -m lsl_core hearing "
                        "--out <file>.parquet`.")
     parts = [recall_table(r, unseen_voice).assign(checkpoint=name)
              for name, r in rows.groupby("checkpoint", sort=False)]
+    parts.sort(key=lambda t: str(t["checkpoint"].iloc[0]).endswith(ASR_SUFFIX))  # transcripts last (stable)
     t = pd.concat(parts, ignore_index=True)
     return t[["checkpoint", *[c for c in t.columns if c != "checkpoint"]]]
 
@@ -320,7 +322,7 @@ def main(args: argparse.Namespace) -> int:
             asr_done[asr_key] = name
             heard = transcripts(model, clips, [B.audio_key(s.audio) for s in clips])
             asr_rows = recall_rows(heard, questions, voices, lin)
-            all_rows.append(asr_rows.assign(checkpoint=f"{name}: Whisper ASR",
+            all_rows.append(asr_rows.assign(checkpoint=name + ASR_SUFFIX,
                                             output=[o for o in heard for _ in GROUPS]))
         elif args.asr:
             print(f"{name}: its encoder has no ASR decoder; no transcript row.")
