@@ -1148,15 +1148,6 @@ def specific_curves(df: pd.DataFrame, metric: str = "seq_cos", *, label: str = "
                                       f"(95% CI band; better: {better})", height=440)
 
 
-__all__ = ["cka_stability", "norm_curves", "lens_grid", "frame_bins", "MAX_HEATMAP_ROWS",
-           "token_heatmap", "layer_curves", "tokenwise_curves", "checkpoint_curves", "trend_curves", "gap_scatter",
-           "cka_heatmap", "cka_spread", "scores_by_voice", "intervention_bars", "subset_scores", "categorical_colors",
-           "token_label", "LAYER_METRICS", "SCALAR_LABELS", "SeriesStyle", "STRATEGY_STYLES", "CONDITION_STYLES",
-           "strategy_style", "condition_style", "is_score_column", "percent", "display_table", "wrap_title", "fit_title",
-           "sample_title", "error_bars", "PERCENT_DIGITS", "VALUE_DIGITS", "DISTANCE_DIGITS",
-           "control_curves", "retrieval_curves", "specific_curves", "CONTROL_AXES"]
-
-
 WORD_GROUP_STYLES = {  # hearing's word groups: dark solid / mid hatched / light crossed (distinct in grey)
     "question": SeriesStyle(_cividis(0.0), "circle", "solid", ""),
     "other": SeriesStyle(_cividis(0.4), "square", "dash", "/"),
@@ -1204,3 +1195,13 @@ def hearing_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0.0),
                       margin=dict(b=150))
     return fig
+
+
+__all__ = ["cka_stability", "norm_curves", "lens_grid", "frame_bins", "MAX_HEATMAP_ROWS",
+           "token_heatmap", "layer_curves", "tokenwise_curves", "checkpoint_curves", "trend_curves", "gap_scatter",
+           "cka_heatmap", "cka_spread", "scores_by_voice", "intervention_bars", "subset_scores", "categorical_colors",
+           "token_label", "LAYER_METRICS", "SCALAR_LABELS", "SeriesStyle", "STRATEGY_STYLES", "CONDITION_STYLES",
+           "strategy_style", "condition_style", "is_score_column", "percent", "display_table", "wrap_title", "fit_title",
+           "sample_title", "error_bars", "PERCENT_DIGITS", "VALUE_DIGITS", "DISTANCE_DIGITS",
+           "control_curves", "retrieval_curves", "specific_curves", "CONTROL_AXES", "hearing_bars",
+           "WORD_GROUP_STYLES"]

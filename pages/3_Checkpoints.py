@@ -98,7 +98,8 @@ def _hearing(names: list[str]) -> None:
             if table is None:
                 st.info(f"No stored word-recall results. Write them with `{hearing.COMMAND}`.")
                 return
-            shown = [c for c in dict.fromkeys(table["checkpoint"]) if str(c).removesuffix(hearing.ASR_SUFFIX) in names]
+            shown = [c for c in dict.fromkeys(table["checkpoint"])
+                     if str(c).removesuffix(hearing.ASR_SUFFIX) in names]
             if not shown:
                 st.info("The stored word-recall results hold none of these checkpoints.")
                 return

@@ -286,3 +286,30 @@ def test_unknown_hub_id_offline(tiny_parts):
 def test_empty_question(tiny_model):
     with pytest.raises(LSLError, match="question text is empty"):
         tiny_model.embed_text("   ")
+
+
+def test_checkpoints_loaded_in_parallel_threads_equal_serial_loads():
+    """Two app sessions opening different checkpoints at once load them in parallel threads. transformers
+    builds models on the meta device; unserialized, such loads broke each other here ("Cannot copy out of meta
+    tensor", an LM head left newly initialised). Every load takes hub.LOAD_LOCK, so each equals a serial load."""
+    import threading
+
+    from lsl_core.model.batch import module_digest
+    from lsl_core.model.loading import default_checkpoint, load_checkpoint
+
+    paths = [default_checkpoint().parent.parent / "embedded-untrained", default_checkpoint()]
+    serial = [module_digest(load_checkpoint(p, device="cpu").llm) for p in paths]
+    for _ in range(2):
+        got, errors = {}, []
+
+        def load(k):
+            try:
+                got[k] = module_digest(load_checkpoint(paths[k], device="cpu").llm)
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(f"{paths[k].name}: {type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=load, args=(k,)) for k in range(2)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert not errors, errors
+        assert [got[0], got[1]] == serial

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from lsl_core.errors import ModelLoadError
+from lsl_core.model.hub import serialized_load
 from lsl_core.model.encoder import SpeechEncoder, _as_dtype, _safetensors_files, resolve_whisper_folder
 
 MAX_NEW_TOKENS = 128
@@ -57,6 +58,7 @@ class WhisperASR:
         self.generation_config = gen
 
     @classmethod
+    @serialized_load
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype | str | None = torch.float32,
                         local_files_only: bool | None = None) -> "WhisperASR":

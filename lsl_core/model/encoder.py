@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from lsl_core.errors import AudioError, ModelLoadError
-from lsl_core.model.hub import allow_download
+from lsl_core.model.hub import allow_download, serialized_load
 
 _ENCODER_PREFIXES = ("model.encoder.", "encoder.", "")  # WhisperForConditionalGeneration, WhisperModel, bare
 WINDOWS = ("padded", "clip")  # encoder window conventions (module docstring)
@@ -154,6 +154,7 @@ class SpeechEncoder(nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
+    @serialized_load
     def from_pretrained(cls, path_or_id: str | Path, dtype: torch.dtype | str | None = torch.float32,
                         device: str | torch.device = "cpu", local_files_only: bool | None = None,
                         window: str = "padded") -> "SpeechEncoder":

@@ -29,7 +29,7 @@ import torch
 
 from lsl_core.errors import ManifestError, ModelLoadError
 from lsl_core.model.adaptor import Adaptor, AdaptorConfig
-from lsl_core.model.hub import allow_download
+from lsl_core.model.hub import allow_download, serialized_load
 from lsl_core.model.lora_scope import LORA_SCOPES, apply_lora_scope
 from lsl_core.model.prompt import PromptTemplate
 
@@ -197,6 +197,7 @@ def _resolve_model_ref(ref: str, root: str, what: str) -> str | Path:
     return ref  # hub id
 
 
+@serialized_load
 def load_llm(ref: str | Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
     """Causal LM + tokenizer from a local folder or hub id; safetensors only, offline unless allowed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -276,6 +277,7 @@ def attach_lora(llm, m: CheckpointManifest):
         raise ManifestError(f"manifest '{m.name}': LoRA adapter at {p} does not fit the LLM ({exc}).") from None
 
 
+@serialized_load
 def load_checkpoint(manifest: str | Path | CheckpointManifest, *, device: str | torch.device | None = None,
                     dtype: torch.dtype | None = None, merge_lora: bool = True):
     """Build an LSLM from a manifest. Device defaults to CUDA if present; dtype bf16 on CUDA, else float32.
