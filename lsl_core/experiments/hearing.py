@@ -200,9 +200,10 @@ def recall_rows(outputs: list[str], questions: list[str], voices: list[str], lin
 
 
 def recall_table(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
-    """Per voice group (seen, unseen) and word group: words spoken, distinct words, recall (recalled /
-    spoken, pooled over clips) and its 95% bootstrap interval over questions (a replicate pools the clips
-    of the questions it draws)."""
+    """Per voice group (seen, unseen) and word group: words spoken, questions holding such a word, recall
+    (recalled / spoken, pooled over clips) and its 95% bootstrap interval over those questions (a replicate
+    pools the clips of the questions it draws; lo/hi NaN below 2 questions). -> columns voices, words,
+    spoken, questions, recall, lo, hi."""
     from lsl_core.metrics.stats import bootstrap_ci
 
     out = []
