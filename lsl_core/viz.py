@@ -1197,6 +1197,69 @@ def hearing_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
     return fig
 
 
+_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "star", "hexagon", "triangle-down")
+
+
+def hearing_exposure(table: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Word recall by exposure (the dose-response of hearing): one panel per voice group (seen, unseen); x = bins
+    of training clips that spoke the word (0 = never), y = recall in %, one line per checkpoint with its 95%
+    intervals (Whisper transcripts dashed), each bin's chance (the word in other questions' outputs) as a
+    horizontal tick in the series' colour.
+
+    table: lsl_core.experiments.hearing.exposure_tables (columns checkpoint, voices, bin, exposure, distinct,
+    spoken, questions, recall, lo, hi, chance; fractions).
+    """
+    from lsl_core.experiments.hearing import ASR_SUFFIX
+
+    for c in ("checkpoint", "voices", "bin", "exposure", "recall", "lo", "hi", "spoken"):
+        if c not in table.columns:
+            raise ValueError(f"column {c!r} not in the table; available: {list(table.columns)}")
+    panels = [v for v in ("seen", "unseen") if v in set(table["voices"])]
+    fig = make_subplots(rows=1, cols=max(len(panels), 1), shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=[f"{v} voice{'s' if v == 'seen' else ''}" for v in panels])
+    order = table.drop_duplicates("bin").sort_values("bin")["exposure"].tolist()
+    names = list(dict.fromkeys(table["checkpoint"]))
+    colors = categorical_colors(len(names))
+    d = PERCENT_DIGITS
+    for k, vg in enumerate(panels, start=1):
+        for i, name in enumerate(names):
+            r = table[(table["checkpoint"] == name) & (table["voices"] == vg) & (table["spoken"] > 0)].sort_values("bin")
+            if r.empty:
+                continue
+            asr = str(name).endswith(ASR_SUFFIX)
+            ch = r["chance"].to_numpy(dtype=float) if "chance" in r.columns else np.full(len(r), np.nan)
+            extra = np.stack([r["spoken"].to_numpy(), r.get("distinct", r["spoken"]).to_numpy(),
+                              r.get("questions", r["spoken"]).to_numpy(), 100 * r["lo"].to_numpy(),
+                              100 * r["hi"].to_numpy(), 100 * ch], axis=1)
+            fig.add_trace(go.Scatter(
+                x=r["exposure"], y=100 * r["recall"], name=str(name), legendgroup=str(name), showlegend=k == 1,
+                mode="lines+markers", customdata=extra,
+                line=dict(color=colors[i], dash="dash" if asr else "solid", width=2),
+                marker=dict(symbol=_SYMBOLS[i % len(_SYMBOLS)], size=8, color=colors[i],
+                            line=dict(color="black", width=1)),
+                error_y=error_bars(r.assign(recall_lo=r["lo"], recall_hi=r["hi"]), "recall", 100.0),
+                hovertemplate=f"{html.escape(str(name))}, {vg} voices<br>words spoken in %{{x}} training clips: "
+                              f"recall %{{y:.{d}f}} %<br>95% CI [%{{customdata[3]:.{d}f}}, %{{customdata[4]:.{d}f}}]"
+                              f"<br>chance (other questions' outputs) %{{customdata[5]:.{d}f}} %"
+                              "<br>%{customdata[0]} words spoken (%{customdata[1]} distinct) in %{customdata[2]} "
+                              "questions<extra></extra>"), row=1, col=k)
+            if np.isfinite(ch).any():
+                fig.add_trace(go.Scatter(
+                    x=r["exposure"], y=100 * ch, name="chance", legendgroup=str(name), showlegend=False,
+                    mode="markers", marker=dict(symbol="line-ew-open", size=16, color=colors[i], line=dict(width=2)),
+                    hovertemplate=f"{html.escape(str(name))}, {vg} voices<br>%{{x}} training clips: chance "
+                                  f"%{{y:.{d}f}} % (the word in other questions' outputs)<extra></extra>"),
+                    row=1, col=k)
+    fig.update_xaxes(title_text="training clips that spoke the word", type="category", categoryorder="array",
+                     categoryarray=order)
+    fig.update_yaxes(title_text="word recall (%)", range=[0, 100], row=1, col=1)
+    _base_layout(fig, title or "Recall by exposure: how often training spoke a word vs how often it is heard "
+                               "(ticks: chance)", height=460)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0.0),
+                      margin=dict(b=150))
+    return fig
+
+
 __all__ = ["cka_stability", "norm_curves", "lens_grid", "frame_bins", "MAX_HEATMAP_ROWS",
            "token_heatmap", "layer_curves", "tokenwise_curves", "checkpoint_curves", "trend_curves", "gap_scatter",
            "cka_heatmap", "cka_spread", "scores_by_voice", "intervention_bars", "subset_scores", "categorical_colors",
@@ -1204,4 +1267,4 @@ __all__ = ["cka_stability", "norm_curves", "lens_grid", "frame_bins", "MAX_HEATM
            "strategy_style", "condition_style", "is_score_column", "percent", "display_table", "wrap_title", "fit_title",
            "sample_title", "error_bars", "PERCENT_DIGITS", "VALUE_DIGITS", "DISTANCE_DIGITS",
            "control_curves", "retrieval_curves", "specific_curves", "CONTROL_AXES", "hearing_bars",
-           "WORD_GROUP_STYLES"]
+           "WORD_GROUP_STYLES", "hearing_exposure"]

@@ -91,13 +91,15 @@ def _paired(res, names: list[str]) -> None:
 
 
 def _hearing(names: list[str]) -> None:
-    """What each checkpoint's speech path hears: stored word recall (lsl_core.experiments.hearing)."""
+    """What each checkpoint's speech path hears: stored word recall (lsl_core.experiments.hearing), by whether
+    training spoke the word and by how often."""
     with st.expander("What the speech path hears: recall of trained vs never-spoken words"):
         with errors.guard("Word recall"):
-            table = loaders.hearing_table()
-            if table is None:
+            tables = loaders.hearing_table()
+            if tables is None:
                 st.info(f"No stored word-recall results. Write them with `{hearing.COMMAND}`.")
                 return
+            table, exposure = tables
             shown = [c for c in dict.fromkeys(table["checkpoint"])
                      if str(c).removesuffix(hearing.ASR_SUFFIX) in names]
             if not shown:
@@ -109,9 +111,19 @@ def _hearing(names: list[str]) -> None:
             st.caption("Each checkpoint repeats every spoken question (the repeat stage's instruction); a word of "
                        "the question counts as heard when the repeat contains it. Words are split by whether the "
                        "checkpoint's training ever spoke them (its stages' train_targets.jsonl); ': Whisper ASR' "
-                       "is its Whisper transcript, the cascade's first half, on the same clips. 95% bootstrap "
-                       "over questions. QA-stage checkpoints answer more than they repeat. CLI: "
-                       "`python -m lsl_core hearing`.")
+                       "is its Whisper transcript, the cascade's first half, on the same clips. Chance: the word "
+                       "in the outputs of the other questions' clips. 95% bootstrap over questions. QA-stage "
+                       "checkpoints answer more than they repeat. CLI: `python -m lsl_core hearing`.")
+            if exposure is None:
+                st.info(f"The stored rows predate exposure counts; re-run `{hearing.COMMAND}` for recall by "
+                        "exposure.")
+                return
+            e = exposure[exposure["checkpoint"].isin(shown)]
+            export.figure(viz.hearing_exposure(e), "hearing_exposure", key="fig_hearing_exposure")
+            st.markdown(hearing.format_exposure(e))
+            st.caption("The same words binned by exposure: how many training clips spoke the word (a training "
+                       "question counts once per voice of its stage, other text once). Where the speech path "
+                       "meets its Whisper transcript is how often a word must be spoken before it is heard.")
 
 
 def main() -> None:

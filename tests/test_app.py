@@ -894,7 +894,8 @@ def test_checkpoints_word_recall_from_stored_rows(world, tmp_path, monkeypatch):
     broken file while the rest of the page stays."""
     import shutil
 
-    from lsl_core.experiments.hearing import Lineage, format_table, recall_rows, recall_tables
+    from lsl_core.experiments.hearing import (Lineage, exposure_tables, format_exposure, format_table, recall_rows,
+                                             recall_tables)
 
     stored = tmp_path / "results"
     shutil.copytree(world["root"] / "results", stored)
@@ -902,7 +903,8 @@ def test_checkpoints_word_recall_from_stored_rows(world, tmp_path, monkeypatch):
     at = _app(CHECKPOINTS)
     assert "No stored word-recall results. Write them with `python -m lsl_core hearing" in _texts(at)
 
-    lin = Lineage(frozenset({"who", "wrote", "is"}), frozenset({"nepal"}), ("t",))
+    lin = Lineage(frozenset({"who", "wrote", "is"}), frozenset({"nepal"}), ("t",),
+                  clips={"who": 14, "wrote": 7, "is": 40, "nepal": 1})
     qs = ["Who wrote Hamlet?", "Where is Nepal?", "Who is Zog?"] * 2
     voices = ["en-gb"] * 3 + ["en-gb-scotland"] * 3
     parts = []
@@ -923,6 +925,20 @@ def test_checkpoints_word_recall_from_stored_rows(world, tmp_path, monkeypatch):
     seen = want[(want["voices"] == "seen") & (want["words"] == "never")]
     np.testing.assert_allclose(sorted(_arr(never[0]["y"])), sorted(100 * seen["recall"].to_numpy()))
     assert all(t["error_y"]["type"] == "data" for t in fig["data"])
+    # recall by exposure: a line per checkpoint and voice panel over the exposure bins, the library's table
+    fig = _fig(at, "Recall by exposure")
+    lines = [t for t in fig["data"] if t["mode"] == "lines+markers"]
+    assert sorted(t["name"] for t in lines) == ["tiny-step10", "tiny-step10", "tiny-step10: Whisper ASR",
+                                                "tiny-step10: Whisper ASR"]
+    want_e = exposure_tables(rows[rows["checkpoint"] != "not-in-this-zoo"], "en-gb-scotland")
+    assert format_exposure(want_e) in [m.value for m in at.markdown]
+    assert list(lines[0]["x"]) == ["0", "1–9", "10–29", "30–99"]  # never, nepal, wrote/who, is
+    # rows of the older schema (per clip and word group, no exposure): the recall section, a note for the rest
+    old = rows.groupby(["checkpoint", "question", "voice", "group", "output"], as_index=False)[
+        ["recalled", "spoken"]].sum()
+    old.to_parquet(stored / "hearing.parquet")
+    at = _app(CHECKPOINTS)
+    assert _fig(at, "What the speech path hears") and "predate exposure counts" in _texts(at)
 
     (stored / "hearing.parquet").write_bytes(b"not a parquet file")
     at = _app(CHECKPOINTS)

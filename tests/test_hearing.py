@@ -13,18 +13,20 @@ import pytest
 
 from lsl_core.cli import main as cli_main
 from lsl_core.errors import LSLError
-from lsl_core.experiments.hearing import (Lineage, coverage, lineage, recall_rows, recall_table, recall_tables,
-                                         word_recall, words)
+from lsl_core.experiments.hearing import (EXPOSURE_EDGES, Lineage, chance, coverage, exposure_bin, exposure_label,
+                                         exposure_table, exposure_tables, lineage, recall_rows, recall_table,
+                                         recall_tables, word_recall, words)
 from lsl_core.metrics.stats import N_BOOT, SEED, bootstrap_indices
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "checkpoints"
 
 
-def _trajectory(root: Path, name: str, rows: list[tuple[str, str]], init: str | None, steps=(1,)) -> list[Path]:
+def _trajectory(root: Path, name: str, rows: list[tuple[str, str]], init: str | None, steps=(1,),
+                voices=("en-gb", "en-us")) -> list[Path]:
     """A trajectory folder as `train` writes it: train_config.json, train_targets.jsonl, checkpoint folders."""
     traj = root / name
     traj.mkdir(parents=True)
-    cfg = {"name": name, "init": init, "repeat_system": f"Repeat ({name})."}
+    cfg = {"name": name, "init": init, "repeat_system": f"Repeat ({name}).", "voices": list(voices)}
     (traj / "train_config.json").write_text(json.dumps(cfg))
     (traj / "train_targets.jsonl").write_text("".join(json.dumps({"example_id": i, "question": q, "target": q})
                                                       + "\n" for i, q in rows))
@@ -64,6 +66,10 @@ def test_lineage_walks_the_inits_and_splits_question_from_other_text(tmp_path):
     assert lin.stages == ("qa", "rep", "ctc") and lin.missing == "" and lin.repeat_system == "Repeat (qa)."
     assert lin.question_words == {"who", "wrote", "hamlet", "where", "is", "the", "kingdom", "of", "nepal"}
     assert lin.other_words == {"lavender", "wooden"}  # "kingdom" was also in a training question
+    # exposure: questions spoken by each of their stage's 2 voices, other text once; "Who wrote Hamlet?" is in
+    # two stages but one text (counted once); "the"/"kingdom": one question (2) + "kingdom" in a sequence (1)
+    assert {w: lin.exposure(w) for w in ("who", "nepal", "kingdom", "lavender", "hangul")} == {
+        "who": 2, "nepal": 2, "kingdom": 3, "lavender": 1, "hangul": 0}
     assert [lin.group(w) for w in ("nepal", "wooden", "hangul")] == ["question", "other", "never"]
     assert lineage(qa[0] / "manifest.json", sdqa_ids={"q1", "q2"}) == lin  # a manifest path works too
     only_rep = lineage(rep, sdqa_ids={"q1", "q2"})
@@ -100,6 +106,11 @@ def test_the_shipped_lineage_is_the_training_split():
     assert lin.repeat_system == TrainConfig().repeat_system  # read from the newest stage's config
     train, monitor = split_questions(TrainConfig(n_questions=0, n_val_questions=16))
     assert lin.question_words == {w for q in train for w in words(q.question)}
+    # exposure: every stage spoke each training question with the same 7 voices -> 7 x distinct questions
+    n_voices = len(TrainConfig().voices)
+    texts = {" ".join(words(q.question)) for q in train}
+    for w in ("the", "capital", "who"):
+        assert lin.exposure(w) == n_voices * sum(w in t.split() for t in texts) > 0
     assert lin.other_words == frozenset()
     only_monitor = {w for q in monitor for w in words(q.question)} - lin.question_words
     assert only_monitor and all(lin.group(w) == "never" for w in only_monitor)
@@ -111,7 +122,10 @@ def test_recall_table_pools_clips_per_question_and_bootstraps_questions():
     voices = ["en-gb", "en-gb-scotland", "en-gb", "en-gb-scotland", "en-gb"]
     outputs = ["who wrote hamlet", "who", "where is nepal", "", "who is"]
     rows = recall_rows(outputs, questions, voices, lin)
-    assert len(rows) == 15 and rows["spoken"].sum() == sum(len(words(q)) for q in questions)
+    assert len(rows) == rows["spoken"].sum() == sum(len(words(q)) for q in questions)  # one row per spoken word
+    for (q, v, o), r in rows.groupby(["question", "voice", "output"], sort=False):  # sums give word_recall
+        assert {g: (int(x["recalled"].sum()), len(x)) for g, x in r.groupby("group")} == {
+            g: hn for g, hn in word_recall(o, q, lin).items() if hn[1]}
     t = recall_table(rows, "en-gb-scotland").set_index(["voices", "words"])
     # seen voice: question words who,wrote | is | who,is -> 5 of 5; never: hamlet, where, zog -> 2 of 3
     assert t.loc[("seen", "question"), "recall"] == 1.0 and t.loc[("seen", "question"), "spoken"] == 5
@@ -145,13 +159,17 @@ def test_hearing_command_on_a_shipped_checkpoint(capsys, tmp_path):
     assert "| align-step2700 | seen |" in text and "| align-step2700 | unseen |" in text
     assert "| align-step2700: Whisper ASR | seen |" in text
     assert "align-step1800: same encoder and training words as align-step2700" in text  # one ASR row per lineage
+    assert "| align-step2700 | seen | " in text.split("The same by exposure")[1]
     rows = pd.read_parquet(out)
-    assert len(rows) == 3 * 4 * 3 and set(rows["voice"]) == {"en-gb", "en-gb-scotland"}
+    n_words = sum(len(words(q)) for q in set(rows["question"])) * 2  # every word of 2 questions x 2 voices
+    assert len(rows) == 3 * n_words and set(rows["voice"]) == {"en-gb", "en-gb-scotland"}
     assert set(rows["checkpoint"]) == {"align-step2700", "align-step1800", "align-step2700: Whisper ASR"}
-    assert (rows["recalled"] <= rows["spoken"]).all() and rows["output"].map(len).gt(0).all()
+    assert rows["output"].map(len).gt(0).all()
     lin = lineage(ck)
-    for _, r in rows.iterrows():  # every clip's counts are word_recall of its own output
-        assert word_recall(r["output"], r["question"], lin)[r["group"]] == (r["recalled"], r["spoken"])
+    for (c, q, v, o), r in rows.groupby(["checkpoint", "question", "voice", "output"]):  # each clip's counts
+        assert {g: (int(x["recalled"].sum()), len(x)) for g, x in r.groupby("group")} == {
+            g: hn for g, hn in word_recall(o, q, lin).items() if hn[1]}
+        assert r["clips"].tolist() == [lin.exposure(w) for w in r["word"]]
 
 
 def test_hearing_refuses_an_untrained_checkpoint_before_loading_any_model(capsys):
@@ -172,3 +190,48 @@ def test_recall_tables_per_checkpoint_transcripts_last_and_a_clear_error_without
                                       recall_table(rows[rows["checkpoint"] == name], "en-gb-scotland"))
     with pytest.raises(LSLError, match="python -m lsl_core hearing"):
         recall_tables(one)  # no checkpoint column
+
+
+def test_chance_is_the_word_in_other_questions_outputs_by_hand():
+    lin = Lineage(frozenset({"who", "wrote", "is"}), frozenset(), ("t",))
+    questions = ["Who wrote Hamlet?", "Who wrote Hamlet?", "Where is Nepal?", "Who is Zog?", "Who is Zog?"]
+    voices = ["en-gb", "en-us", "en-gb", "en-gb", "en-gb-scotland"]
+    outputs = ["who wrote hamlet", "who wrote", "who is where", "is zog", "who wrote it"]
+    rows = recall_rows(outputs, questions, voices, lin).assign(checkpoint="a")
+    c = chance(rows, "en-gb-scotland")
+    seen = rows["voice"] != "en-gb-scotland"
+    got = {(q, w): x for q, w, x in zip(rows.loc[seen, "question"], rows.loc[seen, "word"], c[seen])}
+    # seen clips: "who wrote hamlet", "who wrote" (Hamlet), "who is where" (Nepal), "is zog" (Zog)
+    assert got[("Who wrote Hamlet?", "who")] == 1 / 2  # of the 2 other questions' clips, "who is where" holds it
+    assert got[("Who wrote Hamlet?", "hamlet")] == 0.0
+    assert got[("Where is Nepal?", "is")] == 1 / 3  # only "is zog" of the 3 other clips; its own output not counted
+    assert got[("Where is Nepal?", "where")] == 0.0  # held by its own output only
+    assert got[("Who is Zog?", "zog")] == 0.0 and got[("Who is Zog?", "who")] == 3 / 3
+    # the unseen voice has one question only: no other question's clip, so chance is undefined
+    assert c[~seen].isna().all()
+    # pooled into the tables: recall_table's chance is the spoken-weighted mean of the rows' chance
+    t = recall_table(rows, "en-gb-scotland").set_index(["voices", "words"])
+    q = seen & (rows["group"] == "question")
+    assert t.loc[("seen", "question"), "chance"] == pytest.approx(c[q].mean())
+    assert np.isnan(t.loc[("unseen", "question"), "chance"])
+    with pytest.raises(LSLError, match="re-run"):
+        chance(rows.drop(columns="output"))
+
+
+def test_exposure_bins_and_table_by_hand():
+    assert [exposure_label(k) for k in range(len(EXPOSURE_EDGES) + 1)] == [
+        "0", "1–9", "10–29", "30–99", "100–999", "≥ 1000"]
+    assert exposure_bin([0, 1, 9, 10, 29, 30, 999, 1000, 5000]).tolist() == [0, 1, 1, 2, 2, 3, 4, 5, 5]
+    lin = Lineage(frozenset({"who", "wrote", "is"}), frozenset(), ("t",), clips={"who": 40, "wrote": 12, "is": 40})
+    questions = ["Who wrote Hamlet?", "Where is Nepal?", "Who is Zog?"]
+    rows = recall_rows(["who wrote", "is nepal", "zog"], questions, ["en-gb"] * 3, lin).assign(checkpoint="a")
+    t = exposure_table(rows, "en-gb-scotland").set_index("exposure")
+    assert list(t.index) == ["0", "10–29", "30–99"] and set(t["voices"]) == {"seen"}
+    # never spoken: hamlet, where, nepal, zog -> nepal, zog recalled; 30-99: who x2, is x2 -> who (Hamlet), is (Nepal)
+    assert t.loc["0", "recall"] == 2 / 4 and t.loc["0", "distinct"] == 4 and t.loc["0", "questions"] == 3
+    assert t.loc["30–99", "recall"] == 2 / 4 and t.loc["30–99", "distinct"] == 2
+    assert t.loc["10–29", "recall"] == 1.0 and t.loc["10–29", "spoken"] == 1 and np.isnan(t.loc["10–29", "lo"])
+    both = exposure_tables(pd.concat([rows, rows.assign(checkpoint="a: Whisper ASR")], ignore_index=True))
+    assert list(dict.fromkeys(both["checkpoint"])) == ["a", "a: Whisper ASR"]
+    with pytest.raises(LSLError, match="re-run"):
+        exposure_table(rows.drop(columns="clips"))

@@ -171,6 +171,32 @@ def test_hearing_bars_panels_groups_intervals_and_grey_order():
         viz.hearing_bars(t.drop(columns="recall"))
 
 
+def test_hearing_exposure_lines_per_checkpoint_bins_in_order_and_chance_ticks():
+    t = pd.DataFrame({"checkpoint": ["a"] * 4 + ["a: Whisper ASR"] * 2,
+                      "voices": ["seen", "seen", "unseen", "unseen", "seen", "seen"],
+                      "bin": [3, 0, 0, 3, 0, 3], "exposure": ["30–99", "0", "0", "30–99", "0", "30–99"],
+                      "distinct": [2, 4, 3, 2, 4, 2], "spoken": [4, 6, 3, 2, 6, 4], "questions": [2, 3, 2, 1, 3, 2],
+                      "recall": [0.75, 0.0, 0.0, 0.5, 0.5, 0.8], "lo": [0.5, 0.0, 0.0, np.nan, 0.2, 0.6],
+                      "hi": [1.0, 0.0, 0.0, np.nan, 0.8, 1.0], "chance": [0.25, 0.0, np.nan, np.nan, 0.0, 0.1]})
+    fig = viz.hearing_exposure(t)
+    lines = [tr for tr in fig.data if tr.mode == "lines+markers"]
+    ticks = [tr for tr in fig.data if tr.mode == "markers"]
+    # a line per (checkpoint, panel): bins sorted by exposure, recall in percent, the legend once per checkpoint
+    assert [(tr.name, tr.showlegend) for tr in lines] == [("a", True), ("a: Whisper ASR", True), ("a", False)]
+    assert list(lines[0].x) == ["0", "30–99"]
+    np.testing.assert_allclose(lines[0].y, [0.0, 75.0])
+    np.testing.assert_allclose(lines[0].error_y.array, [0.0, 25.0])
+    assert lines[1].line.dash == "dash" and lines[0].line.dash == "solid"  # the transcript differs by dash
+    np.testing.assert_allclose(ticks[0].y, [0.0, 25.0])  # chance of "a", seen voices
+    assert len(ticks) == 2  # the unseen panel of "a" has no finite chance: no ticks
+    assert list(fig.layout.xaxis.categoryarray) == ["0", "30–99"]
+    assert "training clips" in fig.layout.xaxis.title.text and fig.layout.yaxis.title.text == "word recall (%)"
+    assert "chance" in lines[0].hovertemplate and "95% CI" in lines[0].hovertemplate
+    assert _luminance(lines[0].line.color) < _luminance(lines[1].line.color)  # readable in grey
+    with pytest.raises(ValueError, match="bin"):
+        viz.hearing_exposure(t.drop(columns="bin"))
+
+
 def test_intervention_bars_and_trend_curves():
     t = pd.DataFrame({"F1": [10.0, 12.5], "Δ F1": [0.0, 2.5]}, index=pd.Index(["Original", "Angle·Bottom3"]))
     fig = viz.intervention_bars(t)

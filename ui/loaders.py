@@ -343,9 +343,10 @@ def _paired(folder: str, stamp: tuple, base: str, other: str, unseen_voice: str,
     return paired_difference(_samples, base, other, unseen_voice)
 
 
-def hearing_table() -> pd.DataFrame | None:
-    """lsl_core.experiments.hearing.recall_tables of the stored word-recall rows (results folder), or None when
-    there are none; cached per file state (each table bootstraps every checkpoint and group)."""
+def hearing_table() -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
+    """lsl_core.experiments.hearing's recall_tables and exposure_tables of the stored word-recall rows (results
+    folder; exposure None for rows of an older version, which carry no exposure), or None when there are none;
+    cached per file state (each table bootstraps every checkpoint and group)."""
     from lsl_core.errors import LSLError
     from lsl_core.experiments.hearing import COMMAND, RESULTS_FILE
 
@@ -360,11 +361,13 @@ def hearing_table() -> pd.DataFrame | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _hearing(path: str, stamp: int) -> pd.DataFrame:
+def _hearing(path: str, stamp: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     from lsl_core.data.synth import UNSEEN_VOICE
-    from lsl_core.experiments.hearing import recall_tables
+    from lsl_core.experiments.hearing import exposure_tables, recall_tables
 
-    return recall_tables(pd.read_parquet(path), UNSEEN_VOICE)
+    rows = pd.read_parquet(path)
+    exposure = exposure_tables(rows, UNSEEN_VOICE) if {"clips", "word"} <= set(rows.columns) else None
+    return recall_tables(rows, UNSEEN_VOICE), exposure
 
 
 def alignment_intervals(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:

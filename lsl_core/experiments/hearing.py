@@ -21,14 +21,25 @@ the checkpoint's own Whisper decoder (the cascade's first half, cached as evalua
 the same clips and groups: the open-vocabulary reference (once per encoder and training vocabulary: checkpoints
 of one lineage share the row). Recall is per voice group (the
 unseen voice vs the rest) with a 95% bootstrap interval over questions.
+
+**Exposure** (how often training spoke a word) refines the split: a word's exposure is the number of training
+clips that spoke it, summed over the lineage's distinct texts holding it (a training question is spoken by
+each of its stage's voices, other text once; a text in several stages counts once, at its most voices).
+`exposure_table` pools recall in bins of it (EXPOSURE_EDGES), the dose-response of hearing: how many
+renditions a word needs before the speech path hears it as well as the Whisper transcript does.
+
+**Chance** is each recall's null baseline: the share of the *other* questions' clips (same checkpoint, same
+voice group) whose output holds the word, pooled like recall. Words every answer or repeat holds ("the",
+"what") are recalled by chance alone; recall above chance is what the clip itself gave.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -39,6 +50,7 @@ from lsl_core.errors import LSLError
 GROUPS = ("question", "other", "never")  # where a spoken word was heard in training (module docstring)
 REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."  # TrainConfig.repeat_system's default
 ASR_SUFFIX = ": Whisper ASR"  # rows of a checkpoint's Whisper transcript are named "<checkpoint>: Whisper ASR"
+EXPOSURE_EDGES = (1, 10, 30, 100, 1000)  # bins of training clips per word: 0 | 1-9 | 10-29 | 30-99 | 100-999 | >= 1000
 RESULTS_FILE = "hearing.parquet"  # the rows the Checkpoints page reads from the results folder
 COMMAND = ("python -m lsl_core hearing --checkpoint assets/checkpoints/align-ctc/ctc-step1500 "
            "--checkpoint assets/checkpoints/align-repeat/align-step1800 "
@@ -58,12 +70,17 @@ class Lineage:
     stages: tuple[str, ...]
     missing: str = ""  # an init path named by a train config that could not be found ("" = complete)
     repeat_system: str = REPEAT_SYSTEM  # the repeat instruction the newest stage's config names
+    clips: Mapping[str, int] = field(default_factory=dict)  # word -> training clips that spoke it (docstring)
 
     def group(self, word: str) -> str:
         """"question", "other" or "never" for one normalised word."""
         if word in self.question_words:
             return "question"
         return "other" if word in self.other_words else "never"
+
+    def exposure(self, word: str) -> int:
+        """Training clips that spoke a normalised word (0 = never spoken)."""
+        return int(self.clips.get(word, 0))
 
 
 def words(text: str) -> list[str]:
@@ -87,12 +104,16 @@ def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage
     """The training texts of a checkpoint folder's lineage (module docstring).
 
     A row of `train_targets.jsonl` counts as a training question when its example_id is an SD-QA
-    English test id (sdqa_ids; default: every training question's), else as other text. Raises LSLError
+    English test id (sdqa_ids; default: every training question's), else as other text; a question was
+    spoken by each voice of its stage's config (`voices`, default TrainConfig's), other text once, which gives
+    each word's exposure (`clips`: summed over distinct normalised texts, a text counted once at its most
+    voices). Raises LSLError
     when the checkpoint's own trajectory has no train_targets.jsonl (an untrained or foreign checkpoint:
     nothing to split by) or an unreadable one; a missing *init* further up ends the walk and is reported
     in `missing`.
     """
     from lsl_core.experiments.train.checkpoints import CONFIG_NAME, TARGETS_NAME
+    from lsl_core.data.synth import TRAIN_VOICE_FAMILY
 
     if sdqa_ids is None:
         from lsl_core.data.sdqa import load_sdqa_train_questions
@@ -102,6 +123,7 @@ def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage
     folder = folder.parent if folder.name == "manifest.json" else folder
     qw: set[str] = set()
     ow: set[str] = set()
+    spoken_by: dict[str, int] = {}  # normalised text -> most voices that spoke it in one stage
     stages: list[str] = []
     missing = ""
     system = REPEAT_SYSTEM
@@ -125,8 +147,13 @@ def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise LSLError(f"hearing: {traj} holds an unreadable {TARGETS_NAME} or {CONFIG_NAME} ({exc}); "
                            "restore it from the training run that wrote it.") from None
+        n_voices = len(cfg.get("voices") or TRAIN_VOICE_FAMILY)
         for row in rows:
-            (qw if str(row.get("example_id")) in sdqa_ids else ow).update(words(str(row.get("question", ""))))
+            is_question = str(row.get("example_id")) in sdqa_ids
+            ws = words(str(row.get("question", "")))
+            (qw if is_question else ow).update(ws)
+            text = " ".join(ws)
+            spoken_by[text] = max(spoken_by.get(text, 0), n_voices if is_question else 1)
         if not stages:
             system = str(cfg.get("repeat_system") or REPEAT_SYSTEM)
         stages.append(traj.name)
@@ -136,7 +163,11 @@ def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage
         folder = _find(str(init))
         if folder is None:
             missing = str(init)
-    return Lineage(frozenset(qw), frozenset(ow - qw), tuple(stages), missing, system)
+    clips: dict[str, int] = {}
+    for text, n in spoken_by.items():
+        for w in set(text.split()):
+            clips[w] = clips.get(w, 0) + n
+    return Lineage(frozenset(qw), frozenset(ow - qw), tuple(stages), missing, system, clips)
 
 
 def word_recall(output: str, question: str, lin: Lineage) -> dict[str, tuple[int, int]]:
@@ -190,58 +221,154 @@ def repeat_outputs(model, samples, max_new_tokens: int = 32, batch_size: int = 1
 
 
 def recall_rows(outputs: list[str], questions: list[str], voices: list[str], lin: Lineage) -> pd.DataFrame:
-    """One row per (clip, group): question, voice, group, recalled, spoken (clips with no word of the
-    group give spoken 0)."""
+    """One row per spoken word occurrence of each clip: question, voice, word, group, clips (its exposure),
+    recalled (0/1: word_recall's test), spoken (1) and the clip's output, so sums over a clip's rows of a group
+    give word_recall."""
     rows = []
     for out, q, v in zip(outputs, questions, voices, strict=True):
-        for g, (h, n) in word_recall(out, q, lin).items():
-            rows.append({"question": q, "voice": v, "group": g, "recalled": h, "spoken": n})
-    return pd.DataFrame(rows, columns=["question", "voice", "group", "recalled", "spoken"])
+        heard = set(words(out))
+        for w in words(q):
+            rows.append({"question": q, "voice": v, "word": w, "group": lin.group(w), "clips": lin.exposure(w),
+                         "recalled": int(w in heard), "spoken": 1, "output": out})
+    return pd.DataFrame(rows, columns=["question", "voice", "word", "group", "clips", "recalled", "spoken", "output"])
+
+
+def chance(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.Series:
+    """Each word row's chance recall (module docstring): the share of the clips of *other* questions, same
+    checkpoint (column `checkpoint`, if any) and voice group, whose `output` holds the word; NaN when there is
+    no such clip. -> float Series aligned with rows. Needs the columns word, question, voice, output."""
+    for c in ("word", "question", "voice", "output"):
+        if c not in rows.columns:
+            raise LSLError(f"hearing: the rows have no {c!r} column (written by an older version); re-run "
+                           "`python -m lsl_core hearing --out <file>.parquet`.")
+    out = pd.Series(np.nan, index=rows.index, dtype=float)
+    keys = [rows["checkpoint"]] if "checkpoint" in rows.columns else []
+    keys.append(rows["voice"] == unseen_voice)
+    for _, part in rows.groupby(keys, sort=False):
+        clips = part.drop_duplicates(["question", "voice"])  # one output per clip
+        heard = [set(words(o)) for o in clips["output"]]
+        n_clips = len(clips)
+        per_q = clips.groupby("question", sort=False).size()  # clips of each question
+        holds: dict[str, int] = {}  # word -> clips whose output holds it
+        same: dict[tuple[str, str], int] = {}  # (word, question) -> clips of that question whose output holds it
+        for q, h in zip(clips["question"], heard):
+            for w in h:
+                holds[w] = holds.get(w, 0) + 1
+                same[(w, q)] = same.get((w, q), 0) + 1
+        vals = [(holds.get(w, 0) - same.get((w, q), 0)) / (n_clips - per_q[q]) if n_clips > per_q[q] else np.nan
+                for w, q in zip(part["word"], part["question"])]
+        out.loc[part.index] = vals
+    return out
+
+
+def _pooled(part: pd.DataFrame, label: dict) -> dict:
+    """One table row of word rows: words spoken, questions holding one, pooled recall with its 95% bootstrap
+    interval over those questions (a replicate pools the clips of the questions it draws; lo/hi NaN below 2
+    questions) and pooled chance (NaN without a chance column)."""
+    from lsl_core.metrics.stats import bootstrap_ci
+
+    per_q = part.groupby("question", sort=False)[["recalled", "spoken"]].sum()  # [n_q, 2]
+    per_q = per_q[per_q["spoken"] > 0].to_numpy(dtype=float)
+    n = int(per_q[:, 1].sum()) if len(per_q) else 0
+    row = {**label, "spoken": n, "questions": len(per_q),
+           "recall": float(per_q[:, 0].sum() / n) if n else float("nan"), "lo": float("nan"), "hi": float("nan"),
+           "chance": float("nan")}
+    if len(per_q) >= 2:
+        ci = bootstrap_ci(per_q, lambda m: m[:, 0].sum() / max(m[:, 1].sum(), 1e-12))
+        row["lo"], row["hi"] = float(ci.low), float(ci.high)
+    if n and "chance" in part.columns:
+        c = part["chance"].to_numpy(dtype=float) * part["spoken"].to_numpy(dtype=float)
+        if np.isfinite(c).any():
+            row["chance"] = float(np.nansum(c) / part.loc[np.isfinite(c), "spoken"].sum())
+    return row
+
+
+def _voice_groups(rows: pd.DataFrame, unseen_voice: str):
+    """("seen", rows of the other voices), ("unseen", rows of unseen_voice), each only when non-empty."""
+    for vg, sel in (("seen", rows["voice"] != unseen_voice), ("unseen", rows["voice"] == unseen_voice)):
+        if sel.any():
+            yield vg, rows[sel]
+
+
+def _with_chance(rows: pd.DataFrame, unseen_voice: str) -> pd.DataFrame:
+    """rows + a chance column when they hold the word and output columns (rows of older versions do not)."""
+    if "chance" in rows.columns or not {"word", "output"} <= set(rows.columns):
+        return rows
+    return rows.assign(chance=chance(rows, unseen_voice))
 
 
 def recall_table(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
     """Per voice group (seen, unseen) and word group: words spoken, questions holding such a word, recall
-    (recalled / spoken, pooled over clips) and its 95% bootstrap interval over those questions (a replicate
-    pools the clips of the questions it draws; lo/hi NaN below 2 questions). -> columns voices, words,
-    spoken, questions, recall, lo, hi."""
-    from lsl_core.metrics.stats import bootstrap_ci
+    (recalled / spoken, pooled over clips), its 95% bootstrap interval over those questions and chance (module
+    docstring). -> columns voices, words, spoken, questions, recall, lo, hi, chance (fractions)."""
+    rows = _with_chance(rows, unseen_voice)
+    return pd.DataFrame([_pooled(part[part["group"] == g], {"voices": vg, "words": g})
+                         for vg, part in _voice_groups(rows, unseen_voice) for g in GROUPS])
 
+
+def exposure_label(k: int, edges: tuple[int, ...] = EXPOSURE_EDGES) -> str:
+    """Name of exposure bin k (0 = never spoken): "0", "1–9", ..., "≥ 1000".
+
+    >>> [exposure_label(k, (1, 10, 30)) for k in range(4)]
+    ['0', '1–9', '10–29', '≥ 30']
+    """
+    if k == 0:
+        return "0"
+    return f"≥ {edges[-1]}" if k == len(edges) else f"{edges[k - 1]}–{edges[k] - 1}"
+
+
+def exposure_bin(clips, edges: tuple[int, ...] = EXPOSURE_EDGES) -> np.ndarray:
+    """Bin index of each exposure (0 = never spoken, k = edges[k-1] <= clips < edges[k]). -> int array."""
+    return np.searchsorted(np.asarray(edges), np.asarray(clips), side="right")
+
+
+def exposure_table(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE,
+                   edges: tuple[int, ...] = EXPOSURE_EDGES) -> pd.DataFrame:
+    """Recall by exposure (module docstring): per voice group and bin of training clips per word, the words
+    spoken, distinct words, questions, pooled recall with its 95% bootstrap interval over questions, chance.
+    -> columns voices, bin (0 = never spoken), exposure (bin label), distinct, spoken, questions, recall, lo,
+    hi, chance; bins with no spoken word are left out."""
+    if "clips" not in rows.columns:
+        raise LSLError("hearing: the rows have no 'clips' column (written by an older version); re-run "
+                       "`python -m lsl_core hearing --out <file>.parquet`.")
+    rows = _with_chance(rows, unseen_voice)
     out = []
-    for vg, sel in (("seen", rows["voice"] != unseen_voice), ("unseen", rows["voice"] == unseen_voice)):
-        part = rows[sel]
-        if part.empty:
-            continue
-        for g in GROUPS:
-            r = part[part["group"] == g]
-            per_q = r.groupby("question", sort=False)[["recalled", "spoken"]].sum()  # [n_q, 2]
-            per_q = per_q[per_q["spoken"] > 0].to_numpy(dtype=float)
-            n = int(per_q[:, 1].sum()) if len(per_q) else 0
-            row = {"voices": vg, "words": g, "spoken": n, "questions": len(per_q),
-                   "recall": float(per_q[:, 0].sum() / n) if n else float("nan"), "lo": float("nan"),
-                   "hi": float("nan")}
-            if len(per_q) >= 2:
-                ci = bootstrap_ci(per_q, lambda m: m[:, 0].sum() / max(m[:, 1].sum(), 1e-12))
-                row["lo"], row["hi"] = float(ci.low), float(ci.high)
-            out.append(row)
+    for vg, part in _voice_groups(rows, unseen_voice):
+        b = exposure_bin(part["clips"].to_numpy(), edges)
+        for k in range(len(edges) + 1):
+            sel = part[b == k]
+            if len(sel):
+                out.append(_pooled(sel, {"voices": vg, "bin": k, "exposure": exposure_label(k, edges),
+                                         "distinct": int(sel["word"].nunique())}))
     return pd.DataFrame(out)
 
 
-def recall_tables(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
-    """recall_table per checkpoint of `hearing --out` rows (column checkpoint; a checkpoint's Whisper transcript
-    is the checkpoint "<name>: Whisper ASR"), in the rows' order with the transcripts last, checkpoint first."""
+def _per_checkpoint(rows: pd.DataFrame, table: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+    """table() of each checkpoint's rows, in the rows' order with the transcripts last, checkpoint first."""
     if rows.empty or "checkpoint" not in rows.columns:
         raise LSLError("hearing: no rows with a checkpoint column; write them with `python -m lsl_core hearing "
                        "--out <file>.parquet`.")
-    parts = [recall_table(r, unseen_voice).assign(checkpoint=name)
-             for name, r in rows.groupby("checkpoint", sort=False)]
+    parts = [table(r).assign(checkpoint=name) for name, r in rows.groupby("checkpoint", sort=False)]
     parts.sort(key=lambda t: str(t["checkpoint"].iloc[0]).endswith(ASR_SUFFIX))  # transcripts last (stable)
     t = pd.concat(parts, ignore_index=True)
     return t[["checkpoint", *[c for c in t.columns if c != "checkpoint"]]]
 
 
+def recall_tables(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
+    """recall_table per checkpoint of `hearing --out` rows (column checkpoint; a checkpoint's Whisper transcript
+    is the checkpoint "<name>: Whisper ASR"), in the rows' order with the transcripts last, checkpoint first."""
+    return _per_checkpoint(rows, lambda r: recall_table(r, unseen_voice))
+
+
+def exposure_tables(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE,
+                    edges: tuple[int, ...] = EXPOSURE_EDGES) -> pd.DataFrame:
+    """exposure_table per checkpoint of `hearing --out` rows, ordered as recall_tables."""
+    return _per_checkpoint(rows, lambda r: exposure_table(r, unseen_voice, edges))
+
+
 def format_table(table: pd.DataFrame) -> str:
-    """Markdown of recall_tables: one row per checkpoint x voice group, recall in % with its interval and the
-    words spoken per word group."""
+    """Markdown of recall_tables: one row per checkpoint x voice group, recall in % with its interval, the
+    words spoken and chance per word group."""
     head = "| checkpoint | voices | " + " | ".join(f"recall, {g} words" for g in GROUPS) + " |"
     lines = [head, "|---|---|" + "--:|" * len(GROUPS)]
     for (name, vg), t in table.groupby(["checkpoint", "voices"], sort=False):
@@ -251,9 +378,28 @@ def format_table(table: pd.DataFrame) -> str:
             if not r["spoken"]:
                 cells.append("– (0 words)")
                 continue
-            ci = f" [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]" if np.isfinite(r["lo"]) else ""
-            cells.append(f"{100 * r['recall']:.1f}{ci} ({r['spoken']} words)")
+            cells.append(_cell(r))
         lines.append(f"| {name} | {vg} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(r) -> str:
+    """"recall [lo, hi] (n words, chance c)" in % for one table row."""
+    ci = f" [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]" if np.isfinite(r["lo"]) else ""
+    ch = f", chance {100 * r['chance']:.1f}" if "chance" in r and np.isfinite(r["chance"]) else ""
+    return f"{100 * r['recall']:.1f}{ci} ({r['spoken']} words{ch})"
+
+
+def format_exposure(table: pd.DataFrame) -> str:
+    """Markdown of exposure_tables: one row per checkpoint x voice group, one column per exposure bin (training
+    clips per word), recall in % with its interval, the words spoken and chance."""
+    order = table.drop_duplicates("bin").sort_values("bin")
+    head = "| checkpoint | voices | " + " | ".join(f"recall, {e} clips" for e in order["exposure"]) + " |"
+    lines = [head, "|---|---|" + "--:|" * len(order)]
+    for (name, vg), t in table.groupby(["checkpoint", "voices"], sort=False):
+        by_bin = {int(r["bin"]): r for _, r in t.iterrows()}
+        lines.append(f"| {name} | {vg} | " + " | ".join(_cell(by_bin[k]) if k in by_bin else "–"
+                                                         for k in order["bin"]) + " |")
     return "\n".join(lines)
 
 
@@ -303,7 +449,7 @@ def main(args: argparse.Namespace) -> int:
         name = model.name or Path(ck).name
         outs = repeat_outputs(model, clips, args.max_new_tokens, args.batch_size, lin.repeat_system)
         rows = recall_rows(outs, questions, voices, lin)
-        all_rows.append(rows.assign(checkpoint=name, output=[o for o in outs for _ in GROUPS]))
+        all_rows.append(rows.assign(checkpoint=name))
         where = " <- ".join(lin.stages)
         if lin.missing:
             where += f" (init {lin.missing} not found: lineage incomplete)"
@@ -323,8 +469,7 @@ def main(args: argparse.Namespace) -> int:
             asr_done[asr_key] = name
             heard = transcripts(model, clips, [B.audio_key(s.audio) for s in clips])
             asr_rows = recall_rows(heard, questions, voices, lin)
-            all_rows.append(asr_rows.assign(checkpoint=name + ASR_SUFFIX,
-                                            output=[o for o in heard for _ in GROUPS]))
+            all_rows.append(asr_rows.assign(checkpoint=name + ASR_SUFFIX))
         elif args.asr:
             print(f"{name}: its encoder has no ASR decoder; no transcript row.")
         del model
@@ -333,6 +478,9 @@ def main(args: argparse.Namespace) -> int:
           f"{len(clips)} clips of {args.samples}:")
     every = pd.concat(all_rows, ignore_index=True)
     print(format_table(recall_tables(every, args.unseen_voice)))
+    print("The same by exposure: training clips that spoke the word (a training question counts once per voice "
+          "of its stage), chance = the word in the outputs of the other questions' clips:")
+    print(format_exposure(exposure_tables(every, args.unseen_voice)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         every.to_parquet(args.out)
