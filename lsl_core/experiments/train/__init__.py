@@ -151,9 +151,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | No
     data = prepare_data(cfg, model, progress)
     n_vocab = sum(e.key.startswith("vocab") for e in data.train)
     n_written = sum(e.key.startswith("written") for e in data.train)
-    n_q = len(data.train) - n_vocab - n_written
+    n_dose = sum(e.key.startswith("dose") for e in data.train)
+    n_q = len(data.train) - n_vocab - n_written - n_dose
+    doses = f" + {n_dose} dose sentences" if n_dose else ""
     print(f"data: {len(data.train)} training clips ({n_q // len(cfg.voices)} questions x {len(cfg.voices)} voices + "
-          f"{n_vocab} word sequences + {n_written} written questions), {len(data.monitor)} monitoring clips, "
+          f"{n_vocab} word sequences + {n_written} written questions{doses}), {len(data.monitor)} monitoring clips, "
           f"ready in {time.time() - t0:.0f} s", flush=True)
     if prepare_only:
         return []

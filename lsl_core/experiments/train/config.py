@@ -36,7 +36,8 @@ OBJECTIVES = ("ctc", "repeat", "qa")
 REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."
 # fields added after checkpoints were shipped, with their defaults (left out of the digest at these values)
 LATER_FIELDS = {"lora_scope": "all", "adaptor_context": 0, "vocab_cased": False, "time_masks": 0,
-                "time_mask_frames": 10, "channel_masks": 0, "channel_mask_width": 27}
+                "time_mask_frames": 10, "channel_masks": 0, "channel_mask_width": 27, "vocab_doses": [],
+                "vocab_dose_words": 100}
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class TrainConfig:
     vocab_sentences: int = 0  # ctc/repeat: extra seeded word sequences drawn from the LLM's word tokens
     vocab_words: int = 12000  # ... from its first (most frequent, by BPE merge order) this many word tokens
     vocab_cased: bool = False  # ... counting capitalised word tokens too (names: "Iran", "Bruce"), kept as written
+    vocab_doses: tuple[int, ...] = ()  # ctc/repeat: new words spoken in exactly this many clips per group (dose.py)
+    vocab_dose_words: int = 100  # ... words per dose group (and in the control group training never speaks)
     written_questions: int = 0  # extra questions the backbone writes from few-shot lists of training ones (written.py)
     voices: tuple[str, ...] = TRAIN_VOICE_FAMILY  # espeak-ng training voices (one rendition of each question each)
     heldout_voice: str = UNSEEN_VOICE  # never trained on; monitored as the "unseen accent"
@@ -132,6 +135,13 @@ class TrainConfig:
             raise bad("adaptor_hidden", "must be a positive integer or null")
         if self.vocab_sentences and self.objective == "qa":
             raise bad("vocab_sentences", "must be 0 for objective 'qa' (word sequences have no answer to distil)")
+        if self.vocab_doses and self.objective == "qa":
+            raise bad("vocab_doses", "must be empty for objective 'qa' (word sequences have no answer to distil)")
+        if self.vocab_doses and (len(set(self.vocab_doses)) != len(self.vocab_doses)
+                                 or min(int(d) for d in self.vocab_doses) <= 0):
+            raise bad("vocab_doses", "must list distinct positive clip counts, e.g. [3, 10, 30]")
+        if int(self.vocab_dose_words) <= 0:
+            raise bad("vocab_dose_words", "must be a positive integer")
         if not self.distill_weight >= 0 or (self.distill_weight and self.objective != "qa"):
             raise bad("distill_weight", "must be >= 0, and 0 unless the objective is 'qa' (the teacher answers "
                       "the typed question)")

@@ -4,7 +4,8 @@ as cached encoder states, plus each objective's response tokens.
 The ~1,000 test questions cover a small vocabulary, so the alignment stages (ctc, repeat) can add
 `vocab_sentences` seeded word sequences ("Lavender kingdom teachings revived wooden.") drawn from
 the LLM tokenizer's own word tokens: every spoken word then has a token to map to, and no
-evaluation question is ever spoken. Any stage can add `written_questions`: questions the backbone
+evaluation question is ever spoken. `vocab_doses` adds sentences in which new words occur in exactly a set
+number of clips each (dose.py: the dose-response of hearing). Any stage can add `written_questions`: questions the backbone
 writes from few-shot lists of training questions, none near a dev or monitoring question (written.py).
 Word sequences and written questions are each spoken once, by the training voices in turn.
 
@@ -201,6 +202,10 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True) -> TrainD
     items = [(q.example_id, " ".join(q.question.split())) for q in train_qs]
     extra = vocabulary_sentences(model.tokenizer, cfg.vocab_sentences, cfg.vocab_words, cfg.seed,
                                  cfg.vocab_cased)  # spoken once
+    if cfg.vocab_doses:  # new words in exactly d clips each (dose.py)
+        from lsl_core.experiments.train.dose import config_groups, dose_sentences
+
+        extra += dose_sentences(config_groups(cfg, model), cfg.seed, cfg.vocab_cased)
     if cfg.written_questions:
         from lsl_core.data.sdqa import load_sdqa_dev
         from lsl_core.experiments.train.written import written_questions

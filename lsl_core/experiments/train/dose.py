@@ -1,0 +1,160 @@
+"""A dose-response experiment of hearing: new words spoken a set number of times, the rest held back.
+
+`hearing` shows that the shipped speech path hears the words it was trained on and almost none of the others,
+and that recall rises with how many training clips spoke a word. That is observational (frequent words are
+also short, common and predictable). This module makes it causal: a repeat stage whose config sets
+`vocab_doses` (e.g. [3, 10, 30]) draws new words - word tokens of the LLM vocabulary (the first `vocab_words`,
+`vocab_cased` as for word sequences) that no SD-QA training question holds and that the backbone reads as
+complete words (not BPE fragments such as "oblig") - assigns them at random (seeded)
+to dose groups of `vocab_dose_words` words each plus one control group of the same size that training never
+speaks, and adds sentences in which every word of a dose-d group occurs in exactly d clips:
+
+    python -m lsl_core train --config configs/train/experiments/dose_repeat.json
+    python -m lsl_core synth --set dose --config configs/train/experiments/dose_repeat.json --out results/dose-test
+    python -m lsl_core hearing --checkpoint <its last checkpoint> --samples manifest:results/dose-test --asr
+
+The test sentences (`held_out_sentences`, another seed: none is a training sentence) mix one word of every group,
+control included, and are spoken by voices and renditions of their own; `hearing`'s exposure bins then read
+recall per dose against the control, on the same clips, with Whisper's transcript as the open-vocabulary
+reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lsl_core.errors import LSLError
+
+DOSE_SEED = 104723  # offsets the config seed for the group assignment
+TEST_SEED = 611953  # ... and for the test sentences (never a training sentence's seed)
+TEST_WORDS = 6  # words per test sentence
+COMPLETE_P = 0.5  # a word is complete when the backbone continues it with less than this probability
+
+
+def new_words(tokenizer, n_words: int, cased: bool, trained: set[str]) -> list[str]:
+    """Word tokens of the vocabulary (corpus.vocabulary_words(tokenizer, n_words, cased), in id order) whose
+    normalised form is in no training text (`trained`: normalised words), each once."""
+    from lsl_core.experiments.hearing import words
+    from lsl_core.experiments.train.corpus import vocabulary_words
+
+    out, seen = [], set()
+    for w in vocabulary_words(tokenizer, n_words, cased):
+        norm = " ".join(words(w))
+        if norm and norm not in trained and norm not in seen:
+            seen.add(norm)
+            out.append(w)
+    return out
+
+
+def complete_words(model, candidates: list[str], need: int, threshold: float = COMPLETE_P,
+                   batch_size: int = 64) -> list[str]:
+    """The first `need` candidates (in their order) that the backbone reads as complete words: after
+    "Dictionary entry: <word>" it gives under `threshold` of its next-token probability to tokens that continue
+    the word (ASCII tokens starting with a letter, i.e. without a leading space). BPE fragments such as "oblig"
+    or "acqu" are mostly continued; "output" or "leather" are not. Fewer than `need` when the candidates run out.
+    model: an LSLM (its llm and tokenizer)."""
+    import torch
+
+    tok = model.tokenizer
+    cont = torch.zeros(len(tok))  # [V] 1 = a token that continues a word
+    for t, i in tok.get_vocab().items():
+        if t[:1].isascii() and t[:1].isalpha() and i < len(cont):
+            cont[i] = 1.0
+    device = next(model.llm.parameters()).device
+    kept: list[str] = []
+    for i in range(0, len(candidates), batch_size):
+        chunk = candidates[i:i + batch_size]
+        enc = tok([f"Dictionary entry: {w}" for w in chunk], return_tensors="pt", padding=True, padding_side="left")
+        with torch.no_grad():
+            logits = model.llm(**{k: v.to(device) for k, v in enc.items()}).logits[:, -1].float()  # [b, V']
+        p = logits.softmax(-1)[:, :len(cont)].cpu() @ cont  # [b] probability of continuing the word
+        kept += [w for w, x in zip(chunk, p.tolist()) if x < threshold]
+        if len(kept) >= need:
+            return kept[:need]
+    return kept
+
+
+def dose_groups(words: list[str], doses: tuple[int, ...], per_group: int) -> dict[int, list[str]]:
+    """dose -> its words, and 0 -> the control words: consecutive chunks of per_group words of `words` (pass them
+    in a random order: the assignment is then random), in the order of doses, then the control.
+
+    >>> dose_groups([f"w{i}" for i in range(9)], (2, 5), 3)
+    {2: ['w0', 'w1', 'w2'], 5: ['w3', 'w4', 'w5'], 0: ['w6', 'w7', 'w8']}
+    """
+    if not doses or len(set(doses)) != len(doses) or min(doses) <= 0:
+        raise LSLError(f"train config field 'vocab_doses' must list distinct positive clip counts, got {list(doses)}.")
+    need = per_group * (len(doses) + 1)
+    if per_group <= 0 or len(words) < need:
+        raise LSLError(f"vocab_doses: {len(doses)} dose groups + a control of {per_group} words need {need} new "
+                       f"words, but the first vocab_words word tokens hold {len(words)} complete words that no "
+                       "training question has; raise vocab_words or lower vocab_dose_words.")
+    return {int(d): list(words[k * per_group:(k + 1) * per_group]) for k, d in enumerate([*doses, 0])}
+
+
+def _sentence(ws: list[str], cased: bool) -> str:
+    text = " ".join(ws)
+    return (text[0].upper() + text[1:] if cased else text.capitalize()) + "."
+
+
+def dose_sentences(groups: dict[int, list[str]], seed: int, cased: bool = False) -> list[tuple[str, str]]:
+    """Seeded (id, sentence) pairs of 4-10 words in which every word of dose group d (d > 0) occurs in exactly d
+    sentences (once each) and no control word occurs. Ids "dose<seed>-<i>".
+
+    >>> s = dose_sentences({3: ["alpha", "beta"], 1: ["gamma"], 0: ["delta"]}, seed=0)
+    >>> sorted(w for _, t in s for w in t.lower().rstrip(".").split())
+    ['alpha', 'alpha', 'alpha', 'beta', 'beta', 'beta', 'gamma']
+    """
+    rng = np.random.default_rng(seed + DOSE_SEED + 1)
+    tokens = [w for d, ws in groups.items() if d > 0 for w in ws for _ in range(d)]
+    queue = [tokens[i] for i in rng.permutation(len(tokens))]
+    out: list[tuple[str, str]] = []
+    while queue:
+        k = int(rng.integers(4, 11))
+        cur: list[str] = []
+        rest: list[str] = []
+        for w in queue:  # fill the sentence with distinct words, keep the others in order for the next ones
+            (cur if len(cur) < k and w not in cur else rest).append(w)
+        out.append((f"dose{seed}-{len(out):05d}", _sentence(cur, cased)))
+        queue = rest
+    return out
+
+
+def held_out_sentences(groups: dict[int, list[str]], n: int, seed: int, cased: bool = False) -> list[tuple[str, str]]:
+    """n seeded held-out (id, sentence) pairs of TEST_WORDS distinct words: one word of every group (control
+    included), the rest from groups drawn at random, in random order; each group's words are used in turn
+    (a seeded order), so every word is tested about equally often. Ids "dosetest<seed>-<i>"."""
+    if n <= 0:
+        raise LSLError(f"the dose test set needs a positive number of sentences, got {n}.")
+    rng = np.random.default_rng(seed + TEST_SEED)
+    keys = sorted(groups)
+    orders = {d: [groups[d][i] for i in rng.permutation(len(groups[d]))] for d in keys}
+    nxt = {d: 0 for d in keys}
+    out = []
+    for i in range(n):
+        picks = keys + [keys[int(j)] for j in rng.integers(0, len(keys), max(0, TEST_WORDS - len(keys)))]
+        ws: list[str] = []
+        for d in picks:
+            for _ in range(len(orders[d])):  # next word of the group not already in this sentence
+                w = orders[d][nxt[d] % len(orders[d])]
+                nxt[d] += 1
+                if w not in ws:
+                    ws.append(w)
+                    break
+        ws = [ws[j] for j in rng.permutation(len(ws))]
+        out.append((f"dosetest{seed}-{i:04d}", _sentence(ws, cased)))
+    return out
+
+
+def config_groups(cfg, model) -> dict[int, list[str]]:
+    """The dose groups of a train config (vocab_doses, vocab_dose_words, vocab_words, vocab_cased, seed): the new
+    words (new_words; trained = the words of every SD-QA training question, the English test split) in a
+    seeded random order, kept when complete (complete_words, by the config's backbone `model`), then cut into
+    groups (dose_groups)."""
+    from lsl_core.data.sdqa import load_sdqa_train_questions
+    from lsl_core.experiments.hearing import words
+
+    trained = {w for q in load_sdqa_train_questions() for w in words(q.question)}
+    pool = new_words(model.tokenizer, cfg.vocab_words, cfg.vocab_cased, trained)
+    shuffled = [pool[i] for i in np.random.default_rng(cfg.seed + DOSE_SEED).permutation(len(pool))]
+    need = cfg.vocab_dose_words * (len(cfg.vocab_doses) + 1)
+    return dose_groups(complete_words(model, shuffled, need), tuple(cfg.vocab_doses), cfg.vocab_dose_words)
