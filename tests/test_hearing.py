@@ -158,7 +158,8 @@ def test_hearing_command_on_a_shipped_checkpoint(capsys, tmp_path):
     assert "of the 2 questions here" in text and "were never spoken in training" in text
     assert "| align-step2700 | seen |" in text and "| align-step2700 | unseen |" in text
     assert "| align-step2700: Whisper ASR | seen |" in text
-    assert "align-step1800: same encoder and training words as align-step2700" in text  # one ASR row per lineage
+    assert "align-step1800: same encoder, and the words here have the same groups and exposures as for " \
+           "align-step2700" in text  # one ASR row per encoder and word grouping
     assert "| align-step2700 | seen | " in text.split("The same by exposure")[1]
     rows = pd.read_parquet(out)
     n_words = sum(len(words(q)) for q in set(rows["question"])) * 2  # every word of 2 questions x 2 voices

@@ -18,9 +18,9 @@ stage's `train_targets.jsonl` beside its `train_config.json` (the checkpoint's t
 A model that maps sounds to the LLM's tokens in general recalls ``never`` words about as well as the
 others; one that learned a closed vocabulary recalls them almost never. With ``--asr`` the transcript of
 the checkpoint's own Whisper decoder (the cascade's first half, cached as evaluate caches it) is scored on
-the same clips and groups: the open-vocabulary reference (once per encoder and training vocabulary: checkpoints
-of one lineage share the row). Recall is per voice group (the
-unseen voice vs the rest) with a 95% bootstrap interval over questions.
+the same clips and groups: the open-vocabulary reference (once per encoder and grouping of the clips' words:
+checkpoints whose training gives every word here the same group and exposure share the row). Recall is per
+voice group (the unseen voice vs the rest) with a 95% bootstrap interval over questions.
 
 **Exposure** (how often training spoke a word) refines the split: a word's exposure is the number of training
 clips that spoke it, summed over the lineage's distinct texts holding it (a training question is spoken by
@@ -443,7 +443,7 @@ def main(args: argparse.Namespace) -> int:
     clips = list(samples)
     questions, voices = [s.question for s in clips], [voice_of(s) for s in clips]
     all_rows = []
-    asr_done: dict[tuple, str] = {}  # (encoder, word groups) -> the checkpoint whose ASR row covers them
+    asr_done: dict[tuple, str] = {}  # (encoder, words' groups and exposures) -> the checkpoint whose ASR row has them
     for ck, lin in lineages.items():
         model = load_checkpoint(ck, device=args.device)
         name = model.name or Path(ck).name
@@ -462,9 +462,11 @@ def main(args: argparse.Namespace) -> int:
               f"{cov['questions_with_never']} questions ({q_pct:.0f}%) hold at least one.")
         for q, o in list(zip(questions, outs))[: args.examples]:
             print(f"   {q} | {o}")
-        asr_key = (str((model.manifest or {}).get("encoder", "")), lin.question_words, lin.other_words)
-        if args.asr and model.has_asr and asr_key in asr_done:
-            print(f"{name}: same encoder and training words as {asr_done[asr_key]}: its Whisper ASR row stands.")
+        asr_key = (str((model.manifest or {}).get("encoder", "")),
+                   tuple((lin.group(w), lin.exposure(w)) for q in dict.fromkeys(questions) for w in words(q)))
+        if args.asr and model.has_asr and asr_key in asr_done:  # its transcript rows would repeat that row
+            print(f"{name}: same encoder, and the words here have the same groups and exposures as for "
+                  f"{asr_done[asr_key]}: its Whisper ASR row stands.")
         elif args.asr and model.has_asr:  # the cascade's first half on the same clips, grouped by this lineage
             asr_done[asr_key] = name
             heard = transcripts(model, clips, [B.audio_key(s.audio) for s in clips])
