@@ -38,6 +38,7 @@ COMMANDS = {
     "report": "lsl_core.experiments.report",
     "voicebench": "lsl_core.experiments.voicebench_run",
     "train": "lsl_core.experiments.train",
+    "dose-test": "lsl_core.experiments.train.dose",
     "report-case": "lsl_core.case_report",
     "stability": "lsl_core.experiments.stability",
     "info": "lsl_core.cli_info",

@@ -156,3 +156,23 @@ def test_a_dose_stage_speaks_each_word_at_its_dose_in_its_lineage(tiny_parts, tm
     assert {w: lin.exposure(w) for w in ("lantern", "meadow", "harbor", "violin", "hamlet")} == {
         "lantern": 2, "meadow": 2, "harbor": 1, "violin": 0, "hamlet": 2}  # a question: once per voice
     assert lin.group("violin") == "never" and lin.group("lantern") == "other"
+
+
+def test_dose_test_command_writes_held_out_sentences_as_a_manifest_set(tmp_path, monkeypatch, capsys):
+    from lsl_core.cli import main
+    from lsl_core.data.sets import load_sample_set
+    from lsl_core.experiments.train import dose as D
+
+    monkeypatch.setattr(D, "backbone", lambda cfg: None)  # the groups below need no backbone
+    monkeypatch.setattr(D, "config_groups", lambda cfg, model: GROUPS)
+    cfg = tmp_path / "dose.json"
+    cfg.write_text(json.dumps({"objective": "repeat", "vocab_doses": [3, 10, 1], "vocab_dose_words": 10}))
+    out = tmp_path / "dose-test"
+    assert main(["dose-test", "--config", str(cfg), "--out", str(out), "--n-sentences", "3"]) == 0
+    assert "wrote 6 clips of 3 held-out sentences" in capsys.readouterr().out
+    samples = load_sample_set(f"manifest:{out}")
+    assert len(samples) == 6 and {s.accent for s in samples} == {"espeak:en-gb", "espeak:en-gb-scotland"}
+    assert [s.question for s in samples][::2] == [t for _, t in held_out_sentences(GROUPS, 3, seed=0)]
+    cfg.write_text(json.dumps({"objective": "repeat"}))
+    assert main(["dose-test", "--config", str(cfg), "--out", str(out)]) == 2
+    assert "sets no vocab_doses" in capsys.readouterr().err

@@ -298,13 +298,9 @@ def register(subparsers) -> None:
         "synth", help="synthesize SD-QA questions with espeak-ng voices",
         description="Synthesize SD-QA questions with espeak-ng (deterministic, labelled synthetic). "
                     "--set sd-qa-mini rebuilds the shipped sample set; --set train synthesizes the "
-                    "training questions (SD-QA test split) into the cache, or into --out as a manifest set; "
-                    "--set dose writes the held-out test sentences of a dose-response train config "
-                    "(lsl_core.experiments.train.dose) into --out.")
-    p.add_argument("--set", dest="set_name", choices=[MINI_SET, "train", "dose"], default=MINI_SET,
+                    "training questions (SD-QA test split) into the cache, or into --out as a manifest set.")
+    p.add_argument("--set", dest="set_name", choices=[MINI_SET, "train"], default=MINI_SET,
                    help="which set to build (default: sd-qa-mini)")
-    p.add_argument("--config", type=Path, default=None,
-                   help="--set dose: the train config whose dose groups the test sentences draw from")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (sd-qa-mini default: assets/sd-qa-mini; train default: the cache only)")
     p.add_argument("--voices", default=None,
@@ -334,8 +330,6 @@ def main(args) -> int:
     if args.skip_questions < 0 or (args.skip_questions and (args.set_name != MINI_SET or args.out is None)):
         raise DataError("--skip-questions takes a number >= 0, with --set sd-qa-mini and an --out folder (the "
                         "shipped sd-qa-mini is the first 60 questions; it is not overwritten).")
-    if args.set_name == "dose":
-        return _dose_set(args)
     if args.set_name == MINI_SET:
         voices = _voices(args.voices.split(",")) if args.voices else list(MINI_VOICES)
         split = args.split or "dev"
@@ -361,34 +355,6 @@ def main(args) -> int:
         samples = synth_training_set(questions, voices, cache=True, speed=args.speed, workers=args.workers,
                                      progress=True)
         print(f"cached {len(samples)} clips under {_cache_path('x', voices[0], args.speed).parent.parent}")
-    return 0
-
-
-DOSE_VOICES = ("en-gb", UNSEEN_VOICE)  # a training voice (at espeak-ng's default rendition) and the unseen one
-DOSE_N_SENTENCES = 200
-
-
-def _dose_set(args) -> int:
-    """`synth --set dose`: held-out sentences over a train config's dose groups, as a manifest set in --out."""
-    import torch
-
-    from lsl_core.experiments.train import TrainConfig, build_model
-    from lsl_core.experiments.train.dose import config_groups, held_out_sentences
-
-    if args.config is None or args.out is None:
-        raise DataError("--set dose needs --config (a train config with vocab_doses) and --out (a folder).")
-    cfg = TrainConfig.from_json(args.config)
-    if not cfg.vocab_doses:
-        raise DataError(f"{args.config} sets no vocab_doses: it has no dose groups to test.")
-    voices = _voices(args.voices.split(",")) if args.voices else list(DOSE_VOICES)
-    groups = config_groups(cfg, build_model(cfg, torch.device("cpu")))
-    pairs = held_out_sentences(groups, args.n_questions or DOSE_N_SENTENCES, cfg.seed, cfg.vocab_cased)
-    questions = [{"example_id": i, "question": t, "split": "dose-test"} for i, t in pairs]
-    manifest = build_mini_set(args.out, questions, voices, speed=args.speed, name="dose-test", workers=args.workers,
-                              progress=True, unseen_voice=UNSEEN_VOICE if UNSEEN_VOICE in voices else None)
-    sizes = ", ".join(f"dose {d}: {len(w)}" for d, w in sorted(groups.items()))
-    print(f"wrote {len(pairs) * len(voices)} clips of {len(pairs)} held-out sentences over the dose groups "
-          f"({sizes} words; dose 0 = the control) -> {manifest}")
     return 0
 
 

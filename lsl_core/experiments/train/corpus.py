@@ -29,6 +29,7 @@ import torch
 
 from lsl_core.errors import LSLError
 from lsl_core.experiments.train.config import TrainConfig
+from lsl_core.experiments.train.vocab import vocabulary_sentences, vocabulary_words  # noqa: F401 (re-exported)
 from lsl_core.model import batch as B
 from lsl_core.model.lslm import LSLM
 
@@ -95,39 +96,6 @@ def split_questions(cfg: TrainConfig) -> tuple[list, list]:
     monitor = [qs[i] for i in perm[: cfg.n_val_questions]]  # fixed by the seed, whatever n_questions is
     train = [qs[i] for i in perm[cfg.n_val_questions: need]]
     return train, monitor
-
-
-def vocabulary_words(tokenizer, n: int, cased: bool = False) -> list[str]:
-    """The first n word tokens of a byte-level BPE vocabulary ("Ġword": ASCII letters, >= 3 of them), in id
-    order - BPE merge order, roughly by frequency. Lowercase words only, or (cased) also capitalised ones
-    ("ĠIran": names, places), kept as written; all-capital tokens never (espeak-ng may spell them)."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-
-    def is_word(w: str) -> bool:
-        if not (w.isascii() and w.isalpha() and len(w) >= 3):
-            return False
-        return w.islower() or (cased and w[0].isupper() and w[1:].islower())
-
-    words = [t[1:] for t, _ in vocab if t[:1] in ("Ġ", "▁") and is_word(t[1:])]
-    return words[:n]
-
-
-def vocabulary_sentences(tokenizer, n: int, n_words: int, seed: int, cased: bool = False) -> list[tuple[str, str]]:
-    """n seeded (id, sentence) pairs of 4-10 words drawn uniformly from vocabulary_words(tokenizer, n_words,
-    cased); the first letter is capitalised (and, when not cased, the rest lowercase, as before the option)."""
-    words = vocabulary_words(tokenizer, n_words, cased)
-    if n and len(words) < 50:
-        raise LSLError("train config field 'vocab_sentences' needs a tokenizer with word tokens ('Ġword'); "
-                       f"this one has {len(words)}. Set vocab_sentences to 0.")
-    rng = np.random.default_rng(seed + 7919)
-    out = []
-    for i in range(n):
-        k = int(rng.integers(4, 11))
-        ws = [words[j] for j in rng.integers(0, len(words), k)]
-        text = " ".join(ws)
-        text = text[0].upper() + text[1:] if cased else text.capitalize()
-        out.append((f"vocab{seed}-{i:05d}", text + "."))
-    return out
 
 
 def rendition(cfg: TrainConfig, question_id: str, voice: str) -> Rendition:

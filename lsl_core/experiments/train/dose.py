@@ -10,7 +10,7 @@ to dose groups of `vocab_dose_words` words each plus one control group of the sa
 speaks, and adds sentences in which every word of a dose-d group occurs in exactly d clips:
 
     python -m lsl_core train --config configs/train/experiments/dose_repeat.json
-    python -m lsl_core synth --set dose --config configs/train/experiments/dose_repeat.json --out results/dose-test
+    python -m lsl_core dose-test --config configs/train/experiments/dose_repeat.json --out results/dose-test
     python -m lsl_core hearing --checkpoint <its last checkpoint> --samples manifest:results/dose-test --asr
 
 The test sentences (`held_out_sentences`, another seed: none is a training sentence) mix one word of every group,
@@ -20,6 +20,9 @@ reference.
 """
 
 from __future__ import annotations
+
+import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -34,12 +37,12 @@ COMPLETE_P = 0.5  # a word is complete when the backbone continues it with less 
 def new_words(tokenizer, n_words: int, cased: bool, trained: set[str]) -> list[str]:
     """Word tokens of the vocabulary (corpus.vocabulary_words(tokenizer, n_words, cased), in id order) whose
     normalised form is in no training text (`trained`: normalised words), each once."""
-    from lsl_core.experiments.hearing import words
-    from lsl_core.experiments.train.corpus import vocabulary_words
+    from lsl_core.experiments.train.vocab import vocabulary_words
+    from lsl_core.model.asr import normalize_transcript
 
     out, seen = [], set()
     for w in vocabulary_words(tokenizer, n_words, cased):
-        norm = " ".join(words(w))
+        norm = normalize_transcript(w)
         if norm and norm not in trained and norm not in seen:
             seen.add(norm)
             out.append(w)
@@ -151,10 +154,57 @@ def config_groups(cfg, model) -> dict[int, list[str]]:
     seeded random order, kept when complete (complete_words, by the config's backbone `model`), then cut into
     groups (dose_groups)."""
     from lsl_core.data.sdqa import load_sdqa_train_questions
-    from lsl_core.experiments.hearing import words
+    from lsl_core.model.asr import normalize_transcript
 
-    trained = {w for q in load_sdqa_train_questions() for w in words(q.question)}
+    trained = {w for q in load_sdqa_train_questions() for w in normalize_transcript(q.question).split()}
     pool = new_words(model.tokenizer, cfg.vocab_words, cfg.vocab_cased, trained)
     shuffled = [pool[i] for i in np.random.default_rng(cfg.seed + DOSE_SEED).permutation(len(pool))]
     need = cfg.vocab_dose_words * (len(cfg.vocab_doses) + 1)
     return dose_groups(complete_words(model, shuffled, need), tuple(cfg.vocab_doses), cfg.vocab_dose_words)
+
+
+DOSE_VOICES = ("en-gb", "en-gb-scotland")  # a training voice (at espeak-ng's default rendition) and the unseen one
+DOSE_N_SENTENCES = 200
+
+
+def backbone(cfg):
+    """The config's LLM (and tokenizer) as an LSLM with a seeded adaptor: what complete_words reads."""
+    import torch
+
+    from lsl_core.model.loading import CheckpointManifest, load_checkpoint
+
+    m = CheckpointManifest(name=f"{cfg.name}-backbone", llm=cfg.llm, encoder=cfg.encoder, family=cfg.family,
+                           strategy="none", downsample=cfg.downsample, seed=cfg.adaptor_seed,
+                           encoder_window=cfg.encoder_window)
+    return load_checkpoint(m, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def register(subparsers) -> None:
+    """Add `dose-test` to `python -m lsl_core`."""
+    p = subparsers.add_parser("dose-test", help="held-out test sentences of a dose-response train config",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, type=Path, help="the train config with vocab_doses")
+    p.add_argument("--out", required=True, type=Path, help="output folder (a manifest sample set: manifest:<out>)")
+    p.add_argument("--n-sentences", type=int, default=DOSE_N_SENTENCES, help="held-out sentences")
+    p.add_argument("--voices", default=",".join(DOSE_VOICES), help="comma-separated espeak-ng voices")
+    p.add_argument("--workers", type=int, default=2, help="parallel espeak-ng processes")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from lsl_core.data.synth import UNSEEN_VOICE, build_mini_set
+    from lsl_core.experiments.train.config import TrainConfig
+
+    cfg = TrainConfig.from_json(args.config)
+    if not cfg.vocab_doses:
+        raise LSLError(f"{args.config} sets no vocab_doses: it has no dose groups to test.")
+    voices = [v.strip() for v in args.voices.split(",") if v.strip()]
+    groups = config_groups(cfg, backbone(cfg))
+    pairs = held_out_sentences(groups, args.n_sentences, cfg.seed, cfg.vocab_cased)
+    questions = [{"example_id": i, "question": t, "split": "dose-test"} for i, t in pairs]
+    manifest = build_mini_set(args.out, questions, voices, name="dose-test", workers=args.workers, progress=True,
+                              unseen_voice=UNSEEN_VOICE if UNSEEN_VOICE in voices else None)
+    sizes = ", ".join(f"dose {d}: {len(w)}" for d, w in sorted(groups.items()))
+    print(f"wrote {len(pairs) * len(voices)} clips of {len(pairs)} held-out sentences over the dose groups "
+          f"({sizes} words; dose 0 = the control) -> {manifest}")
+    return 0
