@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
 
 DOSE_SEED = 104723  # offsets the config seed for the group assignment
@@ -35,7 +36,7 @@ COMPLETE_P = 0.5  # a word is complete when the backbone continues it with less 
 
 
 def new_words(tokenizer, n_words: int, cased: bool, trained: set[str]) -> list[str]:
-    """Word tokens of the vocabulary (corpus.vocabulary_words(tokenizer, n_words, cased), in id order) whose
+    """Word tokens of the vocabulary (vocab.vocabulary_words(tokenizer, n_words, cased), in id order) whose
     normalised form is in no training text (`trained`: normalised words), each once."""
     from lsl_core.experiments.train.vocab import vocabulary_words
     from lsl_core.model.asr import normalize_transcript
@@ -163,7 +164,7 @@ def config_groups(cfg, model) -> dict[int, list[str]]:
     return dose_groups(complete_words(model, shuffled, need), tuple(cfg.vocab_doses), cfg.vocab_dose_words)
 
 
-DOSE_VOICES = ("en-gb", "en-gb-scotland")  # a training voice (at espeak-ng's default rendition) and the unseen one
+DOSE_VOICES = ("en-gb", UNSEEN_VOICE)  # a training voice (at espeak-ng's default rendition) and the unseen one
 DOSE_N_SENTENCES = 200
 
 
@@ -192,7 +193,7 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lsl_core.data.synth import UNSEEN_VOICE, build_mini_set
+    from lsl_core.data.synth import build_mini_set
     from lsl_core.experiments.train.config import TrainConfig
 
     cfg = TrainConfig.from_json(args.config)
