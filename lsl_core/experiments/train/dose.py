@@ -28,6 +28,7 @@ import numpy as np
 
 from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
+from lsl_core.experiments.train.vocab import as_sentence, vocabulary_words
 
 DOSE_SEED = 104723  # offsets the config seed for the group assignment
 TEST_SEED = 611953  # ... and for the test sentences (never a training sentence's seed)
@@ -38,7 +39,6 @@ COMPLETE_P = 0.5  # a word is complete when the backbone continues it with less 
 def new_words(tokenizer, n_words: int, cased: bool, trained: set[str]) -> list[str]:
     """Word tokens of the vocabulary (vocab.vocabulary_words(tokenizer, n_words, cased), in id order) whose
     normalised form is in no training text (`trained`: normalised words), each once."""
-    from lsl_core.experiments.train.vocab import vocabulary_words
     from lsl_core.model.asr import normalize_transcript
 
     out, seen = [], set()
@@ -95,11 +95,6 @@ def dose_groups(words: list[str], doses: tuple[int, ...], per_group: int) -> dic
     return {int(d): list(words[k * per_group:(k + 1) * per_group]) for k, d in enumerate([*doses, 0])}
 
 
-def _sentence(ws: list[str], cased: bool) -> str:
-    text = " ".join(ws)
-    return (text[0].upper() + text[1:] if cased else text.capitalize()) + "."
-
-
 def dose_sentences(groups: dict[int, list[str]], seed: int, cased: bool = False) -> list[tuple[str, str]]:
     """Seeded (id, sentence) pairs of 4-10 words in which every word of dose group d (d > 0) occurs in exactly d
     sentences (once each) and no control word occurs. Ids "dose<seed>-<i>".
@@ -118,7 +113,7 @@ def dose_sentences(groups: dict[int, list[str]], seed: int, cased: bool = False)
         rest: list[str] = []
         for w in queue:  # fill the sentence with distinct words, keep the others in order for the next ones
             (cur if len(cur) < k and w not in cur else rest).append(w)
-        out.append((f"dose{seed}-{len(out):05d}", _sentence(cur, cased)))
+        out.append((f"dose{seed}-{len(out):05d}", as_sentence(cur, cased)))
         queue = rest
     return out
 
@@ -145,7 +140,7 @@ def held_out_sentences(groups: dict[int, list[str]], n: int, seed: int, cased: b
                     ws.append(w)
                     break
         ws = [ws[j] for j in rng.permutation(len(ws))]
-        out.append((f"dosetest{seed}-{i:04d}", _sentence(ws, cased)))
+        out.append((f"dosetest{seed}-{i:04d}", as_sentence(ws, cased)))
     return out
 
 

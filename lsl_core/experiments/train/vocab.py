@@ -23,6 +23,16 @@ def vocabulary_words(tokenizer, n: int, cased: bool = False) -> list[str]:
     return words[:n]
 
 
+def as_sentence(words: list[str], cased: bool = False) -> str:
+    """Words as a spoken sentence: first letter capitalised (the rest lowercase unless cased), a final period.
+
+    >>> as_sentence(["lavender", "Kingdom"]), as_sentence(["lavender", "Kingdom"], cased=True)
+    ('Lavender kingdom.', 'Lavender Kingdom.')
+    """
+    text = " ".join(words)
+    return (text[0].upper() + text[1:] if cased else text.capitalize()) + "."
+
+
 def vocabulary_sentences(tokenizer, n: int, n_words: int, seed: int, cased: bool = False) -> list[tuple[str, str]]:
     """n seeded (id, sentence) pairs of 4-10 words drawn uniformly from vocabulary_words(tokenizer, n_words,
     cased); the first letter is capitalised (and, when not cased, the rest lowercase, as before the option)."""
@@ -35,7 +45,5 @@ def vocabulary_sentences(tokenizer, n: int, n_words: int, seed: int, cased: bool
     for i in range(n):
         k = int(rng.integers(4, 11))
         ws = [words[j] for j in rng.integers(0, len(words), k)]
-        text = " ".join(ws)
-        text = text[0].upper() + text[1:] if cased else text.capitalize()
-        out.append((f"vocab{seed}-{i:05d}", text + "."))
+        out.append((f"vocab{seed}-{i:05d}", as_sentence(ws, cased)))
     return out
