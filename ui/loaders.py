@@ -363,9 +363,9 @@ def hearing_table() -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
 @st.cache_data(show_spinner=False, max_entries=4)
 def _hearing(path: str, stamp: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     from lsl_core.data.synth import UNSEEN_VOICE
-    from lsl_core.experiments.hearing import exposure_tables, recall_tables
+    from lsl_core.experiments.hearing import exposure_tables, recall_tables, with_chance
 
-    rows = pd.read_parquet(path)
+    rows = with_chance(pd.read_parquet(path), UNSEEN_VOICE)  # once for both tables
     exposure = exposure_tables(rows, UNSEEN_VOICE) if {"clips", "word"} <= set(rows.columns) else None
     return recall_tables(rows, UNSEEN_VOICE), exposure
 

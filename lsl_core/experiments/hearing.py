@@ -290,8 +290,9 @@ def _voice_groups(rows: pd.DataFrame, unseen_voice: str):
             yield vg, rows[sel]
 
 
-def _with_chance(rows: pd.DataFrame, unseen_voice: str) -> pd.DataFrame:
-    """rows + a chance column when they hold the word and output columns (rows of older versions do not)."""
+def with_chance(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
+    """rows + a chance column when they hold the word and output columns (rows of older versions do not) and
+    have none yet; the tables compute it themselves, so add it once when building several tables from rows."""
     if "chance" in rows.columns or not {"word", "output"} <= set(rows.columns):
         return rows
     return rows.assign(chance=chance(rows, unseen_voice))
@@ -301,7 +302,7 @@ def recall_table(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.Dat
     """Per voice group (seen, unseen) and word group: words spoken, questions holding such a word, recall
     (recalled / spoken, pooled over clips), its 95% bootstrap interval over those questions and chance (module
     docstring). -> columns voices, words, spoken, questions, recall, lo, hi, chance (fractions)."""
-    rows = _with_chance(rows, unseen_voice)
+    rows = with_chance(rows, unseen_voice)
     return pd.DataFrame([_pooled(part[part["group"] == g], {"voices": vg, "words": g})
                          for vg, part in _voice_groups(rows, unseen_voice) for g in GROUPS])
 
@@ -331,7 +332,7 @@ def exposure_table(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE,
     if "clips" not in rows.columns:
         raise LSLError("hearing: the rows have no 'clips' column (written by an older version); re-run "
                        "`python -m lsl_core hearing --out <file>.parquet`.")
-    rows = _with_chance(rows, unseen_voice)
+    rows = with_chance(rows, unseen_voice)
     out = []
     for vg, part in _voice_groups(rows, unseen_voice):
         b = exposure_bin(part["clips"].to_numpy(), edges)
@@ -479,10 +480,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"Word recall of the spoken question in each checkpoint's {what} (%, 95% bootstrap over questions), "
           f"{len(clips)} clips of {args.samples}:")
     every = pd.concat(all_rows, ignore_index=True)
-    print(format_table(recall_tables(every, args.unseen_voice)))
+    scored = with_chance(every, args.unseen_voice)  # once for both tables; not stored (it depends on the clips)
+    print(format_table(recall_tables(scored, args.unseen_voice)))
     print("The same by exposure: training clips that spoke the word (a training question counts once per voice "
           "of its stage), chance = the word in the outputs of the other questions' clips:")
-    print(format_exposure(exposure_tables(every, args.unseen_voice)))
+    print(format_exposure(exposure_tables(scored, args.unseen_voice)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         every.to_parquet(args.out)
