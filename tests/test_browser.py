@@ -245,6 +245,10 @@ def test_silence_and_bad_uploads_each_get_one_message(server, shots):
                 sidebar.locator('input[type="file"]').set_input_files(
                     files=[{"name": name, "mimeType": "audio/wav", "buffer": data}])
                 expect(sidebar.get_by_text(message)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+                # the main area's pointer renders later in the same run; wait for it before counting (a run
+                # that has not shown Streamlit's status widget yet makes _wait_idle return at once)
+                main = page.locator('[data-testid="stMain"]')
+                expect(main.get_by_text("the message in the sidebar")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
                 _wait_idle(page)
                 assert _count_text(page, message) == 1, f"{message!r} shown {_count_text(page, message)} times"
                 assert _count_text(page, "the message in the sidebar") == 1
