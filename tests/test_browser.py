@@ -296,6 +296,10 @@ def test_collapsed_path_note_and_intervals_are_drawn(server, shots):
             page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Checkpoints").click()
             expect(page.get_by_text("Scores across training")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
             _wait_idle(page)
+            # the page draws its figures one after another; wait until at least 4 are drawn outside collapsed
+            # expanders before looping over them (_wait_idle can return before the run shows its status widget)
+            page.wait_for_function("""() => Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]'))
+                .filter(e => e.offsetParent !== null).length >= 4""", timeout=LOAD_TIMEOUT_MS)
             charts = page.locator('[data-testid="stPlotlyChart"]')
             assert charts.first.locator("g.errorbar").count() > 0
             checked = 0
