@@ -545,6 +545,33 @@ def test_alignment_stages_lower_their_loss_and_keep_the_llm_frozen(tiny_parts, t
         assert "Repeat" in prefix or "<unk>" in prefix  # (the tiny word-level vocabulary lacks the word)
 
 
+def test_a_ctc_stage_keeps_its_head_so_its_decoding_can_be_rerun(tiny_parts, tmp_path):
+    """The learned blank is saved with a ctc checkpoint; reloaded, the head decodes the reloaded model's frames
+    exactly as the trained head decoded the trained model's. A repeat checkpoint has no head: one clear error."""
+    cfg = _cfg(tiny_parts, tmp_path, "frozen", name="ctc", objective="ctc", steps=2, save_every=2, warmup_steps=0,
+               lr=5e-2, ctc_temperature=7.0, ctc_norm_weight=0.3)
+    tr = _trainer(cfg)
+    folder = tr.run()[-1]
+    assert read_manifest(folder).extra["ctc_head"] == "ctc_head.safetensors"
+    emb = tr.model.llm.get_input_embeddings().weight
+    head = O.load_ctc_head(folder, emb)
+    assert not torch.equal(tr.ctc.blank, O.CTCHead(emb, seed=cfg.seed).blank)  # training moved the blank
+    torch.testing.assert_close(head.blank, tr.ctc.blank, rtol=0, atol=0)
+    assert (head.temperature, head.norm_weight) == (7.0, 0.3)
+    loaded = load_checkpoint(folder, device="cpu", merge_lora=False)
+    tr.train_mode(False)
+    for clip in tr.data.train[:3]:
+        with torch.no_grad():
+            q0, q1 = B.speech_query(tr.model, clip.states), B.speech_query(loaded, clip.states)  # [Ts, d]
+            torch.testing.assert_close(head.logits(q1), tr.ctc.logits(q0), rtol=0, atol=0)
+            assert head.greedy(q1) == tr.ctc.greedy(q0)
+    rep = _trainer(_cfg(tiny_parts, tmp_path, "frozen", name="rep", objective="repeat", steps=2, save_every=2)).run()[-1]
+    with pytest.raises(LSLError, match="only checkpoints of a ctc stage"):
+        O.load_ctc_head(rep, emb)
+    with pytest.raises(LSLError, match="the LLM's embeddings"):
+        O.load_ctc_head(folder, emb[:, :-1])
+
+
 def test_a_stage_continues_from_its_init_checkpoint(tiny_parts, tmp_path):
     """Stage 2 loads stage 1's adaptor, names its checkpoints by the global step, and a LoRA stage that keeps
     the adaptor points at init's adaptor file instead of copying it."""

@@ -5,6 +5,8 @@
                                                     then points at init's file with a relative path)
                             lora/                  peft adapter (strategy lora)
                             llm/                   the whole LLM + tokenizer (strategy full)
+                            ctc_head.safetensors   a ctc stage's learned blank [d] (fp32; temperature and norm
+                                                   weight in its metadata), read by objectives.load_ctc_head
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,9 +23,13 @@ from lsl_core.experiments.train.config import TrainConfig
 from lsl_core.model.loading import CheckpointManifest, write_manifest
 from lsl_core.model.lslm import LSLM
 
+if TYPE_CHECKING:
+    from lsl_core.experiments.train.objectives import CTCHead
+
 CONFIG_NAME = "train_config.json"
 LOG_NAME = "train_log.jsonl"
 TARGETS_NAME = "train_targets.jsonl"
+CTC_HEAD_NAME = "ctc_head.safetensors"
 
 
 def checkpoint_name(cfg: TrainConfig, step: int) -> str:
@@ -31,8 +38,9 @@ def checkpoint_name(cfg: TrainConfig, step: int) -> str:
 
 
 def save_checkpoint(cfg: TrainConfig, model: LSLM, out: Path, step: int, *, init_adaptor: Path | None = None,
-                    extra: dict | None = None) -> Path:
-    """Write <out>/<name>-step<NNNN>/ atomically (temp folder + rename); returns the folder."""
+                    extra: dict | None = None, ctc: CTCHead | None = None) -> Path:
+    """Write <out>/<name>-step<NNNN>/ atomically (temp folder + rename); returns the folder. `ctc`: a ctc
+    stage's head, kept so that its own best-path decoding can be rerun on the checkpoint later."""
     from safetensors.torch import save_file
 
     dt = getattr(torch, cfg.save_dtype)
@@ -53,6 +61,11 @@ def save_checkpoint(cfg: TrainConfig, model: LSLM, out: Path, step: int, *, init
     if cfg.strategy == "full":
         llm_ref = "llm"
         save_full_llm(model.llm, model.tokenizer, tmp / llm_ref, dt)
+    extra = dict(extra or {})
+    if ctc is not None:
+        save_file({"blank": ctc.blank.detach().to("cpu", torch.float32).contiguous()}, str(tmp / CTC_HEAD_NAME),
+                  metadata={"format": "pt", "temperature": repr(ctc.temperature), "norm_weight": repr(ctc.norm_weight)})
+        extra["ctc_head"] = CTC_HEAD_NAME
     m = CheckpointManifest(
         name=checkpoint_name(cfg, step), llm=llm_ref or cfg.llm, encoder=cfg.encoder, family=cfg.family,
         strategy=cfg.strategy, step=step, adaptor=adaptor, lora=lora,
@@ -60,7 +73,7 @@ def save_checkpoint(cfg: TrainConfig, model: LSLM, out: Path, step: int, *, init
         adaptor_hidden=cfg.adaptor_hidden, adaptor_context=cfg.adaptor_context,
         prompt=dict(cfg.prompt), seed=cfg.adaptor_seed, encoder_window=cfg.encoder_window,
         extra={"trajectory": out.name, "stage": cfg.objective, "train_config": f"../{CONFIG_NAME}",
-               "train_log": f"../{LOG_NAME}", "weights_dtype": cfg.save_dtype, **(extra or {})})
+               "train_log": f"../{LOG_NAME}", "weights_dtype": cfg.save_dtype, **extra})
     write_manifest(m, tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)

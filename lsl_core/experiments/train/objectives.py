@@ -19,12 +19,14 @@ distillation_loss    qa with distill_weight > 0 (DiVA / BLSP-KD style): the teac
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lsl_core.errors import LSLError
 from lsl_core.model import batch as B
 from lsl_core.model.lslm import LSLM
 
@@ -58,6 +60,29 @@ class CTCHead(nn.Module):
                 out.append(c - 1)
             prev = c
         return out
+
+
+def load_ctc_head(checkpoint: str | Path, embeddings: Tensor) -> CTCHead:
+    """The head a ctc stage saved with `checkpoint` (its learned blank [d], temperature and norm weight), over
+    the LLM's input embeddings [V, d] (the frozen table it was trained against), in eval mode."""
+    from safetensors import safe_open
+
+    from lsl_core.experiments.train.checkpoints import CTC_HEAD_NAME
+
+    path = Path(checkpoint) / CTC_HEAD_NAME
+    if not path.is_file():
+        raise LSLError(f"{checkpoint} has no {CTC_HEAD_NAME}: only checkpoints of a ctc stage keep their CTC head "
+                       "(and only those trained since heads were saved); retrain that stage to decode it.")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        blank = f.get_tensor("blank")  # [d]
+    if blank.shape != (embeddings.shape[1],):
+        raise LSLError(f"{path} holds a blank of shape {tuple(blank.shape)}; the LLM's embeddings are "
+                       f"{tuple(embeddings.shape)}: load the checkpoint's own LLM.")
+    head = CTCHead(embeddings, float(meta["temperature"]), float(meta["norm_weight"]))
+    with torch.no_grad():
+        head.blank.copy_(blank)
+    return head.to(embeddings.device).eval()
 
 
 def ctc_alignment_loss(head: CTCHead, frames: Sequence[Tensor], targets: Sequence[Sequence[int]]) -> Tensor:

@@ -276,7 +276,7 @@ class Trainer:
                 if last_eval.get("step") == self.step:
                     extra["monitor"] = {k: v for k, v in last_eval.items() if k not in ("kind", "example")}
                 saved.append(save_checkpoint(c, self.model, self.out, self.step_offset + self.step,
-                                             init_adaptor=self.init_adaptor, extra=extra))
+                                             init_adaptor=self.init_adaptor, extra=extra, ctc=self.ctc))
                 save_resume(self)
         bar.close()
         if self.step == until and until not in ckpt_steps:
