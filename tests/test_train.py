@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -292,6 +295,34 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tiny_parts, tmp_pat
         return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
 
     assert losses(fa.parent) == losses(fb.parent) and len(losses(fa.parent)) == 6
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
+def test_ctrl_c_stops_after_the_step_saves_and_resumes_exactly(tiny_parts, tmp_path, monkeypatch):
+    """A real SIGINT during step 3 of 6: the step finishes, the resume state holds step 3, the handler is put
+    back, and resuming ends where an uninterrupted run ends; the train command says how to continue."""
+    a = _trainer(_cfg(tiny_parts, tmp_path / "a", "lora", save_every=0))
+    a.run()
+    cfg_b = _cfg(tiny_parts, tmp_path / "b", "lora", save_every=0)
+    b1 = _trainer(cfg_b)
+    step = Trainer.train_step
+
+    def interrupted_step(self):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives inside step 3
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    before = signal.getsignal(signal.SIGINT)
+    assert b1.run() == [] and b1.step == 3 and b1.stopped_by == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is before
+    assert json.loads((Path(cfg_b.out + "-resume") / "state.json").read_text())["step"] == 3
+    monkeypatch.setattr(Trainer, "train_step", step)
+    b2 = _trainer(cfg_b)
+    b2.run(resume=True)
+    assert b2.step == 6 and b2.stopped_by is None
+    for (na, pa), (nb, pb) in zip(a.trainable_named(), b2.trainable_named()):
+        assert na == nb and torch.equal(pa, pb), na
 
 
 def test_resume_refuses_another_config_or_missing_state(tiny_parts, tmp_path):
@@ -837,3 +868,19 @@ def test_train_cli_overrides_fields_and_monitors_without_training(tiny_parts, tm
     assert "data: 2 training clips (2 questions x 1 voices" in out
     assert "monitor of the seeded adaptor (step 0):" in out and "'repeat_f1_train'" in out
     assert not Path(cfg.out).exists()  # nothing trained, nothing written
+    # Ctrl-C during step 2 of 4: one message saying where it stopped and how to continue; --resume finishes it
+    step = Trainer.train_step
+
+    def interrupted_step(self):
+        if self.step == 1 and threading.current_thread() is threading.main_thread():
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    args = ["train", "--config", str(path), "--set", 'voices=["en-us"]', "--steps", "4", "--no-progress"]
+    if threading.current_thread() is threading.main_thread():
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "Stopped by SIGINT at step 2 of 4" in err and "--resume" in err
+        assert main(args + ["--resume"]) == 0
+        assert "to step 4/4" in capsys.readouterr().out

@@ -8,6 +8,8 @@ self-distils answers with the LLM frozen (adaptor only), LoRA or fully tuned. A 
 its `init` checkpoint (the previous stage's last one), and its checkpoints carry the global step
 (init's step + the stage's step), so a trajectory reads untrained -> ctc -> repeat -> qa.
 The encoder is always frozen; its states are cached on disk once per clip (safetensors).
+Ctrl-C (or SIGTERM) stops after the step in progress and saves the resume state (a second one stops at
+once); the same command with --resume continues bit for bit where it stopped.
 
 Written into the trajectory folder `out`:
     train_config.json        this TrainConfig (re-run: --config <out>/train_config.json)
@@ -20,6 +22,7 @@ Written into the trajectory folder `out`:
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 from pathlib import Path
 
@@ -168,6 +171,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | No
     saved = trainer.run(resume=resume)
     print(f"trained {cfg.name} to step {trainer.step}/{cfg.steps} in {time.time() - t1:.0f} s; new checkpoints: "
           + (", ".join(p.name for p in saved) or "none"), flush=True)
+    if trainer.stopped_by is not None:
+        raise LSLError(f"Stopped by {signal.Signals(trainer.stopped_by).name} at step {trainer.step} of {cfg.steps}; "
+                       f"its resume state is saved in {trainer.resume_dir}: run the same command with --resume to "
+                       "continue exactly where it stopped.")
     return saved
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -64,6 +66,7 @@ class Trainer:
         self.cfg, self.data = cfg, data
         self.out = Path(out)
         self.resume_dir = Path(resume_dir)
+        self.stopped_by: int | None = None  # the signal that stopped the last run() early, if any
         self.step_offset = step_offset
         self.init_adaptor = init_adaptor
         self.progress = progress
@@ -260,6 +263,19 @@ class Trainer:
 
         bar = tqdm(total=until, initial=self.step, desc=f"train {c.name}", unit="step", disable=not self.progress,
                    mininterval=5)
+        self.stopped_by = None
+        with StopRequest() as stop:
+            saved += self._loop(until, ckpt_steps, eval_steps, last_eval, bar, stop)
+        bar.close()
+        if self.step not in ckpt_steps and (self.step == until or self.stopped_by is not None):
+            save_resume(self)  # a partial run (until < steps, or stopped by a signal) can always be resumed
+        return saved
+
+    def _loop(self, until: int, ckpt_steps: set[int], eval_steps: set[int], last_eval: dict, bar,
+              stop: "StopRequest") -> list[Path]:
+        """Steps self.step -> until (or the end of the step in progress when a stop signal came)."""
+        c = self.cfg
+        saved: list[Path] = []
         while self.step < until:
             t0 = time.time()
             lr = self.lr_factor(self.step) * c.lr
@@ -278,9 +294,9 @@ class Trainer:
                 saved.append(save_checkpoint(c, self.model, self.out, self.step_offset + self.step,
                                              init_adaptor=self.init_adaptor, extra=extra, ctc=self.ctc))
                 save_resume(self)
-        bar.close()
-        if self.step == until and until not in ckpt_steps:
-            save_resume(self)  # a partial run (until < steps) can always be resumed
+            if stop.signum is not None and self.step < until:
+                self.stopped_by = stop.signum
+                break
         return saved
 
     def _eval_and_log(self) -> dict:
@@ -295,3 +311,29 @@ class Trainer:
             shown = {k: round(v, 3) for k, v in res.items() if isinstance(v, float)}
             print(f"step {self.step_offset + self.step}: {shown}", flush=True)
         return row
+
+
+class StopRequest:
+    """While a stage trains: the first Ctrl-C (SIGINT) or SIGTERM only asks the loop to stop after the step in
+    progress (the trainer then saves its resume state); a second one interrupts at once. Signal handlers can
+    only be set in the main thread; elsewhere this does nothing."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
