@@ -103,10 +103,27 @@ def _shot(page, path: Path) -> None:
     page.set_viewport_size(size)
 
 
+# true once the app has been idle (script state 'notRunning', no status widget) for IDLE_HOLD_MS in a row:
+# an action's rerun can start a few hundred ms after the action, so one idle glance is not enough
+_IDLE_JS = """(hold) => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    const busy = !app || app.getAttribute('data-test-script-state') !== 'notRunning'
+        || document.querySelector('[data-testid="stStatusWidget"]') !== null;
+    const now = performance.now();
+    if (busy || window.__lslIdleSince === undefined) {
+        window.__lslIdleSince = busy ? undefined : now;
+        return false;
+    }
+    return now - window.__lslIdleSince >= hold;
+}"""
+IDLE_HOLD_MS = 1000
+
+
 def _wait_idle(page, timeout_ms: int = LOAD_TIMEOUT_MS) -> None:
-    """Until Streamlit's 'running' indicator is gone (the script run finished)."""
-    page.wait_for_timeout(300)
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=timeout_ms)
+    """Until the script run has finished and no new one started for IDLE_HOLD_MS (Streamlit's
+    `data-test-script-state` on stApp, and its 'running' status widget gone)."""
+    page.evaluate("() => { window.__lslIdleSince = undefined; }")
+    page.wait_for_function(_IDLE_JS, arg=IDLE_HOLD_MS, timeout=timeout_ms, polling=100)
 
 
 def test_user_reaches_heatmap_and_regenerates_with_bottom3_angle(server, shots):
@@ -245,8 +262,8 @@ def test_silence_and_bad_uploads_each_get_one_message(server, shots):
                 sidebar.locator('input[type="file"]').set_input_files(
                     files=[{"name": name, "mimeType": "audio/wav", "buffer": data}])
                 expect(sidebar.get_by_text(message)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
-                # the main area's pointer renders later in the same run; wait for it before counting (a run
-                # that has not shown Streamlit's status widget yet makes _wait_idle return at once)
+                # the main area's pointer renders later in the same run; wait for it before counting (an idle
+                # stretch before the upload's rerun starts would end _wait_idle early)
                 main = page.locator('[data-testid="stMain"]')
                 expect(main.get_by_text("the message in the sidebar")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
                 _wait_idle(page)
@@ -297,7 +314,7 @@ def test_collapsed_path_note_and_intervals_are_drawn(server, shots):
             expect(page.get_by_text("Scores across training")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
             _wait_idle(page)
             # the page draws its figures one after another; wait until at least 4 are drawn outside collapsed
-            # expanders before looping over them (_wait_idle can return before the run shows its status widget)
+            # expanders before looping over them (Plotly draws each chart after the run has sent it)
             page.wait_for_function("""() => Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]'))
                 .filter(e => e.offsetParent !== null).length >= 4""", timeout=LOAD_TIMEOUT_MS)
             charts = page.locator('[data-testid="stPlotlyChart"]')
