@@ -868,19 +868,32 @@ def test_train_cli_overrides_fields_and_monitors_without_training(tiny_parts, tm
     assert "data: 2 training clips (2 questions x 1 voices" in out
     assert "monitor of the seeded adaptor (step 0):" in out and "'repeat_f1_train'" in out
     assert not Path(cfg.out).exists()  # nothing trained, nothing written
-    # Ctrl-C during step 2 of 4: one message saying where it stopped and how to continue; --resume finishes it
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
+def test_train_cli_ctrl_c_says_where_it_stopped_and_resume_finishes(tiny_parts, tmp_path, capfd, monkeypatch):
+    """Ctrl-C during step 2 of 4: a line at once (written to fd 2 from the handler), then one message saying
+    where it stopped and how to continue (exit 2); the same command with --resume finishes the stage."""
+    from lsl_core.cli import main
+
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = _cfg(tiny_parts, tmp_path, strategy="frozen", objective="repeat", n_questions=2, voices=("en-us",), steps=4)
+    path = tmp_path / "stage.json"
+    path.write_text(json.dumps(cfg.to_dict()))
     step = Trainer.train_step
 
     def interrupted_step(self):
-        if self.step == 1 and threading.current_thread() is threading.main_thread():
+        if self.step == 1:
             os.kill(os.getpid(), signal.SIGINT)
         return step(self)
 
     monkeypatch.setattr(Trainer, "train_step", interrupted_step)
-    args = ["train", "--config", str(path), "--set", 'voices=["en-us"]', "--steps", "4", "--no-progress"]
-    if threading.current_thread() is threading.main_thread():
-        assert main(args) == 2
-        err = capsys.readouterr().err
-        assert "Stopped by SIGINT at step 2 of 4" in err and "--resume" in err
-        assert main(args + ["--resume"]) == 0
-        assert "to step 4/4" in capsys.readouterr().out
+    args = ["train", "--config", str(path), "--no-progress"]
+    assert main(args) == 2
+    err = capfd.readouterr().err
+    assert err.count("SIGINT: stopping after the step in progress") == 1
+    assert "Stopped by SIGINT at step 2 of 4" in err and "--resume" in err
+    assert not (Path(cfg.out) / "frozen-step0004").exists()
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert main(args + ["--resume"]) == 0
+    assert "to step 4/4" in capfd.readouterr().out and (Path(cfg.out) / "frozen-step0004").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -326,6 +327,8 @@ class StopRequest:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
+        os.write(2, f"\n{signal.Signals(signum).name}: stopping after the step in progress and saving the resume "
+                    "state (send it again to stop at once)\n".encode())  # unbuffered: safe inside a handler
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
