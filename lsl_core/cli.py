@@ -4,6 +4,7 @@
     analyze   alignment metrics of checkpoint(s) over a sample set; shards + --merge (experiments.analyze)
     evaluate  text vs speech scores, GAP and agreement per voice (experiments.evaluate)
     hearing   word recall of the speech path: words heard in training vs never heard (experiments.hearing)
+    closed-vocab  the closed-vocabulary ceiling: answers when unknown words are removed (experiments.closed_vocab)
     compare   two evaluated checkpoints on the same clips: paired differences (experiments.compare)
     table1    Table 1: speech answers under each intervention (experiments.table1)
     curriculum  agreement, cascade, alignment and GAP per shipped checkpoint, R² (experiments.curriculum)
@@ -32,6 +33,7 @@ COMMANDS = {
     "analyze": "lsl_core.experiments.analyze",
     "evaluate": "lsl_core.experiments.evaluate",
     "hearing": "lsl_core.experiments.hearing",
+    "closed-vocab": "lsl_core.experiments.closed_vocab",
     "compare": "lsl_core.experiments.compare",
     "table1": "lsl_core.experiments.table1",
     "curriculum": "lsl_core.experiments.curriculum",

@@ -1,0 +1,276 @@
+"""The closed-vocabulary ceiling: how far could a speech path that hears the words its training spoke, and no
+others, agree with the text answers?
+
+    python -m lsl_core closed-vocab --checkpoint assets/checkpoints/qa-lora/lora-step2900 --results assets/results
+
+`hearing` finds that the demo speech path hears the words training spoke (often enough) and almost none of the
+others. This asks what that costs, with no speech model in the loop: each clip's question is **closed**, every
+word the checkpoint's lineage (hearing.lineage) spoke in fewer than `min_clips` training clips (1 = never
+spoken) is
+
+- ``drop``: removed (its trailing punctuation stays), or
+- ``nearest``: replaced by the known word of the most similar spelling (difflib ratio; the closed-vocabulary
+  speech path puts a known word of similar sound or topic in an unknown one's place),
+
+in one of two texts:
+
+- ``typed``: the typed question, i.e. perfect hearing of the known words;
+- ``asr``: the checkpoint's Whisper transcript (the cascade's input), i.e. Whisper's hearing of them.
+
+The checkpoint's own text path answers each closed text (greedy, as the cascade answers its transcript), and
+its agreement with the text answer (token F1, `answer_agreement`) is set against the cascade's on the same
+clips: ratio = closed / cascade, with the paired bootstrap over questions of `headline_intervals`. Only
+unknown words change, case and punctuation of the rest stay as typed or transcribed, so a text without an
+unknown word is the text (or cascade) prompt itself and keeps its stored answer. If the typed ceiling is
+below a goal ratio, no recipe that leaves the vocabulary closed can reach it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from lsl_core.data.synth import UNSEEN_VOICE
+from lsl_core.errors import LSLError
+from lsl_core.experiments.hearing import Lineage, lineage, words
+
+SOURCES = ("typed", "asr")  # which text is closed (module docstring)
+MODES = ("drop", "nearest")  # what becomes of an unknown word
+SPEECH_ROW = "end-to-end speech"  # the condition label of the checkpoint's real speech answers
+_CHUNK = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)  # leading punctuation, core, trailing punctuation
+
+
+def known_words(lin: Lineage, min_clips: int = 1) -> list[str]:
+    """The words a lineage spoke in at least min_clips training clips, sorted (min_clips 1 = every spoken word).
+
+    >>> known_words(Lineage(frozenset({"who", "is"}), frozenset({"nepal"}), ("t",), clips={"who": 9, "is": 9,
+    ...     "nepal": 1}), min_clips=2)
+    ['is', 'who']
+    """
+    if min_clips < 1:
+        raise LSLError(f"closed-vocab: min_clips must be at least 1 (1 = words never spoken), got {min_clips}.")
+    spoken = lin.question_words | lin.other_words
+    return sorted(w for w in spoken if (lin.exposure(w) >= min_clips if lin.clips else min_clips == 1))
+
+
+def nearest_word(word: str, vocab: list[str]) -> str:
+    """The vocabulary word of the most similar spelling (difflib ratio; ties: the later word alphabetically).
+
+    >>> nearest_word("argentine", ["angola", "argent", "tine"])
+    'argent'
+    """
+    if not vocab:
+        raise LSLError("closed-vocab: the known vocabulary is empty; lower --min-clips.")
+    return difflib.get_close_matches(word, vocab, n=1, cutoff=0.0)[0]
+
+
+def close_text(text: str, known: set[str], mode: str, vocab: list[str] | None = None,
+               memo: dict[str, str] | None = None) -> tuple[str, int, int]:
+    """A text with every whitespace chunk holding an unknown word dropped or replaced (module docstring).
+
+    Returns (closed text, chunks changed, chunks with words). A chunk's words are hearing.words of it
+    ("Federation's?" -> ["federations"]); it is unknown when any of them is not in `known`. `nearest` needs
+    `vocab` (the known words, sorted) and keeps a leading capital.
+
+    >>> close_text("Who founded Hangul's court?", {"who", "founded", "court"}, "drop")
+    ('Who founded court?', 1, 4)
+    >>> close_text("Who founded Hangul?", {"who", "founded", "hang"}, "nearest", ["founded", "hang", "who"])
+    ('Who founded Hang?', 1, 3)
+    """
+    if mode not in MODES:
+        raise LSLError(f"closed-vocab: mode must be one of {MODES}, got {mode!r}.")
+    if mode == "nearest" and vocab is None:
+        raise LSLError("closed-vocab: mode 'nearest' needs the known vocabulary.")
+    memo = {} if memo is None else memo
+    out: list[str] = []
+    changed = with_words = 0
+    for chunk in text.split():
+        ws = words(chunk)
+        if not ws:
+            out.append(chunk)
+            continue
+        with_words += 1
+        if all(w in known for w in ws):
+            out.append(chunk)
+            continue
+        changed += 1
+        pre, core, post = _CHUNK.match(chunk).groups()
+        if mode == "drop":
+            if post and out:
+                out[-1] += post
+            continue
+        key = "".join(ws)
+        if key not in memo:
+            memo[key] = nearest_word(key, vocab)
+        new = memo[key]
+        out.append(pre + (new[:1].upper() + new[1:] if core[:1].isupper() else new) + post)
+    return " ".join(out), changed, with_words
+
+
+def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=MODES, min_clips=(1,),
+                max_new_tokens: int = 24, batch_size: int = 16) -> pd.DataFrame:
+    """One row per clip x condition (source, mode, min_clips): the closed text, its answer by the checkpoint's
+    text path and that answer's agreement with the text answer, next to the cascade's agreement.
+
+    rows: the checkpoint's evaluate rows (question, voice, text_answer, transcript, cascade_answer,
+    cascade_agreement, ...). Columns added: condition, source, mode, min_clips, closed_text, chunks_closed,
+    chunks, answer, agreement (replaced: the closed answer's), speech_agreement (the real speech answer's).
+    """
+    from lsl_core.experiments.evaluate import text_answers
+    from lsl_core.scoring import answer_agreement
+
+    need = {"question", "voice", "text_answer", "transcript", "cascade_answer", "cascade_agreement", "agreement"}
+    if "asr" not in sources:
+        need -= {"transcript", "cascade_answer"}
+    if not need <= set(rows.columns):
+        raise LSLError(f"closed-vocab: the evaluate rows lack {sorted(need - set(rows.columns))}; evaluate the "
+                       "checkpoint with its cascade (no --no-cascade) first.")
+    parts = []
+    for k in min_clips:
+        vocab = known_words(lin, k)
+        known, memo = set(vocab), {}
+        for source in sources:
+            col, stored = ("question", "text_answer") if source == "typed" else ("transcript", "cascade_answer")
+            for mode in modes:
+                texts = rows[col].fillna("").astype(str)
+                closed = [close_text(t, known, mode, vocab, memo) for t in texts]
+                todo = [c for (c, n, _), t in zip(closed, texts) if n and c.strip()]
+                answers = dict(zip(todo, text_answers(model, todo, max_new_tokens, batch_size))) if todo else {}
+                ans = [(answers.get(c, "") if n else s) if t.strip() else ""
+                       for (c, n, _), t, s in zip(closed, texts, rows[stored].fillna("").astype(str))]
+                label = f"{source} closed ({mode}, words < {k} clips)"
+                parts.append(rows.assign(
+                    condition=label, source=source, mode=mode, min_clips=k, closed_text=[c for c, _, _ in closed],
+                    chunks_closed=[n for _, n, _ in closed], chunks=[m for _, _, m in closed], answer=ans,
+                    speech_agreement=rows["agreement"],
+                    agreement=[float(answer_agreement(a, t)) for a, t in zip(ans, rows["text_answer"])]))
+    return pd.concat(parts, ignore_index=True)
+
+
+def ceiling_table(closed: pd.DataFrame, rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
+    """Per condition (and the real speech answers, SPEECH_ROW) x {seen, unseen}: agreement, cascade agreement and
+    their ratio with 95% bootstrap CIs over questions (headline_intervals), plus the share of word-holding chunks
+    closed (0 for the speech row)."""
+    from lsl_core.experiments.evaluate import headline_intervals
+
+    keep = ["question", "voice", "agreement", "cascade_agreement"]
+    speech = rows[keep].assign(checkpoint=SPEECH_ROW, chunks_closed=0, chunks=1)
+    both = pd.concat([speech, closed[keep + ["chunks_closed", "chunks"]].assign(checkpoint=closed["condition"])],
+                     ignore_index=True).assign(strategy="", step=0, text_containment=float("nan"))  # no gold scoring
+    table = headline_intervals(both, unseen_voice).rename(columns={"checkpoint": "condition"})
+    both["group"] = both["voice"].where(both["voice"] == unseen_voice, "seen")
+    sums = both.groupby(["checkpoint", "group"], sort=False)[["chunks_closed", "chunks"]].sum()
+    share = sums["chunks_closed"] / sums["chunks"].clip(lower=1)
+    table["closed_share"] = [float(share.get((c, v), float("nan"))) for c, v in zip(table["condition"],
+                                                                                    table["voice"])]
+    return table[[c for c in ("condition", "voice", "n_q", "closed_share", "agreement", "agreement_lo",
+                              "agreement_hi", "cascade_agreement", "ratio", "ratio_lo", "ratio_hi")
+                  if c in table.columns]]
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The ceiling table as markdown (percent; ratio as ×)."""
+    lines = ["| what answers | voices | words closed | agreement | cascade | ratio |", "|---|---|--:|--:|--:|--:|"]
+    for _, r in table.iterrows():
+        lines.append(f"| {r['condition']} | {r['voice']} | {100 * r['closed_share']:.0f} % | "
+                     f"{100 * r['agreement']:.1f} [{100 * r['agreement_lo']:.1f}, {100 * r['agreement_hi']:.1f}] | "
+                     f"{100 * r['cascade_agreement']:.1f} | "
+                     f"{r['ratio']:.2f}× [{r['ratio_lo']:.2f}, {r['ratio_hi']:.2f}] |")
+    return "\n".join(lines)
+
+
+def stored_rows(results: Path, checkpoint: str) -> pd.DataFrame:
+    """A checkpoint's per-clip rows from an evaluate results folder (every `*_samples.parquet` in it)."""
+    files = sorted(Path(results).glob("*_samples.parquet"))
+    if not files:
+        raise LSLError(f"closed-vocab: {results} holds no evaluate rows (*_samples.parquet); pass the --out folder "
+                       "of `python -m lsl_core evaluate`, or --samples to evaluate now.")
+    rows = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    rows = rows[rows["checkpoint"] == checkpoint].drop_duplicates("sample_id")
+    if rows.empty:
+        raise LSLError(f"closed-vocab: {results} has no rows of checkpoint {checkpoint!r}; evaluate it there first.")
+    return rows.reset_index(drop=True)
+
+
+def register(subparsers) -> None:
+    """Add `closed-vocab` to `python -m lsl_core`."""
+    p = subparsers.add_parser("closed-vocab", help="the closed-vocabulary ceiling: answers to questions with the "
+                                                   "words training never spoke removed",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a trained checkpoint folder or its manifest.json")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--results", type=Path, help="an evaluate --out folder holding this checkpoint's rows")
+    src.add_argument("--samples", help="evaluate on this sample set now (cached like evaluate)")
+    p.add_argument("--n-questions", type=int, default=None, help="only the first N distinct questions (all voices)")
+    p.add_argument("--source", nargs="+", choices=SOURCES, default=list(SOURCES), help="texts to close")
+    p.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES), help="what becomes of an unknown word")
+    p.add_argument("--min-clips", nargs="+", type=int, default=[1],
+                   help="a word is known when training spoke it in at least this many clips (1 = ever spoken)")
+    p.add_argument("--unseen-voice", default=UNSEEN_VOICE, help="the voice held out of training")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="greedy answer length (as evaluate's)")
+    p.add_argument("--batch-size", type=int, default=50, help="prompts per batched generate call")
+    p.add_argument("--examples", type=int, default=0, help="also print this many closed questions per condition")
+    p.add_argument("--out", type=Path, default=None, help="write the per-clip rows here (parquet)")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: CUDA if available)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from lsl_core.experiments.evaluate import text_answers
+    from lsl_core.model.loading import load_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.n_questions is not None and args.n_questions <= 0:
+        raise LSLError(f"closed-vocab: --n-questions must be positive, got {args.n_questions}.")
+    for k in args.min_clips:
+        if k < 1:
+            raise LSLError(f"closed-vocab: --min-clips must be at least 1 (1 = words never spoken), got {k}.")
+    lin = lineage(args.checkpoint)  # before the model loads: an untrained checkpoint has nothing to close
+    model = load_checkpoint(args.checkpoint, device=args.device)
+    if args.results is not None:
+        rows = stored_rows(args.results, model.name)
+        if args.n_questions is not None:
+            rows = rows[rows["question"].isin(list(dict.fromkeys(rows["question"]))[:args.n_questions])]
+    else:
+        from lsl_core.data.sets import load_sample_set
+        from lsl_core.experiments.evaluate import EvalOptions, evaluate_checkpoint, select_samples
+
+        opts = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                           unseen_voice=args.unseen_voice)
+        samples = select_samples(load_sample_set(args.samples), args.n_questions)
+        rows = evaluate_checkpoint(model, samples, opts, progress=True)
+    first = list(dict.fromkeys(rows["question"]))[:4]  # the stored rows must be this checkpoint's answers
+    with torch.no_grad():
+        now = text_answers(model, first, args.max_new_tokens, args.batch_size)
+    stored = rows.drop_duplicates("question").set_index("question")["text_answer"]
+    if differ := sum(a != stored[q] for q, a in zip(first, now)):
+        print(f"note: {differ} of {len(first)} stored text answers differ from this checkpoint's answers now "
+              "(another digest, or numerics); the unchanged texts keep the stored answers.")
+    if "asr" in args.source and "transcript" not in rows.columns:
+        raise LSLError("closed-vocab: these rows have no cascade (the encoder has no ASR decoder, or evaluate ran "
+                       "with --no-cascade); pass --source typed.")
+    with torch.no_grad():
+        closed = closed_rows(model, rows, lin, args.source, args.mode, args.min_clips, args.max_new_tokens,
+                             args.batch_size)
+    print(f"{model.name}: lineage {' <- '.join(lin.stages)}; {len(rows)} clips of "
+          f"{rows['question'].nunique()} questions; known words: "
+          + ", ".join(f"{len(known_words(lin, k))} spoken in >= {k} clips" for k in args.min_clips))
+    for cond, d in closed.groupby("condition", sort=False):
+        for _, r in d.drop_duplicates("closed_text").head(args.examples).iterrows():
+            print(f"   [{cond}] {r['question']} -> {r['closed_text']} | {r['answer']}")
+    print("Agreement with the text answers (%, 95% bootstrap over questions); ratio = / the cascade's on the "
+          "same clips:")
+    print(format_table(ceiling_table(closed, rows, args.unseen_voice)))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        closed.to_parquet(args.out)
+        print(f"rows: {args.out}")
+    return 0

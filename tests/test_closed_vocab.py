@@ -1,0 +1,191 @@
+"""closed-vocab: closing a text by hand, the nearest known word against a brute-force reference, the rows and the
+ceiling table with a stand-in text path (hand-computed agreements and ratio), and the command end to end on a
+shipped checkpoint's stored evaluate rows."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lsl_core.cli import main as cli_main
+from lsl_core.errors import LSLError
+from lsl_core.experiments.closed_vocab import (SPEECH_ROW, ceiling_table, close_text, closed_rows, known_words,
+                                               nearest_word, stored_rows)
+from lsl_core.experiments.hearing import Lineage, lineage, words
+from lsl_core.metrics.stats import bootstrap_ci
+from lsl_core.scoring import answer_agreement
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets" / "checkpoints"
+
+
+def test_close_text_drops_or_replaces_only_unknown_words_by_hand():
+    known = {"who", "founded", "the", "court", "in", "1990"}
+    # punctuation of a dropped chunk moves to the previous chunk; case and punctuation of known words stay
+    assert close_text("Who founded Hangul's court?", known, "drop") == ("Who founded court?", 1, 4)
+    assert close_text("Who founded the court in Seoul?", known, "drop") == ("Who founded the court in?", 1, 6)
+    assert close_text("In 1990, who founded Zog?", known, "drop") == ("In 1990, who founded?", 1, 5)
+    assert close_text("Zog founded it", known, "drop") == ("founded", 2, 3)  # a leading unknown chunk: nothing kept
+    assert close_text("", known, "drop") == ("", 0, 0)
+    assert close_text("Who — founded?", known, "drop") == ("Who — founded?", 0, 2)  # no word in "—"
+    vocab = sorted(known)
+    # nearest: the core is replaced, a leading capital and the chunk's punctuation kept
+    assert close_text("Who founded (Courts)?", known, "nearest", vocab) == ("Who founded (Court)?", 1, 3)
+    assert close_text("who foundid the court", known, "nearest", vocab) == ("who founded the court", 1, 4)
+    assert close_text("In 1991?", known, "nearest", vocab) == ("In 1990?", 1, 2)
+    with pytest.raises(LSLError, match="needs the known vocabulary"):
+        close_text("Zog", known, "nearest")
+    with pytest.raises(LSLError, match="mode must be one of"):
+        close_text("Zog", known, "blank")
+
+
+def test_nearest_word_matches_a_brute_force_reference():
+    rng = np.random.default_rng(0)
+    letters = list("abcdeilnorstu")
+    vocab = sorted({"".join(rng.choice(letters, rng.integers(3, 9))) for _ in range(300)})
+    for _ in range(200):
+        w = "".join(rng.choice(letters, rng.integers(2, 11)))
+        ref = max(vocab, key=lambda v: (difflib.SequenceMatcher(None, v, w).ratio(), v))
+        assert nearest_word(w, vocab) == ref
+    with pytest.raises(LSLError, match="lower --min-clips"):
+        nearest_word("zog", [])
+
+
+def test_known_words_by_exposure():
+    lin = Lineage(frozenset({"who", "is", "the"}), frozenset({"nepal", "zog"}), ("t",),
+                  clips={"who": 40, "is": 30, "the": 29, "nepal": 1, "zog": 31})
+    assert known_words(lin) == ["is", "nepal", "the", "who", "zog"]
+    assert known_words(lin, 30) == ["is", "who", "zog"]
+    assert known_words(lin, 41) == []
+    with pytest.raises(LSLError, match="at least 1"):
+        known_words(lin, 0)
+
+
+class _EchoLLM:
+    """A text path that answers a prompt with its upper-cased words (so agreement is countable by hand)."""
+
+    manifest = {"strategy": "lora", "lora": "x"}
+    device, dtype, name = "cpu", "float32", "echo"
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+        self.prompts: list[str] = []
+
+    def prompt_for(self, text: str) -> str:
+        return text
+
+    def generate_answers(self, prompts, max_new_tokens, batch_size=16):
+        self.prompts += prompts
+        return [p.upper() for p in prompts]
+
+
+def _rows() -> pd.DataFrame:
+    """Evaluate rows of 2 questions x 2 voices; the text answer of a question is the question itself."""
+    q1, q2 = "Who founded Zog court?", "Who is the court?"
+    return pd.DataFrame({
+        "checkpoint": "ck", "sample_id": ["a1", "a2", "b1", "b2"], "question": [q1, q1, q2, q2],
+        "voice": ["en-gb", "en-gb-scotland", "en-gb", "en-gb-scotland"],
+        "text_answer": [q1, q1, q2, q2],
+        "transcript": ["Who found Zog court", "", "Who is the court", "Who is a court"],
+        "cascade_answer": ["WHO FOUND ZOG COURT", "", "WHO IS THE COURT", "WHO IS A COURT"],
+        "cascade_agreement": [0.5, 0.0, 1.0, 0.75], "agreement": [0.25, 0.0, 0.5, 0.5]})
+
+
+def test_closed_rows_and_the_ceiling_table_by_hand():
+    rows = _rows()
+    lin = Lineage(frozenset({"who", "founded", "court", "is", "the"}), frozenset(), ("t",))
+    llm = _EchoLLM("closed-rows-by-hand")
+    out = closed_rows(llm, rows, lin, sources=("typed", "asr"), modes=("drop",))
+    typed = out[out["source"] == "typed"].reset_index(drop=True)
+    # q1 loses "Zog": answered anew ("WHO FOUNDED COURT?" vs "Who founded Zog court?": F1 = 2*3/(3+4)); q2 is
+    # unchanged and keeps its stored text answer (agreement 1)
+    assert typed["closed_text"].tolist() == ["Who founded court?"] * 2 + ["Who is the court?"] * 2
+    assert typed["answer"].tolist() == ["WHO FOUNDED COURT?"] * 2 + ["Who is the court?"] * 2
+    assert typed["agreement"].tolist() == pytest.approx([6 / 7, 6 / 7, 1.0, 1.0])
+    assert typed["chunks_closed"].tolist() == [1, 1, 0, 0] and typed["chunks"].tolist() == [4, 4, 4, 4]
+    asr = out[out["source"] == "asr"].reset_index(drop=True)
+    # transcripts: "found" and "a" are unknown too; an empty transcript stays empty with an empty answer
+    assert asr["closed_text"].tolist() == ["Who court", "", "Who is the court", "Who is court"]
+    assert asr["answer"].tolist() == ["WHO COURT", "", "WHO IS THE COURT", "WHO IS COURT"]
+    assert asr["agreement"].tolist() == pytest.approx([answer_agreement(a, t) for a, t in
+                                                       zip(asr["answer"], rows["text_answer"])])
+    assert asr["speech_agreement"].tolist() == rows["agreement"].tolist()
+    # each distinct changed text was generated once, the unchanged ones never
+    assert sorted(llm.prompts) == sorted(["Who founded court?", "Who court", "Who is court"])
+
+    table = ceiling_table(out, rows, "en-gb-scotland").set_index(["condition", "voice"])
+    assert set(table.index.get_level_values(0)) == {SPEECH_ROW, "typed closed (drop, words < 1 clips)",
+                                                    "asr closed (drop, words < 1 clips)"}
+    r = table.loc[("typed closed (drop, words < 1 clips)", "seen")]  # en-gb: one clip per question
+    assert r["agreement"] == pytest.approx((6 / 7 + 1.0) / 2)
+    assert r["cascade_agreement"] == pytest.approx((0.5 + 1.0) / 2)
+    assert r["ratio"] == pytest.approx((6 / 7 + 1.0) / 1.5)
+    assert r["closed_share"] == pytest.approx(1 / 8)
+    pair = np.array([[6 / 7, 0.5], [1.0, 1.0]])
+    ci = bootstrap_ci(pair, lambda x: x[:, 0].mean() / max(x[:, 1].mean(), 1e-12))
+    assert (r["ratio_lo"], r["ratio_hi"]) == pytest.approx((ci.low, ci.high))
+    s = table.loc[(SPEECH_ROW, "en-gb-scotland")]
+    assert s["ratio"] == pytest.approx((0.0 + 0.5) / (0.0 + 0.75)) and s["closed_share"] == 0
+
+
+def test_closed_rows_asks_for_a_cascade_and_stored_rows_name_the_checkpoint(tmp_path):
+    lin = Lineage(frozenset({"who"}), frozenset(), ("t",))
+    with pytest.raises(LSLError, match="with its cascade"):
+        closed_rows(_EchoLLM("x"), _rows().drop(columns=["transcript"]), lin)
+    typed_only = closed_rows(_EchoLLM("y"), _rows().drop(columns=["transcript", "cascade_answer"]), lin,
+                             sources=("typed",), modes=("drop",))
+    assert set(typed_only["source"]) == {"typed"}
+    with pytest.raises(LSLError, match="holds no evaluate rows"):
+        stored_rows(tmp_path, "ck")
+    _rows().to_parquet(tmp_path / "checkpoints_samples.parquet")
+    with pytest.raises(LSLError, match="no rows of checkpoint 'other'"):
+        stored_rows(tmp_path, "other")
+    assert len(stored_rows(tmp_path, "ck")) == 4
+
+
+def test_closed_vocab_command_on_the_shipped_default(capsys, tmp_path):
+    """End to end: lora-step2900's stored sd-qa-mini evaluate rows (assets/results), its first 2 questions,
+    closed by its lineage and answered by its own text path."""
+    from lsl_core.model.loading import load_checkpoint
+
+    ck = ASSETS / "qa-lora" / "lora-step2900"
+    out = tmp_path / "closed.parquet"
+    assert cli_main(["closed-vocab", "--checkpoint", str(ck), "--results", str(ROOT / "assets" / "results"),
+                     "--n-questions", "2", "--mode", "drop", "--min-clips", "1", "30", "--examples", "1",
+                     "--batch-size", "1", "--out", str(out), "--threads", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "lora-step2900: lineage qa-lora <- align-repeat <- align-ctc;" in text
+    assert "| typed closed (drop, words < 30 clips) | seen |" in text and f"| {SPEECH_ROW} | en-gb-scotland |" in text
+    rows = pd.read_parquet(out)
+    assert len(rows) == 2 * 2 * 10  # 2 questions x 5 voices, 2 sources x 2 thresholds
+    lin = lineage(ck)
+    for k in (1, 30):
+        known = set(known_words(lin, k))
+        part = rows[rows["min_clips"] == k]
+        for t in part["closed_text"]:  # nothing unknown is left
+            assert all(w in known for w in words(t))
+        changed = part[part["chunks_closed"] > 0]
+        assert len(changed) and (part["chunks_closed"] <= part["chunks"]).all()
+    unchanged = rows[rows["chunks_closed"] == 0]
+    stored = unchanged["text_answer"].where(unchanged["source"] == "typed", unchanged["cascade_answer"])
+    assert (unchanged["answer"] == stored).all()
+    # a changed text's answer is the checkpoint's own greedy answer to it, one prompt at a time as the command ran
+    # (--batch-size 1), not through the tool's memo
+    model = load_checkpoint(ck)
+    one = rows[rows["chunks_closed"] > 0].drop_duplicates("closed_text").iloc[0]
+    again = model.generate_answers([model.prompt_for(text=one["closed_text"])], 24, batch_size=1)[0]
+    assert again == one["answer"]
+    assert one["agreement"] == pytest.approx(answer_agreement(one["answer"], one["text_answer"]))
+
+
+def test_closed_vocab_refuses_bad_input_before_loading_a_model(capsys):
+    assert cli_main(["closed-vocab", "--checkpoint", str(ASSETS / "embedded-untrained"), "--samples",
+                     "sd-qa-mini"]) == 2
+    assert "not a trained checkpoint" in capsys.readouterr().err
+    assert cli_main(["closed-vocab", "--checkpoint", str(ASSETS / "qa-lora" / "lora-step2900"), "--results", ".",
+                     "--min-clips", "0"]) == 2
+    assert "--min-clips must be at least 1" in capsys.readouterr().err
