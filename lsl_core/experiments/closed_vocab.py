@@ -112,14 +112,17 @@ def close_text(text: str, known: set[str], mode: str, vocab: list[str] | None = 
 
 
 def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=MODES, min_clips=(1,),
-                max_new_tokens: int = 24, batch_size: int = 16) -> pd.DataFrame:
+                max_new_tokens: int = 24, batch_size: int = 16, progress: bool = False) -> pd.DataFrame:
     """One row per clip x condition (source, mode, min_clips): the closed text, its answer by the checkpoint's
     text path and that answer's agreement with the text answer, next to the cascade's agreement.
 
     rows: the checkpoint's evaluate rows (question, voice, text_answer, transcript, cascade_answer,
     cascade_agreement, ...). Columns added: condition, source, mode, min_clips, closed_text, chunks_closed,
     chunks, answer, agreement (replaced: the closed answer's), speech_agreement (the real speech answer's).
+    progress: print a line per condition (texts answered, seconds).
     """
+    import time
+
     from lsl_core.experiments.evaluate import text_answers
     from lsl_core.scoring import answer_agreement
 
@@ -139,10 +142,13 @@ def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=
                 texts = rows[col].fillna("").astype(str)
                 closed = [close_text(t, known, mode, vocab, memo) for t in texts]
                 todo = [c for (c, n, _), t in zip(closed, texts) if n and c.strip()]
+                label = f"{source} closed ({mode}, words < {k} clips)"
+                t0 = time.time()
                 answers = dict(zip(todo, text_answers(model, todo, max_new_tokens, batch_size))) if todo else {}
+                if progress:
+                    print(f"  {label}: {len(set(todo))} changed texts answered in {time.time() - t0:.0f} s", flush=True)
                 ans = [(answers.get(c, "") if n else s) if t.strip() else ""
                        for (c, n, _), t, s in zip(closed, texts, rows[stored].fillna("").astype(str))]
-                label = f"{source} closed ({mode}, words < {k} clips)"
                 parts.append(rows.assign(
                     condition=label, source=source, mode=mode, min_clips=k, closed_text=[c for c, _, _ in closed],
                     chunks_closed=[n for _, n, _ in closed], chunks=[m for _, _, m in closed], answer=ans,
@@ -257,12 +263,12 @@ def main(args: argparse.Namespace) -> int:
     if "asr" in args.source and "transcript" not in rows.columns:
         raise LSLError("closed-vocab: these rows have no cascade (the encoder has no ASR decoder, or evaluate ran "
                        "with --no-cascade); pass --source typed.")
-    with torch.no_grad():
-        closed = closed_rows(model, rows, lin, args.source, args.mode, args.min_clips, args.max_new_tokens,
-                             args.batch_size)
     print(f"{model.name}: lineage {' <- '.join(lin.stages)}; {len(rows)} clips of "
           f"{rows['question'].nunique()} questions; known words: "
-          + ", ".join(f"{len(known_words(lin, k))} spoken in >= {k} clips" for k in args.min_clips))
+          + ", ".join(f"{len(known_words(lin, k))} spoken in >= {k} clips" for k in args.min_clips), flush=True)
+    with torch.no_grad():
+        closed = closed_rows(model, rows, lin, args.source, args.mode, args.min_clips, args.max_new_tokens,
+                             args.batch_size, progress=True)
     for cond, d in closed.groupby("condition", sort=False):
         for _, r in d.drop_duplicates("closed_text").head(args.examples).iterrows():
             print(f"   [{cond}] {r['question']} -> {r['closed_text']} | {r['answer']}")
