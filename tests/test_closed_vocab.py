@@ -132,6 +132,20 @@ def test_closed_rows_and_the_ceiling_table_by_hand():
     assert s["ratio"] == pytest.approx((0.0 + 0.5) / (0.0 + 0.75)) and s["closed_share"] == 0
 
 
+def test_extra_vocabulary_words_count_as_known():
+    rows = _rows()
+    lin = Lineage(frozenset({"who", "founded", "court", "is", "the"}), frozenset(), ("t",))
+    out = closed_rows(_EchoLLM("extra-words"), rows, lin, sources=("typed",), modes=("drop", "nearest"),
+                      extra_words=("zog", "zap"))
+    assert set(out["condition"]) == {"typed closed (drop, words < 1 clips, + 2 vocabulary words)",
+                                     "typed closed (nearest, words < 1 clips, + 2 vocabulary words)"}
+    assert (out["closed_text"] == out["question"]).all() and (out["chunks_closed"] == 0).all()  # "Zog" is known
+    assert (out["answer"] == out["text_answer"]).all()
+    nearest = closed_rows(_EchoLLM("extra-words-2"), rows.assign(question="Who founded Zob?"), lin,
+                          sources=("typed",), modes=("nearest",), extra_words=("zog",))
+    assert set(nearest["closed_text"]) == {"Who founded Zog?"}  # a vocabulary word can be the nearest one
+
+
 def test_closed_rows_asks_for_a_cascade_and_stored_rows_name_the_checkpoint(tmp_path):
     lin = Lineage(frozenset({"who"}), frozenset(), ("t",))
     with pytest.raises(LSLError, match="with its cascade"):
@@ -189,3 +203,6 @@ def test_closed_vocab_refuses_bad_input_before_loading_a_model(capsys):
     assert cli_main(["closed-vocab", "--checkpoint", str(ASSETS / "qa-lora" / "lora-step2900"), "--results", ".",
                      "--min-clips", "0"]) == 2
     assert "--min-clips must be at least 1" in capsys.readouterr().err
+    assert cli_main(["closed-vocab", "--checkpoint", str(ASSETS / "qa-lora" / "lora-step2900"), "--results", ".",
+                     "--vocab-words", "-1"]) == 2
+    assert "--vocab-words must be 0 or more" in capsys.readouterr().err

@@ -21,8 +21,8 @@ The checkpoint's own text path answers each closed text (greedy, as the cascade 
 its agreement with the text answer (token F1, `answer_agreement`) is set against the cascade's on the same
 clips: ratio = closed / cascade, with the paired bootstrap over questions of `headline_intervals`. Only
 unknown words change, case and punctuation of the rest stay as typed or transcribed, so a text without an
-unknown word is the text (or cascade) prompt itself and keeps its stored answer. If the typed ceiling is
-below a goal ratio, no recipe that leaves the vocabulary closed can reach it.
+unknown word is the text (or cascade) prompt itself and keeps its stored answer. `--vocab-words N` also counts
+the LLM's first N word tokens as known: the ceiling a training vocabulary that wide would allow.
 """
 
 from __future__ import annotations
@@ -112,14 +112,16 @@ def close_text(text: str, known: set[str], mode: str, vocab: list[str] | None = 
 
 
 def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=MODES, min_clips=(1,),
-                max_new_tokens: int = 24, batch_size: int = 16, progress: bool = False) -> pd.DataFrame:
+                max_new_tokens: int = 24, batch_size: int = 16, progress: bool = False,
+                extra_words: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per clip x condition (source, mode, min_clips): the closed text, its answer by the checkpoint's
     text path and that answer's agreement with the text answer, next to the cascade's agreement.
 
     rows: the checkpoint's evaluate rows (question, voice, text_answer, transcript, cascade_answer,
     cascade_agreement, ...). Columns added: condition, source, mode, min_clips, closed_text, chunks_closed,
     chunks, answer, agreement (replaced: the closed answer's), speech_agreement (the real speech answer's).
-    progress: print a line per condition (texts answered, seconds).
+    progress: print a line per condition (texts answered, seconds). extra_words: known besides the lineage's
+    (normalised words, e.g. the LLM's commonest word tokens: the ceiling of a wider training vocabulary).
     """
     import time
 
@@ -134,7 +136,7 @@ def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=
                        "checkpoint with its cascade (no --no-cascade) first.")
     parts = []
     for k in min_clips:
-        vocab = known_words(lin, k)
+        vocab = sorted(set(known_words(lin, k)) | set(extra_words))
         known, memo = set(vocab), {}
         for source in sources:
             col, stored = ("question", "text_answer") if source == "typed" else ("transcript", "cascade_answer")
@@ -142,7 +144,8 @@ def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=
                 texts = rows[col].fillna("").astype(str)
                 closed = [close_text(t, known, mode, vocab, memo) for t in texts]
                 todo = [c for (c, n, _), t in zip(closed, texts) if n and c.strip()]
-                label = f"{source} closed ({mode}, words < {k} clips)"
+                label = f"{source} closed ({mode}, words < {k} clips" + (
+                    f", + {len(set(extra_words))} vocabulary words)" if extra_words else ")")
                 t0 = time.time()
                 answers = dict(zip(todo, text_answers(model, todo, max_new_tokens, batch_size))) if todo else {}
                 if progress:
@@ -216,6 +219,10 @@ def register(subparsers) -> None:
     p.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES), help="what becomes of an unknown word")
     p.add_argument("--min-clips", nargs="+", type=int, default=[1],
                    help="a word is known when training spoke it in at least this many clips (1 = ever spoken)")
+    p.add_argument("--vocab-words", type=int, default=0,
+                   help="also count the LLM's first N word tokens as known (train config field vocab_words): "
+                        "the ceiling of a training vocabulary that wide")
+    p.add_argument("--vocab-cased", action="store_true", help="... capitalised word tokens too (vocab_cased)")
     p.add_argument("--unseen-voice", default=UNSEEN_VOICE, help="the voice held out of training")
     p.add_argument("--max-new-tokens", type=int, default=24, help="greedy answer length (as evaluate's)")
     p.add_argument("--batch-size", type=int, default=50, help="prompts per batched generate call")
@@ -236,6 +243,8 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.n_questions is not None and args.n_questions <= 0:
         raise LSLError(f"closed-vocab: --n-questions must be positive, got {args.n_questions}.")
+    if args.vocab_words < 0:
+        raise LSLError(f"closed-vocab: --vocab-words must be 0 or more, got {args.vocab_words}.")
     for k in args.min_clips:
         if k < 1:
             raise LSLError(f"closed-vocab: --min-clips must be at least 1 (1 = words never spoken), got {k}.")
@@ -266,9 +275,17 @@ def main(args: argparse.Namespace) -> int:
     print(f"{model.name}: lineage {' <- '.join(lin.stages)}; {len(rows)} clips of "
           f"{rows['question'].nunique()} questions; known words: "
           + ", ".join(f"{len(known_words(lin, k))} spoken in >= {k} clips" for k in args.min_clips), flush=True)
+    extra: tuple[str, ...] = ()
+    if args.vocab_words:
+        from lsl_core.experiments.train.vocab import vocabulary_words
+
+        extra = tuple(sorted({w for v in vocabulary_words(model.tokenizer, args.vocab_words, args.vocab_cased)
+                              for w in words(v)}))
+        print(f"  + {len(extra)} word tokens of the LLM's vocabulary count as known "
+              f"({len(set(extra) - set(known_words(lin)))} of them never spoken in training)", flush=True)
     with torch.no_grad():
         closed = closed_rows(model, rows, lin, args.source, args.mode, args.min_clips, args.max_new_tokens,
-                             args.batch_size, progress=True)
+                             args.batch_size, progress=True, extra_words=extra)
     for cond, d in closed.groupby("condition", sort=False):
         for _, r in d.drop_duplicates("closed_text").head(args.examples).iterrows():
             print(f"   [{cond}] {r['question']} -> {r['closed_text']} | {r['answer']}")
