@@ -1268,3 +1268,52 @@ __all__ = ["cka_stability", "norm_curves", "lens_grid", "frame_bins", "MAX_HEATM
            "sample_title", "error_bars", "PERCENT_DIGITS", "VALUE_DIGITS", "DISTANCE_DIGITS",
            "control_curves", "retrieval_curves", "specific_curves", "CONTROL_AXES", "hearing_bars",
            "WORD_GROUP_STYLES", "hearing_exposure"]
+
+
+VOICE_GROUP_STYLES = {  # seen / unseen voices as bars: dark solid / light hatched (distinct in grey)
+    "seen": SeriesStyle(_cividis(0.1), "circle", "solid", ""),
+    "unseen": SeriesStyle(_cividis(0.75), "diamond", "dash", "/"),
+}
+
+
+def closed_vocab_bars(table: pd.DataFrame, unseen_voice: str, title: str | None = None) -> go.Figure:
+    """The closed-vocabulary ceiling: one horizontal bar per condition and voice group, x = agreement with the
+    text answers as a multiple of the cascade's on the same clips (95% intervals), the cascade at 1.
+
+    table: lsl_core.experiments.closed_vocab.ceiling_table (columns condition, voice, closed_share, agreement,
+    cascade_agreement, ratio, ratio_lo, ratio_hi; fractions; voice "seen" or the unseen voice's name).
+    """
+    for c in ("condition", "voice", "closed_share", "agreement", "cascade_agreement", "ratio"):
+        if c not in table.columns:
+            raise ValueError(f"column {c!r} not in the table; available: {list(table.columns)}")
+    order = list(dict.fromkeys(table["condition"]))[::-1]  # first condition on top
+    fig = go.Figure()
+    d = PERCENT_DIGITS
+    for group, voice in (("seen", "seen"), ("unseen", unseen_voice)):
+        r = table[table["voice"] == voice].set_index("condition").reindex(order).dropna(subset=["ratio"])
+        if r.empty:
+            continue
+        r = r.reset_index()
+        st = VOICE_GROUP_STYLES[group]
+        extra = np.stack([100 * r["agreement"], 100 * r["cascade_agreement"], 100 * r["closed_share"],
+                          r.get("ratio_lo", r["ratio"]), r.get("ratio_hi", r["ratio"])], axis=1)
+        err = error_bars(r, "ratio")
+        fig.add_trace(go.Bar(
+            y=r["condition"], x=r["ratio"], orientation="h", name=f"{group} voice{'s' if group == 'seen' else ''}"
+            + (f" ({voice})" if group == "unseen" else ""), customdata=extra,
+            error_x=err, marker=dict(color=st.color, line=dict(color="black", width=1),
+                                     pattern=dict(shape=st.pattern, fgcolor="#333333") if st.pattern else None),
+            hovertemplate=f"%{{y}}, {group} voices<br>%{{x:.2f}}× the cascade, 95% CI [%{{customdata[3]:.2f}}, "
+                          f"%{{customdata[4]:.2f}}]<br>agreement %{{customdata[0]:.{d}f}} % (cascade "
+                          f"%{{customdata[1]:.{d}f}} %)<br>words closed %{{customdata[2]:.0f}} %<extra></extra>"))
+    fig.add_vline(x=1.0, line=dict(color="#222222", dash="dash", width=1.5), annotation_text="the cascade",
+                  annotation_position="top")
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="agreement with the text answers, × the cascade's on the same clips",
+                     rangemode="tozero")
+    fig.update_yaxes(title_text="what answers", categoryorder="array", categoryarray=order)
+    _base_layout(fig, title or "The closed-vocabulary ceiling: questions with the unknown words dropped or "
+                               "replaced, answered by the same LLM", height=160 + 48 * len(order))
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.0),
+                      margin=dict(l=330, b=140))
+    return fig

@@ -7,7 +7,7 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.data.synth import UNSEEN_VOICE
-from lsl_core.experiments import hearing
+from lsl_core.experiments import closed_vocab, hearing
 from lsl_core.experiments.compare import format_table
 from lsl_core.metrics import diagnostics
 from lsl_core.metrics.gap import gap_r2_table
@@ -126,6 +126,31 @@ def _hearing(names: list[str]) -> None:
                        "meets its Whisper transcript is how often a word must be spoken before it is heard.")
 
 
+def _closed_vocab(names: list[str]) -> None:
+    """What the closed vocabulary costs: the stored ceiling table (lsl_core.experiments.closed_vocab)."""
+    with st.expander("What the closed vocabulary costs: questions without the words training never spoke"):
+        with errors.guard("Closed-vocabulary ceiling"):
+            table = loaders.closed_vocab_table()
+            if table is None:
+                st.info(f"No stored closed-vocabulary results. Write them with `{closed_vocab.COMMAND}`.")
+                return
+            if "checkpoint" in table.columns and not set(table["checkpoint"]) & set(names):
+                st.info(f"The stored closed-vocabulary results are for {table['checkpoint'].iloc[0]}, not one of "
+                        "these checkpoints.")
+                return
+            export.figure(viz.closed_vocab_bars(table, UNSEEN_VOICE), "closed_vocab_ceiling",
+                          key="fig_closed_vocab")
+            st.markdown(closed_vocab.format_table(table))
+            export.table(table, "closed_vocab_ceiling", show=False)
+            st.caption("Each clip's typed question, or its Whisper transcript (the cascade's input), with the words "
+                       "the checkpoint's training never spoke (or spoke in fewer than 30 clips) dropped or replaced "
+                       "by the known word of the most similar spelling, answered by the checkpoint's own text path; "
+                       "agreement with its text answer, as a multiple of the cascade's on the same clips (95% "
+                       "bootstrap over questions). The Whisper-transcript rows are the ceiling of a speech path "
+                       "that hears its known words as well as Whisper does and no others. "
+                       "CLI: `python -m lsl_core closed-vocab`.")
+
+
 def main() -> None:
     st.title("Checkpoints")
     sel = context.selection()
@@ -199,6 +224,7 @@ def main() -> None:
     # ---------------------------------------------------------------- controls: retrieval per layer
     controls.checkpoint_section(sel, manifests, res, lambda: _current_model(sel))
     _hearing([m.name for m in manifests])
+    _closed_vocab([m.name for m in manifests])
 
     # ---------------------------------------------------------------- alignment
     st.header("Alignment across checkpoints")

@@ -888,6 +888,47 @@ def test_checkpoints_retrieval_curve_live_and_from_stored_results(world, tmp_pat
     np.testing.assert_allclose(_arr(fig["data"][0]["y"]), want, atol=1e-9)
 
 
+def test_checkpoints_closed_vocabulary_ceiling_from_stored_rows(world, tmp_path, monkeypatch):
+    """The ceiling section reads `closed-vocab --out` rows from the results folder: the library's table and
+    figure, a note when there are none or they are another checkpoint's, one error for a broken file while the
+    rest of the page stays."""
+    import shutil
+
+    from lsl_core.experiments.closed_vocab import SPEECH_ROW, ceiling_table, format_table
+
+    stored = tmp_path / "results"
+    shutil.copytree(world["root"] / "results", stored)
+    monkeypatch.setenv("LSL_RESULTS_DIR", str(stored))
+    at = _app(CHECKPOINTS)
+    assert "No stored closed-vocabulary results. Write them with `python -m lsl_core closed-vocab" in _texts(at)
+
+    base = pd.DataFrame({"checkpoint": "tiny-step10", "question": ["q1", "q1", "q2", "q2"],
+                         "voice": ["en-gb", "en-gb-scotland"] * 2, "cascade_agreement": [0.5, 0.25, 1.0, 0.5],
+                         "speech_agreement": [0.25, 0.0, 0.5, 0.25], "chunks": [4, 4, 3, 3]})
+    rows = pd.concat([base.assign(condition="typed question, never-spoken words dropped",
+                                  agreement=[0.75, 0.75, 1.0, 1.0], chunks_closed=[1, 1, 0, 0]),
+                      base.assign(condition="Whisper transcript, never-spoken words dropped",
+                                  agreement=[0.5, 0.0, 0.75, 0.5], chunks_closed=[1, 2, 0, 1])], ignore_index=True)
+    rows.to_parquet(stored / "closed_vocab.parquet")
+    at = _app(CHECKPOINTS)
+    fig = _fig(at, "The closed-vocabulary ceiling")
+    want = ceiling_table(rows, "en-gb-scotland")
+    assert format_table(want) in [m.value for m in at.markdown]
+    seen = [tr for tr in fig["data"] if tr["name"] == "seen voices"][0]
+    assert list(seen["y"])[-1] == SPEECH_ROW  # on top
+    w = want[want["voice"] == "seen"].set_index("condition")["ratio"]
+    np.testing.assert_allclose(_arr(seen["x"]), w.reindex(list(seen["y"])).to_numpy())
+    rows.assign(checkpoint="not-in-this-zoo").to_parquet(stored / "closed_vocab.parquet")
+    at = _app(CHECKPOINTS)
+    assert "are for not-in-this-zoo, not one of these checkpoints" in _texts(at)
+
+    (stored / "closed_vocab.parquet").write_bytes(b"not a parquet file")
+    at = _app(CHECKPOINTS)
+    errs = [e.value for e in at.error if "closed_vocab.parquet" in e.value]
+    assert len(errs) == 1 and "re-run `python -m lsl_core closed-vocab" in errs[0], _texts(at)
+    assert _fig(at, "GAP (f1, text − speech) across training")  # the rest of the page is still there
+
+
 def test_checkpoints_word_recall_from_stored_rows(world, tmp_path, monkeypatch):
     """The word-recall section reads `hearing --out` rows from the results folder: the library's table and
     figure for the zoo's checkpoints (and their Whisper rows), a note when there are none, one error for a

@@ -117,10 +117,10 @@ def test_closed_rows_and_the_ceiling_table_by_hand():
     # each distinct changed text was generated once, the unchanged ones never
     assert sorted(llm.prompts) == sorted(["Who founded court?", "Who court", "Who is court"])
 
-    table = ceiling_table(out, rows, "en-gb-scotland").set_index(["condition", "voice"])
-    assert set(table.index.get_level_values(0)) == {SPEECH_ROW, "typed closed (drop, words < 1 clips)",
-                                                    "asr closed (drop, words < 1 clips)"}
-    r = table.loc[("typed closed (drop, words < 1 clips)", "seen")]  # en-gb: one clip per question
+    table = ceiling_table(out, "en-gb-scotland").set_index(["condition", "voice"])
+    assert set(table.index.get_level_values(0)) == {SPEECH_ROW, "typed question, never-spoken words dropped",
+                                                    "Whisper transcript, never-spoken words dropped"}
+    r = table.loc[("typed question, never-spoken words dropped", "seen")]  # en-gb: one clip per question
     assert r["agreement"] == pytest.approx((6 / 7 + 1.0) / 2)
     assert r["cascade_agreement"] == pytest.approx((0.5 + 1.0) / 2)
     assert r["ratio"] == pytest.approx((6 / 7 + 1.0) / 1.5)
@@ -137,8 +137,8 @@ def test_extra_vocabulary_words_count_as_known():
     lin = Lineage(frozenset({"who", "founded", "court", "is", "the"}), frozenset(), ("t",))
     out = closed_rows(_EchoLLM("extra-words"), rows, lin, sources=("typed",), modes=("drop", "nearest"),
                       extra_words=("zog", "zap"))
-    assert set(out["condition"]) == {"typed closed (drop, words < 1 clips, + 2 vocabulary words)",
-                                     "typed closed (nearest, words < 1 clips, + 2 vocabulary words)"}
+    assert set(out["condition"]) == {"typed question, never-spoken words dropped (+ 2 vocabulary words)",
+                                     "typed question, never-spoken words -> nearest known (+ 2 vocabulary words)"}
     assert (out["closed_text"] == out["question"]).all() and (out["chunks_closed"] == 0).all()  # "Zog" is known
     assert (out["answer"] == out["text_answer"]).all()
     nearest = closed_rows(_EchoLLM("extra-words-2"), rows.assign(question="Who founded Zob?"), lin,
@@ -173,7 +173,7 @@ def test_closed_vocab_command_on_the_shipped_default(capsys, tmp_path):
                      "--batch-size", "1", "--out", str(out), "--threads", "2"]) == 0
     text = capsys.readouterr().out
     assert "lora-step2900: lineage qa-lora <- align-repeat <- align-ctc;" in text
-    assert "| typed closed (drop, words < 30 clips) | seen |" in text and f"| {SPEECH_ROW} | en-gb-scotland |" in text
+    assert "| typed question, words of < 30 clips dropped | seen |" in text and f"| {SPEECH_ROW} | en-gb-scotland |" in text
     rows = pd.read_parquet(out)
     assert len(rows) == 2 * 2 * 10  # 2 questions x 5 voices, 2 sources x 2 thresholds
     lin = lineage(ck)

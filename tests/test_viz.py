@@ -171,6 +171,29 @@ def test_hearing_bars_panels_groups_intervals_and_grey_order():
         viz.hearing_bars(t.drop(columns="recall"))
 
 
+def test_closed_vocab_bars_one_bar_per_condition_and_voice_group_with_intervals():
+    t = pd.DataFrame({"condition": ["end-to-end speech"] * 2 + ["typed question, never-spoken words dropped"] * 2,
+                      "voice": ["seen", "en-gb-scotland"] * 2, "closed_share": [0.0, 0.0, 0.2, 0.2],
+                      "agreement": [0.2, 0.18, 0.4, 0.4], "cascade_agreement": [0.4, 0.3, 0.4, 0.3],
+                      "ratio": [0.5, 0.6, 1.0, 4 / 3], "ratio_lo": [0.4, 0.5, 0.8, 1.1],
+                      "ratio_hi": [0.6, 0.7, 1.2, 1.5]})
+    fig = viz.closed_vocab_bars(t, "en-gb-scotland")
+    assert [tr.name for tr in fig.data] == ["seen voices", "unseen voice (en-gb-scotland)"]
+    # conditions bottom-up so the first (the speech path) is on top; x = the ratio, error bars from its CI
+    assert list(fig.data[1].y) == ["typed question, never-spoken words dropped", "end-to-end speech"]
+    np.testing.assert_allclose(fig.data[1].x, [4 / 3, 0.6])
+    np.testing.assert_allclose(fig.data[1].error_x.array, [1.5 - 4 / 3, 0.1])
+    np.testing.assert_allclose(fig.data[1].error_x.arrayminus, [4 / 3 - 1.1, 0.1])
+    np.testing.assert_allclose(fig.data[0].customdata[:, :3], [[40, 40, 20], [20, 40, 0]])  # percent
+    assert "× the cascade" in fig.data[0].hovertemplate and "words closed" in fig.data[0].hovertemplate
+    assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+    assert any(s.x0 == 1.0 for s in fig.layout.shapes)  # the cascade's own level
+    assert _luminance(fig.data[0].marker.color) < _luminance(fig.data[1].marker.color)  # readable in grey
+    assert fig.data[1].marker.pattern.shape == "/"
+    with pytest.raises(ValueError, match="ratio"):
+        viz.closed_vocab_bars(t.drop(columns="ratio"), "en-gb-scotland")
+
+
 def test_hearing_exposure_lines_per_checkpoint_bins_in_order_and_chance_ticks():
     t = pd.DataFrame({"checkpoint": ["a"] * 4 + ["a: Whisper ASR"] * 2,
                       "voices": ["seen", "seen", "unseen", "unseen", "seen", "seen"],

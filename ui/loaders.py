@@ -360,6 +360,30 @@ def hearing_table() -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
                        f"{str(exc).splitlines()[0][:160]}); re-run `{COMMAND}`.") from None
 
 
+def closed_vocab_table() -> pd.DataFrame | None:
+    """lsl_core.experiments.closed_vocab's ceiling_table of the stored closed-vocabulary rows (results folder),
+    or None when there are none; cached per file state (it bootstraps every condition and voice group)."""
+    from lsl_core.errors import LSLError
+    from lsl_core.experiments.closed_vocab import COMMAND, RESULTS_FILE
+
+    path = config.results_dir() / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return _closed_vocab(str(path), path.stat().st_mtime_ns)
+    except (OSError, ValueError, KeyError, IndexError) as exc:  # pyarrow's errors are ValueError / OSError
+        raise LSLError(f"Could not read {path.name} in {path.parent} ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); re-run `{COMMAND}`.") from None
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _closed_vocab(path: str, stamp: int) -> pd.DataFrame:
+    from lsl_core.data.synth import UNSEEN_VOICE
+    from lsl_core.experiments.closed_vocab import ceiling_table
+
+    return ceiling_table(pd.read_parquet(path), UNSEEN_VOICE)
+
+
 @st.cache_data(show_spinner=False, max_entries=4)
 def _hearing(path: str, stamp: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     from lsl_core.data.synth import UNSEEN_VOICE

@@ -41,6 +41,9 @@ from lsl_core.experiments.hearing import Lineage, lineage, words
 SOURCES = ("typed", "asr")  # which text is closed (module docstring)
 MODES = ("drop", "nearest")  # what becomes of an unknown word
 SPEECH_ROW = "end-to-end speech"  # the condition label of the checkpoint's real speech answers
+RESULTS_FILE = "closed_vocab.parquet"  # the rows the Checkpoints page reads from the results folder
+COMMAND = ("python -m lsl_core closed-vocab --checkpoint assets/checkpoints/qa-lora/lora-step2900 "
+           "--results assets/results --min-clips 1 30 --out assets/results/closed_vocab.parquet")  # writes them
 _CHUNK = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)  # leading punctuation, core, trailing punctuation
 
 
@@ -111,6 +114,20 @@ def close_text(text: str, known: set[str], mode: str, vocab: list[str] | None = 
     return " ".join(out), changed, with_words
 
 
+def condition_label(source: str, mode: str, min_clips: int, extra: int = 0) -> str:
+    """A condition's name in tables and figures.
+
+    >>> condition_label("asr", "nearest", 30)
+    'Whisper transcript, words of < 30 clips -> nearest known'
+    >>> condition_label("typed", "drop", 1, 12000)
+    'typed question, never-spoken words dropped (+ 12000 vocabulary words)'
+    """
+    what = "never-spoken words" if min_clips == 1 else f"words of < {min_clips} clips"
+    text = (f"{'typed question' if source == 'typed' else 'Whisper transcript'}, {what} "
+            f"{'dropped' if mode == 'drop' else '-> nearest known'}")
+    return text + (f" (+ {extra} vocabulary words)" if extra else "")
+
+
 def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=MODES, min_clips=(1,),
                 max_new_tokens: int = 24, batch_size: int = 16, progress: bool = False,
                 extra_words: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -144,8 +161,7 @@ def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=
                 texts = rows[col].fillna("").astype(str)
                 closed = [close_text(t, known, mode, vocab, memo) for t in texts]
                 todo = [c for (c, n, _), t in zip(closed, texts) if n and c.strip()]
-                label = f"{source} closed ({mode}, words < {k} clips" + (
-                    f", + {len(set(extra_words))} vocabulary words)" if extra_words else ")")
+                label = condition_label(source, mode, k, len(set(extra_words)))
                 t0 = time.time()
                 answers = dict(zip(todo, text_answers(model, todo, max_new_tokens, batch_size))) if todo else {}
                 if progress:
@@ -160,24 +176,30 @@ def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=
     return pd.concat(parts, ignore_index=True)
 
 
-def ceiling_table(closed: pd.DataFrame, rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
-    """Per condition (and the real speech answers, SPEECH_ROW) x {seen, unseen}: agreement, cascade agreement and
-    their ratio with 95% bootstrap CIs over questions (headline_intervals), plus the share of word-holding chunks
-    closed (0 for the speech row)."""
+def ceiling_table(closed: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
+    """Per condition (and the checkpoint's real speech answers first, SPEECH_ROW) x {seen, unseen}: agreement,
+    cascade agreement and their ratio with 95% bootstrap CIs over questions (headline_intervals), plus the share
+    of word-holding chunks closed (0 for the speech row).
+
+    closed: closed_rows (one condition's rows give the speech row: agreement = their speech_agreement).
+    """
     from lsl_core.experiments.evaluate import headline_intervals
 
-    keep = ["question", "voice", "agreement", "cascade_agreement"]
-    speech = rows[keep].assign(checkpoint=SPEECH_ROW, chunks_closed=0, chunks=1)
-    both = pd.concat([speech, closed[keep + ["chunks_closed", "chunks"]].assign(checkpoint=closed["condition"])],
-                     ignore_index=True).assign(strategy="", step=0, text_containment=float("nan"))  # no gold scoring
+    keep = ["question", "voice", "agreement", "cascade_agreement", "chunks_closed", "chunks"]
+    one = closed[closed["condition"] == closed["condition"].iloc[0]]
+    speech = one.assign(agreement=one["speech_agreement"], chunks_closed=0)[keep].assign(checkpoint=SPEECH_ROW)
+    both = pd.concat([speech, closed[keep].assign(checkpoint=closed["condition"])], ignore_index=True)
+    both = both.assign(strategy="", step=0, text_containment=float("nan"))  # no gold scoring here
     table = headline_intervals(both, unseen_voice).rename(columns={"checkpoint": "condition"})
     both["group"] = both["voice"].where(both["voice"] == unseen_voice, "seen")
     sums = both.groupby(["checkpoint", "group"], sort=False)[["chunks_closed", "chunks"]].sum()
     share = sums["chunks_closed"] / sums["chunks"].clip(lower=1)
     table["closed_share"] = [float(share.get((c, v), float("nan"))) for c, v in zip(table["condition"],
                                                                                     table["voice"])]
-    return table[[c for c in ("condition", "voice", "n_q", "closed_share", "agreement", "agreement_lo",
-                              "agreement_hi", "cascade_agreement", "ratio", "ratio_lo", "ratio_hi")
+    if "checkpoint" in closed.columns:
+        table.insert(0, "checkpoint", str(closed["checkpoint"].iloc[0]))
+    return table[[c for c in ("checkpoint", "condition", "voice", "n_q", "closed_share", "agreement",
+                              "agreement_lo", "agreement_hi", "cascade_agreement", "ratio", "ratio_lo", "ratio_hi")
                   if c in table.columns]]
 
 
@@ -291,7 +313,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"   [{cond}] {r['question']} -> {r['closed_text']} | {r['answer']}")
     print("Agreement with the text answers (%, 95% bootstrap over questions); ratio = / the cascade's on the "
           "same clips:")
-    print(format_table(ceiling_table(closed, rows, args.unseen_voice)))
+    print(format_table(ceiling_table(closed, args.unseen_voice)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         closed.to_parquet(args.out)
