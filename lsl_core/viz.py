@@ -1260,16 +1260,6 @@ def hearing_exposure(table: pd.DataFrame, title: str | None = None) -> go.Figure
     return fig
 
 
-__all__ = ["cka_stability", "norm_curves", "lens_grid", "frame_bins", "MAX_HEATMAP_ROWS",
-           "token_heatmap", "layer_curves", "tokenwise_curves", "checkpoint_curves", "trend_curves", "gap_scatter",
-           "cka_heatmap", "cka_spread", "scores_by_voice", "intervention_bars", "subset_scores", "categorical_colors",
-           "token_label", "LAYER_METRICS", "SCALAR_LABELS", "SeriesStyle", "STRATEGY_STYLES", "CONDITION_STYLES",
-           "strategy_style", "condition_style", "is_score_column", "percent", "display_table", "wrap_title", "fit_title",
-           "sample_title", "error_bars", "PERCENT_DIGITS", "VALUE_DIGITS", "DISTANCE_DIGITS",
-           "control_curves", "retrieval_curves", "specific_curves", "CONTROL_AXES", "hearing_bars",
-           "WORD_GROUP_STYLES", "hearing_exposure"]
-
-
 VOICE_GROUP_STYLES = {  # seen / unseen voices as bars: dark solid / light hatched (distinct in grey)
     "seen": SeriesStyle(_cividis(0.1), "circle", "solid", ""),
     "unseen": SeriesStyle(_cividis(0.75), "diamond", "dash", "/"),
@@ -1317,3 +1307,14 @@ def closed_vocab_bars(table: pd.DataFrame, unseen_voice: str, title: str | None 
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.0),
                       margin=dict(l=330, b=140))
     return fig
+
+
+__all__ = ["cka_stability", "norm_curves", "lens_grid", "frame_bins", "MAX_HEATMAP_ROWS",
+           "token_heatmap", "layer_curves", "tokenwise_curves", "checkpoint_curves", "trend_curves", "gap_scatter",
+           "cka_heatmap", "cka_spread", "scores_by_voice", "intervention_bars", "subset_scores", "categorical_colors",
+           "token_label", "LAYER_METRICS", "SCALAR_LABELS", "SeriesStyle", "STRATEGY_STYLES", "CONDITION_STYLES",
+           "strategy_style", "condition_style", "is_score_column", "percent", "display_table", "wrap_title", "fit_title",
+           "sample_title", "error_bars", "PERCENT_DIGITS", "VALUE_DIGITS", "DISTANCE_DIGITS",
+           "control_curves", "retrieval_curves", "specific_curves", "CONTROL_AXES", "hearing_bars",
+           "WORD_GROUP_STYLES", "hearing_exposure", "VOICE_GROUP_STYLES", "closed_vocab_bars"]
+
