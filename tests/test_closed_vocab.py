@@ -13,8 +13,9 @@ import pytest
 
 from lsl_core.cli import main as cli_main
 from lsl_core.errors import LSLError
+from lsl_core.data.synth import espeak_available, phonemes
 from lsl_core.experiments.closed_vocab import (SPEECH_ROW, ceiling_table, close_text, closed_rows, known_words,
-                                               nearest_word, stored_rows)
+                                               nearest_by_sound, nearest_word, stored_rows)
 from lsl_core.experiments.hearing import Lineage, lineage, words
 from lsl_core.metrics.stats import bootstrap_ci
 from lsl_core.scoring import answer_agreement
@@ -33,12 +34,13 @@ def test_close_text_drops_or_replaces_only_unknown_words_by_hand():
     assert close_text("", known, "drop") == ("", 0, 0)
     assert close_text("Who — founded?", known, "drop") == ("Who — founded?", 0, 2)  # no word in "—"
     vocab = sorted(known)
+    near = lambda w: nearest_word(w, vocab)  # noqa: E731
     # nearest: the core is replaced, a leading capital and the chunk's punctuation kept
-    assert close_text("Who founded (Courts)?", known, "nearest", vocab) == ("Who founded (Court)?", 1, 3)
-    assert close_text("who foundid the court", known, "nearest", vocab) == ("who founded the court", 1, 4)
-    assert close_text("In 1991?", known, "nearest", vocab) == ("In 1990?", 1, 2)
-    with pytest.raises(LSLError, match="needs the known vocabulary"):
-        close_text("Zog", known, "nearest")
+    assert close_text("Who founded (Courts)?", known, "nearest", near) == ("Who founded (Court)?", 1, 3)
+    assert close_text("who foundid the court", known, "nearest", near) == ("who founded the court", 1, 4)
+    assert close_text("In 1991?", known, "nearest", near) == ("In 1990?", 1, 2)
+    with pytest.raises(LSLError, match="needs the known word nearest"):
+        close_text("Zog", known, "sound")
     with pytest.raises(LSLError, match="mode must be one of"):
         close_text("Zog", known, "blank")
 
@@ -53,6 +55,35 @@ def test_nearest_word_matches_a_brute_force_reference():
         assert nearest_word(w, vocab) == ref
     with pytest.raises(LSLError, match="lower --min-clips"):
         nearest_word("zog", [])
+
+
+def test_nearest_by_sound_matches_a_brute_force_reference():
+    rng = np.random.default_rng(1)
+    units = ["a", "E", "I", "@", "t", "d", "n", "s", "S", "l", "r", "aI", "eI", "N"]
+    vocab_ph = [tuple(rng.choice(units, rng.integers(2, 8))) for _ in range(200)]
+    vocab = [f"w{i:03d}" for i in range(200)]
+    vocab_ph[7] = vocab_ph[3]  # homophones: the tie goes to the later word, as nearest_word's
+    for _ in range(100):
+        ph = tuple(rng.choice(units, rng.integers(1, 9)))
+        ref = max(range(200), key=lambda i: (difflib.SequenceMatcher(None, vocab_ph[i], ph, autojunk=False).ratio(),
+                                             vocab[i]))
+        assert nearest_by_sound(ph, vocab, vocab_ph) == vocab[ref]
+    assert nearest_by_sound(vocab_ph[3], vocab, vocab_ph) == "w007"
+    with pytest.raises(LSLError, match="lower --min-clips"):
+        nearest_by_sound(("a",), [], [])
+
+
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed (scripts/setup.sh)")
+def test_phonemes_one_call_per_list_and_sound_alike_words():
+    ph = phonemes(["hangul", "hangi", "argentine", "argentina", "3.5"])
+    assert len(ph) == 5 and all(ph) and all("'" not in p and "," not in p for x in ph for p in x)
+    assert ph[:2] == phonemes(["hangul"]) + phonemes(["hangi"])  # the same alone as in a list
+    assert ph[0][:4] == ph[1][:4]  # h a N g
+    # "nite" sounds like "night" and is spelled most like "nine": the modes disagree
+    vocab = ["night", "nine"]
+    assert nearest_word("nite", vocab) == "nine"
+    assert nearest_by_sound(phonemes(["nite"])[0], vocab, phonemes(vocab)) == "night"
+    assert phonemes([]) == []
 
 
 def test_known_words_by_exposure():
@@ -144,6 +175,18 @@ def test_extra_vocabulary_words_count_as_known():
     nearest = closed_rows(_EchoLLM("extra-words-2"), rows.assign(question="Who founded Zob?"), lin,
                           sources=("typed",), modes=("nearest",), extra_words=("zog",))
     assert set(nearest["closed_text"]) == {"Who founded Zog?"}  # a vocabulary word can be the nearest one
+
+
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed (scripts/setup.sh)")
+def test_closed_rows_sound_mode_puts_the_nearest_sounding_known_word():
+    rows = _rows()
+    lin = Lineage(frozenset({"who", "founded", "court", "is", "the", "dog", "fog"}), frozenset(), ("t",))
+    out = closed_rows(_EchoLLM("sound-mode"), rows, lin, sources=("typed",), modes=("sound",))
+    vocab = known_words(lin)
+    want = nearest_by_sound(phonemes(["zog"])[0], vocab, phonemes(vocab))
+    assert want in {"dog", "fog"}
+    assert out["closed_text"].tolist()[:2] == [f"Who founded {want.capitalize()} court?"] * 2
+    assert set(out["condition"]) == {"typed question, never-spoken words -> nearest-sounding known"}
 
 
 def test_closed_rows_asks_for_a_cascade_and_stored_rows_name_the_checkpoint(tmp_path):

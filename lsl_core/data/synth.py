@@ -134,6 +134,31 @@ def synthesize(text: str, voice: str, speed: int | None = None, pitch: int | Non
     return np.clip(a, -1.0, 1.0).astype(np.float32)
 
 
+def phonemes(words: list[str], voice: str = "en-us") -> list[tuple[str, ...]]:
+    """espeak-ng's phonemes of each word (its -x mnemonics, stress marks dropped), one espeak-ng call for all.
+
+    >>> phonemes(["hangul", "hangi"])
+    [('h', 'a', 'N', 'g', 'V', 'l'), ('h', 'a', 'N', 'g', 'i')]
+    """
+    _check_voice(voice)
+    if not words:
+        return []
+    if any(not w.strip() or "\n" in w for w in words):
+        raise DataError("phonemes: every word must be non-empty text on one line.")
+    cmd = [_espeak(), "-q", "-x", "--sep= ", "-v", _voice_arg(voice)]
+    text = "\n".join(f"{w.strip()}." for w in words) + "\n"  # one clause per line: one output line each
+    proc = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True, check=False)
+    lines = [ln for ln in proc.stdout.decode("utf-8", "replace").splitlines() if ln.strip()]
+    if proc.returncode == 0 and lines and len(lines) != len(words):  # a word read as two clauses ("3.5"?)
+        if len(words) > 1:
+            return [phonemes([w], voice)[0] for w in words]
+        lines = [" ".join(lines)]
+    if proc.returncode != 0 or len(lines) != len(words):
+        msg = proc.stderr.decode("utf-8", "replace").strip() or f"{len(lines)} lines for {len(words)} words"
+        raise DataError(f"espeak-ng could not phonemize the words with voice {voice!r}: {msg}.")
+    return [tuple(p for p in (s.strip("'," ) for s in ln.split()) if p) for ln in lines]
+
+
 def write_flac(path: Path, audio: np.ndarray) -> None:
     """Write 16 kHz mono audio as FLAC PCM_16, atomically (temp file + rename)."""
     import soundfile as sf

@@ -10,7 +10,9 @@ spoken) is
 
 - ``drop``: removed (its trailing punctuation stays), or
 - ``nearest``: replaced by the known word of the most similar spelling (difflib ratio; the closed-vocabulary
-  speech path puts a known word of similar sound or topic in an unknown one's place),
+  speech path puts a known word of similar sound or topic in an unknown one's place), or
+- ``sound``: replaced by the known word whose espeak-ng phonemes are most similar (difflib ratio over phoneme
+  sequences, data.synth.phonemes),
 
 in one of two texts:
 
@@ -31,6 +33,7 @@ import argparse
 import difflib
 import re
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -39,7 +42,8 @@ from lsl_core.errors import LSLError
 from lsl_core.experiments.hearing import Lineage, lineage, words
 
 SOURCES = ("typed", "asr")  # which text is closed (module docstring)
-MODES = ("drop", "nearest")  # what becomes of an unknown word
+MODES = ("drop", "nearest", "sound")  # what becomes of an unknown word (module docstring)
+DEFAULT_MODES = ("drop", "nearest")  # the command's default (sound: one espeak-ng call per unknown word)
 SPEECH_ROW = "end-to-end speech"  # the condition label of the checkpoint's real speech answers
 RESULTS_FILE = "closed_vocab.parquet"  # the rows the Checkpoints page reads from the results folder
 COMMAND = ("python -m lsl_core closed-vocab --checkpoint assets/checkpoints/qa-lora/lora-step2900 "
@@ -71,24 +75,44 @@ def nearest_word(word: str, vocab: list[str]) -> str:
     return difflib.get_close_matches(word, vocab, n=1, cutoff=0.0)[0]
 
 
-def close_text(text: str, known: set[str], mode: str, vocab: list[str] | None = None,
-               memo: dict[str, str] | None = None) -> tuple[str, int, int]:
+def nearest_by_sound(ph: tuple[str, ...], vocab: list[str], vocab_ph: list[tuple[str, ...]]) -> str:
+    """The vocabulary word whose phonemes are most similar to `ph` (difflib ratio over phoneme sequences; ties:
+    the later word alphabetically, as nearest_word).
+
+    >>> hangul = ("h", "a", "N", "g", "V", "l")
+    >>> nearest_by_sound(hangul, ["hang", "hungry"], [("h", "a", "N"), ("h", "V", "N", "g", "r", "i")])
+    'hang'
+    """
+    if not vocab:
+        raise LSLError("closed-vocab: the known vocabulary is empty; lower --min-clips.")
+    s = difflib.SequenceMatcher(autojunk=False)
+    s.set_seq2(ph)
+    best = (-1.0, "")
+    for w, p in zip(vocab, vocab_ph):
+        s.set_seq1(p)
+        if s.real_quick_ratio() < best[0] or s.quick_ratio() < best[0]:
+            continue  # upper bounds of the ratio: cannot reach the best
+        best = max(best, (s.ratio(), w))
+    return best[1]
+
+
+def close_text(text: str, known: set[str], mode: str, nearest: Callable[[str], str] | None = None
+               ) -> tuple[str, int, int]:
     """A text with every whitespace chunk holding an unknown word dropped or replaced (module docstring).
 
     Returns (closed text, chunks changed, chunks with words). A chunk's words are hearing.words of it
-    ("Federation's?" -> ["federations"]); it is unknown when any of them is not in `known`. `nearest` needs
-    `vocab` (the known words, sorted) and keeps a leading capital.
+    ("Federation's?" -> ["federations"]); it is unknown when any of them is not in `known`. The replacing modes
+    need `nearest` (the chunk's words joined -> the known word to put there) and keep a leading capital.
 
     >>> close_text("Who founded Hangul's court?", {"who", "founded", "court"}, "drop")
     ('Who founded court?', 1, 4)
-    >>> close_text("Who founded Hangul?", {"who", "founded", "hang"}, "nearest", ["founded", "hang", "who"])
+    >>> close_text("Who founded Hangul?", {"who", "founded", "hang"}, "nearest", lambda w: "hang")
     ('Who founded Hang?', 1, 3)
     """
     if mode not in MODES:
         raise LSLError(f"closed-vocab: mode must be one of {MODES}, got {mode!r}.")
-    if mode == "nearest" and vocab is None:
-        raise LSLError("closed-vocab: mode 'nearest' needs the known vocabulary.")
-    memo = {} if memo is None else memo
+    if mode != "drop" and nearest is None:
+        raise LSLError(f"closed-vocab: mode {mode!r} needs the known word nearest to each unknown one.")
     out: list[str] = []
     changed = with_words = 0
     for chunk in text.split():
@@ -106,10 +130,7 @@ def close_text(text: str, known: set[str], mode: str, vocab: list[str] | None = 
             if post and out:
                 out[-1] += post
             continue
-        key = "".join(ws)
-        if key not in memo:
-            memo[key] = nearest_word(key, vocab)
-        new = memo[key]
+        new = nearest("".join(ws))
         out.append(pre + (new[:1].upper() + new[1:] if core[:1].isupper() else new) + post)
     return " ".join(out), changed, with_words
 
@@ -123,12 +144,24 @@ def condition_label(source: str, mode: str, min_clips: int, extra: int = 0) -> s
     'typed question, never-spoken words dropped (+ 12000 vocabulary words)'
     """
     what = "never-spoken words" if min_clips == 1 else f"words of < {min_clips} clips"
-    text = (f"{'typed question' if source == 'typed' else 'Whisper transcript'}, {what} "
-            f"{'dropped' if mode == 'drop' else '-> nearest known'}")
+    how = {"drop": "dropped", "nearest": "-> nearest known", "sound": "-> nearest-sounding known"}[mode]
+    text = f"{'typed question' if source == 'typed' else 'Whisper transcript'}, {what} {how}"
     return text + (f" (+ {extra} vocabulary words)" if extra else "")
 
 
-def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=MODES, min_clips=(1,),
+def _memo(f: Callable[[str], str]) -> Callable[[str], str]:
+    """f with its answers kept per argument (nearest words are searched once per unknown word)."""
+    seen: dict[str, str] = {}
+
+    def g(w: str) -> str:
+        if w not in seen:
+            seen[w] = f(w)
+        return seen[w]
+
+    return g
+
+
+def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=DEFAULT_MODES, min_clips=(1,),
                 max_new_tokens: int = 24, batch_size: int = 16, progress: bool = False,
                 extra_words: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per clip x condition (source, mode, min_clips): the closed text, its answer by the checkpoint's
@@ -154,12 +187,18 @@ def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=
     parts = []
     for k in min_clips:
         vocab = sorted(set(known_words(lin, k)) | set(extra_words))
-        known, memo = set(vocab), {}
+        known = set(vocab)
+        replacers = {"nearest": _memo(lambda w: nearest_word(w, vocab))}
+        if "sound" in modes:
+            from lsl_core.data.synth import phonemes
+
+            vocab_ph = phonemes(vocab)
+            replacers["sound"] = _memo(lambda w: nearest_by_sound(phonemes([w])[0], vocab, vocab_ph))
         for source in sources:
             col, stored = ("question", "text_answer") if source == "typed" else ("transcript", "cascade_answer")
             for mode in modes:
                 texts = rows[col].fillna("").astype(str)
-                closed = [close_text(t, known, mode, vocab, memo) for t in texts]
+                closed = [close_text(t, known, mode, replacers.get(mode)) for t in texts]
                 todo = [c for (c, n, _), t in zip(closed, texts) if n and c.strip()]
                 label = condition_label(source, mode, k, len(set(extra_words)))
                 t0 = time.time()
@@ -238,7 +277,8 @@ def register(subparsers) -> None:
     src.add_argument("--samples", help="evaluate on this sample set now (cached like evaluate)")
     p.add_argument("--n-questions", type=int, default=None, help="only the first N distinct questions (all voices)")
     p.add_argument("--source", nargs="+", choices=SOURCES, default=list(SOURCES), help="texts to close")
-    p.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES), help="what becomes of an unknown word")
+    p.add_argument("--mode", nargs="+", choices=MODES, default=list(DEFAULT_MODES),
+                   help="what becomes of an unknown word: dropped, or the known word nearest in spelling / sound")
     p.add_argument("--min-clips", nargs="+", type=int, default=[1],
                    help="a word is known when training spoke it in at least this many clips (1 = ever spoken)")
     p.add_argument("--vocab-words", type=int, default=0,
