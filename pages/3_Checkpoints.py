@@ -144,7 +144,8 @@ def _closed_vocab(names: list[str]) -> None:
             export.table(table, "closed_vocab_ceiling", show=False)
             st.caption("Each clip's typed question, or its Whisper transcript (the cascade's input), with the words "
                        "the checkpoint's training never spoke (or spoke in fewer than 30 clips) dropped or replaced "
-                       "by the known word of the most similar spelling, answered by the checkpoint's own text path; "
+                       "by the known word nearest in spelling or in sound (espeak-ng phonemes), answered by the "
+                       "checkpoint's own text path; "
                        "agreement with its text answer, as a multiple of the cascade's on the same clips (95% "
                        "bootstrap over questions). The Whisper-transcript rows are the ceiling of a speech path "
                        "that hears its known words as well as Whisper does and no others. "

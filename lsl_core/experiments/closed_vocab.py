@@ -47,7 +47,8 @@ DEFAULT_MODES = ("drop", "nearest")  # the command's default (sound: one espeak-
 SPEECH_ROW = "end-to-end speech"  # the condition label of the checkpoint's real speech answers
 RESULTS_FILE = "closed_vocab.parquet"  # the rows the Checkpoints page reads from the results folder
 COMMAND = ("python -m lsl_core closed-vocab --checkpoint assets/checkpoints/qa-lora/lora-step2900 "
-           "--results assets/results --min-clips 1 30 --out assets/results/closed_vocab.parquet")  # writes them
+           "--results assets/results --min-clips 1 30 --mode drop nearest sound "
+           "--out assets/results/closed_vocab.parquet")  # writes them
 _CHUNK = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)  # leading punctuation, core, trailing punctuation
 
 
