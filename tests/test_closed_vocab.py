@@ -1,6 +1,6 @@
-"""closed-vocab: closing a text by hand, the nearest known word against a brute-force reference, the rows and the
-ceiling table with a stand-in text path (hand-computed agreements and ratio), and the command end to end on a
-shipped checkpoint's stored evaluate rows."""
+"""closed-vocab: closing a text by hand, the nearest known word (by spelling, by espeak-ng phonemes) against a
+brute-force reference, the rows and the ceiling table with a stand-in text path (hand-computed agreements and
+ratio), and the command end to end on a shipped checkpoint's stored evaluate rows."""
 
 from __future__ import annotations
 

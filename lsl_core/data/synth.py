@@ -156,7 +156,7 @@ def phonemes(words: list[str], voice: str = "en-us") -> list[tuple[str, ...]]:
     if proc.returncode != 0 or len(lines) != len(words):
         msg = proc.stderr.decode("utf-8", "replace").strip() or f"{len(lines)} lines for {len(words)} words"
         raise DataError(f"espeak-ng could not phonemize the words with voice {voice!r}: {msg}.")
-    return [tuple(p for p in (s.strip("'," ) for s in ln.split()) if p) for ln in lines]
+    return [tuple(p for p in (s.strip("',") for s in ln.split()) if p) for ln in lines]
 
 
 def write_flac(path: Path, audio: np.ndarray) -> None:
