@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import re
 from pathlib import Path
 from typing import Callable
@@ -150,18 +151,6 @@ def condition_label(source: str, mode: str, min_clips: int, extra: int = 0) -> s
     return text + (f" (+ {extra} vocabulary words)" if extra else "")
 
 
-def _memo(f: Callable[[str], str]) -> Callable[[str], str]:
-    """f with its answers kept per argument (nearest words are searched once per unknown word)."""
-    seen: dict[str, str] = {}
-
-    def g(w: str) -> str:
-        if w not in seen:
-            seen[w] = f(w)
-        return seen[w]
-
-    return g
-
-
 def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=DEFAULT_MODES, min_clips=(1,),
                 max_new_tokens: int = 24, batch_size: int = 16, progress: bool = False,
                 extra_words: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -189,12 +178,12 @@ def closed_rows(model, rows: pd.DataFrame, lin: Lineage, sources=SOURCES, modes=
     for k in min_clips:
         vocab = sorted(set(known_words(lin, k)) | set(extra_words))
         known = set(vocab)
-        replacers = {"nearest": _memo(lambda w: nearest_word(w, vocab))}
+        replacers = {"nearest": functools.cache(lambda w: nearest_word(w, vocab))}  # once per word
         if "sound" in modes:
             from lsl_core.data.synth import phonemes
 
             vocab_ph = phonemes(vocab)
-            replacers["sound"] = _memo(lambda w: nearest_by_sound(phonemes([w])[0], vocab, vocab_ph))
+            replacers["sound"] = functools.cache(lambda w: nearest_by_sound(phonemes([w])[0], vocab, vocab_ph))
         for source in sources:
             col, stored = ("question", "text_answer") if source == "typed" else ("transcript", "cascade_answer")
             for mode in modes:
