@@ -14,8 +14,8 @@ import torch
 from lsl_core.errors import LSLError
 from lsl_core.experiments.train import TrainConfig
 from lsl_core.experiments.train.config import LATER_FIELDS
-from lsl_core.experiments.train.dose import (TEST_WORDS, complete_words, dose_groups, dose_sentences,
-                                             held_out_sentences, new_words)
+from lsl_core.experiments.train.dose import (TEST_WORDS, complete_words, config_groups, dictionary_words,
+                                             dose_groups, dose_sentences, held_out_sentences, new_words)
 
 GROUPS = {3: [f"alpha{c}" for c in "abcdefghij"], 10: [f"beta{c}" for c in "abcdefghij"],
           1: [f"gamma{c}" for c in "abcdefghij"], 0: [f"delta{c}" for c in "abcdefghij"]}
@@ -63,6 +63,46 @@ def test_dose_groups_are_disjoint_chunks_and_name_the_shortfall():
         dose_groups(words, (30, 3, 10), 4)
     with pytest.raises(LSLError, match="distinct positive"):
         dose_groups(words, (3, 3), 2)
+
+
+def test_dose_groups_with_a_control_of_its_own_size_or_every_word():
+    words = [f"w{i}" for i in range(12)]
+    assert dose_groups(words, (30, 3), 4, control=2) == {30: words[0:4], 3: words[4:8], 0: words[8:10]}
+    # per_group 0: every word left after the control, split evenly; the odd one out is never used
+    assert dose_groups(words, (30, 3), 0, control=1) == {30: words[0:5], 3: words[5:10], 0: words[10:11]}
+    assert dose_groups(words, (30,), 0, control=2) == {30: words[0:10], 0: words[10:12]}
+    with pytest.raises(LSLError, match="control of 12"):
+        dose_groups(words, (30,), 0, control=12)
+    with pytest.raises(LSLError, match="need 14 new words"):
+        dose_groups(words, (30,), 4, control=10)
+
+
+def test_dictionary_words_keep_real_words_and_drop_bpe_fragments():
+    words = ["leather", "comp", "lavender", "diff", "Output", "acc", "freely"]
+    assert dictionary_words(words) == ["leather", "lavender", "Output", "freely"]
+    assert dictionary_words([]) == []
+
+
+def test_config_groups_open_vocabulary_gives_every_complete_dictionary_word_a_dose(monkeypatch):
+    """vocab_dose_words 0 + vocab_control_words: the control has its own size and the dose group every other new
+    word the backbone ends (the fake backbone calls "comp" and "leath" fragments) that the dictionary lists."""
+    import lsl_core.experiments.train.dose as D
+    from lsl_core.data import sdqa
+
+    vocab = ["the", "leather", "comp", "lavender", "diff", "freely", "garden", "leath", "kingdom", "output", "wooden"]
+    monkeypatch.setattr(D, "vocabulary_words", lambda tok, n, cased: vocab[:n])
+    monkeypatch.setattr(sdqa, "load_sdqa_train_questions",
+                        lambda: [type("Q", (), {"question": "Where is the garden?"})()])
+    monkeypatch.setattr(D, "complete_words",
+                        lambda model, cands, need: [w for w in cands if w not in {"comp", "leath"}][:need])
+    model = type("M", (), {"tokenizer": None})()
+    spoken = set(vocab) - {"the", "garden", "comp", "leath", "diff"}  # trained, fragments, not in the dictionary
+    for dictionary, expect in ((True, spoken), (False, spoken | {"diff"})):
+        cfg = TrainConfig(objective="repeat", vocab_words=len(vocab), vocab_doses=(30,), vocab_dose_words=0,
+                          vocab_control_words=2, vocab_dictionary=dictionary, seed=3)
+        g = config_groups(cfg, model)
+        assert len(g[0]) == 2 and set(g[30]) | set(g[0]) == expect and not set(g[30]) & set(g[0])
+        assert g == config_groups(cfg, model)  # seeded
 
 
 class _Tok:
@@ -122,12 +162,19 @@ def test_dose_config_fields_are_checked_and_leave_older_digests_as_they_were():
         TrainConfig(objective="qa", vocab_doses=(3,))
     with pytest.raises(LSLError, match="vocab_doses"):
         TrainConfig(objective="repeat", vocab_doses=(3, 3))
-    with pytest.raises(LSLError, match="vocab_dose_words"):
+    with pytest.raises(LSLError, match="vocab_dose_words.*only with vocab_control_words"):
         TrainConfig(objective="repeat", vocab_doses=(3,), vocab_dose_words=0)
-    assert {"vocab_doses", "vocab_dose_words"} <= set(LATER_FIELDS)
+    with pytest.raises(LSLError, match="vocab_dose_words"):
+        TrainConfig(objective="repeat", vocab_doses=(3,), vocab_dose_words=-1)
+    with pytest.raises(LSLError, match="vocab_control_words"):
+        TrainConfig(objective="repeat", vocab_doses=(3,), vocab_control_words=0)
+    TrainConfig(objective="repeat", vocab_doses=(3,), vocab_dose_words=0, vocab_control_words=5)  # every word
+    assert {"vocab_doses", "vocab_dose_words", "vocab_control_words", "vocab_dictionary"} <= set(LATER_FIELDS)
     base = TrainConfig(objective="repeat")
-    assert base.digest() == TrainConfig(objective="repeat", vocab_doses=(), vocab_dose_words=100).digest()
+    assert base.digest() == TrainConfig(objective="repeat", vocab_doses=(), vocab_dose_words=100,
+                                        vocab_control_words=None, vocab_dictionary=False).digest()
     assert base.digest() != TrainConfig(objective="repeat", vocab_doses=(3,)).digest()
+    assert base.digest() != TrainConfig(objective="repeat", vocab_dictionary=True).digest()
 
 
 def test_a_dose_stage_speaks_each_word_at_its_dose_in_its_lineage(tiny_parts, tmp_path, monkeypatch):

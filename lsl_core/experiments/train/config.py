@@ -37,7 +37,7 @@ REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."
 # fields added after checkpoints were shipped, with their defaults (left out of the digest at these values)
 LATER_FIELDS = {"lora_scope": "all", "adaptor_context": 0, "vocab_cased": False, "time_masks": 0,
                 "time_mask_frames": 10, "channel_masks": 0, "channel_mask_width": 27, "vocab_doses": [],
-                "vocab_dose_words": 100}
+                "vocab_dose_words": 100, "vocab_control_words": None, "vocab_dictionary": False}
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,9 @@ class TrainConfig:
     vocab_words: int = 12000  # ... from its first (most frequent, by BPE merge order) this many word tokens
     vocab_cased: bool = False  # ... counting capitalised word tokens too (names: "Iran", "Bruce"), kept as written
     vocab_doses: tuple[int, ...] = ()  # ctc/repeat: new words spoken in exactly this many clips per group (dose.py)
-    vocab_dose_words: int = 100  # ... words per dose group (and in the control group training never speaks)
+    vocab_dose_words: int = 100  # ... words per dose group (0 = every new word left after the control, split evenly)
+    vocab_control_words: int | None = None  # ... words of the control group training never speaks (None = as per group)
+    vocab_dictionary: bool = False  # ... new words only if an English dictionary lists them (no "comp", "diff")
     written_questions: int = 0  # extra questions the backbone writes from few-shot lists of training ones (written.py)
     voices: tuple[str, ...] = TRAIN_VOICE_FAMILY  # espeak-ng training voices (one rendition of each question each)
     heldout_voice: str = UNSEEN_VOICE  # never trained on; monitored as the "unseen accent"
@@ -140,8 +142,12 @@ class TrainConfig:
         if self.vocab_doses and (len(set(self.vocab_doses)) != len(self.vocab_doses)
                                  or min(int(d) for d in self.vocab_doses) <= 0):
             raise bad("vocab_doses", "must list distinct positive clip counts, e.g. [3, 10, 30]")
-        if int(self.vocab_dose_words) <= 0:
-            raise bad("vocab_dose_words", "must be a positive integer")
+        if int(self.vocab_dose_words) < 0:
+            raise bad("vocab_dose_words", "must be a positive integer, or 0 for every new word")
+        if self.vocab_control_words is not None and int(self.vocab_control_words) <= 0:
+            raise bad("vocab_control_words", "must be a positive integer or null (as many as a dose group)")
+        if int(self.vocab_dose_words) == 0 and self.vocab_doses and self.vocab_control_words is None:
+            raise bad("vocab_dose_words", "can be 0 (every new word) only with vocab_control_words set")
         if not self.distill_weight >= 0 or (self.distill_weight and self.objective != "qa"):
             raise bad("distill_weight", "must be >= 0, and 0 unless the objective is 'qa' (the teacher answers "
                       "the typed question)")

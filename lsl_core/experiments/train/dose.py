@@ -6,8 +6,12 @@ also short, common and predictable). This module makes it causal: a repeat stage
 `vocab_doses` (e.g. [3, 10, 30]) draws new words - word tokens of the LLM vocabulary (the first `vocab_words`,
 `vocab_cased` as for word sequences) that no SD-QA training question holds and that the backbone reads as
 complete words (not BPE fragments such as "oblig") - assigns them at random (seeded)
-to dose groups of `vocab_dose_words` words each plus one control group of the same size that training never
-speaks, and adds sentences in which every word of a dose-d group occurs in exactly d clips:
+to dose groups of `vocab_dose_words` words each plus one control group (`vocab_control_words`, by default as
+large as a group) that training never speaks, and adds sentences in which every word of a dose-d group occurs
+in exactly d clips. `vocab_dose_words: 0` gives the dose groups every new word left after the control (an
+open-vocabulary stage: every word of the vocabulary spoken d times); `vocab_dictionary: true` keeps only new
+words an English dictionary lists (pyspellchecker's), since the completeness probe lets through fragments
+such as "comp" or "diff":
 
     python -m lsl_core train --config configs/train/experiments/dose_repeat.json
     python -m lsl_core dose-test --config configs/train/experiments/dose_repeat.json --out results/dose-test
@@ -78,21 +82,40 @@ def complete_words(model, candidates: list[str], need: int, threshold: float = C
     return kept
 
 
-def dose_groups(words: list[str], doses: tuple[int, ...], per_group: int) -> dict[int, list[str]]:
-    """dose -> its words, and 0 -> the control words: consecutive chunks of per_group words of `words` (pass them
-    in a random order: the assignment is then random), in the order of doses, then the control.
+def dose_groups(words: list[str], doses: tuple[int, ...], per_group: int,
+                control: int | None = None) -> dict[int, list[str]]:
+    """dose -> its words, and 0 -> the control words: consecutive chunks of `words` (pass them in a random order:
+    the assignment is then random), per_group words for each dose in the order of doses, then `control` words
+    (None: per_group). per_group 0: every word left after the control, split evenly (the remainder unused).
 
     >>> dose_groups([f"w{i}" for i in range(9)], (2, 5), 3)
     {2: ['w0', 'w1', 'w2'], 5: ['w3', 'w4', 'w5'], 0: ['w6', 'w7', 'w8']}
+    >>> dose_groups([f"w{i}" for i in range(8)], (2, 5), 0, control=1)
+    {2: ['w0', 'w1', 'w2'], 5: ['w3', 'w4', 'w5'], 0: ['w6']}
     """
     if not doses or len(set(doses)) != len(doses) or min(doses) <= 0:
         raise LSLError(f"train config field 'vocab_doses' must list distinct positive clip counts, got {list(doses)}.")
-    need = per_group * (len(doses) + 1)
-    if per_group <= 0 or len(words) < need:
-        raise LSLError(f"vocab_doses: {len(doses)} dose groups + a control of {per_group} words need {need} new "
-                       f"words, but the first vocab_words word tokens hold {len(words)} complete words that no "
-                       "training question has; raise vocab_words or lower vocab_dose_words.")
-    return {int(d): list(words[k * per_group:(k + 1) * per_group]) for k, d in enumerate([*doses, 0])}
+    control = per_group if control is None else control
+    if per_group == 0:
+        per_group = (len(words) - control) // len(doses)
+    need = per_group * len(doses) + control
+    if per_group <= 0 or control <= 0 or len(words) < need:
+        raise LSLError(f"vocab_doses: {len(doses)} dose groups of {max(per_group, 1)} words + a control of {control} "
+                       f"need {max(need, len(doses) + control)} new words, but the first vocab_words word tokens hold "
+                       f"{len(words)} complete words that no training question has; raise vocab_words or lower "
+                       "vocab_dose_words / vocab_control_words.")
+    out = {int(d): list(words[k * per_group:(k + 1) * per_group]) for k, d in enumerate(doses)}
+    out[0] = list(words[len(doses) * per_group:need])
+    return out
+
+
+def dictionary_words(words: list[str]) -> list[str]:
+    """The words (in their order) that pyspellchecker's English dictionary lists, case-insensitively: real words
+    ("leather", "lavender"), not the BPE fragments the backbone's vocabulary also holds ("comp", "diff", "acc")."""
+    from spellchecker import SpellChecker
+
+    listed = SpellChecker(language="en").word_frequency
+    return [w for w in words if w.lower() in listed]
 
 
 def dose_sentences(groups: dict[int, list[str]], seed: int, cased: bool = False) -> list[tuple[str, str]]:
@@ -145,18 +168,22 @@ def held_out_sentences(groups: dict[int, list[str]], n: int, seed: int, cased: b
 
 
 def config_groups(cfg, model) -> dict[int, list[str]]:
-    """The dose groups of a train config (vocab_doses, vocab_dose_words, vocab_words, vocab_cased, seed): the new
-    words (new_words; trained = the words of every SD-QA training question, the English test split) in a
-    seeded random order, kept when complete (complete_words, by the config's backbone `model`), then cut into
-    groups (dose_groups)."""
+    """The dose groups of a train config (vocab_doses, vocab_dose_words, vocab_control_words, vocab_dictionary,
+    vocab_words, vocab_cased, seed): the new words (new_words; trained = the words of every SD-QA training
+    question, the English test split; with vocab_dictionary only dictionary_words) in a seeded random order,
+    kept when complete (complete_words, by the config's backbone `model`), then cut into groups (dose_groups)."""
     from lsl_core.data.sdqa import load_sdqa_train_questions
     from lsl_core.model.asr import normalize_transcript
 
     trained = {w for q in load_sdqa_train_questions() for w in normalize_transcript(q.question).split()}
     pool = new_words(model.tokenizer, cfg.vocab_words, cfg.vocab_cased, trained)
+    if cfg.vocab_dictionary:
+        pool = dictionary_words(pool)
     shuffled = [pool[i] for i in np.random.default_rng(cfg.seed + DOSE_SEED).permutation(len(pool))]
-    need = cfg.vocab_dose_words * (len(cfg.vocab_doses) + 1)
-    return dose_groups(complete_words(model, shuffled, need), tuple(cfg.vocab_doses), cfg.vocab_dose_words)
+    control = cfg.vocab_dose_words if cfg.vocab_control_words is None else cfg.vocab_control_words
+    need = cfg.vocab_dose_words * len(cfg.vocab_doses) + control if cfg.vocab_dose_words else len(shuffled)
+    return dose_groups(complete_words(model, shuffled, need), tuple(cfg.vocab_doses), cfg.vocab_dose_words,
+                       control)
 
 
 DOSE_VOICES = ("en-gb", UNSEEN_VOICE)  # a training voice (at espeak-ng's default rendition) and the unseen one
