@@ -96,6 +96,26 @@ def test_padded_batch_loss_equals_unpadded_reference(tiny_model):
     assert got.item() == pytest.approx(total / count, rel=1e-5)
 
 
+@pytest.mark.parametrize("strategy,scope", [("frozen", "all"), ("lora", "all"), ("lora", "speech")])
+def test_response_logits_at_the_response_positions_equal_the_full_logits(tiny_parts, tmp_path, strategy, scope):
+    """The LM head runs only where some row predicts a response token (logits_to_keep), bare or under a (scoped)
+    LoRA: the same logits, in the same order, as slicing the logits of every position; gradients flow."""
+    tr = _trainer(_cfg(tiny_parts, tmp_path, strategy, lora_scope=scope))
+    ex = tr.data.train[:4]
+    batch = B.response_batch(tr.model, [B.speech_query(tr.model, e.states) for e in ex], [e.response for e in ex])
+    assert B._keeps_logits(tr.model.llm)
+    logits, ids = B.response_logits(tr.model, batch)  # [N, V], [N]
+    target = batch.labels[:, 1:]
+    keep = target != B.IGNORE_INDEX
+    full = tr.model.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids, use_cache=False).logits  # [B, T, V]
+    assert keep.any(0).sum() < keep.shape[1]  # some positions were left out
+    assert torch.equal(ids, target[keep]) and ids.numel() == sum(len(e.response) for e in ex)
+    torch.testing.assert_close(logits, full[:, :-1][keep].float(), rtol=1e-5, atol=1e-5)
+    logits.logsumexp(-1).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for _, p in tr.trainable_named())
+
+
 def test_distillation_loss_equals_a_per_token_kl_of_unpadded_forwards(tiny_model):
     """distillation_loss's KL == mean over response tokens of sum_v p_text(v) log(p_text(v) / p_speech(v)), each
     distribution from a plain unpadded forward (teacher on token ids, student on its query embeddings); 0 when

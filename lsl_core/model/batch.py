@@ -88,11 +88,24 @@ def response_logits(model: LSLM, batch: PaddedBatch) -> tuple[torch.Tensor, torc
     """Logits that predict each response token of a batch built by response_batch, and those tokens:
     ([N, V] float32, [N] ids), N = response tokens over the batch, row by row in order."""
     assert batch.labels is not None, "response_logits needs a batch built by response_batch"
-    out = model.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids, use_cache=False)
     target = batch.labels[:, 1:]  # [B, T-1]: position t predicts token t+1
     keep = target != IGNORE_INDEX  # [B, T-1]
-    return out.logits[:, :-1][keep].float(), target[keep]
+    args = dict(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids, use_cache=False)
+    if not _keeps_logits(model.llm):  # a model class without transformers' logits_to_keep: logits everywhere
+        return model.llm(**args).logits[:, :-1][keep].float(), target[keep]
+    pos = keep.any(0).nonzero().flatten()  # [P] positions that predict a response token in some row
+    # the LM head ([d] -> [V]) only at those positions: the template and query positions need no logits
+    out = model.llm(**args, logits_to_keep=pos)  # logits [B, P, V]
+    return out.logits[keep[:, pos]].float(), target[keep]
+
+
+def _keeps_logits(llm) -> bool:
+    """Whether the causal LM's forward (under a peft wrapper: its base model's) takes `logits_to_keep`."""
+    import inspect
+
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def response_loss(model: LSLM, batch: PaddedBatch) -> torch.Tensor:
