@@ -20,17 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 
-def full_head_loss(model, batch) -> torch.Tensor:
-    """The loss as before logits_to_keep: logits [B, T, V] at every position, then the response ones kept."""
-    from lsl_core.model import batch as B
-
-    out = model.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids, use_cache=False)
-    target = batch.labels[:, 1:]
-    keep = target != B.IGNORE_INDEX
-    return torch.nn.functional.cross_entropy(out.logits[:, :-1][keep].float(), target[keep])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -57,7 +46,8 @@ def main() -> None:
         loss.backward()
         return loss.item()
 
-    cases = {"LM head at every position": full_head_loss, "LM head at response positions": B.response_loss}
+    cases = {"LM head at every position": lambda m, b: B.response_loss(m, b, all_positions=True),
+             "LM head at response positions": B.response_loss}
     losses = {name: step(fn) for name, fn in cases.items()}  # warm-up, and the two losses agree
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):

@@ -112,6 +112,7 @@ def test_response_logits_at_the_response_positions_equal_the_full_logits(tiny_pa
     assert keep.any(0).sum() < keep.shape[1]  # some positions were left out
     assert torch.equal(ids, target[keep]) and ids.numel() == sum(len(e.response) for e in ex)
     torch.testing.assert_close(logits, full[:, :-1][keep].float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(B.response_logits(tr.model, batch, all_positions=True)[0], logits, rtol=1e-5, atol=1e-5)
     logits.logsumexp(-1).sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for _, p in tr.trainable_named())
 

@@ -84,15 +84,17 @@ def response_batch(model: LSLM, queries: Sequence[torch.Tensor], responses: Sequ
 
 
 # --------------------------------------------------------------------------- forward / generate
-def response_logits(model: LSLM, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logits(model: LSLM, batch: PaddedBatch, all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits that predict each response token of a batch built by response_batch, and those tokens:
-    ([N, V] float32, [N] ids), N = response tokens over the batch, row by row in order."""
+    ([N, V] float32, [N] ids), N = response tokens over the batch, row by row in order. The LM head runs only at
+    the positions that predict a response token, unless all_positions (or the model class has no
+    transformers `logits_to_keep`): then at every position [B, T, V], the same logits at more cost."""
     assert batch.labels is not None, "response_logits needs a batch built by response_batch"
     target = batch.labels[:, 1:]  # [B, T-1]: position t predicts token t+1
     keep = target != IGNORE_INDEX  # [B, T-1]
     args = dict(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, use_cache=False)
-    if not _keeps_logits(model.llm):  # a model class without transformers' logits_to_keep: logits everywhere
+    if all_positions or not _keeps_logits(model.llm):
         return model.llm(**args).logits[:, :-1][keep].float(), target[keep]
     pos = keep.any(0).nonzero().flatten()  # [P] positions that predict a response token in some row
     # the LM head ([d] -> [V]) only at those positions: the template and query positions need no logits
@@ -108,9 +110,9 @@ def _keeps_logits(llm) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def response_loss(model: LSLM, batch: PaddedBatch) -> torch.Tensor:
-    """Mean cross-entropy over the response tokens of a batch (scalar, float32)."""
-    logits, target = response_logits(model, batch)  # [N, V], [N]
+def response_loss(model: LSLM, batch: PaddedBatch, all_positions: bool = False) -> torch.Tensor:
+    """Mean cross-entropy over the response tokens of a batch (scalar, float32); all_positions as response_logits."""
+    logits, target = response_logits(model, batch, all_positions)  # [N, V], [N]
     return torch.nn.functional.cross_entropy(logits, target)
 
 

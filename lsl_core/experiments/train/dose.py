@@ -96,14 +96,13 @@ def dose_groups(words: list[str], doses: tuple[int, ...], per_group: int,
     if not doses or len(set(doses)) != len(doses) or min(doses) <= 0:
         raise LSLError(f"train config field 'vocab_doses' must list distinct positive clip counts, got {list(doses)}.")
     control = per_group if control is None else control
-    if per_group == 0:
-        per_group = (len(words) - control) // len(doses)
-    need = per_group * len(doses) + control
-    if per_group <= 0 or control <= 0 or len(words) < need:
-        raise LSLError(f"vocab_doses: {len(doses)} dose groups of {max(per_group, 1)} words + a control of {control} "
-                       f"need {max(need, len(doses) + control)} new words, but the first vocab_words word tokens hold "
-                       f"{len(words)} complete words that no training question has; raise vocab_words or lower "
-                       "vocab_dose_words / vocab_control_words.")
+    per_group = per_group or (len(words) - control) // len(doses)  # 0: every word left after the control
+    need = max(per_group, 1) * len(doses) + control
+    if control <= 0 or len(words) < need:
+        raise LSLError(f"vocab_doses: {len(doses)} dose groups of {max(per_group, 1)} words + a control of "
+                       f"{control} need {need} new words, but the first vocab_words word tokens hold {len(words)} "
+                       "complete words that no training question has; raise vocab_words or lower vocab_dose_words / "
+                       "vocab_control_words.")
     out = {int(d): list(words[k * per_group:(k + 1) * per_group]) for k, d in enumerate(doses)}
     out[0] = list(words[len(doses) * per_group:need])
     return out
