@@ -23,6 +23,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import save_file
 
+from tiny_models import make_asr_whisper
 from ui.nav import PAGES
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -34,23 +35,6 @@ STEPS = (10, 20, 30)
 
 
 # ============================================================================ fixtures: a tiny world
-def _tiny_whisper(folder: Path) -> Path:
-    """Like tiny_models.make_tiny_whisper, plus a tokenizer and room for 128 new tokens: its ASR runs (cascade)."""
-    from tiny_models import make_tokenizer
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer(folder)
-    torch.manual_seed(0)
-    cfg = WhisperConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80,
-                        max_source_positions=1500, max_target_positions=256, pad_token_id=2, bos_token_id=1,
-                        eos_token_id=2, decoder_start_token_id=1)
-    WhisperForConditionalGeneration(cfg).eval().save_pretrained(folder, safe_serialization=True)
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
-    return folder
-
-
 def _checkpoint(folder: Path, llm: Path, enc: Path, name: str, strategy: str, step: int, seed: int) -> Path:
     from lsl_core.model.adaptor import Adaptor, AdaptorConfig
     from lsl_core.model.loading import CheckpointManifest, write_manifest
@@ -128,7 +112,7 @@ def _results(folder: Path, ids: list[str], model_dir: Path, set_spec: str) -> di
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_parts):
     root = tmp_path_factory.mktemp("app")
-    llm, enc = tiny_parts["llm"], _tiny_whisper(root / "whisper")
+    llm, enc = tiny_parts["llm"], make_asr_whisper(root / "whisper")
     zoo = root / "zoo"
     roots = {f"tiny-step{s}": _checkpoint(zoo / "frozen" / f"step{s:04d}", llm, enc, f"tiny-step{s}", "frozen", s, s)
              for s in STEPS}

@@ -59,6 +59,20 @@ def _trainer(cfg, resume_dir=None, n=6) -> Trainer:
                         progress=False)
 
 
+def _eval_loss(tr: Trainer, idx: list[int]) -> float:
+    """The trainer's loss on clips idx in eval mode, without gradients."""
+    tr.train_mode(False)
+    with torch.no_grad():
+        return tr.loss_on(idx).item()
+
+
+def _losses_around_one_step(tr: Trainer, idx: list[int]) -> tuple[float, float]:
+    """(loss on idx before, after) one train_step."""
+    before = _eval_loss(tr, idx)
+    tr.train_step()
+    return before, _eval_loss(tr, idx)
+
+
 # ----------------------------------------------------------------------------- the loss
 def test_response_batch_labels_cover_only_the_response(tiny_model):
     q = [torch.randn(5, 32), torch.randn(9, 32)]
@@ -188,13 +202,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(tiny_parts, tmp_path, strateg
     assert sorted(tr.batch_indices(0)) == [0, 1, 2, 3]
     frozen_enc = {k: v.clone() for k, v in tr.model.encoder.state_dict().items()}
     base_llm = {k: v.clone() for k, v in tr.model.llm.named_parameters() if not v.requires_grad}
-    tr.train_mode(False)
-    with torch.no_grad():
-        before = tr.loss_on([0, 1, 2, 3]).item()
-    tr.train_step()
-    tr.train_mode(False)
-    with torch.no_grad():
-        after = tr.loss_on([0, 1, 2, 3]).item()
+    before, after = _losses_around_one_step(tr, [0, 1, 2, 3])
     assert after < before
     for k, v in tr.model.encoder.state_dict().items():  # the encoder never trains
         assert torch.equal(v, frozen_enc[k])
@@ -579,13 +587,7 @@ def test_alignment_stages_lower_their_loss_and_keep_the_llm_frozen(tiny_parts, t
                lr=5e-3)
     tr = _trainer(cfg, n=4)
     llm = {k: v.clone() for k, v in tr.model.llm.state_dict().items()}
-    tr.train_mode(False)
-    with torch.no_grad():
-        before = tr.loss_on([0, 1, 2, 3]).item()
-    tr.train_step()
-    tr.train_mode(False)
-    with torch.no_grad():
-        after = tr.loss_on([0, 1, 2, 3]).item()
+    before, after = _losses_around_one_step(tr, [0, 1, 2, 3])
     assert after < before
     assert all(torch.equal(v, llm[k]) for k, v in tr.model.llm.state_dict().items())
     names = [n for n, _ in tr.trainable_named()]
@@ -657,13 +659,9 @@ def test_a_context_adaptor_trains_saves_and_is_continued_only_by_a_context_stage
     tr = _trainer(s1)
     names = [n for n, _ in tr.trainable_named()]
     assert "adaptor.context.0.qkv.weight" in names and "adaptor.context.0.proj.weight" in names
-    tr.train_mode(False)
-    with torch.no_grad():
-        before = tr.loss_on([0, 1]).item()
+    before = _eval_loss(tr, [0, 1])
     folder = tr.run()[-1]
-    tr.train_mode(False)
-    with torch.no_grad():
-        assert tr.loss_on([0, 1]).item() < before
+    assert _eval_loss(tr, [0, 1]) < before
     assert tr.model.adaptor.context[0].proj.weight.abs().sum() > 0  # the block is no longer the identity
     m = read_manifest(folder)
     assert m.adaptor_context == 1

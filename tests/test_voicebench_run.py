@@ -292,7 +292,7 @@ def test_documented_commands_parse():
 
 def test_cascade_answers_are_the_llm_answers_to_the_transcripts(vb, tiny_parts, tmp_path):
     """cascade = the encoder's own Whisper decoder transcribes, the LLM answers the transcript as text."""
-    from voicebench_fixtures import make_asr_whisper
+    from tiny_models import make_asr_whisper
 
     from lsl_core.model import batch as B
     from lsl_core.model.loading import load_checkpoint

@@ -75,3 +75,20 @@ def make_tiny_whisper(folder: Path, d_model: int = 16, seed: int = 0) -> Path:
     WhisperForConditionalGeneration(cfg).eval().save_pretrained(folder, safe_serialization=True)
     WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
     return folder
+
+
+def make_asr_whisper(folder: Path) -> Path:
+    """A tiny random Whisper with the tiny LLM's word-level tokenizer and room for 128 new tokens, so its
+    ASR decodes (random words) and the cascade modality runs (make_tiny_whisper's has no tokenizer)."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer(folder)
+    torch.manual_seed(0)
+    cfg = WhisperConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80,
+                        max_source_positions=1500, max_target_positions=256, pad_token_id=2, bos_token_id=1,
+                        eos_token_id=2, decoder_start_token_id=1)
+    WhisperForConditionalGeneration(cfg).eval().save_pretrained(folder, safe_serialization=True)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder
