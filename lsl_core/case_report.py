@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lsl_core.cli import add_device_args
+
 SECTIONS = ("audio", "question", "answers", "heatmap", "curves", "metrics")
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:16px 24px;
@@ -227,7 +229,7 @@ def register(sub) -> None:
     p.add_argument("--path", choices=("argmax", "dtw"), default="argmax", help="alignment path of the analysis")
     p.add_argument("--tokens", type=int, default=24, help="max new tokens per answer")
     p.add_argument("--no-cascade", action="store_true", help="skip the ASR -> LLM baseline")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    add_device_args(p)
     p.add_argument("--out", default="case_report.html", help="output HTML file")
     p.set_defaults(func=run)
 

@@ -17,8 +17,10 @@
     families  the public model families and their capabilities (model.families.cli)
 
 Each command module exposes `register(subparsers)` adding its parser with `set_defaults(func=...)`;
-`func(args)` gets `args.argv` (the command line, for results headers). A user error (LSLError)
-prints one line `error: ...` and exits 2, without a traceback; anything else is a bug and raises.
+`func(args)` gets `args.argv` (the command line, for results headers). A command that runs a model takes
+`--device` and `--threads` from `add_device_args`; `main` applies `--threads` before the command runs.
+A user error (LSLError) prints one line `error: ...` and exits 2, without a traceback; anything else is a
+bug and raises.
 """
 
 from __future__ import annotations
@@ -48,6 +50,27 @@ COMMANDS = {
 }
 
 
+def add_device_args(p: argparse.ArgumentParser, *, device: str | None = None, threads: int = 0,
+                    device_help: str = "cpu | cuda | cuda:1 (default: CUDA if available)") -> None:
+    """Add `--device` and `--threads` (torch CPU threads, applied by `main`) to a command's parser."""
+    p.add_argument("--device", default=device, help=device_help)
+    p.add_argument("--threads", type=int, default=threads,
+                   help=f"torch CPU threads (0 = torch default; default {threads})")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """torch.set_num_threads(args.threads) when a command has --threads and it is not 0; negative is a user error."""
+    n = getattr(args, "threads", 0) or 0
+    if n < 0:
+        from lsl_core.errors import LSLError
+
+        raise LSLError(f"--threads must be 0 (torch's default) or a positive count of CPU threads, got {n}.")
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lsl_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -63,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
+        apply_threads(args)
         return int(args.func(args) or 0)
     except LSLError as exc:
         print(f"error: {exc}", file=sys.stderr)

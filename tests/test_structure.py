@@ -1,9 +1,10 @@
 """The codebase's shape, checked statically: no import cycles in lsl_core, lsl_core never imports streamlit,
-generation has one path (only LSLM calls the backbone's generate), and every `python -m lsl_core ...`
-command the README and docs/ show parses with today's CLI."""
+generation has one path (only LSLM calls the backbone's generate), every `python -m lsl_core ...`
+command the README and docs/ show parses with today's CLI, and the commands share --device / --threads."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import re
 import shlex
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lsl_core.cli import COMMANDS, build_parser
+from lsl_core.cli import COMMANDS, apply_threads, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "lsl_core"
@@ -117,3 +118,36 @@ def test_documented_command_parses(where, command):
         build_parser().parse_args(rest)
     except SystemExit as exc:
         pytest.fail(f"{where}: `{command}` does not parse (exit {exc.code})")
+
+
+# ---------------------------------------------------------------------------- shared command options
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_command_that_takes_a_device_takes_threads_too():
+    """--device and --threads come together from cli.add_device_args, so every model command has both."""
+    options = {name: {o for a in p._actions for o in a.option_strings} for name, p in _subparsers().items()}
+    with_device = sorted(n for n, opts in options.items() if "--device" in opts)
+    assert {"evaluate", "analyze", "train", "table1", "voicebench"} <= set(with_device)
+    assert [n for n in with_device if "--threads" not in options[n]] == []
+
+
+def test_main_applies_threads_before_the_command_and_refuses_negative_ones(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        apply_threads(argparse.Namespace(threads=1))
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        apply_threads(argparse.Namespace(threads=0))  # 0 = torch's default: untouched
+        apply_threads(argparse.Namespace())  # a command without --threads: untouched
+        assert torch.get_num_threads() == before
+        # a negative count is one line on stderr and exit 2, before the command loads anything
+        assert main(["table1", "--threads", "-2", "--checkpoint", "/nonexistent/manifest.json"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --threads must be 0") and "-2" in err[0]
+    finally:
+        torch.set_num_threads(before)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from lsl_core.analysis import AnalysisOptions, analyze_set
+from lsl_core.cli import add_device_args
 from lsl_core.errors import LSLError
 from lsl_core.experiments.pages import NOT_RECORDED, page_header
 from lsl_core.model.lslm import locked_items
@@ -220,7 +221,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="results/analysis.parquet", help="output Parquet (aggregates go to .json beside it)")
     p.add_argument("--markdown", type=Path, default=None,
                    help="also write the alignment page (per-checkpoint means) here; not with shards")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda if available)")
+    add_device_args(p)
     p.add_argument("--no-cka", action="store_true", help="skip per-sample cross-layer CKA")
     p.add_argument("--path", choices=("argmax", "dtw"), default="argmax",
                    help="how frames are paired with tokens for path scores, Spearman, APS and CKA: argmax = best "

@@ -38,6 +38,7 @@ from typing import Callable
 
 import pandas as pd
 
+from lsl_core.cli import add_device_args
 from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
 from lsl_core.experiments.hearing import Lineage, lineage, words
@@ -280,8 +281,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=50, help="prompts per batched generate call")
     p.add_argument("--examples", type=int, default=0, help="also print this many closed questions per condition")
     p.add_argument("--out", type=Path, default=None, help="write the per-clip rows here (parquet)")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: CUDA if available)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_device_args(p)
     p.set_defaults(func=main)
 
 
@@ -291,8 +291,6 @@ def main(args: argparse.Namespace) -> int:
     from lsl_core.experiments.evaluate import text_answers
     from lsl_core.model.loading import load_checkpoint
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.n_questions is not None and args.n_questions <= 0:
         raise LSLError(f"closed-vocab: --n-questions must be positive, got {args.n_questions}.")
     if args.vocab_words < 0:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lsl_core.cli import add_device_args
 from lsl_core.data.audio import audio_digest
 from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
@@ -512,8 +513,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=Path("assets/results"), help="folder for parquet/JSON results")
     p.add_argument("--name", default="checkpoints", help="file name prefix of the results")
     p.add_argument("--markdown", type=Path, default=None, help="also write the results page (markdown) here")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: CUDA if available)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_device_args(p)
     p.add_argument("--no-cache", action="store_true", help="recompute answers even if cached")
     p.set_defaults(func=main)
 
@@ -530,14 +530,10 @@ def _pedant_note(opts: EvalOptions) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
     from lsl_core.data.sets import load_sample_set
     from lsl_core.experiments.pages import provenance
     from lsl_core.model.loading import list_zoo, load_checkpoint, read_manifest
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     manifests = list_zoo(args.zoo) if args.zoo else []
     manifests += [read_manifest(c) for c in args.checkpoint]
     if not manifests:

@@ -44,6 +44,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from lsl_core.cli import add_device_args
 from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
 
@@ -421,21 +422,16 @@ def register(subparsers) -> None:
                         "same groups")
     p.add_argument("--examples", type=int, default=0, help="also print this many clips (question | repeat)")
     p.add_argument("--out", type=Path, default=None, help="write the per-clip rows here (parquet)")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: CUDA if available)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_device_args(p)
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
     from lsl_core.data.sets import load_sample_set
     from lsl_core.experiments.evaluate import select_samples, transcripts, voice_of
     from lsl_core.model import batch as B
     from lsl_core.model.loading import load_checkpoint
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     samples = select_samples(load_sample_set(args.samples), args.n_questions,
                              [v.strip() for v in args.voices.split(",")] if args.voices else None)
     if not len(samples):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lsl_core.cli import add_device_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("stability", help="cross-layer CKA under several analysis configurations, and how alike",
@@ -22,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=40, help="the first N samples (0 = all)")
     p.add_argument("--voice", default=None, help="only samples of this voice/accent")
     p.add_argument("--tolerance", type=int, default=1, help="band locations within this many layers agree")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    add_device_args(p)
     p.add_argument("--out", default="results/stability.json", help="output JSON (matrices + summary)")
     p.set_defaults(func=run)
 

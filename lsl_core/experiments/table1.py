@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import pandas as pd
 
+from lsl_core.cli import add_device_args
 from lsl_core.errors import LSLError
 from lsl_core.experiments.pages import NOT_RECORDED, page_header
 from lsl_core.interventions import GRAMMAR, OPS, Condition, condition_label, generate_side_by_side, parse_condition
@@ -230,8 +231,7 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=24, help="greedy answer length")
     p.add_argument("--interventions", nargs="+", default=list(TABLE1_INTERVENTIONS),
                    help=f"conditions ({GRAMMAR}; join several with '+'); default: every op on bottom3 and all")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the shipped page used 2)")
+    add_device_args(p, device="cpu", threads=2, device_help="cpu or cuda (the shipped page: cpu, 2 threads)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"folder for the per-sample rows ({RESULTS_NAME}_interventions.parquet) and {RESULTS_NAME}.json")
     p.add_argument("--markdown", type=Path, default=None, help="write the results page here (default: print it)")
@@ -252,7 +252,6 @@ def main(args) -> int:
     from lsl_core.model.loading import default_checkpoint, load_checkpoint, read_manifest
 
     meta = provenance(getattr(args, "argv", None))
-    torch.set_num_threads(max(1, args.threads))
     manifest = read_manifest(args.checkpoint or default_checkpoint())
     t0 = time.perf_counter()
     model = load_checkpoint(manifest, device=args.device, merge_lora=args.merge_lora)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lsl_core.cli import add_device_args
 from lsl_core.errors import AudioError, DataError, LSLError
 
 RUN_VERSION = 1  # bump when answers change meaning (prompting, decoding)
@@ -516,8 +517,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="torch and bootstrap seed")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for CIs")
     p.add_argument("--out", type=Path, required=True, help="results folder (answers are kept there: rerun to resume)")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda:$LOCAL_RANK if available)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_device_args(p, device_help="cpu | cuda | cuda:1 (default: cuda:$LOCAL_RANK if available)")
     p.add_argument("--score-only", action="store_true", help="skip generation: score the answers already in --out "
                    "(also merges shard files copied together from several nodes)")
     p.add_argument("--fresh", action="store_true", help="delete the answers in --out first")
@@ -535,8 +535,6 @@ def main(args: argparse.Namespace) -> int:
 
     from lsl_core.model.loading import default_checkpoint, list_zoo, read_manifest
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = RunConfig(data=str(args.data), subsets=_split(args.subsets), modalities=_split(args.modalities),
                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
                     align=args.align, as_subset=args.as_subset, seed=args.seed, n_boot=args.n_boot)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from lsl_core.cli import add_device_args
 from lsl_core.errors import LSLError
 from lsl_core.experiments.train.config import OBJECTIVES, TRAIN_STRATEGIES, TrainConfig
 from lsl_core.experiments.train.corpus import MonitorClip, TrainData, TrainExample, prepare_data
@@ -187,11 +188,10 @@ def register(subparsers) -> None:
     p.add_argument("--resume-dir", type=Path, default=None, help="resume state folder (default: in the cache)")
     p.add_argument("--out", default=None, help="override the config's trajectory folder")
     p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
-    p.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda)")
+    add_device_args(p, device_help="override the config's device (auto, cpu, cuda)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any config field (VALUE as JSON, else a string), e.g. --set init=<checkpoint> "
                         "--set monitor_train_clips=48; repeatable")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--prepare-only", action="store_true", help="only synthesize/encode/generate targets (cached)")
     p.add_argument("--monitor-only", action="store_true",
                    help="print the monitor (agreement, stage score per voice group) of the config's init; no training")
@@ -216,8 +216,6 @@ def parse_sets(items: list[str]) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = TrainConfig.from_json(args.config)
     changes = {k: v for k, v in (("out", args.out), ("steps", args.steps), ("device", args.device)) if v is not None}
     changes.update(parse_sets(args.set))
