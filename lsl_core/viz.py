@@ -1061,6 +1061,17 @@ def control_curves(controls, metric: str, current_layer: int | None = None, titl
     return fig
 
 
+def _controls_curves(df: pd.DataFrame, column: str, value: str, table: str, label: str,
+                     order: str) -> tuple[pd.DataFrame, list]:
+    """The rows of one `analyze --controls` table for df[column] == value at layers >= 0, and one curve key
+    (df[label]) per checkpoint in `order` (the step), first appearance kept."""
+    rows = df[(df[column] == value) & (df["layer"] >= 0)]
+    if "table" in rows.columns:
+        rows = rows[rows["table"] == table]
+    keys = list(dict.fromkeys(rows.sort_values(order, kind="stable")[label] if order in rows.columns else rows[label]))
+    return rows, keys
+
+
 def retrieval_curves(df: pd.DataFrame, scorer: str = "seq_cos", stat: str = "top1", *, label: str = "checkpoint",
                      order: str = "step", title: str | None = None) -> go.Figure:
     """Speech -> text retrieval per layer, one curve per checkpoint, with the chance level.
@@ -1072,10 +1083,7 @@ def retrieval_curves(df: pd.DataFrame, scorer: str = "seq_cos", stat: str = "top
     need = {"scorer", "layer", stat, f"chance_{stat}", label}
     if not need <= set(df.columns):
         raise ValueError(f"retrieval table lacks {sorted(need - set(df.columns))}; write it with analyze --controls")
-    rows = df[(df["scorer"] == scorer) & (df["layer"] >= 0)]
-    if "table" in rows.columns:
-        rows = rows[rows["table"] == "retrieval"]
-    keys = list(dict.fromkeys(rows.sort_values(order, kind="stable")[label] if order in rows.columns else rows[label]))
+    rows, keys = _controls_curves(df, "scorer", scorer, "retrieval", label, order)
     colors = categorical_colors(len(keys))
     fig = go.Figure()
     L = 0
@@ -1114,10 +1122,7 @@ def specific_curves(df: pd.DataFrame, metric: str = "seq_cos", *, label: str = "
                          "--controls")
     from lsl_core.metrics.controls import METRICS
 
-    rows = df[(df["metric"] == metric) & (df["layer"] >= 0)]
-    if "table" in rows.columns:
-        rows = rows[rows["table"] == "specific"]
-    keys = list(dict.fromkeys(rows.sort_values(order, kind="stable")[label] if order in rows.columns else rows[label]))
+    rows, keys = _controls_curves(df, "metric", metric, "specific", label, order)
     colors = categorical_colors(len(keys))
     fig = go.Figure()
     L = 0
