@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
 import soundfile as sf
 from test_app import (  # noqa: F401  (fixtures: world, navigation_mode)
     CKA,

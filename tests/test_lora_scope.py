@@ -16,8 +16,7 @@ from conftest import tone
 from safetensors.torch import load_file, save_file
 
 from lsl_core.data.samples import Sample
-from lsl_core.errors import LSLError, ManifestError
-from lsl_core.model import batch as B
+from lsl_core.errors import ManifestError
 from lsl_core.model.loading import (CheckpointManifest, list_zoo, load_checkpoint, manifest_digest, read_manifest,
                                     write_manifest)
 from lsl_core.model.lora_scope import SpeechScope, apply_lora_scope, row_hashes

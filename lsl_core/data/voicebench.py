@@ -152,7 +152,7 @@ def _loader(path: Path, row: int, label: str):
             elif ref and (Path(ref).is_file() or (path.parent / ref).is_file()):
                 audio, sr = load_audio_file(Path(ref) if Path(ref).is_file() else path.parent / ref)
             else:
-                raise AudioError(f"the audio cell has no bytes"
+                raise AudioError("the audio cell has no bytes"
                                  + (f" and its path {ref!r} does not exist" if ref else "")
                                  + f". Expected {EXPECTED_SCHEMA} with the encoded file in `bytes`.")
             return prepare_audio(audio, sr)

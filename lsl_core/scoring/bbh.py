@@ -119,7 +119,7 @@ def _hyperbaton(t: str, item: ScoreItem) -> int | None:
         rf"(?:answer|option|choice|sentence|order|one)\s*(?:is|would be|should be|:)\s*(?:option\s*|sentence\s*|choice\s*)?{_AB}",
         rf"{lead}{_AB}\s*(?:is|has|follows|uses|would be|seems)\s+(?:\w+\s+){{0,3}}(?:correct|right|proper|better|closest|grammatical)",
         rf"(?:correct|right|proper)\s+(?:\w+\s+){{0,3}}(?:is|in|would be)\s+(?:found in\s+)?{lead}{_AB}",
-        rf"\\boxed\{{\s*(?:\\text\{{)?\s*\(?([ab])\)?\s*\}}",
+        r"\\boxed\{\s*(?:\\text\{)?\s*\(?([ab])\)?\s*\}",
     )
     m = _last("|".join(f"(?:{v})" for v in verdicts), t)
     if m:
