@@ -99,7 +99,7 @@ def test_evaluate_checkpoint_rows_match_direct_computation(tiny_model):
     pd.testing.assert_frame_equal(df, again)
 
 
-def test_cascade_answers_the_transcript_and_answerable_gap(tiny_model, monkeypatch, tmp_path):
+def test_cascade_answers_the_transcript_and_answerable_gap(tiny_model, monkeypatch, tmp_path, capsys):
     """The cascade answers what the ASR heard with the same LLM; a transcript equal to the question gives the
     text answer (agreement 1), another question's transcript gives that question's answer."""
     from lsl_core.experiments.evaluate import add_other_question_baseline, headline_intervals, summarize
@@ -140,6 +140,12 @@ def test_cascade_answers_the_transcript_and_answerable_gap(tiny_model, monkeypat
         assert r["cascade_agreement_other_q"] == pytest.approx(
             sum(answer_agreement(r["cascade_answer"], t) for t in others) / len(others))
     assert "cascade_agreement_other_q" in summarize(df).columns
+    # progress: one bar over the phases that ends full: 3 text answers + 9 transcripts + 3 distinct transcripts
+    # answered + 9 encoder states + 9 speech answers
+    capsys.readouterr()
+    evaluate_checkpoint(tiny_model, s, EvalOptions(max_new_tokens=6, batch_size=4), use_cache=False, progress=True)
+    err = capsys.readouterr().err
+    assert "speech answers" in err and "33/33" in err and "34/" not in err
 
 
 def test_ratio_above_answer_style_by_hand():

@@ -26,6 +26,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -103,18 +104,26 @@ def llm_identity(model) -> str:
     return f"checkpoint:{model.digest}"
 
 
-def text_answers(model, prompts_text: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers to typed prompts, memoized per LLM identity within the process (llm_identity)."""
+def text_answers(model, prompts_text: list[str], max_new_tokens: int, batch_size: int,
+                 on_done: Callable[[int], None] | None = None) -> list[str]:
+    """Greedy answers to typed prompts, memoized per LLM identity within the process (llm_identity).
+    `on_done(n)` is told how many distinct prompts are answered as batches finish (progress)."""
     who = llm_identity(model)
-    todo = list(dict.fromkeys(t for t in prompts_text if (who, max_new_tokens, t) not in _ANSWERS))
+    distinct = list(dict.fromkeys(prompts_text))
+    todo = [t for t in distinct if (who, max_new_tokens, t) not in _ANSWERS]
+    if on_done is not None and len(distinct) > len(todo):
+        on_done(len(distinct) - len(todo))
     if todo:
-        out = model.generate_answers([model.prompt_for(text=t) for t in todo], max_new_tokens, batch_size=batch_size)
+        on_batch = (lambda idx, _ids: on_done(len(idx))) if on_done is not None else None
+        out = model.generate_answers([model.prompt_for(text=t) for t in todo], max_new_tokens, batch_size=batch_size,
+                                     on_batch=on_batch)
         _ANSWERS.update({(who, max_new_tokens, t): a for t, a in zip(todo, out)})
     return [_ANSWERS[(who, max_new_tokens, t)] for t in prompts_text]
 
 
-def transcripts(model, items, audio_keys: list[str]) -> list[str]:
-    """ASR transcript of every clip by the checkpoint's Whisper decoder, cached on disk per (encoder, audio)."""
+def transcripts(model, items, audio_keys: list[str], on_done: Callable[[int], None] | None = None) -> list[str]:
+    """ASR transcript of every clip by the checkpoint's Whisper decoder, cached on disk per (encoder, audio).
+    `on_done(1)` after each clip (progress)."""
     from lsl_core.cache import cache_dir
 
     enc = str((model.manifest or {}).get("encoder", model.name))
@@ -123,14 +132,46 @@ def transcripts(model, items, audio_keys: list[str]) -> list[str]:
     for s, ak in zip(items, audio_keys):
         f = folder / f"{ak}.json"
         if f.is_file():
-            out.append(json.loads(f.read_text())["transcript"])
-            continue
-        t = model.transcribe(s.audio, s.sr)
-        tmp = f.with_name(f".{f.name}.tmp")
-        tmp.write_text(json.dumps({"encoder": enc, "transcript": t}))
-        tmp.replace(f)
+            t = json.loads(f.read_text())["transcript"]
+        else:
+            t = model.transcribe(s.audio, s.sr)
+            tmp = f.with_name(f".{f.name}.tmp")
+            tmp.write_text(json.dumps({"encoder": enc, "transcript": t}))
+            tmp.replace(f)
         out.append(t)
+        if on_done is not None:
+            on_done(1)
     return out
+
+
+class _Progress:
+    """A tqdm bar over one checkpoint's evaluation (text answers, ASR transcripts, cascade answers, encoder
+    states, speech answers), named by its current phase; does nothing when progress is off."""
+
+    def __init__(self, on: bool, name: str, total: int):
+        self.name = name
+        self.bar = None
+        if on:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"evaluate {name}", unit="item")
+
+    def phase(self, what: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(f"evaluate {self.name}: {what}")
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def grow(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.total += n
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, use_cache: bool = True,
@@ -162,18 +203,30 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
     t0 = time.time()
     questions = list(dict.fromkeys(s.question for s in items))
     cascade = opts.cascade and getattr(model, "has_asr", False)
+    bar = _Progress(progress, model.name, len(questions) + len(items) * (3 if cascade else 2))
     with torch.no_grad():
-        texts = text_answers(model, questions, opts.max_new_tokens, opts.batch_size)
+        bar.phase("text answers")
+        texts = text_answers(model, questions, opts.max_new_tokens, opts.batch_size, bar.advance)
         text_of = dict(zip(questions, texts))
-        heard = transcripts(model, items, audio_keys) if cascade else [None] * len(items)
         if cascade:
-            spoken = [t for t in heard if t and t.strip()]
-            cas_of = dict(zip(spoken, text_answers(model, spoken, opts.max_new_tokens, opts.batch_size)))
+            bar.phase("ASR transcripts")
+            heard = transcripts(model, items, audio_keys, bar.advance)
+            spoken = list(dict.fromkeys(t for t in heard if t and t.strip()))
+            bar.grow(len(spoken))
+            bar.phase("cascade answers")
+            cas_of = dict(zip(spoken, text_answers(model, spoken, opts.max_new_tokens, opts.batch_size, bar.advance)))
+        else:
+            heard = [None] * len(items)
+        bar.phase("speech encoder")
         prompts = []
         for s, ak in zip(items, audio_keys):
             st = cached_encoder_states(model.encoder, voice_of(s), s.id, lambda s=s: s.audio, ak)  # [Te, d_enc]
             prompts.append(model.build_prompt(model.adapt(st).embeds))
-        speech = model.generate_answers(prompts, opts.max_new_tokens, batch_size=opts.batch_size)
+            bar.advance(1)
+        bar.phase("speech answers")
+        speech = model.generate_answers(prompts, opts.max_new_tokens, batch_size=opts.batch_size,
+                                        on_batch=lambda idx, _ids: bar.advance(len(idx)))
+    bar.close()
     m = model.manifest or {}
     rows = []
     for s, sp, heard_s in zip(items, speech, heard):
