@@ -144,36 +144,6 @@ def transcripts(model, items, audio_keys: list[str], on_done: Callable[[int], No
     return out
 
 
-class _Progress:
-    """A tqdm bar over one checkpoint's evaluation (text answers, ASR transcripts, cascade answers, encoder
-    states, speech answers), named by its current phase; does nothing when progress is off."""
-
-    def __init__(self, on: bool, name: str, total: int):
-        self.name = name
-        self.bar = None
-        if on:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=f"evaluate {name}", unit="item")
-
-    def phase(self, what: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description_str(f"evaluate {self.name}: {what}")
-
-    def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def grow(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.total += n
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, use_cache: bool = True,
                         progress: bool = False) -> pd.DataFrame:
     """One row per sample: text/speech answers, their sd-qa scores and the agreement between them.
@@ -183,6 +153,7 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
     digest incl. device/dtype, samples, options).
     """
     import torch
+    from tqdm import tqdm
 
     from lsl_core.cache import cache_dir
     from lsl_core.model.batch import cached_encoder_states
@@ -203,29 +174,31 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
     t0 = time.time()
     questions = list(dict.fromkeys(s.question for s in items))
     cascade = opts.cascade and getattr(model, "has_asr", False)
-    bar = _Progress(progress, model.name, len(questions) + len(items) * (3 if cascade else 2))
+    # one bar over the phases (text answers, ASR transcripts, cascade answers, encoder states, speech answers)
+    bar = tqdm(total=len(questions) + len(items) * (3 if cascade else 2), unit="item", disable=not progress)
+    phase = lambda what: bar.set_description_str(f"evaluate {model.name}: {what}")  # noqa: E731
     with torch.no_grad():
-        bar.phase("text answers")
-        texts = text_answers(model, questions, opts.max_new_tokens, opts.batch_size, bar.advance)
+        phase("text answers")
+        texts = text_answers(model, questions, opts.max_new_tokens, opts.batch_size, bar.update)
         text_of = dict(zip(questions, texts))
         if cascade:
-            bar.phase("ASR transcripts")
-            heard = transcripts(model, items, audio_keys, bar.advance)
+            phase("ASR transcripts")
+            heard = transcripts(model, items, audio_keys, bar.update)
             spoken = list(dict.fromkeys(t for t in heard if t and t.strip()))
-            bar.grow(len(spoken))
-            bar.phase("cascade answers")
-            cas_of = dict(zip(spoken, text_answers(model, spoken, opts.max_new_tokens, opts.batch_size, bar.advance)))
+            bar.total += len(spoken)
+            phase("cascade answers")
+            cas_of = dict(zip(spoken, text_answers(model, spoken, opts.max_new_tokens, opts.batch_size, bar.update)))
         else:
             heard = [None] * len(items)
-        bar.phase("speech encoder")
+        phase("speech encoder")
         prompts = []
         for s, ak in zip(items, audio_keys):
             st = cached_encoder_states(model.encoder, voice_of(s), s.id, lambda s=s: s.audio, ak)  # [Te, d_enc]
             prompts.append(model.build_prompt(model.adapt(st).embeds))
-            bar.advance(1)
-        bar.phase("speech answers")
+            bar.update(1)
+        phase("speech answers")
         speech = model.generate_answers(prompts, opts.max_new_tokens, batch_size=opts.batch_size,
-                                        on_batch=lambda idx, _ids: bar.advance(len(idx)))
+                                        on_batch=lambda idx, _ids: bar.update(len(idx)))
     bar.close()
     m = model.manifest or {}
     rows = []
