@@ -114,9 +114,9 @@ def text_answers(model, prompts_text: list[str], max_new_tokens: int, batch_size
     if on_done is not None and len(distinct) > len(todo):
         on_done(len(distinct) - len(todo))
     if todo:
-        on_batch = (lambda idx, _ids: on_done(len(idx))) if on_done is not None else None
+        tick = {"on_batch": lambda idx, _ids: on_done(len(idx))} if on_done is not None else {}
         out = model.generate_answers([model.prompt_for(text=t) for t in todo], max_new_tokens, batch_size=batch_size,
-                                     on_batch=on_batch)
+                                     **tick)
         _ANSWERS.update({(who, max_new_tokens, t): a for t, a in zip(todo, out)})
     return [_ANSWERS[(who, max_new_tokens, t)] for t in prompts_text]
 
