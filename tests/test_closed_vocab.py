@@ -109,9 +109,12 @@ class _EchoLLM:
     def prompt_for(self, text: str) -> str:
         return text
 
-    def generate_answers(self, prompts, max_new_tokens, batch_size=16):
+    def generate_answers(self, prompts, max_new_tokens, batch_size=16, on_batch=None):  # LSLM's interface
         self.prompts += prompts
-        return [p.upper() for p in prompts]
+        out = [p.upper() for p in prompts]
+        if on_batch is not None:
+            on_batch(list(range(len(prompts))), out)
+        return out
 
 
 def _rows() -> pd.DataFrame:

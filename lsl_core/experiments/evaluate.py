@@ -114,9 +114,9 @@ def text_answers(model, prompts_text: list[str], max_new_tokens: int, batch_size
     if on_done is not None and len(distinct) > len(todo):
         on_done(len(distinct) - len(todo))
     if todo:
-        tick = {"on_batch": lambda idx, _ids: on_done(len(idx))} if on_done is not None else {}
+        on_batch = (lambda idx, _ids: on_done(len(idx))) if on_done is not None else None
         out = model.generate_answers([model.prompt_for(text=t) for t in todo], max_new_tokens, batch_size=batch_size,
-                                     **tick)
+                                     on_batch=on_batch)
         _ANSWERS.update({(who, max_new_tokens, t): a for t, a in zip(todo, out)})
     return [_ANSWERS[(who, max_new_tokens, t)] for t in prompts_text]
 
@@ -176,7 +176,10 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
     cascade = opts.cascade and getattr(model, "has_asr", False)
     # one bar over the phases (text answers, ASR transcripts, cascade answers, encoder states, speech answers)
     bar = tqdm(total=len(questions) + len(items) * (3 if cascade else 2), unit="item", disable=not progress)
-    phase = lambda what: bar.set_description_str(f"evaluate {model.name}: {what}")  # noqa: E731
+
+    def phase(what: str) -> None:
+        bar.set_description_str(f"evaluate {model.name}: {what}")
+
     with torch.no_grad():
         phase("text answers")
         texts = text_answers(model, questions, opts.max_new_tokens, opts.batch_size, bar.update)
