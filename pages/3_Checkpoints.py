@@ -12,7 +12,7 @@ from lsl_core.experiments.compare import format_table
 from lsl_core.metrics import diagnostics
 from lsl_core.metrics.gap import gap_r2_table
 from lsl_core.results import ANALYZE_COMMAND, CURVES, EVALUATE_COMMAND, checkpoint_means, gap_table
-from ui import config, context, controls, errors, export, loaders, notes, state
+from ui import config, context, controls, errors, export, live, loaders, notes, state
 
 X_METRICS = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist")
 GROUPINGS = {"family · strategy": ("family", "strategy"), "family": ("family",)}
@@ -20,10 +20,6 @@ GROUPINGS = {"family · strategy": ("family", "strategy"), "family": ("family",)
 
 def _trajectory(m) -> str:
     return f"{m.family} · {m.strategy}"
-
-
-def _request(roots: tuple, ids: tuple) -> None:
-    st.session_state["ck_request"] = {"roots": roots, "ids": ids}
 
 
 def _current_model(sel):
@@ -39,33 +35,18 @@ def _current_model(sel):
 def _alignment(sel, manifests) -> tuple[pd.DataFrame | None, str]:
     """Per checkpoint x sample alignment rows: stored (analyze output) or computed live on request."""
     res = loaders.results()
-    sources = (["stored results"] if res.alignment is not None else []) + (
-        ["compute live"] if sel.sample_set is not None else [])  # shipped results first: instant
-    if not sources:
-        st.info(f"Pick a sample set in the sidebar to compute alignment live, or store it with `{ANALYZE_COMMAND}`.")
-        return None, ""
-    source = st.radio("Alignment metrics from", sources, index=state.choice("ck_source", sources), horizontal=True,
-                      key="ck_source")
-    if source == "stored results":
-        return res.alignment, f"stored results ({res.folder})"
-    n_max = max(1, len(sel.sample_set))
-    c1, c2 = st.columns([1, 3])
-    n = c1.number_input("Samples per checkpoint", 1, n_max, value=state.integer("ck_n", 1, n_max, min(3, n_max)),
-                        key="ck_n", help="The first n samples of the sidebar's (filtered) sample set.")
-    ids = tuple(sel.sample_set.ids()[: int(n)])
-    roots = tuple(m.root for m in manifests)
-    c2.button(f"Compute alignment: {len(roots)} checkpoints × {len(ids)} samples", type="primary",
-              on_click=_request, args=(roots, ids), key="ck_run",
-              help="Loads each checkpoint in turn; results are cached (memory and disk).")
-    req = st.session_state.get("ck_request")
-    if not req or req["roots"] != roots or req["ids"] != ids:
-        st.caption("Press the button to compute the metrics (a few seconds per sample and checkpoint on a CPU).")
-        return None, ""
-    subset = sel.sample_set.filter(ids=ids)
-    rows, notes = loaders.checkpoint_sweep(roots, sel.set_spec, ids, config.device(), subset, _current_model(sel))
-    for n_ in notes:
-        st.warning(n_)
-    return (rows if len(rows) else None), f"computed live on {len(ids)} samples of {sel.set_spec}"
+
+    def compute(roots, ids, subset):
+        return loaders.checkpoint_sweep(roots, sel.set_spec, ids, config.device(), subset, _current_model(sel))
+
+    spec = live.LiveTable(
+        key="ck", label="Alignment metrics from",
+        none_hint=f"Pick a sample set in the sidebar to compute alignment live, or store it with `{ANALYZE_COMMAND}`.",
+        run_label="Compute alignment", run_help="Loads each checkpoint in turn; results are cached (memory and disk).",
+        wait="Press the button to compute the metrics (a few seconds per sample and checkpoint on a CPU).",
+        n_label="Samples per checkpoint", n_help="The first n samples of the sidebar's (filtered) sample set.",
+        n_min=1, n_default=3, pick=lambda samples, n: tuple(samples.ids()[:n]), compute=compute)
+    return live.stored_or_live(spec, sel, manifests, res.alignment, res.folder)
 
 
 def _paired(res, names: list[str]) -> None:

@@ -15,7 +15,7 @@ import streamlit as st
 from lsl_core import viz
 from lsl_core.metrics.controls import METRICS, ControlOptions
 from lsl_core.results import CONTROLS_COMMAND
-from ui import config, errors, export, loaders, state, tables
+from ui import config, errors, export, live, loaders, state, tables
 
 EXPLORER_METRICS = ("seq_cos", "aps_cos", "spearman_cos", "consistency", "cka", "seq_dist", "aps_dist",
                     "spearman_dist")
@@ -102,48 +102,34 @@ def explorer_section(sc, layer: int, sample) -> None:
 
 
 # =============================================================================== Checkpoints
-def _request(roots: tuple, ids: tuple) -> None:
-    st.session_state["ck_ctl_request"] = {"roots": roots, "ids": ids}
+def _spread(samples, n: int) -> tuple[str, ...]:
+    """n sample ids spread over as many distinct questions as possible, in the set's order."""
+    from lsl_core.analysis_controls import spread_over_questions
+
+    all_ids = samples.ids()
+    return tuple(all_ids[i] for i in sorted(spread_over_questions(samples.questions(), n)))
 
 
 def _stored_or_live(sel, manifests, res, current) -> tuple[pd.DataFrame | None, str]:
-    sources = (["stored results"] if res.controls is not None else []) + (
-        ["compute live"] if sel.sample_set is not None else [])
-    if not sources:
-        st.info(f"Pick a sample set in the sidebar to compute the controls live, or store them with "
-                f"`{CONTROLS_COMMAND}`.")
-        return None, ""
-    source = st.radio("Controls from", sources, index=state.choice("ck_ctl_source", sources), horizontal=True,
-                      key="ck_ctl_source")
-    if source == "stored results":
-        return res.controls, f"stored results ({res.folder})"
-    n_max = max(2, len(sel.sample_set))
-    c1, c2 = st.columns([1, 3])
-    n = c1.number_input("Samples for the controls", 2, n_max,
-                        value=state.integer("ck_ctl_n", 2, n_max, min(LIVE_SAMPLES, n_max)), key="ck_ctl_n",
-                        help="Samples of the sidebar's (filtered) set, spread over as many distinct questions as "
-                             "possible; every clip is compared with the other questions among them.")
-    from lsl_core.analysis_controls import spread_over_questions
-
-    all_ids = sel.sample_set.ids()
-    picks = spread_over_questions(sel.sample_set.questions(), int(n))
-    ids = tuple(all_ids[i] for i in sorted(picks))
-    roots = tuple(m.root for m in manifests)
-    c2.button(f"Compute controls: {len(roots)} checkpoints × {len(ids)} samples", type="primary",
-              on_click=_request, args=(roots, ids), key="ck_ctl_run",
-              help="One speech forward per sample and one text forward per question and checkpoint; cached.")
-    req = st.session_state.get("ck_ctl_request")
-    if not req or req["roots"] != roots or req["ids"] != ids:
-        st.caption("Press the button to compute retrieval and specific alignment (a few seconds per sample and "
-                   "checkpoint on a CPU).")
-        return None, ""
-    subset = list(sel.sample_set.filter(ids=ids))
     options = ControlOptions()
-    rows, notes = loaders.checkpoint_controls(roots, sel.set_spec, ids, config.device(), options.key(), subset,
-                                              options, current())
-    for note in notes:
-        st.warning(note)
-    return (rows if len(rows) else None), f"computed live on {len(ids)} samples of {sel.set_spec}"
+
+    def compute(roots, ids, subset):
+        return loaders.checkpoint_controls(roots, sel.set_spec, ids, config.device(), options.key(), list(subset),
+                                           options, current())
+
+    spec = live.LiveTable(
+        key="ck_ctl", label="Controls from",
+        none_hint=f"Pick a sample set in the sidebar to compute the controls live, or store them with "
+                  f"`{CONTROLS_COMMAND}`.",
+        run_label="Compute controls",
+        run_help="One speech forward per sample and one text forward per question and checkpoint; cached.",
+        wait="Press the button to compute retrieval and specific alignment (a few seconds per sample and checkpoint "
+             "on a CPU).",
+        n_label="Samples for the controls",
+        n_help="Samples of the sidebar's (filtered) set, spread over as many distinct questions as possible; every "
+               "clip is compared with the other questions among them.",
+        n_min=2, n_default=LIVE_SAMPLES, pick=_spread, compute=compute)
+    return live.stored_or_live(spec, sel, manifests, res.controls, res.folder)
 
 
 def checkpoint_section(sel, manifests, res, current) -> None:
