@@ -14,8 +14,9 @@ import pytest
 from lsl_core.cli import main as cli_main
 from lsl_core.errors import LSLError
 from lsl_core.data.synth import espeak_available, phonemes
-from lsl_core.experiments.closed_vocab import (SPEECH_ROW, ceiling_table, close_text, closed_rows, known_words,
-                                               nearest_by_sound, nearest_word, stored_rows)
+from lsl_core.experiments.closed_vocab import (SPEECH_ROW, ceiling_table, close_text, closed_rows, coverage_label,
+                                               coverage_table, format_table, known_words, nearest_by_sound,
+                                               nearest_word, stored_rows)
 from lsl_core.experiments.hearing import Lineage, lineage, words
 from lsl_core.metrics.stats import bootstrap_ci
 from lsl_core.scoring import answer_agreement
@@ -166,6 +167,28 @@ def test_closed_rows_and_the_ceiling_table_by_hand():
     assert s["ratio"] == pytest.approx((0.0 + 0.5) / (0.0 + 0.75)) and s["closed_share"] == 0
 
 
+def test_coverage_table_splits_the_measured_speech_answers_by_never_spoken_words():
+    rows = pd.concat([_rows(), _rows().assign(  # a third question with two never-spoken words ("zog", "zap")
+        sample_id=["c1", "c2", "d1", "d2"], question=["Who is Zog Zap?"] * 2 + ["Who is the court?"] * 2)],
+        ignore_index=True).iloc[:6]
+    lin = Lineage(frozenset({"who", "founded", "court", "is", "the"}), frozenset(), ("t",))
+    table = coverage_table(rows, lin, "en-gb-scotland").set_index(["condition", "voice"])
+    every, one, two = (coverage_label(n) for n in (0, 1, 2))
+    assert list(dict.fromkeys(table.index.get_level_values(0))) == [SPEECH_ROW, every, one, two]
+    # en-gb: q1 (1 unknown, agreement 0.25, cascade 0.5), q2 (0 unknown; 0.5 / 1.0), q3 (2 unknown; 0.25 / 0.5)
+    assert table.loc[(every, "seen"), "ratio"] == pytest.approx(0.5 / 1.0)
+    assert table.loc[(one, "seen"), "ratio"] == pytest.approx(0.25 / 0.5)
+    assert table.loc[(two, "seen"), "closed_share"] == pytest.approx(2 / 4)  # "who is zog zap"
+    assert table.loc[(one, "seen"), "closed_share"] == pytest.approx(1 / 4)
+    allq = table.loc[(SPEECH_ROW, "seen")]
+    assert allq["n_q"] == 3 and allq["ratio"] == pytest.approx((0.25 + 0.5 + 0.25) / (0.5 + 1.0 + 0.5))
+    assert allq["closed_share"] == pytest.approx(3 / 12)
+    assert table.loc[(every, "en-gb-scotland"), "ratio"] == pytest.approx(0.5 / 0.75)
+    assert (table["n_q"] <= 3).all() and table.loc[(two, "seen"), "n_q"] == 1
+    text = format_table(table.reset_index(), share="words never spoken")
+    assert "| words never spoken |" in text and f"| {two} | seen | 50 % |" in text
+
+
 def test_extra_vocabulary_words_count_as_known():
     rows = _rows()
     lin = Lineage(frozenset({"who", "founded", "court", "is", "the"}), frozenset(), ("t",))
@@ -221,6 +244,7 @@ def test_closed_vocab_command_on_the_shipped_default(capsys, tmp_path):
     assert "lora-step2900: lineage qa-lora <- align-repeat <- align-ctc;" in text
     assert "| typed question, words of < 30 clips dropped | seen |" in text
     assert f"| {SPEECH_ROW} | en-gb-scotland |" in text
+    assert "| words never spoken |" in text and f"| {SPEECH_ROW}, " in text  # the measured split, before the ceiling
     rows = pd.read_parquet(out)
     assert len(rows) == 2 * 2 * 10  # 2 questions x 5 voices, 2 sources x 2 thresholds
     lin = lineage(ck)

@@ -213,29 +213,63 @@ def ceiling_table(closed: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.
 
     closed: closed_rows (one condition's rows give the speech row: agreement = their speech_agreement).
     """
+    one = closed[closed["condition"] == closed["condition"].iloc[0]]
+    speech = one.assign(agreement=one["speech_agreement"], chunks_closed=0).assign(condition=SPEECH_ROW)
+    return _ratio_table(pd.concat([speech, closed], ignore_index=True), unseen_voice)
+
+
+def coverage_label(never: int) -> str:
+    """The coverage_table row of questions holding `never` words training never spoke.
+
+    >>> [coverage_label(n).removeprefix(SPEECH_ROW) for n in (0, 1, 2, 5)]
+    [', every word spoken in training', ', 1 word never spoken', ', 2+ words never spoken', ', 2+ words never spoken']
+    """
+    if never == 0:
+        return f"{SPEECH_ROW}, every word spoken in training"
+    return f"{SPEECH_ROW}, {'1 word' if never == 1 else '2+ words'} never spoken"
+
+
+def coverage_table(rows: pd.DataFrame, lin: Lineage, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
+    """The checkpoint's measured speech answers (no model run), all questions (SPEECH_ROW) and then split by how
+    many words of the question its lineage never spoke (coverage_label): the ceiling table's columns, with
+    closed_share = the share of the questions' words never spoken. Beside the ceiling it says how far the
+    speech path falls short on questions it could in principle hear, and how much each unknown word costs.
+
+    rows: evaluate's per-clip rows of one checkpoint (question, voice, agreement, cascade_agreement).
+    """
+    n_never = rows["question"].map(lambda q: sum(lin.group(w) == "never" for w in words(q)))
+    both = rows.assign(chunks_closed=n_never, chunks=rows["question"].map(lambda q: len(words(q))))
+    order = [coverage_label(n) for n in (0, 1, 2)]
+    bins = both.assign(condition=n_never.map(coverage_label))
+    bins = bins.iloc[bins["condition"].map(order.index).argsort(kind="stable")]
+    return _ratio_table(pd.concat([both.assign(condition=SPEECH_ROW), bins], ignore_index=True), unseen_voice)
+
+
+def _ratio_table(both: pd.DataFrame, unseen_voice: str) -> pd.DataFrame:
+    """headline_intervals per condition x {seen, unseen} of rows (condition, question, voice, agreement,
+    cascade_agreement, chunks_closed, chunks), in the rows' order, with closed_share = closed / all chunks."""
     from lsl_core.experiments.evaluate import headline_intervals
 
     keep = ["question", "voice", "agreement", "cascade_agreement", "chunks_closed", "chunks"]
-    one = closed[closed["condition"] == closed["condition"].iloc[0]]
-    speech = one.assign(agreement=one["speech_agreement"], chunks_closed=0)[keep].assign(checkpoint=SPEECH_ROW)
-    both = pd.concat([speech, closed[keep].assign(checkpoint=closed["condition"])], ignore_index=True)
-    both = both.assign(strategy="", step=0, text_containment=float("nan"))  # no gold scoring here
+    name = str(both["checkpoint"].iloc[0]) if "checkpoint" in both.columns else None
+    both = both[keep].assign(checkpoint=both["condition"].to_numpy(), strategy="", step=0,
+                             text_containment=float("nan"))  # no gold scoring here
     table = headline_intervals(both, unseen_voice).rename(columns={"checkpoint": "condition"})
     both["group"] = both["voice"].where(both["voice"] == unseen_voice, "seen")
     sums = both.groupby(["checkpoint", "group"], sort=False)[["chunks_closed", "chunks"]].sum()
     share = sums["chunks_closed"] / sums["chunks"].clip(lower=1)
     table["closed_share"] = [float(share.get((c, v), float("nan"))) for c, v in zip(table["condition"],
                                                                                     table["voice"])]
-    if "checkpoint" in closed.columns:
-        table.insert(0, "checkpoint", str(closed["checkpoint"].iloc[0]))
+    if name is not None:
+        table.insert(0, "checkpoint", name)
     return table[[c for c in ("checkpoint", "condition", "voice", "n_q", "closed_share", "agreement",
                               "agreement_lo", "agreement_hi", "cascade_agreement", "ratio", "ratio_lo", "ratio_hi")
                   if c in table.columns]]
 
 
-def format_table(table: pd.DataFrame) -> str:
-    """The ceiling table as markdown (percent; ratio as ×)."""
-    lines = ["| what answers | voices | words closed | agreement | cascade | ratio |", "|---|---|--:|--:|--:|--:|"]
+def format_table(table: pd.DataFrame, share: str = "words closed") -> str:
+    """The ceiling (or coverage) table as markdown (percent; ratio as ×); `share` heads closed_share's column."""
+    lines = [f"| what answers | voices | {share} | agreement | cascade | ratio |", "|---|---|--:|--:|--:|--:|"]
     for _, r in table.iterrows():
         lines.append(f"| {r['condition']} | {r['voice']} | {100 * r['closed_share']:.0f} % | "
                      f"{100 * r['agreement']:.1f} [{100 * r['agreement_lo']:.1f}, {100 * r['agreement_hi']:.1f}] | "
@@ -325,6 +359,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"{model.name}: lineage {' <- '.join(lin.stages)}; {len(rows)} clips of "
           f"{rows['question'].nunique()} questions; known words: "
           + ", ".join(f"{len(known_words(lin, k))} spoken in >= {k} clips" for k in args.min_clips), flush=True)
+    print("Its measured speech answers by how many words of the question training never spoke (%, 95% bootstrap "
+          "over questions; ratio = / the cascade's on the same clips):")
+    print(format_table(coverage_table(rows, lin, args.unseen_voice), share="words never spoken"), flush=True)
     extra: tuple[str, ...] = ()
     if args.vocab_words:
         from lsl_core.experiments.train.vocab import vocabulary_words
