@@ -1271,12 +1271,14 @@ VOICE_GROUP_STYLES = {  # seen / unseen voices as bars: dark solid / light hatch
 }
 
 
-def closed_vocab_bars(table: pd.DataFrame, unseen_voice: str, title: str | None = None) -> go.Figure:
+def closed_vocab_bars(table: pd.DataFrame, unseen_voice: str, title: str | None = None,
+                      share: str = "words closed") -> go.Figure:
     """The closed-vocabulary ceiling: one horizontal bar per condition and voice group, x = agreement with the
     text answers as a multiple of the cascade's on the same clips (95% intervals), the cascade at 1.
 
     table: lsl_core.experiments.closed_vocab.ceiling_table (columns condition, voice, closed_share, agreement,
-    cascade_agreement, ratio, ratio_lo, ratio_hi; fractions; voice "seen" or the unseen voice's name).
+    cascade_agreement, ratio, ratio_lo, ratio_hi; fractions; voice "seen" or the unseen voice's name), or
+    closed_vocab.coverage_table (share = "words never spoken": what closed_share counts there, in the hover).
     """
     for c in ("condition", "voice", "closed_share", "agreement", "cascade_agreement", "ratio"):
         if c not in table.columns:
@@ -1300,7 +1302,7 @@ def closed_vocab_bars(table: pd.DataFrame, unseen_voice: str, title: str | None 
                                      pattern=dict(shape=st.pattern, fgcolor="#333333") if st.pattern else None),
             hovertemplate=f"%{{y}}, {group} voices<br>%{{x:.2f}}× the cascade, 95% CI [%{{customdata[3]:.2f}}, "
                           f"%{{customdata[4]:.2f}}]<br>agreement %{{customdata[0]:.{d}f}} % (cascade "
-                          f"%{{customdata[1]:.{d}f}} %)<br>words closed %{{customdata[2]:.0f}} %<extra></extra>"))
+                          f"%{{customdata[1]:.{d}f}} %)<br>{share} %{{customdata[2]:.0f}} %<extra></extra>"))
     fig.add_vline(x=1.0, line=dict(color="#222222", dash="dash", width=1.5), annotation_text="the cascade",
                   annotation_position="top")
     fig.update_layout(barmode="group")

@@ -111,10 +111,11 @@ def _closed_vocab(names: list[str]) -> None:
     """What the closed vocabulary costs: the stored ceiling table (lsl_core.experiments.closed_vocab)."""
     with st.expander("What the closed vocabulary costs: questions without the words training never spoke"):
         with errors.guard("Closed-vocabulary ceiling"):
-            table = loaders.closed_vocab_table()
-            if table is None:
+            tables = loaders.closed_vocab_table()
+            if tables is None:
                 st.info(f"No stored closed-vocabulary results. Write them with `{closed_vocab.COMMAND}`.")
                 return
+            table, coverage = tables
             if "checkpoint" in table.columns and not set(table["checkpoint"]) & set(names):
                 st.info(f"The stored closed-vocabulary results are for {table['checkpoint'].iloc[0]}, not one of "
                         "these checkpoints.")
@@ -131,6 +132,18 @@ def _closed_vocab(names: list[str]) -> None:
                        "bootstrap over questions). The Whisper-transcript rows are the ceiling of a speech path "
                        "that hears its known words as well as Whisper does and no others. "
                        "CLI: `python -m lsl_core closed-vocab`.")
+            if coverage is None:
+                st.info(f"The stored rows predate the split by never-spoken words; re-run `{closed_vocab.COMMAND}`.")
+                return
+            export.figure(viz.closed_vocab_bars(coverage, UNSEEN_VOICE, title="Measured: the speech answers by how "
+                                                "many words of the question training never spoke",
+                                                share="words never spoken"),
+                          "closed_vocab_coverage", key="fig_closed_vocab_coverage")
+            st.markdown(closed_vocab.format_table(coverage, share="words never spoken"))
+            export.table(coverage, "closed_vocab_coverage", show=False)
+            st.caption("The checkpoint's own speech answers on the same clips (no text is changed), split by how "
+                       "many words of the question its training never spoke: how far it falls short on questions "
+                       "it could in principle hear, beside the ceiling above.")
 
 
 def main() -> None:

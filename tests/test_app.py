@@ -878,7 +878,8 @@ def test_checkpoints_closed_vocabulary_ceiling_from_stored_rows(world, tmp_path,
     rest of the page stays."""
     import shutil
 
-    from lsl_core.experiments.closed_vocab import SPEECH_ROW, ceiling_table, format_table
+    from lsl_core.experiments.closed_vocab import (SPEECH_ROW, ceiling_table, coverage_label, coverage_table,
+                                                   format_table)
 
     stored = tmp_path / "results"
     shutil.copytree(world["root"] / "results", stored)
@@ -902,6 +903,16 @@ def test_checkpoints_closed_vocabulary_ceiling_from_stored_rows(world, tmp_path,
     assert list(seen["y"])[-1] == SPEECH_ROW  # on top
     w = want[want["voice"] == "seen"].set_index("condition")["ratio"]
     np.testing.assert_allclose(_arr(seen["x"]), w.reindex(list(seen["y"])).to_numpy())
+    assert "predate the split by never-spoken words" in _texts(at)  # rows without never_spoken
+    rows.assign(never_spoken=[1, 1, 0, 0] * 2).to_parquet(stored / "closed_vocab.parquet")
+    at = _app(CHECKPOINTS)
+    fig = _fig(at, "Measured: the speech answers by how many words of the question training never spoke")
+    cov = coverage_table(rows.assign(never_spoken=[1, 1, 0, 0] * 2), "en-gb-scotland")
+    assert format_table(cov, share="words never spoken") in [m.value for m in at.markdown]
+    seen = [tr for tr in fig["data"] if tr["name"] == "seen voices"][0]
+    assert list(seen["y"]) == [coverage_label(1), coverage_label(0), SPEECH_ROW]  # first on top
+    np.testing.assert_allclose(_arr(seen["x"]), [0.25 / 0.5, 0.5 / 1.0, 0.75 / 1.5])  # the stored speech answers
+    assert "words never spoken" in seen["hovertemplate"]
     rows.assign(checkpoint="not-in-this-zoo").to_parquet(stored / "closed_vocab.parquet")
     at = _app(CHECKPOINTS)
     assert "are for not-in-this-zoo, not one of these checkpoints" in _texts(at)

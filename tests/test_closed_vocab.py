@@ -16,7 +16,7 @@ from lsl_core.errors import LSLError
 from lsl_core.data.synth import espeak_available, phonemes
 from lsl_core.experiments.closed_vocab import (SPEECH_ROW, ceiling_table, close_text, closed_rows, coverage_label,
                                                coverage_table, format_table, known_words, nearest_by_sound,
-                                               nearest_word, stored_rows)
+                                               nearest_word, never_spoken, stored_rows)
 from lsl_core.experiments.hearing import Lineage, lineage, words
 from lsl_core.metrics.stats import bootstrap_ci
 from lsl_core.scoring import answer_agreement
@@ -172,7 +172,9 @@ def test_coverage_table_splits_the_measured_speech_answers_by_never_spoken_words
         sample_id=["c1", "c2", "d1", "d2"], question=["Who is Zog Zap?"] * 2 + ["Who is the court?"] * 2)],
         ignore_index=True).iloc[:6]
     lin = Lineage(frozenset({"who", "founded", "court", "is", "the"}), frozenset(), ("t",))
-    table = coverage_table(rows, lin, "en-gb-scotland").set_index(["condition", "voice"])
+    rows = rows.assign(never_spoken=never_spoken(rows["question"], lin))
+    assert rows["never_spoken"].tolist() == [1, 1, 0, 0, 2, 2]
+    table = coverage_table(rows, "en-gb-scotland").set_index(["condition", "voice"])
     every, one, two = (coverage_label(n) for n in (0, 1, 2))
     assert list(dict.fromkeys(table.index.get_level_values(0))) == [SPEECH_ROW, every, one, two]
     # en-gb: q1 (1 unknown, agreement 0.25, cascade 0.5), q2 (0 unknown; 0.5 / 1.0), q3 (2 unknown; 0.25 / 0.5)
@@ -185,6 +187,10 @@ def test_coverage_table_splits_the_measured_speech_answers_by_never_spoken_words
     assert allq["closed_share"] == pytest.approx(3 / 12)
     assert table.loc[(every, "en-gb-scotland"), "ratio"] == pytest.approx(0.5 / 0.75)
     assert (table["n_q"] <= 3).all() and table.loc[(two, "seen"), "n_q"] == 1
+    # closed-vocab's rows (one copy of the clips per condition, the speech agreement kept aside) give the same
+    closed = closed_rows(_EchoLLM("coverage"), rows, lin, sources=("typed",), modes=("drop", "nearest"))
+    pd.testing.assert_frame_equal(coverage_table(closed, "en-gb-scotland"), table.reset_index()[
+        coverage_table(closed, "en-gb-scotland").columns])
     text = format_table(table.reset_index(), share="words never spoken")
     assert "| words never spoken |" in text and f"| {two} | seen | 50 % |" in text
 
@@ -246,6 +252,7 @@ def test_closed_vocab_command_on_the_shipped_default(capsys, tmp_path):
     assert f"| {SPEECH_ROW} | en-gb-scotland |" in text
     assert "| words never spoken |" in text and f"| {SPEECH_ROW}, " in text  # the measured split, before the ceiling
     rows = pd.read_parquet(out)
+    assert (rows["never_spoken"] == never_spoken(rows["question"], lineage(ck))).all()  # kept for the page
     assert len(rows) == 2 * 2 * 10  # 2 questions x 5 voices, 2 sources x 2 thresholds
     lin = lineage(ck)
     for k in (1, 30):

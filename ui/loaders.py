@@ -360,9 +360,10 @@ def hearing_table() -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
                        f"{str(exc).splitlines()[0][:160]}); re-run `{COMMAND}`.") from None
 
 
-def closed_vocab_table() -> pd.DataFrame | None:
-    """lsl_core.experiments.closed_vocab's ceiling_table of the stored closed-vocabulary rows (results folder),
-    or None when there are none; cached per file state (it bootstraps every condition and voice group)."""
+def closed_vocab_table() -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
+    """lsl_core.experiments.closed_vocab's ceiling_table of the stored closed-vocabulary rows (results folder)
+    and their coverage_table (None for rows written before they kept never_spoken), or None when there are
+    none; cached per file state (it bootstraps every condition and voice group)."""
     from lsl_core.errors import LSLError
     from lsl_core.experiments.closed_vocab import COMMAND, RESULTS_FILE
 
@@ -377,11 +378,13 @@ def closed_vocab_table() -> pd.DataFrame | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _closed_vocab(path: str, stamp: int) -> pd.DataFrame:
+def _closed_vocab(path: str, stamp: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     from lsl_core.data.synth import UNSEEN_VOICE
-    from lsl_core.experiments.closed_vocab import ceiling_table
+    from lsl_core.experiments.closed_vocab import ceiling_table, coverage_table
 
-    return ceiling_table(pd.read_parquet(path), UNSEEN_VOICE)
+    rows = pd.read_parquet(path)
+    coverage = coverage_table(rows, UNSEEN_VOICE) if "never_spoken" in rows.columns else None
+    return ceiling_table(rows, UNSEEN_VOICE), coverage
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

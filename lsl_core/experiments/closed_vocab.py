@@ -229,15 +229,23 @@ def coverage_label(never: int) -> str:
     return f"{SPEECH_ROW}, {'1 word' if never == 1 else '2+ words'} never spoken"
 
 
-def coverage_table(rows: pd.DataFrame, lin: Lineage, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
+def never_spoken(questions: pd.Series, lin: Lineage) -> pd.Series:
+    """Per row, how many words of the question (every occurrence) the lineage never spoke."""
+    return questions.map(lambda q: sum(lin.group(w) == "never" for w in words(q))).astype(int)
+
+
+def coverage_table(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
     """The checkpoint's measured speech answers (no model run), all questions (SPEECH_ROW) and then split by how
     many words of the question its lineage never spoke (coverage_label): the ceiling table's columns, with
     closed_share = the share of the questions' words never spoken. Beside the ceiling it says how far the
     speech path falls short on questions it could in principle hear, and how much each unknown word costs.
 
-    rows: evaluate's per-clip rows of one checkpoint (question, voice, agreement, cascade_agreement).
+    rows: evaluate's per-clip rows of one checkpoint (question, voice, agreement, cascade_agreement) with
+    never_spoken (never_spoken(); closed-vocab writes it into its rows, whose speech_agreement is used then).
     """
-    n_never = rows["question"].map(lambda q: sum(lin.group(w) == "never" for w in words(q)))
+    if "speech_agreement" in rows.columns:  # closed rows: one condition's copy of the clips
+        rows = rows[rows["condition"] == rows["condition"].iloc[0]].assign(agreement=rows["speech_agreement"])
+    n_never = rows["never_spoken"].astype(int)
     both = rows.assign(chunks_closed=n_never, chunks=rows["question"].map(lambda q: len(words(q))))
     order = [coverage_label(n) for n in (0, 1, 2)]
     bins = both.assign(condition=n_never.map(coverage_label))
@@ -361,7 +369,8 @@ def main(args: argparse.Namespace) -> int:
           + ", ".join(f"{len(known_words(lin, k))} spoken in >= {k} clips" for k in args.min_clips), flush=True)
     print("Its measured speech answers by how many words of the question training never spoke (%, 95% bootstrap "
           "over questions; ratio = / the cascade's on the same clips):")
-    print(format_table(coverage_table(rows, lin, args.unseen_voice), share="words never spoken"), flush=True)
+    rows = rows.assign(never_spoken=never_spoken(rows["question"], lin))  # kept in --out: the page's split
+    print(format_table(coverage_table(rows, args.unseen_voice), share="words never spoken"), flush=True)
     extra: tuple[str, ...] = ()
     if args.vocab_words:
         from lsl_core.experiments.train.vocab import vocabulary_words
