@@ -1,6 +1,6 @@
 """One chooser for a per-checkpoint table that comes either from stored results (a results folder) or is
-computed live, on request, over the first n samples of the sidebar's set (the Checkpoints page's alignment
-metrics and its controls).
+computed live, on request, over n samples of the sidebar's set that the table picks (the Checkpoints page's
+alignment metrics: the first n; its controls: n spread over distinct questions).
 
 Widget keys share a prefix: `{key}_source` (the radio), `{key}_n` (samples), `{key}_run` (the button), and the
 session holds the pressed request under `{key}_request`, so a re-run of the page computes nothing new until the
