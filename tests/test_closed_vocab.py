@@ -189,8 +189,8 @@ def test_coverage_table_splits_the_measured_speech_answers_by_never_spoken_words
     assert (table["n_q"] <= 3).all() and table.loc[(two, "seen"), "n_q"] == 1
     # closed-vocab's rows (one copy of the clips per condition, the speech agreement kept aside) give the same
     closed = closed_rows(_EchoLLM("coverage"), rows, lin, sources=("typed",), modes=("drop", "nearest"))
-    pd.testing.assert_frame_equal(coverage_table(closed, "en-gb-scotland"), table.reset_index()[
-        coverage_table(closed, "en-gb-scotland").columns])
+    from_closed = coverage_table(closed, "en-gb-scotland")
+    pd.testing.assert_frame_equal(from_closed, table.reset_index()[from_closed.columns])
     text = format_table(table.reset_index(), share="words never spoken")
     assert "| words never spoken |" in text and f"| {two} | seen | 50 % |" in text
 
@@ -252,9 +252,9 @@ def test_closed_vocab_command_on_the_shipped_default(capsys, tmp_path):
     assert f"| {SPEECH_ROW} | en-gb-scotland |" in text
     assert "| words never spoken |" in text and f"| {SPEECH_ROW}, " in text  # the measured split, before the ceiling
     rows = pd.read_parquet(out)
-    assert (rows["never_spoken"] == never_spoken(rows["question"], lineage(ck))).all()  # kept for the page
     assert len(rows) == 2 * 2 * 10  # 2 questions x 5 voices, 2 sources x 2 thresholds
     lin = lineage(ck)
+    assert (rows["never_spoken"] == never_spoken(rows["question"], lin)).all()  # kept for the page
     for k in (1, 30):
         known = set(known_words(lin, k))
         part = rows[rows["min_clips"] == k]
