@@ -192,7 +192,7 @@ def test_coverage_table_splits_the_measured_speech_answers_by_never_spoken_words
     from_closed = coverage_table(closed, "en-gb-scotland")
     pd.testing.assert_frame_equal(from_closed, table.reset_index()[from_closed.columns])
     text = format_table(table.reset_index(), share="words never spoken")
-    assert "| words never spoken |" in text and f"| {two} | seen | 50 % |" in text
+    assert "| words never spoken |" in text and f"| {two} | seen | 1 | 50 % |" in text
 
 
 def test_extra_vocabulary_words_count_as_known():

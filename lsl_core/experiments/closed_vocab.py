@@ -277,9 +277,10 @@ def _ratio_table(both: pd.DataFrame, unseen_voice: str) -> pd.DataFrame:
 
 def format_table(table: pd.DataFrame, share: str = "words closed") -> str:
     """The ceiling (or coverage) table as markdown (percent; ratio as ×); `share` heads closed_share's column."""
-    lines = [f"| what answers | voices | {share} | agreement | cascade | ratio |", "|---|---|--:|--:|--:|--:|"]
+    lines = [f"| what answers | voices | questions | {share} | agreement | cascade | ratio |",
+             "|---|---|--:|--:|--:|--:|--:|"]
     for _, r in table.iterrows():
-        lines.append(f"| {r['condition']} | {r['voice']} | {100 * r['closed_share']:.0f} % | "
+        lines.append(f"| {r['condition']} | {r['voice']} | {r['n_q']} | {100 * r['closed_share']:.0f} % | "
                      f"{100 * r['agreement']:.1f} [{100 * r['agreement_lo']:.1f}, {100 * r['agreement_hi']:.1f}] | "
                      f"{100 * r['cascade_agreement']:.1f} | "
                      f"{r['ratio']:.2f}× [{r['ratio_lo']:.2f}, {r['ratio_hi']:.2f}] |")
