@@ -194,6 +194,50 @@ def test_distillation_teacher_is_the_llm_before_the_stage(tiny_parts, tmp_path, 
     assert (tr.teacher.llm is tr.model.llm) == (strategy != "full")
 
 
+def test_alignment_loss_is_one_minus_the_apps_sequence_cosine_of_unpadded_forwards(tiny_model):
+    """paired_losses(align=True)'s term == mean over clips of 1 - layer_average(sequence_cosine) computed by the
+    analysis path (LSLM.forward_states of each unpadded prompt, metrics.sequence); 0 when speech is the text;
+    gradient reaches the speech queries, never the teacher's text."""
+    from lsl_core.metrics.sequence import layer_average, sequence_cosine
+
+    g = torch.Generator().manual_seed(5)
+    text = [B.text_query(tiny_model, q).detach().requires_grad_(True) for q in QUESTIONS]
+    speech = [torch.randn(n, 32, generator=g).requires_grad_(True) for n in (7, 12, 5)]
+    resp = [B.answer_ids(tiny_model, a) for a in ANSWERS[:3]]
+    out = O.paired_losses(tiny_model, tiny_model, speech, text, resp, kl=False, align=True)
+    assert out.kl is None
+    with torch.no_grad():
+        ref = [1 - layer_average(sequence_cosine(tiny_model.forward_states(tiny_model.build_prompt(sq)),
+                                                 tiny_model.forward_states(tiny_model.build_prompt(tq))))
+               for sq, tq in zip(speech, text)]
+        same = O.paired_losses(tiny_model, tiny_model, text, text, resp, kl=False, align=True).align.item()
+    assert out.align.item() == pytest.approx(float(np.mean(ref)), rel=1e-4)
+    assert out.align.item() > 1e-3 and abs(same) < 1e-5
+    out.align.backward()
+    assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in speech)
+    assert all(q.grad is None for q in text)
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "lora"])
+def test_alignment_weight_adds_the_alignment_term_and_a_step_lowers_it(tiny_parts, tmp_path, strategy):
+    """With align_weight > 0 the stage's loss == CE + weight x alignment term, and a step lowers it."""
+    cfg = _cfg(tiny_parts, tmp_path, strategy, batch_size=4, warmup_steps=0, lr=5e-3, align_weight=2.0)
+    tr = _trainer(cfg, n=4)
+    ex = [tr.data.train[i] for i in range(4)]
+    tr.train_mode(False)
+    with torch.no_grad(), tr.autocast():  # bf16 on CPUs that compute it natively, as loss_on runs
+        before = tr.loss_on([0, 1, 2, 3]).item()
+        text = [tr.teacher.embed_text(e.text).embeds for e in ex]
+        terms = O.paired_losses(tr.model, tr.teacher, [B.speech_query(tr.model, e.states) for e in ex], text,
+                                [e.response for e in ex], tr._teacher_context(), kl=False, align=True)
+    assert terms.align.item() > 1e-3
+    assert before == pytest.approx(terms.ce.item() + 2.0 * terms.align.item(), rel=1e-5)
+    tr.train_step()
+    tr.train_mode(False)
+    with torch.no_grad():
+        assert tr.loss_on([0, 1, 2, 3]).item() < before
+
+
 # ----------------------------------------------------------------------------- one step
 @pytest.mark.parametrize("strategy", ["frozen", "lora", "full"])
 def test_one_step_lowers_the_loss_on_a_fixed_batch(tiny_parts, tmp_path, strategy):
@@ -284,6 +328,7 @@ def test_masking_fields_at_their_defaults_leave_the_digest_as_it_was(tiny_parts,
     assert cfg.digest() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
     assert dataclasses.replace(cfg, time_masks=1).digest() != cfg.digest()
     assert dataclasses.replace(cfg, adaptor_context=1).digest() != cfg.digest()
+    assert dataclasses.replace(cfg, align_weight=1.0).digest() != cfg.digest()
     with pytest.raises(LSLError, match="'channel_masks'"):
         _cfg(tiny_parts, tmp_path, channel_masks=-1)
 
@@ -470,6 +515,8 @@ def test_config_validation_names_the_field(tiny_parts, tmp_path):
         _cfg(tiny_parts, tmp_path, "frozen", objective="repeat", distill_weight=0.5)
     with pytest.raises(LSLError, match="'distill_weight'"):
         _cfg(tiny_parts, tmp_path, distill_weight=-1.0)
+    with pytest.raises(LSLError, match="'align_weight'"):
+        _cfg(tiny_parts, tmp_path, "frozen", objective="repeat", align_weight=1.0)
     p = tmp_path / "c.json"
     p.write_text(json.dumps({"strategy": "lora", "colour": "red"}))
     with pytest.raises(LSLError, match="unknown train config field"):

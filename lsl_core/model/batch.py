@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import weakref
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, ContextManager, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ from lsl_core.model.lslm import LSLM
 from lsl_core.model.padding import IGNORE_INDEX, PaddedBatch, pad_batch
 
 __all__ = ["IGNORE_INDEX", "PaddedBatch", "speech_query", "text_query", "pad_id", "eos_id", "prompt_batch",
-           "response_batch", "response_logits", "response_loss", "generate_ids_batch", "generate_batch", "answer_ids",
-           "module_digest", "cached_encoder_states", "audio_key"]
+           "response_batch", "ResponseForward", "response_forward", "response_logits", "response_loss",
+           "generate_ids_batch", "generate_batch", "answer_ids", "module_digest", "cached_encoder_states", "audio_key"]
 
 
 # --------------------------------------------------------------------------- queries
@@ -84,22 +84,44 @@ def response_batch(model: LSLM, queries: Sequence[torch.Tensor], responses: Sequ
 
 
 # --------------------------------------------------------------------------- forward / generate
-def response_logits(model: LSLM, batch: PaddedBatch, all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits that predict each response token of a batch built by response_batch, and those tokens:
-    ([N, V] float32, [N] ids), N = response tokens over the batch, row by row in order. The LM head runs only at
-    the positions that predict a response token, unless all_positions (or the model class has no
-    transformers `logits_to_keep`): then at every position [B, T, V], the same logits at more cost."""
-    assert batch.labels is not None, "response_logits needs a batch built by response_batch"
+class ResponseForward(NamedTuple):
+    """One training forward over a response batch: logits [N, V] float32 that predict the N response tokens, those
+    tokens [N], and (when asked) the LLM's per-layer states, L+1 tensors [B, T, d] (index 0 = input embeddings)."""
+
+    logits: torch.Tensor
+    target: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def response_forward(model: LSLM, batch: PaddedBatch, all_positions: bool = False,
+                     hidden_states: bool = False) -> ResponseForward:
+    """The logits that predict each response token of a batch built by response_batch, those tokens and, with
+    hidden_states, every layer's states of the batch (one forward). The LM head runs only at the positions that
+    predict a response token, unless all_positions (or the model class has no transformers `logits_to_keep`):
+    then at every position [B, T, V], the same logits at more cost."""
+    assert batch.labels is not None, "response_forward needs a batch built by response_batch"
     target = batch.labels[:, 1:]  # [B, T-1]: position t predicts token t+1
     keep = target != IGNORE_INDEX  # [B, T-1]
     args = dict(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, use_cache=False)
+                position_ids=batch.position_ids, use_cache=False, output_hidden_states=hidden_states)
+    states = None
     if all_positions or not _keeps_logits(model.llm):
-        return model.llm(**args).logits[:, :-1][keep].float(), target[keep]
-    pos = keep.any(0).nonzero().flatten()  # [P] positions that predict a response token in some row
-    # the LM head ([d] -> [V]) only at those positions: the template and query positions need no logits
-    out = model.llm(**args, logits_to_keep=pos)  # logits [B, P, V]
-    return out.logits[keep[:, pos]].float(), target[keep]
+        out = model.llm(**args)
+        logits = out.logits[:, :-1][keep]
+    else:
+        pos = keep.any(0).nonzero().flatten()  # [P] positions that predict a response token in some row
+        # the LM head ([d] -> [V]) only at those positions: the template and query positions need no logits
+        out = model.llm(**args, logits_to_keep=pos)  # logits [B, P, V]
+        logits = out.logits[keep[:, pos]]
+    if hidden_states:
+        states = tuple(out.hidden_states)
+    return ResponseForward(logits.float(), target[keep], states)
+
+
+def response_logits(model: LSLM, batch: PaddedBatch, all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [N, V] float32, response token ids [N]) of a batch built by response_batch (response_forward)."""
+    f = response_forward(model, batch, all_positions)
+    return f.logits, f.target
 
 
 def _keeps_logits(llm) -> bool:

@@ -11,7 +11,9 @@ previous stage's final checkpoint (`init`):
     qa       stage 2, QA self-distillation: the response is the backbone's own greedy answer to the typed
              question, so a perfectly aligned model answers speech exactly as it answers text. With
              distill_weight > 0 the loss adds the KL from the backbone's next-token distributions on the
-             typed question (the teacher: the LLM before this stage) to those on speech.
+             typed question (the teacher: the LLM before this stage) to those on speech; with
+             align_weight > 0 it adds the paper's sequence-level alignment as a loss, 1 − the sequence cosine
+             of speech vs the teacher reading the typed question, averaged over layers 1..L (objectives.py).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."
 # fields added after checkpoints were shipped, with their defaults (left out of the digest at these values)
 LATER_FIELDS = {"lora_scope": "all", "adaptor_context": 0, "vocab_cased": False, "time_masks": 0,
                 "time_mask_frames": 10, "channel_masks": 0, "channel_mask_width": 27, "vocab_doses": [],
-                "vocab_dose_words": 100, "vocab_control_words": None, "vocab_dictionary": False}
+                "vocab_dose_words": 100, "vocab_control_words": None, "vocab_dictionary": False, "align_weight": 0.0}
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class TrainConfig:
     variants: tuple[str, ...] = ()  # espeak-ng voice variants drawn per rendition ("m3", "f2", "klatt"; "" = none)
     target_max_new_tokens: int = 32  # length cap of the backbone's greedy answers (qa targets)
     distill_weight: float = 0.0  # qa: + this x KL(backbone on the typed question || on speech) per response token
+    align_weight: float = 0.0  # qa: + this x (1 - sequence cosine) of speech vs typed question, layers 1..L
     gen_batch_size: int = 16  # batch size of batched greedy generation (targets, monitoring)
     # -- SpecAugment-style masking of the cached encoder states of training clips (augment.py; 0 = off)
     time_masks: int = 0  # spans per clip replaced by the clip's mean frame
@@ -148,9 +151,10 @@ class TrainConfig:
             raise bad("vocab_control_words", "must be a positive integer or null (as many as a dose group)")
         if int(self.vocab_dose_words) == 0 and self.vocab_doses and self.vocab_control_words is None:
             raise bad("vocab_dose_words", "can be 0 (every new word) only with vocab_control_words set")
-        if not self.distill_weight >= 0 or (self.distill_weight and self.objective != "qa"):
-            raise bad("distill_weight", "must be >= 0, and 0 unless the objective is 'qa' (the teacher answers "
-                      "the typed question)")
+        for k in ("distill_weight", "align_weight"):
+            if not getattr(self, k) >= 0 or (getattr(self, k) and self.objective != "qa"):
+                raise bad(k, "must be >= 0, and 0 unless the objective is 'qa' (the teacher reads the typed "
+                          "question)")
         for k in ("adaptor_context", "n_questions", "n_val_questions", "vocab_sentences", "vocab_words",
                   "written_questions", "time_masks", "time_mask_frames", "channel_masks", "channel_mask_width",
                   "warmup_steps", "save_every", "eval_every", "monitor_train_clips"):

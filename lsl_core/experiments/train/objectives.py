@@ -14,13 +14,19 @@ distillation_loss    qa with distill_weight > 0 (DiVA / BLSP-KD style): the teac
                      typed question, the student the same backbone hearing it; over the response tokens r_t,
                          KL(p_teacher(. | text, r_<t) || p_student(. | speech, r_<t)), mean over tokens,
                      so the speech path learns the whole next-token distribution, not only its argmax.
+sequence_alignment_loss
+                     repeat/qa with align_weight > 0: the paper's sequence-level alignment made a loss. With
+                     h̄_l = the mean of layer l's states over the query span, student hearing the question,
+                     teacher (no grad) reading it typed:  mean over layers l = 1..L and clips of
+                         1 − cos(h̄_l^speech, h̄_l^text),
+                     i.e. one minus the sequence cosine f_cos of metrics.sequence, averaged as the app averages it.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -114,21 +120,59 @@ def response_loss(model: LSLM, queries: Sequence[Tensor], responses: Sequence[Se
     return B.response_loss(model, B.response_batch(model, list(queries), [list(r) for r in responses]))
 
 
-def distillation_loss(student: LSLM, teacher: LSLM, speech: Sequence[Tensor], text: Sequence[Tensor],
-                      responses: Sequence[Sequence[int]], teacher_context=None) -> tuple[Tensor, Tensor]:
-    """(cross-entropy, KL) over the response tokens from one student forward (scalars, float32): the student's
-    mean cross-entropy on the speech queries [Ts_i, d] (= response_loss), and the mean over response tokens of
-    KL(teacher on the text queries [Tt_i, d] || student). The teacher pass runs without grad (inside
-    `teacher_context`, e.g. peft's disable_adapter); both batches hold the same responses, so their response
-    positions pair up in order."""
+class PairedLosses(NamedTuple):
+    """The loss terms of one student forward on speech paired with a teacher forward on the typed questions."""
+
+    ce: Tensor  # mean cross-entropy of the student over the response tokens (scalar, float32)
+    kl: Tensor | None  # mean KL(teacher || student) over response tokens, when asked
+    align: Tensor | None  # sequence_alignment_loss of the query spans, when asked
+
+
+def span_means(states: Sequence[Tensor], start: int, lengths: Sequence[int]) -> Tensor:
+    """Per-layer states (L+1 tensors [B, T, d], right-padded rows whose query span is [start, start + lengths_b))
+    -> the mean state of each row's query span at layers 1..L, [L, B, d] float32 (grad flows)."""
+    h = torch.stack(list(states[1:]))  # [L, B, T, d]
+    T = h.shape[2]
+    idx = torch.arange(T, device=h.device)
+    n = torch.as_tensor(list(lengths), device=h.device)
+    mask = ((idx[None] >= start) & (idx[None] < start + n[:, None])).to(torch.float32)  # [B, T]
+    return torch.einsum("lbtd,bt->lbd", h.float(), mask) / n[None, :, None].float()
+
+
+def sequence_alignment_loss(speech_means: Tensor, text_means: Tensor) -> Tensor:
+    """Mean over layers and clips of 1 − cos(h̄^speech, h̄^text) for span means [L, B, d] each (scalar)."""
+    return (1 - F.cosine_similarity(speech_means, text_means, dim=-1)).mean()
+
+
+def paired_losses(student: LSLM, teacher: LSLM, speech: Sequence[Tensor], text: Sequence[Tensor],
+                  responses: Sequence[Sequence[int]], teacher_context=None, *, kl: bool = True,
+                  align: bool = False) -> PairedLosses:
+    """One student forward on the speech queries [Ts_i, d] and one teacher forward (no grad, inside
+    `teacher_context`, e.g. peft's disable_adapter) on the typed queries [Tt_i, d], both followed by the same
+    responses: the student's cross-entropy (= response_loss), with kl the mean over response tokens of
+    KL(teacher || student) (the two batches' response positions pair up in order), with align the
+    sequence_alignment_loss of the two query spans."""
     resp = [list(r) for r in responses]
     with torch.no_grad(), (teacher_context if teacher_context is not None else nullcontext()):
-        t_logits, t_ids = B.response_logits(teacher, B.response_batch(teacher, list(text), resp))  # [N, V], [N]
-    s_logits, s_ids = B.response_logits(student, B.response_batch(student, list(speech), resp))  # [N, V], [N]
-    assert torch.equal(t_ids, s_ids), "teacher and student batches must hold the same response tokens"
-    s_logp = F.log_softmax(s_logits, dim=-1)  # [N, V]
-    kl = F.kl_div(s_logp, F.log_softmax(t_logits, dim=-1), log_target=True, reduction="batchmean")
-    return F.nll_loss(s_logp, s_ids), kl
+        t = B.response_forward(teacher, B.response_batch(teacher, list(text), resp), hidden_states=align)
+        t_means = span_means(t.hidden_states, len(teacher.prefix_ids), [q.shape[0] for q in text]) if align else None
+    s = B.response_forward(student, B.response_batch(student, list(speech), resp), hidden_states=align)
+    assert torch.equal(t.target, s.target), "teacher and student batches must hold the same response tokens"
+    s_logp = F.log_softmax(s.logits, dim=-1)  # [N, V]
+    div = F.kl_div(s_logp, F.log_softmax(t.logits, dim=-1), log_target=True, reduction="batchmean") if kl else None
+    al = None
+    if align:
+        s_means = span_means(s.hidden_states, len(student.prefix_ids), [q.shape[0] for q in speech])  # [L, B, d]
+        al = sequence_alignment_loss(s_means, t_means)
+    return PairedLosses(F.nll_loss(s_logp, s.target), div, al)
+
+
+def distillation_loss(student: LSLM, teacher: LSLM, speech: Sequence[Tensor], text: Sequence[Tensor],
+                      responses: Sequence[Sequence[int]], teacher_context=None) -> tuple[Tensor, Tensor]:
+    """(cross-entropy, KL) over the response tokens from one student forward (scalars, float32): paired_losses
+    with kl only."""
+    out = paired_losses(student, teacher, speech, text, responses, teacher_context)
+    return out.ce, out.kl
 
 
 def token_error_rate(hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]]) -> float:

@@ -77,7 +77,7 @@ class Trainer:
         self.step = 0
         self.ctc = (O.CTCHead(model.llm.get_input_embeddings().weight, cfg.ctc_temperature, cfg.ctc_norm_weight,
                               cfg.seed).to(self.device) if cfg.objective == "ctc" else None)
-        self.teacher = self._distillation_teacher() if cfg.distill_weight else None
+        self.teacher = self._distillation_teacher() if cfg.distill_weight or cfg.align_weight else None
         self._perms: dict[int, torch.Tensor] = {}
         self._text_answers: list[str] | None = None  # monitoring text answers (frozen LLM: computed once)
         self._recent: list[float] = []
@@ -155,9 +155,11 @@ class Trainer:
             if self.teacher is None:
                 return O.response_loss(model, queries, [e.response for e in ex])
             text = [self.teacher.embed_text(e.text).embeds for e in ex]  # [Tt_i, d] each
-            ce, kl = O.distillation_loss(model, self.teacher, queries, text, [e.response for e in ex],
-                                         self._teacher_context())
-            return ce + self.cfg.distill_weight * kl
+            c = self.cfg
+            out = O.paired_losses(model, self.teacher, queries, text, [e.response for e in ex], self._teacher_context(),
+                                  kl=bool(c.distill_weight), align=bool(c.align_weight))
+            return (out.ce + (c.distill_weight * out.kl if c.distill_weight else 0)
+                    + (c.align_weight * out.align if c.align_weight else 0))
 
     def train_mode(self, on: bool) -> None:
         self.model.adaptor.train(on and self.cfg.train_adaptor)
