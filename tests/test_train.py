@@ -232,10 +232,29 @@ def test_alignment_weight_adds_the_alignment_term_and_a_step_lowers_it(tiny_part
                                 [e.response for e in ex], tr._teacher_context(), kl=False, align=True)
     assert terms.align.item() > 1e-3
     assert before == pytest.approx(terms.ce.item() + 2.0 * terms.align.item(), rel=1e-5)
+    assert tr.last_terms == {"ce": pytest.approx(terms.ce.item(), abs=1e-5),
+                             "align": pytest.approx(terms.align.item(), abs=1e-5)}
     tr.train_step()
     tr.train_mode(False)
     with torch.no_grad():
         assert tr.loss_on([0, 1, 2, 3]).item() < before
+
+
+def test_train_log_rows_carry_the_loss_terms(tiny_parts, tmp_path):
+    """Each train row of train_log.jsonl holds the weighted total and its unweighted terms (ce, kl, align) when
+    the stage adds terms to the cross-entropy; plain stages log the total alone."""
+    paired = _cfg(tiny_parts, tmp_path / "a", "frozen", steps=2, save_every=0, distill_weight=0.5, align_weight=2.0)
+    plain = _cfg(tiny_parts, tmp_path / "b", "frozen", steps=2, save_every=0)
+    for cfg in (paired, plain):
+        _trainer(cfg).run()
+    rows = [json.loads(x) for x in (Path(paired.out) / "train_log.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert len(train) == 2
+    for r in train:
+        assert r["loss"] == pytest.approx(r["ce"] + 0.5 * r["kl"] + 2.0 * r["align"], abs=1e-4)
+        assert r["kl"] > 0 and r["align"] > 0
+    rows = [json.loads(x) for x in (Path(plain.out) / "train_log.jsonl").read_text().splitlines()]
+    assert all("ce" not in r and "align" not in r for r in rows if r["kind"] == "train")
 
 
 # ----------------------------------------------------------------------------- one step

@@ -81,6 +81,7 @@ class Trainer:
         self._perms: dict[int, torch.Tensor] = {}
         self._text_answers: list[str] | None = None  # monitoring text answers (frozen LLM: computed once)
         self._recent: list[float] = []
+        self.last_terms: dict[str, float] = {}  # the unweighted terms of the last loss_on's loss (train log)
         named = self.trainable_named()
         adaptor = [p for n, p in named if not n.startswith("llm.")]
         llm = [p for n, p in named if n.startswith("llm.")]
@@ -147,6 +148,7 @@ class Trainer:
         """The objective's loss on the given examples (grad enabled by the caller); with `step`, the clips are
         augmented as that optimizer step trains on them."""
         ex = [self.data.train[i] for i in idx]
+        self.last_terms = {}
         with self.autocast():
             queries = [B.speech_query(self.model, s) for s in self.step_states(ex, step)]  # [Ts_i, d] each
             if self.cfg.objective == "ctc":
@@ -158,6 +160,7 @@ class Trainer:
             c = self.cfg
             out = O.paired_losses(model, self.teacher, queries, text, [e.response for e in ex], self._teacher_context(),
                                   kl=bool(c.distill_weight), align=bool(c.align_weight))
+            self.last_terms = {k: round(float(v), 5) for k, v in out._asdict().items() if v is not None}
             return (out.ce + (c.distill_weight * out.kl if c.distill_weight else 0)
                     + (c.align_weight * out.align if c.align_weight else 0))
 
@@ -285,7 +288,7 @@ class Trainer:
             loss = self.train_step()
             self._recent = (self._recent + [loss])[-25:]
             self._log({"kind": "train", "step": self.step, "global_step": self.step_offset + self.step,
-                       "loss": round(loss, 5), "lr": lr, "sec": round(time.time() - t0, 3)})
+                       "loss": round(loss, 5), **self.last_terms, "lr": lr, "sec": round(time.time() - t0, 3)})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}")
             if self.step in eval_steps:
