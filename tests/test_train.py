@@ -204,18 +204,71 @@ def test_alignment_loss_is_one_minus_the_apps_sequence_cosine_of_unpadded_forwar
     text = [B.text_query(tiny_model, q).detach().requires_grad_(True) for q in QUESTIONS]
     speech = [torch.randn(n, 32, generator=g).requires_grad_(True) for n in (7, 12, 5)]
     resp = [B.answer_ids(tiny_model, a) for a in ANSWERS[:3]]
-    out = O.paired_losses(tiny_model, tiny_model, speech, text, resp, kl=False, align=True)
+    out = O.paired_losses(tiny_model, tiny_model, speech, text, resp, kl=False, align=O.sequence_alignment_loss)
     assert out.kl is None
     with torch.no_grad():
         ref = [1 - layer_average(sequence_cosine(tiny_model.forward_states(tiny_model.build_prompt(sq)),
                                                  tiny_model.forward_states(tiny_model.build_prompt(tq))))
                for sq, tq in zip(speech, text)]
-        same = O.paired_losses(tiny_model, tiny_model, text, text, resp, kl=False, align=True).align.item()
+        same = O.paired_losses(tiny_model, tiny_model, text, text, resp, kl=False, align=O.sequence_alignment_loss).align.item()
     assert out.align.item() == pytest.approx(float(np.mean(ref)), rel=1e-4)
     assert out.align.item() > 1e-3 and abs(same) < 1e-5
     out.align.backward()
     assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in speech)
     assert all(q.grad is None for q in text)
+
+
+def test_contrastive_alignment_loss_by_hand():
+    """sequence_contrastive_loss == mean over layers and clips of -log softmax_j(cos(s_i, t_j) / tau)[i] computed
+    one entry at a time; a second clip of the same question is no candidate (the loss equals the one with that
+    text column removed); speech means equal to distinct text means give a loss near 0 at a low temperature."""
+    g = torch.Generator().manual_seed(11)
+    L, n, d = 3, 4, 6
+    s, t = torch.randn(L, n, d, generator=g), torch.randn(L, n, d, generator=g)
+    qs = ["a", "b", "c", "d"]
+    got = O.sequence_contrastive_loss(s, t, qs, temperature=0.5).item()
+    total = 0.0
+    for layer in range(L):
+        for i in range(n):
+            c = [float(torch.dot(s[layer, i], t[layer, j]) / (s[layer, i].norm() * t[layer, j].norm())) / 0.5
+                 for j in range(n)]
+            total += -(c[i] - np.log(np.sum(np.exp(c))))
+    assert got == pytest.approx(total / (L * n), rel=1e-5)
+    dup = O.sequence_contrastive_loss(s, t, ["a", "b", "a", "d"], temperature=0.5).item()
+    by_hand = 0.0
+    for layer in range(L):
+        for i in range(n):
+            cand = [j for j in range(n) if j == i or not ({i, j} == {0, 2})]
+            c = {j: float(torch.dot(s[layer, i], t[layer, j]) / (s[layer, i].norm() * t[layer, j].norm())) / 0.5
+                 for j in cand}
+            by_hand += -(c[i] - np.log(np.sum(np.exp(list(c.values())))))
+    assert dup == pytest.approx(by_hand / (L * n), rel=1e-5) and dup != pytest.approx(got, rel=1e-3)
+    assert O.sequence_contrastive_loss(t, t, qs, temperature=0.01).item() < 1e-3
+
+
+def test_contrastive_align_loss_config_trains_and_logs(tiny_parts, tmp_path):
+    """align_loss "contrastive" puts sequence_contrastive_loss of the batch's questions in the stage's loss."""
+    cfg = _cfg(tiny_parts, tmp_path, "frozen", batch_size=4, warmup_steps=0, lr=5e-3, align_weight=1.0,
+               align_loss="contrastive", align_temperature=0.2)
+    tr = _trainer(cfg, n=4)
+    ex = [tr.data.train[i] for i in range(4)]
+    tr.train_mode(False)
+    with torch.no_grad(), tr.autocast():
+        before = tr.loss_on([0, 1, 2, 3]).item()
+        text = [tr.teacher.embed_text(e.text).embeds for e in ex]
+        align = lambda sm, tm: O.sequence_contrastive_loss(sm, tm, [e.text for e in ex], 0.2)  # noqa: E731
+        terms = O.paired_losses(tr.model, tr.teacher, [B.speech_query(tr.model, e.states) for e in ex], text,
+                                [e.response for e in ex], kl=False, align=align)
+    assert before == pytest.approx(terms.ce.item() + terms.align.item(), rel=1e-5)
+    assert tr.last_terms["align"] == pytest.approx(terms.align.item(), abs=1e-5)
+    tr.train_step()
+    tr.train_mode(False)
+    with torch.no_grad():
+        assert tr.loss_on([0, 1, 2, 3]).item() < before
+    with pytest.raises(LSLError, match="'align_loss'"):
+        _cfg(tiny_parts, tmp_path, align_loss="l2")
+    with pytest.raises(LSLError, match="'align_temperature'"):
+        _cfg(tiny_parts, tmp_path, align_temperature=0.0)
 
 
 @pytest.mark.parametrize("strategy", ["frozen", "lora"])
@@ -229,7 +282,7 @@ def test_alignment_weight_adds_the_alignment_term_and_a_step_lowers_it(tiny_part
         before = tr.loss_on([0, 1, 2, 3]).item()
         text = [tr.teacher.embed_text(e.text).embeds for e in ex]
         terms = O.paired_losses(tr.model, tr.teacher, [B.speech_query(tr.model, e.states) for e in ex], text,
-                                [e.response for e in ex], tr._teacher_context(), kl=False, align=True)
+                                [e.response for e in ex], tr._teacher_context(), kl=False, align=O.sequence_alignment_loss)
     assert terms.align.item() > 1e-3
     assert before == pytest.approx(terms.ce.item() + 2.0 * terms.align.item(), rel=1e-5)
     assert tr.last_terms == {"ce": pytest.approx(terms.ce.item(), abs=1e-5),

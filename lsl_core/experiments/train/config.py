@@ -13,7 +13,8 @@ previous stage's final checkpoint (`init`):
              distill_weight > 0 the loss adds the KL from the backbone's next-token distributions on the
              typed question (the teacher: the LLM before this stage) to those on speech; with
              align_weight > 0 it adds the paper's sequence-level alignment as a loss, 1 − the sequence cosine
-             of speech vs the teacher reading the typed question, averaged over layers 1..L (objectives.py).
+             of speech vs the teacher reading the typed question, averaged over layers 1..L, or (align_loss
+             "contrastive") only its question-specific part, speech -> text retrieval in the batch (objectives.py).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ REPEAT_SYSTEM = "Repeat the user's message exactly, word for word."
 # fields added after checkpoints were shipped, with their defaults (left out of the digest at these values)
 LATER_FIELDS = {"lora_scope": "all", "adaptor_context": 0, "vocab_cased": False, "time_masks": 0,
                 "time_mask_frames": 10, "channel_masks": 0, "channel_mask_width": 27, "vocab_doses": [],
-                "vocab_dose_words": 100, "vocab_control_words": None, "vocab_dictionary": False, "align_weight": 0.0}
+                "vocab_dose_words": 100, "vocab_control_words": None, "vocab_dictionary": False, "align_weight": 0.0,
+                "align_loss": "cosine", "align_temperature": 0.1}
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class TrainConfig:
     target_max_new_tokens: int = 32  # length cap of the backbone's greedy answers (qa targets)
     distill_weight: float = 0.0  # qa: + this x KL(backbone on the typed question || on speech) per response token
     align_weight: float = 0.0  # qa: + this x (1 - sequence cosine) of speech vs typed question, layers 1..L
+    align_loss: Literal["cosine", "contrastive"] = "cosine"  # ... 1 - cosine, or InfoNCE over the batch's questions
+    align_temperature: float = 0.1  # ... temperature of the contrastive alignment loss
     gen_batch_size: int = 16  # batch size of batched greedy generation (targets, monitoring)
     # -- SpecAugment-style masking of the cached encoder states of training clips (augment.py; 0 = off)
     time_masks: int = 0  # spans per clip replaced by the clip's mean frame
@@ -151,6 +155,10 @@ class TrainConfig:
             raise bad("vocab_control_words", "must be a positive integer or null (as many as a dose group)")
         if int(self.vocab_dose_words) == 0 and self.vocab_doses and self.vocab_control_words is None:
             raise bad("vocab_dose_words", "can be 0 (every new word) only with vocab_control_words set")
+        if self.align_loss not in ("cosine", "contrastive"):
+            raise bad("align_loss", "must be cosine or contrastive")
+        if not self.align_temperature > 0:
+            raise bad("align_temperature", "must be a positive number")
         for k in ("distill_weight", "align_weight"):
             if not getattr(self, k) >= 0 or (getattr(self, k) and self.objective != "qa"):
                 raise bad(k, "must be >= 0, and 0 unless the objective is 'qa' (the teacher reads the typed "

@@ -15,18 +15,24 @@ distillation_loss    qa with distill_weight > 0 (DiVA / BLSP-KD style): the teac
                          KL(p_teacher(. | text, r_<t) || p_student(. | speech, r_<t)), mean over tokens,
                      so the speech path learns the whole next-token distribution, not only its argmax.
 sequence_alignment_loss
-                     repeat/qa with align_weight > 0: the paper's sequence-level alignment made a loss. With
-                     h̄_l = the mean of layer l's states over the query span, student hearing the question,
-                     teacher (no grad) reading it typed:  mean over layers l = 1..L and clips of
+                     qa with align_weight > 0 (align_loss "cosine"): the paper's sequence-level alignment made a
+                     loss. With h̄_l = the mean of layer l's states over the query span, student hearing the
+                     question, teacher (no grad) reading it typed:  mean over layers l = 1..L and clips of
                          1 − cos(h̄_l^speech, h̄_l^text),
                      i.e. one minus the sequence cosine f_cos of metrics.sequence, averaged as the app averages it.
+sequence_contrastive_loss
+                     align_loss "contrastive": only the part of that cosine specific to the question counts. Per
+                     layer, each clip's speech mean must pick its own typed question among the batch's (InfoNCE):
+                         mean_l,i −log softmax_j(cos(h̄_l,i^speech, h̄_l,j^text) / τ)[i],
+                     other clips of the same question left out of the candidates (speech -> text retrieval,
+                     the controls' top-1, made a loss).
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +131,7 @@ class PairedLosses(NamedTuple):
 
     ce: Tensor  # mean cross-entropy of the student over the response tokens (scalar, float32)
     kl: Tensor | None  # mean KL(teacher || student) over response tokens, when asked
-    align: Tensor | None  # sequence_alignment_loss of the query spans, when asked
+    align: Tensor | None  # the alignment loss of the two query spans' means, when asked
 
 
 def span_means(states: Sequence[Tensor], start: int, lengths: Sequence[int]) -> Tensor:
@@ -144,26 +150,42 @@ def sequence_alignment_loss(speech_means: Tensor, text_means: Tensor) -> Tensor:
     return (1 - F.cosine_similarity(speech_means, text_means, dim=-1)).mean()
 
 
+def sequence_contrastive_loss(speech_means: Tensor, text_means: Tensor, questions: Sequence[str],
+                              temperature: float = 0.1) -> Tensor:
+    """InfoNCE of speech -> typed question over the batch, per layer, for span means [L, B, d] (scalar): mean over
+    layers and clips of the cross-entropy of softmax_j(cos(s_i, t_j) / temperature) at j = i; clips j != i of
+    the same question are no candidates."""
+    s = F.normalize(speech_means, dim=-1)  # [L, B, d]
+    t = F.normalize(text_means, dim=-1)  # [L, B, d]
+    logits = torch.einsum("lid,ljd->lij", s, t) / temperature  # [L, B, B]
+    q = list(questions)
+    same = torch.tensor([[a == b and i != j for j, b in enumerate(q)] for i, a in enumerate(q)], device=s.device)
+    logits = logits.masked_fill(same[None], float("-inf"))
+    L, n = logits.shape[:2]
+    target = torch.arange(n, device=s.device).repeat(L)  # [L*B]
+    return F.cross_entropy(logits.reshape(L * n, n), target)
+
+
 def paired_losses(student: LSLM, teacher: LSLM, speech: Sequence[Tensor], text: Sequence[Tensor],
                   responses: Sequence[Sequence[int]], teacher_context=None, *, kl: bool = True,
-                  align: bool = False) -> PairedLosses:
+                  align: Callable[[Tensor, Tensor], Tensor] | None = None) -> PairedLosses:
     """One student forward on the speech queries [Ts_i, d] and one teacher forward (no grad, inside
     `teacher_context`, e.g. peft's disable_adapter) on the typed queries [Tt_i, d], both followed by the same
     responses: the student's cross-entropy (= response_loss), with kl the mean over response tokens of
-    KL(teacher || student) (the two batches' response positions pair up in order), with align the
-    sequence_alignment_loss of the two query spans."""
+    KL(teacher || student) (the two batches' response positions pair up in order), with align that function of
+    the two query spans' per-layer means [L, B, d] (speech, text), e.g. sequence_alignment_loss."""
     resp = [list(r) for r in responses]
+    want = align is not None
     with torch.no_grad(), (teacher_context if teacher_context is not None else nullcontext()):
-        t = B.response_forward(teacher, B.response_batch(teacher, list(text), resp), hidden_states=align)
-        t_means = span_means(t.hidden_states, len(teacher.prefix_ids), [q.shape[0] for q in text]) if align else None
-    s = B.response_forward(student, B.response_batch(student, list(speech), resp), hidden_states=align)
+        t = B.response_forward(teacher, B.response_batch(teacher, list(text), resp), hidden_states=want)
+        t_means = span_means(t.hidden_states, len(teacher.prefix_ids), [q.shape[0] for q in text]) if want else None
+    s = B.response_forward(student, B.response_batch(student, list(speech), resp), hidden_states=want)
     assert torch.equal(t.target, s.target), "teacher and student batches must hold the same response tokens"
     s_logp = F.log_softmax(s.logits, dim=-1)  # [N, V]
     div = F.kl_div(s_logp, F.log_softmax(t.logits, dim=-1), log_target=True, reduction="batchmean") if kl else None
     al = None
-    if align:
-        s_means = span_means(s.hidden_states, len(student.prefix_ids), [q.shape[0] for q in speech])  # [L, B, d]
-        al = sequence_alignment_loss(s_means, t_means)
+    if want:
+        al = align(span_means(s.hidden_states, len(student.prefix_ids), [q.shape[0] for q in speech]), t_means)
     return PairedLosses(F.nll_loss(s_logp, s.target), div, al)
 
 

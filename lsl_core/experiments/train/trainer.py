@@ -12,6 +12,7 @@ training clips as trained on, suffix _train) logs, at every eval step:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -159,10 +160,17 @@ class Trainer:
             text = [self.teacher.embed_text(e.text).embeds for e in ex]  # [Tt_i, d] each
             c = self.cfg
             out = O.paired_losses(model, self.teacher, queries, text, [e.response for e in ex], self._teacher_context(),
-                                  kl=bool(c.distill_weight), align=bool(c.align_weight))
+                                  kl=bool(c.distill_weight), align=self._alignment_loss(ex) if c.align_weight else None)
             self.last_terms = {k: round(float(v), 5) for k, v in out._asdict().items() if v is not None}
             return (out.ce + (c.distill_weight * out.kl if c.distill_weight else 0)
                     + (c.align_weight * out.align if c.align_weight else 0))
+
+    def _alignment_loss(self, ex: list[TrainExample]):
+        """The config's alignment loss over span means [L, B, d] (speech, text) of these examples."""
+        if self.cfg.align_loss == "contrastive":
+            return functools.partial(O.sequence_contrastive_loss, questions=[e.text for e in ex],
+                                     temperature=self.cfg.align_temperature)
+        return O.sequence_alignment_loss
 
     def train_mode(self, on: bool) -> None:
         self.model.adaptor.train(on and self.cfg.train_adaptor)
