@@ -104,7 +104,6 @@ def response_forward(model: LSLM, batch: PaddedBatch, all_positions: bool = Fals
     keep = target != IGNORE_INDEX  # [B, T-1]
     args = dict(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, use_cache=False, output_hidden_states=hidden_states)
-    states = None
     if all_positions or not _keeps_logits(model.llm):
         out = model.llm(**args)
         logits = out.logits[:, :-1][keep]
@@ -113,9 +112,7 @@ def response_forward(model: LSLM, batch: PaddedBatch, all_positions: bool = Fals
         # the LM head ([d] -> [V]) only at those positions: the template and query positions need no logits
         out = model.llm(**args, logits_to_keep=pos)  # logits [B, P, V]
         logits = out.logits[keep[:, pos]]
-    if hidden_states:
-        states = tuple(out.hidden_states)
-    return ResponseForward(logits.float(), target[keep], states)
+    return ResponseForward(logits.float(), target[keep], tuple(out.hidden_states) if hidden_states else None)
 
 
 def response_logits(model: LSLM, batch: PaddedBatch, all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
