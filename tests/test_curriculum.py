@@ -45,8 +45,8 @@ def test_frame_sink_is_the_norm_ratio_of_the_whole_prompt_at_its_largest_layer(t
     got = frame_sink(tiny_model, clips)
     first, p0 = [], []
     for s in clips:  # by hand: one forward over the whole prompt, row norms, median over the speech span
-        prompt = tiny_model.build_prompt(tiny_model.embed_speech(s.audio, s.sr).embeds)
         with torch.no_grad():
+            prompt = tiny_model.build_prompt(tiny_model.embed_speech(s.audio, s.sr).embeds)
             out = tiny_model.llm(inputs_embeds=prompt.inputs_embeds, output_hidden_states=True)
         norms = torch.stack([h[0].double().norm(dim=-1) for h in out.hidden_states])  # [L+1, T]
         med = norms[:, prompt.span].median(dim=-1).values[:, None]
