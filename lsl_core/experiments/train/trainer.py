@@ -161,7 +161,7 @@ class Trainer:
             c = self.cfg
             out = O.paired_losses(model, self.teacher, queries, text, [e.response for e in ex], self._teacher_context(),
                                   kl=bool(c.distill_weight), align=self._alignment_loss(ex) if c.align_weight else None)
-            self.last_terms = {k: round(float(v), 5) for k, v in out._asdict().items() if v is not None}
+            self.last_terms = {k: round(float(v.detach()), 5) for k, v in out._asdict().items() if v is not None}
             return (out.ce + (c.distill_weight * out.kl if c.distill_weight else 0)
                     + (c.align_weight * out.align if c.align_weight else 0))
 
