@@ -195,7 +195,7 @@ def test_distillation_teacher_is_the_llm_before_the_stage(tiny_parts, tmp_path, 
 
 
 def test_alignment_loss_is_one_minus_the_apps_sequence_cosine_of_unpadded_forwards(tiny_model):
-    """paired_losses(align=True)'s term == mean over clips of 1 - layer_average(sequence_cosine) computed by the
+    """paired_losses' term with align=sequence_alignment_loss == mean over clips of 1 - layer_average(sequence_cosine) computed by the
     analysis path (LSLM.forward_states of each unpadded prompt, metrics.sequence); 0 when speech is the text;
     gradient reaches the speech queries, never the teacher's text."""
     from lsl_core.metrics.sequence import layer_average, sequence_cosine
@@ -210,7 +210,8 @@ def test_alignment_loss_is_one_minus_the_apps_sequence_cosine_of_unpadded_forwar
         ref = [1 - layer_average(sequence_cosine(tiny_model.forward_states(tiny_model.build_prompt(sq)),
                                                  tiny_model.forward_states(tiny_model.build_prompt(tq))))
                for sq, tq in zip(speech, text)]
-        same = O.paired_losses(tiny_model, tiny_model, text, text, resp, kl=False, align=O.sequence_alignment_loss).align.item()
+        same = O.paired_losses(tiny_model, tiny_model, text, text, resp, kl=False,
+                               align=O.sequence_alignment_loss).align.item()
     assert out.align.item() == pytest.approx(float(np.mean(ref)), rel=1e-4)
     assert out.align.item() > 1e-3 and abs(same) < 1e-5
     out.align.backward()
@@ -282,7 +283,8 @@ def test_alignment_weight_adds_the_alignment_term_and_a_step_lowers_it(tiny_part
         before = tr.loss_on([0, 1, 2, 3]).item()
         text = [tr.teacher.embed_text(e.text).embeds for e in ex]
         terms = O.paired_losses(tr.model, tr.teacher, [B.speech_query(tr.model, e.states) for e in ex], text,
-                                [e.response for e in ex], tr._teacher_context(), kl=False, align=O.sequence_alignment_loss)
+                                [e.response for e in ex], tr._teacher_context(), kl=False,
+                                align=O.sequence_alignment_loss)
     assert terms.align.item() > 1e-3
     assert before == pytest.approx(terms.ce.item() + 2.0 * terms.align.item(), rel=1e-5)
     assert tr.last_terms == {"ce": pytest.approx(terms.ce.item(), abs=1e-5),

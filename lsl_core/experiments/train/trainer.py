@@ -21,6 +21,7 @@ import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -165,8 +166,8 @@ class Trainer:
             return (out.ce + (c.distill_weight * out.kl if c.distill_weight else 0)
                     + (c.align_weight * out.align if c.align_weight else 0))
 
-    def _alignment_loss(self, ex: list[TrainExample]):
-        """The config's alignment loss over span means [L, B, d] (speech, text) of these examples."""
+    def _alignment_loss(self, ex: list[TrainExample]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The config's alignment loss of these examples: span means [L, B, d] (speech, text) -> scalar."""
         if self.cfg.align_loss == "contrastive":
             return functools.partial(O.sequence_contrastive_loss, questions=[e.text for e in ex],
                                      temperature=self.cfg.align_temperature)
