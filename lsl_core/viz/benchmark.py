@@ -1,0 +1,124 @@
+"""Benchmark figures: scores per voice / subset and intervention bars."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from lsl_core.viz.layout import _base_layout
+from lsl_core.viz.style import PERCENT_DIGITS, condition_style, error_bars
+
+
+def scores_by_voice(df: pd.DataFrame, metric: str = "f1", *, voice: str = "voice",
+                    title: str | None = None) -> go.Figure:
+    """Text vs speech score per voice (grouped bars, percent) and the GAP per voice (second panel).
+
+    df: one row per voice with columns text_<metric>, speech_<metric> and optionally gap_<metric>
+    (fractions 0..1, as lsl_core.experiments.evaluate.summarize writes them); <column>_lo / _hi columns, when
+    present (stats.summary_intervals), are drawn as 95% error bars.
+    """
+    t, s, g = f"text_{metric}", f"speech_{metric}", f"gap_{metric}"
+    for c in (voice, t, s):
+        if c not in df.columns:
+            raise ValueError(f"column {c!r} not in the table; available: {list(df.columns)}")
+    df = df if g in df.columns else df.assign(**{g: df[t] - df[s]})
+    voices = [str(v) for v in df[voice]]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1,
+                        subplot_titles=(f"{metric} on text vs speech input", f"GAP = text − speech ({metric})"))
+    n = df["n"].to_numpy() if "n" in df.columns else np.full(len(df), np.nan)
+    d = PERCENT_DIGITS
+    for col, name, key, panel, unit in ((t, "text input", "text", 1, "%"), (s, "speech input", "speech", 1, "%"),
+                                        (g, "GAP", "gap", 2, "points")):
+        st = condition_style(key)
+        err = error_bars(df, col, 100.0)
+        lo = 100 * df[f"{col}_lo"].to_numpy() if err else np.full(len(df), np.nan)
+        hi = 100 * df[f"{col}_hi"].to_numpy() if err else np.full(len(df), np.nan)
+        ci = f"<br>95% CI [%{{customdata[1]:.{d}f}}, %{{customdata[2]:.{d}f}}]" if err else ""
+        fig.add_trace(go.Bar(
+            x=voices, y=100 * df[col], name=name, error_y=err, customdata=np.stack([n, lo, hi], axis=1),
+            marker=dict(color=st.color, line=dict(color="black", width=1),
+                        pattern=dict(shape=st.pattern, fgcolor="#333333") if st.pattern else None),
+            hovertemplate=f"%{{x}}<br>{name} {metric} = %{{y:.{d}f}} {unit}{ci}<br>n = %{{customdata[0]}}"
+                          "<extra></extra>"), row=1, col=panel)
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="voice / accent")
+    fig.update_yaxes(title_text=f"{metric} (%)", row=1, col=1)
+    fig.update_yaxes(title_text="GAP (percentage points)", row=1, col=2)
+    return _base_layout(fig, title or f"Text vs speech {metric} per voice", height=420)
+
+
+def intervention_bars(table: pd.DataFrame, metric: str = "F1", *, title: str | None = None) -> go.Figure:
+    """Table 1 (lsl_core.experiments.table1.table1) as bars: one bar per condition, Original first (percent).
+
+    Each bar takes its condition's style (condition_style: colour per op, pattern per target);
+    `metric`_lo / _hi columns (stats.condition_intervals) become 95% error bars.
+    """
+    if metric not in table.columns:
+        raise ValueError(f"column {metric!r} not in the table; available: {list(table.columns)}")
+    names = [str(i) for i in table.index]
+    styles = [condition_style(nm) for nm in names]
+    err = error_bars(table, metric)
+    d = PERCENT_DIGITS
+    cols = [table[f"Δ {metric}"] if f"Δ {metric}" in table.columns else pd.Series(np.nan, index=table.index)]
+    cols += [table[f"{metric}_lo"], table[f"{metric}_hi"]] if err else [pd.Series(np.nan, index=table.index)] * 2
+    cols += [table["n"] if "n" in table.columns else pd.Series(np.nan, index=table.index)]
+    fig = go.Figure(go.Bar(
+        x=names, y=table[metric], error_y=err,
+        marker=dict(color=[st.color for st in styles], line=dict(color="black", width=1),
+                    pattern=dict(shape=[st.pattern for st in styles], fgcolor="#333333")),
+        customdata=np.stack([c.to_numpy(dtype=np.float64) for c in cols], axis=1),
+        hovertemplate="%{x}<br>" + metric + f" = %{{y:.{d}f}} %"
+                      + (f"<br>Δ vs Original = %{{customdata[0]:+.{d}f}}" if f"Δ {metric}" in table.columns else "")
+                      + (f"<br>95% CI [%{{customdata[1]:.{d}f}}, %{{customdata[2]:.{d}f}}]" if err else "")
+                      + "<br>n = %{customdata[3]}<extra></extra>",
+    ))
+    fig.update_xaxes(title_text="condition (intervention at the LLM input unless @ℓ)")
+    fig.update_yaxes(title_text=f"{metric} (%)")
+    return _base_layout(fig, title or f"Speech-input {metric} under each intervention", height=380)
+
+
+
+def subset_scores(summary: pd.DataFrame, gap: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """VoiceBench per subset: headline score per modality with 95% CIs (left), GAP = text - speech with
+    its paired CI, per subset and overall (right).
+
+    summary: one checkpoint's rows of the run's summary table (subset, modality, metric, score,
+    ci_low, ci_high, n; scores in %). gap: its rows of the gap table (subset incl. "overall", gap,
+    gap_ci_low, gap_ci_high, n).
+    """
+    for c in ("subset", "modality", "score", "ci_low", "ci_high"):
+        if c not in summary.columns:
+            raise ValueError(f"column {c!r} not in the summary table; available: {list(summary.columns)}")
+    subsets = list(dict.fromkeys(summary["subset"]))
+    mods = [m for m in ("text", "speech", "cascade") if m in set(summary["modality"])]
+    styles = [condition_style(m) for m in mods]  # the one style per condition (text, speech, cascade)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1,
+                        subplot_titles=("headline score per subset (95% CI)", "GAP = text − speech (95% CI)"))
+    for m, st in zip(mods, styles):
+        d = summary[summary["modality"] == m].set_index("subset").reindex(subsets)
+        fig.add_trace(go.Bar(
+            x=subsets, y=d["score"], name=f"{m} input",
+            marker=dict(color=st.color, line=dict(color="black", width=1),
+                        pattern=dict(shape=st.pattern, fgcolor="#333333")),
+            error_y=dict(type="data", symmetric=False, array=d["ci_high"] - d["score"],
+                         arrayminus=d["score"] - d["ci_low"], color="#222222"),
+            customdata=np.stack([d["metric"].fillna(""), d["n"].fillna(0), d["ci_low"], d["ci_high"]], axis=1),
+            hovertemplate="%{x}<br>" + m + f" %{{customdata[0]}} = %{{y:.{PERCENT_DIGITS}f}} %<br>95% CI "
+                          f"[%{{customdata[2]:.{PERCENT_DIGITS}f}}, %{{customdata[3]:.{PERCENT_DIGITS}f}}]"
+                          "<br>n = %{customdata[1]}<extra></extra>"), row=1, col=1)
+    g = gap.set_index("subset").reindex([*subsets, "overall"]).dropna(subset=["gap"])
+    fig.add_trace(go.Bar(
+        x=list(g.index), y=g["gap"], name="GAP",
+        marker=dict(color=condition_style("gap").color, line=dict(color="black", width=1)),
+        error_y=dict(type="data", symmetric=False, array=g["gap_ci_high"] - g["gap"],
+                     arrayminus=g["gap"] - g["gap_ci_low"], color="#222222"),
+        customdata=np.stack([g["n"], g["gap_ci_low"], g["gap_ci_high"]], axis=1),
+        hovertemplate=f"%{{x}}<br>GAP = %{{y:.{PERCENT_DIGITS}f}} points<br>95% CI [%{{customdata[1]:.{PERCENT_DIGITS}f}}, "
+                      f"%{{customdata[2]:.{PERCENT_DIGITS}f}}]<br>n = %{{customdata[0]}}<extra></extra>"), row=1, col=2)
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="VoiceBench subset")
+    fig.update_yaxes(title_text="score (%)", row=1, col=1)
+    fig.update_yaxes(title_text="GAP (percentage points)", row=1, col=2)
+    return _base_layout(fig, title or "VoiceBench: text vs speech per subset", height=440)
