@@ -219,6 +219,23 @@ def test_alignment_loss_is_one_minus_the_apps_sequence_cosine_of_unpadded_forwar
     assert all(q.grad is None for q in text)
 
 
+def test_response_forward_without_logits_gives_the_same_states_and_runs_no_lm_head(tiny_model):
+    """logits=False (a teacher read only for its states): the same targets and per-layer states as with logits,
+    logits None, and the LM head is never called."""
+    resp = [B.answer_ids(tiny_model, a) for a in ANSWERS[:3]]
+    batch = B.response_batch(tiny_model, [B.text_query(tiny_model, q) for q in QUESTIONS], resp)
+    calls = []
+    hook = tiny_model.llm.get_output_embeddings().register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    with torch.no_grad():
+        full = B.response_forward(tiny_model, batch, hidden_states=True)
+        n_with = len(calls)
+        bare = B.response_forward(tiny_model, batch, hidden_states=True, logits=False)
+    hook.remove()
+    assert bare.logits is None and full.logits is not None and torch.equal(bare.target, full.target)
+    assert all(torch.equal(a, b) for a, b in zip(full.hidden_states, bare.hidden_states))
+    assert n_with == 1 and all(0 in shape for shape in calls[n_with:])  # the head sees no position
+
+
 def test_contrastive_alignment_loss_by_hand():
     """sequence_contrastive_loss == mean over layers and clips of -log softmax_j(cos(s_i, t_j) / tau)[i] computed
     one entry at a time; a second clip of the same question is no candidate (the loss equals the one with that

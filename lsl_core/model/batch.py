@@ -85,34 +85,41 @@ def response_batch(model: LSLM, queries: Sequence[torch.Tensor], responses: Sequ
 
 # --------------------------------------------------------------------------- forward / generate
 class ResponseForward(NamedTuple):
-    """One training forward over a response batch: logits [N, V] float32 that predict the N response tokens, those
-    tokens [N], and (when asked) the LLM's per-layer states, L+1 tensors [B, T, d] (index 0 = input embeddings)."""
+    """One training forward over a response batch: logits [N, V] float32 that predict the N response tokens (None
+    when not asked), those tokens [N], and (when asked) the LLM's per-layer states, L+1 tensors [B, T, d] (index 0
+    = input embeddings)."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     target: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 def response_forward(model: LSLM, batch: PaddedBatch, all_positions: bool = False,
-                     hidden_states: bool = False) -> ResponseForward:
+                     hidden_states: bool = False, logits: bool = True) -> ResponseForward:
     """The logits that predict each response token of a batch built by response_batch, those tokens and, with
     hidden_states, every layer's states of the batch (one forward). The LM head runs only at the positions that
     predict a response token, unless all_positions (or the model class has no transformers `logits_to_keep`):
-    then at every position [B, T, V], the same logits at more cost."""
+    then at every position [B, T, V], the same logits at more cost. Without logits (states only, e.g. a teacher
+    whose next-token distributions no loss reads) it runs at no position where the model class allows."""
     assert batch.labels is not None, "response_forward needs a batch built by response_batch"
     target = batch.labels[:, 1:]  # [B, T-1]: position t predicts token t+1
     keep = target != IGNORE_INDEX  # [B, T-1]
     args = dict(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, use_cache=False, output_hidden_states=hidden_states)
-    if all_positions or not _keeps_logits(model.llm):
+    states = None
+    if not _keeps_logits(model.llm) or (all_positions and logits):
         out = model.llm(**args)
-        logits = out.logits[:, :-1][keep]
+        scores = out.logits[:, :-1][keep] if logits else None
     else:
         pos = keep.any(0).nonzero().flatten()  # [P] positions that predict a response token in some row
+        if not logits:
+            pos = pos[:0]  # an empty index: the LM head runs nowhere
         # the LM head ([d] -> [V]) only at those positions: the template and query positions need no logits
         out = model.llm(**args, logits_to_keep=pos)  # logits [B, P, V]
-        logits = out.logits[keep[:, pos]]
-    return ResponseForward(logits.float(), target[keep], tuple(out.hidden_states) if hidden_states else None)
+        scores = out.logits[keep[:, pos]] if logits else None
+    if hidden_states:
+        states = tuple(out.hidden_states)
+    return ResponseForward(scores.float() if scores is not None else None, target[keep], states)
 
 
 def response_logits(model: LSLM, batch: PaddedBatch, all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -177,7 +177,7 @@ def paired_losses(student: LSLM, teacher: LSLM, speech: Sequence[Tensor], text: 
     resp = [list(r) for r in responses]
     want = align is not None
     with torch.no_grad(), (teacher_context if teacher_context is not None else nullcontext()):
-        t = B.response_forward(teacher, B.response_batch(teacher, list(text), resp), hidden_states=want)
+        t = B.response_forward(teacher, B.response_batch(teacher, list(text), resp), hidden_states=want, logits=kl)
         t_means = span_means(t.hidden_states, len(teacher.prefix_ids), [q.shape[0] for q in text]) if want else None
     s = B.response_forward(student, B.response_batch(student, list(speech), resp), hidden_states=want)
     assert torch.equal(t.target, s.target), "teacher and student batches must hold the same response tokens"
