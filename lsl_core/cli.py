@@ -5,6 +5,7 @@
     evaluate  text vs speech scores, GAP and agreement per voice (experiments.evaluate)
     hearing   word recall of the speech path: words heard in training vs never heard (experiments.hearing)
     closed-vocab  the closed-vocabulary ceiling: answers when unknown words are removed (experiments.closed_vocab)
+    self-cascade  the speech path's own transcript read by the text path (experiments.self_cascade)
     compare   two evaluated checkpoints on the same clips: paired differences (experiments.compare)
     table1    Table 1: speech answers under each intervention (experiments.table1)
     curriculum  agreement, cascade, alignment and GAP per shipped checkpoint, R² (experiments.curriculum)
@@ -36,6 +37,7 @@ COMMANDS = {
     "evaluate": "lsl_core.experiments.evaluate",
     "hearing": "lsl_core.experiments.hearing",
     "closed-vocab": "lsl_core.experiments.closed_vocab",
+    "self-cascade": "lsl_core.experiments.self_cascade",
     "compare": "lsl_core.experiments.compare",
     "table1": "lsl_core.experiments.table1",
     "curriculum": "lsl_core.experiments.curriculum",

@@ -215,7 +215,7 @@ def ceiling_table(closed: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.
     """
     one = closed[closed["condition"] == closed["condition"].iloc[0]]
     speech = one.assign(agreement=one["speech_agreement"], chunks_closed=0).assign(condition=SPEECH_ROW)
-    return _ratio_table(pd.concat([speech, closed], ignore_index=True), unseen_voice)
+    return ratio_table(pd.concat([speech, closed], ignore_index=True), unseen_voice)
 
 
 def coverage_label(never: int) -> str:
@@ -250,10 +250,10 @@ def coverage_table(rows: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.D
     order = [coverage_label(n) for n in (0, 1, 2)]
     bins = both.assign(condition=n_never.map(coverage_label))
     bins = bins.iloc[bins["condition"].map(order.index).argsort(kind="stable")]
-    return _ratio_table(pd.concat([both.assign(condition=SPEECH_ROW), bins], ignore_index=True), unseen_voice)
+    return ratio_table(pd.concat([both.assign(condition=SPEECH_ROW), bins], ignore_index=True), unseen_voice)
 
 
-def _ratio_table(both: pd.DataFrame, unseen_voice: str) -> pd.DataFrame:
+def ratio_table(both: pd.DataFrame, unseen_voice: str) -> pd.DataFrame:
     """headline_intervals per condition x {seen, unseen} of rows (condition, question, voice, agreement,
     cascade_agreement, chunks_closed, chunks), in the rows' order, with closed_share = closed / all chunks."""
     from lsl_core.experiments.evaluate import headline_intervals
@@ -275,13 +275,15 @@ def _ratio_table(both: pd.DataFrame, unseen_voice: str) -> pd.DataFrame:
                   if c in table.columns]]
 
 
-def format_table(table: pd.DataFrame, share: str = "words closed") -> str:
-    """The ceiling (or coverage) table as markdown (percent; ratio as ×); `share` heads closed_share's column."""
-    lines = [f"| what answers | voices | questions | {share} | agreement | cascade | ratio |",
-             "|---|---|--:|--:|--:|--:|--:|"]
+def format_table(table: pd.DataFrame, share: str | None = "words closed") -> str:
+    """The ceiling (or coverage) table as markdown (percent; ratio as ×); `share` heads closed_share's column
+    (None: no such column)."""
+    lines = [f"| what answers | voices | questions |{f' {share} |' if share else ''} agreement | cascade | ratio |",
+             "|---|---|--:|" + ("--:|" if share else "") + "--:|--:|--:|"]
     for _, r in table.iterrows():
-        lines.append(f"| {r['condition']} | {r['voice']} | {r['n_q']} | {100 * r['closed_share']:.0f} % | "
-                     f"{100 * r['agreement']:.1f} [{100 * r['agreement_lo']:.1f}, {100 * r['agreement_hi']:.1f}] | "
+        lines.append(f"| {r['condition']} | {r['voice']} | {r['n_q']} | "
+                     + (f"{100 * r['closed_share']:.0f} % | " if share else "")
+                     + f"{100 * r['agreement']:.1f} [{100 * r['agreement_lo']:.1f}, {100 * r['agreement_hi']:.1f}] | "
                      f"{100 * r['cascade_agreement']:.1f} | "
                      f"{r['ratio']:.2f}× [{r['ratio_lo']:.2f}, {r['ratio_hi']:.2f}] |")
     return "\n".join(lines)
