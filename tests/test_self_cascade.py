@@ -11,7 +11,7 @@ import pytest
 
 from lsl_core.cli import main as cli_main
 from lsl_core.experiments.closed_vocab import SPEECH_ROW, format_table
-from lsl_core.experiments.self_cascade import CONDITION, self_cascade_table
+from lsl_core.experiments.self_cascade import CONDITION, self_cascade_deltas, self_cascade_table
 from lsl_core.scoring import answer_agreement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,8 @@ UNSEEN = "en-gb-scotland"
 def _part(agreement: list[float], name: str) -> pd.DataFrame:
     """Two questions x (en-gb, unseen voice); the real speech answers agree 0.2 / 0.0 / 0.4 / 0.2."""
     return pd.DataFrame({
-        "checkpoint": "ck", "question": ["q1", "q1", "q2", "q2"], "voice": ["en-gb", UNSEEN] * 2,
+        "checkpoint": "ck", "sample_id": ["s1", "s2", "s3", "s4"], "question": ["q1", "q1", "q2", "q2"],
+        "voice": ["en-gb", UNSEEN] * 2,
         "speech_agreement": [0.2, 0.0, 0.4, 0.2], "cascade_agreement": [0.5, 0.25, 0.5, 0.75],
         "agreement": agreement, "condition": CONDITION.format(name=name)})
 
@@ -43,6 +44,18 @@ def test_table_by_hand():
     assert f"| {CONDITION.format(name='b')} | seen | 2 | 30.0 [" in text and "| 0.60× [" in text
 
 
+def test_paired_deltas_by_hand():
+    """Self-cascade − the real speech answers on the same clips, per voice group, by hand from _part."""
+    d = self_cascade_deltas(_part([0.1, 0.3, 0.5, 0.1], "a"), UNSEEN).set_index("voice")
+    assert d.loc["seen", "delta_agreement"] == pytest.approx((0.1 + 0.5) / 2 - (0.2 + 0.4) / 2)
+    unseen = d.loc[UNSEEN]
+    assert unseen["base_agreement"] == pytest.approx(0.1) and unseen["other_agreement"] == pytest.approx(0.2)
+    assert unseen["delta_agreement"] == pytest.approx(0.1)
+    assert unseen["delta_ratio"] == pytest.approx(0.2 / 0.5 - 0.1 / 0.5)
+    assert unseen["delta_cascade_agreement"] == pytest.approx(0.0) and unseen["n_q"] == 2
+    assert unseen["delta_agreement_lo"] <= 0.1 <= unseen["delta_agreement_hi"]
+
+
 def test_self_cascade_command_on_the_shipped_checkpoints(capsys, tmp_path):
     """lora-step2900's stored sd-qa-mini rows, its first question (5 voices): align-step2700 repeats each clip,
     lora-step2900's text path answers the repeat; the answer is the checkpoint's own greedy answer to it."""
@@ -56,6 +69,7 @@ def test_self_cascade_command_on_the_shipped_checkpoints(capsys, tmp_path):
     text = capsys.readouterr().out
     label = CONDITION.format(name="align-step2700")
     assert f"| {SPEECH_ROW} | seen | 1 |" in text and f"| {label} | {UNSEEN} | 1 |" in text
+    assert f"{label} − {SPEECH_ROW}, paired on the same clips:" in text and "| Δ agreement |" in text
     rows = pd.read_parquet(out)
     assert len(rows) == 5 and rows["voice"].nunique() == 5 and (rows["condition"] == label).all()
     assert rows["repeat"].str.strip().str.len().gt(0).all()

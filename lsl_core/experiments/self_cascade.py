@@ -10,9 +10,9 @@ measures what that route could give before anyone trains for it. Each clip is re
 stage's own target, so the repeat-stage checkpoint is the natural transcriber), and the **answerer**
 checkpoint's text path answers that transcript (greedy, as the cascade answers Whisper's). Its agreement with
 the answerer's text answer (token F1, `answer_agreement`) is set against the cascade's on the same clips with
-the paired bootstrap of `headline_intervals`, next to the answerer's real end-to-end speech answers: a route
-through the speech path's own hearing that agrees less than the end-to-end answers do cannot lift them by
-being trained for.
+the paired bootstrap of `headline_intervals`, next to the answerer's real end-to-end speech answers, and
+paired against those answers clip by clip (`compare.paired_difference`): a route through the speech path's own
+hearing that agrees less than the end-to-end answers do cannot lift them by being trained for.
 """
 
 from __future__ import annotations
@@ -65,6 +65,19 @@ def self_cascade_table(parts: list[pd.DataFrame], unseen_voice: str = UNSEEN_VOI
     return ratio_table(both, unseen_voice)
 
 
+def self_cascade_deltas(part: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
+    """One transcriber's self-cascade − the answerer's end-to-end speech answers on the same clips, per voice
+    group: compare.paired_difference with the speech answers as base (one bootstrap replicate draws the same
+    questions for both; Δ cascade is 0 by construction, both read the same cascade answers)."""
+    from lsl_core.experiments.closed_vocab import SPEECH_ROW
+    from lsl_core.experiments.compare import paired_difference
+
+    label = part["condition"].iloc[0]
+    both = pd.concat([part.assign(checkpoint=SPEECH_ROW, agreement=part["speech_agreement"]),
+                      part.assign(checkpoint=label)], ignore_index=True)
+    return paired_difference(both, SPEECH_ROW, label, unseen_voice)
+
+
 def register(subparsers) -> None:
     """Add `self-cascade` to `python -m lsl_core`."""
     p = subparsers.add_parser("self-cascade", help="the speech path's own transcript read by the text path, vs "
@@ -90,7 +103,8 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from lsl_core.data.sets import load_sample_set
-    from lsl_core.experiments.closed_vocab import format_table, stored_rows
+    from lsl_core.experiments.closed_vocab import SPEECH_ROW, format_table, stored_rows
+    from lsl_core.experiments.compare import format_table as compare_table
     from lsl_core.experiments.hearing import lineage
     from lsl_core.model.loading import load_checkpoint
 
@@ -123,6 +137,10 @@ def main(args: argparse.Namespace) -> int:
     print("Agreement with the text answers (%, 95% bootstrap over questions); ratio = / the cascade's on the "
           "same clips:")
     print(format_table(self_cascade_table(parts, args.unseen_voice), share=None))
+    for part in parts:
+        label = part["condition"].iloc[0]
+        print(f"\n{label} − {SPEECH_ROW}, paired on the same clips:")
+        print(compare_table(self_cascade_deltas(part, args.unseen_voice), SPEECH_ROW, "self-cascade"))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pd.concat(parts, ignore_index=True).to_parquet(args.out)
