@@ -106,7 +106,6 @@ def response_forward(model: LSLM, batch: PaddedBatch, all_positions: bool = Fals
     keep = target != IGNORE_INDEX  # [B, T-1]
     args = dict(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, use_cache=False, output_hidden_states=hidden_states)
-    states = None
     if not _keeps_logits(model.llm) or (all_positions and logits):
         out = model.llm(**args)
         scores = out.logits[:, :-1][keep] if logits else None
@@ -117,9 +116,8 @@ def response_forward(model: LSLM, batch: PaddedBatch, all_positions: bool = Fals
         # the LM head ([d] -> [V]) only at those positions: the template and query positions need no logits
         out = model.llm(**args, logits_to_keep=pos)  # logits [B, P, V]
         scores = out.logits[keep[:, pos]] if logits else None
-    if hidden_states:
-        states = tuple(out.hidden_states)
-    return ResponseForward(scores.float() if scores is not None else None, target[keep], states)
+    return ResponseForward(scores.float() if scores is not None else None, target[keep],
+                           tuple(out.hidden_states) if hidden_states else None)
 
 
 def response_logits(model: LSLM, batch: PaddedBatch, all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
