@@ -273,6 +273,20 @@ def test_pickled_lora_is_refused(tiny_parts, tmp_path):
         load_checkpoint(folder, device="cpu")
 
 
+def test_loading_a_lora_checkpoint_is_quiet_and_leaves_the_warning_filters_alone(tiny_parts, tmp_path):
+    """peft reads transformers' deprecated is_gradient_checkpointing on every wrap; that FutureWarning is
+    silenced where lsl_core wraps (quiet_peft_wrap), and only there."""
+    import warnings
+
+    _, folder = _save_checkpoint(tiny_parts, tmp_path / "ck")
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_checkpoint(folder, device="cpu")
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+    assert warnings.filters == before
+
+
 def test_unknown_hub_id_offline(tiny_parts):
     m = CheckpointManifest(name="x", llm="no-such-org/no-such-model-xyz", encoder=str(tiny_parts["encoder"]),
                            strategy="none")

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -259,6 +261,15 @@ def load_adaptor(m: CheckpointManifest, enc_dim: int, llm_dim: int) -> Adaptor:
     return adaptor
 
 
+@contextmanager
+def quiet_peft_wrap():
+    """Wrapping an LLM in peft reads transformers' deprecated `is_gradient_checkpointing`, which warns on every
+    LoRA load (a FutureWarning between the two libraries that no user can act on): silence that one message."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def attach_lora(llm, m: CheckpointManifest):
     """Wrap the LLM with the manifest's peft LoRA adapter (safetensors only)."""
     from peft import PeftModel
@@ -272,7 +283,8 @@ def attach_lora(llm, m: CheckpointManifest):
             "Re-save the adapter with safe_serialization=True."
         )
     try:
-        return PeftModel.from_pretrained(llm, str(p), is_trainable=False).eval()
+        with quiet_peft_wrap():
+            return PeftModel.from_pretrained(llm, str(p), is_trainable=False).eval()
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ManifestError(f"manifest '{m.name}': LoRA adapter at {p} does not fit the LLM ({exc}).") from None
 

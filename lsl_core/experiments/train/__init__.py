@@ -35,7 +35,7 @@ from lsl_core.experiments.train.corpus import MonitorClip, TrainData, TrainExamp
 from lsl_core.experiments.train.state import default_resume_dir
 from lsl_core.experiments.train.trainer import Trainer
 from lsl_core.model.adaptor import with_context
-from lsl_core.model.loading import CheckpointManifest, load_checkpoint, read_manifest
+from lsl_core.model.loading import CheckpointManifest, load_checkpoint, quiet_peft_wrap, read_manifest
 from lsl_core.model.lora_scope import apply_lora_scope
 from lsl_core.model.lslm import LSLM
 
@@ -103,7 +103,8 @@ def attach_trainable_lora(model: LSLM, cfg: TrainConfig, init: CheckpointManifes
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets), bias="none", task_type="CAUSAL_LM")
     try:
-        model.llm = get_peft_model(model.llm, lcfg)
+        with quiet_peft_wrap():
+            model.llm = get_peft_model(model.llm, lcfg)
     except ValueError as exc:
         raise LSLError(f"train config field 'lora_targets' {list(cfg.lora_targets)} does not fit the LLM ({exc}).") from None
     if init is not None and init.lora:
