@@ -88,7 +88,30 @@ def test_self_cascade_refuses_bad_input_before_loading_a_model(capsys):
     assert "--n-questions must be positive" in capsys.readouterr().err
     assert cli_main(["self-cascade", "--checkpoint", ck, "--transcriber", str(ASSETS / "embedded-untrained"),
                      "--results", ".", "--samples", "sd-qa-mini"]) == 2
-    assert "not a trained checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not a trained checkpoint" in err and "--repeat-system" in err
+    assert cli_main(["self-cascade", "--checkpoint", ck, "--repeat-system", "  ", "--results", ".",
+                     "--samples", "sd-qa-mini"]) == 2
+    assert "--repeat-system is empty" in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_lineage_transcribes_with_the_instruction_given(capsys, tmp_path):
+    """--repeat-system lets any checkpoint transcribe (here the untrained embedded one): its repeat is its own
+    greedy output under that instruction."""
+    from lsl_core.data.sets import load_sample_set
+    from lsl_core.experiments.hearing import repeat_outputs
+    from lsl_core.model.loading import load_checkpoint
+
+    tr, system, out = ASSETS / "embedded-untrained", "Say the question again.", tmp_path / "rows.parquet"
+    assert cli_main(["self-cascade", "--checkpoint", str(ASSETS / "qa-lora" / "lora-step2900"), "--transcriber",
+                     str(tr), "--repeat-system", system, "--results", str(ROOT / "assets" / "results"),
+                     "--samples", "sd-qa-mini", "--n-questions", "1", "--repeat-tokens", "4", "--max-new-tokens", "4",
+                     "--out", str(out), "--threads", "2"]) == 0
+    rows = pd.read_parquet(out)
+    by_id = {x.id: x for x in load_sample_set("sd-qa-mini")}
+    first = by_id[rows["sample_id"].iloc[0]]
+    assert repeat_outputs(load_checkpoint(tr), [first], 4, 1, system, progress=False) == [rows["repeat"].iloc[0]]
+    assert f"| {CONDITION.format(name='embedded-untrained')} | {UNSEEN} | 1 |" in capsys.readouterr().out
 
 
 def test_self_cascade_names_rows_the_samples_do_not_hold(capsys, tmp_path):

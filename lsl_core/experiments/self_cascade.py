@@ -7,7 +7,8 @@ Speech LLMs can be taught to transcribe the question before answering it (Speech
 answer then comes from the LLM reading text, its own transcript, instead of from the speech states. This
 measures what that route could give before anyone trains for it. Each clip is repeated, greedy, by a
 **transcriber** checkpoint with the repeat instruction of its lineage (`hearing.repeat_outputs`; the repeat
-stage's own target, so the repeat-stage checkpoint is the natural transcriber), and the **answerer**
+stage's own target, so the repeat-stage checkpoint is the natural transcriber; `--repeat-system` names the
+instruction for a checkpoint this project did not train), and the **answerer**
 checkpoint's text path answers that transcript (greedy, as the cascade answers Whisper's). Its agreement with
 the answerer's text answer (token F1, `answer_agreement`) is set against the cascade's on the same clips with
 the paired bootstrap of `headline_intervals`, next to the answerer's real end-to-end speech answers, and
@@ -88,6 +89,9 @@ def register(subparsers) -> None:
     p.add_argument("--samples", required=True, help="the sample set those rows were evaluated on (its audio)")
     p.add_argument("--transcriber", nargs="+", default=None,
                    help="checkpoint(s) whose repeat is the transcript (default: the answerer itself)")
+    p.add_argument("--repeat-system", default=None,
+                   help="the repeat instruction every transcriber gets (default: the one its training lineage "
+                        "learned; needed for a checkpoint this project did not train, e.g. a public speech LLM)")
     p.add_argument("--n-questions", type=int, default=None, help="only the first N distinct questions (all voices)")
     p.add_argument("--unseen-voice", default=UNSEEN_VOICE, help="the voice held out of training")
     p.add_argument("--max-new-tokens", type=int, default=24, help="greedy answer length (as evaluate's)")
@@ -99,20 +103,32 @@ def register(subparsers) -> None:
     p.set_defaults(func=main)
 
 
+def _learned_system(checkpoint: str) -> str:
+    """The repeat instruction a checkpoint's training lineage learned (hearing.lineage); one without a lineage
+    (untrained, or not trained by this project) is refused with the way out."""
+    from lsl_core.experiments.hearing import lineage
+
+    try:
+        return lineage(checkpoint).repeat_system
+    except LSLError as exc:
+        raise LSLError(f"self-cascade: {exc} Or name the instruction it follows with --repeat-system.") from None
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
 
     from lsl_core.data.sets import load_sample_set
     from lsl_core.experiments.closed_vocab import SPEECH_ROW, format_table, stored_rows
     from lsl_core.experiments.compare import format_table as compare_table
-    from lsl_core.experiments.hearing import lineage
     from lsl_core.model.loading import load_checkpoint
 
     if args.n_questions is not None and args.n_questions <= 0:
         raise LSLError(f"self-cascade: --n-questions must be positive, got {args.n_questions}.")
     transcribers = args.transcriber or [args.checkpoint]
-    systems = [lineage(t).repeat_system for t in transcribers]  # before any model loads: an untrained
-    # checkpoint has no lineage (no repeat instruction it learned)
+    if args.repeat_system is not None and not args.repeat_system.strip():
+        raise LSLError("self-cascade: --repeat-system is empty; give the instruction, or leave it out to use the "
+                       "one each transcriber's training learned.")
+    systems = [args.repeat_system or _learned_system(t) for t in transcribers]  # before any model loads
     answerer = load_checkpoint(args.checkpoint, device=args.device)
     rows = stored_rows(args.results, answerer.name)
     if args.n_questions is not None:
