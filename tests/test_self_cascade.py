@@ -4,6 +4,7 @@ model loads."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -66,8 +67,11 @@ def test_self_cascade_command_on_the_shipped_checkpoints(capsys, tmp_path):
     assert cli_main(["self-cascade", "--checkpoint", str(ck), "--transcriber", str(tr), "--results",
                      str(ROOT / "assets" / "results"), "--samples", "sd-qa-mini", "--n-questions", "1",
                      "--batch-size", "1", "--examples", "1", "--out", str(out), "--threads", "2"]) == 0
-    text = capsys.readouterr().out
-    label = CONDITION.format(name="align-step2700")
+    captured = capsys.readouterr()
+    text, label = captured.out, CONDITION.format(name="align-step2700")
+    # progress: one bar over 5 encoder states + 5 repeats + the distinct repeats answered, ending full
+    bars = [ln for ln in captured.err.replace("\r", "\n").splitlines() if "self-cascade via align-step2700" in ln]
+    assert bars and "answers" in bars[-1] and re.search(r" (\d+)/\1 ", bars[-1])
     assert f"| {SPEECH_ROW} | seen | 1 |" in text and f"| {label} | {UNSEEN} | 1 |" in text
     assert f"{label} − {SPEECH_ROW}, paired on the same clips:" in text and "| Δ agreement |" in text
     rows = pd.read_parquet(out)
@@ -110,7 +114,9 @@ def test_a_checkpoint_without_lineage_transcribes_with_the_instruction_given(cap
     rows = pd.read_parquet(out)
     by_id = {x.id: x for x in load_sample_set("sd-qa-mini")}
     first = by_id[rows["sample_id"].iloc[0]]
-    assert repeat_outputs(load_checkpoint(tr), [first], 4, 1, system, progress=False) == [rows["repeat"].iloc[0]]
+    steps: list[int] = []
+    again = repeat_outputs(load_checkpoint(tr), [first], 4, 1, system, progress=False, on_done=steps.append)
+    assert again == [rows["repeat"].iloc[0]] and sum(steps) == 2  # its encoder state, then its repeat
     assert f"| {CONDITION.format(name='embedded-untrained')} | {UNSEEN} | 1 |" in capsys.readouterr().out
 
 

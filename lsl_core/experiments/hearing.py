@@ -202,10 +202,13 @@ def coverage(questions: list[str], lin: Lineage) -> dict[str, int]:
 
 
 def repeat_outputs(model, samples, max_new_tokens: int = 32, batch_size: int = 16,
-                   system: str = REPEAT_SYSTEM, progress: bool = True) -> list[str]:
+                   system: str = REPEAT_SYSTEM, progress: bool = True,
+                   on_done: Callable[[int], None] | None = None) -> list[str]:
     """Greedy repeat of each sample's speech by the checkpoint (the repeat instruction as system prompt).
 
-    Encoder states come from the on-disk feature cache (the same keys evaluate uses)."""
+    Encoder states come from the on-disk feature cache (the same keys evaluate uses). progress: one bar over
+    both phases (encoder states, then repeats: 2 steps a clip); on_done(n) is told of each n steps done (a
+    caller's own bar)."""
     from tqdm import tqdm
 
     from lsl_core.experiments.evaluate import voice_of
@@ -214,11 +217,23 @@ def repeat_outputs(model, samples, max_new_tokens: int = 32, batch_size: int = 1
     from lsl_core.model.prompt import PromptTemplate
 
     repeat = with_template(model, PromptTemplate(**{**model.template.to_dict(), "system": system}))
+    bar = tqdm(total=2 * len(samples), desc=f"repeat by {model.name}: encoder states", unit="step",
+               disable=not progress, mininterval=5)
+
+    def done(n: int) -> None:
+        bar.update(n)
+        if on_done is not None:
+            on_done(n)
+
     queries = []
-    for s in tqdm(samples, desc="encoder states", unit="clip", disable=not progress, mininterval=5):
+    for s in samples:
         st = B.cached_encoder_states(model.encoder, voice_of(s), s.id, lambda s=s: s.audio, B.audio_key(s.audio))
         queries.append(B.speech_query(model, st))  # [Tq, d]
-    return B.generate_batch(repeat, queries, max_new_tokens, batch_size)
+        done(1)
+    bar.set_description_str(f"repeat by {model.name}: repeats")
+    out = B.generate_batch(repeat, queries, max_new_tokens, batch_size, on_batch=lambda idx, _ids: done(len(idx)))
+    bar.close()
+    return out
 
 
 def recall_rows(outputs: list[str], questions: list[str], voices: list[str], lin: Lineage) -> pd.DataFrame:

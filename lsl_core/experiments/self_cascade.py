@@ -32,15 +32,19 @@ CONDITION = "self-cascade: repeat by {name}, read by the text path"  # a transcr
 
 
 def self_cascade_rows(answerer, transcriber, rows: pd.DataFrame, samples, system: str = REPEAT_SYSTEM,
-                      max_new_tokens: int = 24, repeat_tokens: int = 32, batch_size: int = 16) -> pd.DataFrame:
+                      max_new_tokens: int = 24, repeat_tokens: int = 32, batch_size: int = 16,
+                      progress: bool = False) -> pd.DataFrame:
     """One row per clip: the transcriber's repeat of the clip, the answerer's text-path answer to it and that
     answer's agreement with the answerer's text answer.
 
     rows: the answerer's evaluate rows (sample_id, question, voice, text_answer, agreement, cascade_agreement);
     samples: the Sample of each row, in order (its audio is repeated); system: the repeat instruction (the
     transcriber lineage's, hearing.lineage(...).repeat_system). Columns added: condition, repeat, answer,
-    agreement (the self-cascade's), speech_agreement (the real end-to-end answer's).
+    agreement (the self-cascade's), speech_agreement (the real end-to-end answer's). progress: one bar over the
+    phases (encoder states, repeats, answers to the distinct repeats).
     """
+    from tqdm import tqdm
+
     from lsl_core.experiments.evaluate import text_answers
     from lsl_core.experiments.hearing import repeat_outputs
     from lsl_core.scoring import answer_agreement
@@ -48,8 +52,14 @@ def self_cascade_rows(answerer, transcriber, rows: pd.DataFrame, samples, system
     if len(samples) != len(rows):
         raise LSLError(f"self-cascade: {len(rows)} evaluate rows but {len(samples)} samples; pass the sample set "
                        "the rows were evaluated on.")
-    repeats = repeat_outputs(transcriber, list(samples), repeat_tokens, batch_size, system, progress=False)
-    answers = text_answers(answerer, repeats, max_new_tokens, batch_size)
+    bar = tqdm(total=2 * len(samples), desc=f"self-cascade via {transcriber.name}: repeats", unit="step",
+               disable=not progress)
+    repeats = repeat_outputs(transcriber, list(samples), repeat_tokens, batch_size, system, progress=False,
+                             on_done=bar.update)
+    bar.total += len(set(repeats))
+    bar.set_description_str(f"self-cascade via {transcriber.name}: answers")
+    answers = text_answers(answerer, repeats, max_new_tokens, batch_size, bar.update)
+    bar.close()
     return rows.assign(condition=CONDITION.format(name=transcriber.name), repeat=repeats, answer=answers,
                        speech_agreement=rows["agreement"],
                        agreement=[float(answer_agreement(a, t)) for a, t in zip(answers, rows["text_answer"])])
@@ -146,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
             t, device=args.device)
         with torch.no_grad():
             part = self_cascade_rows(answerer, model, rows, samples, system, args.max_new_tokens,
-                                     args.repeat_tokens, args.batch_size)
+                                     args.repeat_tokens, args.batch_size, progress=True)
         parts.append(part)
         for _, r in part.head(args.examples).iterrows():
             print(f"   [{model.name}] {r['question']} -> {r['repeat']} | {r['answer']}")

@@ -149,9 +149,12 @@ def generate_ids_batch(model: LSLM, queries: Sequence[torch.Tensor], max_new_tok
 
 
 def generate_batch(model: LSLM, queries: Sequence[torch.Tensor], max_new_tokens: int = 32, batch_size: int = 16,
-                   edit: ContextManager | None = None) -> list[str]:
-    """Greedy answers (decoded, stripped) for N queries [Tq_i, d] -> N strings, in input order."""
-    return [model.decode(row) for row in generate_ids_batch(model, queries, max_new_tokens, batch_size, edit)]
+                   edit: ContextManager | None = None,
+                   on_batch: Callable[[list[int], list[list[int]]], None] | None = None) -> list[str]:
+    """Greedy answers (decoded, stripped) for N queries [Tq_i, d] -> N strings, in input order (on_batch: as
+    generate_ids_batch's, for progress)."""
+    ids = generate_ids_batch(model, queries, max_new_tokens, batch_size, edit, on_batch)
+    return [model.decode(row) for row in ids]
 
 
 def answer_ids(model: LSLM, answer: str) -> list[int]:
