@@ -9,7 +9,7 @@ from lsl_core import viz
 from lsl_core.analysis import AnalysisOptions
 from lsl_core.metrics import diagnostics
 from lsl_core.metrics.tokenwise import METRICS
-from ui import alignment, context, controls, errors, export, links, loaders, notes, state, tables
+from ui import alignment, context, controls, errors, export, links, loaders, notes, reproduce, state, tables
 
 LENS_TOP_K = 5
 
@@ -133,6 +133,7 @@ def main() -> None:
         export.table(tables.layer_matrix_table(a, layer, metric), f"matrix_{sample.id}_layer{layer}_{metric}",
                      show=False, caption=f"{a.cos.shape[1] * a.cos.shape[2]} rows: frame, time, token, value.")
     _logit_lens(handle, sel, sample, a, metric, path, lo, hi)
+    reproduce.explorer(sel, handle, sample, a, layer=layer, metric=metric, partners=int(k))
     context.fill_transcript(slot, handle, sel, sample)
 
 

@@ -8,7 +8,7 @@ from lsl_core.errors import LSLError
 from lsl_core.interventions import OPERATIONS, PATH_METRICS, Intervention, ops_help
 from lsl_core.metrics import diagnostics
 from lsl_core.model.families import capabilities, transcript_source
-from ui import context, errors, export, links, loaders, notes, state, tables
+from ui import context, errors, export, links, loaders, notes, reproduce, state, tables
 
 OPS = tuple(OPERATIONS)  # the registry's ops, in its order
 TARGETS = ("Bottom-k", "All")
@@ -45,10 +45,8 @@ def _case_report_button(sel, handle, sample, a, result: dict, applied: str, show
 
     command = None
     if sel.set_spec and sel.upload is None:
-        command = (f"python -m lsl_core report-case --checkpoint {handle.path} --samples {sel.set_spec} "
-                   f"--sample {sample.id} --intervention {applied} --tokens {max_new}"
-                   + ("" if cascade and handle.model.has_asr else " --no-cascade")
-                   + ("" if a.path_method == "argmax" else f" --path {a.path_method}"))
+        command = reproduce.report_command(handle.path, sel.set_spec, sample.id, condition=applied, max_new=max_new,
+                                           cascade=cascade and handle.model.has_asr, path=a.path_method)
 
     def build() -> str:  # runs only when the button is clicked
         return case_report_html(sample, a, result, condition=applied, layer=shown.layer, metric=shown.metric,
@@ -159,6 +157,8 @@ def main() -> None:
     export.figure(viz.token_heatmap(a, shown.layer, shown.metric, edited=edited, title=title),
                   f"heatmap_{a.model}_{sample.id}_{shown.label()}", key="fig_iv_heatmap")
     notes.show(diagnostics.layer_notes(a, shown.layer, shown.metric))
+    reproduce.interventions(sel, handle, sample, a, condition=shown.label(), max_new=int(max_new),
+                            cascade=bool(cascade and handle.model.has_asr))
     context.fill_transcript(slot, handle, sel, sample)
 
 

@@ -1,0 +1,120 @@
+"""'Reproduce this view in Python' (ui/reproduce.py), in AppTest on the tiny world of test_app.py: the code a
+page shows runs as shown and rebuilds what the page shows (the heatmap, the metric cards, the answers), the
+case-report command runs through the CLI, and an uploaded clip gets an explanation instead of code."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import numpy as np
+from test_app import (  # noqa: F401  (fixtures: world, navigation_mode)
+    EXPLORER,
+    INTERVENTIONS,
+    _app,
+    _arr,
+    _run,
+    _texts,
+    _widget,
+    _wav_bytes,
+    navigation_mode,
+    world,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shown_code(at, language: str) -> list[str]:
+    return [c.value for c in at.main.code if c.proto.language == language]
+
+
+def _exec(code: str, monkeypatch) -> dict:
+    """Run a page's snippet as a notebook cell would (Figure.show made a no-op); its namespace."""
+    import plotly.graph_objects as go
+
+    monkeypatch.setattr(go.Figure, "show", lambda self, *a, **k: None)
+    ns: dict = {}
+    exec(compile(code, "<reproduce>", "exec"), ns)  # noqa: S102 - the page's own snippet, under test
+    return ns
+
+
+def test_explorer_snippet_rebuilds_the_page(world, monkeypatch):
+    from lsl_core.viz import VALUE_DIGITS
+
+    at = _app(EXPLORER)
+    _widget(at.slider, "Layer ℓ").set_value(1)
+    _widget(at.radio, "Metric").set_value("distance")
+    _widget(at.radio, "Alignment path").set_value("dtw")
+    _run(at)
+    (code,) = _shown_code(at, "python")
+    assert world["ids"][0] in code and world["roots"]["tiny-step10"] in code and "path='dtw'" in code
+    ns = _exec(code, monkeypatch)
+    a = ns["a"]
+    assert a.path_method == "dtw" and ns["sample"].id == world["ids"][0]
+    page = _heatmap_any(at)
+    np.testing.assert_allclose(_arr(ns["fig"].to_dict()["data"][0]["z"]), _arr(page["data"][0]["z"]), atol=1e-9)
+    np.testing.assert_allclose(_arr(page["data"][0]["z"]), a.dist[1], atol=1e-5)  # layer 1, distance
+    assert f"{a.aps_cos:.{VALUE_DIGITS}f}" == [m for m in at.metric if m.label == "APS (cosine)"][0].value
+    assert np.isfinite(ns["sc"].curve("aps_cos", "specific")).any()
+
+
+def _heatmap_any(at) -> dict:
+    """The frames x tokens heatmap whatever its path method."""
+    from test_app import _figs
+
+    found = [f for f in _figs(at)
+             if any(str(t.get("name", "")).startswith("alignment path i*_j") for t in f["data"])]
+    assert found, "no frames x tokens heatmap on the page"
+    return found[0]
+
+
+def test_interventions_snippet_and_command_give_the_page_answers(world, monkeypatch, tmp_path):
+    at = _app(INTERVENTIONS)
+    _widget(at.number_input, "Max new tokens").set_value(4)
+    _widget(at.checkbox, "Cascade baseline (ASR → LLM)").uncheck()
+    _run(at)
+    at.button(key="iv_run").click()
+    _run(at)
+    (code,) = _shown_code(at, "python")
+    (command,) = _shown_code(at, "bash")
+    assert "'angle:bottom3'" in code and "max_new_tokens=4" in code and "cascade=False" in code
+    ns = _exec(code, monkeypatch)
+    shown = [i.value for i in at.info][:3]  # text, speech, intervened answer cards
+    assert [r["answer"] or "∅ (empty answer)" for r in ns["result"].rows()] == shown
+
+    args = shlex.split(command)
+    assert args[:4] == ["python", "-m", "lsl_core", "report-case"] and "--no-cascade" in args
+    from lsl_core.cli import main
+
+    out = tmp_path / "case.html"
+    assert main([*args[3:], "--out", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    for answer in shown:
+        assert answer.replace("'", "&#x27;") in html
+
+
+def test_upload_explains_instead_of_code(world):
+    at = _app(EXPLORER)
+    _widget(at.sidebar.selectbox, "Sample set").set_value("upload")
+    _run(at)
+    at.sidebar.file_uploader[0].set_value(("clip.wav", _wav_bytes(1.5), "audio/wav"))
+    _widget(at.sidebar.text_input, "Question (what the clip says)").set_value("who wrote hamlet ?")
+    _run(at)
+    _heatmap_any(at)  # the page itself works on the upload
+    assert _shown_code(at, "python") == []
+    assert "An uploaded clip has no path to name here" in _texts(at)
+
+
+def test_paths_inside_the_working_directory_are_relative(monkeypatch):
+    from ui import reproduce
+
+    monkeypatch.chdir(ROOT)
+    ckpt = ROOT / "assets" / "checkpoints" / "embedded-untrained"
+    cmd = reproduce.report_command(ckpt, f"folder:{ROOT / 'my clips'}", "q1", condition="angle:all@2",
+                                   max_new=8, cascade=True, path="dtw")
+    assert shlex.split(cmd) == ["python", "-m", "lsl_core", "report-case", "--checkpoint",
+                                "assets/checkpoints/embedded-untrained", "--samples", "folder:my clips", "--sample",
+                                "q1", "--intervention", "angle:all@2", "--tokens", "8", "--path", "dtw"]
+    outside = reproduce.explorer_code("/elsewhere/ckpt", "sd-qa-mini", "x", path="argmax", layer=3,
+                                      metric="cosine", partners=5)
+    assert "load_checkpoint('/elsewhere/ckpt')" in outside and "load_sample_set('sd-qa-mini')" in outside

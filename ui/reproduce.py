@@ -1,0 +1,127 @@
+"""'Reproduce this view': the library calls (and the CLI command) that compute what a page shows, with the
+page's current model, sample and settings filled in, ready to paste into a notebook.
+
+The pages hold no math; every figure is an `lsl_core` function, so the code shown here is the page's own
+computation. Paths inside the working directory are written relative to it (the README's commands run from
+the repository root), others absolute. An uploaded clip has no path to name: the expander says how to
+get one instead.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import streamlit as st
+
+
+def _path(p: str | Path) -> str:
+    """A path as a notebook started in the current directory reaches it."""
+    p = Path(p).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _set_spec(spec: str) -> str:
+    """A sample-set spec with its folder written as _path writes paths (embedded names stay as they are)."""
+    kind, sep, arg = spec.partition(":")
+    return f"{kind}:{_path(arg)}" if sep and arg and kind in ("folder", "manifest", "voicebench") else spec
+
+
+def _preamble(checkpoint: str | Path, set_spec: str, sample_id: str) -> list[str]:
+    return [
+        f"model = load_checkpoint({_path(checkpoint)!r})",
+        f"samples = load_sample_set({_set_spec(set_spec)!r})",
+        f"sample = samples[{sample_id!r}]",
+    ]
+
+
+def explorer_code(checkpoint: str | Path, set_spec: str, sample_id: str, *, path: str, layer: int, metric: str,
+                  partners: int) -> str:
+    """Python that rebuilds the Sample Explorer's analysis, metric cards, figures and controls."""
+    return "\n".join([
+        "from lsl_core import viz",
+        "from lsl_core.analysis import AnalysisOptions, analyze_sample",
+        "from lsl_core.analysis_controls import sample_controls",
+        "from lsl_core.data.sets import load_sample_set",
+        "from lsl_core.metrics.controls import ControlOptions",
+        "from lsl_core.model.loading import load_checkpoint",
+        "",
+        *_preamble(checkpoint, set_spec, sample_id),
+        f"a = analyze_sample(model, sample, AnalysisOptions(path={path!r}))  # every metric, all layers",
+        "print(a.aps_cos, a.aps_dist, a.spearman_cos, a.consistency)  # the metric cards (per layer: [L+1])",
+        f"fig = viz.token_heatmap(a, {int(layer)}, {metric!r})  # frames x tokens at layer {int(layer)}, with the path",
+        "fig.show()",
+        f"viz.layer_curves(a, current_layer={int(layer)}).show()",
+        f"viz.tokenwise_curves(a, current_layer={int(layer)}).show()",
+        f"sc = sample_controls(model, sample, samples.questions(), ControlOptions(partners={int(partners)}))",
+        "sc.curve('aps_cos', 'specific')  # matched - mismatched, per layer",
+    ]) + "\n"
+
+
+def interventions_code(checkpoint: str | Path, set_spec: str, sample_id: str, *, condition: str, max_new: int,
+                       cascade: bool) -> str:
+    """Python that regenerates the Interventions page's answers side by side."""
+    return "\n".join([
+        "from lsl_core.data.sets import load_sample_set",
+        "from lsl_core.interventions import generate_side_by_side",
+        "from lsl_core.model.loading import load_checkpoint",
+        "",
+        *_preamble(checkpoint, set_spec, sample_id),
+        f"result = generate_side_by_side(model, sample, [{condition!r}], max_new_tokens={int(max_new)}, "
+        f"cascade={bool(cascade)})",
+        "for row in result.rows():  # text, speech, cascade, then the intervened answer",
+        "    print(row['title'], '|', row['answer'], '| agreement with text:', row['agreement'])",
+    ]) + "\n"
+
+
+def report_command(checkpoint: str | Path, set_spec: str, sample_id: str, *, condition: str, max_new: int,
+                   cascade: bool, path: str = "argmax") -> str:
+    """The `report-case` command that writes the Interventions page's case as one HTML file."""
+    args = ["python", "-m", "lsl_core", "report-case", "--checkpoint", _path(checkpoint), "--samples",
+            _set_spec(set_spec), "--sample", sample_id, "--intervention", condition, "--tokens", str(int(max_new))]
+    if not cascade:
+        args.append("--no-cascade")
+    if path != "argmax":
+        args += ["--path", path]
+    return shlex.join(args)
+
+
+def _nameable(sel) -> bool:
+    """Whether the selected sample can be named in code (an uploaded clip has no path)."""
+    return sel.upload is None and bool(sel.set_spec) and sel.set_spec != "upload"
+
+
+def explorer(sel, handle, sample, a, *, layer: int, metric: str, partners: int) -> None:
+    """The Sample Explorer's expander: its analysis, figures and controls as Python."""
+    _show(explorer_code(handle.path, sel.set_spec, sample.id, path=a.path_method, layer=layer, metric=metric,
+                        partners=partners) if _nameable(sel) else None)
+
+
+def interventions(sel, handle, sample, a, *, condition: str, max_new: int, cascade: bool) -> None:
+    """The Interventions page's expander: its generation as Python, the case report as a command."""
+    if not _nameable(sel):
+        _show(None)
+        return
+    _show(interventions_code(handle.path, sel.set_spec, sample.id, condition=condition, max_new=max_new,
+                             cascade=cascade),
+          report_command(handle.path, sel.set_spec, sample.id, condition=condition, max_new=max_new,
+                         cascade=cascade, path=a.path_method))
+
+
+def _show(code: str | None, command: str | None = None) -> None:
+    """An expander with the Python (and the CLI command, when there is one); code None = an uploaded clip."""
+    with st.expander("Reproduce this view in Python", icon=":material/code:"):
+        if code is None:
+            st.caption("An uploaded clip has no path to name here. Put it in a folder with a questions.csv "
+                       "(columns file,question) and open it with load_sample_set('folder:DIR'); the link box in "
+                       "the sidebar downloads the clip and its question.")
+            return
+        st.caption("The page's own library calls with its current model, sample and settings (run from the "
+                   "directory the app was started in).")
+        st.code(code, language="python")
+        if command:
+            st.caption("The same case from the command line, as one HTML report:")
+            st.code(command, language="bash")
