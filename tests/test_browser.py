@@ -192,6 +192,16 @@ def test_user_reaches_heatmap_and_regenerates_with_bottom3_angle(server, shots):
                 path=str(shots / "4_heatmap_edited.png"))
             answers = page.locator('[data-testid="stAlertContentInfo"]').all_inner_texts()[:4]
 
+            # the view as Python: the expander at the page's end holds the calls with these settings
+            page.get_by_text("Reproduce this view in Python").click()
+            code = page.locator('[data-testid="stMain"] [data-testid="stCode"]')
+            expect(code.first).to_be_visible()
+            python, command = code.all_inner_texts()
+            assert "generate_side_by_side(model, sample, ['angle:bottom3'], max_new_tokens=16" in python, python
+            assert "report-case" in command and "--intervention angle:bottom3 --tokens 16" in command, command
+            code.first.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "3b_reproduce_in_python.png"))
+
             # the sidebar's link reopens the same model, sample, layer and intervention in a new session
             page.locator('[data-testid="stSidebar"]').get_by_text("Link to this view").click()
             link = page.locator('[data-testid="stSidebar"] [data-testid="stCode"]').inner_text().strip()
