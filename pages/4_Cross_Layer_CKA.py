@@ -11,7 +11,7 @@ from lsl_core.metrics import diagnostics
 from lsl_core.metrics.cka import MIN_PAIRS
 from lsl_core.metrics.stability import band_location, matrix_correlation
 from lsl_core.metrics.tokenwise import METRICS
-from ui import context, errors, export, loaders, notes, state, tables
+from ui import context, errors, export, loaders, notes, reproduce, state, tables
 
 PATHS = METRICS  # the alignment path is chosen by cosine or by distance
 
@@ -116,6 +116,7 @@ def main() -> None:
     st.header("Averaged over a set")
     if sel.sample_set is None or sel.upload is not None:
         st.info("Choose a sample set (not an upload) in the sidebar to average over several samples.")
+        reproduce.cka(sel, handle, sample, path_metric=path, path_layer=int(path_layer), set_ids=None)
         return
     n_max = len(sel.sample_set)
     c1, c2 = st.columns([1, 3])
@@ -167,6 +168,7 @@ def main() -> None:
                 st.caption("Bands: aligned CKA, 95% bootstrap interval of the mean over samples; pooled CKA, ± 1.96 "
                            "jackknife standard errors over samples (a bootstrap would repeat samples, which biases HSIC).")
     _stability(handle, sel, ids)
+    reproduce.cka(sel, handle, sample, path_metric=path, path_layer=int(path_layer), set_ids=ids)
 
 
 main()

@@ -118,3 +118,33 @@ def test_paths_inside_the_working_directory_are_relative(monkeypatch):
     outside = reproduce.explorer_code("/elsewhere/ckpt", "sd-qa-mini", "x", path="argmax", layer=3,
                                       metric="cosine", partners=5)
     assert "load_checkpoint('/elsewhere/ckpt')" in outside and "load_sample_set('sd-qa-mini')" in outside
+
+
+def test_cka_snippet_rebuilds_the_sample_and_set_matrices(world, monkeypatch):
+    from test_app import CKA, _fig
+
+    from lsl_core.analysis import AnalysisOptions, analyze_sample
+    from test_app import _model, _sample
+
+    model, s = _model(world), _sample(world, world["ids"][0])
+    mats = [analyze_sample(model, s, AnalysisOptions(cka=True, cka_path="distance", cka_path_layer=ell),
+                           cache=False).cka for ell in range(model.num_layers + 1)]
+    # a path layer whose matrix differs from its neighbour's, so the comparison below can tell layers apart
+    layer = next(ell for ell in range(1, len(mats)) if not np.allclose(mats[ell], mats[ell - 1], atol=1e-6))
+    at = _app(CKA)
+    _widget(at.radio, "Alignment path").set_value("distance")
+    _widget(at.slider, "Path taken at layer").set_value(layer)
+    _widget(at.number_input, "Samples").set_value(4)
+    _run(at)
+    at.button(key="cka_run").click()
+    _run(at)
+    (code,) = _shown_code(at, "python")
+    assert f"cka_path='distance', cka_path_layer={layer}," in code and world["ids"][3] in code and world["ids"][4] not in code
+    ns = _exec(code, monkeypatch)
+    for method in ("argmax", "dtw"):
+        page = _fig(at, f"distance {method} path at layer")
+        np.testing.assert_allclose(ns["cka"][method], _arr(page["data"][0]["z"]), atol=1e-9)
+    res = ns["res"]
+    assert res.n == 4
+    np.testing.assert_allclose(res.mean_cka, _arr(_fig(at, "Aligned CKA, mean over 4 samples")["data"][0]["z"]),
+                               atol=1e-9)

@@ -61,6 +61,43 @@ def explorer_code(checkpoint: str | Path, set_spec: str, sample_id: str, *, path
     ]) + "\n"
 
 
+def cka_code(checkpoint: str | Path, set_spec: str, sample_id: str, *, path_metric: str, path_layer: int,
+             set_ids: list[str] | tuple[str, ...] | None) -> str:
+    """Python that rebuilds the Cross-layer CKA page: this sample with the argmax and the DTW path, and the mean
+    over the samples `set_ids` (None: no set part, e.g. for an uploaded clip's page)."""
+    lines = [
+        "from lsl_core import viz",
+        "from lsl_core.analysis import AnalysisOptions, analyze_sample, analyze_set",
+        "from lsl_core.data.sets import load_sample_set",
+        "from lsl_core.metrics.stability import band_location, matrix_correlation",
+        "from lsl_core.model.loading import load_checkpoint",
+        "",
+        *_preamble(checkpoint, set_spec, sample_id),
+        "cka = {}  # [L+1, L+1]: speech layer a x text layer b, tokens paired with frames by the path",
+        "for method in ('argmax', 'dtw'):",
+        f"    options = AnalysisOptions(cka=True, cka_path={path_metric!r}, cka_path_layer={int(path_layer)}, "
+        "path=method)",
+        "    cka[method] = analyze_sample(model, sample, options).cka",
+        "    viz.cka_heatmap(cka[method], f'Aligned cross-layer CKA ({method} path)', "
+        "band=band_location(cka[method])).show()",
+        "print('argmax vs DTW, Pearson r:', matrix_correlation(cka['argmax'], cka['dtw']))",
+    ]
+    if set_ids:
+        lines += [
+            "",
+            f"subset = samples.filter(ids={list(set_ids)!r})",
+            f"res = analyze_set(model, subset, AnalysisOptions(cka=True, cka_path={path_metric!r}, "
+            f"cka_path_layer={int(path_layer)}))",
+            "if res.mean_cka is not None:  # None: no sample had enough aligned token pairs",
+            "    viz.cka_heatmap(res.mean_cka, 'Aligned CKA, mean over the set', low=res.mean_cka_low, "
+            "high=res.mean_cka_high).show()",
+            "if res.pooled_cka is not None:  # None: fewer samples than the pooled CKA needs",
+            "    viz.cka_heatmap(res.pooled_cka, 'Mean-pooled CKA (unaligned)', low=res.pooled_cka_low, "
+            "high=res.pooled_cka_high).show()",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def interventions_code(checkpoint: str | Path, set_spec: str, sample_id: str, *, condition: str, max_new: int,
                        cascade: bool) -> str:
     """Python that regenerates the Interventions page's answers side by side."""
@@ -98,6 +135,12 @@ def explorer(sel, handle, sample, a, *, layer: int, metric: str, partners: int) 
     """The Sample Explorer's expander: its analysis, figures and controls as Python."""
     _show(explorer_code(handle.path, sel.set_spec, sample.id, path=a.path_method, layer=layer, metric=metric,
                         partners=partners) if _nameable(sel) else None)
+
+
+def cka(sel, handle, sample, *, path_metric: str, path_layer: int, set_ids: tuple[str, ...] | None) -> None:
+    """The Cross-layer CKA page's expander: the sample's two CKA matrices and the set's mean as Python."""
+    _show(cka_code(handle.path, sel.set_spec, sample.id, path_metric=path_metric, path_layer=path_layer,
+                   set_ids=set_ids) if _nameable(sel) else None)
 
 
 def interventions(sel, handle, sample, a, *, condition: str, max_new: int, cascade: bool) -> None:
