@@ -139,7 +139,8 @@ def test_cka_snippet_rebuilds_the_sample_and_set_matrices(world, monkeypatch):
     at.button(key="cka_run").click()
     _run(at)
     (code,) = _shown_code(at, "python")
-    assert f"cka_path='distance', cka_path_layer={layer}," in code and world["ids"][3] in code and world["ids"][4] not in code
+    assert f"cka_path='distance', cka_path_layer={layer}," in code
+    assert world["ids"][3] in code and world["ids"][4] not in code  # the set: the first 4 samples
     ns = _exec(code, monkeypatch)
     for method in ("argmax", "dtw"):
         page = _fig(at, f"distance {method} path at layer")
