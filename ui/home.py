@@ -19,6 +19,8 @@ def render() -> None:
     for p in nav.PAGES:
         st.page_link(p.path, label=f"{p.title} — {p.what}")
     st.caption("Figures download from their toolbar (camera icon, PNG); tables from the CSV / JSON buttons. "
+               "The Sample Explorer, Interventions and Cross-layer CKA pages end with *Reproduce this view in "
+               "Python*: the same library calls with the current settings, for a notebook. "
                "The shipped speech is synthetic (espeak-ng voices stand in for accents).")
     sel = context.selection()
     if sel.model_root is None:
