@@ -122,6 +122,7 @@ SCALARS = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist", "spearman_cos
            # path diagnostics (share of layers 1..L; lsl_core.metrics.diagnostics), in newer analyze output
            "collapsed_cos_frac", "collapsed_dist_frac", "spearman_undefined_cos_frac", "spearman_undefined_dist_frac")
 CURVES = ("seq_cos", "seq_dist", "spearman_cos", "spearman_dist", "consistency")
+GAP_X = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist")  # the alignment means the GAP is fitted on
 CHECKPOINT_KEYS = ("checkpoint", "family", "strategy", "step")
 
 

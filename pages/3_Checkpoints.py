@@ -11,10 +11,9 @@ from lsl_core.experiments import closed_vocab, hearing
 from lsl_core.experiments.compare import format_table
 from lsl_core.metrics import diagnostics
 from lsl_core.metrics.gap import gap_r2_table
-from lsl_core.results import ANALYZE_COMMAND, CURVES, EVALUATE_COMMAND, checkpoint_means, gap_table
-from ui import config, context, controls, errors, export, live, loaders, notes, state
+from lsl_core.results import ANALYZE_COMMAND, CURVES, EVALUATE_COMMAND, GAP_X, checkpoint_means, gap_table
+from ui import config, context, controls, errors, export, live, loaders, notes, reproduce, state
 
-X_METRICS = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist")
 GROUPINGS = {"family · strategy": ("family", "strategy"), "family": ("family",)}
 
 
@@ -272,7 +271,7 @@ def main() -> None:
         if table.empty:
             st.info("No checkpoint has both alignment metrics and evaluation results.")
             return
-        fits = pd.concat([gap_r2_table(table, x, by=by, skip_unfit=True) for x in X_METRICS], ignore_index=True)
+        fits = pd.concat([gap_r2_table(table, x, by=by, skip_unfit=True) for x in GAP_X], ignore_index=True)
         cols = st.columns(3)
         for col, x in zip(cols, ("seq_cos_mean", "seq_dist_mean", "aps_cos")):
             with col:
@@ -286,6 +285,8 @@ def main() -> None:
         export.table(fits, "gap_r2")
         export.table(table.drop(columns=[c for c in CURVES if c in table.columns]), "gap_vs_alignment",
                      show=False, caption="GAP and alignment per checkpoint")
+        reproduce.checkpoints(res.folder, [m.name for m in manifests], score=score, voice=voice, by=by,
+                              request=live.live_request("ck", source), set_spec=sel.set_spec)
 
 
 main()

@@ -149,3 +149,54 @@ def test_cka_snippet_rebuilds_the_sample_and_set_matrices(world, monkeypatch):
     assert res.n == 4
     np.testing.assert_allclose(res.mean_cka, _arr(_fig(at, "Aligned CKA, mean over 4 samples")["data"][0]["z"]),
                                atol=1e-9)
+
+
+def _gap_fits_shown(at):
+    """The page's R² table of GAP vs the alignment means (not the controls section's)."""
+    from lsl_core.results import GAP_X
+
+    shown = [d.value for d in at.dataframe if {"metric", "r2"} <= set(d.value.columns)
+             and d.value["metric"].isin(GAP_X).all()]
+    assert len(shown) == 1, "one R² table of GAP vs alignment on the page"
+    return shown[0].reset_index(drop=True)
+
+
+def test_checkpoints_snippet_rebuilds_the_gap_fits(world, monkeypatch, tmp_path):
+    import pandas as pd
+    from test_app import CHECKPOINTS
+
+    from lsl_core.viz import display_table
+
+    at = _app(CHECKPOINTS)
+    _widget(at.radio, "Alignment metrics from").set_value("compute live")
+    _widget(at.number_input, "Samples per checkpoint").set_value(2)
+    _run(at)
+    [btn] = [b for b in at.button if b.label.startswith("Compute alignment")]
+    btn.click()
+    _run(at)
+    _widget(at.radio, "Fit one line per").set_value("family")
+    _run(at)
+    (code,) = _shown_code(at, "python")
+    assert "analyze_checkpoints(" in code and "by = ('family',)" in code
+    assert world["ids"][1] in code and world["ids"][2] not in code  # the live sweep's 2 samples
+    ns = _exec(code, monkeypatch)
+    fits = ns["fits"]
+    assert len(fits) and set(fits["metric"]) <= {"seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist"}
+    pd.testing.assert_frame_equal(display_table(fits).reset_index(drop=True), _gap_fits_shown(at))
+
+    # the same rows stored as `analyze` writes them: the page reads them, and so does its snippet
+    import shutil
+
+    stored = tmp_path / "results"
+    shutil.copytree(world["root"] / "results", stored)
+    ns["rows"].to_parquet(stored / "analysis.parquet", index=False)
+    monkeypatch.setenv("LSL_RESULTS_DIR", str(stored))
+    at = _app(CHECKPOINTS)
+    assert _widget(at.radio, "Alignment metrics from").value == "stored results"
+    _widget(at.radio, "Fit one line per").set_value("family")
+    _run(at)
+    (code,) = _shown_code(at, "python")
+    assert "rows = res.alignment" in code and "analyze_checkpoints(" not in code and str(stored) in code
+    stored_fits = _exec(code, monkeypatch)["fits"]
+    pd.testing.assert_frame_equal(display_table(stored_fits).reset_index(drop=True), _gap_fits_shown(at))
+    pd.testing.assert_frame_equal(stored_fits, fits)  # stored or live, the same rows give the same fits

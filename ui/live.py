@@ -72,3 +72,11 @@ def stored_or_live(spec: LiveTable, sel, manifests, stored: pd.DataFrame | None,
     for note in notes:
         st.warning(note)
     return (rows if len(rows) else None), f"computed live on {len(ids)} samples of {sel.set_spec}"
+
+
+def live_request(key: str, source: str) -> dict | None:
+    """The pressed request {'roots', 'ids'} behind rows that stored_or_live computed live (source as it returned
+    it), None for stored rows: what a reader needs to compute the same rows again."""
+    if not source.startswith("computed live"):
+        return None
+    return st.session_state.get(f"{key}_request")

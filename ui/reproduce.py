@@ -14,6 +14,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from lsl_core.results import GAP_X
+
 
 def _path(p: str | Path) -> str:
     """A path as a notebook started in the current directory reaches it."""
@@ -114,6 +116,49 @@ def interventions_code(checkpoint: str | Path, set_spec: str, sample_id: str, *,
     ]) + "\n"
 
 
+def checkpoints_code(results: str | Path, names: list[str], *, score: str, voice: str, by: tuple[str, ...],
+                     live: tuple[list[str | Path], str, list[str]] | None = None) -> str:
+    """Python that rebuilds the Checkpoints page's GAP-vs-alignment fits (R² per metric and group) from the
+    results folder; live = (checkpoint folders, sample-set spec, sample ids) when the page computed the
+    alignment rows live instead of reading them from the folder."""
+    lines = [
+        "import pandas as pd",
+        "",
+        "from lsl_core import viz",
+        "from lsl_core.metrics.gap import gap_r2_table",
+        "from lsl_core.results import checkpoint_means, gap_table, load_results",
+    ]
+    if live is not None:
+        roots, spec, ids = live
+        lines += [
+            "from lsl_core.analysis import AnalysisOptions",
+            "from lsl_core.data.sets import load_sample_set",
+            "from lsl_core.experiments.analyze import analyze_checkpoints",
+            "from lsl_core.model.loading import read_manifest",
+            "",
+            f"res = load_results({_path(results)!r})  # evaluation results: the GAP",
+            f"manifests = [read_manifest(p) for p in {[_path(r) for r in roots]!r}]",
+            f"samples = load_sample_set({_set_spec(spec)!r}).filter(ids={list(ids)!r})",
+            "rows = analyze_checkpoints(manifests, samples, AnalysisOptions(cka=False)).rows  # alignment, live",
+        ]
+    else:
+        lines += ["", f"res = load_results({_path(results)!r})  # evaluation results (GAP) and alignment rows",
+                  "rows = res.alignment"]
+    lines += [
+        f"names = {list(names)!r}",
+        "means = checkpoint_means(rows[rows['checkpoint'].isin(names)])  # one row per checkpoint",
+        "summary = res.summary[res.summary['checkpoint'].isin(names)]",
+        f"table = gap_table(means, summary, score={score!r}, voice={voice!r})  # GAP beside the alignment means",
+        f"by = {tuple(by)!r}",
+        f"fits = pd.concat([gap_r2_table(table, x, by=by, skip_unfit=True) for x in {GAP_X!r}], "
+        "ignore_index=True)",
+        "print(fits)  # R² of GAP ≈ slope · x + intercept, per metric and group",
+        "viz.gap_scatter(table, 'seq_cos_mean', fits[fits['metric'] == 'seq_cos_mean'], by=by, "
+        f"gap_label='GAP ({score}, text − speech, points)').show()",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def report_command(checkpoint: str | Path, set_spec: str, sample_id: str, *, condition: str, max_new: int,
                    cascade: bool, path: str = "argmax") -> str:
     """The `report-case` command that writes the Interventions page's case as one HTML file."""
@@ -143,6 +188,16 @@ def cka(sel, handle, sample, *, path_metric: str, path_layer: int, set_ids: tupl
                    set_ids=set_ids) if _nameable(sel) else None)
 
 
+def checkpoints(results: str | Path, names: list[str], *, score: str, voice: str, by: tuple[str, ...],
+                request: dict | None, set_spec: str | None) -> None:
+    """The Checkpoints page's expander: its GAP-vs-alignment fits as Python (request: the live sweep's
+    {'roots', 'ids'}, None for stored alignment rows)."""
+    live = (list(request["roots"]), set_spec, list(request["ids"])) if request and set_spec else None
+    _show(checkpoints_code(results, names, score=score, voice=voice, by=by, live=live),
+          caption="The page's own library calls for the GAP-vs-alignment fits, with its checkpoints and settings "
+                  "(run from the directory the app was started in).")
+
+
 def interventions(sel, handle, sample, a, *, condition: str, max_new: int, cascade: bool) -> None:
     """The Interventions page's expander: its generation as Python, the case report as a command."""
     if not _nameable(sel):
@@ -154,7 +209,7 @@ def interventions(sel, handle, sample, a, *, condition: str, max_new: int, casca
                          cascade=cascade, path=a.path_method))
 
 
-def _show(code: str | None, command: str | None = None) -> None:
+def _show(code: str | None, command: str | None = None, *, caption: str | None = None) -> None:
     """An expander with the Python (and the CLI command, when there is one); code None = an uploaded clip."""
     with st.expander("Reproduce this view in Python", icon=":material/code:"):
         if code is None:
@@ -162,8 +217,8 @@ def _show(code: str | None, command: str | None = None) -> None:
                        "(columns file,question) and open it with load_sample_set('folder:DIR'); the link box in "
                        "the sidebar downloads the clip and its question.")
             return
-        st.caption("The page's own library calls with its current model, sample and settings (run from the "
-                   "directory the app was started in).")
+        st.caption(caption or "The page's own library calls with its current model, sample and settings (run from "
+                   "the directory the app was started in).")
         st.code(code, language="python")
         if command:
             st.caption("The same case from the command line, as one HTML report:")
