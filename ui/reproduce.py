@@ -121,20 +121,16 @@ def checkpoints_code(results: str | Path, names: list[str], *, score: str, voice
     """Python that rebuilds the Checkpoints page's GAP-vs-alignment fits (R² per metric and group) from the
     results folder; live = (checkpoint folders, sample-set spec, sample ids) when the page computed the
     alignment rows live instead of reading them from the folder."""
-    lines = [
-        "import pandas as pd",
-        "",
-        "from lsl_core import viz",
-        "from lsl_core.metrics.gap import gap_r2_table",
-        "from lsl_core.results import checkpoint_means, gap_table, load_results",
-    ]
+    imports = ["from lsl_core import viz", "from lsl_core.metrics.gap import gap_r2_table",
+               "from lsl_core.results import checkpoint_means, gap_table, load_results"]
+    if live is not None:
+        imports += ["from lsl_core.analysis import AnalysisOptions", "from lsl_core.data.sets import load_sample_set",
+                    "from lsl_core.experiments.analyze import analyze_checkpoints",
+                    "from lsl_core.model.loading import read_manifest"]
+    lines = ["import pandas as pd", "", *sorted(imports)]
     if live is not None:
         roots, spec, ids = live
         lines += [
-            "from lsl_core.analysis import AnalysisOptions",
-            "from lsl_core.data.sets import load_sample_set",
-            "from lsl_core.experiments.analyze import analyze_checkpoints",
-            "from lsl_core.model.loading import read_manifest",
             "",
             f"res = load_results({_path(results)!r})  # evaluation results: the GAP",
             f"manifests = [read_manifest(p) for p in {[_path(r) for r in roots]!r}]",
