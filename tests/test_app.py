@@ -213,6 +213,16 @@ def _texts(at) -> str:
     return "\n".join(str(p) for p in parts)
 
 
+def _live_alignment(at, n: int):
+    """On the Checkpoints page: compute the alignment live over the first n samples (press the button)."""
+    _widget(at.radio, "Alignment metrics from").set_value("compute live")
+    _widget(at.number_input, "Samples per checkpoint").set_value(n)
+    _run(at)
+    [btn] = [b for b in at.button if b.label.startswith("Compute alignment")]
+    btn.click()
+    return _run(at)
+
+
 def _model(world, name="tiny-step10"):
     from lsl_core.model.loading import load_checkpoint
 
@@ -481,12 +491,7 @@ def test_checkpoints_live_alignment_curves_trends_and_gap_fit(world):
     assert "| +0.0 [+0.0, +0.0] |" in table and "+0.00 [+0.00, +0.00]" in table
     _widget(at.selectbox, "Other checkpoint").set_value(other)
     _run(at)
-    _widget(at.radio, "Alignment metrics from").set_value("compute live")
-    _widget(at.number_input, "Samples per checkpoint").set_value(2)
-    _run(at)
-    [btn] = [b for b in at.button if b.label.startswith("Compute alignment")]
-    btn.click()
-    _run(at)
+    _live_alignment(at, 2)
     assert not [w for w in at.warning if not w.value.startswith("Small n")], [w.value for w in at.warning]
     assert "Small n (2 samples, under 10) for a checkpoint's alignment mean" in _texts(at)
     curves = _fig(at, "per layer — tiny · frozen")

@@ -163,17 +163,11 @@ def _gap_fits_shown(at):
 
 def test_checkpoints_snippet_rebuilds_the_gap_fits(world, monkeypatch, tmp_path):
     import pandas as pd
-    from test_app import CHECKPOINTS
+    from test_app import CHECKPOINTS, _live_alignment
 
     from lsl_core.viz import display_table
 
-    at = _app(CHECKPOINTS)
-    _widget(at.radio, "Alignment metrics from").set_value("compute live")
-    _widget(at.number_input, "Samples per checkpoint").set_value(2)
-    _run(at)
-    [btn] = [b for b in at.button if b.label.startswith("Compute alignment")]
-    btn.click()
-    _run(at)
+    at = _live_alignment(_app(CHECKPOINTS), 2)
     _widget(at.radio, "Fit one line per").set_value("family")
     _run(at)
     (code,) = _shown_code(at, "python")
