@@ -45,8 +45,10 @@ def test_explorer_snippet_rebuilds_the_page(world, monkeypatch):
     _widget(at.slider, "Layer ℓ").set_value(1)
     _widget(at.radio, "Metric").set_value("distance")
     _widget(at.radio, "Alignment path").set_value("dtw")
+    _widget(at.number_input, "Other questions (controls)").set_value(2)  # of 3 others: the choice matters
     _run(at)
     (code,) = _shown_code(at, "python")
+    assert "ControlOptions(partners=2)" in code
     assert world["ids"][0] in code and world["roots"]["tiny-step10"] in code and "path='dtw'" in code
     ns = _exec(code, monkeypatch)
     a = ns["a"]
@@ -55,7 +57,19 @@ def test_explorer_snippet_rebuilds_the_page(world, monkeypatch):
     np.testing.assert_allclose(_arr(ns["fig"].to_dict()["data"][0]["z"]), _arr(page["data"][0]["z"]), atol=1e-9)
     np.testing.assert_allclose(_arr(page["data"][0]["z"]), a.dist[1], atol=1e-5)  # layer 1, distance
     assert f"{a.aps_cos:.{VALUE_DIGITS}f}" == [m for m in at.metric if m.label == "APS (cosine)"][0].value
-    assert np.isfinite(ns["sc"].curve("aps_cos", "specific")).any()
+    from ui.controls import delta  # the card's delta: specific alignment and the mismatched mean
+
+    card = [m for m in at.metric if m.label == "APS (cosine)"][0]
+    assert card.delta and card.delta == delta(ns["sc"], "aps_cos")  # the snippet's controls are the page's
+    assert delta(sample_controls_with(ns, 3), "aps_cos") != card.delta  # a third partner would show otherwise
+
+
+def sample_controls_with(ns: dict, partners: int):
+    """The snippet's clip controls with another number of partner questions."""
+    from lsl_core.analysis_controls import sample_controls
+    from lsl_core.metrics.controls import ControlOptions
+
+    return sample_controls(ns["model"], ns["sample"], ns["samples"].questions(), ControlOptions(partners=partners))
 
 
 def _heatmap_any(at) -> dict:

@@ -77,6 +77,6 @@ def stored_or_live(spec: LiveTable, sel, manifests, stored: pd.DataFrame | None,
 def live_request(key: str, source: str) -> dict | None:
     """The pressed request {'roots', 'ids'} behind rows that stored_or_live computed live (source as it returned
     it), None for stored rows: what a reader needs to compute the same rows again."""
-    if not source.startswith("computed live"):
+    if source.startswith(STORED):
         return None
     return st.session_state.get(f"{key}_request")
