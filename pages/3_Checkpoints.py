@@ -10,7 +10,7 @@ from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.experiments import closed_vocab, hearing
 from lsl_core.experiments.compare import format_table
 from lsl_core.metrics import diagnostics
-from lsl_core.metrics.gap import gap_r2_table
+from lsl_core.metrics.gap import gap_fits
 from lsl_core.results import ANALYZE_COMMAND, CURVES, EVALUATE_COMMAND, GAP_X, checkpoint_means, gap_table
 from ui import config, context, controls, errors, export, live, loaders, notes, reproduce, state
 
@@ -271,7 +271,7 @@ def main() -> None:
         if table.empty:
             st.info("No checkpoint has both alignment metrics and evaluation results.")
             return
-        fits = pd.concat([gap_r2_table(table, x, by=by, skip_unfit=True) for x in GAP_X], ignore_index=True)
+        fits = gap_fits(table, GAP_X, by=by)  # with their null baselines and the training step's own fit
         cols = st.columns(3)
         for col, x in zip(cols, ("seq_cos_mean", "seq_dist_mean", "aps_cos")):
             with col:
@@ -279,9 +279,11 @@ def main() -> None:
                                               gap_label=f"GAP ({score}, text − speech, points)"),
                               f"gap_vs_{x}", key=f"fig_gap_{x}", columns=3)
         if len(fits):
-            notes.show([diagnostics.small_n_note(int(fits["n"].min()), "an R² fit (one point per checkpoint)")])
+            notes.show([diagnostics.small_n_note(int(fits["n"].min()), "an R² fit (one point per checkpoint)"),
+                        diagnostics.r2_null_note(fits)])
         st.markdown("**R² of GAP ≈ slope · x + intercept** (groups with fewer than 3 checkpoints or a constant x "
-                    "are not fitted)")
+                    "are not fitted), with its null baselines")
+        st.caption(notes.GAP_FITS)
         export.table(fits, "gap_r2")
         export.table(table.drop(columns=[c for c in CURVES if c in table.columns]), "gap_vs_alignment",
                      show=False, caption="GAP and alignment per checkpoint")

@@ -170,7 +170,7 @@ def _gap_fits_shown(at):
     from lsl_core.results import GAP_X
 
     shown = [d.value for d in at.dataframe if {"metric", "r2"} <= set(d.value.columns)
-             and d.value["metric"].isin(GAP_X).all()]
+             and d.value["metric"].isin((*GAP_X, "step")).all()]
     assert len(shown) == 1, "one R² table of GAP vs alignment on the page"
     return shown[0].reset_index(drop=True)
 
@@ -189,7 +189,9 @@ def test_checkpoints_snippet_rebuilds_the_gap_fits(world, monkeypatch, tmp_path)
     assert world["ids"][1] in code and world["ids"][2] not in code  # the live sweep's 2 samples
     ns = _exec(code, monkeypatch)
     fits = ns["fits"]
-    assert len(fits) and set(fits["metric"]) <= {"seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist"}
+    assert set(fits["metric"]) - {"step"} and set(fits["metric"]) <= {"seq_cos_mean", "seq_dist_mean", "aps_cos",
+                                                                       "aps_dist", "step"}
+    assert "step" in set(fits["metric"]) and fits[["r2_lo", "r2_hi", "p_perm", "r2_added"]].notna().any().all()
     pd.testing.assert_frame_equal(display_table(fits).reset_index(drop=True), _gap_fits_shown(at))
 
     # the same rows stored as `analyze` writes them: the page reads them, and so does its snippet

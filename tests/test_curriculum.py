@@ -69,6 +69,10 @@ def test_step_spearman_and_r2_ci_on_hand_made_points():
     assert fit["r2_lo"] == pytest.approx(1.0) and fit["r2_hi"] == pytest.approx(1.0)
     noisy = r2_with_ci(x, np.array([0.3, 0.1, 0.5, 0.2, 0.6, 0.1]))
     assert 0.0 <= noisy["r2_lo"] <= noisy["r2"] <= noisy["r2_hi"] <= 1.0
+    assert fit["p_perm"] == pytest.approx(2 / 720) and noisy["p_perm"] > fit["p_perm"]  # 6! pairings, exact
+    assert "r2_added" not in fit
+    step = np.arange(6.0)
+    assert r2_with_ci(x, 1.0 - 2.0 * x, control=step)["r2_added"] == pytest.approx(0.0, abs=1e-9)  # x is the step
 
 
 def _stored(tmp_path):
@@ -121,6 +125,12 @@ def test_table_joins_scores_alignment_and_orders_trajectories(tmp_path):
     expect = np.corrcoef(x, gap)[0, 1] ** 2
     assert r2.loc[("GAP F1 (all voices)", "APS, cosine path"), "r2"] == pytest.approx(expect)
     assert len(cks) == r2.loc[("GAP F1 (all voices)", "APS, cosine path"), "n"]
+    from lsl_core.metrics.gap import r2_added
+
+    base = r2.loc[("GAP F1 (all voices)", "training step (baseline: progress alone)")]  # the baseline row
+    assert base["r2"] == pytest.approx(np.corrcoef(df["step"], gap)[0, 1] ** 2) and pd.isna(base["r2_added"])
+    assert r2.loc[("GAP F1 (all voices)", "APS, cosine path"), "r2_added"] == pytest.approx(
+        r2_added(x, gap, df["step"].to_numpy()))
     sink = {"sink_first_frame": 1.2, "sink_first_frame_layer": 3, "sink_max_frame": 1.9, "sink_prompt0": 40.0,
             "sink_prompt0_layer": 2}
     page = markdown(curriculum_table(tmp_path, {"l2": {"silence_margin_aps": 0.2, **sink}}), r2_table(df),

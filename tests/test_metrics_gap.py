@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,8 @@ import torch
 from reference_metrics import ref_ols
 
 from lsl_core.errors import MetricInputError
-from lsl_core.metrics import LinearFit, fit_gap, gap, gap_r2_table
+from lsl_core.metrics import (LinearFit, diagnostics, fit_gap, gap, gap_fits, gap_r2_table, r2_added, r2_added_interval,
+                              r2_interval, r2_null)
 
 
 def test_gap_is_text_minus_speech_vectorized():
@@ -119,3 +121,107 @@ def test_gap_r2_table_errors_and_skip():
     with pytest.raises(MetricInputError, match="family='tiny'.*at least 3 checkpoints"):
         gap_r2_table(small, "aps_cos")
     assert "tiny" not in gap_r2_table(small, "aps_cos", skip_unfit=True)["family"].tolist()
+
+
+# ------------------------------------------------------------------ null baselines of an R² over checkpoints
+def _ref_r2(x, y) -> float:
+    return ref_ols(list(map(float, x)), list(map(float, y)))[2]
+
+
+def test_r2_interval_equals_a_slow_bootstrap_over_checkpoints():
+    rng = np.random.default_rng(5)
+    x = np.round(rng.normal(size=7), 1)  # ties: some resamples have < 3 distinct x and are skipped
+    y = 0.4 * x + rng.normal(scale=0.5, size=7)
+    draws = np.random.default_rng(11)
+    reps = []
+    for _ in range(300):
+        i = draws.integers(0, 7, 7)
+        if len(set(x[i].tolist())) >= 3:
+            reps.append(_ref_r2(x[i], y[i]))
+    assert len(reps) < 300  # the skip rule was exercised
+    lo, hi = r2_interval(x, y, n_boot=300, seed=11)
+    assert (lo, hi) == (pytest.approx(np.quantile(reps, 0.025)), pytest.approx(np.quantile(reps, 0.975)))
+    line = np.array([0.1, 0.3, 0.2, 0.7, 0.5])
+    assert r2_interval(line, 2.0 - line, n_boot=200) == (pytest.approx(1.0), pytest.approx(1.0))
+
+
+def test_r2_null_enumerates_every_pairing_of_few_checkpoints():
+    x, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.1, 0.25, 0.2, 0.4])
+    null = [_ref_r2(x, y[list(p)]) for p in itertools.permutations(range(4))]
+    observed = _ref_r2(x, y)
+    null95, p = r2_null(x, y, n_perm=2000)  # 4! = 24 <= 2000: exact
+    assert p == pytest.approx(sum(r >= observed - 1e-12 for r in null) / 24)
+    assert null95 == pytest.approx(np.quantile(null, 0.95))
+    # a perfect line over 4 points: only it and its reverse reach R² = 1
+    assert r2_null(x, 3.0 - x)[1] == pytest.approx(2 / 24)
+
+
+def test_r2_null_samples_pairings_of_many_checkpoints():
+    x = np.linspace(0.0, 1.0, 12)
+    null95, p = r2_null(x, 0.5 - x, n_perm=999, seed=3)
+    assert p == pytest.approx(1 / 1000)  # no random pairing of 12 points fits a line as well as the line
+    assert 0.0 < null95 < 0.5  # what an unrelated metric reaches on 12 checkpoints
+    zigzag = np.array([0.0, 1.0] * 6)  # no trend with x: most random pairings fit it as well or better
+    assert r2_null(x, zigzag, n_perm=999, seed=3)[1] > 0.5
+    assert r2_null(x, 0.5 - x, n_perm=999, seed=3) == r2_null(x, 0.5 - x, n_perm=999, seed=3)  # seeded
+
+
+def test_r2_added_is_what_a_metric_explains_beyond_the_control():
+    step = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    wiggle = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+    y = 0.1 * step + 0.05 * wiggle
+    # step and the wiggle explain y exactly: the wiggle adds all that step leaves
+    assert r2_added(wiggle, y, step) == pytest.approx(1.0 - _ref_r2(step, y))
+    assert r2_added(2.0 * step + 1.0, y, step) == pytest.approx(0.0, abs=1e-12)  # a metric that is the step
+    assert r2_added(wiggle, np.full(6, 0.3), step) == 0.0  # a constant GAP: nothing to explain
+    # independent formula: added R² = (1 - R²(y ~ c)) * partial r² of y and x given c
+    rng = np.random.default_rng(2)
+    x, c = rng.normal(size=9), rng.normal(size=9)
+    yy = x + c + rng.normal(size=9)
+
+    def resid(a, b):
+        slope, intercept, _ = ref_ols(list(b), list(a))
+        return a - (slope * b + intercept)
+
+    partial = np.corrcoef(resid(yy, c), resid(x, c))[0, 1] ** 2
+    assert r2_added(x, yy, c) == pytest.approx((1.0 - _ref_r2(c, yy)) * partial)
+    # its CI: r2_added over the same bootstrap resamples as r2_interval's (< 3 distinct x skipped)
+    draws, reps = np.random.default_rng(4), []
+    for _ in range(150):
+        i = draws.integers(0, 9, 9)
+        if len(set(x[i].tolist())) >= 3:
+            reps.append(r2_added(x[i], yy[i], c[i]))
+    assert r2_added_interval(x, yy, c, n_boot=150, seed=4) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))
+    with pytest.raises(MetricInputError, match="control has 5 values"):
+        r2_added(x, yy, c[:5])
+
+
+def test_gap_r2_table_and_gap_fits_carry_the_null_baselines():
+    df = results_table().assign(step=lambda d: d.groupby(["family", "strategy"]).cumcount() * 100)
+    table = gap_r2_table(df, "aps_cos", resamples=200, control="step")
+    assert list(table.columns)[-7:] == ["r2_lo", "r2_hi", "r2_null95", "p_perm", "r2_added", "r2_added_lo",
+                                        "r2_added_hi"]
+    sub = df[(df.family == "qwen") & (df.strategy == "lora")]
+    row = table[(table.family == "qwen") & (table.strategy == "lora")].iloc[0]
+    assert (row.r2_lo, row.r2_hi) == pytest.approx(r2_interval(sub.aps_cos, sub.gap, 200))
+    assert (row.r2_null95, row.p_perm) == pytest.approx(r2_null(sub.aps_cos, sub.gap, 200))
+    assert row.r2_added == pytest.approx(r2_added(sub.aps_cos, sub.gap, sub.step))
+    assert (row.r2_added_lo, row.r2_added_hi) == pytest.approx(r2_added_interval(sub.aps_cos, sub.gap, sub.step, 200))
+    fits = gap_fits(df, ["aps_cos", "missing_metric"], resamples=200)
+    assert fits["metric"].tolist() == ["aps_cos"] * 3 + ["step"] * 3  # metrics present, then the baseline
+    assert fits[fits.metric == "step"]["r2_added"].isna().all()
+    pd.testing.assert_frame_equal(fits[fits.metric == "aps_cos"].reset_index(drop=True), table)
+    assert "step" not in set(gap_fits(df.drop(columns="step"), ["aps_cos"], resamples=0)["metric"])
+    with pytest.raises(MetricInputError, match="no control column 'epoch'"):
+        gap_r2_table(df, "aps_cos", control="epoch")
+
+
+def test_r2_null_note_names_the_fits_at_their_null():
+    fits = pd.DataFrame({"family": ["f", "f", "f"], "strategy": ["lora"] * 3,
+                         "metric": ["aps_cos", "seq_cos_mean", "step"], "r2": [0.9, 0.2, 0.8], "p_perm": [0.01, 0.4, 0.02], "r2_added": [0.2, 0.01, np.nan]})
+    note = diagnostics.r2_null_note(fits)
+    assert note.code == "r2_null"
+    assert "1 of 2 fits are within their permutation null" in note.message and "seq_cos_mean (f · lora)" in note.message
+    assert "1 of 2 add under" in note.message and "aps_cos (f" not in note.message
+    assert diagnostics.r2_null_note(fits.iloc[[0, 2]]) is None  # every fit clears both
+    assert diagnostics.r2_null_note(fits.drop(columns=["p_perm"])) is None  # no null columns: nothing to say

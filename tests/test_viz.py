@@ -127,6 +127,12 @@ def test_gap_scatter_draws_the_fit_and_its_r2():
     frozen = [t for t in fig.data if t.name.startswith("frozen")][0]
     assert "no fit" in frozen.name  # 2 checkpoints cannot be fitted
     assert fig.layout.xaxis.title.text == "APS (cosine)" and "GAP" in fig.layout.yaxis.title.text
+    # with the null baselines (gap_r2_table(resamples=...)) the legend carries the CI and the null
+    nulls = gap_r2_table(df, "aps_cos", skip_unfit=True, resamples=100).iloc[0]
+    named = viz.gap_scatter(df, "aps_cos", gap_r2_table(df, "aps_cos", skip_unfit=True, resamples=100))
+    lora_pts = [t for t in named.data if t.mode == "markers" and t.name.startswith("lora")][0]
+    assert (f"R² = {r2:.3f} [{nulls['r2_lo']:.2f}, {nulls['r2_hi']:.2f}], null 95% {nulls['r2_null95']:.2f} "
+            "(n = 4)") in lora_pts.name
 
 
 def test_cka_heatmap_fixed_scale_and_final_layer_labels():

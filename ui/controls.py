@@ -15,7 +15,7 @@ import streamlit as st
 from lsl_core import viz
 from lsl_core.metrics.controls import METRICS, ControlOptions
 from lsl_core.results import CONTROLS_COMMAND
-from ui import config, errors, export, live, loaders, state, tables
+from ui import config, errors, export, live, loaders, notes, state, tables
 
 EXPLORER_METRICS = ("seq_cos", "aps_cos", "spearman_cos", "consistency", "cka", "seq_dist", "aps_dist",
                     "spearman_dist")
@@ -184,7 +184,8 @@ GAP_X = ("matched_seq_cos", "specific_seq_cos", "matched_aps_cos", "specific_aps
 
 def _gap_fits(rows: pd.DataFrame, summary: pd.DataFrame) -> None:
     """R² of the GAP on the raw (matched) vs the specific alignment and on retrieval, per trajectory."""
-    from lsl_core.metrics.gap import gap_r2_table
+    from lsl_core.metrics import diagnostics
+    from lsl_core.metrics.gap import gap_fits
     from lsl_core.results import controls_means, gap_table
 
     score = st.session_state.get("ck_score", "f1")
@@ -194,11 +195,12 @@ def _gap_fits(rows: pd.DataFrame, summary: pd.DataFrame) -> None:
     if table.empty or not xs:
         st.info("No checkpoint has both controls and evaluation results.")
         return
-    fits = pd.concat([gap_r2_table(table, x, by=("family", "strategy"), skip_unfit=True) for x in xs],
-                     ignore_index=True)
+    fits = gap_fits(table, xs, by=("family", "strategy"))  # with their null baselines and the step's own fit
     if fits.empty:
         st.caption("GAP vs raw and specific alignment: no trajectory has 3 checkpoints with both tables.")
         return
     st.markdown(f"**R² of GAP ({score}, voice '{voice}') on the raw (matched) vs the specific alignment and on "
-                "retrieval**, one fit per trajectory (layer-averaged values)")
+                "retrieval**, one fit per trajectory (layer-averaged values), with their null baselines")
+    st.caption(notes.GAP_FITS)
+    notes.show([diagnostics.r2_null_note(fits)])
     export.table(fits, "gap_r2_controls")

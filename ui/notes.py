@@ -8,7 +8,14 @@ import streamlit as st
 
 ICONS = {"collapsed_path": ":material/compress:", "spearman_undefined": ":material/functions:",
          "cka_undefined": ":material/block:", "cka_few_pairs": ":material/scatter_plot:",
-         "small_n": ":material/group:", "short_speech": ":material/graphic_eq:"}
+         "small_n": ":material/group:", "short_speech": ":material/graphic_eq:", "r2_null": ":material/shuffle:"}
+
+# what the null-baseline columns of a GAP-vs-alignment fit table mean (metrics.gap.gap_fits)
+GAP_FITS = ("r2_lo, r2_hi: bootstrap 95% CI of R² over checkpoints. r2_null95: the R² that 95% of random "
+            "re-pairings of the GAP with the metric stay below; p_perm: the share of re-pairings that reach the "
+            "observed R² (exact for up to 6 checkpoints). Checkpoints of one run are not independent: the GAP and "
+            "every metric trend with training, so the **step** row fits training progress alone and r2_added is "
+            "what a metric explains beyond it, R²(GAP ~ step + x) − R²(GAP ~ step).")
 
 
 def show(notes: Iterable, where=None) -> None:

@@ -121,13 +121,13 @@ def checkpoints_code(results: str | Path, names: list[str], *, score: str, voice
     """Python that rebuilds the Checkpoints page's GAP-vs-alignment fits (R² per metric and group) from the
     results folder; live = (checkpoint folders, sample-set spec, sample ids) when the page computed the
     alignment rows live instead of reading them from the folder."""
-    imports = ["from lsl_core import viz", "from lsl_core.metrics.gap import gap_r2_table",
+    imports = ["from lsl_core import viz", "from lsl_core.metrics.gap import gap_fits",
                "from lsl_core.results import checkpoint_means, gap_table, load_results"]
     if live is not None:
         imports += ["from lsl_core.analysis import AnalysisOptions", "from lsl_core.data.sets import load_sample_set",
                     "from lsl_core.experiments.analyze import analyze_checkpoints",
                     "from lsl_core.model.loading import read_manifest"]
-    lines = ["import pandas as pd", "", *sorted(imports)]
+    lines = sorted(imports)
     if live is not None:
         roots, spec, ids = live
         lines += [
@@ -146,8 +146,7 @@ def checkpoints_code(results: str | Path, names: list[str], *, score: str, voice
         "summary = res.summary[res.summary['checkpoint'].isin(names)]",
         f"table = gap_table(means, summary, score={score!r}, voice={voice!r})  # GAP beside the alignment means",
         f"by = {tuple(by)!r}",
-        f"fits = pd.concat([gap_r2_table(table, x, by=by, skip_unfit=True) for x in {GAP_X!r}], "
-        "ignore_index=True)",
+        f"fits = gap_fits(table, {GAP_X!r}, by=by)  # + null baselines and the training step's own fit",
         "print(fits)  # R² of GAP ≈ slope · x + intercept, per metric and group",
         "viz.gap_scatter(table, 'seq_cos_mean', fits[fits['metric'] == 'seq_cos_mean'], by=by, "
         f"gap_label='GAP ({score}, text − speech, points)').show()",

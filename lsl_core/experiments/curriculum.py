@@ -12,7 +12,8 @@ plus two quantities measured here with each checkpoint, on the first --silence-c
 the APS margin of real clips over an all-zero clip of the same length (`silence_margin`), and whether the
 first speech frames act as an attention sink (`frame_sink`: norm over the median speech-frame norm). Then the
 trajectories' Spearman of step vs agreement and the R² of each alignment metric vs GAP across all
-checkpoints, with a bootstrap 95% CI over checkpoints (`r2_with_ci`).
+checkpoints, with a bootstrap 95% CI over checkpoints, a permutation null and the R² each metric adds
+beyond the training step, whose own fit is the baseline row (`r2_with_ci`).
 
     python -m lsl_core curriculum --results assets/results --zoo assets/checkpoints \\
         --markdown docs/results/curriculum.md
@@ -41,6 +42,8 @@ R2_METRICS = {
     "specific_seq_cos": "specific sequence cosine (matched − mismatched)",
     "silence_margin_aps": "APS margin over silence",
 }
+# the baseline every metric is read against: how much of the GAP training progress alone explains
+R2_BASELINE = {"step": "training step (baseline: progress alone)"}
 GAPS = {"gap_f1": "GAP F1 (all voices)", "gap_answerable": "answerable GAP (all voices)"}
 
 
@@ -108,24 +111,26 @@ def step_spearman(steps: Sequence[float], values: Sequence[float]) -> float:
     return float(spearmanr(steps, values).statistic)
 
 
-def r2_with_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
-    """OLS R² of y on x over checkpoints (lsl_core.metrics.gap.fit_gap) with a percentile bootstrap 95% CI
-    over checkpoints (resamples with fewer than 3 distinct x are skipped)."""
-    from lsl_core.metrics.gap import fit_gap
+def r2_with_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0,
+               control: np.ndarray | None = None) -> dict:
+    """OLS R² of y on x over checkpoints (lsl_core.metrics.gap.fit_gap) with its null baselines: a percentile
+    bootstrap 95% CI over checkpoints (`r2_interval`), the permutation null's 95th percentile and p-value
+    (`r2_null`) and, given a control (the training step), the R² x adds beyond it (`r2_added`).
+    Checkpoints where x or y is missing are dropped."""
+    from lsl_core.metrics.gap import fit_gap, r2_added, r2_added_interval, r2_interval, r2_null
 
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     fit = fit_gap(x, y)
-    rng = np.random.default_rng(seed)
-    reps = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(x), len(x))
-        if len(np.unique(x[i])) < 3:
-            continue
-        reps.append(fit_gap(x[i], y[i]).r2)
-    lo, hi = (np.quantile(reps, [0.025, 0.975]) if reps else (np.nan, np.nan))
-    return {"n": fit.n, "slope": fit.slope, "r2": fit.r2, "r2_lo": float(lo), "r2_hi": float(hi)}
+    lo, hi = r2_interval(x, y, n_boot, seed)
+    null95, p = r2_null(x, y, n_boot, seed)
+    out = {"n": fit.n, "slope": fit.slope, "r2": fit.r2, "r2_lo": lo, "r2_hi": hi, "r2_null95": null95, "p_perm": p}
+    if control is not None:
+        c = np.asarray(control, np.float64)[ok]
+        lo, hi = r2_added_interval(x, y, c, n_boot, seed)
+        out.update(r2_added=r2_added(x, y, c), r2_added_lo=lo, r2_added_hi=hi)
+    return out
 
 
 # =============================================================================== the table
@@ -207,7 +212,8 @@ def trajectories(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def r2_table(df: pd.DataFrame) -> pd.DataFrame:
-    """R² (with bootstrap CI over checkpoints) of every available alignment metric vs each GAP."""
+    """R² (with bootstrap CI over checkpoints, permutation null and what it adds beyond the training step) of
+    every available alignment metric vs each GAP, then the training step's own R² (the baseline)."""
     rows = []
     for g, gname in GAPS.items():
         if g not in df.columns:
@@ -217,11 +223,12 @@ def r2_table(df: pd.DataFrame) -> pd.DataFrame:
             rows.append({"gap": gname, "metric": "every metric",
                          "note": f"the GAP is {100 * values[0]:.1f} for every checkpoint: nothing to explain"})
             continue
-        for m, mname in R2_METRICS.items():
-            if m not in df.columns or df[m].isna().all():
-                continue
+        metrics = [m for m in R2_METRICS if m in df.columns and not df[m].isna().all()]
+        for m in metrics + ([*R2_BASELINE] if metrics else []):  # the baseline only beside a metric
+            mname = {**R2_METRICS, **R2_BASELINE}[m]
+            control = df["step"].to_numpy() if m not in R2_BASELINE else None
             try:
-                fit = r2_with_ci(df[m].to_numpy(), df[g].to_numpy())
+                fit = r2_with_ci(df[m].to_numpy(), df[g].to_numpy(), control=control)
             except Exception as exc:  # noqa: BLE001 - a metric that cannot be fitted is reported, not fatal
                 rows.append({"gap": gname, "metric": mname, "note": str(exc)})
                 continue
@@ -314,18 +321,27 @@ def markdown(df: pd.DataFrame, r2: pd.DataFrame, meta: dict) -> str:
             lines.append(f"| {r['checkpoint']} | {r['sink_first_frame']:.2f} (ℓ{int(r['sink_first_frame_layer'])}) | "
                          f"{r['sink_max_frame']:.2f} | {r['sink_prompt0']:.1f} (ℓ{int(r['sink_prompt0_layer'])}) |")
     lines += ["", f"## Which alignment metric predicts the GAP? (OLS over all {len(df)} checkpoints; R² with a "
-              "bootstrap 95% CI over checkpoints)", ""]
+              "bootstrap 95% CI over checkpoints)", "",
+              "Null baselines: *null 95 %* is the R² that 95 % of random re-pairings of the GAP with the metric "
+              "stay below, *p* the share of re-pairings that reach the observed R²; checkpoints of one curriculum "
+              "are not exchangeable (the GAP and every metric trend with training), so the last rows fit the "
+              "training step itself, and *beyond step* is the R² a metric adds to the step's fit "
+              "(R²(GAP ~ step + metric) − R²(GAP ~ step)).", ""]
     if not any(m in df.columns for m in R2_METRICS):
         return "\n".join(lines + ["No alignment metric in these results (no analysis.parquet next to evaluate's "
                                    "files): `python -m lsl_core analyze --zoo ... --controls --out "
                                    "<results>/analysis.parquet` adds them and these fits."]) + "\n"
-    lines += ["| GAP | alignment metric | n | slope | R² [95% CI] |", "|---|---|--:|--:|--:|"]
+    lines += ["| GAP | alignment metric | n | slope | R² [95% CI] | null 95 % | p | beyond step [95% CI] |",
+              "|---|---|--:|--:|--:|--:|--:|--:|"]
     for _, r in r2.iterrows():
         if "r2" not in r or pd.isna(r.get("r2")):
-            lines.append(f"| {r['gap']} | {r['metric']} | – | – | not fitted: {r.get('note', '')} |")
+            lines.append(f"| {r['gap']} | {r['metric']} | – | – | not fitted: {r.get('note', '')} | | | |")
             continue
-        lines.append(f"| {r['gap']} | {r['metric']} | {int(r['n'])} | {r['slope']:+.3f} | "
-                     f"{r['r2']:.2f} [{r['r2_lo']:.2f}, {r['r2_hi']:.2f}] |")
+        added = ("–" if pd.isna(r.get("r2_added")) else
+                 f"{r['r2_added']:.2f} [{r['r2_added_lo']:.2f}, {r['r2_added_hi']:.2f}]")
+        lines.append(f"| {r['gap']} | {r['metric']} | {int(r['n'])} | {r['slope']:+.3g} | "
+                     f"{r['r2']:.2f} [{r['r2_lo']:.2f}, {r['r2_hi']:.2f}] | {r['r2_null95']:.2f} | "
+                     f"{'< 0.001' if r['p_perm'] < 0.001 else format(r['p_perm'], '.3f')} | {added} |")
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,8 @@ from lsl_core.metrics.cka import (
     pooled_cross_layer_cka,
     unbiased_hsic,
 )
-from lsl_core.metrics.gap import LinearFit, fit_gap, gap, gap_r2_table
+from lsl_core.metrics.gap import (LinearFit, fit_gap, gap, gap_fits, gap_r2_table, r2_added, r2_added_interval,
+                                  r2_interval, r2_null)
 from lsl_core.metrics.norms import mean_token_norm, norm_ratio, standardized_distance, token_norms
 from lsl_core.metrics.stability import CKAConfig, StabilitySummary, default_configs, stability_summary
 from lsl_core.metrics.sequence import (
@@ -71,6 +72,11 @@ __all__ = [
     "fit_gap",
     "gap",
     "gap_r2_table",
+    "gap_fits",
+    "r2_interval",
+    "r2_null",
+    "r2_added",
+    "r2_added_interval",
     "layer_average",
     "linear_cka",
     "linear_cka_gram",

@@ -17,6 +17,9 @@ one named constant below; `docs/diagnostics.md` lists them for readers.
                                                        unrelated representations).
     small n             a comparison (two bars, a GAP, a Δ vs Original, a fit) over fewer than
                         SMALL_N samples per group: read its 95% interval, not its point value.
+    R² at its null      a GAP-vs-alignment fit whose permutation p >= R2_ALPHA (a randomly re-paired
+                        metric fits as well), or that adds under R2_ADDED_MIN to the training step's
+                        own fit (the metric tracks training progress, not the GAP beyond it).
 
 Shapes: L+1 layers, Tt text tokens. Paths are integer frame indices [L+1, Tt] (argmax or DTW).
 """
@@ -36,6 +39,8 @@ COLLAPSE_SHARE = 0.75  # >= 3/4 of the tokens on those frames = collapsed (a spr
 MIN_TOKENS_COLLAPSE = 4  # below this, 2 frames hold >= half the tokens by construction: no judgement
 CKA_FEW_PAIRS = 10  # aligned CKA over fewer token pairs is shown with a small-n caution
 SMALL_N = 10  # samples per group below which a comparison is flagged "small n"
+R2_ALPHA = 0.05  # a GAP fit with permutation p at or above this is within its null
+R2_ADDED_MIN = 0.05  # a GAP fit that adds less R² than this to the training step's fit says nothing beyond it
 
 Severity = Literal["warning", "info"]
 
@@ -100,7 +105,7 @@ def small_n(n: int, minimum: int = SMALL_N) -> bool:
 class Note:
     """One diagnostic to show beside a number: a stable code (tests, filters) and a sentence for readers."""
 
-    code: str  # collapsed_path | spearman_undefined | cka_undefined | cka_few_pairs | small_n | short_speech
+    code: str  # collapsed_path | spearman_undefined | cka_undefined | cka_few_pairs | small_n | short_speech | r2_null
     message: str
     severity: Severity = "warning"
 
@@ -192,6 +197,33 @@ def set_notes(rows) -> list[Note]:
 
 
 # =============================================================================== what an analysis carries
+def r2_null_note(fits, control: str = "step") -> Note | None:
+    """One note over a gap_r2_table / gap_fits table (columns metric, r2, p_perm, r2_added; groups in any
+    other columns): the fits within their permutation null, and those that add under R2_ADDED_MIN to the
+    control's own fit. None when every fit clears both (or the table has no null columns)."""
+    if fits is None or not len(fits) or "p_perm" not in fits.columns:
+        return None
+    groups = [c for c in fits.columns if c in ("family", "strategy")]
+
+    def name(r) -> str:
+        return f"{r['metric']}" + (f" ({' · '.join(str(r[c]) for c in groups)})" if groups else "")
+
+    metrics = fits[fits["metric"] != control]
+    at_null = [name(r) for _, r in metrics.iterrows() if r["p_perm"] >= R2_ALPHA]
+    flat = ([name(r) for _, r in metrics.iterrows() if r["r2_added"] < R2_ADDED_MIN]
+            if "r2_added" in metrics.columns else [])
+    parts = []
+    if at_null:
+        parts.append(f"{len(at_null)} of {len(metrics)} fits are within their permutation null (p ≥ {R2_ALPHA}: a "
+                     f"randomly re-paired metric fits as well): {', '.join(at_null)}")
+    if flat:
+        parts.append(f"{len(flat)} of {len(metrics)} add under {R2_ADDED_MIN} R² to the {control}'s own fit (they "
+                     f"track training progress, not the GAP beyond it): {', '.join(flat)}")
+    if not parts:
+        return None
+    return Note("r2_null", "; ".join(parts) + ".", "info")
+
+
 def path_diagnostics(path_cos, path_dist) -> dict[str, np.ndarray]:
     """The per-layer diagnostic arrays a SampleAnalysis carries (field name -> [L+1] array)."""
     return {
@@ -204,4 +236,5 @@ def path_diagnostics(path_cos, path_dist) -> dict[str, np.ndarray]:
 
 __all__ = ["COLLAPSE_TOP_FRAMES", "COLLAPSE_SHARE", "MIN_TOKENS_COLLAPSE", "CKA_FEW_PAIRS", "CKA_MIN_PAIRS", "SMALL_N",
            "Note", "top_frames_share", "collapsed_path", "spearman_undefined", "cka_pairs_status", "small_n",
-           "layer_notes", "sample_notes", "cka_note", "small_n_note", "set_notes", "path_diagnostics"]
+           "layer_notes", "sample_notes", "cka_note", "small_n_note", "set_notes", "path_diagnostics",
+           "R2_ALPHA", "R2_ADDED_MIN", "r2_null_note"]

@@ -5,11 +5,24 @@
     R² = 1 - SS_res / SS_tot
 
 A negative slope with high R² says: the better speech and text align, the smaller the gap.
+
+Checkpoints of one training run are not independent draws: anything that improves with training fits
+the GAP of that run, so an R² is read next to its null baselines (`gap_r2_table(resamples=...,
+control="step")`):
+
+    r2_interval   percentile bootstrap 95% CI of R² over checkpoints
+    r2_null       the R² that GAP reaches with a randomly re-paired metric (95th percentile) and the
+                  permutation p-value of the observed R²
+    r2_added      R²(GAP ~ control + x) - R²(GAP ~ control): what x explains beyond a control such as
+                  the training step (the GAP's own trend with training); its CI: r2_added_interval
+
 Statistics in float64 (numpy).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from lsl_core.errors import MetricInputError
+from lsl_core.metrics.stats import N_BOOT, SEED
 
 MIN_POINTS = 3  # a line through 2 points always fits perfectly (R² = 1 says nothing)
 
@@ -85,12 +99,128 @@ def fit_gap(x: Any, gap: Any) -> LinearFit:
     return LinearFit(slope=slope, intercept=intercept, r2=r2, n=n)
 
 
+def _r2_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """R² of one-predictor OLS fits, row by row: x [B, n], y [B, n] -> [B] (= squared Pearson r;
+    0.0 where y is constant, NaN where x is)."""
+    dx = x - x.mean(axis=1, keepdims=True)
+    dy = y - y.mean(axis=1, keepdims=True)
+    sxx, syy, sxy = (dx * dx).sum(1), (dy * dy).sum(1), (dx * dy).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = sxy * sxy / (sxx * syy)
+    r2[syy == 0.0] = 0.0
+    r2[sxx == 0.0] = np.nan
+    return np.clip(r2, 0.0, 1.0)
+
+
+def _pairs(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """x, y -> float64 [n] each, checked as fit_gap checks them (n >= 3, finite, x not constant)."""
+    fit_gap(x, y)
+    return np.asarray(x, dtype=np.float64).reshape(-1), np.asarray(y, dtype=np.float64).reshape(-1)
+
+
+def _resamples(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Bootstrap resamples of n checkpoints: [B, n] indices, one `rng.integers(0, n, n)` per resample
+    (seeded), keeping those with at least 3 distinct x (a slope needs them)."""
+    n = x.size
+    rng = np.random.default_rng(seed)
+    idx = np.stack([rng.integers(0, n, n) for _ in range(n_boot)]) if n_boot else np.zeros((0, n), int)
+    distinct = 1 + (np.diff(np.sort(x[idx], axis=1), axis=1) != 0).sum(axis=1)
+    return idx[distinct >= MIN_POINTS]
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    if not values.size:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def r2_interval(x: Any, gap: Any, n_boot: int = N_BOOT, seed: int = SEED) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of the fit's R² over checkpoints: x [n], gap [n] -> (lo, hi).
+
+    Each resample draws n checkpoints with replacement (`rng.integers(0, n, n)` per resample, seeded);
+    resamples with fewer than 3 distinct x (no slope) are skipped; (NaN, NaN) when none is left.
+    """
+    xv, yv = _pairs(x, gap)
+    idx = _resamples(xv, n_boot, seed)
+    return _interval(_r2_rows(xv[idx], yv[idx]))
+
+
+def r2_null(x: Any, gap: Any, n_perm: int = N_BOOT, seed: int = SEED) -> tuple[float, float]:
+    """The R² a metric unrelated to the GAP reaches on these checkpoints: GAP re-paired with x at random.
+
+    x [n], gap [n] -> (null95, p): the 95th percentile of the permutation R² and the permutation p-value
+    of the observed R² (share of pairings whose R² is at least as high). Every pairing is enumerated
+    when n! <= n_perm (exact p, the observed pairing included); otherwise n_perm random ones, p =
+    (1 + hits) / (1 + n_perm). Exchangeable checkpoints are assumed: along one run both x and GAP
+    trend with training, so read p next to `r2_added(..., control=step)`.
+    """
+    xv, yv = _pairs(x, gap)
+    n = xv.size
+    observed = float(_r2_rows(xv[None], yv[None])[0])
+    if math.factorial(n) <= n_perm:
+        perms = np.array(list(itertools.permutations(range(n))))
+        null = _r2_rows(np.broadcast_to(xv, perms.shape), yv[perms])
+        p = float(np.mean(null >= observed - 1e-12))
+    else:
+        rng = np.random.default_rng(seed)
+        perms = rng.permuted(np.tile(np.arange(n), (n_perm, 1)), axis=1)
+        null = _r2_rows(np.broadcast_to(xv, perms.shape), yv[perms])
+        p = float((1 + np.sum(null >= observed - 1e-12)) / (1 + n_perm))
+    return float(np.quantile(null, 0.95)), p
+
+
+def _r2_added(x: np.ndarray, y: np.ndarray, c: np.ndarray) -> float:
+    dy = y - y.mean()
+    ss_tot = float(dy @ dy)
+    if ss_tot == 0.0:
+        return 0.0
+
+    def r2(*columns: np.ndarray) -> float:
+        design = np.column_stack([np.ones_like(y), *columns])
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        res = y - design @ coef
+        return 1.0 - float(res @ res) / ss_tot
+
+    return float(np.clip(r2(c, x) - r2(c), 0.0, 1.0))
+
+
+def _control(control: Any, x: np.ndarray) -> np.ndarray:
+    cv = np.asarray(control, dtype=np.float64).reshape(-1)
+    if cv.shape != x.shape or not np.isfinite(cv).all():
+        raise MetricInputError(f"control has {cv.size} values (or NaN/inf) for {x.size} checkpoints; "
+                               "give one finite control value per checkpoint.")
+    return cv
+
+
+def r2_added(x: Any, gap: Any, control: Any) -> float:
+    """R² that x adds to an OLS of the GAP on `control` (e.g. the training step): x, gap, control [n] ->
+    R²(gap ~ 1 + control + x) - R²(gap ~ 1 + control), in [0, 1]; 0.0 for a constant GAP.
+
+    Near 0: x explains nothing the GAP's own trend with the control does not; near R²(gap ~ x): the
+    control explains none of what x does.
+    """
+    xv, yv = _pairs(x, gap)
+    return _r2_added(xv, yv, _control(control, xv))
+
+
+def r2_added_interval(x: Any, gap: Any, control: Any, n_boot: int = N_BOOT, seed: int = SEED) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of `r2_added` over checkpoints, on r2_interval's resamples -> (lo, hi)."""
+    xv, yv = _pairs(x, gap)
+    cv = _control(control, xv)
+    return _interval(np.array([_r2_added(xv[i], yv[i], cv[i]) for i in _resamples(xv, n_boot, seed)]))
+
+
 def gap_r2_table(
     df: pd.DataFrame,
     metric: str,
     gap: str = "gap",
     by: Sequence[str] = ("family", "strategy"),
     skip_unfit: bool = False,
+    *,
+    resamples: int = 0,
+    control: str | None = None,
+    seed: int = SEED,
 ) -> pd.DataFrame:
     """One OLS fit of column `gap` on column `metric` per group of `by` (rows = checkpoints).
 
@@ -98,6 +228,10 @@ def gap_r2_table(
     in sorted group order; the "metric" column holds the metric's column name, so tables of
     several metrics can be concatenated. A group that cannot be fitted (n < 3, constant metric,
     NaN) raises MetricInputError naming the group, or is left out with skip_unfit=True.
+
+    Null baselines: resamples > 0 adds r2_lo, r2_hi (`r2_interval`) and r2_null95, p_perm (`r2_null`),
+    each with that many resamples; control (a column, e.g. "step") adds r2_added (`r2_added`; NaN on
+    the control's own row) and, with resamples, its CI r2_added_lo, r2_added_hi (`r2_added_interval`).
     """
     by = [by] if isinstance(by, str) else list(by)
     missing = [c for c in (*by, metric, gap) if c not in df.columns]
@@ -106,7 +240,13 @@ def gap_r2_table(
             f"The results table has no column(s) {missing}; available: {list(df.columns)}. "
             "Pick the metric and grouping from those columns."
         )
+    if control is not None and control not in df.columns:
+        raise MetricInputError(f"The results table has no control column {control!r}; available: "
+                               f"{list(df.columns)}.")
     columns = [*by, "metric", "n", "slope", "intercept", "r2"]
+    columns += ["r2_lo", "r2_hi", "r2_null95", "p_perm"] if resamples > 0 else []
+    columns += ["r2_added"] if control is not None else []
+    columns += ["r2_added_lo", "r2_added_hi"] if control is not None and resamples > 0 else []
     groups = [((), df)] if not by else df.groupby(by, sort=True, dropna=False)
     rows = []
     for key, group in groups:
@@ -118,5 +258,41 @@ def gap_r2_table(
                 continue
             label = ", ".join(f"{c}={k!r}" for c, k in zip(by, key)) or "all rows"
             raise MetricInputError(f"Group {label}: {exc}") from None
-        rows.append([*key, metric, fit.n, fit.slope, fit.intercept, fit.r2])
+        row = [*key, metric, fit.n, fit.slope, fit.intercept, fit.r2]
+        x, y = group[metric].to_numpy(), group[gap].to_numpy()
+        if resamples > 0:
+            row += [*r2_interval(x, y, resamples, seed), *r2_null(x, y, resamples, seed)]
+        if control is not None:
+            c = group[control].to_numpy()
+            own = control == metric  # the baseline's own row: nothing to add
+            row.append(float("nan") if own else r2_added(x, y, c))
+            if resamples > 0:
+                row += [float("nan")] * 2 if own else [*r2_added_interval(x, y, c, resamples, seed)]
+        rows.append(row)
     return pd.DataFrame(rows, columns=columns)
+
+
+def gap_fits(
+    df: pd.DataFrame,
+    metrics: Sequence[str],
+    gap: str = "gap",
+    by: Sequence[str] = ("family", "strategy"),
+    *,
+    control: str | None = "step",
+    resamples: int = N_BOOT,
+    seed: int = SEED,
+) -> pd.DataFrame:
+    """GAP vs each alignment metric with its null baselines, as the Checkpoints page shows them.
+
+    df: one row per checkpoint (results.gap_table). -> gap_r2_table rows of every metric present in df,
+    then the control's own fit (the baseline: how much of the GAP training progress alone explains),
+    with r2_lo/r2_hi/r2_null95/p_perm (`resamples`) and r2_added over the control; groups that cannot be
+    fitted are left out. Without a `control` column in df the control is dropped.
+    """
+    control = control if control is not None and control in df.columns else None
+    xs = [m for m in metrics if m in df.columns and m != control] + ([control] if control else [])
+    tables = [gap_r2_table(df, x, gap, by, skip_unfit=True, resamples=resamples, control=control, seed=seed)
+              for x in xs]
+    if not tables:
+        return pd.DataFrame()
+    return pd.concat([t for t in tables if len(t)] or tables[:1], ignore_index=True)

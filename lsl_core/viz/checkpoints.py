@@ -106,6 +106,13 @@ def trend_curves(df: pd.DataFrame, y: str, *, x: str = "step", group: str = "tra
     return fig
 
 
+def _r2_ci(fit_row) -> str:
+    """' [lo, hi], null 95% q' of a fit row with gap_r2_table's null columns, else ''."""
+    if "r2_lo" not in fit_row or pd.isna(fit_row["r2_lo"]):
+        return ""
+    return f" [{fit_row['r2_lo']:.2f}, {fit_row['r2_hi']:.2f}], null 95% {fit_row['r2_null95']:.2f}"
+
+
 def gap_scatter(df: pd.DataFrame, x: str, fits: pd.DataFrame | None = None, *, gap: str = "gap",
                 by: Sequence[str] = ("family", "strategy"), label: str = "checkpoint",
                 gap_label: str = "GAP (text − speech score, percentage points)", title: str | None = None,
@@ -114,7 +121,8 @@ def gap_scatter(df: pd.DataFrame, x: str, fits: pd.DataFrame | None = None, *, g
 
     df: one row per checkpoint with columns x, gap, `label` and the `by` columns. fits: the output of
     metrics.gap.gap_r2_table (columns *by, slope, intercept, r2, n); each group's line is drawn over
-    its x range and its R² is shown in the legend. Groups take their strategy's style (strategy_style);
+    its x range and its R² is shown in the legend (with its bootstrap CI and permutation null when fits
+    has them: gap_r2_table(resamples=...)). Groups take their strategy's style (strategy_style);
     legend names show only the `by` values that differ between groups. gap_scale: the GAP (a
     difference of fractions) is drawn in percentage points (100); R² does not depend on it.
     """
@@ -141,8 +149,8 @@ def gap_scatter(df: pd.DataFrame, x: str, fits: pd.DataFrame | None = None, *, g
                     fm &= (fits[c] == v).to_numpy()
             if fm.any():
                 fit_row = fits[fm].iloc[0]
-        legend = name + (f": R² = {fit_row['r2']:.3f} (n = {int(fit_row['n'])})" if fit_row is not None
-                         else " (no fit: < 3 checkpoints or constant x)")
+        legend = name + (f": R² = {fit_row['r2']:.3f}{_r2_ci(fit_row)} (n = {int(fit_row['n'])})"
+                         if fit_row is not None else " (no fit: < 3 checkpoints or constant x)")
         fig.add_trace(go.Scatter(
             x=sub[x], y=gap_scale * sub[gap], mode="markers", name=legend, legendgroup=name,
             marker=dict(symbol=styles[k].symbol, size=11, color=styles[k].color, line=dict(color="black", width=1)),
