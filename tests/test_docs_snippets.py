@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def _run(code: str, name: str, monkeypatch) -> dict:
 
 
 def test_the_documented_blocks_are_the_ones_checked_below():
-    assert [f for f, _ in BLOCKS] == ["README.md", "docs/controls.md"]
+    assert [f for f, _ in BLOCKS] == ["README.md", "docs/controls.md", "docs/controls.md"]
 
 
 def test_readme_notebook_block(monkeypatch):
@@ -61,3 +62,20 @@ def test_controls_notebook_block(monkeypatch, capsys):
     # 20 candidates: the clip's own question and 19 others
     assert table["chance_top1"].tolist() == pytest.approx([1 / 20] * len(table))
     assert ns["sc"].curve("aps_cos", "specific").shape == (L + 1,)
+
+
+def test_gap_fits_block(monkeypatch):
+    """The controls page's GAP-fits block: the shipped checkpoints' fits, the step row last, each row's R² the
+    OLS of the GAP on that column, the null columns filled."""
+    from lsl_core.metrics.gap import fit_gap
+
+    file, code = BLOCKS[2]
+    ns = _run(code, file, monkeypatch)
+    table = ns["table"]
+    fits = ns["gap_fits"](table, ["seq_cos_mean", "aps_cos"], by=())
+    assert fits["metric"].tolist() == ["seq_cos_mean", "aps_cos", "step"]
+    assert (fits["n"] == len(table)).all() and len(table) >= 16  # every shipped checkpoint
+    for _, r in fits.iterrows():
+        assert r["r2"] == pytest.approx(fit_gap(table[r["metric"]], table["gap"]).r2)
+        assert r["r2_lo"] <= r["r2"] <= r["r2_hi"] and 0.0 <= r["p_perm"] <= 1.0
+    assert fits["r2_added"].iloc[:2].notna().all() and pd.isna(fits["r2_added"].iloc[2])

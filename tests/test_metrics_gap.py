@@ -132,6 +132,9 @@ def test_r2_interval_equals_a_slow_bootstrap_over_checkpoints():
     rng = np.random.default_rng(5)
     x = np.round(rng.normal(size=7), 1)  # ties: some resamples have < 3 distinct x and are skipped
     y = 0.4 * x + rng.normal(scale=0.5, size=7)
+    shuffled = rng.permutation(7)
+    order = np.lexsort((y, x))  # checkpoints are resampled in one canonical order: by x, then y
+    x, y = x[order], y[order]
     draws = np.random.default_rng(11)
     reps = []
     for _ in range(300):
@@ -141,6 +144,7 @@ def test_r2_interval_equals_a_slow_bootstrap_over_checkpoints():
     assert len(reps) < 300  # the skip rule was exercised
     lo, hi = r2_interval(x, y, n_boot=300, seed=11)
     assert (lo, hi) == (pytest.approx(np.quantile(reps, 0.025)), pytest.approx(np.quantile(reps, 0.975)))
+    assert r2_interval(x[shuffled], y[shuffled], n_boot=300, seed=11) == (lo, hi)  # however they are listed
     line = np.array([0.1, 0.3, 0.2, 0.7, 0.5])
     assert r2_interval(line, 2.0 - line, n_boot=200) == (pytest.approx(1.0), pytest.approx(1.0))
 
@@ -152,6 +156,7 @@ def test_r2_null_enumerates_every_pairing_of_few_checkpoints():
     null95, p = r2_null(x, y, n_perm=2000)  # 4! = 24 <= 2000: exact
     assert p == pytest.approx(sum(r >= observed - 1e-12 for r in null) / 24)
     assert null95 == pytest.approx(np.quantile(null, 0.95))
+    assert r2_null(x[::-1], y[::-1], n_perm=2000) == (null95, p)
     # a perfect line over 4 points: only it and its reverse reach R² = 1
     assert r2_null(x, 3.0 - x)[1] == pytest.approx(2 / 24)
 
@@ -163,7 +168,8 @@ def test_r2_null_samples_pairings_of_many_checkpoints():
     assert 0.0 < null95 < 0.5  # what an unrelated metric reaches on 12 checkpoints
     zigzag = np.array([0.0, 1.0] * 6)  # no trend with x: most random pairings fit it as well or better
     assert r2_null(x, zigzag, n_perm=999, seed=3)[1] > 0.5
-    assert r2_null(x, 0.5 - x, n_perm=999, seed=3) == r2_null(x, 0.5 - x, n_perm=999, seed=3)  # seeded
+    wavy = np.sin(7 * x)
+    assert r2_null(x[::-1], wavy[::-1], n_perm=999, seed=3) == r2_null(x, wavy, n_perm=999, seed=3)  # any order
 
 
 def test_r2_added_is_what_a_metric_explains_beyond_the_control():
@@ -176,7 +182,7 @@ def test_r2_added_is_what_a_metric_explains_beyond_the_control():
     assert r2_added(wiggle, np.full(6, 0.3), step) == 0.0  # a constant GAP: nothing to explain
     # independent formula: added R² = (1 - R²(y ~ c)) * partial r² of y and x given c
     rng = np.random.default_rng(2)
-    x, c = rng.normal(size=9), rng.normal(size=9)
+    x, c = np.sort(rng.normal(size=9)), rng.normal(size=9)  # sorted by x: the canonical order of resampling
     yy = x + c + rng.normal(size=9)
 
     def resid(a, b):
@@ -191,7 +197,11 @@ def test_r2_added_is_what_a_metric_explains_beyond_the_control():
         i = draws.integers(0, 9, 9)
         if len(set(x[i].tolist())) >= 3:
             reps.append(r2_added(x[i], yy[i], c[i]))
-    assert r2_added_interval(x, yy, c, n_boot=150, seed=4) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))
+    ci = r2_added_interval(x, yy, c, n_boot=150, seed=4)
+    assert ci == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))
+    back = np.arange(9)[::-1]
+    assert r2_added_interval(x[back], yy[back], c[back], n_boot=150, seed=4) == ci  # however they are listed
+    assert r2_added(x[back], yy[back], c[back]) == pytest.approx(r2_added(x, yy, c))
     with pytest.raises(MetricInputError, match="control has 5 values"):
         r2_added(x, yy, c[:5])
 

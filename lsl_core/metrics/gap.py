@@ -112,10 +112,14 @@ def _r2_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.clip(r2, 0.0, 1.0)
 
 
-def _pairs(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    """x, y -> float64 [n] each, checked as fit_gap checks them (n >= 3, finite, x not constant)."""
+def _pairs(x: Any, y: Any, *more: np.ndarray) -> tuple[np.ndarray, ...]:
+    """x, y (and more columns [n]) -> float64 [n] each, checked as fit_gap checks them (n >= 3, finite, x not
+    constant), in one canonical order (by x, then y, then the rest), so that resampling gives the same
+    interval and p-value however the checkpoints are listed."""
     fit_gap(x, y)
-    return np.asarray(x, dtype=np.float64).reshape(-1), np.asarray(y, dtype=np.float64).reshape(-1)
+    cols = [np.asarray(v, dtype=np.float64).reshape(-1) for v in (x, y, *more)]
+    order = np.lexsort(cols[::-1])
+    return tuple(v[order] for v in cols)
 
 
 def _resamples(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
@@ -200,14 +204,13 @@ def r2_added(x: Any, gap: Any, control: Any) -> float:
     Near 0: x explains nothing the GAP's own trend with the control does not; near R²(gap ~ x): the
     control explains none of what x does.
     """
-    xv, yv = _pairs(x, gap)
-    return _r2_added(xv, yv, _control(control, xv))
+    xv, yv, cv = _pairs(x, gap, _control(control, np.asarray(x, dtype=np.float64).reshape(-1)))
+    return _r2_added(xv, yv, cv)
 
 
 def r2_added_interval(x: Any, gap: Any, control: Any, n_boot: int = N_BOOT, seed: int = SEED) -> tuple[float, float]:
-    """Percentile bootstrap 95% CI of `r2_added` over checkpoints, on r2_interval's resamples -> (lo, hi)."""
-    xv, yv = _pairs(x, gap)
-    cv = _control(control, xv)
+    """Percentile bootstrap 95% CI of `r2_added` over checkpoints, resampled as r2_interval resamples -> (lo, hi)."""
+    xv, yv, cv = _pairs(x, gap, _control(control, np.asarray(x, dtype=np.float64).reshape(-1)))
     return _interval(np.array([_r2_added(xv[i], yv[i], cv[i]) for i in _resamples(xv, n_boot, seed)]))
 
 
