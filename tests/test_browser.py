@@ -342,6 +342,9 @@ def test_collapsed_path_note_and_intervals_are_drawn(server, shots):
                 bar = fig.locator(".modebar-container").bounding_box()
                 assert title and bar and title["y"] >= bar["y"] + bar["height"] - 1, (k, title, bar)
             assert checked >= 4, checked
+            # GAP vs alignment: the fits' null baselines are explained, and each scatter's legend carries them
+            expect(page.get_by_text("what a metric explains beyond it").first).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+            assert page.locator(".legendtext", has_text="null 95%").count() >= 3
             _shot(page, shots / "8_checkpoints_intervals.png")
         finally:
             browser.close()

@@ -400,6 +400,9 @@ def test_scores_in_percent_with_error_bars_and_rounded_tables():
     assert shown.to_dict("records") == [{"speech_f1 (%)": 12.3, "seq_dist_mean": 201.31, "aps_cos": 0.556,
                                          "F1 (%)": 11.1}]
     assert viz.percent(0.2513) == "25.1 %" and viz.percent(float("nan")) == "–"
+    fits = viz.display_table(pd.DataFrame({"slope": [-3.4567e-06, -0.19783], "p_perm": [1 / 2001, 0.25],
+                                           "r2": [0.5, 0.25]}))
+    assert fits.to_dict("list") == {"slope": [-3.46e-06, -0.198], "p_perm": [0.0005, 0.25], "r2": [0.5, 0.25]}
 
 
 def test_titles_sit_below_the_toolbar_and_name_model_sample_layer():

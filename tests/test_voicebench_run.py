@@ -104,6 +104,14 @@ def test_full_run_gives_hand_computed_scores_gap_and_r2(vb, zoo, tmp_path):
     ss_res = ((y - (slope * x.to_numpy() + icpt)) ** 2).sum()
     assert r2.loc[("aps_cos", "sd-qa"), "r2"] == pytest.approx(1 - ss_res / ((y - y.mean()) ** 2).sum(), abs=1e-9)
     assert r2.loc[("aps_cos", "sd-qa"), "slope"] == pytest.approx(slope, rel=1e-6)
+    # its null baselines: with 3 checkpoints every pairing is enumerated (3! = 6), and every bootstrap resample
+    # with 3 distinct x is a re-listing of the same 3 checkpoints, so the CI is the point R²
+    import itertools
+
+    row = r2.loc[("aps_cos", "sd-qa")]
+    pairings = [np.corrcoef(x.to_numpy(), y[list(p)])[0, 1] ** 2 for p in itertools.permutations(range(3))]
+    assert row["p_perm"] == pytest.approx(np.mean([v >= row["r2"] - 1e-12 for v in pairings]))
+    assert row["r2_lo"] == pytest.approx(row["r2"]) and row["r2_hi"] == pytest.approx(row["r2"])
     assert r2.loc[("aps_cos", "overall"), "x_from"] == "all analyzed samples" and r2.loc[("aps_cos", "overall"), "n"] == 3
     assert "no GAP for this subset" in r2.loc[("aps_cos", "alpacaeval"), "note"]
     # everything recorded: config, versions, seeds; the markdown page names the command

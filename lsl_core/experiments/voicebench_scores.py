@@ -222,12 +222,16 @@ def r2_table(gap: pd.DataFrame, alignment: pd.DataFrame, subset_of: dict[str, st
 
     gap: the gap table (checkpoint, subset, gap). alignment: per-sample rows (checkpoint, sample_id,
     metrics...); subset_of maps sample_id -> subset (else a `subset` column is used, else the ids'
-    "<subset>/..." prefix). Columns: metric, subset, n (checkpoints), slope, intercept, r2, x_from, note.
+    "<subset>/..." prefix). Columns: metric, subset, n (checkpoints), slope, intercept, r2, its null
+    baselines r2_lo, r2_hi (bootstrap over checkpoints), r2_null95, p_perm (random re-pairings;
+    lsl_core.metrics.gap), x_from, note.
     """
-    from lsl_core.metrics.gap import fit_gap
+    from lsl_core.metrics.gap import fit_gap, r2_interval, r2_null
 
+    nothing = {"slope": float("nan"), "intercept": float("nan"), "r2": float("nan"), "r2_lo": float("nan"),
+               "r2_hi": float("nan"), "r2_null95": float("nan"), "p_perm": float("nan")}
     if alignment is None or alignment.empty:
-        return pd.DataFrame(columns=["metric", "subset", "n", "slope", "intercept", "r2", "x_from", "note"])
+        return pd.DataFrame(columns=["metric", "subset", "n", *nothing, "x_from", "note"])
     al = alignment.copy()
     if "subset" not in al.columns:
         al["subset"] = [(subset_of or {}).get(s) or (str(s).split("/", 1)[0] if "/" in str(s) else None)
@@ -242,18 +246,20 @@ def r2_table(gap: pd.DataFrame, alignment: pd.DataFrame, subset_of: dict[str, st
         x_tab = by_subset.loc[subset] if own else pooled
         for metric in metrics:
             if not np.isfinite(g.to_numpy(dtype=float)).any():
-                rows.append({"metric": metric, "subset": subset, "n": 0, "slope": float("nan"),
-                             "intercept": float("nan"), "r2": float("nan"), "x_from": "",
+                rows.append({"metric": metric, "subset": subset, "n": 0, **nothing, "x_from": "",
                              "note": "no GAP for this subset (its headline score needs the LLM judge)"})
                 continue
             common = [c for c in g.index if c in x_tab.index and np.isfinite(g[c]) and np.isfinite(x_tab.loc[c, metric])]
             rec = {"metric": metric, "subset": subset, "n": len(common),
                    "x_from": f"{subset} samples" if own else "all analyzed samples"}
+            x, y = x_tab.loc[common, metric].to_numpy(), g[common].to_numpy()
             try:
-                fit = fit_gap(x_tab.loc[common, metric].to_numpy(), g[common].to_numpy())
-                rec.update(slope=fit.slope, intercept=fit.intercept, r2=fit.r2, note="")
+                fit = fit_gap(x, y)
+                (lo, hi), (null95, p) = r2_interval(x, y), r2_null(x, y)
+                rec.update(slope=fit.slope, intercept=fit.intercept, r2=fit.r2, r2_lo=lo, r2_hi=hi, r2_null95=null95,
+                           p_perm=p, note="")
             except MetricInputError as exc:
-                rec.update(slope=float("nan"), intercept=float("nan"), r2=float("nan"), note=str(exc))
+                rec.update(**nothing, note=str(exc))
             rows.append(rec)
     return pd.DataFrame(rows)
 
@@ -298,11 +304,16 @@ def markdown_report(tables: BenchmarkTables, r2: pd.DataFrame | None, meta: dict
                              + " | ".join(_f(v) for v in vals) + " |")
     if r2 is not None and len(r2):
         lines += ["", "## R² of GAP on alignment metrics across checkpoints (OLS; alignment: layers 1..L means)", "",
-                  "| metric | subset | checkpoints | slope | R² | note |", "|---|---|--:|--:|--:|---|"]
+                  "R² with a bootstrap 95% CI over checkpoints; null 95 %: the R² that 95 % of random re-pairings of "
+                  "the GAP with the metric stay below; p: the share that reach the observed R² (docs/controls.md).", "",
+                  "| metric | subset | checkpoints | slope | R² [95% CI] | null 95 % | p | note |",
+                  "|---|---|--:|--:|--:|--:|--:|---|"]
         for _, r in r2.iterrows():
+            ok = np.isfinite(r["r2"])
             lines.append(f"| {r['metric']} | {r['subset']} | {r['n']} | "
                          f"{'–' if not np.isfinite(r['slope']) else f'{r.slope:.3g}'} | "
-                         f"{'–' if not np.isfinite(r['r2']) else f'{r.r2:.3f}'} | {r['note']} |")
+                         f"{f'{r.r2:.3f} [{r.r2_lo:.2f}, {r.r2_hi:.2f}]' if ok else '–'} | "
+                         f"{f'{r.r2_null95:.2f}' if ok else '–'} | {f'{r.p_perm:.3f}' if ok else '–'} | {r['note']} |")
     if tables.errors:
         lines += ["", f"## Rows left out ({len(tables.errors)})", ""] + [f"- {e}" for e in tables.errors[:50]]
     return "\n".join(lines) + "\n"

@@ -92,6 +92,8 @@ _CONDITION_ALIASES = {"original": "speech", "speech input": "speech", "text inpu
 PERCENT_DIGITS = 1  # scores (F1, containment, agreement, GAP) are shown as percent with 1 decimal
 VALUE_DIGITS = 3  # cosines, Spearman ρ, CKA, consistency, shares
 DISTANCE_DIGITS = 2  # L2 distances (model units, often > 100)
+P_DIGITS = 4  # p-values (p, p_*): a permutation p of 1/2001 must not read as 0
+SLOPE_SIGNIFICANT = 3  # fitted slopes span orders of magnitude (per training step ~1e-6): significant digits
 TITLE_TOP_PX = 34  # the title starts below the toolbar's row (Plotly's mode bar is ~28 px high at the top)
 TITLE_FONT_PX = 16
 TITLE_LINE_PX = 21  # Plotly's line spacing (1.3 em) at TITLE_FONT_PX
@@ -146,7 +148,8 @@ def display_table(df: pd.DataFrame, *, fractions: Sequence[str] | None = None, p
 
     fractions: columns holding 0..1 scores (default: every column is_score_column recognises);
     percents: columns already in percent (e.g. Table 1). Percent columns get PERCENT_DIGITS decimals,
-    distances DISTANCE_DIGITS, other floats VALUE_DIGITS. Downloads keep the exact values.
+    distances DISTANCE_DIGITS, p-values (p, p_*) P_DIGITS, slopes SLOPE_SIGNIFICANT significant digits,
+    other floats VALUE_DIGITS. Downloads keep the exact values.
     """
     out = df.copy()
     base = lambda c: re.sub(r"_(lo|hi)$", "", str(c))  # noqa: E731  an interval end is in its column's unit
@@ -161,6 +164,10 @@ def display_table(df: pd.DataFrame, *, fractions: Sequence[str] | None = None, p
             out[c] = (out[c] * (100.0 if c in fractions else 1.0)).round(PERCENT_DIGITS)
             if "%" not in str(c):
                 renames[c] = f"{c} (%)"
+        elif pd.api.types.is_float_dtype(out[c]) and str(c) == "slope":
+            out[c] = out[c].map(lambda v: float(f"{v:.{SLOPE_SIGNIFICANT}g}") if pd.notna(v) else v)
+        elif pd.api.types.is_float_dtype(out[c]) and (str(c) == "p" or str(c).startswith("p_")):
+            out[c] = out[c].round(P_DIGITS)
         elif pd.api.types.is_float_dtype(out[c]):
             out[c] = out[c].round(DISTANCE_DIGITS if "dist" in str(c) else VALUE_DIGITS)
     return out.rename(columns=renames)
