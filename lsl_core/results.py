@@ -203,6 +203,26 @@ def gap_table(means: pd.DataFrame, summary: pd.DataFrame, score: str = "f1", voi
     return out.rename(columns={f"gap_{score}": "gap"})
 
 
+def with_intervals(summary_rows: pd.DataFrame, samples: pd.DataFrame | None,
+                   intervals: pd.DataFrame | None = None) -> pd.DataFrame:
+    """evaluate's checkpoint x voice summary rows + <score>_lo / _hi: the 95% bootstrap interval of each row's
+    score over its samples (the GAP paired on the same samples; lsl_core.metrics.stats.summary_intervals).
+
+    samples: evaluate's per-sample rows (Results.samples); without them the rows come back unchanged.
+    intervals: summary_intervals(samples) when already computed (the app caches it); each group's interval
+    depends only on its own samples, so it equals the one computed from the rows' checkpoints alone.
+    """
+    if samples is None or summary_rows.empty:
+        return summary_rows
+    if intervals is None:
+        from lsl_core.metrics.stats import summary_intervals
+
+        intervals = summary_intervals(samples[samples["checkpoint"].isin(set(summary_rows["checkpoint"]))])
+    keep = ["checkpoint", "voice"] + [c for c in intervals.columns if c.endswith(("_lo", "_hi"))]
+    return summary_rows.merge(intervals[keep], on=["checkpoint", "voice"], how="left")
+
+
 __all__ = ["Results", "load_results", "default_results_dir", "checkpoint_means", "controls_means", "gap_table",
+           "with_intervals",
            "EVALUATE_COMMAND",
            "ANALYZE_COMMAND", "CONTROLS_COMMAND", "SCALARS", "CURVES"]

@@ -8,11 +8,11 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.experiments.pages import PAGES
-from lsl_core.experiments.table1 import TABLE1_INTERVENTIONS, table1
+from lsl_core.experiments.table1 import TABLE1_INTERVENTIONS, table1_with_intervals
 from lsl_core.experiments.voicebench_scores import RUN_COMMAND, disagreement_cases
 from lsl_core.metrics import diagnostics
 from lsl_core.results import EVALUATE_COMMAND
-from ui import config, context, errors, export, loaders, nav, notes, sidebar, state, tables
+from ui import config, context, errors, export, loaders, nav, notes, reproduce, sidebar, state, tables
 
 CASE_COLUMNS = ["sample_id", "voice", "question", "references", "text_answer", "speech_answer", "outcome",
                 "text_f1", "speech_f1", "agreement"]
@@ -142,6 +142,7 @@ def _scores(res, sel) -> None:
     if "n" in rows.columns and len(rows):
         notes.show([diagnostics.small_n_note(int(rows["n"].min()), "a voice's score")])
     export.table(rows, f"summary_{ck}")
+    reproduce.benchmark(res.folder, ck, metric)
     _cases(res, sel, ck)
 
 
@@ -200,14 +201,6 @@ def _n(n: int) -> str:
 _T1_PERCENT = ("containment", "F1", "agreement", "Δ containment", "Δ F1", "Δ agreement")  # table1 is in percent
 
 
-def _with_ci(t, rows):
-    """table1 + 95% bootstrap intervals per condition and for each Δ (paired on samples)."""
-    from lsl_core.metrics.stats import condition_intervals
-
-    ci = condition_intervals(rows)
-    return t.join(ci, how="left")
-
-
 def _interventions(res, sel) -> None:
     st.header("Interventions (speech input)")
     if res.interventions is not None:
@@ -219,12 +212,15 @@ def _interventions(res, sel) -> None:
                               key="bm_iv_ck")
             iv = iv[run == ck]
         with errors.guard("Intervention table"):
-            t = _with_ci(table1(iv), iv)
+            t = table1_with_intervals(iv)  # + 95% bootstrap intervals per condition and Δ (paired on samples)
             n = int(t["n"].min())
             export.figure(viz.intervention_bars(t, "F1", title=f"Speech-input F1 under each intervention ({_n(n)}, "
                                                 "95% CI)"), "interventions_stored", key="fig_iv_stored")
             notes.show([diagnostics.small_n_note(int(t["n"].min()), "the differences between conditions")])
             export.table(t.reset_index(), "interventions_table1_stored", percents=_T1_PERCENT)
+        picked = (iv["results"].iloc[0] if {"results", "checkpoint"} <= set(iv.columns) else None,
+                  iv["checkpoint"].iloc[0] if "checkpoint" in iv.columns else None)
+        reproduce.table1(results=res.folder, run=picked)
     else:
         st.caption(f"No stored intervention results (write them with `{PAGES['interventions'].command}`, or "
                    "`python -m lsl_core evaluate ... --intervention angle:bottom3`); run them live below.")
@@ -256,12 +252,13 @@ def _interventions(res, sel) -> None:
         subset = sel.sample_set.filter(ids=ids)
         rows = loaders.intervention_rows(handle.key, sel.set_spec, ids, tuple(conds), int(max_new), handle.model,
                                          subset)
-        t = _with_ci(table1(rows), rows)
+        t = table1_with_intervals(rows)
         export.figure(viz.intervention_bars(t, "F1", title=f"{handle.name}: speech-input F1 per condition "
                                             f"({_n(len(ids))}, 95% CI)"), "interventions_live", key="fig_iv_live")
         notes.show([diagnostics.small_n_note(len(ids), "the differences between conditions")])
         export.table(t.reset_index(), "interventions_table1", percents=_T1_PERCENT)
         export.table(rows, "interventions_per_sample", show=False, caption="per-sample answers")
+    reproduce.table1(live=(handle.path, sel.set_spec, list(ids), list(conds), int(max_new)))
 
 
 def main() -> None:

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 from test_app import (  # noqa: F401  (fixtures: world, navigation_mode)
+    BENCHMARK,
     EXPLORER,
     INTERVENTIONS,
     _app,
     _arr,
+    _fig,
     _run,
     _texts,
     _widget,
@@ -210,3 +212,53 @@ def test_checkpoints_snippet_rebuilds_the_gap_fits(world, monkeypatch, tmp_path)
     stored_fits = _exec(code, monkeypatch)["fits"]
     pd.testing.assert_frame_equal(display_table(stored_fits).reset_index(drop=True), _gap_fits_shown(at))
     pd.testing.assert_frame_equal(stored_fits, fits)  # stored or live, the same rows give the same fits
+
+
+def _bars(fig: dict) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(name, heights, error-bar half widths) of each bar trace of a figure's JSON."""
+    out = []
+    for t in fig["data"]:
+        err = t.get("error_y", {}).get("array")
+        out.append((t.get("name"), _arr(t["y"]), None if err is None else _arr(err)))
+    return out
+
+
+def _same_bars(ours, page) -> None:
+    assert [n for n, *_ in ours] == [n for n, *_ in page]
+    for (_, y, e), (_, py, pe) in zip(ours, page):
+        np.testing.assert_allclose(y, py, atol=1e-9)
+        assert (e is None) == (pe is None)
+        if e is not None:
+            np.testing.assert_allclose(e, pe, atol=1e-9)
+
+
+def test_benchmark_snippets_rebuild_scores_and_intervention_tables(world, monkeypatch):
+    import json
+
+    at = _app(BENCHMARK)
+    scores, stored = _shown_code(at, "python")  # scores per voice, stored Table 1 (live: after a run)
+    assert "with_intervals(" in scores and "'tiny-step10'" in scores
+    ns = _exec(scores, monkeypatch)
+    page = _fig(at, "tiny-step10: text vs speech f1 per voice")
+    _same_bars(_bars(json.loads(ns["viz"].scores_by_voice(ns["rows"], "f1").to_json())), _bars(page))
+    assert all(e is not None for *_, e in _bars(page))  # the intervals are what the snippet must rebuild
+
+    ns = _exec(stored, monkeypatch)
+    assert "table1_with_intervals(" in stored and len(ns["rows"]) == len(ns["iv"])  # one stored run
+    _same_bars(_bars(json.loads(ns["viz"].intervention_bars(ns["t"], "F1").to_json())),
+               _bars(_fig(at, "Speech-input F1 under each intervention")))
+
+    _widget(at.number_input, "Samples").set_value(1)
+    _widget(at.multiselect, "Conditions").set_value(["angle:bottom3"])
+    _widget(at.number_input, "Max new tokens").set_value(4)
+    _run(at)
+    [btn] = [b for b in at.button if b.label.startswith("Run 1 interventions")]
+    btn.click()
+    _run(at)
+    *_, live = _shown_code(at, "python")
+    assert "evaluate_interventions(" in live and "['angle:bottom3']" in live and "max_new_tokens=4" in live
+    assert world["ids"][0] in live and world["roots"]["tiny-step10"] in live
+    ns = _exec(live, monkeypatch)
+    page = _fig(at, "speech-input F1 per condition (1 sample, 95% CI)")
+    _same_bars(_bars(json.loads(ns["viz"].intervention_bars(ns["t"], "F1").to_json())), _bars(page))
+    assert list(ns["rows"]["condition"]) == ["original", "angle:bottom3"]

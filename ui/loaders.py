@@ -321,12 +321,12 @@ def _summary_ci(folder: str, stamp: tuple, _samples: pd.DataFrame) -> pd.DataFra
 
 def with_intervals(summary_rows: pd.DataFrame, res: Results) -> pd.DataFrame:
     """Evaluation summary rows + <score>_lo / _hi (95% bootstrap over each row's samples), when the per-sample
-    results are there (lsl_core.metrics.stats.summary_intervals; cached per results folder state)."""
+    results are there (lsl_core.results.with_intervals; the intervals cached per results folder state)."""
+    from lsl_core.results import with_intervals
+
     if res.samples is None or summary_rows.empty:
         return summary_rows
-    ci = _summary_ci(str(res.folder), _stamp(res.folder), res.samples)
-    keep = ["checkpoint", "voice"] + [c for c in ci.columns if c.endswith(("_lo", "_hi"))]
-    return summary_rows.merge(ci[keep], on=["checkpoint", "voice"], how="left")
+    return with_intervals(summary_rows, res.samples, _summary_ci(str(res.folder), _stamp(res.folder), res.samples))
 
 
 def paired_table(res: Results, base: str, other: str, unseen_voice: str) -> pd.DataFrame:

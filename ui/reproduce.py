@@ -154,6 +154,59 @@ def checkpoints_code(results: str | Path, names: list[str], *, score: str, voice
     return "\n".join(lines) + "\n"
 
 
+def benchmark_code(results: str | Path, checkpoint: str, metric: str) -> str:
+    """Python that rebuilds the Benchmark page's text-vs-speech scores per voice, with their 95% intervals."""
+    return "\n".join([
+        "from lsl_core import viz",
+        "from lsl_core.results import load_results, with_intervals",
+        "",
+        f"res = load_results({_path(results)!r})  # evaluate's tables",
+        f"rows = res.summary[res.summary['checkpoint'] == {checkpoint!r}]  # one row per voice group",
+        "rows = with_intervals(rows, res.samples)  # + <score>_lo / _hi: 95% bootstrap over each row's samples",
+        "print(rows)",
+        f"viz.scores_by_voice(rows, {metric!r}).show()",
+    ]) + "\n"
+
+
+def table1_code(*, results: str | Path | None = None, run: tuple[str | None, str | None] | None = None,
+                live: tuple[str | Path, str, list[str], list[str], int] | None = None) -> str:
+    """Python that rebuilds the Benchmark page's intervention table (seed paper Table 1 with 95% intervals):
+    from stored results (results folder, run = (results file prefix, checkpoint) the page picked) or live
+    (checkpoint folder, sample-set spec, sample ids, conditions, max new tokens)."""
+    if live is not None:
+        checkpoint, spec, ids, conds, max_new = live
+        lines = [
+            "from lsl_core import viz",
+            "from lsl_core.data.sets import load_sample_set",
+            "from lsl_core.experiments.table1 import evaluate_interventions, table1_with_intervals",
+            "from lsl_core.model.loading import load_checkpoint",
+            "",
+            f"model = load_checkpoint({_path(checkpoint)!r})",
+            f"samples = load_sample_set({_set_spec(spec)!r}).filter(ids={list(ids)!r})",
+            f"rows = evaluate_interventions(model, samples, {list(conds)!r}, max_new_tokens={int(max_new)})"
+            "  # one row per sample x condition",
+        ]
+    else:
+        prefix, checkpoint = run or (None, None)
+        picks = [f"(iv['results'] == {prefix!r})" if prefix is not None else "",
+                 f"(iv['checkpoint'] == {checkpoint!r})" if checkpoint is not None else ""]
+        picks = [x for x in picks if x]
+        lines = [
+            "from lsl_core import viz",
+            "from lsl_core.experiments.table1 import table1_with_intervals",
+            "from lsl_core.results import load_results",
+            "",
+            f"iv = load_results({_path(results or '.')!r}).interventions  # stored per-sample answers",
+            *([f"rows = iv[{' & '.join(picks)}]  # the run the page shows"] if picks else ["rows = iv"]),
+        ]
+    lines += [
+        "t = table1_with_intervals(rows)  # percent; <name>_lo / _hi: 95% bootstrap, each Δ paired on samples",
+        "print(t)",
+        "viz.intervention_bars(t, 'F1').show()",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def report_command(checkpoint: str | Path, set_spec: str, sample_id: str, *, condition: str, max_new: int,
                    cascade: bool, path: str = "argmax") -> str:
     """The `report-case` command that writes the Interventions page's case as one HTML file."""
@@ -191,6 +244,20 @@ def checkpoints(results: str | Path, names: list[str], *, score: str, voice: str
     _show(checkpoints_code(results, names, score=score, voice=voice, by=by, live=live),
           caption="The page's own library calls for the GAP-vs-alignment fits, with its checkpoints and settings "
                   "(run from the directory the app was started in).")
+
+
+def benchmark(results: str | Path, checkpoint: str, metric: str) -> None:
+    """The Benchmark page's expander under its per-voice scores."""
+    _show(benchmark_code(results, checkpoint, metric),
+          caption="The page's own library calls for the scores per voice and their intervals (run from the "
+                  "directory the app was started in).")
+
+
+def table1(**kwargs) -> None:
+    """The Benchmark page's expander under its intervention table (table1_code's arguments)."""
+    _show(table1_code(**kwargs),
+          caption="The page's own library calls for the intervention table (run from the directory the app was "
+                  "started in).")
 
 
 def interventions(sel, handle, sample, a, *, condition: str, max_new: int, cascade: bool) -> None:

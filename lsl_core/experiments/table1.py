@@ -114,6 +114,15 @@ def table1(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def table1_with_intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """table1(df) + the 95% bootstrap interval of every score and of every Δ (paired on samples) as
+    <name>_lo / _hi columns, in percent (lsl_core.metrics.stats.condition_intervals), as the Benchmark
+    page shows it."""
+    from lsl_core.metrics.stats import condition_intervals
+
+    return table1(df).join(condition_intervals(df), how="left")
+
+
 def text_reference(df: pd.DataFrame) -> dict[str, float]:
     """Text-input scores (percent, one per sample): the upper reference the speech rows are compared with."""
     per_sample = df.drop_duplicates("sample_id")
