@@ -20,7 +20,8 @@ def render() -> None:
         st.page_link(p.path, label=f"{p.title} — {p.what}")
     st.caption("Figures download from their toolbar (camera icon, PNG); tables from the CSV / JSON buttons. "
                "The Sample Explorer, Interventions and Cross-layer CKA pages end with *Reproduce this view in "
-               "Python* (the Checkpoints page has it under its GAP fits): the same library calls with the current "
+               "Python* (the Checkpoints page under its GAP fits, the Benchmark page under its scores and "
+               "intervention tables): the same library calls with the current "
                "settings, for a notebook. "
                "The shipped speech is synthetic (espeak-ng voices stand in for accents).")
     sel = context.selection()
