@@ -18,12 +18,12 @@ import torch
 
 from lsl_core.data.audio import audio_digest
 from lsl_core.errors import MetricInputError
-from lsl_core.metrics.cka import MIN_PAIRS, MinibatchCKA, cross_layer_cka, pooled_cross_layer_cka
+from lsl_core.metrics.cka import MIN_PAIRS, MinibatchCKA, cka_pairing_null, cross_layer_cka, pooled_cross_layer_cka
 from lsl_core.metrics.norms import standardized_distance, token_norms
 from lsl_core.metrics.sequence import layer_average, mean_pool, sequence_cosine, sequence_distance
 from lsl_core.metrics.tokenwise import METRICS, PATH_METHODS, TokenwiseResult, tokenwise_metrics
 
-ANALYSIS_VERSION = 1  # bump when a metric's definition changes: invalidates disk caches
+ANALYSIS_VERSION = 2  # bump when a metric's definition changes: invalidates disk caches (2: the CKA null)
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,11 @@ class SampleAnalysis:
     norm_speech: np.ndarray | None = None  # [L+1] mean L2 norm of the speech frames per layer
     norm_text: np.ndarray | None = None  # [L+1] mean L2 norm of the text tokens per layer
     std_dist: np.ndarray | None = None  # [L+1] standardized distance of the mean-pooled spans (metrics.norms)
+    # the aligned CKA's shuffled-pairing null (metrics.cka.cka_pairing_null), each [L+1, L+1]; None without cka
+    cka_null_mean: np.ndarray | None = None  # mean CKA with the frame-token pairs shuffled
+    cka_null_low: np.ndarray | None = None  # 2.5th percentile of the shuffled pairings' CKA
+    cka_null_high: np.ndarray | None = None  # 97.5th percentile
+    cka_null_p: np.ndarray | None = None  # permutation p of the observed CKA
 
     @property
     def path_method(self) -> str:
@@ -130,6 +135,11 @@ class SampleAnalysis:
             **({} if self.std_dist is None else {
                 "std_dist_mean": mean(self.std_dist), "std_dist": self.std_dist.tolist(),
                 "norm_speech": self.norm_speech.tolist(), "norm_text": self.norm_text.tolist()}),
+            # the aligned CKA's diagonal (speech layer a vs text layer a) against its shuffled-pairing null
+            **({} if self.cka is None or self.cka_null_high is None else {
+                "cka_diag_mean": mean(np.diagonal(self.cka)),
+                "cka_null_diag_mean": mean(np.diagonal(self.cka_null_mean)),
+                "cka_above_null_frac": mean((np.diagonal(self.cka) > np.diagonal(self.cka_null_high)).astype(float))}),
             # diagnostics: share of layers 1..L whose path is collapsed / whose Spearman is undefined
             "collapsed_cos_frac": mean(np.asarray(self.collapsed_cos, dtype=np.float64)),
             "collapsed_dist_frac": mean(np.asarray(self.collapsed_dist, dtype=np.float64)),
@@ -142,12 +152,14 @@ def metrics_from_states(hs: torch.Tensor, ht: torch.Tensor, options: AnalysisOpt
     """Every metric of DESIGN §3 from speech [L+1, Ts, d] and text [L+1, Tt, d] states (one pass each)."""
     tw: TokenwiseResult = tokenwise_metrics(hs, ht, path=options.path)
     L = hs.shape[0] - 1
-    cka, note = None, ""
+    cka, note, null = None, "", {}
     if options.cka:
         layer = L // 2 if options.cka_path_layer == -1 else min(options.cka_path_layer, L)
         path = (tw.path_cos if options.cka_path == "cosine" else tw.path_dist)[layer]  # [Tt]
         try:
             cka = cross_layer_cka(hs, ht, path).numpy()
+            nl = cka_pairing_null(hs, ht, path)
+            null = dict(cka_null_mean=nl.mean, cka_null_low=nl.low, cka_null_high=nl.high, cka_null_p=nl.p)
         except MetricInputError as exc:
             note = str(exc)
     np_ = lambda t: t.detach().cpu().numpy()  # noqa: E731
@@ -159,7 +171,7 @@ def metrics_from_states(hs: torch.Tensor, ht: torch.Tensor, options: AnalysisOpt
         scores_cos=np_(tw.scores_cos), scores_dist=np_(tw.scores_dist),
         spearman_cos=np_(tw.spearman_cos), spearman_dist=np_(tw.spearman_dist), consistency=np_(tw.consistency),
         aps_cos=float(tw.aps_cos), aps_dist=float(tw.aps_dist),
-        pooled_speech=np_(mean_pool(hs)), pooled_text=np_(mean_pool(ht)), cka=cka, cka_note=note,
+        pooled_speech=np_(mean_pool(hs)), pooled_text=np_(mean_pool(ht)), cka=cka, cka_note=note, **null,
     )
 
 
@@ -253,6 +265,9 @@ class SetAnalysis:
     mean_cka_low: np.ndarray | None = None  # [L+1, L+1] interval of mean_cka over the samples with a CKA
     mean_cka_high: np.ndarray | None = None
     mean_cka_n: int = 0  # samples with an aligned CKA matrix
+    mean_cka_null: np.ndarray | None = None  # [L+1, L+1] mean of the per-sample shuffled-pairing null means
+    mean_cka_null_low: np.ndarray | None = None  # its 95% bootstrap interval over the same samples
+    mean_cka_null_high: np.ndarray | None = None
     pooled_cka_low: np.ndarray | None = None  # [L+1, L+1] pooled_cka ± 1.96 jackknife SE over the first
     pooled_cka_high: np.ndarray | None = None  #   pooled_cka_spread_n samples
     pooled_cka_spread_n: int = 0
@@ -273,7 +288,8 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
 
     total = total if total is not None else (len(samples) if hasattr(samples, "__len__") else None)
     rows, errors = [], []
-    cka_mats, keep_s, keep_t = [], [], []  # per-sample CKA matrices, pooled states of the first SPREAD_MAX_SAMPLES
+    cka_mats, null_mats, keep_s, keep_t = [], [], [], []  # per-sample CKA and null-mean matrices, pooled states
+    #                                                       of the first SPREAD_MAX_SAMPLES
     sum_cos = sum_dist = sum_cka = None
     n_cka = 0
     mb = MinibatchCKA()
@@ -294,6 +310,8 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
             sum_cka = a.cka.copy() if sum_cka is None else sum_cka + a.cka
             n_cka += 1
             cka_mats.append(np.asarray(a.cka, dtype=np.float32))
+            if a.cka_null_mean is not None:
+                null_mats.append(np.asarray(a.cka_null_mean, dtype=np.float32))
         if len(keep_s) < SPREAD_MAX_SAMPLES:
             keep_s.append(a.pooled_speech)
             keep_t.append(a.pooled_text)
@@ -317,7 +335,7 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
         pooled = mb.compute().numpy()
     if n == 0:
         raise MetricInputError("No sample could be analyzed: " + ("; ".join(errors[:3]) or "the set is empty."))
-    spread = _set_spread(cka_mats, keep_s, keep_t, pooled)
+    spread = _set_spread(cka_mats, keep_s, keep_t, pooled, null_mats)
     from lsl_core.metrics.diagnostics import set_notes, small_n_note
 
     notes = set_notes(rows)
@@ -331,9 +349,11 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
 SPREAD_MAX_SAMPLES = 128  # pooled states kept for the pooled-CKA interval ([L+1, d] x 2 per sample)
 
 
-def _set_spread(cka_mats: list, keep_s: list, keep_t: list, pooled: np.ndarray | None) -> dict:
-    """Spread over samples (SetAnalysis fields): 95% bootstrap interval of the mean aligned CKA; for the pooled
-    CKA the jackknife interval (stats.pooled_cka_interval) of the first SPREAD_MAX_SAMPLES samples around it."""
+def _set_spread(cka_mats: list, keep_s: list, keep_t: list, pooled: np.ndarray | None,
+                null_mats: list | None = None) -> dict:
+    """Spread over samples (SetAnalysis fields): 95% bootstrap interval of the mean aligned CKA and of the mean of
+    its per-sample shuffled-pairing nulls (when every CKA sample has one); for the pooled CKA the jackknife
+    interval (stats.pooled_cka_interval) of the first SPREAD_MAX_SAMPLES samples around it."""
     from lsl_core.metrics.cka import MIN_PAIRS
     from lsl_core.metrics.stats import bootstrap_ci, pooled_cka_interval
 
@@ -341,6 +361,10 @@ def _set_spread(cka_mats: list, keep_s: list, keep_t: list, pooled: np.ndarray |
     if cka_mats:
         ci = bootstrap_ci(np.stack(cka_mats).astype(np.float64))  # over samples: [n, L+1, L+1]
         out.update(mean_cka_low=ci.low, mean_cka_high=ci.high)
+    if null_mats and len(null_mats) == len(cka_mats):
+        stacked = np.stack(null_mats).astype(np.float64)
+        ci = bootstrap_ci(stacked)
+        out.update(mean_cka_null=stacked.mean(0), mean_cka_null_low=ci.low, mean_cka_null_high=ci.high)
     if pooled is not None and len(keep_s) > MIN_PAIRS:
         ci = pooled_cka_interval(np.stack(keep_s, 1), np.stack(keep_t, 1), pooled)  # [L+1, N, d] each
         out.update(pooled_cka_low=ci.low, pooled_cka_high=ci.high, pooled_cka_spread_n=len(keep_s))

@@ -120,7 +120,9 @@ def load_results(folder: str | Path | None = None) -> Results:
 SCALARS = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist", "spearman_cos_mean", "spearman_dist_mean",
            "consistency_mean",
            # path diagnostics (share of layers 1..L; lsl_core.metrics.diagnostics), in newer analyze output
-           "collapsed_cos_frac", "collapsed_dist_frac", "spearman_undefined_cos_frac", "spearman_undefined_dist_frac")
+           "collapsed_cos_frac", "collapsed_dist_frac", "spearman_undefined_cos_frac", "spearman_undefined_dist_frac",
+           # the aligned CKA's diagonal, its shuffled-pairing null, the share of layers above it (metrics.cka)
+           "cka_diag_mean", "cka_null_diag_mean", "cka_above_null_frac")
 CURVES = ("seq_cos", "seq_dist", "spearman_cos", "spearman_dist", "consistency")
 GAP_X = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist")  # the alignment means the GAP is fitted on
 CHECKPOINT_KEYS = ("checkpoint", "family", "strategy", "step")

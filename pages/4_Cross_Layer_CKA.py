@@ -14,6 +14,10 @@ from lsl_core.metrics.tokenwise import METRICS
 from ui import context, errors, export, loaders, notes, reproduce, state, tables
 
 PATHS = METRICS  # the alignment path is chosen by cosine or by distance
+CKA_NULL_CAPTION = ("Null: each text token paired with the path frame of another token (200 random re-pairings, "
+                    "never the identity); both sides keep their own geometry. Linear CKA of a few tokens in hundreds "
+                    "of dimensions is high even for unrelated pairs, so read the aligned CKA against this band; "
+                    "the heatmaps' hover gives each cell's null and permutation p.")
 
 
 def _request(ids: tuple, options_key: str) -> None:
@@ -27,7 +31,7 @@ def _request_stability(ids: tuple) -> None:
 def _sample_side_by_side(handle, sel, sample, metric: str, path_layer: int) -> None:
     """Aligned CKA of this sample with the argmax path and with the DTW path, same metric and path layer."""
     cols = st.columns(2)
-    found = {}
+    found, analyses = {}, {}
     for col, method in zip(cols, ("argmax", "dtw")):
         options = AnalysisOptions(cka=True, cka_path=metric, cka_path_layer=int(path_layer), path=method)
         with col:
@@ -37,9 +41,10 @@ def _sample_side_by_side(handle, sel, sample, metric: str, path_layer: int) -> N
             if a.cka is None:
                 st.warning(f"CKA is undefined for this sample: {a.cka_note}")
                 continue
-            found[method] = a.cka
+            found[method], analyses[method] = a.cka, a
+            null = None if a.cka_null_mean is None else (a.cka_null_mean, a.cka_null_high, a.cka_null_p)
             export.figure(viz.cka_heatmap(a.cka, f"Aligned cross-layer CKA — {sample.id} ({metric} {method} path at "
-                                                 f"layer {path_layer})", band=band_location(a.cka)),
+                                                 f"layer {path_layer})", band=band_location(a.cka), null=null),
                           f"cka_{sample.id}_{method}", key=f"fig_cka_sample_{method}")
             export.table(tables.matrix_table(a.cka), f"cka_{sample.id}_{method}", show=False,
                          caption="CKA matrix (long form)")
@@ -48,6 +53,25 @@ def _sample_side_by_side(handle, sel, sample, metric: str, path_layer: int) -> N
         same = (band_location(found["argmax"]) == band_location(found["dtw"])).mean()
         st.caption(f"argmax vs DTW for this sample: Pearson r of the matrices = {r:.4f}; the band (most similar text "
                    f"layer per speech layer) is the same for {100 * same:.0f} % of the speech layers.")
+    _sample_null(sample, analyses, metric, int(path_layer))
+
+
+def _sample_null(sample, analyses: dict, metric: str, path_layer: int) -> None:
+    """The diagonal of each path's CKA beside its shuffled-pairing null (mean and central 95% of the pairings)."""
+    curves = {}
+    for method, a in analyses.items():
+        if a.cka_null_mean is None:
+            continue
+        curves[f"{method} path: aligned CKA"] = (a.cka, None, None)
+        curves[f"{method} path: shuffled pairing (null)"] = (a.cka_null_mean, a.cka_null_low, a.cka_null_high)
+    if not curves:
+        return
+    export.figure(viz.cka_spread(curves, f"{sample.id}: CKA of speech layer a with text layer a, and what the same "
+                                         f"states give with the frame-token pairs shuffled ({metric} path at layer "
+                                         f"{path_layer})"), f"cka_null_{sample.id}", key="fig_cka_sample_null")
+    st.caption(CKA_NULL_CAPTION)
+    notes.show([diagnostics.cka_null_note(a.cka, a.cka_null_high, f"the {method} path")
+                for method, a in analyses.items()])
 
 
 def _stability(handle, sel, ids: tuple) -> None:
@@ -149,6 +173,9 @@ def main() -> None:
                     export.table(tables.matrix_table(res.mean_cka), "cka_mean", show=False)
                     if res.mean_cka_low is not None:
                         spread[f"aligned, mean over {n_cka}"] = (res.mean_cka, res.mean_cka_low, res.mean_cka_high)
+                    if res.mean_cka_null is not None:
+                        spread[f"shuffled pairing (null), mean over {n_cka}"] = (
+                            res.mean_cka_null, res.mean_cka_null_low, res.mean_cka_null_high)
             with cols[1]:
                 if res.pooled_cka is None:
                     st.info(f"The pooled (unaligned) CKA needs at least {MIN_PAIRS} samples.")
@@ -165,8 +192,10 @@ def main() -> None:
                 export.figure(viz.cka_spread(spread, f"{handle.name}: CKA of speech layer a with text layer a, and its "
                                                      f"spread over the {res.n} samples"), f"cka_spread_{handle.name}",
                               key="fig_cka_spread")
-                st.caption("Bands: aligned CKA, 95% bootstrap interval of the mean over samples; pooled CKA, ± 1.96 "
-                           "jackknife standard errors over samples (a bootstrap would repeat samples, which biases HSIC).")
+                st.caption("Bands: aligned CKA, 95% bootstrap interval of the mean over samples; shuffled pairing, "
+                           "the same for the mean of each sample's null (its frame-token pairs re-paired at random); "
+                           "pooled CKA, ± 1.96 jackknife standard errors over samples (a bootstrap would repeat "
+                           "samples, which biases HSIC).")
     _stability(handle, sel, ids)
     reproduce.cka(sel, handle, sample, path_metric=path, path_layer=int(path_layer), set_ids=ids)
 

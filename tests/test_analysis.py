@@ -63,6 +63,7 @@ def test_single_token_question_is_defined(tiny_model, tmp_path):
     assert a.cos.shape[2] == 1
     assert np.isfinite(a.spearman_cos).all() and np.isfinite(a.aps_cos)
     assert a.cka is None and "4" in a.cka_note  # CKA needs >= 4 aligned pairs: said, not NaN
+    assert a.cka_null_mean is None and a.cka_null_p is None  # and no null for it
 
 
 def test_analyze_set_streams_rows_and_aggregates(tiny_model, tmp_path):
@@ -76,6 +77,10 @@ def test_analyze_set_streams_rows_and_aggregates(tiny_model, tmp_path):
     np.testing.assert_allclose(res.mean_seq_cos, per.mean(0), atol=1e-6)
     L = tiny_model.num_layers
     assert res.pooled_cka.shape == (L + 1, L + 1) and np.isfinite(res.pooled_cka).all()
+    nulls = np.stack([analyze_sample(tiny_model, s, cache=AnalysisCache(tmp_path)).cka_null_mean for s in samples])
+    np.testing.assert_allclose(res.mean_cka_null, nulls.mean(0), atol=1e-6)  # the mean of the samples' nulls
+    assert (res.mean_cka_null_low <= res.mean_cka_null + 1e-9).all()
+    assert (res.mean_cka_null <= res.mean_cka_null_high + 1e-9).all()
 
 
 def test_analyze_set_skips_bad_audio_with_a_note(tiny_model, tmp_path):
@@ -100,6 +105,11 @@ def test_dtw_path_option_is_used_everywhere_and_keys_the_cache(tiny_model, tmp_p
     np.testing.assert_allclose(a.scores_cos, np.take_along_axis(a.cos, a.path_cos[:, None, :], 1)[:, 0])
     L = tiny_model.num_layers
     np.testing.assert_allclose(a.cka, cross_layer_cka(hs.speech, hs.text, torch.from_numpy(a.path_cos[L // 2])).numpy())
+    from lsl_core.metrics.cka import cka_pairing_null
+
+    null = cka_pairing_null(hs.speech, hs.text, torch.from_numpy(a.path_cos[L // 2]))  # the same path's null
+    for f in ("mean", "low", "high", "p"):
+        np.testing.assert_allclose(getattr(a, f"cka_null_{f}"), getattr(null, f), atol=1e-6)
     n_s, n_t = token_norms(hs.speech, hs.text)
     np.testing.assert_allclose(a.norm_speech, n_s.numpy())
     np.testing.assert_allclose(a.std_dist, standardized_distance(hs.speech, hs.text).numpy())
@@ -108,6 +118,7 @@ def test_dtw_path_option_is_used_everywhere_and_keys_the_cache(tiny_model, tmp_p
     assert sample_key(tiny_model, s, AnalysisOptions(path="dtw")) != sample_key(tiny_model, s, AnalysisOptions())
     b = AnalysisCache(tmp_path).get(sample_key(tiny_model, s, AnalysisOptions(path="dtw")))
     np.testing.assert_array_equal(b.std_dist, a.std_dist)
+    np.testing.assert_array_equal(b.cka_null_high, a.cka_null_high)  # the null survives the disk cache
     assert b.path_method == "dtw"
     with pytest.raises(ValueError, match="AnalysisOptions.path"):
         AnalysisOptions(path="viterbi")

@@ -533,6 +533,15 @@ def test_cka_sample_heatmap_follows_path_options_and_set_average(world):
     _run(at)
     ref0 = analyze_sample(model, s, AnalysisOptions(cka_path="distance", cka_path_layer=0), cache=False)
     np.testing.assert_allclose(_arr(_fig(at, "Aligned cross-layer CKA")["data"][0]["z"]), ref0.cka, atol=1e-6)
+    # each cell's shuffled-pairing null in the hover, and the diagonal against the null's band
+    custom = _arr(_fig(at, "Aligned cross-layer CKA")["data"][0]["customdata"])
+    np.testing.assert_allclose(custom[..., 0], ref0.cka_null_mean, atol=1e-6)
+    np.testing.assert_allclose(custom[..., 2], ref0.cka_null_p, atol=1e-6)
+    diag = {t["name"]: t for t in _fig(at, "with the frame-token pairs shuffled")["data"]}
+    np.testing.assert_allclose(_arr(diag["argmax path: aligned CKA"]["y"]), np.diagonal(ref0.cka), atol=1e-6)
+    np.testing.assert_allclose(_arr(diag["argmax path: shuffled pairing (null)"]["y"]),
+                               np.diagonal(ref0.cka_null_mean), atol=1e-6)
+    assert diag["argmax path: shuffled pairing (null): 95% interval"]["fill"] == "toself"
     _widget(at.number_input, "Samples").set_value(4)
     _run(at)
     [btn] = [b for b in at.button if b.label.startswith("Compute over")]
@@ -547,6 +556,10 @@ def test_cka_sample_heatmap_follows_path_options_and_set_average(world):
     assert (low <= mean + 1e-9).all()  # each cell's 95% interval over samples is in the hover
     band = _fig(at, "spread over the 4 samples")["data"]
     assert band[0]["fill"] == "toself" and len(_arr(band[1]["y"])) == model.num_layers + 1
+    nulls = [analyze_sample(model, _sample(world, i), AnalysisOptions(cka_path="distance", cka_path_layer=0),
+                            cache=False).cka_null_mean for i in world["ids"][:4]]
+    [null] = [t for t in band if t["name"] == "shuffled pairing (null), mean over 4"]
+    np.testing.assert_allclose(_arr(null["y"]), np.diagonal(np.mean(nulls, axis=0)), atol=1e-6)
 
 
 # ============================================================================ Benchmark

@@ -161,10 +161,18 @@ def test_cka_snippet_rebuilds_the_sample_and_set_matrices(world, monkeypatch):
     for method in ("argmax", "dtw"):
         page = _fig(at, f"distance {method} path at layer")
         np.testing.assert_allclose(ns["cka"][method], _arr(page["data"][0]["z"]), atol=1e-9)
+        np.testing.assert_allclose(ns["null"][f"{method} path: shuffled pairing (null)"][0],  # the null's mean
+                                   _arr(page["data"][0]["customdata"])[..., 0], atol=1e-9)
+    page_null = {t["name"]: _arr(t["y"]) for t in _fig(at, "with the frame-token pairs shuffled")["data"]}
+    for name, (M, _, _) in ns["null"].items():
+        np.testing.assert_allclose(np.diagonal(M), page_null[name], atol=1e-9)
     res = ns["res"]
     assert res.n == 4
     np.testing.assert_allclose(res.mean_cka, _arr(_fig(at, "Aligned CKA, mean over 4 samples")["data"][0]["z"]),
                                atol=1e-9)
+    [shown] = [t for t in _fig(at, "spread over the 4 samples")["data"]
+               if t["name"] == "shuffled pairing (null), mean over 4"]
+    np.testing.assert_allclose(np.diagonal(res.mean_cka_null), _arr(shown["y"]), atol=1e-9)
 
 
 def _gap_fits_shown(at):

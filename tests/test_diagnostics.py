@@ -51,6 +51,17 @@ def test_cka_and_small_n_notes():
     assert D.small_n_note(D.SMALL_N) is None and "(1 sample," in D.small_n_note(1).message
 
 
+def test_cka_null_note_names_the_layers_within_the_null():
+    cka = np.array([[0.9, 0.1, 0.2], [0.3, 0.5, 0.4], [0.2, 0.3, 0.8]])
+    high = np.full((3, 3), 0.6)
+    note = D.cka_null_note(cka, high, "the argmax path")
+    assert note.code == "cka_null" and note.severity == "info"
+    assert "For the argmax path" in note.message and "at 1 of 3 layers (1)" in note.message  # 0.5 <= 0.6
+    assert D.cka_null_note(cka, np.full((3, 3), 0.4)) is None  # every diagonal cell above its null
+    assert "at 3 of 3 layers (0, 1, 2)" in D.cka_null_note(cka, np.ones((3, 3))).message
+    assert D.cka_null_note(None, high) is None and D.cka_null_note(cka, None) is None
+
+
 def _analysis(path_cos, path_dist=None):
     from lsl_core.analysis import SampleAnalysis
 

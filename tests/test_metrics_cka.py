@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from reference_metrics import ref_cross_layer_cka, ref_linear_cka, ref_minibatch_cka, ref_unbiased_hsic
@@ -242,3 +243,52 @@ def test_minibatch_cka_constant_layer_and_errors():
         m.update(xs[:, :3], yt[:, :3])
     with pytest.raises(MetricInputError, match="same items"):
         m.update(xs[:, :5], yt[:, :6])
+
+
+# ---- the aligned CKA's shuffled-pairing null ----------------------------------------------------
+
+def _ref_null(hs, ht, path, perms):
+    """The null by its definition, with the slow reference CKA: [P, L+1, L+1] over the given pairings."""
+    X = hs[:, path]
+    return np.array([[[ref_linear_cka(X[a].tolist(), ht[b][list(p)].tolist()) for b in range(ht.shape[0])]
+                      for a in range(hs.shape[0])] for p in perms])
+
+
+def test_cka_null_enumerates_every_other_pairing_of_few_tokens():
+    import itertools
+
+    from lsl_core.metrics.cka import cka_pairing_null
+
+    g = torch.Generator().manual_seed(3)
+    hs = torch.randn(3, 9, 6, generator=g, dtype=torch.float64)
+    ht = torch.randn(3, 5, 6, generator=g, dtype=torch.float64)
+    hs[:, [1, 3, 4, 6, 8]] = ht + 0.05 * hs[:, [1, 3, 4, 6, 8]]  # the path frames carry their token
+    path = torch.tensor([1, 3, 4, 6, 8])
+    null = cka_pairing_null(hs, ht, path, n_perm=500)  # 5! - 1 = 119 <= 500: every other pairing
+    perms = list(itertools.permutations(range(5)))[1:]
+    ref = _ref_null(hs.numpy(), ht.numpy(), path.numpy(), perms)
+    observed = cross_layer_cka(hs, ht, path).numpy()
+    assert null.n_perm == 119
+    np.testing.assert_allclose(null.mean, ref.mean(0), atol=1e-10)
+    np.testing.assert_allclose(null.high, np.quantile(ref, 0.975, axis=0), atol=1e-10)
+    np.testing.assert_allclose(null.low, np.quantile(ref, 0.025, axis=0), atol=1e-10)
+    np.testing.assert_allclose(null.p, (1 + (ref >= observed - 1e-12).sum(0)) / 120, atol=1e-12)
+    np.testing.assert_allclose(np.diagonal(null.p), 1 / 120)  # the aligned pairing beats every other one
+
+
+def test_cka_null_samples_pairings_of_many_tokens():
+    from lsl_core.metrics.cka import cka_pairing_null
+
+    g = torch.Generator().manual_seed(0)
+    ht = torch.randn(4, 12, 32, generator=g)
+    same = cka_pairing_null(ht, ht, torch.arange(12), n_perm=99)  # speech = text, frame j = token j
+    assert same.n_perm == 99
+    np.testing.assert_allclose(np.diagonal(same.p), 1 / 100)  # CKA 1 at a = b: no re-pairing reaches it
+    assert (np.diagonal(same.high) < 1.0 - 1e-6).all()
+    assert (same.low <= same.mean).all() and (same.mean <= same.high).all()
+    again = cka_pairing_null(ht, ht, torch.arange(12), n_perm=99)
+    np.testing.assert_array_equal(same.mean, again.mean)  # seeded
+    unrelated = cka_pairing_null(torch.randn(4, 30, 32, generator=g), ht, torch.arange(0, 24, 2), n_perm=99)
+    assert np.median(unrelated.p) > 0.2  # unrelated states: the observed pairing is one more random pairing
+    with pytest.raises(MetricInputError, match="at least 4"):
+        cka_pairing_null(ht[:, :3], ht[:, :3], torch.arange(3))

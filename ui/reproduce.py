@@ -75,14 +75,18 @@ def cka_code(checkpoint: str | Path, set_spec: str, sample_id: str, *, path_metr
         "from lsl_core.model.loading import load_checkpoint",
         "",
         *_preamble(checkpoint, set_spec, sample_id),
-        "cka = {}  # [L+1, L+1]: speech layer a x text layer b, tokens paired with frames by the path",
+        "cka, null = {}, {}  # [L+1, L+1]: speech layer a x text layer b, tokens paired with frames by the path",
         "for method in ('argmax', 'dtw'):",
         f"    options = AnalysisOptions(cka=True, cka_path={path_metric!r}, cka_path_layer={int(path_layer)}, "
         "path=method)",
-        "    cka[method] = analyze_sample(model, sample, options).cka",
-        "    viz.cka_heatmap(cka[method], f'Aligned cross-layer CKA ({method} path)', "
-        "band=band_location(cka[method])).show()",
+        "    a = analyze_sample(model, sample, options)",
+        "    cka[method] = a.cka",
+        "    null[f'{method} path: aligned CKA'] = (a.cka, None, None)",
+        "    null[f'{method} path: shuffled pairing (null)'] = (a.cka_null_mean, a.cka_null_low, a.cka_null_high)",
+        "    viz.cka_heatmap(cka[method], f'Aligned cross-layer CKA ({method} path)', band=band_location(cka[method]),",
+        "                    null=(a.cka_null_mean, a.cka_null_high, a.cka_null_p)).show()  # hover: null, p",
         "print('argmax vs DTW, Pearson r:', matrix_correlation(cka['argmax'], cka['dtw']))",
+        "viz.cka_spread(null, 'CKA of speech layer a with text layer a, and its shuffled-pairing null').show()",
     ]
     if set_ids:
         lines += [
@@ -93,6 +97,9 @@ def cka_code(checkpoint: str | Path, set_spec: str, sample_id: str, *, path_metr
             "if res.mean_cka is not None:  # None: no sample had enough aligned token pairs",
             "    viz.cka_heatmap(res.mean_cka, 'Aligned CKA, mean over the set', low=res.mean_cka_low, "
             "high=res.mean_cka_high).show()",
+            "    viz.cka_spread({'aligned': (res.mean_cka, res.mean_cka_low, res.mean_cka_high), 'shuffled pairing "
+            "(null)': (res.mean_cka_null, res.mean_cka_null_low, res.mean_cka_null_high)}, 'Diagonal vs its null')"
+            ".show()",
             "if res.pooled_cka is not None:  # None: fewer samples than the pooled CKA needs",
             "    viz.cka_heatmap(res.pooled_cka, 'Mean-pooled CKA (unaligned)', low=res.pooled_cka_low, "
             "high=res.pooled_cka_high).show()",

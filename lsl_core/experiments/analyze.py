@@ -36,7 +36,8 @@ from lsl_core.model.lslm import locked_items
 from lsl_core.results import CHECKPOINT_KEYS, checkpoint_means
 
 # the alignment page's columns: means over samples of each checkpoint (layers 1..L)
-PAGE_COLUMNS = ("seq_cos_mean", "aps_cos", "spearman_cos_mean", "consistency_mean", "seq_dist_mean", "aps_dist")
+PAGE_COLUMNS = ("seq_cos_mean", "aps_cos", "spearman_cos_mean", "consistency_mean", "seq_dist_mean", "aps_dist",
+                "cka_diag_mean", "cka_null_diag_mean", "cka_above_null_frac")
 
 
 # =============================================================================== the sweep
@@ -185,6 +186,9 @@ def alignment_page(rows: pd.DataFrame, meta: dict) -> str:
         "per-sample metric whose layer curve is averaged over layers 1..L (layer 0, the LLM input, is left out).",
         "- seq_cos / seq_dist: cosine / Euclidean distance of the mean-pooled speech and text states; aps: alignment "
         "path score; spearman: monotonicity of the cosine path; consistency: cosine and distance paths agree.",
+        "- cka_diag: aligned CKA of speech layer a with text layer a (cosine path of the middle layer); cka_null_diag: "
+        "the same with the frame-token pairs shuffled (mean of 200 re-pairings); cka_above_null: share of layers "
+        "whose CKA is above its null's 97.5th percentile (– for rows written before the null existed).",
         "",
         "| " + " | ".join([*CHECKPOINT_KEYS, "n", *PAGE_COLUMNS]) + " |",
         "|---|---|---|--:|--:|" + "--:|" * len(PAGE_COLUMNS),

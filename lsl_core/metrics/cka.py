@@ -16,6 +16,11 @@ CKA is undefined; it is reported as 0.0 (no shared structure), never NaN.
 
 from __future__ import annotations
 
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,6 +30,7 @@ from lsl_core.metrics.sequence import validate_states
 MIN_PAIRS = 4  # the unbiased HSIC estimator divides by n(n-3); CKA on fewer items says nothing
 CONSTANT_RTOL = 1e-10  # ||X - mean|| <= rtol * ||X||: the features are constant up to rounding
 MAX_GRAM_ENTRIES = 2**27  # (L+1) * n^2 float64 Gram entries per side (1 GiB): beyond, use MinibatchCKA
+NULL_PERMUTATIONS = 200  # shuffled pairings of the aligned CKA's null (cka_pairing_null): p >= 1/201
 
 
 # ---- one step of the formula each -----------------------------------------------------------
@@ -95,20 +101,27 @@ def linear_cka_gram(X: Tensor, Y: Tensor) -> float:
     return float(hsic(K, L) / torch.sqrt(hsic(K, K) * hsic(L, L)))
 
 
+def _grams(X: Tensor) -> tuple[Tensor, Tensor]:
+    """Centred Grams of every layer and which layers vary: X [A,n,p] float64 -> K [A,n,n], ok [A] bool."""
+    Xc = centre(X)
+    return torch.bmm(Xc, Xc.transpose(1, 2)), _nonconstant(X, Xc)
+
+
+def _cka_from_grams(K: Tensor, ok_k: Tensor, L: Tensor, ok_l: Tensor) -> Tensor:
+    """CKA of every layer pair from centred Grams K [A,n,n], L [..., B,n,n] -> [..., A, B] (constant layers: 0)."""
+    cross = torch.einsum("aij,...bij->...ab", K, L)  # <K_a, L_b>_F = ||Y_b^T X_a||_F^2
+    den = torch.linalg.matrix_norm(K)[:, None] * torch.linalg.matrix_norm(L)[..., None, :]  # [..., A, B]
+    ok = ok_k[:, None] & ok_l[None, :]
+    return torch.where(ok, cross / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+
+
 def _cka_matrix(X: Tensor, Y: Tensor) -> Tensor:
     """CKA between every layer pair: X [A,n,p], Y [B,n,q] float64 -> [A,B].
 
     Centre once per layer, one centred Gram per layer ([A,n,n], [B,n,n]; n is small: tokens or
-    samples), then all Frobenius products <K_a, L_b> in one matmul. Constant layers give 0.
+    samples), then all Frobenius products <K_a, L_b> at once. Constant layers give 0.
     """
-    Xc, Yc = centre(X), centre(Y)  # [A, n, p], [B, n, q]
-    K = torch.bmm(Xc, Xc.transpose(1, 2)).flatten(1)  # [A, n*n] centred Grams
-    L = torch.bmm(Yc, Yc.transpose(1, 2)).flatten(1)  # [B, n*n]
-    cross = K @ L.T  # [A, B], <K_a, L_b>_F = ||Y_b^T X_a||_F^2
-    norm_k, norm_l = torch.linalg.vector_norm(K, dim=1), torch.linalg.vector_norm(L, dim=1)  # [A], [B]
-    ok = _nonconstant(X, Xc)[:, None] & _nonconstant(Y, Yc)[None, :]  # [A, B]
-    den = norm_k[:, None] * norm_l[None, :]
-    return torch.where(ok, cross / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+    return _cka_from_grams(*_grams(X), *_grams(Y))
 
 
 def _check_layer_pair(xs: Tensor, yt: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,13 +139,8 @@ def _check_layer_pair(xs: Tensor, yt: Tensor) -> tuple[Tensor, Tensor]:
 
 # ---- aligned cross-layer CKA of one sample --------------------------------------------------
 
-def cross_layer_cka(hs: Tensor, ht: Tensor, path: Tensor) -> Tensor:
-    """Speech-layer x text-layer CKA on aligned pairs: -> [L+1, L+1] float64.
-
-    hs [L+1,Ts,d], ht [L+1,Tt,d], path LongTensor [Tt] (frame i*_j for each token j).
-    Entry [a, b] = linear_cka(hs[a, path], ht[b]). A per-layer path [L+1, Tt] is also accepted:
-    then speech layer a uses path[a] (the path found at that layer). Needs Tt >= 4.
-    """
+def _aligned_pairs(hs: Tensor, ht: Tensor, path: Tensor) -> tuple[Tensor, Tensor]:
+    """The aligned CKA's inputs, checked: X = hs[a, path] [L+1, Tt, d] and Y = ht [L+1, Tt, d], float64."""
     hs, ht = validate_states(hs, ht, dtype=None)  # float64 cast after the gather: [L+1, Tt, d] only
     n_layers, ts, d = hs.shape
     tt = ht.shape[1]
@@ -152,7 +160,67 @@ def cross_layer_cka(hs: Tensor, ht: Tensor, path: Tensor) -> Tensor:
         X = hs[:, path]  # [L+1, Tt, d]
     else:
         X = hs.gather(1, path.unsqueeze(-1).expand(n_layers, tt, d))  # [L+1, Tt, d]
-    return _cka_matrix(X.to(torch.float64), ht.to(torch.float64))
+    return X.to(torch.float64), ht.to(torch.float64)
+
+
+def cross_layer_cka(hs: Tensor, ht: Tensor, path: Tensor) -> Tensor:
+    """Speech-layer x text-layer CKA on aligned pairs: -> [L+1, L+1] float64.
+
+    hs [L+1,Ts,d], ht [L+1,Tt,d], path LongTensor [Tt] (frame i*_j for each token j).
+    Entry [a, b] = linear_cka(hs[a, path], ht[b]). A per-layer path [L+1, Tt] is also accepted:
+    then speech layer a uses path[a] (the path found at that layer). Needs Tt >= 4.
+    """
+    return _cka_matrix(*_aligned_pairs(hs, ht, path))
+
+
+@dataclass(frozen=True)
+class CKANull:
+    """The shuffled-pairing null of an aligned CKA matrix, each field [L+1, L+1] float64 (numpy).
+
+    mean: mean CKA over the shuffled pairings; low / high: their 2.5th / 97.5th percentiles; p: the
+    permutation p-value of the observed CKA, (1 + pairings with CKA >= observed) / (1 + n_perm); n_perm:
+    the pairings drawn (every one but the identity, n! - 1, when that is not more than asked: exact p).
+    """
+
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    p: np.ndarray
+    n_perm: int
+
+
+def cka_pairing_null(hs: Tensor, ht: Tensor, path: Tensor, n_perm: int = NULL_PERMUTATIONS,
+                     seed: int = 0) -> CKANull:
+    """What the aligned CKA is without the alignment: each text token paired with the path frame of another
+    token (a random permutation of the Tt pairs, never the identity), n_perm times, or every such
+    permutation when Tt! - 1 <= n_perm (4 or 5 tokens); arguments as cross_layer_cka. Both sides keep
+    their own geometry, so the null holds what CKA reaches for unrelated pairs of these representations
+    (large for few tokens in many dimensions); the observed CKA above its null's 97.5th percentile is
+    what the frame-token pairing itself carries. -> CKANull, fields [L+1, L+1].
+    """
+    X, Y = _aligned_pairs(hs, ht, path)
+    K, ok_k = _grams(X)
+    L, ok_l = _grams(Y)
+    observed = _cka_from_grams(K, ok_k, L, ok_l)  # [A, B]
+    n = Y.shape[1]
+    if math.factorial(n) - 1 <= n_perm:  # few tokens: every other pairing, so p is exact
+        perms = torch.tensor(list(itertools.permutations(range(n)))[1:])  # [n! - 1, n], the identity left out
+    else:
+        g = torch.Generator().manual_seed(seed)
+        perms = torch.stack([torch.randperm(n, generator=g) for _ in range(n_perm)])  # [P, n]
+        ident = (perms == torch.arange(n)).all(1)
+        while ident.any():  # the identity is the observed pairing, not a null draw
+            perms[ident] = torch.stack([torch.randperm(n, generator=g) for _ in range(int(ident.sum()))])
+            ident = (perms == torch.arange(n)).all(1)
+    n_perm = perms.shape[0]
+    chunks = []
+    for part in perms.split(max(1, 2**24 // max(1, L.shape[0] * n * n))):  # bound the [P, B, n, n] gather
+        Lp = L[:, part[:, :, None], part[:, None, :]].transpose(0, 1)  # [p, B, n, n]: rows/cols re-paired
+        chunks.append(_cka_from_grams(K, ok_k, Lp, ok_l))
+    null = torch.cat(chunks)  # [P, A, B]
+    q = torch.quantile(null, torch.tensor([0.025, 0.975], dtype=null.dtype), dim=0)
+    p = (1 + (null >= observed - 1e-12).sum(0).to(torch.float64)) / (1 + n_perm)
+    return CKANull(mean=null.mean(0).numpy(), low=q[0].numpy(), high=q[1].numpy(), p=p.numpy(), n_perm=n_perm)
 
 
 # ---- unaligned mean-pooled variant across samples -------------------------------------------

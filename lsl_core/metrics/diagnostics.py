@@ -17,6 +17,8 @@ one named constant below; `docs/diagnostics.md` lists them for readers.
                                                        unrelated representations).
     small n             a comparison (two bars, a GAP, a Δ vs Original, a fit) over fewer than
                         SMALL_N samples per group: read its 95% interval, not its point value.
+    CKA at its null     an aligned CKA diagonal cell (speech layer a, text layer a) at or below the 97.5th
+                        percentile of its shuffled-pairing null (metrics.cka.cka_pairing_null).
     R² at its null      a GAP-vs-alignment fit whose permutation p >= R2_ALPHA (a randomly re-paired
                         metric fits as well), or that adds under R2_ADDED_MIN to the training step's
                         own fit (the metric tracks training progress, not the GAP beyond it).
@@ -105,7 +107,8 @@ def small_n(n: int, minimum: int = SMALL_N) -> bool:
 class Note:
     """One diagnostic to show beside a number: a stable code (tests, filters) and a sentence for readers."""
 
-    code: str  # collapsed_path | spearman_undefined | cka_undefined | cka_few_pairs | small_n | short_speech | r2_null
+    code: str  # collapsed_path | spearman_undefined | cka_undefined | cka_few_pairs | small_n | short_speech |
+    #            r2_null | cka_null
     message: str
     severity: Severity = "warning"
 
@@ -197,6 +200,23 @@ def set_notes(rows) -> list[Note]:
 
 
 # =============================================================================== what an analysis carries
+def cka_null_note(cka, null_high, what: str = "this sample") -> Note | None:
+    """The diagonal layers a (speech layer a vs text layer a) where the aligned CKA [L+1, L+1] is not above its
+    shuffled-pairing null's 97.5th percentile null_high [L+1, L+1] (metrics.cka.cka_pairing_null); None when
+    it is above at every layer. There, random frame-token pairs of the same states are as similar."""
+    if cka is None or null_high is None:
+        return None
+    d, h = np.diagonal(np.asarray(cka, dtype=np.float64)), np.diagonal(np.asarray(null_high, dtype=np.float64))
+    within = np.nonzero(d <= h)[0]
+    if not within.size:
+        return None
+    shown = ", ".join(str(int(a)) for a in within[:12]) + (" …" if within.size > 12 else "")
+    return Note("cka_null", f"For {what} the aligned CKA of speech layer a with text layer a is within its "
+                            f"shuffled-pairing null (≤ its 97.5th percentile) at {within.size} of {d.size} layers "
+                            f"({shown}): there, random frame-token pairs of the same states are as similar, so "
+                            "the number says nothing about the alignment.", "info")
+
+
 def r2_null_note(fits, control: str = "step") -> Note | None:
     """One note over a gap_r2_table / gap_fits table (columns metric, r2, p_perm, r2_added; groups in any
     other columns): the fits within their permutation null, and those that add under R2_ADDED_MIN to the
@@ -237,4 +257,4 @@ def path_diagnostics(path_cos, path_dist) -> dict[str, np.ndarray]:
 __all__ = ["COLLAPSE_TOP_FRAMES", "COLLAPSE_SHARE", "MIN_TOKENS_COLLAPSE", "CKA_FEW_PAIRS", "CKA_MIN_PAIRS", "SMALL_N",
            "Note", "top_frames_share", "collapsed_path", "spearman_undefined", "cka_pairs_status", "small_n",
            "layer_notes", "sample_notes", "cka_note", "small_n_note", "set_notes", "path_diagnostics",
-           "R2_ALPHA", "R2_ADDED_MIN", "r2_null_note"]
+           "R2_ALPHA", "R2_ADDED_MIN", "r2_null_note", "cka_null_note"]

@@ -23,21 +23,29 @@ from lsl_core.viz.style import (
 
 def cka_heatmap(matrix: np.ndarray, title: str, *, x_label: str = "text layer b",
                 y_label: str = "speech layer a", band: np.ndarray | None = None, low: np.ndarray | None = None,
-                high: np.ndarray | None = None, spread: str = "95% interval") -> go.Figure:
+                high: np.ndarray | None = None, spread: str = "95% interval",
+                null: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> go.Figure:
     """Cross-layer CKA [L+1, L+1] (speech layer a = rows, text layer b = columns), colour fixed to 0..1.
 
     band: optional [L+1] text layer b*(a) per speech layer (metrics.stability.band_location), drawn
     as open circles joined by a line. low / high [L+1, L+1], when given, are each cell's interval over
-    samples, shown in the hover.
+    samples, shown in the hover. null: (mean, 97.5th percentile, p) [L+1, L+1] each of the shuffled-pairing
+    null (metrics.cka.cka_pairing_null), shown in the hover.
     """
     M = np.asarray(matrix, dtype=np.float64)
     if M.ndim != 2:
         raise ValueError(f"CKA matrix must be 2-D, got shape {M.shape}")
     La, Lb = M.shape[0] - 1, M.shape[1] - 1
-    custom, extra = None, ""
+    layers, extra = [], ""
     if low is not None and high is not None:
-        custom = np.stack([np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)], axis=-1)
-        extra = f"<br>{spread}: [%{{customdata[0]:.{VALUE_DIGITS}f}}, %{{customdata[1]:.{VALUE_DIGITS}f}}]"
+        layers += [low, high]
+        extra += f"<br>{spread}: [%{{customdata[0]:.{VALUE_DIGITS}f}}, %{{customdata[1]:.{VALUE_DIGITS}f}}]"
+    if null is not None:
+        k = len(layers)
+        layers += list(null)
+        extra += (f"<br>shuffled-pairing null: mean %{{customdata[{k}]:.{VALUE_DIGITS}f}}, 97.5th percentile "
+                  f"%{{customdata[{k + 1}]:.{VALUE_DIGITS}f}}; p = %{{customdata[{k + 2}]:.4f}}")
+    custom = np.stack([np.asarray(v, dtype=np.float64) for v in layers], axis=-1) if layers else None
     fig = go.Figure(go.Heatmap(
         z=M, x=np.arange(Lb + 1), y=np.arange(La + 1), colorscale=SEQUENTIAL, zmin=0.0, zmax=1.0,
         colorbar=dict(title=dict(text="linear CKA", side="right")), customdata=custom,
@@ -103,25 +111,31 @@ def cka_stability(summary, title: str | None = None) -> go.Figure:
     return fig
 
 
-def cka_spread(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str) -> go.Figure:
+def cka_spread(curves: Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]], title: str
+               ) -> go.Figure:
     """The diagonal CKA[a, a] (speech layer a vs text layer a) of one or more CKA matrices with a band for
-    their spread over samples: curves = {name: (matrix, low, high)}, each [L+1, L+1]."""
+    their spread: curves = {name: (matrix, low, high)}, each [L+1, L+1] (low, high None: no band), e.g. the
+    spread over samples, or the central 95% of a shuffled-pairing null."""
     fig = go.Figure()
     L = 0
     for k, (name, (M, lo, hi)) in enumerate(curves.items()):
-        d, dl, dh = (np.diagonal(np.asarray(m, dtype=np.float64)) for m in (M, lo, hi))
+        d = np.diagonal(np.asarray(M, dtype=np.float64))
         L = max(L, d.shape[0] - 1)
-        st = SeriesStyle(categorical_colors(max(2, len(curves)))[k], SYMBOLS[k], DASHES[k])
+        st = SeriesStyle(categorical_colors(max(2, len(curves)))[k], SYMBOLS[k % len(SYMBOLS)], DASHES[k % len(DASHES)])
         x = np.arange(d.shape[0])
-        fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([dh, dl[::-1]]), fill="toself",
-                                 fillcolor="rgba(120,120,120,0.25)", line=dict(width=0), hoverinfo="skip",
-                                 name=f"{name}: 95% interval", legendgroup=name))
+        hover = f"{html.escape(name, quote=False)}<br>layer %{{x}}<br>CKA = %{{y:.6f}}"
+        custom = None
+        if lo is not None and hi is not None:
+            dl, dh = (np.diagonal(np.asarray(m, dtype=np.float64)) for m in (lo, hi))
+            fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([dh, dl[::-1]]), fill="toself",
+                                     fillcolor="rgba(120,120,120,0.25)", line=dict(width=0), hoverinfo="skip",
+                                     name=f"{name}: 95% interval", legendgroup=name))
+            custom = np.stack([dl, dh], axis=1)
+            hover += f"<br>95% interval [%{{customdata[0]:.{VALUE_DIGITS}f}}, %{{customdata[1]:.{VALUE_DIGITS}f}}]"
         fig.add_trace(go.Scatter(
             x=x, y=d, mode="lines+markers", name=name, legendgroup=name,
             line=dict(color=st.color, dash=st.dash, width=2), marker=dict(symbol=st.symbol, size=7, color=st.color),
-            customdata=np.stack([dl, dh], axis=1),
-            hovertemplate=f"{html.escape(name, quote=False)}<br>layer %{{x}}<br>CKA = %{{y:.6f}}<br>95% interval "
-                          f"[%{{customdata[0]:.{VALUE_DIGITS}f}}, %{{customdata[1]:.{VALUE_DIGITS}f}}]<extra></extra>",
+            customdata=custom, hovertemplate=hover + "<extra></extra>",
         ))
     _mark_final_layer(fig, L)
     fig.update_xaxes(title_text="layer a = b (speech layer vs the same text layer)", dtick=max(1, L // 10))
