@@ -8,16 +8,16 @@ import streamlit as st
 from lsl_core import viz
 from lsl_core.analysis import AnalysisOptions
 from lsl_core.metrics import diagnostics
-from lsl_core.metrics.cka import MIN_PAIRS
+from lsl_core.metrics.cka import MIN_PAIRS, NULL_PERMUTATIONS
 from lsl_core.metrics.stability import band_location, matrix_correlation
 from lsl_core.metrics.tokenwise import METRICS
 from ui import context, errors, export, loaders, notes, reproduce, state, tables
 
 PATHS = METRICS  # the alignment path is chosen by cosine or by distance
-CKA_NULL_CAPTION = ("Null: each text token paired with the path frame of another token (200 random re-pairings, "
-                    "never the identity); both sides keep their own geometry. Linear CKA of a few tokens in hundreds "
-                    "of dimensions is high even for unrelated pairs, so read the aligned CKA against this band; "
-                    "the heatmaps' hover gives each cell's null and permutation p.")
+CKA_NULL_CAPTION = (f"Null: each text token paired with the path frame of another token ({NULL_PERMUTATIONS} random "
+                    "re-pairings, never the identity; every one for 4-5 tokens); both sides keep their own geometry. "
+                    "Linear CKA of a few tokens in hundreds of dimensions is high even for unrelated pairs, so read "
+                    "the aligned CKA against this band; the heatmaps' hover gives each cell's null and permutation p.")
 
 
 def _request(ids: tuple, options_key: str) -> None:

@@ -41,6 +41,8 @@ R2_METRICS = {
     "retrieval_top1_best": "retrieval top-1 at the best layer",
     "specific_seq_cos": "specific sequence cosine (matched − mismatched)",
     "silence_margin_aps": "APS margin over silence",
+    "cka_diag_mean": "aligned CKA, speech layer a vs text layer a",
+    "cka_above_null_frac": "aligned CKA above its shuffled-pairing null (share of layers)",
 }
 # the baseline every metric is read against: how much of the GAP training progress alone explains
 R2_BASELINE = {"step": "training step (baseline: progress alone)"}
@@ -169,7 +171,8 @@ def curriculum_table(results: Path, measured: dict[str, dict] | None = None,
         rows.append(rec)
     df = pd.DataFrame(rows)
     keep = [c for c in ("checkpoint", "seq_cos_mean", "aps_cos", "spearman_cos_mean", "spearman_dist_mean",
-                        "collapsed_cos_frac", "collapsed_dist_frac") if c in al.columns]
+                        "collapsed_cos_frac", "collapsed_dist_frac", "cka_diag_mean", "cka_above_null_frac")
+            if c in al.columns]
     df = df.merge(al[keep], on="checkpoint", how="left")
     cpath = results / "analysis_controls.parquet"
     if cpath.is_file():
