@@ -223,6 +223,17 @@ def _live_alignment(at, n: int):
     return _run(at)
 
 
+def _live_interventions(at):
+    """On the Benchmark page: run angle:bottom3 live on 1 sample with 4 new tokens (press the button)."""
+    _widget(at.number_input, "Samples").set_value(1)
+    _widget(at.multiselect, "Conditions").set_value(["angle:bottom3"])
+    _widget(at.number_input, "Max new tokens").set_value(4)
+    _run(at)
+    [btn] = [b for b in at.button if b.label.startswith("Run 1 interventions")]
+    btn.click()
+    return _run(at)
+
+
 def _model(world, name="tiny-step10"):
     from lsl_core.model.loading import load_checkpoint
 
@@ -593,13 +604,7 @@ def test_benchmark_scores_cases_and_interventions(world):
     # stored intervention table and a live run
     at = _app(BENCHMARK)
     assert _fig(at, "Speech-input F1 under each intervention")
-    _widget(at.number_input, "Samples").set_value(1)
-    _widget(at.multiselect, "Conditions").set_value(["angle:bottom3"])
-    _widget(at.number_input, "Max new tokens").set_value(4)
-    _run(at)
-    [btn] = [b for b in at.button if b.label.startswith("Run 1 interventions")]
-    btn.click()
-    _run(at)
+    _live_interventions(at)
     live = _fig(at, "speech-input F1 per condition (1 sample, 95% CI)")
     assert [str(x) for x in live["data"][0]["x"]] == ["Original", "Angle·Bottom3"]
     assert live["data"][0]["error_y"]["type"] == "data"  # 95% bootstrap interval drawn (zero width for n = 1)

@@ -256,13 +256,9 @@ def test_benchmark_snippets_rebuild_scores_and_intervention_tables(world, monkey
     _same_bars(_bars(json.loads(ns["viz"].intervention_bars(ns["t"], "F1").to_json())),
                _bars(_fig(at, "Speech-input F1 under each intervention")))
 
-    _widget(at.number_input, "Samples").set_value(1)
-    _widget(at.multiselect, "Conditions").set_value(["angle:bottom3"])
-    _widget(at.number_input, "Max new tokens").set_value(4)
-    _run(at)
-    [btn] = [b for b in at.button if b.label.startswith("Run 1 interventions")]
-    btn.click()
-    _run(at)
+    from test_app import _live_interventions
+
+    _live_interventions(at)
     *_, live = _shown_code(at, "python")
     assert "evaluate_interventions(" in live and "['angle:bottom3']" in live and "max_new_tokens=4" in live
     assert world["ids"][0] in live and world["roots"]["tiny-step10"] in live
