@@ -17,6 +17,7 @@ from lsl_core.viz.style import (
     SYMBOLS,
     VALUE_DIGITS,
     SeriesStyle,
+    _rgba,
     categorical_colors,
 )
 
@@ -128,7 +129,7 @@ def cka_spread(curves: Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndar
         if lo is not None and hi is not None:
             dl, dh = (np.diagonal(np.asarray(m, dtype=np.float64)) for m in (lo, hi))
             fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([dh, dl[::-1]]), fill="toself",
-                                     fillcolor="rgba(120,120,120,0.25)", line=dict(width=0), hoverinfo="skip",
+                                     fillcolor=_rgba(st.color, 0.18), line=dict(width=0), hoverinfo="skip",
                                      name=f"{name}: 95% interval", legendgroup=name))
             custom = np.stack([dl, dh], axis=1)
             hover += f"<br>95% interval [%{{customdata[0]:.{VALUE_DIGITS}f}}, %{{customdata[1]:.{VALUE_DIGITS}f}}]"
