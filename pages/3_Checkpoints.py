@@ -257,6 +257,12 @@ def main() -> None:
         with cols[1]:
             export.figure(viz.trend_curves(means, "consistency_mean", title="mean consistency across training, 95% CI "
                                            "over samples"), "consistency_vs_step", key="fig_consistency", columns=2)
+        if "cka_diag_mean" in means.columns and means["cka_diag_mean"].notna().any():  # stored rows with the CKA
+            export.figure(viz.trend_curves(means, "cka_diag_mean", baseline="cka_null_diag_mean",
+                                           baseline_label="shuffled-pairing null",
+                                           title="aligned CKA (speech layer a vs text layer a) across training, 95% "
+                                                 "CI over samples; dotted: frame-token pairs shuffled (null)"),
+                          "cka_vs_step", key="fig_cka_trend")
         export.table(means.drop(columns=[c for c in CURVES if c in means.columns]), "alignment_per_checkpoint")
 
         # ------------------------------------------------------------ GAP vs alignment

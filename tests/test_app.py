@@ -846,6 +846,34 @@ def test_explorer_shows_controls_next_to_every_metric(world):
     assert _fig(at, "Controls: Spearman rho, cosine path per layer")
 
 
+def test_checkpoints_cka_across_training_against_its_null_from_stored_rows(world, tmp_path, monkeypatch):
+    import shutil
+
+    from lsl_core.analysis import AnalysisOptions
+    from lsl_core.data.sets import load_sample_set
+    from lsl_core.experiments.analyze import analyze_checkpoints
+    from lsl_core.model.loading import read_manifest
+    from lsl_core.results import checkpoint_means
+
+    stored = tmp_path / "results"
+    shutil.copytree(world["root"] / "results", stored)
+    samples = load_sample_set(world["spec"]).filter(ids=world["ids"][:2])
+    manifests = [read_manifest(r) for r in world["roots"].values()]
+    rows = analyze_checkpoints(manifests, samples, AnalysisOptions(cka=True)).rows  # as `analyze` stores them
+    rows.to_parquet(stored / "analysis.parquet", index=False)
+    monkeypatch.setenv("LSL_RESULTS_DIR", str(stored))
+    at = _app(CHECKPOINTS)
+    fig = _fig(at, "aligned CKA (speech layer a vs text layer a) across training")
+    means = checkpoint_means(rows).set_index("checkpoint")
+    lines = {t["name"]: t for t in fig["data"]}
+    nulls = [t for name, t in lines.items() if name.endswith("· shuffled-pairing null")]
+    assert nulls and len(nulls) == len(fig["data"]) / 2  # one dotted null per trajectory
+    for t in fig["data"]:
+        col = "cka_null_diag_mean" if t in nulls else "cka_diag_mean"
+        assert set(np.round(_arr(t["y"]), 6)) <= set(np.round(means[col].to_numpy(), 6))
+    assert (means["cka_diag_mean"] > 0).all() and means["cka_above_null_frac"].between(0, 1).all()
+
+
 def test_checkpoints_retrieval_curve_live_and_from_stored_results(world, tmp_path, monkeypatch):
     import shutil
 
