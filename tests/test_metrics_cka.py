@@ -276,7 +276,7 @@ def test_cka_null_enumerates_every_other_pairing_of_few_tokens():
     np.testing.assert_allclose(np.diagonal(null.p), 1 / 120)  # the aligned pairing beats every other one
 
 
-def test_cka_null_samples_pairings_of_many_tokens():
+def test_cka_null_samples_pairings_of_many_tokens(monkeypatch):
     from lsl_core.metrics.cka import cka_pairing_null
 
     g = torch.Generator().manual_seed(0)
@@ -288,6 +288,12 @@ def test_cka_null_samples_pairings_of_many_tokens():
     assert (same.low <= same.mean).all() and (same.mean <= same.high).all()
     again = cka_pairing_null(ht, ht, torch.arange(12), n_perm=99)
     np.testing.assert_array_equal(same.mean, again.mean)  # seeded
+    import lsl_core.metrics.cka as cka_module
+
+    monkeypatch.setattr(cka_module, "NULL_CHUNK_ENTRIES", 3 * 4 * 12 * 12)  # 3 pairings per chunk: 33 chunks
+    chunked = cka_pairing_null(ht, ht, torch.arange(12), n_perm=99)
+    for f in ("mean", "low", "high", "p"):
+        np.testing.assert_allclose(getattr(chunked, f), getattr(same, f), atol=1e-12)
     unrelated = cka_pairing_null(torch.randn(4, 30, 32, generator=g), ht, torch.arange(0, 24, 2), n_perm=99)
     assert np.median(unrelated.p) > 0.2  # unrelated states: the observed pairing is one more random pairing
     with pytest.raises(MetricInputError, match="at least 4"):

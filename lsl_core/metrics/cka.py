@@ -31,6 +31,7 @@ MIN_PAIRS = 4  # the unbiased HSIC estimator divides by n(n-3); CKA on fewer ite
 CONSTANT_RTOL = 1e-10  # ||X - mean|| <= rtol * ||X||: the features are constant up to rounding
 MAX_GRAM_ENTRIES = 2**27  # (L+1) * n^2 float64 Gram entries per side (1 GiB): beyond, use MinibatchCKA
 NULL_PERMUTATIONS = 200  # shuffled pairings of the aligned CKA's null (cka_pairing_null): p >= 1/201
+NULL_CHUNK_ENTRIES = 2**22  # float64 entries of the re-paired Grams held at once (32 MiB), whatever Tt
 
 
 # ---- one step of the formula each -----------------------------------------------------------
@@ -214,7 +215,7 @@ def cka_pairing_null(hs: Tensor, ht: Tensor, path: Tensor, n_perm: int = NULL_PE
             ident = (perms == torch.arange(n)).all(1)
     n_perm = perms.shape[0]
     chunks = []
-    for part in perms.split(max(1, 2**24 // max(1, L.shape[0] * n * n))):  # bound the [P, B, n, n] gather
+    for part in perms.split(max(1, NULL_CHUNK_ENTRIES // max(1, L.shape[0] * n * n))):  # bounded [p, B, n, n]
         Lp = L[:, part[:, :, None], part[:, None, :]].transpose(0, 1)  # [p, B, n, n]: rows/cols re-paired
         chunks.append(_cka_from_grams(K, ok_k, Lp, ok_l))
     null = torch.cat(chunks)  # [P, A, B]
