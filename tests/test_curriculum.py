@@ -11,7 +11,7 @@ from conftest import tone
 
 from lsl_core.data.samples import Sample
 from lsl_core.errors import LSLError
-from lsl_core.experiments.curriculum import (curriculum_table, frame_sink, markdown, r2_table, r2_with_ci, silence_margin,
+from lsl_core.experiments.curriculum import (curriculum_table, frame_sink, markdown, r2_table, silence_margin,
                                              step_spearman, trajectories)
 from lsl_core.metrics.tokenwise import alignment_path, path_scores, token_cosine_matrix
 
@@ -60,19 +60,9 @@ def test_frame_sink_is_the_norm_ratio_of_the_whole_prompt_at_its_largest_layer(t
     assert got["sink_max_frame"] >= got["sink_first_frame"] - 1e-9
 
 
-def test_step_spearman_and_r2_ci_on_hand_made_points():
+def test_step_spearman_on_hand_made_points():
     assert step_spearman([1, 2, 3, 4], [0.1, 0.2, 0.15, 0.3]) == pytest.approx(0.8)
     assert np.isnan(step_spearman([1, 2], [0.1, 0.2]))
-    x = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
-    fit = r2_with_ci(x, 1.0 - 2.0 * x)  # an exact line
-    assert fit["r2"] == pytest.approx(1.0) and fit["slope"] == pytest.approx(-2.0) and fit["n"] == 6
-    assert fit["r2_lo"] == pytest.approx(1.0) and fit["r2_hi"] == pytest.approx(1.0)
-    noisy = r2_with_ci(x, np.array([0.3, 0.1, 0.5, 0.2, 0.6, 0.1]))
-    assert 0.0 <= noisy["r2_lo"] <= noisy["r2"] <= noisy["r2_hi"] <= 1.0
-    assert fit["p_perm"] == pytest.approx(2 / 720) and noisy["p_perm"] > fit["p_perm"]  # 6! pairings, exact
-    assert "r2_added" not in fit
-    step = np.arange(6.0)
-    assert r2_with_ci(x, 1.0 - 2.0 * x, control=step)["r2_added"] == pytest.approx(0.0, abs=1e-9)  # x is the step
 
 
 def _stored(tmp_path):
@@ -129,8 +119,12 @@ def test_table_joins_scores_alignment_and_orders_trajectories(tmp_path):
 
     base = r2.loc[("GAP F1 (all voices)", "training step (baseline: progress alone)")]  # the baseline row
     assert base["r2"] == pytest.approx(np.corrcoef(df["step"], gap)[0, 1] ** 2) and pd.isna(base["r2_added"])
-    assert r2.loc[("GAP F1 (all voices)", "APS, cosine path"), "r2_added"] == pytest.approx(
-        r2_added(x, gap, df["step"].to_numpy()))
+    aps = r2.loc[("GAP F1 (all voices)", "APS, cosine path")]
+    assert aps["r2_added"] == pytest.approx(r2_added(x, gap, df["step"].to_numpy()))
+    from lsl_core.metrics.gap import r2_interval, r2_null
+
+    assert (aps["r2_lo"], aps["r2_hi"]) == pytest.approx(r2_interval(x, gap))  # the metrics' null baselines
+    assert (aps["r2_null95"], aps["p_perm"]) == pytest.approx(r2_null(x, gap))
     sink = {"sink_first_frame": 1.2, "sink_first_frame_layer": 3, "sink_max_frame": 1.9, "sink_prompt0": 40.0,
             "sink_prompt0_layer": 2}
     page = markdown(curriculum_table(tmp_path, {"l2": {"silence_margin_aps": 0.2, **sink}}), r2_table(df),

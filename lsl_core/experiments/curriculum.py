@@ -13,7 +13,7 @@ the APS margin of real clips over an all-zero clip of the same length (`silence_
 first speech frames act as an attention sink (`frame_sink`: norm over the median speech-frame norm). Then the
 trajectories' Spearman of step vs agreement and the R² of each alignment metric vs GAP across all
 checkpoints, with a bootstrap 95% CI over checkpoints, a permutation null and the R² each metric adds
-beyond the training step, whose own fit is the baseline row (`r2_with_ci`).
+beyond the training step, whose own fit is the baseline row (`r2_table`, over metrics.gap.gap_r2_table).
 
     python -m lsl_core curriculum --results assets/results --zoo assets/checkpoints \\
         --markdown docs/results/curriculum.md
@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 
 from lsl_core.errors import LSLError
+from lsl_core.metrics.gap import gap_r2_table
+from lsl_core.metrics.stats import N_BOOT
 from lsl_core.experiments.pages import NOT_RECORDED, page_header
 
 # alignment metrics whose R² vs GAP is reported (column -> what it is)
@@ -113,28 +115,6 @@ def step_spearman(steps: Sequence[float], values: Sequence[float]) -> float:
     return float(spearmanr(steps, values).statistic)
 
 
-def r2_with_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0,
-               control: np.ndarray | None = None) -> dict:
-    """OLS R² of y on x over checkpoints (lsl_core.metrics.gap.fit_gap) with its null baselines: a percentile
-    bootstrap 95% CI over checkpoints (`r2_interval`), the permutation null's 95th percentile and p-value
-    (`r2_null`) and, given a control (the training step), the R² x adds beyond it (`r2_added`).
-    Checkpoints where x or y is missing are dropped."""
-    from lsl_core.metrics.gap import fit_gap, r2_added, r2_added_interval, r2_interval, r2_null
-
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    fit = fit_gap(x, y)
-    lo, hi = r2_interval(x, y, n_boot, seed)
-    null95, p = r2_null(x, y, n_boot, seed)
-    out = {"n": fit.n, "slope": fit.slope, "r2": fit.r2, "r2_lo": lo, "r2_hi": hi, "r2_null95": null95, "p_perm": p}
-    if control is not None:
-        c = np.asarray(control, np.float64)[ok]
-        lo, hi = r2_added_interval(x, y, c, n_boot, seed)
-        out.update(r2_added=r2_added(x, y, c), r2_added_lo=lo, r2_added_hi=hi)
-    return out
-
-
 # =============================================================================== the table
 def curriculum_table(results: Path, measured: dict[str, dict] | None = None,
                      stages: dict[str, str] | None = None) -> pd.DataFrame:
@@ -215,8 +195,9 @@ def trajectories(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def r2_table(df: pd.DataFrame) -> pd.DataFrame:
-    """R² (with bootstrap CI over checkpoints, permutation null and what it adds beyond the training step) of
-    every available alignment metric vs each GAP, then the training step's own R² (the baseline)."""
+    """R² (with bootstrap CI over checkpoints, permutation null and what it adds beyond the training step:
+    lsl_core.metrics.gap.gap_r2_table) of every available alignment metric vs each GAP, then the training
+    step's own R² (the baseline). Checkpoints where the metric or the GAP is missing are left out of its fit."""
     rows = []
     for g, gname in GAPS.items():
         if g not in df.columns:
@@ -229,13 +210,14 @@ def r2_table(df: pd.DataFrame) -> pd.DataFrame:
         metrics = [m for m in R2_METRICS if m in df.columns and not df[m].isna().all()]
         for m in metrics + ([*R2_BASELINE] if metrics else []):  # the baseline only beside a metric
             mname = {**R2_METRICS, **R2_BASELINE}[m]
-            control = df["step"].to_numpy() if m not in R2_BASELINE else None
+            sub = df[list(dict.fromkeys([m, g, "step"]))].dropna(subset=[m, g])  # checkpoints with both
             try:
-                fit = r2_with_ci(df[m].to_numpy(), df[g].to_numpy(), control=control)
+                fit = gap_r2_table(sub, m, gap=g, by=(), resamples=N_BOOT,
+                                   control=None if m in R2_BASELINE else "step").iloc[0]
             except Exception as exc:  # noqa: BLE001 - a metric that cannot be fitted is reported, not fatal
                 rows.append({"gap": gname, "metric": mname, "note": str(exc)})
                 continue
-            rows.append({"gap": gname, "metric": mname, **fit})
+            rows.append({"gap": gname, **fit.to_dict(), "metric": mname})
     return pd.DataFrame(rows)
 
 

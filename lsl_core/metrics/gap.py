@@ -174,19 +174,22 @@ def r2_null(x: Any, gap: Any, n_perm: int = N_BOOT, seed: int = SEED) -> tuple[f
     return float(np.quantile(null, 0.95)), p
 
 
-def _r2_added(x: np.ndarray, y: np.ndarray, c: np.ndarray) -> float:
-    dy = y - y.mean()
-    ss_tot = float(dy @ dy)
-    if ss_tot == 0.0:
-        return 0.0
+def _r2_added_rows(x: np.ndarray, y: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """R²(y ~ 1 + c + x) - R²(y ~ 1 + c), row by row: x, y, c [B, n] -> [B] in [0, 1].
 
-    def r2(*columns: np.ndarray) -> float:
-        design = np.column_stack([np.ones_like(y), *columns])
-        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-        res = y - design @ coef
-        return 1.0 - float(res @ res) / ss_tot
-
-    return float(np.clip(r2(c, x) - r2(c), 0.0, 1.0))
+    With x and y residualised on c (rx, ry; centred), the added R² is (rx . ry)^2 / (rx . rx) / SS_tot(y):
+    0 where y is constant or x is (numerically) a linear function of c.
+    """
+    x, y, c = (v - v.mean(axis=1, keepdims=True) for v in (x, y, c))
+    scc = (c * c).sum(1)
+    safe = np.where(scc > 0.0, scc, 1.0)
+    rx = x - ((x * c).sum(1) / safe * (scc > 0.0))[:, None] * c
+    ry = y - ((y * c).sum(1) / safe * (scc > 0.0))[:, None] * c
+    sxx, syy, rxx = (x * x).sum(1), (y * y).sum(1), (rx * rx).sum(1)
+    ok = (syy > 0.0) & (rxx > 1e-12 * sxx)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        added = np.where(ok, (rx * ry).sum(1) ** 2 / np.where(ok, rxx * syy, 1.0), 0.0)
+    return np.clip(added, 0.0, 1.0)
 
 
 def _control(control: Any, x: np.ndarray) -> np.ndarray:
@@ -205,13 +208,14 @@ def r2_added(x: Any, gap: Any, control: Any) -> float:
     control explains none of what x does.
     """
     xv, yv, cv = _pairs(x, gap, _control(control, np.asarray(x, dtype=np.float64).reshape(-1)))
-    return _r2_added(xv, yv, cv)
+    return float(_r2_added_rows(xv[None], yv[None], cv[None])[0])
 
 
 def r2_added_interval(x: Any, gap: Any, control: Any, n_boot: int = N_BOOT, seed: int = SEED) -> tuple[float, float]:
     """Percentile bootstrap 95% CI of `r2_added` over checkpoints, resampled as r2_interval resamples -> (lo, hi)."""
     xv, yv, cv = _pairs(x, gap, _control(control, np.asarray(x, dtype=np.float64).reshape(-1)))
-    return _interval(np.array([_r2_added(xv[i], yv[i], cv[i]) for i in _resamples(xv, n_boot, seed)]))
+    idx = _resamples(xv, n_boot, seed)
+    return _interval(_r2_added_rows(xv[idx], yv[idx], cv[idx]))
 
 
 def gap_r2_table(
