@@ -18,7 +18,8 @@ import torch
 
 from lsl_core.data.audio import audio_digest
 from lsl_core.errors import MetricInputError
-from lsl_core.metrics.cka import MIN_PAIRS, MinibatchCKA, cka_pairing_null, cross_layer_cka, pooled_cross_layer_cka
+from lsl_core.metrics.cka import (MIN_PAIRS, MinibatchCKA, above_null, cka_pairing_null, cross_layer_cka,
+                                 pooled_cross_layer_cka)
 from lsl_core.metrics.norms import standardized_distance, token_norms
 from lsl_core.metrics.sequence import layer_average, mean_pool, sequence_cosine, sequence_distance
 from lsl_core.metrics.tokenwise import METRICS, PATH_METHODS, TokenwiseResult, tokenwise_metrics
@@ -139,7 +140,7 @@ class SampleAnalysis:
             **({} if self.cka is None or self.cka_null_high is None else {
                 "cka_diag_mean": mean(np.diagonal(self.cka)),
                 "cka_null_diag_mean": mean(np.diagonal(self.cka_null_mean)),
-                "cka_above_null_frac": mean((np.diagonal(self.cka) > np.diagonal(self.cka_null_high)).astype(float))}),
+                "cka_above_null_frac": mean(above_null(self.cka, self.cka_null_high).astype(float))}),
             # diagnostics: share of layers 1..L whose path is collapsed / whose Spearman is undefined
             "collapsed_cos_frac": mean(np.asarray(self.collapsed_cos, dtype=np.float64)),
             "collapsed_dist_frac": mean(np.asarray(self.collapsed_dist, dtype=np.float64)),

@@ -224,6 +224,12 @@ def cka_pairing_null(hs: Tensor, ht: Tensor, path: Tensor, n_perm: int = NULL_PE
     return CKANull(mean=null.mean(0).numpy(), low=q[0].numpy(), high=q[1].numpy(), p=p.numpy(), n_perm=n_perm)
 
 
+def above_null(cka, null_high) -> np.ndarray:
+    """Which diagonal layers a (speech layer a vs text layer a) have an aligned CKA [L+1, L+1] above its
+    shuffled-pairing null's 97.5th percentile null_high [L+1, L+1] -> bool [L+1]."""
+    return np.diagonal(np.asarray(cka, dtype=np.float64)) > np.diagonal(np.asarray(null_high, dtype=np.float64))
+
+
 # ---- unaligned mean-pooled variant across samples -------------------------------------------
 
 def pooled_cross_layer_cka(xs: Tensor, yt: Tensor) -> Tensor:

@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 
 from lsl_core.metrics.cka import MIN_PAIRS as CKA_MIN_PAIRS
+from lsl_core.metrics.cka import above_null
 
 COLLAPSE_TOP_FRAMES = 2  # "the most-used 1-2 frames": the top-2 count covers a single dominant frame too
 COLLAPSE_SHARE = 0.75  # >= 3/4 of the tokens on those frames = collapsed (a spread path of Tt tokens over
@@ -206,13 +207,14 @@ def cka_null_note(cka, null_high, what: str = "this sample") -> Note | None:
     it is above at every layer. There, random frame-token pairs of the same states are as similar."""
     if cka is None or null_high is None:
         return None
-    d, h = np.diagonal(np.asarray(cka, dtype=np.float64)), np.diagonal(np.asarray(null_high, dtype=np.float64))
-    within = np.nonzero(d <= h)[0]
+    above = above_null(cka, null_high)
+    within = np.nonzero(~above)[0]
     if not within.size:
         return None
     shown = ", ".join(str(int(a)) for a in within[:12]) + (" …" if within.size > 12 else "")
     return Note("cka_null", f"For {what} the aligned CKA of speech layer a with text layer a is within its "
-                            f"shuffled-pairing null (≤ its 97.5th percentile) at {within.size} of {d.size} layers "
+                            "shuffled-pairing null (≤ its 97.5th percentile) at "
+                            f"{within.size} of {above.size} layers "
                             f"({shown}): there, random frame-token pairs of the same states are as similar, so "
                             "the number says nothing about the alignment.", "info")
 
