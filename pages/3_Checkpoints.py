@@ -10,7 +10,6 @@ from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.experiments import closed_vocab, hearing
 from lsl_core.experiments.compare import format_table
 from lsl_core.metrics import diagnostics
-from lsl_core.metrics.gap import gap_fits
 from lsl_core.results import ANALYZE_COMMAND, CURVES, EVALUATE_COMMAND, GAP_X, checkpoint_means, gap_table
 from ui import config, context, controls, errors, export, live, loaders, notes, reproduce, state
 
@@ -277,7 +276,7 @@ def main() -> None:
         if table.empty:
             st.info("No checkpoint has both alignment metrics and evaluation results.")
             return
-        fits = gap_fits(table, GAP_X, by=by)  # with their null baselines and the training step's own fit
+        fits = loaders.gap_fits(table, GAP_X, by)  # metrics.gap.gap_fits: + null baselines, the step's own fit
         cols = st.columns(3)
         for col, x in zip(cols, ("seq_cos_mean", "seq_dist_mean", "aps_cos")):
             with col:

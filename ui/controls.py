@@ -185,7 +185,6 @@ GAP_X = ("matched_seq_cos", "specific_seq_cos", "matched_aps_cos", "specific_aps
 def _gap_fits(rows: pd.DataFrame, summary: pd.DataFrame) -> None:
     """R² of the GAP on the raw (matched) vs the specific alignment and on retrieval, per trajectory."""
     from lsl_core.metrics import diagnostics
-    from lsl_core.metrics.gap import gap_fits
     from lsl_core.results import controls_means, gap_table
 
     score = st.session_state.get("ck_score", "f1")
@@ -195,7 +194,7 @@ def _gap_fits(rows: pd.DataFrame, summary: pd.DataFrame) -> None:
     if table.empty or not xs:
         st.info("No checkpoint has both controls and evaluation results.")
         return
-    fits = gap_fits(table, xs, by=("family", "strategy"))  # with their null baselines and the step's own fit
+    fits = loaders.gap_fits(table, xs, ("family", "strategy"))  # + null baselines and the step's own fit
     if fits.empty:
         st.caption("GAP vs raw and specific alignment: no trajectory has 3 checkpoints with both tables.")
         return

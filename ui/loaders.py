@@ -397,6 +397,20 @@ def _hearing(path: str, stamp: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     return recall_tables(rows, UNSEEN_VOICE), exposure
 
 
+def gap_fits(table: pd.DataFrame, metrics, by) -> pd.DataFrame:
+    """lsl_core.metrics.gap.gap_fits of a GAP table (its bootstrap and permutation nulls take ~0.3 s, and the
+    page reruns on every widget), cached by the content of the columns it reads."""
+    cols = [c for c in dict.fromkeys([*by, *metrics, "gap", "step"]) if c in table.columns]
+    return _gap_fits(table[cols].reset_index(drop=True), tuple(metrics), tuple(by))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _gap_fits(table: pd.DataFrame, metrics: tuple[str, ...], by: tuple[str, ...]) -> pd.DataFrame:
+    from lsl_core.metrics.gap import gap_fits as fits
+
+    return fits(table, metrics, by=by)
+
+
 def alignment_intervals(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """checkpoint_means rows + <scalar>_lo / _hi: 95% bootstrap intervals over each checkpoint's samples."""
     from lsl_core.results import SCALARS
