@@ -91,7 +91,7 @@ def rows_from_side_by_side(sbs) -> dict:
             "condition": a.condition, "title": a.title, "answer": a.answer, "containment": a.containment,
             "f1": a.f1, "em": a.em, "agreement": a.agreement, "frames": list(a.frames),
             "frame_times": [sbs.frame_times[f] for f in a.frames] if sbs.frame_times else [],
-            "tokens": list(a.tokens), "token_text": [sbs.tokens[j] for j in a.tokens] if sbs.tokens else [],
+            "tokens": list(a.tokens), "token_text": a.token_text,
         })
     return {"rows": rows, "transcript": sbs.transcript}
 

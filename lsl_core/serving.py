@@ -141,6 +141,7 @@ class SideBySideRequest:
     max_new_tokens: int = 40
     cascade: bool = True
     transcript: str | None = None  # the clip's ASR transcript when the caller has it (the app caches it)
+    donor_question: str | None = None  # another question, for conditions with pairing "other"
 
 
 @dataclass
@@ -171,10 +172,7 @@ def planning_states(model: "LSLM", sample: "Sample", conds: Sequence) -> tuple:
     sp = model.embed_speech(sample.audio, sample.sr)
     tx = model.embed_text(sample.question)
     speech_prompt, text_prompt = model.build_prompt(sp.embeds), model.build_prompt(tx.embeds, tx.token_ids)
-    L1 = model.num_layers + 1
-    hs = speech_prompt.inputs_embeds[0, speech_prompt.span].float().cpu()  # [Ts, d] = hidden_states[0] span
-    ht = text_prompt.inputs_embeds[0, text_prompt.span].float().cpu()  # [Tt, d]
-    states = HiddenStates(hs[None].expand(L1, -1, -1), ht[None].expand(L1, -1, -1), sp.frame_times,
+    states = HiddenStates(model.input_states(speech_prompt), model.input_states(text_prompt), sp.frame_times,
                           sp.frame_seconds, tx.tokens, meta={"model": model.name, "digest": model.digest,
                                                              "layers": "input only (layer 0)"})
     return speech_prompt, text_prompt, states
@@ -182,12 +180,21 @@ def planning_states(model: "LSLM", sample: "Sample", conds: Sequence) -> tuple:
 
 def _prepare(model: "LSLM", req: SideBySideRequest) -> _Prepared:
     """States for planning, plans, ASR transcript (unless given); the rows to generate."""
+    from lsl_core.errors import LSLError
     from lsl_core.interventions import parse_condition, plan_interventions
+    from lsl_core.interventions.plan import needs_donor
+    from lsl_core.interventions.side_by_side import donor_text
 
     s = req.sample
     conds = [parse_condition(c) for c in req.conditions]
+    donor = None
+    if needs_donor(conds):
+        if req.donor_question is None:
+            raise LSLError("A condition with pairing 'other' edits with another question's transcript; this request "
+                           "names none (SideBySideRequest.donor_question).")
+        donor = donor_text(model, req.donor_question, conds, s.question)
     speech_prompt, text_prompt, states = planning_states(model, s, conds)
-    plans = [tuple(plan_interventions(ivs, states, speech_prompt)) for ivs in conds]
+    plans = [tuple(plan_interventions(ivs, states, speech_prompt, donor)) for ivs in conds]
     n = int(req.max_new_tokens)
     rows = [GenerationRow(text_prompt, (), n), GenerationRow(speech_prompt, (), n)]
     transcript = None

@@ -160,7 +160,7 @@ def side_by_side(model_key: str, sample_key: str, labels: tuple[str, ...], max_n
             "condition": a.condition, "title": a.title, "answer": a.answer,
             "containment": a.containment, "f1": a.f1, "em": a.em, "agreement": a.agreement,
             "frames": list(a.frames), "frame_times": [sbs.frame_times[f] for f in a.frames] if sbs.frame_times else [],
-            "tokens": list(a.tokens), "token_text": [sbs.tokens[j] for j in a.tokens] if sbs.tokens else [],
+            "tokens": list(a.tokens), "token_text": a.token_text,
         })
     return {"rows": rows, "transcript": sbs.transcript, "references": list(sbs.references),
             "labels": list(labels), "max_new_tokens": max_new_tokens, "sample_id": sbs.sample_id,

@@ -5,6 +5,8 @@ evaluate_interventions(model, samples, interventions) -> DataFrame, one row per 
     sd-qa scores (containment, F1, EM vs the references) and the agreement with the text answer.
 table1(df) -> DataFrame, rows Original, Angle·Bottom3, Angle·All, Length·Bottom3, Length·All,
     Calibrate·…, columns containment / F1 / agreement (percent, mean over samples) and their Δ vs Original.
+table1_nulls(df) -> DataFrame, each intervention against its nulls (k random tokens instead of the
+    least aligned, the path's pairing shuffled, another question's transcript): paired Δ with 95% CIs.
 
 One command writes the per-sample rows (<out>/table1_interventions.parquet + table1.json with the command
 and code version) and docs/results/interventions.md (20 samples, 24 new tokens, < 10 min on 2 CPU cores):
@@ -27,7 +29,8 @@ import pandas as pd
 from lsl_core.cli import add_device_args
 from lsl_core.errors import LSLError
 from lsl_core.experiments.pages import NOT_RECORDED, page_header
-from lsl_core.interventions import GRAMMAR, OPS, Condition, condition_label, generate_side_by_side, parse_condition
+from lsl_core.interventions import (GRAMMAR, OPS, Condition, condition_label, generate_side_by_side, needs_donor,
+                                    parse_condition)
 
 if TYPE_CHECKING:  # pragma: no cover
     from lsl_core.data.samples import Sample
@@ -35,20 +38,66 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # The seed paper's Table 1 rows (after Original), in order: every registered op on Bottom3 and on All.
 TABLE1_INTERVENTIONS: tuple[str, ...] = tuple(f"{op}:{target}" for op in OPS for target in ("bottom3", "all"))
+# What each of a condition's nulls holds fixed and breaks (interventions.config; docs/controls.md).
+NULL_TESTS = {
+    "random": "least-aligned tokens vs random ones",
+    "shuffled": "each frame's own token vs another token of the question",
+    "other": "this question's transcript vs another question's",
+}
+
+
+def intervention_nulls(condition: Condition) -> list[tuple[str, str]]:
+    """The null conditions of one intervention on the path pairing: [(null label, what it tests)].
+
+    X:bottomK -> X:randomK (which tokens); X:all / X:bottomK with a per-frame op -> X:…:shuffled (which
+    token each frame takes); every target -> X:…:other (whose content). Composed conditions and the nulls
+    themselves have none.
+    """
+    from dataclasses import replace
+
+    from lsl_core.interventions import OPERATIONS
+
+    ivs = parse_condition(condition)
+    if len(ivs) != 1 or ivs[0].pairing != "path" or ivs[0].target == "random":
+        return []
+    iv = ivs[0]
+    out = []
+    if iv.target == "bottom":
+        out.append((replace(iv, target="random").label(), NULL_TESTS["random"]))
+    if OPERATIONS[iv.op].inputs == "targets":
+        out.append((replace(iv, pairing="shuffled").label(), NULL_TESTS["shuffled"]))
+    out.append((replace(iv, pairing="other").label(), NULL_TESTS["other"]))
+    return out
+
+
+# Table 1's default nulls: each paper row's, in order (python -m lsl_core table1 runs both).
+TABLE1_NULLS: tuple[str, ...] = tuple(n for c in TABLE1_INTERVENTIONS for n, _ in intervention_nulls(c))
 RESULTS_NAME = "table1"  # <out>/table1_interventions.parquet (read by results.load_results too) + <out>/table1.json
 ORIGINAL = "original"
 COLUMNS = (
     "sample_id", "accent", "condition", "title", "answer", "containment", "f1", "em", "agreement",
     "text_answer", "text_containment", "text_f1", "text_em", "n_frames", "frames", "tokens", "references",
+    "donor_question",
 )
 # table1 metric columns: (column in df, name in the table)
 _T1_METRICS = (("containment", "containment"), ("f1", "F1"), ("agreement", "agreement"))
 
 
+def donor_questions(questions: Sequence[str]) -> list[str | None]:
+    """For each sample's question, the donor of its pairing-"other" nulls: the next different question in
+    the list (cyclic), None when every question is the same. -> [n]."""
+    n = len(questions)
+    out: list[str | None] = []
+    for i, q in enumerate(questions):
+        out.append(next((questions[(i + d) % n] for d in range(1, n) if questions[(i + d) % n].strip() != q.strip()),
+                        None))
+    return out
+
+
 def evaluate_interventions(model: "LSLM", samples: Iterable["Sample"], interventions: Sequence[Condition],
                            max_new_tokens: int = 32,
                            progress: Callable[[int, int], None] | None = None, *,
-                           batched: bool = True) -> pd.DataFrame:
+                           batched: bool = True, donors: Sequence[str | None] | None = None) -> pd.DataFrame:
     """Speech answers per sample: unedited ("original") and under each condition; columns COLUMNS.
 
     interventions: Intervention objects, label strings ('angle:bottom3@0'), or composed sequences.
@@ -56,8 +105,18 @@ def evaluate_interventions(model: "LSLM", samples: Iterable["Sample"], intervent
     Scores are fractions in [0, 1] (containment/EM 0 or 1; F1 and agreement token F1); NaN without references.
     batched: generate "original" and every condition of a sample in one batch (≈2.5× faster on CPU;
     see interventions.generate_conditions); False = one generation each, exactly as the app does.
+    donors: per sample, the other question that conditions with pairing "other" edit with (default:
+    donor_questions of the samples' questions; pass it when `samples` is a one-pass iterator).
     """
     conds = [parse_condition(c) for c in interventions]
+    if needs_donor(conds) and donors is None:
+        if hasattr(samples, "questions"):  # a SampleSet: questions without loading audio
+            donors = donor_questions(samples.questions())
+        elif isinstance(samples, Sequence):
+            donors = donor_questions([s.question for s in samples])
+        else:
+            raise LSLError("Conditions with pairing 'other' need each sample's donor question: pass donors= "
+                           "(experiments.table1.donor_questions of the samples' questions) or a list of samples.")
     labels = [condition_label(c) for c in conds]
     if len(set(labels)) != len(labels):
         raise LSLError(f"Duplicate intervention conditions {labels}; list each condition once.")
@@ -69,18 +128,23 @@ def evaluate_interventions(model: "LSLM", samples: Iterable["Sample"], intervent
         total = -1
     rows: list[dict] = []
     for done, sample in enumerate(samples, 1):
-        sbs = generate_side_by_side(model, sample, conds, max_new_tokens, cascade=False, batched=batched)
+        donor = donors[done - 1] if donors is not None else None
+        if donors is not None and donor is None:
+            raise LSLError(f"Sample {sample.id!r}: no other question in the sample set to pair its pairing-'other' "
+                           "null with; use a set of at least two different questions.")
+        sbs = generate_side_by_side(model, sample, conds, max_new_tokens, cascade=False, batched=batched,
+                                    donor_question=donor)
         base = {
             "sample_id": sample.id, "accent": sample.accent, "text_answer": sbs.text.answer,
             "text_containment": sbs.text.containment, "text_f1": sbs.text.f1, "text_em": sbs.text.em,
-            "references": " | ".join(sample.answers),
+            "references": " | ".join(sample.answers), "donor_question": donor or "",
         }
         for cond, a in ((ORIGINAL, sbs.speech), *((a.condition, a) for a in sbs.interventions)):
             rows.append({
                 **base, "condition": cond, "title": "Original" if cond == ORIGINAL else a.title, "answer": a.answer,
                 "containment": a.containment, "f1": a.f1, "em": a.em, "agreement": a.agreement,
                 "n_frames": len(a.frames), "frames": ",".join(map(str, a.frames)),
-                "tokens": " ".join(repr(sbs.tokens[j]) for j in a.tokens) if sbs.tokens else "",
+                "tokens": " ".join(repr(t) for t in a.token_text),
             })
         if progress is not None:
             progress(done, total)
@@ -121,6 +185,53 @@ def table1_with_intervals(df: pd.DataFrame) -> pd.DataFrame:
     from lsl_core.metrics.stats import condition_intervals
 
     return table1(df).join(condition_intervals(df), how="left")
+
+
+def table1_nulls(df: pd.DataFrame) -> pd.DataFrame:
+    """Each intervention against each of its nulls (intervention_nulls) found in evaluate_interventions' rows.
+
+    One row per (condition, null) pair, both titles as columns, `tests` (what the null breaks), then per
+    metric (percent) the mean paired difference Δ = condition − null over the samples both have, its 95%
+    bootstrap interval (Δ <name>_lo / _hi, paired on sample_id: metrics.stats.bootstrap_ci of the per-sample
+    differences) and n. A Δ whose interval holds 0 is an effect the null reaches too. Empty when no
+    condition's null was run.
+    """
+    from lsl_core.metrics.stats import bootstrap_ci
+
+    labels = list(dict.fromkeys(df["condition"]))
+    titles = df.groupby("condition", sort=False)["title"].first()
+    by_cond = {c: df[df["condition"] == c].set_index("sample_id") for c in labels}
+    out = []
+    for cond in labels:
+        if cond == ORIGINAL:
+            continue
+        for null, tests in intervention_nulls(cond):
+            if null not in by_cond:
+                continue
+            a, b = by_cond[cond], by_cond[null]
+            common = a.index.intersection(b.index)
+            rec: dict = {"condition": titles[cond], "null": titles[null], "tests": tests, "n": len(common)}
+            for col, name in _T1_METRICS:
+                diff = 100.0 * (a.loc[common, col] - b.loc[common, col]).to_numpy(dtype=float)
+                ok = ~pd.isna(diff)
+                ci = bootstrap_ci(diff[ok]) if ok.any() else None
+                rec[f"Δ {name}"] = ci.estimate if ci else math.nan
+                rec[f"Δ {name}_lo"], rec[f"Δ {name}_hi"] = (ci.low, ci.high) if ci else (math.nan, math.nan)
+            out.append(rec)
+    cols = ["condition", "null", "tests", *(f"Δ {n}{x}" for _, n in _T1_METRICS for x in ("", "_lo", "_hi")), "n"]
+    return pd.DataFrame(out, columns=cols)
+
+
+def nulls_markdown(t: pd.DataFrame, digits: int = 1) -> str:
+    """A GitHub-markdown table of table1_nulls(df): Δ with its 95% interval per metric."""
+    names = [n for _, n in _T1_METRICS]
+    lines = ["| condition | null | what the null breaks | " + " | ".join(f"Δ {n} [95% CI]" for n in names) + " | n |",
+             "|---|---|---|" + "---:|" * (len(names) + 1)]
+    for _, r in t.iterrows():
+        cells = [f"{r[f'Δ {n}']:+.{digits}f} [{r[f'Δ {n}_lo']:+.{digits}f}, {r[f'Δ {n}_hi']:+.{digits}f}]"
+                 if not math.isnan(r[f"Δ {n}"]) else "–" for n in names]
+        lines.append(f"| {r['condition']} | {r['null']} | {r['tests']} | " + " | ".join(cells) + f" | {int(r['n'])} |")
+    return "\n".join(lines)
 
 
 def text_reference(df: pd.DataFrame) -> dict[str, float]:
@@ -210,6 +321,22 @@ def markdown_page(df: pd.DataFrame, meta: dict) -> str:
         f"(N={n}): read differences of that size as noise, not as an effect of the intervention.",
         "",
     ]
+    nulls = table1_nulls(df)
+    if len(nulls):
+        lines += [
+            "## Each intervention against its nulls",
+            "",
+            "The same edit with one ingredient broken (`interventions.config`, docs/controls.md): **Random3** edits "
+            "the path frames of 3 tokens drawn at random instead of the 3 least aligned; **shuffled pairing** edits "
+            "the same frames but gives each the text state of another token of the question (a random derangement); "
+            "**other question** plans and edits with the next question's transcript instead of this one's "
+            "(the next different question of these samples). Δ = condition − null in points, mean over the "
+            "same samples with its 95% bootstrap interval (paired on samples); an interval that holds 0 "
+            "means the null does as well, so the ingredient it breaks is not shown to matter.",
+            "",
+            nulls_markdown(nulls),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -238,8 +365,9 @@ def register(sub) -> None:
     p.add_argument("--select", choices=("spread", "first"), default="spread",
                    help="spread: N distinct questions, voices/accents in rotation; first: the first N samples")
     p.add_argument("--max-new-tokens", type=int, default=24, help="greedy answer length")
-    p.add_argument("--interventions", nargs="+", default=list(TABLE1_INTERVENTIONS),
-                   help=f"conditions ({GRAMMAR}; join several with '+'); default: every op on bottom3 and all")
+    p.add_argument("--interventions", nargs="+", default=list(TABLE1_INTERVENTIONS + TABLE1_NULLS),
+                   help=f"conditions ({GRAMMAR}; join several with '+'); default: every op on bottom3 and all, "
+                        "then their nulls (random3, :shuffled, :other; the page compares each with its null)")
     add_device_args(p, device="cpu", threads=2, device_help="cpu or cuda (the shipped page: cpu, 2 threads)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"folder for the per-sample rows ({RESULTS_NAME}_interventions.parquet) and {RESULTS_NAME}.json")

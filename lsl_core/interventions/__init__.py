@@ -7,8 +7,9 @@ For a speech frame s (a row of the speech query span at layer ℓ) and its align
     calibrate  s' = (s − μ_s)/σ_s · σ_t + μ_t    per dimension over the spans    ops.statistical_calibration
 
 The modules, read top-down (pyvene habit: an intervention is data, resolved through one hook site):
-  config        Intervention (op, target, k, frames, layer ℓ, path metric) and its text grammar
-                `Intervention.parse("angle:bottom3@0")` / `.label()`; conditions 'a+b' compose in order.
+  config        Intervention (op, target, k, frames, layer ℓ, path metric, pairing) and its text grammar
+                `Intervention.parse("angle:bottom3@0")` / `.label()`; conditions 'a+b' compose in order;
+                the nulls: target random (k random tokens), pairing shuffled / other (config docstring).
   ops           the formulas as pure tensor functions and OPERATIONS, the one registry of ops that the
                 planner, the hooks, the CLI and the Interventions page read. A new op = one function
                 + one registry line.
@@ -19,19 +20,22 @@ The modules, read top-down (pyvene habit: an intervention is data, resolved thro
   side_by_side  generate_side_by_side: text / speech / cascade / one answer per condition, scored.
 """
 
-from lsl_core.interventions.config import (GRAMMAR, PATH_METRICS, TARGETS, Condition, Intervention, Op, PathMetric,
-                                           Target, condition_label, condition_title, parse_condition)
+from lsl_core.interventions.config import (GRAMMAR, PAIRINGS, PATH_METRICS, TARGETS, Condition, Intervention, Op,
+                                           Pairing, PathMetric, Target, condition_label, condition_title,
+                                           parse_condition)
 from lsl_core.interventions.hooks import generate_conditions, generate_with_interventions, intervention_hooks
 from lsl_core.interventions.ops import (OPERATIONS, OPS, SIGMA_EPS, Operation, angle_projection, length_normalization,
                                         operation, ops_help, span_statistics, statistical_calibration)
-from lsl_core.interventions.plan import EditPlan, plan_intervention, plan_interventions
-from lsl_core.interventions.side_by_side import ConditionAnswer, SideBySide, generate_side_by_side, sample_states
+from lsl_core.interventions.plan import DonorText, EditPlan, needs_donor, plan_intervention, plan_interventions
+from lsl_core.interventions.side_by_side import (ConditionAnswer, SideBySide, donor_text, generate_side_by_side,
+                                                 sample_states)
 
 __all__ = [
-    "GRAMMAR", "PATH_METRICS", "TARGETS", "OPS", "OPERATIONS", "SIGMA_EPS", "Op", "Target", "PathMetric",
+    "GRAMMAR", "PATH_METRICS", "TARGETS", "PAIRINGS", "OPS", "OPERATIONS", "SIGMA_EPS", "Op", "Target", "PathMetric",
+    "Pairing",
     "Intervention", "Condition", "parse_condition", "condition_label", "condition_title",
     "Operation", "operation", "ops_help", "angle_projection", "length_normalization", "statistical_calibration", "span_statistics",
-    "EditPlan", "plan_intervention", "plan_interventions",
+    "EditPlan", "DonorText", "plan_intervention", "plan_interventions", "needs_donor",
     "intervention_hooks", "generate_with_interventions", "generate_conditions",
-    "ConditionAnswer", "SideBySide", "generate_side_by_side", "sample_states",
+    "ConditionAnswer", "SideBySide", "generate_side_by_side", "donor_text", "sample_states",
 ]

@@ -1,13 +1,23 @@
 """What an intervention is (data only) and its text grammar: `Intervention.parse("angle:bottom3@0")`.
 
-    op:target[@layer][:metric]     e.g. angle:bottom3@0, angle:all, length:bottom5@4:distance,
-                                   calibrate:frames=1,2,3, calibrate:span@1
-    a+b                            a condition: several interventions composed in order
+    op:target[@layer][:metric][:pairing]   e.g. angle:bottom3@0, angle:all, length:bottom5@4:distance,
+                                           calibrate:frames=1,2,3, calibrate:span@1, angle:random3,
+                                           angle:all:shuffled, angle:bottom3:other
+    a+b                                    a condition: several interventions composed in order
 
 op is a name registered in `interventions.ops.OPERATIONS`; target picks the speech frames:
   "bottom" = the path frames i*_j of the k text tokens with the lowest path score at layer ℓ
   (highest distance for the distance metric), "all" = the path frames of every text token,
-  "frames" = explicit query-frame indices, "span" = every speech frame of the query.
+  "random" = the path frames of k text tokens drawn at random (the null of "bottom": does choosing
+  the least-aligned tokens matter?), "frames" = explicit query-frame indices, "span" = every speech
+  frame of the query.
+pairing says which text states the edit writes (the nulls of the path's pairing, docs/controls.md):
+  "path" = frame i*_j takes its own token t_j (the paper's interventions), "shuffled" = it takes the
+  state of another token of the same transcript (the tokens re-paired at random, never to themselves:
+  the same frames and the same text states, the alignment broken), "other" = the path, the tokens and
+  the states come from ANOTHER question's transcript (the same kind of edit without this question's
+  content; the caller supplies that question, `generate_side_by_side(donor_question=...)`).
+The random draws are fixed per sample (seeded by its transcript tokens, Ts and ℓ).
 `label()` is the canonical text (parse(label()) == self), `title()` the Table 1 display name.
 """
 
@@ -22,12 +32,15 @@ from lsl_core.interventions.ops import OPERATIONS
 from lsl_core.metrics.tokenwise import METRICS
 
 Op = str  # a name in ops.OPERATIONS ('angle', 'length', 'calibrate', ...)
-Target = Literal["bottom", "all", "frames", "span"]
+Target = Literal["bottom", "all", "random", "frames", "span"]
 PathMetric = Literal["cosine", "distance"]
-TARGETS: tuple[str, ...] = ("bottom", "all", "frames", "span")
+Pairing = Literal["path", "shuffled", "other"]
+TARGETS: tuple[str, ...] = ("bottom", "all", "random", "frames", "span")
 PATH_METRICS: tuple[str, ...] = METRICS  # the alignment path metrics of metrics.tokenwise
-GRAMMAR = ("op:target[@layer][:metric], e.g. angle:bottom3@0, angle:all, length:bottom5@4:distance, "
-           "calibrate:frames=1,2,3")
+PAIRINGS: tuple[str, ...] = ("path", "shuffled", "other")
+PAIRING_TITLES = {"shuffled": "shuffled pairing", "other": "other question"}  # title suffixes of the nulls
+GRAMMAR = ("op:target[@layer][:metric][:pairing], e.g. angle:bottom3@0, angle:all, length:bottom5@4:distance, "
+           "calibrate:frames=1,2,3, angle:random3, angle:all:shuffled, angle:bottom3:other")
 
 
 # =============================================================================== the config
@@ -36,11 +49,12 @@ class Intervention:
     """One edit of speech positions at layer ℓ during prefill (data only; see module docstring)."""
 
     op: Op = "angle"  # a name in ops.OPERATIONS: angle takes t's direction, length t's norm, calibrate span mean/std
-    target: Target = "bottom"  # which frames: bottom-k path frames, all path frames, explicit frames, whole span
-    k: int = 3  # number of least-aligned text tokens for target "bottom" (k = 0 edits nothing)
+    target: Target = "bottom"  # which frames: bottom-k / all / k random path frames, explicit frames, whole span
+    k: int = 3  # number of text tokens for targets "bottom" (least aligned) and "random" (k = 0 edits nothing)
     frames: tuple[int, ...] = ()  # query-frame indices (0-based, inside the speech span) for target "frames"
     layer: int = 0  # ℓ: edit the input of decoder layer ℓ = hidden_states[ℓ]; 0 = the LLM input embeddings
     metric: PathMetric = "cosine"  # path metric choosing i*_j and the bottom-k scores
+    pairing: Pairing = "path"  # which text states are written: the path's own, re-paired at random, another question's
 
     def __post_init__(self) -> None:
         if self.op not in OPERATIONS:
@@ -54,6 +68,12 @@ class Intervention:
             raise LSLError(f"Intervention.layer must be a non-negative integer (0 = LLM input), got {self.layer!r}.")
         if self.metric not in PATH_METRICS:
             raise LSLError(f"Intervention.metric must be one of {PATH_METRICS}, got {self.metric!r}.")
+        if self.pairing not in PAIRINGS:
+            raise LSLError(f"Intervention.pairing must be one of {PAIRINGS}, got {self.pairing!r}.")
+        if self.pairing == "shuffled" and OPERATIONS[self.op].inputs != "targets":
+            raise LSLError(f"Intervention {self.op!r} uses span statistics, not one text state per frame, so the "
+                           "'shuffled' pairing would change nothing; use pairing 'other' (another question's "
+                           "statistics) as its null.")
         frames = tuple(self.frames)
         if any(isinstance(f, bool) or not isinstance(f, int) or f < 0 for f in frames):
             raise LSLError(f"Intervention.frames must be non-negative integer frame indices, got {self.frames!r}.")
@@ -66,24 +86,28 @@ class Intervention:
     # ------------------------------------------------------------------ text round-trip
     @classmethod
     def parse(cls, spec: str) -> "Intervention":
-        """'angle:bottom3@0' | 'angle:all' | 'length:bottom5@4:distance' | 'calibrate:frames=1,2,3' -> Intervention."""
+        """'angle:bottom3@0' | 'angle:all' | 'length:bottom5@4:distance' | 'calibrate:frames=1,2,3' |
+        'angle:random3' | 'angle:all:shuffled' | 'angle:bottom3:other' -> Intervention."""
         if isinstance(spec, Intervention):
             return spec
         text = str(spec).strip().lower().replace(" ", "")
         parts = text.split(":")
-        if len(parts) < 2 or len(parts) > 3 or not parts[1]:
+        if len(parts) < 2 or len(parts) > 4 or not parts[1]:
             raise LSLError(f"Cannot parse intervention {spec!r}; expected {GRAMMAR}.")
         op, target_part = parts[0], parts[1]
-        metric = "cosine"
+        metric, pairing = "cosine", "path"
         layer = 0
-        if len(parts) == 3:
-            metric_part = parts[2]
-            if "@" in metric_part:  # tolerate 'angle:all:distance@4'
-                metric_part, layer_s = metric_part.split("@", 1)
+        for word in parts[2:]:  # each a path metric or a pairing, in any order
+            if "@" in word:  # tolerate 'angle:all:distance@4'
+                word, layer_s = word.split("@", 1)
                 layer = _parse_int(layer_s, "layer", spec)
-            metric = metric_part
-            if metric not in PATH_METRICS:
-                raise LSLError(f"Intervention {spec!r}: metric must be one of {PATH_METRICS}, got {metric!r}.")
+            if word in PATH_METRICS:
+                metric = word
+            elif word in PAIRINGS:
+                pairing = word
+            else:
+                raise LSLError(f"Intervention {spec!r}: {word!r} is neither a path metric {PATH_METRICS} nor a "
+                               f"pairing {PAIRINGS}; expected {GRAMMAR}.")
         if "@" in target_part:
             target_part, layer_s = target_part.split("@", 1)
             layer = _parse_int(layer_s, "layer", spec)
@@ -91,10 +115,10 @@ class Intervention:
             raise LSLError(f"Intervention {spec!r}: op must be one of {tuple(OPERATIONS)}, got {op!r}; "
                            f"expected {GRAMMAR}.")
         k, frames = 3, ()
-        m = re.fullmatch(r"bottom(\d*)", target_part)
+        m = re.fullmatch(r"(bottom|random)(\d*)", target_part)
         if m:
-            target = "bottom"
-            k = int(m.group(1)) if m.group(1) else 3
+            target = m.group(1)
+            k = int(m.group(2)) if m.group(2) else 3
         elif target_part in ("all", "span"):
             target = target_part
         elif target_part.startswith("frames="):
@@ -103,14 +127,15 @@ class Intervention:
             frames = tuple(_parse_int(x, "frame index", spec) for x in items)
         else:
             raise LSLError(
-                f"Intervention {spec!r}: target must be bottomK, all, span or frames=i,j,..., got {target_part!r}."
+                f"Intervention {spec!r}: target must be bottomK, randomK, all, span or frames=i,j,..., "
+                f"got {target_part!r}."
             )
-        return cls(op=op, target=target, k=k, frames=frames, layer=layer, metric=metric)
+        return cls(op=op, target=target, k=k, frames=frames, layer=layer, metric=metric, pairing=pairing)
 
     def label(self) -> str:
-        """Canonical text form, parse(label()) == self: 'angle:bottom3', 'length:all@4:distance'."""
-        if self.target == "bottom":
-            tgt = f"bottom{self.k}"
+        """Canonical text form, parse(label()) == self: 'angle:bottom3', 'length:all@4:distance:shuffled'."""
+        if self.target in ("bottom", "random"):
+            tgt = f"{self.target}{self.k}"
         elif self.target == "frames":
             tgt = "frames=" + ",".join(str(f) for f in self.frames)
         else:
@@ -120,12 +145,15 @@ class Intervention:
             out += f"@{self.layer}"
         if self.metric != "cosine":
             out += f":{self.metric}"
+        if self.pairing != "path":
+            out += f":{self.pairing}"
         return out
 
     def title(self) -> str:
-        """Display name in the seed paper's Table 1 style: 'Angle·Bottom3', 'Length·All @ℓ4 (distance)'."""
-        if self.target == "bottom":
-            tgt = f"Bottom{self.k}"
+        """Display name in the seed paper's Table 1 style: 'Angle·Bottom3', 'Length·All @ℓ4 (distance)',
+        'Angle·All (shuffled pairing)', 'Angle·Random3'."""
+        if self.target in ("bottom", "random"):
+            tgt = f"{self.target.capitalize()}{self.k}"
         elif self.target == "frames":
             tgt = "Frames[" + ",".join(str(f) for f in self.frames) + "]"
         else:
@@ -133,9 +161,9 @@ class Intervention:
         out = f"{OPERATIONS[self.op].title}·{tgt}"
         if self.layer:
             out += f" @ℓ{self.layer}"
-        if self.metric != "cosine":
-            out += f" ({self.metric})"
-        return out
+        notes = [self.metric] if self.metric != "cosine" else []
+        notes += [PAIRING_TITLES[self.pairing]] if self.pairing != "path" else []
+        return out + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _parse_int(s: str, what: str, spec: str) -> int:

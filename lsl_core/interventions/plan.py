@@ -15,24 +15,55 @@ Conventions (documented choices where DESIGN leaves freedom):
   - Several plans compose in order: each formula is applied to the (possibly already edited)
     live state, with targets/statistics planned from the unedited states.
   - ℓ ranges over 0..L-1 (hidden_states[L] is after the final norm and feeds no decoder layer).
+  - The nulls (config.py): target "random" draws k tokens uniformly without replacement; pairing
+    "shuffled" re-pairs every token j with π(j), a random derangement of the transcript's tokens
+    (a one-token transcript has nothing to re-pair with and keeps its token); pairing "other" plans
+    exactly as "path" but against the donor question's text states (DonorText). The draws come from
+    one generator seeded by the transcript's tokens, Ts and ℓ (`null_rng`): fixed per sample.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lsl_core.errors import LSLError
 from lsl_core.interventions.config import Condition, Intervention, parse_condition
 from lsl_core.interventions.ops import OPERATIONS, Stats, span_statistics
+from lsl_core.metrics.controls import stable_hash
 from lsl_core.metrics.tokenwise import (alignment_path, bottom_k_tokens, path_scores, token_cosine_matrix,
                                         token_distance_matrix)
 
 if TYPE_CHECKING:  # pragma: no cover
     from lsl_core.model.lslm import HiddenStates, PromptInputs
+
+
+# =============================================================================== the nulls' inputs
+class DonorText(NamedTuple):
+    """Another question's typed transcript as the model sees it (pairing "other"): text [L+1, Tt', d], tokens [Tt']."""
+
+    question: str
+    text: Tensor
+    tokens: Sequence[str]
+
+
+def null_rng(tokens: Sequence[str], n_frames: int, layer: int) -> np.random.Generator:
+    """The generator of a sample's random null draws: fixed by its transcript tokens, Ts and ℓ."""
+    return np.random.default_rng([stable_hash("\x1f".join(tokens)), int(n_frames), int(layer)])
+
+
+def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniform random permutation of range(n) with no fixed point (n >= 2; n = 1 -> [0]): -> int64 [n]."""
+    if n < 2:
+        return np.arange(n)
+    while True:  # rejection: about e tries on average
+        perm = rng.permutation(n)
+        if not (perm == np.arange(n)).any():
+            return perm
 
 
 # =============================================================================== the plan
@@ -52,7 +83,7 @@ class EditPlan:
     frames: tuple[int, ...]  # [n] edited query-frame indices
     frame_times: tuple[float, ...]  # [n] start time (s) of each edited frame
     frame_tokens: tuple[tuple[int, ...], ...]  # [n] text tokens each frame is moved towards (targets ops)
-    tokens: tuple[int, ...]  # targeted text tokens (bottom-k worst first; else ascending)
+    tokens: tuple[int, ...]  # targeted text tokens (bottom-k worst first; else ascending); of the donor for "other"
     token_strings: tuple[str, ...]  # display strings of `tokens`
     targets: Tensor | None = None  # [n, d] float32 (ops with inputs "targets")
     stats: Stats | None = None  # (μ_s, σ_s, μ_t, σ_t) [d] each (ops with inputs "statistics")
@@ -103,11 +134,13 @@ class EditPlan:
         return out
 
 
-def plan_intervention(iv: Intervention, states: "HiddenStates", span: slice, prompt_len: int) -> EditPlan:
+def plan_intervention(iv: Intervention, states: "HiddenStates", span: slice, prompt_len: int,
+                      donor: DonorText | None = None) -> EditPlan:
     """Resolve an Intervention on one sample's unedited states.
 
     states.speech [L+1, Ts, d], states.text [L+1, Tt, d] (float32 CPU); span: the speech query
-    span in the prompt (its length must be Ts); prompt_len: T of the speech prompt.
+    span in the prompt (its length must be Ts); prompt_len: T of the speech prompt; donor: another
+    question's text states [L+1, Tt', d] (needed by pairing "other", which plans against them).
     """
     n_layers = states.speech.shape[0] - 1
     ell = iv.layer
@@ -116,8 +149,15 @@ def plan_intervention(iv: Intervention, states: "HiddenStates", span: slice, pro
             f"Intervention layer {ell} is out of range: the model has L={n_layers} decoder layers, so ℓ must be "
             f"in 0..{n_layers - 1} (hidden_states[{n_layers}] is after the final norm and feeds no layer)."
         )
+    text, text_tokens = states.text, states.tokens
+    if iv.pairing == "other":
+        if donor is None:
+            raise LSLError(f"Intervention {iv.label()!r} edits with another question's text states; pass that "
+                           "question (generate_side_by_side(..., donor_question=...); `table1` and `evaluate` take "
+                           "the next question of the sample set).")
+        text, text_tokens = donor.text, donor.tokens
     hs = states.speech[ell].float()  # [Ts, d]
-    ht = states.text[ell].float()  # [Tt, d]
+    ht = text[ell].float()  # [Tt, d] (the donor's Tt' for pairing "other")
     ts, tt = hs.shape[0], ht.shape[0]
     if span.stop - span.start != ts:
         raise LSLError(
@@ -128,9 +168,12 @@ def plan_intervention(iv: Intervention, states: "HiddenStates", span: slice, pro
     A = mat_fn(hs[None], ht[None])  # [1, Ts, Tt]
     path = alignment_path(A, iv.metric)  # [1, Tt]
 
-    if iv.target in ("bottom", "all"):
+    rng = null_rng(text_tokens, ts, ell)
+    if iv.target in ("bottom", "all", "random"):
         if iv.target == "bottom":
             tokens = bottom_k_tokens(path_scores(A, path)[0], iv.k, iv.metric).tolist()  # worst first
+        elif iv.target == "random":
+            tokens = sorted(rng.choice(tt, size=min(iv.k, tt), replace=False).tolist())
         else:
             tokens = list(range(tt))
         by_frame: dict[int, list[int]] = {}
@@ -151,6 +194,9 @@ def plan_intervention(iv: Intervention, states: "HiddenStates", span: slice, pro
         tokens = sorted({j for js in by_frame.values() for j in js})
 
     frames = sorted(by_frame)
+    if iv.pairing == "shuffled":  # frame i*_j takes token π(j)'s state; same frames, alignment broken
+        perm = derangement(tt, rng)
+        by_frame = {f: [int(perm[j]) for j in js] for f, js in by_frame.items()}
     frame_tokens = tuple(tuple(sorted(by_frame[f])) for f in frames)
     op = OPERATIONS[iv.op]
     if op.inputs == "statistics" and iv.target in ("frames", "span"):
@@ -163,11 +209,18 @@ def plan_intervention(iv: Intervention, states: "HiddenStates", span: slice, pro
     else:
         targets = ht.new_zeros((0, ht.shape[1]))  # [0, d]
     times = tuple(float(states.frame_times[f]) for f in frames)
-    strings = tuple(states.tokens[j] for j in tokens)
+    strings = tuple(text_tokens[j] for j in tokens)
     return EditPlan(iv, span.start, prompt_len, tuple(frames), times, frame_tokens, tuple(tokens), strings,
                     targets, stats)
 
 
-def plan_interventions(cond: Condition, states: "HiddenStates", prompt: "PromptInputs") -> list[EditPlan]:
+def plan_interventions(cond: Condition, states: "HiddenStates", prompt: "PromptInputs",
+                       donor: DonorText | None = None) -> list[EditPlan]:
     """Plans for a condition (one or several interventions, in order) on the speech prompt."""
-    return [plan_intervention(iv, states, prompt.span, prompt.inputs_embeds.shape[1]) for iv in parse_condition(cond)]
+    return [plan_intervention(iv, states, prompt.span, prompt.inputs_embeds.shape[1], donor)
+            for iv in parse_condition(cond)]
+
+
+def needs_donor(conds: Sequence[Condition]) -> bool:
+    """Whether any intervention of these conditions edits with another question's states (pairing "other")."""
+    return any(iv.pairing == "other" for c in conds for iv in parse_condition(c))

@@ -11,9 +11,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from lsl_core.errors import LSLError
 from lsl_core.interventions.config import Condition, condition_label, condition_title, parse_condition
 from lsl_core.interventions.hooks import generate_conditions, generate_with_interventions
-from lsl_core.interventions.plan import EditPlan, plan_interventions
+from lsl_core.interventions.plan import DonorText, EditPlan, needs_donor, plan_interventions
 
 if TYPE_CHECKING:  # pragma: no cover
     from lsl_core.data.samples import Sample
@@ -40,8 +41,19 @@ class ConditionAnswer:
 
     @property
     def tokens(self) -> list[int]:
-        """Text tokens whose path frames were edited (union), ascending."""
-        return sorted({j for p in self.plans for j in p.tokens})
+        """Tokens of this sample's transcript whose path frames were edited (union), ascending; the
+        donor's tokens of pairing "other" are not this transcript's and are left out (see token_text)."""
+        return sorted({j for p in self.plans if p.intervention.pairing != "other" for j in p.tokens})
+
+    @property
+    def token_text(self) -> list[str]:
+        """Display strings of the edited tokens: this transcript's (ascending), then any donor's ('other: ...')."""
+        own, donor = {}, {}
+        for p in self.plans:
+            into = donor if p.intervention.pairing == "other" else own
+            for j, text in zip(p.tokens, p.token_strings):
+                into.setdefault(j, text)
+        return [own[j] for j in sorted(own)] + [f"other: {donor[j]}" for j in sorted(donor)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +83,7 @@ class SideBySide:
                 "condition": a.condition, "title": a.title, "answer": a.answer, "containment": a.containment,
                 "f1": a.f1, "em": a.em, "agreement": a.agreement, "frames": a.frames,
                 "frame_times": [self.frame_times[f] for f in a.frames] if self.frame_times else [],
-                "tokens": [self.tokens[j] for j in a.tokens] if self.tokens else [],
+                "tokens": a.token_text,
             })
         return out
 
@@ -94,9 +106,28 @@ def sample_states(model: "LSLM", sample: "Sample"):
     return model.prompts_and_states(sample)
 
 
+def donor_text(model: "LSLM", question: str, conds: Sequence[Condition], own_question: str) -> DonorText:
+    """Another question's text states for pairing "other": [L+1, Tt', d] float32 CPU and its tokens.
+
+    One text forward when an intervention sits at ℓ > 0; at ℓ = 0 only the token embeddings (the
+    LLM input, broadcast over the layer axis without a copy), as serving.planning_states does.
+    """
+    if not question or not question.strip():
+        raise LSLError("Pairing 'other' needs another question's transcript; got an empty donor question.")
+    if question.strip() == own_question.strip():
+        raise LSLError("Pairing 'other' needs a DIFFERENT question than the sample's own; the donor question "
+                       f"{question!r} is the sample's.")
+    tx = model.embed_text(question)
+    prompt = model.build_prompt(tx.embeds, tx.token_ids)
+    deep = any(iv.layer > 0 for c in conds for iv in parse_condition(c))
+    text = model.forward_states(prompt) if deep else model.input_states(prompt)  # [L+1, Tt', d]
+    return DonorText(question, text, list(tx.tokens))
+
+
 def generate_side_by_side(model: "LSLM", sample: "Sample", interventions: Sequence[Condition],
                           max_new_tokens: int = 40, states: "HiddenStates | None" = None, *,
-                          cascade: bool = True, batched: bool = False) -> SideBySide:
+                          cascade: bool = True, batched: bool = False,
+                          donor_question: str | None = None) -> SideBySide:
     """Text, speech, cascade (ASR → LLM) and one intervened speech answer per condition, all scored.
 
     Plans come from the unedited states at each intervention's layer: `states` when given (the
@@ -104,9 +135,17 @@ def generate_side_by_side(model: "LSLM", sample: "Sample", interventions: Sequen
     Each entry of `interventions` is one condition: an Intervention, a label string, or a sequence
     composed in order ('angle:bottom3+length:all'). cascade=False skips the ASR baseline;
     batched=True generates the speech answer and every condition in one batch (faster; see
-    generate_conditions for the rounding caveat).
+    generate_conditions for the rounding caveat). donor_question: another question, whose typed
+    transcript the conditions with pairing "other" edit with (their null: the same edit without this
+    question's content).
     """
     conds = [parse_condition(c) for c in interventions]
+    donor = None
+    if needs_donor(conds):
+        if donor_question is None:
+            raise LSLError("A condition with pairing 'other' edits with another question's transcript; pass "
+                           "donor_question= (any question other than the sample's).")
+        donor = donor_text(model, donor_question, conds, sample.question)
     if states is None and conds:
         speech_prompt, text_prompt, states = model.prompts_and_states(sample)
     else:
@@ -116,7 +155,7 @@ def generate_side_by_side(model: "LSLM", sample: "Sample", interventions: Sequen
 
     text_answer = model.generate_from_prompt(text_prompt, max_new_tokens)
     text = ConditionAnswer("text", "Text", text_answer, **score_answer(text_answer, refs, None))
-    plans_per_cond = [tuple(plan_interventions(ivs, states, speech_prompt)) for ivs in conds]
+    plans_per_cond = [tuple(plan_interventions(ivs, states, speech_prompt, donor)) for ivs in conds]
     if batched:
         speech_answer, *iv_answers = generate_conditions(model, speech_prompt, [(), *plans_per_cond], max_new_tokens)
     else:

@@ -236,6 +236,12 @@ class LSLM:
         hs = torch.stack([h[0, prompt.span] for h in out.hidden_states])  # [L+1, Tq, d]
         return hs.float().cpu()
 
+    def input_states(self, prompt: PromptInputs) -> torch.Tensor:
+        """hidden_states[0] of the query span (the LLM input) broadcast over the L+1 layer axis without a copy
+        (no forward): float32 CPU [L+1, Tq, d], what forward_states gives at index 0. For plans at ℓ = 0 only."""
+        h0 = prompt.inputs_embeds[0, prompt.span].detach().float().cpu()  # [Tq, d]
+        return h0[None].expand(self.num_layers + 1, -1, -1)
+
     @torch.no_grad()
     def prompts_and_states(self, sample=None, *, audio: np.ndarray | None = None, sr: int | None = None,
                            question: str | None = None) -> tuple[PromptInputs, PromptInputs, HiddenStates]:
