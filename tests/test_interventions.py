@@ -537,3 +537,190 @@ def test_embedded_default_edit_identity_and_cascade(embedded_model):
     sbs = generate_side_by_side(m, s, ["angle:bottom0", "length:bottom3"], max_new_tokens=6)
     assert sbs.interventions[0].answer == sbs.speech.answer
     assert m.has_asr and sbs.cascade is not None and isinstance(sbs.transcript, str)
+
+
+# ============================================================================ the nulls (random, shuffled, other)
+def _loop_path(hs: np.ndarray, ht: np.ndarray) -> list[int]:
+    """Cosine path by explicit loops: for each text token j the frame with the highest cosine."""
+    return [int(np.argmax([hs[i] @ ht[j] / (np.linalg.norm(hs[i]) * np.linalg.norm(ht[j]))
+                           for i in range(hs.shape[0])])) for j in range(ht.shape[0])]
+
+
+@pytest.mark.parametrize("spec,expect,title", [
+    ("angle:random3", Intervention("angle", "random", 3), "Angle·Random3"),
+    ("angle:all:shuffled", Intervention("angle", "all", pairing="shuffled"), "Angle·All (shuffled pairing)"),
+    ("length:bottom2@1:other", Intervention("length", "bottom", 2, layer=1, pairing="other"),
+     "Length·Bottom2 @ℓ1 (other question)"),
+    ("angle:all:shuffled:distance", Intervention("angle", "all", metric="distance", pairing="shuffled"),
+     "Angle·All (distance, shuffled pairing)"),
+    ("calibrate:random4:other", Intervention("calibrate", "random", 4, pairing="other"),
+     "Calibrate·Random4 (other question)"),
+])
+def test_null_grammar_round_trips(spec, expect, title):
+    iv = Intervention.parse(spec)
+    assert iv == expect and Intervention.parse(iv.label()) == iv and iv.title() == title
+
+
+def test_null_grammar_errors():
+    with pytest.raises(LSLError, match="span statistics"):
+        Intervention.parse("calibrate:all:shuffled")  # nothing per frame to re-pair
+    with pytest.raises(LSLError, match="neither a path metric"):
+        Intervention.parse("angle:all:swapped")
+    with pytest.raises(LSLError, match="pairing"):
+        Intervention(pairing="random")
+
+
+def test_derangement_moves_every_index():
+    from lsl_core.interventions.plan import derangement
+
+    rng = np.random.default_rng(0)
+    assert derangement(1, rng).tolist() == [0] and derangement(0, rng).tolist() == []
+    for n in range(2, 9):
+        for _ in range(20):
+            p = derangement(n, rng)
+            assert sorted(p.tolist()) == list(range(n)) and (p != np.arange(n)).all()
+
+
+def test_random_target_edits_the_path_frames_of_k_distinct_tokens(tiny_model):
+    speech_prompt, _, states = tiny_model.prompts_and_states(_sample())
+    tt = states.text.shape[1]
+    iv = Intervention("angle", "random", 3, layer=1)
+    plan = plan_intervention(iv, states, speech_prompt.span, speech_prompt.inputs_embeds.shape[1])
+    assert len(set(plan.tokens)) == 3 and all(0 <= j < tt for j in plan.tokens)
+    hs, ht = states.speech[1].double().numpy(), states.text[1].double().numpy()
+    path = _loop_path(hs, ht)
+    assert list(plan.frames) == sorted({path[j] for j in plan.tokens})
+    want = [np.mean([ht[j] for j in plan.tokens if path[j] == f], axis=0) for f in plan.frames]
+    np.testing.assert_allclose(plan.targets.double().numpy(), np.stack(want), rtol=1e-5, atol=1e-6)
+    again = plan_intervention(iv, states, speech_prompt.span, speech_prompt.inputs_embeds.shape[1])
+    assert again.tokens == plan.tokens, "the draw is fixed per sample"
+    draws = {plan_intervention(Intervention("angle", "random", 3, layer=ell), states, speech_prompt.span,
+                               speech_prompt.inputs_embeds.shape[1]).tokens for ell in range(tiny_model.num_layers)}
+    assert len(draws) > 1, "different layers draw different tokens"
+    everything = plan_intervention(Intervention("angle", "random", tt + 5), states, speech_prompt.span,
+                                   speech_prompt.inputs_embeds.shape[1])
+    assert sorted(everything.tokens) == list(range(tt)), "k >= Tt takes every token"
+
+
+def test_shuffled_pairing_keeps_the_frames_and_writes_other_tokens():
+    """Hand-built states: the path puts token j on frame j; shuffled writes t_π(j) there, π a derangement."""
+    d, n = 6, 5
+    text = torch.eye(d)[:n] * torch.arange(1.0, n + 1)[:, None]  # token j along axis j, norm j+1
+    speech = torch.eye(d)[:n] * 3.0 + 0.1  # frame i closest to token i
+    st = HiddenStates(speech[None].expand(2, -1, -1), text[None].expand(2, -1, -1), np.arange(n) * 0.1, 0.1,
+                      list("abcde"))
+    path_plan = plan_intervention(Intervention("angle", "all"), st, slice(2, 2 + n), n + 4)
+    plan = plan_intervention(Intervention("angle", "all", pairing="shuffled"), st, slice(2, 2 + n), n + 4)
+    assert path_plan.frames == plan.frames == tuple(range(n))
+    assert path_plan.frame_tokens == tuple((j,) for j in range(n))
+    written = [js[0] for js in plan.frame_tokens]
+    assert sorted(written) == list(range(n)) and all(written[f] != f for f in range(n))
+    torch.testing.assert_close(plan.targets, text[written])
+    assert plan.tokens == path_plan.tokens and plan.token_strings == path_plan.token_strings
+    h = torch.randn(1, n + 4, d)
+    out = plan.apply(h)
+    torch.testing.assert_close(out[0, 2:2 + n], angle_projection(h[0, 2:2 + n], text[written]))
+    one = HiddenStates(speech[None, :, :].expand(2, -1, -1), text[None, :1].expand(2, -1, -1), np.arange(n) * 0.1,
+                       0.1, ["a"])
+    lone = plan_intervention(Intervention("angle", "all", pairing="shuffled"), one, slice(2, 2 + n), n + 4)
+    assert lone.frame_tokens == ((0,),), "one token has nothing to re-pair with"
+
+
+def test_other_pairing_plans_against_the_donor_states(tiny_model):
+    from dataclasses import replace
+
+    from lsl_core.interventions import DonorText, donor_text
+
+    s = _sample()
+    speech_prompt, _, states = tiny_model.prompts_and_states(s)
+    donor = donor_text(tiny_model, "who wrote hamlet and when ?", ["angle:all@1"], s.question)
+    torch.testing.assert_close(donor.text, tiny_model.hidden_states(_sample(q=donor.question)).text)
+    swapped = replace(states, text=donor.text, tokens=list(donor.tokens))
+    T = speech_prompt.inputs_embeds.shape[1]
+    for spec in ("angle:all@1", "length:bottom2", "calibrate:all@1"):
+        iv = Intervention.parse(spec)
+        got = plan_intervention(replace(iv, pairing="other"), states, speech_prompt.span, T, donor)
+        want = plan_intervention(iv, swapped, speech_prompt.span, T)
+        assert got.frames == want.frames and got.tokens == want.tokens and got.token_strings == want.token_strings
+        for a, b in ((got.targets, want.targets), *zip(got.stats or (), want.stats or ())):
+            if a is not None:
+                torch.testing.assert_close(a, b)
+    layer0 = donor_text(tiny_model, donor.question, ["angle:all"], s.question)
+    torch.testing.assert_close(layer0.text[0], donor.text[0])  # the embeddings, without a forward
+    with pytest.raises(LSLError, match="another question"):
+        plan_intervention(Intervention("angle", "all", pairing="other"), states, speech_prompt.span, T)
+    with pytest.raises(LSLError, match="DIFFERENT"):
+        donor_text(tiny_model, s.question, ["angle:all:other"], s.question)
+    assert isinstance(donor, DonorText)
+
+
+def test_side_by_side_with_a_donor(tiny_model):
+    s = _sample()
+    with pytest.raises(LSLError, match="donor_question"):
+        generate_side_by_side(tiny_model, s, ["angle:all:other"], 3, cascade=False)
+    sbs = generate_side_by_side(tiny_model, s, ["angle:bottom2:other", "angle:bottom2"], 3, cascade=False,
+                                donor_question="who wrote hamlet ?")
+    other, own = sbs.interventions
+    assert other.tokens == [] and len(other.token_text) == 2 and all(t.startswith("other: ") for t in other.token_text)
+    assert own.token_text == [sbs.tokens[j] for j in own.tokens] and len(own.tokens) == 2
+    assert other.frames and all(0 <= f < len(sbs.frame_times) for f in other.frames)
+
+
+def test_table1_nulls_pair_each_condition_with_its_nulls(tiny_model):
+    from lsl_core.experiments.table1 import TABLE1_NULLS, donor_questions, intervention_nulls, table1_nulls
+
+    assert intervention_nulls("angle:bottom3") == [("angle:random3", "least-aligned tokens vs random ones"),
+                                                   ("angle:bottom3:shuffled",
+                                                    "each frame's own token vs another token of the question"),
+                                                   ("angle:bottom3:other",
+                                                    "this question's transcript vs another question's")]
+    assert [n for n, _ in intervention_nulls("calibrate:all@2")] == ["calibrate:all@2:other"]
+    assert intervention_nulls("angle:random3") == [] and intervention_nulls("angle:all+length:all") == []
+    assert not set(TABLE1_NULLS) & set(TABLE1_INTERVENTIONS)
+    assert donor_questions(["a", "a", "b", "c"]) == ["b", "b", "c", "a"] and donor_questions(["a", "a "]) == [None, None]
+
+    samples = [_sample(1.3, sid="a"), _sample(1.0, "who wrote hamlet ?", "b", ("shakespeare",)),
+               _sample(1.1, "how tall is everest ?", "c", ("8848",))]
+    conds = ["angle:bottom3", "angle:random3", "angle:bottom3:other", "calibrate:all", "calibrate:all:other"]
+    df = evaluate_interventions(tiny_model, samples, conds, max_new_tokens=3)
+    assert list(df.drop_duplicates("sample_id")["donor_question"]) == [samples[1].question, samples[2].question,
+                                                                      samples[0].question]
+    t = table1_nulls(df)
+    assert [(r.condition, r.null) for r in t.itertuples()] == [
+        ("Angle·Bottom3", "Angle·Random3"), ("Angle·Bottom3", "Angle·Bottom3 (other question)"),
+        ("Calibrate·All", "Calibrate·All (other question)")]
+    for i, r in t.iterrows():
+        for col, name in (("agreement", "agreement"), ("f1", "F1")):
+            a = df[df.title == r["condition"]].set_index("sample_id")[col]
+            b = df[df.title == r["null"]].set_index("sample_id")[col]
+            diffs = 100 * (a - b.reindex(a.index))
+            assert r[f"Δ {name}"] == pytest.approx(diffs.mean())
+            assert diffs.min() - 1e-9 <= r[f"Δ {name}_lo"] <= r[f"Δ {name}"] <= r[f"Δ {name}_hi"] <= diffs.max() + 1e-9
+    assert (t["n"] == 3).all()
+    assert table1_nulls(df[~df.condition.str.contains("random|other")]).empty
+    with pytest.raises(LSLError, match="donor"):
+        evaluate_interventions(tiny_model, iter(samples), ["angle:all:other"], max_new_tokens=2)
+    with pytest.raises(LSLError, match="no other question"):
+        evaluate_interventions(tiny_model, samples[:1], ["angle:all:other"], max_new_tokens=2)
+
+
+def test_table1_nulls_by_hand():
+    """Four samples with chosen scores: Δ = mean of the paired differences, its interval inside their range."""
+    import pandas as pd
+
+    from lsl_core.experiments.table1 import nulls_markdown, table1_nulls
+
+    cond = {"original": [0.1, 0.1, 0.1, 0.1], "angle:all": [0.5, 0.2, 0.9, 0.4],
+            "angle:all:shuffled": [0.1, 0.2, 0.3, 0.4], "angle:all:other": [0.5, 0.2, 0.9, 0.4]}
+    rows = [{"sample_id": f"s{i}", "condition": c, "title": Intervention.parse(c).title() if c != "original"
+             else "Original", "containment": 0.0, "f1": v[i] / 2, "agreement": v[i], "n_frames": 3}
+            for c, v in cond.items() for i in range(4)]
+    df = pd.DataFrame(rows[:-1])  # the 'other' null lacks sample s3: compared on the three samples both have
+    t = table1_nulls(df).set_index("null")
+    sh, ot = t.loc["Angle·All (shuffled pairing)"], t.loc["Angle·All (other question)"]
+    assert sh["Δ agreement"] == pytest.approx(25.0) and sh["Δ F1"] == pytest.approx(12.5) and sh["n"] == 4
+    assert 0.0 <= sh["Δ agreement_lo"] < 25.0 < sh["Δ agreement_hi"] <= 60.0
+    assert ot["Δ agreement"] == pytest.approx(0.0) and ot["Δ agreement_lo"] == ot["Δ agreement_hi"] == 0.0
+    assert ot["n"] == 3 and sh["Δ containment"] == 0.0
+    md = nulls_markdown(table1_nulls(df))
+    assert "+25.0 [" in md and md.count("\n") == 3

@@ -135,7 +135,7 @@ PAGES: dict[str, Page] = {p.name: p for p in (
          "--max-new-tokens 24 --batch-size 50 --out assets/results --markdown docs/results/checkpoints.md",
          "python -m lsl_core report checkpoints --results assets/results --markdown docs/results/checkpoints.md"),
     Page("interventions", "docs/results/interventions.md",
-         "python -m lsl_core table1 --n 20 --max-new-tokens 24 --out assets/results "
+         "python -m lsl_core table1 --n 60 --max-new-tokens 24 --out assets/results "
          "--markdown docs/results/interventions.md",
          "python -m lsl_core report interventions --results assets/results --markdown docs/results/interventions.md"),
     Page("alignment", "docs/results/alignment.md",

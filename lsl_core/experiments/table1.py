@@ -9,9 +9,10 @@ table1_nulls(df) -> DataFrame, each intervention against its nulls (k random tok
     least aligned, the path's pairing shuffled, another question's transcript): paired Δ with 95% CIs.
 
 One command writes the per-sample rows (<out>/table1_interventions.parquet + table1.json with the command
-and code version) and docs/results/interventions.md (20 samples, 24 new tokens, < 10 min on 2 CPU cores):
+and code version) and docs/results/interventions.md (60 samples, the 6 paper rows and their 13 nulls, 24 new
+tokens, ~8 min on 2 CPU cores):
 
-    python -m lsl_core table1 --n 20 --max-new-tokens 24 --out assets/results --markdown docs/results/interventions.md
+    python -m lsl_core table1 --n 60 --max-new-tokens 24 --out assets/results --markdown docs/results/interventions.md
 
 `python -m lsl_core report interventions` re-renders the page from the stored rows.
 """
