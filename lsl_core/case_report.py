@@ -202,8 +202,9 @@ def case_report_html(sample, analysis, answers: Mapping, *, condition: str, laye
 
 
 def report_case(model, sample, condition: str = "angle:bottom3", *, options=None, max_new_tokens: int = 24,
-                cascade: bool = True, command: str | None = None) -> str:
-    """Analyze one sample, generate the side-by-side answers for `condition`, return the report HTML."""
+                cascade: bool = True, command: str | None = None, donor_question: str | None = None) -> str:
+    """Analyze one sample, generate the side-by-side answers for `condition`, return the report HTML.
+    donor_question: the other question a pairing-"other" condition edits with."""
     from lsl_core.analysis import AnalysisOptions, analyze_sample
     from lsl_core.interventions import condition_label, generate_side_by_side, parse_condition
 
@@ -212,7 +213,7 @@ def report_case(model, sample, condition: str = "angle:bottom3", *, options=None
     a = analyze_sample(model, sample, options or AnalysisOptions())
     with model.lock:
         sbs = generate_side_by_side(model, sample, [label], max_new_tokens=max_new_tokens,
-                                    cascade=cascade and model.has_asr)
+                                    cascade=cascade and model.has_asr, donor_question=donor_question)
     return case_report_html(sample, a, rows_from_side_by_side(sbs), condition=label, layer=ivs[0].layer,
                             metric=ivs[0].metric, model_name=model.name, digest=model.digest, command=command)
 
@@ -225,7 +226,9 @@ def register(sub) -> None:
     p.add_argument("--samples", default="sd-qa-mini", help="sample set spec: sd-qa-mini | voicebench:DIR | folder:DIR")
     p.add_argument("--sample", default="0", help="sample id, or its index in the set (default 0)")
     p.add_argument("--intervention", default="angle:bottom3",
-                   help="condition, e.g. angle:bottom3, length:all@4:distance, angle:bottom3+length:all")
+                   help="condition, e.g. angle:bottom3, length:all@4:distance, angle:bottom3+length:all, or a null: "
+                        "angle:random3, angle:all:shuffled, angle:all:other (edits with the next different question "
+                        "of the sample set)")
     p.add_argument("--path", choices=("argmax", "dtw"), default="argmax", help="alignment path of the analysis")
     p.add_argument("--tokens", type=int, default=24, help="max new tokens per answer")
     p.add_argument("--no-cascade", action="store_true", help="skip the ASR -> LLM baseline")
@@ -247,8 +250,13 @@ def run(args) -> int:
     sample = sset[int(key)] if key.lstrip("-").isdigit() and key not in sset else sset[key]
     model = load_checkpoint(args.checkpoint or default_checkpoint(), device=args.device)
     command = "python -m lsl_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    from lsl_core.experiments.table1 import donors_for
+    from lsl_core.interventions import needs_donor
+
+    donor = donors_for(sset, [sample.id])[0] if needs_donor([args.intervention]) else None
     page = report_case(model, sample, args.intervention, options=AnalysisOptions(path=args.path),
-                       max_new_tokens=args.tokens, cascade=not args.no_cascade, command=command)
+                       max_new_tokens=args.tokens, cascade=not args.no_cascade, command=command,
+                       donor_question=donor)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

@@ -1,17 +1,20 @@
 """Interventions: edit speech frames at layer ℓ during prefill (angle / length / calibration of the
-Bottom-k or All path frames), regenerate, and compare text, speech, cascade and intervened answers."""
+Bottom-k, All or Random-k path frames; the path's own pairing or a null: shuffled pairing, another
+question), regenerate, and compare text, speech, cascade and intervened answers."""
 
 import streamlit as st
 
 from lsl_core import viz
 from lsl_core.errors import LSLError
-from lsl_core.interventions import OPERATIONS, PATH_METRICS, Intervention, ops_help
+from lsl_core.experiments.table1 import donors_for
+from lsl_core.interventions import OPERATIONS, PATH_METRICS, PAIRINGS, Intervention, ops_help
 from lsl_core.metrics import diagnostics
 from lsl_core.model.families import capabilities, transcript_source
 from ui import context, errors, export, links, loaders, notes, reproduce, state, tables
 
 OPS = tuple(OPERATIONS)  # the registry's ops, in its order
-TARGETS = ("Bottom-k", "All")
+TARGETS = {"Bottom-k": "bottom", "All": "all", "Random-k": "random"}  # radio label -> Intervention.target
+PAIRING_LABELS = {"path": "path (own token)", "shuffled": "shuffled pairing (null)", "other": "other question (null)"}
 
 
 def _seed_from_link(L: int, here: str) -> None:
@@ -25,12 +28,12 @@ def _seed_from_link(L: int, here: str) -> None:
         iv = Intervention.parse(raw)
     except LSLError:
         return
-    if iv.target not in ("bottom", "all") or iv.layer >= L:
+    if iv.target not in TARGETS.values() or iv.layer >= L:
         return
-    st.session_state.update(iv_op=iv.op, iv_target="Bottom-k" if iv.target == "bottom" else "All",
-                            iv_layer=iv.layer, iv_metric=iv.metric,
+    st.session_state.update(iv_op=iv.op, iv_target=next(k for k, v in TARGETS.items() if v == iv.target),
+                            iv_layer=iv.layer, iv_metric=iv.metric, iv_pairing=iv.pairing,
                             iv_applied={"label": iv.label(), "for": here})
-    if iv.target == "bottom":
+    if iv.target in ("bottom", "random"):
         st.session_state["iv_k"] = max(1, iv.k)
 
 
@@ -77,19 +80,33 @@ def main() -> None:
     c = st.columns([2, 2, 1, 3, 2])
     op = c[0].radio("Operation", OPS, index=state.choice("iv_op", OPS), key="iv_op", help=ops_help().replace("\n", "  \n"),
                     persist_state=keep)
-    target = c[1].radio("Frames", TARGETS, index=state.choice("iv_target", TARGETS), key="iv_target",
+    targets = tuple(TARGETS)
+    target = c[1].radio("Frames", targets, index=state.choice("iv_target", targets), key="iv_target",
                         persist_state=keep,
                         help="Bottom-k: the path frames i*_j of the k tokens with the lowest path score at layer ℓ. "
-                             "All: the path frames of every token.")
+                             "All: the path frames of every token. Random-k: the path frames of k tokens drawn at "
+                             "random (fixed per sample): the null of Bottom-k.")
     k = c[2].number_input("k", 1, max(1, Tt), value=state.integer("iv_k", 1, max(1, Tt), 3), key="iv_k",
                           disabled=target == "All", persist_state=keep,
-                          help="Number of least aligned tokens (Bottom3 = 3).")
+                          help="Number of tokens (Bottom3 = the 3 least aligned, Random3 = 3 at random).")
     layer = c[3].slider("Edit layer ℓ", 0, max(1, L - 1), value=state.integer("iv_layer", 0, max(0, L - 1), 0),
                         key="iv_layer", persist_state=keep,
                         help="Input of decoder layer ℓ (0 = the LLM input embeddings), during prefill only; "
                              "the KV cache carries the edit into decoding.")
     metric = c[4].radio("Path metric", PATH_METRICS, index=state.choice("iv_metric", PATH_METRICS), key="iv_metric",
                         persist_state=keep, help="Which alignment path picks the frames and the bottom-k tokens.")
+    donor = None  # pairing "other": the next different question of the sample set
+    if sel.sample_set is not None and sel.upload is None and sel.set_spec:
+        donor = donors_for(loaders.sample_set(sel.set_spec), [sample.id])[0]
+    per_frame = OPERATIONS[op].inputs == "targets"
+    pairings = tuple(p for p in PAIRINGS if (p != "shuffled" or per_frame) and (p != "other" or donor))
+    pairing = st.radio("Pairing", pairings, index=state.choice("iv_pairing", pairings), key="iv_pairing",
+                       format_func=PAIRING_LABELS.get, horizontal=True, persist_state=keep,
+                       help="Which text state each edited frame takes. path: its own token's (the paper's "
+                            "interventions). shuffled pairing: another token of the same question, re-paired at "
+                            "random (only for per-frame ops). other question: the path, tokens and states of the "
+                            "next different question of the sample set"
+                            + (f" ({donor!r})" if donor else "; needs a sample set with another question") + ".")
     c2 = st.columns([2, 2, 2, 4])
     max_new = c2[0].number_input("Max new tokens", 4, 128, value=state.integer("iv_max_new", 4, 128, 24),
                                  key="iv_max_new", persist_state=keep)
@@ -98,8 +115,7 @@ def main() -> None:
                              key="iv_cascade", disabled=not casc_cap, persist_state=keep,
                              help=(f"Transcript by {transcript_source(handle.model)}, answered as typed text."
                                    if casc_cap else f"Not available: {casc_cap.reason}."))
-    iv = Intervention(op=op, target="bottom" if target == "Bottom-k" else "all", k=int(k), layer=int(layer),
-                             metric=metric)
+    iv = Intervention(op=op, target=TARGETS[target], k=int(k), layer=int(layer), metric=metric, pairing=pairing)
     c2[2].button("Regenerate", type="primary", on_click=_apply, args=(iv.label(), here), key="iv_run",
                  help="Generate the text, speech, cascade and intervened answers with these settings.")
     run = st.session_state.get("iv_applied") or {}
@@ -118,7 +134,7 @@ def main() -> None:
             skey = context.sample_key(sel, sample)
             result = loaders.side_by_side(handle.key, skey, (applied,), int(max_new),
                                           bool(cascade and handle.model.has_asr), handle.model, sample,
-                                          loaders.known_transcript(handle.key, skey))
+                                          loaders.known_transcript(handle.key, skey), donor)
         except Exception as exc:  # noqa: BLE001
             errors.show(exc, "Generation failed")
     else:
@@ -136,7 +152,7 @@ def main() -> None:
                 st.info(r["answer"] or "∅ (empty answer)")
                 st.caption(f"F1 vs references {viz.percent(r['f1'])} · agreement with text answer "
                            f"{viz.percent(r['agreement'])}")
-                if r["tokens"]:
+                if r["frames"]:
                     st.caption("edited tokens: " + ", ".join(repr(t) for t in r["token_text"])
                                + " · frames at " + ", ".join(f"{t:.2f} s" for t in r["frame_times"]))
         if result["transcript"] is not None:

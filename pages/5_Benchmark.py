@@ -8,7 +8,8 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.experiments.pages import PAGES
-from lsl_core.experiments.table1 import TABLE1_INTERVENTIONS, table1_with_intervals
+from lsl_core.experiments.table1 import (TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, table1_nulls,
+                                         table1_with_intervals)
 from lsl_core.experiments.voicebench_scores import RUN_COMMAND, disagreement_cases
 from lsl_core.metrics import diagnostics
 from lsl_core.results import EVALUATE_COMMAND
@@ -201,6 +202,22 @@ def _n(n: int) -> str:
 _T1_PERCENT = ("containment", "F1", "agreement", "Δ containment", "Δ F1", "Δ agreement")  # table1 is in percent
 
 
+def _nulls(rows, key: str, title: str | None = None) -> None:
+    """Each intervention against its nulls (random tokens, shuffled pairing, another question), when they were run."""
+    t = table1_nulls(rows)
+    if t.empty:
+        st.caption("No null was run with these conditions: add Random3, :shuffled or :other conditions "
+                   f"({', '.join(TABLE1_NULLS[:3])}, …) to see whether the path, its pairing and the question matter.")
+        return
+    st.markdown("**Each intervention against its nulls** — the same edit with one ingredient broken: random tokens "
+                "instead of the least aligned, each frame given another token's state (shuffled pairing), or "
+                "another question's transcript. Δ = intervention − null; an interval that holds 0 means the null "
+                "does as well.")
+    export.figure(viz.intervention_nulls(t, "agreement", title=title), f"interventions_nulls_{key}",
+                  key=f"fig_iv_nulls_{key}")
+    export.table(t, f"interventions_nulls_{key}", percents=tuple(c for c in t.columns if c.startswith("Δ")))
+
+
 def _interventions(res, sel) -> None:
     st.header("Interventions (speech input)")
     if res.interventions is not None:
@@ -218,6 +235,7 @@ def _interventions(res, sel) -> None:
                                                 "95% CI)"), "interventions_stored", key="fig_iv_stored")
             notes.show([diagnostics.small_n_note(int(t["n"].min()), "the differences between conditions")])
             export.table(t.reset_index(), "interventions_table1_stored", percents=_T1_PERCENT)
+            _nulls(iv, "stored")
         picked = (iv["results"].iloc[0] if {"results", "checkpoint"} <= set(iv.columns) else None,
                   iv["checkpoint"].iloc[0] if "checkpoint" in iv.columns else None)
         reproduce.table1(results=res.folder, run=picked)
@@ -234,9 +252,12 @@ def _interventions(res, sel) -> None:
                         help="First n samples of the sidebar's filtered set.")
     max_new = c2.number_input("Max new tokens", 4, 64, value=state.integer("bm_iv_max_new", 4, 64, 16),
                               key="bm_iv_max_new")
-    conds = c3.multiselect("Conditions", list(TABLE1_INTERVENTIONS),
-                           default=state.subset("bm_iv_conds", TABLE1_INTERVENTIONS, TABLE1_INTERVENTIONS[:2]),
-                           key="bm_iv_conds")
+    choices = TABLE1_INTERVENTIONS + TABLE1_NULLS
+    conds = c3.multiselect("Conditions", list(choices),
+                           default=state.subset("bm_iv_conds", choices, TABLE1_INTERVENTIONS[:2]),
+                           key="bm_iv_conds", help="The seed paper's Table 1 rows, then their nulls (random3: k random "
+                                                   "tokens; :shuffled: each frame another token's state; :other: "
+                                                   "another question of these samples).")
     ids = tuple(sel.sample_set.ids()[: int(n)])
     st.button(f"Run {len(conds)} interventions on {_n(len(ids))}", type="primary", key="bm_iv_run",
               on_click=_request_iv, args=(ids, tuple(conds), int(max_new)), disabled=not conds)
@@ -250,13 +271,15 @@ def _interventions(res, sel) -> None:
         return
     with errors.guard("Intervention benchmark"):
         subset = sel.sample_set.filter(ids=ids)
+        donors = tuple(donors_for(loaders.sample_set(sel.set_spec), ids))  # for the pairing-"other" nulls
         rows = loaders.intervention_rows(handle.key, sel.set_spec, ids, tuple(conds), int(max_new), handle.model,
-                                         subset)
+                                         subset, donors)
         t = table1_with_intervals(rows)
         export.figure(viz.intervention_bars(t, "F1", title=f"{handle.name}: speech-input F1 per condition "
                                             f"({_n(len(ids))}, 95% CI)"), "interventions_live", key="fig_iv_live")
         notes.show([diagnostics.small_n_note(len(ids), "the differences between conditions")])
         export.table(t.reset_index(), "interventions_table1", percents=_T1_PERCENT)
+        _nulls(rows, "live", f"{handle.name}: each intervention against its nulls (agreement, {_n(len(ids))})")
         export.table(rows, "interventions_per_sample", show=False, caption="per-sample answers")
     reproduce.table1(live=(handle.path, sel.set_spec, list(ids), list(conds), int(max_new)))
 

@@ -102,7 +102,10 @@ def _results(folder: Path, ids: list[str], model_dir: Path, set_spec: str) -> di
     from lsl_core.model.loading import load_checkpoint
 
     model = load_checkpoint(model_dir, device="cpu")
-    iv = evaluate_interventions(model, list(load_sample_set(set_spec))[:2], ["angle:bottom3", "angle:all"], 4)
+    iv = evaluate_interventions(model, list(load_sample_set(set_spec))[:2],  # one question, two voices
+                                ["angle:bottom3", "angle:all", "angle:random3", "angle:all:shuffled",
+                                 "angle:all:other"],
+                                4, donors=[QUESTIONS[1]] * 2)
     iv.insert(0, "checkpoint", model.name)
     iv.to_parquet(folder / "checkpoints_interventions.parquet", index=False)
     trsw = {ck: {sid for k, sid in enumerate(ids) if k >= n} for ck, n in right.items()}  # text right, speech wrong

@@ -8,10 +8,12 @@ import shlex
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_app import (  # noqa: F401  (fixtures: world, navigation_mode)
     BENCHMARK,
     EXPLORER,
     INTERVENTIONS,
+    QUESTIONS,
     _app,
     _arr,
     _fig,
@@ -84,19 +86,30 @@ def _heatmap_any(at) -> dict:
     return found[0]
 
 
-def test_interventions_snippet_and_command_give_the_page_answers(world, monkeypatch, tmp_path):
+@pytest.mark.parametrize("frames,pairing,label", [("Bottom-k", "path", "angle:bottom3"),
+                                                   ("Random-k", "other", "angle:random3:other")])
+def test_interventions_snippet_and_command_give_the_page_answers(world, monkeypatch, tmp_path, frames, pairing,
+                                                                 label):
     at = _app(INTERVENTIONS)
     _widget(at.number_input, "Max new tokens").set_value(4)
     _widget(at.checkbox, "Cascade baseline (ASR → LLM)").uncheck()
+    _widget(at.radio, "Frames").set_value(frames)
+    _widget(at.radio, "Pairing").set_value(pairing)
     _run(at)
     at.button(key="iv_run").click()
     _run(at)
     (code,) = _shown_code(at, "python")
     (command,) = _shown_code(at, "bash")
-    assert "'angle:bottom3'" in code and "max_new_tokens=4" in code and "cascade=False" in code
+    assert f"{label!r}" in code and "max_new_tokens=4" in code and "cascade=False" in code
     ns = _exec(code, monkeypatch)
     shown = [i.value for i in at.info][:3]  # text, speech, intervened answer cards
     assert [r["answer"] or "∅ (empty answer)" for r in ns["result"].rows()] == shown
+    if pairing == "other":  # edited with the next different question of the set, named in the edited-tokens line
+        sample = ns["sample"]
+        assert ns["donor"] != sample.question and ns["donor"] in ns["samples"].questions()
+        edited = ns["result"].interventions[0]
+        assert edited.tokens == [] and edited.token_text and all(t.startswith("other: ") for t in edited.token_text)
+        assert "edited tokens: 'other: " in _texts(at)
 
     args = shlex.split(command)
     assert args[:4] == ["python", "-m", "lsl_core", "report-case"] and "--no-cascade" in args
@@ -255,6 +268,14 @@ def test_benchmark_snippets_rebuild_scores_and_intervention_tables(world, monkey
     assert "table1_with_intervals(" in stored and len(ns["rows"]) == len(ns["iv"])  # one stored run
     _same_bars(_bars(json.loads(ns["viz"].intervention_bars(ns["t"], "F1").to_json())),
                _bars(_fig(at, "Speech-input F1 under each intervention")))
+    ours = json.loads(ns["viz"].intervention_nulls(ns["nulls"], "agreement").to_json())["data"]
+    page = _fig(at, "Each intervention against its nulls (agreement)")["data"]
+    assert [t["name"] for t in ours] == [t["name"] for t in page] == ["null: random", "null: shuffled pairing",
+                                                                       "null: other question"]
+    for t, pt in zip(ours, page):
+        assert t["y"] == pt["y"]
+        np.testing.assert_allclose(_arr(t["x"]), _arr(pt["x"]), atol=1e-9)
+        np.testing.assert_allclose(_arr(t["error_x"]["array"]), _arr(pt["error_x"]["array"]), atol=1e-9)
 
     from test_app import _live_interventions
 
@@ -266,3 +287,20 @@ def test_benchmark_snippets_rebuild_scores_and_intervention_tables(world, monkey
     page = _fig(at, "speech-input F1 per condition (1 sample, 95% CI)")
     _same_bars(_bars(json.loads(ns["viz"].intervention_bars(ns["t"], "F1").to_json())), _bars(page))
     assert list(ns["rows"]["condition"]) == ["original", "angle:bottom3"]
+
+    # live with nulls: the first two samples share a question, so the :other null takes the set's next one
+    _widget(at.number_input, "Samples").set_value(2)
+    _widget(at.multiselect, "Conditions").set_value(["angle:bottom3", "angle:random3", "angle:bottom3:other"])
+    _run(at)
+    [btn] = [b for b in at.button if b.label.startswith("Run 3 interventions on 2 samples")]
+    btn.click()
+    _run(at)
+    *_, live = _shown_code(at, "python")
+    assert "donors_for(" in live and "donors=donors" in live
+    ns = _exec(live, monkeypatch)
+    assert set(ns["rows"]["donor_question"]) == {QUESTIONS[1]}
+    page = _fig(at, "each intervention against its nulls (agreement, 2 samples)")["data"]
+    ours = json.loads(ns["viz"].intervention_nulls(ns["nulls"], "agreement").to_json())["data"]
+    assert [t["name"] for t in ours] == [t["name"] for t in page] == ["null: random", "null: other question"]
+    for t, pt in zip(ours, page):
+        np.testing.assert_allclose(_arr(t["x"]), _arr(pt["x"]), atol=1e-9)

@@ -677,7 +677,8 @@ def test_table1_nulls_pair_each_condition_with_its_nulls(tiny_model):
     assert [n for n, _ in intervention_nulls("calibrate:all@2")] == ["calibrate:all@2:other"]
     assert intervention_nulls("angle:random3") == [] and intervention_nulls("angle:all+length:all") == []
     assert not set(TABLE1_NULLS) & set(TABLE1_INTERVENTIONS)
-    assert donor_questions(["a", "a", "b", "c"]) == ["b", "b", "c", "a"] and donor_questions(["a", "a "]) == [None, None]
+    assert donor_questions(["a", "a", "b", "c"]) == ["b", "b", "c", "a"]
+    assert donor_questions(["a", "a "]) == [None, None] and donor_questions(["a", "b", "a"], at=[2]) == ["b"]
 
     samples = [_sample(1.3, sid="a"), _sample(1.0, "who wrote hamlet ?", "b", ("shakespeare",)),
                _sample(1.1, "how tall is everest ?", "c", ("8848",))]

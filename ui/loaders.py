@@ -136,15 +136,17 @@ def known_transcript(model_key: str, sample_key: str) -> str | None:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def side_by_side(model_key: str, sample_key: str, labels: tuple[str, ...], max_new_tokens: int, cascade: bool,
-                 _model, _sample, _transcript: str | None = None) -> dict:
+                 _model, _sample, _transcript: str | None = None, donor_question: str | None = None) -> dict:
     """Text / speech / cascade / intervened answers, scored; plain data (rows with edited frames/tokens).
 
     Served by the model's lsl_core.serving.GenerationServer: requests of concurrent sessions are gathered
     and generated in one batch; while waiting, this session sees its queue position and the batch's progress.
     """
+    from lsl_core.interventions import needs_donor
     from lsl_core.serving import SideBySideRequest, server_for
 
-    request = SideBySideRequest(_sample, tuple(labels), int(max_new_tokens), bool(cascade), _transcript)
+    request = SideBySideRequest(_sample, tuple(labels), int(max_new_tokens), bool(cascade), _transcript,
+                                donor_question if needs_donor(labels) else None)
     ticket = server_for(_model).submit(request)
     box = st.empty()
     try:
@@ -296,15 +298,17 @@ def checkpoint_controls(manifest_roots: tuple[str, ...], set_key: str, ids: tupl
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def intervention_rows(model_key: str, set_key: str, ids: tuple[str, ...], conditions: tuple[str, ...],
-                      max_new_tokens: int, _model, _samples: Sequence) -> pd.DataFrame:
-    """experiments.table1.evaluate_interventions over the samples, with a progress bar."""
+                      max_new_tokens: int, _model, _samples: Sequence,
+                      donors: tuple[str | None, ...] | None = None) -> pd.DataFrame:
+    """experiments.table1.evaluate_interventions over the samples, with a progress bar; donors: per sample the
+    question its pairing-"other" nulls edit with (table1.donor_questions over the whole sample set)."""
     from lsl_core.experiments.table1 import evaluate_interventions
 
     bar = st.progress(0.0, text=f"Generating answers for {len(ids)} samples × {len(conditions) + 1} conditions …")
     gen = locked_items(_samples, _model.lock)
     try:
         return evaluate_interventions(
-            _model, gen, list(conditions), max_new_tokens,
+            _model, gen, list(conditions), max_new_tokens, donors=donors,
             progress=lambda d, _n: bar.progress(min(1.0, d / max(1, len(ids))), text=f"{d}/{len(ids)} samples"))
     finally:
         gen.close()

@@ -110,14 +110,19 @@ def cka_code(checkpoint: str | Path, set_spec: str, sample_id: str, *, path_metr
 def interventions_code(checkpoint: str | Path, set_spec: str, sample_id: str, *, condition: str, max_new: int,
                        cascade: bool) -> str:
     """Python that regenerates the Interventions page's answers side by side."""
+    from lsl_core.interventions import needs_donor
+
+    donor = needs_donor([condition])  # pairing "other": the next different question of the set, as the page picks it
     return "\n".join([
         "from lsl_core.data.sets import load_sample_set",
+        *(["from lsl_core.experiments.table1 import donors_for"] if donor else []),
         "from lsl_core.interventions import generate_side_by_side",
         "from lsl_core.model.loading import load_checkpoint",
         "",
         *_preamble(checkpoint, set_spec, sample_id),
+        *(["donor = donors_for(samples, [sample.id])[0]  # the next different question of the set"] if donor else []),
         f"result = generate_side_by_side(model, sample, [{condition!r}], max_new_tokens={int(max_new)}, "
-        f"cascade={bool(cascade)})",
+        f"cascade={bool(cascade)}{', donor_question=donor' if donor else ''})",
         "for row in result.rows():  # text, speech, cascade, then the intervened answer",
         "    print(row['title'], '|', row['answer'], '| agreement with text:', row['agreement'])",
     ]) + "\n"
@@ -177,21 +182,28 @@ def benchmark_code(results: str | Path, checkpoint: str, metric: str) -> str:
 
 def table1_code(*, results: str | Path | None = None, run: tuple[str | None, str | None] | None = None,
                 live: tuple[str | Path, str, list[str], list[str], int] | None = None) -> str:
-    """Python that rebuilds the Benchmark page's intervention table (seed paper Table 1 with 95% intervals):
+    """Python that rebuilds the Benchmark page's intervention table (seed paper Table 1 with 95% intervals) and
+    its nulls table (table1_nulls):
     from stored results (results folder, run = (results file prefix, checkpoint) the page picked) or live
     (checkpoint folder, sample-set spec, sample ids, conditions, max new tokens)."""
     if live is not None:
+        from lsl_core.interventions import needs_donor
+
         checkpoint, spec, ids, conds, max_new = live
+        donor = needs_donor(conds)  # the pairing-"other" nulls edit with the next different question of the set
+        call = f"rows = evaluate_interventions(model, samples, {list(conds)!r}, max_new_tokens={int(max_new)}"
         lines = [
             "from lsl_core import viz",
             "from lsl_core.data.sets import load_sample_set",
-            "from lsl_core.experiments.table1 import evaluate_interventions, table1_with_intervals",
+            f"from lsl_core.experiments.table1 import {'donors_for, ' if donor else ''}evaluate_interventions, "
+            "table1_nulls, table1_with_intervals",
             "from lsl_core.model.loading import load_checkpoint",
             "",
             f"model = load_checkpoint({_path(checkpoint)!r})",
             f"samples = load_sample_set({_set_spec(spec)!r}).filter(ids={list(ids)!r})",
-            f"rows = evaluate_interventions(model, samples, {list(conds)!r}, max_new_tokens={int(max_new)})"
-            "  # one row per sample x condition",
+            *([f"donors = donors_for(load_sample_set({_set_spec(spec)!r}), samples.ids())  # for the :other nulls"]
+              if donor else []),
+            call + (", donors=donors)" if donor else ")") + "  # one row per sample x condition",
         ]
     else:
         prefix, checkpoint = run or (None, None)
@@ -200,7 +212,7 @@ def table1_code(*, results: str | Path | None = None, run: tuple[str | None, str
         picks = [x for x in picks if x]
         lines = [
             "from lsl_core import viz",
-            "from lsl_core.experiments.table1 import table1_with_intervals",
+            "from lsl_core.experiments.table1 import table1_nulls, table1_with_intervals",
             "from lsl_core.results import load_results",
             "",
             f"iv = load_results({_path(results or '.')!r}).interventions  # stored per-sample answers",
@@ -210,6 +222,10 @@ def table1_code(*, results: str | Path | None = None, run: tuple[str | None, str
         "t = table1_with_intervals(rows)  # percent; <name>_lo / _hi: 95% bootstrap, each Δ paired on samples",
         "print(t)",
         "viz.intervention_bars(t, 'F1').show()",
+        "nulls = table1_nulls(rows)  # each intervention vs its nulls: paired Δ with 95% CIs (empty: no null run)",
+        "print(nulls)",
+        "if len(nulls):",
+        "    viz.intervention_nulls(nulls, 'agreement').show()",
     ]
     return "\n".join(lines) + "\n"
 

@@ -84,15 +84,26 @@ COLUMNS = (
 _T1_METRICS = (("containment", "containment"), ("f1", "F1"), ("agreement", "agreement"))
 
 
-def donor_questions(questions: Sequence[str]) -> list[str | None]:
-    """For each sample's question, the donor of its pairing-"other" nulls: the next different question in
-    the list (cyclic), None when every question is the same. -> [n]."""
+def donor_questions(questions: Sequence[str], at: Sequence[int] | None = None) -> list[str | None]:
+    """The donor of each sample's pairing-"other" nulls: the next question in the list (cyclic) that differs
+    from its own, None when every question is the same. questions: a sample set's questions in order [n];
+    at: the positions to answer for (default: every one) -> [len(at)]."""
     n = len(questions)
     out: list[str | None] = []
-    for i, q in enumerate(questions):
-        out.append(next((questions[(i + d) % n] for d in range(1, n) if questions[(i + d) % n].strip() != q.strip()),
-                        None))
+    for i in (range(n) if at is None else at):
+        q = questions[i].strip()
+        out.append(next((questions[(i + d) % n] for d in range(1, n) if questions[(i + d) % n].strip() != q), None))
     return out
+
+
+def donors_for(sample_set, ids: Sequence[str]) -> list[str | None]:
+    """The pairing-"other" donor of each sample id: the next different question of the whole set (a SampleSet,
+    in its order), as the Benchmark page and its snippet choose it. -> [len(ids)]."""
+    every = sample_set.ids()
+    missing = [i for i in ids if i not in set(every)]
+    if missing:
+        raise LSLError(f"Samples {missing[:3]} are not in the sample set {getattr(sample_set, 'name', '')!r}.")
+    return donor_questions(sample_set.questions(), [every.index(i) for i in ids])
 
 
 def evaluate_interventions(model: "LSLM", samples: Iterable["Sample"], interventions: Sequence[Condition],
@@ -110,7 +121,8 @@ def evaluate_interventions(model: "LSLM", samples: Iterable["Sample"], intervent
     donor_questions of the samples' questions; pass it when `samples` is a one-pass iterator).
     """
     conds = [parse_condition(c) for c in interventions]
-    if needs_donor(conds) and donors is None:
+    need_donor = needs_donor(conds)
+    if need_donor and donors is None:
         if hasattr(samples, "questions"):  # a SampleSet: questions without loading audio
             donors = donor_questions(samples.questions())
         elif isinstance(samples, Sequence):
@@ -129,8 +141,8 @@ def evaluate_interventions(model: "LSLM", samples: Iterable["Sample"], intervent
         total = -1
     rows: list[dict] = []
     for done, sample in enumerate(samples, 1):
-        donor = donors[done - 1] if donors is not None else None
-        if donors is not None and donor is None:
+        donor = donors[done - 1] if need_donor else None
+        if need_donor and donor is None:
             raise LSLError(f"Sample {sample.id!r}: no other question in the sample set to pair its pairing-'other' "
                            "null with; use a set of at least two different questions.")
         sbs = generate_side_by_side(model, sample, conds, max_new_tokens, cascade=False, batched=batched,

@@ -1,4 +1,4 @@
-"""Benchmark figures: scores per voice / subset and intervention bars."""
+"""Benchmark figures: scores per voice / subset, intervention bars and each intervention against its nulls."""
 
 from __future__ import annotations
 
@@ -78,6 +78,46 @@ def intervention_bars(table: pd.DataFrame, metric: str = "F1", *, title: str | N
     fig.update_yaxes(title_text=f"{metric} (%)")
     return _base_layout(fig, title or f"Speech-input {metric} under each intervention", height=380)
 
+
+
+NULL_SYMBOLS = {"Random": "diamond", "shuffled pairing": "square", "other question": "x"}  # marker per null kind
+
+
+def intervention_nulls(table: pd.DataFrame, metric: str = "agreement", *, title: str | None = None) -> go.Figure:
+    """Each intervention against its nulls (lsl_core.experiments.table1.table1_nulls) as a forest plot.
+
+    One row per (condition, null) pair: the paired Δ = condition − null in percentage points with its 95%
+    interval (Δ <metric>_lo / _hi) as a horizontal error bar; a vertical line at 0 (the null does as well).
+    Colour = the condition's op (condition_style), marker = the null's kind; hover shows both names, what
+    the null breaks, the exact Δ, its interval and n.
+    """
+    col = f"Δ {metric}"
+    for c in ("condition", "null", "tests", col, f"{col}_lo", f"{col}_hi", "n"):
+        if c not in table.columns:
+            raise ValueError(f"column {c!r} not in the table; available: {list(table.columns)}")
+    d = PERCENT_DIGITS
+    fig = go.Figure()
+    labels = [f"{c} vs {n}" for c, n in zip(table["condition"], table["null"])]
+    for kind, symbol in NULL_SYMBOLS.items():
+        rows = table[[kind in str(n) for n in table["null"]]]
+        if rows.empty:
+            continue
+        ys = [f"{c} vs {n}" for c, n in zip(rows["condition"], rows["null"])]
+        fig.add_trace(go.Scatter(
+            x=rows[col], y=ys, mode="markers", name=f"null: {kind.lower()}",
+            marker=dict(symbol=symbol, size=11, color=[condition_style(c).color for c in rows["condition"]],
+                        line=dict(color="black", width=1)),
+            error_x=dict(type="data", symmetric=False, array=rows[f"{col}_hi"] - rows[col],
+                         arrayminus=rows[col] - rows[f"{col}_lo"], color="#222222"),
+            customdata=np.stack([rows["tests"], rows[f"{col}_lo"], rows[f"{col}_hi"], rows["n"]], axis=1),
+            hovertemplate="%{y}<br>breaks: %{customdata[0]}<br>Δ " + metric + f" = %{{x:+.{d}f}} points"
+                          f"<br>95% CI [%{{customdata[1]:+.{d}f}}, %{{customdata[2]:+.{d}f}}]"
+                          "<br>n = %{customdata[3]}<extra></extra>"))
+    fig.add_vline(x=0.0, line=dict(color="#555555", dash="dash", width=1))
+    fig.update_yaxes(title_text="intervention vs its null", categoryorder="array", categoryarray=labels[::-1])
+    fig.update_xaxes(title_text=f"Δ {metric} = intervention − null (percentage points, 95% CI)")
+    return _base_layout(fig, title or f"Each intervention against its nulls ({metric})",
+                        height=max(320, 60 + 34 * len(table)))
 
 
 def subset_scores(summary: pd.DataFrame, gap: pd.DataFrame, *, title: str | None = None) -> go.Figure:
