@@ -180,19 +180,13 @@ def planning_states(model: "LSLM", sample: "Sample", conds: Sequence) -> tuple:
 
 def _prepare(model: "LSLM", req: SideBySideRequest) -> _Prepared:
     """States for planning, plans, ASR transcript (unless given); the rows to generate."""
-    from lsl_core.errors import LSLError
     from lsl_core.interventions import parse_condition, plan_interventions
     from lsl_core.interventions.plan import needs_donor
     from lsl_core.interventions.side_by_side import donor_text
 
     s = req.sample
     conds = [parse_condition(c) for c in req.conditions]
-    donor = None
-    if needs_donor(conds):
-        if req.donor_question is None:
-            raise LSLError("A condition with pairing 'other' edits with another question's transcript; this request "
-                           "names none (SideBySideRequest.donor_question).")
-        donor = donor_text(model, req.donor_question, conds, s.question)
+    donor = donor_text(model, req.donor_question, conds, s.question) if needs_donor(conds) else None
     speech_prompt, text_prompt, states = planning_states(model, s, conds)
     plans = [tuple(plan_interventions(ivs, states, speech_prompt, donor)) for ivs in conds]
     n = int(req.max_new_tokens)

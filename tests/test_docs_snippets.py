@@ -38,7 +38,7 @@ def _run(code: str, name: str, monkeypatch) -> dict:
 
 
 def test_the_documented_blocks_are_the_ones_checked_below():
-    assert [f for f, _ in BLOCKS] == ["README.md", "docs/controls.md", "docs/controls.md"]
+    assert [f for f, _ in BLOCKS] == ["README.md", "docs/controls.md", "docs/controls.md", "docs/controls.md"]
 
 
 def test_readme_notebook_block(monkeypatch):
@@ -79,3 +79,17 @@ def test_gap_fits_block(monkeypatch):
         assert r["r2"] == pytest.approx(fit_gap(table[r["metric"]], table["gap"]).r2)
         assert r["r2_lo"] <= r["r2"] <= r["r2_hi"] and 0.0 <= r["p_perm"] <= 1.0
     assert fits["r2_added"].iloc[:2].notna().all() and pd.isna(fits["r2_added"].iloc[2])
+
+
+def test_intervention_nulls_block(monkeypatch):
+    """The controls page's interventions block: every shipped Table 1 row with its nulls, Δ the paired mean."""
+    file, code = BLOCKS[3]
+    ns = _run(code, file, monkeypatch)
+    rows, nulls = ns["rows"], ns["nulls"]
+    assert len(nulls) == 13 and (nulls["n"] == rows["sample_id"].nunique()).all()  # the paper's rows' 13 nulls
+    r = nulls.iloc[0]
+    a = rows[rows.title == r["condition"]].set_index("sample_id")["agreement"]
+    b = rows[rows.title == r["null"]].set_index("sample_id")["agreement"]
+    assert r["Δ agreement"] == pytest.approx(100 * (a - b.reindex(a.index)).mean())
+    assert (nulls["Δ agreement_lo"] <= nulls["Δ agreement"]).all()
+    assert (nulls["Δ agreement"] <= nulls["Δ agreement_hi"]).all()

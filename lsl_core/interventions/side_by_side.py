@@ -106,13 +106,16 @@ def sample_states(model: "LSLM", sample: "Sample"):
     return model.prompts_and_states(sample)
 
 
-def donor_text(model: "LSLM", question: str, conds: Sequence[Condition], own_question: str) -> DonorText:
+def donor_text(model: "LSLM", question: str | None, conds: Sequence[Condition], own_question: str) -> DonorText:
     """Another question's text states for pairing "other": [L+1, Tt', d] float32 CPU and its tokens.
 
     One text forward when an intervention sits at ℓ > 0; at ℓ = 0 only the token embeddings (the
     LLM input, broadcast over the layer axis without a copy), as serving.planning_states does.
     """
-    if not question or not question.strip():
+    if question is None:
+        raise LSLError("A condition with pairing 'other' edits with another question's transcript, and none was "
+                       "given: pass donor_question= (any question other than the sample's).")
+    if not question.strip():
         raise LSLError("Pairing 'other' needs another question's transcript; got an empty donor question.")
     if question.strip() == own_question.strip():
         raise LSLError("Pairing 'other' needs a DIFFERENT question than the sample's own; the donor question "
@@ -140,12 +143,7 @@ def generate_side_by_side(model: "LSLM", sample: "Sample", interventions: Sequen
     question's content).
     """
     conds = [parse_condition(c) for c in interventions]
-    donor = None
-    if needs_donor(conds):
-        if donor_question is None:
-            raise LSLError("A condition with pairing 'other' edits with another question's transcript; pass "
-                           "donor_question= (any question other than the sample's).")
-        donor = donor_text(model, donor_question, conds, sample.question)
+    donor = donor_text(model, donor_question, conds, sample.question) if needs_donor(conds) else None
     if states is None and conds:
         speech_prompt, text_prompt, states = model.prompts_and_states(sample)
     else:
