@@ -319,6 +319,13 @@ def test_collapsed_path_note_and_intervals_are_drawn(server, shots):
             chart.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
             assert chart.locator("g.errorbar").count() >= 3  # error bars drawn, one per bar
             _shot(page, shots / "7_benchmark_intervals.png")
+            # the shipped Table 1 with its nulls: one marker and one horizontal 95% interval per (row, null) pair
+            nulls = page.locator('[data-testid="stPlotlyChart"]', has_text="Each intervention against its nulls")
+            nulls.first.scroll_into_view_if_needed()
+            nulls.first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
+            assert nulls.first.locator("g.errorbar").count() >= 13  # the 13 nulls of the paper's six rows
+            assert nulls.first.locator(".legendtext", has_text="null: shuffled pairing").count() == 1
+            _shot(page, shots / "7b_intervention_nulls.png")
             # Checkpoints: scores across training with intervals; the title clears the toolbar's row
             page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Checkpoints").click()
             expect(page.get_by_text("Scores across training")).to_be_visible(timeout=LOAD_TIMEOUT_MS)

@@ -114,6 +114,10 @@ def test_full_run_gives_hand_computed_scores_gap_and_r2(vb, zoo, tmp_path):
     assert row["r2_lo"] == pytest.approx(row["r2"]) and row["r2_hi"] == pytest.approx(row["r2"])
     assert r2.loc[("aps_cos", "overall"), "x_from"] == "all analyzed samples" and r2.loc[("aps_cos", "overall"), "n"] == 3
     assert "no GAP for this subset" in r2.loc[("aps_cos", "alpacaeval"), "note"]
+    # the training step's own fit is each subset's baseline row; 3 checkpoints are too few for R² beyond it
+    steps = np.array([0.0, 10.0, 20.0])
+    assert r2.loc[("step", "sd-qa"), "r2"] == pytest.approx(np.corrcoef(steps, y)[0, 1] ** 2)
+    assert np.isnan(r2.loc[("aps_cos", "sd-qa"), "r2_added"]) and np.isnan(r2.loc[("step", "sd-qa"), "r2_added"])
     # everything recorded: config, versions, seeds; the markdown page names the command
     meta = json.loads((out / "results.json").read_text())["meta"]
     assert meta["config"]["max_new_tokens"] == 4 and meta["seeds"] == {"torch": 0, "bootstrap": 0, "n_boot": 200}
@@ -324,3 +328,25 @@ def test_cascade_answers_are_the_llm_answers_to_the_transcripts(vb, tiny_parts, 
     gap = res["tables"].gap.set_index("subset")
     assert np.isfinite(gap.loc["advbench", "cascade"])
     assert gap.loc["advbench", "gap_cascade"] == pytest.approx(gap.loc["advbench", "text"] - gap.loc["advbench", "cascade"])
+
+
+def test_r2_table_adds_what_a_metric_explains_beyond_the_step():
+    """Five checkpoints: r2_added equals metrics.gap.r2_added on the same columns, within its CI; the step row is
+    the step's own fit; without a varying step there is neither."""
+    from lsl_core.experiments.voicebench_scores import r2_table
+    from lsl_core.metrics.gap import fit_gap, r2_added
+
+    cks = [f"c{k}" for k in range(5)]
+    steps = np.array([0.0, 100.0, 200.0, 300.0, 400.0])
+    x = np.array([0.50, 0.58, 0.61, 0.70, 0.69])
+    gap = pd.DataFrame({"checkpoint": cks, "subset": "sd-qa", "gap": [30.0, 24.0, 25.0, 15.0, 17.0]})
+    rows = [{"checkpoint": c, "sample_id": f"sd-qa/{i}", "subset": "sd-qa", "step": st, "aps_cos": xv + 0.01 * i}
+            for c, st, xv in zip(cks, steps, x) for i in range(2)]
+    t = r2_table(gap, pd.DataFrame(rows)).set_index(["metric", "subset"])
+    xm = x + 0.005  # the mean over each checkpoint's two samples
+    row = t.loc[("aps_cos", "sd-qa")]
+    assert row["r2_added"] == pytest.approx(r2_added(xm, gap["gap"].to_numpy(), steps))
+    assert row["r2_added_lo"] <= row["r2_added"] <= row["r2_added_hi"]
+    assert t.loc[("step", "sd-qa"), "r2"] == pytest.approx(fit_gap(steps, gap["gap"].to_numpy()).r2)
+    flat = r2_table(gap, pd.DataFrame(rows).assign(step=7))
+    assert "step" not in set(flat["metric"]) and flat["r2_added"].isna().all()

@@ -217,6 +217,9 @@ def alignment_metrics(alignment: pd.DataFrame) -> list[str]:
     return known + sorted(extra)
 
 
+MIN_ADDED_N = 4  # checkpoints for an R² beyond the step: GAP ~ 1 + step + x fits any 3 points exactly
+
+
 def r2_table(gap: pd.DataFrame, alignment: pd.DataFrame, subset_of: dict[str, str] | None = None) -> pd.DataFrame:
     """R² of GAP on each alignment metric across checkpoints, per subset and pooled ("overall").
 
@@ -224,12 +227,15 @@ def r2_table(gap: pd.DataFrame, alignment: pd.DataFrame, subset_of: dict[str, st
     metrics...); subset_of maps sample_id -> subset (else a `subset` column is used, else the ids'
     "<subset>/..." prefix). Columns: metric, subset, n (checkpoints), slope, intercept, r2, its null
     baselines r2_lo, r2_hi (bootstrap over checkpoints), r2_null95, p_perm (random re-pairings;
-    lsl_core.metrics.gap), x_from, note.
+    lsl_core.metrics.gap), r2_added, r2_added_lo, r2_added_hi (what the metric adds beyond the training
+    step, when the rows carry a `step` column that varies and >= MIN_ADDED_N checkpoints), x_from, note.
+    With steps, each subset also gets a "step" row: the training step's own fit, the baseline.
     """
-    from lsl_core.metrics.gap import fit_gap, r2_interval, r2_null
+    from lsl_core.metrics.gap import fit_gap, r2_added, r2_added_interval, r2_interval, r2_null
 
-    nothing = {"slope": float("nan"), "intercept": float("nan"), "r2": float("nan"), "r2_lo": float("nan"),
-               "r2_hi": float("nan"), "r2_null95": float("nan"), "p_perm": float("nan")}
+    nan = float("nan")
+    nothing = {"slope": nan, "intercept": nan, "r2": nan, "r2_lo": nan, "r2_hi": nan, "r2_null95": nan,
+               "p_perm": nan, "r2_added": nan, "r2_added_lo": nan, "r2_added_hi": nan}
     if alignment is None or alignment.empty:
         return pd.DataFrame(columns=["metric", "subset", "n", *nothing, "x_from", "note"])
     al = alignment.copy()
@@ -237,6 +243,12 @@ def r2_table(gap: pd.DataFrame, alignment: pd.DataFrame, subset_of: dict[str, st
         al["subset"] = [(subset_of or {}).get(s) or (str(s).split("/", 1)[0] if "/" in str(s) else None)
                         for s in al["sample_id"]]
     metrics = alignment_metrics(al)
+    steps = al.groupby("checkpoint")["step"].first().astype(float) if "step" in al.columns else None
+    if steps is not None and steps.nunique() > 1:  # the step's own fit is every subset's baseline row
+        al["step"] = al["checkpoint"].map(steps)
+        metrics = [*metrics, "step"]
+    else:
+        steps = None
     pooled = al.groupby("checkpoint")[metrics].mean()
     by_subset = al.dropna(subset=["subset"]).groupby(["subset", "checkpoint"])[metrics].mean()
     rows = []
@@ -257,7 +269,11 @@ def r2_table(gap: pd.DataFrame, alignment: pd.DataFrame, subset_of: dict[str, st
                 fit = fit_gap(x, y)
                 (lo, hi), (null95, p) = r2_interval(x, y), r2_null(x, y)
                 rec.update(slope=fit.slope, intercept=fit.intercept, r2=fit.r2, r2_lo=lo, r2_hi=hi, r2_null95=null95,
-                           p_perm=p, note="")
+                           p_perm=p, r2_added=nan, r2_added_lo=nan, r2_added_hi=nan, note="")
+                if steps is not None and metric != "step" and len(common) >= MIN_ADDED_N:
+                    c = steps.loc[common].to_numpy()
+                    rec["r2_added"] = r2_added(x, y, c)
+                    rec["r2_added_lo"], rec["r2_added_hi"] = r2_added_interval(x, y, c)
             except MetricInputError as exc:
                 rec.update(**nothing, note=str(exc))
             rows.append(rec)
@@ -305,15 +321,20 @@ def markdown_report(tables: BenchmarkTables, r2: pd.DataFrame | None, meta: dict
     if r2 is not None and len(r2):
         lines += ["", "## R² of GAP on alignment metrics across checkpoints (OLS; alignment: layers 1..L means)", "",
                   "R² with a bootstrap 95% CI over checkpoints; null 95 %: the R² that 95 % of random re-pairings of "
-                  "the GAP with the metric stay below; p: the share that reach the observed R² (docs/controls.md).", "",
-                  "| metric | subset | checkpoints | slope | R² [95% CI] | null 95 % | p | note |",
-                  "|---|---|--:|--:|--:|--:|--:|---|"]
+                  "the GAP with the metric stay below; p: the share that reach the observed R²; beyond step: the R² "
+                  "the metric adds to the training step's own fit (the `step` row), with its CI, from "
+                  f"{MIN_ADDED_N} checkpoints on (docs/controls.md).", "",
+                  "| metric | subset | checkpoints | slope | R² [95% CI] | null 95 % | p | beyond step [95% CI] | note |",
+                  "|---|---|--:|--:|--:|--:|--:|--:|---|"]
         for _, r in r2.iterrows():
             ok = np.isfinite(r["r2"])
+            added = r.get("r2_added", float("nan"))
             lines.append(f"| {r['metric']} | {r['subset']} | {r['n']} | "
                          f"{'–' if not np.isfinite(r['slope']) else f'{r.slope:.3g}'} | "
                          f"{f'{r.r2:.3f} [{r.r2_lo:.2f}, {r.r2_hi:.2f}]' if ok else '–'} | "
-                         f"{f'{r.r2_null95:.2f}' if ok else '–'} | {f'{r.p_perm:.3f}' if ok else '–'} | {r['note']} |")
+                         f"{f'{r.r2_null95:.2f}' if ok else '–'} | {f'{r.p_perm:.3f}' if ok else '–'} | "
+                         f"{f'{added:.3f} [{r.r2_added_lo:.2f}, {r.r2_added_hi:.2f}]' if np.isfinite(added) else '–'} | "
+                         f"{r['note']} |")
     if tables.errors:
         lines += ["", f"## Rows left out ({len(tables.errors)})", ""] + [f"- {e}" for e in tables.errors[:50]]
     return "\n".join(lines) + "\n"
