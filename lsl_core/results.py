@@ -205,6 +205,13 @@ def gap_table(means: pd.DataFrame, summary: pd.DataFrame, score: str = "f1", voi
     return out.rename(columns={f"gap_{score}": "gap"})
 
 
+def score_trends(summary: pd.DataFrame, names, voice: str) -> pd.DataFrame:
+    """evaluate's summary rows of the checkpoints `names` in one voice row ('all', 'seen', or a voice), each with
+    its `trajectory` (family · strategy): the rows the Checkpoints page draws across training (viz.trend_curves)."""
+    rows = summary[summary["checkpoint"].isin(set(names)) & (summary["voice"] == voice)]
+    return rows.assign(trajectory=rows["family"] + " · " + rows["strategy"])
+
+
 def with_intervals(summary_rows: pd.DataFrame, samples: pd.DataFrame | None,
                    intervals: pd.DataFrame | None = None) -> pd.DataFrame:
     """evaluate's checkpoint x voice summary rows + <score>_lo / _hi: the 95% bootstrap interval of each row's
@@ -225,6 +232,6 @@ def with_intervals(summary_rows: pd.DataFrame, samples: pd.DataFrame | None,
 
 
 __all__ = ["Results", "load_results", "default_results_dir", "checkpoint_means", "controls_means", "gap_table",
-           "with_intervals",
+           "with_intervals", "score_trends",
            "EVALUATE_COMMAND",
            "ANALYZE_COMMAND", "CONTROLS_COMMAND", "SCALARS", "CURVES"]

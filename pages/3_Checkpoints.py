@@ -10,7 +10,8 @@ from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.experiments import closed_vocab, hearing
 from lsl_core.experiments.compare import format_table
 from lsl_core.metrics import diagnostics
-from lsl_core.results import ANALYZE_COMMAND, CURVES, EVALUATE_COMMAND, GAP_X, checkpoint_means, gap_table
+from lsl_core.results import (ANALYZE_COMMAND, CURVES, EVALUATE_COMMAND, GAP_X, checkpoint_means, gap_table,
+                              score_trends)
 from ui import config, context, controls, errors, export, live, loaders, notes, reproduce, state
 
 GROUPINGS = {"family · strategy": ("family", "strategy"), "family": ("family",)}
@@ -176,7 +177,7 @@ def main() -> None:
         voices = list(dict.fromkeys(summary["voice"])) or ["all"]
         voice = st.selectbox("Voice row", voices, index=state.choice("ck_voice", voices, "all"), key="ck_voice",
                              help="'all' = every voice; 'seen' = the training voices; or one voice.")
-        rows = summary[summary["voice"] == voice].assign(trajectory=lambda d: d["family"] + " · " + d["strategy"])
+        rows = score_trends(summary, names, voice)
         if rows.empty:
             st.info("The evaluation results hold none of these checkpoints.")
         else:
@@ -212,6 +213,7 @@ def main() -> None:
             if "n" in rows.columns and len(rows):
                 notes.show([diagnostics.small_n_note(int(rows["n"].min()), "a checkpoint's score in this voice row")])
             export.table(rows, "evaluation_summary")
+            reproduce.checkpoint_scores(res.folder, sorted(names), score=score, voice=voice)
             _paired(res, [m.name for m in manifests])
 
     # ---------------------------------------------------------------- controls: retrieval per layer

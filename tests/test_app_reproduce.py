@@ -207,7 +207,7 @@ def test_checkpoints_snippet_rebuilds_the_gap_fits(world, monkeypatch, tmp_path)
     at = _live_alignment(_app(CHECKPOINTS), 2)
     _widget(at.radio, "Fit one line per").set_value("family")
     _run(at)
-    (code,) = _shown_code(at, "python")
+    _, code = _shown_code(at, "python")  # the scores across training, then the GAP fits
     assert "analyze_checkpoints(" in code and "by = ('family',)" in code
     assert world["ids"][1] in code and world["ids"][2] not in code  # the live sweep's 2 samples
     ns = _exec(code, monkeypatch)
@@ -228,11 +228,35 @@ def test_checkpoints_snippet_rebuilds_the_gap_fits(world, monkeypatch, tmp_path)
     assert _widget(at.radio, "Alignment metrics from").value == "stored results"
     _widget(at.radio, "Fit one line per").set_value("family")
     _run(at)
-    (code,) = _shown_code(at, "python")
+    _, code = _shown_code(at, "python")
     assert "rows = res.alignment" in code and "analyze_checkpoints(" not in code and str(stored) in code
     stored_fits = _exec(code, monkeypatch)["fits"]
     pd.testing.assert_frame_equal(display_table(stored_fits).reset_index(drop=True), _gap_fits_shown(at))
     pd.testing.assert_frame_equal(stored_fits, fits)  # stored or live, the same rows give the same fits
+
+
+def test_checkpoints_snippet_rebuilds_the_scores_across_training(world, monkeypatch):
+    import json
+
+    from test_app import CHECKPOINTS
+
+    at = _app(CHECKPOINTS)
+    _widget(at.radio, "Score").set_value("containment")
+    _run(at)
+    code = _shown_code(at, "python")[0]  # the first snippet: the scores across training
+    assert "score_trends(" in code and "'gap_containment'" in code and "with_intervals(" in code
+    ns = _exec(code, monkeypatch)
+    for col, title in (("gap_containment", "GAP (containment, text − speech) across training"),
+                       ("speech_containment", "speech-input containment across training")):
+        ours = json.loads(ns["viz"].trend_curves(ns["rows"], col).to_json())["data"]
+        page = _fig(at, title)["data"]
+        assert [t["name"] for t in ours] == [t["name"] for t in page] and len(ours) >= 2  # one line per trajectory
+        for t, pt in zip(ours, page):
+            np.testing.assert_allclose(_arr(t["y"]), _arr(pt["y"]), atol=1e-9)
+            assert ("error_y" in t) == ("error_y" in pt)
+            if "error_y" in t:
+                np.testing.assert_allclose(_arr(t["error_y"]["array"]), _arr(pt["error_y"]["array"]), atol=1e-9)
+    assert any("error_y" in t for t in ours), "the intervals are what the snippet must rebuild"
 
 
 def _bars(fig: dict) -> list[tuple[str, np.ndarray, np.ndarray | None]]:

@@ -166,6 +166,24 @@ def checkpoints_code(results: str | Path, names: list[str], *, score: str, voice
     return "\n".join(lines) + "\n"
 
 
+def checkpoint_scores_code(results: str | Path, names: list[str], *, score: str, voice: str) -> str:
+    """Python that rebuilds the Checkpoints page's scores across training (GAP, speech score, agreement with its
+    answer-style baseline), 95% intervals included."""
+    return "\n".join([
+        "from lsl_core import viz",
+        "from lsl_core.results import load_results, score_trends, with_intervals",
+        "",
+        f"res = load_results({_path(results)!r})  # evaluate's tables",
+        f"rows = score_trends(res.summary, {list(names)!r}, {voice!r})  # one row per checkpoint, its trajectory",
+        "rows = with_intervals(rows, res.samples)  # + <score>_lo / _hi: 95% bootstrap over each row's samples",
+        f"viz.trend_curves(rows, 'gap_{score}').show()",
+        f"viz.trend_curves(rows, 'speech_{score}').show()",
+        "if 'agreement_other_q' in rows:",
+        "    viz.trend_curves(rows, 'agreement', baseline='agreement_other_q',",
+        "                     baseline_label='answer style (other questions)').show()",
+    ]) + "\n"
+
+
 def benchmark_code(results: str | Path, checkpoint: str, metric: str) -> str:
     """Python that rebuilds the Benchmark page's text-vs-speech scores per voice, with their 95% intervals."""
     return "\n".join([
@@ -267,6 +285,13 @@ def checkpoints(results: str | Path, names: list[str], *, score: str, voice: str
     _show(checkpoints_code(results, names, score=score, voice=voice, by=by, live=live),
           caption="The page's own library calls for the GAP-vs-alignment fits, with its checkpoints and settings "
                   "(run from the directory the app was started in).")
+
+
+def checkpoint_scores(results: str | Path, names: list[str], *, score: str, voice: str) -> None:
+    """The Checkpoints page's expander under its scores across training."""
+    _show(checkpoint_scores_code(results, names, score=score, voice=voice),
+          caption="The page's own library calls for the scores across training and their intervals (run from the "
+                  "directory the app was started in).")
 
 
 def benchmark(results: str | Path, checkpoint: str, metric: str) -> None:
