@@ -324,17 +324,18 @@ def markdown_report(tables: BenchmarkTables, r2: pd.DataFrame | None, meta: dict
                   "the GAP with the metric stay below; p: the share that reach the observed R²; beyond step: the R² "
                   "the metric adds to the training step's own fit (the `step` row), with its CI, from "
                   f"{MIN_ADDED_N} checkpoints on (docs/controls.md).", "",
-                  "| metric | subset | checkpoints | slope | R² [95% CI] | null 95 % | p | beyond step [95% CI] | note |",
+                  "| metric | subset | checkpoints | slope | R² [95% CI] | null 95 % | p | beyond step [95% CI] "
+                  "| note |",
                   "|---|---|--:|--:|--:|--:|--:|--:|---|"]
         for _, r in r2.iterrows():
             ok = np.isfinite(r["r2"])
             added = r.get("r2_added", float("nan"))
+            beyond = f"{added:.3f} [{r.r2_added_lo:.2f}, {r.r2_added_hi:.2f}]" if np.isfinite(added) else "–"
             lines.append(f"| {r['metric']} | {r['subset']} | {r['n']} | "
                          f"{'–' if not np.isfinite(r['slope']) else f'{r.slope:.3g}'} | "
                          f"{f'{r.r2:.3f} [{r.r2_lo:.2f}, {r.r2_hi:.2f}]' if ok else '–'} | "
                          f"{f'{r.r2_null95:.2f}' if ok else '–'} | {f'{r.p_perm:.3f}' if ok else '–'} | "
-                         f"{f'{added:.3f} [{r.r2_added_lo:.2f}, {r.r2_added_hi:.2f}]' if np.isfinite(added) else '–'} | "
-                         f"{r['note']} |")
+                         f"{beyond} | {r['note']} |")
     if tables.errors:
         lines += ["", f"## Rows left out ({len(tables.errors)})", ""] + [f"- {e}" for e in tables.errors[:50]]
     return "\n".join(lines) + "\n"
