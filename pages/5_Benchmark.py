@@ -215,6 +215,7 @@ def _nulls(rows, key: str, title: str | None = None) -> None:
                 "does as well.")
     export.figure(viz.intervention_nulls(t, "agreement", title=title), f"interventions_nulls_{key}",
                   key=f"fig_iv_nulls_{key}")
+    notes.show([diagnostics.intervention_null_note(t, "agreement")])
     export.table(t, f"interventions_nulls_{key}", percents=tuple(c for c in t.columns if c.startswith("Δ")))
 
 

@@ -296,6 +296,13 @@ def test_benchmark_snippets_rebuild_scores_and_intervention_tables(world, monkey
     page = _fig(at, "Each intervention against its nulls (agreement)")["data"]
     assert [t["name"] for t in ours] == [t["name"] for t in page] == ["null: random", "null: shuffled pairing",
                                                                        "null: other question"]
+    from lsl_core.metrics import diagnostics
+
+    note = diagnostics.intervention_null_note(ns["nulls"])  # the page names the pairs a null matches
+    matched = ((ns["nulls"]["Δ agreement_lo"] <= 0) & (ns["nulls"]["Δ agreement_hi"] >= 0)).any()
+    assert (note is not None) == bool(matched)
+    if note is not None:
+        assert note.message in _texts(at)
     for t, pt in zip(ours, page):
         assert t["y"] == pt["y"]
         np.testing.assert_allclose(_arr(t["x"]), _arr(pt["x"]), atol=1e-9)

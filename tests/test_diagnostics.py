@@ -185,3 +185,19 @@ def test_sample_set_refuses_a_silent_file_but_the_model_still_analyses_silence(t
     silent = Sample(id="silence", audio=np.zeros(16_000, np.float32), sr=16_000, question="what is b ?")
     a = analyze_sample(tiny_model, silent, cache=False)
     assert a.cos.shape[1] > 0
+
+
+def test_intervention_null_note_names_the_pairs_a_null_matches():
+    import pandas as pd
+
+    nulls = pd.DataFrame({"condition": ["Angle·Bottom3", "Length·All", "Angle·All"],
+                          "null": ["Angle·Random3", "Length·All (shuffled pairing)", "Angle·All (other question)"],
+                          "Δ agreement": [10.0, 0.7, -4.0], "Δ agreement_lo": [3.9, -0.9, -6.0],
+                          "Δ agreement_hi": [15.9, 2.6, -2.0]})
+    note = D.intervention_null_note(nulls)
+    assert note.code == "intervention_null" and "1 of 3" in note.message
+    assert "Length·All vs Length·All (shuffled pairing)" in note.message and "Angle·Bottom3" not in note.message
+    assert D.intervention_null_note(nulls.iloc[[0, 2]]) is None  # both intervals clear 0 (one below it)
+    assert D.intervention_null_note(nulls.iloc[:0]) is None and D.intervention_null_note(None) is None
+    edge = nulls.assign(**{"Δ agreement_lo": [0.0, 1.0, 1.0]})  # an interval that ends at 0 holds it
+    assert "Angle·Bottom3 vs Angle·Random3" in D.intervention_null_note(edge).message

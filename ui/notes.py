@@ -9,7 +9,7 @@ import streamlit as st
 ICONS = {"collapsed_path": ":material/compress:", "spearman_undefined": ":material/functions:",
          "cka_undefined": ":material/block:", "cka_few_pairs": ":material/scatter_plot:",
          "small_n": ":material/group:", "short_speech": ":material/graphic_eq:", "r2_null": ":material/shuffle:",
-         "cka_null": ":material/shuffle:"}
+         "cka_null": ":material/shuffle:", "intervention_null": ":material/shuffle:"}
 
 # what the null-baseline columns of a GAP-vs-alignment fit table mean (metrics.gap.gap_fits)
 GAP_FITS = ("r2_lo, r2_hi: bootstrap 95% CI of R² over checkpoints. r2_null95: the R² that 95% of random "

@@ -22,6 +22,10 @@ one named constant below; `docs/diagnostics.md` lists them for readers.
     R² at its null      a GAP-vs-alignment fit whose permutation p >= R2_ALPHA (a randomly re-paired
                         metric fits as well), or that adds under R2_ADDED_MIN to the training step's
                         own fit (the metric tracks training progress, not the GAP beyond it).
+    intervention at its null   an intervention whose Δ against one of its nulls (random tokens, shuffled
+                        pairing, another question; experiments.table1.table1_nulls) has a 95% interval
+                        that holds 0 (on the Benchmark page's metric, agreement by default): the
+                        ingredient that null breaks is not shown to matter.
 
 Shapes: L+1 layers, Tt text tokens. Paths are integer frame indices [L+1, Tt] (argmax or DTW).
 """
@@ -244,6 +248,21 @@ def r2_null_note(fits, control: str = "step") -> Note | None:
     if not parts:
         return None
     return Note("r2_null", "; ".join(parts) + ".", "info")
+
+
+def intervention_null_note(nulls, metric: str = "agreement") -> Note | None:
+    """One note over a table1_nulls table (columns condition, null, Δ <metric>, Δ <metric>_lo / _hi): the
+    interventions that a null matches (the Δ's 95% interval holds 0). None when every Δ clears 0."""
+    col = f"Δ {metric}"
+    if nulls is None or not len(nulls) or f"{col}_lo" not in nulls.columns:
+        return None
+    within = [f"{r['condition']} vs {r['null']}" for _, r in nulls.iterrows()
+              if r[f"{col}_lo"] <= 0.0 <= r[f"{col}_hi"]]
+    if not within:
+        return None
+    return Note("intervention_null", f"{len(within)} of {len(nulls)} interventions do no better on {metric} than "
+                f"their null (the Δ's 95% interval holds 0: what that null breaks is not shown to matter): "
+                f"{', '.join(within)}.", "info")
 
 
 def path_diagnostics(path_cos, path_dist) -> dict[str, np.ndarray]:
