@@ -247,7 +247,7 @@ def _manifest_set(root):
     return root
 
 
-def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path):
+def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path, capsys):
     from lsl_core.cli import main
     from lsl_core.experiments.pages import code_version, read_header
 
@@ -256,7 +256,7 @@ def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path):
     out, md = tmp_path / "results", tmp_path / "docs" / "checkpoints.md"
     argv = ["evaluate", "--zoo", str(zoo), "--samples", f"manifest:{sset}", "--n-questions", "2",
             "--max-new-tokens", "5", "--batch-size", "3", "--out", str(out), "--markdown", str(md),
-            "--intervention", "angle:bottom3", "--device", "cpu"]
+            "--intervention", "angle:bottom3", "--intervention", "angle:bottom3:other", "--device", "cpu"]
     assert main(argv) == 0
     df = pd.read_parquet(out / "checkpoints_samples.parquet")
     assert len(df) == 2 * 6 and set(df["checkpoint"]) == {"none-step5", "none-step10"}
@@ -270,8 +270,12 @@ def test_cli_evaluates_a_zoo_and_writes_results(tiny_parts, tmp_path):
     assert head["command"] == meta["command"] and head["version"] == meta["code_version"] and head["source"] is None
     assert "none-step5" in text and "en-gb-scotland (unseen)" in text and "the 2 voices other than en-gb-scotland" in text
     iv = pd.read_parquet(out / "checkpoints_interventions.parquet")  # the real table1 rows, one checkpoint column
-    assert len(iv) == 2 * 6 * 2 and set(iv["condition"]) == {"original", "angle:bottom3"}
-    assert iv.groupby("checkpoint").size().to_dict() == {"none-step5": 12, "none-step10": 12}
+    assert len(iv) == 2 * 6 * 3 and set(iv["condition"]) == {"original", "angle:bottom3", "angle:bottom3:other"}
+    assert iv.groupby("checkpoint").size().to_dict() == {"none-step5": 18, "none-step10": 18}
+    q = dict(zip(df["sample_id"], df["question"]))
+    assert all(d and d != q[s] and d in set(q.values()) for s, d in zip(iv["sample_id"], iv["donor_question"]))
+    printed = capsys.readouterr().out  # each checkpoint's Table 1, then each intervention against its null
+    assert printed.count("each intervention against its nulls") == 2 and "Angle·Bottom3 (other question)" in printed
     # the speech answers differ between the two random adaptors while text answers (same LLM) agree
     a, b = (df[df["checkpoint"] == n].reset_index() for n in ("none-step5", "none-step10"))
     assert (a["text_answer"] == b["text_answer"]).all()

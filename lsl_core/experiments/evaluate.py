@@ -616,10 +616,15 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _interventions(model, samples, specs: list[str], max_new_tokens: int) -> pd.DataFrame:
-    """Speech answers under each intervention (experiments.table1), printed as Table 1 per checkpoint."""
-    from lsl_core.experiments.table1 import evaluate_interventions, table1, table1_markdown
+    """Speech answers under each intervention (experiments.table1), printed as Table 1 per checkpoint, then each
+    intervention against the nulls among `specs` (table1_nulls)."""
+    from lsl_core.experiments.table1 import evaluate_interventions, nulls_markdown, table1, table1_markdown, table1_nulls
 
     out = evaluate_interventions(model, samples, specs, max_new_tokens)
     print(f"interventions, {model.name}:\n" + table1_markdown(table1(out)), flush=True)
+    nulls = table1_nulls(out)
+    if len(nulls):
+        print(f"each intervention against its nulls, {model.name} (Δ = intervention − null, 95% CI):\n"
+              + nulls_markdown(nulls), flush=True)
     out.insert(0, "checkpoint", model.name)
     return out

@@ -99,11 +99,11 @@ def donor_questions(questions: Sequence[str], at: Sequence[int] | None = None) -
 def donors_for(sample_set, ids: Sequence[str]) -> list[str | None]:
     """The pairing-"other" donor of each sample id: the next different question of the whole set (a SampleSet,
     in its order), as the Benchmark page and its snippet choose it. -> [len(ids)]."""
-    every = sample_set.ids()
-    missing = [i for i in ids if i not in set(every)]
+    position = {sid: k for k, sid in enumerate(sample_set.ids())}
+    missing = [i for i in ids if i not in position]
     if missing:
         raise LSLError(f"Samples {missing[:3]} are not in the sample set {getattr(sample_set, 'name', '')!r}.")
-    return donor_questions(sample_set.questions(), [every.index(i) for i in ids])
+    return donor_questions(sample_set.questions(), [position[i] for i in ids])
 
 
 def evaluate_interventions(model: "LSLM", samples: Iterable["Sample"], interventions: Sequence[Condition],
