@@ -6,7 +6,7 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.errors import LSLError
-from lsl_core.experiments.table1 import donors_for
+from lsl_core.experiments.table1 import donors_for, intervention_nulls
 from lsl_core.interventions import OPERATIONS, PATH_METRICS, PAIRINGS, Intervention, ops_help
 from lsl_core.metrics import diagnostics
 from lsl_core.model.families import capabilities, transcript_source
@@ -37,9 +37,10 @@ def _seed_from_link(L: int, here: str) -> None:
         st.session_state["iv_k"] = max(1, iv.k)
 
 
-def _apply(label: str, here: str) -> None:
-    """Regenerate: run `label` for this model + sample (a user selection, kept until the next press)."""
-    st.session_state["iv_applied"] = {"label": label, "for": here}
+def _apply(label: str, here: str, nulls: tuple[str, ...] = ()) -> None:
+    """Regenerate: run `label` (and its `nulls`) for this model + sample (a user selection, kept until the next
+    press)."""
+    st.session_state["iv_applied"] = {"label": label, "for": here, "nulls": tuple(nulls)}
 
 
 def _case_report_button(sel, handle, sample, a, result: dict, applied: str, shown, max_new: int, cascade: bool) -> None:
@@ -107,7 +108,7 @@ def main() -> None:
                             "random (only for per-frame ops). other question: the path, tokens and states of the "
                             "next different question of the sample set"
                             + (f" ({donor!r})" if donor else "; needs a sample set with another question") + ".")
-    c2 = st.columns([2, 2, 2, 4])
+    c2 = st.columns([2, 2, 2, 2, 4])
     max_new = c2[0].number_input("Max new tokens", 4, 128, value=state.integer("iv_max_new", 4, 128, 24),
                                  key="iv_max_new", persist_state=keep)
     casc_cap = capabilities(handle.model)["cascade"]
@@ -116,14 +117,22 @@ def main() -> None:
                              help=(f"Transcript by {transcript_source(handle.model)}, answered as typed text."
                                    if casc_cap else f"Not available: {casc_cap.reason}."))
     iv = Intervention(op=op, target=TARGETS[target], k=int(k), layer=int(layer), metric=metric, pairing=pairing)
-    c2[2].button("Regenerate", type="primary", on_click=_apply, args=(iv.label(), here), key="iv_run",
+    nulls = tuple(n for n, _ in intervention_nulls(iv) if donor or Intervention.parse(n).pairing != "other")
+    with_nulls = c2[2].checkbox("Also its nulls", value=bool(state.value("iv_with_nulls", False)),
+                                key="iv_with_nulls", disabled=not nulls, persist_state=keep,
+                                help="Generate the same edit with one ingredient broken, on this sample: "
+                                     + (", ".join(f"`{n}`" for n in nulls) if nulls else
+                                        "none for a null or composed condition") + " (docs/controls.md).")
+    c2[3].button("Regenerate", type="primary", on_click=_apply,
+                 args=(iv.label(), here, nulls if with_nulls else ()), key="iv_run",
                  help="Generate the text, speech, cascade and intervened answers with these settings.")
     run = st.session_state.get("iv_applied") or {}
     applied = run.get("label") if run.get("for") == here else None
+    applied_nulls = tuple(run.get("nulls", ())) if applied else ()
     if applied and applied != iv.label():
-        c2[3].caption(f"Showing **{applied}**; the settings changed to **{iv.label()}** — press Regenerate.")
+        c2[4].caption(f"Showing **{applied}**; the settings changed to **{iv.label()}** — press Regenerate.")
     else:
-        c2[3].caption(f"Intervention: **{iv.title()}** (`{iv.label()}`)")
+        c2[4].caption(f"Intervention: **{iv.title()}** (`{iv.label()}`)")
     links.want(iv=applied, tokens=int(max_new) if applied else None,
                cascade="0" if applied and not cascade else None)
 
@@ -132,7 +141,7 @@ def main() -> None:
     if applied:
         try:  # the shared server batches this request with other sessions'; a progress bar shows the queue
             skey = context.sample_key(sel, sample)
-            result = loaders.side_by_side(handle.key, skey, (applied,), int(max_new),
+            result = loaders.side_by_side(handle.key, skey, (applied, *applied_nulls), int(max_new),
                                           bool(cascade and handle.model.has_asr), handle.model, sample,
                                           loaders.known_transcript(handle.key, skey), donor)
         except Exception as exc:  # noqa: BLE001
@@ -144,8 +153,9 @@ def main() -> None:
     shown = Intervention.parse(applied) if applied else iv
     edited = None
     if result is not None:
-        cols = st.columns(len(result["rows"]))
-        for col, r in zip(cols, result["rows"]):
+        cards = [r for r in result["rows"] if r["condition"] not in applied_nulls]
+        cols = st.columns(len(cards))
+        for col, r in zip(cols, cards):
             with col:
                 st.markdown(f"**{r['title']}**")
                 st.markdown(tables.mark_md(r["containment"]))
@@ -161,6 +171,11 @@ def main() -> None:
             st.caption(f"Generated on the shared server in one batch with {result['batch_size'] - 1} other "
                        f"session request(s) (batch #{result['batch_id']}); greedy answers, each session gets its own.")
         edited = next((r for r in result["rows"] if r["condition"] == applied), None)
+        if applied_nulls and edited is not None:
+            st.markdown(f"**{edited['title']} against its nulls on this sample** — the same edit with one "
+                        "ingredient broken; one sample says little, the Benchmark page runs them over a set.")
+            export.table(tables.nulls_table(result, applied), f"nulls_{sample.id}_{applied}",
+                         percents=("agreement with text answer (%)", "Δ agreement, intervention − null (%)"))
         with st.expander("Answers table"):
             export.table(tables.answers_table(result), f"answers_{sample.id}_{applied}",
                          percents=("F1 vs references (%)", "agreement with text answer (%)"))

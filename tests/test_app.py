@@ -453,6 +453,42 @@ def test_interventions_regenerate_side_by_side_and_highlight(world):
     assert all(t.endswith("*</b>") for t in ticks)
 
 
+def test_interventions_with_their_nulls_on_one_sample(world):
+    """'Also its nulls': the intervention's three nulls generated with it; the cards stay text / speech /
+    intervened, a table gives each null's answer and the intervention's agreement minus the null's."""
+    from lsl_core.experiments.table1 import donors_for
+    from lsl_core.interventions import generate_side_by_side
+
+    at = _app(INTERVENTIONS)
+    _widget(at.number_input, "Max new tokens").set_value(5)
+    _widget(at.checkbox, "Cascade baseline (ASR → LLM)").uncheck()
+    _widget(at.checkbox, "Also its nulls").check()
+    _run(at)
+    _widget(at.button, "Regenerate").click()
+    _run(at)
+    titles = [m.value for m in at.markdown if m.value.startswith("**") and m.value.endswith("**")]
+    assert titles[:3] == ["**Text**", "**Speech**", "**Angle·Bottom3**"] and "**Angle·Random3**" not in titles
+    [table] = [d.value for d in at.dataframe if "what it breaks" in d.value.columns]
+    assert list(table["null"]) == ["Angle·Random3", "Angle·Bottom3 (shuffled pairing)",
+                                   "Angle·Bottom3 (other question)"]
+    sample = _sample(world, world["ids"][0])
+    from lsl_core.data.sets import load_sample_set
+
+    donor = donors_for(load_sample_set(world["spec"]), [sample.id])[0]
+    assert donor == QUESTIONS[1]  # the set's next different question
+    ref = generate_side_by_side(_model(world), sample, ["angle:bottom3", "angle:random3", "angle:bottom3:shuffled",
+                                                        "angle:bottom3:other"], max_new_tokens=5, cascade=False,
+                                donor_question=donor)
+    own, *nulls = ref.interventions
+    assert list(table["answer"]) == [a.answer for a in nulls]
+    np.testing.assert_allclose(table["Δ agreement, intervention − null (%)"],
+                               [100 * (own.agreement - a.agreement) for a in nulls], atol=0.05)  # shown rounded
+    # a null itself has no nulls: the checkbox is off-limits
+    _widget(at.radio, "Frames").set_value("Random-k")
+    _run(at)
+    assert _widget(at.checkbox, "Also its nulls").disabled
+
+
 def test_intervention_link_reopens_and_runs(world):
     at = _app(INTERVENTIONS, {"iv": "calibrate:bottom2@1:distance", "sample": world["ids"][2], "tokens": "5",
                               "cascade": "0"})

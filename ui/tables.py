@@ -79,6 +79,25 @@ def answers_table(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def nulls_table(result: dict, label: str) -> pd.DataFrame:
+    """The side-by-side rows of `label`'s nulls (experiments.table1.intervention_nulls) on one sample: each null's
+    answer and agreement, and how much more the intervention agrees with the text answer (points)."""
+    from lsl_core.experiments.table1 import intervention_nulls
+
+    by_cond = {r["condition"]: r for r in result["rows"]}
+    own = by_cond[label]
+    rows = []
+    for null, tests in intervention_nulls(label):
+        r = by_cond.get(null)
+        if r is None:
+            continue
+        rows.append({"null": r["title"], "what it breaks": tests, "answer": r["answer"],
+                     "agreement with text answer (%)": 100 * r["agreement"],
+                     "Δ agreement, intervention − null (%)": 100 * (own["agreement"] - r["agreement"]),
+                     "edited tokens": " ".join(repr(t) for t in r["token_text"])})
+    return pd.DataFrame(rows)
+
+
 def outcome(df: pd.DataFrame, score: str = "containment") -> pd.Series:
     """Per evaluated sample: which of text / speech input was right (score >= 1 = right)."""
     t = df[f"text_{score}"] >= 1
