@@ -142,6 +142,7 @@ def side_by_side(model_key: str, sample_key: str, labels: tuple[str, ...], max_n
     Served by the model's lsl_core.serving.GenerationServer: requests of concurrent sessions are gathered
     and generated in one batch; while waiting, this session sees its queue position and the batch's progress.
     """
+    from lsl_core.case_report import rows_from_side_by_side
     from lsl_core.interventions import needs_donor
     from lsl_core.serving import SideBySideRequest, server_for
 
@@ -156,15 +157,7 @@ def side_by_side(model_key: str, sample_key: str, labels: tuple[str, ...], max_n
         sbs = ticket.result()
     finally:
         box.empty()
-    rows = []
-    for a in sbs.answers():
-        rows.append({
-            "condition": a.condition, "title": a.title, "answer": a.answer,
-            "containment": a.containment, "f1": a.f1, "em": a.em, "agreement": a.agreement,
-            "frames": list(a.frames), "frame_times": [sbs.frame_times[f] for f in a.frames] if sbs.frame_times else [],
-            "tokens": list(a.tokens), "token_text": a.token_text,
-        })
-    return {"rows": rows, "transcript": sbs.transcript, "references": list(sbs.references),
+    return {**rows_from_side_by_side(sbs), "references": list(sbs.references),
             "labels": list(labels), "max_new_tokens": max_new_tokens, "sample_id": sbs.sample_id,
             "question": sbs.question, "batch_size": ticket.batch_size, "batch_id": ticket.batch_id}
 
