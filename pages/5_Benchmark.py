@@ -8,7 +8,7 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.experiments.pages import PAGES
-from lsl_core.experiments.table1 import (TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, table1_nulls,
+from lsl_core.experiments.table1 import (RESULTS_NAME, TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, table1_nulls,
                                          table1_with_intervals)
 from lsl_core.experiments.voicebench_scores import RUN_COMMAND, disagreement_cases
 from lsl_core.metrics import diagnostics
@@ -225,7 +225,8 @@ def _interventions(res, sel) -> None:
         iv = res.interventions
         if "checkpoint" in iv.columns:
             run = iv["results"] + " · " + iv["checkpoint"] if "results" in iv.columns else iv["checkpoint"]
-            names = list(dict.fromkeys(run))  # one entry per results file x checkpoint (runs are not mixed)
+            # one entry per results file x checkpoint (runs are not mixed); the shipped Table 1 run first
+            names = sorted(dict.fromkeys(run), key=lambda n: not n.startswith(f"{RESULTS_NAME} · "))
             ck = st.selectbox("Checkpoint (stored intervention results)", names, index=state.choice("bm_iv_ck", names),
                               key="bm_iv_ck")
             iv = iv[run == ck]

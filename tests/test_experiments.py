@@ -209,6 +209,18 @@ def test_table1_command_writes_rows_meta_and_page_and_no_merge_lora_keeps_peft(t
     again = (tmp_path / "again.md").read_text()
     assert read_header(again)["source"] == read_header(pages[()])["command"]
     assert again.split("| condition |")[1] == pages[()].split("| condition |")[1]
+    # --name keeps another run beside it in the same folder; the results loader and `report --name` find both
+    from lsl_core.results import load_results
+
+    assert main(["table1", "--checkpoint", str(ck), "--set", f"manifest:{sset}", "--n", "2", "--max-new-tokens",
+                 "3", "--interventions", "angle:all", "angle:all:shuffled", "--out", str(tmp_path / "res0"),
+                 "--name", "table1-other"]) == 0
+    runs = load_results(tmp_path / "res0").interventions.groupby("results")["condition"].unique()
+    assert set(runs["table1"]) == {"original", "angle:bottom3", "length:all"}
+    assert set(runs["table1-other"]) == {"original", "angle:all", "angle:all:shuffled"}
+    assert main(["report", "interventions", "--results", str(tmp_path / "res0"), "--name", "table1-other",
+                 "--markdown", str(tmp_path / "other.md")]) == 0
+    assert "Angle·All (shuffled pairing)" in (tmp_path / "other.md").read_text()
 
 
 # ============================================================================ the shipped results pages

@@ -383,7 +383,11 @@ def register(sub) -> None:
                         "then their nulls (random3, :shuffled, :other; the page compares each with its null)")
     add_device_args(p, device="cpu", threads=2, device_help="cpu or cuda (the shipped page: cpu, 2 threads)")
     p.add_argument("--out", type=Path, default=None,
-                   help=f"folder for the per-sample rows ({RESULTS_NAME}_interventions.parquet) and {RESULTS_NAME}.json")
+                   help="folder for the per-sample rows (<name>_interventions.parquet, read by the Benchmark page "
+                        "and `report interventions --name`) and <name>.json")
+    p.add_argument("--name", default=RESULTS_NAME,
+                   help=f"file prefix in --out (default {RESULTS_NAME!r}, the shipped Table 1 run; another name "
+                        "keeps several runs in one results folder, e.g. one per checkpoint)")
     p.add_argument("--markdown", type=Path, default=None, help="write the results page here (default: print it)")
     p.add_argument("--csv", type=Path, default=None, help="also write the per-sample rows as CSV")
     p.add_argument("--no-merge-lora", dest="merge_lora", action="store_false",
@@ -425,8 +429,8 @@ def main(args) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         df.insert(0, "checkpoint", manifest.name)  # the same layout as evaluate --intervention writes
-        df.to_parquet(args.out / f"{RESULTS_NAME}_interventions.parquet", index=False)
-        (args.out / f"{RESULTS_NAME}.json").write_text(json.dumps({"meta": meta}, indent=1) + "\n")
+        df.to_parquet(args.out / f"{args.name}_interventions.parquet", index=False)
+        (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta}, indent=1) + "\n")
     if args.csv:
         df.to_csv(args.csv, index=False)
     if args.markdown:
