@@ -8,8 +8,8 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.experiments.pages import PAGES
-from lsl_core.experiments.table1 import (RESULTS_NAME, TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, table1_nulls,
-                                         table1_with_intervals)
+from lsl_core.experiments.table1 import (RESULTS_NAME, TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, nulls_across,
+                                         table1_nulls, table1_with_intervals)
 from lsl_core.experiments.voicebench_scores import RUN_COMMAND, disagreement_cases
 from lsl_core.metrics import diagnostics
 from lsl_core.results import EVALUATE_COMMAND
@@ -219,6 +219,25 @@ def _nulls(rows, key: str, title: str | None = None) -> None:
     export.table(t, f"interventions_nulls_{key}", percents=tuple(c for c in t.columns if c.startswith("Δ")))
 
 
+def _nulls_across(res, steps: dict) -> None:
+    """The nulls of every stored run across its checkpoints (the pairs run on two or more), ordered by step."""
+    rows = res.interventions
+    if "checkpoint" not in rows.columns:
+        return
+    with errors.guard("Interventions against their nulls across training"):
+        t = nulls_across(rows, steps, min_checkpoints=2)
+        if t.empty:
+            return
+        st.markdown(f"**Across training** — the interventions and nulls stored for {t['checkpoint'].nunique()} "
+                    "checkpoints (x in training order): where a line leaves 0, the ingredient its null breaks "
+                    "starts to matter.")
+        export.figure(viz.intervention_nulls_across(t, "agreement"), "interventions_nulls_across",
+                      key="fig_iv_nulls_across")
+        export.table(t, "interventions_nulls_across", show=False, caption="Δ per checkpoint",
+                     percents=tuple(c for c in t.columns if c.startswith("Δ")))
+        reproduce.nulls_across(res.folder, steps)
+
+
 def _interventions(res, sel) -> None:
     st.header("Interventions (speech input)")
     if res.interventions is not None:
@@ -241,6 +260,7 @@ def _interventions(res, sel) -> None:
         picked = (iv["results"].iloc[0] if {"results", "checkpoint"} <= set(iv.columns) else None,
                   iv["checkpoint"].iloc[0] if "checkpoint" in iv.columns else None)
         reproduce.table1(results=res.folder, run=picked)
+        _nulls_across(res, {m.name: m.step for m in sel.manifests})
     else:
         st.caption(f"No stored intervention results (write them with `{PAGES['interventions'].command}`, or "
                    "`python -m lsl_core evaluate ... --intervention angle:bottom3`); run them live below.")

@@ -259,6 +259,40 @@ def test_checkpoints_snippet_rebuilds_the_scores_across_training(world, monkeypa
     assert any("error_y" in t for t in ours), "the intervals are what the snippet must rebuild"
 
 
+def test_benchmark_draws_the_nulls_across_stored_checkpoints(world, monkeypatch, tmp_path):
+    """A second stored run on another checkpoint: the page draws the pairs both runs hold in training order,
+    and its snippet rebuilds the same lines and intervals."""
+    import json
+    import shutil
+
+    from test_app import _model
+
+    from lsl_core.data.sets import load_sample_set
+    from lsl_core.experiments.table1 import evaluate_interventions
+
+    stored = tmp_path / "results"
+    shutil.copytree(world["root"] / "results", stored)
+    model = _model(world, "tiny-step20")
+    rows = evaluate_interventions(model, list(load_sample_set(world["spec"]))[:2],
+                                  ["angle:all", "angle:all:shuffled", "angle:all:other"], 4, donors=[QUESTIONS[1]] * 2)
+    rows.insert(0, "checkpoint", model.name)
+    rows.to_parquet(stored / "later_interventions.parquet", index=False)
+    monkeypatch.setenv("LSL_RESULTS_DIR", str(stored))
+    at = _app(BENCHMARK)
+    page = _fig(at, "Each intervention against its nulls across training (agreement)")
+    assert [t["name"] for t in page["data"]] == ["Angle·All vs Angle·All (shuffled pairing)",
+                                                "Angle·All vs Angle·All (other question)"]  # held by both runs
+    assert all(list(t["x"]) == ["tiny-step10", "tiny-step20"] for t in page["data"])  # by training step
+    code = next(c for c in _shown_code(at, "python") if "nulls_across(" in c)
+    assert "'tiny-step10': 10" in code and "'tiny-step20': 20" in code
+    ns = _exec(code, monkeypatch)
+    ours = json.loads(ns["viz"].intervention_nulls_across(ns["across"], "agreement").to_json())["data"]
+    for t, pt in zip(ours, page["data"]):
+        assert t["name"] == pt["name"]
+        np.testing.assert_allclose(_arr(t["y"]), _arr(pt["y"]), atol=1e-9)
+        np.testing.assert_allclose(_arr(t["error_y"]["array"]), _arr(pt["error_y"]["array"]), atol=1e-9)
+
+
 def _bars(fig: dict) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     """(name, heights, error-bar half widths) of each bar trace of a figure's JSON."""
     out = []

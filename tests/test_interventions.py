@@ -725,3 +725,32 @@ def test_table1_nulls_by_hand():
     assert ot["n"] == 3 and sh["Δ containment"] == 0.0
     md = nulls_markdown(table1_nulls(df))
     assert "+25.0 [" in md and md.count("\n") == 3
+
+
+def test_nulls_across_orders_checkpoints_by_step():
+    """Two stored runs (the later checkpoint listed first): one table1_nulls per run, in step order; pairs held by
+    one checkpoint only drop out with min_checkpoints=2; unknown steps go last."""
+    import pandas as pd
+
+    from lsl_core.experiments.table1 import nulls_across, table1_nulls
+
+    def run(ck: str, res: str, conds: dict) -> list[dict]:
+        return [{"checkpoint": ck, "results": res, "sample_id": f"s{i}", "condition": c,
+                 "title": "Original" if c == "original" else Intervention.parse(c).title(), "containment": 0.0,
+                 "f1": 0.0, "agreement": v[i], "n_frames": 3} for c, v in conds.items() for i in range(3)]
+
+    late = run("ck-late", "table1", {"original": [0.1] * 3, "angle:bottom3": [0.5, 0.6, 0.7],
+                                      "angle:random3": [0.1, 0.2, 0.3], "angle:all": [0.4] * 3,
+                                      "angle:all:shuffled": [0.2] * 3})
+    early = run("ck-early", "table1-early", {"original": [0.1] * 3, "angle:all": [0.3] * 3,
+                                              "angle:all:shuffled": [0.3, 0.2, 0.4]})
+    rows = pd.DataFrame(late + early)
+    t = nulls_across(rows, {"ck-late": 2900, "ck-early": 100})
+    assert list(dict.fromkeys(t["checkpoint"])) == ["ck-early", "ck-late"] and list(t["step"]) == [100, 2900, 2900]
+    pd.testing.assert_frame_equal(t[t.checkpoint == "ck-late"].drop(columns=["checkpoint", "results", "step"])
+                                  .reset_index(drop=True), table1_nulls(pd.DataFrame(late)))
+    two = nulls_across(rows, {"ck-late": 2900, "ck-early": 100}, min_checkpoints=2)
+    assert set(zip(two.condition, two.null)) == {("Angle·All", "Angle·All (shuffled pairing)")}
+    assert two["Δ agreement"].tolist() == pytest.approx([0.0, 20.0])
+    unknown = nulls_across(rows, {"ck-late": 2900})
+    assert list(dict.fromkeys(unknown["checkpoint"])) == ["ck-late", "ck-early"]

@@ -248,6 +248,21 @@ def table1_code(*, results: str | Path | None = None, run: tuple[str | None, str
     return "\n".join(lines) + "\n"
 
 
+def nulls_across_code(results: str | Path, steps: dict) -> str:
+    """Python that rebuilds the Benchmark page's interventions against their nulls across training."""
+    return "\n".join([
+        "from lsl_core import viz",
+        "from lsl_core.experiments.table1 import nulls_across",
+        "from lsl_core.results import load_results",
+        "",
+        f"iv = load_results({_path(results)!r}).interventions  # every stored intervention run",
+        f"steps = {dict(sorted(steps.items(), key=lambda kv: (kv[1], kv[0])))!r}  # checkpoint -> step (the zoo)",
+        "across = nulls_across(iv, steps, min_checkpoints=2)  # paired Δ per checkpoint, in training order",
+        "print(across[['checkpoint', 'condition', 'null', 'Δ agreement', 'Δ agreement_lo', 'Δ agreement_hi']])",
+        "viz.intervention_nulls_across(across, 'agreement').show()",
+    ]) + "\n"
+
+
 def report_command(checkpoint: str | Path, set_spec: str, sample_id: str, *, condition: str, max_new: int,
                    cascade: bool, path: str = "argmax") -> str:
     """The `report-case` command that writes the Interventions page's case as one HTML file."""
@@ -299,6 +314,13 @@ def benchmark(results: str | Path, checkpoint: str, metric: str) -> None:
     _show(benchmark_code(results, checkpoint, metric),
           caption="The page's own library calls for the scores per voice and their intervals (run from the "
                   "directory the app was started in).")
+
+
+def nulls_across(results: str | Path, steps: dict) -> None:
+    """The Benchmark page's expander under its interventions-against-nulls across training."""
+    _show(nulls_across_code(results, steps),
+          caption="The page's own library calls for the nulls across training (run from the directory the app was "
+                  "started in).")
 
 
 def table1(**kwargs) -> None:

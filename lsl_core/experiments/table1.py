@@ -235,6 +235,30 @@ def table1_nulls(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols)
 
 
+def nulls_across(rows: pd.DataFrame, steps: dict[str, float] | None = None, min_checkpoints: int = 1) -> pd.DataFrame:
+    """table1_nulls of each stored run x checkpoint (rows with `checkpoint` and, from results.load_results,
+    `results` columns): its columns plus checkpoint, results and step, ordered by step (steps: checkpoint name ->
+    training step, e.g. from the zoo's manifests; a checkpoint without one goes last, in order of appearance).
+    min_checkpoints: keep the (condition, null) pairs run on at least that many checkpoints. Empty when no run
+    holds a null."""
+    keys = [c for c in ("results", "checkpoint") if c in rows.columns]
+    if "checkpoint" not in keys:
+        raise LSLError("nulls_across needs the stored rows' `checkpoint` column (table1 --out / evaluate write it).")
+    out = []
+    for key, g in rows.groupby(keys, sort=False):
+        t = table1_nulls(g)
+        if len(t):
+            ck = g["checkpoint"].iloc[0]
+            step = (steps or {}).get(ck, math.nan)
+            out.append(t.assign(checkpoint=ck, results=g["results"].iloc[0] if "results" in g else "", step=step))
+    if not out:
+        return pd.DataFrame(columns=[*table1_nulls(rows.iloc[:0]).columns, "checkpoint", "results", "step"])
+    both = pd.concat(out, ignore_index=True)
+    both = both[both.groupby(["condition", "null"])["checkpoint"].transform("nunique") >= min_checkpoints]
+    order = both.drop_duplicates("checkpoint").sort_values("step", kind="stable", na_position="last")["checkpoint"]
+    return both.set_index("checkpoint").loc[list(order)].reset_index()
+
+
 def nulls_markdown(t: pd.DataFrame, digits: int = 1) -> str:
     """A GitHub-markdown table of table1_nulls(df): Δ with its 95% interval per metric."""
     names = [n for _, n in _T1_METRICS]

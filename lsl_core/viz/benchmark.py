@@ -120,6 +120,45 @@ def intervention_nulls(table: pd.DataFrame, metric: str = "agreement", *, title:
                         height=max(320, 60 + 34 * len(table)))
 
 
+def intervention_nulls_across(table: pd.DataFrame, metric: str = "agreement", *,
+                              title: str | None = None) -> go.Figure:
+    """Each intervention against its nulls across checkpoints (lsl_core.experiments.table1.nulls_across).
+
+    x = checkpoint, in the table's order (by training step); one line per (intervention, null) pair: the paired
+    Δ = intervention − null in percentage points with its 95% interval as error bars, a dashed line at 0 (the
+    null does as well). Colour = the intervention's op (condition_style), dashes = a Bottom-k intervention (solid:
+    All), marker = the null's kind; hover shows
+    the checkpoint and its step, both names, what the null breaks, the exact Δ, its interval and n.
+    """
+    col = f"Δ {metric}"
+    for c in ("checkpoint", "step", "condition", "null", "tests", col, f"{col}_lo", f"{col}_hi", "n"):
+        if c not in table.columns:
+            raise ValueError(f"column {c!r} not in the table; available: {list(table.columns)}")
+    d = PERCENT_DIGITS
+    order = list(dict.fromkeys(table["checkpoint"]))
+    fig = go.Figure()
+    for (cond, null), g in table.groupby(["condition", "null"], sort=False):
+        g = g.set_index("checkpoint").reindex([c for c in order if c in set(g["checkpoint"])]).reset_index()
+        kind = next((k for k in NULL_SYMBOLS if k in str(null)), "")
+        fig.add_trace(go.Scatter(
+            x=g["checkpoint"], y=g[col], mode="lines+markers", name=f"{cond} vs {null}",
+            line=dict(color=condition_style(cond).color, width=2, dash="dash" if "Bottom" in str(cond) else "solid"),
+            marker=dict(symbol=NULL_SYMBOLS.get(kind, "circle"), size=10, color=condition_style(cond).color,
+                        line=dict(color="black", width=1)),
+            error_y=dict(type="data", symmetric=False, array=g[f"{col}_hi"] - g[col],
+                         arrayminus=g[col] - g[f"{col}_lo"], color="#222222"),
+            customdata=np.stack([g["step"], g["tests"], g[f"{col}_lo"], g[f"{col}_hi"], g["n"]], axis=1),
+            hovertemplate="%{x} (step %{customdata[0]})<br>" + f"{cond} vs {null}<br>breaks: %{{customdata[1]}}"
+                          f"<br>Δ {metric} = %{{y:+.{d}f}} points<br>95% CI [%{{customdata[2]:+.{d}f}}, "
+                          f"%{{customdata[3]:+.{d}f}}]<br>n = %{{customdata[4]}}<extra></extra>"))
+    fig.add_hline(y=0.0, line=dict(color="#555555", dash="dash", width=1))
+    fig.update_xaxes(title_text="checkpoint (by training step)", categoryorder="array", categoryarray=order)
+    fig.update_yaxes(title_text=f"Δ {metric} = intervention − null (percentage points, 95% CI)")
+    _base_layout(fig, title or f"Each intervention against its nulls across training ({metric})", height=460)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.0), margin=dict(b=130))
+    return fig
+
+
 def subset_scores(summary: pd.DataFrame, gap: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """VoiceBench per subset: headline score per modality with 95% CIs (left), GAP = text - speech with
     its paired CI, per subset and overall (right).
