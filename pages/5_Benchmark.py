@@ -8,8 +8,8 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.experiments.pages import PAGES
-from lsl_core.experiments.table1 import (RESULTS_NAME, TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, nulls_across,
-                                         table1_nulls, table1_with_intervals)
+from lsl_core.experiments.table1 import (RESULTS_NAME, TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, table1_nulls,
+                                         table1_with_intervals)
 from lsl_core.experiments.voicebench_scores import RUN_COMMAND, disagreement_cases
 from lsl_core.metrics import diagnostics
 from lsl_core.results import EVALUATE_COMMAND
@@ -221,11 +221,10 @@ def _nulls(rows, key: str, title: str | None = None) -> None:
 
 def _nulls_across(res, steps: dict) -> None:
     """The nulls of every stored run across its checkpoints (the pairs run on two or more), ordered by step."""
-    rows = res.interventions
-    if "checkpoint" not in rows.columns:
+    if "checkpoint" not in res.interventions.columns:
         return
     with errors.guard("Interventions against their nulls across training"):
-        t = nulls_across(rows, steps, min_checkpoints=2)
+        t = loaders.nulls_across(res, steps)  # table1.nulls_across, pairs on >= 2 checkpoints
         if t.empty:
             return
         st.markdown(f"**Across training** — the interventions and nulls stored for {t['checkpoint'].nunique()} "

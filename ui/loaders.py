@@ -326,6 +326,19 @@ def with_intervals(summary_rows: pd.DataFrame, res: Results) -> pd.DataFrame:
     return with_intervals(summary_rows, res.samples, _summary_ci(str(res.folder), _stamp(res.folder), res.samples))
 
 
+def nulls_across(res: Results, steps: dict) -> pd.DataFrame:
+    """experiments.table1.nulls_across of the stored intervention runs (pairs on >= 2 checkpoints), cached per
+    results folder state and zoo steps: its bootstraps take a few tenths of a second, the page reruns often."""
+    return _nulls_across(str(res.folder), _stamp(res.folder), tuple(sorted(steps.items())), res.interventions)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _nulls_across(folder: str, stamp: tuple, steps: tuple, _rows: pd.DataFrame) -> pd.DataFrame:
+    from lsl_core.experiments.table1 import nulls_across
+
+    return nulls_across(_rows, dict(steps), min_checkpoints=2)
+
+
 def paired_table(res: Results, base: str, other: str, unseen_voice: str) -> pd.DataFrame:
     """lsl_core.experiments.compare.paired_difference of two checkpoints in the results folder (cached per
     results folder state: its bootstrap takes about a second, and the page reruns on every widget)."""

@@ -245,7 +245,7 @@ def nulls_across(rows: pd.DataFrame, steps: dict[str, float] | None = None, min_
     if "checkpoint" not in keys:
         raise LSLError("nulls_across needs the stored rows' `checkpoint` column (table1 --out / evaluate write it).")
     out = []
-    for key, g in rows.groupby(keys, sort=False):
+    for _, g in rows.groupby(keys, sort=False):
         t = table1_nulls(g)
         if len(t):
             ck = g["checkpoint"].iloc[0]
