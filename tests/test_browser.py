@@ -326,6 +326,12 @@ def test_collapsed_path_note_and_intervals_are_drawn(server, shots):
             assert nulls.first.locator("g.errorbar").count() >= 13  # the 13 nulls of the paper's six rows
             assert nulls.first.locator(".legendtext", has_text="null: shuffled pairing").count() == 1
             _shot(page, shots / "7b_intervention_nulls.png")
+            # the stored runs on five checkpoints: the angle rows' five nulls across training, one interval per point
+            across = page.locator('[data-testid="stPlotlyChart"]', has_text="against its nulls across training")
+            across.first.scroll_into_view_if_needed()
+            across.first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
+            assert across.first.locator("g.errorbar").count() >= 5 * 5
+            _shot(page, shots / "7c_intervention_nulls_across.png")
             # Checkpoints: scores across training with intervals; the title clears the toolbar's row
             page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Checkpoints").click()
             expect(page.get_by_text("Scores across training")).to_be_visible(timeout=LOAD_TIMEOUT_MS)

@@ -153,7 +153,7 @@ def intervention_nulls_across(table: pd.DataFrame, metric: str = "agreement", *,
                           f"%{{customdata[3]:+.{d}f}}]<br>n = %{{customdata[4]}}<extra></extra>"))
     fig.add_hline(y=0.0, line=dict(color="#555555", dash="dash", width=1))
     fig.update_xaxes(title_text="checkpoint (by training step)", categoryorder="array", categoryarray=order)
-    fig.update_yaxes(title_text=f"Δ {metric} = intervention − null (percentage points, 95% CI)")
+    fig.update_yaxes(title_text=f"Δ {metric} vs null (points, 95% CI)")  # short: it runs along the plot's height
     _base_layout(fig, title or f"Each intervention against its nulls across training ({metric})", height=460)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.0), margin=dict(b=130))
     return fig
