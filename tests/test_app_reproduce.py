@@ -257,6 +257,13 @@ def test_checkpoints_snippet_rebuilds_the_scores_across_training(world, monkeypa
             if "error_y" in t:
                 np.testing.assert_allclose(_arr(t["error_y"]["array"]), _arr(pt["error_y"]["array"]), atol=1e-9)
     assert any("error_y" in t for t in ours), "the intervals are what the snippet must rebuild"
+    # the agreement curve with its answer-style baseline, drawn by the page when the cascade was evaluated
+    ours = json.loads(ns["viz"].trend_curves(ns["rows"], "agreement", baseline="agreement_other_q",
+                                             baseline_label="answer style (other questions)").to_json())["data"]
+    page = _fig(at, "speech vs text answer agreement")["data"]
+    assert [t["name"] for t in ours] == [t["name"] for t in page] and any("answer style" in t["name"] for t in ours)
+    for t, pt in zip(ours, page):
+        np.testing.assert_allclose(_arr(t["y"]), _arr(pt["y"]), atol=1e-9)
 
 
 def test_benchmark_draws_the_nulls_across_stored_checkpoints(world, monkeypatch, tmp_path):

@@ -178,8 +178,9 @@ def checkpoint_scores_code(results: str | Path, names: list[str], *, score: str,
         "rows = with_intervals(rows, res.samples)  # + <score>_lo / _hi: 95% bootstrap over each row's samples",
         f"viz.trend_curves(rows, 'gap_{score}').show()",
         f"viz.trend_curves(rows, 'speech_{score}').show()",
-        "if 'agreement_other_q' in rows:",
-        "    viz.trend_curves(rows, 'agreement', baseline='agreement_other_q',",
+        "if 'cascade_agreement' in rows:  # end-to-end vs the cascade: agreement with its answer-style baseline",
+        "    style = 'agreement_other_q' if 'agreement_other_q' in rows else None",
+        "    viz.trend_curves(rows, 'agreement', baseline=style,",
         "                     baseline_label='answer style (other questions)').show()",
     ]) + "\n"
 
