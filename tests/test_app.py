@@ -554,6 +554,15 @@ def test_checkpoints_live_alignment_curves_trends_and_gap_fit(world):
     _run(at)
     assert not np.allclose(_arr(_fig(at, "per layer — tiny · frozen")["data"][0]["y"]), ref)
     assert _fig(at, "mean Spearman ρ (cosine path) across training") and _fig(at, "mean consistency across training")
+    # the aligned CKA across training, live too: step 10's point = the mean over the 2 samples of each sample's CKA
+    # diagonal (speech layer a vs text layer a, layers 1..L), beside its shuffled-pairing null
+    cka = {t["name"]: t for t in _fig(at, "aligned CKA (speech layer a vs text layer a) across training")["data"]}
+    assert set(cka) == {"tiny · frozen", "tiny · frozen · shuffled-pairing null", "tiny · none",
+                        "tiny · none · shuffled-pairing null"}, set(cka)
+    line = cka["tiny · frozen"]
+    ref_cka = np.mean([np.diagonal(analyze_sample(m10, _sample(world, s), cache=False).cka)[1:].mean()
+                       for s in world["ids"][:2]])
+    np.testing.assert_allclose(_arr(line["y"])[list(_arr(line["x"])).index(10)], ref_cka, atol=1e-6)
     scatter = _fig(at, "GAP vs layer-averaged cosine")
     legend = [t["name"] for t in scatter["data"]]
     assert any(n.startswith("frozen: R² =") for n in legend)  # family is constant: the legend names the strategy

@@ -216,6 +216,14 @@ def test_checkpoints_snippet_rebuilds_the_gap_fits(world, monkeypatch, tmp_path)
                                                                        "aps_dist", "step"}
     assert "step" in set(fits["metric"]) and fits[["r2_lo", "r2_hi", "p_perm", "r2_added"]].notna().any().all()
     pd.testing.assert_frame_equal(display_table(fits).reset_index(drop=True), _gap_fits_shown(at))
+    # the snippet's live rows carry the aligned CKA the page draws across training
+    from lsl_core.results import checkpoint_means
+
+    means = checkpoint_means(ns["rows"]).set_index("checkpoint")
+    drawn = _fig(at, "aligned CKA (speech layer a vs text layer a) across training")["data"]
+    for t in drawn:
+        col = "cka_null_diag_mean" if t["name"].endswith("shuffled-pairing null") else "cka_diag_mean"
+        np.testing.assert_allclose(_arr(t["y"]), means.loc[list(t["text"]), col].to_numpy(), atol=1e-9)
 
     # the same rows stored as `analyze` writes them: the page reads them, and so does its snippet
     import shutil

@@ -136,7 +136,7 @@ def checkpoints_code(results: str | Path, names: list[str], *, score: str, voice
     imports = ["from lsl_core import viz", "from lsl_core.metrics.gap import gap_fits",
                "from lsl_core.results import checkpoint_means, gap_table, load_results"]
     if live is not None:
-        imports += ["from lsl_core.analysis import AnalysisOptions", "from lsl_core.data.sets import load_sample_set",
+        imports += ["from lsl_core.data.sets import load_sample_set",
                     "from lsl_core.experiments.analyze import analyze_checkpoints",
                     "from lsl_core.model.loading import read_manifest"]
     lines = sorted(imports)
@@ -147,7 +147,7 @@ def checkpoints_code(results: str | Path, names: list[str], *, score: str, voice
             f"res = load_results({_path(results)!r})  # evaluation results: the GAP",
             f"manifests = [read_manifest(p) for p in {[_path(r) for r in roots]!r}]",
             f"samples = load_sample_set({_set_spec(spec)!r}).filter(ids={list(ids)!r})",
-            "rows = analyze_checkpoints(manifests, samples, AnalysisOptions(cka=False)).rows  # alignment, live",
+            "rows = analyze_checkpoints(manifests, samples).rows  # alignment (with the aligned CKA), live",
         ]
     else:
         lines += ["", f"res = load_results({_path(results)!r})  # evaluation results (GAP) and alignment rows",
