@@ -7,7 +7,7 @@ import streamlit as st
 from lsl_core import viz
 from lsl_core.errors import LSLError
 from lsl_core.experiments.table1 import donors_for, intervention_nulls
-from lsl_core.interventions import OPERATIONS, PATH_METRICS, PAIRINGS, Intervention, ops_help
+from lsl_core.interventions import OPERATIONS, PATH_METRICS, PAIRINGS, Intervention, needs_donor, ops_help
 from lsl_core.metrics import diagnostics
 from lsl_core.model.families import capabilities, transcript_source
 from ui import context, errors, export, links, loaders, notes, reproduce, state, tables
@@ -37,10 +37,10 @@ def _seed_from_link(L: int, here: str) -> None:
         st.session_state["iv_k"] = max(1, iv.k)
 
 
-def _apply(label: str, here: str, nulls: tuple[str, ...] = ()) -> None:
-    """Regenerate: run `label` (and its `nulls`) for this model + sample (a user selection, kept until the next
-    press)."""
-    st.session_state["iv_applied"] = {"label": label, "for": here, "nulls": tuple(nulls)}
+def _apply(label: str, here: str, nulls: tuple[str, ...] = (), donor: str | None = None) -> None:
+    """Regenerate: run `label` (and its `nulls`, with the other-question `donor`) for this model + sample (a user
+    selection, kept until the next press)."""
+    st.session_state["iv_applied"] = {"label": label, "for": here, "nulls": tuple(nulls), "donor": donor}
 
 
 def _case_report_button(sel, handle, sample, a, result: dict, applied: str, shown, max_new: int, cascade: bool) -> None:
@@ -96,18 +96,24 @@ def main() -> None:
                              "the KV cache carries the edit into decoding.")
     metric = c[4].radio("Path metric", PATH_METRICS, index=state.choice("iv_metric", PATH_METRICS), key="iv_metric",
                         persist_state=keep, help="Which alignment path picks the frames and the bottom-k tokens.")
-    donor = None  # pairing "other": the next different question of the sample set
+    # pairing "other": the next different question of the sample set; for an uploaded clip, one the user types
     if sel.sample_set is not None and sel.upload is None and sel.set_spec:
         donor = donors_for(loaders.sample_set(sel.set_spec), [sample.id])[0]
+    else:
+        donor = st.text_input("Another question (for the other-question null)", value=state.value("iv_donor", ""),
+                              key="iv_donor", persist_state=keep, placeholder="e.g. What is the capital of Peru?",
+                              help="The other-question pairing edits the clip's path frames with this question's "
+                                   "transcript states (its own path, tokens and states): a null that keeps the "
+                                   "edit and breaks the question. Any question other than the clip's.").strip() or None
     per_frame = OPERATIONS[op].inputs == "targets"
     pairings = tuple(p for p in PAIRINGS if (p != "shuffled" or per_frame) and (p != "other" or donor))
     pairing = st.radio("Pairing", pairings, index=state.choice("iv_pairing", pairings), key="iv_pairing",
                        format_func=PAIRING_LABELS.get, horizontal=True, persist_state=keep,
                        help="Which text state each edited frame takes. path: its own token's (the paper's "
                             "interventions). shuffled pairing: another token of the same question, re-paired at "
-                            "random (only for per-frame ops). other question: the path, tokens and states of the "
-                            "next different question of the sample set"
-                            + (f" ({donor!r})" if donor else "; needs a sample set with another question") + ".")
+                            "random (only for per-frame ops). other question: the path, tokens and states of "
+                            "another question: the sample set's next different one, or the one typed for a clip"
+                            + (f" ({donor!r})" if donor else "; type one above") + ".")
     c2 = st.columns([2, 2, 2, 2, 4])
     max_new = c2[0].number_input("Max new tokens", 4, 128, value=state.integer("iv_max_new", 4, 128, 24),
                                  key="iv_max_new", persist_state=keep)
@@ -124,13 +130,17 @@ def main() -> None:
                                      + (", ".join(f"`{n}`" for n in nulls) if nulls else
                                         "none for a null or composed condition") + " (docs/controls.md).")
     c2[3].button("Regenerate", type="primary", on_click=_apply,
-                 args=(iv.label(), here, nulls if with_nulls else ()), key="iv_run",
+                 args=(iv.label(), here, nulls if with_nulls else (), donor), key="iv_run",
                  help="Generate the text, speech, cascade and intervened answers with these settings.")
     run = st.session_state.get("iv_applied") or {}
     applied = run.get("label") if run.get("for") == here else None
     applied_nulls = tuple(run.get("nulls", ())) if applied else ()
+    applied_donor = run.get("donor", donor) if applied else None  # a link's run takes the current donor
     if applied and applied != iv.label():
         c2[4].caption(f"Showing **{applied}**; the settings changed to **{iv.label()}** — press Regenerate.")
+    elif applied and applied_donor != donor and needs_donor((applied, *applied_nulls)):
+        c2[4].caption(f"Showing **{applied}** with the other question {applied_donor!r}; it changed to "
+                      f"{donor!r} — press Regenerate.")
     else:
         c2[4].caption(f"Intervention: **{iv.title()}** (`{iv.label()}`)")
     links.want(iv=applied, tokens=int(max_new) if applied else None,
@@ -143,7 +153,7 @@ def main() -> None:
             skey = context.sample_key(sel, sample)
             result = loaders.side_by_side(handle.key, skey, (applied, *applied_nulls), int(max_new),
                                           bool(cascade and handle.model.has_asr), handle.model, sample,
-                                          loaders.known_transcript(handle.key, skey), donor)
+                                          loaders.known_transcript(handle.key, skey), applied_donor)
         except Exception as exc:  # noqa: BLE001
             errors.show(exc, "Generation failed")
     else:

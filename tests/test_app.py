@@ -489,6 +489,51 @@ def test_interventions_with_their_nulls_on_one_sample(world):
     assert _widget(at.checkbox, "Also its nulls").disabled
 
 
+def test_interventions_other_question_null_for_an_uploaded_clip(world):
+    """An uploaded clip has no set to borrow another question from: the user types one, and the other-question
+    pairing runs with it (the library's answer for that donor); the clip's own question is refused with one
+    message, and the upload and the controls stay."""
+    from lsl_core.interventions import generate_side_by_side
+    from ui.upload import sample_from_upload
+
+    at = _app(INTERVENTIONS)
+    _widget(at.sidebar.selectbox, "Sample set").set_value("upload")
+    _run(at)
+    clip = _wav_bytes(1.4, 300.0)
+    at.sidebar.file_uploader[0].set_value(("mine.wav", clip, "audio/wav"))
+    _widget(at.sidebar.text_input, "Question (what the clip says)").set_value("who wrote hamlet ?")
+    _run(at)
+    assert "other question (null)" not in _widget(at.radio, "Pairing").options  # no donor yet
+    _widget(at.number_input, "Max new tokens").set_value(5)
+    _widget(at.checkbox, "Cascade baseline (ASR → LLM)").uncheck()
+    _widget(at.text_input, "Another question (for the other-question null)").set_value("what is the capital of peru ?")
+    _run(at)
+    pairing = _widget(at.radio, "Pairing")
+    assert "other question (null)" in pairing.options and "'what is the capital of peru ?'" in pairing.help
+    pairing.set_value("other")
+    _run(at)
+    _widget(at.button, "Regenerate").click()
+    _run(at)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    ref = generate_side_by_side(_model(world), sample_from_upload("mine.wav", clip, "who wrote hamlet ?"),
+                                ["angle:bottom3:other"], max_new_tokens=5, cascade=False,
+                                donor_question="what is the capital of peru ?")
+    [edited] = ref.interventions
+    assert edited.answer in [i.value for i in at.info]
+    shown = [c.value for c in at.caption if c.value.startswith("edited tokens:")]
+    assert shown and all("other: " in t for t in edited.token_text) and repr(edited.token_text[0]) in shown[0]
+    # a changed donor is not run until Regenerate; the page says which one is shown
+    _widget(at.text_input, "Another question (for the other-question null)").set_value("who wrote hamlet ?")
+    _run(at)
+    assert "with the other question 'what is the capital of peru ?'; it changed to 'who wrote hamlet ?'" in _texts(at)
+    _widget(at.button, "Regenerate").click()
+    _run(at)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "DIFFERENT question" in errors[0], errors
+    assert not at.exception and _widget(at.sidebar.text_input, "Question (what the clip says)").value == \
+        "who wrote hamlet ?" and _widget(at.radio, "Pairing").value == "other"
+
+
 def test_intervention_link_reopens_and_runs(world):
     at = _app(INTERVENTIONS, {"iv": "calibrate:bottom2@1:distance", "sample": world["ids"][2], "tokens": "5",
                               "cascade": "0"})
