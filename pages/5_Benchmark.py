@@ -8,8 +8,8 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.experiments.pages import PAGES
-from lsl_core.experiments.table1 import (RESULTS_NAME, TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, table1_nulls,
-                                         table1_with_intervals)
+from lsl_core.experiments.table1 import (RESULTS_NAME, TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, is_null,
+                                         table1_nulls, table1_with_intervals, without_nulls)
 from lsl_core.experiments.voicebench_scores import RUN_COMMAND, disagreement_cases
 from lsl_core.metrics import diagnostics
 from lsl_core.results import EVALUATE_COMMAND
@@ -237,6 +237,17 @@ def _nulls_across(res, steps: dict) -> None:
         reproduce.nulls_across(res.folder, steps)
 
 
+def _bars(rows, t, key: str) -> tuple:
+    """Table 1 `t` of `rows` for the bar chart: the nulls (drawn against their interventions under it) only on
+    request. -> (table, whether it holds the nulls)."""
+    if not rows["condition"].map(is_null).any():
+        return t, True
+    with_nulls = st.checkbox("Bars for the nulls too", value=bool(state.value(key, False)), key=key,
+                             help="The bar chart holds the interventions; their nulls are drawn against them in the "
+                                  "forest plot below (and all are in the table).")
+    return (t if with_nulls else without_nulls(t, rows)), with_nulls
+
+
 def _interventions(res, sel) -> None:
     st.header("Interventions (speech input)")
     if res.interventions is not None:
@@ -248,17 +259,19 @@ def _interventions(res, sel) -> None:
             ck = st.selectbox("Checkpoint (stored intervention results)", names, index=state.choice("bm_iv_ck", names),
                               key="bm_iv_ck")
             iv = iv[run == ck]
+        null_bars = True
         with errors.guard("Intervention table"):
             t = table1_with_intervals(iv)  # + 95% bootstrap intervals per condition and Δ (paired on samples)
             n = int(t["n"].min())
-            export.figure(viz.intervention_bars(t, "F1", title=f"Speech-input F1 under each intervention ({_n(n)}, "
-                                                "95% CI)"), "interventions_stored", key="fig_iv_stored")
+            bars, null_bars = _bars(iv, t, "bm_iv_null_bars")
+            export.figure(viz.intervention_bars(bars, "F1", title=f"Speech-input F1 under each intervention "
+                                                f"({_n(n)}, 95% CI)"), "interventions_stored", key="fig_iv_stored")
             notes.show([diagnostics.small_n_note(int(t["n"].min()), "the differences between conditions")])
             export.table(t.reset_index(), "interventions_table1_stored", percents=_T1_PERCENT)
             _nulls(iv, "stored")
         picked = (iv["results"].iloc[0] if {"results", "checkpoint"} <= set(iv.columns) else None,
                   iv["checkpoint"].iloc[0] if "checkpoint" in iv.columns else None)
-        reproduce.table1(results=res.folder, run=picked)
+        reproduce.table1(results=res.folder, run=picked, null_bars=null_bars)
         _nulls_across(res, {m.name: m.step for m in sel.manifests})
     else:
         st.caption(f"No stored intervention results (write them with `{PAGES['interventions'].command}`, or "
@@ -296,13 +309,14 @@ def _interventions(res, sel) -> None:
         rows = loaders.intervention_rows(handle.key, sel.set_spec, ids, tuple(conds), int(max_new), handle.model,
                                          subset, donors)
         t = table1_with_intervals(rows)
-        export.figure(viz.intervention_bars(t, "F1", title=f"{handle.name}: speech-input F1 per condition "
+        bars, null_bars = _bars(rows, t, "bm_iv_live_null_bars")
+        export.figure(viz.intervention_bars(bars, "F1", title=f"{handle.name}: speech-input F1 per condition "
                                             f"({_n(len(ids))}, 95% CI)"), "interventions_live", key="fig_iv_live")
         notes.show([diagnostics.small_n_note(len(ids), "the differences between conditions")])
         export.table(t.reset_index(), "interventions_table1", percents=_T1_PERCENT)
         _nulls(rows, "live", f"{handle.name}: each intervention against its nulls (agreement, {_n(len(ids))})")
         export.table(rows, "interventions_per_sample", show=False, caption="per-sample answers")
-    reproduce.table1(live=(handle.path, sel.set_spec, list(ids), list(conds), int(max_new)))
+    reproduce.table1(live=(handle.path, sel.set_spec, list(ids), list(conds), int(max_new)), null_bars=null_bars)
 
 
 def main() -> None:

@@ -339,8 +339,22 @@ def test_benchmark_snippets_rebuild_scores_and_intervention_tables(world, monkey
 
     ns = _exec(stored, monkeypatch)
     assert "table1_with_intervals(" in stored and len(ns["rows"]) == len(ns["iv"])  # one stored run
-    _same_bars(_bars(json.loads(ns["viz"].intervention_bars(ns["t"], "F1").to_json())),
+    # the bars leave the nulls out (they are drawn against their interventions below), and so does the snippet
+    assert "without_nulls(t, rows)" in stored
+    bars = json.loads(ns["viz"].intervention_bars(ns["without_nulls"](ns["t"], ns["rows"]), "F1").to_json())
+    _same_bars(_bars(bars), _bars(_fig(at, "Speech-input F1 under each intervention")))
+    shown = list(_fig(at, "Speech-input F1 under each intervention")["data"][0]["x"])
+    n_nulls = ns["rows"]["condition"].str.contains("random|:shuffled|:other").groupby(ns["rows"]["condition"]).any()
+    assert len(shown) == len(ns["t"]) - int(n_nulls.sum()) > 1 and shown[0] == "Original"
+    assert not [c for c in shown if "Random" in c or c.endswith(("(shuffled pairing)", "(other question)"))]
+    _widget(at.checkbox, "Bars for the nulls too").check()
+    _run(at)
+    _, stored_all = _shown_code(at, "python")
+    assert "without_nulls" not in stored_all
+    ns_all = _exec(stored_all, monkeypatch)
+    _same_bars(_bars(json.loads(ns_all["viz"].intervention_bars(ns_all["t"], "F1").to_json())),
                _bars(_fig(at, "Speech-input F1 under each intervention")))
+    assert len(_fig(at, "Speech-input F1 under each intervention")["data"][0]["x"]) == len(ns["t"])
     ours = json.loads(ns["viz"].intervention_nulls(ns["nulls"], "agreement").to_json())["data"]
     page = _fig(at, "Each intervention against its nulls (agreement)")["data"]
     assert [t["name"] for t in ours] == [t["name"] for t in page] == ["null: random", "null: shuffled pairing",
@@ -384,3 +398,7 @@ def test_benchmark_snippets_rebuild_scores_and_intervention_tables(world, monkey
     assert [t["name"] for t in ours] == [t["name"] for t in page] == ["null: random", "null: other question"]
     for t, pt in zip(ours, page):
         np.testing.assert_allclose(_arr(t["x"]), _arr(pt["x"]), atol=1e-9)
+    live_bars = _fig(at, "speech-input F1 per condition (2 samples, 95% CI)")  # the live bars leave the nulls out
+    assert list(live_bars["data"][0]["x"]) == ["Original", "Angle·Bottom3"] and "without_nulls(t, rows)" in live
+    _same_bars(_bars(json.loads(ns["viz"].intervention_bars(ns["without_nulls"](ns["t"], ns["rows"]),
+                                                            "F1").to_json())), _bars(live_bars))

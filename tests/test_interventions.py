@@ -727,6 +727,24 @@ def test_table1_nulls_by_hand():
     assert "+25.0 [" in md and md.count("\n") == 3
 
 
+def test_is_null_and_the_bar_table_without_nulls():
+    import pandas as pd
+
+    from lsl_core.experiments.table1 import is_null, table1, without_nulls
+
+    assert [is_null(c) for c in ("original", "angle:bottom3", "length:all@2", "angle:all+length:all")] == [False] * 4
+    assert [is_null(c) for c in ("angle:random3", "angle:bottom3:shuffled", "calibrate:all:other",
+                                 "length:random2@3")] == [True] * 4
+    conds = ["original", "angle:bottom3", "angle:random3", "angle:bottom3:other", "length:all"]
+    rows = pd.DataFrame([{"sample_id": f"s{i}", "condition": c, "title": "Original" if c == "original" else
+                          Intervention.parse(c).title(), "containment": 0.0, "f1": 0.1 * k, "agreement": 0.1 * k,
+                          "n_frames": 3} for k, c in enumerate(conds) for i in range(2)])
+    t = table1(rows)
+    kept = without_nulls(t, rows)
+    assert list(kept.index) == ["Original", "Angle·Bottom3", "Length·All"]
+    pd.testing.assert_frame_equal(kept, t.loc[["Original", "Angle·Bottom3", "Length·All"]])  # rows untouched
+
+
 def test_nulls_across_orders_checkpoints_by_step():
     """Two stored runs (the later checkpoint listed first): one table1_nulls per run, in step order; pairs held by
     one checkpoint only drop out with min_checkpoints=2; unknown steps go last."""

@@ -200,11 +200,13 @@ def benchmark_code(results: str | Path, checkpoint: str, metric: str) -> str:
 
 
 def table1_code(*, results: str | Path | None = None, run: tuple[str | None, str | None] | None = None,
-                live: tuple[str | Path, str, list[str], list[str], int] | None = None) -> str:
+                live: tuple[str | Path, str, list[str], list[str], int] | None = None,
+                null_bars: bool = True) -> str:
     """Python that rebuilds the Benchmark page's intervention table (seed paper Table 1 with 95% intervals) and
     its nulls table (table1_nulls):
     from stored results (results folder, run = (results file prefix, checkpoint) the page picked) or live
-    (checkpoint folder, sample-set spec, sample ids, conditions, max new tokens)."""
+    (checkpoint folder, sample-set spec, sample ids, conditions, max new tokens). null_bars=False: the bar
+    chart leaves the nulls out (table1.without_nulls), as the page does unless asked."""
     if live is not None:
         from lsl_core.interventions import needs_donor
 
@@ -215,7 +217,7 @@ def table1_code(*, results: str | Path | None = None, run: tuple[str | None, str
             "from lsl_core import viz",
             "from lsl_core.data.sets import load_sample_set",
             f"from lsl_core.experiments.table1 import {'donors_for, ' if donor else ''}evaluate_interventions, "
-            "table1_nulls, table1_with_intervals",
+            f"table1_nulls, table1_with_intervals{'' if null_bars else ', without_nulls'}",
             "from lsl_core.model.loading import load_checkpoint",
             "",
             f"model = load_checkpoint({_path(checkpoint)!r})",
@@ -231,7 +233,8 @@ def table1_code(*, results: str | Path | None = None, run: tuple[str | None, str
         picks = [x for x in picks if x]
         lines = [
             "from lsl_core import viz",
-            "from lsl_core.experiments.table1 import table1_nulls, table1_with_intervals",
+            f"from lsl_core.experiments.table1 import table1_nulls, table1_with_intervals"
+            f"{'' if null_bars else ', without_nulls'}",
             "from lsl_core.results import load_results",
             "",
             f"iv = load_results({_path(results or '.')!r}).interventions  # stored per-sample answers",
@@ -240,7 +243,8 @@ def table1_code(*, results: str | Path | None = None, run: tuple[str | None, str
     lines += [
         "t = table1_with_intervals(rows)  # percent; <name>_lo / _hi: 95% bootstrap, each Δ paired on samples",
         "print(t)",
-        "viz.intervention_bars(t, 'F1').show()",
+        ("viz.intervention_bars(t, 'F1').show()" if null_bars else
+         "viz.intervention_bars(without_nulls(t, rows), 'F1').show()  # the nulls: against their interventions below"),
         "nulls = table1_nulls(rows)  # each intervention vs its nulls: paired Δ with 95% CIs (empty: no null run)",
         "print(nulls)",
         "if len(nulls):",

@@ -84,6 +84,22 @@ COLUMNS = (
 _T1_METRICS = (("containment", "containment"), ("f1", "F1"), ("agreement", "agreement"))
 
 
+def is_null(condition: Condition) -> bool:
+    """Whether a condition is a null intervention (random tokens or a pairing other than the path's); the
+    original and composed conditions are not."""
+    if condition == ORIGINAL:
+        return False
+    ivs = parse_condition(condition)
+    return len(ivs) == 1 and (ivs[0].target == "random" or ivs[0].pairing != "path")
+
+
+def without_nulls(table: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """A Table 1 (table1 / table1_with_intervals of `rows`, indexed by title) without its null conditions' rows:
+    the paper's rows for a bar chart, the nulls being drawn against their interventions (table1_nulls)."""
+    null_titles = set(rows.loc[rows["condition"].map(is_null), "title"])
+    return table[~table.index.isin(null_titles)]
+
+
 def donor_questions(questions: Sequence[str], at: Sequence[int] | None = None) -> list[str | None]:
     """The donor of each sample's pairing-"other" nulls: the next question in the list (cyclic) that differs
     from its own, None when every question is the same. questions: a sample set's questions in order [n];
