@@ -6,8 +6,9 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.errors import LSLError
-from lsl_core.experiments.table1 import donors_for, intervention_nulls
-from lsl_core.interventions import OPERATIONS, PATH_METRICS, PAIRINGS, Intervention, needs_donor, ops_help
+from lsl_core.experiments.table1 import donors_for
+from lsl_core.interventions import (OPERATIONS, PAIRINGS, PATH_METRICS, Intervention, intervention_nulls, needs_donor,
+                                    ops_help)
 from lsl_core.metrics import diagnostics
 from lsl_core.model.families import capabilities, transcript_source
 from ui import context, errors, export, links, loaders, notes, reproduce, state, tables

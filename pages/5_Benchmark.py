@@ -7,10 +7,13 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from lsl_core import viz
+from lsl_core.errors import LSLError
+from lsl_core.experiments.layer_profile import at_layers, layer_profile
 from lsl_core.experiments.pages import PAGES
-from lsl_core.experiments.table1 import (RESULTS_NAME, TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, is_null,
-                                         table1_nulls, table1_with_intervals, without_nulls)
+from lsl_core.experiments.table1 import (RESULTS_NAME, TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, table1_nulls,
+                                         table1_with_intervals, without_nulls)
 from lsl_core.experiments.voicebench_scores import RUN_COMMAND, disagreement_cases
+from lsl_core.interventions import is_null
 from lsl_core.metrics import diagnostics
 from lsl_core.results import EVALUATE_COMMAND
 from ui import config, context, errors, export, loaders, nav, notes, reproduce, sidebar, state, tables
@@ -219,6 +222,25 @@ def _nulls(rows, key: str, title: str | None = None) -> None:
     export.table(t, f"interventions_nulls_{key}", percents=tuple(c for c in t.columns if c.startswith("Δ")))
 
 
+def _layers(rows, key: str) -> str | None:
+    """The interventions run at two or more layers: Δ across layers against the unedited answer and the nulls run
+    at the same layer (experiments.layer_profile). -> the intervention shown, None when there is none."""
+    t = layer_profile(rows)
+    if t.empty:
+        return None
+    names = list(dict.fromkeys(t["intervention"]))
+    st.markdown("**Across layers** — the same edit at the input of decoder layer ℓ (0 = the LLM input, as in the "
+                "paper), against the unedited speech answer and against its nulls run at that layer: where the "
+                "line against a null leaves 0, the ingredient that null breaks matters at that depth.")
+    pick = (st.selectbox("Intervention across layers", names, index=state.choice(f"bm_iv_layers_{key}", names),
+                         key=f"bm_iv_layers_{key}") if len(names) > 1 else names[0])
+    export.figure(viz.intervention_layers(t, "agreement", intervention=pick), f"interventions_layers_{key}",
+                  key=f"fig_iv_layers_{key}")
+    export.table(t, f"interventions_layers_{key}", show=False, caption="Δ per intervention, layer and comparison",
+                 percents=tuple(c for c in t.columns if c.startswith("Δ")))
+    return pick
+
+
 def _nulls_across(res, steps: dict) -> None:
     """The nulls of every stored run across its checkpoints (the pairs run on two or more), ordered by step."""
     if "checkpoint" not in res.interventions.columns:
@@ -259,7 +281,7 @@ def _interventions(res, sel) -> None:
             ck = st.selectbox("Checkpoint (stored intervention results)", names, index=state.choice("bm_iv_ck", names),
                               key="bm_iv_ck")
             iv = iv[run == ck]
-        null_bars = True
+        null_bars, layers = True, None
         with errors.guard("Intervention table"):
             t = table1_with_intervals(iv)  # + 95% bootstrap intervals per condition and Δ (paired on samples)
             n = int(t["n"].min())
@@ -269,9 +291,16 @@ def _interventions(res, sel) -> None:
             notes.show([diagnostics.small_n_note(int(t["n"].min()), "the differences between conditions")])
             export.table(t.reset_index(), "interventions_table1_stored", percents=_T1_PERCENT)
             _nulls(iv, "stored")
+            layers = _layers(iv, "stored")
+            if layers is None and "results" in res.interventions.columns:  # say where a stored layer run is
+                deep = sorted({r for r, c in zip(res.interventions["results"], res.interventions["condition"])
+                               if "@" in c})
+                if deep:
+                    st.caption("Interventions across layers are stored in the run(s) "
+                               + ", ".join(f"**{r}**" for r in deep) + ": pick one above.")
         picked = (iv["results"].iloc[0] if {"results", "checkpoint"} <= set(iv.columns) else None,
                   iv["checkpoint"].iloc[0] if "checkpoint" in iv.columns else None)
-        reproduce.table1(results=res.folder, run=picked, null_bars=null_bars)
+        reproduce.table1(results=res.folder, run=picked, null_bars=null_bars, layers=layers)
         _nulls_across(res, {m.name: m.step for m in sel.manifests})
     else:
         st.caption(f"No stored intervention results (write them with `{PAGES['interventions'].command}`, or "
@@ -292,6 +321,20 @@ def _interventions(res, sel) -> None:
                            key="bm_iv_conds", help="The seed paper's Table 1 rows, then their nulls (random3: k random "
                                                    "tokens; :shuffled: each frame another token's state; :other: "
                                                    "another question of these samples).")
+    layers_text = st.text_input("Edit layers ℓ", value=state.value("bm_iv_layers", "0"), key="bm_iv_layers",
+                                help="The input of which decoder layers to edit (0 = the LLM input, as in the paper), "
+                                     "separated by commas, e.g. 0, 4, 8: each condition runs at each layer, and the "
+                                     "page draws each intervention across layers against its nulls.")
+    try:
+        layers = [int(x) for x in layers_text.replace(" ", "").split(",") if x]
+        if not layers:
+            raise ValueError
+        if layers != [0]:
+            conds = at_layers(conds, layers)
+    except (ValueError, LSLError) as exc:
+        st.error(f"Edit layers: {exc if isinstance(exc, LSLError) else repr(layers_text)} — give whole numbers "
+                 "≥ 0 separated by commas (e.g. 0, 4, 8), and single conditions (not composed ones).")
+        return
     ids = tuple(sel.sample_set.ids()[: int(n)])
     st.button(f"Run {len(conds)} interventions on {_n(len(ids))}", type="primary", key="bm_iv_run",
               on_click=_request_iv, args=(ids, tuple(conds), int(max_new)), disabled=not conds)
@@ -303,6 +346,7 @@ def _interventions(res, sel) -> None:
     handle = context.require_model(sel)
     if handle is None:
         return
+    null_bars, layers = True, None
     with errors.guard("Intervention benchmark"):
         subset = sel.sample_set.filter(ids=ids)
         donors = tuple(donors_for(loaders.sample_set(sel.set_spec), ids))  # for the pairing-"other" nulls
@@ -315,8 +359,10 @@ def _interventions(res, sel) -> None:
         notes.show([diagnostics.small_n_note(len(ids), "the differences between conditions")])
         export.table(t.reset_index(), "interventions_table1", percents=_T1_PERCENT)
         _nulls(rows, "live", f"{handle.name}: each intervention against its nulls (agreement, {_n(len(ids))})")
+        layers = _layers(rows, "live")
         export.table(rows, "interventions_per_sample", show=False, caption="per-sample answers")
-    reproduce.table1(live=(handle.path, sel.set_spec, list(ids), list(conds), int(max_new)), null_bars=null_bars)
+    reproduce.table1(live=(handle.path, sel.set_spec, list(ids), list(conds), int(max_new)), null_bars=null_bars,
+                     layers=layers)
 
 
 def main() -> None:

@@ -308,6 +308,74 @@ def test_benchmark_draws_the_nulls_across_stored_checkpoints(world, monkeypatch,
         np.testing.assert_allclose(_arr(t["error_y"]["array"]), _arr(pt["error_y"]["array"]), atol=1e-9)
 
 
+def test_benchmark_draws_interventions_across_layers(world, monkeypatch, tmp_path):
+    """A stored layer sweep (table1 --layers): the default run points to it; picked, the page draws each
+    intervention across layers against its nulls (an independent paired Δ), and its snippet rebuilds the figure.
+    Live, the layers box runs the conditions at each layer; a bad box says what to type and keeps the page."""
+    import json
+    import shutil
+
+    from test_app import _model
+
+    from lsl_core.data.sets import load_sample_set
+    from lsl_core.experiments.layer_profile import at_layers
+    from lsl_core.experiments.table1 import evaluate_interventions
+
+    stored = tmp_path / "results"
+    shutil.copytree(world["root"] / "results", stored)
+    model = _model(world)
+    rows = evaluate_interventions(model, list(load_sample_set(world["spec"]))[:3],
+                                  at_layers(["angle:all", "angle:all:shuffled", "length:all"], [0, 1]), 4)
+    rows.insert(0, "checkpoint", model.name)
+    rows["agreement"] = np.random.default_rng(0).uniform(size=len(rows))  # the tiny model's answers hardly move
+    rows.to_parquet(stored / "table1-layers_interventions.parquet", index=False)
+    monkeypatch.setenv("LSL_RESULTS_DIR", str(stored))
+    at = _app(BENCHMARK)
+    assert "Interventions across layers are stored in the run(s) **table1-layers**" in _texts(at)
+    run = _widget(at.selectbox, "Checkpoint (stored intervention results)")
+    run.set_value(next(o for o in run.options if o.startswith("table1-layers")))
+    _run(at)
+    fig = _fig(at, "Angle·All across layers")
+    assert [t["name"] for t in fig["data"]] == ["Angle·All − unedited speech", "Angle·All − shuffled pairing"]
+    own = rows[rows.condition.isin(["angle:all", "angle:all@1"])].set_index(["condition", "sample_id"])["agreement"]
+    for t, null in zip(fig["data"], ("original", "angle:all:shuffled")):
+        assert list(_arr(t["x"])) == [0, 1]
+        for ell, y in zip((0, 1), _arr(t["y"])):  # Δ = mean over samples of condition − comparison, in points
+            cond = "angle:all" if ell == 0 else "angle:all@1"
+            other = null if null == "original" or ell == 0 else "angle:all@1:shuffled"
+            base = rows[rows.condition == other].set_index("sample_id")["agreement"]
+            assert y == pytest.approx(100 * (own[cond] - base).mean(), abs=1e-9)
+    _widget(at.selectbox, "Intervention across layers").set_value("Length·All")
+    _run(at)
+    assert [t["name"] for t in _fig(at, "Length·All across layers")["data"]] == ["Length·All − unedited speech"]
+    code = next(c for c in _shown_code(at, "python") if "layer_profile(" in c)
+    assert "intervention='Length·All'" in code
+    ns = _exec(code, monkeypatch)
+    ours = json.loads(ns["viz"].intervention_layers(ns["profile"], "agreement", intervention="Length·All")
+                      .to_json())["data"]
+    page = _fig(at, "Length·All across layers")["data"]
+    for t, pt in zip(ours, page):
+        np.testing.assert_allclose(_arr(t["y"]), _arr(pt["y"]), atol=1e-9)
+        np.testing.assert_allclose(_arr(t["error_y"]["array"]), _arr(pt["error_y"]["array"]), atol=1e-9)
+
+    # live: the box runs the conditions at each layer
+    at = _app(BENCHMARK)
+    _widget(at.text_input, "Edit layers ℓ").set_value("0, x")
+    _run(at)
+    assert any("give whole numbers" in e.value for e in at.error) and not at.exception
+    _widget(at.text_input, "Edit layers ℓ").set_value("0, 1")
+    _widget(at.number_input, "Samples").set_value(1)
+    _widget(at.multiselect, "Conditions").set_value(["angle:bottom3"])
+    _widget(at.number_input, "Max new tokens").set_value(4)
+    _run(at)
+    [btn] = [b for b in at.button if b.label.startswith("Run 2 interventions on 1 sample")]  # ℓ 0 and ℓ 1
+    btn.click()
+    _run(at)
+    assert [t["name"] for t in _fig(at, "Angle·Bottom3 across layers")["data"]] == ["Angle·Bottom3 − unedited speech"]
+    *_, live = _shown_code(at, "python")
+    assert "['angle:bottom3', 'angle:bottom3@1']" in live and "layer_profile(rows)" in live
+
+
 def _bars(fig: dict) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     """(name, heights, error-bar half widths) of each bar trace of a figure's JSON."""
     out = []

@@ -221,6 +221,20 @@ def test_table1_command_writes_rows_meta_and_page_and_no_merge_lora_keeps_peft(t
     assert main(["report", "interventions", "--results", str(tmp_path / "res0"), "--name", "table1-other",
                  "--markdown", str(tmp_path / "other.md")]) == 0
     assert "Angle·All (shuffled pairing)" in (tmp_path / "other.md").read_text()
+    # --layers runs each condition at each layer; the page gains the interventions across layers
+    md = tmp_path / "layers.md"
+    assert main(["table1", "--checkpoint", str(ck), "--set", f"manifest:{sset}", "--n", "2", "--max-new-tokens",
+                 "3", "--interventions", "angle:all", "angle:all:shuffled", "--layers", "0", "1", "--out",
+                 str(tmp_path / "res0"), "--name", "table1-layers", "--markdown", str(md)]) == 0
+    runs = load_results(tmp_path / "res0").interventions.groupby("results")["condition"].unique()
+    assert list(runs["table1-layers"]) == ["original", "angle:all", "angle:all@1", "angle:all:shuffled",
+                                           "angle:all@1:shuffled"]
+    page = md.read_text()
+    assert "## Across layers" in page and "| intervention | Δ against | ℓ 0 | ℓ 1 |" in page
+    assert "| Angle·All | unedited speech |" in page and "| Angle·All | shuffled pairing |" in page
+    assert "layer(s) ℓ = 0, 1" in page
+    assert main(["table1", "--checkpoint", str(ck), "--set", f"manifest:{sset}", "--n", "1", "--interventions",
+                 "angle:all+length:all", "--layers", "0", "1"]) == 2  # composed: one clear error
 
 
 # ============================================================================ the shipped results pages

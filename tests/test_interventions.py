@@ -667,7 +667,8 @@ def test_side_by_side_with_a_donor(tiny_model):
 
 
 def test_table1_nulls_pair_each_condition_with_its_nulls(tiny_model):
-    from lsl_core.experiments.table1 import TABLE1_NULLS, donor_questions, intervention_nulls, table1_nulls
+    from lsl_core.experiments.table1 import TABLE1_NULLS, donor_questions, table1_nulls
+    from lsl_core.interventions import intervention_nulls
 
     assert intervention_nulls("angle:bottom3") == [("angle:random3", "least-aligned tokens vs random ones"),
                                                    ("angle:bottom3:shuffled",
@@ -730,7 +731,8 @@ def test_table1_nulls_by_hand():
 def test_is_null_and_the_bar_table_without_nulls():
     import pandas as pd
 
-    from lsl_core.experiments.table1 import is_null, table1, without_nulls
+    from lsl_core.experiments.table1 import table1, without_nulls
+    from lsl_core.interventions import is_null
 
     assert [is_null(c) for c in ("original", "angle:bottom3", "length:all@2", "angle:all+length:all")] == [False] * 4
     assert [is_null(c) for c in ("angle:random3", "angle:bottom3:shuffled", "calibrate:all:other",
@@ -772,3 +774,13 @@ def test_nulls_across_orders_checkpoints_by_step():
     assert two["Δ agreement"].tolist() == pytest.approx([0.0, 20.0])
     unknown = nulls_across(rows, {"ck-late": 2900})
     assert list(dict.fromkeys(unknown["checkpoint"])) == ["ck-late", "ck-early"]
+    # a second run of ck-late holding the same pair (e.g. a layer sweep, at ℓ 0 too) on fewer samples: one point
+    sweep = run("ck-late", "table1-layers", {"original": [0.1] * 3, "angle:all": [0.9] * 3,
+                                             "angle:all:shuffled": [0.2] * 3, "angle:all@4": [0.4] * 3,
+                                             "angle:all@4:shuffled": [0.1] * 3})
+    sweep = [r for r in sweep if r["sample_id"] != "s2"]
+    both = nulls_across(pd.DataFrame(late + sweep + early), {"ck-late": 2900, "ck-early": 100})
+    held = both[both.null == "Angle·All (shuffled pairing)"]
+    assert list(held.checkpoint) == ["ck-early", "ck-late"] and list(held.results) == ["table1-early", "table1"]
+    assert held["Δ agreement"].tolist() == pytest.approx([0.0, 20.0])  # the 3-sample run, not the 2-sample one
+    assert "Angle·All @ℓ4 (shuffled pairing)" in set(both.null)  # pairs only the sweep holds stay

@@ -201,12 +201,13 @@ def benchmark_code(results: str | Path, checkpoint: str, metric: str) -> str:
 
 def table1_code(*, results: str | Path | None = None, run: tuple[str | None, str | None] | None = None,
                 live: tuple[str | Path, str, list[str], list[str], int] | None = None,
-                null_bars: bool = True) -> str:
+                null_bars: bool = True, layers: str | None = None) -> str:
     """Python that rebuilds the Benchmark page's intervention table (seed paper Table 1 with 95% intervals) and
     its nulls table (table1_nulls):
     from stored results (results folder, run = (results file prefix, checkpoint) the page picked) or live
     (checkpoint folder, sample-set spec, sample ids, conditions, max new tokens). null_bars=False: the bar
-    chart leaves the nulls out (table1.without_nulls), as the page does unless asked."""
+    chart leaves the nulls out (table1.without_nulls), as the page does unless asked. layers: the intervention
+    the page draws across layers (layer_profile), None when it draws none."""
     if live is not None:
         from lsl_core.interventions import needs_donor
 
@@ -250,6 +251,13 @@ def table1_code(*, results: str | Path | None = None, run: tuple[str | None, str
         "if len(nulls):",
         "    viz.intervention_nulls(nulls, 'agreement').show()",
     ]
+    if layers is not None:
+        at = next(i for i, line in enumerate(lines) if line.startswith("from lsl_core.experiments.table1"))
+        lines.insert(at, "from lsl_core.experiments.layer_profile import layer_profile")
+        lines += [
+            "profile = layer_profile(rows)  # the interventions run at two or more layers, against their nulls",
+            f"viz.intervention_layers(profile, 'agreement', intervention={layers!r}).show()",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -80,9 +80,9 @@ def answers_table(result: dict) -> pd.DataFrame:
 
 
 def nulls_table(result: dict, label: str) -> pd.DataFrame:
-    """The side-by-side rows of `label`'s nulls (experiments.table1.intervention_nulls) on one sample: each null's
+    """The side-by-side rows of `label`'s nulls (interventions.intervention_nulls) on one sample: each null's
     answer and agreement, and how much more the intervention agrees with the text answer (points)."""
-    from lsl_core.experiments.table1 import intervention_nulls
+    from lsl_core.interventions import intervention_nulls
 
     by_cond = {r["condition"]: r for r in result["rows"]}
     own = by_cond[label]

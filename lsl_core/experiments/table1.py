@@ -30,8 +30,9 @@ import pandas as pd
 from lsl_core.cli import add_device_args
 from lsl_core.errors import LSLError
 from lsl_core.experiments.pages import NOT_RECORDED, page_header
-from lsl_core.interventions import (GRAMMAR, OPS, Condition, condition_label, generate_side_by_side, needs_donor,
-                                    parse_condition)
+from lsl_core.metrics.stats import PAIRED_DELTA_COLUMNS, TABLE1_METRIC_NAMES, paired_delta
+from lsl_core.interventions import (GRAMMAR, OPS, ORIGINAL, Condition, condition_label, generate_side_by_side,
+                                    intervention_nulls, is_null, needs_donor, parse_condition)
 
 if TYPE_CHECKING:  # pragma: no cover
     from lsl_core.data.samples import Sample
@@ -39,58 +40,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # The seed paper's Table 1 rows (after Original), in order: every registered op on Bottom3 and on All.
 TABLE1_INTERVENTIONS: tuple[str, ...] = tuple(f"{op}:{target}" for op in OPS for target in ("bottom3", "all"))
-# What each of a condition's nulls holds fixed and breaks (interventions.config; docs/controls.md).
-NULL_TESTS = {
-    "random": "least-aligned tokens vs random ones",
-    "shuffled": "each frame's own token vs another token of the question",
-    "other": "this question's transcript vs another question's",
-}
-
-
-def intervention_nulls(condition: Condition) -> list[tuple[str, str]]:
-    """The null conditions of one intervention on the path pairing: [(null label, what it tests)].
-
-    X:bottomK -> X:randomK (which tokens); X:all / X:bottomK with a per-frame op -> X:…:shuffled (which
-    token each frame takes); every target -> X:…:other (whose content). Composed conditions and the nulls
-    themselves have none.
-    """
-    from dataclasses import replace
-
-    from lsl_core.interventions import OPERATIONS
-
-    ivs = parse_condition(condition)
-    if len(ivs) != 1 or ivs[0].pairing != "path" or ivs[0].target == "random":
-        return []
-    iv = ivs[0]
-    out = []
-    if iv.target == "bottom":
-        out.append((replace(iv, target="random").label(), NULL_TESTS["random"]))
-    if OPERATIONS[iv.op].inputs == "targets":
-        out.append((replace(iv, pairing="shuffled").label(), NULL_TESTS["shuffled"]))
-    out.append((replace(iv, pairing="other").label(), NULL_TESTS["other"]))
-    return out
-
-
 # Table 1's default nulls: each paper row's, in order (python -m lsl_core table1 runs both).
 TABLE1_NULLS: tuple[str, ...] = tuple(n for c in TABLE1_INTERVENTIONS for n, _ in intervention_nulls(c))
 RESULTS_NAME = "table1"  # <out>/table1_interventions.parquet (read by results.load_results too) + <out>/table1.json
-ORIGINAL = "original"
 COLUMNS = (
     "sample_id", "accent", "condition", "title", "answer", "containment", "f1", "em", "agreement",
     "text_answer", "text_containment", "text_f1", "text_em", "n_frames", "frames", "tokens", "references",
     "donor_question",
 )
 # table1 metric columns: (column in df, name in the table)
-_T1_METRICS = (("containment", "containment"), ("f1", "F1"), ("agreement", "agreement"))
-
-
-def is_null(condition: Condition) -> bool:
-    """Whether a condition is a null intervention (random tokens or a pairing other than the path's); the
-    original and composed conditions are not."""
-    if condition == ORIGINAL:
-        return False
-    ivs = parse_condition(condition)
-    return len(ivs) == 1 and (ivs[0].target == "random" or ivs[0].pairing != "path")
+_T1_METRICS = tuple(TABLE1_METRIC_NAMES.items())
 
 
 def without_nulls(table: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
@@ -225,8 +184,6 @@ def table1_nulls(df: pd.DataFrame) -> pd.DataFrame:
     differences) and n. A Δ whose interval holds 0 is an effect the null reaches too. Empty when no
     condition's null was run.
     """
-    from lsl_core.metrics.stats import bootstrap_ci
-
     labels = list(dict.fromkeys(df["condition"]))
     titles = df.groupby("condition", sort=False)["title"].first()
     by_cond = {c: df[df["condition"] == c].set_index("sample_id") for c in labels}
@@ -235,26 +192,17 @@ def table1_nulls(df: pd.DataFrame) -> pd.DataFrame:
         if cond == ORIGINAL:
             continue
         for null, tests in intervention_nulls(cond):
-            if null not in by_cond:
-                continue
-            a, b = by_cond[cond], by_cond[null]
-            common = a.index.intersection(b.index)
-            rec: dict = {"condition": titles[cond], "null": titles[null], "tests": tests, "n": len(common)}
-            for col, name in _T1_METRICS:
-                diff = 100.0 * (a.loc[common, col] - b.loc[common, col]).to_numpy(dtype=float)
-                ok = ~pd.isna(diff)
-                ci = bootstrap_ci(diff[ok]) if ok.any() else None
-                rec[f"Δ {name}"] = ci.estimate if ci else math.nan
-                rec[f"Δ {name}_lo"], rec[f"Δ {name}_hi"] = (ci.low, ci.high) if ci else (math.nan, math.nan)
-            out.append(rec)
-    cols = ["condition", "null", "tests", *(f"Δ {n}{x}" for _, n in _T1_METRICS for x in ("", "_lo", "_hi")), "n"]
-    return pd.DataFrame(out, columns=cols)
+            if null in by_cond:
+                out.append({"condition": titles[cond], "null": titles[null], "tests": tests,
+                            **paired_delta(by_cond[cond], by_cond[null])})
+    return pd.DataFrame(out, columns=["condition", "null", "tests", *PAIRED_DELTA_COLUMNS])
 
 
 def nulls_across(rows: pd.DataFrame, steps: dict[str, float] | None = None, min_checkpoints: int = 1) -> pd.DataFrame:
     """table1_nulls of each stored run x checkpoint (rows with `checkpoint` and, from results.load_results,
     `results` columns): its columns plus checkpoint, results and step, ordered by step (steps: checkpoint name ->
     training step, e.g. from the zoo's manifests; a checkpoint without one goes last, in order of appearance).
+    A pair held by several runs of one checkpoint appears once (the run with the most samples, then the first).
     min_checkpoints: keep the (condition, null) pairs run on at least that many checkpoints. Empty when no run
     holds a null."""
     keys = [c for c in ("results", "checkpoint") if c in rows.columns]
@@ -270,6 +218,10 @@ def nulls_across(rows: pd.DataFrame, steps: dict[str, float] | None = None, min_
     if not out:
         return pd.DataFrame(columns=[*table1_nulls(rows.iloc[:0]).columns, "checkpoint", "results", "step"])
     both = pd.concat(out, ignore_index=True)
+    # one point per checkpoint and pair: when several stored runs hold it (e.g. Table 1 and a layer sweep, both at
+    # ℓ 0), the run with the most samples, then the first in order
+    keep = both.sort_values("n", ascending=False, kind="stable").drop_duplicates(["checkpoint", "condition", "null"])
+    both = both.loc[sorted(keep.index)]
     both = both[both.groupby(["condition", "null"])["checkpoint"].transform("nunique") >= min_checkpoints]
     order = both.drop_duplicates("checkpoint").sort_values("step", kind="stable", na_position="last")["checkpoint"]
     return both.set_index("checkpoint").loc[list(order)].reset_index()
@@ -374,6 +326,21 @@ def markdown_page(df: pd.DataFrame, meta: dict) -> str:
         f"(N={n}): read differences of that size as noise, not as an effect of the intervention.",
         "",
     ]
+    from lsl_core.experiments.layer_profile import layer_profile, profile_markdown
+
+    profile = layer_profile(df)
+    if len(profile):
+        lines += [
+            "## Across layers",
+            "",
+            "The same edits at the input of decoder layer ℓ (0 = the LLM input; prefill only, the KV cache carries "
+            "the edit into decoding), each against the unedited speech answer and against its nulls run at the "
+            "same layer: Δ agreement in points, mean over the same samples with its 95% bootstrap interval "
+            "(paired on samples; `experiments.layer_profile`).",
+            "",
+            profile_markdown(profile),
+            "",
+        ]
     nulls = table1_nulls(df)
     if len(nulls):
         lines += [
@@ -421,6 +388,10 @@ def register(sub) -> None:
     p.add_argument("--interventions", nargs="+", default=list(TABLE1_INTERVENTIONS + TABLE1_NULLS),
                    help=f"conditions ({GRAMMAR}; join several with '+'); default: every op on bottom3 and all, "
                         "then their nulls (random3, :shuffled, :other; the page compares each with its null)")
+    p.add_argument("--layers", nargs="+", type=int, default=None, metavar="L",
+                   help="run each condition at each of these layers ℓ (its own @ℓ replaced; 0 = the LLM input), "
+                        "e.g. --layers 0 4 8 12: the page gets the interventions across layers "
+                        "(experiments.layer_profile)")
     add_device_args(p, device="cpu", threads=2, device_help="cpu or cuda (the shipped page: cpu, 2 threads)")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the per-sample rows (<name>_interventions.parquet, read by the Benchmark page "
@@ -446,6 +417,10 @@ def main(args) -> int:
     from lsl_core.model.loading import default_checkpoint, load_checkpoint, read_manifest
 
     meta = provenance(getattr(args, "argv", None))
+    if args.layers:
+        from lsl_core.experiments.layer_profile import at_layers
+
+        args.interventions = at_layers(args.interventions, args.layers)
     manifest = read_manifest(args.checkpoint or default_checkpoint())
     t0 = time.perf_counter()
     model = load_checkpoint(manifest, device=args.device, merge_lora=args.merge_lora)

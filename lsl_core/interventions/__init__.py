@@ -9,7 +9,8 @@ For a speech frame s (a row of the speech query span at layer ℓ) and its align
 The modules, read top-down (pyvene habit: an intervention is data, resolved through one hook site):
   config        Intervention (op, target, k, frames, layer ℓ, path metric, pairing) and its text grammar
                 `Intervention.parse("angle:bottom3@0")` / `.label()`; conditions 'a+b' compose in order;
-                the nulls: target random (k random tokens), pairing shuffled / other (config docstring).
+                the nulls: target random (k random tokens), pairing shuffled / other (config docstring);
+                intervention_nulls(condition) names an intervention's nulls, null_kind / is_null read them.
   ops           the formulas as pure tensor functions and OPERATIONS, the one registry of ops that the
                 planner, the hooks, the CLI and the Interventions page read. A new op = one function
                 + one registry line.
@@ -20,9 +21,9 @@ The modules, read top-down (pyvene habit: an intervention is data, resolved thro
   side_by_side  generate_side_by_side: text / speech / cascade / one answer per condition, scored.
 """
 
-from lsl_core.interventions.config import (GRAMMAR, PAIRINGS, PATH_METRICS, TARGETS, Condition, Intervention, Op,
-                                           Pairing, PathMetric, Target, condition_label, condition_title,
-                                           parse_condition)
+from lsl_core.interventions.config import (GRAMMAR, NULL_TESTS, ORIGINAL, PAIRINGS, PATH_METRICS, TARGETS, Condition,
+                                           Intervention, Op, Pairing, PathMetric, Target, condition_label,
+                                           condition_title, intervention_nulls, is_null, null_kind, parse_condition)
 from lsl_core.interventions.hooks import generate_conditions, generate_with_interventions, intervention_hooks
 from lsl_core.interventions.ops import (OPERATIONS, OPS, SIGMA_EPS, Operation, angle_projection, length_normalization,
                                         operation, ops_help, span_statistics, statistical_calibration)
@@ -34,6 +35,7 @@ __all__ = [
     "GRAMMAR", "PATH_METRICS", "TARGETS", "PAIRINGS", "OPS", "OPERATIONS", "SIGMA_EPS", "Op", "Target", "PathMetric",
     "Pairing",
     "Intervention", "Condition", "parse_condition", "condition_label", "condition_title",
+    "ORIGINAL", "NULL_TESTS", "intervention_nulls", "null_kind", "is_null",
     "Operation", "operation", "ops_help", "angle_projection", "length_normalization", "statistical_calibration", "span_statistics",
     "EditPlan", "DonorText", "plan_intervention", "plan_interventions", "needs_donor",
     "intervention_hooks", "generate_with_interventions", "generate_conditions",

@@ -24,7 +24,7 @@ The random draws are fixed per sample (seeded by its transcript tokens, Ts and �
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Sequence, Union
 
 from lsl_core.errors import LSLError
@@ -199,3 +199,50 @@ def condition_label(cond: Condition) -> str:
 def condition_title(cond: Condition) -> str:
     """Display name of a condition: titles joined by ' + '."""
     return " + ".join(iv.title() for iv in parse_condition(cond))
+
+
+# =============================================================================== the nulls
+ORIGINAL = "original"  # the condition label of the unedited speech answer (reserved; no intervention)
+# What each of a condition's nulls holds fixed and breaks (docs/controls.md).
+NULL_TESTS = {
+    "random": "least-aligned tokens vs random ones",
+    "shuffled": "each frame's own token vs another token of the question",
+    "other": "this question's transcript vs another question's",
+}
+
+
+def intervention_nulls(condition: Condition) -> list[tuple[str, str]]:
+    """The null conditions of one intervention on the path pairing: [(null label, what it tests)].
+
+    X:bottomK -> X:randomK (which tokens); X:all / X:bottomK with a per-frame op -> X:…:shuffled (which
+    token each frame takes); every target -> X:…:other (whose content). Composed conditions and the nulls
+    themselves have none.
+    """
+    ivs = parse_condition(condition)
+    if len(ivs) != 1 or ivs[0].pairing != "path" or ivs[0].target == "random":
+        return []
+    iv = ivs[0]
+    out = []
+    if iv.target == "bottom":
+        out.append((replace(iv, target="random").label(), NULL_TESTS["random"]))
+    if OPERATIONS[iv.op].inputs == "targets":
+        out.append((replace(iv, pairing="shuffled").label(), NULL_TESTS["shuffled"]))
+    out.append((replace(iv, pairing="other").label(), NULL_TESTS["other"]))
+    return out
+
+
+def null_kind(condition: Condition) -> str | None:
+    """Which null a condition is (a key of NULL_TESTS: "random" tokens, "shuffled" or "other" pairing), None for
+    the original, an intervention on the path pairing and composed conditions."""
+    if condition == ORIGINAL:
+        return None
+    ivs = parse_condition(condition)
+    if len(ivs) != 1:
+        return None
+    return "random" if ivs[0].target == "random" else (ivs[0].pairing if ivs[0].pairing != "path" else None)
+
+
+def is_null(condition: Condition) -> bool:
+    """Whether a condition is a null intervention (random tokens or a pairing other than the path's); the
+    original and composed conditions are not."""
+    return null_kind(condition) is not None

@@ -203,6 +203,29 @@ def summary_intervals(samples, scores: Sequence[str] = ("f1", "containment"), *,
     return grouped_ci(pooled, cols, by, n_boot=n_boot, seed=seed)
 
 
+# Table 1's score columns (per-sample rows) -> their names in its tables
+TABLE1_METRIC_NAMES = {"containment": "containment", "f1": "F1", "agreement": "agreement"}
+# paired_delta's keys: per metric Δ <name>, its interval, then n
+PAIRED_DELTA_COLUMNS = (*(f"Δ {n}{x}" for n in TABLE1_METRIC_NAMES.values() for x in ("", "_lo", "_hi")), "n")
+
+
+def paired_delta(a, b, *, scale: float = 100.0, n_boot: int = N_BOOT, seed: int = SEED) -> dict:
+    """Condition a − condition b on the samples both have: a, b per-sample rows (pandas, indexed by sample_id, one
+    row per sample) with Table 1's score columns. Per metric (percent: scale) the mean paired difference
+    Δ <name>, its 95% bootstrap interval (Δ <name>_lo / _hi, bootstrap_ci of the per-sample differences) and n
+    (PAIRED_DELTA_COLUMNS); NaN where no sample has both scores."""
+    common = a.index.intersection(b.index)
+    rec: dict = {}
+    for col, name in TABLE1_METRIC_NAMES.items():
+        diff = scale * (a.loc[common, col].to_numpy(dtype=np.float64) - b.loc[common, col].to_numpy(dtype=np.float64))
+        ok = ~np.isnan(diff)
+        ci = bootstrap_ci(diff[ok], n_boot=n_boot, seed=seed) if ok.any() else None
+        rec[f"Δ {name}"] = ci.estimate if ci else np.nan
+        rec[f"Δ {name}_lo"], rec[f"Δ {name}_hi"] = (ci.low, ci.high) if ci else (np.nan, np.nan)
+    rec["n"] = len(common)
+    return rec
+
+
 def condition_intervals(rows, columns: Sequence[str] = ("containment", "f1", "agreement"), *,
                         names: dict | None = None, baseline: str = "original", scale: float = 100.0,
                         n_boot: int = N_BOOT, seed: int = SEED):
@@ -215,7 +238,7 @@ def condition_intervals(rows, columns: Sequence[str] = ("containment", "f1", "ag
     """
     import pandas as pd
 
-    names = names or {"containment": "containment", "f1": "F1", "agreement": "agreement"}
+    names = names or TABLE1_METRIC_NAMES
     order = [baseline] + [c for c in dict.fromkeys(rows["condition"]) if c != baseline]
     base = rows[rows["condition"] == baseline].set_index("sample_id")
     out = []
@@ -240,4 +263,5 @@ def condition_intervals(rows, columns: Sequence[str] = ("containment", "f1", "ag
 
 
 __all__ = ["N_BOOT", "LEVEL", "SEED", "Interval", "bootstrap_indices", "bootstrap_ci", "grouped_ci",
-           "pooled_cka_interval", "summary_intervals", "condition_intervals"]
+           "pooled_cka_interval", "summary_intervals", "condition_intervals", "TABLE1_METRIC_NAMES",
+           "PAIRED_DELTA_COLUMNS", "paired_delta"]

@@ -1,4 +1,5 @@
-"""Benchmark figures: scores per voice / subset, intervention bars and each intervention against its nulls."""
+"""Benchmark figures: scores per voice / subset, intervention bars, each intervention against its nulls (across
+training and across layers)."""
 
 from __future__ import annotations
 
@@ -156,6 +157,62 @@ def intervention_nulls_across(table: pd.DataFrame, metric: str = "agreement", *,
     fig.update_yaxes(title_text=f"Δ {metric} vs null (points, 95% CI)")  # short: it runs along the plot's height
     _base_layout(fig, title or f"Each intervention against its nulls across training ({metric})", height=460)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.0), margin=dict(b=130))
+    return fig
+
+
+# layer_profile's comparisons: (marker, dash) each, distinct without colour; the unedited answer solid circles
+VERSUS_MARKS = {"unedited speech": ("circle", "solid"), "random tokens": (NULL_SYMBOLS["Random"], "dot"),
+                "shuffled pairing": (NULL_SYMBOLS["shuffled pairing"], "dash"),
+                "other question": (NULL_SYMBOLS["other question"], "dashdot")}
+
+
+def intervention_layers(profile: pd.DataFrame, metric: str = "agreement", *, intervention: str | None = None,
+                        title: str | None = None) -> go.Figure:
+    """One intervention across the layers it was run at (lsl_core.experiments.layer_profile.layer_profile).
+
+    x = edit layer ℓ; one line per comparison: the intervention against the unedited speech answer and against
+    each of its nulls at the same layer, y = the paired Δ <metric> in percentage points with its 95% interval
+    as error bars, a dashed line at 0. `intervention`: its title (default: the profile's first). Colour =
+    comparison (Cividis, distinct in grey) with its own marker and dash; hover shows the layer, both sides, what
+    the null breaks, the exact Δ, its interval and n.
+    """
+    from lsl_core.viz.style import categorical_colors
+
+    col = f"Δ {metric}"
+    for c in ("intervention", "layer", "versus", "tests", col, f"{col}_lo", f"{col}_hi", "n"):
+        if c not in profile.columns:
+            raise ValueError(f"column {c!r} not in the table; available: {list(profile.columns)}")
+    if profile.empty:
+        raise ValueError("the profile is empty: no intervention was run at two or more layers")
+    name = intervention or str(profile["intervention"].iloc[0])
+    t = profile[profile["intervention"] == name]
+    if t.empty:
+        raise ValueError(f"intervention {name!r} not in the profile; available: "
+                         f"{list(dict.fromkeys(profile['intervention']))}")
+    d = PERCENT_DIGITS
+    fig = go.Figure()
+    versus = list(dict.fromkeys(t["versus"]))
+    for v, colour in zip(versus, categorical_colors(len(versus))):
+        g = t[t["versus"] == v].sort_values("layer")
+        symbol, dash = VERSUS_MARKS.get(v, ("circle", "solid"))
+        breaks = "" if v == "unedited speech" else "<br>breaks: %{customdata[0]}"
+        fig.add_trace(go.Scatter(
+            x=g["layer"], y=g[col], mode="lines+markers", name=f"{name} − {v}",
+            line=dict(color=colour, width=2, dash=dash),
+            marker=dict(symbol=symbol, size=10, color=colour, line=dict(color="black", width=1)),
+            error_y=dict(type="data", symmetric=False, array=g[f"{col}_hi"] - g[col],
+                         arrayminus=g[col] - g[f"{col}_lo"], color=colour),
+            customdata=np.stack([g["tests"], g[f"{col}_lo"], g[f"{col}_hi"], g["n"]], axis=1),
+            hovertemplate=f"{name} @ℓ%{{x}} vs {v}" + breaks + f"<br>Δ {metric} = %{{y:+.{d}f}} points"
+                          f"<br>95% CI [%{{customdata[1]:+.{d}f}}, %{{customdata[2]:+.{d}f}}]"
+                          "<br>n = %{customdata[3]}<extra></extra>"))
+    fig.add_hline(y=0.0, line=dict(color="#555555", dash="dash", width=1))
+    fig.update_xaxes(title_text="edit layer ℓ (input of decoder layer ℓ; 0 = the LLM input)",
+                     tickmode="array", tickvals=sorted(set(t["layer"])))
+    fig.update_yaxes(title_text=f"Δ {metric} (points, 95% CI)")
+    _base_layout(fig, title or f"{name} across layers: Δ {metric} against the unedited answer and its nulls",
+                 height=440)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0), margin=dict(b=120))
     return fig
 
 
