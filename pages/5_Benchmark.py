@@ -8,7 +8,7 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.errors import LSLError
-from lsl_core.experiments.layer_profile import at_layers, layer_profile
+from lsl_core.experiments.layer_profile import at_layers, has_profile, layer_profile
 from lsl_core.experiments.pages import PAGES
 from lsl_core.experiments.table1 import (RESULTS_NAME, TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, table1_nulls,
                                          table1_with_intervals, without_nulls)
@@ -293,8 +293,7 @@ def _interventions(res, sel) -> None:
             _nulls(iv, "stored")
             layers = _layers(iv, "stored")
             if layers is None and "results" in res.interventions.columns:  # say where a stored layer run is
-                deep = sorted({r for r, c in zip(res.interventions["results"], res.interventions["condition"])
-                               if "@" in c})
+                deep = [r for r, g in res.interventions.groupby("results")["condition"] if has_profile(list(g))]
                 if deep:
                     st.caption("Interventions across layers are stored in the run(s) "
                                + ", ".join(f"**{r}**" for r in deep) + ": pick one above.")

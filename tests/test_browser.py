@@ -332,6 +332,18 @@ def test_collapsed_path_note_and_intervals_are_drawn(server, shots):
             across.first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
             assert across.first.locator("g.errorbar").count() >= 5 * 5
             _shot(page, shots / "7c_intervention_nulls_across.png")
+            # the stored layer sweep: the default run names it; picked, Angle·All across 8 layers with 3 comparisons
+            expect(page.get_by_text("Interventions across layers are stored in the run(s)")).to_be_visible()
+            page.locator('[data-testid="stSelectbox"]', has_text="Checkpoint (stored intervention results)").click()
+            page.keyboard.type("table1-layers")  # the select box filters its options by what is typed
+            page.keyboard.press("Enter")
+            layers = page.locator('[data-testid="stPlotlyChart"]', has_text="Angle·All across layers")
+            layers.first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
+            layers.first.scroll_into_view_if_needed()
+            _wait_idle(page)
+            assert layers.first.locator(".legendtext").count() == 3  # vs unedited, shuffled pairing, other question
+            assert layers.first.locator("g.errorbar").count() >= 3
+            _shot(page, shots / "7d_intervention_layers.png")
             # Checkpoints: scores across training with intervals; the title clears the toolbar's row
             page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Checkpoints").click()
             expect(page.get_by_text("Scores across training")).to_be_visible(timeout=LOAD_TIMEOUT_MS)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from lsl_core.errors import LSLError
-from lsl_core.experiments.layer_profile import VERSUS, at_layers, layer_profile, profile_markdown
+from lsl_core.experiments.layer_profile import VERSUS, at_layers, has_profile, layer_profile, profile_markdown
 from lsl_core.interventions import NULL_TESTS, Intervention
 
 
@@ -61,6 +61,8 @@ def test_layer_profile_by_hand():
     assert md.splitlines()[0] == "| intervention | Δ against | ℓ 0 | ℓ 4 |"
     assert "| Angle·All | other question | – | +0.0 [+0.0, +0.0] |" in md
     assert layer_profile(rows, min_layers=3).empty and layer_profile(rows[rows.condition != "angle:all@4"]).empty
+    assert has_profile(rows["condition"]) and not has_profile(rows["condition"], min_layers=3)
+    assert not has_profile(["original", "angle:all@15", "length:all+calibrate:all@15", "angle:all@4:shuffled"])
 
 
 def test_layer_profile_on_a_model_agrees_with_table1(tiny_model):

@@ -47,6 +47,24 @@ def at_layers(conditions: Sequence[str], layers: Sequence[int]) -> list[str]:
     return out
 
 
+def _families(conditions: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+    """Interventions (not nulls, not composed) by family (label at ℓ 0) -> [(layer, condition)] in order."""
+    families: dict[str, list[tuple[int, str]]] = {}
+    for cond in dict.fromkeys(conditions):
+        if cond == ORIGINAL or null_kind(cond) is not None:
+            continue
+        ivs = parse_condition(cond)
+        if len(ivs) == 1:
+            families.setdefault(replace(ivs[0], layer=0).label(), []).append((ivs[0].layer, cond))
+    return families
+
+
+def has_profile(conditions: Sequence[str], min_layers: int = 2) -> bool:
+    """Whether layer_profile of rows with these conditions is not empty (no scores needed): some intervention
+    ran at min_layers layers."""
+    return any(len({ell for ell, _ in runs}) >= min_layers for runs in _families(conditions).values())
+
+
 def layer_profile(rows: pd.DataFrame, min_layers: int = 2) -> pd.DataFrame:
     """Per intervention (not a null) run at >= min_layers layers: one row per layer and comparison.
 
@@ -60,15 +78,8 @@ def layer_profile(rows: pd.DataFrame, min_layers: int = 2) -> pd.DataFrame:
     missing = [c for c in ("sample_id", "condition", "title") if c not in rows.columns]
     if missing:
         raise LSLError(f"layer_profile needs evaluate_interventions' rows; missing columns {missing}.")
-    labels = list(dict.fromkeys(rows["condition"]))
-    by_cond = {c: rows[rows["condition"] == c].set_index("sample_id") for c in labels}
-    families: dict[str, list[tuple[int, str]]] = {}
-    for cond in labels:
-        if cond == ORIGINAL or null_kind(cond) is not None:
-            continue
-        ivs = parse_condition(cond)
-        if len(ivs) == 1:
-            families.setdefault(replace(ivs[0], layer=0).label(), []).append((ivs[0].layer, cond))
+    by_cond = {c: rows[rows["condition"] == c].set_index("sample_id") for c in dict.fromkeys(rows["condition"])}
+    families = _families(list(by_cond))
     out = []
     for family, runs in families.items():
         if len({ell for ell, _ in runs}) < min_layers:
