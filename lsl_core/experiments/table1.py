@@ -30,9 +30,9 @@ import pandas as pd
 from lsl_core.cli import add_device_args
 from lsl_core.errors import LSLError
 from lsl_core.experiments.pages import NOT_RECORDED, page_header
-from lsl_core.metrics.stats import PAIRED_DELTA_COLUMNS, TABLE1_METRIC_NAMES, paired_delta
 from lsl_core.interventions import (GRAMMAR, OPS, ORIGINAL, Condition, condition_label, generate_side_by_side,
                                     intervention_nulls, is_null, needs_donor, parse_condition)
+from lsl_core.metrics.stats import PAIRED_DELTA_COLUMNS, TABLE1_METRIC_NAMES, paired_delta
 
 if TYPE_CHECKING:  # pragma: no cover
     from lsl_core.data.samples import Sample
