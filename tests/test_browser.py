@@ -335,7 +335,7 @@ def test_collapsed_path_note_and_intervals_are_drawn(server, shots):
             # the stored layer sweep: the default run names it; picked, Angle·All across 8 layers with 3 comparisons
             expect(page.get_by_text("Interventions across layers are stored in the run(s)")).to_be_visible()
             page.locator('[data-testid="stSelectbox"]', has_text="Checkpoint (stored intervention results)").click()
-            page.keyboard.type("table1-layers")  # the select box filters its options by what is typed
+            page.keyboard.type("table1-layers · ")  # the select box filters its options by what is typed
             page.keyboard.press("Enter")
             layers = page.locator('[data-testid="stPlotlyChart"]', has_text="Angle·All across layers")
             layers.first.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
