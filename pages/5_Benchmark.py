@@ -8,10 +8,9 @@ import streamlit as st
 
 from lsl_core import viz
 from lsl_core.errors import LSLError
-from lsl_core.experiments.layer_profile import at_layers, has_profile, layer_profile
+from lsl_core.experiments.layer_profile import at_layers, has_profile
 from lsl_core.experiments.pages import PAGES
-from lsl_core.experiments.table1 import (RESULTS_NAME, TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, table1_nulls,
-                                         table1_with_intervals, without_nulls)
+from lsl_core.experiments.table1 import RESULTS_NAME, TABLE1_INTERVENTIONS, TABLE1_NULLS, donors_for, without_nulls
 from lsl_core.experiments.voicebench_scores import RUN_COMMAND, disagreement_cases
 from lsl_core.interventions import is_null
 from lsl_core.metrics import diagnostics
@@ -205,9 +204,9 @@ def _n(n: int) -> str:
 _T1_PERCENT = ("containment", "F1", "agreement", "Δ containment", "Δ F1", "Δ agreement")  # table1 is in percent
 
 
-def _nulls(rows, key: str, title: str | None = None) -> None:
-    """Each intervention against its nulls (random tokens, shuffled pairing, another question), when they were run."""
-    t = table1_nulls(rows)
+def _nulls(t, key: str, title: str | None = None) -> None:
+    """Each intervention against its nulls (random tokens, shuffled pairing, another question; table1_nulls `t`),
+    when they were run."""
     if t.empty:
         st.caption("No null was run with these conditions: add Random3, :shuffled or :other conditions "
                    f"({', '.join(TABLE1_NULLS[:3])}, …) to see whether the path, its pairing and the question matter.")
@@ -222,10 +221,9 @@ def _nulls(rows, key: str, title: str | None = None) -> None:
     export.table(t, f"interventions_nulls_{key}", percents=tuple(c for c in t.columns if c.startswith("Δ")))
 
 
-def _layers(rows, key: str) -> str | None:
-    """The interventions run at two or more layers: Δ across layers against the unedited answer and the nulls run
-    at the same layer (experiments.layer_profile). -> the intervention shown, None when there is none."""
-    t = layer_profile(rows)
+def _layers(t, key: str) -> str | None:
+    """The interventions run at two or more layers (layer_profile `t`): Δ across layers against the unedited answer
+    and the nulls run at the same layer. -> the intervention shown, None when there is none."""
     if t.empty:
         return None
     names = list(dict.fromkeys(t["intervention"]))
@@ -283,15 +281,16 @@ def _interventions(res, sel) -> None:
             iv = iv[run == ck]
         null_bars, layers = True, None
         with errors.guard("Intervention table"):
-            t = table1_with_intervals(iv)  # + 95% bootstrap intervals per condition and Δ (paired on samples)
+            tables = loaders.intervention_tables(iv)  # table1_with_intervals, table1_nulls, layer_profile
+            t = tables["table1"]  # + 95% bootstrap intervals per condition and Δ (paired on samples)
             n = int(t["n"].min())
             bars, null_bars = _bars(iv, t, "bm_iv_null_bars")
             export.figure(viz.intervention_bars(bars, "F1", title=f"Speech-input F1 under each intervention "
                                                 f"({_n(n)}, 95% CI)"), "interventions_stored", key="fig_iv_stored")
             notes.show([diagnostics.small_n_note(int(t["n"].min()), "the differences between conditions")])
             export.table(t.reset_index(), "interventions_table1_stored", percents=_T1_PERCENT)
-            _nulls(iv, "stored")
-            layers = _layers(iv, "stored")
+            _nulls(tables["nulls"], "stored")
+            layers = _layers(tables["layers"], "stored")
             if layers is None and "results" in res.interventions.columns:  # say where a stored layer run is
                 deep = [r for r, g in res.interventions.groupby("results")["condition"] if has_profile(list(g))]
                 if deep:
@@ -351,14 +350,16 @@ def _interventions(res, sel) -> None:
         donors = tuple(donors_for(loaders.sample_set(sel.set_spec), ids))  # for the pairing-"other" nulls
         rows = loaders.intervention_rows(handle.key, sel.set_spec, ids, tuple(conds), int(max_new), handle.model,
                                          subset, donors)
-        t = table1_with_intervals(rows)
+        tables = loaders.intervention_tables(rows)
+        t = tables["table1"]
         bars, null_bars = _bars(rows, t, "bm_iv_live_null_bars")
         export.figure(viz.intervention_bars(bars, "F1", title=f"{handle.name}: speech-input F1 per condition "
                                             f"({_n(len(ids))}, 95% CI)"), "interventions_live", key="fig_iv_live")
         notes.show([diagnostics.small_n_note(len(ids), "the differences between conditions")])
         export.table(t.reset_index(), "interventions_table1", percents=_T1_PERCENT)
-        _nulls(rows, "live", f"{handle.name}: each intervention against its nulls (agreement, {_n(len(ids))})")
-        layers = _layers(rows, "live")
+        _nulls(tables["nulls"], "live", f"{handle.name}: each intervention against its nulls (agreement, "
+               f"{_n(len(ids))})")
+        layers = _layers(tables["layers"], "live")
         export.table(rows, "interventions_per_sample", show=False, caption="per-sample answers")
     reproduce.table1(live=(handle.path, sel.set_spec, list(ids), list(conds), int(max_new)), null_bars=null_bars,
                      layers=layers)

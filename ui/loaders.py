@@ -291,6 +291,18 @@ def checkpoint_controls(manifest_roots: tuple[str, ...], set_key: str, ids: tupl
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def intervention_tables(rows: pd.DataFrame) -> dict:
+    """The Benchmark page's tables of one intervention run (evaluate_interventions' rows), cached by the rows'
+    content: Table 1 with its intervals ("table1"), each intervention against its nulls ("nulls"), and across
+    layers ("layers"). Their bootstraps take about a second for a 40-condition layer sweep; the page reruns on
+    every widget."""
+    from lsl_core.experiments.layer_profile import layer_profile
+    from lsl_core.experiments.table1 import table1_nulls, table1_with_intervals
+
+    return {"table1": table1_with_intervals(rows), "nulls": table1_nulls(rows), "layers": layer_profile(rows)}
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def intervention_rows(model_key: str, set_key: str, ids: tuple[str, ...], conditions: tuple[str, ...],
                       max_new_tokens: int, _model, _samples: Sequence,
