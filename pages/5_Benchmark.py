@@ -250,11 +250,20 @@ def _nulls_across(res, steps: dict) -> None:
         st.markdown(f"**Across training** — the interventions and nulls stored for {t['checkpoint'].nunique()} "
                     "checkpoints (x in training order): where a line leaves 0, the ingredient its null breaks "
                     "starts to matter.")
-        export.figure(viz.intervention_nulls_across(t, "agreement"), "interventions_nulls_across",
+        layers = sorted(set(t["layer"]))
+        layer = None
+        if len(layers) > 1:  # layer sweeps stored on several checkpoints: one edit layer at a time
+            layer = st.selectbox("Edit layer ℓ (across training)", layers, index=state.choice("bm_iv_across_layer",
+                                 layers), key="bm_iv_across_layer", format_func=lambda ell: f"ℓ {ell}",
+                                 help="The runs hold these edit layers on two or more checkpoints; 0 = the LLM input, "
+                                      "the paper's.")
+            t = t[t["layer"] == layer]
+        title = None if layer is None else f"Each intervention against its nulls across training, edits at ℓ {layer}"
+        export.figure(viz.intervention_nulls_across(t, "agreement", title=title), "interventions_nulls_across",
                       key="fig_iv_nulls_across")
         export.table(t, "interventions_nulls_across", show=False, caption="Δ per checkpoint",
                      percents=tuple(c for c in t.columns if c.startswith("Δ")))
-        reproduce.nulls_across(res.folder, steps)
+        reproduce.nulls_across(res.folder, steps, layer)
 
 
 def _bars(rows, t, key: str) -> tuple:

@@ -306,6 +306,30 @@ def test_benchmark_draws_the_nulls_across_stored_checkpoints(world, monkeypatch,
         assert t["name"] == pt["name"]
         np.testing.assert_allclose(_arr(t["y"]), _arr(pt["y"]), atol=1e-9)
         np.testing.assert_allclose(_arr(t["error_y"]["array"]), _arr(pt["error_y"]["array"]), atol=1e-9)
+    assert not [s for s in at.selectbox if s.label == "Edit layer ℓ (across training)"]  # one edit layer stored
+
+    # layer sweeps on both checkpoints: one edit layer at a time, ℓ 0 first; the snippet picks the same layer
+    from lsl_core.experiments.layer_profile import at_layers
+
+    for name in ("tiny-step10", "tiny-step20"):
+        m = _model(world, name)
+        sweep = evaluate_interventions(m, list(load_sample_set(world["spec"]))[:2],
+                                       at_layers(["angle:all", "angle:all:shuffled"], [0, 1]), 4)
+        sweep.insert(0, "checkpoint", m.name)
+        sweep.to_parquet(stored / f"sweep-{name}_interventions.parquet", index=False)
+    at = _app(BENCHMARK)
+    layer = _widget(at.selectbox, "Edit layer ℓ (across training)")
+    assert layer.options == ["ℓ 0", "ℓ 1"] and layer.value == 0
+    layer.set_value(1)
+    _run(at)
+    page = _fig(at, "Each intervention against its nulls across training, edits at ℓ 1")
+    assert [t["name"] for t in page["data"]] == ["Angle·All @ℓ1 vs Angle·All @ℓ1 (shuffled pairing)"]
+    code = next(c for c in _shown_code(at, "python") if "nulls_across(" in c)
+    assert "layer=1" in code
+    ns = _exec(code, monkeypatch)
+    ours = json.loads(ns["viz"].intervention_nulls_across(ns["across"], "agreement").to_json())["data"]
+    assert [t["name"] for t in ours] == [t["name"] for t in page["data"]]
+    np.testing.assert_allclose(_arr(ours[0]["y"]), _arr(page["data"][0]["y"]), atol=1e-9)
 
 
 def test_benchmark_draws_interventions_across_layers(world, monkeypatch, tmp_path):

@@ -723,7 +723,7 @@ def test_table1_nulls_by_hand():
     assert sh["Δ agreement"] == pytest.approx(25.0) and sh["Δ F1"] == pytest.approx(12.5) and sh["n"] == 4
     assert 0.0 <= sh["Δ agreement_lo"] < 25.0 < sh["Δ agreement_hi"] <= 60.0
     assert ot["Δ agreement"] == pytest.approx(0.0) and ot["Δ agreement_lo"] == ot["Δ agreement_hi"] == 0.0
-    assert ot["n"] == 3 and sh["Δ containment"] == 0.0
+    assert ot["n"] == 3 and sh["Δ containment"] == 0.0 and list(t["layer"]) == [0, 0]
     md = nulls_markdown(table1_nulls(df))
     assert "+25.0 [" in md and md.count("\n") == 3
 
@@ -784,3 +784,6 @@ def test_nulls_across_orders_checkpoints_by_step():
     assert list(held.checkpoint) == ["ck-early", "ck-late"] and list(held.results) == ["table1-early", "table1"]
     assert held["Δ agreement"].tolist() == pytest.approx([0.0, 20.0])  # the 3-sample run, not the 2-sample one
     assert "Angle·All @ℓ4 (shuffled pairing)" in set(both.null)  # pairs only the sweep holds stay
+    assert set(both.layer) == {0, 4} and set(nulls_across(pd.DataFrame(late + sweep), layer=4).null) == {
+        "Angle·All @ℓ4 (shuffled pairing)"}
+    assert set(nulls_across(pd.DataFrame(late + sweep), layer=0).layer) == {0}

@@ -261,8 +261,9 @@ def table1_code(*, results: str | Path | None = None, run: tuple[str | None, str
     return "\n".join(lines) + "\n"
 
 
-def nulls_across_code(results: str | Path, steps: dict) -> str:
-    """Python that rebuilds the Benchmark page's interventions against their nulls across training."""
+def nulls_across_code(results: str | Path, steps: dict, layer: int | None = None) -> str:
+    """Python that rebuilds the Benchmark page's interventions against their nulls across training (at one edit
+    layer when the page picked one)."""
     return "\n".join([
         "from lsl_core import viz",
         "from lsl_core.experiments.table1 import nulls_across",
@@ -270,7 +271,8 @@ def nulls_across_code(results: str | Path, steps: dict) -> str:
         "",
         f"iv = load_results({_path(results)!r}).interventions  # every stored intervention run",
         f"steps = {dict(sorted(steps.items(), key=lambda kv: (kv[1], kv[0])))!r}  # checkpoint -> step (the zoo)",
-        "across = nulls_across(iv, steps, min_checkpoints=2)  # paired Δ per checkpoint, in training order",
+        f"across = nulls_across(iv, steps, min_checkpoints=2{'' if layer is None else f', layer={int(layer)}'})"
+        "  # paired Δ per checkpoint, in training order",
         "print(across[['checkpoint', 'condition', 'null', 'Δ agreement', 'Δ agreement_lo', 'Δ agreement_hi']])",
         "viz.intervention_nulls_across(across, 'agreement').show()",
     ]) + "\n"
@@ -329,9 +331,9 @@ def benchmark(results: str | Path, checkpoint: str, metric: str) -> None:
                   "directory the app was started in).")
 
 
-def nulls_across(results: str | Path, steps: dict) -> None:
+def nulls_across(results: str | Path, steps: dict, layer: int | None = None) -> None:
     """The Benchmark page's expander under its interventions-against-nulls across training."""
-    _show(nulls_across_code(results, steps),
+    _show(nulls_across_code(results, steps, layer),
           caption="The page's own library calls for the nulls across training (run from the directory the app was "
                   "started in).")
 

@@ -178,11 +178,10 @@ def table1_with_intervals(df: pd.DataFrame) -> pd.DataFrame:
 def table1_nulls(df: pd.DataFrame) -> pd.DataFrame:
     """Each intervention against each of its nulls (intervention_nulls) found in evaluate_interventions' rows.
 
-    One row per (condition, null) pair, both titles as columns, `tests` (what the null breaks), then per
-    metric (percent) the mean paired difference Δ = condition − null over the samples both have, its 95%
-    bootstrap interval (Δ <name>_lo / _hi, paired on sample_id: metrics.stats.bootstrap_ci of the per-sample
-    differences) and n. A Δ whose interval holds 0 is an effect the null reaches too. Empty when no
-    condition's null was run.
+    One row per (condition, null) pair, both titles as columns, `tests` (what the null breaks), `layer` (the
+    edit layer ℓ), then per metric (percent) the mean paired difference Δ = condition − null over the samples both
+    have, its 95% bootstrap interval (Δ <name>_lo / _hi, paired on sample_id: metrics.stats.paired_delta) and n.
+    A Δ whose interval holds 0 is an effect the null reaches too. Empty when no condition's null was run.
     """
     labels = list(dict.fromkeys(df["condition"]))
     titles = df.groupby("condition", sort=False)["title"].first()
@@ -194,17 +193,18 @@ def table1_nulls(df: pd.DataFrame) -> pd.DataFrame:
         for null, tests in intervention_nulls(cond):
             if null in by_cond:
                 out.append({"condition": titles[cond], "null": titles[null], "tests": tests,
-                            **paired_delta(by_cond[cond], by_cond[null])})
-    return pd.DataFrame(out, columns=["condition", "null", "tests", *PAIRED_DELTA_COLUMNS])
+                            "layer": parse_condition(cond)[0].layer, **paired_delta(by_cond[cond], by_cond[null])})
+    return pd.DataFrame(out, columns=["condition", "null", "tests", "layer", *PAIRED_DELTA_COLUMNS])
 
 
-def nulls_across(rows: pd.DataFrame, steps: dict[str, float] | None = None, min_checkpoints: int = 1) -> pd.DataFrame:
+def nulls_across(rows: pd.DataFrame, steps: dict[str, float] | None = None, min_checkpoints: int = 1,
+                 layer: int | None = None) -> pd.DataFrame:
     """table1_nulls of each stored run x checkpoint (rows with `checkpoint` and, from results.load_results,
     `results` columns): its columns plus checkpoint, results and step, ordered by step (steps: checkpoint name ->
     training step, e.g. from the zoo's manifests; a checkpoint without one goes last, in order of appearance).
     A pair held by several runs of one checkpoint appears once (the run with the most samples, then the first).
-    min_checkpoints: keep the (condition, null) pairs run on at least that many checkpoints. Empty when no run
-    holds a null."""
+    min_checkpoints: keep the (condition, null) pairs run on at least that many checkpoints; layer: only the pairs
+    edited at that layer ℓ (default: every layer). Empty when no run holds a null."""
     keys = [c for c in ("results", "checkpoint") if c in rows.columns]
     if "checkpoint" not in keys:
         raise LSLError("nulls_across needs the stored rows' `checkpoint` column (table1 --out / evaluate write it).")
@@ -222,6 +222,8 @@ def nulls_across(rows: pd.DataFrame, steps: dict[str, float] | None = None, min_
     # ℓ 0), the run with the most samples, then the first in order
     keep = both.sort_values("n", ascending=False, kind="stable").drop_duplicates(["checkpoint", "condition", "null"])
     both = both.loc[sorted(keep.index)]
+    if layer is not None:
+        both = both[both["layer"] == layer]
     both = both[both.groupby(["condition", "null"])["checkpoint"].transform("nunique") >= min_checkpoints]
     order = both.drop_duplicates("checkpoint").sort_values("step", kind="stable", na_position="last")["checkpoint"]
     return both.set_index("checkpoint").loc[list(order)].reset_index()
