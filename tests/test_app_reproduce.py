@@ -363,7 +363,7 @@ def test_benchmark_draws_interventions_across_layers(world, monkeypatch, tmp_pat
     assert [t["name"] for t in fig["data"]] == ["Angle·All − unedited speech", "Angle·All − shuffled pairing"]
     own = rows[rows.condition.isin(["angle:all", "angle:all@1"])].set_index(["condition", "sample_id"])["agreement"]
     for t, null in zip(fig["data"], ("original", "angle:all:shuffled")):
-        assert list(_arr(t["x"])) == [0, 1]
+        assert [int(c[4]) for c in t["customdata"]] == [0, 1]  # the layer (x is dodged around it)
         for ell, y in zip((0, 1), _arr(t["y"])):  # Δ = mean over samples of condition − comparison, in points
             cond = "angle:all" if ell == 0 else "angle:all@1"
             other = null if null == "original" or ell == 0 else "angle:all@1:shuffled"

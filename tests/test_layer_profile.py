@@ -101,12 +101,16 @@ def test_intervention_layers_figure():
     assert [tr.name for tr in fig.data] == ["Angle·All − unedited speech", "Angle·All − other question"]
     for tr in fig.data:
         want = t[(t["intervention"] == "Angle·All") & (t["versus"] == tr.name.split(" − ")[1])]
-        np.testing.assert_allclose(np.asarray(tr.x, dtype=float), want["layer"].to_numpy(dtype=float))
+        np.testing.assert_allclose(np.asarray(tr.customdata[:, 4], dtype=float), want["layer"].to_numpy(dtype=float))
+        assert np.abs(np.asarray(tr.x, dtype=float) - want["layer"].to_numpy()).max() <= 0.25 * 4  # dodged, near ℓ
+        assert "@ℓ%{customdata[4]}" in tr.hovertemplate
         np.testing.assert_allclose(np.asarray(tr.y, dtype=float), want["Δ agreement"].to_numpy())
         np.testing.assert_allclose(np.asarray(tr.error_y.array, dtype=float),
                                    (want["Δ agreement_hi"] - want["Δ agreement"]).to_numpy())
         assert "Δ agreement = %{y:+.1f} points" in tr.hovertemplate and "n = %{customdata[3]}" in tr.hovertemplate
     assert fig.layout.xaxis.title.text.startswith("edit layer ℓ") and "points" in fig.layout.yaxis.title.text
+    xs = [np.asarray(tr.x, dtype=float) for tr in fig.data]
+    assert not np.allclose(xs[0], xs[1])  # side by side at each layer
     # the markers and dashes tell the comparisons apart without colour
     assert len({(tr.marker.symbol, tr.line.dash) for tr in fig.data}) == len(fig.data)
     other = viz.intervention_layers(t, intervention="Length·All")

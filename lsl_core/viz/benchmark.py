@@ -170,9 +170,9 @@ def intervention_layers(profile: pd.DataFrame, metric: str = "agreement", *, int
                         title: str | None = None) -> go.Figure:
     """One intervention across the layers it was run at (lsl_core.experiments.layer_profile.layer_profile).
 
-    x = edit layer ℓ; one line per comparison: the intervention against the unedited speech answer and against
-    each of its nulls at the same layer, y = the paired Δ <metric> in percentage points with its 95% interval
-    as error bars, a dashed line at 0. `intervention`: its title (default: the profile's first). Colour =
+    x = edit layer ℓ (the comparisons drawn side by side around each layer's tick); one line per comparison: the
+    intervention against the unedited speech answer and against each of its nulls at the same layer, y = the
+    paired Δ <metric> in percentage points with its 95% interval as error bars, a dashed line at 0. `intervention`: its title (default: the profile's first). Colour =
     comparison (Cividis, distinct in grey) with its own marker and dash; hover shows the layer, both sides, what
     the null breaks, the exact Δ, its interval and n.
     """
@@ -192,23 +192,26 @@ def intervention_layers(profile: pd.DataFrame, metric: str = "agreement", *, int
     d = PERCENT_DIGITS
     fig = go.Figure()
     versus = list(dict.fromkeys(t["versus"]))
-    for v, colour in zip(versus, categorical_colors(len(versus))):
+    layers = sorted(set(t["layer"]))
+    step = min((b - a for a, b in zip(layers, layers[1:])), default=1)
+    for k, (v, colour) in enumerate(zip(versus, categorical_colors(len(versus)))):
         g = t[t["versus"] == v].sort_values("layer")
         symbol, dash = VERSUS_MARKS.get(v, ("circle", "solid"))
         breaks = "" if v == "unedited speech" else "<br>breaks: %{customdata[0]}"
+        dodge = (k - (len(versus) - 1) / 2) * 0.12 * step  # side by side at each layer, so intervals do not overlap
         fig.add_trace(go.Scatter(
-            x=g["layer"], y=g[col], mode="lines+markers", name=f"{name} − {v}",
+            x=g["layer"] + dodge, y=g[col], mode="lines+markers", name=f"{name} − {v}",
             line=dict(color=colour, width=2, dash=dash),
             marker=dict(symbol=symbol, size=10, color=colour, line=dict(color="black", width=1)),
             error_y=dict(type="data", symmetric=False, array=g[f"{col}_hi"] - g[col],
                          arrayminus=g[col] - g[f"{col}_lo"], color=colour),
-            customdata=np.stack([g["tests"], g[f"{col}_lo"], g[f"{col}_hi"], g["n"]], axis=1),
-            hovertemplate=f"{name} @ℓ%{{x}} vs {v}" + breaks + f"<br>Δ {metric} = %{{y:+.{d}f}} points"
+            customdata=np.stack([g["tests"], g[f"{col}_lo"], g[f"{col}_hi"], g["n"], g["layer"]], axis=1),
+            hovertemplate=f"{name} @ℓ%{{customdata[4]}} vs {v}" + breaks + f"<br>Δ {metric} = %{{y:+.{d}f}} points"
                           f"<br>95% CI [%{{customdata[1]:+.{d}f}}, %{{customdata[2]:+.{d}f}}]"
                           "<br>n = %{customdata[3]}<extra></extra>"))
     fig.add_hline(y=0.0, line=dict(color="#555555", dash="dash", width=1))
     fig.update_xaxes(title_text="edit layer ℓ (input of decoder layer ℓ; 0 = the LLM input)",
-                     tickmode="array", tickvals=sorted(set(t["layer"])))
+                     tickmode="array", tickvals=layers)
     fig.update_yaxes(title_text=f"Δ {metric} (points, 95% CI)")
     _base_layout(fig, title or f"{name} across layers: Δ {metric} against the unedited answer and its nulls",
                  height=440)
