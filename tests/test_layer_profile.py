@@ -117,4 +117,6 @@ def test_intervention_layers_figure():
     assert [tr.name for tr in other.data] == ["Length·All − unedited speech"]
     with pytest.raises(ValueError, match="not in the profile"):
         viz.intervention_layers(t, intervention="Angle·Bottom3")
-    assert set(VERSUS) == {"original", *NULL_TESTS}  # every null kind has its name in the profile
+    assert set(VERSUS) == {"original", *NULL_TESTS}  # every null kind has its name in the profile ...
+    assert set(viz.VERSUS_MARKS) == set(VERSUS.values())  # ... and its marker and dash in the figure
+    assert "breaks:" not in fig.data[0].hovertemplate and "breaks:" in fig.data[1].hovertemplate

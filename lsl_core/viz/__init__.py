@@ -45,8 +45,8 @@ from lsl_core.viz.cka import (
     cka_heatmap, cka_stability, cka_spread,
 )
 from lsl_core.viz.benchmark import (
-    scores_by_voice, intervention_bars, intervention_layers, intervention_nulls, intervention_nulls_across,
-    subset_scores,
+    VERSUS_MARKS, scores_by_voice, intervention_bars, intervention_layers, intervention_nulls,
+    intervention_nulls_across, subset_scores,
 )
 from lsl_core.viz.controls import (
     CONTROL_AXES, RETRIEVAL_LABELS, control_curves, retrieval_curves, specific_curves,
@@ -64,7 +64,7 @@ __all__ = [
     "MAX_HEATMAP_ROWS", "frame_bins", "token_heatmap", "layer_curves", "tokenwise_curves", "norm_curves",
     "lens_grid", "checkpoint_curves", "trend_curves", "gap_scatter", "cka_heatmap", "cka_stability",
     "cka_spread", "scores_by_voice", "intervention_bars", "intervention_nulls", "intervention_nulls_across",
-    "intervention_layers",
+    "intervention_layers", "VERSUS_MARKS",
     "subset_scores", "CONTROL_AXES",
     "RETRIEVAL_LABELS",
     "control_curves", "retrieval_curves", "specific_curves", "WORD_GROUP_STYLES", "WORD_GROUP_LABELS",

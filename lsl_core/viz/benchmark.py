@@ -160,7 +160,8 @@ def intervention_nulls_across(table: pd.DataFrame, metric: str = "agreement", *,
     return fig
 
 
-# layer_profile's comparisons: (marker, dash) each, distinct without colour; the unedited answer solid circles
+# layer_profile's comparisons (experiments.layer_profile.VERSUS' names): (marker, dash) each, distinct without
+# colour; the unedited answer solid circles
 VERSUS_MARKS = {"unedited speech": ("circle", "solid"), "random tokens": (NULL_SYMBOLS["Random"], "dot"),
                 "shuffled pairing": (NULL_SYMBOLS["shuffled pairing"], "dash"),
                 "other question": (NULL_SYMBOLS["other question"], "dashdot")}
@@ -172,9 +173,10 @@ def intervention_layers(profile: pd.DataFrame, metric: str = "agreement", *, int
 
     x = edit layer ℓ (the comparisons drawn side by side around each layer's tick); one line per comparison: the
     intervention against the unedited speech answer and against each of its nulls at the same layer, y = the
-    paired Δ <metric> in percentage points with its 95% interval as error bars, a dashed line at 0. `intervention`: its title (default: the profile's first). Colour =
-    comparison (Cividis, distinct in grey) with its own marker and dash; hover shows the layer, both sides, what
-    the null breaks, the exact Δ, its interval and n.
+    paired Δ <metric> in percentage points with its 95% interval as error bars, a dashed line at 0.
+    `intervention`: its title (default: the profile's first). Colour = comparison (Cividis, distinct in grey)
+    with its own marker and dash (VERSUS_MARKS); hover shows the layer, both sides, what the null breaks (for a
+    null), the exact Δ, its interval and n.
     """
     from lsl_core.viz.style import categorical_colors
 
@@ -197,7 +199,7 @@ def intervention_layers(profile: pd.DataFrame, metric: str = "agreement", *, int
     for k, (v, colour) in enumerate(zip(versus, categorical_colors(len(versus)))):
         g = t[t["versus"] == v].sort_values("layer")
         symbol, dash = VERSUS_MARKS.get(v, ("circle", "solid"))
-        breaks = "" if v == "unedited speech" else "<br>breaks: %{customdata[0]}"
+        breaks = "<br>breaks: %{customdata[0]}" if (g["tests"] != "").any() else ""  # nulls name what they break
         dodge = (k - (len(versus) - 1) / 2) * 0.12 * step  # side by side at each layer, so intervals do not overlap
         fig.add_trace(go.Scatter(
             x=g["layer"] + dodge, y=g[col], mode="lines+markers", name=f"{name} − {v}",
