@@ -919,6 +919,34 @@ def test_cached_training_features_equal_fresh_ones(tiny_model, tmp_path, monkeyp
     assert a.shape != b.shape or not np.array_equal(a, b)  # the variant is another voice, not a no-op
 
 
+@pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="espeak-ng not installed")
+def test_clips_synthesized_ahead_on_threads_give_the_states_of_one_by_one(tiny_model, tmp_path, monkeypatch):
+    import threading
+
+    from lsl_core.data import synth as S
+    from lsl_core.experiments.train.corpus import Rendition, clip_states, clips_states
+
+    texts = ["Who wrote Hamlet?", "Where is Lima?", "How tall is the Eiffel Tower?", "What is a prime number?",
+             "Name a planet.", "When did the war end?", "Which river is longest?"]
+    jobs = [(f"q{i}", t, Rendition(("en-gb", "en-us")[i % 2], 150 + 5 * i, 40)) for i, t in enumerate(texts)]
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "one"))
+    one = [clip_states(tiny_model, q, t, r) for q, t, r in jobs]
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "ahead"))
+    real, where = S.synthesize, set()
+
+    def spy(*a, **k):
+        where.add(threading.current_thread() is threading.main_thread())
+        return real(*a, **k)
+
+    monkeypatch.setattr(S, "synthesize", spy)
+    ahead = clips_states(tiny_model, jobs[:3], workers=3)  # three cached first: the rest are the misses
+    ahead = clips_states(tiny_model, jobs, workers=3)
+    assert where == {False}  # every miss was synthesized on a worker thread
+    assert len(ahead) == len(jobs) and all(torch.equal(a, b) for a, b in zip(ahead, one))  # same clips, same order
+    monkeypatch.setattr(S, "synthesize", lambda *a, **k: pytest.fail("cache miss"))
+    assert all(torch.equal(a, b) for a, b in zip(clips_states(tiny_model, jobs, workers=3), one))  # all cached now
+
+
 def test_autocast_is_bf16_only_where_the_device_computes_it(tiny_parts, tmp_path, monkeypatch):
     from lsl_core.experiments.train import trainer as T
 

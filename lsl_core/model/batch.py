@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import weakref
+from pathlib import Path
 from typing import Callable, ContextManager, NamedTuple, Sequence
 
 import numpy as np
@@ -180,30 +181,37 @@ def module_digest(module: torch.nn.Module) -> str:
     return digest
 
 
-def cached_encoder_states(encoder, group: str, clip_id: str, audio: Callable[[], np.ndarray],
-                          content_key: str = "") -> torch.Tensor:
-    """SpeechEncoder.encode(audio()) [Te, d_enc] as float16 on CPU, cached on disk.
-
-    Key: (encoder weight digest, group - e.g. the voice -, clip_id, content_key - e.g. a hash of
-    the text and synthesizer version, or of the audio bytes). `audio` is called only on a miss,
-    so cached training clips need no re-synthesis. Stored as safetensors under
-    cache_dir("features", <digest>, <group>).
-    """
-    from safetensors.torch import load_file, save_file
-
+def encoder_cache_path(encoder, group: str, clip_id: str, content_key: str = "") -> Path:
+    """Where cached_encoder_states keeps a clip's states: cache_dir("features", <digest>, <group>) / <name>."""
     from lsl_core.cache import cache_dir
 
     safe = lambda s: "".join(c if c.isalnum() or c in "-_.+" else "_" for c in s)  # noqa: E731
     name = safe(clip_id) + (f"-{safe(content_key)}" if content_key else "")
     window = getattr(encoder, "window", "padded")  # the window convention changes the states: part of the key
     tag = module_digest(encoder) + ("" if window == "padded" else f"-{window}")
-    path = cache_dir("features", tag, safe(group)) / f"{name}.safetensors"
+    return cache_dir("features", tag, safe(group)) / f"{name}.safetensors"
+
+
+def cached_encoder_states(encoder, group: str, clip_id: str, audio: Callable[[], np.ndarray],
+                          content_key: str = "", inputs: Callable[[], list] | None = None) -> torch.Tensor:
+    """SpeechEncoder.encode(audio()) [Te, d_enc] as float16 on CPU, cached on disk.
+
+    Key: (encoder weight digest, group - e.g. the voice -, clip_id, content_key - e.g. a hash of
+    the text and synthesizer version, or of the audio bytes). `audio` is called only on a miss,
+    so cached training clips need no re-synthesis; `inputs`, if given, replaces it on a miss with the
+    clip's ready encoder inputs (SpeechEncoder.inputs, e.g. computed ahead on a worker thread). Stored as
+    safetensors at encoder_cache_path(...).
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = encoder_cache_path(encoder, group, clip_id, content_key)
     if path.is_file():
         try:
             return load_file(str(path))["states"]
         except Exception:  # a truncated file from an interrupted run: recompute
             path.unlink(missing_ok=True)
-    states = encoder.encode(audio()).detach().to("cpu", torch.float16).contiguous()  # [Te, d_enc]
+    states = encoder.encode_inputs(inputs()) if inputs is not None else encoder.encode(audio())
+    states = states.detach().to("cpu", torch.float16).contiguous()  # [Te, d_enc]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({"states": states}, str(tmp))
     os.replace(tmp, path)

@@ -265,6 +265,20 @@ class SpeechEncoder(nn.Module):
         n = int(self.feature_extractor.n_samples)  # samples per window (480 000)
         return [a[s : s + n] for s in range(0, max(1, a.size), n)]
 
+    def inputs(self, audio_16k: np.ndarray) -> list[tuple[torch.Tensor, int]]:
+        """The encoder's inputs of a clip, per 30 s window: (log-mel [1, n_mels, M], valid frames).
+
+        The CPU half of `encode` (no weights touched): training runs it on worker threads ahead of the
+        encoder (experiments/train/corpus.py), so that the STFT overlaps the forward passes.
+        """
+        return [(self.features(part)[..., : self.input_frames(len(part))], self.n_valid_frames(len(part)))
+                for part in self.windows(audio_16k)]
+
+    @torch.no_grad()
+    def encode_inputs(self, inputs: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+        """`inputs(audio)` -> states of the real-audio frames [Te, d_enc], windows concatenated in time order."""
+        return torch.cat([self.forward(feats)[0, :n] for feats, n in inputs])  # [Te, d_enc]
+
     @torch.no_grad()
     def encode(self, audio_16k: np.ndarray) -> torch.Tensor:
         """16 kHz audio [n] -> states of the real-audio frames [Te, d_enc], Te = ceil(n / 320).
@@ -272,9 +286,4 @@ class SpeechEncoder(nn.Module):
         Up to 30 s: one window, Te = n_valid_frames(n). Longer: window by window (module docstring),
         each under this encoder's window convention; frames concatenated in time order.
         """
-        out = []
-        for part in self.windows(audio_16k):
-            feats = self.features(part)[..., : self.input_frames(len(part))]  # [1, n_mels, M]
-            states = self.forward(feats)  # [1, M/2, d_enc]
-            out.append(states[0, : self.n_valid_frames(len(part))])
-        return torch.cat(out)  # [Te, d_enc]
+        return self.encode_inputs(self.inputs(audio_16k))

@@ -22,6 +22,7 @@ Written into the trajectory folder `out`:
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import time
 from pathlib import Path
@@ -147,13 +148,15 @@ def make_trainer(cfg: TrainConfig, model: LSLM, data: TrainData, *, resume_dir: 
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | None = None,
-          progress: bool = True, prepare_only: bool = False, monitor_only: bool = False) -> list[Path]:
+          progress: bool = True, prepare_only: bool = False, monitor_only: bool = False,
+          workers: int = 1) -> list[Path]:
     """Prepare data (cached), build the model, train; returns the checkpoint folders written.
-    monitor_only: print the monitor of the stage's start (its `init`) and train nothing."""
+    monitor_only: print the monitor of the stage's start (its `init`) and train nothing; workers: threads that
+    synthesize clips ahead of the encoder (corpus.clips_states; the data are the same whatever the count)."""
     device = resolve_device(cfg.device)
     t0 = time.time()
     model = build_model(cfg, device)
-    data = prepare_data(cfg, model, progress)
+    data = prepare_data(cfg, model, progress, workers)
     n_vocab = sum(e.key.startswith("vocab") for e in data.train)
     n_written = sum(e.key.startswith("written") for e in data.train)
     n_dose = sum(e.key.startswith("dose") for e in data.train)
@@ -196,6 +199,9 @@ def register(subparsers) -> None:
     p.add_argument("--prepare-only", action="store_true", help="only synthesize/encode/generate targets (cached)")
     p.add_argument("--monitor-only", action="store_true",
                    help="print the monitor (agreement, stage score per voice group) of the config's init; no training")
+    p.add_argument("--workers", type=int, default=0,
+                   help="threads that synthesize and featurize clips ahead of the encoder (0 = one per CPU core, at "
+                        "most 16); the data do not depend on it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
 
@@ -222,8 +228,11 @@ def main(args: argparse.Namespace) -> int:
     changes.update(parse_sets(args.set))
     if changes:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **changes}, f"{args.config} with overrides")
+    if args.workers < 0:
+        raise LSLError(f"--workers must be 0 (one per CPU core) or a positive count of threads, got {args.workers}.")
+    workers = args.workers or min(16, os.cpu_count() or 1)
     train(cfg, resume=args.resume, resume_dir=args.resume_dir, progress=not args.no_progress,
-          prepare_only=args.prepare_only, monitor_only=args.monitor_only)
+          prepare_only=args.prepare_only, monitor_only=args.monitor_only, workers=workers)
     return 0
 
 

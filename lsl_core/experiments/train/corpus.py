@@ -22,7 +22,9 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -109,13 +111,62 @@ def rendition(cfg: TrainConfig, question_id: str, voice: str) -> Rendition:
     return Rendition(voice, speed, pitch, variant)
 
 
-def clip_states(model: LSLM, question_id: str, text: str, r: Rendition) -> torch.Tensor:
-    """Encoder states [Te, d_enc] of `text` spoken as rendition r; synthesized and encoded only on a cache miss."""
-    from lsl_core.data.synth import espeak_version, synthesize
+def clip_content_key(text: str, r: Rendition) -> str:
+    """Cache identity of a synthesized clip: the synthesizer's version, the rendition and the text."""
+    from lsl_core.data.synth import espeak_version
 
-    content = hashlib.sha256(f"espeak-ng {espeak_version()}|{r.key()}|{text}".encode()).hexdigest()[:12]
+    return hashlib.sha256(f"espeak-ng {espeak_version()}|{r.key()}|{text}".encode()).hexdigest()[:12]
+
+
+def clip_states(model: LSLM, question_id: str, text: str, r: Rendition,
+                inputs: Callable[[], list] | None = None) -> torch.Tensor:
+    """Encoder states [Te, d_enc] of `text` spoken as rendition r; synthesized and encoded only on a cache miss
+    (`inputs`: the clip's encoder inputs made ahead, see clips_states)."""
+    from lsl_core.data.synth import synthesize
+
     return B.cached_encoder_states(model.encoder, f"espeak-{r.voice}", question_id,
-                                   lambda: synthesize(text, r.espeak_voice, r.speed, r.pitch), content)
+                                   lambda: synthesize(text, r.espeak_voice, r.speed, r.pitch),
+                                   clip_content_key(text, r), inputs=inputs)
+
+
+def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: int = 1, progress: bool = False,
+                 desc: str = "encoder states") -> list[torch.Tensor]:
+    """clip_states of every (question id, text, rendition) job, in order.
+
+    With workers > 1 the clips not yet cached are synthesized (espeak-ng, a subprocess) and turned into encoder
+    inputs (the log-mel STFT, SpeechEncoder.inputs) on that many threads, a bounded window ahead of the encoder,
+    which runs on this thread: on a many-core machine with a GPU the encoder no longer waits for the CPU work.
+    The states are those of clip_states (the same inputs, the same forward), whatever `workers` is.
+    """
+    from tqdm import tqdm
+
+    from lsl_core.data.synth import synthesize
+
+    enc = model.encoder
+    ahead = workers > 1 and hasattr(enc, "inputs")
+    todo = iter([i for i, (qid, t, r) in enumerate(jobs)
+                 if not B.encoder_cache_path(enc, f"espeak-{r.voice}", qid, clip_content_key(t, r)).is_file()]
+                if ahead else [])
+    out: list[torch.Tensor] = []
+    pool = ThreadPoolExecutor(max_workers=workers) if ahead else None
+    pending: dict[int, Future] = {}
+    try:
+        for i, (qid, t, r) in enumerate(tqdm(jobs, desc=desc, unit="clip", mininterval=5, disable=not progress)):
+            while pool is not None and len(pending) < 8 * workers:  # keep the window full
+                j = next(todo, None)
+                if j is None:
+                    break
+                _, tj, rj = jobs[j]
+                pending[j] = pool.submit(lambda tj=tj, rj=rj: enc.inputs(synthesize(tj, rj.espeak_voice, rj.speed,
+                                                                                      rj.pitch)))
+            fut = pending.pop(i, None)
+            out.append(clip_states(model, qid, t, r, inputs=fut.result if fut is not None else None))
+    finally:
+        if pool is not None:
+            for fut in pending.values():
+                fut.cancel()
+            pool.shutdown(wait=True)
+    return out
 
 
 def transcript_ids(model: LSLM, text: str) -> list[int]:
@@ -162,10 +213,9 @@ def responses(cfg: TrainConfig, model: LSLM, texts: list[str]) -> list[list[int]
     return self_distillation_targets(model, texts, cfg.target_max_new_tokens, cfg.gen_batch_size)
 
 
-def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True) -> TrainData:
-    """Questions x renditions -> cached encoder states + the objective's responses (+ monitoring clips)."""
-    from tqdm import tqdm
-
+def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: int = 1) -> TrainData:
+    """Questions x renditions -> cached encoder states + the objective's responses (+ monitoring clips);
+    `workers`: threads that synthesize ahead of the encoder (clips_states)."""
     train_qs, val_qs = split_questions(cfg)
     items = [(q.example_id, " ".join(q.question.split())) for q in train_qs]
     extra = vocabulary_sentences(model.tokenizer, cfg.vocab_sentences, cfg.vocab_words, cfg.seed,
@@ -187,17 +237,17 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True) -> TrainD
     # each word sequence / written question is spoken once, by the training voices in turn
     jobs += [(qid, t, resp, cfg.voices[i % len(cfg.voices)])
              for i, ((qid, t), resp) in enumerate(zip(extra, targets[len(items):]))]
-    train = []
-    for qid, t, resp, v in tqdm(jobs, desc="encoder states (train)", unit="clip", mininterval=5, disable=not progress):
-        states = clip_states(model, qid, t, rendition(cfg, qid, v))
-        train.append(TrainExample(f"{qid}__{v}", states, list(resp), t))
-    monitor = []
+    states = clips_states(model, [(qid, t, rendition(cfg, qid, v)) for qid, t, _, v in jobs], workers, progress,
+                          "encoder states (train)")
+    train = [TrainExample(f"{qid}__{v}", s, list(resp), t) for (qid, t, resp, v), s in zip(jobs, states)]
+    mjobs = []
     for k, q in enumerate(val_qs):
         t = " ".join(q.question.split())
         seen = cfg.voices[k % len(cfg.voices)]
         for v, unseen in [(seen, False)] + ([(cfg.heldout_voice, True)] if cfg.heldout_voice else []):
-            monitor.append(MonitorClip(f"{q.example_id}__{v}", t, v, clip_states(model, q.example_id, t, Rendition(v)),
-                                       unseen))
+            mjobs.append((q.example_id, t, v, unseen))
+    mstates = clips_states(model, [(qid, t, Rendition(v)) for qid, t, v, _ in mjobs], workers)
+    monitor = [MonitorClip(f"{qid}__{v}", t, v, s, unseen) for (qid, t, v, unseen), s in zip(mjobs, mstates)]
     if cfg.monitor_train_clips:
         pick = np.random.default_rng(cfg.seed + 104729).choice(len(train), min(cfg.monitor_train_clips, len(train)),
                                                                replace=False)

