@@ -77,3 +77,21 @@ def test_manifest_names_the_window(tiny_parts):
     assert CheckpointManifest(name="t", llm="x", encoder="y", strategy="none").encoder_window == "padded"
     with pytest.raises(ManifestError, match="'encoder_window'"):
         CheckpointManifest(name="t", llm="x", encoder="y", strategy="none", encoder_window="30s")
+
+
+@pytest.mark.parametrize("seconds", [0.0001, 0.01, 0.14, 1.3, 3.0011, 12.0, 28.9, 29.6, 30.0])
+def test_clip_features_cut_before_the_stft_equal_the_30s_features(encoders, seconds):
+    """features(a, M) skips the STFT of the padding past the M frames the "clip" window reads: its frames must be
+    those of the 30 s window, bit for bit, for a tone, noise, a clip of zeros, and lengths up to the full window."""
+    import numpy as np
+
+    _, clip = encoders
+    n = max(1, round(seconds * 16_000))
+    rng = np.random.default_rng(n)
+    for audio in (tone(seconds)[:n] if seconds >= 0.01 else np.ones(n, np.float32) * 0.1,
+                  (rng.standard_normal(n) * 0.05).astype(np.float32), np.zeros(n, np.float32)):
+        m = clip.input_frames(audio.size)
+        cut = clip.features(audio, m)
+        assert cut.shape == (1, 80, m)
+        assert torch.equal(cut, clip.features(audio)[..., :m])
+    assert clip.features(audio, 3000).shape == (1, 80, 3000)

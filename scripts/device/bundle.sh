@@ -45,6 +45,8 @@ mkdir -p .dev/b/esp/share/espeak-ng-data
 ( cd "$DATA" && cp -r phondata phonindex phontab intonations en_dict voices "$OLDPWD/.dev/b/esp/share/espeak-ng-data/" && mkdir -p "$OLDPWD/.dev/b/esp/share/espeak-ng-data/lang" && cp -r lang/gmw "$OLDPWD/.dev/b/esp/share/espeak-ng-data/lang/" )
 
 for pkg in gguf platformdirs spellchecker; do cp -r "$SITE/$pkg" .dev/b/site/; done
+# with their dist-info: transformers reads the installed gguf version from it
+for dist in gguf platformdirs pyspellchecker; do cp -r "$SITE"/$dist-*.dist-info .dev/b/site/; done
 find .dev/b/site -name __pycache__ -prune -exec rm -rf {} +
 find .dev/b/site/spellchecker/resources -type f ! -name 'en.json.gz' -delete
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
