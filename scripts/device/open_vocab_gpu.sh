@@ -2,8 +2,8 @@
 # The open-vocabulary repeat stage (configs/train/experiments/gpu_open_vocab_repeat.json) and its QA stage
 # (gpu_open_vocab_qa_lora.json) on an accelerator machine with no network, inside one time budget.
 #
-# Before: scripts/device/bundle.sh packed .dev/a (first part of the SmolLM2 GGUF; it travels alone and the
-# first call copies it to /tmp/stash) and .dev/b (the rest: GGUF tail, Whisper encoder, espeak-ng, packages).
+# Before: scripts/device/bundle.sh packed .dev/a (first part of the SmolLM2 GGUF; it travels with the code in
+# a first call that copies it to /tmp/stash) and .dev/b (the rest: GGUF tail, Whisper encoder, espeak-ng, packages).
 # This script joins and checks them, trains, and leaves the checkpoints in $OUT as tar parts of <= 15 MB.
 #   bash scripts/device/open_vocab_gpu.sh [BUDGET_S]      (default 560 s from its start)
 # The repeat stage's step count is fitted to the budget from the measured seconds per step of a 30-step
@@ -21,6 +21,7 @@ QA_ON_DEVICE=${QA_ON_DEVICE:-0}  # 1: also run the QA stage here if QA_NEEDS sec
 QA_NEEDS=${QA_NEEDS:-150}   # seconds the QA stage needs (targets, 7k clips, 200 steps, monitors)
 PROBE=${PROBE:-30}
 CAP=${CAP:-20000}
+MIN_STEPS=${MIN_STEPS:-100}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
@@ -59,7 +60,12 @@ REP=${REP:-configs/train/experiments/gpu_open_vocab_repeat.json}
 QA=${QA:-configs/train/experiments/gpu_open_vocab_qa_lora.json}
 REP_OUT=$($PY -c "import json; c = json.load(open('$REP')); print(c['out'] + '/' + c['name'])")
 QA_OUT=$($PY -c "import json; print(json.load(open('$QA'))['out'])")
-timeout -s INT $(( $(left) - 60 )) $PY -m lsl_core train --config "$REP" --steps "$PROBE" --set out=/tmp/probe \
+# the data first, on their own: on 2026-12-04 (before the log-mel was cut to the clip's frames) the 43,079 clips
+# took 469 s of a 565 s budget here, and the probe that prepared them was stopped after 2 steps
+$PY -m lsl_core train --config "$REP" --prepare-only --workers 16 --no-progress || exit 7
+say "data prepared"
+[ "$(left)" -gt 150 ] || { say "too little time left to train ($(left) s)"; exit 8; }
+timeout -s INT 90 $PY -m lsl_core train --config "$REP" --steps "$PROBE" --set out=/tmp/probe \
     --set save_every=0 --set 'save_steps=[]' --workers 16 --no-progress || exit 7
 SEC=$($PY - <<'EOF'
 import json, statistics
@@ -71,7 +77,7 @@ EOF
 # what is left, less the QA stage (if it runs here), the reload of the cached data, the monitors and the packing
 [ "$QA_ON_DEVICE" = 1 ] || QA_NEEDS=0
 AVAIL=$(( $(left) - QA_NEEDS - 75 ))
-STEPS=$($PY -c "print(max(100, min($CAP, int($AVAIL / ($SEC * 1.08)) // 100 * 100)))")
+STEPS=$($PY -c "print(max($MIN_STEPS, min($CAP, int($AVAIL / ($SEC * 1.08)) // 100 * 100)))")
 say "probe: $SEC s per step; repeat stage gets $STEPS steps (budget left $(left) s)"
 EVERY=$(( STEPS / 4 ))
 timeout -s INT $(( $(left) - QA_NEEDS - 15 )) $PY -m lsl_core train --config "$REP" --steps "$STEPS" \
