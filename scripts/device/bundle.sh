@@ -11,6 +11,7 @@
 # while they run, and send call 2 at once - the machine goes back after 30 s idle, /tmp/stash with it):
 #   echo '/*' >> .git/info/exclude; git rm -r -q --cached .
 #   git reset -q HEAD -- lsl_core configs scripts assets/data assets/checkpoints/align-repeat/align-step2700 requirements.txt
+#   (rehearse first, here: bash scripts/device/dry_run.sh)
 #   call 1, carry .dev/a:  mkdir -p /tmp/stash && cp .dev/a/gguf.part1 /tmp/stash/
 #   call 2, carry .dev/b:  bash scripts/device/open_vocab_gpu.sh 565
 #   afterwards: git reset -q; and remove the '/*' line from .git/info/exclude

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Rehearse scripts/device/open_vocab_gpu.sh here before spending device time: the bundle from bundle.sh, a
+# fresh cache, tiny versions of its two stages (12 questions, 2 voices, 8 + 6 steps), the QA stage included.
+#   bash scripts/device/dry_run.sh [PYTHON]
+# PYTHON: best a venv holding only what the accelerator image holds (torch, transformers, peft, accelerate,
+# safetensors, numpy, scipy, pandas, pyarrow, tqdm; plus soundfile, whose cp312 wheel cannot install here), so
+# that a package the bundle lacks fails here (default: the project's .venv, which has them all). ~2 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${1:-.venv/bin/python}
+[ -f .dev/a/gguf.part1 ] || bash scripts/device/bundle.sh
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp" results/dry-device' EXIT
+mkdir -p "$tmp/stash" && ln -s "$PWD/.dev/a/gguf.part1" "$tmp/stash/gguf.part1"
+.venv/bin/python - "$tmp" <<'PY'
+import json, sys
+tmp = sys.argv[1]
+small = dict(n_questions=12, n_val_questions=2, voices=["en-gb", "en-us"], batch_size=4, eval_max_new_tokens=4,
+             target_max_new_tokens=8)
+rep = json.load(open("configs/train/experiments/gpu_open_vocab_repeat.json"))
+rep.update(small, out="results/dry-device/repeat", vocab_words=1500, vocab_dose_words=10, vocab_control_words=3)
+qa = json.load(open("configs/train/experiments/gpu_open_vocab_qa_lora.json"))
+qa.update(small, out="results/dry-device/qa", steps=6, save_steps=[2])
+json.dump(rep, open(f"{tmp}/repeat.json", "w"))
+json.dump(qa, open(f"{tmp}/qa.json", "w"))
+PY
+PY=$PY OUT=$tmp/out STASH=$tmp/stash LSL_CACHE_DIR=$tmp/cache REP=$tmp/repeat.json QA=$tmp/qa.json PROBE=8 CAP=8 \
+  MIN_STEPS=8 QA_ON_DEVICE=1 QA_NEEDS=30 bash scripts/device/open_vocab_gpu.sh 3000 | grep -v "Loading\|Convert\|Writing"
+ls "$tmp/out"/ckpts.tar.gz.part00 >/dev/null && tar -tzf <(cat "$tmp"/out/ckpts.tar.gz.part*) | grep -c manifest.json
