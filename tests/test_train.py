@@ -1047,6 +1047,8 @@ def test_train_cli_overrides_fields_and_monitors_without_training(tiny_parts, tm
     for bad, why in (("monitor_train_clip=4", "unknown train config field"), ("monitor_train_clips=-1", "must be >= 0")):
         assert main(["train", "--config", str(path), "--set", bad, "--monitor-only", "--no-progress"]) == 2
         assert why in capsys.readouterr().err
+    assert main(["train", "--config", str(path), "--workers", "-1", "--monitor-only", "--no-progress"]) == 2
+    assert "--workers must be 0 (one per CPU core) or a positive count" in capsys.readouterr().err
     assert main(["train", "--config", str(path), "--set", 'voices=["en-us"]', "--set", "monitor_train_clips=2",
                  "--monitor-only", "--no-progress"]) == 0
     out = capsys.readouterr().out
