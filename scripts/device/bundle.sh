@@ -7,13 +7,14 @@
 # ones copied). scripts/device/open_vocab_gpu.sh unpacks them there. Used for docs/demo_model.md, "Twice
 # the vocabulary on an accelerator"; a GPU machine with network needs none of this (scripts/setup.sh).
 #
-# The two calls (each carries the tracked tree too, 72 MB with the assets: keep only the code in the index
-# while they run, and send call 2 at once - the machine goes back after 30 s idle, /tmp/stash with it):
+# The calls (each carries the tracked tree too, 72 MB with the assets: keep only the code in the index
+# while they run, and send each next call at once - the machine goes back after 30 s idle, /tmp with it):
 #   echo '/*' >> .git/info/exclude; git rm -r -q --cached .
 #   git reset -q HEAD -- lsl_core configs scripts assets/data assets/checkpoints/align-repeat/align-step2700 requirements.txt
 #   (rehearse first, here: bash scripts/device/dry_run.sh)
 #   call 1, carry .dev/a:  mkdir -p /tmp/stash && cp .dev/a/gguf.part1 /tmp/stash/
-#   call 2, carry .dev/b:  bash scripts/device/open_vocab_gpu.sh 565
+#   call 2, carry .dev/b:  bash scripts/device/open_vocab_gpu.sh 565 200
+#   call 3 (the lease's last ~4 minutes), no carry:  bash scripts/device/open_vocab_gpu.sh 200 continue
 #   afterwards: git reset -q; and remove the '/*' line from .git/info/exclude
 set -euo pipefail
 cd "$(dirname "$0")/../.."

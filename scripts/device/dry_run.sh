@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rehearse scripts/device/open_vocab_gpu.sh here before spending device time: the bundle from bundle.sh, a
-# fresh cache, tiny versions of its two stages (12 questions, 2 voices, 8 + 6 steps), the QA stage included.
+# fresh cache, tiny versions of its two stages (12 questions, 2 voices, 24 + 6 steps), as two calls: the
+# first stopped part-way, the second resuming it and running the QA stage.
 #   bash scripts/device/dry_run.sh [PYTHON]
 # PYTHON: best a venv holding only what the accelerator image holds (torch, transformers, peft, accelerate,
 # safetensors, numpy, scipy, pandas, pyarrow, tqdm; plus soundfile, whose cp312 wheel cannot install here), so
@@ -24,6 +25,11 @@ qa.update(small, out="results/dry-device/qa", steps=6, save_steps=[2])
 json.dump(rep, open(f"{tmp}/repeat.json", "w"))
 json.dump(qa, open(f"{tmp}/qa.json", "w"))
 PY
-PY=$PY OUT=$tmp/out STASH=$tmp/stash LSL_CACHE_DIR=$tmp/cache REP=$tmp/repeat.json QA=$tmp/qa.json PROBE=8 CAP=8 \
-  MIN_STEPS=8 QA_ON_DEVICE=1 QA_NEEDS=30 bash scripts/device/open_vocab_gpu.sh 3000 | grep -v "Loading\|Convert\|Writing"
-ls "$tmp/out"/ckpts.tar.gz.part00 >/dev/null && tar -tzf <(cat "$tmp"/out/ckpts.tar.gz.part*) | grep -c manifest.json
+run() {  # one device call: its own empty $OUT, the shared cache and /tmp/dev (a warm machine)
+  rm -rf "$tmp/out" && PY=$PY OUT=$tmp/out STASH=$tmp/stash LSL_CACHE_DIR=$tmp/cache REP=$tmp/repeat.json \
+    QA=$tmp/qa.json PROBE=8 CAP=24 MIN_STEPS=24 QA_ON_DEVICE=1 QA_NEEDS=30 bash scripts/device/open_vocab_gpu.sh "$@" \
+    | grep -v "Loading\|Convert\|Writing"
+}
+STOP_AFTER=25 run 3000 60   # call 2: stopped part-way through its 24 steps (as a budget would stop it)
+run 3000 continue           # call 3: resumes, finishes, runs the QA stage, packs
+cat "$tmp"/out/ckpts.tar.gz.part* | tar -tz | grep manifest.json

