@@ -920,7 +920,8 @@ def test_cached_training_features_equal_fresh_ones(tiny_model, tmp_path, monkeyp
 
 
 @pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="espeak-ng not installed")
-def test_clips_synthesized_ahead_on_threads_give_the_states_of_one_by_one(tiny_model, tmp_path, monkeypatch):
+def test_clips_synthesized_ahead_on_threads_give_the_states_of_one_by_one(tiny_model, tmp_path, monkeypatch,
+                                                                          capsys):
     import threading
 
     from lsl_core.data import synth as S
@@ -940,8 +941,10 @@ def test_clips_synthesized_ahead_on_threads_give_the_states_of_one_by_one(tiny_m
 
     monkeypatch.setattr(S, "synthesize", spy)
     ahead = clips_states(tiny_model, jobs[:3], workers=3)  # three cached first: the rest are the misses
-    ahead = clips_states(tiny_model, jobs, workers=3)
+    capsys.readouterr()
+    ahead = clips_states(tiny_model, jobs, workers=3, desc="states")
     assert where == {False}  # every miss was synthesized on a worker thread
+    assert "states: 7 clips, 4 made on 3 worker threads, in " in capsys.readouterr().out  # the cached 3 were not
     assert len(ahead) == len(jobs) and all(torch.equal(a, b) for a, b in zip(ahead, one))  # same clips, same order
     monkeypatch.setattr(S, "synthesize", lambda *a, **k: pytest.fail("cache miss"))
     assert all(torch.equal(a, b) for a, b in zip(clips_states(tiny_model, jobs, workers=3), one))  # all cached now

@@ -136,7 +136,9 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
     With workers > 1 the clips not yet cached are synthesized (espeak-ng, a subprocess) and turned into encoder
     inputs (the log-mel STFT, SpeechEncoder.inputs) on that many threads, a bounded window ahead of the encoder,
     which runs on this thread: on a many-core machine with a GPU the encoder no longer waits for the CPU work.
-    The states are those of clip_states (the same inputs, the same forward), whatever `workers` is.
+    The states are those of clip_states (the same inputs, the same forward), whatever `workers` is. When
+    workers made clips, a last line says how long the encoder's thread waited for them: near the whole time, the
+    synthesis is the bottleneck (more workers); near zero, the encoder is.
     """
     from tqdm import tqdm
 
@@ -150,6 +152,16 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
     out: list[torch.Tensor] = []
     pool = ThreadPoolExecutor(max_workers=workers) if ahead else None
     pending: dict[int, Future] = {}
+    t0, waited, made = time.perf_counter(), 0.0, 0
+
+    def ready(fut: Future) -> list:  # the worker's encoder inputs, timing the wait for them
+        nonlocal waited, made
+        t = time.perf_counter()
+        inputs = fut.result()
+        waited += time.perf_counter() - t
+        made += 1
+        return inputs
+
     try:
         for i, (qid, t, r) in enumerate(tqdm(jobs, desc=desc, unit="clip", mininterval=5, disable=not progress)):
             while pool is not None and len(pending) < 8 * workers:  # keep the window full
@@ -160,12 +172,15 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
                 pending[j] = pool.submit(lambda tj=tj, rj=rj: enc.inputs(synthesize(tj, rj.espeak_voice, rj.speed,
                                                                                       rj.pitch)))
             fut = pending.pop(i, None)
-            out.append(clip_states(model, qid, t, r, inputs=fut.result if fut is not None else None))
+            out.append(clip_states(model, qid, t, r, inputs=(lambda f=fut: ready(f)) if fut is not None else None))
     finally:
         if pool is not None:
             for fut in pending.values():
                 fut.cancel()
             pool.shutdown(wait=True)
+    if made:  # a result line, as train's "data: ...": printed with or without progress bars
+        print(f"{desc}: {len(jobs)} clips, {made} made on {workers} worker threads, in "
+              f"{time.perf_counter() - t0:.0f} s; the encoder waited {waited:.0f} s for them", flush=True)
     return out
 
 
