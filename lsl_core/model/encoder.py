@@ -281,8 +281,11 @@ class SpeechEncoder(nn.Module):
         The CPU half of `encode` (no weights touched): training runs it on worker threads ahead of the
         encoder (experiments/train/corpus.py), so that the STFT overlaps the forward passes.
         """
-        return [(self.features(part, m)[..., :m], self.n_valid_frames(len(part)))
-                for part in self.windows(audio_16k) for m in [self.input_frames(len(part))]]
+        out = []
+        for part in self.windows(audio_16k):
+            m = self.input_frames(len(part))  # [1, n_mels, M]: 3000, or the clip's frames + the pad
+            out.append((self.features(part, m)[..., :m], self.n_valid_frames(len(part))))
+        return out
 
     @torch.no_grad()
     def encode_inputs(self, inputs: list[tuple[torch.Tensor, int]]) -> torch.Tensor:

