@@ -38,6 +38,41 @@ def test_dose_sentences_speak_every_word_exactly_its_dose_and_never_the_control(
     assert len({sid for sid, _ in sents}) == len(sents) and all(sid.startswith("dose5-") for sid, _ in sents)
 
 
+def _dose_sentences_by_rebuilt_lists(groups, seed, cased=False):
+    """The slow reference (the shipped algorithm until 2026-12-04, quadratic in the words spoken): each sentence
+    scans the whole queue and rebuilds it from the words it did not take."""
+    import numpy as np
+
+    from lsl_core.experiments.train.dose import DOSE_SEED
+    from lsl_core.experiments.train.vocab import as_sentence
+
+    rng = np.random.default_rng(seed + DOSE_SEED + 1)
+    tokens = [w for d, ws in groups.items() if d > 0 for w in ws for _ in range(d)]
+    queue = [tokens[i] for i in rng.permutation(len(tokens))]
+    out = []
+    while queue:
+        k = int(rng.integers(4, 11))
+        cur, rest = [], []
+        for w in queue:
+            (cur if len(cur) < k and w not in cur else rest).append(w)
+        out.append((f"dose{seed}-{len(out):05d}", as_sentence(cur, cased)))
+        queue = rest
+    return out
+
+
+@pytest.mark.parametrize("groups", [
+    GROUPS,
+    {30: [f"w{i}" for i in range(300)], 0: ["c"]},  # an open-vocabulary stage: many words at one high dose
+    {50: ["a", "b"], 1: ["c"], 0: ["d"]},  # fewer distinct words than a sentence wants: short sentences at the end
+    {2: ["solo"], 0: ["d"]},  # one word: one-word sentences
+    {1: [], 0: ["d"]},  # nothing to speak
+])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_dose_sentences_are_exactly_those_of_the_slow_reference(groups, seed):
+    assert dose_sentences(groups, seed) == _dose_sentences_by_rebuilt_lists(groups, seed)
+    assert dose_sentences(groups, seed, cased=True) == _dose_sentences_by_rebuilt_lists(groups, seed, cased=True)
+
+
 def test_held_out_sentences_hold_one_word_of_every_group_and_are_no_training_sentence():
     test = held_out_sentences(GROUPS, 40, seed=5)
     train_texts = {t for _, t in dose_sentences(GROUPS, seed=5)}
