@@ -1087,3 +1087,103 @@ def test_train_cli_ctrl_c_says_where_it_stopped_and_resume_finishes(tiny_parts, 
     monkeypatch.setattr(Trainer, "train_step", step)
     assert main(args + ["--resume"]) == 0
     assert "to step 4/4" in capfd.readouterr().out and (Path(cfg.out) / "frozen-step0004").exists()
+
+
+# ----------------------------------------------------------------------------- a time budget
+def test_fitted_steps_by_hand(tiny_parts, tmp_path):
+    """steps <= 100, a checkpoint (and monitor) every 10 and at the last step; 5 done, 1 s a step, 2 s a monitor,
+    100 s left: the budget is 100 - 15 - 3 = 82 s. N = 71 costs 66 + 2 x 8 monitors (10..70, 71) = 82: fits;
+    N = 72 costs 67 + 16 = 83: does not."""
+    from lsl_core.experiments.train.trainer import fitted_steps
+
+    cfg = _cfg(tiny_parts, tmp_path, steps=100, save_every=10)
+    assert fitted_steps(cfg, 5, 1.0, 2.0, 100.0) == 71
+    assert fitted_steps(cfg, 5, 1.0, 0.0, 100.0) == 87  # no monitor cost: 82 more steps
+    assert fitted_steps(cfg, 5, 0.001, 2.0, 1e6) == 100  # never above the config's count
+    assert fitted_steps(cfg, 5, 1.0, 2.0, 10.0) == 5  # nothing fits: stop where it is
+
+
+def test_fit_step_is_inside_warmup_and_before_the_first_checkpoint(tiny_parts, tmp_path):
+    from lsl_core.experiments.train.trainer import FIT_AT, fit_step
+
+    assert fit_step(_cfg(tiny_parts, tmp_path, steps=5000, warmup_steps=30, save_every=250)) == FIT_AT
+    assert fit_step(_cfg(tiny_parts, tmp_path, steps=8, warmup_steps=6, save_every=3)) == 2  # checkpoint at 3
+    assert fit_step(_cfg(tiny_parts, tmp_path, steps=8, warmup_steps=2, save_every=0)) == 2  # warmup ends
+    with pytest.raises(LSLError, match="first one at step 1"):
+        fit_step(_cfg(tiny_parts, tmp_path, steps=8, warmup_steps=5, save_steps=(1,)))
+
+
+def test_a_time_budget_run_is_exactly_the_run_of_the_fitted_step_count(tiny_parts, tmp_path, monkeypatch):
+    """A deadline run of a config allowing 8 steps, fitted (after step 2, in warmup, before the checkpoint at 3) to
+    4 steps, writes the same checkpoints, loss curve and resume state as a config saying 4 steps from the start,
+    and records the count in its train_config.json; 8 steps from the start give another lr after the warmup."""
+    import time
+
+    from lsl_core.experiments.train import trainer as T
+
+    seen = {}
+
+    def four(cfg, done, sec, eval_sec, left):
+        seen.update(allowed=cfg.steps, done=done, sec=sec, left=left)
+        return 4
+
+    monkeypatch.setattr(T, "fitted_steps", four)
+    runs = {}
+    for tag, steps, deadline in (("fit", 8, time.time() + 3600), ("four", 4, None), ("eight", 8, None)):
+        cfg = _cfg(tiny_parts, tmp_path / tag, "lora", steps=steps, warmup_steps=2, save_every=3)
+        model = build_model(cfg, torch.device("cpu"))
+        tr = make_trainer(cfg, model, _data(model), resume_dir=cfg.out + "-resume", progress=False, deadline=deadline)
+        tr.run()
+        runs[tag] = (tr, Path(cfg.out))
+    assert seen["allowed"] == 8 and seen["done"] == 2 and seen["sec"] > 0 and 3500 < seen["left"] <= 3600
+    (fit, fit_out), (four_, four_out) = runs["fit"], runs["four"]
+    assert fit.step == four_.step == 4 and fit.cfg.steps == 4
+    assert json.loads((fit_out / "train_config.json").read_text())["steps"] == 4
+    for step in ("0003", "0004"):
+        for rel in ("adaptor.safetensors", "lora/adapter_model.safetensors"):
+            assert (fit_out / f"lora-step{step}" / rel).read_bytes() == (four_out / f"lora-step{step}" / rel).read_bytes()
+
+    def rows(folder, kind):
+        return [r for r in map(json.loads, (folder / "train_log.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+    lr4 = {tag: [r["lr"] for r in rows(out, "train") if r["step"] == 4] for tag, (_, out) in runs.items()}
+    assert lr4["fit"] == lr4["four"] != lr4["eight"]  # after the warmup the count sets the lr: the fit mattered
+
+    assert [(r["step"], r["loss"]) for r in rows(fit_out, "train")] == [(r["step"], r["loss"])
+                                                                         for r in rows(four_out, "train")]
+    assert [r["steps"] for r in rows(fit_out, "fit")] == [4] and rows(fit_out, "fit")[0]["step"] == 2
+    with pytest.raises(LSLError, match="resumed run keeps the count"):
+        fit.run(resume=True)
+
+
+def test_train_cli_time_budget_fits_and_says_how_to_resume(tiny_parts, tmp_path, capfd, monkeypatch):
+    """A generous budget trains the config's count and says so; one spent by the data names that; with --resume it
+    is refused; a run stopped part-way says to resume from the fitted train_config.json."""
+    from lsl_core.cli import main
+
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = _cfg(tiny_parts, tmp_path, strategy="frozen", objective="repeat", n_questions=2, voices=("en-us",), steps=4)
+    path = tmp_path / "stage.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    args = ["train", "--config", str(path), "--no-progress"]
+    assert main(args + ["--time-budget", "3600"]) == 0
+    out = capfd.readouterr().out
+    assert "-> 4 steps (of at most 4)" in out and "to step 4/4" in out
+    assert main(args + ["--time-budget", "3600", "--resume"]) == 2
+    assert "not with --resume" in capfd.readouterr().err
+    assert main(args + ["--time-budget", "0.001"]) == 2
+    assert "The time budget was spent before the first step" in capfd.readouterr().err
+    step = Trainer.train_step
+
+    def interrupted_step(self):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    assert main(args + ["--time-budget", "3600"]) == 2
+    err = capfd.readouterr().err
+    resume = ["train", "--config", str(Path(cfg.out) / "train_config.json"), "--resume", "--no-progress"]
+    assert "Stopped by SIGINT at step 3 of 4" in err and " ".join(resume[1:4]) in err
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert main(resume) == 0 and "to step 4/4" in capfd.readouterr().out

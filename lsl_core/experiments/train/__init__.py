@@ -1,7 +1,7 @@
 """Train the demo speech LLM through an alignment curriculum -> checkpoint trajectories.
 
     python -m lsl_core train --config configs/train/1_align_ctc.json [--resume] [--steps N] [--out DIR]
-                             [--set FIELD=VALUE ...] [--prepare-only] [--monitor-only]
+                             [--set FIELD=VALUE ...] [--prepare-only] [--monitor-only] [--time-budget SECONDS]
 
 Each config is one stage (config.py): `ctc` and `repeat` align the adaptor with the LLM frozen, `qa`
 self-distils answers with the LLM frozen (adaptor only), LoRA or fully tuned. A stage continues from
@@ -9,7 +9,9 @@ its `init` checkpoint (the previous stage's last one), and its checkpoints carry
 (init's step + the stage's step), so a trajectory reads untrained -> ctc -> repeat -> qa.
 The encoder is always frozen; its states are cached on disk once per clip (safetensors).
 Ctrl-C (or SIGTERM) stops after the step in progress and saves the resume state (a second one stops at
-once); the same command with --resume continues bit for bit where it stopped.
+once); the same command with --resume continues bit for bit where it stopped. --time-budget SECONDS fits the
+step count to the time (e.g. a lease of an accelerator, or "two hours on this laptop"): after the first warmup
+steps it sets the count that ends within SECONDS of the start and writes it to <out>/train_config.json.
 
 Written into the trajectory folder `out`:
     train_config.json        this TrainConfig (re-run: --config <out>/train_config.json)
@@ -135,8 +137,9 @@ def load_lora_weights(peft_llm, folder: Path, cfg: TrainConfig) -> None:
 
 
 def make_trainer(cfg: TrainConfig, model: LSLM, data: TrainData, *, resume_dir: str | Path | None = None,
-                 progress: bool = True) -> Trainer:
-    """A Trainer for this stage (LoRA attached after the data: qa targets are the base model's answers)."""
+                 progress: bool = True, deadline: float | None = None) -> Trainer:
+    """A Trainer for this stage (LoRA attached after the data: qa targets are the base model's answers);
+    deadline: a time.time() to fit the step count to (Trainer)."""
     init = init_manifest(cfg)
     if cfg.strategy == "lora":
         attach_trainable_lora(model, cfg, init)
@@ -144,15 +147,20 @@ def make_trainer(cfg: TrainConfig, model: LSLM, data: TrainData, *, resume_dir: 
     return Trainer(cfg, model, data, out, resume_dir or default_resume_dir(out),
                    step_offset=init.step if init else 0,
                    init_adaptor=init.path(init.adaptor) if init is not None and init.adaptor else None,
-                   progress=progress)
+                   progress=progress, deadline=deadline)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | None = None,
           progress: bool = True, prepare_only: bool = False, monitor_only: bool = False,
-          workers: int = 1) -> list[Path]:
+          workers: int = 1, time_budget: float | None = None) -> list[Path]:
     """Prepare data (cached), build the model, train; returns the checkpoint folders written.
     monitor_only: print the monitor of the stage's start (its `init`) and train nothing; workers: threads that
-    synthesize clips ahead of the encoder (corpus.clips_states; the data are the same whatever the count)."""
+    synthesize clips ahead of the encoder (corpus.clips_states; the data are the same whatever the count);
+    time_budget: seconds this call may take, model and data included: the step count (at most cfg.steps) is
+    fitted to it during warmup, exactly as if the config had said it (Trainer, fit_step)."""
+    if time_budget is not None and (time_budget <= 0 or resume or prepare_only or monitor_only):
+        raise LSLError("--time-budget takes a positive number of seconds and fits the step count of a fresh run: "
+                       "not with --resume (a resumed run keeps its fitted count), --prepare-only or --monitor-only.")
     device = resolve_device(cfg.device)
     t0 = time.time()
     model = build_model(cfg, device)
@@ -167,19 +175,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | No
           f"ready in {time.time() - t0:.0f} s", flush=True)
     if prepare_only:
         return []
-    trainer = make_trainer(cfg, model, data, resume_dir=resume_dir, progress=progress)
+    trainer = make_trainer(cfg, model, data, resume_dir=resume_dir, progress=progress,
+                           deadline=None if time_budget is None else t0 + time_budget)
     if monitor_only:
         shown = {k: round(v, 3) for k, v in trainer.monitor().items() if isinstance(v, float)}
         print(f"monitor of {cfg.init or 'the seeded adaptor'} (step {trainer.step_offset}): {shown}", flush=True)
         return []
     t1 = time.time()
     saved = trainer.run(resume=resume)
+    cfg = trainer.cfg  # with a time budget: the fitted step count
     print(f"trained {cfg.name} to step {trainer.step}/{cfg.steps} in {time.time() - t1:.0f} s; new checkpoints: "
           + (", ".join(p.name for p in saved) or "none"), flush=True)
     if trainer.stopped_by is not None:
         raise LSLError(f"Stopped by {signal.Signals(trainer.stopped_by).name} at step {trainer.step} of {cfg.steps}; "
-                       f"its resume state is saved in {trainer.resume_dir}: run the same command with --resume to "
-                       "continue exactly where it stopped.")
+                       f"its resume state is saved in {trainer.resume_dir}: run "
+                       + ("the same command with --resume" if time_budget is None else
+                          f"`train --config {Path(cfg.out) / 'train_config.json'} --resume` (the fitted step count; "
+                          "no --time-budget)")
+                       + " to continue exactly where it stopped.")
     return saved
 
 
@@ -202,6 +215,10 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="threads that synthesize and featurize clips ahead of the encoder (0 = one per CPU core, at "
                         "most 16); the data do not depend on it")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="fit the step count (at most the config's) so that this call ends within SECONDS, model and "
+                        "data included: measured over the first warmup steps, written to <out>/train_config.json "
+                        "(resume with --config that file); the run is exactly that of a config with the fitted count")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
 
@@ -232,7 +249,8 @@ def main(args: argparse.Namespace) -> int:
         raise LSLError(f"--workers must be 0 (one per CPU core) or a positive count of threads, got {args.workers}.")
     workers = args.workers or min(16, os.cpu_count() or 1)
     train(cfg, resume=args.resume, resume_dir=args.resume_dir, progress=not args.no_progress,
-          prepare_only=args.prepare_only, monitor_only=args.monitor_only, workers=workers)
+          prepare_only=args.prepare_only, monitor_only=args.monitor_only, workers=workers,
+          time_budget=args.time_budget)
     return 0
 
 

@@ -63,7 +63,10 @@ class Trainer:
     """One stage of the curriculum over prepared data (see corpus.prepare_data)."""
 
     def __init__(self, cfg: TrainConfig, model: LSLM, data: TrainData, out: str | Path, resume_dir: str | Path,
-                 *, step_offset: int = 0, init_adaptor: Path | None = None, progress: bool = True) -> None:
+                 *, step_offset: int = 0, init_adaptor: Path | None = None, progress: bool = True,
+                 deadline: float | None = None) -> None:
+        """deadline: a time.time() by which a fresh run() should be done; the step count is then fitted to it
+        during warmup (fit_step, fitted_steps), at most cfg.steps."""
         if not data.train:
             raise LSLError("No training examples: check n_questions and voices in the train config.")
         self.cfg, self.data = cfg, data
@@ -73,6 +76,11 @@ class Trainer:
         self.step_offset = step_offset
         self.init_adaptor = init_adaptor
         self.progress = progress
+        self.deadline = deadline
+        self._step_secs: list[float] = []  # seconds of each step of this run() (the time budget's measurement)
+        self._eval_sec = 0.0  # seconds of the last monitor
+        self._fit_at: int | None = None  # the step after which run() fits the step count (with a deadline)
+        self._until_given = False
         self.model = model  # QA prompt: the checkpoint's own template (monitoring, qa objective)
         self.repeat_model = with_template(model, PromptTemplate(**{**cfg.prompt, "system": cfg.repeat_system}))
         self.device = model.device
@@ -268,12 +276,22 @@ class Trainer:
             self._truncate_log(self.step)
         else:
             self.log_path.write_text("")
+        fit_at = None
+        if self.deadline is not None:
+            if resume:
+                raise LSLError("A time budget fits the step count of a fresh run; a resumed run keeps the count it "
+                               "was fitted to (its train_config.json): resume without the time budget.")
+            fit_at = fit_step(c)
         until = c.steps if until is None else min(until, c.steps)
         ckpt_steps, eval_steps = set(c.checkpoint_steps()), set(c.eval_steps())
         saved: list[Path] = []
         last_eval: dict = {}
         if self.step == 0 and 0 in eval_steps:
             last_eval = self._eval_and_log()
+        if self.deadline is not None and time.time() >= self.deadline:
+            raise LSLError(f"The time budget was spent before the first step (the model and the data took it); the "
+                           "data are cached now: run again with the same budget, or a larger one.")
+        self._fit_at, self._until_given = fit_at, until < c.steps
         from tqdm import tqdm
 
         bar = tqdm(total=until, initial=self.step, desc=f"train {c.name}", unit="step", disable=not self.progress,
@@ -296,8 +314,15 @@ class Trainer:
             lr = self.lr_factor(self.step) * c.lr
             loss = self.train_step()
             self._recent = (self._recent + [loss])[-25:]
+            self._step_secs.append(time.time() - t0)
             self._log({"kind": "train", "step": self.step, "global_step": self.step_offset + self.step,
                        "loss": round(loss, 5), **self.last_terms, "lr": lr, "sec": round(time.time() - t0, 3)})
+            if self.step == self._fit_at:  # before this step's monitor and checkpoint: they follow the fitted count
+                c = self._fit_to_deadline()
+                until = c.steps if not self._until_given else min(until, c.steps)
+                ckpt_steps, eval_steps = set(c.checkpoint_steps()), set(c.eval_steps())
+                bar.total = until
+                bar.refresh()
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}")
             if self.step in eval_steps:
@@ -317,6 +342,7 @@ class Trainer:
     def _eval_and_log(self) -> dict:
         t0 = time.time()
         res = self.monitor()
+        self._eval_sec = time.time() - t0
         if not res:
             return {}
         row = {"kind": "eval", "step": self.step, "global_step": self.step_offset + self.step, **res,
@@ -326,6 +352,69 @@ class Trainer:
             shown = {k: round(v, 3) for k, v in res.items() if isinstance(v, float)}
             print(f"step {self.step_offset + self.step}: {shown}", flush=True)
         return row
+
+
+    def _fit_to_deadline(self) -> TrainConfig:
+        """At step fit_step(cfg): set cfg.steps to what fits before the deadline (fitted_steps), rewrite
+        train_config.json with it, log and print the measurement; returns the new config."""
+        import dataclasses
+        import statistics
+
+        c = self.cfg
+        allowed = c.steps
+        secs = self._step_secs[FIT_SKIP:] or self._step_secs  # the first steps warm up caches and kernels
+        sec = statistics.median(secs)
+        left = self.deadline - time.time()
+        steps = fitted_steps(c, self.step, sec, self._eval_sec, left)
+        self.cfg = c = dataclasses.replace(c, steps=steps)
+        (self.out / CONFIG_NAME).write_text(json.dumps(c.to_dict(), indent=2) + "\n")
+        row = {"kind": "fit", "step": self.step, "global_step": self.step_offset + self.step, "steps": steps,
+               "sec_per_step": round(sec, 4), "measured_steps": len(secs), "eval_sec": round(self._eval_sec, 2),
+               "seconds_left": round(left, 1)}
+        self._log(row)
+        print(f"time budget: {sec:.3f} s a step (median of {len(secs)}), {self._eval_sec:.1f} s a monitor, "
+              f"{left:.0f} s left -> {steps} steps (of at most {allowed}); "
+              f"{self.out / CONFIG_NAME} holds the count: resume with --config that file", flush=True)
+        return c
+
+
+FIT_AT = 20  # the step count is fitted after this many steps (fewer when warmup or the first checkpoint is earlier)
+FIT_SKIP = 3  # ... from the median seconds of the steps after the first FIT_SKIP
+FIT_MARGIN = (15.0, 0.03)  # seconds, and a share of what is left, kept for the last save and the unexpected
+
+
+def fit_step(cfg: TrainConfig) -> int:
+    """The step after which a time budget fits the step count: FIT_AT, but inside the warmup (whose lr does not
+    depend on the step count) and before the first monitor or checkpoint after step 0 (which do), so that the run
+    is exactly the run of a config with the fitted count. Raises when no step qualifies."""
+    first = min([s for s in cfg.eval_steps() if s > 0], default=cfg.steps + 1)
+    at = min(FIT_AT, cfg.warmup_steps, first - 1, cfg.steps)
+    if at < 1:
+        raise LSLError(f"A time budget fits the step count during the warmup and before the first checkpoint or "
+                       f"monitor; this config has warmup_steps={cfg.warmup_steps} and its first one at step {first}. "
+                       "Raise warmup_steps or move the first checkpoint (save_steps, save_every, eval_every).")
+    return at
+
+
+def fitted_steps(cfg: TrainConfig, done: int, sec_per_step: float, eval_sec: float, seconds_left: float) -> int:
+    """The largest step count N in [done, cfg.steps] whose remaining steps (N - done) x sec_per_step plus the
+    monitors still to come (cfg with N steps: eval_steps after `done`, each eval_sec) fit in seconds_left less
+    FIT_MARGIN. `done` when none fits."""
+    import dataclasses
+
+    budget = seconds_left - FIT_MARGIN[0] - FIT_MARGIN[1] * max(0.0, seconds_left)
+
+    def cost(n: int) -> float:
+        evals = sum(s > done for s in dataclasses.replace(cfg, steps=n).eval_steps())
+        return (n - done) * sec_per_step + evals * eval_sec
+
+    lo, hi = done, cfg.steps  # cost rises with n: the largest n with cost(n) <= budget
+    if cost(hi) <= budget:
+        return hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid - 1)
+    return lo
 
 
 class StopRequest:
