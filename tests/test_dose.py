@@ -172,7 +172,8 @@ class _LLM(torch.nn.Module):
         return type("Out", (), {"logits": torch.stack(rows)[:, None, :]})()
 
 
-def test_complete_words_keeps_what_the_backbone_ends_in_order_up_to_need():
+def test_complete_words_keeps_what_the_backbone_ends_in_order_up_to_need(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
     tok = _Tok()
     model = type("M", (), {"tokenizer": tok, "llm": _LLM(tok, {"oblig", "acqu"})})()
     cands = ["output", "oblig", "leather", "acqu", "freely", "dug"]
@@ -180,6 +181,27 @@ def test_complete_words_keeps_what_the_backbone_ends_in_order_up_to_need():
     assert complete_words(model, cands, 2, batch_size=2) == ["output", "leather"]  # stops once it has enough
     # ... after the batch that filled it: the third batch (freely, dug) was never read
     assert tok.seen == ["Dictionary entry: leather", "Dictionary entry: acqu"]
+
+
+def test_complete_words_are_cached_per_backbone_candidates_and_settings(tmp_path, monkeypatch):
+    """The same question again is answered from the cache without a forward; other candidates, another need or
+    another backbone's weights ask the backbone again."""
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
+    tok = _Tok()
+    llm = _LLM(tok, {"oblig", "acqu"})
+    model = type("M", (), {"tokenizer": tok, "llm": llm})()
+    cands = ["output", "oblig", "leather", "acqu"]
+    assert complete_words(model, cands, 10) == ["output", "leather"]
+    tok.seen = None
+    assert complete_words(model, cands, 10) == ["output", "leather"] and tok.seen is None  # no forward
+    assert complete_words(model, cands[:3], 10) == ["output", "leather"] and tok.seen is not None
+    tok.seen = None
+    assert complete_words(model, cands, 1) == ["output"] and tok.seen is not None
+    other = _LLM(tok, {"oblig", "acqu", "output"})
+    with torch.no_grad():
+        other.w.fill_(1.0)  # other weights: another digest
+    tok.seen = None
+    assert complete_words(type("M", (), {"tokenizer": tok, "llm": other})(), cands, 10) == ["leather"]
 
 
 def test_new_words_leave_out_every_trained_word_and_count_each_word_once():

@@ -60,7 +60,39 @@ def complete_words(model, candidates: list[str], need: int, threshold: float = C
     "Dictionary entry: <word>" it gives under `threshold` of its next-token probability to tokens that continue
     the word (ASCII tokens starting with a letter, i.e. without a leading space). BPE fragments such as "oblig"
     or "acqu" are mostly continued; "output" or "leather" are not. Fewer than `need` when the candidates run out.
-    model: an LSLM (its llm and tokenizer)."""
+    model: an LSLM (its llm and tokenizer). The answer is cached on disk (complete_words_cache_path): every start
+    and resume of a stage asks again, and on a CPU a 12,000-token vocabulary takes over a minute of forwards."""
+    import json
+    import os
+
+    path = complete_words_cache_path(model, candidates, need, threshold, batch_size)
+    if path.is_file():
+        return json.loads(path.read_text())
+    kept = _complete_words(model, candidates, need, threshold, batch_size)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(kept))
+    os.replace(tmp, path)
+    return kept
+
+
+def complete_words_cache_path(model, candidates: list[str], need: int, threshold: float, batch_size: int) -> Path:
+    """cache_dir("dose-words") / <key>.json. Key: the backbone's weight digest (batch.module_digest, which names its
+    device), its tokenizer's vocabulary, the candidates in order, need, threshold and batch size (left padding
+    within a batch changes the logits a little)."""
+    import hashlib
+    import json
+
+    from lsl_core.cache import cache_dir
+    from lsl_core.model.batch import module_digest
+
+    vocab = sorted(model.tokenizer.get_vocab().items())
+    key = json.dumps([module_digest(model.llm), vocab, candidates,
+                      need, threshold, batch_size])
+    return cache_dir("dose-words") / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _complete_words(model, candidates: list[str], need: int, threshold: float, batch_size: int) -> list[str]:
+    """complete_words without its cache."""
     import torch
 
     tok = model.tokenizer
