@@ -1,6 +1,6 @@
 """The dose sentences of an open-vocabulary repeat stage: the queue rebuilt per sentence (the algorithm until
 2026-12-04, quadratic in the words spoken) against the linked queue (dose.dose_sentences, linear), side by side
-in one run, with equal output checked.
+in one run, with equal output checked (the old one is tests/test_dose.py's slow reference).
 
 An open-vocabulary stage at the LLM's first 12,000 word tokens speaks 8,391 new words in 30 clips each: 251,730
 word slots, 35,974 sentences (configs/train/experiments/gpu_open_vocab_repeat.json). On a lent accelerator the
@@ -18,32 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def rebuilt_lists(groups: dict[int, list[str]], seed: int, cased: bool = False) -> list[tuple[str, str]]:
-    """The old dose_sentences: each sentence scans the whole queue and rebuilds it from the words it left."""
-    from lsl_core.experiments.train.dose import DOSE_SEED
-    from lsl_core.experiments.train.vocab import as_sentence
-
-    rng = np.random.default_rng(seed + DOSE_SEED + 1)
-    tokens = [w for d, ws in groups.items() if d > 0 for w in ws for _ in range(d)]
-    queue = [tokens[i] for i in rng.permutation(len(tokens))]
-    out = []
-    while queue:
-        k = int(rng.integers(4, 11))
-        cur, rest = [], []
-        for w in queue:
-            (cur if len(cur) < k and w not in cur else rest).append(w)
-        out.append((f"dose{seed}-{len(out):05d}", as_sentence(cur, cased)))
-        queue = rest
-    return out
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the old algorithm is the tests' slow reference
 
 
 def main() -> int:
+    from test_dose import dose_sentences_by_rebuilt_lists
+
     from lsl_core.experiments.train.dose import dose_sentences
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -55,7 +36,7 @@ def main() -> int:
     new = dose_sentences(groups, 0)
     t_new = time.perf_counter() - t
     t = time.perf_counter()
-    old = rebuilt_lists(groups, 0)
+    old = dose_sentences_by_rebuilt_lists(groups, 0)
     t_old = time.perf_counter() - t
     print(f"{args.words} words x {args.dose} clips = {args.words * args.dose} word slots, {len(new)} sentences; "
           f"equal output: {new == old}")

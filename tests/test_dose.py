@@ -38,9 +38,10 @@ def test_dose_sentences_speak_every_word_exactly_its_dose_and_never_the_control(
     assert len({sid for sid, _ in sents}) == len(sents) and all(sid.startswith("dose5-") for sid, _ in sents)
 
 
-def _dose_sentences_by_rebuilt_lists(groups, seed, cased=False):
+def dose_sentences_by_rebuilt_lists(groups, seed, cased=False):
     """The slow reference (the shipped algorithm until 2026-12-04, quadratic in the words spoken): each sentence
-    scans the whole queue and rebuilds it from the words it did not take."""
+    scans the whole queue and rebuilds it from the words it did not take. benchmarks/bench_dose_sentences.py
+    times it against dose_sentences."""
     import numpy as np
 
     from lsl_core.experiments.train.dose import DOSE_SEED
@@ -69,8 +70,8 @@ def _dose_sentences_by_rebuilt_lists(groups, seed, cased=False):
 ])
 @pytest.mark.parametrize("seed", [0, 7])
 def test_dose_sentences_are_exactly_those_of_the_slow_reference(groups, seed):
-    assert dose_sentences(groups, seed) == _dose_sentences_by_rebuilt_lists(groups, seed)
-    assert dose_sentences(groups, seed, cased=True) == _dose_sentences_by_rebuilt_lists(groups, seed, cased=True)
+    assert dose_sentences(groups, seed) == dose_sentences_by_rebuilt_lists(groups, seed)
+    assert dose_sentences(groups, seed, cased=True) == dose_sentences_by_rebuilt_lists(groups, seed, cased=True)
 
 
 def test_held_out_sentences_hold_one_word_of_every_group_and_are_no_training_sentence():

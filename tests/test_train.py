@@ -1141,7 +1141,8 @@ def test_a_time_budget_run_is_exactly_the_run_of_the_fitted_step_count(tiny_part
     assert json.loads((fit_out / "train_config.json").read_text())["steps"] == 4
     for step in ("0003", "0004"):
         for rel in ("adaptor.safetensors", "lora/adapter_model.safetensors"):
-            assert (fit_out / f"lora-step{step}" / rel).read_bytes() == (four_out / f"lora-step{step}" / rel).read_bytes()
+            ckpt = f"lora-step{step}/{rel}"
+            assert (fit_out / ckpt).read_bytes() == (four_out / ckpt).read_bytes(), ckpt
 
     def rows(folder, kind):
         return [r for r in map(json.loads, (folder / "train_log.jsonl").read_text().splitlines()) if r["kind"] == kind]

@@ -86,8 +86,7 @@ def complete_words_cache_path(model, candidates: list[str], need: int, threshold
     from lsl_core.model.batch import module_digest
 
     vocab = sorted(model.tokenizer.get_vocab().items())
-    key = json.dumps([module_digest(model.llm), vocab, candidates,
-                      need, threshold, batch_size])
+    key = json.dumps([module_digest(model.llm), vocab, candidates, need, threshold, batch_size])
     return cache_dir("dose-words") / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 

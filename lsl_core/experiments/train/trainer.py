@@ -12,11 +12,13 @@ training clips as trained on, suffix _train) logs, at every eval step:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import math
 import os
 import signal
+import statistics
 import threading
 import time
 from contextlib import nullcontext
@@ -289,7 +291,7 @@ class Trainer:
         if self.step == 0 and 0 in eval_steps:
             last_eval = self._eval_and_log()
         if self.deadline is not None and time.time() >= self.deadline:
-            raise LSLError(f"The time budget was spent before the first step (the model and the data took it); the "
+            raise LSLError("The time budget was spent before the first step (the model and the data took it); the "
                            "data are cached now: run again with the same budget, or a larger one.")
         self._fit_at, self._until_given = fit_at, until < c.steps
         from tqdm import tqdm
@@ -353,13 +355,9 @@ class Trainer:
             print(f"step {self.step_offset + self.step}: {shown}", flush=True)
         return row
 
-
     def _fit_to_deadline(self) -> TrainConfig:
         """At step fit_step(cfg): set cfg.steps to what fits before the deadline (fitted_steps), rewrite
         train_config.json with it, log and print the measurement; returns the new config."""
-        import dataclasses
-        import statistics
-
         c = self.cfg
         allowed = c.steps
         secs = self._step_secs[FIT_SKIP:] or self._step_secs  # the first steps warm up caches and kernels
@@ -400,8 +398,6 @@ def fitted_steps(cfg: TrainConfig, done: int, sec_per_step: float, eval_sec: flo
     """The largest step count N in [done, cfg.steps] whose remaining steps (N - done) x sec_per_step plus the
     monitors still to come (cfg with N steps: eval_steps after `done`, each eval_sec) fit in seconds_left less
     FIT_MARGIN. `done` when none fits."""
-    import dataclasses
-
     budget = seconds_left - FIT_MARGIN[0] - FIT_MARGIN[1] * max(0.0, seconds_left)
 
     def cost(n: int) -> float:
