@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import threading
 from pathlib import Path
@@ -944,10 +945,40 @@ def test_clips_synthesized_ahead_on_threads_give_the_states_of_one_by_one(tiny_m
     capsys.readouterr()
     ahead = clips_states(tiny_model, jobs, workers=3, desc="states")
     assert where == {False}  # every miss was synthesized on a worker thread
-    assert "states: 7 clips, 4 made on 3 worker threads, in " in capsys.readouterr().out  # the cached 3 were not
+    line = capsys.readouterr().out
+    assert "states: 7 clips, 4 made on 3 worker threads, in " in line  # the cached 3 were not
+    assert re.search(r"the encoder waited -?\d+ s for them, encoded \d+ s, wrote the cache \d+ s, the rest -?\d+ s",
+                     line)
     assert len(ahead) == len(jobs) and all(torch.equal(a, b) for a, b in zip(ahead, one))  # same clips, same order
     monkeypatch.setattr(S, "synthesize", lambda *a, **k: pytest.fail("cache miss"))
     assert all(torch.equal(a, b) for a, b in zip(clips_states(tiny_model, jobs, workers=3), one))  # all cached now
+
+
+def test_cached_encoder_states_time_a_miss_forward_and_write_not_the_wait(tiny_model, tmp_path, monkeypatch):
+    """With `inputs`, the encoder's forward and the cache write are timed, not the wait for the inputs; a hit adds
+    nothing."""
+    import time
+
+    from lsl_core.model.batch import cached_encoder_states
+
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "cache"))
+    enc = tiny_model.encoder
+    audio = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
+
+    def slow_inputs():
+        time.sleep(0.3)
+        return enc.inputs(audio)
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    states = cached_encoder_states(enc, "g", "c", lambda: audio, "k", inputs=slow_inputs, timings=timings)
+    whole = time.perf_counter() - t
+    assert set(timings) == {"encode", "write"} and timings["encode"] > 0 and timings["write"] > 0
+    assert timings["encode"] + timings["write"] < whole - 0.25  # the 0.3 s wait is not in them
+    assert torch.equal(states, enc.encode(audio).to(torch.float16))
+    again = dict(timings)
+    cached_encoder_states(enc, "g", "c", lambda: audio, "k", inputs=slow_inputs, timings=timings)
+    assert timings == again  # a hit: nothing encoded, nothing written
 
 
 def test_autocast_is_bf16_only_where_the_device_computes_it(tiny_parts, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import weakref
 from pathlib import Path
 from typing import Callable, ContextManager, NamedTuple, Sequence
@@ -193,14 +194,16 @@ def encoder_cache_path(encoder, group: str, clip_id: str, content_key: str = "")
 
 
 def cached_encoder_states(encoder, group: str, clip_id: str, audio: Callable[[], np.ndarray],
-                          content_key: str = "", inputs: Callable[[], list] | None = None) -> torch.Tensor:
+                          content_key: str = "", inputs: Callable[[], list] | None = None,
+                          timings: dict[str, float] | None = None) -> torch.Tensor:
     """SpeechEncoder.encode(audio()) [Te, d_enc] as float16 on CPU, cached on disk.
 
     Key: (encoder weight digest, group - e.g. the voice -, clip_id, content_key - e.g. a hash of
     the text and synthesizer version, or of the audio bytes). `audio` is called only on a miss,
     so cached training clips need no re-synthesis; `inputs`, if given, replaces it on a miss with the
     clip's ready encoder inputs (SpeechEncoder.inputs, e.g. computed ahead on a worker thread). Stored as
-    safetensors at encoder_cache_path(...).
+    safetensors at encoder_cache_path(...). `timings`, with `inputs`: seconds of a miss's encoder forward (to the
+    states on the CPU) and cache write are added to its "encode" and "write" (what bounds clip preparation).
     """
     from safetensors.torch import load_file, save_file
 
@@ -210,11 +213,20 @@ def cached_encoder_states(encoder, group: str, clip_id: str, audio: Callable[[],
             return load_file(str(path))["states"]
         except Exception:  # a truncated file from an interrupted run: recompute
             path.unlink(missing_ok=True)
-    states = encoder.encode_inputs(inputs()) if inputs is not None else encoder.encode(audio())
+    if inputs is not None:
+        ready = inputs()  # (may wait for a worker thread: not the encoder's time)
+        t0 = time.perf_counter()
+        states = encoder.encode_inputs(ready)
+    else:
+        t0, states = None, encoder.encode(audio())
     states = states.detach().to("cpu", torch.float16).contiguous()  # [Te, d_enc]
+    t1 = time.perf_counter()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({"states": states}, str(tmp))
     os.replace(tmp, path)
+    if timings is not None and t0 is not None:
+        timings["encode"] = timings.get("encode", 0.0) + t1 - t0
+        timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t1
     return states
 
 

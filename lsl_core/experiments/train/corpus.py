@@ -119,14 +119,14 @@ def clip_content_key(text: str, r: Rendition) -> str:
 
 
 def clip_states(model: LSLM, question_id: str, text: str, r: Rendition,
-                inputs: Callable[[], list] | None = None) -> torch.Tensor:
+                inputs: Callable[[], list] | None = None, timings: dict[str, float] | None = None) -> torch.Tensor:
     """Encoder states [Te, d_enc] of `text` spoken as rendition r; synthesized and encoded only on a cache miss
-    (`inputs`: the clip's encoder inputs made ahead, see clips_states)."""
+    (`inputs`: the clip's encoder inputs made ahead, `timings`: see clips_states)."""
     from lsl_core.data.synth import synthesize
 
     return B.cached_encoder_states(model.encoder, f"espeak-{r.voice}", question_id,
                                    lambda: synthesize(text, r.espeak_voice, r.speed, r.pitch),
-                                   clip_content_key(text, r), inputs=inputs)
+                                   clip_content_key(text, r), inputs=inputs, timings=timings)
 
 
 def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: int = 1, progress: bool = False,
@@ -137,8 +137,9 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
     inputs (the log-mel STFT, SpeechEncoder.inputs) on that many threads, a bounded window ahead of the encoder,
     which runs on this thread: on a many-core machine with a GPU the encoder no longer waits for the CPU work.
     The states are those of clip_states (the same inputs, the same forward), whatever `workers` is. When
-    workers made clips, a last line says how long the encoder's thread waited for them: near the whole time, the
-    synthesis is the bottleneck (more workers); near zero, the encoder is.
+    workers made clips, a last line says how the encoder's thread spent the time: waiting for them (near the whole
+    time: synthesis is the bottleneck, more workers), in the encoder's forward, writing the cache, and the rest
+    (loading cached clips, Python, and - with many busy worker threads - waiting for the GIL).
     """
     from tqdm import tqdm
 
@@ -152,7 +153,7 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
     out: list[torch.Tensor] = []
     pool = ThreadPoolExecutor(max_workers=workers) if ahead else None
     pending: dict[int, Future] = {}
-    t0, waited, made = time.perf_counter(), 0.0, 0
+    t0, waited, made, timings = time.perf_counter(), 0.0, 0, {"encode": 0.0, "write": 0.0}
 
     def ready(fut: Future) -> list:  # the worker's encoder inputs, timing the wait for them
         nonlocal waited, made
@@ -172,15 +173,19 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
                 pending[j] = pool.submit(lambda tj=tj, rj=rj: enc.inputs(synthesize(tj, rj.espeak_voice, rj.speed,
                                                                                       rj.pitch)))
             fut = pending.pop(i, None)
-            out.append(clip_states(model, qid, t, r, inputs=(lambda f=fut: ready(f)) if fut is not None else None))
+            out.append(clip_states(model, qid, t, r, inputs=(lambda f=fut: ready(f)) if fut is not None else None,
+                                   timings=timings))
     finally:
         if pool is not None:
             for fut in pending.values():
                 fut.cancel()
             pool.shutdown(wait=True)
     if made:  # a result line, as train's "data: ...": printed with or without progress bars
-        print(f"{desc}: {len(jobs)} clips, {made} made on {workers} worker threads, in "
-              f"{time.perf_counter() - t0:.0f} s; the encoder waited {waited:.0f} s for them", flush=True)
+        total = time.perf_counter() - t0
+        rest = total - waited - timings["encode"] - timings["write"]
+        print(f"{desc}: {len(jobs)} clips, {made} made on {workers} worker threads, in {total:.0f} s; the encoder "
+              f"waited {waited:.0f} s for them, encoded {timings['encode']:.0f} s, wrote the cache "
+              f"{timings['write']:.0f} s, the rest {rest:.0f} s", flush=True)
     return out
 
 
