@@ -1091,6 +1091,19 @@ def test_train_cli_overrides_fields_and_monitors_without_training(tiny_parts, tm
     assert not Path(cfg.out).exists()  # nothing trained, nothing written
 
 
+def _sigint_during_step(monkeypatch, n: int):
+    """Trainer.train_step sends this process a SIGINT during optimizer step n (1-based); returns the real one."""
+    step = Trainer.train_step
+
+    def interrupted_step(self):
+        if self.step == n - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    return step
+
+
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
 def test_train_cli_ctrl_c_says_where_it_stopped_and_resume_finishes(tiny_parts, tmp_path, capfd, monkeypatch):
     """Ctrl-C during step 2 of 4: a line at once (written to fd 2 from the handler), then one message saying
@@ -1101,14 +1114,7 @@ def test_train_cli_ctrl_c_says_where_it_stopped_and_resume_finishes(tiny_parts, 
     cfg = _cfg(tiny_parts, tmp_path, strategy="frozen", objective="repeat", n_questions=2, voices=("en-us",), steps=4)
     path = tmp_path / "stage.json"
     path.write_text(json.dumps(cfg.to_dict()))
-    step = Trainer.train_step
-
-    def interrupted_step(self):
-        if self.step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    step = _sigint_during_step(monkeypatch, 2)
     args = ["train", "--config", str(path), "--no-progress"]
     assert main(args) == 2
     err = capfd.readouterr().err
@@ -1188,6 +1194,7 @@ def test_a_time_budget_run_is_exactly_the_run_of_the_fitted_step_count(tiny_part
         fit.run(resume=True)
 
 
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
 def test_train_cli_time_budget_fits_and_says_how_to_resume(tiny_parts, tmp_path, capfd, monkeypatch):
     """A generous budget trains the config's count and says so; one spent by the data names that; with --resume it
     is refused; a run stopped part-way says to resume from the fitted train_config.json."""
@@ -1205,14 +1212,7 @@ def test_train_cli_time_budget_fits_and_says_how_to_resume(tiny_parts, tmp_path,
     assert "not with --resume" in capfd.readouterr().err
     assert main(args + ["--time-budget", "0.001"]) == 2
     assert "The time budget was spent before the first step" in capfd.readouterr().err
-    step = Trainer.train_step
-
-    def interrupted_step(self):
-        if self.step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    step = _sigint_during_step(monkeypatch, 3)
     assert main(args + ["--time-budget", "3600"]) == 2
     err = capfd.readouterr().err
     resume = ["train", "--config", str(Path(cfg.out) / "train_config.json"), "--resume", "--no-progress"]
