@@ -15,7 +15,8 @@
 #   call 1, carry .dev/a:  mkdir -p /tmp/stash && cp .dev/a/gguf.part1 /tmp/stash/
 #   call 2, carry .dev/b:  bash scripts/device/open_vocab_gpu.sh 565 200
 #   call 3 (the lease's last ~4 minutes), no carry:  bash scripts/device/open_vocab_gpu.sh 200 continue
-#   afterwards: git reset -q; and remove the '/*' line from .git/info/exclude
+#   afterwards: git reset -q; and remove the '/*' line from .git/info/exclude; the last call's checkpoints:
+#   mkdir -p results/experiments/gpu-lease && cat <files_at>/ckpts.tar.gz.part* | tar -C results/experiments/gpu-lease -xz
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
