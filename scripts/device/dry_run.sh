@@ -26,17 +26,16 @@ qa.update(small, steps=6, save_steps=[2])
 json.dump(rep, open(f"{tmp}/repeat.json", "w"))
 json.dump(qa, open(f"{tmp}/qa.json", "w"))
 PY
-run() {  # one device call: its own empty $OUT, the shared cache and /tmp/dev (a warm machine)
-  rm -rf "$tmp/out" && PY=$PY OUT=$tmp/out STASH=$tmp/stash LSL_CACHE_DIR=$tmp/cache REP=$tmp/repeat.json \
+run() {  # one device call: its own empty $OUT, the shared cache and $DEV (a warm machine)
+  rm -rf "$tmp/out" && PY=$PY DEV=$tmp/dev OUT=$tmp/out STASH=$tmp/stash LSL_CACHE_DIR=$tmp/cache REP=$tmp/repeat.json \
     QA=$tmp/qa.json SAVE_EVERY=6 QA_ON_DEVICE=1 QA_NEEDS=30 bash scripts/device/open_vocab_gpu.sh "$@" \
     | grep -v "Loading\|Convert\|Writing"
 }
 stop_at_step() {  # what a call's timeout does on the device: SIGINT to the training once it reached step $1
-  local log=/tmp/dev/runs/repeat/train_log.jsonl
+  local log=$tmp/dev/runs/repeat/train_log.jsonl
   until [ -f "$log" ] && grep -q "\"kind\": \"train\", \"step\": $1," "$log"; do sleep 0.2; done
   pkill -INT -f "^$PY -m lsl_core train --config $tmp/repeat.json"  # the training, not its timeout
 }
-rm -rf /tmp/dev/runs         # (a previous rehearsal's log would stop nothing)
 stop_at_step 9 &            # call 2: fitted (after step 5, before the checkpoint at 6), stopped part-way
 run 3000 60
 wait

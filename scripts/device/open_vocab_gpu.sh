@@ -10,7 +10,7 @@
 # Call 2 joins and checks the bundle, then trains with `--time-budget`: the model, the data and the first warmup
 # steps come first, then the step count is fitted to what is left of BUDGET_S plus NEXT_S seconds that a call 3
 # will add (one call may run at most 10 minutes, a lease holds 15), less a call 3's reload; it trains until
-# BUDGET_S and leaves the trajectories (repeat/ and qa/ under /tmp/dev/runs) in $OUT as tar parts of <= 15 MB.
+# BUDGET_S and leaves the trajectories (repeat/ and qa/ under $DEV/runs) in $OUT as tar parts of <= 15 MB.
 # Call 3 resumes the stage exactly where call 2 stopped, from the fitted train_config.json (the cached data, the
 # runs and the resume state stay in /tmp while the machine is warm: send it at once), and packs again. The fitted
 # count is in $OUT/run.log, the trajectory's train_config.json and its train_log.jsonl ("fit" row): commit it
@@ -25,7 +25,7 @@ NEXT=${2:-0}
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/out}
 STASH=${STASH:-/tmp/stash}
-DEV=/tmp/dev
+DEV=${DEV:-/tmp/dev}  # the unpacked bundle and the runs (a dry run gives its own)
 QA_ON_DEVICE=${QA_ON_DEVICE:-0}  # 1: also run the QA stage here if QA_NEEDS seconds are left
 QA_NEEDS=${QA_NEEDS:-150}   # seconds the QA stage needs (targets, 7k clips, 200 steps, monitors)
 WORKERS=${WORKERS:-16}  # synthesis threads (on 2026-12-04 16 kept the encoder's thread busy: it never waited)
