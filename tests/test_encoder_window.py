@@ -95,3 +95,38 @@ def test_clip_features_cut_before_the_stft_equal_the_30s_features(encoders, seco
         assert cut.shape == (1, 80, m)
         assert torch.equal(cut, clip.features(audio)[..., :m])
     assert clip.features(audio, 3000).shape == (1, 80, 3000)
+
+
+@pytest.mark.parametrize("window", ["clip", "padded"])
+def test_clips_of_one_length_encoded_together_equal_one_by_one(encoders, window):
+    """encode_inputs_batch: clips of one window and one input length go through the encoder together (at most
+    `batch` at a time), others alone; every clip's states equal encode_inputs of it alone to float32 rounding (a
+    batch of rows may take other matmul blocking: 1 ulp apart on this CPU, for the tiny encoder)."""
+    import numpy as np
+
+    enc = encoders[1] if window == "clip" else encoders[0]
+    rng = np.random.default_rng(0)
+    lengths = [8000, 12000, 8000, 8000, 31 * 16_000, 12000, 8000, 4000]  # three lengths repeat; one spans 2 windows
+    clips = [(rng.standard_normal(n) * 0.05).astype(np.float32) for n in lengths]
+    inputs = [enc.inputs(a) for a in clips]
+    calls = []
+    forward = enc.forward
+
+    def spy(features):
+        calls.append(features.shape[0])
+        return forward(features)
+
+    enc.forward = spy
+    try:
+        together = enc.encode_inputs_batch(inputs, batch=3)
+    finally:
+        del enc.forward
+    alone = [enc.encode_inputs(x) for x in inputs]
+    for a, b in zip(together, alone):
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert [t.shape[0] for t in together] == [enc.n_valid_frames(n) if n <= 480_000 else t.shape[0]
+                                              for n, t in zip(lengths, together)]
+    if window == "clip":  # 4 clips of 8000 samples in batches of 3: 3 + 1; 2 of 12000; 1 of 4000; the long one: 2
+        assert sorted(calls) == [1, 1, 1, 1, 2, 3]
+    else:  # every 30 s window has the same length: the 7 short clips together in batches of 3, the long one alone
+        assert sorted(calls) == [1, 1, 1, 3, 3]

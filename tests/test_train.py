@@ -954,6 +954,32 @@ def test_clips_synthesized_ahead_on_threads_give_the_states_of_one_by_one(tiny_m
     assert all(torch.equal(a, b) for a, b in zip(clips_states(tiny_model, jobs, workers=3), one))  # all cached now
 
 
+def test_clips_of_one_length_are_encoded_together_when_asked(tiny_model, tmp_path, monkeypatch, capsys):
+    """encoder_batch > 1 (the default on a GPU): the new clips of a chunk that share a length go through the encoder
+    together; every clip's cached states equal those made one by one (float16, to rounding), in order, and a second
+    pass reads them all from the cache."""
+    from lsl_core.data import synth as S
+    from lsl_core.experiments.train.corpus import Rendition, clip_states, clips_states
+
+    texts = ["Who wrote Hamlet?", "Where is Lima?", "Name a planet."]
+    # the same text and rendition under two clip ids: equal audio, equal length, two cache entries
+    jobs = [(f"{q}{i}", t, Rendition("en-gb", 160, 50)) for q in ("a", "b", "c") for i, t in enumerate(texts)]
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "one"))
+    one = [clip_states(tiny_model, q, t, r) for q, t, r in jobs]
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "together"))
+    enc, sizes = tiny_model.encoder, []
+    forward = enc.forward
+    monkeypatch.setattr(enc, "forward", lambda f: sizes.append(f.shape[0]) or forward(f))
+    together = clips_states(tiny_model, jobs, workers=2, encoder_batch=2, desc="states")
+    assert max(sizes) == 2 and len(sizes) < len(jobs)  # pairs of equal clips shared forwards
+    assert "(2 clips of one length at a time)" in capsys.readouterr().out
+    for a, b in zip(together, one):
+        assert a.dtype == b.dtype == torch.float16 and a.shape == b.shape and torch.allclose(a, b, atol=2e-3, rtol=2e-3)
+    monkeypatch.setattr(S, "synthesize", lambda *a, **k: pytest.fail("cache miss"))
+    again = clips_states(tiny_model, jobs, workers=2, encoder_batch=2)
+    assert all(torch.equal(a, b) for a, b in zip(again, together))
+
+
 def test_cached_encoder_states_time_a_miss_forward_and_write_not_the_wait(tiny_model, tmp_path, monkeypatch):
     """With `inputs`, the encoder's forward and the cache write are timed, not the wait for the inputs; a hit adds
     nothing."""

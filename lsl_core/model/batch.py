@@ -205,7 +205,7 @@ def cached_encoder_states(encoder, group: str, clip_id: str, audio: Callable[[],
     safetensors at encoder_cache_path(...). `timings`, with `inputs`: seconds of a miss's encoder forward (to the
     states on the CPU) and cache write are added to its "encode" and "write" (what bounds clip preparation).
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     path = encoder_cache_path(encoder, group, clip_id, content_key)
     if path.is_file():
@@ -221,13 +221,20 @@ def cached_encoder_states(encoder, group: str, clip_id: str, audio: Callable[[],
         t0, states = None, encoder.encode(audio())
     states = states.detach().to("cpu", torch.float16).contiguous()  # [Te, d_enc]
     t1 = time.perf_counter()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"states": states}, str(tmp))
-    os.replace(tmp, path)
+    store_encoder_states(path, states)
     if timings is not None and t0 is not None:
         timings["encode"] = timings.get("encode", 0.0) + t1 - t0
         timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t1
     return states
+
+
+def store_encoder_states(path: Path, states: torch.Tensor) -> None:
+    """Write a clip's states [Te, d_enc] (float16, CPU) to its encoder_cache_path, atomically."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({"states": states}, str(tmp))
+    os.replace(tmp, path)
 
 
 def audio_key(audio: np.ndarray) -> str:

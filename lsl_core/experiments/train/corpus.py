@@ -129,17 +129,25 @@ def clip_states(model: LSLM, question_id: str, text: str, r: Rendition,
                                    clip_content_key(text, r), inputs=inputs, timings=timings)
 
 
+ENCODER_BATCH_CUDA = 64  # clips of one length encoded together when the encoder is on a GPU (clips_states)
+
+
 def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: int = 1, progress: bool = False,
-                 desc: str = "encoder states") -> list[torch.Tensor]:
+                 desc: str = "encoder states", encoder_batch: int | None = None) -> list[torch.Tensor]:
     """clip_states of every (question id, text, rendition) job, in order.
 
     With workers > 1 the clips not yet cached are synthesized (espeak-ng, a subprocess) and turned into encoder
     inputs (the log-mel STFT, SpeechEncoder.inputs) on that many threads, a bounded window ahead of the encoder,
     which runs on this thread: on a many-core machine with a GPU the encoder no longer waits for the CPU work.
-    The states are those of clip_states (the same inputs, the same forward), whatever `workers` is. When
-    workers made clips, a last line says how the encoder's thread spent the time: waiting for them (near the whole
-    time: synthesis is the bottleneck, more workers), in the encoder's forward, writing the cache, and the rest
-    (loading cached clips, Python, and - with many busy worker threads - waiting for the GIL).
+    There, the encoder takes the ready clips of the same length together (SpeechEncoder.encode_inputs_batch, at
+    most `encoder_batch` at a time, default ENCODER_BATCH_CUDA on a GPU and 1 elsewhere, grouped within chunks of
+    32 batches of jobs): a forward's fixed cost (Python, kernel launches) should be most of a short clip's on a
+    GPU (not measured there yet: the last line tells); on a CPU the compute dominates and batching gains nothing.
+    The states are those of clip_states (the same inputs, the same forward; encoded in batches, equal to float
+    rounding), whatever `workers` is. When workers made clips, a last line says how the encoder's thread spent the
+    time: waiting for them (near the whole time: synthesis is the bottleneck, more workers), in the encoder's
+    forward, writing the cache, and the rest (loading cached clips, Python, and - with many busy worker threads -
+    waiting for the GIL).
     """
     from tqdm import tqdm
 
@@ -147,9 +155,12 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
 
     enc = model.encoder
     ahead = workers > 1 and hasattr(enc, "inputs")
-    todo = iter([i for i, (qid, t, r) in enumerate(jobs)
-                 if not B.encoder_cache_path(enc, f"espeak-{r.voice}", qid, clip_content_key(t, r)).is_file()]
-                if ahead else [])
+    on_gpu = getattr(enc, "device", torch.device("cpu")).type == "cuda"
+    batch = (encoder_batch or (ENCODER_BATCH_CUDA if on_gpu else 1)) if ahead else 1
+    chunk = 1 if batch == 1 else 32 * batch  # jobs whose ready clips are grouped by length
+    window = max(8 * workers, 2 * chunk)
+    key = lambda i: (f"espeak-{jobs[i][2].voice}", jobs[i][0], clip_content_key(jobs[i][1], jobs[i][2]))  # noqa: E731
+    todo = iter([i for i in range(len(jobs)) if not B.encoder_cache_path(enc, *key(i)).is_file()] if ahead else [])
     out: list[torch.Tensor] = []
     pool = ThreadPoolExecutor(max_workers=workers) if ahead else None
     pending: dict[int, Future] = {}
@@ -163,19 +174,42 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
         made += 1
         return inputs
 
+    def fill() -> None:  # keep the window of clips made ahead full
+        while pool is not None and len(pending) < window:
+            j = next(todo, None)
+            if j is None:
+                break
+            _, tj, rj = jobs[j]
+            pending[j] = pool.submit(lambda tj=tj, rj=rj: enc.inputs(synthesize(tj, rj.espeak_voice, rj.speed,
+                                                                                  rj.pitch)))
+
+    bar = tqdm(total=len(jobs), desc=desc, unit="clip", mininterval=5, disable=not progress)
     try:
-        for i, (qid, t, r) in enumerate(tqdm(jobs, desc=desc, unit="clip", mininterval=5, disable=not progress)):
-            while pool is not None and len(pending) < 8 * workers:  # keep the window full
-                j = next(todo, None)
-                if j is None:
-                    break
-                _, tj, rj = jobs[j]
-                pending[j] = pool.submit(lambda tj=tj, rj=rj: enc.inputs(synthesize(tj, rj.espeak_voice, rj.speed,
-                                                                                      rj.pitch)))
-            fut = pending.pop(i, None)
-            out.append(clip_states(model, qid, t, r, inputs=(lambda f=fut: ready(f)) if fut is not None else None,
-                                   timings=timings))
+        for start in range(0, len(jobs), chunk):
+            fill()
+            part = range(start, min(start + chunk, len(jobs)))
+            encoded: dict[int, torch.Tensor] = {}
+            misses = [i for i in part if i in pending] if batch > 1 else []
+            if misses:  # the chunk's new clips, those of one length together
+                inputs = [ready(pending.pop(i)) for i in misses]
+                t = time.perf_counter()
+                states = [s.to("cpu", torch.float16).contiguous() for s in enc.encode_inputs_batch(inputs, batch)]
+                timings["encode"] += time.perf_counter() - t
+                encoded = dict(zip(misses, states))
+            for i in part:
+                qid, text, r = jobs[i]
+                if i in encoded:
+                    t = time.perf_counter()
+                    B.store_encoder_states(B.encoder_cache_path(enc, *key(i)), encoded[i])
+                    timings["write"] += time.perf_counter() - t
+                    out.append(encoded[i])
+                else:
+                    fut = pending.pop(i, None)
+                    out.append(clip_states(model, qid, text, r, timings=timings,
+                                           inputs=(lambda f=fut: ready(f)) if fut is not None else None))
+                bar.update(1)
     finally:
+        bar.close()
         if pool is not None:
             for fut in pending.values():
                 fut.cancel()
@@ -184,8 +218,9 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
         total = time.perf_counter() - t0
         rest = total - waited - timings["encode"] - timings["write"]
         print(f"{desc}: {len(jobs)} clips, {made} made on {workers} worker threads, in {total:.0f} s; the encoder "
-              f"waited {waited:.0f} s for them, encoded {timings['encode']:.0f} s, wrote the cache "
-              f"{timings['write']:.0f} s, the rest {rest:.0f} s", flush=True)
+              f"waited {waited:.0f} s for them, encoded {timings['encode']:.0f} s"
+              + (f" ({batch} clips of one length at a time)" if batch > 1 else "")
+              + f", wrote the cache {timings['write']:.0f} s, the rest {rest:.0f} s", flush=True)
     return out
 
 
