@@ -972,7 +972,7 @@ def test_clips_of_one_length_are_encoded_together_when_asked(tiny_model, tmp_pat
     monkeypatch.setattr(enc, "forward", lambda f: sizes.append(f.shape[0]) or forward(f))
     together = clips_states(tiny_model, jobs, workers=2, encoder_batch=2, desc="states")
     assert max(sizes) == 2 and len(sizes) < len(jobs)  # pairs of equal clips shared forwards
-    assert "(2 clips of one length at a time)" in capsys.readouterr().out
+    assert "(up to 2 clips of one length at a time)" in capsys.readouterr().out
     for a, b in zip(together, one):
         assert a.dtype == b.dtype == torch.float16 and a.shape == b.shape and torch.allclose(a, b, atol=2e-3, rtol=2e-3)
     monkeypatch.setattr(S, "synthesize", lambda *a, **k: pytest.fail("cache miss"))
@@ -1109,6 +1109,8 @@ def test_train_cli_overrides_fields_and_monitors_without_training(tiny_parts, tm
         assert why in capsys.readouterr().err
     assert main(["train", "--config", str(path), "--workers", "-1", "--monitor-only", "--no-progress"]) == 2
     assert "--workers must be 0 (one per CPU core) or a positive count" in capsys.readouterr().err
+    assert main(["train", "--config", str(path), "--encoder-batch", "-2", "--monitor-only", "--no-progress"]) == 2
+    assert "--encoder-batch must be 0 (by the device) or a positive count" in capsys.readouterr().err
     assert main(["train", "--config", str(path), "--set", 'voices=["en-us"]', "--set", "monitor_train_clips=2",
                  "--monitor-only", "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -28,7 +28,7 @@ json.dump(qa, open(f"{tmp}/qa.json", "w"))
 PY
 run() {  # one device call: its own empty $OUT, the shared cache and $DEV (a warm machine)
   rm -rf "$tmp/out" && PY=$PY DEV=$tmp/dev OUT=$tmp/out STASH=$tmp/stash LSL_CACHE_DIR=$tmp/cache REP=$tmp/repeat.json \
-    QA=$tmp/qa.json SAVE_EVERY=6 QA_ON_DEVICE=1 QA_NEEDS=30 bash scripts/device/open_vocab_gpu.sh "$@" \
+    QA=$tmp/qa.json SAVE_EVERY=6 QA_ON_DEVICE=1 QA_NEEDS=30 ENC_BATCH=4 bash scripts/device/open_vocab_gpu.sh "$@" \
     | grep -v "Loading\|Convert\|Writing"
 }
 stop_at_step() {  # what a call's timeout does on the device: SIGINT to the training once it reached step $1

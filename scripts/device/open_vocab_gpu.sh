@@ -29,6 +29,7 @@ DEV=${DEV:-/tmp/dev}  # the unpacked bundle and the runs (a dry run gives its ow
 QA_ON_DEVICE=${QA_ON_DEVICE:-0}  # 1: also run the QA stage here if QA_NEEDS seconds are left
 QA_NEEDS=${QA_NEEDS:-150}   # seconds the QA stage needs (targets, 7k clips, 200 steps, monitors)
 WORKERS=${WORKERS:-16}  # synthesis threads (on 2026-12-04 16 kept the encoder's thread busy: it never waited)
+ENC_BATCH=${ENC_BATCH:-0}  # clips of one length the encoder takes together (0: 64 on a GPU; the dry run sets it)
 SAVE_EVERY=${SAVE_EVERY:-400}  # a checkpoint (and a monitor, ~9 s) every this many steps (~0.19 s each there)
 RELOAD=${RELOAD:-60}  # seconds a call 3 needs to rebuild the model and reload the cached data before training
 RUNS=$DEV/runs  # the trajectories (repeat/, qa/): under /tmp, which a warm machine keeps between calls
@@ -87,9 +88,9 @@ if [ "$NEXT" = continue ]; then
   FITTED="$RUNS/repeat/train_config.json"
   [ -f "$FITTED" ] || { say "no fitted $FITTED from call 2 on this machine (it went back?): nothing to continue"; exit 9; }
   say "continuing the repeat stage ($FITTED: $($PY -c "import json; print(json.load(open('$FITTED'))['steps'])") steps)"
-  timeout -s INT "$STOP" $PY -m lsl_core train --config "$FITTED" --resume --workers "$WORKERS" --no-progress
+  timeout -s INT "$STOP" $PY -m lsl_core train --config "$FITTED" --resume --workers "$WORKERS" --encoder-batch "$ENC_BATCH" --no-progress
 else
-  timeout -s INT "$STOP" $PY -m lsl_core train --config "$REP" $FIT --workers "$WORKERS" --no-progress
+  timeout -s INT "$STOP" $PY -m lsl_core train --config "$REP" $FIT --workers "$WORKERS" --encoder-batch "$ENC_BATCH" --no-progress
 fi
 RC=$?
 say "repeat stage: exit $RC (0: finished; else stopped, and resumable with 'continue')"
@@ -98,7 +99,7 @@ LAST=$(ls -d "$REP_OUT"-step* 2>/dev/null | sort -V | tail -1)
 # ---------------------------------------------------------------- QA stage (LoRA), from the finished repeat stage
 if [ "$QA_ON_DEVICE" = 1 ] && [ "$RC" = 0 ] && [ -n "$LAST" ] && [ "$(left)" -gt "$QA_NEEDS" ]; then
   timeout -s INT $(( $(left) - 15 )) $PY -m lsl_core train --config "$QA" --set "init=$LAST" --set "out=$RUNS/qa" \
-      --workers "$WORKERS" --no-progress
+      --workers "$WORKERS" --encoder-batch "$ENC_BATCH" --no-progress
   say "QA stage done (exit $?) from $LAST"
 else
   say "QA stage not run here: $(left) s left, QA_ON_DEVICE=$QA_ON_DEVICE, repeat exit $RC, last checkpoint: ${LAST:-none}"

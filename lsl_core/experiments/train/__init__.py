@@ -152,10 +152,11 @@ def make_trainer(cfg: TrainConfig, model: LSLM, data: TrainData, *, resume_dir: 
 
 def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | None = None,
           progress: bool = True, prepare_only: bool = False, monitor_only: bool = False,
-          workers: int = 1, time_budget: float | None = None) -> list[Path]:
+          workers: int = 1, time_budget: float | None = None, encoder_batch: int | None = None) -> list[Path]:
     """Prepare data (cached), build the model, train; returns the checkpoint folders written.
     monitor_only: print the monitor of the stage's start (its `init`) and train nothing; workers: threads that
-    synthesize clips ahead of the encoder (corpus.clips_states; the data are the same whatever the count);
+    synthesize clips ahead of the encoder and encoder_batch: clips of one length it takes together (None: 64 on a
+    GPU, 1 elsewhere) (corpus.clips_states; the data are the same whatever the counts, up to float rounding);
     time_budget: seconds this call may take, model and data included: the step count (at most cfg.steps) is
     fitted to it during warmup, exactly as if the config had said it (Trainer, fit_step)."""
     if time_budget is not None and (time_budget <= 0 or resume or prepare_only or monitor_only):
@@ -164,7 +165,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | No
     device = resolve_device(cfg.device)
     t0 = time.time()
     model = build_model(cfg, device)
-    data = prepare_data(cfg, model, progress, workers)
+    data = prepare_data(cfg, model, progress, workers, encoder_batch)
     n_vocab = sum(e.key.startswith("vocab") for e in data.train)
     n_written = sum(e.key.startswith("written") for e in data.train)
     n_dose = sum(e.key.startswith("dose") for e in data.train)
@@ -215,6 +216,9 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="threads that synthesize and featurize clips ahead of the encoder (0 = one per CPU core, at "
                         "most 16); the data do not depend on it")
+    p.add_argument("--encoder-batch", type=int, default=0, metavar="N",
+                   help="new clips of one length the encoder takes together, with --workers > 1 (0 = 64 on a GPU, 1 "
+                        "elsewhere: a CPU gains nothing); the states equal one by one up to float rounding")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="fit the step count (at most the config's) so that this call ends within SECONDS, model and "
                         "data included: measured over the first warmup steps, written to <out>/train_config.json "
@@ -248,9 +252,12 @@ def main(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise LSLError(f"--workers must be 0 (one per CPU core) or a positive count of threads, got {args.workers}.")
     workers = args.workers or min(16, os.cpu_count() or 1)
+    if args.encoder_batch < 0:
+        raise LSLError(f"--encoder-batch must be 0 (by the device) or a positive count of clips, got "
+                       f"{args.encoder_batch}.")
     train(cfg, resume=args.resume, resume_dir=args.resume_dir, progress=not args.no_progress,
           prepare_only=args.prepare_only, monitor_only=args.monitor_only, workers=workers,
-          time_budget=args.time_budget)
+          time_budget=args.time_budget, encoder_batch=args.encoder_batch or None)
     return 0
 
 

@@ -219,7 +219,7 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
         rest = total - waited - timings["encode"] - timings["write"]
         print(f"{desc}: {len(jobs)} clips, {made} made on {workers} worker threads, in {total:.0f} s; the encoder "
               f"waited {waited:.0f} s for them, encoded {timings['encode']:.0f} s"
-              + (f" ({batch} clips of one length at a time)" if batch > 1 else "")
+              + (f" (up to {batch} clips of one length at a time)" if batch > 1 else "")
               + f", wrote the cache {timings['write']:.0f} s, the rest {rest:.0f} s", flush=True)
     return out
 
@@ -268,9 +268,11 @@ def responses(cfg: TrainConfig, model: LSLM, texts: list[str]) -> list[list[int]
     return self_distillation_targets(model, texts, cfg.target_max_new_tokens, cfg.gen_batch_size)
 
 
-def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: int = 1) -> TrainData:
+def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: int = 1,
+                 encoder_batch: int | None = None) -> TrainData:
     """Questions x renditions -> cached encoder states + the objective's responses (+ monitoring clips);
-    `workers`: threads that synthesize ahead of the encoder (clips_states)."""
+    `workers`: threads that synthesize ahead of the encoder, `encoder_batch`: clips of one length it takes together
+    (clips_states)."""
     train_qs, val_qs = split_questions(cfg)
     items = [(q.example_id, " ".join(q.question.split())) for q in train_qs]
     extra = vocabulary_sentences(model.tokenizer, cfg.vocab_sentences, cfg.vocab_words, cfg.seed,
@@ -293,7 +295,7 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: 
     jobs += [(qid, t, resp, cfg.voices[i % len(cfg.voices)])
              for i, ((qid, t), resp) in enumerate(zip(extra, targets[len(items):]))]
     states = clips_states(model, [(qid, t, rendition(cfg, qid, v)) for qid, t, _, v in jobs], workers, progress,
-                          "encoder states (train)")
+                          "encoder states (train)", encoder_batch)
     train = [TrainExample(f"{qid}__{v}", s, list(resp), t) for (qid, t, resp, v), s in zip(jobs, states)]
     mjobs = []
     for k, q in enumerate(val_qs):
@@ -301,7 +303,8 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: 
         seen = cfg.voices[k % len(cfg.voices)]
         for v, unseen in [(seen, False)] + ([(cfg.heldout_voice, True)] if cfg.heldout_voice else []):
             mjobs.append((q.example_id, t, v, unseen))
-    mstates = clips_states(model, [(qid, t, Rendition(v)) for qid, t, v, _ in mjobs], workers)
+    mstates = clips_states(model, [(qid, t, Rendition(v)) for qid, t, v, _ in mjobs], workers,
+                           encoder_batch=encoder_batch)
     monitor = [MonitorClip(f"{qid}__{v}", t, v, s, unseen) for (qid, t, v, unseen), s in zip(mjobs, mstates)]
     if cfg.monitor_train_clips:
         pick = np.random.default_rng(cfg.seed + 104729).choice(len(train), min(cfg.monitor_train_clips, len(train)),
