@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rehearse scripts/device/open_vocab_gpu.sh here before spending device time: the bundle from bundle.sh, a
 # fresh cache, tiny versions of its two stages (12 questions, 2 voices, at most 24 + 6 steps), as two calls: the
-# first stopped part-way, the second resuming it and running the QA stage.
+# first stopped part-way, the second resuming it and running the QA stage; then a call 3 after a call 2 that fitted
+# no step count.
 #   bash scripts/device/dry_run.sh [PYTHON]
 # PYTHON: best a venv holding only what the accelerator image holds (torch, transformers, peft, accelerate,
 # safetensors, numpy, scipy, pandas, pyarrow, tqdm; plus soundfile, whose cp312 wheel cannot install here), so
@@ -41,3 +42,5 @@ run 3000 60
 wait
 run 3000 continue           # call 3: resumes, finishes, runs the QA stage, packs
 cat "$tmp"/out/ckpts.tar.gz.part* | tar -tz | grep manifest.json
+rm -rf "$tmp/dev/runs"      # as if call 2 had stopped before its fit (in the data): call 3 starts afresh
+run 3000 continue | grep "afresh\|trained"

@@ -84,9 +84,16 @@ else
 fi
 
 REP_OUT=$RUNS/repeat/$($PY -c "import json; print(json.load(open('$REP'))['name'])")
+FITTED="$RUNS/repeat/train_config.json"
+if [ "$NEXT" = continue ] && ! grep -qs '"kind": "fit"' "$RUNS/repeat/train_log.jsonl"; then
+  # call 2 stopped before its step count was fitted (in the data, or its first steps): start afresh here, on the
+  # data it cached, with what is left of this call (a new machine has neither: then the bundle is gone too)
+  [ -d "$DEV/site" ] || { say "this machine holds no bundle from call 2 (it went back?): nothing to continue"; exit 9; }
+  NEXT=0
+  FIT="--time-budget $(( $(left) - QA_NEEDS - 20 )) --set save_every=$SAVE_EVERY --set out=$RUNS/repeat"
+  say "call 2 fitted no step count: the repeat stage starts afresh with what is left here"
+fi
 if [ "$NEXT" = continue ]; then
-  FITTED="$RUNS/repeat/train_config.json"
-  [ -f "$FITTED" ] || { say "no fitted $FITTED from call 2 on this machine (it went back?): nothing to continue"; exit 9; }
   say "continuing the repeat stage ($FITTED: $($PY -c "import json; print(json.load(open('$FITTED'))['steps'])") steps)"
   timeout -s INT "$STOP" $PY -m lsl_core train --config "$FITTED" --resume --workers "$WORKERS" --encoder-batch "$ENC_BATCH" --no-progress
 else
