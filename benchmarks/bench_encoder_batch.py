@@ -3,7 +3,8 @@
 Measured side by side in one run on the embedded Whisper tiny.en ("clip" window, float32), on this machine's
 device (CPU here; on a GPU pass --device cuda):
 1. one forward of a near-empty input (4 log-mel frames) against one of a typical training clip (`--frames`,
-   default 400 = 4 s with the pad): the fixed part (Python and dispatch through the layers) against the whole;
+   default 400 = a 3 s clip with its 1 s pad): the fixed part (Python and dispatch through the layers) against
+   the whole;
 2. `--batch` clips of that length one by one against together (SpeechEncoder.encode_inputs_batch), per clip,
    with the largest difference of their states.
 
