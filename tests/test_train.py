@@ -1180,8 +1180,9 @@ def test_fit_step_is_inside_warmup_and_before_the_first_checkpoint(tiny_parts, t
 
 def test_a_time_budget_run_is_exactly_the_run_of_the_fitted_step_count(tiny_parts, tmp_path, monkeypatch):
     """A deadline run of a config allowing 8 steps, fitted (after step 2, in warmup, before the checkpoint at 3) to
-    4 steps, writes the same checkpoints, loss curve and resume state as a config saying 4 steps from the start,
-    and records the count in its train_config.json; 8 steps from the start give another lr after the warmup."""
+    4 steps, writes the same checkpoints and loss curve as a config saying 4 steps from the start, and records the
+    count in its train_config.json; 8 steps from the start give another lr after the warmup. Resuming with a time
+    budget, or a budget on a config with no step to fit at, is refused before anything is written."""
     import time
 
     from lsl_core.experiments.train import trainer as T
@@ -1220,6 +1221,12 @@ def test_a_time_budget_run_is_exactly_the_run_of_the_fitted_step_count(tiny_part
     assert [r["steps"] for r in rows(fit_out, "fit")] == [4] and rows(fit_out, "fit")[0]["step"] == 2
     with pytest.raises(LSLError, match="resumed run keeps the count"):
         fit.run(resume=True)
+    cfg = _cfg(tiny_parts, tmp_path / "early", "lora", steps=8, warmup_steps=2, save_steps=(1,))
+    model = build_model(cfg, torch.device("cpu"))
+    early = make_trainer(cfg, model, _data(model), progress=False, deadline=time.time() + 3600)
+    with pytest.raises(LSLError, match="first one at step 1"):
+        early.run()
+    assert not Path(cfg.out).exists()  # refused before anything was written
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")

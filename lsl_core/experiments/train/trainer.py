@@ -268,6 +268,12 @@ class Trainer:
     def run(self, resume: bool = False, until: int | None = None) -> list[Path]:
         """Train to `until` (default cfg.steps), checkpointing and monitoring on schedule."""
         c = self.cfg
+        fit_at = None
+        if self.deadline is not None:  # checked before anything is written or restored
+            if resume:
+                raise LSLError("A time budget fits the step count of a fresh run; a resumed run keeps the count it "
+                               "was fitted to (its train_config.json): resume without the time budget.")
+            fit_at = fit_step(c)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / CONFIG_NAME).write_text(json.dumps(c.to_dict(), indent=2) + "\n")
         if self.data.targets:
@@ -278,12 +284,6 @@ class Trainer:
             self._truncate_log(self.step)
         else:
             self.log_path.write_text("")
-        fit_at = None
-        if self.deadline is not None:
-            if resume:
-                raise LSLError("A time budget fits the step count of a fresh run; a resumed run keeps the count it "
-                               "was fitted to (its train_config.json): resume without the time budget.")
-            fit_at = fit_step(c)
         until = c.steps if until is None else min(until, c.steps)
         ckpt_steps, eval_steps = set(c.checkpoint_steps()), set(c.eval_steps())
         saved: list[Path] = []
