@@ -100,6 +100,17 @@ else
   timeout -s INT "$STOP" $PY -m lsl_core train --config "$REP" $FIT --workers "$WORKERS" --encoder-batch "$ENC_BATCH" --no-progress
 fi
 RC=$?
+if [ "$RC" != 0 ] && [ "$RC" != 124 ] && [ "$ENC_BATCH" != 1 ] && [ "$NEXT" != continue ] \
+    && ! grep -qs '"kind": "fit"' "$RUNS/repeat/train_log.jsonl" && [ "$(left)" -gt 120 ]; then
+  # it failed (not its timeout: 124) before fitting a step count, the first time the clips went through the
+  # encoder together on this device: again, one clip at a time (the clips it cached stay cached)
+  say "the repeat stage failed (exit $RC) before its fit: again with the encoder taking one clip at a time"
+  ENC_BATCH=1
+  rm -rf "$RUNS/repeat"
+  FIT="--time-budget $(( $(left) + NEXT - QA_NEEDS - 20 - (NEXT > 0 ? RELOAD : 0) )) --set save_every=$SAVE_EVERY --set out=$RUNS/repeat"
+  timeout -s INT $(( $(left) - QA_NEEDS - 15 )) $PY -m lsl_core train --config "$REP" $FIT --workers "$WORKERS" --encoder-batch 1 --no-progress
+  RC=$?
+fi
 say "repeat stage: exit $RC (0: finished; else stopped, and resumable with 'continue')"
 LAST=$(ls -d "$REP_OUT"-step* 2>/dev/null | sort -V | tail -1)
 
