@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -141,13 +142,16 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
     which runs on this thread: on a many-core machine with a GPU the encoder no longer waits for the CPU work.
     There, the encoder takes the ready clips of the same length together (SpeechEncoder.encode_inputs_batch, at
     most `encoder_batch` at a time, default ENCODER_BATCH_CUDA on a GPU and 1 elsewhere, grouped within chunks of
-    32 batches of jobs): a forward's fixed cost (Python, kernel launches) should be most of a short clip's on a
-    GPU (not measured there yet: the last line tells); on a CPU the compute dominates and batching gains nothing.
+    32 batches of jobs), to spread a forward's fixed cost (Python, kernel launches); on a CPU the compute dominates
+    and batching gains nothing. On a lent H200 it bought little either (2026-12-04, 43,079 clips, 16 threads: 258 s
+    in the forwards, ~6 ms a clip, as one at a time took before; docs/results/gpu_open_vocab_attempt3.log), so the
+    line now counts the forwards: few clips a forward means small groups, many means the forwards themselves are
+    slow there (the GIL shared with the busy worker threads is the suspect).
     The states are those of clip_states (the same inputs, the same forward; encoded in batches, equal to float
     rounding), whatever `workers` is. When workers made clips, a last line says how the encoder's thread spent the
     time: waiting for them (near the whole time: synthesis is the bottleneck, more workers), in the encoder's
-    forward, writing the cache, and the rest (loading cached clips, Python, and - with many busy worker threads -
-    waiting for the GIL).
+    forward (batched: in how many forwards), writing the cache, and the rest (loading cached clips, Python, and -
+    with many busy worker threads - waiting for the GIL).
     """
     from tqdm import tqdm
 
@@ -165,6 +169,7 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
     pool = ThreadPoolExecutor(max_workers=workers) if ahead else None
     pending: dict[int, Future] = {}
     t0, waited, made, timings = time.perf_counter(), 0.0, 0, {"encode": 0.0, "write": 0.0}
+    forwards = 0  # of the batched path: how many clips a forward took on average is what batching bought
 
     def ready(fut: Future) -> list:  # the worker's encoder inputs, timing the wait for them
         nonlocal waited, made
@@ -192,6 +197,8 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
             misses = [i for i in part if i in pending] if batch > 1 else []
             if misses:  # the chunk's new clips, those of one length together
                 inputs = [ready(pending.pop(i)) for i in misses]
+                lengths = Counter(x[0][0].shape[-1] for x in inputs if len(x) == 1)  # as encode_inputs_batch groups
+                forwards += sum(-(-n // batch) for n in lengths.values()) + sum(len(x) for x in inputs if len(x) > 1)
                 t = time.perf_counter()
                 states = [s.to("cpu", torch.float16).contiguous() for s in enc.encode_inputs_batch(inputs, batch)]
                 timings["encode"] += time.perf_counter() - t
@@ -219,7 +226,7 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
         rest = total - waited - timings["encode"] - timings["write"]
         print(f"{desc}: {len(jobs)} clips, {made} made on {workers} worker threads, in {total:.0f} s; the encoder "
               f"waited {waited:.0f} s for them, encoded {timings['encode']:.0f} s"
-              + (f" (up to {batch} clips of one length at a time)" if batch > 1 else "")
+              + (f" in {forwards} forwards (up to {batch} clips of one length at a time)" if batch > 1 else "")
               + f", wrote the cache {timings['write']:.0f} s, the rest {rest:.0f} s", flush=True)
     return out
 
