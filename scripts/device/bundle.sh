@@ -13,8 +13,9 @@
 #   git reset -q HEAD -- lsl_core configs scripts assets/data assets/checkpoints/align-repeat/align-step2700 requirements.txt
 #   (rehearse first, here: bash scripts/device/dry_run.sh)
 #   call 1, carry .dev/a:  mkdir -p /tmp/stash && cp .dev/a/gguf.part1 /tmp/stash/
-#   call 2, carry .dev/b:  bash scripts/device/open_vocab_gpu.sh 565 200
-#   call 3 (the lease's last ~4 minutes), no carry:  bash scripts/device/open_vocab_gpu.sh 200 continue
+#   call 2, carry .dev/b, timeout_s 598:  bash scripts/device/open_vocab_gpu.sh 575 230
+#   call 3 (the lease's last ~4.5 minutes), no carry:  bash scripts/device/open_vocab_gpu.sh <min(230, budget_left_s - 30)> continue
+#   (third lease: call 1 held 36 s, call 2 571 s, 293 s were left; call 3 with 200 s used 111: 28 s of data, 75 s of steps)
 #   afterwards: git reset -q; and remove the '/*' line from .git/info/exclude; the last call's checkpoints:
 #   mkdir -p results/experiments/gpu-lease && cat <files_at>/ckpts.tar.gz.part* | tar -C results/experiments/gpu-lease -xz
 set -euo pipefail
