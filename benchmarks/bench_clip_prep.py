@@ -9,7 +9,8 @@ side by side in one run, on SD-QA *test* questions spoken by the training voices
    first M frames only: SpeechEncoder.features(audio, M), bit-identical, tests/test_encoder_window.py); the
    encoder's forward;
 2. end to end, wall time of corpus.clips_states on fresh caches: one by one (workers=1) against synthesis
-   and log-mel on worker threads ahead of the encoder (workers=N); the states are compared for equality.
+   and log-mel on worker threads ahead of the encoder (workers=N), and on worker processes (spawned: their start,
+   torch's import included, is in the time); the states are compared for equality.
 
     nice -n 10 .venv/bin/python benchmarks/bench_clip_prep.py [--clips 60] [--workers 2]
 
@@ -83,16 +84,18 @@ def main() -> int:
         encoder = enc
 
     cut_stft = enc.features
-    variants = {"before: one by one, 30 s log-mel": (1, lambda a, frames=None: SpeechEncoder.features(enc, a)),
-                "one by one": (1, cut_stft), f"{args.workers} workers ahead": (args.workers, cut_stft)}
+    variants = {"before: one by one, 30 s log-mel": (1, lambda a, frames=None: SpeechEncoder.features(enc, a), "auto"),
+                "one by one": (1, cut_stft, "auto"), f"{args.workers} worker threads ahead": (args.workers, cut_stft,
+                                                                                         "threads"),
+                f"{args.workers} worker processes ahead": (args.workers, cut_stft, "processes")}
     walls, states = {}, {}
     for _ in range(2):  # twice each, alternating; fresh caches every time
-        for name, (w, feats_fn) in variants.items():
+        for name, (w, feats_fn, kind) in variants.items():
             enc.features = feats_fn
             with tempfile.TemporaryDirectory() as cache:
                 os.environ["LSL_CACHE_DIR"] = cache
                 t = time.perf_counter()
-                states[name] = clips_states(Model, jobs, workers=w)
+                states[name] = clips_states(Model, jobs, workers=w, worker_kind=kind)
                 walls.setdefault(name, []).append(time.perf_counter() - t)
     enc.features = cut_stft
     ref = states[next(iter(variants))]
@@ -101,7 +104,7 @@ def main() -> int:
     print("\nend to end (corpus.clips_states), fresh caches, wall s, best of 2")
     for name, xs in walls.items():
         print(f"  {name:34s} {min(xs):6.1f} s  {len(jobs) / min(xs):6.1f} clips/s  speed-up {base / min(xs):.2f}x")
-    print(f"  states equal across the three: {same}")
+    print(f"  states equal across the four: {same}")
     return 0 if same else 1
 
 

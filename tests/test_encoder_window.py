@@ -130,3 +130,24 @@ def test_clips_of_one_length_encoded_together_equal_one_by_one(encoders, window)
         assert sorted(calls) == [1, 1, 1, 1, 2, 3]
     else:  # every 30 s window has the same length: the 7 short clips together in batches of 3, the long one alone
         assert sorted(calls) == [1, 1, 1, 3, 3]
+
+
+@pytest.mark.parametrize("window", ["clip", "padded"])
+def test_the_encoders_cpu_half_gives_its_inputs_after_a_pickle(encoders, window):
+    """SpeechEncoder.cpu_half: no weights, survives pickling (a worker process gets it so), and its inputs - a clip
+    of one window, of two, and of a few samples - equal the encoder's own, bit for bit, window by window."""
+    import pickle
+
+    import numpy as np
+
+    enc = encoders[1] if window == "clip" else encoders[0]
+    raw = pickle.dumps(enc.cpu_half())
+    assert len(raw) < 2_000_000 and not any(isinstance(v, torch.nn.Module) for v in vars(pickle.loads(raw)).values())
+    half = pickle.loads(raw)
+    rng = np.random.default_rng(1)
+    for n in (40, 3 * 16_000, 31 * 16_000):
+        audio = (rng.standard_normal(n) * 0.05).astype(np.float32)
+        mine, theirs = half.inputs(audio), enc.inputs(audio)
+        assert len(mine) == len(theirs) == (2 if n > 480_000 else 1)
+        for (f, k), (g, j) in zip(mine, theirs):
+            assert f.device.type == "cpu" and f.dtype == torch.float32 and k == j and torch.equal(f, g)

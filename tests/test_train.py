@@ -954,6 +954,25 @@ def test_clips_synthesized_ahead_on_threads_give_the_states_of_one_by_one(tiny_m
     assert all(torch.equal(a, b) for a, b in zip(clips_states(tiny_model, jobs, workers=3), one))  # all cached now
 
 
+def test_clips_made_ahead_in_worker_processes_give_the_states_of_one_by_one(tiny_model, tmp_path, monkeypatch,
+                                                                            capsys):
+    """worker_kind="processes": spawned processes synthesize and featurize the new clips (the encoder's CPU half), this
+    process encodes them: the states equal clip_states one by one, bit for bit, in order, and the line says so; an
+    unknown kind is refused before any work."""
+    from lsl_core.experiments.train.corpus import Rendition, clip_states, clips_states
+
+    texts = ["Who wrote Hamlet?", "Where is Lima?", "How tall is the Eiffel Tower?", "Name a planet."]
+    jobs = [(f"q{i}", t, Rendition(("en-gb", "en-us")[i % 2], 150 + 5 * i, 40)) for i, t in enumerate(texts)]
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "one"))
+    one = [clip_states(tiny_model, q, t, r) for q, t, r in jobs]
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "procs"))
+    with pytest.raises(LSLError, match="Unknown worker kind"):
+        clips_states(tiny_model, jobs, workers=2, worker_kind="fibres")
+    got = clips_states(tiny_model, jobs, workers=2, worker_kind="processes", desc="states")
+    assert "states: 4 clips, 4 made on 2 worker processes, in " in capsys.readouterr().out
+    assert len(got) == len(jobs) and all(torch.equal(a, b) for a, b in zip(got, one))
+
+
 def test_clips_of_one_length_are_encoded_together_when_asked(tiny_model, tmp_path, monkeypatch, capsys):
     """encoder_batch > 1 (the default on a GPU): the new clips of a chunk that share a length go through the encoder
     together; every clip's cached states equal those made one by one (float16, to rounding), in order, and a second

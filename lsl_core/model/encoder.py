@@ -287,6 +287,10 @@ class SpeechEncoder(nn.Module):
             out.append((self.features(part, m)[..., :m], self.n_valid_frames(len(part))))
         return out
 
+    def cpu_half(self) -> "EncoderInputs":
+        """This encoder's `inputs` without its weights, on the CPU in float32: picklable, for worker processes."""
+        return EncoderInputs(self)
+
     @torch.no_grad()
     def encode_inputs(self, inputs: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
         """`inputs(audio)` -> states of the real-audio frames [Te, d_enc], windows concatenated in time order."""
@@ -323,3 +327,25 @@ class SpeechEncoder(nn.Module):
         each under this encoder's window convention; frames concatenated in time order.
         """
         return self.encode_inputs(self.inputs(audio_16k))
+
+
+class EncoderInputs:
+    """The CPU half of a SpeechEncoder: `inputs(audio)` by the very same methods, log-mel [1, n_mels, M] in float32
+    on the CPU, with no weights (small and picklable: training's worker processes hold one each). Moved to the
+    encoder's device and dtype they equal its own `inputs` (`features` ends in that same move)."""
+
+    windows = SpeechEncoder.windows
+    input_frames = SpeechEncoder.input_frames
+    n_valid_frames = SpeechEncoder.n_valid_frames
+    features = SpeechEncoder.features
+    inputs = SpeechEncoder.inputs
+    device = torch.device("cpu")
+    dtype = torch.float32
+
+    def __init__(self, enc: SpeechEncoder) -> None:
+        self.feature_extractor = enc.feature_extractor
+        self.window = enc.window
+        self.samples_per_frame = enc.samples_per_frame
+        self.max_frames = enc.max_frames
+        self.n_input_frames = enc.n_input_frames
+        self.frame_seconds = enc.frame_seconds

@@ -29,7 +29,7 @@ json.dump(qa, open(f"{tmp}/qa.json", "w"))
 PY
 run() {  # one device call: its own empty $OUT, the shared cache and $DEV (a warm machine)
   rm -rf "$tmp/out" && PY=$PY DEV=$tmp/dev OUT=$tmp/out STASH=$tmp/stash LSL_CACHE_DIR=$tmp/cache REP=$tmp/repeat.json \
-    QA=$tmp/qa.json SAVE_EVERY=6 QA_ON_DEVICE=1 QA_NEEDS=30 ENC_BATCH=${EB:-4} bash scripts/device/open_vocab_gpu.sh "$@" \
+    QA=$tmp/qa.json SAVE_EVERY=6 QA_ON_DEVICE=1 QA_NEEDS=30 ENC_BATCH=${EB:-4} WORKER_KIND=processes bash scripts/device/open_vocab_gpu.sh "$@" \
     | grep -v "Loading\|Convert\|Writing"
 }
 stop_at_step() {  # what a call's timeout does on the device: SIGINT to the training once it reached step $1
@@ -45,4 +45,4 @@ cat "$tmp"/out/ckpts.tar.gz.part* | tar -tz | grep manifest.json
 rm -rf "$tmp/dev/runs"      # as if call 2 had stopped before its fit (in the data): call 3 starts afresh
 run 3000 continue | grep "afresh\|trained"
 rm -rf "$tmp/dev/runs"      # a call 2 whose batched encoder fails (here: an invalid batch) goes on one clip at a time
-EB=-1 run 3000 60 | grep "one clip at a time\|trained"
+EB=-1 run 3000 60 | grep "one clip at a time\|trained\|worker"

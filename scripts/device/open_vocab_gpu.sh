@@ -30,6 +30,7 @@ QA_ON_DEVICE=${QA_ON_DEVICE:-0}  # 1: also run the QA stage here if QA_NEEDS sec
 QA_NEEDS=${QA_NEEDS:-150}   # seconds the QA stage needs (targets, 7k clips, 200 steps, monitors)
 WORKERS=${WORKERS:-16}  # synthesis threads (on 2026-12-04 16 kept the encoder's thread busy: it never waited)
 ENC_BATCH=${ENC_BATCH:-0}  # clips of one length the encoder takes together (0: 64 on a GPU; the dry run sets it)
+WORKER_KIND=${WORKER_KIND:-auto}  # the workers: auto = processes on a GPU (the third lease's threads held the GIL)
 SAVE_EVERY=${SAVE_EVERY:-400}  # a checkpoint (and a monitor, ~9 s) every this many steps (~0.19 s each there)
 RELOAD=${RELOAD:-40}  # seconds a call 3 needs to rebuild the model and reload the cached data (third lease: ~35 s)
 RUNS=$DEV/runs  # the trajectories (repeat/, qa/): under /tmp, which a warm machine keeps between calls
@@ -95,20 +96,20 @@ if [ "$NEXT" = continue ] && ! grep -qs '"kind": "fit"' "$RUNS/repeat/train_log.
 fi
 if [ "$NEXT" = continue ]; then
   say "continuing the repeat stage ($FITTED: $($PY -c "import json; print(json.load(open('$FITTED'))['steps'])") steps)"
-  timeout -s INT "$STOP" $PY -m lsl_core train --config "$FITTED" --resume --workers "$WORKERS" --encoder-batch "$ENC_BATCH" --no-progress
+  timeout -s INT "$STOP" $PY -m lsl_core train --config "$FITTED" --resume --workers "$WORKERS" --encoder-batch "$ENC_BATCH" --worker-kind "$WORKER_KIND" --no-progress
 else
-  timeout -s INT "$STOP" $PY -m lsl_core train --config "$REP" $FIT --workers "$WORKERS" --encoder-batch "$ENC_BATCH" --no-progress
+  timeout -s INT "$STOP" $PY -m lsl_core train --config "$REP" $FIT --workers "$WORKERS" --encoder-batch "$ENC_BATCH" --worker-kind "$WORKER_KIND" --no-progress
 fi
 RC=$?
 if [ "$RC" != 0 ] && [ "$RC" != 124 ] && [ "$ENC_BATCH" != 1 ] && [ "$NEXT" != continue ] \
     && ! grep -qs '"kind": "fit"' "$RUNS/repeat/train_log.jsonl" && [ "$(left)" -gt 120 ]; then
-  # it failed (not its timeout: 124) before fitting a step count, the first time the clips went through the
-  # encoder together on this device: again, one clip at a time (the clips it cached stay cached)
-  say "the repeat stage failed (exit $RC) before its fit: again with the encoder taking one clip at a time"
+  # it failed (not its timeout: 124) before fitting a step count: again as the second lease ran, worker threads and
+  # one clip at a time through the encoder (the clips it cached stay cached)
+  say "the repeat stage failed (exit $RC) before its fit: again with worker threads and the encoder taking one clip at a time"
   ENC_BATCH=1
   rm -rf "$RUNS/repeat"
   FIT="--time-budget $(( $(left) + NEXT - QA_NEEDS - 20 - (NEXT > 0 ? RELOAD : 0) )) --set save_every=$SAVE_EVERY --set out=$RUNS/repeat"
-  timeout -s INT $(( $(left) - QA_NEEDS - 15 )) $PY -m lsl_core train --config "$REP" $FIT --workers "$WORKERS" --encoder-batch 1 --no-progress
+  timeout -s INT $(( $(left) - QA_NEEDS - 15 )) $PY -m lsl_core train --config "$REP" $FIT --workers "$WORKERS" --encoder-batch 1 --worker-kind threads --no-progress
   RC=$?
 fi
 say "repeat stage: exit $RC (0: finished; else stopped, and resumable with 'continue')"
@@ -117,7 +118,7 @@ LAST=$(ls -d "$REP_OUT"-step* 2>/dev/null | sort -V | tail -1)
 # ---------------------------------------------------------------- QA stage (LoRA), from the finished repeat stage
 if [ "$QA_ON_DEVICE" = 1 ] && [ "$RC" = 0 ] && [ -n "$LAST" ] && [ "$(left)" -gt "$QA_NEEDS" ]; then
   timeout -s INT $(( $(left) - 15 )) $PY -m lsl_core train --config "$QA" --set "init=$LAST" --set "out=$RUNS/qa" \
-      --workers "$WORKERS" --encoder-batch "$ENC_BATCH" --no-progress
+      --workers "$WORKERS" --encoder-batch "$ENC_BATCH" --worker-kind "$WORKER_KIND" --no-progress
   say "QA stage done (exit $?) from $LAST"
 else
   say "QA stage not run here: $(left) s left, QA_ON_DEVICE=$QA_ON_DEVICE, repeat exit $RC, last checkpoint: ${LAST:-none}"

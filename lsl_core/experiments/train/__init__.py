@@ -34,7 +34,7 @@ import torch
 from lsl_core.cli import add_device_args
 from lsl_core.errors import LSLError
 from lsl_core.experiments.train.config import OBJECTIVES, TRAIN_STRATEGIES, TrainConfig
-from lsl_core.experiments.train.corpus import MonitorClip, TrainData, TrainExample, prepare_data
+from lsl_core.experiments.train.corpus import WORKER_KINDS, MonitorClip, TrainData, TrainExample, prepare_data
 from lsl_core.experiments.train.state import default_resume_dir
 from lsl_core.experiments.train.trainer import Trainer
 from lsl_core.model.adaptor import with_context
@@ -152,11 +152,13 @@ def make_trainer(cfg: TrainConfig, model: LSLM, data: TrainData, *, resume_dir: 
 
 def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | None = None,
           progress: bool = True, prepare_only: bool = False, monitor_only: bool = False,
-          workers: int = 1, time_budget: float | None = None, encoder_batch: int | None = None) -> list[Path]:
+          workers: int = 1, time_budget: float | None = None, encoder_batch: int | None = None,
+          worker_kind: str = "auto") -> list[Path]:
     """Prepare data (cached), build the model, train; returns the checkpoint folders written.
-    monitor_only: print the monitor of the stage's start (its `init`) and train nothing; workers: threads that
-    synthesize clips ahead of the encoder and encoder_batch: clips of one length it takes together (None: 64 on a
-    GPU, 1 elsewhere) (corpus.clips_states; the data are the same whatever the counts, up to float rounding);
+    monitor_only: print the monitor of the stage's start (its `init`) and train nothing; workers: threads or
+    processes (worker_kind: "auto" = processes on a GPU) that synthesize clips ahead of the encoder and
+    encoder_batch: clips of one length it takes together (None: 64 on a GPU, 1 elsewhere) (corpus.clips_states;
+    the data are the same whatever the counts and kinds, up to float rounding);
     time_budget: seconds this call may take, model and data included: the step count (at most cfg.steps) is
     fitted to it during warmup, exactly as if the config had said it (Trainer, fit_step)."""
     if time_budget is not None and (time_budget <= 0 or resume or prepare_only or monitor_only):
@@ -165,7 +167,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | No
     device = resolve_device(cfg.device)
     t0 = time.time()
     model = build_model(cfg, device)
-    data = prepare_data(cfg, model, progress, workers, encoder_batch)
+    data = prepare_data(cfg, model, progress, workers, encoder_batch, worker_kind)
     n_vocab = sum(e.key.startswith("vocab") for e in data.train)
     n_written = sum(e.key.startswith("written") for e in data.train)
     n_dose = sum(e.key.startswith("dose") for e in data.train)
@@ -214,8 +216,11 @@ def register(subparsers) -> None:
     p.add_argument("--monitor-only", action="store_true",
                    help="print the monitor (agreement, stage score per voice group) of the config's init; no training")
     p.add_argument("--workers", type=int, default=0,
-                   help="threads that synthesize and featurize clips ahead of the encoder (0 = one per CPU core, at "
-                        "most 16); the data do not depend on it")
+                   help="threads or processes (--worker-kind) that synthesize and featurize clips ahead of the encoder "
+                        "(0 = one per CPU core, at most 16); the data do not depend on it")
+    p.add_argument("--worker-kind", choices=WORKER_KINDS, default="auto",
+                   help="the --workers are threads, or spawned processes that leave the encoder's thread the GIL "
+                        "(auto: processes when the encoder is on a GPU, threads elsewhere)")
     p.add_argument("--encoder-batch", type=int, default=0, metavar="N",
                    help="new clips of one length the encoder takes together, with --workers > 1 (0 = 64 on a GPU, 1 "
                         "elsewhere: a CPU gains nothing); the states equal one by one up to float rounding")
@@ -257,7 +262,7 @@ def main(args: argparse.Namespace) -> int:
                        f"{args.encoder_batch}.")
     train(cfg, resume=args.resume, resume_dir=args.resume_dir, progress=not args.no_progress,
           prepare_only=args.prepare_only, monitor_only=args.monitor_only, workers=workers,
-          time_budget=args.time_budget, encoder_batch=args.encoder_batch or None)
+          time_budget=args.time_budget, encoder_batch=args.encoder_batch or None, worker_kind=args.worker_kind)
     return 0
 
 

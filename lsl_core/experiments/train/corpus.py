@@ -23,7 +23,7 @@ import json
 import os
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -131,10 +131,29 @@ def clip_states(model: LSLM, question_id: str, text: str, r: Rendition,
 
 
 ENCODER_BATCH_CUDA = 64  # clips of one length encoded together when the encoder is on a GPU (clips_states)
+WORKER_KINDS = ("auto", "threads", "processes")  # clips_states' workers: auto = processes on a GPU, else threads
+
+_WORKER_INPUTS = None  # a worker process's EncoderInputs (_start_clip_worker)
+
+
+def _start_clip_worker(featurizer) -> None:
+    """A worker process's initializer: keep the encoder's CPU half (SpeechEncoder.cpu_half)."""
+    global _WORKER_INPUTS
+    torch.set_num_threads(1)  # one core a worker: the pool is the parallelism
+    _WORKER_INPUTS = featurizer
+
+
+def _clip_worker_inputs(text: str, voice: str, speed: int | None, pitch: int | None) -> list[tuple[np.ndarray, int]]:
+    """In a worker process: synthesize a clip and compute its encoder inputs (log-mel [1, n_mels, M] float32, valid
+    frames) per window, as numpy arrays for the trip back."""
+    from lsl_core.data.synth import synthesize
+
+    return [(f.numpy(), n) for f, n in _WORKER_INPUTS.inputs(synthesize(text, voice, speed, pitch))]
 
 
 def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: int = 1, progress: bool = False,
-                 desc: str = "encoder states", encoder_batch: int | None = None) -> list[torch.Tensor]:
+                 desc: str = "encoder states", encoder_batch: int | None = None,
+                 worker_kind: str = "auto") -> list[torch.Tensor]:
     """clip_states of every (question id, text, rendition) job, in order.
 
     With workers > 1 the clips not yet cached are synthesized (espeak-ng, a subprocess) and turned into encoder
@@ -147,11 +166,14 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
     in the forwards, ~6 ms a clip, as one at a time took before; docs/results/gpu_open_vocab_attempt3.log), so the
     line now counts the forwards: few clips a forward means small groups, many means the forwards themselves are
     slow there (the GIL shared with the busy worker threads is the suspect).
+    `worker_kind`: the workers are threads, or processes (spawned, each with the encoder's CPU half,
+    SpeechEncoder.cpu_half: the log-mel comes back as float32 and moves to the encoder here, as `features` moves
+    it), which leave this thread's GIL to the encoder's Python; "auto" = processes when the encoder is on a GPU.
     The states are those of clip_states (the same inputs, the same forward; encoded in batches, equal to float
-    rounding), whatever `workers` is. When workers made clips, a last line says how the encoder's thread spent the
-    time: waiting for them (near the whole time: synthesis is the bottleneck, more workers), in the encoder's
-    forward (batched: in how many forwards), writing the cache, and the rest (loading cached clips, Python, and -
-    with many busy worker threads - waiting for the GIL).
+    rounding), whatever `workers` and `worker_kind` are. When workers made clips, a last line says how the
+    encoder's thread spent the time: waiting for them (near the whole time: synthesis is the bottleneck, more
+    workers), in the encoder's forward (batched: in how many forwards), writing the cache, and the rest (loading
+    cached clips, Python, and - with many busy worker threads - waiting for the GIL).
     """
     from tqdm import tqdm
 
@@ -165,8 +187,18 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
     window = max(8 * workers, 2 * chunk)
     key = lambda i: (f"espeak-{jobs[i][2].voice}", jobs[i][0], clip_content_key(jobs[i][1], jobs[i][2]))  # noqa: E731
     todo = iter([i for i in range(len(jobs)) if not B.encoder_cache_path(enc, *key(i)).is_file()] if ahead else [])
+    if worker_kind not in WORKER_KINDS:
+        raise LSLError(f"Unknown worker kind {worker_kind!r}; use one of {WORKER_KINDS}.")
+    processes = ahead and hasattr(enc, "cpu_half") and (worker_kind == "processes"
+                                                        or (worker_kind == "auto" and on_gpu))
     out: list[torch.Tensor] = []
-    pool = ThreadPoolExecutor(max_workers=workers) if ahead else None
+    if processes:
+        import multiprocessing
+
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_clip_worker, initargs=(enc.cpu_half(),))
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers) if ahead else None
     pending: dict[int, Future] = {}
     t0, waited, made, timings = time.perf_counter(), 0.0, 0, {"encode": 0.0, "write": 0.0}
     forwards = 0  # of the batched path: how many clips a forward took on average is what batching bought
@@ -176,6 +208,8 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
         t = time.perf_counter()
         inputs = fut.result()
         waited += time.perf_counter() - t
+        if processes:  # float32 log-mel from a worker process: onto the encoder, as its own `features` does
+            inputs = [(torch.from_numpy(f).to(device=enc.device, dtype=enc.dtype), n) for f, n in inputs]
         made += 1
         return inputs
 
@@ -185,8 +219,11 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
             if j is None:
                 break
             _, tj, rj = jobs[j]
-            pending[j] = pool.submit(lambda tj=tj, rj=rj: enc.inputs(synthesize(tj, rj.espeak_voice, rj.speed,
-                                                                                  rj.pitch)))
+            if processes:
+                pending[j] = pool.submit(_clip_worker_inputs, tj, rj.espeak_voice, rj.speed, rj.pitch)
+            else:
+                pending[j] = pool.submit(lambda tj=tj, rj=rj: enc.inputs(synthesize(tj, rj.espeak_voice, rj.speed,
+                                                                                      rj.pitch)))
 
     bar = tqdm(total=len(jobs), desc=desc, unit="clip", mininterval=5, disable=not progress)
     try:
@@ -224,7 +261,8 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
     if made:  # a result line, as train's "data: ...": printed with or without progress bars
         total = time.perf_counter() - t0
         rest = total - waited - timings["encode"] - timings["write"]
-        print(f"{desc}: {len(jobs)} clips, {made} made on {workers} worker threads, in {total:.0f} s; the encoder "
+        print(f"{desc}: {len(jobs)} clips, {made} made on {workers} worker {'processes' if processes else 'threads'}, "
+              f"in {total:.0f} s; the encoder "
               f"waited {waited:.0f} s for them, encoded {timings['encode']:.0f} s"
               + (f" in {forwards} forwards (up to {batch} clips of one length at a time)" if batch > 1 else "")
               + f", wrote the cache {timings['write']:.0f} s, the rest {rest:.0f} s", flush=True)
@@ -276,10 +314,10 @@ def responses(cfg: TrainConfig, model: LSLM, texts: list[str]) -> list[list[int]
 
 
 def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: int = 1,
-                 encoder_batch: int | None = None) -> TrainData:
+                 encoder_batch: int | None = None, worker_kind: str = "auto") -> TrainData:
     """Questions x renditions -> cached encoder states + the objective's responses (+ monitoring clips);
-    `workers`: threads that synthesize ahead of the encoder, `encoder_batch`: clips of one length it takes together
-    (clips_states)."""
+    `workers`: threads or processes (`worker_kind`) that synthesize ahead of the encoder, `encoder_batch`: clips of
+    one length it takes together (clips_states)."""
     train_qs, val_qs = split_questions(cfg)
     items = [(q.example_id, " ".join(q.question.split())) for q in train_qs]
     extra = vocabulary_sentences(model.tokenizer, cfg.vocab_sentences, cfg.vocab_words, cfg.seed,
@@ -302,7 +340,7 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: 
     jobs += [(qid, t, resp, cfg.voices[i % len(cfg.voices)])
              for i, ((qid, t), resp) in enumerate(zip(extra, targets[len(items):]))]
     states = clips_states(model, [(qid, t, rendition(cfg, qid, v)) for qid, t, _, v in jobs], workers, progress,
-                          "encoder states (train)", encoder_batch)
+                          "encoder states (train)", encoder_batch, worker_kind)
     train = [TrainExample(f"{qid}__{v}", s, list(resp), t) for (qid, t, resp, v), s in zip(jobs, states)]
     mjobs = []
     for k, q in enumerate(val_qs):
@@ -311,7 +349,7 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: 
         for v, unseen in [(seen, False)] + ([(cfg.heldout_voice, True)] if cfg.heldout_voice else []):
             mjobs.append((q.example_id, t, v, unseen))
     mstates = clips_states(model, [(qid, t, Rendition(v)) for qid, t, v, _ in mjobs], workers,
-                           encoder_batch=encoder_batch)
+                           encoder_batch=encoder_batch, worker_kind=worker_kind)
     monitor = [MonitorClip(f"{qid}__{v}", t, v, s, unseen) for (qid, t, v, unseen), s in zip(mjobs, mstates)]
     if cfg.monitor_train_clips:
         pick = np.random.default_rng(cfg.seed + 104729).choice(len(train), min(cfg.monitor_train_clips, len(train)),
