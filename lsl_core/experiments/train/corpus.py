@@ -164,8 +164,9 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
     32 batches of jobs), to spread a forward's fixed cost (Python, kernel launches); on a CPU the compute dominates
     and batching gains nothing. On a lent H200 it bought little either (2026-12-04, 43,079 clips, 16 threads: 258 s
     in the forwards, ~6 ms a clip, as one at a time took before; docs/results/gpu_open_vocab_attempt3.log), so the
-    line now counts the forwards: few clips a forward means small groups, many means the forwards themselves are
-    slow there (the GIL shared with the busy worker threads is the suspect).
+    line now counts the forwards: ~9 clips a forward there (benchmarks/bench_encoder_groups.py), ~56 ms each, far
+    slower than the GPU computes them: host-bound, the GIL shared with 16 busy worker threads the suspect, which
+    worker processes (below) remove.
     `worker_kind`: the workers are threads, or processes (spawned, each with the encoder's CPU half,
     SpeechEncoder.cpu_half: the log-mel comes back as float32 and moves to the encoder here, as `features` moves
     it), which leave this thread's GIL to the encoder's Python; "auto" = processes when the encoder is on a GPU.
