@@ -27,26 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def job_texts(cfg, model) -> list[tuple[str, str, str]]:
-    """(clip id, text, voice) of the config's training clips, in prepare_data's order (questions x voices, then
-    each extra sentence once, by the voices in turn)."""
-    from lsl_core.experiments.train.corpus import split_questions
-    from lsl_core.experiments.train.vocab import vocabulary_sentences
-
-    train_qs, _ = split_questions(cfg)
-    items = [(q.example_id, " ".join(q.question.split())) for q in train_qs]
-    extra = vocabulary_sentences(model.tokenizer, cfg.vocab_sentences, cfg.vocab_words, cfg.seed, cfg.vocab_cased)
-    if cfg.vocab_doses:
-        from lsl_core.experiments.train.dose import config_groups, dose_sentences
-
-        extra += dose_sentences(config_groups(cfg, model), cfg.seed, cfg.vocab_cased)
-    if cfg.written_questions:
-        raise SystemExit("configs with written_questions need the backbone to write them: not sampled here")
-    jobs = [(qid, t, v) for qid, t in items for v in cfg.voices]
-    jobs += [(qid, t, cfg.voices[i % len(cfg.voices)]) for i, (qid, t) in enumerate(extra)]
-    return jobs
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True)
@@ -61,13 +41,14 @@ def main() -> None:
     from lsl_core.data.synth import synthesize
     from lsl_core.experiments.train import build_model
     from lsl_core.experiments.train.config import TrainConfig
-    from lsl_core.experiments.train.corpus import rendition
+    from lsl_core.experiments.train.corpus import rendition, stage_clips, stage_texts
 
     torch.set_num_threads(2)
     cfg = TrainConfig.from_json(args.config)
     model = build_model(cfg, torch.device("cpu"))
     enc = model.encoder
-    jobs = job_texts(cfg, model)
+    items, extra, _ = stage_texts(cfg, model)
+    jobs = [(qid, t, v) for qid, t, v, _ in stage_clips(cfg, items, extra)]  # in prepare_data's order
     chunk = 32 * args.batch
     n_chunks = -(-len(jobs) // chunk)
     picked = sorted({round(k * (n_chunks - 1) / max(1, args.chunks - 1)) for k in range(args.chunks)})

@@ -1273,3 +1273,16 @@ def test_train_cli_time_budget_fits_and_says_how_to_resume(tiny_parts, tmp_path,
     assert "Stopped by SIGINT at step 3 of 4" in err and " ".join(resume[1:4]) in err
     monkeypatch.setattr(Trainer, "train_step", step)
     assert main(resume) == 0 and "to step 4/4" in capfd.readouterr().out
+
+
+def test_stage_clips_speak_each_question_by_every_voice_and_each_extra_text_once_in_turn(tiny_parts, tmp_path):
+    """stage_clips, by hand: two questions x three voices, then three extra texts by the voices in turn; the index
+    points into items + extra (where prepare_data reads each clip's target)."""
+    from lsl_core.experiments.train.corpus import stage_clips
+
+    cfg = _cfg(tiny_parts, tmp_path, voices=["a", "b", "c"])
+    items, extra = [("q1", "one?"), ("q2", "two?")], [("x1", "red"), ("x2", "green"), ("x3", "blue")]
+    assert stage_clips(cfg, items, extra) == [
+        ("q1", "one?", "a", 0), ("q1", "one?", "b", 0), ("q1", "one?", "c", 0),
+        ("q2", "two?", "a", 1), ("q2", "two?", "b", 1), ("q2", "two?", "c", 1),
+        ("x1", "red", "a", 2), ("x2", "green", "b", 3), ("x3", "blue", "c", 4)]

@@ -314,11 +314,9 @@ def responses(cfg: TrainConfig, model: LSLM, texts: list[str]) -> list[list[int]
     return self_distillation_targets(model, texts, cfg.target_max_new_tokens, cfg.gen_batch_size)
 
 
-def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: int = 1,
-                 encoder_batch: int | None = None, worker_kind: str = "auto") -> TrainData:
-    """Questions x renditions -> cached encoder states + the objective's responses (+ monitoring clips);
-    `workers`: threads or processes (`worker_kind`) that synthesize ahead of the encoder, `encoder_batch`: clips of
-    one length it takes together (clips_states)."""
+def stage_texts(cfg: TrainConfig, model: LSLM, progress: bool = True) -> tuple[list, list, list]:
+    """A stage's texts: (training questions as (id, text), extra texts spoken once as (id, text) - word sequences,
+    dose sentences, written questions -, monitoring questions)."""
     train_qs, val_qs = split_questions(cfg)
     items = [(q.example_id, " ".join(q.question.split())) for q in train_qs]
     extra = vocabulary_sentences(model.tokenizer, cfg.vocab_sentences, cfg.vocab_words, cfg.seed,
@@ -334,12 +332,24 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: 
         banned = [q.question for q in load_sdqa_dev()] + [q.question for q in val_qs]
         extra += written_questions(model, [t for _, t in items], banned, cfg.written_questions, cfg.seed,
                                    progress=progress)
-    texts = [t for _, t in items + extra]
-    targets = responses(cfg, model, texts)
-    jobs = [(qid, t, resp, v) for (qid, t), resp in zip(items, targets) for v in cfg.voices]
-    # each word sequence / written question is spoken once, by the training voices in turn
-    jobs += [(qid, t, resp, cfg.voices[i % len(cfg.voices)])
-             for i, ((qid, t), resp) in enumerate(zip(extra, targets[len(items):]))]
+    return items, extra, val_qs
+
+
+def stage_clips(cfg: TrainConfig, items: list, extra: list) -> list[tuple[str, str, str, int]]:
+    """The training clips of stage_texts, in order: (id, text, voice, index into items + extra). Every question
+    is spoken by every training voice; each extra text once, by the training voices in turn."""
+    clips = [(qid, t, v, k) for k, (qid, t) in enumerate(items) for v in cfg.voices]
+    return clips + [(qid, t, cfg.voices[i % len(cfg.voices)], len(items) + i) for i, (qid, t) in enumerate(extra)]
+
+
+def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: int = 1,
+                 encoder_batch: int | None = None, worker_kind: str = "auto") -> TrainData:
+    """Questions x renditions -> cached encoder states + the objective's responses (+ monitoring clips);
+    `workers`: threads or processes (`worker_kind`) that synthesize ahead of the encoder, `encoder_batch`: clips of
+    one length it takes together (clips_states)."""
+    items, extra, val_qs = stage_texts(cfg, model, progress)
+    targets = responses(cfg, model, [t for _, t in items + extra])
+    jobs = [(qid, t, targets[k], v) for qid, t, v, k in stage_clips(cfg, items, extra)]
     states = clips_states(model, [(qid, t, rendition(cfg, qid, v)) for qid, t, _, v in jobs], workers, progress,
                           "encoder states (train)", encoder_batch, worker_kind)
     train = [TrainExample(f"{qid}__{v}", s, list(resp), t) for (qid, t, resp, v), s in zip(jobs, states)]
