@@ -142,7 +142,8 @@ def test_the_encoders_cpu_half_gives_its_inputs_after_a_pickle(encoders, window)
 
     enc = encoders[1] if window == "clip" else encoders[0]
     raw = pickle.dumps(enc.cpu_half())
-    assert len(raw) < 2_000_000 and not any(isinstance(v, torch.nn.Module) for v in vars(pickle.loads(raw)).values())
+    assert len(raw) < 16_000  # under a pipe's buffer: spawned workers start at once (EncoderInputs.__getstate__)
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(pickle.loads(raw)).values())
     half = pickle.loads(raw)
     rng = np.random.default_rng(1)
     for n in (40, 3 * 16_000, 31 * 16_000):

@@ -349,3 +349,14 @@ class EncoderInputs:
         self.max_frames = enc.max_frames
         self.n_input_frames = enc.n_input_frames
         self.frame_seconds = enc.frame_seconds
+
+    def __getstate__(self) -> dict:
+        """Pickled small (~1 KB): the feature extractor as its config, its mel filters rebuilt from it on load. A
+        spawned worker reads its start-up pickle only as it imports the classes named in it; a pickle over a pipe's
+        64 KB (the filters alone are 128 KB) holds the parent until then, which made the workers start one by one."""
+        fe = self.feature_extractor
+        return {**self.__dict__, "feature_extractor": (type(fe), fe.to_dict())}
+
+    def __setstate__(self, state: dict) -> None:
+        cls, config = state["feature_extractor"]
+        self.__dict__.update({**state, "feature_extractor": cls.from_dict(config)})
