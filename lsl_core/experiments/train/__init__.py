@@ -153,10 +153,11 @@ def make_trainer(cfg: TrainConfig, model: LSLM, data: TrainData, *, resume_dir: 
 def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | None = None,
           progress: bool = True, prepare_only: bool = False, monitor_only: bool = False,
           workers: int = 1, time_budget: float | None = None, encoder_batch: int | None = None,
-          worker_kind: str = "auto") -> list[Path]:
+          worker_kind: str = "threads") -> list[Path]:
     """Prepare data (cached), build the model, train; returns the checkpoint folders written.
     monitor_only: print the monitor of the stage's start (its `init`) and train nothing; workers: threads or
-    processes (worker_kind: "auto" = processes on a GPU) that synthesize clips ahead of the encoder and
+    processes (worker_kind; "auto" = processes on a GPU, the CLI's default; processes need the calling script's
+    code under `if __name__ == "__main__":`) that synthesize clips ahead of the encoder and
     encoder_batch: clips of one length it takes together (None: 64 on a GPU, 1 elsewhere) (corpus.clips_states;
     the data are the same whatever the counts and kinds, up to float rounding);
     time_budget: seconds this call may take, model and data included: the step count (at most cfg.steps) is

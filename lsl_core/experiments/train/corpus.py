@@ -131,7 +131,7 @@ def clip_states(model: LSLM, question_id: str, text: str, r: Rendition,
 
 
 ENCODER_BATCH_CUDA = 64  # clips of one length encoded together when the encoder is on a GPU (clips_states)
-WORKER_KINDS = ("auto", "threads", "processes")  # clips_states' workers: auto = processes on a GPU, else threads
+WORKER_KINDS = ("auto", "threads", "processes")  # clips_states' workers (auto: processes on a GPU, else threads)
 
 _WORKER_INPUTS = None  # a worker process's EncoderInputs (_start_clip_worker)
 
@@ -153,7 +153,7 @@ def _clip_worker_inputs(text: str, voice: str, speed: int | None, pitch: int | N
 
 def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: int = 1, progress: bool = False,
                  desc: str = "encoder states", encoder_batch: int | None = None,
-                 worker_kind: str = "auto") -> list[torch.Tensor]:
+                 worker_kind: str = "threads") -> list[torch.Tensor]:
     """clip_states of every (question id, text, rendition) job, in order.
 
     With workers > 1 the clips not yet cached are synthesized (espeak-ng, a subprocess) and turned into encoder
@@ -169,7 +169,9 @@ def clips_states(model: LSLM, jobs: list[tuple[str, str, Rendition]], workers: i
     worker processes (below) remove.
     `worker_kind`: the workers are threads, or processes (spawned, each with the encoder's CPU half,
     SpeechEncoder.cpu_half: the log-mel comes back as float32 and moves to the encoder here, as `features` moves
-    it), which leave this thread's GIL to the encoder's Python; "auto" = processes when the encoder is on a GPU.
+    it), which leave this thread's GIL to the encoder's Python; "auto" = processes when the encoder is on a GPU
+    (`train`'s CLI default). Threads by default here: a spawned process imports the caller's main script again,
+    which runs it whole unless its code sits under `if __name__ == "__main__":`.
     The states are those of clip_states (the same inputs, the same forward; encoded in batches, equal to float
     rounding), whatever `workers` and `worker_kind` are. When workers made clips, a last line says how the
     encoder's thread spent the time: waiting for them (near the whole time: synthesis is the bottleneck, more
@@ -343,7 +345,7 @@ def stage_clips(cfg: TrainConfig, items: list, extra: list) -> list[tuple[str, s
 
 
 def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: int = 1,
-                 encoder_batch: int | None = None, worker_kind: str = "auto") -> TrainData:
+                 encoder_batch: int | None = None, worker_kind: str = "threads") -> TrainData:
     """Questions x renditions -> cached encoder states + the objective's responses (+ monitoring clips);
     `workers`: threads or processes (`worker_kind`) that synthesize ahead of the encoder, `encoder_batch`: clips of
     one length it takes together (clips_states)."""
