@@ -957,8 +957,8 @@ def test_clips_synthesized_ahead_on_threads_give_the_states_of_one_by_one(tiny_m
 def test_clips_made_ahead_in_worker_processes_give_the_states_of_one_by_one(tiny_model, tmp_path, monkeypatch,
                                                                             capsys):
     """worker_kind="processes": spawned processes synthesize and featurize the new clips (the encoder's CPU half), this
-    process encodes them: the states equal clip_states one by one, bit for bit, in order, and the line says so; an
-    unknown kind is refused before any work."""
+    process encodes them: the states equal clip_states one by one, bit for bit, in order, and the line says so; "auto"
+    is threads with the encoder on the CPU; an unknown kind is refused before any work."""
     from lsl_core.experiments.train.corpus import Rendition, clip_states, clips_states
 
     texts = ["Who wrote Hamlet?", "Where is Lima?", "How tall is the Eiffel Tower?", "Name a planet."]
@@ -971,6 +971,9 @@ def test_clips_made_ahead_in_worker_processes_give_the_states_of_one_by_one(tiny
     got = clips_states(tiny_model, jobs, workers=2, worker_kind="processes", desc="states")
     assert "states: 4 clips, 4 made on 2 worker processes, in " in capsys.readouterr().out
     assert len(got) == len(jobs) and all(torch.equal(a, b) for a, b in zip(got, one))
+    monkeypatch.setenv("LSL_CACHE_DIR", str(tmp_path / "auto"))  # "auto" with the encoder on the CPU: threads
+    clips_states(tiny_model, jobs[:2], workers=2, worker_kind="auto", desc="states")
+    assert "states: 2 clips, 2 made on 2 worker threads, in " in capsys.readouterr().out
 
 
 def test_clips_of_one_length_are_encoded_together_when_asked(tiny_model, tmp_path, monkeypatch, capsys):
