@@ -1108,6 +1108,9 @@ def test_prepare_data_monitors_a_seeded_sample_of_training_clips(tiny_parts, tmp
     by_key = {e.key: e for e in data.train}
     for c in picked:  # the clip as trained on: same states, its own text, its voice
         assert c.states is by_key[c.key].states and c.question == by_key[c.key].text and c.key.endswith(c.voice)
+    held = [c for c in data.monitor if not c.train]  # encoded in the training clips' call: each its own states
+    alone = C.clips_states(model, [(c.key.rsplit("__", 1)[0], c.question, C.Rendition(c.voice)) for c in held])
+    assert [c.unseen for c in held] == [False, True] and all(torch.equal(a, c.states) for a, c in zip(alone, held))
     again = C.prepare_data(cfg, model, progress=False)
     assert [c.key for c in again.monitor if c.train] == [c.key for c in picked]  # seeded
     every = C.prepare_data(dataclasses.replace(cfg, monitor_train_clips=50), model, progress=False)

@@ -352,18 +352,19 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: 
     items, extra, val_qs = stage_texts(cfg, model, progress)
     targets = responses(cfg, model, [t for _, t in items + extra])
     jobs = [(qid, t, targets[k], v) for qid, t, v, k in stage_clips(cfg, items, extra)]
-    states = clips_states(model, [(qid, t, rendition(cfg, qid, v)) for qid, t, _, v in jobs], workers, progress,
-                          "encoder states (train)", encoder_batch, worker_kind)
-    train = [TrainExample(f"{qid}__{v}", s, list(resp), t) for (qid, t, resp, v), s in zip(jobs, states)]
     mjobs = []
     for k, q in enumerate(val_qs):
         t = " ".join(q.question.split())
         seen = cfg.voices[k % len(cfg.voices)]
         for v, unseen in [(seen, False)] + ([(cfg.heldout_voice, True)] if cfg.heldout_voice else []):
             mjobs.append((q.example_id, t, v, unseen))
-    mstates = clips_states(model, [(qid, t, Rendition(v)) for qid, t, v, _ in mjobs], workers,
-                           encoder_batch=encoder_batch, worker_kind=worker_kind)
-    monitor = [MonitorClip(f"{qid}__{v}", t, v, s, unseen) for (qid, t, v, unseen), s in zip(mjobs, mstates)]
+    # one call for the training and the monitoring clips: one pool of workers (spawned processes start in seconds)
+    states = clips_states(model, [(qid, t, rendition(cfg, qid, v)) for qid, t, _, v in jobs]
+                          + [(qid, t, Rendition(v)) for qid, t, v, _ in mjobs], workers, progress,
+                          "encoder states (train + monitor)", encoder_batch, worker_kind)
+    train = [TrainExample(f"{qid}__{v}", s, list(resp), t) for (qid, t, resp, v), s in zip(jobs, states)]
+    monitor = [MonitorClip(f"{qid}__{v}", t, v, s, unseen)
+               for (qid, t, v, unseen), s in zip(mjobs, states[len(jobs):])]
     if cfg.monitor_train_clips:
         pick = np.random.default_rng(cfg.seed + 104729).choice(len(train), min(cfg.monitor_train_clips, len(train)),
                                                                replace=False)
