@@ -12,6 +12,7 @@
     report    (re)write a results page under docs/results (experiments.report)
     voicebench  speech vs text scores on VoiceBench subsets (experiments.voicebench_run)
     train     adaptor (+ LoRA / full) training curriculum (experiments.train)
+    average   weight average of checkpoints: SWA along a trajectory, soups (experiments.train.average)
     report-case  one clip's self-contained HTML case report (lsl_core.case_report)
     stability CKA stability across configurations (experiments.stability)
     info      device, cache, shipped checkpoints and sample sets (lsl_core.cli_info)
@@ -45,6 +46,7 @@ COMMANDS = {
     "voicebench": "lsl_core.experiments.voicebench_run",
     "train": "lsl_core.experiments.train",
     "dose-test": "lsl_core.experiments.train.dose",
+    "average": "lsl_core.experiments.train.average",
     "report-case": "lsl_core.case_report",
     "stability": "lsl_core.experiments.stability",
     "info": "lsl_core.cli_info",

@@ -1,0 +1,121 @@
+"""Weight averaging of checkpoints of one lineage: the (weighted) mean of their adaptor and LoRA weights, written as
+a new checkpoint. Along one trajectory it is stochastic weight averaging (Izmailov et al. 2018); over runs from one
+init, a "model soup" (Wortsman et al. 2022). A LoRA is averaged factor by factor (A and B each), as SWA averages
+every parameter: the mean of B·A is not B·A of the means, so the average is a new point, not an interpolation of
+the merged updates.
+
+    python -m lsl_core average --checkpoint <a> --checkpoint <b> [--weights 1,1] --out <folder> [--name NAME]
+
+The result loads like any checkpoint (`load_checkpoint`, the app's "Add a model folder", `evaluate`). Measured on
+the shipped LoRA trajectory in docs/demo_model.md, "Averaging the checkpoints".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from lsl_core.errors import LSLError
+from lsl_core.model.loading import CheckpointManifest, read_manifest, write_manifest
+
+AVERAGED_STRATEGIES = ("frozen", "lora")  # a full fine-tune's LLM is not averaged here
+SHARED_FIELDS = ("llm", "encoder", "family", "strategy", "lora_scope", "downsample", "adaptor_hidden",
+                 "adaptor_context", "prompt", "encoder_window")  # what must agree for the weights to mean the same
+ADAPTOR_FILE = "adaptor.safetensors"
+LORA_DIR = "lora"
+LORA_WEIGHTS = "adapter_model.safetensors"
+LORA_CONFIG = "adapter_config.json"
+
+
+def mean_state(states: list[dict[str, torch.Tensor]], weights: list[float], what: str) -> dict[str, torch.Tensor]:
+    """Weighted mean of state dicts with the same keys and shapes (computed in float32, returned in the first's
+    dtypes); weights sum to 1."""
+    keys = list(states[0])
+    for i, s in enumerate(states[1:], 1):
+        if list(s) != keys or any(s[k].shape != states[0][k].shape for k in keys):
+            raise LSLError(f"{what} of checkpoint {i + 1} has other tensors than the first's (names or shapes): "
+                           "average only checkpoints of one configuration.")
+    return {k: sum(w * s[k].float() for w, s in zip(weights, states)).to(states[0][k].dtype).contiguous()
+            for k in keys}
+
+
+def average_checkpoints(checkpoints: list[str | Path], out: str | Path, name: str | None = None,
+                        weights: list[float] | None = None) -> Path:
+    """Write `<out>/<name>/` (manifest + adaptor [+ lora/]) holding the weighted mean of the checkpoints' trained
+    weights; returns the folder. `weights`: one per checkpoint, >= 0, not all 0 (default: equal), normalised to
+    sum 1. The manifest is the last checkpoint's (its step, config, prompt) with `extra.averaged_from` naming the
+    sources and their weights. Refused: fewer than two checkpoints, a strategy other than frozen / lora, manifests
+    that differ in a field of SHARED_FIELDS, or LoRA configs that differ."""
+    from safetensors.torch import load_file, save_file
+
+    if len(checkpoints) < 2:
+        raise LSLError("Give at least two checkpoints to average (--checkpoint A --checkpoint B).")
+    ms = [read_manifest(c) for c in checkpoints]
+    w = [1.0] * len(ms) if weights is None else [float(x) for x in weights]
+    if len(w) != len(ms) or any(x < 0 for x in w) or sum(w) <= 0:
+        raise LSLError(f"Give one weight >= 0 per checkpoint, not all 0: {len(ms)} checkpoints, weights {weights}.")
+    w = [x / sum(w) for x in w]
+    last = ms[-1]
+    if last.strategy not in AVERAGED_STRATEGIES or last.model:
+        kind = f"strategy '{last.strategy}'" + (" (a public model)" if last.model else "")
+        raise LSLError(f"Checkpoint '{last.name}' has {kind}: only the adaptor and LoRA of strategies "
+                       f"{AVERAGED_STRATEGIES} are averaged.")
+    for m in ms[:-1]:
+        differ = [f for f in SHARED_FIELDS if getattr(m, f) != getattr(last, f)]
+        if differ:
+            raise LSLError(f"Checkpoints '{m.name}' and '{last.name}' differ in {differ}: average only checkpoints of "
+                           "one model and configuration.")
+    name = name or f"{last.name}-avg{len(ms)}"
+    folder = Path(out) / name
+    tmp = folder.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    adaptor = mean_state([load_file(str(m.path(m.adaptor))) for m in ms], w, "The adaptor")
+    save_file(adaptor, str(tmp / ADAPTOR_FILE), metadata={"format": "pt"})
+    if last.lora:
+        configs = [json.loads((m.path(m.lora) / LORA_CONFIG).read_text()) for m in ms]
+        if any(c != configs[-1] for c in configs):
+            raise LSLError("The checkpoints' LoRA configs differ (rank, alpha, target modules or base model): "
+                           "average only LoRAs of one configuration.")
+        (tmp / LORA_DIR).mkdir()
+        lora = mean_state([load_file(str(m.path(m.lora) / LORA_WEIGHTS)) for m in ms], w, "The LoRA")
+        save_file(lora, str(tmp / LORA_DIR / LORA_WEIGHTS), metadata={"format": "pt"})
+        shutil.copy(last.path(last.lora) / LORA_CONFIG, tmp / LORA_DIR / LORA_CONFIG)
+    sources = [{"name": m.name, "path": str(Path(m.root).resolve()), "step": m.step, "weight": x}
+               for m, x in zip(ms, w)]
+    extra = {k: v for k, v in last.extra.items() if k in ("stage", "weights_dtype")}
+    manifest = dataclasses.replace(last, name=name, adaptor=ADAPTOR_FILE, lora=LORA_DIR if last.lora else None,
+                                   root="", extra={**extra, "averaged_from": sources})
+    write_manifest(manifest, tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def register(subparsers) -> None:
+    """Add `average` to `python -m lsl_core`."""
+    p = subparsers.add_parser("average", help="average the adaptor and LoRA weights of checkpoints (SWA, soups)",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", action="append", required=True, type=Path,
+                   help="a checkpoint folder or manifest (repeat: two or more, of one configuration)")
+    p.add_argument("--weights", default=None, help="comma-separated weights, one per checkpoint (default: equal)")
+    p.add_argument("--out", required=True, type=Path, help="folder to write the averaged checkpoint into")
+    p.add_argument("--name", default=None, help="its name (default: <last checkpoint>-avg<N>)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        weights = None if args.weights is None else [float(x) for x in args.weights.split(",")]
+    except ValueError:
+        raise LSLError(f"--weights must be comma-separated numbers, got {args.weights!r}.") from None
+    folder = average_checkpoints(args.checkpoint, args.out, args.name, weights)
+    m: CheckpointManifest = read_manifest(folder)
+    parts = ", ".join(f"{s['name']} × {s['weight']:.3g}" for s in m.extra["averaged_from"])
+    print(f"wrote {folder}: {parts}")
+    return 0

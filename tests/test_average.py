@@ -1,0 +1,82 @@
+"""Checkpoint averaging on tiny trained checkpoints: the averaged checkpoint loads through its manifest and its
+adaptor and LoRA parameters are the weighted mean of the sources' loaded parameters; weights (1, 0) give the first
+checkpoint exactly; an adaptor a LoRA stage points at (init's file) is found; mismatches are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lsl_core.cli import main as cli_main
+from lsl_core.errors import LSLError
+from lsl_core.experiments.train.average import average_checkpoints
+from lsl_core.model.loading import load_checkpoint, read_manifest
+from test_train import _cfg, _trainer
+
+
+def _params(folder) -> dict[str, torch.Tensor]:
+    """The adaptor's and the LoRA's parameters of a checkpoint as loaded (LoRA not merged)."""
+    m = load_checkpoint(folder, device="cpu", merge_lora=False)
+    out = {f"adaptor.{k}": v for k, v in m.adaptor.state_dict().items()}
+    out.update({k: v for k, v in m.llm.state_dict().items() if "lora_" in k})
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_parts, tmp_path_factory):
+    cfg = _cfg(tiny_parts, tmp_path_factory.mktemp("avg"), "lora", steps=4, save_every=2)
+    return _trainer(cfg).run()
+
+
+def test_the_average_is_the_weighted_mean_of_the_loaded_parameters(lora_run, tmp_path):
+    a, b = lora_run
+    folder = average_checkpoints([a, b], tmp_path, weights=[1, 3])
+    m = read_manifest(folder)
+    assert folder.name == "lora-step0004-avg2" and m.strategy == "lora" and m.step == 4
+    assert [(s["name"], s["weight"]) for s in m.extra["averaged_from"]] == [("lora-step0002", 0.25),
+                                                                              ("lora-step0004", 0.75)]
+    pa, pb, avg = _params(a), _params(b), _params(folder)
+    assert sorted(avg) == sorted(pa) and any("lora_A" in k for k in avg) and any("lora_B" in k for k in avg)
+    assert any(not torch.equal(pa[k], pb[k]) for k in avg)  # training moved them: the mean is a third point
+    for k, v in avg.items():
+        torch.testing.assert_close(v, 0.25 * pa[k] + 0.75 * pb[k], rtol=1e-6, atol=1e-7, msg=k)
+    ids = load_checkpoint(folder, device="cpu").embed_text("what is the capital of france ?")
+    assert ids.embeds.ndim == 2  # it runs
+
+
+def test_weights_one_and_zero_give_the_first_checkpoint_exactly(lora_run, tmp_path):
+    a, b = lora_run
+    pa, first = _params(a), _params(average_checkpoints([a, b], tmp_path, name="first", weights=[1, 0]))
+    assert all(torch.equal(first[k], pa[k]) for k in pa)
+
+
+def test_an_adaptor_kept_from_init_is_found_through_the_manifest(tiny_parts, tmp_path):
+    s1 = _cfg(tiny_parts, tmp_path, "frozen", name="align", objective="repeat", steps=2, save_every=2)
+    init = _trainer(s1).run()[-1]
+    s2 = _cfg(tiny_parts, tmp_path, "lora", name="qa", steps=4, save_every=2, init=str(init), train_adaptor=False)
+    a, b = _trainer(s2).run()
+    assert read_manifest(a).adaptor != "adaptor.safetensors"  # a path to init's file
+    avg = _params(average_checkpoints([a, b], tmp_path / "out"))
+    pinit = _params(init)
+    assert all(torch.equal(avg[k], pinit[k]) for k in pinit)  # the same adaptor twice: itself
+
+
+def test_mismatches_and_bad_weights_are_refused(lora_run, tiny_parts, tmp_path, capsys):
+    a, b = lora_run
+    with pytest.raises(LSLError, match="at least two"):
+        average_checkpoints([a], tmp_path)
+    for bad in ([1], [1, -1], [0, 0]):
+        with pytest.raises(LSLError, match="one weight >= 0 per checkpoint"):
+            average_checkpoints([a, b], tmp_path, weights=bad)
+    frozen = _trainer(_cfg(tiny_parts, tmp_path, "frozen", steps=2, save_every=2)).run()[-1]
+    with pytest.raises(LSLError, match=r"differ in \['strategy'\]"):
+        average_checkpoints([frozen, b], tmp_path)
+    full = _trainer(_cfg(tiny_parts, tmp_path, "full", steps=2, save_every=2)).run()[-1]
+    with pytest.raises(LSLError, match="only the adaptor and LoRA"):
+        average_checkpoints([full, full], tmp_path)
+    assert cli_main(["average", "--checkpoint", str(a), "--checkpoint", str(b), "--weights", "1,x",
+                     "--out", str(tmp_path)]) == 2
+    assert "--weights must be comma-separated numbers" in capsys.readouterr().err
+    assert cli_main(["average", "--checkpoint", str(a), "--checkpoint", str(b), "--out", str(tmp_path / "c")]) == 0
+    assert "lora-step0002 × 0.5, lora-step0004 × 0.5" in capsys.readouterr().out
+    assert not list((tmp_path / "c").glob(".*"))  # no temp folder left
