@@ -4,6 +4,9 @@ checkpoint exactly; an adaptor a LoRA stage points at (init's file) is found; mi
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -71,6 +74,15 @@ def test_mismatches_and_bad_weights_are_refused(lora_run, tiny_parts, tmp_path, 
     frozen = _trainer(_cfg(tiny_parts, tmp_path, "frozen", steps=2, save_every=2)).run()[-1]
     with pytest.raises(LSLError, match=r"differ in \['strategy'\]"):
         average_checkpoints([frozen, b], tmp_path)
+    other = tmp_path / "other"  # the same LoRA config, its target modules in another order (as peft may write it)
+    shutil.copytree(b, other)
+    path = other / "lora" / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    path.write_text(json.dumps({**cfg, "target_modules": sorted(cfg["target_modules"], reverse=True)}))
+    average_checkpoints([a, other], tmp_path / "reordered")
+    path.write_text(json.dumps({**cfg, "r": cfg["r"] * 2}))
+    with pytest.raises(LSLError, match=r"LoRA configs differ in \['r'\]"):
+        average_checkpoints([a, other], tmp_path / "r")
     full = _trainer(_cfg(tiny_parts, tmp_path, "full", steps=2, save_every=2)).run()[-1]
     with pytest.raises(LSLError, match="only the adaptor and LoRA"):
         average_checkpoints([full, full], tmp_path)

@@ -44,6 +44,14 @@ def mean_state(states: list[dict[str, torch.Tensor]], weights: list[float], what
             for k in keys}
 
 
+def lora_config(path: Path) -> dict:
+    """A peft adapter_config.json, its target modules as a sorted list (peft writes the set in any order)."""
+    cfg = json.loads(path.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    return cfg
+
+
 def average_checkpoints(checkpoints: list[str | Path], out: str | Path, name: str | None = None,
                         weights: list[float] | None = None) -> Path:
     """Write `<out>/<name>/` (manifest + adaptor [+ lora/]) holding the weighted mean of the checkpoints' trained
@@ -78,10 +86,11 @@ def average_checkpoints(checkpoints: list[str | Path], out: str | Path, name: st
     adaptor = mean_state([load_file(str(m.path(m.adaptor))) for m in ms], w, "The adaptor")
     save_file(adaptor, str(tmp / ADAPTOR_FILE), metadata={"format": "pt"})
     if last.lora:
-        configs = [json.loads((m.path(m.lora) / LORA_CONFIG).read_text()) for m in ms]
-        if any(c != configs[-1] for c in configs):
-            raise LSLError("The checkpoints' LoRA configs differ (rank, alpha, target modules or base model): "
-                           "average only LoRAs of one configuration.")
+        configs = [lora_config(m.path(m.lora) / LORA_CONFIG) for m in ms]
+        differ = sorted({k for c in configs for k in c.keys() | configs[-1].keys() if c.get(k) != configs[-1].get(k)})
+        if differ:
+            raise LSLError(f"The checkpoints' LoRA configs differ in {differ}: average only LoRAs of one "
+                           "configuration.")
         (tmp / LORA_DIR).mkdir()
         lora = mean_state([load_file(str(m.path(m.lora) / LORA_WEIGHTS)) for m in ms], w, "The LoRA")
         save_file(lora, str(tmp / LORA_DIR / LORA_WEIGHTS), metadata={"format": "pt"})
