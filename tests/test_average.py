@@ -92,3 +92,8 @@ def test_mismatches_and_bad_weights_are_refused(lora_run, tiny_parts, tmp_path, 
     assert cli_main(["average", "--checkpoint", str(a), "--checkpoint", str(b), "--out", str(tmp_path / "c")]) == 0
     assert "lora-step0002 × 0.5, lora-step0004 × 0.5" in capsys.readouterr().out
     assert not list((tmp_path / "c").glob(".*"))  # no temp folder left
+    average_checkpoints([a, b], tmp_path / "c", weights=[0, 1])  # an earlier average is replaced ...
+    assert read_manifest(tmp_path / "c" / "lora-step0004-avg2").extra["averaged_from"][0]["weight"] == 0
+    with pytest.raises(LSLError, match="exists and is not an average"):  # ... a trained checkpoint never
+        average_checkpoints([a, b], b.parent, name=b.name)
+    assert "averaged_from" not in read_manifest(b).extra

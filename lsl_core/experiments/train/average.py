@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lsl_core.errors import LSLError
-from lsl_core.model.loading import CheckpointManifest, read_manifest, write_manifest
+from lsl_core.model.loading import MANIFEST_NAME, CheckpointManifest, read_manifest, write_manifest
 
 AVERAGED_STRATEGIES = ("frozen", "lora")  # a full fine-tune's LLM is not averaged here
 SHARED_FIELDS = ("llm", "encoder", "family", "strategy", "lora_scope", "downsample", "adaptor_hidden",
@@ -52,12 +52,18 @@ def lora_config(path: Path) -> dict:
     return cfg
 
 
+def is_average(folder: Path) -> bool:
+    """Whether a folder holds a checkpoint average_checkpoints wrote (its manifest names the averaged sources)."""
+    return (folder / MANIFEST_NAME).is_file() and "averaged_from" in read_manifest(folder).extra
+
+
 def average_checkpoints(checkpoints: list[str | Path], out: str | Path, name: str | None = None,
                         weights: list[float] | None = None) -> Path:
     """Write `<out>/<name>/` (manifest + adaptor [+ lora/]) holding the weighted mean of the checkpoints' trained
     weights; returns the folder. `weights`: one per checkpoint, >= 0, not all 0 (default: equal), normalised to
     sum 1. The manifest is the last checkpoint's (its step, config, prompt) with `extra.averaged_from` naming the
-    sources and their weights. Refused: fewer than two checkpoints, a strategy other than frozen / lora, manifests
+    sources and their weights; it replaces an earlier average of that name. Refused: an existing folder that is not
+    such an average, fewer than two checkpoints, a strategy other than frozen / lora, manifests
     that differ in a field of SHARED_FIELDS, or LoRA configs that differ."""
     from safetensors.torch import load_file, save_file
 
@@ -80,6 +86,9 @@ def average_checkpoints(checkpoints: list[str | Path], out: str | Path, name: st
                            "one model and configuration.")
     name = name or f"{last.name}-avg{len(ms)}"
     folder = Path(out) / name
+    if folder.exists() and not is_average(folder):
+        raise LSLError(f"{folder} exists and is not an average written by this command: give another --out or "
+                       "--name (an earlier average is replaced, nothing else).")
     tmp = folder.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
