@@ -9,7 +9,7 @@ import pytest
 
 from lsl_core.cli import main as cli_main
 from lsl_core.errors import LSLError
-from lsl_core.experiments.compare import paired_difference
+from lsl_core.experiments.compare import paired_difference, read_samples
 from lsl_core.metrics.stats import N_BOOT, SEED, bootstrap_indices
 
 UNSEEN = "en-gb-scotland"
@@ -99,3 +99,22 @@ def test_cli_reads_two_results_folders(tmp_path, capsys):
     assert "| seen | 6 |" in out and f"| {UNSEEN} | 6 |" in out
     rc = cli_main(["compare", "--results", str(tmp_path / "nowhere"), "--base", "A", "--other", "B"])
     assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+def test_two_checkpoints_of_one_name_are_told_apart_by_their_results_folder(tmp_path, capsys):
+    """Two seeds' runs both write 'A': NAME@N picks the one of the N-th --results folder, and gives what the same
+    rows under two names give."""
+    for sub, seed in (("s0", 0), ("s1", 1)):
+        (tmp_path / sub).mkdir()
+        _random("A", 6, seed).to_parquet(tmp_path / sub / "checkpoints_samples.parquet")
+    folders = ["--results", str(tmp_path / "s0"), "--results", str(tmp_path / "s1")]
+    assert cli_main(["compare", *folders, "--base", "A", "--other", "A"]) == 2
+    assert "Write it 'A@N' for the one in the N-th --results folder" in capsys.readouterr().err
+    assert cli_main(["compare", *folders, "--base", "A@1", "--other", "A@2"]) == 0
+    named = paired_difference(pd.concat([_random("A", 6, 0), _random("B", 6, 1)]), "A", "B", UNSEEN)
+    assert f"{100 * named.iloc[0]['delta_agreement']:+.1f}" in capsys.readouterr().out
+    by_folder = paired_difference(read_samples([tmp_path / "s0", tmp_path / "s1"]), "A@1", "A@2", UNSEEN)
+    cols = [c for c in named.columns if c != "voice"]
+    assert by_folder[cols].equals(named[cols]) and (by_folder["delta_agreement"] != 0).any()
+    assert cli_main(["compare", *folders, "--base", "A@1", "--other", "A@3"]) == 2  # no third folder
+    assert "'A@3' is not in the results" in capsys.readouterr().err

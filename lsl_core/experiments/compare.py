@@ -4,7 +4,8 @@
         --base lora-step2900 --other ctx-lora-step2900
 
 Reads `evaluate`'s per-sample rows (<results>/<name>_samples.parquet) and pairs the two checkpoints on
-sample_id. As in evaluate's headline, the voices of a question are averaged first and questions are
+sample_id (two checkpoints of one name, e.g. two seeds' runs, as NAME@N: the one in the N-th --results
+folder). As in evaluate's headline, the voices of a question are averaged first and questions are
 resampled; one bootstrap replicate draws the same questions for both checkpoints, so the interval of a
 difference is the paired one (narrower than comparing two separate intervals when the clips agree).
 """
@@ -45,21 +46,22 @@ def paired_difference(samples: pd.DataFrame, base: str, other: str,
     from lsl_core.metrics.stats import bootstrap_ci
 
     names = list(dict.fromkeys(samples["checkpoint"])) if "checkpoint" in samples else []
-    for ck in (base, other):
-        if ck not in names:
+    picked = {ck: checkpoint_rows(samples, ck) for ck in (base, other)}
+    for ck, rows in picked.items():
+        if rows.empty:
             held = ", ".join(names) or "none"
             raise LSLError(f"compare: checkpoint '{ck}' is not in the results (they hold: {held}). "
                            "Pass a --results folder that `evaluate` wrote for it.")
     missing = [c for c in COLUMNS if c not in samples.columns]
     if missing:
         raise LSLError(f"compare: the results lack {', '.join(missing)}; run `evaluate` without --no-cascade.")
-    keep = ["sample_id", "question", "voice", *COLUMNS]
-    a = samples.loc[samples["checkpoint"] == base, keep]
-    b = samples.loc[samples["checkpoint"] == other, ["sample_id", *COLUMNS]]
-    for ck, rows in ((base, a), (other, b)):
+    for ck, rows in picked.items():
         if rows["sample_id"].duplicated().any():
             raise LSLError(f"compare: checkpoint '{ck}' has two rows for one clip: two of the results folders hold "
-                           "a checkpoint of that name. Pass only the folder with the one you mean.")
+                           f"a checkpoint of that name. Write it '{ck}@N' for the one in the N-th --results folder "
+                           "(from 1), or pass only the folder with the one you mean.")
+    a = picked[base][["sample_id", "question", "voice", *COLUMNS]]
+    b = picked[other][["sample_id", *COLUMNS]]
     joined = a.set_index("sample_id").join(b.set_index("sample_id"), how="inner", rsuffix="_other")  # shared clips
     if joined.empty:
         raise LSLError(f"compare: '{base}' and '{other}' share no clips (sample_id); evaluate both on the same "
@@ -81,14 +83,26 @@ def paired_difference(samples: pd.DataFrame, base: str, other: str,
     return pd.DataFrame(rows)
 
 
+def checkpoint_rows(samples: pd.DataFrame, ref: str) -> pd.DataFrame:
+    """The rows of one checkpoint: `ref` is its name, or NAME@N for the one read from the N-th results folder
+    (read_samples' `results` column, from 1), which tells apart checkpoints of one name, e.g. two seeds' runs."""
+    if "checkpoint" not in samples:
+        return samples.iloc[:0]
+    name, _, n = ref.rpartition("@")
+    if name and n.isdigit() and "results" in samples and not (samples["checkpoint"] == ref).any():
+        return samples[(samples["checkpoint"] == name) & (samples["results"] == int(n))]
+    return samples[samples["checkpoint"] == ref]
+
+
 def read_samples(folders: list[Path], name: str = "checkpoints") -> pd.DataFrame:
-    """evaluate's per-sample rows from one or more results folders, concatenated."""
+    """evaluate's per-sample rows from one or more results folders, concatenated, with a column `results`: the
+    folder's position in `folders`, from 1."""
     parts = []
-    for f in folders:
+    for i, f in enumerate(folders, 1):
         p = Path(f) / f"{name}_samples.parquet"
         if not p.is_file():
             raise LSLError(f"compare: {p} not found; pass a folder that `evaluate --out` wrote (or set --name).")
-        parts.append(pd.read_parquet(p))
+        parts.append(pd.read_parquet(p).assign(results=i))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -115,8 +129,9 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, action="append", required=True,
                    help="a folder `evaluate --out` wrote (repeatable: the two checkpoints may sit in different ones)")
-    p.add_argument("--base", required=True, help="checkpoint name to compare against")
-    p.add_argument("--other", required=True, help="checkpoint name compared with --base")
+    p.add_argument("--base", required=True, help="checkpoint name to compare against (NAME@N: the one in the N-th "
+                   "--results folder, when two hold that name)")
+    p.add_argument("--other", required=True, help="checkpoint name compared with --base (NAME@N as for --base)")
     p.add_argument("--name", default="checkpoints", help="file name prefix of the results (evaluate --name)")
     p.add_argument("--unseen-voice", default=UNSEEN_VOICE, help="the voice held out of training")
     p.set_defaults(func=main)
