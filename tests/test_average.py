@@ -1,6 +1,6 @@
 """Checkpoint averaging on tiny trained checkpoints: the averaged checkpoint loads through its manifest and its
-adaptor and LoRA parameters are the weighted mean of the sources' loaded parameters; weights (1, 0) give the first
-checkpoint exactly; an adaptor a LoRA stage points at (init's file) is found; mismatches are refused."""
+adaptor parameters and its LLM weights with the LoRA merged in are the weighted means of the sources'; weights
+(1, 0) give the first checkpoint; an adaptor a LoRA stage points at (init's file) is found; mismatches are refused."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from lsl_core.model.loading import load_checkpoint, read_manifest
 from test_train import _cfg, _trainer
 
 
-def _params(folder) -> dict[str, torch.Tensor]:
-    """The adaptor's and the LoRA's parameters of a checkpoint as loaded (LoRA not merged)."""
-    m = load_checkpoint(folder, device="cpu", merge_lora=False)
+def _params(folder, merge_lora: bool = False) -> dict[str, torch.Tensor]:
+    """The adaptor's parameters of a checkpoint as loaded, and the LLM's: its LoRA factors (merge_lora False) or
+    every weight with the LoRA merged in (True)."""
+    m = load_checkpoint(folder, device="cpu", merge_lora=merge_lora)
     out = {f"adaptor.{k}": v for k, v in m.adaptor.state_dict().items()}
-    out.update({k: v for k, v in m.llm.state_dict().items() if "lora_" in k})
+    out.update({f"llm.{k}": v for k, v in m.llm.state_dict().items() if merge_lora or "lora_" in k})
     return out
 
 
@@ -31,26 +32,35 @@ def lora_run(tiny_parts, tmp_path_factory):
     return _trainer(cfg).run()
 
 
-def test_the_average_is_the_weighted_mean_of_the_loaded_parameters(lora_run, tmp_path):
+def test_the_average_is_the_weighted_mean_of_the_loaded_weights(lora_run, tmp_path):
+    """Adaptor: the mean of the parameters; LLM: the mean of the weights with each LoRA merged in (the LoRA's
+    factors differ between the runs, so a mean of the factors would not give it)."""
     a, b = lora_run
     folder = average_checkpoints([a, b], tmp_path, weights=[1, 3])
     m = read_manifest(folder)
     assert folder.name == "lora-step0004-avg2" and m.strategy == "lora" and m.step == 4
     assert [(s["name"], s["weight"]) for s in m.extra["averaged_from"]] == [("lora-step0002", 0.25),
                                                                               ("lora-step0004", 0.75)]
-    pa, pb, avg = _params(a), _params(b), _params(folder)
-    assert sorted(avg) == sorted(pa) and any("lora_A" in k for k in avg) and any("lora_B" in k for k in avg)
-    assert any(not torch.equal(pa[k], pb[k]) for k in avg)  # training moved them: the mean is a third point
+    assert json.loads((folder / "lora" / "adapter_config.json").read_text())["r"] == 2 * 8
+    factors = _params(a), _params(b)
+    assert any(not torch.equal(factors[0][k], factors[1][k]) for k in factors[0] if "lora_A" in k)
+    assert any(not torch.equal(factors[0][k], factors[1][k]) for k in factors[0] if "adaptor." in k)
+    pa, pb, avg = _params(a, True), _params(b, True), _params(folder, True)
+    assert sorted(avg) == sorted(pa) and not any("lora_" in k for k in avg)
+    moved = [k for k in avg if k.startswith("llm.") and not torch.equal(pa[k], pb[k])]
+    assert moved and all("_proj" in k for k in moved)  # the LoRA's target modules
     for k, v in avg.items():
-        torch.testing.assert_close(v, 0.25 * pa[k] + 0.75 * pb[k], rtol=1e-6, atol=1e-7, msg=k)
+        torch.testing.assert_close(v, 0.25 * pa[k] + 0.75 * pb[k], rtol=1e-5, atol=1e-6, msg=k)
     ids = load_checkpoint(folder, device="cpu").embed_text("what is the capital of france ?")
     assert ids.embeds.ndim == 2  # it runs
 
 
-def test_weights_one_and_zero_give_the_first_checkpoint_exactly(lora_run, tmp_path):
+def test_weights_one_and_zero_give_the_first_checkpoint(lora_run, tmp_path):
     a, b = lora_run
-    pa, first = _params(a), _params(average_checkpoints([a, b], tmp_path, name="first", weights=[1, 0]))
-    assert all(torch.equal(first[k], pa[k]) for k in pa)
+    pa, first = _params(a, True), _params(average_checkpoints([a, b], tmp_path, name="first", weights=[1, 0]), True)
+    assert all(torch.equal(first[k], pa[k]) for k in pa if k.startswith("adaptor."))
+    for k in pa:
+        torch.testing.assert_close(first[k], pa[k], rtol=1e-6, atol=1e-7, msg=k)
 
 
 def test_an_adaptor_kept_from_init_is_found_through_the_manifest(tiny_parts, tmp_path):

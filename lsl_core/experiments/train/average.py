@@ -1,13 +1,15 @@
-"""Weight averaging of checkpoints of one lineage: the (weighted) mean of their adaptor and LoRA weights, written as
-a new checkpoint. Along one trajectory it is stochastic weight averaging (Izmailov et al. 2018); over runs from one
-init, a "model soup" (Wortsman et al. 2022). A LoRA is averaged factor by factor (A and B each), as SWA averages
-every parameter: the mean of B·A is not B·A of the means, so the average is a new point, not an interpolation of
-the merged updates.
+"""Weight averaging of checkpoints of one lineage: the (weighted) mean of their weights, written as a new checkpoint.
+Along one trajectory it is stochastic weight averaging (Izmailov et al. 2018); over runs from one init, a "model
+soup" (Wortsman et al. 2022). The adaptor's parameters are averaged; a LoRA's update B·A is averaged exactly, as the
+soup of the merged weights W + B_i·A_i would be: the factors are stacked into one LoRA of rank k·r (B = [w_1 B_1 …
+w_k B_k], A = [A_1; …; A_k], rescaled for the new rank), so B·A = Σ w_i B_i·A_i. (Averaging the factors
+themselves, mean B · mean A, is not that mean: over seeds, whose A start from other random draws, it shrinks the
+update.)
 
     python -m lsl_core average --checkpoint <a> --checkpoint <b> [--weights 1,1] --out <folder> [--name NAME]
 
 The result loads like any checkpoint (`load_checkpoint`, the app's "Add a model folder", `evaluate`). Measured on
-the shipped LoRA trajectory in docs/demo_model.md, "Averaging the checkpoints".
+the shipped LoRA trajectory and over seeds in docs/demo_model.md, "Averaging the checkpoints".
 """
 
 from __future__ import annotations
@@ -42,6 +44,33 @@ def mean_state(states: list[dict[str, torch.Tensor]], weights: list[float], what
                            "average only checkpoints of one configuration.")
     return {k: sum(w * s[k].float() for w, s in zip(weights, states)).to(states[0][k].dtype).contiguous()
             for k in keys}
+
+
+def mean_lora(states: list[dict[str, torch.Tensor]], weights: list[float], config: dict) -> tuple[dict, dict]:
+    """The LoRA whose update is the weighted mean of the states' updates, and its peft config: per module, A [r, in]
+    stacked to [k·r, in] and B [out, r] to [out, k·r], each B_i times w_i and times scale(r) / scale(k·r) (peft
+    multiplies B·A by lora_alpha / r, or / sqrt(r) with rslora), so that the new B·A times its scale equals
+    Σ w_i scale(r) B_i·A_i. Weights sum to 1; tensors stay in their dtype."""
+    if config.get("use_dora") or config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise LSLError("These LoRAs use DoRA or per-module ranks / alphas: only plain LoRAs are averaged.")
+    keys = list(states[0])
+    for i, st in enumerate(states[1:], 1):
+        if list(st) != keys or any(st[k].shape != states[0][k].shape for k in keys):
+            raise LSLError(f"The LoRA of checkpoint {i + 1} has other tensors than the first's (names or shapes): "
+                           "average only checkpoints of one configuration.")
+    r, k = int(config["r"]), len(states)
+    scale = (lambda n: n ** -0.5) if config.get("use_rslora") else (lambda n: 1.0 / n)
+    out = {}
+    for key in keys:
+        if key.endswith("lora_A.weight"):
+            out[key] = torch.cat([st[key] for st in states], 0).contiguous()
+        elif key.endswith("lora_B.weight"):
+            f = scale(r) / scale(k * r)
+            out[key] = torch.cat([(wi * f * st[key].float()).to(st[key].dtype) for wi, st in zip(weights, states)],
+                                 1).contiguous()
+        else:
+            raise LSLError(f"LoRA tensor {key} is neither a lora_A nor a lora_B weight: only plain LoRAs are averaged.")
+    return out, {**config, "r": k * r}
 
 
 def lora_config(path: Path) -> dict:
@@ -101,9 +130,10 @@ def average_checkpoints(checkpoints: list[str | Path], out: str | Path, name: st
             raise LSLError(f"The checkpoints' LoRA configs differ in {differ}: average only LoRAs of one "
                            "configuration.")
         (tmp / LORA_DIR).mkdir()
-        lora = mean_state([load_file(str(m.path(m.lora) / LORA_WEIGHTS)) for m in ms], w, "The LoRA")
+        lora, cfg = mean_lora([load_file(str(m.path(m.lora) / LORA_WEIGHTS)) for m in ms], w,
+                              json.loads((last.path(last.lora) / LORA_CONFIG).read_text()))
         save_file(lora, str(tmp / LORA_DIR / LORA_WEIGHTS), metadata={"format": "pt"})
-        shutil.copy(last.path(last.lora) / LORA_CONFIG, tmp / LORA_DIR / LORA_CONFIG)
+        (tmp / LORA_DIR / LORA_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     sources = [{"name": m.name, "path": str(Path(m.root).resolve()), "step": m.step, "weight": x}
                for m, x in zip(ms, w)]
     extra = {k: v for k, v in last.extra.items() if k in ("stage", "weights_dtype")}
