@@ -90,6 +90,8 @@ def test_mismatches_and_bad_weights_are_refused(lora_run, tiny_parts, tmp_path, 
     cfg = json.loads(path.read_text())
     path.write_text(json.dumps({**cfg, "target_modules": sorted(cfg["target_modules"], reverse=True)}))
     average_checkpoints([a, other], tmp_path / "reordered")
+    assert cli_main(["average", "--checkpoint", str(b), "--checkpoint", str(other), "--out", str(tmp_path / "p")]) == 0
+    assert f"{other.resolve()} × 0.5" in capsys.readouterr().out  # one name twice: the paths tell them apart
     path.write_text(json.dumps({**cfg, "r": cfg["r"] * 2}))
     with pytest.raises(LSLError, match=r"LoRA configs differ in \['r'\]"):
         average_checkpoints([a, other], tmp_path / "r")

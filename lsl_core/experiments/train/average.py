@@ -164,6 +164,8 @@ def main(args: argparse.Namespace) -> int:
         raise LSLError(f"--weights must be comma-separated numbers, got {args.weights!r}.") from None
     folder = average_checkpoints(args.checkpoint, args.out, args.name, weights)
     m: CheckpointManifest = read_manifest(folder)
-    parts = ", ".join(f"{s['name']} × {s['weight']:.3g}" for s in m.extra["averaged_from"])
+    src = m.extra["averaged_from"]
+    key = "name" if len({s["name"] for s in src}) == len(src) else "path"  # runs of one config share names
+    parts = ", ".join(f"{s[key]} × {s['weight']:.3g}" for s in src)
     print(f"wrote {folder}: {parts}")
     return 0
