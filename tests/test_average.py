@@ -12,7 +12,7 @@ import torch
 
 from lsl_core.cli import main as cli_main
 from lsl_core.errors import LSLError
-from lsl_core.experiments.train.average import average_checkpoints
+from lsl_core.experiments.train.average import average_checkpoints, mean_lora
 from lsl_core.model.loading import load_checkpoint, read_manifest
 from test_train import _cfg, _trainer
 
@@ -109,3 +109,23 @@ def test_mismatches_and_bad_weights_are_refused(lora_run, tiny_parts, tmp_path, 
     with pytest.raises(LSLError, match="exists and is not an average"):  # ... a trained checkpoint never
         average_checkpoints([a, b], b.parent, name=b.name)
     assert "averaged_from" not in read_manifest(b).extra
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_the_stacked_lora_update_is_the_weighted_mean_of_the_updates(rslora):
+    """By hand: peft scales B·A by alpha / r (alpha / sqrt(r) with rslora); the stacked LoRA of rank 3r, scaled
+    for its rank, gives Σ w_i scale(r) B_i·A_i; anything but lora_A / lora_B tensors is refused."""
+    g = torch.Generator().manual_seed(0)
+    r, alpha, w = 2, 4.0, [0.2, 0.3, 0.5]
+    key = "base_model.model.layers.0.q_proj.lora_{}.weight"
+    states = [{key.format("A"): torch.randn(r, 5, generator=g), key.format("B"): torch.randn(7, r, generator=g)}
+              for _ in w]
+    scale = (lambda n: alpha / n ** 0.5) if rslora else (lambda n: alpha / n)
+    out, cfg = mean_lora(states, w, {"r": r, "lora_alpha": alpha, "use_rslora": rslora})
+    assert cfg["r"] == 3 * r and out[key.format("A")].shape == (3 * r, 5) and out[key.format("B")].shape == (7, 3 * r)
+    want = sum(wi * scale(r) * s[key.format("B")] @ s[key.format("A")] for wi, s in zip(w, states))
+    torch.testing.assert_close(scale(cfg["r"]) * out[key.format("B")] @ out[key.format("A")], want)
+    with pytest.raises(LSLError, match="neither a lora_A nor a lora_B"):
+        mean_lora([{**s, "x.lora_magnitude_vector": torch.ones(7)} for s in states], w, {"r": r})
+    with pytest.raises(LSLError, match="DoRA"):
+        mean_lora(states, w, {"r": r, "use_dora": True})

@@ -34,16 +34,21 @@ LORA_WEIGHTS = "adapter_model.safetensors"
 LORA_CONFIG = "adapter_config.json"
 
 
-def mean_state(states: list[dict[str, torch.Tensor]], weights: list[float], what: str) -> dict[str, torch.Tensor]:
-    """Weighted mean of state dicts with the same keys and shapes (computed in float32, returned in the first's
-    dtypes); weights sum to 1."""
+def same_tensors(states: list[dict[str, torch.Tensor]], what: str) -> list[str]:
+    """The state dicts' keys, refused unless every one has the first's names and shapes."""
     keys = list(states[0])
     for i, s in enumerate(states[1:], 1):
         if list(s) != keys or any(s[k].shape != states[0][k].shape for k in keys):
             raise LSLError(f"{what} of checkpoint {i + 1} has other tensors than the first's (names or shapes): "
                            "average only checkpoints of one configuration.")
+    return keys
+
+
+def mean_state(states: list[dict[str, torch.Tensor]], weights: list[float], what: str) -> dict[str, torch.Tensor]:
+    """Weighted mean of state dicts with the same keys and shapes (computed in float32, returned in the first's
+    dtypes); weights sum to 1."""
     return {k: sum(w * s[k].float() for w, s in zip(weights, states)).to(states[0][k].dtype).contiguous()
-            for k in keys}
+            for k in same_tensors(states, what)}
 
 
 def mean_lora(states: list[dict[str, torch.Tensor]], weights: list[float], config: dict) -> tuple[dict, dict]:
@@ -53,15 +58,10 @@ def mean_lora(states: list[dict[str, torch.Tensor]], weights: list[float], confi
     Σ w_i scale(r) B_i·A_i. Weights sum to 1; tensors stay in their dtype."""
     if config.get("use_dora") or config.get("rank_pattern") or config.get("alpha_pattern"):
         raise LSLError("These LoRAs use DoRA or per-module ranks / alphas: only plain LoRAs are averaged.")
-    keys = list(states[0])
-    for i, st in enumerate(states[1:], 1):
-        if list(st) != keys or any(st[k].shape != states[0][k].shape for k in keys):
-            raise LSLError(f"The LoRA of checkpoint {i + 1} has other tensors than the first's (names or shapes): "
-                           "average only checkpoints of one configuration.")
     r, k = int(config["r"]), len(states)
     scale = (lambda n: n ** -0.5) if config.get("use_rslora") else (lambda n: 1.0 / n)
     out = {}
-    for key in keys:
+    for key in same_tensors(states, "The LoRA"):
         if key.endswith("lora_A.weight"):
             out[key] = torch.cat([st[key] for st in states], 0).contiguous()
         elif key.endswith("lora_B.weight"):
@@ -130,8 +130,7 @@ def average_checkpoints(checkpoints: list[str | Path], out: str | Path, name: st
             raise LSLError(f"The checkpoints' LoRA configs differ in {differ}: average only LoRAs of one "
                            "configuration.")
         (tmp / LORA_DIR).mkdir()
-        lora, cfg = mean_lora([load_file(str(m.path(m.lora) / LORA_WEIGHTS)) for m in ms], w,
-                              json.loads((last.path(last.lora) / LORA_CONFIG).read_text()))
+        lora, cfg = mean_lora([load_file(str(m.path(m.lora) / LORA_WEIGHTS)) for m in ms], w, configs[-1])
         save_file(lora, str(tmp / LORA_DIR / LORA_WEIGHTS), metadata={"format": "pt"})
         (tmp / LORA_DIR / LORA_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     sources = [{"name": m.name, "path": str(Path(m.root).resolve()), "step": m.step, "weight": x}
