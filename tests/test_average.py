@@ -1,6 +1,7 @@
 """Checkpoint averaging on tiny trained checkpoints: the averaged checkpoint loads through its manifest and its
-adaptor parameters and its LLM weights with the LoRA merged in are the weighted means of the sources'; weights
-(1, 0) give the first checkpoint; an adaptor a LoRA stage points at (init's file) is found; mismatches are refused."""
+adaptor parameters and its LLM weights with the LoRA merged in are the weighted means of the sources' (also for
+LoRAs of other ranks and alphas, and with an adaptor-only checkpoint, whose LLM is the base); weights (1, 0) give
+the first checkpoint; an adaptor a LoRA stage points at (init's file) is found; mismatches are refused."""
 
 from __future__ import annotations
 
@@ -81,9 +82,15 @@ def test_mismatches_and_bad_weights_are_refused(lora_run, tiny_parts, tmp_path, 
     for bad in ([1], [1, -1], [0, 0]):
         with pytest.raises(LSLError, match="one weight >= 0 per checkpoint"):
             average_checkpoints([a, b], tmp_path, weights=bad)
-    frozen = _trainer(_cfg(tiny_parts, tmp_path, "frozen", steps=2, save_every=2)).run()[-1]
-    with pytest.raises(LSLError, match=r"differ in \['strategy'\]"):
+    frozen = _trainer(_cfg(tiny_parts, tmp_path, "frozen", steps=2, save_every=2, downsample=2)).run()[-1]
+    with pytest.raises(LSLError, match=r"differ in \['downsample'\]"):
         average_checkpoints([frozen, b], tmp_path)
+    scoped = tmp_path / "scoped"  # a LoRA acting on the speech positions only
+    shutil.copytree(b, scoped)
+    m = json.loads((scoped / "manifest.json").read_text())
+    (scoped / "manifest.json").write_text(json.dumps({**m, "lora_scope": "speech"}))
+    with pytest.raises(LSLError, match="other positions"):
+        average_checkpoints([a, scoped], tmp_path)
     other = tmp_path / "other"  # the same LoRA config, its target modules in another order (as peft may write it)
     shutil.copytree(b, other)
     path = other / "lora" / "adapter_config.json"
@@ -92,9 +99,10 @@ def test_mismatches_and_bad_weights_are_refused(lora_run, tiny_parts, tmp_path, 
     average_checkpoints([a, other], tmp_path / "reordered")
     assert cli_main(["average", "--checkpoint", str(b), "--checkpoint", str(other), "--out", str(tmp_path / "p")]) == 0
     assert f"{other.resolve()} × 0.5" in capsys.readouterr().out  # one name twice: the paths tell them apart
-    path.write_text(json.dumps({**cfg, "r": cfg["r"] * 2}))
-    with pytest.raises(LSLError, match=r"LoRA configs differ in \['r'\]"):
+    path.write_text(json.dumps({**cfg, "target_modules": ["q_proj"], "lora_dropout": 0.3}))
+    with pytest.raises(LSLError, match=r"LoRA configs differ in \['target_modules'\]"):  # dropout may differ
         average_checkpoints([a, other], tmp_path / "r")
+    assert not (tmp_path / "r").exists()
     full = _trainer(_cfg(tiny_parts, tmp_path, "full", steps=2, save_every=2)).run()[-1]
     with pytest.raises(LSLError, match="only the adaptor and LoRA"):
         average_checkpoints([full, full], tmp_path)
@@ -113,19 +121,56 @@ def test_mismatches_and_bad_weights_are_refused(lora_run, tiny_parts, tmp_path, 
 
 @pytest.mark.parametrize("rslora", [False, True])
 def test_the_stacked_lora_update_is_the_weighted_mean_of_the_updates(rslora):
-    """By hand: peft scales B·A by alpha / r (alpha / sqrt(r) with rslora); the stacked LoRA of rank 3r, scaled
-    for its rank, gives Σ w_i scale(r) B_i·A_i; anything but lora_A / lora_B tensors is refused."""
+    """By hand: peft scales B·A by alpha / r (alpha / sqrt(r) with rslora); LoRAs of ranks 2, 3 and 1 with their
+    own alphas and an adaptor-only source (no LoRA: a zero update), stacked into one LoRA of rank 6 scaled for its
+    rank, give Σ w_i scale_i B_i·A_i; anything but lora_A / lora_B tensors is refused."""
     g = torch.Generator().manual_seed(0)
-    r, alpha, w = 2, 4.0, [0.2, 0.3, 0.5]
+    ranks, alphas, w = [2, 3, None, 1], [4.0, 16.0, None, 2.0], [0.2, 0.3, 0.1, 0.4]
     key = "base_model.model.layers.0.q_proj.lora_{}.weight"
-    states = [{key.format("A"): torch.randn(r, 5, generator=g), key.format("B"): torch.randn(7, r, generator=g)}
-              for _ in w]
-    scale = (lambda n: alpha / n ** 0.5) if rslora else (lambda n: alpha / n)
-    out, cfg = mean_lora(states, w, {"r": r, "lora_alpha": alpha, "use_rslora": rslora})
-    assert cfg["r"] == 3 * r and out[key.format("A")].shape == (3 * r, 5) and out[key.format("B")].shape == (7, 3 * r)
-    want = sum(wi * scale(r) * s[key.format("B")] @ s[key.format("A")] for wi, s in zip(w, states))
-    torch.testing.assert_close(scale(cfg["r"]) * out[key.format("B")] @ out[key.format("A")], want)
+    states = [None if r is None else {key.format("A"): torch.randn(r, 5, generator=g),
+                                      key.format("B"): torch.randn(7, r, generator=g)} for r in ranks]
+    configs = [None if r is None else {"r": r, "lora_alpha": a, "use_rslora": rslora} for r, a in zip(ranks, alphas)]
+    scale = (lambda a, n: a / n ** 0.5) if rslora else (lambda a, n: a / n)
+    out, cfg = mean_lora(states, w, configs)
+    assert cfg == {**configs[-1], "r": 6}
+    assert out[key.format("A")].shape == (6, 5) and out[key.format("B")].shape == (7, 6)
+    want = sum(wi * scale(a, r) * s[key.format("B")] @ s[key.format("A")]
+               for wi, s, r, a in zip(w, states, ranks, alphas) if s is not None)
+    torch.testing.assert_close(scale(cfg["lora_alpha"], 6) * out[key.format("B")] @ out[key.format("A")], want)
+    have = [s for s in states if s is not None]
     with pytest.raises(LSLError, match="neither a lora_A nor a lora_B"):
-        mean_lora([{**s, "x.lora_magnitude_vector": torch.ones(7)} for s in states], w, {"r": r})
+        mean_lora([{**s, "x.lora_magnitude_vector": torch.ones(7)} for s in have], w[:3], configs[:2] + configs[3:])
     with pytest.raises(LSLError, match="DoRA"):
-        mean_lora(states, w, {"r": r, "use_dora": True})
+        mean_lora(have, w[:3], [{"r": 2, "use_dora": True}] * 3)
+    with pytest.raises(LSLError, match="other tensors"):  # another input size is not a rank
+        mean_lora([have[0], {key.format("A"): torch.randn(2, 6), key.format("B"): torch.randn(7, 2)}], [0.5, 0.5],
+                  configs[:2])
+    with pytest.raises(LSLError, match="no LoRA"):
+        mean_lora([None, None], [0.5, 0.5], [None, None])
+
+
+def test_loras_of_other_ranks_and_an_adaptor_only_checkpoint_average_to_the_mean_weights(lora_run, tiny_parts,
+                                                                                          tmp_path):
+    """A rank-4 LoRA with its own alpha averages with the rank-8 run; the adaptor-only checkpoint a LoRA stage
+    started from averages with it (WiSE-FT): its LLM is the base, so the average's merged weights are the base
+    plus the weighted LoRA update, and its adaptor the mean of the two."""
+    a, b = lora_run
+    c = _trainer(_cfg(tiny_parts, tmp_path, "lora", name="r4", steps=2, save_every=2, lora_r=4, lora_alpha=8)).run()[-1]
+    pb, pc = _params(b, True), _params(c, True)
+    mixed = average_checkpoints([b, c], tmp_path / "mixed", weights=[2, 1])
+    assert json.loads((mixed / "lora" / "adapter_config.json").read_text())["r"] == 12
+    for k, v in _params(mixed, True).items():
+        torch.testing.assert_close(v, (2 * pb[k] + pc[k]) / 3, rtol=1e-5, atol=1e-6, msg=k)
+
+    s1 = _cfg(tiny_parts, tmp_path, "frozen", name="align", objective="repeat", steps=2, save_every=2)
+    init = _trainer(s1).run()[-1]
+    qa = _trainer(_cfg(tiny_parts, tmp_path, "lora", name="qa", steps=2, save_every=2, init=str(init))).run()[-1]
+    wise = average_checkpoints([init, qa], tmp_path / "wise", weights=[3, 1])
+    m = read_manifest(wise)
+    assert (m.strategy, m.lora, m.step) == ("lora", "lora", qa_step := read_manifest(qa).step) and qa_step > 0
+    pi, pq, pw = _params(init, True), _params(qa, True), _params(wise, True)
+    assert sorted(pw) == sorted(pq) and any(not torch.equal(pi[k], pq[k]) for k in pi if k.startswith("adaptor."))
+    for k, v in pw.items():
+        torch.testing.assert_close(v, 0.75 * pi[k] + 0.25 * pq[k], rtol=1e-5, atol=1e-6, msg=k)
+    base = _params(average_checkpoints([qa, init], tmp_path / "base", weights=[0, 1]), True)
+    assert all(torch.equal(base[k], pi[k]) for k in pi if k.startswith("llm."))  # a zero update: the base

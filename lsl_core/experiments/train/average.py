@@ -1,10 +1,12 @@
 """Weight averaging of checkpoints of one lineage: the (weighted) mean of their weights, written as a new checkpoint.
 Along one trajectory it is stochastic weight averaging (Izmailov et al. 2018); over runs from one init, a "model
-soup" (Wortsman et al. 2022). The adaptor's parameters are averaged; a LoRA's update B·A is averaged exactly, as the
-soup of the merged weights W + B_i·A_i would be: the factors are stacked into one LoRA of rank k·r (B = [w_1 B_1 …
-w_k B_k], A = [A_1; …; A_k], rescaled for the new rank), so B·A = Σ w_i B_i·A_i. (Averaging the factors
-themselves, mean B · mean A, is not that mean: over seeds, whose A start from other random draws, it shrinks the
-update.)
+soup" (Wortsman et al. 2022); between a checkpoint before a LoRA stage and one after it, a weight-space ensemble of
+the two (WiSE-FT, Wortsman et al. 2022). The adaptor's parameters are averaged; a LoRA's update B·A is averaged
+exactly, as the soup of the merged weights W + s_i B_i·A_i would be: the factors are stacked into one LoRA of rank
+Σ r_i (B = [w_1 B_1 … w_k B_k], A = [A_1; …; A_k], each B_i rescaled by its own scale s_i over the new one), so
+B·A = Σ w_i s_i B_i·A_i. LoRAs of other ranks or alphas mix, and a checkpoint without a LoRA (an adaptor-only
+stage) counts as a zero update. (Averaging the factors themselves, mean B · mean A, is not that mean: over seeds,
+whose A start from other random draws, it shrinks the update.)
 
     python -m lsl_core average --checkpoint <a> --checkpoint <b> [--weights 1,1] --out <folder> [--name NAME]
 
@@ -26,19 +28,29 @@ from lsl_core.errors import LSLError
 from lsl_core.model.loading import MANIFEST_NAME, CheckpointManifest, read_manifest, write_manifest
 
 AVERAGED_STRATEGIES = ("frozen", "lora")  # a full fine-tune's LLM is not averaged here
-SHARED_FIELDS = ("llm", "encoder", "family", "strategy", "lora_scope", "downsample", "adaptor_hidden",
-                 "adaptor_context", "prompt", "encoder_window")  # what must agree for the weights to mean the same
+SHARED_FIELDS = ("llm", "encoder", "family", "downsample", "adaptor_hidden", "adaptor_context", "prompt",
+                 "encoder_window")  # what must agree for the weights to mean the same (and lora_scope among LoRAs)
+LORA_FREE_FIELDS = ("r", "lora_alpha", "use_rslora", "lora_dropout", "init_lora_weights", "inference_mode",
+                    "peft_version")  # LoRA config fields that may differ: the update B·A means the same
 ADAPTOR_FILE = "adaptor.safetensors"
 LORA_DIR = "lora"
 LORA_WEIGHTS = "adapter_model.safetensors"
 LORA_CONFIG = "adapter_config.json"
 
 
-def same_tensors(states: list[dict[str, torch.Tensor]], what: str) -> list[str]:
-    """The state dicts' keys, refused unless every one has the first's names and shapes."""
+def same_tensors(states: list[dict[str, torch.Tensor]], what: str, rank_dim: bool = False) -> list[str]:
+    """The state dicts' keys, refused unless every one has the first's names and shapes (with `rank_dim`, a LoRA's:
+    the shapes may differ in the rank, dim 0 of lora_A [r, in] and dim 1 of lora_B [out, r])."""
     keys = list(states[0])
+
+    def shape(key: str, t: torch.Tensor) -> tuple:
+        if not rank_dim:
+            return tuple(t.shape)
+        return (t.shape[1],) if key.endswith("lora_A.weight") else (t.shape[0],) if key.endswith("lora_B.weight") \
+            else tuple(t.shape)
+
     for i, s in enumerate(states[1:], 1):
-        if list(s) != keys or any(s[k].shape != states[0][k].shape for k in keys):
+        if list(s) != keys or any(shape(k, s[k]) != shape(k, states[0][k]) for k in keys):
             raise LSLError(f"{what} of checkpoint {i + 1} has other tensors than the first's (names or shapes): "
                            "average only checkpoints of one configuration.")
     return keys
@@ -51,26 +63,40 @@ def mean_state(states: list[dict[str, torch.Tensor]], weights: list[float], what
             for k in same_tensors(states, what)}
 
 
-def mean_lora(states: list[dict[str, torch.Tensor]], weights: list[float], config: dict) -> tuple[dict, dict]:
-    """The LoRA whose update is the weighted mean of the states' updates, and its peft config: per module, A [r, in]
-    stacked to [k·r, in] and B [out, r] to [out, k·r], each B_i times w_i and times scale(r) / scale(k·r) (peft
-    multiplies B·A by lora_alpha / r, or / sqrt(r) with rslora), so that the new B·A times its scale equals
-    Σ w_i scale(r) B_i·A_i. Weights sum to 1; tensors stay in their dtype."""
-    if config.get("use_dora") or config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise LSLError("These LoRAs use DoRA or per-module ranks / alphas: only plain LoRAs are averaged.")
-    r, k = int(config["r"]), len(states)
-    scale = (lambda n: n ** -0.5) if config.get("use_rslora") else (lambda n: 1.0 / n)
+def lora_scale(config: dict, r: int | None = None) -> float:
+    """The factor peft multiplies a LoRA's B·A by: lora_alpha / r, or lora_alpha / sqrt(r) with rslora (r: the
+    config's rank unless given)."""
+    r = int(config["r"]) if r is None else r
+    return float(config.get("lora_alpha", 8)) * (r ** -0.5 if config.get("use_rslora") else 1.0 / r)
+
+
+def mean_lora(states: list[dict[str, torch.Tensor] | None], weights: list[float],
+              configs: list[dict | None]) -> tuple[dict, dict]:
+    """The LoRA whose update is the weighted mean of the states' updates, and its peft config (the last LoRA's, of
+    rank R = Σ r_i): per module, A_i [r_i, in] stacked to [R, in] and B_i [out, r_i] to [out, R], each B_i times
+    w_i · scale_i / scale(R) (`lora_scale`), so that the new B·A times its scale equals Σ w_i scale_i B_i·A_i.
+    A source without a LoRA (state and config None) is a zero update: it only takes its weight. Weights sum to 1;
+    tensors stay in their dtype."""
+    have = [i for i, st in enumerate(states) if st is not None]
+    if not have:
+        raise LSLError("None of the checkpoints has a LoRA: there is no LoRA to average.")
+    for i in have:
+        c = configs[i]
+        if c.get("use_dora") or c.get("rank_pattern") or c.get("alpha_pattern"):
+            raise LSLError("These LoRAs use DoRA or per-module ranks / alphas: only plain LoRAs are averaged.")
+    ranks = [int(configs[i]["r"]) for i in have]
+    config = {**configs[have[-1]], "r": sum(ranks)}
+    out_scale = lora_scale(config)
     out = {}
-    for key in same_tensors(states, "The LoRA"):
+    for key in same_tensors([states[i] for i in have], "The LoRA", rank_dim=True):
         if key.endswith("lora_A.weight"):
-            out[key] = torch.cat([st[key] for st in states], 0).contiguous()
+            out[key] = torch.cat([states[i][key] for i in have], 0).contiguous()
         elif key.endswith("lora_B.weight"):
-            f = scale(r) / scale(k * r)
-            out[key] = torch.cat([(wi * f * st[key].float()).to(st[key].dtype) for wi, st in zip(weights, states)],
-                                 1).contiguous()
+            out[key] = torch.cat([(weights[i] * lora_scale(configs[i]) / out_scale * states[i][key].float())
+                                  .to(states[i][key].dtype) for i in have], 1).contiguous()
         else:
             raise LSLError(f"LoRA tensor {key} is neither a lora_A nor a lora_B weight: only plain LoRAs are averaged.")
-    return out, {**config, "r": k * r}
+    return out, config
 
 
 def lora_config(path: Path) -> dict:
@@ -90,12 +116,11 @@ def average_checkpoints(checkpoints: list[str | Path], out: str | Path, name: st
                         weights: list[float] | None = None) -> Path:
     """Write `<out>/<name>/` (manifest + adaptor [+ lora/]) holding the weighted mean of the checkpoints' trained
     weights; returns the folder. `weights`: one per checkpoint, >= 0, not all 0 (default: equal), normalised to
-    sum 1. The manifest is the last checkpoint's (its step, config, prompt) with `extra.averaged_from` naming the
-    sources and their weights; it replaces an earlier average of that name. Refused: an existing folder that is not
-    such an average, fewer than two checkpoints, a strategy other than frozen / lora, manifests
-    that differ in a field of SHARED_FIELDS, or LoRA configs that differ."""
-    from safetensors.torch import load_file, save_file
-
+    sum 1. The manifest is the last checkpoint's (its step, config, prompt; strategy, LoRA and its scope those of
+    the last one with a LoRA, if any has one) with `extra.averaged_from` naming the sources and their weights; it
+    replaces an earlier average of that name. Refused: an existing folder that is not such an average, fewer than
+    two checkpoints, a strategy other than frozen / lora, manifests that differ in a field of SHARED_FIELDS (or
+    LoRAs in lora_scope), or LoRA configs that differ in anything but LORA_FREE_FIELDS (rank, alpha, ...)."""
     if len(checkpoints) < 2:
         raise LSLError("Give at least two checkpoints to average (--checkpoint A --checkpoint B).")
     ms = [read_manifest(c) for c in checkpoints]
@@ -103,45 +128,68 @@ def average_checkpoints(checkpoints: list[str | Path], out: str | Path, name: st
     if len(w) != len(ms) or any(x < 0 for x in w) or sum(w) <= 0:
         raise LSLError(f"Give one weight >= 0 per checkpoint, not all 0: {len(ms)} checkpoints, weights {weights}.")
     w = [x / sum(w) for x in w]
+    for m in ms:
+        if m.strategy not in AVERAGED_STRATEGIES or m.model:
+            kind = f"strategy '{m.strategy}'" + (" (a public model)" if m.model else "")
+            raise LSLError(f"Checkpoint '{m.name}' has {kind}: only the adaptor and LoRA of strategies "
+                           f"{AVERAGED_STRATEGIES} are averaged.")
     last = ms[-1]
-    if last.strategy not in AVERAGED_STRATEGIES or last.model:
-        kind = f"strategy '{last.strategy}'" + (" (a public model)" if last.model else "")
-        raise LSLError(f"Checkpoint '{last.name}' has {kind}: only the adaptor and LoRA of strategies "
-                       f"{AVERAGED_STRATEGIES} are averaged.")
     for m in ms[:-1]:
         differ = [f for f in SHARED_FIELDS if getattr(m, f) != getattr(last, f)]
         if differ:
             raise LSLError(f"Checkpoints '{m.name}' and '{last.name}' differ in {differ}: average only checkpoints of "
                            "one model and configuration.")
+    loras = [m for m in ms if m.lora]
+    if len({m.lora_scope for m in loras}) > 1:
+        raise LSLError(f"The LoRAs act at other positions (lora_scope {sorted({m.lora_scope for m in loras})}): "
+                       "average only LoRAs of one scope.")
     name = name or f"{last.name}-avg{len(ms)}"
     folder = Path(out) / name
     if folder.exists() and not is_average(folder):
         raise LSLError(f"{folder} exists and is not an average written by this command: give another --out or "
                        "--name (an earlier average is replaced, nothing else).")
+    configs = [lora_config(m.path(m.lora) / LORA_CONFIG) if m.lora else None for m in ms]
+    ref = next((c for c in reversed(configs) if c is not None), {})
+    differ = sorted({k for c in configs if c is not None for k in c.keys() | ref.keys()
+                     if c.get(k) != ref.get(k) and k not in LORA_FREE_FIELDS})
+    if differ:
+        raise LSLError(f"The checkpoints' LoRA configs differ in {differ}: average only LoRAs of one configuration "
+                       f"(they may differ in {list(LORA_FREE_FIELDS)}).")
     tmp = folder.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        write_average(tmp, ms, w, configs, name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def write_average(tmp: Path, ms: list[CheckpointManifest], w: list[float], configs: list[dict | None],
+                  name: str) -> None:
+    """Write the average of checkpoints `ms` (weights `w`, LoRA configs `configs`) into the empty folder `tmp`."""
+    from safetensors.torch import load_file, save_file
+
+    last, loras = ms[-1], [m for m in ms if m.lora]
     adaptor = mean_state([load_file(str(m.path(m.adaptor))) for m in ms], w, "The adaptor")
     save_file(adaptor, str(tmp / ADAPTOR_FILE), metadata={"format": "pt"})
-    if last.lora:
-        configs = [lora_config(m.path(m.lora) / LORA_CONFIG) for m in ms]
-        differ = sorted({k for c in configs for k in c.keys() | configs[-1].keys() if c.get(k) != configs[-1].get(k)})
-        if differ:
-            raise LSLError(f"The checkpoints' LoRA configs differ in {differ}: average only LoRAs of one "
-                           "configuration.")
+    if loras:
         (tmp / LORA_DIR).mkdir()
-        lora, cfg = mean_lora([load_file(str(m.path(m.lora) / LORA_WEIGHTS)) for m in ms], w, configs[-1])
+        states = [load_file(str(m.path(m.lora) / LORA_WEIGHTS)) if m.lora else None for m in ms]
+        lora, cfg = mean_lora(states, w, configs)
         save_file(lora, str(tmp / LORA_DIR / LORA_WEIGHTS), metadata={"format": "pt"})
         (tmp / LORA_DIR / LORA_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     sources = [{"name": m.name, "path": str(Path(m.root).resolve()), "step": m.step, "weight": x}
                for m, x in zip(ms, w)]
     extra = {k: v for k, v in last.extra.items() if k in ("stage", "weights_dtype")}
-    manifest = dataclasses.replace(last, name=name, adaptor=ADAPTOR_FILE, lora=LORA_DIR if last.lora else None,
-                                   root="", extra={**extra, "averaged_from": sources})
+    lora_fields = {"strategy": loras[-1].strategy, "lora": LORA_DIR, "lora_scope": loras[-1].lora_scope} if loras \
+        else {"lora": None}
+    manifest = dataclasses.replace(last, name=name, adaptor=ADAPTOR_FILE, root="", **lora_fields,
+                                   extra={**extra, "averaged_from": sources})
     write_manifest(manifest, tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
 
 
 def register(subparsers) -> None:
@@ -149,7 +197,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("average", help="average the adaptor and LoRA weights of checkpoints (SWA, soups)",
                               description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", action="append", required=True, type=Path,
-                   help="a checkpoint folder or manifest (repeat: two or more, of one configuration)")
+                   help="a checkpoint folder or manifest (repeat: two or more of one model; LoRA ranks may differ, "
+                   "an adaptor-only checkpoint counts as a zero LoRA update)")
     p.add_argument("--weights", default=None, help="comma-separated weights, one per checkpoint (default: equal)")
     p.add_argument("--out", required=True, type=Path, help="folder to write the averaged checkpoint into")
     p.add_argument("--name", default=None, help="its name (default: <last checkpoint>-avg<N>)")
