@@ -80,7 +80,7 @@ def test_mismatches_and_bad_weights_are_refused(lora_run, tiny_parts, tmp_path, 
     with pytest.raises(LSLError, match="at least two"):
         average_checkpoints([a], tmp_path)
     for bad in ([1], [1, -1], [0, 0]):
-        with pytest.raises(LSLError, match="one weight >= 0 per checkpoint"):
+        with pytest.raises(LSLError, match="one weight per checkpoint, >= 0"):
             average_checkpoints([a, b], tmp_path, weights=bad)
     frozen = _trainer(_cfg(tiny_parts, tmp_path, "frozen", steps=2, save_every=2, downsample=2)).run()[-1]
     with pytest.raises(LSLError, match=r"differ in \['downsample'\]"):
@@ -153,7 +153,8 @@ def test_loras_of_other_ranks_and_an_adaptor_only_checkpoint_average_to_the_mean
                                                                                           tmp_path):
     """A rank-4 LoRA with its own alpha averages with the rank-8 run; the adaptor-only checkpoint a LoRA stage
     started from averages with it (WiSE-FT): its LLM is the base, so the average's merged weights are the base
-    plus the weighted LoRA update, and its adaptor the mean of the two."""
+    plus the weighted LoRA update, and its adaptor the mean of the two; with negative weights (extrapolation) the
+same linear combination."""
     a, b = lora_run
     c = _trainer(_cfg(tiny_parts, tmp_path, "lora", name="r4", steps=2, save_every=2, lora_r=4, lora_alpha=8)).run()[-1]
     pb, pc = _params(b, True), _params(c, True)
@@ -174,3 +175,13 @@ def test_loras_of_other_ranks_and_an_adaptor_only_checkpoint_average_to_the_mean
         torch.testing.assert_close(v, 0.75 * pi[k] + 0.25 * pq[k], rtol=1e-5, atol=1e-6, msg=k)
     base = _params(average_checkpoints([qa, init], tmp_path / "base", weights=[0, 1]), True)
     assert all(torch.equal(base[k], pi[k]) for k in pi if k.startswith("llm."))  # a zero update: the base
+    past = _params(average_checkpoints([init, qa], tmp_path / "past", weights=[-0.5, 1.5], extrapolate=True), True)
+    for k, v in past.items():  # half again past the stage's end
+        torch.testing.assert_close(v, 1.5 * pq[k] - 0.5 * pi[k], rtol=1e-5, atol=1e-6, msg=k)
+    with pytest.raises(LSLError, match="negative ones need --extrapolate"):
+        average_checkpoints([init, qa], tmp_path / "no", weights=[-0.5, 1.5])
+    assert cli_main(["average", "--checkpoint", str(init), "--checkpoint", str(qa), "--weights=-0.5,1.5",
+                     "--extrapolate", "--out", str(tmp_path / "cli"), "--name", "past"]) == 0
+    assert all(torch.equal(v, past[k]) for k, v in _params(tmp_path / "cli" / "past", True).items())
+    with pytest.raises(LSLError, match="summing to more than 0"):
+        average_checkpoints([init, qa], tmp_path / "no", weights=[-1, 1], extrapolate=True)

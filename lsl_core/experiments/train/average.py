@@ -8,7 +8,8 @@ B·A = Σ w_i s_i B_i·A_i. LoRAs of other ranks or alphas mix, and a checkpoint
 stage) counts as a zero update. (Averaging the factors themselves, mean B · mean A, is not that mean: over seeds,
 whose A start from other random draws, it shrinks the update.)
 
-    python -m lsl_core average --checkpoint <a> --checkpoint <b> [--weights 1,1] --out <folder> [--name NAME]
+    python -m lsl_core average --checkpoint <a> --checkpoint <b> [--weights 1,1 [--extrapolate]] --out <folder>
+        [--name NAME]
 
 The result loads like any checkpoint (`load_checkpoint`, the app's "Add a model folder", `evaluate`). Measured on
 the shipped LoRA trajectory and over seeds in docs/demo_model.md, "Averaging the checkpoints".
@@ -113,20 +114,23 @@ def is_average(folder: Path) -> bool:
 
 
 def average_checkpoints(checkpoints: list[str | Path], out: str | Path, name: str | None = None,
-                        weights: list[float] | None = None) -> Path:
+                        weights: list[float] | None = None, extrapolate: bool = False) -> Path:
     """Write `<out>/<name>/` (manifest + adaptor [+ lora/]) holding the weighted mean of the checkpoints' trained
     weights; returns the folder. `weights`: one per checkpoint, >= 0, not all 0 (default: equal), normalised to
-    sum 1. The manifest is the last checkpoint's (its step, config, prompt; strategy, LoRA and its scope those of
-    the last one with a LoRA, if any has one) with `extra.averaged_from` naming the sources and their weights; it
-    replaces an earlier average of that name. Refused: an existing folder that is not such an average, fewer than
-    two checkpoints, a strategy other than frozen / lora, manifests that differ in a field of SHARED_FIELDS (or
-    LoRAs in lora_scope), or LoRA configs that differ in anything but LORA_FREE_FIELDS (rank, alpha, ...)."""
+    sum 1; with `extrapolate`, negative weights are allowed (their sum must stay > 0): weights (-a, 1 + a) on
+    (start, end) go a times the way past the end (model extrapolation, Zheng et al. 2024). The manifest is the
+    last checkpoint's (its step, config, prompt; strategy, LoRA and its scope those of the last one with a LoRA, if
+    any has one) with `extra.averaged_from` naming the sources and their weights; it replaces an earlier average
+    of that name. Refused: an existing folder that is not such an average, fewer than two checkpoints, a strategy
+    other than frozen / lora, manifests that differ in a field of SHARED_FIELDS (or LoRAs in lora_scope), or LoRA
+    configs that differ in anything but LORA_FREE_FIELDS (rank, alpha, ...)."""
     if len(checkpoints) < 2:
         raise LSLError("Give at least two checkpoints to average (--checkpoint A --checkpoint B).")
     ms = [read_manifest(c) for c in checkpoints]
     w = [1.0] * len(ms) if weights is None else [float(x) for x in weights]
-    if len(w) != len(ms) or any(x < 0 for x in w) or sum(w) <= 0:
-        raise LSLError(f"Give one weight >= 0 per checkpoint, not all 0: {len(ms)} checkpoints, weights {weights}.")
+    if len(w) != len(ms) or sum(w) <= 0 or (not extrapolate and any(x < 0 for x in w)):
+        rule = "summing to more than 0" if extrapolate else ">= 0, not all 0 (negative ones need --extrapolate)"
+        raise LSLError(f"Give one weight per checkpoint, {rule}: {len(ms)} checkpoints, weights {weights}.")
     w = [x / sum(w) for x in w]
     for m in ms:
         if m.strategy not in AVERAGED_STRATEGIES or m.model:
@@ -202,6 +206,9 @@ def register(subparsers) -> None:
     p.add_argument("--weights", default=None, help="comma-separated weights, one per checkpoint (default: equal)")
     p.add_argument("--out", required=True, type=Path, help="folder to write the averaged checkpoint into")
     p.add_argument("--name", default=None, help="its name (default: <last checkpoint>-avg<N>)")
+    p.add_argument("--extrapolate", action="store_true",
+                   help="allow negative weights (e.g. --weights -0.5,1.5 on a stage's start and end: half again "
+                        "past the end)")
     p.set_defaults(func=main)
 
 
@@ -210,7 +217,7 @@ def main(args: argparse.Namespace) -> int:
         weights = None if args.weights is None else [float(x) for x in args.weights.split(",")]
     except ValueError:
         raise LSLError(f"--weights must be comma-separated numbers, got {args.weights!r}.") from None
-    folder = average_checkpoints(args.checkpoint, args.out, args.name, weights)
+    folder = average_checkpoints(args.checkpoint, args.out, args.name, weights, args.extrapolate)
     m: CheckpointManifest = read_manifest(folder)
     src = m.extra["averaged_from"]
     key = "name" if len({s["name"] for s in src}) == len(src) else "path"  # runs of one config share names
