@@ -189,6 +189,25 @@ def test_batched_candidates_equal_each_pair_and_the_analysis_metrics():
     np.testing.assert_allclose(own["cka"].numpy(), np.diag(ref["cka"]), atol=1e-9)
 
 
+def test_batched_sequence_metrics_keep_float64_means_of_large_states():
+    """States with a large common offset (~3e3, as LLM residual streams have) whose means differ by ~1: the
+    sequence metrics of candidate_metrics must sum the speech mean in float64 like sequence_distance does
+    (a float32 mean rounds each component by ~1e-4), so they equal the per-pair values and a float64 reference."""
+    g = torch.Generator().manual_seed(21)
+    off = 3000.0 * torch.randn(D, generator=g)
+    hs = off + torch.randn(LAYERS, 375, D, generator=g)  # [L+1, Ts, d]
+    texts = [off + 0.5 + torch.randn(LAYERS, n, D, generator=g) for n in (6, 9)]
+    batched = candidate_metrics(hs, texts)
+    ms = hs.double().mean(dim=1).numpy()  # [L+1, d] float64 reference means
+    for c, ht in enumerate(texts):
+        mt = ht.double().mean(dim=1).numpy()
+        ref = np.linalg.norm(ms - mt, axis=-1)  # [L+1]
+        np.testing.assert_allclose(batched["seq_dist"][c].numpy(), ref, rtol=1e-6)
+        single = pair_metrics(hs, ht)
+        for k in ("seq_cos", "seq_dist"):
+            np.testing.assert_array_equal(batched[k][c].numpy(), single[k].numpy(), err_msg=k)
+
+
 def test_each_text_state_is_used_once_per_question(monkeypatch):
     """Text states are given once per question; the cost per clip is one token matrix over its candidates."""
     import lsl_core.metrics.controls as ctl

@@ -54,7 +54,8 @@ from torch import Tensor
 
 from lsl_core.errors import MetricInputError
 from lsl_core.metrics.cka import cross_layer_cka
-from lsl_core.metrics.sequence import layer_average, sequence_cosine, sequence_distance, validate_states
+from lsl_core.metrics.sequence import (_sequence_cosine, _sequence_distance, layer_average, sequence_cosine,
+                                      sequence_distance, validate_states)
 from lsl_core.metrics.tokenwise import (
     alignment_path,
     path_consistency,
@@ -241,10 +242,11 @@ def candidate_metrics(hs: Tensor, texts: Sequence[Tensor], cka_path_layer: int =
     if len(texts) == 0:
         raise MetricInputError("candidate_metrics needs at least one text state.")
     hs, _ = validate_states(hs, texts[0])  # [L+1, Ts, d] float32, checked once
-    pooled = hs.mean(dim=1, keepdim=True)  # [L+1, 1, d]: the sequence metrics of hs, validated cheaply per text
-    for ht in texts[1:]:
-        validate_states(pooled, ht)  # every candidate matches the speech in layers and width
-    ht_all = torch.cat([torch.as_tensor(t).detach().to(torch.float32) for t in texts], dim=1)  # [L+1, sum Tt, d]
+    # [L+1, 1, d] float64, summed in float64 as sequence_cosine / sequence_distance do (a float32 mean of
+    # large states loses digits), so the sequence metrics equal the per-pair ones exactly
+    pooled = hs.to(torch.float64).mean(dim=1, keepdim=True)
+    texts = [validate_states(hs[:, :1], ht)[1] for ht in texts]  # each [L+1, Tt_c, d] float32, checked cheaply
+    ht_all = torch.cat(texts, dim=1)  # [L+1, sum Tt, d]
     cos, dist = token_cosine_matrix(hs, ht_all), token_distance_matrix(hs, ht_all)  # [L+1, Ts, sum Tt]
     path_cos, path_dist = alignment_path(cos, "cosine"), alignment_path(dist, "distance")  # [L+1, sum Tt]
     scores_cos, scores_dist = path_scores(cos, path_cos), path_scores(dist, path_dist)  # [L+1, sum Tt]
@@ -254,8 +256,8 @@ def candidate_metrics(hs: Tensor, texts: Sequence[Tensor], cka_path_layer: int =
     for ht in texts:
         sl = slice(start, start + ht.shape[1])
         start = sl.stop
-        out["seq_cos"].append(sequence_cosine(pooled, ht).to(torch.float64))  # mean of one row = the row
-        out["seq_dist"].append(sequence_distance(pooled, ht).to(torch.float64))
+        out["seq_cos"].append(_sequence_cosine(pooled, ht).to(torch.float64))  # mean of one row = the row
+        out["seq_dist"].append(_sequence_distance(pooled, ht).to(torch.float64))
         out["aps_cos"].append(scores_cos[:, sl].to(torch.float64).mean(dim=-1))  # [L+1], APS term per layer
         out["aps_dist"].append(scores_dist[:, sl].to(torch.float64).mean(dim=-1))
         out["spearman_cos"].append(path_monotonicity(path_cos[:, sl]))

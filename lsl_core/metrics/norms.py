@@ -43,7 +43,8 @@ def token_norms(hs: Tensor, ht: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def norm_ratio(h: Tensor, ref: slice) -> Tensor:
-    """Each row's L2 norm over the median row norm of rows `ref`, per layer: h [L+1,T,d] -> [L+1,T] float64."""
+    """Each row's L2 norm over the median row norm of rows `ref`, per layer: h [L+1,T,d] -> [L+1,T] float64. The
+    median is torch's lower median (of an even count, the smaller middle value): always one of the span's norms."""
     norms = torch.linalg.vector_norm(torch.as_tensor(h).detach().to(torch.float64), dim=-1)  # [L+1, T]
     if norms.ndim != 2 or norms[:, ref].shape[-1] == 0:
         from lsl_core.errors import MetricInputError

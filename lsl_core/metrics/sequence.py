@@ -99,7 +99,7 @@ def mean_pool(h: Tensor) -> Tensor:
 
 
 def _sequence_cosine(hs: Tensor, ht: Tensor) -> Tensor:
-    """Validated float32 hs [L+1,Ts,d], ht [L+1,Tt,d] -> [L+1] float32 (means summed in float64)."""
+    """Validated hs [L+1,Ts,d], ht [L+1,Tt,d] (float32 or float64) -> [L+1] float32 (means summed in float64)."""
     ms = unit_rows(hs.to(torch.float64).mean(dim=1))  # [L+1, d] float64
     mt = unit_rows(ht.to(torch.float64).mean(dim=1))  # [L+1, d] float64
     return (ms * mt).sum(dim=-1).clamp(-1.0, 1.0).to(torch.float32)
@@ -114,11 +114,16 @@ def sequence_cosine(hs: Tensor, ht: Tensor) -> Tensor:
     return _sequence_cosine(hs, ht)
 
 
+def _sequence_distance(hs: Tensor, ht: Tensor) -> Tensor:
+    """Validated hs [L+1,Ts,d], ht [L+1,Tt,d] (float32 or float64) -> [L+1] float32 (means summed in float64)."""
+    ms, mt = hs.to(torch.float64).mean(dim=1), ht.to(torch.float64).mean(dim=1)  # [L+1, d] float64
+    return torch.linalg.vector_norm(ms - mt, dim=-1).to(torch.float32)  # [L+1]
+
+
 def sequence_distance(hs: Tensor, ht: Tensor) -> Tensor:
     """Euclidean distance of the mean-pooled states per layer: [L+1,Ts,d], [L+1,Tt,d] -> [L+1] float32."""
     hs, ht = validate_states(hs, ht)
-    ms, mt = hs.to(torch.float64).mean(dim=1), ht.to(torch.float64).mean(dim=1)  # [L+1, d] float64
-    return torch.linalg.vector_norm(ms - mt, dim=-1).to(torch.float32)  # [L+1]
+    return _sequence_distance(hs, ht)
 
 
 def layer_average(curve: Tensor) -> float:
