@@ -262,7 +262,8 @@ class SetAnalysis:
     pooled_cka: np.ndarray | None  # [L+1, L+1] unaligned mean-pooled CKA across samples (minibatch HSIC)
     n: int
     errors: list[str] = field(default_factory=list)
-    # spread over samples (lsl_core.metrics.stats, 95% bootstrap intervals), None when not computable
+    # spread over questions (lsl_core.metrics.stats, 95% intervals; the clips of one question, its voices, are
+    # resampled or left out together), None when not computable (fewer than 2 questions)
     mean_cka_low: np.ndarray | None = None  # [L+1, L+1] interval of mean_cka over the samples with a CKA
     mean_cka_high: np.ndarray | None = None
     mean_cka_n: int = 0  # samples with an aligned CKA matrix
@@ -291,6 +292,7 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
     rows, errors = [], []
     cka_mats, null_mats, keep_s, keep_t = [], [], [], []  # per-sample CKA and null-mean matrices, pooled states
     #                                                       of the first SPREAD_MAX_SAMPLES
+    cka_q, keep_q = [], []  # the question of each, for the spread over questions
     sum_cos = sum_dist = sum_cka = None
     n_cka = 0
     mb = MinibatchCKA()
@@ -311,11 +313,13 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
             sum_cka = a.cka.copy() if sum_cka is None else sum_cka + a.cka
             n_cka += 1
             cka_mats.append(np.asarray(a.cka, dtype=np.float32))
+            cka_q.append(s.question)
             if a.cka_null_mean is not None:
                 null_mats.append(np.asarray(a.cka_null_mean, dtype=np.float32))
         if len(keep_s) < SPREAD_MAX_SAMPLES:
             keep_s.append(a.pooled_speech)
             keep_t.append(a.pooled_text)
+            keep_q.append(s.question)
         buf_s.append(a.pooled_speech)
         buf_t.append(a.pooled_text)
         if len(buf_s) == cka_batch:
@@ -336,7 +340,7 @@ def analyze_set(model, samples: Iterable, options: AnalysisOptions = AnalysisOpt
         pooled = mb.compute().numpy()
     if n == 0:
         raise MetricInputError("No sample could be analyzed: " + ("; ".join(errors[:3]) or "the set is empty."))
-    spread = _set_spread(cka_mats, keep_s, keep_t, pooled, null_mats)
+    spread = _set_spread(cka_mats, keep_s, keep_t, pooled, null_mats, cka_q, keep_q)
     from lsl_core.metrics.diagnostics import set_notes, small_n_note
 
     notes = set_notes(rows)
@@ -351,23 +355,33 @@ SPREAD_MAX_SAMPLES = 128  # pooled states kept for the pooled-CKA interval ([L+1
 
 
 def _set_spread(cka_mats: list, keep_s: list, keep_t: list, pooled: np.ndarray | None,
-                null_mats: list | None = None) -> dict:
-    """Spread over samples (SetAnalysis fields): 95% bootstrap interval of the mean aligned CKA and of the mean of
-    its per-sample shuffled-pairing nulls (when every CKA sample has one); for the pooled CKA the jackknife
-    interval (stats.pooled_cka_interval) of the first SPREAD_MAX_SAMPLES samples around it."""
+                null_mats: list | None = None, cka_q: list | None = None, keep_q: list | None = None) -> dict:
+    """Spread over questions (SetAnalysis fields): 95% cluster-bootstrap interval (the clips of one question drawn
+    together; cka_q: the question of each CKA sample, default all distinct) of the mean aligned CKA and of the mean
+    of its per-sample shuffled-pairing nulls (when every CKA sample has one); for the pooled CKA the delete-a-
+    question jackknife interval (stats.pooled_cka_interval; keep_q) of the first SPREAD_MAX_SAMPLES samples around
+    it. No interval from fewer than 2 questions: the clips of one question say nothing of other questions."""
+    from lsl_core.errors import MetricInputError
     from lsl_core.metrics.cka import MIN_PAIRS
     from lsl_core.metrics.stats import bootstrap_ci, pooled_cka_interval
 
+    cka_q = list(range(len(cka_mats))) if cka_q is None else cka_q
+    keep_q = list(range(len(keep_s))) if keep_q is None else keep_q
     out: dict = {"mean_cka_n": len(cka_mats)}
-    if cka_mats:
-        ci = bootstrap_ci(np.stack(cka_mats).astype(np.float64))  # over samples: [n, L+1, L+1]
+    if len(set(cka_q)) >= 2:
+        ci = bootstrap_ci(np.stack(cka_mats).astype(np.float64), groups=cka_q)  # [n, L+1, L+1]
         out.update(mean_cka_low=ci.low, mean_cka_high=ci.high)
-    if null_mats and len(null_mats) == len(cka_mats):
-        stacked = np.stack(null_mats).astype(np.float64)
-        ci = bootstrap_ci(stacked)
-        out.update(mean_cka_null=stacked.mean(0), mean_cka_null_low=ci.low, mean_cka_null_high=ci.high)
+        if null_mats and len(null_mats) == len(cka_mats):
+            stacked = np.stack(null_mats).astype(np.float64)
+            ci = bootstrap_ci(stacked, groups=cka_q)
+            out.update(mean_cka_null=stacked.mean(0), mean_cka_null_low=ci.low, mean_cka_null_high=ci.high)
+    elif null_mats and len(null_mats) == len(cka_mats):
+        out.update(mean_cka_null=np.stack(null_mats).astype(np.float64).mean(0))
     if pooled is not None and len(keep_s) > MIN_PAIRS:
-        ci = pooled_cka_interval(np.stack(keep_s, 1), np.stack(keep_t, 1), pooled)  # [L+1, N, d] each
+        try:
+            ci = pooled_cka_interval(np.stack(keep_s, 1), np.stack(keep_t, 1), pooled, groups=keep_q)  # [L+1, N, d]
+        except MetricInputError:  # too few questions to leave one out
+            return out
         out.update(pooled_cka_low=ci.low, pooled_cka_high=ci.high, pooled_cka_spread_n=len(keep_s))
     return out
 

@@ -83,6 +83,20 @@ def test_analyze_set_streams_rows_and_aggregates(tiny_model, tmp_path):
     assert (res.mean_cka_null <= res.mean_cka_null_high + 1e-9).all()
 
 
+def test_analyze_set_spreads_over_questions(tiny_model, tmp_path):
+    """Two clips of each of 3 questions: the mean CKA's interval draws questions (a cluster bootstrap)."""
+    import dataclasses
+
+    from lsl_core.metrics.stats import bootstrap_ci
+
+    samples = [dataclasses.replace(s, question=QS[i % 3]) for i, s in enumerate(_samples(6))]
+    res = analyze_set(tiny_model, samples, cache=AnalysisCache(tmp_path))
+    mats = np.stack([analyze_sample(tiny_model, s, cache=AnalysisCache(tmp_path)).cka for s in samples])
+    by_question, by_clip = bootstrap_ci(mats, groups=[s.question for s in samples]), bootstrap_ci(mats)
+    np.testing.assert_allclose(res.mean_cka_low, by_question.low, atol=1e-6)
+    assert not np.allclose(res.mean_cka_low, by_clip.low, atol=1e-6)
+
+
 def test_analyze_set_skips_bad_audio_with_a_note(tiny_model, tmp_path):
     bad = Sample(id="bad", audio=np.zeros(0, np.float32), sr=16_000, question="who wrote hamlet ?")
     res = analyze_set(tiny_model, [bad, *_samples(4)], cache=AnalysisCache(tmp_path))
@@ -122,3 +136,31 @@ def test_dtw_path_option_is_used_everywhere_and_keys_the_cache(tiny_model, tmp_p
     assert b.path_method == "dtw"
     with pytest.raises(ValueError, match="AnalysisOptions.path"):
         AnalysisOptions(path="viterbi")
+
+
+def test_set_spread_resamples_questions_not_clips():
+    """The voices of one question are not independent draws: with each question's clips identical, the mean
+    CKA's interval is the one of the distinct questions alone (equal clusters: the same draws), wider than
+    taking the clips as independent; one question gives no interval; the pooled-CKA jackknife leaves a question
+    out."""
+    from lsl_core.analysis import _set_spread
+    from lsl_core.metrics.stats import bootstrap_ci, pooled_cka_interval
+
+    rng = np.random.default_rng(0)
+    distinct = [rng.uniform(size=(3, 3)) for _ in range(4)]
+    mats, qs = [m for m in distinct for _ in range(3)], [q for q in "abcd" for _ in range(3)]
+    spread = _set_spread(mats, [], [], None, mats, qs, [])
+    want = bootstrap_ci(np.stack(distinct))
+    np.testing.assert_allclose(spread["mean_cka_low"], want.low, atol=1e-12)
+    np.testing.assert_allclose(spread["mean_cka_null_high"], want.high, atol=1e-12)
+    naive = _set_spread(mats, [], [], None)  # clips as independent: narrower
+    assert (naive["mean_cka_high"] - naive["mean_cka_low"]).mean() < (want.high - want.low).mean()
+    one = _set_spread(mats[:3], [], [], None, mats[:3], qs[:3], [])
+    assert one.get("mean_cka_low") is None and one["mean_cka_null"] is not None and one["mean_cka_n"] == 3
+    xs, yt = rng.standard_normal((12, 3, 5)), rng.standard_normal((12, 3, 5))  # per sample [L+1, d]
+    pooled = np.full((3, 3), 0.5)
+    got = _set_spread([], list(xs), list(yt), pooled, None, [], qs)
+    ref = pooled_cka_interval(np.stack(list(xs), 1), np.stack(list(yt), 1), pooled, groups=qs)
+    np.testing.assert_allclose(got["pooled_cka_low"], ref.low)
+    assert got["pooled_cka_spread_n"] == 12
+    assert "pooled_cka_low" not in _set_spread([], list(xs), list(yt), pooled, None, [], ["a"] * 12)

@@ -128,3 +128,52 @@ def test_pooled_cka_jackknife_matches_minibatch_cka_and_a_slow_loop():
     np.testing.assert_allclose(pooled_cka_interval(xs, yt, shown).low, 0.5 - 1.959963984540054 * se, atol=1e-9)
     with pytest.raises(MetricInputError, match="at least 5"):
         pooled_cka_interval(xs[:, :4], yt[:, :4])
+
+
+def test_cluster_bootstrap_matches_a_slow_loop_over_drawn_groups():
+    """groups: whole groups are drawn (the voices of one question together); a replicate is the mean over the
+    drawn groups' rows. Against a loop over the same draws; one row per group is the plain bootstrap, draw for
+    draw; NaN rows leave with their labels."""
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal((11, 2))
+    groups = np.array(list("aaabbcddddd"))  # 4 groups of 3, 2, 1, 5 rows
+    ci = bootstrap_ci(v, groups=groups, n_boot=400, seed=7)
+    labels = ["a", "b", "c", "d"]
+    draws = bootstrap_indices(4, 400, 7)  # [B, G] the groups drawn
+    reps = np.stack([np.concatenate([v[groups == labels[k]] for k in d]).mean(0) for d in draws])
+    np.testing.assert_allclose(ci.low, np.quantile(reps, 0.025, axis=0), atol=1e-12)
+    np.testing.assert_allclose(ci.high, np.quantile(reps, 0.975, axis=0), atol=1e-12)
+    np.testing.assert_allclose(ci.estimate, v.mean(0))
+    plain, one_each = bootstrap_ci(v, n_boot=400, seed=7), bootstrap_ci(v, groups=np.arange(11), n_boot=400, seed=7)
+    np.testing.assert_array_equal(plain.low, one_each.low)
+    np.testing.assert_array_equal(plain.high, one_each.high)
+    wide = bootstrap_ci(np.r_[np.zeros(5), np.ones(5)], groups=[0] * 5 + [1] * 5)  # two clusters of identical rows
+    assert (wide.low, wide.high) == (0.0, 1.0)  # only 2 independent draws: all-0, mixed, all-1
+    assert bootstrap_ci(np.r_[np.zeros(5), np.ones(5)]).high < 0.9  # the rows taken as 10 independent ones
+    with_nan = bootstrap_ci(np.r_[v[:, 0], np.nan], groups=np.append(groups, "e"), n_boot=400, seed=7)
+    assert with_nan.n == 11 and with_nan.low == pytest.approx(ci.low[0])
+    with pytest.raises(MetricInputError, match="mean only"):
+        bootstrap_ci(v, np.median, groups=groups)
+    with pytest.raises(MetricInputError, match="one label per row"):
+        bootstrap_ci(v, groups=groups[:5])
+
+
+def test_pooled_cka_jackknife_over_groups_leaves_each_group_out():
+    rng = np.random.default_rng(1)
+    xs = rng.standard_normal((3, 12, 6))
+    yt = xs + 0.7 * rng.standard_normal((3, 12, 6))
+    groups = np.repeat(["q1", "q2", "q3", "q4"], 3)
+    ci = pooled_cka_interval(xs, yt, groups=groups)
+    loo = []
+    for g in ["q1", "q2", "q3", "q4"]:  # slow reference: the estimator without each group
+        keep = np.flatnonzero(groups != g)
+        mm = MinibatchCKA()
+        mm.update(torch.tensor(xs[:, keep]), torch.tensor(yt[:, keep]))
+        loo.append(mm.compute().numpy())
+    loo = np.stack(loo)
+    se = np.sqrt(3 / 4 * ((loo - loo.mean(0)) ** 2).sum(0))
+    np.testing.assert_allclose(ci.high - ci.estimate, 1.959963984540054 * se, atol=1e-9)
+    plain = pooled_cka_interval(xs, yt)
+    np.testing.assert_allclose(pooled_cka_interval(xs, yt, groups=np.arange(12)).low, plain.low, atol=1e-12)
+    with pytest.raises(MetricInputError, match="at least 2 groups"):
+        pooled_cka_interval(xs, yt, groups=["q"] * 12)

@@ -55,38 +55,53 @@ def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = SEED) -> np.ndar
 
 
 def _finite_rows(v: np.ndarray) -> np.ndarray:
-    """Drop rows (first axis) that hold any NaN."""
+    """[n] bool: the rows (first axis) that hold no NaN."""
     if v.dtype.kind not in "fc" or v.size == 0:
-        return v
-    keep = ~np.isnan(v.reshape(v.shape[0], -1)).any(axis=1)
-    return v[keep]
+        return np.ones(v.shape[0], dtype=bool)
+    return ~np.isnan(v.reshape(v.shape[0], -1)).any(axis=1)
 
 
 def bootstrap_ci(values, statistic: Callable[[np.ndarray], np.ndarray | float] | None = None, *,
-                 n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED) -> Interval:
+                 n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED, groups=None) -> Interval:
     """Percentile bootstrap interval of `statistic` over the rows of `values`.
 
     values: [n] or [n, ...] (rows = independent samples; NaN rows dropped). statistic(rows [m, ...])
     -> float or array [...]; None = the mean over rows (vectorised over all replicates). To bootstrap
     a statistic of items held elsewhere (e.g. pooled CKA from Gram matrices), pass values = arange(n)
-    and a statistic of the resampled index array.
+    and a statistic of the resampled index array. groups [n] (labels; only with the mean): resample
+    whole groups, a cluster bootstrap for rows that are not independent (the voices of one question);
+    a replicate is the mean over the drawn groups' rows. One row per group: the ordinary bootstrap,
+    draw for draw.
     """
     if not 0.0 < level < 1.0:
         raise MetricInputError(f"bootstrap_ci: level must be in (0, 1), got {level}.")
     if n_boot < 1:
         raise MetricInputError(f"bootstrap_ci: n_boot must be positive, got {n_boot}.")
-    v = _finite_rows(np.asarray(values))
-    if v.ndim == 0:
+    raw = np.asarray(values)
+    if raw.ndim == 0:
         raise MetricInputError("bootstrap_ci needs an array of values, one row per sample; got a scalar.")
+    keep = _finite_rows(raw)
+    v = raw[keep]
     n = v.shape[0]
-    idx = bootstrap_indices(n, n_boot, seed)  # [B, n]
+    if n == 0:
+        raise MetricInputError("A bootstrap needs at least one value; the group is empty.")
+    if groups is not None:
+        if statistic is not None:
+            raise MetricInputError("bootstrap_ci: groups (a cluster bootstrap) work with the mean only.")
+        if np.shape(groups) != raw.shape[:1]:
+            raise MetricInputError(f"bootstrap_ci: groups need one label per row ({raw.shape[0]}), got shape "
+                                   f"{np.shape(groups)}.")
     if statistic is None:
         v = v.astype(np.float64)
         estimate = v.mean(axis=0)
-        counts = np.bincount((np.arange(n_boot)[:, None] * n + idx).ravel(), minlength=n_boot * n)
-        counts = counts.reshape(n_boot, n).astype(np.float64)  # [B, n] how often each row was drawn
-        reps = (counts @ v.reshape(n, -1) / n).reshape(n_boot, *v.shape[1:])  # [B, ...] replicate means
+        inv = np.arange(n) if groups is None else np.unique(np.asarray(groups)[keep], return_inverse=True)[1]
+        g = int(inv.max()) + 1
+        idx = bootstrap_indices(g, n_boot, seed)  # [B, G] groups drawn
+        counts = np.bincount((np.arange(n_boot)[:, None] * g + idx).ravel(), minlength=n_boot * g)
+        counts = counts.reshape(n_boot, g).astype(np.float64)[:, inv]  # [B, n] how often each row was drawn
+        reps = (counts @ v.reshape(n, -1) / counts.sum(axis=1, keepdims=True)).reshape(n_boot, *v.shape[1:])
     else:
+        idx = bootstrap_indices(n, n_boot, seed)  # [B, n]
         estimate = np.asarray(statistic(v), dtype=np.float64)
         reps = np.stack([np.asarray(statistic(v[i]), dtype=np.float64) for i in idx])  # [B, ...]
     alpha = (1.0 - level) / 2.0
@@ -130,7 +145,7 @@ def grouped_ci(df, columns: Sequence[str], by: Sequence[str] = (), *, n_boot: in
 # =============================================================================== pooled CKA
 
 
-def pooled_cka_interval(xs, yt, estimate=None, *, level: float = LEVEL) -> Interval:
+def pooled_cka_interval(xs, yt, estimate=None, *, level: float = LEVEL, groups=None) -> Interval:
     """Spread over samples of the mean-pooled cross-layer CKA: estimate ± z·SE, SE from the delete-one jackknife.
 
     xs [L+1, N, d] pooled speech states, yt [L+1, N, d] pooled text states (row n = the same sample).
@@ -138,7 +153,9 @@ def pooled_cka_interval(xs, yt, estimate=None, *, level: float = LEVEL) -> Inter
     `cka.MinibatchCKA` computes for one batch); estimate: the matrix the view shows ([L+1, L+1];
     default that statistic). Why not the bootstrap here: a resample repeats samples, and a repeated
     sample enters the off-diagonal Gram terms as a perfect match, which shifts every replicate of
-    an HSIC estimate upwards; the jackknife leaves one sample out and never repeats one.
+    an HSIC estimate upwards; the jackknife leaves one sample out and never repeats one. groups [N]
+    (labels, e.g. the question of each clip): leave one group out instead (the delete-a-group jackknife,
+    for samples that are not independent); one sample per group is the plain jackknife.
     """
     import torch
     from scipy.stats import norm
@@ -153,6 +170,14 @@ def pooled_cka_interval(xs, yt, estimate=None, *, level: float = LEVEL) -> Inter
     n = X.shape[1]
     if n < MIN_PAIRS + 1:  # every leave-one-out set needs MIN_PAIRS samples
         raise MetricInputError(f"The spread of pooled CKA needs at least {MIN_PAIRS + 1} samples, got {n}.")
+    inv = np.arange(n) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    if inv.shape != (n,):
+        raise MetricInputError(f"pooled_cka_interval: groups need one label per sample ({n}), got shape "
+                               f"{np.shape(groups)}.")
+    g = int(inv.max()) + 1
+    if g < 2 or n - np.bincount(inv).max() < MIN_PAIRS:
+        raise MetricInputError(f"The spread of pooled CKA over groups needs at least 2 groups and {MIN_PAIRS} "
+                               f"samples outside each; got {g} groups of {n} samples.")
     X, Y = X - X.mean(dim=1, keepdim=True), Y - Y.mean(dim=1, keepdim=True)  # rounding only (HSIC_1 is shift-free)
     K = torch.bmm(X, X.transpose(1, 2))  # [A, N, N] linear Grams
     G = torch.bmm(Y, Y.transpose(1, 2))  # [B, N, N]
@@ -167,8 +192,8 @@ def pooled_cka_interval(xs, yt, estimate=None, *, level: float = LEVEL) -> Inter
         return torch.where(ok, xy / den, torch.zeros_like(xy)).numpy()
 
     full = cka(torch.arange(n))
-    loo = np.stack([cka(torch.cat([torch.arange(i), torch.arange(i + 1, n)])) for i in range(n)])  # [N, A, B]
-    se = np.sqrt((n - 1) / n * ((loo - loo.mean(axis=0)) ** 2).sum(axis=0))  # jackknife standard error
+    loo = np.stack([cka(torch.from_numpy(np.flatnonzero(inv != k))) for k in range(g)])  # [G, A, B] leave out k
+    se = np.sqrt((g - 1) / g * ((loo - loo.mean(axis=0)) ** 2).sum(axis=0))  # jackknife standard error
     est = full if estimate is None else np.asarray(estimate, dtype=np.float64)
     z = float(norm.ppf(0.5 + level / 2.0))
     return Interval(est, est - z * se, est + z * se, int(n), level)
