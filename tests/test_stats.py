@@ -177,3 +177,29 @@ def test_pooled_cka_jackknife_over_groups_leaves_each_group_out():
     np.testing.assert_allclose(pooled_cka_interval(xs, yt, groups=np.arange(12)).low, plain.low, atol=1e-12)
     with pytest.raises(MetricInputError, match="at least 2 groups"):
         pooled_cka_interval(xs, yt, groups=["q"] * 12)
+
+
+def test_summary_intervals_draw_questions_like_the_headline():
+    """With a question column, the pooled groups ("seen", "all") resample questions, a question's voices together:
+    the seen agreement interval is evaluate's headline interval over questions, draw for draw; a voice (one clip
+    per question) keeps the plain bootstrap; clips taken as independent would give a narrower interval."""
+    from lsl_core.experiments.evaluate import headline_intervals
+
+    rng = np.random.default_rng(5)
+    qs = [f"q{k}" for k in range(12)]
+    base = rng.uniform(size=12)  # a question effect shared by its voices
+    rows = [{"checkpoint": "c", "strategy": "lora", "step": 1, "voice": v, "unseen": v == "vx", "question": q,
+             "agreement": float(np.clip(base[k] + 0.05 * rng.standard_normal(), 0, 1)),
+             "cascade_agreement": 0.5, "text_f1": 0.5, "speech_f1": 0.25, "text_containment": 0.0,
+             "speech_containment": 0.0} for v in ("va", "vb", "vc", "vx") for k, q in enumerate(qs)]
+    df = pd.DataFrame(rows)
+    s = summary_intervals(df, ("f1",)).set_index("voice")
+    head = headline_intervals(df, unseen_voice="vx").set_index("voice")
+    assert (s.loc["seen", "agreement_lo"], s.loc["seen", "agreement_hi"]) == pytest.approx(
+        (head.loc["seen", "agreement_lo"], head.loc["seen", "agreement_hi"]), abs=1e-12)
+    va = bootstrap_ci(df.loc[df["voice"] == "va", "agreement"].to_numpy())
+    assert (s.loc["va", "agreement_lo"], s.loc["va", "agreement_hi"]) == (va.low, va.high)
+    clips = bootstrap_ci(df.loc[~df["unseen"], "agreement"].to_numpy())
+    assert clips.high - clips.low < s.loc["seen", "agreement_hi"] - s.loc["seen", "agreement_lo"]
+    with pytest.raises(MetricInputError, match="not in the table"):
+        grouped_ci(df, ["agreement"], ["voice"], cluster="speaker")

@@ -61,6 +61,15 @@ def _finite_rows(v: np.ndarray) -> np.ndarray:
     return ~np.isnan(v.reshape(v.shape[0], -1)).any(axis=1)
 
 
+def _labels_in_order(labels: np.ndarray) -> np.ndarray:
+    """[n] labels -> [n] group index 0..G-1, groups numbered in order of first appearance (as a pandas
+    groupby(sort=False) lists them, so a cluster bootstrap draws what a bootstrap of those group means draws)."""
+    _, first, inv = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inv.ravel()]
+
+
 def bootstrap_ci(values, statistic: Callable[[np.ndarray], np.ndarray | float] | None = None, *,
                  n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED, groups=None) -> Interval:
     """Percentile bootstrap interval of `statistic` over the rows of `values`.
@@ -70,8 +79,9 @@ def bootstrap_ci(values, statistic: Callable[[np.ndarray], np.ndarray | float] |
     a statistic of items held elsewhere (e.g. pooled CKA from Gram matrices), pass values = arange(n)
     and a statistic of the resampled index array. groups [n] (labels; only with the mean): resample
     whole groups, a cluster bootstrap for rows that are not independent (the voices of one question);
-    a replicate is the mean over the drawn groups' rows. One row per group: the ordinary bootstrap,
-    draw for draw.
+    a replicate is the mean over the drawn groups' rows, groups numbered in order of first appearance.
+    One row per group: the ordinary bootstrap, draw for draw; groups of equal size: the bootstrap of the
+    group means (in that order), draw for draw.
     """
     if not 0.0 < level < 1.0:
         raise MetricInputError(f"bootstrap_ci: level must be in (0, 1), got {level}.")
@@ -94,7 +104,7 @@ def bootstrap_ci(values, statistic: Callable[[np.ndarray], np.ndarray | float] |
     if statistic is None:
         v = v.astype(np.float64)
         estimate = v.mean(axis=0)
-        inv = np.arange(n) if groups is None else np.unique(np.asarray(groups)[keep], return_inverse=True)[1]
+        inv = np.arange(n) if groups is None else _labels_in_order(np.asarray(groups)[keep])  # [n] group of row
         g = int(inv.max()) + 1
         idx = bootstrap_indices(g, n_boot, seed)  # [B, G] groups drawn
         counts = np.bincount((np.arange(n_boot)[:, None] * g + idx).ravel(), minlength=n_boot * g)
@@ -114,15 +124,17 @@ def bootstrap_ci(values, statistic: Callable[[np.ndarray], np.ndarray | float] |
 
 
 def grouped_ci(df, columns: Sequence[str], by: Sequence[str] = (), *, n_boot: int = N_BOOT,
-               level: float = LEVEL, seed: int = SEED):
+               level: float = LEVEL, seed: int = SEED, cluster: str | None = None):
     """Mean and bootstrap interval of each column per group: -> DataFrame with by..., n, col, col_lo, col_hi.
 
     Groups keep their order of first appearance; `n` is the group size (each column drops its own NaNs).
+    cluster: a column whose equal values are resampled together (e.g. "question": the voices of one
+    question are not independent draws); None = rows independent.
     """
     import pandas as pd
 
     by = [b for b in by]
-    missing = [c for c in [*columns, *by] if c not in df.columns]
+    missing = [c for c in [*columns, *by, *([cluster] if cluster else [])] if c not in df.columns]
     if missing:
         raise MetricInputError(f"grouped_ci: column(s) {missing} not in the table; available {list(df.columns)}.")
     groups = df.groupby(by, sort=False, dropna=False) if by else [((), df)]
@@ -136,7 +148,8 @@ def grouped_ci(df, columns: Sequence[str], by: Sequence[str] = (), *, n_boot: in
             if np.isnan(vals).all():
                 rec[c] = rec[f"{c}_lo"] = rec[f"{c}_hi"] = np.nan
                 continue
-            ci = bootstrap_ci(vals, n_boot=n_boot, level=level, seed=seed)
+            ci = bootstrap_ci(vals, n_boot=n_boot, level=level, seed=seed,
+                              groups=None if cluster is None else g[cluster].to_numpy())
             rec[c], rec[f"{c}_lo"], rec[f"{c}_hi"] = ci.estimate, ci.low, ci.high
         out.append(rec)
     return pd.DataFrame(out)
@@ -207,7 +220,8 @@ def summary_intervals(samples, scores: Sequence[str] = ("f1", "containment"), *,
     samples: one row per checkpoint x sample (columns checkpoint, voice, unseen, text_<s>, speech_<s>).
     Groups as `evaluate.summarize`: each voice, "seen" (unseen == False) and "all". Per group and
     score: text_<s>, speech_<s> and gap_<s> = mean(text − speech) on the same samples (paired), each
-    with _lo / _hi; n = samples. Fractions 0..1, like the summary.
+    with _lo / _hi; n = samples. Fractions 0..1, like the summary. With a `question` column the
+    intervals are over questions (a question's voices drawn together, as evaluate's headline does).
     """
     import pandas as pd
 
@@ -225,7 +239,8 @@ def summary_intervals(samples, scores: Sequence[str] = ("f1", "containment"), *,
     parts.append(df.assign(voice="all"))
     pooled = pd.concat([p for p in parts if len(p)], ignore_index=True)
     by = [c for c in ("checkpoint", "voice") if c in pooled.columns]
-    return grouped_ci(pooled, cols, by, n_boot=n_boot, seed=seed)
+    return grouped_ci(pooled, cols, by, n_boot=n_boot, seed=seed,
+                      cluster="question" if "question" in pooled.columns else None)
 
 
 # Table 1's score columns (per-sample rows) -> their names in its tables
