@@ -156,6 +156,22 @@ def checkpoint_means(rows: pd.DataFrame) -> pd.DataFrame:
                           ignore_index=True) if len(df) else df
 
 
+def alignment_intervals(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """checkpoint_means rows + <scalar>_lo / _hi: 95% bootstrap intervals of each checkpoint's alignment means,
+    over questions (a question's voices drawn together) when the rows carry a `question` column, else over
+    samples. rows: as checkpoint_means takes them."""
+    from lsl_core.metrics.stats import grouped_ci
+
+    cols = [c for c in SCALARS if c in rows.columns]
+    if rows.empty or not cols or "checkpoint" not in rows.columns:
+        return means
+    cluster = "question" if "question" in rows.columns else None
+    ci = grouped_ci(rows[["checkpoint", *cols, *([cluster] if cluster else [])]].reset_index(drop=True), cols,
+                    ["checkpoint"], cluster=cluster)
+    keep = ["checkpoint"] + [c for c in ci.columns if c.endswith(("_lo", "_hi"))]
+    return means.merge(ci[keep], on="checkpoint", how="left")
+
+
 def controls_means(rows: pd.DataFrame, centring: str | None = None) -> pd.DataFrame:
     """`analyze --controls` rows -> one row per checkpoint with the layer-averaged values as columns:
     matched_<metric>, mismatched_<metric>, specific_<metric> (+ _ci_low/_ci_high) and top1_<scorer>,
@@ -231,7 +247,8 @@ def with_intervals(summary_rows: pd.DataFrame, samples: pd.DataFrame | None,
     return summary_rows.merge(intervals[keep], on=["checkpoint", "voice"], how="left")
 
 
-__all__ = ["Results", "load_results", "default_results_dir", "checkpoint_means", "controls_means", "gap_table",
+__all__ = ["Results", "load_results", "default_results_dir", "checkpoint_means", "alignment_intervals",
+           "controls_means", "gap_table",
            "with_intervals", "score_trends",
            "EVALUATE_COMMAND",
            "ANALYZE_COMMAND", "CONTROLS_COMMAND", "SCALARS", "CURVES"]

@@ -89,7 +89,8 @@ def main() -> None:
     layer_notes = diagnostics.layer_notes(a, layer, metric)  # collapsed path / undefined Spearman at this layer
     codes = {n.code for n in layer_notes}
     k = st.number_input("Other questions (controls)", 1, 20, value=state.integer("ex_partners", 1, 20, 5),
-                        key="ex_partners", help="Each metric is also computed for this clip against K other "
+                        key="ex_partners",
+                        persist_state="session", help="Each metric is also computed for this clip against K other "
                         "questions of the sample set; the delta under each value is the specific alignment.")
     sc = controls.sample_controls(handle, sel, sample, int(k))
     sp_key = "spearman_cos" if metric == "cosine" else "spearman_dist"

@@ -59,9 +59,9 @@ def _paired(res, names: list[str]) -> None:
     with st.expander("Compare two checkpoints on the same clips (paired)"):
         c1, c2 = st.columns(2)
         base = c1.selectbox("Base checkpoint", have, index=state.choice("ck_pair_base", have, have[-2]),
-                            key="ck_pair_base")
+                            key="ck_pair_base", persist_state="session")
         other = c2.selectbox("Other checkpoint", have, index=state.choice("ck_pair_other", have, have[-1]),
-                             key="ck_pair_other")
+                             key="ck_pair_other", persist_state="session")
         with errors.guard("Paired comparison"):
             st.markdown(format_table(loaders.paired_table(res, base, other, UNSEEN_VOICE), base, other))
             st.caption("Other − base on the clips both were scored on; the voices of a question are averaged, "
@@ -154,6 +154,7 @@ def main() -> None:
     trajectories = list(dict.fromkeys(_trajectory(m) for m in sel.manifests))
     chosen = st.multiselect("Trajectories (family · strategy)", trajectories,
                             default=state.subset("ck_traj", trajectories, trajectories), key="ck_traj",
+                            persist_state="session",
                             help="Checkpoints of one training run share family and strategy.")
     manifests = [m for m in sel.manifests if _trajectory(m) in chosen]
     if not manifests:
@@ -172,10 +173,11 @@ def main() -> None:
         names = {m.name for m in manifests}
         summary = res.summary[res.summary["checkpoint"].isin(names)]
         score = st.radio("Score", ("f1", "containment"), index=state.choice("ck_score", ("f1", "containment")),
-                         horizontal=True, key="ck_score",
+                         horizontal=True, key="ck_score", persist_state="session",
                          help="Token F1 or containment of a gold answer, vs the SD-QA references.")
         voices = list(dict.fromkeys(summary["voice"])) or ["all"]
         voice = st.selectbox("Voice row", voices, index=state.choice("ck_voice", voices, "all"), key="ck_voice",
+                             persist_state="session",
                              help="'all' = every voice; 'seen' = the training voices; or one voice.")
         rows = score_trends(summary, names, voice)
         if rows.empty:
@@ -243,26 +245,26 @@ def main() -> None:
         traj_options = list(dict.fromkeys(means["trajectory"]))
         c1, c2 = st.columns(2)
         metric = c1.selectbox("Per-layer metric", CURVES, index=state.choice("ck_metric", CURVES),
-                              key="ck_metric",
+                              key="ck_metric", persist_state="session",
                               format_func=lambda k: viz.LAYER_METRICS[k][0])
         traj = c2.selectbox("Trajectory", traj_options, index=state.choice("ck_curve_traj", traj_options),
-                            key="ck_curve_traj")
+                            key="ck_curve_traj", persist_state="session")
         export.figure(viz.checkpoint_curves(means[means["trajectory"] == traj], metric,
                                             title=f"{viz.LAYER_METRICS[metric][0]} per layer — {traj}"),
                       f"checkpoint_curves_{metric}", key="fig_ck_curves")
         cols = st.columns(2)
         with cols[0]:
             export.figure(viz.trend_curves(means, "spearman_cos_mean", title="mean Spearman ρ (cosine path) across "
-                                           "training, 95% CI over samples"), "spearman_vs_step", key="fig_spearman",
+                                           "training, 95% CI over questions"), "spearman_vs_step", key="fig_spearman",
                           columns=2)
         with cols[1]:
             export.figure(viz.trend_curves(means, "consistency_mean", title="mean consistency across training, 95% CI "
-                                           "over samples"), "consistency_vs_step", key="fig_consistency", columns=2)
+                                           "over questions"), "consistency_vs_step", key="fig_consistency", columns=2)
         if "cka_diag_mean" in means.columns and means["cka_diag_mean"].notna().any():  # stored rows with the CKA
             export.figure(viz.trend_curves(means, "cka_diag_mean", baseline="cka_null_diag_mean",
                                            baseline_label="shuffled-pairing null",
                                            title="aligned CKA (speech layer a vs text layer a) across training, 95% "
-                                                 "CI over samples; dotted: frame-token pairs shuffled (null)"),
+                                                 "CI over questions; dotted: frame-token pairs shuffled (null)"),
                           "cka_vs_step", key="fig_cka_trend")
         export.table(means.drop(columns=[c for c in CURVES if c in means.columns]), "alignment_per_checkpoint")
 
@@ -272,7 +274,7 @@ def main() -> None:
             st.info(f"The GAP comes from evaluation results; write them with `{EVALUATE_COMMAND}`.")
             return
         group_name = st.radio("Fit one line per", list(GROUPINGS), index=state.choice("ck_group", list(GROUPINGS)),
-                              horizontal=True, key="ck_group")
+                              horizontal=True, key="ck_group", persist_state="session")
         by = GROUPINGS[group_name]
         table = gap_table(means, summary, score=score, voice=voice)
         if table.empty:

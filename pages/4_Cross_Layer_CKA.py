@@ -145,6 +145,7 @@ def main() -> None:
     n_max = len(sel.sample_set)
     c1, c2 = st.columns([1, 3])
     n = c1.number_input("Samples", 1, n_max, value=state.integer("cka_n", 1, n_max, min(8, n_max)), key="cka_n",
+                        persist_state="session",
                         help="The first n samples of the sidebar's filtered set.")
     ids = tuple(sel.sample_set.ids()[: int(n)])
     c2.button(f"Compute over {len(ids)} samples", type="primary", on_click=_request, args=(ids, options.key()),
@@ -168,11 +169,15 @@ def main() -> None:
                     n_cka = getattr(res, "mean_cka_n", res.n)
                     export.figure(viz.cka_heatmap(res.mean_cka, f"Aligned CKA, mean over {n_cka} samples — {handle.name} "
                                                   "(hover: 95% bootstrap interval)", low=res.mean_cka_low,
-                                                  high=res.mean_cka_high, spread="95% bootstrap interval over samples"),
+                                                  high=res.mean_cka_high,
+                                                  spread="95% bootstrap interval over questions"),
                                   f"cka_mean_{handle.name}", key="fig_cka_mean", columns=2)
                     export.table(tables.matrix_table(res.mean_cka), "cka_mean", show=False)
                     if res.mean_cka_low is not None:
                         spread[f"aligned, mean over {n_cka}"] = (res.mean_cka, res.mean_cka_low, res.mean_cka_high)
+                    else:
+                        st.caption("No interval: these samples hold one question, and its voices say nothing of "
+                                   "other questions; include samples of two or more questions.")
                     if res.mean_cka_null is not None:
                         spread[f"shuffled pairing (null), mean over {n_cka}"] = (
                             res.mean_cka_null, res.mean_cka_null_low, res.mean_cka_null_high)
@@ -182,7 +187,8 @@ def main() -> None:
                 else:
                     export.figure(viz.cka_heatmap(res.pooled_cka, f"Mean-pooled CKA across {res.n} samples (unaligned) — "
                                                   f"{handle.name} (hover: 95% interval)", low=res.pooled_cka_low,
-                                                  high=res.pooled_cka_high, spread="± 1.96 jackknife SE over samples"),
+                                                  high=res.pooled_cka_high,
+                                                  spread="± 1.96 jackknife SE over questions"),
                                   f"cka_pooled_{handle.name}", key="fig_cka_pooled", columns=2)
                     export.table(tables.matrix_table(res.pooled_cka), "cka_pooled", show=False)
                     if res.pooled_cka_low is not None:
@@ -192,9 +198,10 @@ def main() -> None:
                 export.figure(viz.cka_spread(spread, f"{handle.name}: CKA of speech layer a with text layer a, and its "
                                                      f"spread over the {res.n} samples"), f"cka_spread_{handle.name}",
                               key="fig_cka_spread")
-                st.caption("Bands: aligned CKA, 95% bootstrap interval of the mean over samples; shuffled pairing, "
-                           "the same for the mean of each sample's null (its frame-token pairs re-paired at random); "
-                           "pooled CKA, ± 1.96 jackknife standard errors over samples (a bootstrap would repeat "
+                st.caption("Bands: aligned CKA, 95% bootstrap interval of the mean over questions (the voices of "
+                           "a question drawn together: they are not independent); shuffled pairing, the same for the "
+                           "mean of each sample's null (its frame-token pairs re-paired at random); pooled CKA, ± 1.96 "
+                           "jackknife standard errors leaving one question out at a time (a bootstrap would repeat "
                            "samples, which biases HSIC).")
     _stability(handle, sel, ids)
     reproduce.cka(sel, handle, sample, path_metric=path, path_layer=int(path_layer), set_ids=ids)

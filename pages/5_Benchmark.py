@@ -48,7 +48,8 @@ def _voicebench(sel) -> None:
     st.header("VoiceBench: text vs speech per subset")
     folder = st.text_input("VoiceBench results folder", value=state.value("bm_vb_dir",
                                                                         str(config.results_dir() / "voicebench")),
-                           key="bm_vb_dir", help="The --out folder of `python -m lsl_core voicebench`.")
+                           key="bm_vb_dir",
+                           persist_state="session", help="The --out folder of `python -m lsl_core voicebench`.")
     vb = loaders.voicebench_results(folder.strip())
     if vb.empty:
         st.info("No VoiceBench results here. " + " ".join(vb.notes[:1])
@@ -59,9 +60,10 @@ def _voicebench(sel) -> None:
     names = list(dict.fromkeys(vb.gap["checkpoint"]))
     all_subsets = [x for x in dict.fromkeys(vb.gap["subset"]) if x != "overall"]
     c1, c2 = st.columns([2, 3])
-    ck = c1.selectbox("Checkpoint", names, index=state.choice("bm_vb_ck", names, sel.model_name), key="bm_vb_ck")
+    ck = c1.selectbox("Checkpoint", names, index=state.choice("bm_vb_ck", names, sel.model_name), key="bm_vb_ck",
+                      persist_state="session")
     picked = c2.multiselect("Subsets", all_subsets, default=state.subset("bm_vb_subsets", all_subsets, all_subsets),
-                            key="bm_vb_subsets", placeholder="all subsets")
+                            key="bm_vb_subsets", persist_state="session", placeholder="all subsets")
     picked = picked or all_subsets
     summ = vb.summary[(vb.summary["checkpoint"] == ck) & vb.summary["subset"].isin(picked)]
     gap = vb.gap[(vb.gap["checkpoint"] == ck) & vb.gap["subset"].isin([*picked, "overall"])]
@@ -98,8 +100,10 @@ def _vb_cases(vb, sel, ck: str, picked: list, set_spec: str) -> None:
         return
     mods = [m for m in ("speech", "cascade") if m in set(vb.scores["modality"])]
     c1, c2 = st.columns(2)
-    subset = c1.selectbox("Subset", picked, index=state.choice("bm_vb_case_subset", picked), key="bm_vb_case_subset")
-    wrong = c2.radio("Wrong on", mods, index=state.choice("bm_vb_wrong", mods), horizontal=True, key="bm_vb_wrong")
+    subset = c1.selectbox("Subset", picked, index=state.choice("bm_vb_case_subset", picked), key="bm_vb_case_subset",
+                          persist_state="session")
+    wrong = c2.radio("Wrong on", mods, index=state.choice("bm_vb_wrong", mods), horizontal=True, key="bm_vb_wrong",
+                     persist_state="session")
     cases = disagreement_cases(vb.scores, ck, subset, wrong=wrong)
     st.caption(f"{len(cases)} samples of {subset} answered right from text and wrong from {wrong} by {ck}.")
     if cases.empty:
@@ -109,7 +113,7 @@ def _vb_cases(vb, sel, ck: str, picked: list, set_spec: str) -> None:
                  column_config={"explorer": st.column_config.LinkColumn("Explorer", display_text="open")})
     export.table(cases, f"voicebench_cases_{ck}_{subset}", show=False, caption="cases")
     ids = list(cases["sample_id"])
-    case = st.selectbox("Case", ids, index=state.choice("bm_vb_case", ids), key="bm_vb_case",
+    case = st.selectbox("Case", ids, index=state.choice("bm_vb_case", ids), key="bm_vb_case", persist_state="session",
                         format_func=lambda i: f"{i} · {cases.loc[cases['sample_id'] == i, 'prompt'].iloc[0][:80]}")
     r = cases[cases["sample_id"] == case].iloc[0]
     a, b = st.columns(2)
@@ -135,9 +139,10 @@ def _scores(res, sel) -> None:
         return
     names = list(dict.fromkeys(res.summary["checkpoint"]))
     c1, c2 = st.columns([3, 1])
-    ck = c1.selectbox("Checkpoint", names, index=state.choice("bm_ck", names, sel.model_name), key="bm_ck")
+    ck = c1.selectbox("Checkpoint", names, index=state.choice("bm_ck", names, sel.model_name), key="bm_ck",
+                      persist_state="session")
     metric = c2.radio("Score", ("f1", "containment"), index=state.choice("bm_metric", ("f1", "containment")),
-                      horizontal=True, key="bm_metric")
+                      horizontal=True, key="bm_metric", persist_state="session")
     rows = loaders.with_intervals(res.summary[res.summary["checkpoint"] == ck], res)  # + 95% bootstrap intervals
     export.figure(viz.scores_by_voice(rows, metric, title=f"{ck}: text vs speech {metric} per voice, 95% CI "
                                       "('seen' = training voices, 'all' = every voice)"),
@@ -161,11 +166,14 @@ def _cases(res, sel, ck: str) -> None:
     df = df.assign(outcome=tables.outcome(df))
     c1, c2, c3 = st.columns([2, 2, 3])
     outcome = c1.selectbox("Outcome", tables.OUTCOMES, index=state.choice("bm_outcome", tables.OUTCOMES),
-                           key="bm_outcome", help="Right = a gold answer is contained in the answer.")
+                           key="bm_outcome",
+                           persist_state="session", help="Right = a gold answer is contained in the answer.")
     all_voices = list(dict.fromkeys(df["voice"]))
     voices = c2.multiselect("Voices", all_voices, default=state.subset("bm_voices", all_voices), key="bm_voices",
+                            persist_state="session",
                             placeholder="all voices")
-    text = c3.text_input("Search question / answers", value=state.value("bm_search", ""), key="bm_search")
+    text = c3.text_input("Search question / answers", value=state.value("bm_search", ""), key="bm_search",
+                         persist_state="session")
     if outcome != "all":
         df = df[df["outcome"] == outcome]
     if voices:
@@ -180,7 +188,7 @@ def _cases(res, sel, ck: str) -> None:
     if df.empty:
         return
     ids = list(df["sample_id"])
-    case = st.selectbox("Case", ids, index=state.choice("bm_case", ids), key="bm_case",
+    case = st.selectbox("Case", ids, index=state.choice("bm_case", ids), key="bm_case", persist_state="session",
                         format_func=lambda i: f"{df.loc[df['sample_id'] == i, 'question'].iloc[0]} · "
                                               f"{df.loc[df['sample_id'] == i, 'voice'].iloc[0]}")
     r = df[df["sample_id"] == case].iloc[0]
@@ -231,7 +239,7 @@ def _layers(t, key: str) -> str | None:
                 "paper), against the unedited speech answer and against its nulls run at that layer: where the "
                 "line against a null leaves 0, the ingredient that null breaks matters at that depth.")
     pick = (st.selectbox("Intervention across layers", names, index=state.choice(f"bm_iv_layers_{key}", names),
-                         key=f"bm_iv_layers_{key}") if len(names) > 1 else names[0])
+                         key=f"bm_iv_layers_{key}", persist_state="session") if len(names) > 1 else names[0])
     export.figure(viz.intervention_layers(t, "agreement", intervention=pick), f"interventions_layers_{key}",
                   key=f"fig_iv_layers_{key}")
     export.table(t, f"interventions_layers_{key}", show=False, caption="Δ per intervention, layer and comparison",
@@ -254,7 +262,8 @@ def _nulls_across(res, steps: dict) -> None:
         layer = None
         if len(layers) > 1:  # layer sweeps stored on several checkpoints: one edit layer at a time
             layer = st.selectbox("Edit layer ℓ (across training)", layers, index=state.choice("bm_iv_across_layer",
-                                 layers), key="bm_iv_across_layer", format_func=lambda ell: f"ℓ {ell}",
+                                 layers), key="bm_iv_across_layer",
+                                 persist_state="session", format_func=lambda ell: f"ℓ {ell}",
                                  help="The runs hold these edit layers on two or more checkpoints; 0 = the LLM input, "
                                       "the paper's.")
             t = t[t["layer"] == layer]
@@ -272,6 +281,7 @@ def _bars(rows, t, key: str) -> tuple:
     if not rows["condition"].map(is_null).any():
         return t, True
     with_nulls = st.checkbox("Bars for the nulls too", value=bool(state.value(key, False)), key=key,
+                             persist_state="session",
                              help="The bar chart holds the interventions; their nulls are drawn against them in the "
                                   "forest plot below (and all are in the table).")
     return (t if with_nulls else without_nulls(t, rows)), with_nulls
@@ -286,7 +296,7 @@ def _interventions(res, sel) -> None:
             # one entry per results file x checkpoint (runs are not mixed); the shipped Table 1 run first
             names = sorted(dict.fromkeys(run), key=lambda n: not n.startswith(f"{RESULTS_NAME} · "))
             ck = st.selectbox("Checkpoint (stored intervention results)", names, index=state.choice("bm_iv_ck", names),
-                              key="bm_iv_ck")
+                              key="bm_iv_ck", persist_state="session")
             iv = iv[run == ck]
         null_bars, layers = True, None
         with errors.guard("Intervention table"):
@@ -319,16 +329,19 @@ def _interventions(res, sel) -> None:
     n_max = len(sel.sample_set)
     c1, c2, c3 = st.columns([1, 1, 3])
     n = c1.number_input("Samples", 1, n_max, value=state.integer("bm_iv_n", 1, n_max, min(2, n_max)), key="bm_iv_n",
+                        persist_state="session",
                         help="First n samples of the sidebar's filtered set.")
     max_new = c2.number_input("Max new tokens", 4, 64, value=state.integer("bm_iv_max_new", 4, 64, 16),
-                              key="bm_iv_max_new")
+                              key="bm_iv_max_new", persist_state="session")
     choices = TABLE1_INTERVENTIONS + TABLE1_NULLS
     conds = c3.multiselect("Conditions", list(choices),
                            default=state.subset("bm_iv_conds", choices, TABLE1_INTERVENTIONS[:2]),
-                           key="bm_iv_conds", help="The seed paper's Table 1 rows, then their nulls (random3: k random "
-                                                   "tokens; :shuffled: each frame another token's state; :other: "
-                                                   "another question of these samples).")
+                           key="bm_iv_conds", persist_state="session",
+                           help="The seed paper's Table 1 rows, then their nulls (random3: k random "
+                                "tokens; :shuffled: each frame another token's state; :other: "
+                                "another question of these samples).")
     layers_text = st.text_input("Edit layers ℓ", value=state.value("bm_iv_layers", "0"), key="bm_iv_layers",
+                                persist_state="session",
                                 help="The input of which decoder layers to edit (0 = the LLM input, as in the paper), "
                                      "separated by commas, e.g. 0, 4, 8: each condition runs at each layer, and the "
                                      "page draws each intervention across layers against its nulls.")

@@ -203,3 +203,23 @@ def test_summary_intervals_draw_questions_like_the_headline():
     assert clips.high - clips.low < s.loc["seen", "agreement_hi"] - s.loc["seen", "agreement_lo"]
     with pytest.raises(MetricInputError, match="not in the table"):
         grouped_ci(df, ["agreement"], ["voice"], cluster="speaker")
+
+
+def test_alignment_intervals_per_checkpoint_over_questions():
+    """results.alignment_intervals (the Checkpoints page's bands): per checkpoint, questions are drawn with their
+    voices (the bootstrap of the per-question means, equal voices per question); without a question column,
+    the samples."""
+    from lsl_core.results import alignment_intervals, checkpoint_means
+
+    rng = np.random.default_rng(2)
+    rows = pd.DataFrame([{"checkpoint": ck, "family": "f", "strategy": "lora", "step": s, "question": f"q{k}",
+                          "voice": v, "aps_cos": float(k + 0.1 * rng.standard_normal())}
+                         for s, ck in enumerate(("a", "b")) for k in range(8) for v in ("v1", "v2", "v3")])
+    got = alignment_intervals(checkpoint_means(rows), rows).set_index("checkpoint")
+    for ck in ("a", "b"):
+        per_q = rows[rows["checkpoint"] == ck].groupby("question", sort=False)["aps_cos"].mean().to_numpy()
+        want = bootstrap_ci(per_q)
+        assert (got.loc[ck, "aps_cos_lo"], got.loc[ck, "aps_cos_hi"]) == pytest.approx((want.low, want.high))
+    flat = alignment_intervals(checkpoint_means(rows), rows.drop(columns="question")).set_index("checkpoint")
+    plain = bootstrap_ci(rows.loc[rows["checkpoint"] == "a", "aps_cos"].to_numpy())
+    assert (flat.loc["a", "aps_cos_lo"], flat.loc["a", "aps_cos_hi"]) == pytest.approx((plain.low, plain.high))

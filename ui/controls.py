@@ -89,7 +89,7 @@ def explorer_section(sc, layer: int, sample) -> None:
     L = sc.matched.shape[-1] - 1
     labels = {k: METRICS[k][0] for k in EXPLORER_METRICS}
     metric = st.selectbox("Control metric", list(labels), index=state.choice("ex_ctl_metric", list(labels)),
-                          key="ex_ctl_metric", format_func=labels.get,
+                          key="ex_ctl_metric", persist_state="session", format_func=labels.get,
                           help="The metric drawn per layer against its controls.")
     export.figure(viz.control_curves(sc, metric, current_layer=layer), f"controls_{sample.id}_{metric}",
                   key="fig_controls")
@@ -154,7 +154,8 @@ def checkpoint_section(sel, manifests, res, current) -> None:
         if "centring" in rows.columns and rows["centring"].nunique() > 1:
             options = list(dict.fromkeys(rows["centring"]))
             cen = st.radio("Centring", options, index=state.choice("ck_ctl_centring", options), horizontal=True,
-                           key="ck_ctl_centring", help="Which stored run: states centred by a per-layer mean or not.")
+                           key="ck_ctl_centring",
+                           persist_state="session", help="Which stored run: states centred by a per-layer mean or not.")
             rows = rows[rows["centring"] == cen]
         meta = rows.iloc[0]
         st.caption(f"Source: {source} · centring: {meta.get('centring', 'none')} · K = {meta.get('partners', '?')} "
@@ -162,16 +163,17 @@ def checkpoint_section(sel, manifests, res, current) -> None:
         c1, c2 = st.columns(2)
         scorers = {"seq_cos": "sequence cosine", "aps_cos": "APS term (cosine path)"}
         scorer = c1.radio("Retrieval score", list(scorers), index=state.choice("ck_ctl_scorer", list(scorers)),
-                          format_func=scorers.get, horizontal=True, key="ck_ctl_scorer")
+                          format_func=scorers.get, horizontal=True, key="ck_ctl_scorer", persist_state="session")
         stats = list(viz.RETRIEVAL_LABELS)
         stat = c2.radio("Statistic", stats, index=state.choice("ck_ctl_stat", stats),
-                        format_func=viz.RETRIEVAL_LABELS.get, horizontal=True, key="ck_ctl_stat")
+                        format_func=viz.RETRIEVAL_LABELS.get, horizontal=True, key="ck_ctl_stat",
+                        persist_state="session")
         retr = rows[rows["table"] == "retrieval"]
         export.figure(viz.retrieval_curves(retr, scorer, stat), f"retrieval_{scorer}_{stat}", key="fig_retrieval")
         spec = rows[rows["table"] == "specific"]
         metrics = [m for m in EXPLORER_METRICS if (spec["metric"] == m).any()]
         metric = st.selectbox("Specific alignment of", metrics, index=state.choice("ck_ctl_metric", metrics),
-                              format_func=lambda k: METRICS[k][0], key="ck_ctl_metric")
+                              format_func=lambda k: METRICS[k][0], key="ck_ctl_metric", persist_state="session")
         export.figure(viz.specific_curves(spec, metric), f"specific_{metric}", key="fig_specific")
         export.table(tables.controls_summary(rows), "controls_per_checkpoint",
                      caption="Layer-averaged (1..L): retrieval and specific alignment with 95% CI per checkpoint")

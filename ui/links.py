@@ -21,21 +21,26 @@ _run = threading.local()  # parameters wanted by the current script run (one thr
 
 
 def seed(key: str, param: str, convert: Callable[[str], Any] = str,
-         valid: Callable[[Any], bool] = lambda v: True) -> None:
-    """Before creating widget `key`: on its first run in this session, take its value from ?param=."""
+         valid: Callable[[Any], bool] = lambda v: True) -> str | None:
+    """Before creating widget `key`: on its first run in this session, take its value from ?param=.
+
+    Returns the link's raw value when it was refused (the caller may say so), else None.
+    """
     seeded = st.session_state.setdefault(_SEEDED, set())
     if key in seeded:
-        return
+        return None
     seeded.add(key)
     raw = st.query_params.get(param)
     if raw is None or raw == "":
-        return
+        return None
     try:
         value = convert(raw)
     except (TypeError, ValueError):
-        return
-    if valid(value):
-        st.session_state[key] = value
+        return raw
+    if not valid(value):
+        return raw
+    st.session_state[key] = value
+    return None
 
 
 def seed_once(name: str) -> bool:

@@ -52,14 +52,14 @@ def stored_or_live(spec: LiveTable, sel, manifests, stored: pd.DataFrame | None,
         return None, ""
     k = spec.key
     source = st.radio(spec.label, sources, index=state.choice(f"{k}_source", sources), horizontal=True,
-                      key=f"{k}_source")
+                      key=f"{k}_source", persist_state="session")
     if source == STORED:
         return stored, f"stored results ({folder})"
     n_max = max(spec.n_min, len(sel.sample_set))
     c1, c2 = st.columns([1, 3])
     n = c1.number_input(spec.n_label, spec.n_min, n_max,
                         value=state.integer(f"{k}_n", spec.n_min, n_max, min(spec.n_default, n_max)),
-                        key=f"{k}_n", help=spec.n_help)
+                        key=f"{k}_n", persist_state="session", help=spec.n_help)
     ids = tuple(spec.pick(sel.sample_set, int(n)))
     roots = tuple(m.root for m in manifests)
     c2.button(f"{spec.run_label}: {len(roots)} checkpoints × {len(ids)} samples", type="primary",

@@ -69,6 +69,9 @@ def zoo(folders: tuple[str, ...]) -> tuple[list[CheckpointManifest], list[str]]:
                 notes.append(f"No readable manifest.json under {p}.")
             for m in ms:
                 found.setdefault(m.root, m)
+        elif p.exists():
+            notes.append(f"{p} is a file, not a folder of checkpoints or a manifest .json; give the folder that "
+                         "holds the checkpoints' manifest.json files.")
         else:
             notes.append(f"Model folder {p} does not exist; give a folder of checkpoints (manifest.json files).")
     return list(found.values()), notes
@@ -435,23 +438,12 @@ def _gap_fits(table: pd.DataFrame, metrics: tuple[str, ...], by: tuple[str, ...]
     return fits(table, metrics, by=by)
 
 
-def alignment_intervals(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    """checkpoint_means rows + <scalar>_lo / _hi: 95% bootstrap intervals over each checkpoint's samples."""
-    from lsl_core.results import SCALARS
-
-    cols = [c for c in SCALARS if c in rows.columns]
-    if rows.empty or not cols or "checkpoint" not in rows.columns:
-        return means
-    ci = _grouped_ci(rows[["checkpoint", *cols]].reset_index(drop=True), tuple(cols))
-    keep = ["checkpoint"] + [c for c in ci.columns if c.endswith(("_lo", "_hi"))]
-    return means.merge(ci[keep], on="checkpoint", how="left")
-
-
 @st.cache_data(show_spinner=False, max_entries=16)
-def _grouped_ci(rows: pd.DataFrame, cols: tuple[str, ...]) -> pd.DataFrame:
-    from lsl_core.metrics.stats import grouped_ci
+def alignment_intervals(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """results.alignment_intervals, cached: checkpoint means + 95% intervals over questions."""
+    from lsl_core.results import alignment_intervals as intervals
 
-    return grouped_ci(rows, list(cols), ["checkpoint"])
+    return intervals(means, rows)
 
 
 # =============================================================================== results

@@ -149,6 +149,7 @@ def _model_section(sb, sel: Selection) -> None:
     links.seed("sb_zoo_extra", "zoo")
     with sb.expander("Add a model folder"):
         extra = st.text_input("Folder of checkpoints (manifest.json files) or one manifest", key="sb_zoo_extra",
+                              persist_state="session",
                               value=state.value("sb_zoo_extra", ""),
                               placeholder="/data/checkpoints",
                               help="Searched recursively for manifest.json and added to the shipped zoo.")
@@ -166,11 +167,17 @@ def _model_section(sb, sel: Selection) -> None:
         pick.error(sel.model_note)
         return
     by_name = {m.name: m.root for m in manifests}
-    links.seed("sb_model", "model", convert=lambda v: by_name.get(v) or str(Path(v).expanduser().resolve()),
-               valid=lambda r: r in roots)
+    refused = links.seed("sb_model", "model",
+                         convert=lambda v: by_name.get(v) or str(Path(v).expanduser().resolve()),
+                         valid=lambda r: r in roots)
     labels = {m.root: _model_label(m) for m in manifests}
     index = state.choice("sb_model", roots, config.default_checkpoint_root(roots))
-    sel.model_root = pick.selectbox("Checkpoint", roots, index=index, key="sb_model", format_func=labels.get,
+    if refused:
+        pick.warning(f"The link's model '{refused}' is not among the checkpoints here, so "
+                     f"{_model_label(manifests[index])} is shown instead. Add the folder that holds it under "
+                     "“Add a model folder”, or pick a checkpoint below.", icon=":material/link_off:")
+    sel.model_root = pick.selectbox("Checkpoint", roots, index=index, key="sb_model",
+                                    persist_state="session", format_func=labels.get,
                                     help="The speech LLM (speech encoder → adaptor → LLM) every page uses. "
                                          "Loaded once per server process.")
 
@@ -187,14 +194,14 @@ def _samples_section(sb, sel: Selection) -> None:
             if path:
                 st.session_state[f"sb_path_{kind}"] = path
     source = sb.selectbox("Sample set", SOURCES, index=state.choice("sb_source", SOURCES, default_kind),
-                          key="sb_source", format_func=SOURCE_LABELS.get)
+                          key="sb_source", persist_state="session", format_func=SOURCE_LABELS.get)
     if source == "upload":
         _upload_section(sb, sel)
         return
     if source == "sd-qa-mini":
         spec = "sd-qa-mini"
     else:
-        path = sb.text_input("Folder", key=f"sb_path_{source}",
+        path = sb.text_input("Folder", key=f"sb_path_{source}", persist_state="session",
                              value=state.value(f"sb_path_{source}", default_path if source == default_kind else ""),
                              placeholder="/data/voicebench/sd-qa" if source == "voicebench" else "/data/my-clips",
                              help="VoiceBench: a folder of parquet files (audio, prompt, reference)."
@@ -216,14 +223,17 @@ def _samples_section(sb, sel: Selection) -> None:
 
 
 def _picker(sb, sel: Selection, full) -> None:
-    search = sb.text_input("Search question text", key="sb_search", value=state.value("sb_search", ""),
+    search = sb.text_input("Search question text", key="sb_search",
+                           persist_state="session", value=state.value("sb_search", ""),
                            placeholder="e.g. capital")
     voices = full.voices()
     chosen = sb.multiselect("Voice / accent", voices, default=state.subset("sb_voices", voices), key="sb_voices",
+                            persist_state="session",
                             placeholder="all voices")
     sub = full.filter(voice=chosen or None, text=search.strip() or None)
     trsw = tables.text_right_speech_wrong(loaders.results().samples, sel.model_name or "")
     only = sb.checkbox("Only “text right, speech wrong”", key="sb_trsw", value=bool(state.value("sb_trsw", False)),
+                       persist_state="session",
                        disabled=trsw is None,
                        help="Samples this checkpoint answered correctly when typed and wrongly when spoken "
                             "(from the evaluation results)." if trsw is not None else
@@ -237,7 +247,10 @@ def _picker(sb, sel: Selection, full) -> None:
         sel.set_hint = "No sample matches the search and filters in the sidebar; widen them."
         sb.warning(sel.set_hint)
         return
-    links.seed("sb_sample", "sample", valid=lambda v: v in ids)
+    refused = links.seed("sb_sample", "sample", valid=lambda v: v in ids)
+    if refused:
+        sb.warning(f"The link's sample '{refused}' is not in this sample set, so another sample is shown. Pick one "
+                   "below, or choose the sample set the link was made with.", icon=":material/link_off:")
 
     def label(sid: str) -> str:  # the voice first: a narrow sidebar cuts the end of a long label
         r = full.record(sid)
@@ -245,6 +258,7 @@ def _picker(sb, sel: Selection, full) -> None:
         return f"[{_voice(r.accent)}] {q}"
 
     sel.sample_id = sb.selectbox("Sample", ids, index=state.choice("sb_sample", ids), key="sb_sample",
+                                 persist_state="session",
                                  format_func=label)
     r = full.record(sel.sample_id)
     sb.caption(f"Voice / accent: **{r.accent or 'no accent label'}**"
@@ -262,9 +276,10 @@ def _upload_section(sb, sel: Selection) -> None:
                           type=list(AUDIO_TYPES),
                           key="sb_upload", max_upload_size=max(1, int(max_mb)))
     message = sb.container()  # the upload's one message sits right under the uploader
-    question = sb.text_input("Question (what the clip says)", key="sb_up_question",
+    question = sb.text_input("Question (what the clip says)", key="sb_up_question", persist_state="session",
                              value=state.value("sb_up_question", ""))
     answers = sb.text_input("Reference answers (optional, separated by |)", key="sb_up_answers",
+                            persist_state="session",
                             value=state.value("sb_up_answers", ""))
     if up is None:
         if st.query_params.get("set") == "upload" and not st.session_state.get("_upload_seen"):

@@ -4,6 +4,10 @@ Every keyed widget is drawn with `index=`/`value=` equal to what the session hol
 when it holds nothing valid). A widget the browser draws afresh (e.g. after a run was interrupted by
 a click) then shows the session's value instead of its first option, so browser and server never
 disagree about the selection.
+
+Every keyed input widget also passes `persist_state="session"`: without it Streamlit drops the
+value when the widget is not drawn in a run (another page, the sidebar showing the upload box, an
+error above it), and the user's choice is lost (tests/test_app_state.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,125 @@
+"""The user's selections survive what a researcher does between them (AppTest on the tiny world of
+test_app.py): switching pages, switching the sample set to an upload (that fails) and back, and a
+wrong path in "Add a model folder" says what is wrong with it."""
+
+from __future__ import annotations
+
+from test_app import (  # noqa: F401  (fixtures: world, navigation_mode)
+    BENCHMARK,
+    CHECKPOINTS,
+    CKA,
+    EXPLORER,
+    _app,
+    _run,
+    _widget,
+    navigation_mode,
+    world,
+)
+
+
+def _visit(at, page: str, back: str):
+    at.switch_page(page)
+    _run(at)
+    at.switch_page(back)
+    return _run(at)
+
+
+def test_page_controls_survive_a_page_switch(world):
+    at = _app(EXPLORER)
+    at.number_input(key="ex_partners").set_value(3)
+    _run(at)
+    _visit(at, CKA, EXPLORER)
+    assert at.number_input(key="ex_partners").value == 3
+
+    at.switch_page(CHECKPOINTS)
+    _run(at)
+    _widget(at.radio, "Score").set_value("containment")
+    _run(at)
+    _visit(at, EXPLORER, CHECKPOINTS)
+    assert _widget(at.radio, "Score").value == "containment"
+
+    at.switch_page(CKA)
+    _run(at)
+    at.number_input(key="cka_n").set_value(3)
+    _run(at)
+    _visit(at, EXPLORER, CKA)
+    assert at.number_input(key="cka_n").value == 3
+
+    at.switch_page(BENCHMARK)
+    _run(at)
+    _widget(at.text_input, "Search question / answers").set_value("hamlet")
+    _run(at)
+    _visit(at, EXPLORER, BENCHMARK)
+    assert _widget(at.text_input, "Search question / answers").value == "hamlet"
+
+
+def test_sidebar_selection_survives_a_failed_upload_and_other_sets(world):
+    at = _app(EXPLORER)
+    _widget(at.sidebar.text_input, "Search question text").set_value("hamlet")
+    _run(at)
+    _widget(at.sidebar.selectbox, "Sample").set_value("q1_gbr")
+    _run(at)
+    _widget(at.sidebar.selectbox, "Sample set").set_value("upload")
+    _run(at)
+    at.sidebar.file_uploader[0].set_value(("bad.wav", b"not audio", "audio/wav"))
+    _widget(at.sidebar.text_input, "Question (what the clip says)").set_value("who wrote hamlet ?")
+    _run(at)
+    assert "Could not decode audio" in "\n".join(e.value for e in at.sidebar.error)
+    _widget(at.sidebar.selectbox, "Sample set").set_value("voicebench")
+    _run(at)
+    _widget(at.sidebar.text_input, "Folder").set_value("/data/my-voicebench")
+    _run(at)
+    _widget(at.sidebar.selectbox, "Sample set").set_value("folder")
+    _run(at)
+    assert _widget(at.sidebar.text_input, "Search question text").value == "hamlet"
+    assert _widget(at.sidebar.selectbox, "Sample").value == "q1_gbr"
+    _widget(at.sidebar.selectbox, "Sample set").set_value("voicebench")
+    _run(at)
+    assert _widget(at.sidebar.text_input, "Folder").value == "/data/my-voicebench"
+    _widget(at.sidebar.selectbox, "Sample set").set_value("upload")
+    _run(at)
+    assert _widget(at.sidebar.text_input, "Question (what the clip says)").value == "who wrote hamlet ?"
+
+
+def test_a_file_in_add_a_model_folder_is_not_called_missing(world, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a checkpoint")
+    at = _app(EXPLORER)
+    at.sidebar.text_input(key="sb_zoo_extra").set_value(str(notes))
+    _run(at)
+    said = "\n".join(w.value for w in at.sidebar.warning)
+    assert str(notes) in said and "does not exist" not in said
+    assert "not a folder" in said and "manifest.json" in said
+    assert at.get("plotly_chart")  # the shipped zoo's model still works
+
+
+def test_a_link_to_a_model_or_sample_not_here_says_so(world):
+    at = _app(EXPLORER, {"model": "someone-elses-model", "sample": "no-such-clip", "layer": "1"})
+    said = "\n".join(w.value for w in at.sidebar.warning)
+    assert "someone-elses-model" in said and "Add a model folder" in said
+    assert "no-such-clip" in said and "not in this sample set" in said
+    assert _widget(at.sidebar.selectbox, "Checkpoint").value == world["roots"]["tiny-step10"]  # the default instead
+    assert at.get("plotly_chart")  # the page still shows the default's view
+    ok = _app(EXPLORER, {"model": "tiny-step20", "sample": world["ids"][2]})  # a valid link: no such warning
+    assert not any("link's" in w.value for w in ok.sidebar.warning)
+
+
+def test_every_keyed_input_widget_keeps_its_value_for_the_session():
+    """ui/state.py's rule, over the source: a keyed input widget without persist_state="session" loses the
+    user's value whenever a run does not draw it (another page, the upload box, an error above it)."""
+    import ast
+    from pathlib import Path
+
+    widgets = {"selectbox", "radio", "multiselect", "number_input", "text_input", "text_area", "checkbox", "slider",
+               "select_slider", "toggle", "segmented_control", "pills", "date_input", "color_picker"}
+    root = Path(__file__).resolve().parents[1]
+    missing = []
+    for path in [root / "app.py", *sorted((root / "pages").glob("*.py")), *sorted((root / "ui").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in widgets:
+                kw = {k.arg: k.value for k in node.keywords}
+                value = kw.get("persist_state")  # "session", or a name bound to it (pages/2: keep = "session")
+                if "key" in kw and not (isinstance(value, ast.Constant) and value.value == "session"
+                                        or isinstance(value, ast.Name)):
+                    missing.append(f"{path.relative_to(root)}:{node.lineno} {node.func.attr}")
+    assert not missing, missing
