@@ -9,7 +9,7 @@ from lsl_core import viz
 from lsl_core.analysis import AnalysisOptions
 from lsl_core.metrics import diagnostics
 from lsl_core.metrics.cka import MIN_PAIRS, NULL_PERMUTATIONS
-from lsl_core.metrics.stability import band_location, matrix_correlation
+from lsl_core.metrics.stability import band_agreement, band_location, matrix_correlation
 from lsl_core.metrics.tokenwise import METRICS
 from ui import context, errors, export, loaders, notes, reproduce, state, tables
 
@@ -50,7 +50,7 @@ def _sample_side_by_side(handle, sel, sample, metric: str, path_layer: int) -> N
                          caption="CKA matrix (long form)")
     if len(found) == 2:
         r = matrix_correlation(found["argmax"], found["dtw"])
-        same = (band_location(found["argmax"]) == band_location(found["dtw"])).mean()
+        same = band_agreement(found["argmax"], found["dtw"])
         st.caption(f"argmax vs DTW for this sample: Pearson r of the matrices = {r:.4f}; the band (most similar text "
                    f"layer per speech layer) is the same for {100 * same:.0f} % of the speech layers.")
     _sample_null(sample, analyses, metric, int(path_layer))

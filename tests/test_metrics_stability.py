@@ -23,6 +23,7 @@ from lsl_core.metrics.stability import (
     CKAConfig,
     StabilityAccumulator,
     aligned_cka_matrices,
+    band_agreement,
     band_location,
     default_configs,
     matrix_correlation,
@@ -116,6 +117,12 @@ def test_summary_hand_case():
 def test_conventions_and_errors():
     assert matrix_correlation(np.ones((3, 3)), np.eye(3)) == 0.0  # constant: defined 0, not NaN
     assert band_location(np.array([[0.5, 0.5], [0.1, 0.2]])).tolist() == [0, 1]  # ties -> lowest layer
+    # bands [0, 1, 2] vs [0, 2, 0]: same at 1 of 3 layers, within one layer at 2 of 3
+    other = np.array([[0.9, 0.1, 0.0], [0.0, 0.1, 0.9], [0.9, 0.0, 0.1]])
+    assert band_agreement(np.eye(3), other) == pytest.approx(1 / 3)
+    assert band_agreement(np.eye(3), other, tolerance=1) == pytest.approx(2 / 3)
+    with pytest.raises(MetricInputError, match="shape"):
+        band_agreement(np.eye(3), np.eye(4))
     with pytest.raises(MetricInputError, match="shape"):
         matrix_correlation(np.eye(3), np.eye(4))
     with pytest.raises(MetricInputError, match="No configuration"):

@@ -195,6 +195,14 @@ def band_location(M: np.ndarray) -> np.ndarray:
     return M.argmax(axis=1)
 
 
+def band_agreement(M: np.ndarray, N: np.ndarray, tolerance: int = 0) -> float:
+    """Share of speech layers a whose bands agree, |b*_M(a) - b*_N(a)| <= tolerance: [L+1, L+1] x 2 -> [0, 1]."""
+    bm, bn = band_location(M), band_location(N)
+    if bm.shape != bn.shape:
+        raise MetricInputError(f"CKA matrices differ in shape: {np.shape(M)} vs {np.shape(N)}; use one model.")
+    return float((np.abs(bm - bn) <= tolerance).mean())
+
+
 @dataclass(frozen=True, eq=False)
 class StabilitySummary:
     """How alike the CKA matrices of several configurations are (C configurations with a matrix)."""
