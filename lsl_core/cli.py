@@ -22,14 +22,18 @@ Each command module exposes `register(subparsers)` adding its parser with `set_d
 `func(args)` gets `args.argv` (the command line, for results headers). A command that runs a model takes
 `--device` and `--threads` from `add_device_args`; `main` applies `--threads` before the command runs.
 A user error (LSLError) prints one line `error: ...` and exits 2, without a traceback; anything else is a
-bug and raises.
+bug and raises. Before a command runs, `main` checks the paths it will write (OUTPUTS: not a folder where a
+file goes, not a file where a folder goes, under a writable folder) and its counts (MINIMUMS), so a bad
+`--out` or `--n -1` is refused at once, not after minutes of work or as a silent slice.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 # command -> module that registers it (the one list of commands)
 COMMANDS = {
@@ -52,6 +56,78 @@ COMMANDS = {
     "info": "lsl_core.cli_info",
     "families": "lsl_core.model.families.cli",
 }
+
+
+# command -> {argparse dest: "file" | "dir"}: the paths it writes, checked by `main` before it runs
+OUTPUTS = {
+    "synth": {"out": "dir"},
+    "analyze": {"out": "file", "markdown": "file", "merge": "file"},
+    "evaluate": {"out": "dir", "markdown": "file"},
+    "hearing": {"out": "file"},
+    "closed-vocab": {"out": "file"},
+    "self-cascade": {"out": "file"},
+    "table1": {"out": "dir", "markdown": "file", "csv": "file"},
+    "curriculum": {"markdown": "file", "out": "file"},
+    "report": {"markdown": "file"},
+    "voicebench": {"out": "dir"},
+    "train": {"out": "dir"},
+    "dose-test": {"out": "dir"},
+    "average": {"out": "dir"},
+    "report-case": {"out": "file"},
+    "stability": {"out": "file"},
+    "families": {"out": "dir"},
+}
+
+# command -> {argparse dest: least value}: counts and sizes, checked by `main` before it runs (a negative
+# --limit or --n would otherwise slice from the end; a zero answer length fails deep inside generation)
+MINIMUMS = {
+    "analyze": {"limit": 0},
+    "stability": {"limit": 0, "tolerance": 0},
+    "hearing": {"max_new_tokens": 1, "batch_size": 1, "examples": 0},
+    "closed-vocab": {"max_new_tokens": 1, "batch_size": 1, "examples": 0},
+    "self-cascade": {"max_new_tokens": 1, "repeat_tokens": 1, "batch_size": 1, "examples": 0},
+    "table1": {"n": 1, "max_new_tokens": 1},
+    "report-case": {"tokens": 1},
+    "curriculum": {"silence_clips": 0},
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_output(path: str | Path, flag: str, kind: str = "file") -> None:
+    """Refuse an output path that cannot be written (LSLError naming the flag): a folder where a file goes,
+    a file where a folder goes, a path under a file, or under a folder this user cannot write. Creates nothing."""
+    from lsl_core.errors import LSLError
+
+    p = Path(path).expanduser()
+    if kind == "file" and p.is_dir():
+        raise LSLError(f"{flag} {p} is a folder; give a file path, e.g. {p / 'out'}{Path(str(path)).suffix}.")
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise LSLError(f"{flag} {p} is a file, not a folder; give a folder (created if missing) or remove the file.")
+    base = p if kind == "dir" else p.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise LSLError(f"{flag} {p}: {base} is a file, so nothing can be written under it; choose a path in a folder.")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise LSLError(f"{flag} {p}: the folder {base} is not writable; choose a folder you can write to.")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The OUTPUTS and MINIMUMS checks of args.command (LSLError on the first problem)."""
+    from lsl_core.errors import LSLError
+
+    for dest, least in MINIMUMS.get(args.command, {}).items():
+        value = getattr(args, dest, None)
+        if value is not None and value < least:
+            raise LSLError(f"{_flag(dest)} must be {'0 or more' if least == 0 else f'at least {least}'}, got {value}; "
+                           f"pass a value >= {least} (`python -m lsl_core {args.command} --help`).")
+    for dest, kind in OUTPUTS.get(args.command, {}).items():
+        value = getattr(args, dest, None)
+        if value:
+            check_output(value, _flag(dest), kind)
 
 
 def add_device_args(p: argparse.ArgumentParser, *, device: str | None = None, threads: int = 0,
@@ -91,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         apply_threads(args)
+        check_args(args)
         return int(args.func(args) or 0)
     except LSLError as exc:
         print(f"error: {exc}", file=sys.stderr)

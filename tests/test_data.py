@@ -87,9 +87,17 @@ def test_sample_set_indexing_slicing_and_errors(mini_set):
         mini_set["nope"]
     with pytest.raises(IndexError):
         mini_set[len(mini_set)]
+    with pytest.raises(DataError, match=r"index 99999 is out of range .* from 0 to 299 or a sample id"):
+        mini_set[99999]  # a user error (report-case --sample 99999): one message, no traceback
     with pytest.raises(DataError, match="Unknown sample set"):
         load_sample_set("sd-qa-maxi")
     assert list(mini_set.to_frame().columns[:5]) == ["id", "question", "answers", "accent", "source"]
+
+
+def test_with_voice_refuses_a_voice_the_set_lacks_and_names_its_voices(mini_set):
+    assert mini_set.with_voice("en-gb").ids() == mini_set.filter(voice="en-gb").ids()
+    with pytest.raises(DataError, match=r"No sample of voice 'en-gbb' .* en-gb, en-gb-x-rp"):
+        mini_set.with_voice("en-gbb")
 
 
 def test_manifest_set_reports_missing_audio(tmp_path):

@@ -64,7 +64,8 @@ def test_every_command_is_registered_and_user_errors_exit_2_with_one_line(capsys
     cases = [(["evaluate", "--samples", "sd-qa-mini"], "No checkpoints"),
              (["report", "interventions", "--results", "/nonexistent"], "No stored Table 1 results"),
              (["analyze", "--merge", "/nonexistent/r.parquet"], "No shard files"),
-             (["table1", "--interventions", "rotate:all", "--checkpoint", "/nonexistent"], "manifest not found")]
+             (["table1", "--interventions", "rotate:all", "--checkpoint", "/nonexistent"], "op must be one of"),
+             (["table1", "--checkpoint", "/nonexistent"], "manifest not found")]
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -306,3 +307,35 @@ def test_shipped_page_matches_its_command_and_format(name, small_pages):
     for cmd in documented:  # the documented commands exist with these options today
         build_parser().parse_args(shlex.split(cmd)[3:])
     assert _format(name, shipped) == _format(name, small_pages[name]), f"{page.path}: the format drifted"
+
+
+_SHIPPED_CK = str(ROOT / "assets" / "checkpoints" / "qa-lora" / "lora-step2900")
+
+
+@pytest.mark.parametrize("argv, message", [
+    # a mistyped intervention is refused before any model loads (evaluate parsed it after every answer)
+    (["evaluate", "--checkpoint", _SHIPPED_CK, "--samples", "sd-qa-mini", "--n-questions", "1", "--out", "{tmp}/ev",
+      "--intervention", "angle:bottm3"], "Intervention 'angle:bottm3': target must be"),
+    (["table1", "--checkpoint", _SHIPPED_CK, "--n", "1", "--interventions", "angle:bottm3"],
+     "Intervention 'angle:bottm3': target must be"),
+    # a results folder without evaluate rows, refused before the model loads, by the command's own name
+    (["closed-vocab", "--checkpoint", _SHIPPED_CK, "--results", "{tmp}"], "closed-vocab: {tmp} holds no evaluate rows"),
+    (["self-cascade", "--checkpoint", _SHIPPED_CK, "--results", "{tmp}", "--samples", "sd-qa-mini"],
+     "self-cascade: {tmp} holds no evaluate rows"),
+    # an alignment file read only at the end of a VoiceBench run: checked first
+    (["voicebench", "--data", "sd-qa-mini", "--as-subset", "sd-qa", "--out", "{tmp}/vb", "--checkpoint", _SHIPPED_CK,
+      "--alignment", "{tmp}/none.parquet"], "--alignment {tmp}/none.parquet is not a file"),
+    # a voice the set lacks: named with the voices it has, not "the set is empty" after the model loaded
+    (["analyze", "--checkpoint", _SHIPPED_CK, "--voice", "en-gbb", "--out", "{tmp}/a.parquet"],
+     "No sample of voice 'en-gbb' in set 'sd-qa-mini'; its voices are: en-gb,"),
+])
+def test_user_errors_are_refused_before_the_model_loads(tmp_path, monkeypatch, capsys, argv, message):
+    import lsl_core.model.loading as loading
+
+    def no_load(*a, **k):
+        raise AssertionError("the model loaded before a user error that needs no model was caught")
+
+    monkeypatch.setattr(loading, "load_checkpoint", no_load)
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.format(tmp=tmp_path) in err[0], err

@@ -151,3 +151,54 @@ def test_main_applies_threads_before_the_command_and_refuses_negative_ones(capsy
         assert len(err) == 1 and err[0].startswith("error: --threads must be 0") and "-2" in err[0]
     finally:
         torch.set_num_threads(before)
+
+
+def test_output_and_count_checks_name_real_options():
+    """cli.OUTPUTS / cli.MINIMUMS name argparse dests of their commands (a renamed flag would drop its check)."""
+    from lsl_core.cli import MINIMUMS, OUTPUTS
+
+    parsers = _subparsers()
+    for table in (OUTPUTS, MINIMUMS):
+        for command, dests in table.items():
+            p = parsers[command]
+            found = {a.dest for a in p._actions}
+            found |= {a.dest for sp in p._actions if isinstance(sp, argparse._SubParsersAction)
+                      for sub in sp.choices.values() for a in sub._actions}
+            assert set(dests) <= found, (command, set(dests) - found)
+
+
+CK = str(ROOT / "assets" / "checkpoints" / "qa-lora" / "lora-step2900")
+
+
+@pytest.mark.parametrize("argv, message", [
+    # an output that cannot be written: refused before the command runs, not after minutes of work
+    (["analyze", "--checkpoint", CK, "--out", "{dir}"], "--out {dir} is a folder"),
+    (["stability", "--checkpoint", CK, "--out", "{dir}"], "--out {dir} is a folder"),
+    (["evaluate", "--checkpoint", CK, "--out", "{file}"], "--out {file} is a file, not a folder"),
+    (["table1", "--checkpoint", CK, "--csv", "{file}/rows.csv"], "{file} is a file, so nothing can be written"),
+    (["report", "checkpoints", "--markdown", "{dir}"], "--markdown {dir} is a folder"),
+    (["report-case", "--checkpoint", CK, "--out", "{dir}"], "--out {dir} is a folder"),
+    (["voicebench", "--data", "sd-qa-mini", "--as-subset", "sd-qa", "--out", "{file}"], "--out {file} is a file"),
+    (["families", "make-tiny", "--out", "{file}"], "--out {file} is a file"),
+    # a count below its least value: refused, not a slice from the end or a transformers traceback
+    (["analyze", "--checkpoint", CK, "--limit", "-1", "--out", "{dir}/a.parquet"], "--limit must be 0 or more, got -1"),
+    (["table1", "--checkpoint", CK, "--n", "-1"], "--n must be at least 1, got -1"),
+    (["table1", "--checkpoint", CK, "--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+    (["hearing", "--checkpoint", CK, "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["self-cascade", "--checkpoint", CK, "--results", "{dir}", "--samples", "sd-qa-mini", "--repeat-tokens", "0"],
+     "--repeat-tokens must be at least 1, got 0"),
+    (["report-case", "--checkpoint", CK, "--tokens", "0"], "--tokens must be at least 1, got 0"),
+])
+def test_bad_outputs_and_counts_are_one_error_before_the_command_runs(tmp_path, monkeypatch, capsys, argv, message):
+    import lsl_core.model.loading as loading
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(loading, "load_checkpoint", no_load)
+    (tmp_path / "f.txt").write_text("x")
+    fill = {"dir": str(tmp_path), "file": str(tmp_path / "f.txt")}
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.format(**fill) in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]  # nothing written

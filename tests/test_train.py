@@ -1292,3 +1292,16 @@ def test_stage_clips_speak_each_question_by_every_voice_and_each_extra_text_once
         ("q1", "one?", "a", 0), ("q1", "one?", "b", 0), ("q1", "one?", "c", 0),
         ("q2", "two?", "a", 1), ("q2", "two?", "b", 1), ("q2", "two?", "c", 1),
         ("x1", "red", "a", 2), ("x2", "green", "b", 3), ("x3", "blue", "c", 4)]
+
+
+@pytest.mark.parametrize("field, value, want", [("steps", "many", "an integer"), ("steps", 1.5, "an integer"),
+                                                 ("lr", "fast", "a number"), ("voices", "en-us", "a list of strings"),
+                                                 ("train_adaptor", "yes", "true or false")])
+def test_config_json_of_the_wrong_type_is_one_error_naming_the_field(tmp_path, field, value, want):
+    """A JSON value of the wrong type is refused by name and type, never a ValueError traceback from int('many')
+    nor a silent string iterated as voices ('en-us' -> 'e', 'n', ...)."""
+    data = json.loads((Path(__file__).parents[1] / "configs" / "train" / "1_align_ctc.json").read_text())
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({**data, field: value}))
+    with pytest.raises(LSLError, match=rf"field '{field}' must be {want}, got"):
+        TrainConfig.from_json(p)

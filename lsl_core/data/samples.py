@@ -19,6 +19,10 @@ from lsl_core.data.audio import TARGET_SR, check_speech, load_audio_file, prepar
 from lsl_core.errors import AudioError, DataError
 
 
+class SampleIndexError(DataError, IndexError):
+    """A sample index outside the set: a user error (DataError) that still ends iteration like an IndexError."""
+
+
 @dataclass(frozen=True, eq=False)
 class Sample:
     """One spoken question with its transcript and gold answers.
@@ -149,7 +153,8 @@ class SampleSet:
             key = self._index[key]
         i = int(key)
         if not -len(self._items) <= i < len(self._items):
-            raise IndexError(f"sample index {i} out of range for set {self.name!r} ({len(self)} samples)")
+            raise SampleIndexError(f"Sample index {i} is out of range for set {self.name!r} ({len(self)} samples); "
+                                   f"give an index from 0 to {len(self) - 1} or a sample id.")
         i %= len(self._items)
         item = self._items[i]
         if isinstance(item, Sample):
@@ -184,6 +189,14 @@ class SampleSet:
     def record(self, key: int | str):
         """The metadata of one sample (SampleRecord or Sample) without decoding its audio."""
         return self._items[self._index[key] if isinstance(key, str) else key]
+
+    def with_voice(self, voice: str) -> SampleSet:
+        """filter(voice=voice), refusing a voice no sample has (DataError naming the set's voices)."""
+        sub = self.filter(voice=voice)
+        if self._items and not len(sub):
+            raise DataError(f"No sample of voice {voice!r} in set {self.name!r}; its voices are: "
+                            f"{', '.join(_voice_key(v) or repr(v) for v in self.voices())}. Pass one of them.")
+        return sub
 
     def filter(self, voice: str | Iterable[str] | None = None, text: str | None = None,
                ids: Iterable[str] | None = None) -> SampleSet:

@@ -279,7 +279,7 @@ def run(args) -> int:
     else:
         manifests = [read_manifest(c) for c in (args.checkpoint or [default_checkpoint()])]
     sset = load_sample_set(args.samples)
-    samples = list(sset.filter(voice=args.voice)) if args.voice else list(sset)
+    samples = list(sset.with_voice(args.voice)) if args.voice else list(sset)
     if args.limit:
         samples = samples[: args.limit]
     samples = samples[shard::n_shards]

@@ -289,16 +289,24 @@ def format_table(table: pd.DataFrame, share: str | None = "words closed") -> str
     return "\n".join(lines)
 
 
-def stored_rows(results: Path, checkpoint: str) -> pd.DataFrame:
-    """A checkpoint's per-clip rows from an evaluate results folder (every `*_samples.parquet` in it)."""
+def evaluate_files(results: Path, command: str = "closed-vocab") -> list[Path]:
+    """The `*_samples.parquet` files of an evaluate results folder; LSLError (prefixed with `command`) when there
+    are none. Cheap: the commands call it before any model loads."""
     files = sorted(Path(results).glob("*_samples.parquet"))
     if not files:
-        raise LSLError(f"closed-vocab: {results} holds no evaluate rows (*_samples.parquet); pass the --out folder "
-                       "of `python -m lsl_core evaluate`, or --samples to evaluate now.")
+        other = ", or --samples to evaluate now" if command == "closed-vocab" else ""
+        raise LSLError(f"{command}: {results} holds no evaluate rows (*_samples.parquet); pass the --out folder "
+                       f"of `python -m lsl_core evaluate`{other}.")
+    return files
+
+
+def stored_rows(results: Path, checkpoint: str, command: str = "closed-vocab") -> pd.DataFrame:
+    """A checkpoint's per-clip rows from an evaluate results folder (every `*_samples.parquet` in it)."""
+    files = evaluate_files(results, command)
     rows = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     rows = rows[rows["checkpoint"] == checkpoint].drop_duplicates("sample_id")
     if rows.empty:
-        raise LSLError(f"closed-vocab: {results} has no rows of checkpoint {checkpoint!r}; evaluate it there first.")
+        raise LSLError(f"{command}: {results} has no rows of checkpoint {checkpoint!r}; evaluate it there first.")
     return rows.reset_index(drop=True)
 
 
@@ -344,6 +352,8 @@ def main(args: argparse.Namespace) -> int:
         if k < 1:
             raise LSLError(f"closed-vocab: --min-clips must be at least 1 (1 = words never spoken), got {k}.")
     lin = lineage(args.checkpoint)  # before the model loads: an untrained checkpoint has nothing to close
+    if args.results is not None:
+        evaluate_files(args.results)  # ... and a results folder without evaluate rows
     model = load_checkpoint(args.checkpoint, device=args.device)
     if args.results is not None:
         rows = stored_rows(args.results, model.name)

@@ -379,6 +379,7 @@ def run(args) -> int:
                  "silence_clips": args.silence_clips if measured else 0,
                  "silence_voice": f"{args.samples}, voice {args.silence_voice}"})
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         df.to_parquet(args.out, index=False)
         r2.to_parquet(args.out.with_name(args.out.stem + "_r2.parquet"), index=False)
     if args.markdown:

@@ -567,6 +567,11 @@ def main(args: argparse.Namespace) -> int:
     manifests += [read_manifest(c) for c in args.checkpoint]
     if not manifests:
         raise LSLError("No checkpoints to evaluate: pass --zoo <folder> and/or --checkpoint <manifest>.")
+    if args.intervention:  # a typo is refused now, not after every checkpoint's answers
+        from lsl_core.interventions.config import parse_condition
+
+        for spec in args.intervention:
+            parse_condition(spec)
     opts = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, pedant=args.pedant,
                        unseen_voice=args.unseen_voice, cascade=not args.no_cascade)
     voices = [v.strip() for v in args.voices.split(",")] if args.voices else None

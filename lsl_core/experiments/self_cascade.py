@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from lsl_core.data.sets import load_sample_set
-    from lsl_core.experiments.closed_vocab import SPEECH_ROW, format_table, stored_rows
+    from lsl_core.experiments.closed_vocab import SPEECH_ROW, evaluate_files, format_table, stored_rows
     from lsl_core.experiments.compare import format_table as compare_table
     from lsl_core.model.loading import load_checkpoint
 
@@ -139,8 +139,9 @@ def main(args: argparse.Namespace) -> int:
         raise LSLError("self-cascade: --repeat-system is empty; give the instruction, or leave it out to use the "
                        "one each transcriber's training learned.")
     systems = [args.repeat_system or _learned_system(t) for t in transcribers]  # before any model loads
+    evaluate_files(args.results, "self-cascade")
     answerer = load_checkpoint(args.checkpoint, device=args.device)
-    rows = stored_rows(args.results, answerer.name)
+    rows = stored_rows(args.results, answerer.name, "self-cascade")
     if args.n_questions is not None:
         rows = rows[rows["question"].isin(list(dict.fromkeys(rows["question"]))[:args.n_questions])]
     by_id = {s.id: s for s in load_sample_set(args.samples)}

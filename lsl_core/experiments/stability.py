@@ -37,7 +37,7 @@ def run(args) -> int:
     from lsl_core.model.loading import default_checkpoint, load_checkpoint
 
     sset = load_sample_set(args.samples)
-    samples = list(sset.filter(voice=args.voice)) if args.voice else list(sset)
+    samples = list(sset.with_voice(args.voice)) if args.voice else list(sset)
     if args.limit:
         samples = samples[: args.limit]
     model = load_checkpoint(args.checkpoint or default_checkpoint(), device=args.device)

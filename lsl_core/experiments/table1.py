@@ -423,6 +423,10 @@ def main(args) -> int:
         from lsl_core.experiments.layer_profile import at_layers
 
         args.interventions = at_layers(args.interventions, args.layers)
+    from lsl_core.interventions.config import parse_condition
+
+    for cond in args.interventions:  # a typo is refused before the model loads
+        parse_condition(cond)
     manifest = read_manifest(args.checkpoint or default_checkpoint())
     t0 = time.perf_counter()
     model = load_checkpoint(manifest, device=args.device, merge_lora=args.merge_lora)
@@ -449,6 +453,7 @@ def main(args) -> int:
         df.to_parquet(args.out / f"{args.name}_interventions.parquet", index=False)
         (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta}, indent=1) + "\n")
     if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(args.csv, index=False)
     if args.markdown:
         write_page(args.markdown, md)

@@ -538,6 +538,9 @@ def main(args: argparse.Namespace) -> int:
     cfg = RunConfig(data=str(args.data), subsets=_split(args.subsets), modalities=_split(args.modalities),
                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
                     align=args.align, as_subset=args.as_subset, seed=args.seed, n_boot=args.n_boot)
+    if args.alignment and not Path(args.alignment).expanduser().is_file():  # read only at the end: check it now
+        raise LSLError(f"--alignment {args.alignment} is not a file; give the parquet that `python -m lsl_core analyze "
+                       "--out FILE` wrote, or leave --alignment out.")
     rank, world = shard_of()
     out = Path(args.out)
     command = "python -m lsl_core " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(

@@ -24,6 +24,8 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+import types
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +33,45 @@ from lsl_core.data.synth import TRAIN_VOICE_FAMILY, UNSEEN_VOICE
 from lsl_core.errors import LSLError
 from lsl_core.model.embedded import EMBEDDED_ENCODER, EMBEDDED_LLM
 from lsl_core.model.lora_scope import LORA_SCOPES
+
+
+def _has_type(value, hint) -> bool:
+    """Whether a JSON value (lists already tuples) fits a field's annotation: int (not bool), float (int too),
+    bool, str, dict, tuple[X, ...], X | None, Literal (its checks stay in __post_init__)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_has_type(x, args[0]) for x in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (str, dict):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint) -> str:
+    """'an integer', 'a list of strings', ... for the message of a wrongly typed field ('' = not checked)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return ""
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(n for n in names if n) + (" or null" if type(None) in args else "")
+    if origin is tuple:
+        inner = {int: "integers", float: "numbers", str: "strings"}.get(args[0], "values")
+        return f"a list of {inner}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            dict: "an object"}.get(hint, "")
+
 
 TrainStrategy = Literal["frozen", "lora", "full"]
 TRAIN_STRATEGIES = ("frozen", "lora", "full")
@@ -214,9 +255,17 @@ class TrainConfig:
         if unknown:
             raise LSLError(f"{source}: unknown train config field(s) {unknown}; known: {sorted(known)}.")
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        hints = typing.get_type_hints(cls)
+        for k, v in kw.items():
+            want = _type_name(hints[k])
+            if want and not _has_type(v, hints[k]):
+                raise LSLError(f"{source}: train config field {k!r} must be {want}, got {v!r} "
+                               f"({type(v).__name__}); write {want} there.")
         try:
             return cls(**kw)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, LSLError):
+                raise
             raise LSLError(f"{source}: bad train config ({exc}).") from None
 
     @classmethod
