@@ -99,6 +99,10 @@ def test_cli_reads_two_results_folders(tmp_path, capsys):
     assert "| seen | 6 |" in out and f"| {UNSEEN} | 6 |" in out
     rc = cli_main(["compare", "--results", str(tmp_path / "nowhere"), "--base", "A", "--other", "B"])
     assert rc == 2 and "not found" in capsys.readouterr().err
+    rc = cli_main(["compare", "--results", str(tmp_path / "A"), "--results", str(tmp_path / "B"), "--base", "A",
+                   "--other", "B", "--unseen-voice", "en-gb-scotlnd"])  # a typo would count it as a seen voice
+    err = capsys.readouterr().err
+    assert rc == 2 and "'en-gb-scotlnd' is not a voice of these results" in err and UNSEEN in err
 
 
 def test_two_checkpoints_of_one_name_are_told_apart_by_their_results_folder(tmp_path, capsys):

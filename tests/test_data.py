@@ -147,6 +147,9 @@ def test_folder_errors(tmp_path, csv_text, pattern):
 def test_folder_missing_dir_and_bad_audio(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_sample_set(f"folder:{tmp_path / 'nowhere'}")
+    (tmp_path / "clip.wav").write_bytes(b"")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_sample_set(f"folder:{tmp_path / 'clip.wav'}")
     synth_set = tmp_path / "synth"  # a set written by `synth --out` opened with the wrong prefix
     synth_set.mkdir()
     (synth_set / "manifest.jsonl").write_text("")

@@ -188,6 +188,11 @@ CK = str(ROOT / "assets" / "checkpoints" / "qa-lora" / "lora-step2900")
     (["self-cascade", "--checkpoint", CK, "--results", "{dir}", "--samples", "sd-qa-mini", "--repeat-tokens", "0"],
      "--repeat-tokens must be at least 1, got 0"),
     (["report-case", "--checkpoint", CK, "--tokens", "0"], "--tokens must be at least 1, got 0"),
+    # a typed held-out voice the samples lack would silently count as seen; a missing zoo is not an empty one
+    (["evaluate", "--checkpoint", CK, "--samples", "sd-qa-mini", "--unseen-voice", "scotland", "--out", "{dir}/e"],
+     "--unseen-voice 'scotland' is not a voice of these samples"),
+    (["evaluate", "--zoo", "{dir}/nowhere", "--out", "{dir}/e"], "{dir}/nowhere does not exist"),
+    (["analyze", "--zoo", "{file}", "--out", "{dir}/a.parquet"], "{file} is a file, not a folder"),
 ])
 def test_bad_outputs_and_counts_are_one_error_before_the_command_runs(tmp_path, monkeypatch, capsys, argv, message):
     import lsl_core.model.loading as loading

@@ -23,7 +23,8 @@ def load_folder(folder: str | Path) -> SampleSet:
     """Samples from <folder>/questions.csv and the audio files it names."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise DataError(f"Sample folder {folder} does not exist. Give a folder with audio files and {CSV_NAME}.")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"Sample folder {folder} {what}. Give a folder with audio files and {CSV_NAME}.")
     csv_path = folder / CSV_NAME
     if not csv_path.is_file():
         if (folder / "manifest.jsonl").is_file():  # a set written by `synth --out`

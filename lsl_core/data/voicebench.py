@@ -225,7 +225,8 @@ def load_voicebench(folder: str | Path, *, subsets=None,
         raise DataError(f"on_error must be 'raise' or 'collect', got {on_error!r}.")
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise DataError(f"VoiceBench folder {folder} does not exist. Point at a folder holding files like "
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"VoiceBench folder {folder} {what}. Point at a folder holding files like "
                         "sd-qa/usa-00000-of-00001.parquet (download hlt-lab/voicebench yourself).")
     is_root, files = _discover(folder)
     if not files:

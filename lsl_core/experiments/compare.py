@@ -133,12 +133,18 @@ def register(subparsers) -> None:
                    "--results folder, when two hold that name)")
     p.add_argument("--other", required=True, help="checkpoint name compared with --base (NAME@N as for --base)")
     p.add_argument("--name", default="checkpoints", help="file name prefix of the results (evaluate --name)")
-    p.add_argument("--unseen-voice", default=UNSEEN_VOICE, help="the voice held out of training")
+    p.add_argument("--unseen-voice", default=None,
+                   help=f"the voice held out of training (default {UNSEEN_VOICE}; one you give must be in the results)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    d = paired_difference(read_samples(args.results, args.name), args.base, args.other, args.unseen_voice)
+    rows = read_samples(args.results, args.name)
+    have = list(dict.fromkeys(rows["voice"]))
+    if args.unseen_voice and args.unseen_voice not in have:  # else it would silently count as a seen voice
+        raise LSLError(f"--unseen-voice {args.unseen_voice!r} is not a voice of these results ({', '.join(have)}); "
+                       "give one of them, or leave --unseen-voice out.")
+    d = paired_difference(rows, args.base, args.other, args.unseen_voice or UNSEEN_VOICE)
     print(f"{args.other} − {args.base}, paired on the same clips (95% bootstrap over questions; agreement in %):")
     print(format_table(d, args.base, args.other))
     return 0

@@ -531,7 +531,8 @@ def register(subparsers) -> None:
     p.add_argument("--samples", default="sd-qa-mini", help="sample set spec (sd-qa-mini, voicebench:<dir>, ...)")
     p.add_argument("--n-questions", type=int, default=None, help="first N distinct questions of the set (all voices)")
     p.add_argument("--voices", default=None, help="comma-separated voices/accents to keep (default: all)")
-    p.add_argument("--unseen-voice", default=UNSEEN_VOICE, help="the voice held out of training")
+    p.add_argument("--unseen-voice", default=None,
+                   help=f"the voice held out of training (default {UNSEEN_VOICE}; one you give must be in the samples)")
     p.add_argument("--max-new-tokens", type=int, default=24, help="greedy answer length")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per batched generate call")
     p.add_argument("--pedant", action="store_true", help="also score with PEDANT (needs local qa-metrics files)")
@@ -573,9 +574,13 @@ def main(args: argparse.Namespace) -> int:
         for spec in args.intervention:
             parse_condition(spec)
     opts = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, pedant=args.pedant,
-                       unseen_voice=args.unseen_voice, cascade=not args.no_cascade)
+                       unseen_voice=args.unseen_voice or UNSEEN_VOICE, cascade=not args.no_cascade)
     voices = [v.strip() for v in args.voices.split(",")] if args.voices else None
     samples = select_samples(load_sample_set(args.samples), args.n_questions, voices)
+    have = list(dict.fromkeys(voice_of(s) for s in samples))
+    if args.unseen_voice and args.unseen_voice not in have:  # else it would silently count as a seen voice
+        raise LSLError(f"--unseen-voice {args.unseen_voice!r} is not a voice of these samples ({', '.join(have)}); "
+                       "give one of them, or leave --unseen-voice out.")
     print(f"evaluate: {len(manifests)} checkpoints x {len(samples)} samples of {args.samples}", flush=True)
     meta = provenance(getattr(args, "argv", None))  # before anything is written: the version of the code that ran
     frames, iv_frames, device = [], [], "cpu"

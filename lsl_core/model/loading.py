@@ -150,7 +150,12 @@ def write_manifest(m: CheckpointManifest, folder: str | Path) -> Path:
 
 
 def list_zoo(folder: str | Path) -> list[CheckpointManifest]:
-    """All readable manifests under a folder, sorted by (family, strategy, step); bad ones are skipped."""
+    """All readable manifests under a folder, sorted by (family, strategy, step); bad ones are skipped.
+    A folder that does not exist, or a file, is refused (ManifestError), not read as an empty zoo."""
+    if not Path(folder).is_dir():
+        what = "is a file, not a folder" if Path(folder).exists() else "does not exist"
+        raise ManifestError(f"Checkpoint folder {folder} {what}; give a folder that holds checkpoints "
+                            "(manifest.json files, searched recursively).")
     found = []
     for p in sorted(Path(folder).rglob(MANIFEST_NAME)):
         try:
