@@ -2,6 +2,8 @@
 Bottom-k, All or Random-k path frames; the path's own pairing or a null: shuffled pairing, another
 question), regenerate, and compare text, speech, cascade and intervened answers."""
 
+import dataclasses
+
 import streamlit as st
 
 from lsl_core import viz
@@ -18,8 +20,9 @@ TARGETS = {"Bottom-k": "bottom", "All": "all", "Random-k": "random"}  # radio la
 PAIRING_LABELS = {"path": "path (own token)", "shuffled": "shuffled pairing (null)", "other": "other question (null)"}
 
 
-def _seed_from_link(L: int, here: str) -> None:
-    """A link with ?iv=angle:bottom3@0 sets the controls and runs that intervention (once per session)."""
+def _seed_from_link(L: int, Tt: int, here: str) -> None:
+    """A link with ?iv=angle:bottom3@0 sets the controls and runs that intervention (once per session); a k beyond
+    the question's Tt tokens is taken as Tt, in the controls and in the run alike."""
     if not links.seed_once("iv"):
         return
     raw = st.query_params.get("iv")
@@ -31,11 +34,12 @@ def _seed_from_link(L: int, here: str) -> None:
         return
     if iv.target not in TARGETS.values() or iv.layer >= L:
         return
+    if iv.target in ("bottom", "random"):
+        iv = dataclasses.replace(iv, k=min(max(1, iv.k), max(1, Tt)))
+        st.session_state["iv_k"] = iv.k
     st.session_state.update(iv_op=iv.op, iv_target=next(k for k, v in TARGETS.items() if v == iv.target),
                             iv_layer=iv.layer, iv_metric=iv.metric, iv_pairing=iv.pairing,
                             iv_applied={"label": iv.label(), "for": here})
-    if iv.target in ("bottom", "random"):
-        st.session_state["iv_k"] = max(1, iv.k)
 
 
 def _apply(label: str, here: str, nulls: tuple[str, ...] = (), donor: str | None = None) -> None:
@@ -73,7 +77,7 @@ def main() -> None:
     sample, handle, slot, a = view
     L, Tt = a.num_layers, len(a.tokens)
     here = f"{handle.key}|{context.sample_key(sel, sample)}"  # answers belong to one model + sample
-    _seed_from_link(L, here)
+    _seed_from_link(L, Tt, here)
     links.seed("iv_max_new", "tokens", int, lambda v: 4 <= v <= 128)
     links.seed("iv_cascade", "cascade", lambda v: v != "0")
 

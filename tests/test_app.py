@@ -547,6 +547,16 @@ def test_intervention_link_reopens_and_runs(world):
     assert "layer ℓ = 1" in _heatmap(at)["layout"]["title"]["text"]
 
 
+def test_intervention_link_with_k_beyond_the_question_runs_what_the_controls_show(world):
+    """bottom99 on a question of fewer tokens: k is the token count, in the k box and in the run alike (the box
+    used to fall back to 3 while the run was bottom99, and the page said the settings had changed)."""
+    at = _app(INTERVENTIONS, {"iv": "angle:bottom99@0", "sample": world["ids"][2], "cascade": "0"})
+    k = _widget(at.number_input, "k")
+    assert 1 < k.value < 99 and k.value == int(k.proto.max)  # the question's token count
+    titles = [m.value for m in at.markdown if m.value.startswith("**") and m.value.endswith("**")]
+    assert titles[2] == f"**Angle·Bottom{k.value}**", titles
+
+
 # ============================================================================ Checkpoints
 def test_checkpoints_live_alignment_curves_trends_and_gap_fit(world):
     from lsl_core.analysis import analyze_sample

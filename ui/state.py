@@ -48,7 +48,10 @@ def subset(key: str, options: Sequence, default: Sequence = ()) -> list:
 def integer(key: str, lo: int, hi: int, default: int) -> int:
     """Value for an integer slider / number input, clamped to [lo, hi] (the model may have changed)."""
     v = st.session_state.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         v = min(max(default, lo), hi)
         st.session_state.pop(key, None)
+    elif not lo <= v <= hi:  # e.g. k beyond a shorter question's tokens: its nearest valid value, not the default
+        v = min(max(v, lo), hi)
+        st.session_state[key] = int(v)
     return int(v)
