@@ -26,31 +26,17 @@ def _visit(at, page: str, back: str):
 
 def test_page_controls_survive_a_page_switch(world):
     at = _app(EXPLORER)
-    at.number_input(key="ex_partners").set_value(3)
-    _run(at)
-    _visit(at, CKA, EXPLORER)
-    assert at.number_input(key="ex_partners").value == 3
-
-    at.switch_page(CHECKPOINTS)
-    _run(at)
-    _widget(at.radio, "Score").set_value("containment")
-    _run(at)
-    _visit(at, EXPLORER, CHECKPOINTS)
-    assert _widget(at.radio, "Score").value == "containment"
-
-    at.switch_page(CKA)
-    _run(at)
-    at.number_input(key="cka_n").set_value(3)
-    _run(at)
-    _visit(at, EXPLORER, CKA)
-    assert at.number_input(key="cka_n").value == 3
-
-    at.switch_page(BENCHMARK)
-    _run(at)
-    _widget(at.text_input, "Search question / answers").set_value("hamlet")
-    _run(at)
-    _visit(at, EXPLORER, BENCHMARK)
-    assert _widget(at.text_input, "Search question / answers").value == "hamlet"
+    for page, widget, value in [
+            (EXPLORER, lambda: at.number_input(key="ex_partners"), 3),
+            (CHECKPOINTS, lambda: _widget(at.radio, "Score"), "containment"),
+            (CKA, lambda: at.number_input(key="cka_n"), 3),
+            (BENCHMARK, lambda: _widget(at.text_input, "Search question / answers"), "hamlet")]:
+        at.switch_page(page)
+        _run(at)
+        widget().set_value(value)
+        _run(at)
+        _visit(at, CKA if page == EXPLORER else EXPLORER, page)
+        assert widget().value == value, page
 
 
 def test_sidebar_selection_survives_a_failed_upload_and_other_sets(world):

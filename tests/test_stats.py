@@ -106,6 +106,17 @@ def test_grouped_and_paired_intervals():
     assert (c.loc["Original", "F1_lo"], c.loc["Original", "F1_hi"]) == pytest.approx((20.0, 40.0))
 
 
+def _slow_jackknife_se(xs, yt, keeps) -> np.ndarray:
+    """Slow reference: the jackknife SE of MinibatchCKA over the given kept-sample sets (one per left-out unit)."""
+    loo = []
+    for keep in keeps:
+        mm = MinibatchCKA()
+        mm.update(torch.tensor(xs[:, keep]), torch.tensor(yt[:, keep]))
+        loo.append(mm.compute().numpy())
+    loo, g = np.stack(loo), len(keeps)
+    return np.sqrt((g - 1) / g * ((loo - loo.mean(0)) ** 2).sum(0))
+
+
 def test_pooled_cka_jackknife_matches_minibatch_cka_and_a_slow_loop():
     rng = np.random.default_rng(0)
     xs = rng.standard_normal((3, 9, 6))
@@ -114,14 +125,7 @@ def test_pooled_cka_jackknife_matches_minibatch_cka_and_a_slow_loop():
     m = MinibatchCKA()
     m.update(torch.tensor(xs), torch.tensor(yt))
     np.testing.assert_allclose(ci.estimate, m.compute().numpy(), atol=1e-10)  # one batch: the same statistic
-    loo = []
-    for i in range(9):  # slow reference: the same estimator on each leave-one-out set
-        keep = [j for j in range(9) if j != i]
-        mm = MinibatchCKA()
-        mm.update(torch.tensor(xs[:, keep]), torch.tensor(yt[:, keep]))
-        loo.append(mm.compute().numpy())
-    loo = np.stack(loo)
-    se = np.sqrt(8 / 9 * ((loo - loo.mean(0)) ** 2).sum(0))
+    se = _slow_jackknife_se(xs, yt, [[j for j in range(9) if j != i] for i in range(9)])  # leave one out
     np.testing.assert_allclose(ci.high - ci.estimate, 1.959963984540054 * se, atol=1e-9)
     assert (ci.low <= ci.estimate).all() and (ci.estimate <= ci.high).all()
     shown = np.full((3, 3), 0.5)  # the interval is centred on the matrix the view shows
@@ -164,14 +168,7 @@ def test_pooled_cka_jackknife_over_groups_leaves_each_group_out():
     yt = xs + 0.7 * rng.standard_normal((3, 12, 6))
     groups = np.repeat(["q1", "q2", "q3", "q4"], 3)
     ci = pooled_cka_interval(xs, yt, groups=groups)
-    loo = []
-    for g in ["q1", "q2", "q3", "q4"]:  # slow reference: the estimator without each group
-        keep = np.flatnonzero(groups != g)
-        mm = MinibatchCKA()
-        mm.update(torch.tensor(xs[:, keep]), torch.tensor(yt[:, keep]))
-        loo.append(mm.compute().numpy())
-    loo = np.stack(loo)
-    se = np.sqrt(3 / 4 * ((loo - loo.mean(0)) ** 2).sum(0))
+    se = _slow_jackknife_se(xs, yt, [np.flatnonzero(groups != g) for g in ["q1", "q2", "q3", "q4"]])
     np.testing.assert_allclose(ci.high - ci.estimate, 1.959963984540054 * se, atol=1e-9)
     plain = pooled_cka_interval(xs, yt)
     np.testing.assert_allclose(pooled_cka_interval(xs, yt, groups=np.arange(12)).low, plain.low, atol=1e-12)
