@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -24,7 +25,7 @@ from lsl_core.errors import LSLError
 from lsl_core.model import batch as B
 from lsl_core.model.loading import list_zoo, load_checkpoint, read_manifest
 from lsl_core.experiments.train import (MonitorClip, TrainConfig, TrainData, Trainer, TrainExample, build_model,
-                                        make_trainer)
+                                        init_manifest, make_trainer)
 from lsl_core.experiments.train import augment as A
 from lsl_core.experiments.train import objectives as O
 from lsl_core.experiments.train.config import LATER_FIELDS
@@ -193,6 +194,30 @@ def test_distillation_teacher_is_the_llm_before_the_stage(tiny_parts, tmp_path, 
     assert after < before and after > plain  # the KL term is in the loss and positive
     assert torch.equal(t0, t1)
     assert (tr.teacher.llm is tr.model.llm) == (strategy != "full")
+
+
+@pytest.mark.parametrize("strategy", ["lora", "full"])
+def test_the_teacher_reads_without_dropout_while_the_student_trains(tiny_parts, tmp_path, strategy):
+    """A backbone with dropout (attention_dropout 0.5 here): during a training step the teacher - the LLM before
+    the stage - is still a function of its input (lora: adapter disabled and eval mode while it reads; full: its
+    frozen copy), and the student's LLM is back in train mode afterwards."""
+    import shutil
+
+    llm = tmp_path / "llm-dropout"
+    shutil.copytree(tiny_parts["llm"], llm)
+    conf = json.loads((llm / "config.json").read_text())
+    (llm / "config.json").write_text(json.dumps({**conf, "attention_dropout": 0.5}))
+    tr = _trainer(_cfg(dict(tiny_parts, llm=llm), tmp_path, strategy, distill_weight=1.0, batch_size=4), n=4)
+    ex = [tr.data.train[i] for i in range(4)]
+    tr.train_mode(True)  # as train_step leaves it
+
+    def teacher_logits():
+        with torch.no_grad(), tr._teacher_context():
+            q = [tr.teacher.embed_text(e.text).embeds for e in ex]
+            return B.response_logits(tr.teacher, B.response_batch(tr.teacher, q, [e.response for e in ex]))[0]
+
+    assert torch.equal(teacher_logits(), teacher_logits())
+    assert tr.model.llm.training
 
 
 def test_alignment_loss_is_one_minus_the_apps_sequence_cosine_of_unpadded_forwards(tiny_model):
@@ -673,6 +698,34 @@ def test_training_questions_are_test_questions_never_dev():
     assert split_questions(cfg) == (train, val)  # deterministic
 
 
+def test_a_monitoring_question_is_never_trained_on_under_another_id():
+    """The test split holds one question twice under two ids ("... on Earth?" / "... on earth?"). A seed that
+    puts one copy among the monitoring questions does not train on the other; a seed that splits no such pair
+    keeps the plain seeded permutation (so the shipped splits are as they were)."""
+    from collections import Counter
+
+    from lsl_core.data.sdqa import load_sdqa_train_questions
+    from lsl_core.experiments.train.corpus import split_questions
+
+    qs = load_sdqa_train_questions()
+    norm = lambda q: " ".join(q.question.lower().split())  # noqa: E731
+    twice = {t for t, n in Counter(norm(q) for q in qs).items() if n > 1}
+    assert twice  # the case exists in the shipped data
+    pairs_split = 0
+    for seed in range(30):
+        train, val = split_questions(TrainConfig(seed=seed))
+        held = {norm(q) for q in val}
+        assert not held & {norm(q) for q in train}, seed
+        perm = np.random.default_rng(seed).permutation(len(qs))
+        plain = [qs[i] for i in perm[16:]]  # the split before: every question after the 16 monitored ones
+        if any(norm(q) in held for q in plain):
+            pairs_split += 1
+            assert train == [q for q in plain if norm(q) not in held]
+        else:
+            assert train == plain
+    assert pairs_split  # some seed in range split a pair (seed 9 does)
+
+
 def test_self_distillation_targets_are_the_backbones_greedy_answers(tiny_model, tmp_path, monkeypatch):
     """Targets = the LLM's own greedy answer ids to the typed question; cached, so a rerun generates nothing."""
     from lsl_core.experiments.train.corpus import self_distillation_targets
@@ -788,6 +841,29 @@ def test_a_stage_continues_from_its_init_checkpoint(tiny_parts, tmp_path):
         _cfg(tiny_parts, tmp_path, "lora", train_adaptor=False)  # nothing to keep without init
     with pytest.raises(LSLError, match="'init'"):  # a stage continues from adaptor-only checkpoints
         _trainer(_cfg(tiny_parts, tmp_path, "frozen", name="x", init=str(folder)))
+    other = tmp_path / "other-llm"  # the same tiny LLM under another path: another model as far as init knows
+    shutil.copytree(tiny_parts["llm"], other)
+    with pytest.raises(LSLError, match="trained with llm"):
+        init_manifest(_cfg(tiny_parts, tmp_path, "frozen", name="y", init=str(first), llm=str(other)))
+    same = tmp_path / "llm-link"  # another spelling of the same folder is the same model
+    same.symlink_to(tiny_parts["llm"])
+    assert init_manifest(_cfg(tiny_parts, tmp_path, "frozen", name="z", init=str(first), llm=str(same))) is not None
+
+
+def test_a_stage_continues_from_an_untrained_init_with_the_inits_seed(tiny_parts, tmp_path):
+    """An untrained init (strategy none, as embedded-untrained) has no adaptor file: it is the adaptor its seed
+    draws. A stage continuing from it starts from that adaptor, whatever the config's own adaptor_seed."""
+    init = tmp_path / "untrained"
+    init.mkdir()
+    (init / "manifest.json").write_text(json.dumps(dict(
+        name="untrained", llm=str(tiny_parts["llm"]), encoder=str(tiny_parts["encoder"]), family="tiny",
+        strategy="none", step=0, downsample=5, seed=3, encoder_window="clip")))
+    ref = load_checkpoint(init, device="cpu").adaptor.state_dict()
+    model = build_model(_cfg(tiny_parts, tmp_path, "frozen", init=str(init), adaptor_seed=0), torch.device("cpu"))
+    got = model.adaptor.state_dict()
+    assert list(got) == list(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+    seed0 = build_model(_cfg(tiny_parts, tmp_path, "frozen", adaptor_seed=0), torch.device("cpu")).adaptor
+    assert not all(torch.equal(a, b) for a, b in zip(seed0.state_dict().values(), ref.values()))  # seeds differ
 
 
 def test_a_context_adaptor_trains_saves_and_is_continued_only_by_a_context_stage(tiny_parts, tmp_path):

@@ -52,6 +52,14 @@ def resolve_device(spec: str) -> torch.device:
     return dev
 
 
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model specs (an id such as embedded:..., a hub id or a local path) name one model."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
 def init_manifest(cfg: TrainConfig) -> CheckpointManifest | None:
     """The checkpoint this stage continues from (None: a seeded untrained adaptor)."""
     if not cfg.init:
@@ -65,6 +73,10 @@ def init_manifest(cfg: TrainConfig) -> CheckpointManifest | None:
         raise LSLError(f"train config field 'init' ({cfg.init}) has a LoRA with lora_scope {m.lora_scope!r}; the "
                        f"config says {cfg.lora_scope!r}. Make them equal to continue it (or start from an "
                        "adaptor-only checkpoint).")
+    for field, have, want in (("llm", m.llm, cfg.llm), ("encoder", m.encoder, cfg.encoder)):
+        if not _same_model(have, want):  # equal widths would otherwise continue silently on another model
+            raise LSLError(f"train config field 'init' ({cfg.init}) was trained with {field} {have!r}; the config "
+                           f"says {want!r}. Make them equal, or start from a checkpoint of that {field}.")
     mine = (cfg.encoder_window, cfg.downsample, cfg.adaptor_hidden)
     if (m.encoder_window, m.downsample, m.adaptor_hidden) != mine:
         raise LSLError(f"train config field 'init' ({cfg.init}) has encoder_window={m.encoder_window!r}, "
@@ -82,11 +94,13 @@ def build_model(cfg: TrainConfig, device: torch.device) -> LSLM:
     """Encoder + adaptor (init's, or seeded) + LLM in float32, with the strategy's trainable parts."""
     init = init_manifest(cfg)
     adaptor = str(init.path(init.adaptor).resolve()) if init is not None and init.adaptor else None
+    # an untrained init (strategy none) is its seeded adaptor: continue from init's seed, not the config's
+    seed = init.seed if init is not None and not adaptor else cfg.adaptor_seed
     m = CheckpointManifest(name=f"{cfg.name}-init", llm=cfg.llm, encoder=cfg.encoder, family=cfg.family,
                            strategy="frozen" if adaptor else "none", adaptor=adaptor, downsample=cfg.downsample,
                            adaptor_hidden=cfg.adaptor_hidden,
                            adaptor_context=init.adaptor_context if init is not None else cfg.adaptor_context,
-                           seed=cfg.adaptor_seed, prompt=dict(cfg.prompt), encoder_window=cfg.encoder_window)
+                           seed=seed, prompt=dict(cfg.prompt), encoder_window=cfg.encoder_window)
     model = load_checkpoint(m, device=device, dtype=torch.float32)
     if model.adaptor.cfg.context < cfg.adaptor_context:  # init_manifest allowed it: blocks added to init's adaptor
         model.adaptor = with_context(model.adaptor, cfg.adaptor_context, seed=cfg.adaptor_seed)

@@ -11,6 +11,7 @@ training clips as trained on, suffix _train) logs, at every eval step:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -114,8 +115,21 @@ class Trainer:
         view.llm = copy.deepcopy(self.model.llm).requires_grad_(False).eval()
         return view
 
+    @contextlib.contextmanager
     def _teacher_context(self):
-        return self.model.llm.disable_adapter() if self.cfg.strategy == "lora" else nullcontext()
+        """While the teacher reads: lora - the adapter disabled and the LLM in eval mode (the LLM before the stage is
+        a function of its input: no dropout of a backbone that has some), then back as it was."""
+        if self.cfg.strategy != "lora":
+            yield
+            return
+        llm = self.model.llm
+        was = llm.training
+        llm.eval()
+        try:
+            with llm.disable_adapter():
+                yield
+        finally:
+            llm.train(was)
 
     # ------------------------------------------------------------------ parameters
     def trainable_named(self) -> list[tuple[str, torch.nn.Parameter]]:
