@@ -159,10 +159,11 @@ class _Prepared:
 def planning_states(model: "LSLM", sample: "Sample", conds: Sequence) -> tuple:
     """(speech prompt, text prompt, HiddenStates) for planning `conds` on one sample.
 
-    One encoder pass; the forwards (one per modality) run only when some intervention sits at a layer
-    ℓ > 0. At ℓ = 0 a plan reads only hidden_states[0], the LLM input (adaptor output / token
-    embeddings), which the prompts already hold: the states are then that layer, broadcast over the
-    L+1 layer axis without a copy (exactly what a forward returns at index 0).
+    One encoder pass; the full forwards (one per modality) run only when some intervention sits at a layer
+    ℓ > 0. At ℓ = 0 a plan reads only hidden_states[0], the input of decoder layer 0 (the adaptor output /
+    token embeddings, times the backbone's embedding scale if it has one): LSLM.input_states runs each
+    prompt only up to that input and broadcasts it over the L+1 layer axis without a copy (exactly what a
+    forward returns at index 0).
     """
     from lsl_core.interventions import sample_states
     from lsl_core.model.lslm import HiddenStates

@@ -238,6 +238,34 @@ def test_every_metric_and_side_by_side_answers(models, sample, name):
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_input_states_are_the_first_hidden_states_of_a_forward(models, sample, name):
+    """The forward-free states of ℓ = 0 plans (the app's live regeneration, the donor of pairing "other") are
+    hidden_states[0], the input of decoder layer 0: for Granite that is inputs_embeds x embedding_multiplier
+    (2.0 in the tiny model), so length and calibration targets planned on them must carry that scale."""
+    from lsl_core.interventions import Intervention, plan_intervention, sample_states
+    from lsl_core.model.lslm import HiddenStates
+
+    model = models[name]
+    speech_prompt, text_prompt, states = sample_states(model, sample)
+    L = model.num_layers
+    for prompt, full in ((speech_prompt, states.speech), (text_prompt, states.text)):
+        light = model.input_states(prompt)
+        assert light.shape == full.shape
+        torch.testing.assert_close(light[0], full[0], rtol=0, atol=0)
+        torch.testing.assert_close(light[L], full[0], rtol=0, atol=0)  # broadcast over the layer axis
+    light_states = HiddenStates(model.input_states(speech_prompt), model.input_states(text_prompt),
+                                states.frame_times, states.frame_seconds, states.tokens)
+    T = speech_prompt.inputs_embeds.shape[1]
+    for spec in ("length:all", "calibrate:span"):
+        iv = Intervention.parse(spec)
+        a = plan_intervention(iv, light_states, speech_prompt.span, T)
+        b = plan_intervention(iv, states, speech_prompt.span, T)
+        for x, y in zip((a.targets, *(a.stats or ())), (b.targets, *(b.stats or ()))):
+            if x is not None:
+                torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_transcript_is_the_model_itself_asked_to_transcribe(models, sample, name):
     model = models[name]
     sp = model.embed_speech(sample.audio, sample.sr)

@@ -98,6 +98,34 @@ def test_the_speech_mask_is_the_query_span_of_a_speech_prompt_and_nothing_of_a_t
     assert not torch.isin(row_hashes(bumped, w), scope._table)
 
 
+def test_a_scaled_input_embedding_is_text_too():
+    """Gemma 3's input embedding returns weight x sqrt(d), rows that are not in its weight table: those rows are
+    what a text position holds (LSLM.token_embeddings), so the scope must read them as text, not speech."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+                           sliding_window=16)
+    llm = Gemma3ForCausalLM(cfg).eval()
+    emb = llm.get_input_embeddings()
+    ids = torch.tensor([3, 5, 7, 11])
+    text = emb(ids)[None].detach()  # [1, 4, d]
+    assert not torch.equal(text[0], emb.weight[ids])  # scaled: not the table's rows
+    peft = get_peft_model(llm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                          init_lora_weights=False)).eval()
+    scope = apply_lora_scope(peft, "speech")
+    speech = torch.randn(1, 2, 32)
+    x = torch.cat([text[:, :2], speech, text[:, 2:]], dim=1)  # [text, text, speech, speech, text, text]
+    assert scope.speech_mask(x)[0].tolist() == [False, False, True, True, False, False]
+    with torch.no_grad():
+        scoped = peft(inputs_embeds=text).logits
+        with peft.disable_adapter():
+            plain = peft(inputs_embeds=text).logits
+    torch.testing.assert_close(scoped, plain, rtol=0, atol=0)  # a text prompt runs the base LLM
+
+
 def test_speech_scoped_lora_equals_a_hand_masked_reference_and_leaves_text_to_the_base(tiny_parts, tmp_path):
     m = _checkpoint(tiny_parts, tmp_path / "ck")
     scoped = load_checkpoint(m, device="cpu")

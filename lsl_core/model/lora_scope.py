@@ -7,7 +7,7 @@ the base LLM, and so is the cascade (transcript -> LLM): the modality gap then c
 the untouched backbone, and only the speech side moves over a trajectory.
 
 Which positions hold speech is read off the backbone's input embeddings: in the built-in stack a text
-position's input is an exact copy of a row of the LLM's embedding table (LSLM.token_embeddings), the
+position's input is an exact copy of a row the LLM's input embedding returns (LSLM.token_embeddings), the
 adaptor's output is a continuous vector that is not. Rows are compared by a 64-bit hash of their bits (equal
 rows always match; a speech frame would need a hash collision to pass for text). Since hidden states, batched
 generation, training and interventions all feed `inputs_embeds` to the backbone, the scope holds on every
@@ -51,6 +51,19 @@ def table_hashes(table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.unique(torch.cat(parts))
 
 
+@torch.no_grad()
+def embedding_hashes(embedding: nn.Module, weights: torch.Tensor) -> torch.Tensor:
+    """The input-embedding module -> sorted unique hashes [<=V] of the rows it RETURNS for every token id.
+
+    These are what LSLM.token_embeddings writes into a prompt: the weight rows for a plain nn.Embedding, but
+    weight x scale for a scaled one (Gemma 3's Gemma3TextScaledWordEmbedding), whose rows are not in `weight`.
+    """
+    V, dev = embedding.weight.shape[0], embedding.weight.device
+    parts = [row_hashes(embedding(torch.arange(i, min(i + _TABLE_CHUNK, V), device=dev)), weights)
+             for i in range(0, V, _TABLE_CHUNK)]
+    return torch.unique(torch.cat(parts))
+
+
 class SpeechScope:
     """Hooks that confine a peft LoRA's update to the speech positions of each forward.
 
@@ -63,9 +76,9 @@ class SpeechScope:
 
     def __init__(self, peft_llm: nn.Module) -> None:
         base = peft_llm.get_base_model() if hasattr(peft_llm, "get_base_model") else peft_llm
-        table = base.get_input_embeddings().weight  # [V, d]
-        self._weights = _hash_weights(table.shape[1], table.device)
-        self._table = table_hashes(table, self._weights)  # [V'] sorted
+        embedding = base.get_input_embeddings()  # its output rows [V, d] are the text inputs (embedding_hashes)
+        self._weights = _hash_weights(embedding.weight.shape[1], embedding.weight.device)
+        self._table = embedding_hashes(embedding, self._weights)  # [V'] sorted
         self._mask: torch.Tensor | None = None  # [B, T, 1] of the forward in progress
         self._any_speech = False  # whether the forward in progress has a speech position
         decoder = base.get_decoder()
@@ -88,7 +101,7 @@ class SpeechScope:
         return forward
 
     def speech_mask(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """[B, T, d] input embeddings -> bool [B, T]: True where the input is not a row of the embedding table."""
+        """[B, T, d] input embeddings -> bool [B, T]: True where the input is not a row the embedding returns."""
         return ~torch.isin(row_hashes(inputs_embeds, self._weights), self._table)
 
     def _read_inputs(self, module, args, kwargs):

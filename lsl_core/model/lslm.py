@@ -76,6 +76,10 @@ class HiddenStates:
         return self.speech.shape[0] - 1
 
 
+class _StopAtLayerInput(Exception):
+    """Raised by LSLM.input_states' hook to end a forward once decoder layer 0 has its input."""
+
+
 def locked_items(items: Iterable, lock) -> Iterator:
     """Yield items while holding `lock` (e.g. LSLM.lock) until the consumer asks for the next one.
 
@@ -236,10 +240,30 @@ class LSLM:
         hs = torch.stack([h[0, prompt.span] for h in out.hidden_states])  # [L+1, Tq, d]
         return hs.float().cpu()
 
+    @torch.no_grad()
     def input_states(self, prompt: PromptInputs) -> torch.Tensor:
-        """hidden_states[0] of the query span (the LLM input) broadcast over the L+1 layer axis without a copy
-        (no forward): float32 CPU [L+1, Tq, d], what forward_states gives at index 0. For plans at ℓ = 0 only."""
-        h0 = prompt.inputs_embeds[0, prompt.span].detach().float().cpu()  # [Tq, d]
+        """hidden_states[0] of the query span (the LLM input) broadcast over the L+1 layer axis without a copy:
+        float32 CPU [L+1, Tq, d], what forward_states gives at index 0. For plans at ℓ = 0 only.
+
+        hidden_states[0] is the input of decoder layer 0, which is not always `inputs_embeds`: a backbone may
+        scale its embeddings first (Granite's embedding_multiplier, Gemma's sqrt(d)). So the forward runs up to
+        layer 0's input and stops there (no decoder layer runs).
+        """
+        seen: list[torch.Tensor] = []
+
+        def grab(module, args, kwargs):
+            seen.append(args[0] if args else kwargs["hidden_states"])
+            raise _StopAtLayerInput
+
+        with self.lock:
+            handle = self.decoder_layers()[0].register_forward_pre_hook(grab, with_kwargs=True, prepend=True)
+            try:
+                self.llm(inputs_embeds=prompt.inputs_embeds, use_cache=False)
+            except _StopAtLayerInput:
+                pass
+            finally:
+                handle.remove()
+        h0 = seen[0][0, prompt.span].detach().float().cpu()  # [Tq, d]
         return h0[None].expand(self.num_layers + 1, -1, -1)
 
     @torch.no_grad()
