@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,6 +154,14 @@ def test_manifest_checkpoint_roundtrip_identical_outputs(tiny_parts, tmp_path):
     ids = torch.tensor([[1, 24, 52, 2]])
     assert not torch.allclose(base(ids).logits, loaded.llm(ids).logits)
     assert loaded.digest and loaded.digest.endswith("cpu-float32")
+    llm_weights = next(Path(tiny_parts["llm"]).glob("*.safetensors"))  # the backbone folder rewritten in place
+    before, stat = load_checkpoint(folder, device="cpu").digest, llm_weights.stat()
+    assert load_checkpoint(folder, device="cpu").digest == before
+    os.utime(llm_weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    try:
+        assert load_checkpoint(folder, device="cpu").digest != before  # caches keyed by it do not serve stale rows
+    finally:
+        os.utime(llm_weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_a_context_adaptor_checkpoint_loads_by_its_manifest(tiny_parts, tmp_path):

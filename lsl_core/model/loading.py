@@ -166,7 +166,8 @@ def list_zoo(folder: str | Path) -> list[CheckpointManifest]:
 
 
 def manifest_digest(m: CheckpointManifest) -> str:
-    """Identity of a checkpoint's weights for cache keys: manifest + adaptor/LoRA file bytes."""
+    """Identity of a checkpoint's weights for cache keys: manifest + adaptor/LoRA file bytes (load_checkpoint adds
+    the identity of local llm / encoder folders, families.base.folder_digest)."""
     h = hashlib.sha256(json.dumps(m.to_json(), sort_keys=True).encode())
     for rel in (m.adaptor, m.lora):
         p = m.path(rel)
@@ -330,7 +331,11 @@ def load_checkpoint(manifest: str | Path | CheckpointManifest, *, device: str | 
             apply_lora_scope(llm, m.lora_scope)
     asr_factory = _asr_factory(enc_ref, dev, dt)
     merged = "-merged" if (m.lora and merge_lora) else ""  # merging rounds differently: part of the cache key
-    digest = f"{manifest_digest(m)}-{dev.type}-{dt}{merged}".replace("torch.", "")
+    from lsl_core.model.families.base import folder_digest
+
+    local = "".join(f"-{folder_digest(r)}" for spec, r in ((m.llm, llm_ref), (m.encoder, enc_ref))
+                    if isinstance(r, Path) and not spec.startswith("embedded:"))  # a user's folder may change in place
+    digest = f"{manifest_digest(m)}{local}-{dev.type}-{dt}{merged}".replace("torch.", "")
     return LSLM(encoder, adaptor, llm, tok, m.template(), name=m.name, digest=digest, manifest=m.to_json(),
                 asr_factory=asr_factory)
 
