@@ -24,7 +24,7 @@ def _visit(at, page: str, back: str):
     return _run(at)
 
 
-def test_page_controls_survive_a_page_switch(world):
+def test_page_controls_survive_a_page_switch(world):  # noqa: F811 (the world fixture)
     at = _app(EXPLORER)
     for page, widget, value in [
             (EXPLORER, lambda: at.number_input(key="ex_partners"), 3),
@@ -39,7 +39,7 @@ def test_page_controls_survive_a_page_switch(world):
         assert widget().value == value, page
 
 
-def test_sidebar_selection_survives_a_failed_upload_and_other_sets(world):
+def test_sidebar_selection_survives_a_failed_upload_and_other_sets(world):  # noqa: F811 (the world fixture)
     at = _app(EXPLORER)
     _widget(at.sidebar.text_input, "Search question text").set_value("hamlet")
     _run(at)
@@ -67,7 +67,7 @@ def test_sidebar_selection_survives_a_failed_upload_and_other_sets(world):
     assert _widget(at.sidebar.text_input, "Question (what the clip says)").value == "who wrote hamlet ?"
 
 
-def test_a_file_in_add_a_model_folder_is_not_called_missing(world, tmp_path):
+def test_a_file_in_add_a_model_folder_is_not_called_missing(world, tmp_path):  # noqa: F811 (the world fixture)
     notes = tmp_path / "notes.txt"
     notes.write_text("not a checkpoint")
     at = _app(EXPLORER)
@@ -79,7 +79,7 @@ def test_a_file_in_add_a_model_folder_is_not_called_missing(world, tmp_path):
     assert at.get("plotly_chart")  # the shipped zoo's model still works
 
 
-def test_a_link_to_a_model_or_sample_not_here_says_so(world):
+def test_a_link_to_a_model_or_sample_not_here_says_so(world):  # noqa: F811 (the world fixture)
     at = _app(EXPLORER, {"model": "someone-elses-model", "sample": "no-such-clip", "layer": "1"})
     said = "\n".join(w.value for w in at.sidebar.warning)
     assert "someone-elses-model" in said and "Add a model folder" in said
