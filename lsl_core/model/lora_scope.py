@@ -45,12 +45,6 @@ def row_hashes(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (bits * weights).sum(-1)
 
 
-def table_hashes(table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """[V, d] embedding table -> sorted unique row hashes [<=V] (hashed in chunks of rows)."""
-    parts = [row_hashes(table[i:i + _TABLE_CHUNK], weights) for i in range(0, table.shape[0], _TABLE_CHUNK)]
-    return torch.unique(torch.cat(parts))
-
-
 @torch.no_grad()
 def embedding_hashes(embedding: nn.Module, weights: torch.Tensor) -> torch.Tensor:
     """The input-embedding module -> sorted unique hashes [<=V] of the rows it RETURNS for every token id.

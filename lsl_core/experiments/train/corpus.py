@@ -99,8 +99,10 @@ def split_questions(cfg: TrainConfig) -> tuple[list, list]:
     monitor = [qs[i] for i in perm[: cfg.n_val_questions]]  # fixed by the seed, whatever n_questions is
     # the test split holds a question twice under two ids ("... on Earth?" / "... on earth?"): a monitoring
     # question's text is never a training question's, whatever id it has (seeds 9, 16, 27, ... split such a pair)
-    held = {" ".join(q.question.lower().split()) for q in monitor}
-    rest = [qs[i] for i in perm[cfg.n_val_questions:] if " ".join(qs[i].question.lower().split()) not in held]
+    from lsl_core.experiments.train.written import normalised
+
+    held = {normalised(q.question) for q in monitor}
+    rest = [qs[i] for i in perm[cfg.n_val_questions:] if normalised(qs[i].question) not in held]
     return rest[:n_train], monitor
 
 
