@@ -41,30 +41,29 @@ def test_page_controls_survive_a_page_switch(world):  # noqa: F811 (the world fi
 
 def test_sidebar_selection_survives_a_failed_upload_and_other_sets(world):  # noqa: F811 (the world fixture)
     at = _app(EXPLORER)
-    _widget(at.sidebar.text_input, "Search question text").set_value("hamlet")
-    _run(at)
-    _widget(at.sidebar.selectbox, "Sample").set_value("q1_gbr")
-    _run(at)
-    _widget(at.sidebar.selectbox, "Sample set").set_value("upload")
-    _run(at)
+
+    def side(kind: str, label: str):  # the sidebar widget as the latest run drew it
+        return _widget(getattr(at.sidebar, kind), label)
+
+    def pick(kind: str, label: str, value) -> None:
+        side(kind, label).set_value(value)
+        _run(at)
+
+    pick("text_input", "Search question text", "hamlet")
+    pick("selectbox", "Sample", "q1_gbr")
+    pick("selectbox", "Sample set", "upload")
     at.sidebar.file_uploader[0].set_value(("bad.wav", b"not audio", "audio/wav"))
-    _widget(at.sidebar.text_input, "Question (what the clip says)").set_value("who wrote hamlet ?")
-    _run(at)
+    pick("text_input", "Question (what the clip says)", "who wrote hamlet ?")
     assert "Could not decode audio" in "\n".join(e.value for e in at.sidebar.error)
-    _widget(at.sidebar.selectbox, "Sample set").set_value("voicebench")
-    _run(at)
-    _widget(at.sidebar.text_input, "Folder").set_value("/data/my-voicebench")
-    _run(at)
-    _widget(at.sidebar.selectbox, "Sample set").set_value("folder")
-    _run(at)
-    assert _widget(at.sidebar.text_input, "Search question text").value == "hamlet"
-    assert _widget(at.sidebar.selectbox, "Sample").value == "q1_gbr"
-    _widget(at.sidebar.selectbox, "Sample set").set_value("voicebench")
-    _run(at)
-    assert _widget(at.sidebar.text_input, "Folder").value == "/data/my-voicebench"
-    _widget(at.sidebar.selectbox, "Sample set").set_value("upload")
-    _run(at)
-    assert _widget(at.sidebar.text_input, "Question (what the clip says)").value == "who wrote hamlet ?"
+    pick("selectbox", "Sample set", "voicebench")
+    pick("text_input", "Folder", "/data/my-voicebench")
+    pick("selectbox", "Sample set", "folder")
+    assert side("text_input", "Search question text").value == "hamlet"
+    assert side("selectbox", "Sample").value == "q1_gbr"
+    pick("selectbox", "Sample set", "voicebench")
+    assert side("text_input", "Folder").value == "/data/my-voicebench"
+    pick("selectbox", "Sample set", "upload")
+    assert side("text_input", "Question (what the clip says)").value == "who wrote hamlet ?"
 
 
 def test_a_file_in_add_a_model_folder_is_not_called_missing(world, tmp_path):  # noqa: F811 (the world fixture)
