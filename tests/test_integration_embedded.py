@@ -47,6 +47,30 @@ def test_embedded_generation_is_deterministic(embedded_model, mini_set):
     assert b == embedded_model.generate(audio=s.audio, sr=s.sr, max_new_tokens=12)
 
 
+def test_batched_answers_end_at_any_stop_token_like_single_ones(embedded_model, mini_set):
+    """A backbone whose generation config stops on more than the tokenizer's eos (Llama 3, Qwen2.5): a batch row
+    that stopped early on another stop token is padded while the others go on; its ids must end at that token
+    exactly as when the prompt is generated alone (no trailing pad or eos ids)."""
+    m = embedded_model
+    questions = list(dict.fromkeys(s.question for s in mini_set))[:4]
+    prompts = [m.prompt_for(text=q) for q in questions]
+    alone = [m.generate_ids([p], 10)[0] for p in prompts]
+    # a stop token: the 2nd token of the answer whose 2nd token appears in no other answer's first 3
+    stop = next(row[1] for row in alone if len(row) > 2 and all(row[1] not in other[:3] for other in alone
+                                                                 if other is not row))
+    config = m.llm.generation_config
+    saved = config.eos_token_id
+    config.eos_token_id = [m.eos_id, stop]
+    try:
+        single = [m.generate_ids([p], 10)[0] for p in prompts]
+        batched = m.generate_ids(prompts, 10, batch_size=len(prompts))
+    finally:
+        config.eos_token_id = saved
+    assert any(len(row) == 2 and row[-1] == stop for row in single)
+    assert any(len(row) > 3 for row in single)
+    assert batched == single
+
+
 def _trajectory(strategy: str):
     zoo = [m for m in list_zoo(assets_dir() / "checkpoints") if m.strategy == strategy]
     assert len(zoo) >= 4, f"expected >= 4 shipped '{strategy}' checkpoints, found {len(zoo)}"

@@ -303,6 +303,14 @@ class LSLM:
         """The token that ends an assistant turn (<|im_end|> for ChatML)."""
         return int(self.tokenizer.eos_token_id)
 
+    @property
+    def stop_ids(self) -> list[int]:
+        """Every token an answer ends at: eos_id, then the generation config's eos ids (Llama 3, Qwen2.5 list
+        several), in that order."""
+        extra = getattr(getattr(self.llm, "generation_config", None), "eos_token_id", None)
+        extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
+        return list(dict.fromkeys([self.eos_id, *map(int, extra)]))
+
     def padded_prompts(self, prompts: Sequence[PromptInputs]) -> PaddedBatch:
         """Prompts [1, T_i, d] -> one left-padded batch [B, T, d] (mask and position ids follow the padding)."""
         rows = [p.inputs_embeds[0] for p in prompts]  # [T_i, d] each
@@ -315,7 +323,8 @@ class LSLM:
                      **gen_kwargs) -> list[list[int]]:
         """Greedy new-token ids for N prompts, batch_size at a time (left padded), in input order.
 
-        Each answer ends at its first eos (kept) or after max_new_tokens (then it has none). sort=True
+        Each answer ends at its first stop token (stop_ids; kept) or after max_new_tokens (then it has none), in
+        a batch as alone: a row that stopped early keeps none of the padding that follows it. sort=True
         groups prompts by length to keep padding small; sort=False keeps batch rows in input order
         (row-specific hooks rely on it). `edit` is an optional hook context held around the whole call,
         together with the model lock (no other generation runs while the hooks are in place);
@@ -323,13 +332,14 @@ class LSLM:
         """
         if batch_size <= 0:
             raise ValueError(f"generate_ids: batch_size must be positive, got {batch_size}")
-        kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id)
+        stops = self.stop_ids
+        kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id,
+                      eos_token_id=stops)
         kwargs.update(gen_kwargs)
         order = list(range(len(prompts)))
         if sort:
             order.sort(key=lambda i: prompts[i].inputs_embeds.shape[1])
         answers: list[list[int]] = [[] for _ in prompts]
-        eos = self.eos_id
         with self.lock, (edit if edit is not None else nullcontext()):
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
@@ -337,7 +347,8 @@ class LSLM:
                 out = self.llm.generate(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
                                         **kwargs)  # [B, <=max_new_tokens] new tokens only
                 for i, row in zip(idx, out.tolist()):
-                    answers[i] = row[: row.index(eos) + 1] if eos in row else row
+                    end = next((j for j, t in enumerate(row) if t in stops), None)
+                    answers[i] = row if end is None else row[: end + 1]
                 if on_batch is not None:
                     on_batch(idx, [answers[i] for i in idx])
         return answers

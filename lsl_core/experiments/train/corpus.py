@@ -375,6 +375,7 @@ def prepare_data(cfg: TrainConfig, model: LSLM, progress: bool = True, workers: 
                                                                replace=False)
         monitor += [MonitorClip(train[i].key, train[i].text, train[i].key.rsplit("__", 1)[-1], train[i].states, False,
                                 train=True) for i in sorted(pick)]
+    stops = set(model.stop_ids)
     rows = [{"example_id": qid, "question": t, "target": model.tokenizer.decode(r, skip_special_tokens=True).strip(),
-             "stopped": bool(r) and r[-1] == B.eos_id(model)} for (qid, t), r in zip(items + extra, targets)]
+             "stopped": bool(r) and r[-1] in stops} for (qid, t), r in zip(items + extra, targets)]
     return TrainData(train, monitor, rows)
