@@ -399,6 +399,11 @@ def _manifest(folder: Path, **fields) -> Path:
     ({"hf_class": "MiniCPMO"}, "\"trust_remote_code\": true"),
     ({"hf_class": "MiniCPMO", "trust_remote_code": True}, "register_family"),
     ({"family": "qwen2-audio", "lora": "lora"}, "'lora'"),
+    ({"family": "qwen2-audio", "prompt": {"kind": "plain"}}, "'prompt'"),  # the family's own chat format only
+    ({"family": "qwen2-audio", "prompt": {"plain_format": "Q: {query}\nA:"}}, "'plain_format'"),
+    ({"family": "qwen2-audio", "prompt": {"sytem": "Be brief."}}, "'sytem'"),
+    ({"family": "qwen2-audio", "prompt": "Be brief."}, "'prompt'"),
+    ({"family": "qwen2-audio", "prompt": {"system": 3}}, "'system'"),
 ])
 def test_bad_family_manifest_names_the_field(tiny_root, tmp_path, fields, field_name):
     from lsl_core.model.loading import load_checkpoint

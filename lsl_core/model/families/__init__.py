@@ -98,9 +98,29 @@ def resolve_family(m) -> Family:
     return fam
 
 
+def family_system(m, fam: Family) -> str | None:
+    """The system prompt a family manifest asks for (its 'prompt' may hold only "system", and "kind": "chat"):
+    a family builds its prompts in the model's own chat format, so a plain format or an unknown key is refused."""
+    prompt = m.prompt if m.prompt is not None else {}
+    if not isinstance(prompt, dict):
+        raise ManifestError(f"manifest '{m.name}': field 'prompt' must be an object such as {{\"system\": \"...\"}}, "
+                            f"got {type(prompt).__name__}.")
+    extra = sorted(set(prompt) - {"system", "kind"})
+    if extra or prompt.get("kind", "chat") != "chat":
+        what = ", ".join(f"'{k}'" for k in extra) or "'prompt' kind " + repr(prompt.get("kind"))
+        raise ManifestError(f"manifest '{m.name}': family '{fam.name}' builds its prompts in the model's own chat "
+                            f"format, so {what} cannot apply; its 'prompt' takes only \"system\". Remove it.")
+    system = prompt.get("system", fam.default_system)
+    if system is not None and not isinstance(system, str):
+        raise ManifestError(f"manifest '{m.name}': 'prompt' field 'system' must be a string, "
+                            f"got {type(system).__name__}.")
+    return system
+
+
 def load_family(m, *, device: torch.device, dtype: torch.dtype, ref, local_only: bool, manifest_digest: str):
     """Open a family checkpoint (ref: resolved folder or hub id) -> FamilyLSLM."""
     fam = resolve_family(m)
+    system = family_system(m, fam)
     if m.lora:
         raise ManifestError(f"manifest '{m.name}': field 'lora' is not supported for family '{fam.name}' "
                             f"({fam.capabilities()['lora'].reason}). Remove 'lora'.")
@@ -128,7 +148,6 @@ def load_family(m, *, device: torch.device, dtype: torch.dtype, ref, local_only:
                              "the feature extractor (preprocessor_config.json).") from None
     if getattr(tok, "pad_token_id", None) is None and getattr(tok, "eos_token", None) is not None:
         tok.pad_token = tok.eos_token
-    system = m.prompt.get("system", fam.default_system) if isinstance(m.prompt, dict) else fam.default_system
     digest = f"{manifest_digest}-{folder_digest(ref)}-{device.type}-{dtype}".replace("torch.", "")
     return FamilyLSLM(fam, llm, tok, fe, system=system, name=m.name, digest=digest, manifest=m.to_json())
 
