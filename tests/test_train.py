@@ -1267,6 +1267,9 @@ def test_fitted_steps_by_hand(tiny_parts, tmp_path):
     assert fitted_steps(cfg, 5, 1.0, 0.0, 100.0) == 87  # no monitor cost: 82 more steps
     assert fitted_steps(cfg, 5, 0.001, 2.0, 1e6) == 100  # never above the config's count
     assert fitted_steps(cfg, 5, 1.0, 2.0, 10.0) == 5  # nothing fits: stop where it is
+    # a checkpoint costs 2 x the measured resume write (its weights + the resume state), here 2 x 0.5 s: N = 66
+    # costs 61 + 2 x 7 monitors (10..60, 66) + 1 x 7 checkpoints = 82: fits; N = 67 costs 83: does not
+    assert fitted_steps(cfg, 5, 1.0, 2.0, 100.0, save_sec=0.5) == 66
 
 
 def test_fit_step_is_inside_warmup_and_before_the_first_checkpoint(tiny_parts, tmp_path):
@@ -1290,8 +1293,8 @@ def test_a_time_budget_run_is_exactly_the_run_of_the_fitted_step_count(tiny_part
 
     seen = {}
 
-    def four(cfg, done, sec, eval_sec, left):
-        seen.update(allowed=cfg.steps, done=done, sec=sec, left=left)
+    def four(cfg, done, sec, eval_sec, left, save_sec):
+        seen.update(allowed=cfg.steps, done=done, sec=sec, left=left, save_sec=save_sec)
         return 4
 
     monkeypatch.setattr(T, "fitted_steps", four)
@@ -1303,6 +1306,7 @@ def test_a_time_budget_run_is_exactly_the_run_of_the_fitted_step_count(tiny_part
         tr.run()
         runs[tag] = (tr, Path(cfg.out))
     assert seen["allowed"] == 8 and seen["done"] == 2 and seen["sec"] > 0 and 3500 < seen["left"] <= 3600
+    assert seen["save_sec"] > 0  # a resume write was timed (in a scratch folder, removed again)
     (fit, fit_out), (four_, four_out) = runs["fit"], runs["four"]
     assert fit.step == four_.step == 4 and fit.cfg.steps == 4
     assert json.loads((fit_out / "train_config.json").read_text())["steps"] == 4

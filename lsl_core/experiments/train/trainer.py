@@ -376,18 +376,35 @@ class Trainer:
         allowed = c.steps
         secs = self._step_secs[FIT_SKIP:] or self._step_secs  # the first steps warm up caches and kernels
         sec = statistics.median(secs)
+        save_sec = self._time_resume_write()
         left = self.deadline - time.time()
-        steps = fitted_steps(c, self.step, sec, self._eval_sec, left)
+        steps = fitted_steps(c, self.step, sec, self._eval_sec, left, save_sec=save_sec)
         self.cfg = c = dataclasses.replace(c, steps=steps)
         (self.out / CONFIG_NAME).write_text(json.dumps(c.to_dict(), indent=2) + "\n")
         row = {"kind": "fit", "step": self.step, "global_step": self.step_offset + self.step, "steps": steps,
                "sec_per_step": round(sec, 4), "measured_steps": len(secs), "eval_sec": round(self._eval_sec, 2),
-               "seconds_left": round(left, 1)}
+               "save_sec": round(save_sec, 3), "seconds_left": round(left, 1)}
         self._log(row)
         print(f"time budget: {sec:.3f} s a step (median of {len(secs)}), {self._eval_sec:.1f} s a monitor, "
-              f"{left:.0f} s left -> {steps} steps (of at most {allowed}); "
+              f"{2 * save_sec:.1f} s a checkpoint, {left:.0f} s left -> {steps} steps (of at most {allowed}); "
               f"{self.out / CONFIG_NAME} holds the count: resume with --config that file", flush=True)
         return c
+
+
+    def _time_resume_write(self) -> float:
+        """Seconds one resume-state write takes (the run's largest write: weights, optimizer moments), measured by
+        writing one into a scratch folder beside resume_dir, removed again."""
+        import shutil
+
+        real = self.resume_dir
+        self.resume_dir = real.with_name(real.name + ".timing")
+        try:
+            t0 = time.time()
+            save_resume(self)
+            return time.time() - t0
+        finally:
+            shutil.rmtree(self.resume_dir, ignore_errors=True)
+            self.resume_dir = real
 
 
 FIT_AT = 20  # the step count is fitted after this many steps (fewer when warmup or the first checkpoint is earlier)
@@ -408,15 +425,19 @@ def fit_step(cfg: TrainConfig) -> int:
     return at
 
 
-def fitted_steps(cfg: TrainConfig, done: int, sec_per_step: float, eval_sec: float, seconds_left: float) -> int:
+def fitted_steps(cfg: TrainConfig, done: int, sec_per_step: float, eval_sec: float, seconds_left: float,
+                 save_sec: float = 0.0) -> int:
     """The largest step count N in [done, cfg.steps] whose remaining steps (N - done) x sec_per_step plus the
-    monitors still to come (cfg with N steps: eval_steps after `done`, each eval_sec) fit in seconds_left less
-    FIT_MARGIN. `done` when none fits."""
+    monitors still to come (cfg with N steps: eval_steps after `done`, each eval_sec) plus its checkpoints after
+    `done` (each 2 x save_sec: a resume write, and the checkpoint's own weights, bounded by it) fit in seconds_left
+    less FIT_MARGIN. `done` when none fits."""
     budget = seconds_left - FIT_MARGIN[0] - FIT_MARGIN[1] * max(0.0, seconds_left)
 
     def cost(n: int) -> float:
-        evals = sum(s > done for s in dataclasses.replace(cfg, steps=n).eval_steps())
-        return (n - done) * sec_per_step + evals * eval_sec
+        c = dataclasses.replace(cfg, steps=n)
+        evals = sum(s > done for s in c.eval_steps())
+        saves = sum(s > done for s in c.checkpoint_steps())
+        return (n - done) * sec_per_step + evals * eval_sec + saves * 2 * save_sec
 
     lo, hi = done, cfg.steps  # cost rises with n: the largest n with cost(n) <= budget
     if cost(hi) <= budget:
