@@ -39,6 +39,8 @@ class NpzJsonStore:
 
     def read(self, key: str) -> tuple[dict, dict] | None:
         """(json fields, array fields) of an entry, or None when it is missing or torn (recompute)."""
+        import zipfile
+
         import numpy as np
 
         npz, js = self.paths(key)
@@ -48,19 +50,41 @@ class NpzJsonStore:
             meta = json.loads(js.read_text())
             with np.load(npz, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # a truncated npz is not a zip, or ends early
             return None
-        return meta, arrays
+        return (meta, arrays) if isinstance(meta, dict) else None
 
     def write(self, key: str, obj, skip: tuple[str, ...] = ()) -> None:
-        """Store dataclass `obj`: array fields -> npz (written first, atomically), the others -> json;
-        fields named in `skip` that are not arrays are left out (the reader supplies them)."""
+        """Store dataclass `obj`: array fields -> npz, the others -> json; fields named in `skip` that are
+        not arrays are left out (the reader supplies them).
+
+        Each file is written to its own temp file and renamed into place, so concurrent writers of one key
+        never share a half-written file; the old json is removed before the new npz lands, so a crash between
+        the two renames leaves an entry that reads as missing, never new arrays under old fields.
+        """
         import numpy as np
 
         npz, js = self.paths(key)
         arrays = {f.name: getattr(obj, f.name) for f in fields(obj) if isinstance(getattr(obj, f.name), np.ndarray)}
         meta = {f.name: getattr(obj, f.name) for f in fields(obj) if f.name not in arrays and f.name not in skip}
-        tmp = npz.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(npz)
-        js.write_text(json.dumps(meta))
+        tmp_npz = self._temp(npz)
+        try:
+            with tmp_npz.open("wb") as fh:
+                np.savez(fh, **arrays)
+            js.unlink(missing_ok=True)
+            os.replace(tmp_npz, npz)
+        finally:
+            tmp_npz.unlink(missing_ok=True)
+        tmp_js = self._temp(js)
+        try:
+            tmp_js.write_text(json.dumps(meta))
+            os.replace(tmp_js, js)
+        finally:
+            tmp_js.unlink(missing_ok=True)
+
+    @staticmethod
+    def _temp(path: Path) -> Path:
+        """A temp name next to `path`, unique per write (any process, any thread)."""
+        import uuid
+
+        return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

@@ -1,7 +1,7 @@
 """Audio decoding and validation: anything in, 16 kHz mono float32 out, or one clear AudioError.
 
 Two layers, kept apart on purpose:
-  prepare_audio   format sanity (numeric, finite, non-empty, <= 30 s, resampled to 16 kHz). The
+  prepare_audio   format sanity (numeric, finite, scaled, non-empty, <= MAX_SECONDS, 16 kHz). The
                   encoder path calls it, so controls can still analyse silence on purpose.
   check_speech    content sanity for user input (uploads and files of a sample set): a clip with no
                   speech energy is refused, very short speech gets a warning the app shows.
@@ -32,6 +32,9 @@ SILENCE_DBFS = -50.0  # THE speech-energy threshold: loudest 100 ms window below
 SPEECH_WINDOW_S = 0.1  # window of the level measurement (about one syllable)
 FRAME_S = 0.02  # frame of the active-speech span (one Whisper encoder frame)
 SHORT_SPEECH_S = 0.5  # active speech shorter than this warns: a question needs more than one word
+FLOAT_PEAK_MAX = 16.0  # float samples beyond this (24 dB over full scale) are integer PCM left unscaled: refused.
+#   Overs of a float WAV stay far below it; int16 PCM cast to float peaks in the hundreds or thousands, and Whisper's
+#   log-mel is not scale-free (an unscaled int16 clip shifts every feature by log10(32768²)/4 ≈ 2.3).
 
 
 def load_audio_file(source: str | Path | bytes) -> tuple[np.ndarray, int]:
@@ -69,20 +72,21 @@ def _decode_reason(exc: Exception) -> str:
 def prepare_audio(audio: np.ndarray, sr: int, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """Validate and convert audio to the encoder's input: mono float32 at 16 kHz, shape [n].
 
-    Stereo/multichannel ([n, ch] or [ch, n] with ch <= 8) is averaged to mono; any sample rate
-    is resampled with a polyphase filter. Raises AudioError for empty, silent-length, NaN/inf or
-    over-long audio, naming the fix.
+    Stereo/multichannel ([n, ch] or [ch, n]; the shorter axis is the channels) is averaged to mono;
+    integer PCM is scaled as soundfile scales it (signed / 2^(bits-1), unsigned centred first); any
+    sample rate is resampled with a polyphase filter. Raises AudioError for empty, too-short, NaN/inf,
+    unscaled (float peak > FLOAT_PEAK_MAX) or over-long audio, naming the fix.
     """
     a = np.asarray(audio)
     if a.dtype.kind not in "fiu":
         raise AudioError(f"Audio must be numeric samples, got dtype {a.dtype}. Decode the file first.")
     if not isinstance(sr, (int, np.integer)) or sr <= 0:
         raise AudioError(f"Sample rate must be a positive integer, got {sr!r}.")
-    if a.dtype.kind in "iu":  # integer PCM -> [-1, 1]
-        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
+    if a.dtype.kind in "iu":
+        a = _pcm_to_float(a)
     a = a.astype(np.float32, copy=False)
     if a.ndim == 2:
-        ch_axis = 1 if a.shape[1] <= 8 else 0  # [n, ch] (soundfile) or [ch, n]
+        ch_axis = 1 if a.shape[1] <= a.shape[0] else 0  # channels are the short axis: [n, ch] (soundfile) or [ch, n]
         a = a.mean(axis=ch_axis)
     if a.ndim != 1:
         raise AudioError(f"Audio must be 1-D (mono) or 2-D (channels), got shape {tuple(a.shape)}.")
@@ -90,6 +94,12 @@ def prepare_audio(audio: np.ndarray, sr: int, max_seconds: float = MAX_SECONDS) 
         raise AudioError("Audio is empty (zero samples). Record or upload a non-empty clip.")
     if not np.isfinite(a).all():
         raise AudioError("Audio contains NaN or infinite samples. Re-export the file.")
+    peak = float(np.abs(a).max())
+    if peak > FLOAT_PEAK_MAX:
+        raise AudioError(
+            f"Audio samples reach {peak:.0f}, but float audio lies in [-1, 1]: this looks like integer PCM stored as "
+            "float. Pass the integer array itself, or divide by 32768 (16-bit) or 2147483648 (32-bit) first."
+        )
     if sr != TARGET_SR:
         from math import gcd
 
@@ -110,6 +120,15 @@ def prepare_audio(audio: np.ndarray, sr: int, max_seconds: float = MAX_SECONDS) 
             "the encoder needs at least 20 ms. Record or upload the whole spoken question."
         )
     return a
+
+
+def _pcm_to_float(a: np.ndarray) -> np.ndarray:
+    """Integer PCM -> float32 in [-1, 1), as soundfile reads it: signed / 2^(bits-1); unsigned (8-bit WAV)
+    is offset binary, centred on 2^(bits-1) first."""
+    info = np.iinfo(a.dtype)
+    half = float(info.max // 2 + 1) if a.dtype.kind == "u" else -float(info.min)  # 2^(bits-1)
+    centred = a.astype(np.float64) - half if a.dtype.kind == "u" else a.astype(np.float64)
+    return (centred / half).astype(np.float32)
 
 
 def audio_digest(audio: np.ndarray) -> str:

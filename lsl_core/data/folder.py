@@ -2,7 +2,9 @@
 
 questions.csv columns: file (audio path relative to the folder), question (the typed question),
 answers (optional, several separated by '|'), accent (optional label). Ids are the file paths
-without extension. Audio (wav/flac/ogg, any rate, mono or stereo) is decoded lazily to 16 kHz mono.
+without extension. Audio (wav/flac/ogg/mp3, any rate, mono or stereo) is decoded lazily to 16 kHz mono.
+UTF-8 (a BOM is fine), any line endings; a field holding a comma must be in double quotes (a row with more
+fields than the header is refused, never silently cut); rows with no text are skipped.
 """
 
 from __future__ import annotations
@@ -19,9 +21,30 @@ OPTIONAL_COLUMNS = ("answers", "accent")
 _SCHEMA = "file,question[,answers,accent] (answers separated by '|')"
 
 
+def _read_csv(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line number, fields)]) of a UTF-8 CSV (BOM and CRLF allowed); rows with no text are skipped."""
+    try:
+        with csv_path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None) or []
+            rows = [(reader.line_num, values) for values in reader if any(v.strip() for v in values)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{csv_path} is not a readable UTF-8 CSV file ({exc}). Save it as CSV (UTF-8).") from None
+    return header, rows
+
+
+def _resolve(folder: Path, file: str) -> tuple[str, Path]:
+    """(file as named, its path under folder); a Windows path (sub\\clip.wav) is read with '/' when only that exists."""
+    path = folder / file
+    if not path.is_file() and "\\" in file and (folder / file.replace("\\", "/")).is_file():
+        file = file.replace("\\", "/")
+        path = folder / file
+    return file, path
+
+
 def load_folder(folder: str | Path) -> SampleSet:
     """Samples from <folder>/questions.csv and the audio files it names."""
-    folder = Path(folder).expanduser()
+    folder = Path(folder).expanduser().absolute()  # audio is decoded later: not against a later CWD
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise DataError(f"Sample folder {folder} {what}. Give a folder with audio files and {CSV_NAME}.")
@@ -31,34 +54,36 @@ def load_folder(folder: str | Path) -> SampleSet:
             raise DataError(f"No {CSV_NAME} in {folder}, but a manifest.jsonl (a set written by `synth --out`): "
                             f"open it as manifest:{folder}.")
         raise DataError(f"No {CSV_NAME} in {folder}. Create it with the columns {_SCHEMA}.")
-    try:
-        with csv_path.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip().lower(): (v or "").strip() if isinstance(v, str) else v
-                     for k, v in row.items()} for row in reader]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{csv_path} is not a readable UTF-8 CSV file ({exc}). Save it as CSV (UTF-8).") from None
+    header, rows = _read_csv(csv_path)
+    columns = [c.strip().lower() for c in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise DataError(f"{csv_path} has no column {', '.join(repr(c) for c in missing)} (found: "
                         f"{', '.join(columns) or 'none'}). Expected columns {_SCHEMA}.")
     if not rows:
         raise DataError(f"{csv_path} has a header but no rows; add one row per audio file.")
-    records, absent, seen = [], [], set()
-    for n, row in enumerate(rows, 2):  # line 1 is the header
+    records, absent, seen = [], [], {}
+    for n, values in rows:
+        if len(values) > len(columns) and any(v.strip() for v in values[len(columns):]):
+            raise DataError(f"{csv_path} line {n} has more fields than the header ({len(values)} > {len(columns)}): "
+                            "a comma inside an unquoted question or answer? Put that field in double quotes.")
+        row = {c: v.strip() for c, v in zip(columns, values)}
         file, question = row.get("file") or "", row.get("question") or ""
         if not file or not question:
             raise DataError(f"{csv_path} line {n}: empty {'file' if not file else 'question'}; "
                             "every row needs an audio file and its typed question.")
-        path = folder / file
+        file, path = _resolve(folder, file)
         if not path.is_file():
             absent.append(file)
             continue
         sid = Path(file).with_suffix("").as_posix()
         if sid in seen:
-            raise DataError(f"{csv_path} line {n}: {file} is listed twice; list each audio file once.")
-        seen.add(sid)
+            first = seen[sid]
+            if (folder / first).resolve() == path.resolve():
+                raise DataError(f"{csv_path} line {n}: {file} is listed twice; list each audio file once.")
+            raise DataError(f"{csv_path} line {n}: {first} and {file} would get the same id {sid!r} (ids are the "
+                            "paths without extension); rename one of the files.")
+        seen[sid] = file
         answers = tuple(a.strip() for a in (row.get("answers") or "").split("|") if a.strip())
         records.append(SampleRecord(id=sid, question=question, load_audio=audio_file_loader(path, file),
                                     answers=answers, accent=row.get("accent") or "", source="folder",

@@ -52,12 +52,16 @@ def _path(name: str) -> Path:
 def _read_jsonl(name: str) -> tuple[SDQAQuestion, ...]:
     p = _path(name)
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), 1):  # a BOM is not JSON
         if not line.strip():
             continue
         try:
             row = json.loads(line)
             answers = row["answers"]
+            if not isinstance(answers, list):  # a bare string would become one answer per letter
+                raise TypeError(f"answers is {type(answers).__name__}, not a list")
+            if not isinstance(row["question"], str) or not row["question"].strip():
+                raise TypeError(f"question is {row['question']!r}, not text")
             out.append(SDQAQuestion(str(row["example_id"]), str(row["question"]).strip(),
                                     tuple(str(a) for a in answers), str(row.get("split", ""))))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
@@ -84,7 +88,7 @@ def _train_questions() -> tuple[SDQAQuestion, ...]:
     dev_ids = {q.example_id for q in dev}
     dev_texts = {q.question.strip().lower() for q in dev}
     out = []
-    with p.open(encoding="utf-8", newline="") as fh:
+    with p.open(encoding="utf-8-sig", newline="") as fh:
         rows = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(rows, None)
         if not header or len(header) < 3 or header[0] != "ID":

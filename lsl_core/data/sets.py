@@ -33,10 +33,33 @@ SPEC_FORMS = "sd-qa-mini, voicebench:<folder>, folder:<dir>, manifest:<dir>"
 _MANIFEST_REQUIRED = ("id", "question", "audio")
 
 
+def _manifest_row(manifest: Path, n: int, line: str) -> dict:
+    """One manifest.jsonl line -> its row (a JSON object with id, question, audio), or one DataError naming line n."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{manifest} line {n} is not valid JSON ({exc}).") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{manifest} line {n} is not a JSON object; every row is {{\"id\": ..., \"question\": ..., "
+                        "\"audio\": ...}.")
+    absent = [k for k in _MANIFEST_REQUIRED if row.get(k) is None or not str(row[k]).strip()]
+    if absent:
+        raise DataError(f"{manifest} line {n} lacks {', '.join(absent)}; every row needs "
+                        f"{', '.join(_MANIFEST_REQUIRED)} (plus optional answers, voice, accent).")
+    if not isinstance(row["audio"], str):
+        raise DataError(f"{manifest} line {n}: 'audio' must be a relative path (text), got {row['audio']!r}.")
+    answers = row.get("answers")
+    if answers is not None and not (isinstance(answers, str)
+                                    or (isinstance(answers, list) and all(isinstance(a, (str, int, float))
+                                                                          for a in answers))):
+        raise DataError(f"{manifest} line {n}: 'answers' must be a text or a list of texts, got {answers!r}.")
+    return row
+
+
 def load_manifest_set(folder: str | Path, name: str | None = None) -> SampleSet:
     """A folder with manifest.jsonl (rows: id, question, audio [relative path], answers, voice, accent,
     ...) and optional set.json, as written by `python -m lsl_core synth`."""
-    folder = Path(folder).expanduser()
+    folder = Path(folder).expanduser().absolute()  # audio is decoded later: not against a later CWD
     manifest = folder / "manifest.jsonl"
     if not manifest.is_file():
         raise DataError(f"No manifest.jsonl in {folder}. Build the set with `python -m lsl_core synth "
@@ -44,22 +67,24 @@ def load_manifest_set(folder: str | Path, name: str | None = None) -> SampleSet:
     info = {}
     if (folder / "set.json").is_file():
         try:
-            info = json.loads((folder / "set.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+            info = json.loads((folder / "set.json").read_text(encoding="utf-8-sig"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{folder / 'set.json'} is not valid JSON ({exc}); regenerate the set.") from None
+        info = info if isinstance(info, dict) else {}
     name = name or info.get("name") or folder.name
-    records, missing = [], []
-    for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+    records, missing, lines_of = [], [], {}
+    try:
+        lines = manifest.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Windows editors) is not JSON
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{manifest} is not UTF-8 text ({exc}); save it as UTF-8.") from None
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{manifest} line {n} is not valid JSON ({exc}).") from None
-        absent = [k for k in _MANIFEST_REQUIRED if not row.get(k)]
-        if absent:
-            raise DataError(f"{manifest} line {n} lacks {', '.join(absent)}; every row needs "
-                            f"{', '.join(_MANIFEST_REQUIRED)} (plus optional answers, voice, accent).")
+        row = _manifest_row(manifest, n, line)
+        if str(row["id"]) in lines_of:
+            raise DataError(f"{manifest} line {n}: id {str(row['id'])!r} is also on line {lines_of[str(row['id'])]}; "
+                            "ids must be unique (regenerate the set or rename one).")
+        lines_of[str(row["id"])] = n
         path = folder / row["audio"]
         if not path.is_file():
             missing.append(row["audio"])

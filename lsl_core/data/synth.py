@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -83,11 +84,25 @@ def _voice_file(language: str) -> str:
     raise DataError(f"espeak-ng has no voice {language!r}; `espeak-ng --voices=en` lists them.")
 
 
+@lru_cache(maxsize=1)
+def _variants() -> frozenset[str]:
+    """Names of the installed espeak-ng voice variants ("m3", "klatt", "Alex"; `espeak-ng --voices=variant`)."""
+    out = subprocess.run([_espeak(), "--voices=variant"], capture_output=True, text=True, check=False).stdout
+    rows = [ln.split() for ln in out.splitlines()[1:]]  # Pty Language Age/Gender VoiceName File (!v/m3)
+    return frozenset(cols[4].split("/", 1)[-1] for cols in rows if len(cols) >= 5)
+
+
 def _voice_arg(voice: str) -> str:
-    """What `espeak-ng -v` takes for a voice name, with a variant resolved onto its voice file."""
+    """What `espeak-ng -v` takes for a voice name, with a variant resolved onto its voice file.
+
+    espeak-ng speaks an unknown variant as the plain voice without a word, so the variant is checked here.
+    """
     if "+" not in voice:
         return voice
     language, variant = voice.split("+", 1)
+    if variant not in _variants():
+        raise DataError(f"espeak-ng has no voice variant {variant!r} (in {voice!r}); `espeak-ng --voices=variant` "
+                        "lists them (m1..m8, f1..f5, klatt, ...).")
     return f"{_voice_file(language)}+{variant}"
 
 
@@ -119,7 +134,7 @@ def synthesize(text: str, voice: str, speed: int | None = None, pitch: int | Non
     # text on stdin, never on the command line: a question starting with "-" is not an option
     proc = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True, check=False)
     if proc.returncode != 0 or len(proc.stdout) <= 44:
-        msg = proc.stderr.decode("utf-8", "replace").strip() or f"exit status {proc.returncode}"
+        msg = proc.stderr.decode("utf-8", "replace").strip().rstrip(".") or f"exit status {proc.returncode}"
         raise DataError(f"espeak-ng failed for voice {voice!r}: {msg}. Check the voice name "
                         "(`espeak-ng --voices=en`); MBROLA voices are not supported.")
     import soundfile as sf
@@ -160,13 +175,17 @@ def phonemes(words: list[str], voice: str = "en-us") -> list[tuple[str, ...]]:
 
 
 def write_flac(path: Path, audio: np.ndarray) -> None:
-    """Write 16 kHz mono audio as FLAC PCM_16, atomically (temp file + rename)."""
+    """Write 16 kHz mono audio as FLAC PCM_16, atomically (a temp file of this process and thread + rename)."""
     import soundfile as sf
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    sf.write(str(tmp), np.asarray(audio, dtype=np.float32), TARGET_SR, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, path)
+    # threads of one run may write one path (two questions with the same text): a temp file per thread
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        sf.write(str(tmp), np.asarray(audio, dtype=np.float32), TARGET_SR, format="FLAC", subtype="PCM_16")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_flac(path: Path) -> np.ndarray:
@@ -218,6 +237,23 @@ def _map(fn, jobs: list, workers: int, progress: str | None) -> list:
 
 
 # ------------------------------------------------------------------ the shipped set
+def _manifest_audio(manifest: Path) -> set[Path]:
+    """The FLAC files a previous build listed in `manifest` (empty when it is missing or unreadable)."""
+    out: set[Path] = set()
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines() if manifest.is_file() else []
+    except (OSError, UnicodeDecodeError):
+        return out
+    for line in lines:
+        try:
+            rel = json.loads(line).get("audio")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(rel, str) and rel.startswith("audio/") and rel.endswith(".flac") and ".." not in rel:
+            out.add(manifest.parent / rel)
+    return out
+
+
 def build_mini_set(out_dir: str | Path, questions: Sequence, voices: Sequence[str] = MINI_VOICES, *,
                    speed: int | None = None, unseen_voice: str | None = None, name: str = MINI_SET,
                    workers: int = 2, progress: bool = False) -> Path:
@@ -225,7 +261,8 @@ def build_mini_set(out_dir: str | Path, questions: Sequence, voices: Sequence[st
 
     Writes audio/<voice>/<example_id>.flac (16 kHz mono FLAC PCM_16), manifest.jsonl (one row per
     clip, question-major, voices in the given order) and set.json (voices, counts, licence).
-    FLAC files under out_dir/audio that are not in the new manifest are removed.
+    FLAC files the previous manifest.jsonl listed that the new one does not are removed; files this
+    function never wrote (a user's own audio under out_dir) are left alone.
     """
     out = Path(out_dir)
     vs = _voices(voices)
@@ -250,12 +287,11 @@ def build_mini_set(out_dir: str | Path, questions: Sequence, voices: Sequence[st
             "duration_s": round(audio.size / TARGET_SR, 3), "synthetic": True, "split": split,
         }
 
-    rows = _map(make, jobs, workers, f"synth {name}" if progress else None)
-    keep = {out / r["audio"] for r in rows}
-    for old in sorted((out / "audio").glob("*/*.flac")):
-        if old not in keep:
-            old.unlink()
     manifest = out / "manifest.jsonl"
+    written_before = _manifest_audio(manifest)
+    rows = _map(make, jobs, workers, f"synth {name}" if progress else None)
+    for old in sorted(written_before - {out / r["audio"] for r in rows}):
+        old.unlink(missing_ok=True)
     manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     n_bytes = sum((out / r["audio"]).stat().st_size for r in rows)
     meta = {
@@ -287,6 +323,18 @@ def _cache_path(text: str, voice: str, speed: int | None) -> Path:
     return cache_dir("synth", f"espeak-ng-{version}", voice) / f"{key}.flac"
 
 
+def _cached_clip(text: str, voice: str, speed: int | None) -> np.ndarray:
+    """synthesize(text, voice, speed) through the FLAC cache; an unreadable cached file is made again."""
+    path = _cache_path(text, voice, speed)
+    if path.is_file():
+        try:
+            return read_flac(path)
+        except Exception:  # noqa: BLE001 (a damaged or foreign file: libsndfile errors, DataError) -> regenerate
+            pass
+    write_flac(path, synthesize(text, voice, speed))
+    return read_flac(path)
+
+
 def synth_training_set(questions: Sequence, voices: Sequence[str] = TRAIN_VOICES, cache: bool = True, *,
                        speed: int | None = None, workers: int = 2, progress: bool = False) -> list[Sample]:
     """Samples for training: every question × voice, as 16 kHz float32 audio (question-major order).
@@ -303,10 +351,7 @@ def synth_training_set(questions: Sequence, voices: Sequence[str] = TRAIN_VOICES
     def make(job):
         (qid, text, answers, split), voice = job
         if cache:
-            path = _cache_path(text, voice, speed)
-            if not path.is_file():
-                write_flac(path, synthesize(text, voice, speed))
-            audio = read_flac(path)
+            audio = _cached_clip(text, voice, speed)
         else:
             audio = synthesize(text, voice, speed)
         return Sample(id=f"{qid}__{voice}", audio=audio, sr=TARGET_SR, question=" ".join(text.split()),
