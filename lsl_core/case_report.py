@@ -139,6 +139,14 @@ def case_report_html(sample, analysis, answers: Mapping, *, condition: str, laye
     transcript = answers.get("transcript")
 
     # ---- figures
+    # the interventions target the argmax path of the unedited states (interventions.plan); with another analysis
+    # path the heatmap boxes an edited token's path cell only where its frame was edited (viz.token_heatmap)
+    other_path = edited is not None and analysis.path_method != "argmax"
+    path_note = (f'<p class="meta">The intervention edited the frames that the <b>argmax path</b> of the unedited '
+                 f"states picks for its tokens (<code>interventions.plan</code>); the heatmap draws the "
+                 f"{_e(analysis.path_method)} path, so an edited token's cell on it is boxed only where its frame "
+                 f"was edited (edited tokens: "
+                 f"{_e(', '.join(repr(t) for t in edited.get('token_text', [])) or '—')}).</p>" if other_path else "")
     fig_heat = viz.token_heatmap(
         analysis, layer, metric, edited=edited,
         title=(f"Layer ℓ = {layer} ({metric}, {analysis.path_method} path)"
@@ -187,7 +195,8 @@ def case_report_html(sample, analysis, answers: Mapping, *, condition: str, laye
            if transcript is not None else "<p class=\"meta\">ASR transcript: not computed.</p>") + "</section>",
         f'<section id="answers"><h2>Answers side by side</h2><div class="grid">{"".join(cards)}</div></section>',
         f'<section id="heatmap"><h2>Frames × tokens at the edited layer, with the alignment path</h2>'
-        f'{_figure(fig_heat, "fig-heatmap")}<h3>Alignment path at layer {layer} ({metric})</h3>'
+        f'{_figure(fig_heat, "fig-heatmap")}{path_note}'
+        f"<h3>Alignment path at layer {layer} ({metric}, {_e(analysis.path_method)})</h3>"
         + _table(["token j", "token", "frame i*_j", "frame start (s)", metric], path_rows, left=2) + "</section>",
         '<section id="curves"><h2>Curves across layers</h2>'
         + "".join(_figure(f, i) for i, f in figs) + "</section>",

@@ -64,11 +64,6 @@ class _StepProgress:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def _shifted(plan: "EditPlan", pad: int, T: int) -> "EditPlan":
-    """The plan for its row of a left-padded batch: positions move right by `pad`, the prefill has length T."""
-    return dataclasses.replace(plan, span_start=plan.span_start + pad, prompt_len=T, _device_cache={})
-
-
 @torch.no_grad()
 def _generate_batch(model: "LSLM", rows: Sequence[GenerationRow],
                   progress: Callable[[float], None] | None = None) -> list[str]:
@@ -78,7 +73,7 @@ def _generate_batch(model: "LSLM", rows: Sequence[GenerationRow],
 
     Prompts [1, T_b, d] are left padded to T = max T_b (padding masked, positions from the mask, as
     `model.batch.prompt_batch`); row b's plans edit only row b, at their positions shifted by its
-    padding, on the prefill pass only. Every row decodes max_b max_new_tokens steps; row b keeps its
+    padding (EditPlan.apply), on the prefill pass only. Every row decodes max_b max_new_tokens steps; row b keeps its
     first max_new_tokens[b] tokens up to its first end-of-turn token (greedy: the same tokens as a
     shorter run). Answers come back in row order.
     """
@@ -88,25 +83,19 @@ def _generate_batch(model: "LSLM", rows: Sequence[GenerationRow],
 
     if not rows:
         return []
-    T = max(int(r.prompt.inputs_embeds.shape[1]) for r in rows)  # the batch's length after left padding
-    plans, plan_rows = [], []
+    plans, plan_rows = [], []  # each plan shifts itself by its row's left padding (EditPlan.apply)
     for b, r in enumerate(rows):
-        pad = T - int(r.prompt.inputs_embeds.shape[1])
         for p in r.plans:
-            plans.append(_shifted(p, pad, T))
+            plans.append(p)
             plan_rows.append([b])
     steps = max(int(r.max_new_tokens) for r in rows)
     # the one generation path (LSLM.generate_ids): one batch, rows in input order (the hooks are per row)
     out = model.generate_ids([r.prompt for r in rows], steps, batch_size=len(rows), sort=False,
                              edit=intervention_hooks(model, plans, plan_rows),
                              stopping_criteria=StoppingCriteriaList([_StepProgress(steps, progress)]))
-    eos = model.eos_id
-    answers = []
-    for r, ids in zip(rows, out):
-        ids = ids[: int(r.max_new_tokens)]
-        ids = ids[: ids.index(eos) + 1] if eos in ids else ids
-        answers.append(model.tokenizer.decode(ids, skip_special_tokens=True).strip())
-    return answers
+    # each row already ends at its first stop token (generate_ids); a row's first max_new_tokens[b] of them are
+    # what a run of that length gives (greedy)
+    return [model.decode(ids[: int(r.max_new_tokens)]) for r, ids in zip(rows, out)]
 
 
 @torch.no_grad()

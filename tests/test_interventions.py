@@ -31,7 +31,8 @@ def _sample(seconds: float = 1.3, q: str = QUESTION, sid: str = "s1", answers=("
 
 # ============================================================================ independent reference
 def _reference_plan(states: HiddenStates, iv: Intervention) -> tuple[list[int], np.ndarray | None]:
-    """Frames and mean targets t̄ [n, d] by explicit loops in float64 (bottom/all targets only)."""
+    """Frames and targets t̃ [n, d] (direction of the frame's tokens' mean state, their mean norm) by explicit
+    loops in float64 (bottom/all targets only)."""
     hs = states.speech[iv.layer].double().numpy()  # [Ts, d]
     ht = states.text[iv.layer].double().numpy()  # [Tt, d]
     ts, tt = hs.shape[0], ht.shape[0]
@@ -47,8 +48,14 @@ def _reference_plan(states: HiddenStates, iv: Intervention) -> tuple[list[int], 
     tokens = sorted(range(tt), key=lambda j: (quality[j], j))
     tokens = tokens[: iv.k] if iv.target == "bottom" else tokens
     frames = sorted({path[j] for j in tokens})
-    targets = np.stack([np.mean([ht[j] for j in tokens if path[j] == f], axis=0) for f in frames]) if frames else None
-    return frames, targets
+    targets = [_target_ref([ht[j] for j in tokens if path[j] == f]) for f in frames]
+    return frames, (np.stack(targets) if frames else None)
+
+
+def _target_ref(ts_f: list) -> np.ndarray:
+    """A frame's target from its tokens' states (float64 [d] each): their mean's direction, their mean norm."""
+    mean = np.mean(ts_f, axis=0)
+    return mean / np.linalg.norm(mean) * np.mean([np.linalg.norm(t) for t in ts_f])
 
 
 def _formula(op: str, s: np.ndarray, t: np.ndarray | None, stats=None) -> np.ndarray:
@@ -241,7 +248,8 @@ def test_plan_matches_the_hand_reference(tiny_model, metric, target):
 
 
 def test_frame_shared_by_tokens_moves_towards_their_mean():
-    """Two tokens on one frame: the frame is edited once, towards the mean of the two text states."""
+    """Two tokens on one frame: the frame is edited once, towards the direction of the mean of the two text
+    states with their mean norm (1 here)."""
     d = 4
     text = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0]])[None]  # [1, Tt=3, d]
     speech = torch.tensor([[1.0, 1.0, 0, 0], [0, 0, 0, 2.0]])[None]  # frame 0 best for tokens 0,1; frame 1 for 2
@@ -249,7 +257,7 @@ def test_frame_shared_by_tokens_moves_towards_their_mean():
                           ["a", "b", "c"])
     plan = plan_intervention(Intervention("angle", "all"), states, slice(5, 7), 10)
     assert plan.frames == (0, 1) and plan.frame_tokens == ((0, 1), (2,))
-    torch.testing.assert_close(plan.targets, torch.tensor([[0.5, 0.5, 0, 0], [0, 0, 0, 1.0]]))
+    torch.testing.assert_close(plan.targets, torch.tensor([[0.5 ** 0.5, 0.5 ** 0.5, 0, 0], [0, 0, 0, 1.0]]))
     h = torch.arange(10 * d, dtype=torch.float32).reshape(1, 10, d)
     out = plan.apply(h)
     s0 = h[0, 5]
@@ -590,7 +598,7 @@ def test_random_target_edits_the_path_frames_of_k_distinct_tokens(tiny_model):
     hs, ht = states.speech[1].double().numpy(), states.text[1].double().numpy()
     path = _loop_path(hs, ht)
     assert list(plan.frames) == sorted({path[j] for j in plan.tokens})
-    want = [np.mean([ht[j] for j in plan.tokens if path[j] == f], axis=0) for f in plan.frames]
+    want = [_target_ref([ht[j] for j in plan.tokens if path[j] == f]) for f in plan.frames]
     np.testing.assert_allclose(plan.targets.double().numpy(), np.stack(want), rtol=1e-5, atol=1e-6)
     again = plan_intervention(iv, states, speech_prompt.span, speech_prompt.inputs_embeds.shape[1])
     assert again.tokens == plan.tokens, "the draw is fixed per sample"

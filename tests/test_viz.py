@@ -69,17 +69,23 @@ def test_heatmap_distance_final_layer_and_bad_layer():
 
 def test_heatmap_highlights_edited_frames_and_tokens():
     a = _analysis()
-    fig = viz.token_heatmap(a, 1, edited={"frames": [2, 4], "tokens": [1]})
+    f1 = int(a.path_cos[1][1])  # token 1's path frame at layer 1
+    other = next(f for f in range(len(a.frame_times)) if f != f1)
+    fig = viz.token_heatmap(a, 1, edited={"frames": [f1, other], "tokens": [1]})
     frame_bands = [s for s in fig.layout.shapes if s.x0 == -0.5 and s.x1 == 3.5]
     assert len(frame_bands) == len(fig.layout.shapes) == 4  # each band drawn white under black dashes
-    assert {round(s.y0, 6) for s in frame_bands} == {0.2, 0.4}
+    assert {round(s.y0, 6) for s in frame_bands} == {round(a.frame_times[f1], 6), round(a.frame_times[other], 6)}
     assert fig.layout.xaxis.ticktext[1] == "<b>was*</b>" and "edited" in fig.layout.xaxis.title.text
     boxes = [t for t in fig.data if t.name == "edited frame/token"]
     assert len(boxes) == 2 and [t.showlegend for t in boxes] == [False, True]
     assert list(boxes[1].x) == [1] and boxes[1].marker.symbol == "square-open"
     np.testing.assert_allclose(boxes[1].y, [a.frame_times[a.path_cos[1][1]] + 0.05])
-    same = viz.token_heatmap(a, 1, edited=SimpleNamespace(frames=[2, 4], tokens=[1]))  # attribute form
+    same = viz.token_heatmap(a, 1, edited=SimpleNamespace(frames=[f1, other], tokens=[1]))  # attribute form
     assert len(same.layout.shapes) == len(fig.layout.shapes)
+    # a path cell whose frame the edit left alone (another path than the edit's) is not boxed; the token keeps its *
+    off = viz.token_heatmap(a, 1, edited={"frames": [other], "tokens": [1]})
+    assert [list(t.x) for t in off.data if t.name == "edited frame/token"] == [[], []]
+    assert off.layout.xaxis.ticktext[1] == "<b>was*</b>"
 
 
 def test_layer_curves_mark_final_layer_and_current_layer():

@@ -95,22 +95,31 @@ class Intervention:
         if len(parts) < 2 or len(parts) > 4 or not parts[1]:
             raise LSLError(f"Cannot parse intervention {spec!r}; expected {GRAMMAR}.")
         op, target_part = parts[0], parts[1]
-        metric, pairing = "cosine", "path"
-        layer = 0
+        given: dict[str, str] = {}  # field -> its text, each at most once
+
+        def once(field: str, value: str) -> str:
+            if field in given:
+                raise LSLError(f"Intervention {spec!r}: the {field} is given twice ({given[field]!r} and {value!r}); "
+                               f"give each once: {GRAMMAR}.")
+            given[field] = value
+            return value
+
+        if "@" in target_part:
+            target_part, layer_s = target_part.split("@", 1)
+            once("layer", layer_s)
         for word in parts[2:]:  # each a path metric or a pairing, in any order
             if "@" in word:  # tolerate 'angle:all:distance@4'
                 word, layer_s = word.split("@", 1)
-                layer = _parse_int(layer_s, "layer", spec)
+                once("layer", layer_s)
             if word in PATH_METRICS:
-                metric = word
+                once("metric", word)
             elif word in PAIRINGS:
-                pairing = word
+                once("pairing", word)
             else:
                 raise LSLError(f"Intervention {spec!r}: {word!r} is neither a path metric {PATH_METRICS} nor a "
                                f"pairing {PAIRINGS}; expected {GRAMMAR}.")
-        if "@" in target_part:
-            target_part, layer_s = target_part.split("@", 1)
-            layer = _parse_int(layer_s, "layer", spec)
+        metric, pairing = given.get("metric", "cosine"), given.get("pairing", "path")
+        layer = _parse_int(given["layer"], "layer", spec) if "layer" in given else 0
         if op not in OPERATIONS:
             raise LSLError(f"Intervention {spec!r}: op must be one of {tuple(OPERATIONS)}, got {op!r}; "
                            f"expected {GRAMMAR}.")

@@ -1,10 +1,11 @@
 """Hooks (DESIGN §3): apply EditPlans during the prefill pass of generation, and nothing else.
 
 intervention_hooks registers one forward pre-hook per plan on decoder_layers()[ℓ] (which receives
-hidden_states[ℓ]); each hook edits only the prefill pass (sequence length == prompt length; decode
-steps have length 1), so the KV cache carries the edit into decoding and decoding itself is never
-edited. It removes exactly its own handles in `finally`, also on error. Generation goes through
-LSLM.generate_ids, the one generation path.
+hidden_states[ℓ]); each hook edits only the prefill pass (sequence length >= prompt length; in a
+left-padded batch of longer prompts its positions move right by the padding; decode steps have
+length 1), so the KV cache carries the edit into decoding and decoding itself is never edited. It
+removes exactly its own handles in `finally`, also on error. Generation goes through LSLM.generate_ids,
+the one generation path.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ text target t [n, d] it is moved towards:
     statistical_calibration   s' = (s − μ_s)/σ_s · σ_t + μ_t    per dimension; μ, σ [d] over the spans
 
 Conventions: the math runs in float32 (the caller casts once and casts back); eps-guards:
-angle keeps s when ‖t‖ = 0, length keeps s when ‖s‖ = 0, σ_s is clamped to SIGMA_EPS (a
-constant dimension maps onto μ_t). μ, σ are per-dimension mean and population std (correction 0)
+angle keeps s when ‖t‖ = 0, length keeps s when ‖s‖ = 0, a dimension with σ_s <= SIGMA_EPS
+(constant over the span) maps onto μ_t. μ, σ are per-dimension mean and population std (correction 0)
 over the whole unedited speech span and text span at layer ℓ (`span_statistics`).
 
 OPERATIONS is the registry the planner (which inputs to prepare), the hooks (which formula to
@@ -25,7 +25,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-SIGMA_EPS = 1e-6  # floor for σ_s in calibrate (a constant dimension maps onto μ_t)
+SIGMA_EPS = 1e-6  # σ_s at or below this: calibrate treats the dimension as constant (it maps onto μ_t)
 
 Stats = tuple[Tensor, Tensor, Tensor, Tensor]  # (μ_s, σ_s, μ_t, σ_t), [d] each
 
@@ -48,8 +48,14 @@ def length_normalization(s: Tensor, t: Tensor) -> Tensor:
 
 
 def statistical_calibration(s: Tensor, mu_s: Tensor, sd_s: Tensor, mu_t: Tensor, sd_t: Tensor) -> Tensor:
-    """s' = (s − μ_s)/σ_s · σ_t + μ_t per dimension: s [..., n, d], μ/σ [d] each -> [..., n, d]."""
-    return (s - mu_s) / sd_s.clamp_min(SIGMA_EPS) * sd_t + mu_t
+    """s' = (s − μ_s)/σ_s · σ_t + μ_t per dimension: s [..., n, d], μ/σ [d] each -> [..., n, d].
+
+    A dimension with σ_s <= SIGMA_EPS (constant over the span) maps onto μ_t whatever the live s (which can
+    differ from μ_s after an earlier edit of a composed condition, or by batched rounding); no 1/eps blow-up.
+    """
+    constant = sd_s <= SIGMA_EPS  # [d]
+    z = (s - mu_s) / torch.where(constant, torch.ones_like(sd_s), sd_s)  # [..., n, d] standardized
+    return torch.where(constant, mu_t.expand_as(z), z * sd_t + mu_t)
 
 
 def span_statistics(hs: Tensor, ht: Tensor) -> Stats:
@@ -64,7 +70,7 @@ class Operation:
 
     name: str  # the op in the grammar ('angle' in 'angle:bottom3@0')
     fn: Callable[..., Tensor]  # the formula: fn(s, t) for inputs "targets", fn(s, μ_s, σ_s, μ_t, σ_t) for "statistics"
-    inputs: Literal["targets", "statistics"]  # per-frame text targets t̄ [n, d], or span statistics [d] x 4
+    inputs: Literal["targets", "statistics"]  # per-frame text targets t̃ [n, d] (plan.frame_target), or span stats [d] x 4
     formula: str  # shown in the CLI help and the page
     takes: str  # what the edit takes from the text states (one phrase)
 

@@ -6,8 +6,11 @@ EditPlan.apply(h [B, T, d]) edits a live hidden-state tensor on the prefill pass
 math, one cast back); the hooks (hooks.py) call it.
 
 Conventions (documented choices where DESIGN leaves freedom):
-  - A frame aligned to several targeted tokens is edited once, towards the MEAN of its tokens'
-    text states t̄ = mean_j t_j (angle uses the direction of t̄, length its norm ‖t̄‖).
+  - A frame aligned to several targeted tokens is edited once, towards t̃ = t̄/‖t̄‖ · mean_j ‖t_j‖: the
+    direction of their mean state t̄ = mean_j t_j with their mean norm (`frame_target`). Angle takes the
+    direction of t̄; length a norm the tokens have (‖t̄‖ is smaller than every ‖t_j‖ when their directions
+    differ: about ‖t‖/√m for m unrelated tokens). One token: t̃ = t_j; t̄ = 0 (states that cancel exactly):
+    the direction of the first token with a state ≠ 0.
   - Explicit / span frames are paired with the tokens whose path picks them; a frame no path
     token picks is paired with its best-matching token (row-wise argmax cosine / argmin distance).
   - Statistics ops (calibrate) edit only the targeted frames, with μ, σ over the whole spans
@@ -66,26 +69,43 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
             return perm
 
 
+def frame_target(t: Tensor) -> Tensor:
+    """The target of a frame aligned to m tokens: their states t [m, d] -> t̃ [d] = t̄/‖t̄‖ · mean_j ‖t_j‖, float32
+    (t̄ = mean_j t_j; t̃ = t_j for m = 1; when t̄ = 0, the first nonzero t_j's direction; 0 when every t_j = 0)."""
+    t = t.float()
+    if t.shape[0] == 1:
+        return t[0]
+    norms = torch.linalg.vector_norm(t, dim=-1)  # [m]
+    direction = t.mean(0)  # [d] t̄
+    if not bool(torch.linalg.vector_norm(direction) > 0):
+        nonzero = (norms > 0).nonzero()
+        if len(nonzero) == 0:
+            return direction  # every state is 0
+        direction = t[int(nonzero[0])]
+    return direction / torch.linalg.vector_norm(direction) * norms.mean()
+
+
 # =============================================================================== the plan
 @dataclass(frozen=True, eq=False)
 class EditPlan:
     """An Intervention resolved on one sample: prompt positions and what to write there.
 
     frames are query-frame indices (ascending); positions = span_start + frames in the prompt.
-    targets [n, d] float32 (ops with inputs "targets"): the mean text state t̄ of each frame's tokens.
+    targets [n, d] float32 (ops with inputs "targets"): each frame's target t̃ (`frame_target`: the direction of
+    its tokens' mean state, their mean norm).
     stats (ops with inputs "statistics"): μ_s, σ_s, μ_t, σ_t, each [d] float32, over the unedited
     spans at layer ℓ (ops.span_statistics).
     """
 
     intervention: Intervention
     span_start: int  # first query position in the prompt
-    prompt_len: int  # T of the prompt: the hook edits only a pass of this length (the prefill)
+    prompt_len: int  # T of the prompt: the hook edits a pass at least this long (the prefill; longer = left padded)
     frames: tuple[int, ...]  # [n] edited query-frame indices
     frame_times: tuple[float, ...]  # [n] start time (s) of each edited frame
     frame_tokens: tuple[tuple[int, ...], ...]  # [n] text tokens each frame is moved towards (targets ops)
     tokens: tuple[int, ...]  # targeted text tokens (bottom-k worst first; else ascending); of the donor for "other"
     token_strings: tuple[str, ...]  # display strings of `tokens`
-    targets: Tensor | None = None  # [n, d] float32 (ops with inputs "targets")
+    targets: Tensor | None = None  # [n, d] float32 t̃ per frame (ops with inputs "targets")
     stats: Stats | None = None  # (μ_s, σ_s, μ_t, σ_t) [d] each (ops with inputs "statistics")
     _device_cache: dict = field(default_factory=dict, repr=False)
 
@@ -118,12 +138,15 @@ class EditPlan:
     def apply(self, h: Tensor, rows: Sequence[int] | None = None) -> Tensor:
         """Live hidden states h [B, T, d] -> edited copy on the prefill pass; h itself otherwise.
 
+        The prefill is a pass with T >= prompt_len; T > prompt_len is a left-padded batch (generation's one
+        pad rule, LSLM.generate_ids), where this prompt fills the last prompt_len positions, so the edited
+        positions move right by T - prompt_len. A shorter pass (a decode step, T == 1) is never edited.
         rows: the batch rows to edit (None = every row), for several conditions in one batch.
         """
-        if not self.frames or h.ndim != 3 or h.shape[1] != self.prompt_len:
+        if not self.frames or h.ndim != 3 or h.shape[1] < self.prompt_len:
             return h  # decode step (T == 1) or nothing to edit
         dev = self._on(h.device)
-        pos = dev["pos"]  # [n]
+        pos = dev["pos"] + (h.shape[1] - self.prompt_len)  # [n] shifted by this row's left padding
         if rows is None:
             idx = (slice(None), pos)
         else:
@@ -205,7 +228,7 @@ def plan_intervention(iv: Intervention, states: "HiddenStates", span: slice, pro
     if op.inputs == "statistics":
         stats = span_statistics(hs, ht)  # [d] each
     elif frames:
-        targets = torch.stack([ht[list(js)].mean(0) for js in frame_tokens])  # [n, d] mean t̄ per frame
+        targets = torch.stack([frame_target(ht[list(js)]) for js in frame_tokens])  # [n, d] t̃ per frame
     else:
         targets = ht.new_zeros((0, ht.shape[1]))  # [0, d]
     times = tuple(float(states.frame_times[f]) for f in frames)

@@ -332,6 +332,11 @@ class LSLM:
         """
         if batch_size <= 0:
             raise ValueError(f"generate_ids: batch_size must be positive, got {batch_size}")
+        if edit is not None and gen_kwargs.get("use_cache") is False:
+            from lsl_core.errors import LSLError
+
+            raise LSLError("generate_ids: edits apply to the prefill and reach the answer through the KV cache; "
+                           "use_cache=False would re-run the prompt unedited at every step. Leave use_cache on.")
         stops = self.stop_ids
         kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id,
                       eos_token_id=stops)

@@ -117,7 +117,9 @@ def token_heatmap(analysis, layer: int, metric: Metric = "cosine", edited: Any =
                 fig.add_shape(type="rect", xref="x", yref="y", x0=-0.5, x1=Tt - 0.5, y0=y0, y1=y1,
                               line=dict(color=color, width=width, dash=dash), fillcolor="rgba(0,0,0,0)")
     if frames_edit or tokens_edit:
-        cols = [j for j in tokens_edit if 0 <= j < Tt]
+        # a token's path cell is boxed only where its frame was edited: the interventions take the argmax path of
+        # the unedited states, so a DTW path can put an edited token's cell on a frame the edit left alone
+        cols = [j for j in tokens_edit if 0 <= j < Tt and (not frames_edit or int(path[j]) in frames_edit)]
         for color, size, width, show in (("white", 22, 4, False), ("black", 22, 2, True)):
             fig.add_trace(go.Scatter(
                 x=cols, y=centres[path[cols]], mode="markers", name="edited frame/token", showlegend=show,
