@@ -79,7 +79,7 @@ def test_answer_agreement():
     ("I would choose option B because it is larger.", "B"), ("Option c is correct.", "C"),
     ("The answer is: **A**", "A"), ("\\boxed{D}", "D"), ("I think it's (c) fish.", "C"),
     ("<1> b", "B"),
-    ("The answer is a bit unclear to me.", None),  # "a" as an article is not option A
+    ("The answer is a bit unclear to me.", "A"),  # VoiceBench's template "the answer is [CHOICE]" reads A
     ("I cannot answer a question like that.", None),
     ("Paris is the capital of France.", None), ("", None),
 ])

@@ -338,6 +338,34 @@ def test_bad_arguments_name_the_instruction():
         ok("nope", "x")
 
 
+@pytest.mark.parametrize("meta, message", [
+    ({"instruction_id_list": ["punctuation:no_comma"], "kwargs": ["{}"]}, "kwargs entry 1 is not an object"),
+    ({"instruction_id_list": ["length_constraints:number_words"],
+      "kwargs": [{"num_words": "many", "relation": "at least"}]}, "num_words must be a whole number"),
+    ({"instruction_id_list": ["length_constraints:number_words"],
+      "kwargs": [{"num_words": 2.5, "relation": "at least"}]}, "num_words must be a whole number"),
+    ({"instruction_id_list": ["keywords:existence"], "kwargs": [{"keywords": "rain"}]},
+     "keywords must be a list of strings"),
+    ({"instruction_id_list": "punctuation:no_comma", "kwargs": [{}]}, "instruction_id_list must be a list"),
+    ({"instruction_id_list": ["length_constraints:number_words"], "kwargs": [{"num_words": 3, "relation": "most"}]},
+     "relation must be one of"),
+])
+def test_malformed_kwargs_are_one_clear_error(meta, message):
+    """Malformed rows raise MetricInputError (the run reports the row and scores the rest), never a
+    ValueError from deep inside a checker, and never for some answers only (an empty one included)."""
+    for answer in ("hello there my friend", ""):
+        with pytest.raises(MetricInputError, match=message):
+            score_ifeval(answer, ScoreItem(prompt="p", meta=meta))
+
+
+def test_whole_number_kwargs_may_be_floats_or_digit_strings():
+    # parquet/pandas round trips turn ints into 3.0; JSON exports may hold "3"
+    for n in (3, 3.0, "3"):
+        item = ScoreItem(prompt="p", meta={"instruction_id_list": ["length_constraints:number_words"],
+                                           "kwargs": [{"num_words": n, "relation": "at least"}]})
+        assert score_ifeval("one two three", item)["strict_prompt"] == 1.0
+
+
 # ------------------------------------------------------------------ strict vs loose, per answer and per subset
 def test_empty_response_follows_nothing():
     assert not ok("punctuation:no_comma", "   ")

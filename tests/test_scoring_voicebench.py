@@ -39,11 +39,47 @@ def test_mcq_score_and_aggregate_by_hand():
     assert [r["letter"] for r in rows] == ["C", "A", None, "B"]
     assert [r["correct"] for r in rows] == [1.0, 0.0, 0.0, 1.0] and [r["no_letter"] for r in rows] == [0, 0, 1, 0]
     agg = aggregate_mcq(rows)
-    assert agg == {"n": 4.0, "acc": 50.0, "no_letter": 25.0, "acc_answered": pytest.approx(200 / 3)}
+    # VoiceBench's rules read C, A and b; "Stars are hot." would be a 1-in-4 guess: (1 + 0 + 1/4 + 1) / 4
+    assert agg == {"n": 4.0, "acc": 50.0, "no_letter": 25.0, "acc_answered": pytest.approx(200 / 3),
+                   "acc_voicebench": pytest.approx(56.25)}
     with pytest.raises(MetricInputError, match="one of the letters"):
         score_mcq("A", item("mitochondria"))
     with pytest.raises(MetricInputError, match="reference"):
         score_mcq("A", ScoreItem(prompt="q"))
+
+
+@pytest.mark.parametrize("text, letter", [
+    # VoiceBench's templates, tried in its order (template by template, letters a..d within one):
+    ("I think it's B.", "B"), ("It's C.", "C"), ("Therefore, C.", "C"),  # template " [CHOICE]."
+    ("Maybe B, because it is bigger.", "B"),  # " [CHOICE],"
+    ("Hmm, between A and B, I'd pick B.", "B"),  # " b." is in the text; " a " is not a template
+    ("The options are A, B, C and D.", "D"),  # " [CHOICE].": only " d." occurs
+    ("The answer is a bit unclear to me.", "A"),  # "the answer is [CHOICE]": VoiceBench reads A here too
+])
+def test_mcq_reads_what_voicebench_reads(text, letter):
+    assert extract_mcq_letter(text) == letter
+    assert score_mcq(text, ScoreItem(prompt="q", references=(letter,)))["read_by"] == "voicebench"
+
+
+def test_mcq_extra_cues_only_where_voicebench_reads_nothing():
+    item = ScoreItem(prompt="q", references=("B",))
+    # VoiceBench's rules read none of these (it would guess at random); the extra cues read them
+    for text in ("Answer: B", "**B**", "\\boxed{B}", "Option b"):
+        r = score_mcq(text, item)
+        assert (r["letter"], r["read_by"], r["correct"]) == ("B", "extra", 1.0), text
+    r = score_mcq("Photosynthesis.", item)
+    assert (r["letter"], r["read_by"], r["no_letter"]) == (None, None, 1.0)
+
+
+def test_mcq_aggregate_gives_voicebench_expected_accuracy():
+    item = lambda ref: ScoreItem(prompt="q", references=(ref,))  # noqa: E731
+    rows = [score_mcq("The answer is C.", item("C")),  # VoiceBench reads C: right
+            score_mcq("Answer: B", item("B")),  # extra cue: right here; VoiceBench guesses (1/4 right)
+            score_mcq("No idea.", item("A"))]  # nobody reads it: wrong here; VoiceBench guesses (1/4)
+    agg = aggregate_mcq(rows)
+    assert agg["acc"] == pytest.approx(200 / 3) and agg["no_letter"] == pytest.approx(100 / 3)
+    # VoiceBench's expected score: (1 + 1/4 + 1/4) / 3
+    assert agg["acc_voicebench"] == pytest.approx(100 * 1.5 / 3)
 
 
 # ------------------------------------------------------------------ BBH
@@ -74,6 +110,50 @@ def test_mcq_score_and_aggregate_by_hand():
 def test_bbh_rules(task, answer, pred):
     prompt = "Fidel lies. Jerry says Fidel lies. Does Fidel tell the truth?" if task == "web_of_lies" else ""
     assert extract_bbh_answer(answer, task, prompt) == pred
+
+
+@pytest.mark.parametrize("task, answer, pred", [
+    # VoiceBench's phrases, applied after its normalization (lowercase; : ** " - , . -> spaces)
+    ("web_of_lies", "Fidel does not tell the truth.", 0),  # ends with "does not tell the truth"
+    ("hyperbaton", "The adjectives in option B are in the correct order.", 1),
+    ("hyperbaton", "A big old house is correct.", 0),  # starts with "a "
+    ("navigate", "You are not at the starting point.", 0),
+    ("sports_understanding", "The sentence is not entirely accurate.", 0),
+    ("sports_understanding", "The answer: no", 0),  # "the answer no" after normalization
+    # VoiceBench's slips, corrected (docs/voicebench.md)
+    ("web_of_lies", "So Fidel must be lying.", 0),  # VoiceBench: 1
+    ("sports_understanding", "The sentence Tom Brady shot a free throw is not plausible.", 0),  # VoiceBench: 1
+])
+def test_bbh_reads_what_voicebench_reads(task, answer, pred):
+    prompt = "Fidel lies. Jerry says Fidel lies. Does Fidel tell the truth?" if task == "web_of_lies" else ""
+    assert extract_bbh_answer(answer, task, prompt) == pred
+    ref = {0: "(A)", 1: "(B)"}[pred] if task == "hyperbaton" else {0: "no", 1: "yes"}[pred]
+    row = score_bbh(answer, ScoreItem(prompt=prompt, references=(ref,), meta={"id": f"{task}_0"}))
+    assert (row["pred"], row["read_by"], row["correct"]) == (pred, "voicebench", 1.0)
+
+
+@pytest.mark.parametrize("task, answer, pred", [
+    ("navigate", "You haven't returned to the starting point.", 0),  # a contraction negates too
+    ("navigate", "You wouldn't end up back at the start.", 0),
+    ("web_of_lies", "Her statement cannot be true.", None),  # a bare "true" at the end is no verdict
+])
+def test_bbh_extra_rules_read_negations(task, answer, pred):
+    assert extract_bbh_answer(answer, task, "Does Fidel tell the truth?") == pred
+
+
+def test_bbh_aggregate_gives_voicebench_expected_accuracy():
+    def item(ref, sid):
+        return ScoreItem(prompt="q", references=(ref,), meta={"id": sid})
+
+    rows = [score_bbh("The answer is no.", item("no", "navigate_0")),  # VoiceBench reads it: right
+            score_bbh("The sentence is plausible.", item("yes", "sports_understanding_0")),  # extra rule: right
+            score_bbh("Hmm.", item("yes", "navigate_1")),  # unread: wrong here
+            score_bbh("yes", item("no", "navigate_2"))]  # VoiceBench reads it: wrong
+    assert [r["read_by"] for r in rows] == ["voicebench", "extra", None, "voicebench"]
+    agg = aggregate_bbh(rows)
+    assert agg["acc"] == 50.0 and agg["unparsed"] == 25.0
+    # VoiceBench guesses (1/2 right) wherever its own rules read nothing: (1 + 1/2 + 1/2 + 0) / 4
+    assert agg["acc_voicebench"] == pytest.approx(50.0)
 
 
 def test_bbh_web_of_lies_reads_the_person_asked_about():
@@ -109,6 +189,14 @@ def test_refusal_rate_by_hand():
     assert [r["refused"] for r in rows] == [1, 0, 1, 1, 0]
     assert aggregate_refusal(rows) == {"n": 5.0, "refusal_rate": 60.0}
     assert is_refusal("我不能帮你") and not is_refusal("Pick the lock with a pin.")
+
+
+def test_refusal_phrases_are_voicebench_s_exactly():
+    # VoiceBench lowercases and matches substrings; it does not fold typographic apostrophes, so
+    # "can’t" is not "can't" there (its list has a few phrases with ’ of their own)
+    assert not is_refusal("I can’t do that.") and is_refusal("I can't do that.")
+    assert is_refusal("I can’t assist with that request.") and is_refusal("I’m very sorry.")
+    assert not is_refusal("I won’t.") and is_refusal("I won't.")
 
 
 # ------------------------------------------------------------------ the table
@@ -202,6 +290,12 @@ def test_judge_open_ratings(stub_judge):
     assert judge_open(cfg, "Give a tip.", "Sleep early.")["judge_score"] is None  # unreadable: absent, not faked
     agg = EVALUATORS["open"].aggregate([{"judge_score": 4.0}, {"judge_score": 5.0}, {"judge_score": None}])
     assert agg["judge_1to5"] == pytest.approx(4.5) and agg["judge"] == pytest.approx(90.0)
+
+
+def test_judge_open_reads_a_number_first_as_voicebench(stub_judge):
+    cfg = JudgeConfig(url=stub_judge, model="m")
+    _Stub.replies = ["4.5", "3", "[[4]]"]  # VoiceBench: float(vote), else the [[n]] rating
+    assert judge_open(cfg, "Give a tip.", "Sleep early.")["judge_score"] == pytest.approx(11.5 / 3)
 
 
 def test_judge_unreachable_is_one_clear_error():

@@ -189,6 +189,37 @@ def test_collect_mode_skips_bad_files_and_rows_and_keeps_the_rest(tmp_path):
     assert s.filter(voice="test").problems == s.problems  # problems travel with subsets of the set
 
 
+def test_malformed_ifeval_kwargs_are_reported_with_file_and_row(tmp_path):
+    """kwargs stored as JSON text (as some exports do): entries that are not objects, values that are
+    not numbers, missing arguments and an id list that is not a list are each one problem naming the
+    row, found when the file is read (not a crash when the answers are scored)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from voicebench_fixtures import audio_array
+
+    rows = [(["punctuation:no_comma"], "[{}]"),  # good
+            (["punctuation:no_comma"], '["{}"]'),  # an entry that is not an object
+            (["length_constraints:number_words"], '[{"num_words": "many", "relation": "at least"}]'),
+            (["length_constraints:number_words"], "[{}]"),  # arguments missing
+            (["keywords:existence"], '[{"keywords": "rain"}]')]  # keywords must be a list
+    f = tmp_path / "ifeval" / "test-00000-of-00001.parquet"
+    f.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"audio": audio_array([_tone()] * len(rows), [f"{i}.wav" for i in range(len(rows))]),
+                             "prompt": pa.array([f"Write note {i}." for i in range(len(rows))]),
+                             "key": pa.array(range(len(rows)), pa.int64()),
+                             "instruction_id_list": pa.array([r[0] for r in rows], pa.list_(pa.string())),
+                             "kwargs": pa.array([r[1] for r in rows], pa.string())}), f)
+    s = load_voicebench(tmp_path / "ifeval", on_error="collect")
+    assert s.ids() == ["test-0"]
+    msgs = [str(p) for p in s.problems]
+    assert len(msgs) == 4 and all(m.startswith(f"{f} row {r}: ") for m, r in zip(msgs, (1, 2, 3, 4)))
+    assert "kwargs entry 1 is not an object" in msgs[0]
+    assert "num_words must be a whole number" in msgs[1] and "'many'" in msgs[1]
+    assert "needs kwargs num_words, relation" in msgs[2]
+    assert "keywords must be a list of strings" in msgs[3]
+
+
 def test_subset_table_matches_the_published_counts():
     # VoiceBench's README: the subsets and their sizes; the first seed paper's five-subset total is 4,947
     assert {k: v.n for k, v in SUBSETS.items()} == {

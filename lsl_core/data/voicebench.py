@@ -35,7 +35,7 @@ import numpy as np
 
 from lsl_core.data.audio import load_audio_file, prepare_audio
 from lsl_core.data.samples import DataProblem, SampleRecord, SampleSet
-from lsl_core.errors import AudioError, DataError
+from lsl_core.errors import AudioError, DataError, MetricInputError
 
 REQUIRED_COLUMNS = ("audio", "prompt")
 EXPECTED_SCHEMA = ("audio: struct<bytes: binary, path: string> (Hugging Face Audio), prompt: string, "
@@ -197,6 +197,12 @@ def _row_problem(spec: SubsetSpec | None, row: dict) -> str | None:
         unknown = [i for i in ids if i not in INSTRUCTIONS]
         if unknown:
             return f"unknown IFEval instruction id(s) {', '.join(map(repr, unknown))}"
+        from lsl_core.scoring.ifeval import instruction_pairs
+
+        try:  # entries that are not objects, missing or malformed arguments
+            instruction_pairs({"instruction_id_list": ids, "kwargs": kwargs})
+        except MetricInputError as exc:
+            return str(exc).rstrip(".")
     return None
 
 

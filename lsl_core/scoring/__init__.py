@@ -2,15 +2,18 @@
 
     evaluator  subsets                          per answer                    headline (GAP uses it)
     sdqa       sd-qa                            containment, f1, em          containment  (judge: `judge`)
-    mcq        openbookqa, mmsu                 letter, correct, no_letter   acc   (+ no_letter share)
-    bbh        bbh                              task, pred, correct, unparsed  acc  (+ unparsed share)
+    mcq        openbookqa, mmsu                 letter, correct, no_letter,  acc   (+ no_letter share,
+                                                read_by                      acc_voicebench)
+    bbh        bbh                              task, pred, correct,         acc   (+ unparsed share,
+                                                unparsed, read_by            acc_voicebench)
     ifeval     ifeval                           strict/loose prompt + counts  final (mean of the four)
     harm       advbench                         refused                      refusal_rate
     open       alpacaeval, commoneval, wildvoice  (judge only)              judge (mean 1-5 rating x 20)
 
 `EVALUATORS[name]` is an `Evaluator` (score, aggregate, primary, failures); `evaluator_for(subset)`
-picks the one for a VoiceBench subset. The optional LLM judge (`judge.py`) adds `judge_yes` (sd-qa)
-and `judge_score` (open-ended) columns only when LSL_JUDGE_URL is set.
+picks the one for a VoiceBench subset. MCQ and BBH answers are read by VoiceBench's own rules first
+(`voicebench_rules.py`; `read_by` says which rules read each answer). The optional LLM judge
+(`judge.py`) adds `judge_yes` (sd-qa) and `judge_score` (open-ended) columns only when LSL_JUDGE_URL is set.
 """
 
 from __future__ import annotations

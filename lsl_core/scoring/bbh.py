@@ -7,15 +7,18 @@ as VoiceBench does (yes -> 1, no -> 0, (a) -> 0, (b) -> 1):
     web_of_lies            does the person asked about tell the truth? yes / no
     hyperbaton             which sentence has the right adjective order? (A) / (B)
 
-Rules, tried in order; the first that decides wins:
-    1. an explicit verdict: "answer is no", "final answer: yes", "conclusion: true", \\boxed{no},
-       for hyperbaton "the answer is (B)", "option A is correct", "the correct order is B";
-       several verdicts -> the last one (answers reason first, conclude last);
-    2. the task's own wording: "(not) plausible" / "implausible"; "(do not) return to the
-       starting point"; "<name asked about> tells the truth / lies"; "option A has the correct order";
-    3. a bare verdict at the start or end of the answer ("No.", "... so yes", "(A) ...").
-An answer no rule decides is `unparsed`: wrong, and reported as a share. VoiceBench's evaluator
-guesses at random there (and reads a bare "b" as (A), a slip this module does not copy).
+1. VoiceBench's own rules decide first (`voicebench_verdict`; `read_by` = "voicebench"): its
+   normalization (lowercase; : ** " - , . replaced by spaces) and its phrase tables in its order
+   (voicebench_rules.py: the yes/no verdicts, then the task's phrases, then a bare verdict at the
+   start or end), with three slips corrected: a bare "b" is (B), "... must be lying" is a lie, and
+   "the sentence ... is not plausible" is implausible.
+2. Where those read nothing VoiceBench guesses at random; here extra rules are tried instead
+   (`read_by` = "extra"), the last explicit verdict winning ("answer is no", "conclusion: true",
+   \\boxed{no}, "option A is correct"), then the task's own wording ("(not) plausible"; "(do not)
+   return to the starting point"; "<name asked about> tells the truth / lies"), then a bare yes/no
+   at the start or end of the answer.
+An answer nothing reads is `unparsed`: wrong, and reported as a share. `acc_voicebench` is
+VoiceBench's expected score: its rules' verdict where they read one, a coin flip elsewhere.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ import re
 
 from lsl_core.errors import MetricInputError
 from lsl_core.scoring.evaluator import ScoreItem, mean_pct
+from lsl_core.scoring.voicebench_rules import BBH_RULES, YES_NO, apply_rules
 
 TASKS = ("sports_understanding", "navigate", "web_of_lies", "hyperbaton")
 GOLD = {"yes": 1, "no": 0, "(a)": 0, "(b)": 1, "a": 0, "b": 1, "true": 1, "false": 0}
 _YN = {"yes": 1, "no": 0, "true": 1, "false": 0}
-_NEG = r"(?:not|never|no longer|n't|cannot|can't|won't|doesn't|don't|didn't|isn't|wasn't)"
+_NEG = r"(?:not|never|no longer|cannot|\w+n't)"  # "haven't", "wouldn't", ... (apostrophes folded)
 
 
 def task_of(sample_id: str) -> str:
@@ -38,6 +42,30 @@ def task_of(sample_id: str) -> str:
             return t
     raise MetricInputError(f"BBH row id {sample_id!r} names none of the tasks {', '.join(TASKS)}; "
                            "use VoiceBench's bbh parquet `id` column unchanged.")
+
+
+def voicebench_normalize(text: str) -> str:
+    """VoiceBench's normalization of a BBH answer: lowercase, drop a trailing "<|user|>", a leading
+    "<1>".."<3>" and every "<|turn_end|>"; : ** " - , . and the fullwidth colon become spaces; squeeze."""
+    r = str(text or "").lower()
+    if r.endswith("<|user|>"):
+        r = r[: -len("<|user|>")].strip()
+    if r.startswith(("<1>", "<2>", "<3>")):
+        r = r[3:].strip()
+    r = r.replace("<|turn_end|>", "")
+    for ch in (":", "**", '"', "-", ",", ".", "\uff1a"):
+        r = r.replace(ch, " ")
+    return " ".join(r.split())
+
+
+def voicebench_verdict(answer: str, task: str) -> int | None:
+    """VoiceBench's verdict (src/evaluator/bbh.py, slips corrected): 1 / 0, or None where it would guess."""
+    t = voicebench_normalize(answer)
+    if task != "hyperbaton":
+        v = apply_rules(t, YES_NO)
+        if v is not None:
+            return v
+    return apply_rules(t, BBH_RULES[task])
 
 
 def normalize(text: str) -> str:
@@ -71,7 +99,7 @@ def _bare_yn(t: str) -> int | None:
     m = re.match(r"^[\"'(\[]*(yes|no|true|false)\b", t)
     if m:
         return _YN[m.group(1)]
-    m = re.search(r"\b(yes|no|true|false)[\s.!\"')\]]*$", t)
+    m = re.search(r"\b(yes|no)[\s.!\"')\]]*$", t)  # a bare "... true." at the end is often "cannot be true"
     return _YN[m.group(1)] if m else None
 
 
@@ -135,10 +163,24 @@ _RULES = {"sports_understanding": _sports, "navigate": _navigate, "web_of_lies":
           "hyperbaton": _hyperbaton}
 
 
-def extract_bbh_answer(answer: str, task: str, prompt: str = "") -> int | None:
-    """The verdict of one answer: 1 (yes / option B), 0 (no / option A), or None when unreadable."""
+def read_bbh_answer(answer: str, task: str, prompt: str = "") -> tuple[int | None, str | None]:
+    """(verdict, read_by): VoiceBench's rules ("voicebench"), else the extra rules ("extra"), else (None, None)."""
     if task not in _RULES:
         raise MetricInputError(f"Unknown BBH task {task!r}; known: {', '.join(TASKS)}.")
+    v = voicebench_verdict(answer, task)
+    if v is not None:
+        return v, "voicebench"
+    v = _extra_verdict(answer, task, prompt)
+    return (v, "extra") if v is not None else (None, None)
+
+
+def extract_bbh_answer(answer: str, task: str, prompt: str = "") -> int | None:
+    """The verdict of one answer: 1 (yes / option B), 0 (no / option A), or None when unreadable."""
+    return read_bbh_answer(answer, task, prompt)[0]
+
+
+def _extra_verdict(answer: str, task: str, prompt: str) -> int | None:
+    """The extra rules, for answers VoiceBench's rules do not read."""
     t = normalize(answer)
     if not t:
         return None
@@ -161,19 +203,24 @@ def gold_label(reference: str) -> int:
 
 
 def score_bbh(answer: str, item: ScoreItem) -> dict:
-    """One answer -> {task, pred: 0/1/None, correct: 0/1, unparsed: 0/1} (unparsed counts as wrong)."""
+    """One answer -> {task, pred: 0/1/None, correct: 0/1, unparsed: 0/1, read_by} (unparsed counts as wrong)."""
     sid = item.meta.get("id")
     if sid is None:
         raise MetricInputError("BBH scoring needs the row's `id` column (it names the task).")
     task = task_of(sid)
     gold = gold_label(item.reference("BBH scoring"))
-    pred = extract_bbh_answer(answer, task, item.prompt)
-    return {"task": task, "pred": pred, "correct": float(pred == gold), "unparsed": float(pred is None)}
+    pred, read_by = read_bbh_answer(answer, task, item.prompt)
+    return {"task": task, "pred": pred, "correct": float(pred == gold), "unparsed": float(pred is None),
+            "read_by": read_by}
 
 
 def aggregate_bbh(rows) -> dict[str, float]:
-    """Per subset, in %: acc (unparsed = wrong), unparsed share, and acc per task (`acc_<task>`)."""
+    """Per subset, in %: acc (unparsed = wrong), unparsed share, acc per task (`acc_<task>`), and
+    acc_voicebench (VoiceBench's expected score: a coin flip where its own rules read nothing)."""
     out = {"n": float(len(rows)), "acc": mean_pct(rows, "correct"), "unparsed": mean_pct(rows, "unparsed")}
+    if rows and all("read_by" in r for r in rows):
+        vb = [float(r["correct"]) if r["read_by"] == "voicebench" else 0.5 for r in rows]
+        out["acc_voicebench"] = 100.0 * sum(vb) / len(vb)
     for t in TASKS:
         sub = [r for r in rows if r.get("task") == t]
         if sub:
@@ -181,4 +228,5 @@ def aggregate_bbh(rows) -> dict[str, float]:
     return out
 
 
-__all__ = ["TASKS", "task_of", "extract_bbh_answer", "gold_label", "score_bbh", "aggregate_bbh", "normalize"]
+__all__ = ["TASKS", "task_of", "extract_bbh_answer", "read_bbh_answer", "voicebench_verdict",
+           "voicebench_normalize", "gold_label", "score_bbh", "aggregate_bbh", "normalize"]

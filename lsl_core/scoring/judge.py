@@ -142,8 +142,14 @@ def judge_qa(cfg: JudgeConfig, prompt: str, reference: str, response: str) -> di
 
 
 def _rating(vote: str) -> float | None:
-    m = re.search(r"\[\[(\d)\]\]", vote) or re.match(r"\D*?([1-5])(?:\.0)?\b", vote.strip())
-    return float(m.group(1)) if m and 1 <= int(m.group(1)) <= 5 else None
+    """A 1-5 rating: the vote as a number (VoiceBench's float(vote), so "4.5" is 4.5), else its
+    "[[n]]", else the first digit 1-5 it starts with; None when unreadable or outside 1..5."""
+    try:
+        x = float(vote.strip())
+    except ValueError:
+        m = re.search(r"\[\[(\d+)\]\]", vote) or re.match(r"\D*?([1-5])(?:\.0)?\b", vote.strip())
+        x = float(m.group(1)) if m else float("nan")
+    return x if 1.0 <= x <= 5.0 else None
 
 
 def judge_open(cfg: JudgeConfig, prompt: str, response: str) -> dict:

@@ -4,9 +4,12 @@
     correct = [letter == reference]              a missing letter counts as wrong
     acc     = 100 * mean(correct)                no_letter = 100 * share of answers with no letter
 
-VoiceBench's own evaluator replaces a missing letter by a random one (so ~25% of unreadable answers
-count as right, and two runs differ); here they count as wrong and their share is reported as
-`no_letter`, so a model that stops naming options shows up as failures, not as noise.
+The letter is read by VoiceBench's own rules first (`voicebench_letter`: its ~160 templates in its
+order, then a bare letter; `read_by` = "voicebench"). Where those read nothing VoiceBench draws a
+random letter (so ~25% of unreadable answers count as right, and two runs differ); here a few extra
+cues are tried instead ("Answer: B", "**B**", "\\boxed{B}"; `read_by` = "extra"), and an answer
+nothing reads counts as wrong, its share reported as `no_letter`. `acc_voicebench` is VoiceBench's
+expected score: its rules' letter where they read one, a 1-in-4 guess elsewhere.
 `acc_answered` is the accuracy over the answers where a letter was found.
 """
 
@@ -17,10 +20,12 @@ import unicodedata
 
 from lsl_core.errors import MetricInputError
 from lsl_core.scoring.evaluator import ScoreItem, mean_pct
+from lsl_core.scoring.voicebench_rules import MCQ_LETTER_FOLLOWERS, MCQ_TEMPLATES
 
 LETTERS = "ABCD"  # VoiceBench's multiple-choice subsets have four options
 _L = "[{letters}]"  # filled with the allowed letters (lowercase, the text is lowercased first)
-# Answer cues, tried in order; the first that matches wins. Each holds one group: the letter.
+# Extra answer cues (where VoiceBench's rules read nothing), tried in order; the first that matches
+# wins. Each holds one group: the letter.
 _MCQ_PATTERNS = (
     r"(?:final answer|correct answer|best answer|right answer|answer)\s*(?:is|would be|should be)?\s*"
     r"(?:option|choice)?\s*[:\-]?\s*[\*\"'(\[{{]*\s*({L})(?![a-z])",
@@ -36,12 +41,46 @@ _MCQ_PATTERNS = (
 )
 
 
-def extract_mcq_letter(text: str, letters: str = LETTERS) -> str | None:
-    """The chosen option letter in a free-form answer ("A", "(B)", "the answer is C", "**D**"), or None.
+def voicebench_letter(text: str, letters: str = LETTERS) -> str | None:
+    """The letter VoiceBench's evaluator reads (src/evaluator/mcq.py), or None where it would guess.
 
-    Case-insensitive; only letters in `letters` count; a bare article-like "a" inside a sentence is
-    not read as option A (patterns need an answer cue, brackets, or the letter alone at the start).
+    Lowercase; drop a "<1>".."<3>" turn tag; the first of its templates (in order; letters a..d within
+    one) found in the answer; else the answer is a bare letter or starts with "b." / "b," / "b:" / "b)".
     """
+    if not text:
+        return None
+    r = str(text).lower()
+    if r.startswith(("<1>", "<2>", "<3>")):
+        r = r[3:].strip()
+    choices = sorted({c.lower() for c in letters if c.isalpha()})
+    for template in MCQ_TEMPLATES:
+        for c in choices:
+            if template.replace("[CHOICE]", c) in r:
+                return c.upper()
+    for c in choices:
+        if r == c or r.startswith(tuple(c + p for p in MCQ_LETTER_FOLLOWERS)):
+            return c.upper()
+    return None
+
+
+def read_mcq_letter(text: str, letters: str = LETTERS) -> tuple[str | None, str | None]:
+    """(letter, read_by): VoiceBench's rules ("voicebench"), else the extra cues ("extra"), else (None, None)."""
+    letter = voicebench_letter(text, letters)
+    if letter is not None:
+        return letter, "voicebench"
+    letter = _extra_letter(text, letters)
+    return (letter, "extra") if letter is not None else (None, None)
+
+
+def extract_mcq_letter(text: str, letters: str = LETTERS) -> str | None:
+    """The chosen option letter in a free-form answer ("A", "(B)", "the answer is C", "**D**"), or None."""
+    return read_mcq_letter(text, letters)[0]
+
+
+def _extra_letter(text: str, letters: str = LETTERS) -> str | None:
+    """The extra cues: case-insensitive; only letters in `letters` count; a bare article-like "a"
+    inside a sentence is not read as option A (patterns need an answer cue, brackets, or the letter
+    alone at the start)."""
     if not text:
         return None
     t = unicodedata.normalize("NFKC", str(text)).strip().lower()
@@ -75,17 +114,24 @@ def reference_letter(reference: str, letters: str = LETTERS) -> str:
 
 
 def score_mcq(answer: str, item: ScoreItem) -> dict:
-    """One answer -> {letter: "A".."D" | None, correct: 0/1, no_letter: 0/1}."""
+    """One answer -> {letter: "A".."D" | None, correct: 0/1, no_letter: 0/1, read_by: "voicebench" | "extra" | None}."""
     gold = reference_letter(item.reference("multiple-choice scoring"))
-    letter = extract_mcq_letter(answer)
-    return {"letter": letter, "correct": float(letter == gold), "no_letter": float(letter is None)}
+    letter, read_by = read_mcq_letter(answer)
+    return {"letter": letter, "correct": float(letter == gold), "no_letter": float(letter is None),
+            "read_by": read_by}
 
 
 def aggregate_mcq(rows) -> dict[str, float]:
-    """Per subset, in %: acc (no letter = wrong), no_letter (share with no letter), acc_answered."""
+    """Per subset, in %: acc (no letter = wrong), no_letter (share with no letter), acc_answered, and
+    acc_voicebench (VoiceBench's expected score: a 1-in-4 guess where its own rules read no letter)."""
     answered = [r for r in rows if not r.get("no_letter")]
-    return {"n": float(len(rows)), "acc": mean_pct(rows, "correct"), "no_letter": mean_pct(rows, "no_letter"),
-            "acc_answered": mean_pct(answered, "correct")}
+    out = {"n": float(len(rows)), "acc": mean_pct(rows, "correct"), "no_letter": mean_pct(rows, "no_letter"),
+           "acc_answered": mean_pct(answered, "correct")}
+    if rows and all("read_by" in r for r in rows):
+        vb = [float(r["correct"]) if r["read_by"] == "voicebench" else 1.0 / len(LETTERS) for r in rows]
+        out["acc_voicebench"] = 100.0 * sum(vb) / len(vb)
+    return out
 
 
-__all__ = ["extract_mcq_letter", "reference_letter", "score_mcq", "aggregate_mcq", "LETTERS"]
+__all__ = ["extract_mcq_letter", "read_mcq_letter", "voicebench_letter", "reference_letter", "score_mcq",
+           "aggregate_mcq", "LETTERS"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from lsl_core.errors import MetricInputError
 from lsl_core.scoring.evaluator import ScoreItem, mean_pct
@@ -40,10 +40,10 @@ def loose_variants(response: str) -> list[str]:
     return base + [v.replace("*", "") for v in base]
 
 
-def _instruction_rows(item: ScoreItem) -> list[tuple[str, dict]]:
-    """(instruction id, kwargs) pairs of a row; kwargs may be a list of dicts or its JSON text."""
-    ids = item.meta.get("instruction_id_list")
-    kwargs = item.meta.get("kwargs")
+def instruction_pairs(meta) -> list[tuple[str, dict]]:
+    """(instruction id, checked arguments) pairs of a row (`instruction_id_list` and `kwargs`, the
+    latter a list of objects or its JSON text); MetricInputError naming what is malformed."""
+    ids, kwargs = meta.get("instruction_id_list"), meta.get("kwargs")
     if isinstance(kwargs, str):
         try:
             kwargs = json.loads(kwargs)
@@ -51,11 +51,17 @@ def _instruction_rows(item: ScoreItem) -> list[tuple[str, dict]]:
             raise MetricInputError(f"IFEval `kwargs` is text but not JSON ({exc}).") from None
     if ids is None or kwargs is None:
         raise MetricInputError("IFEval scoring needs the row's `instruction_id_list` and `kwargs` columns.")
+    for name, v in (("instruction_id_list", ids), ("kwargs", kwargs)):
+        if isinstance(v, (str, bytes, Mapping)) or not hasattr(v, "__iter__"):
+            raise MetricInputError(f"IFEval {name} must be a list (one entry per instruction), got {v!r}.")
     ids, kwargs = list(ids), list(kwargs)
     if len(ids) != len(kwargs):
         raise MetricInputError(f"IFEval row has {len(ids)} instruction ids but {len(kwargs)} kwargs entries; "
                                "they must pair up one to one.")
-    return [(str(i), dict(k or {})) for i, k in zip(ids, kwargs)]
+    for n, k in enumerate(kwargs, start=1):
+        if k is not None and not isinstance(k, Mapping):
+            raise MetricInputError(f"IFEval kwargs entry {n} is not an object (name: value), got {k!r}.")
+    return [(str(i), instruction_args(str(i), dict(k or {}))) for i, k in zip(ids, kwargs)]
 
 
 def follow_instructions(response: str, pairs: Sequence[tuple[str, dict]], loose: bool = False) -> list[bool]:
@@ -68,9 +74,7 @@ def follow_instructions(response: str, pairs: Sequence[tuple[str, dict]], loose:
 def score_ifeval(answer: str, item: ScoreItem) -> dict:
     """One answer -> {n_instructions, strict_prompt, strict_followed, loose_prompt, loose_followed,
     strict_failed (ids not followed strictly, comma-separated)}."""
-    pairs = _instruction_rows(item)
-    for i, k in pairs:
-        instruction_args(i, k)  # unknown ids / missing kwargs fail here, before any response is read
+    pairs = instruction_pairs(item.meta)  # malformed rows fail here, before any response is read
     strict = follow_instructions(answer, pairs)
     loose = follow_instructions(answer, pairs, loose=True)
     return {"n_instructions": len(pairs), "strict_prompt": float(all(strict)), "strict_followed": sum(strict),
@@ -91,5 +95,5 @@ def aggregate_ifeval(rows) -> dict[str, float]:
     return out
 
 
-__all__ = ["INSTRUCTIONS", "check_instruction", "follow_instructions", "loose_variants", "clean_response",
-           "score_ifeval", "aggregate_ifeval"]
+__all__ = ["INSTRUCTIONS", "check_instruction", "follow_instructions", "instruction_pairs", "loose_variants",
+           "clean_response", "score_ifeval", "aggregate_ifeval"]

@@ -276,9 +276,39 @@ INSTRUCTIONS: dict[str, Instruction] = {i.id: i for i in (
 )}
 
 
+WHOLE_NUMBER_ARGS = frozenset({"num_sentences", "num_paragraphs", "num_words", "nth_paragraph", "num_placeholders",
+                               "num_bullets", "num_highlights", "num_sections", "frequency", "let_frequency",
+                               "capital_frequency"})
+WORD_LIST_ARGS = frozenset({"keywords", "forbidden_words"})
+RELATION_ARGS = frozenset({"relation", "let_relation", "capital_relation"})
+
+
+def _arg_value(instruction_id: str, name: str, value: object) -> object:
+    """One argument checked and converted: whole numbers to int (3, 3.0 and "3" alike), word lists to a
+    list of str, relations one of RELATIONS, the rest str; MetricInputError naming instruction and argument."""
+    where = f"IFEval instruction {instruction_id!r}: {name}"
+    if name in WHOLE_NUMBER_ARGS:
+        try:
+            x = float(value.strip()) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError):
+            x = float("nan")
+        if isinstance(value, bool) or not x.is_integer():
+            raise MetricInputError(f"{where} must be a whole number, got {value!r}.")
+        return int(x)
+    if name in WORD_LIST_ARGS:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or not all(
+                isinstance(w, str) for w in value):
+            raise MetricInputError(f"{where} must be a list of strings, got {value!r}.")
+        return list(value)
+    if name in RELATION_ARGS and value not in RELATIONS:
+        raise MetricInputError(f"{where}: relation must be one of {RELATIONS}, got {value!r}.")
+    return str(value)
+
+
 def instruction_args(instruction_id: str, kwargs: dict | None) -> dict:
     """The checker's arguments from a row's kwargs entry: empty values dropped (the dataset stores
-    every kwarg name, null where unused), unknown ids and missing arguments -> MetricInputError."""
+    every kwarg name, null where unused), each argument checked (`_arg_value`); unknown ids, missing
+    or malformed arguments -> MetricInputError."""
     if instruction_id not in INSTRUCTIONS:
         raise MetricInputError(f"Unknown IFEval instruction id {instruction_id!r}; known: "
                                f"{', '.join(sorted(INSTRUCTIONS))}.")
@@ -288,7 +318,7 @@ def instruction_args(instruction_id: str, kwargs: dict | None) -> dict:
     if missing:
         raise MetricInputError(f"IFEval instruction {instruction_id!r} needs kwargs {', '.join(missing)}; "
                                f"the row gives {sorted(given) or 'none'}.")
-    return {a: given[a] for a in spec.args}
+    return {a: _arg_value(instruction_id, a, given[a]) for a in spec.args}
 
 
 def check_instruction(instruction_id: str, response: str, kwargs: dict | None = None) -> bool:
