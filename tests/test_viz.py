@@ -132,7 +132,7 @@ def test_gap_scatter_draws_the_fit_and_its_r2():
     np.testing.assert_allclose(lora_pts.y, [50, 42, 30, 10])  # GAP drawn in percentage points
     frozen = [t for t in fig.data if t.name.startswith("frozen")][0]
     assert "no fit" in frozen.name  # 2 checkpoints cannot be fitted
-    assert fig.layout.xaxis.title.text == "APS (cosine)" and "GAP" in fig.layout.yaxis.title.text
+    assert fig.layout.xaxis.title.text == "APS (cosine; −1 … 1)" and "GAP" in fig.layout.yaxis.title.text
     # with the null baselines (gap_r2_table(resamples=...)) the legend carries the CI and the null
     nulls = gap_r2_table(df, "aps_cos", skip_unfit=True, resamples=100).iloc[0]
     named = viz.gap_scatter(df, "aps_cos", gap_r2_table(df, "aps_cos", skip_unfit=True, resamples=100))

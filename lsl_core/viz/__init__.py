@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from lsl_core.viz.style import (
     Metric, TEMPLATE, SEQUENTIAL, CATEGORICAL_SCALE, SYMBOLS, DASHES, FINAL_NORM_NOTE, LAYER_METRICS,
-    SCALAR_LABELS, SeriesStyle, STRATEGY_STYLES, CONDITION_STYLES, PERCENT_DIGITS, VALUE_DIGITS,
-    DISTANCE_DIGITS, TITLE_TOP_PX, TITLE_FONT_PX, TITLE_LINE_PX, TITLE_MAX_CHARS, strategy_style,
-    condition_style, is_score_column, percent, display_table, wrap_title, fit_title, place_title, sample_title,
-    error_bars, categorical_colors, token_label,
+    SCALAR_LABELS, METRIC_UNITS, SeriesStyle, STRATEGY_STYLES, CONDITION_STYLES, PERCENT_DIGITS,
+    VALUE_DIGITS, DISTANCE_DIGITS, TITLE_TOP_PX, TITLE_FONT_PX, TITLE_LINE_PX, TITLE_MAX_CHARS, strategy_style,
+    condition_style, metric_axis_title, is_score_column, percent, display_table, wrap_title, fit_title,
+    place_title, sample_title, error_bars, categorical_colors, token_label,
 )
 from lsl_core.viz.layout import (
     MAX_HEATMAP_ROWS, frame_bins,
@@ -57,10 +57,11 @@ from lsl_core.viz.hearing import (
 
 __all__ = [
     "Metric", "TEMPLATE", "SEQUENTIAL", "CATEGORICAL_SCALE", "SYMBOLS", "DASHES", "FINAL_NORM_NOTE",
-    "LAYER_METRICS", "SCALAR_LABELS", "SeriesStyle", "STRATEGY_STYLES", "CONDITION_STYLES", "PERCENT_DIGITS",
-    "VALUE_DIGITS", "DISTANCE_DIGITS", "TITLE_TOP_PX", "TITLE_FONT_PX", "TITLE_LINE_PX", "TITLE_MAX_CHARS",
-    "strategy_style", "condition_style", "is_score_column", "percent", "display_table", "wrap_title",
-    "fit_title", "place_title", "sample_title", "error_bars", "categorical_colors", "token_label",
+    "LAYER_METRICS", "SCALAR_LABELS", "METRIC_UNITS", "SeriesStyle", "STRATEGY_STYLES", "CONDITION_STYLES",
+    "PERCENT_DIGITS", "VALUE_DIGITS", "DISTANCE_DIGITS", "TITLE_TOP_PX", "TITLE_FONT_PX", "TITLE_LINE_PX",
+    "TITLE_MAX_CHARS", "strategy_style", "condition_style", "metric_axis_title", "is_score_column", "percent",
+    "display_table", "wrap_title", "fit_title", "place_title", "sample_title", "error_bars", "categorical_colors",
+    "token_label",
     "MAX_HEATMAP_ROWS", "frame_bins", "token_heatmap", "layer_curves", "tokenwise_curves", "norm_curves",
     "lens_grid", "checkpoint_curves", "trend_curves", "gap_scatter", "cka_heatmap", "cka_stability",
     "cka_spread", "scores_by_voice", "intervention_bars", "intervention_nulls", "intervention_nulls_across",

@@ -21,6 +21,7 @@ from lsl_core.viz.style import (
     categorical_colors,
     error_bars,
     is_score_column,
+    metric_axis_title,
     strategy_style,
 )
 
@@ -48,7 +49,7 @@ def checkpoint_curves(df: pd.DataFrame, metric: str, *, label: str = "checkpoint
     _mark_final_layer(fig, L)
     ylabel, _ = LAYER_METRICS.get(metric, (metric, True))
     fig.update_xaxes(title_text="layer ℓ (0 = LLM input)", dtick=max(1, L // 10))
-    fig.update_yaxes(title_text=ylabel)
+    fig.update_yaxes(title_text=metric_axis_title(metric))
     return _base_layout(fig, title or f"{ylabel} per layer, one curve per checkpoint", height=420)
 
 
@@ -88,22 +89,28 @@ def trend_curves(df: pd.DataFrame, y: str, *, x: str = "step", group: str = "tra
             text=sub[hover] if hover in sub.columns else None,
             hovertemplate="%{text}<br>" + f"{x} = %{{x}}<br>{y} = %{{y:{fmt}}}{unit}" + ci_text + "<extra></extra>",
         ))
-        if baseline:
+        if baseline:  # same colour as its curve: open markers and its own dash tell it apart in grey too
             fig.add_trace(go.Scatter(
                 x=sub[x], y=scale * sub[baseline], mode="lines+markers",
                 name=f"{g if g is not None else y} · {baseline_label}",
-                line=dict(color=st.color, dash="dot", width=1), marker=dict(symbol=st.symbol, size=5, color=st.color),
+                line=dict(color=st.color, dash="dot" if st.dash != "dot" else "longdash", width=1),
+                marker=dict(symbol=_open_symbol(st.symbol), size=6, color=st.color),
                 text=sub[hover] if hover in sub.columns else None,
                 hovertemplate="%{text}<br>" + f"{x} = %{{x}}<br>{baseline} ({baseline_label}) = "
                               f"%{{y:{fmt}}}{unit}<extra></extra>"))
     fig.update_xaxes(title_text="training step" if x == "step" else x)
-    label = SCALAR_LABELS.get(y, y)
+    label = metric_axis_title(y)
     fig.update_yaxes(title_text=label + (" (%)" if scale == 100.0 and "%" not in label and "points" not in label
                                          else ""))
     _base_layout(fig, title or f"{SCALAR_LABELS.get(y, y)} across training", height=420)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0),
                       margin=dict(b=110))
     return fig
+
+
+def _open_symbol(symbol: str) -> str:
+    """The open (outlined) variant of a Plotly marker symbol: 'square' -> 'square-open'."""
+    return symbol if "-open" in symbol else f"{symbol}-open"
 
 
 def _r2_ci(fit_row) -> str:
@@ -134,6 +141,9 @@ def gap_scatter(df: pd.DataFrame, x: str, fits: pd.DataFrame | None = None, *, g
     else:
         styles = [SeriesStyle(c, SYMBOLS[k % len(SYMBOLS)], DASHES[k % len(DASHES)])
                   for k, c in enumerate(categorical_colors(len(keys)))]
+    points = gap_scale == 100.0
+    gap_fmt = f".{PERCENT_DIGITS}f" if points else f".{VALUE_DIGITS}f"  # percentage points, else the given scale
+    gap_unit = " points" if points else ""
     fig = go.Figure()
     for k, key in enumerate(keys):
         mask = np.ones(len(df), dtype=bool)
@@ -156,8 +166,7 @@ def gap_scatter(df: pd.DataFrame, x: str, fits: pd.DataFrame | None = None, *, g
             marker=dict(symbol=styles[k].symbol, size=11, color=styles[k].color, line=dict(color="black", width=1)),
             text=sub[label] if label in sub.columns else None,
             hovertemplate="%{text}<br>" + f"{html.escape(SCALAR_LABELS.get(x, x), quote=False)} = %{{x:.6f}}<br>"
-                          f"GAP = %{{y:.{PERCENT_DIGITS}f}}{' points' if gap_scale == 100.0 else ''}"
-                          "<extra></extra>",
+                          f"GAP = %{{y:{gap_fmt}}}{gap_unit}<extra></extra>",
         ))
         if fit_row is not None and len(sub):
             xs = np.linspace(float(sub[x].min()), float(sub[x].max()), 20)
@@ -165,10 +174,11 @@ def gap_scatter(df: pd.DataFrame, x: str, fits: pd.DataFrame | None = None, *, g
                 x=xs, y=gap_scale * (fit_row["slope"] * xs + fit_row["intercept"]), mode="lines", legendgroup=name,
                 name=f"fit {name}", showlegend=False,
                 line=dict(color=styles[k].color, dash=styles[k].dash, width=2),
-                hovertemplate=f"fit {html.escape(name, quote=False)}: GAP = {fit_row['slope']:.4g}·x "
-                              f"+ {fit_row['intercept']:.4g}, R² = {fit_row['r2']:.3f}<extra></extra>",
+                hovertemplate=f"fit {html.escape(name, quote=False)}: GAP = {gap_scale * fit_row['slope']:.4g}·x "
+                              f"+ {gap_scale * fit_row['intercept']:.4g}{gap_unit}, R² = {fit_row['r2']:.3f}"
+                              f"<br>at x = %{{x:.6f}}: GAP = %{{y:{gap_fmt}}}{gap_unit}<extra></extra>",
             ))
-    fig.update_xaxes(title_text=SCALAR_LABELS.get(x, x))
+    fig.update_xaxes(title_text=metric_axis_title(x))
     fig.update_yaxes(title_text=gap_label)
     _base_layout(fig, title or f"GAP vs {SCALAR_LABELS.get(x, x)}", height=460)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0.0),

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from lsl_core.viz.layout import _base_layout
-from lsl_core.viz.style import PERCENT_DIGITS, SeriesStyle, _cividis, categorical_colors, error_bars
+from lsl_core.viz.style import PERCENT_DIGITS, VALUE_DIGITS, SeriesStyle, _cividis, categorical_colors, error_bars
 
 WORD_GROUP_STYLES = {  # hearing's word groups: dark solid / mid hatched / light crossed (distinct in grey)
     "question": SeriesStyle(_cividis(0.0), "circle", "solid", ""),
@@ -144,7 +144,7 @@ def closed_vocab_bars(table: pd.DataFrame, unseen_voice: str, title: str | None 
             raise ValueError(f"column {c!r} not in the table; available: {list(table.columns)}")
     order = list(dict.fromkeys(table["condition"]))[::-1]  # first condition on top
     fig = go.Figure()
-    d = PERCENT_DIGITS
+    d, v = PERCENT_DIGITS, VALUE_DIGITS
     for group, voice in (("seen", "seen"), ("unseen", unseen_voice)):
         r = table[table["voice"] == voice].set_index("condition").reindex(order).dropna(subset=["ratio"])
         if r.empty:
@@ -159,9 +159,9 @@ def closed_vocab_bars(table: pd.DataFrame, unseen_voice: str, title: str | None 
             + (f" ({voice})" if group == "unseen" else ""), customdata=extra,
             error_x=err, marker=dict(color=st.color, line=dict(color="black", width=1),
                                      pattern=dict(shape=st.pattern, fgcolor="#333333") if st.pattern else None),
-            hovertemplate=f"%{{y}}, {group} voices<br>%{{x:.2f}}× the cascade, 95% CI [%{{customdata[3]:.2f}}, "
-                          f"%{{customdata[4]:.2f}}]<br>agreement %{{customdata[0]:.{d}f}} % (cascade "
-                          f"%{{customdata[1]:.{d}f}} %)<br>{share} %{{customdata[2]:.0f}} %<extra></extra>"))
+            hovertemplate=f"%{{y}}, {group} voices<br>%{{x:.{v}f}}× the cascade, 95% CI [%{{customdata[3]:.{v}f}}, "
+                          f"%{{customdata[4]:.{v}f}}]<br>agreement %{{customdata[0]:.{d}f}} % (cascade "
+                          f"%{{customdata[1]:.{d}f}} %)<br>{share} %{{customdata[2]:.{d}f}} %<extra></extra>"))
     fig.add_vline(x=1.0, line=dict(color="#222222", dash="dash", width=1.5), annotation_text="the cascade",
                   annotation_position="top")
     fig.update_layout(barmode="group")

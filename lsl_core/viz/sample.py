@@ -65,6 +65,7 @@ def token_heatmap(analysis, layer: int, metric: Metric = "cosine", edited: Any =
     # hover text per cell [Ts, Tt] (or per bin of frames for long clips)
     tok_hover = [_token_hover(t, j) for j, t in enumerate(tokens)]
     metric_label = "cosine" if metric == "cosine" else "distance (L2)"
+    scale_label = "cosine" if metric == "cosine" else "L2 distance (model units)"  # the colour bar's unit
     bins = frame_bins(Ts, max_rows)
     fig = go.Figure()
     if bins is None:
@@ -76,7 +77,7 @@ def token_heatmap(analysis, layer: int, metric: Metric = "cosine", edited: Any =
         fig.add_trace(go.Heatmap(
             z=A, x=np.arange(Tt), y=centres, text=cell, name=metric_label,
             colorscale=SEQUENTIAL, reversescale=(metric == "distance"),  # bright = well aligned in both
-            colorbar=dict(title=dict(text=metric_label + (" (bright = close)" if metric == "distance" else ""),
+            colorbar=dict(title=dict(text=scale_label + (", bright = close" if metric == "distance" else ""),
                                      side="right")),
             hovertemplate="%{text}<br>" + metric_label + " = %{z:.6f}<extra></extra>",
         ))
@@ -93,8 +94,8 @@ def token_heatmap(analysis, layer: int, metric: Metric = "cosine", edited: Any =
         fig.add_trace(go.Heatmap(
             z=best, x=np.arange(Tt), y=bin_centres, text=cell, name=metric_label,
             colorscale=SEQUENTIAL, reversescale=(metric == "distance"),
-            colorbar=dict(title=dict(text=f"{metric_label}, best of {bins[0][1] - bins[0][0]} frames"
-                                          + (" (bright = close)" if metric == "distance" else ""), side="right")),
+            colorbar=dict(title=dict(text=f"{scale_label}, best of {bins[0][1] - bins[0][0]} frames"
+                                          + (", bright = close" if metric == "distance" else ""), side="right")),
             hovertemplate="%{text}<extra></extra>",
         ))
     # alignment path (diamonds): i*_j per token
@@ -181,7 +182,7 @@ def tokenwise_curves(analysis, current_layer: int | None = None, title: str | No
             fig.add_trace(go.Scatter(
                 x=ls, y=np.asarray(rho)[ls], mode="markers", name=f"{name} path: {label}",
                 marker=dict(symbol=symbol, size=15, color=color, line=dict(width=2, color=color)),
-                hovertemplate=f"layer %{{x}}: {name} path, {label}<extra></extra>"), row=1, col=1)
+                hovertemplate=f"layer %{{x}}: {name} path, {label}<br>ρ = %{{y:.6f}}<extra></extra>"), row=1, col=1)
     panels = [(1, 1), (1, 2)]
     _mark_final_layer(fig, L, panels)
     _mark_current_layer(fig, current_layer, panels)
@@ -229,7 +230,7 @@ def norm_curves(analysis, current_layer: int | None = None, title: str | None = 
     _mark_current_layer(fig, current_layer, panels)
     fig.update_xaxes(title_text="layer ℓ (0 = LLM input)", dtick=max(1, L // 10))
     fig.update_yaxes(title_text="mean L2 norm (model units, log)", type="log", row=1, col=1)
-    fig.update_yaxes(title_text="RMS standardized mean difference", rangemode="tozero", row=1, col=2)
+    fig.update_yaxes(title_text="RMS standardized mean difference (pooled SDs)", rangemode="tozero", row=1, col=2)
     return _base_layout(fig, title or "Token norms and standardized distance across layers", height=360)
 
 

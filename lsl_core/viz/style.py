@@ -54,6 +54,15 @@ SCALAR_LABELS: dict[str, str] = {
     "cascade_agreement": "cascade/text answer agreement (token F1, %)",
     "gap_answerable": "answerable GAP: 1 − speech containment where text contains (%)",
 }
+# The unit or scale of a metric whose label above leaves it out (the labels stay short: cards, tables, legends);
+# an axis of that metric names it (metric_axis_title). Scores already say "%" or "points" in their labels.
+METRIC_UNITS: dict[str, str] = {
+    "seq_cos": "−1 … 1", "seq_dist": "model units", "spearman_cos": "−1 … 1", "spearman_dist": "−1 … 1",
+    "seq_cos_mean": "−1 … 1", "seq_dist_mean": "model units", "aps_cos": "−1 … 1", "aps_dist": "model units",
+    "spearman_cos_mean": "−1 … 1", "spearman_dist_mean": "−1 … 1",
+    "consistency_mean": "share of tokens, 0 … 1",
+    "cka_diag_mean": "0 … 1", "cka_null_diag_mean": "0 … 1", "cka_above_null_frac": "0 … 1",
+}
 
 
 
@@ -131,6 +140,17 @@ def condition_style(condition: str) -> SeriesStyle:
     m = re.match(r"\s*([a-z]+)", parts[1]) if len(parts) > 1 else None
     target = m.group(1) if m else ""
     return SeriesStyle(base.color, base.symbol, base.dash, _TARGET_PATTERN.get(target, base.pattern))
+
+
+def metric_axis_title(key: str) -> str:
+    """The axis title of a per-layer metric or layer-averaged scalar: its label (SCALAR_LABELS, LAYER_METRICS,
+    else the key) with its unit or scale (METRIC_UNITS): 'APS (distance; model units)', 'mean consistency
+    (share of tokens, 0 … 1)'."""
+    label = SCALAR_LABELS.get(key) or LAYER_METRICS.get(key, (key, True))[0]
+    unit = METRIC_UNITS.get(key)
+    if not unit or unit in label:
+        return label
+    return f"{label[:-1]}; {unit})" if label.endswith(")") else f"{label} ({unit})"
 
 
 def is_score_column(name: str) -> bool:
