@@ -25,12 +25,18 @@ COLUMNS = ("agreement", "cascade_agreement")
 MEASURES = ("agreement", "cascade_agreement", "ratio")  # reported per checkpoint and as other − base
 
 
+def _ratio(num: float, den: float) -> float:
+    """num / den; NaN where den is not above 0 (a ratio over a cascade that never agrees is undefined)."""
+    return num / den if den > 0 else float("nan")
+
+
 def _ratio_stats(r: np.ndarray) -> np.ndarray:
     """Question rows [n_q, 4] = (agreement, cascade) of base, then of other -> [9]: base, other and
-    other − base of agreement, cascade agreement and their ratio (means over the rows)."""
+    other − base of agreement, cascade agreement and their ratio (means over the rows; a ratio is NaN where
+    its cascade mean is 0)."""
     m = r.mean(axis=0)  # [4]
-    base = np.array([m[0], m[1], m[0] / max(m[1], 1e-12)])
-    other = np.array([m[2], m[3], m[2] / max(m[3], 1e-12)])
+    base = np.array([m[0], m[1], _ratio(m[0], m[1])])
+    other = np.array([m[2], m[3], _ratio(m[2], m[3])])
     return np.concatenate([base, other, other - base])
 
 
@@ -40,8 +46,11 @@ def paired_difference(samples: pd.DataFrame, base: str, other: str,
     other − base, each with a paired 95% bootstrap interval over questions.
 
     samples: evaluate's per-sample rows (columns checkpoint, sample_id, question, voice, agreement,
-    cascade_agreement), both checkpoints included. Returns one row per group with n_q and, for each
-    measure m in MEASURES: base_m, other_m, delta_m and delta_m_lo / delta_m_hi (fractions).
+    cascade_agreement), both checkpoints included. Clips are paired on sample_id; one id holding another
+    question (or voice) in the two checkpoints' rows is refused (they were evaluated on different sample sets).
+    Returns one row per group with n_q, n_clips (paired), n_only_base / n_only_other (the clips of one checkpoint
+    that the other lacks, left out; also in the frame's attrs) and, for each measure m in MEASURES: base_m, other_m,
+    delta_m and delta_m_lo / delta_m_hi (fractions).
     """
     from lsl_core.metrics.stats import bootstrap_ci
 
@@ -61,11 +70,20 @@ def paired_difference(samples: pd.DataFrame, base: str, other: str,
                            f"a checkpoint of that name. Write it '{ck}@N' for the one in the N-th --results folder "
                            "(from 1), or pass only the folder with the one you mean.")
     a = picked[base][["sample_id", "question", "voice", *COLUMNS]]
-    b = picked[other][["sample_id", *COLUMNS]]
+    b = picked[other][["sample_id", "question", "voice", *COLUMNS]]
     joined = a.set_index("sample_id").join(b.set_index("sample_id"), how="inner", rsuffix="_other")  # shared clips
     if joined.empty:
         raise LSLError(f"compare: '{base}' and '{other}' share no clips (sample_id); evaluate both on the same "
                        "sample set.")
+    clash = joined[(joined["question"] != joined["question_other"]) | (joined["voice"] != joined["voice_other"])]
+    if len(clash):
+        sid = clash.index[0]
+        raise LSLError(f"compare: clip {sid!r} holds a different question (or voice) in '{base}' ("
+                       f"{clash['question'].iloc[0]!r}) and in '{other}' ({clash['question_other'].iloc[0]!r}), and "
+                       f"so do {len(clash) - 1} more: the two were evaluated on different sample sets. Evaluate both "
+                       "on the same --samples.")
+    only = {"n_only_base": int((~a["sample_id"].isin(joined.index)).sum()),
+            "n_only_other": int((~b["sample_id"].isin(joined.index)).sum())}
     rows = []
     for group, sub in (("seen", joined[joined["voice"] != unseen_voice]),
                        (unseen_voice, joined[joined["voice"] == unseen_voice])):
@@ -74,13 +92,15 @@ def paired_difference(samples: pd.DataFrame, base: str, other: str,
         cols = [*COLUMNS, *(f"{c}_other" for c in COLUMNS)]
         q = sub.groupby("question", sort=False)[cols].mean().to_numpy(np.float64)  # [n_q, 4]
         ci = bootstrap_ci(q, _ratio_stats)
-        rec: dict = {"voice": group, "n_q": len(q), "n_clips": len(sub)}
+        rec: dict = {"voice": group, "n_q": len(q), "n_clips": len(sub), **only}
         for i, m in enumerate(MEASURES):
             rec[f"base_{m}"], rec[f"other_{m}"] = ci.estimate[i], ci.estimate[3 + i]
             rec[f"delta_{m}"], rec[f"delta_{m}_lo"], rec[f"delta_{m}_hi"] = (
                 ci.estimate[6 + i], ci.low[6 + i], ci.high[6 + i])
         rows.append(rec)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out.attrs.update(only, n_clips=len(joined))
+    return out
 
 
 def checkpoint_rows(samples: pd.DataFrame, ref: str) -> pd.DataFrame:
@@ -145,6 +165,10 @@ def main(args: argparse.Namespace) -> int:
         raise LSLError(f"--unseen-voice {args.unseen_voice!r} is not a voice of these results ({', '.join(have)}); "
                        "give one of them, or leave --unseen-voice out.")
     d = paired_difference(rows, args.base, args.other, args.unseen_voice or UNSEEN_VOICE)
+    if d.attrs["n_only_base"] or d.attrs["n_only_other"]:  # said, not silently dropped
+        print(f"note: the two results hold different clips: paired on the {d.attrs['n_clips']} clips both have; "
+              f"left out {d.attrs['n_only_base']} only in {args.base} and {d.attrs['n_only_other']} only in "
+              f"{args.other}.")
     print(f"{args.other} − {args.base}, paired on the same clips (95% bootstrap over questions; agreement in %):")
     print(format_table(d, args.base, args.other))
     return 0

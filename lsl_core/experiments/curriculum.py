@@ -116,6 +116,17 @@ def step_spearman(steps: Sequence[float], values: Sequence[float]) -> float:
 
 
 # =============================================================================== the table
+def _check_results(results: Path) -> list[Path]:
+    """evaluate's summary and headline files in `results`, or LSLError naming the commands that write them."""
+    need = [Path(results) / "checkpoints_summary.parquet", Path(results) / "checkpoints_headline.parquet"]
+    missing = [p.name for p in need if not p.is_file()]
+    if missing:
+        raise LSLError(f"{results} lacks {missing}; write them with `python -m lsl_core evaluate ... --out {results}` "
+                       f"(and, for the alignment columns, `python -m lsl_core analyze --controls ... --out "
+                       f"{results}/analysis.parquet`).")
+    return need
+
+
 def curriculum_table(results: Path, measured: dict[str, dict] | None = None,
                      stages: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per evaluated checkpoint: scores (evaluate), alignment means (analyze), retrieval (controls).
@@ -127,12 +138,7 @@ def curriculum_table(results: Path, measured: dict[str, dict] | None = None,
     from lsl_core.results import checkpoint_means, controls_means
 
     results = Path(results)
-    need = [results / "checkpoints_summary.parquet", results / "checkpoints_headline.parquet"]
-    missing = [p.name for p in need if not p.is_file()]
-    if missing:
-        raise LSLError(f"{results} lacks {missing}; write them with `python -m lsl_core evaluate ... --out {results}` "
-                       f"(and, for the alignment columns, `python -m lsl_core analyze --controls ... --out "
-                       f"{results}/analysis.parquet`).")
+    need = _check_results(results)
     summary = pd.read_parquet(need[0])
     head = pd.read_parquet(need[1])
     apath = results / "analysis.parquet"
@@ -203,6 +209,10 @@ def r2_table(df: pd.DataFrame) -> pd.DataFrame:
         if g not in df.columns:
             continue
         values = df[g].dropna().unique()
+        if len(values) == 0:  # e.g. no checkpoint's text answer contains a gold answer: no answerable GAP
+            rows.append({"gap": gname, "metric": "every metric",
+                         "note": "no checkpoint has this GAP (no question is answerable): nothing to fit"})
+            continue
         if len(values) == 1:  # e.g. speech never contains a gold answer where text does: nothing to explain
             rows.append({"gap": gname, "metric": "every metric",
                          "note": f"the GAP is {100 * values[0]:.1f} for every checkpoint: nothing to explain"})
@@ -350,6 +360,7 @@ def run(args) -> int:
     from lsl_core.model.loading import list_zoo
 
     meta = provenance(getattr(args, "argv", None))
+    _check_results(args.results)  # before any model loads
     zoo = list_zoo(args.zoo) if args.zoo else []
     measured: dict[str, dict] = {}
     if zoo and args.silence_clips > 0:

@@ -68,8 +68,14 @@ def voice_of(sample) -> str:
 
 
 def select_samples(samples, n_questions: int | None = None, voices: list[str] | None = None):
-    """The samples of the first n distinct questions (set order), optionally only some voices."""
+    """The samples of the first n distinct questions (set order), optionally only some voices; a voice no sample
+    has is refused (LSLError naming the set's voices), not silently left out."""
     if voices:
+        have = list(dict.fromkeys(voice_of(samples.record(i)) for i in range(len(samples))))
+        missing = [v for v in voices if not len(samples.filter(voice=v))]
+        if missing:
+            raise LSLError(f"--voices: no sample of {', '.join(map(repr, missing))} in {samples.name!r}; its voices "
+                           f"are {', '.join(have)}. Give some of those.")
         samples = samples.filter(voice=voices)
     if n_questions is None:
         return samples
@@ -100,7 +106,10 @@ def llm_identity(model) -> str:
     none / frozen / pretrained without LoRA), else the checkpoint's own digest (LoRA, full fine-tune)."""
     m = model.manifest or {}
     if m.get("strategy") in ("none", "frozen") and not m.get("lora"):
-        return f"base:{m.get('llm', '')}:{model.device}:{model.dtype}"
+        # the prompt template is part of what is asked: two manifests with different 'prompt's share no answer
+        template = json.dumps([getattr(model, "prefix_ids", None), getattr(model, "suffix_ids", None)])
+        prompt = hashlib.sha256(template.encode()).hexdigest()[:16]
+        return f"base:{m.get('llm', '')}:{model.device}:{model.dtype}:{prompt}"
     return f"checkpoint:{model.digest}"
 
 
@@ -149,8 +158,9 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
     """One row per sample: text/speech answers, their sd-qa scores and the agreement between them.
 
     Text answers are generated once per distinct question; speech answers use cached encoder
-    states (same convention as training: SpeechEncoder.encode). Cached on disk per (checkpoint
-    digest incl. device/dtype, samples, options).
+    states (same convention as training: SpeechEncoder.encode). Answers are cached on disk per (checkpoint
+    digest incl. device/dtype, samples, options); their scores are recomputed from the samples' current
+    gold answers on every call (`score_rows`), so a corrected reference or scorer never meets a stale score.
     """
     import torch
     from tqdm import tqdm
@@ -170,7 +180,7 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
                           [s.question for s in items]], sort_keys=True)
     path = cache_dir("evaluate") / f"{hashlib.sha256(key_src.encode()).hexdigest()[:20]}.parquet"
     if use_cache and path.is_file():
-        return pd.read_parquet(path)
+        return score_rows(pd.read_parquet(path), items, opts)
     t0 = time.time()
     questions = list(dict.fromkeys(s.question for s in items))
     cascade = opts.cascade and getattr(model, "has_asr", False)
@@ -237,6 +247,33 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
     return df
 
 
+def score_rows(df: pd.DataFrame, items, opts: EvalOptions) -> pd.DataFrame:
+    """evaluate_checkpoint's rows (cached answers) with every score column recomputed against `items`' gold answers:
+    references, text/speech(/cascade) containment and F1, agreement, cascade_agreement. items: the Sample of each
+    row, in row order (LSLError if the ids differ)."""
+    from lsl_core.scoring import answer_agreement
+
+    if list(df["sample_id"]) != [s.id for s in items]:
+        raise LSLError("evaluate: the cached rows do not match the samples (ids or order); rerun with --no-cache.")
+    cascade = "cascade_answer" in df.columns
+    recs = []
+    for s, tx, sp, ca in zip(items, df["text_answer"], df["speech_answer"],
+                             df["cascade_answer"] if cascade else [None] * len(df)):
+        refs = tuple(s.answers)
+        rec = {"references": " | ".join(refs), **_score_columns("text", tx, refs, s.question, opts.pedant),
+               **_score_columns("speech", sp, refs, s.question, opts.pedant),
+               "agreement": float(answer_agreement(sp, tx))}
+        if cascade:
+            rec.update({**_score_columns("cascade", ca, refs, s.question, opts.pedant),
+                        "cascade_agreement": float(answer_agreement(ca, tx))})
+        recs.append(rec)
+    scores = pd.DataFrame(recs, index=df.index)
+    out = df.copy()
+    for c in scores.columns:  # in place: the column order stays the one evaluate_checkpoint wrote
+        out[c] = scores[c]
+    return out
+
+
 def add_other_question_baseline(df: pd.DataFrame) -> pd.DataFrame:
     """Add `agreement_other_q`: mean agreement of each speech answer with the text answers of the
     *other* questions (same checkpoint) - what agreement reaches from answer style alone, without
@@ -291,8 +328,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out["gap_containment"] = out["text_containment"] - out["speech_containment"]
     out["gap_f1"] = out["text_f1"] - out["speech_f1"]
     out["gap_answerable"] = 1.0 - out["speech_containment_answerable"]  # text containment is 1 on these samples
-    if "cascade_agreement" in out:
-        out["agreement_vs_cascade"] = out["agreement"] / out["cascade_agreement"]
+    if "cascade_agreement" in out:  # undefined (NaN) where the cascade never agrees
+        out["agreement_vs_cascade"] = out["agreement"] / out["cascade_agreement"].where(out["cascade_agreement"] > 0)
     if "text_pedant" in out:
         out["gap_pedant"] = out["text_pedant"] - out["speech_pedant"]
     order = {v: i for i, v in enumerate(dict.fromkeys(df["voice"]))} | {"seen": 10_000, "all": 10_001}
@@ -302,6 +339,13 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out = out.drop(columns=["_s", "_v"])
     cols = keys + ["voice", "unseen", "n"] + [c for c in out.columns if c not in keys + ["voice", "unseen", "n"]]
     return out[cols].reset_index(drop=True)
+
+
+def ratio_of_means(r) -> float:
+    """rows [n, 2] -> mean(column 0) / mean(column 1); NaN where the denominator's mean is not above 0 (a ratio
+    over a cascade that never agrees is undefined, not agreement / 1e-12)."""
+    den = float(r[:, 1].mean())
+    return float(r[:, 0].mean()) / den if den > 0 else float("nan")
 
 
 def headline_intervals(df: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd.DataFrame:
@@ -314,7 +358,8 @@ def headline_intervals(df: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd
     (agreement - agreement_other_q) / (cascade_agreement - cascade_agreement_other_q), with the two
     differences as agreement_specific / cascade_agreement_specific (absent unless the cascade is above its
     baseline), gap_answerable = 1 - speech containment on the questions whose text answer contains a gold
-    answer (n_answerable_q of them); n_q = questions.
+    answer (n_answerable_q of them); n_q = questions. A ratio is NaN where its denominator (the cascade's mean) is
+    not above 0, and its interval NaN when some replicate's is not (`ratio_of_means`).
     """
     import numpy as np
 
@@ -336,13 +381,14 @@ def headline_intervals(df: pd.DataFrame, unseen_voice: str = UNSEEN_VOICE) -> pd
                     rec.update({c: ci.estimate, f"{c}_lo": ci.low, f"{c}_hi": ci.high})
             if "cascade_agreement" in q:
                 pair = q[["agreement", "cascade_agreement"]].to_numpy(np.float64)  # [n_q, 2]
-                ci = bootstrap_ci(pair, lambda r: r[:, 0].mean() / max(r[:, 1].mean(), 1e-12))
-                rec.update({"ratio": ci.estimate, "ratio_lo": ci.low, "ratio_hi": ci.high})
+                ci = bootstrap_ci(pair, ratio_of_means) if q["cascade_agreement"].mean() > 0 else None
+                rec.update({"ratio": ci.estimate, "ratio_lo": ci.low, "ratio_hi": ci.high} if ci else
+                           dict.fromkeys(("ratio", "ratio_lo", "ratio_hi"), float("nan")))
             if {"cascade_agreement", "agreement_other_q", "cascade_agreement_other_q"} <= set(q.columns) \
                     and (q["cascade_agreement"] - q["cascade_agreement_other_q"]).mean() > 0:  # else no ratio
                 spec = np.stack([q["agreement"] - q["agreement_other_q"],
                                  q["cascade_agreement"] - q["cascade_agreement_other_q"]], 1)  # [n_q, 2]
-                ci = bootstrap_ci(spec.astype(np.float64), lambda r: r[:, 0].mean() / max(r[:, 1].mean(), 1e-12))
+                ci = bootstrap_ci(spec.astype(np.float64), ratio_of_means)
                 rec.update({"agreement_specific": spec[:, 0].mean(), "cascade_agreement_specific": spec[:, 1].mean(),
                             "ratio_specific": ci.estimate, "ratio_specific_lo": ci.low, "ratio_specific_hi": ci.high})
             ans = q[q["text_containment"] == 1.0]
@@ -407,14 +453,15 @@ def markdown_tables(summary: pd.DataFrame, meta: dict, curves: list[dict] | None
     for ck, sub in summary.groupby("checkpoint", sort=False):
         seen = sub[sub["voice"] == "seen"]
         uns = sub[sub["unseen"]]
-        s = seen.iloc[0] if len(seen) else sub.iloc[0]
+        s = seen.iloc[0] if len(seen) else None  # no seen voice evaluated (e.g. --voices <unseen>): its columns "–"
         u = uns.iloc[0] if len(uns) else None
-        get = lambda row, k: _pct(row[k]) if row is not None else "–"  # noqa: E731
-        lines.append(f"| {ck} | {s['strategy']} | {s['step']} | {_pct(s['text_f1'])} | {_pct(s['speech_f1'])} | "
-                     f"{get(u, 'speech_f1')} | {_pct(s['gap_f1'])} | {get(u, 'gap_f1')} | "
-                     f"{_pct(s['text_containment'])} | {_pct(s['speech_containment'])} | "
-                     f"{_pct(s['gap_containment'])} | {_pct(s['agreement'])} | {get(u, 'agreement')} | "
-                     f"{_pct(s.get('agreement_other_q', float('nan')))} |")
+        every = s if s is not None else sub[sub["voice"] == "all"].iloc[0]  # strategy, step, text scores
+        get = lambda row, k: _pct(row.get(k, float("nan"))) if row is not None else "–"  # noqa: E731
+        lines.append(f"| {ck} | {every['strategy']} | {every['step']} | {_pct(every['text_f1'])} | "
+                     f"{get(s, 'speech_f1')} | {get(u, 'speech_f1')} | {get(s, 'gap_f1')} | {get(u, 'gap_f1')} | "
+                     f"{_pct(every['text_containment'])} | {get(s, 'speech_containment')} | "
+                     f"{get(s, 'gap_containment')} | {get(s, 'agreement')} | {get(u, 'agreement')} | "
+                     f"{get(s, 'agreement_other_q')} |")
     if headline is not None and len(headline):
         lines += ["", "## End-to-end vs cascade, and the answerable GAP (95% bootstrap CI over questions)", "",
                   "Agreement = token F1 with the same checkpoint's text answer. Cascade = the encoder's Whisper decoder "
@@ -548,6 +595,25 @@ def register(subparsers) -> None:
     p.set_defaults(func=main)
 
 
+def _distinct_checkpoints(manifests: list) -> list:
+    """The manifests, each folder once (--zoo and --checkpoint may both name one). Rows are grouped by checkpoint
+    name (summary, headline, style baseline), so two checkpoints of one name (e.g. two seeds' runs) would be pooled
+    into one: refused, naming both folders and the way out."""
+    seen: dict[str, str] = {}
+    out = []
+    for m in manifests:
+        where = str(getattr(m, "root", "") or m.name)
+        if m.name in seen:
+            if seen[m.name] == where:
+                continue
+            raise LSLError(f"Two checkpoints are named {m.name!r} ({seen[m.name]} and {where}); their rows would be "
+                           "pooled. Evaluate them into separate --out folders and pair them with `python -m lsl_core "
+                           f"compare --results A --results B --base {m.name}@1 --other {m.name}@2`.")
+        seen[m.name] = where
+        out.append(m)
+    return out
+
+
 def _pedant_note(opts: EvalOptions) -> str:
     from lsl_core.scoring import pedant_available
 
@@ -568,6 +634,7 @@ def main(args: argparse.Namespace) -> int:
     manifests += [read_manifest(c) for c in args.checkpoint]
     if not manifests:
         raise LSLError("No checkpoints to evaluate: pass --zoo <folder> and/or --checkpoint <manifest>.")
+    manifests = _distinct_checkpoints(manifests)
     if args.intervention:  # a typo is refused now, not after every checkpoint's answers
         from lsl_core.interventions.config import parse_condition
 

@@ -68,16 +68,21 @@ def has_profile(conditions: Sequence[str], min_layers: int = 2) -> bool:
 def layer_profile(rows: pd.DataFrame, min_layers: int = 2) -> pd.DataFrame:
     """Per intervention (not a null) run at >= min_layers layers: one row per layer and comparison.
 
-    rows: evaluate_interventions' rows (sample_id, condition, title, containment, f1, agreement; 'original'
-    included). Columns: intervention (its title at ℓ 0, e.g. 'Angle·All'), family (its label at ℓ 0),
-    layer, versus (VERSUS: 'unedited speech' or the null's kind), tests (what that null breaks; '' for the
-    unedited answer), then paired_delta's Δ <metric> (percentage points), its 95% interval and n.
+    rows: evaluate_interventions' rows of one run (sample_id, condition, title, containment, f1, agreement;
+    'original' included; one row per sample and condition, else LSLError). Columns: intervention (its title
+    at ℓ 0, e.g. 'Angle·All'), family (its label at ℓ 0), layer, versus (VERSUS: 'unedited speech' or the
+    null's kind), tests (what that null breaks; '' for the unedited answer), then paired_delta's Δ <metric>
+    (percentage points), its 95% interval and n.
     Ordered by intervention (first appearance), versus (VERSUS' order), layer. Empty when no intervention
     ran at min_layers layers.
     """
     missing = [c for c in ("sample_id", "condition", "title") if c not in rows.columns]
     if missing:
         raise LSLError(f"layer_profile needs evaluate_interventions' rows; missing columns {missing}.")
+    if rows.duplicated(["condition", "sample_id"]).any():  # paired_delta pairs one row per sample
+        runs = f" of {rows['checkpoint'].nunique()} checkpoints" if "checkpoint" in rows.columns else ""
+        raise LSLError(f"layer_profile: a sample appears twice under one condition: these are the rows of several "
+                       f"runs{runs}. Pass one run's rows (e.g. rows[rows['checkpoint'] == name]).")
     by_cond = {c: rows[rows["condition"] == c].set_index("sample_id") for c in dict.fromkeys(rows["condition"])}
     families = _families(list(by_cond))
     out = []

@@ -38,10 +38,10 @@ def self_cascade_rows(answerer, transcriber, rows: pd.DataFrame, samples, system
     answer's agreement with the answerer's text answer.
 
     rows: the answerer's evaluate rows (sample_id, question, voice, text_answer, agreement, cascade_agreement);
-    samples: the Sample of each row, in order (its audio is repeated); system: the repeat instruction (the
-    transcriber lineage's, hearing.lineage(...).repeat_system). Columns added: condition, repeat, answer,
-    agreement (the self-cascade's), speech_agreement (the real end-to-end answer's). progress: one bar over the
-    phases (encoder states, repeats, answers to the distinct repeats).
+    samples: the Sample of each row, in row order (ids checked; its audio is repeated); system: the repeat
+    instruction (the transcriber lineage's, hearing.lineage(...).repeat_system). Columns added: condition,
+    repeat, answer, agreement (the self-cascade's), speech_agreement (the real end-to-end answer's). progress:
+    one bar over the phases (encoder states, repeats, answers to the distinct repeats).
     """
     from tqdm import tqdm
 
@@ -52,6 +52,9 @@ def self_cascade_rows(answerer, transcriber, rows: pd.DataFrame, samples, system
     if len(samples) != len(rows):
         raise LSLError(f"self-cascade: {len(rows)} evaluate rows but {len(samples)} samples; pass the sample set "
                        "the rows were evaluated on.")
+    if [s.id for s in samples] != list(rows["sample_id"]):  # rows and clips are joined by position below
+        raise LSLError("self-cascade: the samples are not the rows' clips in the rows' order (sample_id); pass "
+                       "[sample_by_id[i] for i in rows['sample_id']].")
     bar = tqdm(total=2 * len(samples), desc=f"self-cascade via {transcriber.name}: repeats", unit="step",
                disable=not progress)
     repeats = repeat_outputs(transcriber, list(samples), repeat_tokens, batch_size, system, progress=False,

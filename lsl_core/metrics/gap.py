@@ -16,6 +16,9 @@ control="step")`):
     r2_added      R²(GAP ~ control + x) - R²(GAP ~ control): what x explains beyond a control such as
                   the training step (the GAP's own trend with training); its CI: r2_added_interval
 
+R² is undefined (0/0) when every checkpoint has the same GAP: fit_gap refuses it, and a bootstrap resample
+whose GAP is constant is left out of an interval (as one with < 3 distinct x is), never counted as R² = 0.
+
 Statistics in float64 (numpy).
 """
 
@@ -34,6 +37,7 @@ from lsl_core.errors import MetricInputError
 from lsl_core.metrics.stats import N_BOOT, SEED
 
 MIN_POINTS = 3  # a line through 2 points always fits perfectly (R² = 1 says nothing)
+MIN_ADDED_POINTS = 4  # GAP ~ 1 + control + x passes through any 3 points (its R² = 1 says nothing)
 
 
 def gap(text_score: Any, speech_score: Any) -> Any:
@@ -61,15 +65,15 @@ class LinearFit:
 
     slope: float
     intercept: float
-    r2: float  # 0.0 by convention when the gap is constant (SS_tot = 0: nothing to explain)
+    r2: float  # in [0, 1]; a constant gap (SS_tot = 0, R² undefined) is refused by fit_gap
     n: int
 
 
 def fit_gap(x: Any, gap: Any) -> LinearFit:
     """Regress the GAP on an alignment metric: x [n], gap [n] -> LinearFit (float64 OLS).
 
-    Raises MetricInputError for mismatched lengths, NaN/inf, n < 3 or a constant x (no slope).
-    A constant gap gives slope 0, intercept = the gap and r2 = 0.0 (not NaN).
+    Raises MetricInputError for mismatched lengths, NaN/inf, n < 3, a constant x (no slope) or a
+    constant gap (R² = 1 - SS_res/SS_tot is 0/0: nothing to explain, not "explains nothing").
     """
     xv = np.asarray(x, dtype=np.float64).reshape(-1)
     yv = np.asarray(gap, dtype=np.float64).reshape(-1)
@@ -91,24 +95,28 @@ def fit_gap(x: Any, gap: Any) -> LinearFit:
             f"All {n} checkpoints have the same metric value ({xv[0]:.6g}); a slope cannot be fitted. "
             "Use checkpoints that differ in alignment, or another metric."
         )
+    ss_tot = float(dy @ dy)
+    if ss_tot == 0.0:
+        raise MetricInputError(
+            f"All {n} checkpoints have the same GAP ({yv[0]:.6g}); R² is undefined (there is no variation to "
+            "explain). Use checkpoints whose GAP differs, or another GAP."
+        )
     slope = float(dx @ dy) / sxx
     intercept = float(yv.mean() - slope * xv.mean())
-    ss_tot = float(dy @ dy)
     residual = yv - (slope * xv + intercept)
-    r2 = 0.0 if ss_tot == 0.0 else 1.0 - float(residual @ residual) / ss_tot
+    r2 = 1.0 - float(residual @ residual) / ss_tot
     return LinearFit(slope=slope, intercept=intercept, r2=r2, n=n)
 
 
 def _r2_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """R² of one-predictor OLS fits, row by row: x [B, n], y [B, n] -> [B] (= squared Pearson r;
-    0.0 where y is constant, NaN where x is)."""
+    NaN where x or y is constant: R² undefined)."""
     dx = x - x.mean(axis=1, keepdims=True)
     dy = y - y.mean(axis=1, keepdims=True)
     sxx, syy, sxy = (dx * dx).sum(1), (dy * dy).sum(1), (dx * dy).sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = sxy * sxy / (sxx * syy)
-    r2[syy == 0.0] = 0.0
-    r2[sxx == 0.0] = np.nan
+    r2[(syy == 0.0) | (sxx == 0.0)] = np.nan
     return np.clip(r2, 0.0, 1.0)
 
 
@@ -122,17 +130,25 @@ def _pairs(x: Any, y: Any, *more: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(v[order] for v in cols)
 
 
-def _resamples(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+def _distinct(v: np.ndarray) -> np.ndarray:
+    """[B, n] -> [B]: how many distinct values each row holds."""
+    return 1 + (np.diff(np.sort(v, axis=1), axis=1) != 0).sum(axis=1)
+
+
+def _resamples(x: np.ndarray, n_boot: int, seed: int, min_checkpoints: int = 0) -> np.ndarray:
     """Bootstrap resamples of n checkpoints: [B, n] indices, one `rng.integers(0, n, n)` per resample
-    (seeded), keeping those with at least 3 distinct x (a slope needs them)."""
+    (seeded), keeping those with at least 3 distinct x (a slope needs them) and min_checkpoints distinct
+    checkpoints (a fit with more coefficients needs more)."""
     n = x.size
     rng = np.random.default_rng(seed)
     idx = np.stack([rng.integers(0, n, n) for _ in range(n_boot)]) if n_boot else np.zeros((0, n), int)
-    distinct = 1 + (np.diff(np.sort(x[idx], axis=1), axis=1) != 0).sum(axis=1)
-    return idx[distinct >= MIN_POINTS]
+    keep = (_distinct(x[idx]) >= MIN_POINTS) & (_distinct(idx) >= min_checkpoints)
+    return idx[keep]
 
 
 def _interval(values: np.ndarray) -> tuple[float, float]:
+    """Percentile 95% interval of the defined (finite) replicates; (NaN, NaN) when there are none."""
+    values = values[np.isfinite(values)]
     if not values.size:
         return float("nan"), float("nan")
     lo, hi = np.quantile(values, [0.025, 0.975])
@@ -143,7 +159,8 @@ def r2_interval(x: Any, gap: Any, n_boot: int = N_BOOT, seed: int = SEED) -> tup
     """Percentile bootstrap 95% CI of the fit's R² over checkpoints: x [n], gap [n] -> (lo, hi).
 
     Each resample draws n checkpoints with replacement (`rng.integers(0, n, n)` per resample, seeded);
-    resamples with fewer than 3 distinct x (no slope) are skipped; (NaN, NaN) when none is left.
+    resamples with fewer than 3 distinct x (no slope) or a constant GAP (no R²) are skipped; (NaN, NaN)
+    when none is left.
     """
     xv, yv = _pairs(x, gap)
     idx = _resamples(xv, n_boot, seed)
@@ -178,7 +195,7 @@ def _r2_added_rows(x: np.ndarray, y: np.ndarray, c: np.ndarray) -> np.ndarray:
     """R²(y ~ 1 + c + x) - R²(y ~ 1 + c), row by row: x, y, c [B, n] -> [B] in [0, 1].
 
     With x and y residualised on c (rx, ry; centred), the added R² is (rx . ry)^2 / (rx . rx) / SS_tot(y):
-    0 where y is constant or x is (numerically) a linear function of c.
+    0 where x is (numerically) a linear function of c; NaN where y is constant (R² undefined).
     """
     x, y, c = (v - v.mean(axis=1, keepdims=True) for v in (x, y, c))
     scc = (c * c).sum(1)
@@ -189,20 +206,26 @@ def _r2_added_rows(x: np.ndarray, y: np.ndarray, c: np.ndarray) -> np.ndarray:
     ok = (syy > 0.0) & (rxx > 1e-12 * sxx)
     with np.errstate(divide="ignore", invalid="ignore"):
         added = np.where(ok, (rx * ry).sum(1) ** 2 / np.where(ok, rxx * syy, 1.0), 0.0)
+    added[syy == 0.0] = np.nan
     return np.clip(added, 0.0, 1.0)
 
 
 def _control(control: Any, x: np.ndarray) -> np.ndarray:
+    """The control column [n], checked: one finite value per checkpoint, and n >= MIN_ADDED_POINTS."""
     cv = np.asarray(control, dtype=np.float64).reshape(-1)
     if cv.shape != x.shape or not np.isfinite(cv).all():
         raise MetricInputError(f"control has {cv.size} values (or NaN/inf) for {x.size} checkpoints; "
                                "give one finite control value per checkpoint.")
+    if x.size < MIN_ADDED_POINTS:
+        raise MetricInputError(f"What a metric adds beyond a control needs at least {MIN_ADDED_POINTS} checkpoints, "
+                               f"got {x.size}: GAP ~ control + metric passes through any 3 points.")
     return cv
 
 
 def r2_added(x: Any, gap: Any, control: Any) -> float:
     """R² that x adds to an OLS of the GAP on `control` (e.g. the training step): x, gap, control [n] ->
-    R²(gap ~ 1 + control + x) - R²(gap ~ 1 + control), in [0, 1]; 0.0 for a constant GAP.
+    R²(gap ~ 1 + control + x) - R²(gap ~ 1 + control), in [0, 1]. Needs n >= 4 (MIN_ADDED_POINTS) and a
+    GAP that varies (MetricInputError otherwise).
 
     Near 0: x explains nothing the GAP's own trend with the control does not; near R²(gap ~ x): the
     control explains none of what x does.
@@ -212,9 +235,10 @@ def r2_added(x: Any, gap: Any, control: Any) -> float:
 
 
 def r2_added_interval(x: Any, gap: Any, control: Any, n_boot: int = N_BOOT, seed: int = SEED) -> tuple[float, float]:
-    """Percentile bootstrap 95% CI of `r2_added` over checkpoints, resampled as r2_interval resamples -> (lo, hi)."""
+    """Percentile bootstrap 95% CI of `r2_added` over checkpoints -> (lo, hi): the draws of r2_interval, keeping
+    those with at least 4 distinct checkpoints (fewer fit GAP ~ control + x exactly) and a GAP that varies."""
     xv, yv, cv = _pairs(x, gap, _control(control, np.asarray(x, dtype=np.float64).reshape(-1)))
-    idx = _resamples(xv, n_boot, seed)
+    idx = _resamples(xv, n_boot, seed, MIN_ADDED_POINTS)
     return _interval(_r2_added_rows(xv[idx], yv[idx], cv[idx]))
 
 
@@ -238,7 +262,8 @@ def gap_r2_table(
 
     Null baselines: resamples > 0 adds r2_lo, r2_hi (`r2_interval`) and r2_null95, p_perm (`r2_null`),
     each with that many resamples; control (a column, e.g. "step") adds r2_added (`r2_added`; NaN on
-    the control's own row) and, with resamples, its CI r2_added_lo, r2_added_hi (`r2_added_interval`).
+    the control's own row, and where the group has fewer than 4 checkpoints) and, with resamples, its CI
+    r2_added_lo, r2_added_hi (`r2_added_interval`).
     """
     by = [by] if isinstance(by, str) else list(by)
     missing = [c for c in (*by, metric, gap) if c not in df.columns]
@@ -271,7 +296,7 @@ def gap_r2_table(
             row += [*r2_interval(x, y, resamples, seed), *r2_null(x, y, resamples, seed)]
         if control is not None:
             c = group[control].to_numpy()
-            own = control == metric  # the baseline's own row: nothing to add
+            own = control == metric or fit.n < MIN_ADDED_POINTS  # the baseline's own row, or a saturated fit
             row.append(float("nan") if own else r2_added(x, y, c))
             if resamples > 0:
                 row += [float("nan")] * 2 if own else [*r2_added_interval(x, y, c, resamples, seed)]
