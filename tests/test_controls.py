@@ -310,3 +310,23 @@ def test_blocks_join_into_one_result():
 def test_options_name_the_bad_field(field, value):
     with pytest.raises(ValueError, match=f"ControlOptions.{field}"):
         ControlOptions(**{field: value})
+
+
+def test_best_layer_chance_by_hand_and_against_a_simulation():
+    """One layer: the binomial's own mean 1/Nc; one clip of 2 candidates over 2 layers: max of two fair coins (mean
+    0.75, 95th percentile 1); 31 layers of 100 clips among 20: the simulated max of independent layers."""
+    from scipy.stats import binom
+
+    from lsl_core.metrics.controls import best_layer_chance
+
+    mean, q95 = best_layer_chance(100, 20, 1)
+    assert mean == pytest.approx(0.05, abs=1e-12) and q95 == binom.ppf(0.95, 100, 0.05) / 100
+    assert best_layer_chance(1, 2, 2) == (pytest.approx(0.75, abs=1e-12), 1.0)
+    rng = np.random.default_rng(0)
+    draws = rng.binomial(100, 0.05, size=(100_000, 31)).max(axis=1) / 100  # [draws] the best of 31 layers
+    mean, q95 = best_layer_chance(100, 20, 31)
+    assert abs(mean - draws.mean()) < 4 * draws.std() / np.sqrt(draws.size)
+    assert mean > 0.05 * 1.5  # the best of 31 layers is well above one layer's chance
+    assert np.mean(draws <= q95) >= 0.95 > np.mean(draws < q95)
+    with pytest.raises(ValueError):
+        best_layer_chance(0, 20, 31)

@@ -131,6 +131,20 @@ def test_table_joins_scores_alignment_and_orders_trajectories(tmp_path):
                     {"command": "python -m lsl_core curriculum", "inputs": "x"})
     assert "| l2 | 1.20 (ℓ3) | 1.90 | 40.0 (ℓ2) |" in page and "| u |" in page.split("sink?")[0]
     assert "| u | 1." not in page.split("sink?")[1]  # checkpoints without the measurement get no row
+    # retrieval at 4 layers (-1 = a layer mean, left out): the best layer's top-1 and its own chance level (the best
+    # of 4 layers beats 1/Nc by luck alone)
+    from lsl_core.metrics.controls import best_layer_chance
+
+    pd.DataFrame([{"table": "retrieval", "scorer": "seq_cos", "layer": layer, "top1": 0.1 * (layer + 1) * (k + 1) / 6,
+                   "top5": 0.5, "mrr": 0.3, "chance_top1": 0.05, "chance_top5": 0.25, "chance_mrr": 0.18, "n": 40,
+                   "candidates": 20, "checkpoint": ck}
+                  for k, (ck, *_) in enumerate(cks) for layer in (-1, 0, 1, 2, 3)]).to_parquet(
+        tmp_path / "analysis_controls.parquet")
+    df = curriculum_table(tmp_path)
+    assert list(df["retrieval_best_layer"]) == [3] * len(cks)
+    page = markdown(df, r2_table(df), {"command": "python -m lsl_core curriculum", "inputs": "x"})
+    chance = best_layer_chance(40, 20, 4)[0]
+    assert 0.05 < chance and f"the best of 4 layers beats that by chance alone: {chance:.3f}" in page
     flat = r2_table(df.assign(gap_answerable=1.0))
     [note] = flat[flat["gap"] == "answerable GAP (all voices)"]["note"]
     assert "100.0 for every checkpoint" in note  # a constant GAP is reported, not fitted as R² = 0

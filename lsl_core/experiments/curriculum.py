@@ -31,6 +31,7 @@ import pandas as pd
 
 from lsl_core.errors import LSLError
 from lsl_core.metrics.gap import gap_r2_table
+from lsl_core.metrics.controls import best_layer_chance
 from lsl_core.metrics.stats import N_BOOT
 from lsl_core.experiments.pages import NOT_RECORDED, page_header
 
@@ -167,6 +168,11 @@ def curriculum_table(results: Path, measured: dict[str, dict] | None = None,
         best = retr.loc[retr.groupby("checkpoint")["top1"].idxmax(), ["checkpoint", "top1", "layer", "chance_top1"]]
         best = best.rename(columns={"top1": "retrieval_top1_best", "layer": "retrieval_best_layer",
                                     "chance_top1": "retrieval_chance"})
+        sizes = retr.groupby("checkpoint").agg(n=("n", "first"), candidates=("candidates", "first"),
+                                               layers=("layer", "nunique"))
+        best["retrieval_chance_best"] = [best_layer_chance(int(z.n), int(z.candidates), int(z.layers))[0]
+                                         for z in sizes.loc[best["checkpoint"]].itertuples()]
+        best["retrieval_layers"] = sizes.loc[best["checkpoint"], "layers"].to_numpy()
         df = df.merge(best, on="checkpoint", how="left")
         means = controls_means(ctl)
         if "specific_seq_cos" in means.columns:
@@ -296,7 +302,11 @@ def markdown(df: pd.DataFrame, r2: pd.DataFrame, meta: dict) -> str:
     chance = df["retrieval_chance"].dropna().iloc[0] if "retrieval_chance" in df and df["retrieval_chance"].notna().any() \
         else None
     if chance is not None:
-        lines += ["", f"Retrieval chance level: {_f(chance)} (one own transcript among the candidates)."]
+        best = df["retrieval_chance_best"].dropna() if "retrieval_chance_best" in df else pd.Series(dtype=float)
+        lines += ["", f"Retrieval chance level: {_f(chance)} at one layer (one own transcript among the candidates)"
+                  + (f"; the best of {int(df['retrieval_layers'].dropna().iloc[0])} layers beats that by chance alone: "
+                     f"{_f(best.iloc[0])} for independent layers (`metrics.controls.best_layer_chance`; correlated "
+                     "layers give less, so this bounds the best layer's chance from above)." if len(best) else ".")]
     lines += ["", "## Does agreement rise along each trajectory?", "",
               "| trajectory | checkpoints | Spearman(step, agreement seen) | Spearman(step, agreement unseen) |",
               "|---|--:|--:|--:|"]

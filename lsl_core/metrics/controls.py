@@ -292,6 +292,21 @@ def own_rank_stats(scores: np.ndarray) -> np.ndarray:
     return np.stack([top(1), top(5), rr])
 
 
+def best_layer_chance(n_clips: int, n_candidates: int, n_layers: int) -> tuple[float, float]:
+    """Chance of "top-1 at the best layer": the mean and 95th percentile of max over n_layers of a top-1 rate
+    (Binomial(n_clips, 1/n_candidates) / n_clips), for independent layers. The best of many layers beats
+    1/n_candidates by chance alone; correlated layers (real ones) give less, so this bounds the null from above."""
+    from scipy.stats import binom
+
+    if min(n_clips, n_candidates, n_layers) < 1:
+        raise ValueError(f"best_layer_chance needs positive counts, got {n_clips}, {n_candidates}, {n_layers}")
+    k = np.arange(n_clips + 1)
+    cdf_max = binom.cdf(k, n_clips, 1.0 / n_candidates) ** n_layers  # P(max <= k) [n_clips + 1]
+    pmf = np.diff(np.concatenate([[0.0], cdf_max]))
+    q95 = k[min(int(np.searchsorted(cdf_max, 0.95 - 1e-12)), n_clips)]
+    return float((k * pmf).sum() / n_clips), float(q95 / n_clips)
+
+
 def chance_levels(n_candidates: np.ndarray | int) -> np.ndarray:
     """Chance top-1, top-5, MRR among Nc candidates: -> [3, ...] = (1/Nc, min(5,Nc)/Nc, H_Nc/Nc)."""
     n = np.asarray(n_candidates, dtype=np.int64)
@@ -534,5 +549,5 @@ def concat_results(parts: Sequence[ControlsResult]) -> ControlsResult:
 
 
 __all__ = ["METRICS", "METRIC_NAMES", "SCORERS", "RETRIEVAL_STATS", "ControlOptions", "ControlsResult", "Reference",
-           "bootstrap_ci", "candidate_metrics", "centre_states", "chance_levels", "concat_results", "draw_others",
-           "own_rank_stats", "pair_metrics", "question_pool", "reference_means", "set_controls", "stable_hash"]
+           "best_layer_chance", "bootstrap_ci", "candidate_metrics", "centre_states", "chance_levels", "concat_results",
+           "draw_others", "own_rank_stats", "pair_metrics", "question_pool", "reference_means", "set_controls", "stable_hash"]
