@@ -5,6 +5,7 @@ ratio), and the command end to end on a shipped checkpoint's stored evaluate row
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +285,109 @@ def test_closed_vocab_refuses_bad_input_before_loading_a_model(capsys):
     assert cli_main(["closed-vocab", "--checkpoint", str(ASSETS / "qa-lora" / "lora-step2900"), "--results", ".",
                      "--vocab-words", "-1"]) == 2
     assert "--vocab-words must be 0 or more" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- review: input refused before a model loads
+@pytest.fixture
+def no_model(monkeypatch):
+    """Any model load fails the test: the refusals below must come before one."""
+    import lsl_core.model.loading as loading
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(loading, "load_checkpoint", refuse)
+
+
+def _results(folder: Path, rows: pd.DataFrame, max_new_tokens: int | None = 24, name: str = "checkpoints") -> Path:
+    """An evaluate --out folder: <name>_samples.parquet and (max_new_tokens given) <name>_summary.json's meta."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows.to_parquet(folder / f"{name}_samples.parquet")
+    if max_new_tokens is not None:
+        (folder / f"{name}_summary.json").write_text(json.dumps({"meta": {"max_new_tokens": max_new_tokens,
+                                                                          "unseen_voice": "en-gb-scotland"}}))
+    return folder
+
+
+def test_stored_rows_refuse_a_checkpoint_in_two_evaluate_files_and_other_answer_lengths(tmp_path):
+    """Two evaluate runs of one checkpoint in a folder (two sample sets, or two settings) were pooled (and the first
+    file's answers kept for a clip both hold); stored text answers of another length than the closed texts' would
+    be set against answers of this length."""
+    _results(tmp_path, _rows())
+    _results(tmp_path, _rows().assign(sample_id=["c1", "c2", "d1", "d2"]), name="other")
+    with pytest.raises(LSLError, match=r"'ck' has rows in 2 evaluate files.*checkpoints_samples.parquet.*"
+                                       r"other_samples.parquet"):
+        stored_rows(tmp_path, "ck")
+    (tmp_path / "other_samples.parquet").unlink()
+    assert len(stored_rows(tmp_path, "ck", max_new_tokens=24)) == 4
+    with pytest.raises(LSLError, match="answered with --max-new-tokens 24.*pass --max-new-tokens 24"):
+        stored_rows(tmp_path, "ck", max_new_tokens=32)
+    (tmp_path / "checkpoints_summary.json").unlink()  # no meta (an older folder): nothing to check against
+    assert len(stored_rows(tmp_path, "ck", max_new_tokens=32)) == 4
+
+
+def test_closed_vocab_refuses_other_answer_lengths_than_the_stored_rows_before_loading(no_model, capsys):
+    ck = ASSETS / "qa-lora" / "lora-step2900"
+    assert cli_main(["closed-vocab", "--checkpoint", str(ck), "--results", str(ROOT / "assets" / "results"),
+                     "--max-new-tokens", "32"]) == 2
+    assert "answered with --max-new-tokens 24" in capsys.readouterr().err
+
+
+def test_closed_vocab_refuses_missing_rows_or_cascade_before_loading(tmp_path, no_model, capsys):
+    ck = ASSETS / "qa-lora" / "lora-step2900"
+    _results(tmp_path / "other", _rows())  # rows of another checkpoint ("ck")
+    assert cli_main(["closed-vocab", "--checkpoint", str(ck), "--results", str(tmp_path / "other")]) == 2
+    assert "no rows of checkpoint 'lora-step2900'" in capsys.readouterr().err
+    no_cascade = _rows().assign(checkpoint="lora-step2900").drop(columns=["transcript", "cascade_answer"])
+    _results(tmp_path / "typed", no_cascade)
+    assert cli_main(["closed-vocab", "--checkpoint", str(ck), "--results", str(tmp_path / "typed")]) == 2
+    assert "pass --source typed" in capsys.readouterr().err
+
+
+def test_closed_vocab_refuses_a_wrong_unseen_voice_before_loading(tmp_path, no_model, capsys):
+    ck = ASSETS / "qa-lora" / "lora-step2900"
+    assert cli_main(["closed-vocab", "--checkpoint", str(ck), "--results", str(ROOT / "assets" / "results"),
+                     "--unseen-voice", "en-scotland"]) == 2
+    err = capsys.readouterr().err
+    assert "--unseen-voice 'en-scotland' is not a voice of these samples" in err and "en-gb-scotland" in err
+    # a lineage that spoke the unseen voice in training: its clips are not unseen
+    traj = tmp_path / "t"
+    (traj / "t-step1").mkdir(parents=True)
+    (traj / "train_config.json").write_text(json.dumps({"init": None, "voices": ["en-gb", "en-gb-scotland"]}))
+    (traj / "train_targets.jsonl").write_text(json.dumps({"example_id": "x", "question": "Who founded it?"}) + "\n")
+    (traj / "t-step1" / "manifest.json").write_text(json.dumps({"name": "t-step1", "llm": "embedded:x",
+                                                                "encoder": "embedded:y", "strategy": "none"}))
+    _results(tmp_path / "res", _rows().assign(checkpoint="t-step1"))
+    assert cli_main(["closed-vocab", "--checkpoint", str(traj / "t-step1"), "--results", str(tmp_path / "res")]) == 2
+    assert "'en-gb-scotland' was a training voice of t-step1" in capsys.readouterr().err
+
+
+def test_closed_vocab_says_when_seen_voices_were_never_spoken_in_training(tmp_path, no_model, capsys):
+    traj = tmp_path / "t"
+    (traj / "t-step1").mkdir(parents=True)
+    (traj / "train_config.json").write_text(json.dumps({"init": None, "voices": ["en-gb"]}))
+    (traj / "train_targets.jsonl").write_text(json.dumps({"example_id": "x", "question": "Who founded it?"}) + "\n")
+    (traj / "t-step1" / "manifest.json").write_text(json.dumps({"name": "t-step1", "llm": "embedded:x",
+                                                                "encoder": "embedded:y", "strategy": "none"}))
+    rows = _rows().assign(checkpoint="t-step1", voice=["en-us", "en-gb-scotland", "en-gb", "en-gb-scotland"])
+    _results(tmp_path / "res", rows)
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        cli_main(["closed-vocab", "--checkpoint", str(traj / "t-step1"), "--results", str(tmp_path / "res")])
+    assert "note: t-step1's training never spoke the voices en-us, yet the tables count them as 'seen'" \
+        in capsys.readouterr().out
+
+
+def test_closed_vocab_names_evaluated_questions_that_training_spoke(tmp_path, no_model, capsys):
+    """A question training spoke has no unknown word: its ceiling is the cascade's by construction, not a fresh
+    question's; such questions are named before the model loads."""
+    traj = tmp_path / "t"
+    (traj / "t-step1").mkdir(parents=True)
+    (traj / "train_config.json").write_text(json.dumps({"init": None}))
+    (traj / "train_targets.jsonl").write_text(json.dumps({"example_id": "x", "question": "who is the COURT"}) + "\n")
+    (traj / "t-step1" / "manifest.json").write_text(json.dumps({"name": "t-step1", "llm": "embedded:x",
+                                                                "encoder": "embedded:y", "strategy": "none"}))
+    _results(tmp_path / "res", _rows().assign(checkpoint="t-step1"))
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        cli_main(["closed-vocab", "--checkpoint", str(traj / "t-step1"), "--results", str(tmp_path / "res")])
+    assert "note: 1 of the 2 questions here were spoken in t-step1's training (e.g. 'Who is the court?')" \
+        in capsys.readouterr().out

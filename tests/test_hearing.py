@@ -106,11 +106,11 @@ def test_the_shipped_lineage_is_the_training_split():
     assert lin.repeat_system == TrainConfig().repeat_system  # read from the newest stage's config
     train, monitor = split_questions(TrainConfig(n_questions=0, n_val_questions=16))
     assert lin.question_words == {w for q in train for w in words(q.question)}
-    # exposure: every stage spoke each training question with the same 7 voices -> 7 x distinct questions
+    # exposure: every stage spoke each training question with the same 7 voices -> 7 x training question ids (a
+    # text the split holds under two ids, "... on Earth?" / "... on earth?", is two questions' clips)
     n_voices = len(TrainConfig().voices)
-    texts = {" ".join(words(q.question)) for q in train}
-    for w in ("the", "capital", "who"):
-        assert lin.exposure(w) == n_voices * sum(w in t.split() for t in texts) > 0
+    for w in ("the", "capital", "who", "mineral"):
+        assert lin.exposure(w) == n_voices * sum(w in words(q.question) for q in train) > 0
     assert lin.other_words == frozenset()
     only_monitor = {w for q in monitor for w in words(q.question)} - lin.question_words
     assert only_monitor and all(lin.group(w) == "never" for w in only_monitor)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Callable
@@ -41,7 +42,8 @@ import pandas as pd
 from lsl_core.cli import add_device_args
 from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
-from lsl_core.experiments.hearing import Lineage, lineage, words
+from lsl_core.experiments.hearing import (Lineage, lineage, trained_note, unseen_voice_check, untrained_voice_notes,
+                                         words)
 
 SOURCES = ("typed", "asr")  # which text is closed (module docstring)
 MODES = ("drop", "nearest", "sound")  # what becomes of an unknown word (module docstring)
@@ -300,14 +302,35 @@ def evaluate_files(results: Path, command: str = "closed-vocab") -> list[Path]:
     return files
 
 
-def stored_rows(results: Path, checkpoint: str, command: str = "closed-vocab") -> pd.DataFrame:
-    """A checkpoint's per-clip rows from an evaluate results folder (every `*_samples.parquet` in it)."""
+def stored_rows(results: Path, checkpoint: str, command: str = "closed-vocab",
+                max_new_tokens: int | None = None) -> pd.DataFrame:
+    """A checkpoint's per-clip rows from an evaluate results folder (the one `*_samples.parquet` in it that holds
+    them; two such files, two runs of the checkpoint, are refused rather than pooled). max_new_tokens: the answer
+    length the caller answers new texts with; refused when the run's `<name>_summary.json` says its answers had
+    another (stored and new answers would then differ in length, not only in their text)."""
     files = evaluate_files(results, command)
-    rows = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    rows = rows[rows["checkpoint"] == checkpoint].drop_duplicates("sample_id")
-    if rows.empty:
+    holding = []
+    for f in files:
+        d = pd.read_parquet(f)
+        if "checkpoint" in d.columns and (d["checkpoint"] == checkpoint).any():
+            holding.append((f, d[d["checkpoint"] == checkpoint]))
+    if not holding:
         raise LSLError(f"{command}: {results} has no rows of checkpoint {checkpoint!r}; evaluate it there first.")
-    return rows.reset_index(drop=True)
+    if len(holding) > 1:
+        raise LSLError(f"{command}: {checkpoint!r} has rows in {len(holding)} evaluate files of {results} "
+                       f"({', '.join(f.name for f, _ in holding)}): two runs, which would be pooled; move all but "
+                       "one into another folder and pass that folder.")
+    f, rows = holding[0]
+    meta_file = f.with_name(f.name.removesuffix("_samples.parquet") + "_summary.json")
+    if max_new_tokens is not None and meta_file.is_file():
+        try:
+            stored = json.loads(meta_file.read_text()).get("meta", {}).get("max_new_tokens")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            stored = None  # unreadable meta: nothing to check against
+        if stored is not None and int(stored) != int(max_new_tokens):
+            raise LSLError(f"{command}: the evaluate rows in {f} were answered with --max-new-tokens {stored}, new "
+                           f"texts would be answered with {max_new_tokens}; pass --max-new-tokens {stored}.")
+    return rows.drop_duplicates("sample_id").reset_index(drop=True)
 
 
 def register(subparsers) -> None:
@@ -329,8 +352,11 @@ def register(subparsers) -> None:
                    help="also count the LLM's first N word tokens as known (train config field vocab_words): "
                         "the ceiling of a training vocabulary that wide")
     p.add_argument("--vocab-cased", action="store_true", help="... capitalised word tokens too (vocab_cased)")
-    p.add_argument("--unseen-voice", default=UNSEEN_VOICE, help="the voice held out of training")
-    p.add_argument("--max-new-tokens", type=int, default=24, help="greedy answer length (as evaluate's)")
+    p.add_argument("--unseen-voice", default=None,
+                   help=f"the voice held out of training (default {UNSEEN_VOICE}; one you give must be in the "
+                        "samples, and the checkpoint's training may not have spoken it)")
+    p.add_argument("--max-new-tokens", type=int, default=24,
+                   help="greedy answer length (as evaluate's; with --results it must be the stored rows' length)")
     p.add_argument("--batch-size", type=int, default=50, help="prompts per batched generate call")
     p.add_argument("--examples", type=int, default=0, help="also print this many closed questions per condition")
     p.add_argument("--out", type=Path, default=None, help="write the per-clip rows here (parquet)")
@@ -342,7 +368,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from lsl_core.experiments.evaluate import text_answers
-    from lsl_core.model.loading import load_checkpoint
+    from lsl_core.model.loading import load_checkpoint, read_manifest
 
     if args.n_questions is not None and args.n_questions <= 0:
         raise LSLError(f"closed-vocab: --n-questions must be positive, got {args.n_questions}.")
@@ -351,22 +377,40 @@ def main(args: argparse.Namespace) -> int:
     for k in args.min_clips:
         if k < 1:
             raise LSLError(f"closed-vocab: --min-clips must be at least 1 (1 = words never spoken), got {k}.")
-    lin = lineage(args.checkpoint)  # before the model loads: an untrained checkpoint has nothing to close
+    # before the model loads: an untrained checkpoint has nothing to close, and the stored rows must be usable
+    lin = lineage(args.checkpoint)
+    name = read_manifest(args.checkpoint).name
+    unseen = args.unseen_voice or UNSEEN_VOICE
     if args.results is not None:
-        evaluate_files(args.results)  # ... and a results folder without evaluate rows
-    model = load_checkpoint(args.checkpoint, device=args.device)
-    if args.results is not None:
-        rows = stored_rows(args.results, model.name)
+        rows = stored_rows(args.results, name, max_new_tokens=args.max_new_tokens)
         if args.n_questions is not None:
             rows = rows[rows["question"].isin(list(dict.fromkeys(rows["question"]))[:args.n_questions])]
+        voices = list(rows["voice"])
+        unseen_voice_check(voices, unseen, args.unseen_voice is not None, {name: lin}, "closed-vocab")
+        if "asr" in args.source and "transcript" not in rows.columns:
+            raise LSLError("closed-vocab: these rows have no cascade (the encoder has no ASR decoder, or evaluate "
+                           "ran with --no-cascade); pass --source typed.")
     else:
         from lsl_core.data.sets import load_sample_set
-        from lsl_core.experiments.evaluate import EvalOptions, evaluate_checkpoint, select_samples
+        from lsl_core.experiments.evaluate import EvalOptions, evaluate_checkpoint, select_samples, voice_of
 
-        opts = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                           unseen_voice=args.unseen_voice)
+        opts = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, unseen_voice=unseen)
         samples = select_samples(load_sample_set(args.samples), args.n_questions)
+        voices = [voice_of(s) for s in samples]
+        unseen_voice_check(voices, unseen, args.unseen_voice is not None, {name: lin}, "closed-vocab")
+    for note in untrained_voice_notes(voices, unseen, {name: lin}, "evaluate without them"):
+        print(note)
+    questions = list(rows["question"]) if args.results is not None else [s.question for s in samples]
+    if note := trained_note(questions, lin, name, "none of their words is unknown, so their ceiling is the "
+                                                  "cascade's by construction; evaluate on questions training never "
+                                                  "spoke."):
+        print(note)
+    model = load_checkpoint(args.checkpoint, device=args.device)
+    if args.results is None:
         rows = evaluate_checkpoint(model, samples, opts, progress=True)
+        if "asr" in args.source and "transcript" not in rows.columns:
+            raise LSLError("closed-vocab: this checkpoint has no cascade (its encoder has no ASR decoder); pass "
+                           "--source typed.")
     first = list(dict.fromkeys(rows["question"]))[:4]  # the stored rows must be this checkpoint's answers
     with torch.no_grad():
         now = text_answers(model, first, args.max_new_tokens, args.batch_size)
@@ -374,16 +418,13 @@ def main(args: argparse.Namespace) -> int:
     if differ := sum(a != stored[q] for q, a in zip(first, now)):
         print(f"note: {differ} of {len(first)} stored text answers differ from this checkpoint's answers now "
               "(another digest, or numerics); the unchanged texts keep the stored answers.")
-    if "asr" in args.source and "transcript" not in rows.columns:
-        raise LSLError("closed-vocab: these rows have no cascade (the encoder has no ASR decoder, or evaluate ran "
-                       "with --no-cascade); pass --source typed.")
     print(f"{model.name}: lineage {' <- '.join(lin.stages)}; {len(rows)} clips of "
           f"{rows['question'].nunique()} questions; known words: "
           + ", ".join(f"{len(known_words(lin, k))} spoken in >= {k} clips" for k in args.min_clips), flush=True)
     print("Its measured speech answers by how many words of the question training never spoke (%, 95% bootstrap "
           "over questions; ratio = / the cascade's on the same clips):")
     rows = rows.assign(never_spoken=never_spoken(rows["question"], lin))  # kept in --out: the page's split
-    print(format_table(coverage_table(rows, args.unseen_voice), share="words never spoken"), flush=True)
+    print(format_table(coverage_table(rows, unseen), share="words never spoken"), flush=True)
     extra: tuple[str, ...] = ()
     if args.vocab_words:
         from lsl_core.experiments.train.vocab import vocabulary_words
@@ -400,7 +441,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"   [{cond}] {r['question']} -> {r['closed_text']} | {r['answer']}")
     print("Agreement with the text answers (%, 95% bootstrap over questions); ratio = / the cascade's on the "
           "same clips:")
-    print(format_table(ceiling_table(closed, args.unseen_voice)))
+    print(format_table(ceiling_table(closed, unseen)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         closed.to_parquet(args.out)

@@ -23,8 +23,9 @@ checkpoints whose training gives every word here the same group and exposure sha
 voice group (the unseen voice vs the rest) with a 95% bootstrap interval over questions.
 
 **Exposure** (how often training spoke a word) refines the split: a word's exposure is the number of training
-clips that spoke it, summed over the lineage's distinct texts holding it (a training question is spoken by
-each of its stage's voices, other text once; a text in several stages counts once, at its most voices).
+clips that spoke it: distinct (example id, voice) pairs over the lineage's texts holding it (a training question
+is spoken by each of its stage's voices, other text once; a clip several stages speak counts once, and a text held
+under two ids, as the SD-QA test split holds one question, is two sets of clips).
 `exposure_table` pools recall in bins of it (EXPOSURE_EDGES), the dose-response of hearing: how many
 renditions a word needs before the speech path hears it as well as the Whisper transcript does.
 
@@ -72,6 +73,8 @@ class Lineage:
     missing: str = ""  # an init path named by a train config that could not be found ("" = complete)
     repeat_system: str = REPEAT_SYSTEM  # the repeat instruction the newest stage's config names
     clips: Mapping[str, int] = field(default_factory=dict)  # word -> training clips that spoke it (docstring)
+    voices: frozenset[str] = frozenset()  # every voice a stage spoke its questions with (not "unseen" then)
+    texts: frozenset[str] = frozenset()  # every spoken training text, normalised (words joined by a space)
 
     def group(self, word: str) -> str:
         """"question", "other" or "never" for one normalised word."""
@@ -107,8 +110,8 @@ def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage
     A row of `train_targets.jsonl` counts as a training question when its example_id is an SD-QA
     English test id (sdqa_ids; default: every training question's), else as other text; a question was
     spoken by each voice of its stage's config (`voices`, default TrainConfig's), other text once, which gives
-    each word's exposure (`clips`: summed over distinct normalised texts, a text counted once at its most
-    voices). Raises LSLError
+    each word's exposure (`clips`: distinct (example id, voice) clips of the texts holding it; one a later stage
+    speaks again counts once). Raises LSLError
     when the checkpoint's own trajectory has no train_targets.jsonl (an untrained or foreign checkpoint:
     nothing to split by) or an unreadable one; a missing *init* further up ends the walk and is reported
     in `missing`.
@@ -124,7 +127,8 @@ def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage
     folder = folder.parent if folder.name == "manifest.json" else folder
     qw: set[str] = set()
     ow: set[str] = set()
-    spoken_by: dict[str, int] = {}  # normalised text -> most voices that spoke it in one stage
+    spoken_by: dict[tuple[str, str], set[str]] = {}  # (example id, normalised text) -> voices that spoke it
+    all_voices: set[str] = set()
     stages: list[str] = []
     missing = ""
     system = REPEAT_SYSTEM
@@ -148,13 +152,14 @@ def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise LSLError(f"hearing: {traj} holds an unreadable {TARGETS_NAME} or {CONFIG_NAME} ({exc}); "
                            "restore it from the training run that wrote it.") from None
-        n_voices = len(cfg.get("voices") or TRAIN_VOICE_FAMILY)
+        voices = {str(v) for v in (cfg.get("voices") or TRAIN_VOICE_FAMILY)}
+        all_voices |= voices
         for row in rows:
             is_question = str(row.get("example_id")) in sdqa_ids
             ws = words(str(row.get("question", "")))
             (qw if is_question else ow).update(ws)
-            text = " ".join(ws)
-            spoken_by[text] = max(spoken_by.get(text, 0), n_voices if is_question else 1)
+            key = (str(row.get("example_id")), " ".join(ws))  # one id = its own renditions: its own clips
+            spoken_by.setdefault(key, set()).update(voices if is_question else {""})  # other text: one clip
         if not stages:
             system = str(cfg.get("repeat_system") or REPEAT_SYSTEM)
         stages.append(traj.name)
@@ -165,10 +170,88 @@ def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage
         if folder is None:
             missing = str(init)
     clips: dict[str, int] = {}
-    for text, n in spoken_by.items():
+    for (_, text), vs in spoken_by.items():
         for w in set(text.split()):
-            clips[w] = clips.get(w, 0) + n
-    return Lineage(frozenset(qw), frozenset(ow - qw), tuple(stages), missing, system, clips)
+            clips[w] = clips.get(w, 0) + len(vs)
+    texts = frozenset(t for _, t in spoken_by)
+    return Lineage(frozenset(qw), frozenset(ow - qw), tuple(stages), missing, system, clips, frozenset(all_voices),
+                   texts)
+
+
+def distinct_checkpoints(refs: list[str]) -> list[tuple[str, str]]:
+    """(ref, manifest name) of each checkpoint folder once, in the order given (a folder, its manifest.json or a
+    trailing slash name one folder). Rows are grouped by checkpoint name, so two folders of one name (two runs'
+    "lora-step2900") would be pooled into one row: refused (LSLError naming both). Reads manifests only."""
+    from lsl_core.model.loading import read_manifest
+
+    out: list[tuple[str, str]] = []
+    where: dict[str, Path] = {}  # manifest name -> its folder
+    for ref in refs:
+        folder = Path(ref)
+        folder = (folder.parent if folder.name == "manifest.json" else folder).resolve()
+        name = read_manifest(folder).name
+        if name in where:
+            if where[name] == folder:
+                continue
+            raise LSLError(f"hearing: two checkpoints are named {name!r} ({where[name]} and {folder}); their rows "
+                           "would be pooled into one. Run `python -m lsl_core hearing` on each with its own --out.")
+        where[name] = folder
+        out.append((ref, name))
+    return out
+
+
+def unseen_voice_check(voices: list[str], unseen: str, explicit: bool, lineages: Mapping[str, Lineage],
+                       command: str) -> None:
+    """Refuse (LSLError) an --unseen-voice the clips do not have when one was given (else every clip would count
+    as seen without a word), and an unseen voice among the clips that a lineage (name -> Lineage) trained on (its
+    rows would be labelled unseen)."""
+    have = list(dict.fromkeys(voices))
+    if explicit and unseen not in have:
+        raise LSLError(f"{command}: --unseen-voice {unseen!r} is not a voice of these samples ({', '.join(have)}); "
+                       "give one of them, or leave --unseen-voice out.")
+    if unseen in have:
+        for name, lin in lineages.items():
+            if unseen in lin.voices:
+                raise LSLError(f"{command}: {unseen!r} was a training voice of {name} (its lineage's train configs "
+                               f"list it), so its clips are not an unseen voice; pass --unseen-voice with a voice "
+                               f"that training never spoke (training voices: {', '.join(sorted(lin.voices))}).")
+
+
+def untrained_voice_notes(voices: list[str], unseen: str, lineages: Mapping[str, Lineage],
+                          fix: str = "leave them out with --voices") -> list[str]:
+    """One note per lineage (name -> Lineage) that never spoke some voice of the clips other than the unseen one:
+    the tables pool every such voice as "seen" (fix: how the command leaves them out). Lineages without voices
+    (built by hand) give none."""
+    have = sorted(set(voices) - {unseen})
+    notes = []
+    for name, lin in lineages.items():
+        if lin.voices and (never := [v for v in have if v not in lin.voices]):
+            notes.append(f"note: {name}'s training never spoke the voices {', '.join(never)}, yet the tables count "
+                         f"them as 'seen' (every voice but {unseen}); {fix} to keep 'seen' to training voices.")
+    return notes
+
+
+def trained_questions(questions: list[str], lin: Lineage) -> list[str]:
+    """The questions (distinct normalised texts, first spelling) that the lineage spoke in training.
+
+    >>> trained_questions(["Who?", "who", "Why?"], Lineage(frozenset({"who"}), frozenset(), ("t",),
+    ...                   texts=frozenset({"who"})))
+    ['Who?']
+    """
+    first: dict[str, str] = {}  # normalised text -> its first spelling
+    for q in questions:
+        first.setdefault(" ".join(words(q)), q)
+    return [q for t, q in first.items() if t in lin.texts]
+
+
+def trained_note(questions: list[str], lin: Lineage, name: str, what: str) -> str | None:
+    """A note naming the questions here the lineage spoke in training (trained_questions), with `what` that means
+    for the command's numbers; None when every question is fresh."""
+    if not (trained := trained_questions(questions, lin)):
+        return None
+    n = len({" ".join(words(q)) for q in questions})
+    return (f"note: {len(trained)} of the {n} questions here were spoken in {name}'s training (e.g. {trained[0]!r}): "
+            f"{what}")
 
 
 def word_recall(output: str, question: str, lin: Lineage) -> dict[str, tuple[int, int]]:
@@ -429,7 +512,9 @@ def register(subparsers) -> None:
     p.add_argument("--samples", default="sd-qa-mini", help="sample set spec (sd-qa-mini, manifest:<dir>, ...)")
     p.add_argument("--voices", default=None, help="comma-separated voices to keep (default: all)")
     p.add_argument("--n-questions", type=int, default=None, help="first N distinct questions of the set (all voices)")
-    p.add_argument("--unseen-voice", default=UNSEEN_VOICE, help="the voice held out of training")
+    p.add_argument("--unseen-voice", default=None,
+                   help=f"the voice held out of training (default {UNSEEN_VOICE}; one you give must be in the "
+                        "samples, and no checkpoint's training may have spoken it)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="greedy repeat length")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per batched generate call")
     p.add_argument("--asr", action="store_true",
@@ -451,9 +536,20 @@ def main(args: argparse.Namespace) -> int:
                              [v.strip() for v in args.voices.split(",")] if args.voices else None)
     if not len(samples):
         raise LSLError("hearing: no samples; check --samples, --voices and --n-questions.")
-    lineages = {ck: lineage(ck) for ck in args.checkpoint}  # every checkpoint checked before any model loads
+    # every checkpoint checked before any model loads: one folder once, no two of one name, each with a lineage
+    checkpoints = distinct_checkpoints(args.checkpoint)
+    lineages = {ck: lineage(ck) for ck, _ in checkpoints}
     clips = list(samples)
     questions, voices = [s.question for s in clips], [voice_of(s) for s in clips]
+    unseen = args.unseen_voice or UNSEEN_VOICE
+    by_name = {name: lineages[ck] for ck, name in checkpoints}
+    unseen_voice_check(voices, unseen, args.unseen_voice is not None, by_name, "hearing")
+    for note in untrained_voice_notes(voices, unseen, by_name):
+        print(note)
+    for name, lin in by_name.items():
+        if note := trained_note(questions, lin, name, "their recall is of training sentences, not of fresh "
+                                                      "questions; evaluate on questions training never spoke."):
+            print(note)
     all_rows = []
     asr_done: dict[tuple, str] = {}  # (encoder, words' groups and exposures) -> the checkpoint whose ASR row has them
     for ck, lin in lineages.items():
@@ -491,11 +587,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"Word recall of the spoken question in each checkpoint's {what} (%, 95% bootstrap over questions), "
           f"{len(clips)} clips of {args.samples}:")
     every = pd.concat(all_rows, ignore_index=True)
-    scored = with_chance(every, args.unseen_voice)  # once for both tables; not stored (it depends on the clips)
-    print(format_table(recall_tables(scored, args.unseen_voice)))
+    scored = with_chance(every, unseen)  # once for both tables; not stored (it depends on the clips)
+    print(format_table(recall_tables(scored, unseen)))
     print("The same by exposure: training clips that spoke the word (a training question counts once per voice "
           "of its stage), chance = the word in the outputs of the other questions' clips:")
-    print(format_exposure(exposure_tables(scored, args.unseen_voice)))
+    print(format_exposure(exposure_tables(scored, unseen)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         every.to_parquet(args.out)
