@@ -109,7 +109,7 @@ def test_a_checkpoint_without_lineage_transcribes_with_the_instruction_given(cap
     tr, system, out = ASSETS / "embedded-untrained", "Say the question again.", tmp_path / "rows.parquet"
     assert cli_main(["self-cascade", "--checkpoint", str(ASSETS / "qa-lora" / "lora-step2900"), "--transcriber",
                      str(tr), "--repeat-system", system, "--results", str(ROOT / "assets" / "results"),
-                     "--samples", "sd-qa-mini", "--n-questions", "1", "--repeat-tokens", "4", "--max-new-tokens", "4",
+                     "--samples", "sd-qa-mini", "--n-questions", "1", "--repeat-tokens", "4", "--max-new-tokens", "24",
                      "--out", str(out), "--threads", "2"]) == 0
     rows = pd.read_parquet(out)
     by_id = {x.id: x for x in load_sample_set("sd-qa-mini")}
@@ -130,3 +130,19 @@ def test_self_cascade_names_rows_the_samples_do_not_hold(capsys, tmp_path):
                      str(ROOT / "assets" / "results"), "--samples", f"folder:{tmp_path}", "--n-questions", "1"]) == 2
     err = capsys.readouterr().err
     assert "are not in --samples" in err and "the sample set the rows were evaluated on" in err
+
+
+def test_self_cascade_refuses_other_answer_lengths_than_the_stored_rows_before_loading(monkeypatch, capsys):
+    """The stored speech/cascade answers were made with 24 new tokens (the run's summary says so): answering the
+    repeats with 32 would set answers of two lengths side by side. Refused before any model loads."""
+    import lsl_core.model.loading as loading
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(loading, "load_checkpoint", refuse)
+    root = Path(__file__).resolve().parents[1]
+    ck = root / "assets" / "checkpoints" / "qa-lora" / "lora-step2900"
+    assert cli_main(["self-cascade", "--checkpoint", str(ck), "--results", str(root / "assets" / "results"),
+                     "--samples", "sd-qa-mini", "--max-new-tokens", "32"]) == 2
+    assert "answered with --max-new-tokens 24" in capsys.readouterr().err

@@ -133,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
     from lsl_core.data.sets import load_sample_set
     from lsl_core.experiments.closed_vocab import SPEECH_ROW, evaluate_files, format_table, stored_rows
     from lsl_core.experiments.compare import format_table as compare_table
-    from lsl_core.model.loading import load_checkpoint
+    from lsl_core.model.loading import load_checkpoint, read_manifest
 
     if args.n_questions is not None and args.n_questions <= 0:
         raise LSLError(f"self-cascade: --n-questions must be positive, got {args.n_questions}.")
@@ -143,8 +143,10 @@ def main(args: argparse.Namespace) -> int:
                        "one each transcriber's training learned.")
     systems = [args.repeat_system or _learned_system(t) for t in transcribers]  # before any model loads
     evaluate_files(args.results, "self-cascade")
+    # the stored rows are checked before any model loads: their checkpoint, and the answer length they were made with
+    rows = stored_rows(args.results, read_manifest(args.checkpoint).name, "self-cascade",
+                       max_new_tokens=args.max_new_tokens)
     answerer = load_checkpoint(args.checkpoint, device=args.device)
-    rows = stored_rows(args.results, answerer.name, "self-cascade")
     if args.n_questions is not None:
         rows = rows[rows["question"].isin(list(dict.fromkeys(rows["question"]))[:args.n_questions])]
     by_id = {s.id: s for s in load_sample_set(args.samples)}
