@@ -20,6 +20,24 @@ from lsl_core.errors import AudioError, DataError
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 
+def _twice_at_once(job) -> list[Exception]:
+    """Run job() in two threads at once; the exceptions they raised (none when both succeed)."""
+    errors: list[Exception] = []
+
+    def run():
+        try:
+            job()
+        except Exception as exc:  # noqa: BLE001 (recorded for the caller's assert)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def sine(seconds: float, sr: int, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
     t = np.arange(int(round(seconds * sr))) / sr
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
@@ -219,7 +237,7 @@ def test_a_crash_between_the_two_files_leaves_no_mixed_entry(tmp_path, monkeypat
 def test_two_writers_of_one_key_at_once_both_succeed(tmp_path, monkeypatch):
     from lsl_core.cache import NpzJsonStore
 
-    store, barrier, errors = NpzJsonStore(tmp_path), threading.Barrier(2, timeout=10), []
+    store, barrier = NpzJsonStore(tmp_path), threading.Barrier(2, timeout=10)
     real = np.savez
 
     def savez_then_wait(*a, **k):  # both writers finish their temp file before either renames it
@@ -228,18 +246,7 @@ def test_two_writers_of_one_key_at_once_both_succeed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", savez_then_wait)
 
-    def write():
-        try:
-            store.write("k", Entry(np.arange(5.0), "x"))
-        except Exception as exc:  # noqa: BLE001 (recorded for the assert)
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert _twice_at_once(lambda: store.write("k", Entry(np.arange(5.0), "x"))) == []
     meta, arrays = store.read("k")
     assert meta == {"name": "x"} and arrays["values"].tolist() == [0, 1, 2, 3, 4]
 
@@ -257,7 +264,7 @@ def test_an_unknown_voice_variant_is_refused_not_spoken_as_the_plain_voice():
 def test_two_threads_writing_one_flac_both_succeed(tmp_path, monkeypatch):
     from lsl_core.data.synth import read_flac, write_flac
 
-    barrier, errors, real = threading.Barrier(2, timeout=10), [], sf.write
+    barrier, real = threading.Barrier(2, timeout=10), sf.write
 
     def write_then_wait(*a, **k):
         real(*a, **k)
@@ -265,18 +272,8 @@ def test_two_threads_writing_one_flac_both_succeed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sf, "write", write_then_wait)
 
-    def job():
-        try:
-            write_flac(tmp_path / "x.flac", sine(0.5, TARGET_SR))
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=job) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and read_flac(tmp_path / "x.flac").size == 8_000
+    assert _twice_at_once(lambda: write_flac(tmp_path / "x.flac", sine(0.5, TARGET_SR))) == []
+    assert read_flac(tmp_path / "x.flac").size == 8_000
 
 
 @needs_espeak
