@@ -21,7 +21,6 @@ Nothing here imports streamlit; the app only submits a request and polls its tic
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 import threading
 import time
@@ -34,7 +33,7 @@ import torch
 
 if TYPE_CHECKING:  # pragma: no cover
     from lsl_core.data.samples import Sample
-    from lsl_core.interventions import EditPlan, SideBySide
+    from lsl_core.interventions import SideBySide
     from lsl_core.model.lslm import LSLM, PromptInputs
 
 BATCH_WINDOW_S = 0.3  # how long the first request of a batch waits for others (a click's spread across users)

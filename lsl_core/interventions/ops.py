@@ -70,7 +70,8 @@ class Operation:
 
     name: str  # the op in the grammar ('angle' in 'angle:bottom3@0')
     fn: Callable[..., Tensor]  # the formula: fn(s, t) for inputs "targets", fn(s, μ_s, σ_s, μ_t, σ_t) for "statistics"
-    inputs: Literal["targets", "statistics"]  # per-frame text targets t̃ [n, d] (plan.frame_target), or span stats [d] x 4
+    # per-frame text targets t̃ [n, d] (plan.frame_target), or span statistics [d] x 4
+    inputs: Literal["targets", "statistics"]
     formula: str  # shown in the CLI help and the page
     takes: str  # what the edit takes from the text states (one phrase)
 

@@ -550,4 +550,5 @@ def concat_results(parts: Sequence[ControlsResult]) -> ControlsResult:
 
 __all__ = ["METRICS", "METRIC_NAMES", "SCORERS", "RETRIEVAL_STATS", "ControlOptions", "ControlsResult", "Reference",
            "best_layer_chance", "bootstrap_ci", "candidate_metrics", "centre_states", "chance_levels", "concat_results",
-           "draw_others", "own_rank_stats", "pair_metrics", "question_pool", "reference_means", "set_controls", "stable_hash"]
+           "draw_others", "own_rank_stats", "pair_metrics", "question_pool", "reference_means", "set_controls",
+           "stable_hash"]

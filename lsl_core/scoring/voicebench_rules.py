@@ -38,8 +38,9 @@ def apply_rules(answer: str, rules: tuple[Rule, ...]) -> int | None:
 # ------------------------------------------------------------------ multiple choice (mcq.py)
 # Tried template by template; within one template, letters a, b, c, d; on the lowercased answer.
 MCQ_TEMPLATES: tuple[str, ...] = (
-    '答案是[CHOICE]', '答案是 [CHOICE]', '答案是选项[CHOICE]', '答案应该是[CHOICE]', '答案应该是 [CHOICE]', '答案就是选项[CHOICE]',
-    '答案是‘[CHOICE]', '是[CHOICE]：', '答案选[CHOICE]', '[CHOICE]是正确', '选项[CHOICE]是最合适的', 'answer is: **[CHOICE]',
+    '答案是[CHOICE]', '答案是 [CHOICE]', '答案是选项[CHOICE]', '答案应该是[CHOICE]', '答案应该是 [CHOICE]',
+    '答案就是选项[CHOICE]', '答案是‘[CHOICE]', '是[CHOICE]：', '答案选[CHOICE]', '[CHOICE]是正确',
+    '选项[CHOICE]是最合适的', 'answer is: **[CHOICE]',
     'answer is **[CHOICE]', 'the answer to the question is: **[CHOICE]',
     'the answer to the multiple-choice question is **[CHOICE]', "the answer is '[CHOICE]'",
     '[CHOICE] is the best answer', 'the answer is [CHOICE]', 'the correct answer is [CHOICE]',
