@@ -101,7 +101,7 @@ def load_results(folder: str | Path | None = None) -> Results:
     if controls:
         res.controls = pd.concat(controls, ignore_index=True)
     align = []
-    for f in sorted(set(root.glob("*.parquet")) - claimed):
+    for f in sorted(set(root.glob("*.parquet")) - claimed - _merged_shards(root)):
         try:
             df = pd.read_parquet(f)
         except Exception as exc:
@@ -117,6 +117,19 @@ def load_results(folder: str | Path | None = None) -> Results:
     return res
 
 
+def _merged_shards(root: Path) -> set[Path]:
+    """Shard files (`<stem>.shard-00i-of-00n.parquet`, analyze --num-shards) whose merge `<stem>.parquet` is there:
+    the merge holds their rows, so reading both would count every sample twice."""
+    import re
+
+    out = set()
+    for f in root.glob("*.shard-*-of-*.parquet"):
+        m = re.fullmatch(r"(.+)\.shard-\d+-of-\d+\.parquet", f.name)
+        if m and (root / f"{m.group(1)}.parquet").is_file():
+            out.add(f)
+    return out
+
+
 SCALARS = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist", "spearman_cos_mean", "spearman_dist_mean",
            "consistency_mean",
            # path diagnostics (share of layers 1..L; lsl_core.metrics.diagnostics), in newer analyze output
@@ -128,6 +141,31 @@ GAP_X = ("seq_cos_mean", "seq_dist_mean", "aps_cos", "aps_dist")  # the alignmen
 CHECKPOINT_KEYS = ("checkpoint", "family", "strategy", "step")
 
 
+def unique_alignment_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Alignment rows with each (checkpoint, sample_id) once: identical copies (the same run read from two files)
+    are dropped; two different values for one sample (two runs, e.g. argmax and dtw paths, in one folder) raise a
+    DataError naming them, rather than averaging two runs as if they were more samples."""
+    from lsl_core.errors import DataError
+
+    if "checkpoint" not in rows.columns:
+        raise DataError(f"The alignment table has no 'checkpoint' column (columns: {sorted(map(str, rows.columns))}); "
+                        f"it is not `analyze` output: re-run `{ANALYZE_COMMAND}`.")
+    if "sample_id" not in rows.columns or rows.empty:
+        return rows
+    ident = ["checkpoint", "sample_id"]
+    same = ident + [c for c in (*SCALARS, "path") if c in rows.columns]
+    rows = rows.drop_duplicates(subset=same, ignore_index=True)
+    clash = rows[rows.duplicated(subset=ident, keep=False)]
+    if len(clash):
+        first = clash.iloc[0]
+        files = sorted(map(str, clash["results"].unique())) if "results" in clash.columns else []
+        raise DataError(f"The alignment table holds {clash.groupby(ident).ngroups} (checkpoint, sample_id) pair(s) "
+                        f"with different values, e.g. ({first['checkpoint']}, {first['sample_id']})"
+                        + (f", from the files {files}" if files else "") + ": two analyze runs of the same "
+                        "checkpoint; keep one of them (or filter on the `results` column).")
+    return rows
+
+
 def checkpoint_means(rows: pd.DataFrame) -> pd.DataFrame:
     """Alignment rows (one per checkpoint x sample, as `analyze` writes them) -> one row per checkpoint.
 
@@ -136,6 +174,7 @@ def checkpoint_means(rows: pd.DataFrame) -> pd.DataFrame:
     """
     import numpy as np
 
+    rows = unique_alignment_rows(rows)
     keys = [c for c in CHECKPOINT_KEYS if c in rows.columns]
     out = []
     for key, g in rows.groupby(keys, sort=False, dropna=False):
@@ -165,6 +204,7 @@ def alignment_intervals(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame
     cols = [c for c in SCALARS if c in rows.columns]
     if rows.empty or not cols or "checkpoint" not in rows.columns:
         return means
+    rows = unique_alignment_rows(rows)  # as checkpoint_means counted them
     cluster = "question" if "question" in rows.columns else None
     ci = grouped_ci(rows[["checkpoint", *cols, *([cluster] if cluster else [])]].reset_index(drop=True), cols,
                     ["checkpoint"], cluster=cluster)
@@ -248,6 +288,7 @@ def with_intervals(summary_rows: pd.DataFrame, samples: pd.DataFrame | None,
 
 
 __all__ = ["Results", "load_results", "default_results_dir", "checkpoint_means", "alignment_intervals",
+           "unique_alignment_rows",
            "controls_means", "gap_table",
            "with_intervals", "score_trends",
            "EVALUATE_COMMAND",

@@ -283,6 +283,11 @@ def run(args) -> int:
     if args.limit:
         samples = samples[: args.limit]
     samples = samples[shard::n_shards]
+    if not samples:  # refuse before any checkpoint loads
+        raise LSLError(f"No sample to analyze: {args.samples!r}"
+                       + (f" limited to {args.limit}" if args.limit else "")
+                       + (f" has no sample for shard {shard} of {n_shards}; use at most as many shards as samples"
+                          if n_shards > 1 else " is empty") + ".")
     bars: dict = {}
 
     def progress(m, i, total, sid) -> None:
