@@ -204,7 +204,8 @@ def main() -> None:
                   f"heatmap_{a.model}_{sample.id}_{shown.label()}", key="fig_iv_heatmap")
     notes.show(diagnostics.layer_notes(a, shown.layer, shown.metric))
     reproduce.interventions(sel, handle, sample, a, condition=shown.label(), max_new=int(max_new),
-                            cascade=bool(cascade and handle.model.has_asr))
+                            cascade=bool(cascade and handle.model.has_asr),
+                            nulls=applied_nulls if shown.label() == applied else ())
     context.fill_transcript(slot, handle, sel, sample)
 
 

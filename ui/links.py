@@ -80,14 +80,30 @@ def flush() -> None:
         st.query_params.from_dict(params)
 
 
+def _base_name(file_name: str | None) -> str:
+    """The last part of a client-sent file name (either slash), without leading dots."""
+    return str(file_name or "").replace("\\", "/").rsplit("/", 1)[-1].lstrip(".")
+
+
+def bundle_file_name(file_name: str | None) -> str:
+    """The bundle's download name, safe on every OS ('my clip?.wav' -> 'my_clip_with_question.zip')."""
+    from ui.export import file_name as safe_name
+
+    stem = _base_name(file_name).rsplit(".", 1)[0] or "clip"
+    return safe_name(f"{stem}_with_question", "zip")
+
+
 def upload_bundle(file_name: str, data: bytes, question: str, answers: tuple[str, ...] = ()) -> bytes:
     """A zip with the uploaded clip as it was uploaded and a text file with its question (and answers)."""
     import io
     import zipfile
 
+    base = _base_name(file_name) or "clip.wav"  # no folders or '..' inside the zip
+    if base == "question.txt":
+        base = "clip_question.txt"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr(file_name or "clip.wav", data)
+        z.writestr(base, data)
         z.writestr("question.txt", "question: " + question + "\n"
                    + (f"reference answers: {' | '.join(answers)}\n" if answers else "")
                    + "Re-upload: choose 'Upload one clip' in the sidebar, upload the audio file and paste the question.\n")
@@ -106,9 +122,8 @@ def render_box(box, sel) -> None:
                 "page and settings with an empty upload box. Send the clip and its question along (download below); "
                 "the receiver uploads them in the sidebar.", icon=":material/link_off:")
     name, data = getattr(sel, "upload_file", None) or (f"{upload.id}.wav", b"")
-    stem = name.rsplit(".", 1)[0] or "clip"
     box.download_button("Clip + question (.zip)", upload_bundle(name, data, upload.question, upload.answers),
-                        file_name=f"{stem}_with_question.zip", mime="application/zip", key="dl_upload_bundle",
+                        file_name=bundle_file_name(name), mime="application/zip", key="dl_upload_bundle",
                         on_click="ignore", icon=":material/download:")
 
 

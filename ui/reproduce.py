@@ -108,11 +108,13 @@ def cka_code(checkpoint: str | Path, set_spec: str, sample_id: str, *, path_metr
 
 
 def interventions_code(checkpoint: str | Path, set_spec: str, sample_id: str, *, condition: str, max_new: int,
-                       cascade: bool) -> str:
-    """Python that regenerates the Interventions page's answers side by side."""
+                       cascade: bool, nulls: tuple[str, ...] | list[str] = ()) -> str:
+    """Python that regenerates the Interventions page's answers side by side (nulls: the intervention's nulls
+    the page generated with it, 'Also its nulls')."""
     from lsl_core.interventions import needs_donor
 
-    donor = needs_donor([condition])  # pairing "other": the next different question of the set, as the page picks it
+    conds = [condition, *nulls]
+    donor = needs_donor(conds)  # pairing "other": the next different question of the set, as the page picks it
     return "\n".join([
         "from lsl_core.data.sets import load_sample_set",
         *(["from lsl_core.experiments.table1 import donors_for"] if donor else []),
@@ -121,9 +123,9 @@ def interventions_code(checkpoint: str | Path, set_spec: str, sample_id: str, *,
         "",
         *_preamble(checkpoint, set_spec, sample_id),
         *(["donor = donors_for(samples, [sample.id])[0]  # the next different question of the set"] if donor else []),
-        f"result = generate_side_by_side(model, sample, [{condition!r}], max_new_tokens={int(max_new)}, "
+        f"result = generate_side_by_side(model, sample, {conds!r}, max_new_tokens={int(max_new)}, "
         f"cascade={bool(cascade)}{', donor_question=donor' if donor else ''})",
-        "for row in result.rows():  # text, speech, cascade, then the intervened answer",
+        "for row in result.rows():  # text, speech, cascade, then the intervened answer (and its nulls)",
         "    print(row['title'], '|', row['answer'], '| agreement with text:', row['agreement'])",
     ]) + "\n"
 
@@ -345,13 +347,15 @@ def table1(**kwargs) -> None:
                   "started in).")
 
 
-def interventions(sel, handle, sample, a, *, condition: str, max_new: int, cascade: bool) -> None:
-    """The Interventions page's expander: its generation as Python, the case report as a command."""
+def interventions(sel, handle, sample, a, *, condition: str, max_new: int, cascade: bool,
+                  nulls: tuple[str, ...] = ()) -> None:
+    """The Interventions page's expander: its generation as Python (with the nulls the page generated), the case
+    report as a command."""
     if not _nameable(sel):
         _show(None)
         return
     _show(interventions_code(handle.path, sel.set_spec, sample.id, condition=condition, max_new=max_new,
-                             cascade=cascade),
+                             cascade=cascade, nulls=tuple(nulls)),
           report_command(handle.path, sel.set_spec, sample.id, condition=condition, max_new=max_new,
                          cascade=cascade, path=a.path_method))
 
