@@ -89,6 +89,15 @@ def test_a_link_to_a_model_or_sample_not_here_says_so(world):  # noqa: F811 (the
     assert not any("link's" in w.value for w in ok.sidebar.warning)
 
 
+def test_a_link_value_not_valid_here_says_so_and_the_page_still_draws(world):  # noqa: F811 (the world fixture)
+    at = _app(EXPLORER, {"layer": "999", "metric": "nope", "path": "dtw"})
+    said = "\n".join(w.value for w in at.warning)
+    assert "layer='999'" in said and "metric='nope'" in said and "path=" not in said  # dtw is a valid path
+    assert at.get("plotly_chart")  # the defaults' view
+    ok = _app(EXPLORER, {"layer": "1", "metric": "distance"})
+    assert not any("This link's" in w.value for w in ok.warning)
+
+
 def test_every_keyed_input_widget_keeps_its_value_for_the_session():
     """ui/state.py's rule, over the source: a keyed input widget without persist_state="session" loses the
     user's value whenever a run does not draw it (another page, the upload box, an error above it)."""

@@ -21,10 +21,11 @@ _run = threading.local()  # parameters wanted by the current script run (one thr
 
 
 def seed(key: str, param: str, convert: Callable[[str], Any] = str,
-         valid: Callable[[Any], bool] = lambda v: True) -> str | None:
+         valid: Callable[[Any], bool] = lambda v: True, *, say: bool = True) -> str | None:
     """Before creating widget `key`: on its first run in this session, take its value from ?param=.
 
-    Returns the link's raw value when it was refused (the caller may say so), else None.
+    Returns the link's raw value when it was refused, else None; a refused value is said in a warning (the
+    widget keeps its default) unless say=False (the caller says it in its own words).
     """
     seeded = st.session_state.setdefault(_SEEDED, set())
     if key in seeded:
@@ -35,9 +36,13 @@ def seed(key: str, param: str, convert: Callable[[str], Any] = str,
         return None
     try:
         value = convert(raw)
+        ok = valid(value)
     except (TypeError, ValueError):
-        return raw
-    if not valid(value):
+        ok = False
+    if not ok:
+        if say:
+            st.warning(f"This link's {param}={raw!r} is not valid here, so the default is shown instead; fix or "
+                       f"remove '{param}' in the link, or pick a value below.", icon=":material/link_off:")
         return raw
     st.session_state[key] = value
     return None

@@ -169,7 +169,7 @@ def _model_section(sb, sel: Selection) -> None:
     by_name = {m.name: m.root for m in manifests}
     refused = links.seed("sb_model", "model",
                          convert=lambda v: by_name.get(v) or str(Path(v).expanduser().resolve()),
-                         valid=lambda r: r in roots)
+                         valid=lambda r: r in roots, say=False)
     labels = {m.root: _model_label(m) for m in manifests}
     index = state.choice("sb_model", roots, config.default_checkpoint_root(roots))
     if refused:
@@ -247,7 +247,7 @@ def _picker(sb, sel: Selection, full) -> None:
         sel.set_hint = "No sample matches the search and filters in the sidebar; widen them."
         sb.warning(sel.set_hint)
         return
-    refused = links.seed("sb_sample", "sample", valid=lambda v: v in ids)
+    refused = links.seed("sb_sample", "sample", valid=lambda v: v in ids, say=False)
     if refused:
         sb.warning(f"The link's sample '{refused}' is not in this sample set, so another sample is shown. Pick one "
                    "below, or choose the sample set the link was made with.", icon=":material/link_off:")
