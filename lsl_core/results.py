@@ -248,15 +248,20 @@ def gap_table(means: pd.DataFrame, summary: pd.DataFrame, score: str = "f1", voi
     """Per-checkpoint alignment means joined with the evaluated GAP (= text − speech `score`) of one voice row.
 
     summary: evaluate's checkpoint x voice table (voice "all" = every voice, "seen" = training voices).
-    Checkpoints missing from either table are dropped (inner join on `checkpoint`).
+    Checkpoints missing from either table are dropped (inner join on `checkpoint`); a checkpoint whose rows of
+    this voice differ (two evaluate runs in one folder) is refused (DataError), identical copies count once.
     """
+    from lsl_core.errors import DataError
+
     cols = [f"text_{score}", f"speech_{score}", f"gap_{score}"]
     missing = [c for c in ["checkpoint", "voice", *cols] if c not in summary.columns]
     if missing:
-        from lsl_core.errors import DataError
-
         raise DataError(f"The results summary has no column(s) {missing}; re-run `{EVALUATE_COMMAND}`.")
-    g = summary[summary["voice"] == voice][["checkpoint", *cols]].drop_duplicates("checkpoint")
+    g = summary[summary["voice"] == voice][["checkpoint", *cols]].drop_duplicates()
+    if g["checkpoint"].duplicated().any():
+        twice = g.loc[g["checkpoint"].duplicated(), "checkpoint"].iloc[0]
+        raise DataError(f"The results hold two different evaluations of checkpoint {twice!r} (voice {voice!r}); "
+                        "keep one evaluate run per checkpoint in the results folder (the other in its own folder).")
     out = means.merge(g, on="checkpoint", how="inner")
     return out.rename(columns={f"gap_{score}": "gap"})
 

@@ -103,3 +103,22 @@ def test_set_of_one_sample_and_unequal_lengths(tiny_model, tmp_path):
     b = analyze_sample(tiny_model, s[1], cache=cache)
     assert a.cos.shape[1:] != b.cos.shape[1:]
     np.testing.assert_allclose(two.mean_seq_dist, (a.seq_dist.astype(np.float64) + b.seq_dist) / 2, rtol=1e-6)
+
+
+def test_gap_table_counts_a_copied_summary_row_once_and_refuses_two_runs():
+    """The GAP of a checkpoint comes from one evaluate run: an identical copy of its summary row counts once, two
+    runs with different scores are refused (the first was silently taken)."""
+    import pandas as pd
+
+    from lsl_core.errors import DataError
+    from lsl_core.results import gap_table
+
+    means = pd.DataFrame({"checkpoint": ["a", "b"], "seq_cos_mean": [0.5, 0.6]})
+    row = {"voice": "all", "text_f1": 0.3, "speech_f1": 0.1, "gap_f1": 0.2}
+    summary = pd.DataFrame([{"checkpoint": "a", **row}, {"checkpoint": "a", **row},
+                            {"checkpoint": "b", **row, "speech_f1": 0.2, "gap_f1": 0.1}])
+    out = gap_table(means, summary)
+    assert list(out["checkpoint"]) == ["a", "b"] and list(out["gap"]) == [0.2, 0.1]
+    other_run = pd.concat([summary, pd.DataFrame([{"checkpoint": "b", **row}])], ignore_index=True)
+    with pytest.raises(DataError, match="two different evaluations of checkpoint 'b'"):
+        gap_table(means, other_run)
