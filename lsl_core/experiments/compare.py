@@ -20,6 +20,7 @@ import pandas as pd
 
 from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
+from lsl_core.experiments.evaluate import check_unseen_voice
 
 COLUMNS = ("agreement", "cascade_agreement")
 MEASURES = ("agreement", "cascade_agreement", "ratio")  # reported per checkpoint and as other − base
@@ -160,10 +161,7 @@ def register(subparsers) -> None:
 
 def main(args: argparse.Namespace) -> int:
     rows = read_samples(args.results, args.name)
-    have = list(dict.fromkeys(rows["voice"]))
-    if args.unseen_voice and args.unseen_voice not in have:  # else it would silently count as a seen voice
-        raise LSLError(f"--unseen-voice {args.unseen_voice!r} is not a voice of these results ({', '.join(have)}); "
-                       "give one of them, or leave --unseen-voice out.")
+    check_unseen_voice(args.unseen_voice, rows["voice"], "results")
     d = paired_difference(rows, args.base, args.other, args.unseen_voice or UNSEEN_VOICE)
     if d.attrs["n_only_base"] or d.attrs["n_only_other"]:  # said, not silently dropped
         print(f"note: the two results hold different clips: paired on the {d.attrs['n_clips']} clips both have; "

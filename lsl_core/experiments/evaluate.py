@@ -67,6 +67,15 @@ def voice_of(sample) -> str:
     return str(v or sample.accent.removeprefix("espeak:") or "unknown")
 
 
+def check_unseen_voice(given: str | None, voices, what: str = "samples", command: str = "") -> None:
+    """An --unseen-voice the user typed (`given`; None = the default, not checked) must be one of `voices`, else
+    every clip would silently count as seen: LSLError naming the voices there are."""
+    have = list(dict.fromkeys(voices))
+    if given and given not in have:
+        raise LSLError(f"{command + ': ' if command else ''}--unseen-voice {given!r} is not a voice of these {what} "
+                       f"({', '.join(have)}); give one of them, or leave --unseen-voice out.")
+
+
 def select_samples(samples, n_questions: int | None = None, voices: list[str] | None = None):
     """The samples of the first n distinct questions (set order), optionally only some voices; a voice no sample
     has is refused (LSLError naming the set's voices), not silently left out."""
@@ -595,25 +604,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=main)
 
 
-def _distinct_checkpoints(manifests: list) -> list:
-    """The manifests, each folder once (--zoo and --checkpoint may both name one). Rows are grouped by checkpoint
-    name (summary, headline, style baseline), so two checkpoints of one name (e.g. two seeds' runs) would be pooled
-    into one: refused, naming both folders and the way out."""
-    seen: dict[str, str] = {}
-    out = []
-    for m in manifests:
-        where = str(getattr(m, "root", "") or m.name)
-        if m.name in seen:
-            if seen[m.name] == where:
-                continue
-            raise LSLError(f"Two checkpoints are named {m.name!r} ({seen[m.name]} and {where}); their rows would be "
-                           "pooled. Evaluate them into separate --out folders and pair them with `python -m lsl_core "
-                           f"compare --results A --results B --base {m.name}@1 --other {m.name}@2`.")
-        seen[m.name] = where
-        out.append(m)
-    return out
-
-
 def _pedant_note(opts: EvalOptions) -> str:
     from lsl_core.scoring import pedant_available
 
@@ -628,13 +618,15 @@ def _pedant_note(opts: EvalOptions) -> str:
 def main(args: argparse.Namespace) -> int:
     from lsl_core.data.sets import load_sample_set
     from lsl_core.experiments.pages import provenance
-    from lsl_core.model.loading import list_zoo, load_checkpoint, read_manifest
+    from lsl_core.model.loading import distinct_manifests, list_zoo, load_checkpoint, read_manifest
 
     manifests = list_zoo(args.zoo) if args.zoo else []
     manifests += [read_manifest(c) for c in args.checkpoint]
     if not manifests:
         raise LSLError("No checkpoints to evaluate: pass --zoo <folder> and/or --checkpoint <manifest>.")
-    manifests = _distinct_checkpoints(manifests)
+    manifests = distinct_manifests(manifests, "evaluate", "Evaluate them into separate --out folders and pair them "
+                                   "with `python -m lsl_core compare --results A --results B --base NAME@1 --other "
+                                   "NAME@2`.")
     if args.intervention:  # a typo is refused now, not after every checkpoint's answers
         from lsl_core.interventions.config import parse_condition
 
@@ -644,10 +636,7 @@ def main(args: argparse.Namespace) -> int:
                        unseen_voice=args.unseen_voice or UNSEEN_VOICE, cascade=not args.no_cascade)
     voices = [v.strip() for v in args.voices.split(",")] if args.voices else None
     samples = select_samples(load_sample_set(args.samples), args.n_questions, voices)
-    have = list(dict.fromkeys(voice_of(s) for s in samples))
-    if args.unseen_voice and args.unseen_voice not in have:  # else it would silently count as a seen voice
-        raise LSLError(f"--unseen-voice {args.unseen_voice!r} is not a voice of these samples ({', '.join(have)}); "
-                       "give one of them, or leave --unseen-voice out.")
+    check_unseen_voice(args.unseen_voice, (voice_of(s) for s in samples))
     print(f"evaluate: {len(manifests)} checkpoints x {len(samples)} samples of {args.samples}", flush=True)
     meta = provenance(getattr(args, "argv", None))  # before anything is written: the version of the code that ran
     frames, iv_frames, device = [], [], "cpu"

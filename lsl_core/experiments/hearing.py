@@ -179,37 +179,24 @@ def lineage(checkpoint: str | Path, sdqa_ids: set[str] | None = None) -> Lineage
 
 
 def distinct_checkpoints(refs: list[str]) -> list[tuple[str, str]]:
-    """(ref, manifest name) of each checkpoint folder once, in the order given (a folder, its manifest.json or a
-    trailing slash name one folder). Rows are grouped by checkpoint name, so two folders of one name (two runs'
-    "lora-step2900") would be pooled into one row: refused (LSLError naming both). Reads manifests only."""
-    from lsl_core.model.loading import read_manifest
+    """(ref, manifest name) of each checkpoint folder once, in the order given (model.loading.distinct_manifests:
+    a folder named twice runs once, two folders of one name are refused). Reads manifests only."""
+    from lsl_core.model.loading import distinct_manifests, read_manifest
 
-    out: list[tuple[str, str]] = []
-    where: dict[str, Path] = {}  # manifest name -> its folder
-    for ref in refs:
-        folder = Path(ref)
-        folder = (folder.parent if folder.name == "manifest.json" else folder).resolve()
-        name = read_manifest(folder).name
-        if name in where:
-            if where[name] == folder:
-                continue
-            raise LSLError(f"hearing: two checkpoints are named {name!r} ({where[name]} and {folder}); their rows "
-                           "would be pooled into one. Run `python -m lsl_core hearing` on each with its own --out.")
-        where[name] = folder
-        out.append((ref, name))
-    return out
-
+    manifests = [read_manifest(r) for r in refs]
+    kept = {id(m) for m in distinct_manifests(manifests, "hearing", "Run `python -m lsl_core hearing` on each with "
+                                                                    "its own --out.")}
+    return [(r, m.name) for r, m in zip(refs, manifests) if id(m) in kept]
 
 def unseen_voice_check(voices: list[str], unseen: str, explicit: bool, lineages: Mapping[str, Lineage],
                        command: str) -> None:
     """Refuse (LSLError) an --unseen-voice the clips do not have when one was given (else every clip would count
     as seen without a word), and an unseen voice among the clips that a lineage (name -> Lineage) trained on (its
     rows would be labelled unseen)."""
-    have = list(dict.fromkeys(voices))
-    if explicit and unseen not in have:
-        raise LSLError(f"{command}: --unseen-voice {unseen!r} is not a voice of these samples ({', '.join(have)}); "
-                       "give one of them, or leave --unseen-voice out.")
-    if unseen in have:
+    from lsl_core.experiments.evaluate import check_unseen_voice
+
+    check_unseen_voice(unseen if explicit else None, voices, command=command)
+    if unseen in set(voices):
         for name, lin in lineages.items():
             if unseen in lin.voices:
                 raise LSLError(f"{command}: {unseen!r} was a training voice of {name} (its lineage's train configs "

@@ -140,6 +140,24 @@ def read_manifest(path: str | Path) -> CheckpointManifest:
     return CheckpointManifest(**data)
 
 
+
+def distinct_manifests(manifests: list[CheckpointManifest], command: str, way_out: str) -> list[CheckpointManifest]:
+    """The manifests with each checkpoint folder once (a folder named twice, e.g. by --zoo and --checkpoint, or as
+    folder and manifest.json), in order. Results are grouped by checkpoint name, so two folders of one name (two
+    runs' "lora-step2900") would pool into one: refused, ManifestError naming both folders and `way_out`."""
+    where: dict[str, str] = {}  # manifest name -> its folder
+    out = []
+    for m in manifests:
+        folder = str(m.root or m.name)
+        if m.name in where:
+            if where[m.name] == folder:
+                continue
+            raise ManifestError(f"{command}: two checkpoints are named {m.name!r} ({where[m.name]} and {folder}); "
+                                f"their rows would be pooled into one. {way_out}")
+        where[m.name] = folder
+        out.append(m)
+    return out
+
 def write_manifest(m: CheckpointManifest, folder: str | Path) -> Path:
     """Write `manifest.json` into folder (paths inside should be relative to it)."""
     folder = Path(folder)
