@@ -20,15 +20,10 @@ import pandas as pd
 
 from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
-from lsl_core.experiments.evaluate import check_unseen_voice
+from lsl_core.experiments.evaluate import check_unseen_voice, ratio_of_means
 
 COLUMNS = ("agreement", "cascade_agreement")
 MEASURES = ("agreement", "cascade_agreement", "ratio")  # reported per checkpoint and as other − base
-
-
-def _ratio(num: float, den: float) -> float:
-    """num / den; NaN where den is not above 0 (a ratio over a cascade that never agrees is undefined)."""
-    return num / den if den > 0 else float("nan")
 
 
 def _ratio_stats(r: np.ndarray) -> np.ndarray:
@@ -36,8 +31,8 @@ def _ratio_stats(r: np.ndarray) -> np.ndarray:
     other − base of agreement, cascade agreement and their ratio (means over the rows; a ratio is NaN where
     its cascade mean is 0)."""
     m = r.mean(axis=0)  # [4]
-    base = np.array([m[0], m[1], _ratio(m[0], m[1])])
-    other = np.array([m[2], m[3], _ratio(m[2], m[3])])
+    base = np.array([m[0], m[1], ratio_of_means(r[:, :2])])
+    other = np.array([m[2], m[3], ratio_of_means(r[:, 2:])])
     return np.concatenate([base, other, other - base])
 
 
