@@ -18,7 +18,7 @@ import torch
 
 from lsl_core.data.audio import audio_digest
 from lsl_core.errors import MetricInputError
-from lsl_core.metrics.cka import (MIN_PAIRS, MinibatchCKA, above_null, cka_pairing_null, cross_layer_cka,
+from lsl_core.metrics.cka import (MIN_PAIRS, MinibatchCKA, above_null, cka_pairing_null, cross_layer_cka, path_layer,
                                  pooled_cross_layer_cka)
 from lsl_core.metrics.norms import standardized_distance, token_norms
 from lsl_core.metrics.sequence import layer_average, mean_pool, sequence_cosine, sequence_distance
@@ -152,10 +152,9 @@ class SampleAnalysis:
 def metrics_from_states(hs: torch.Tensor, ht: torch.Tensor, options: AnalysisOptions = AnalysisOptions()) -> dict:
     """Every metric of DESIGN §3 from speech [L+1, Ts, d] and text [L+1, Tt, d] states (one pass each)."""
     tw: TokenwiseResult = tokenwise_metrics(hs, ht, path=options.path)
-    L = hs.shape[0] - 1
     cka, note, null = None, "", {}
     if options.cka:
-        layer = L // 2 if options.cka_path_layer == -1 else min(options.cka_path_layer, L)
+        layer = path_layer(hs.shape[0], options.cka_path_layer)
         path = (tw.path_cos if options.cka_path == "cosine" else tw.path_dist)[layer]  # [Tt]
         try:
             cka = cross_layer_cka(hs, ht, path).numpy()

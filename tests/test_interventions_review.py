@@ -198,3 +198,14 @@ def test_case_report_boxes_only_cells_the_intervention_edited_with_a_dtw_analysi
         frame = int(np.argmin(np.abs(starts + a.frame_seconds / 2 - y)))
         assert frame in edited.frames, f"token {j}: boxed cell at frame {frame}, which the intervention did not edit"
     assert "argmax path" in page
+
+
+@pytest.mark.parametrize("rows", [[2], [-1]])
+def test_rows_outside_the_batch_are_refused(rows):
+    """A row selection outside the batch is one clear error (a negative row silently edited the last row)."""
+    plan = plan_intervention(Intervention("length", "all"), _shared_frame_states(), slice(1, 4), 5)
+    h = torch.randn(2, 5, 4)
+    with pytest.raises(LSLError, match="batch rows"):
+        plan.apply(h, rows)
+    out = plan.apply(h, [1])  # a row inside the batch: only that row is edited
+    assert torch.equal(out[0], h[0]) and not torch.equal(out[1], h[1])

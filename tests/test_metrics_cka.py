@@ -298,3 +298,20 @@ def test_cka_null_samples_pairings_of_many_tokens(monkeypatch):
     assert np.median(unrelated.p) > 0.2  # unrelated states: the observed pairing is one more random pairing
     with pytest.raises(MetricInputError, match="at least 4"):
         cka_pairing_null(ht[:, :3], ht[:, :3], torch.arange(3))
+
+
+def test_a_cka_path_layer_the_model_lacks_is_refused_not_clamped():
+    """cka_path_layer 40 on a 2-layer model was silently taken as layer 2; now one clear error, from the
+    analysis, the controls and the pairing helper alike. -1 is the middle layer L // 2."""
+    from lsl_core.analysis import AnalysisOptions, metrics_from_states
+    from lsl_core.metrics.cka import path_layer
+    from lsl_core.metrics.controls import pair_metrics
+
+    assert path_layer(3, -1) == 1 and path_layer(3, 2) == 2 and path_layer(31, -1) == 15
+    g = torch.Generator().manual_seed(0)
+    hs, ht = torch.randn(3, 9, 8, generator=g), torch.randn(3, 6, 8, generator=g)
+    for call in (lambda: path_layer(3, 3), lambda: pair_metrics(hs, ht, cka_path_layer=40),
+                 lambda: metrics_from_states(hs, ht, AnalysisOptions(cka=True, cka_path_layer=3))):
+        with pytest.raises(MetricInputError, match="layers 0..2"):
+            call()
+    assert metrics_from_states(hs, ht, AnalysisOptions(cka=True, cka_path_layer=2))["cka"].shape == (3, 3)

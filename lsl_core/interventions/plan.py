@@ -150,7 +150,11 @@ class EditPlan:
         if rows is None:
             idx = (slice(None), pos)
         else:
-            idx = (torch.as_tensor(list(rows), dtype=torch.long, device=h.device)[:, None], pos[None, :])
+            rows = list(rows)
+            if any(not 0 <= r < h.shape[0] for r in rows):
+                raise LSLError(f"An edit asks for batch rows {rows}, but this batch has rows 0..{h.shape[0] - 1}; "
+                               "pass one row selection per plan, within the batch.")
+            idx = (torch.as_tensor(rows, dtype=torch.long, device=h.device)[:, None], pos[None, :])
         s = h[idx].float()  # [B or R, n, d]
         out = h.clone()
         out[idx] = self.edit_rows(s, dev).to(h.dtype)

@@ -36,6 +36,22 @@ NULL_CHUNK_ENTRIES = 2**22  # float64 entries of the re-paired Grams held at onc
 
 # ---- one step of the formula each -----------------------------------------------------------
 
+def path_layer(n_layers: int, requested: int) -> int:
+    """The layer whose alignment path pairs frames with tokens for CKA: requested in 0..L, -1 -> L // 2.
+
+    n_layers: L + 1 (the hidden_states entries). A layer the model lacks is refused, not clamped.
+    """
+    L = n_layers - 1
+    if requested == -1:
+        return L // 2
+    if not 0 <= requested <= L:
+        raise MetricInputError(
+            f"The CKA path layer {requested} does not exist: this model has layers 0..{L}; "
+            "pick one of them, or -1 for the middle layer."
+        )
+    return requested
+
+
 def _as_matrix(X: Tensor, name: str) -> Tensor:
     X = torch.as_tensor(X).detach()
     if X.ndim != 2 or X.shape[1] == 0:

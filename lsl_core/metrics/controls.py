@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from lsl_core.errors import MetricInputError
-from lsl_core.metrics.cka import cross_layer_cka
+from lsl_core.metrics.cka import cross_layer_cka, path_layer
 from lsl_core.metrics.sequence import (_sequence_cosine, _sequence_distance, layer_average, sequence_cosine,
                                       sequence_distance, validate_states)
 from lsl_core.metrics.tokenwise import (
@@ -206,11 +206,6 @@ def centre_states(h: Tensor, mean: Tensor | None) -> Tensor:
 
 # ---- metrics of one speech sample against several texts --------------------------------------
 
-def _cka_layer(n_layers: int, cka_path_layer: int) -> int:
-    L = n_layers - 1
-    return L // 2 if cka_path_layer == -1 else min(cka_path_layer, L)
-
-
 def pair_metrics(hs: Tensor, ht: Tensor, cka_path_layer: int = -1) -> dict[str, Tensor]:
     """Every control metric of one (speech, text) pair: hs [L+1,Ts,d], ht [L+1,Tt,d] -> {name: [L+1] float64}.
 
@@ -218,7 +213,7 @@ def pair_metrics(hs: Tensor, ht: Tensor, cka_path_layer: int = -1) -> dict[str, 
     is tested against).
     """
     tw = tokenwise_metrics(hs, ht)
-    layer = _cka_layer(tw.path_cos.shape[0], cka_path_layer)
+    layer = path_layer(tw.path_cos.shape[0], cka_path_layer)
     try:
         cka = torch.diagonal(cross_layer_cka(hs, ht, tw.path_cos[layer]))  # [L+1]
     except MetricInputError:  # fewer than 4 tokens
@@ -250,7 +245,7 @@ def candidate_metrics(hs: Tensor, texts: Sequence[Tensor], cka_path_layer: int =
     cos, dist = token_cosine_matrix(hs, ht_all), token_distance_matrix(hs, ht_all)  # [L+1, Ts, sum Tt]
     path_cos, path_dist = alignment_path(cos, "cosine"), alignment_path(dist, "distance")  # [L+1, sum Tt]
     scores_cos, scores_dist = path_scores(cos, path_cos), path_scores(dist, path_dist)  # [L+1, sum Tt]
-    layer = _cka_layer(hs.shape[0], cka_path_layer)
+    layer = path_layer(hs.shape[0], cka_path_layer)
     out: dict[str, list[Tensor]] = {k: [] for k in METRIC_NAMES}
     start = 0
     for ht in texts:
