@@ -209,3 +209,13 @@ def test_rows_outside_the_batch_are_refused(rows):
         plan.apply(h, rows)
     out = plan.apply(h, [1])  # a row inside the batch: only that row is edited
     assert torch.equal(out[0], h[0]) and not torch.equal(out[1], h[1])
+
+
+@pytest.mark.parametrize("target, extra", [("all", {}), ("span", {}), ("frames", {"frames": (1, 2)})])
+def test_k_of_a_target_that_does_not_read_it_does_not_split_equal_edits(target, extra):
+    """Intervention('angle', 'all', k=5) edits what 'angle:all' edits; it now compares (and hashes) equal and
+    round-trips through its label (it kept k=5, so parse(label()) != self)."""
+    iv = Intervention("angle", target, k=5, **extra)
+    assert Intervention.parse(iv.label()) == iv == Intervention("angle", target, **extra)
+    assert hash(iv) == hash(Intervention.parse(iv.label()))
+    assert Intervention("angle", "bottom", k=5) != Intervention("angle", "bottom")  # k still counts where read

@@ -36,6 +36,7 @@ Target = Literal["bottom", "all", "random", "frames", "span"]
 PathMetric = Literal["cosine", "distance"]
 Pairing = Literal["path", "shuffled", "other"]
 TARGETS: tuple[str, ...] = ("bottom", "all", "random", "frames", "span")
+K_TARGETS: tuple[str, ...] = ("bottom", "random")  # the targets that read k
 PATH_METRICS: tuple[str, ...] = METRICS  # the alignment path metrics of metrics.tokenwise
 PAIRINGS: tuple[str, ...] = ("path", "shuffled", "other")
 PAIRING_TITLES = {"shuffled": "shuffled pairing", "other": "other question"}  # title suffixes of the nulls
@@ -50,7 +51,8 @@ class Intervention:
 
     op: Op = "angle"  # a name in ops.OPERATIONS: angle takes t's direction, length t's norm, calibrate span mean/std
     target: Target = "bottom"  # which frames: bottom-k / all / k random path frames, explicit frames, whole span
-    k: int = 3  # number of text tokens for targets "bottom" (least aligned) and "random" (k = 0 edits nothing)
+    k: int = 3  # number of text tokens for targets "bottom" (least aligned) and "random" (k = 0 edits nothing);
+    # other targets do not read k, and it is set to 3 there so that parse(label()) == self
     frames: tuple[int, ...] = ()  # query-frame indices (0-based, inside the speech span) for target "frames"
     layer: int = 0  # ℓ: edit the input of decoder layer ℓ = hidden_states[ℓ]; 0 = the LLM input embeddings
     metric: PathMetric = "cosine"  # path metric choosing i*_j and the bottom-k scores
@@ -82,6 +84,8 @@ class Intervention:
         if self.target != "frames" and frames:
             raise LSLError(f"Intervention.frames is only used with target 'frames' (target is {self.target!r}).")
         object.__setattr__(self, "frames", tuple(sorted(set(frames))))
+        if self.target not in K_TARGETS:  # k means nothing here: one value, so equal edits compare equal
+            object.__setattr__(self, "k", 3)
 
     # ------------------------------------------------------------------ text round-trip
     @classmethod
