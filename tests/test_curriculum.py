@@ -148,6 +148,11 @@ def test_table_joins_scores_alignment_and_orders_trajectories(tmp_path):
     flat = r2_table(df.assign(gap_answerable=1.0))
     [note] = flat[flat["gap"] == "answerable GAP (all voices)"]["note"]
     assert "100.0 for every checkpoint" in note  # a constant GAP is reported, not fitted as R² = 0
+    rounded = [0.5 - 0.2, 0.7 - 0.4] * len(df)  # one GAP, unequal in the last bit
+    assert len(set(rounded)) == 2
+    flat = r2_table(df.assign(gap_answerable=rounded[:len(df)]))
+    [note] = flat[flat["gap"] == "answerable GAP (all voices)"]["note"]  # one row, as for an exact constant
+    assert "30.0 for every checkpoint" in note
 
 
 def test_a_set_that_was_only_evaluated_gets_scores_and_trajectories_without_alignment(tmp_path):

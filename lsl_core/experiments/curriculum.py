@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from lsl_core.errors import LSLError
-from lsl_core.metrics.gap import gap_r2_table
+from lsl_core.metrics.gap import gap_r2_table, is_constant
 from lsl_core.metrics.controls import best_layer_chance
 from lsl_core.metrics.stats import N_BOOT
 from lsl_core.experiments.pages import NOT_RECORDED, page_header
@@ -219,7 +219,7 @@ def r2_table(df: pd.DataFrame) -> pd.DataFrame:
             rows.append({"gap": gname, "metric": "every metric",
                          "note": "no checkpoint has this GAP (no question is answerable): nothing to fit"})
             continue
-        if len(values) == 1:  # e.g. speech never contains a gold answer where text does: nothing to explain
+        if is_constant(values):  # e.g. speech never contains a gold answer where text does: nothing to explain
             rows.append({"gap": gname, "metric": "every metric",
                          "note": f"the GAP is {100 * values[0]:.1f} for every checkpoint: nothing to explain"})
             continue

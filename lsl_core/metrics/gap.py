@@ -18,6 +18,8 @@ control="step")`):
 
 R² is undefined (0/0) when every checkpoint has the same GAP: fit_gap refuses it, and a bootstrap resample
 whose GAP is constant is left out of an interval (as one with < 3 distinct x is), never counted as R² = 0.
+"The same" allows float rounding (`_constant`: a spread within 1e-12 of the GAP's size), so that GAPs such as
+0.5 - 0.2 and 0.7 - 0.4 (equal but for the last bit) never give an R² of rounding noise.
 
 Statistics in float64 (numpy).
 """
@@ -38,6 +40,21 @@ from lsl_core.metrics.stats import N_BOOT, SEED
 
 MIN_POINTS = 3  # a line through 2 points always fits perfectly (R² = 1 says nothing)
 MIN_ADDED_POINTS = 4  # GAP ~ 1 + control + x passes through any 3 points (its R² = 1 says nothing)
+CONSTANT_REL = 1e-12  # values whose spread is at most this fraction of their size are one value (float rounding)
+
+
+def _constant(ss: Any, v: np.ndarray) -> Any:
+    """Is a column constant up to rounding? ss = its centred sum of squares ([B] or scalar), v its values ([B, n]
+    or [n]): ss <= n (CONSTANT_REL * max|v|)^2. GAPs of 0.3 written as 0.5 - 0.2 and 0.7 - 0.4 differ in the last
+    bit; an R² of that difference would be rounding noise (and an exactly constant column gives ss = 0)."""
+    v = np.asarray(v, dtype=np.float64)
+    return ss <= v.shape[-1] * (CONSTANT_REL * np.abs(v).max(axis=-1)) ** 2
+
+
+def is_constant(values: Any) -> bool:
+    """Are these values ([n]) one value up to float rounding (the rule every R² here uses)?"""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return v.size > 0 and bool(_constant(float(((v - v.mean()) ** 2).sum()), v))
 
 
 def gap(text_score: Any, speech_score: Any) -> Any:
@@ -90,13 +107,13 @@ def fit_gap(x: Any, gap: Any) -> LinearFit:
         )
     dx, dy = xv - xv.mean(), yv - yv.mean()
     sxx = float(dx @ dx)
-    if sxx <= (1e-12 * float(np.abs(xv).max())) ** 2 * n:
+    if _constant(sxx, xv):
         raise MetricInputError(
             f"All {n} checkpoints have the same metric value ({xv[0]:.6g}); a slope cannot be fitted. "
             "Use checkpoints that differ in alignment, or another metric."
         )
     ss_tot = float(dy @ dy)
-    if ss_tot == 0.0:
+    if _constant(ss_tot, yv):
         raise MetricInputError(
             f"All {n} checkpoints have the same GAP ({yv[0]:.6g}); R² is undefined (there is no variation to "
             "explain). Use checkpoints whose GAP differs, or another GAP."
@@ -110,13 +127,13 @@ def fit_gap(x: Any, gap: Any) -> LinearFit:
 
 def _r2_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """R² of one-predictor OLS fits, row by row: x [B, n], y [B, n] -> [B] (= squared Pearson r;
-    NaN where x or y is constant: R² undefined)."""
+    NaN where x or y is constant up to rounding (`_constant`): R² undefined)."""
     dx = x - x.mean(axis=1, keepdims=True)
     dy = y - y.mean(axis=1, keepdims=True)
     sxx, syy, sxy = (dx * dx).sum(1), (dy * dy).sum(1), (dx * dy).sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = sxy * sxy / (sxx * syy)
-    r2[(syy == 0.0) | (sxx == 0.0)] = np.nan
+    r2[_constant(syy, y) | _constant(sxx, x)] = np.nan
     return np.clip(r2, 0.0, 1.0)
 
 
@@ -195,18 +212,20 @@ def _r2_added_rows(x: np.ndarray, y: np.ndarray, c: np.ndarray) -> np.ndarray:
     """R²(y ~ 1 + c + x) - R²(y ~ 1 + c), row by row: x, y, c [B, n] -> [B] in [0, 1].
 
     With x and y residualised on c (rx, ry; centred), the added R² is (rx . ry)^2 / (rx . rx) / SS_tot(y):
-    0 where x is (numerically) a linear function of c; NaN where y is constant (R² undefined).
+    0 where x is (numerically) a linear function of c; NaN where x or y is constant up to rounding (R² undefined).
     """
+    flat = _constant(((y - y.mean(axis=1, keepdims=True)) ** 2).sum(1), y)  # [B]
+    flat_x = _constant(((x - x.mean(axis=1, keepdims=True)) ** 2).sum(1), x)  # [B]
     x, y, c = (v - v.mean(axis=1, keepdims=True) for v in (x, y, c))
     scc = (c * c).sum(1)
     safe = np.where(scc > 0.0, scc, 1.0)
     rx = x - ((x * c).sum(1) / safe * (scc > 0.0))[:, None] * c
     ry = y - ((y * c).sum(1) / safe * (scc > 0.0))[:, None] * c
     sxx, syy, rxx = (x * x).sum(1), (y * y).sum(1), (rx * rx).sum(1)
-    ok = (syy > 0.0) & (rxx > 1e-12 * sxx)
+    ok = ~flat & (rxx > 1e-12 * sxx)
     with np.errstate(divide="ignore", invalid="ignore"):
         added = np.where(ok, (rx * ry).sum(1) ** 2 / np.where(ok, rxx * syy, 1.0), 0.0)
-    added[syy == 0.0] = np.nan
+    added[flat | flat_x] = np.nan
     return np.clip(added, 0.0, 1.0)
 
 

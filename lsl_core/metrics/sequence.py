@@ -82,8 +82,18 @@ def unit_rows(h: Tensor) -> Tensor:
 
     This is the eps-guard for cosine: dividing by 1 instead of 0 keeps zero vectors at zero,
     so the cosine of a zero vector with anything is defined as 0 (never NaN).
+    A finite row whose squared norm leaves the dtype's range (float32: |h| above ~1e19 overflows to an
+    infinite norm, below ~1e-23 underflows to 0) is scaled by its largest |entry| first; other rows
+    are divided by their norm as computed, unchanged.
     """
     norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True)  # [..., 1]
+    out_of_range = ~torch.isfinite(norm) | ((norm == 0) & (h != 0).any(dim=-1, keepdim=True))  # [..., 1]
+    if bool(out_of_range.any()):
+        peak = h.abs().amax(dim=-1, keepdim=True)  # [..., 1]
+        scaled = h / torch.where(peak > 0, peak, torch.ones_like(peak))  # entries in [-1, 1]
+        unit = scaled / torch.linalg.vector_norm(scaled, dim=-1, keepdim=True).clamp_min(1.0)  # norm >= 1 there
+        norm = torch.where(out_of_range, torch.ones_like(norm), norm)
+        return torch.where(out_of_range, unit, h / torch.where(norm > 0, norm, torch.ones_like(norm)))
     return h / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 

@@ -13,7 +13,7 @@ The pooled cross-layer CKA gets its spread from the delete-one jackknife instead
 (`pooled_cka_interval`; a bootstrap resample repeats samples, which biases HSIC upwards).
 
 Conventions: rows holding NaN (e.g. F1 without reference answers) are dropped before resampling
-and `n` counts the rows used; n = 1 gives a zero-width interval (flag it with
+and `n` counts the rows used; an infinite value raises; n = 1 gives a zero-width interval (flag it with
 `diagnostics.small_n`); n = 0 raises. The percentile interval undercovers a little for very small n
 (about 0.90 at n = 10 for a normal mean); `tests/test_stats.py` measures its coverage.
 """
@@ -95,6 +95,9 @@ def bootstrap_ci(values, statistic: Callable[[np.ndarray], np.ndarray | float] |
     n = v.shape[0]
     if n == 0:
         raise MetricInputError("A bootstrap needs at least one value; the group is empty.")
+    if v.dtype.kind in "fc" and np.isinf(v).any():  # a NaN is missing (dropped); an infinite value is an error
+        raise MetricInputError("bootstrap_ci: the values hold an infinite number (a score divided by zero?); "
+                               "fix or drop those rows (NaN rows are left out).")
     if groups is not None:
         if statistic is not None:
             raise MetricInputError("bootstrap_ci: groups (a cluster bootstrap) work with the mean only.")

@@ -48,14 +48,14 @@ def _check_method(method: str) -> None:
 
 
 def _check_matrix(A: Tensor) -> Tensor:
-    """A [L+1, Ts, Tt] finite, non-empty -> float32."""
+    """A [L+1, Ts, Tt] finite, non-empty -> float32 (float64 kept as float64)."""
     A = torch.as_tensor(A).detach()
     if A.ndim != 3 or 0 in A.shape:
         raise MetricInputError(
             f"A token matrix must have shape [L+1, Ts, Tt] with no empty axis, got {tuple(A.shape)}. "
             "Build it with token_cosine_matrix or token_distance_matrix."
         )
-    if not A.dtype.is_floating_point:
+    if not A.dtype.is_floating_point or A.dtype.itemsize < 4:  # integers, float16, bfloat16 -> float32
         A = A.to(torch.float32)
     if not torch.isfinite(A).all():
         raise MetricInputError("The token matrix contains NaN/inf; rebuild it from finite hidden states.")
