@@ -216,3 +216,10 @@ def test_stability_command_writes_matrices_and_summary(tiny_parts, tmp_path, cap
     assert data["n"] == 4 and data["configs"][0] == CKAConfig().label()
     assert np.asarray(data["summary"]["correlation"]).shape == (len(data["summary"]["labels"]),) * 2
     assert "r_with_reference" in capsys.readouterr().out
+
+
+def test_a_path_layer_the_states_lack_is_refused_not_clamped():
+    """CKAConfig(path_layer=9) on a 2-layer model was taken as layer 2 while its label said path@9."""
+    assert CKAConfig(path_layer="middle").layer_index(5) == 2 and CKAConfig(path_layer=4).layer_index(5) == 4
+    with pytest.raises(MetricInputError, match="layers 0..2"):
+        CKAConfig(path_layer=9).layer_index(3)

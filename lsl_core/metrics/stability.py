@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from lsl_core.errors import MetricInputError
-from lsl_core.metrics.cka import MIN_PAIRS, cross_layer_cka, pooled_cross_layer_cka
+from lsl_core.metrics.cka import MIN_PAIRS, cross_layer_cka, path_layer, pooled_cross_layer_cka
 from lsl_core.metrics.sequence import mean_pool, validate_states
 from lsl_core.metrics.tokenwise import (METRICS, PATH_METHODS, alignment_path, token_cosine_matrix,
                                         token_distance_matrix)
@@ -71,8 +71,7 @@ class CKAConfig:
         """The path layer for states with n_layers = L+1 entries (None = each speech layer's own path)."""
         if self.path_layer == "own":
             return None
-        L = n_layers - 1
-        return L // 2 if self.path_layer == "middle" else min(int(self.path_layer), L)
+        return path_layer(n_layers, -1 if self.path_layer == "middle" else int(self.path_layer))  # a missing one: error
 
 
 def default_configs(num_layers: int) -> tuple[CKAConfig, ...]:
