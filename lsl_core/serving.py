@@ -49,6 +49,13 @@ class GenerationRow:
     plans: tuple = ()  # EditPlans for this row (planned on its unpadded prompt)
     max_new_tokens: int = 40
 
+    def __post_init__(self) -> None:
+        if int(self.max_new_tokens) < 0:  # in a batch, ids[:-k] would cut the answer short silently
+            from lsl_core.errors import LSLError
+
+            raise LSLError(f"GenerationRow.max_new_tokens must be >= 0, got {self.max_new_tokens}; "
+                           "ask for the answer length in new tokens.")
+
 
 class _StepProgress:
     """A StoppingCriteria that never stops generation; it reports decoding steps (progress bars)."""
@@ -235,12 +242,42 @@ def _finish(p: _Prepared, answers: list[str]) -> "SideBySide":
                       tuple(float(t) for t in p.states.frame_times), tuple(p.states.tokens))
 
 
+def _answers_per_request(model: "LSLM", good: Sequence[_Prepared],
+                         report: Callable[[float], None] | None) -> list:
+    """Each prepared request's answers (its rows, in order) from ONE generate call -> list[str] per request.
+
+    When that call raises and several requests share it (a batch too big for the device, one request's prompt
+    the model cannot run), each request is generated again alone: it gets its answers or its own exception.
+    """
+    rows = [r for p in good for r in p.rows]
+    try:
+        answers = generate_rows(model, rows, report)
+    except Exception as exc:  # noqa: BLE001 - isolated below
+        if len(good) == 1:
+            return [exc]
+        return [_answers_alone(model, p, report) for p in good]
+    out, at = [], 0
+    for p in good:
+        out.append(answers[at: at + len(p.rows)])  # this request's rows, in its own order
+        at += len(p.rows)
+    return out
+
+
+def _answers_alone(model: "LSLM", p: _Prepared, report: Callable[[float], None] | None) -> list | Exception:
+    """One request's answers from its own generate call, or the exception it raised."""
+    try:
+        return generate_rows(model, p.rows, report)
+    except Exception as exc:  # noqa: BLE001 - reported to that request's user only
+        return exc
+
+
 def serve_side_by_side(model: "LSLM", requests: Sequence[SideBySideRequest],
                        progress: Callable[[float, str], None] | None = None) -> list:
     """Serve several requests with ONE generate call: -> per request a SideBySide, or the exception it raised.
 
     Preparation (states, plans, transcript) runs request by request; a request that fails there (bad
-    layer, bad audio) gets its own exception and does not stop the others.
+    layer, bad audio) or in generation (see _answers_per_request) gets its own exception and does not stop
+    the others.
     """
     prepared: list[_Prepared | BaseException] = []
     for k, req in enumerate(requests):
@@ -251,18 +288,13 @@ def serve_side_by_side(model: "LSLM", requests: Sequence[SideBySideRequest],
         except Exception as exc:  # noqa: BLE001 - reported to that request's user only
             prepared.append(exc)
     good = [p for p in prepared if isinstance(p, _Prepared)]
-    rows = [r for p in good for r in p.rows]
-    n_rows = len(rows)
+    n_rows = sum(len(p.rows) for p in good)
     report = (lambda f: progress(f, f"generating {n_rows} answers for {len(good)} request(s)")) if progress else None
-    answers = generate_rows(model, rows, report) if rows else []
-    out, at = [], 0
+    answers = iter(_answers_per_request(model, good, report) if good else [])
+    out = []
     for p in prepared:
-        if isinstance(p, BaseException):
-            out.append(p)
-            continue
-        mine = answers[at: at + len(p.rows)]  # this request's rows, in its own order
-        at += len(p.rows)
-        out.append(_finish(p, mine))
+        mine = p if isinstance(p, BaseException) else next(answers)
+        out.append(mine if isinstance(mine, BaseException) else _finish(p, mine))
     return out
 
 

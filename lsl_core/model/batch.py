@@ -58,9 +58,24 @@ def _prompt_embeds(model: LSLM, query: torch.Tensor) -> torch.Tensor:
     return model.build_prompt(query).inputs_embeds[0]
 
 
+def _query_prompts(model: LSLM, queries: Sequence[torch.Tensor]) -> list:
+    """Queries [Tq_i, d] -> build_prompt(q) each; refused where the prompt depends on the modality.
+
+    A bare query does not say whether it is speech or text: a model with weights_per_modality (a family with
+    a speech template and a speech-only LoRA) would wrap a typed question as speech, silently.
+    """
+    if model.weights_per_modality:
+        from lsl_core.errors import LSLError
+
+        raise LSLError(f"{model.name}: lsl_core.model.batch wraps bare query embeddings, which cannot say speech or "
+                       "text, and this model's prompt and weights depend on the modality. Build prompts with "
+                       "model.prompt_for(...) and call model.generate_ids / generate_answers.")
+    return [model.build_prompt(q) for q in queries]
+
+
 def prompt_batch(model: LSLM, queries: Sequence[torch.Tensor]) -> PaddedBatch:
     """Queries [Tq_i, d] -> left-padded prompts for generation (LSLM.padded_prompts)."""
-    return model.padded_prompts([model.build_prompt(q) for q in queries])
+    return model.padded_prompts(_query_prompts(model, queries))
 
 
 def response_batch(model: LSLM, queries: Sequence[torch.Tensor], responses: Sequence[Sequence[int]]) -> PaddedBatch:
@@ -146,7 +161,7 @@ def generate_ids_batch(model: LSLM, queries: Sequence[torch.Tensor], max_new_tok
                        edit: ContextManager | None = None,
                        on_batch: Callable[[list[int], list[list[int]]], None] | None = None) -> list[list[int]]:
     """Greedy new-token ids for N queries [Tq_i, d]: LSLM.generate_ids on their prompts (see there)."""
-    prompts = [model.build_prompt(q) for q in queries]
+    prompts = _query_prompts(model, queries)
     return model.generate_ids(prompts, max_new_tokens, batch_size=batch_size, edit=edit, on_batch=on_batch)
 
 

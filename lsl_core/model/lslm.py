@@ -329,9 +329,14 @@ class LSLM:
         (row-specific hooks rely on it). `edit` is an optional hook context held around the whole call,
         together with the model lock (no other generation runs while the hooks are in place);
         `on_batch(indices, ids)` is called after each batch (progress, incremental caching).
+        max_new_tokens=0 gives empty answers without running the model; a negative count raises LSLError.
         """
         if batch_size <= 0:
             raise ValueError(f"generate_ids: batch_size must be positive, got {batch_size}")
+        if int(max_new_tokens) < 0:
+            from lsl_core.errors import LSLError
+
+            raise LSLError(f"generate_ids: max_new_tokens must be >= 0, got {max_new_tokens}; pass the answer length.")
         if edit is not None and gen_kwargs.get("use_cache") is False:
             from lsl_core.errors import LSLError
 
@@ -348,15 +353,18 @@ class LSLM:
         with self.lock, (edit if edit is not None else nullcontext()):
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                b = self.padded_prompts([prompts[i] for i in idx])
-                out = self.llm.generate(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
-                                        **kwargs)  # [B, <=max_new_tokens] new tokens only
-                for i, row in zip(idx, out.tolist()):
+                out = self._generate_chunk([prompts[i] for i in idx], kwargs) if max_new_tokens else [[] for _ in idx]
+                for i, row in zip(idx, out):
                     end = next((j for j, t in enumerate(row) if t in stops), None)
                     answers[i] = row if end is None else row[: end + 1]
                 if on_batch is not None:
                     on_batch(idx, [answers[i] for i in idx])
         return answers
+
+    def _generate_chunk(self, prompts: Sequence[PromptInputs], kwargs: dict) -> list[list[int]]:
+        """One left-padded HF generate over prompts [1, T_i, d] -> new-token ids per row [B][<=max_new_tokens]."""
+        b = self.padded_prompts(prompts)
+        return self.llm.generate(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask, **kwargs).tolist()
 
     def decode(self, ids: Sequence[int]) -> str:
         """New-token ids -> the answer text (special tokens dropped, stripped)."""
