@@ -80,7 +80,7 @@ def resolve_family(m) -> Family:
                 f"manifest '{m.name}': no family is registered for 'hf_class' {m.hf_class!r}. Register one with "
                 "lsl_core.model.families.register_family before loading (docs/families.md, remote code), or fix "
                 f"'hf_class' to one of: {', '.join(f.hf_class for f in FAMILIES.values())}.")
-        fam = by_class[0]
+        fam = next((f for f in by_class if f.name == m.family), by_class[0])  # a user family may share the class
         if m.family and m.family in FAMILIES and m.family != fam.name:
             raise ManifestError(
                 f"manifest '{m.name}': 'family' {m.family!r} opens {FAMILIES[m.family].hf_class}, but 'hf_class' is "
@@ -117,6 +117,14 @@ def family_system(m, fam: Family) -> str | None:
     return system
 
 
+def _load_error(m, fam: Family, ref, exc: Exception) -> ModelLoadError:
+    """The one-line error of a checkpoint folder transformers could not open (processor or weights)."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ModelLoadError(f"manifest '{m.name}': could not load {fam.hf_class} from '{ref}': {first}. The folder "
+                          "needs config.json, *.safetensors (pickled weights are never loaded), the tokenizer and "
+                          "the feature extractor (preprocessor_config.json).")
+
+
 def load_family(m, *, device: torch.device, dtype: torch.dtype, ref, local_only: bool, manifest_digest: str):
     """Open a family checkpoint (ref: resolved folder or hub id) -> FamilyLSLM."""
     fam = resolve_family(m)
@@ -140,12 +148,15 @@ def load_family(m, *, device: torch.device, dtype: torch.dtype, ref, local_only:
     fam.check_config(config, "hf_class" if m.hf_class else "family")
     try:
         tok, fe = fam.load_processor(ref, local_only=local_only)
+    except (OSError, ValueError) as exc:
+        raise _load_error(m, fam, ref, exc) from None
+    problem = fam.tokenizer_problem(tok)  # before the weights are read: a wrong folder fails fast
+    if problem:
+        raise ModelLoadError(f"manifest '{m.name}': '{ref}' cannot be opened as {fam.name}: {problem}")
+    try:
         llm = fam.load_model(ref, config, dtype, device, local_only=local_only, device_map=m.device_map)
     except (OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"manifest '{m.name}': could not load {fam.hf_class} from '{ref}': {first}. The folder "
-                             "needs config.json, *.safetensors (pickled weights are never loaded), the tokenizer and "
-                             "the feature extractor (preprocessor_config.json).") from None
+        raise _load_error(m, fam, ref, exc) from None
     if getattr(tok, "pad_token_id", None) is None and getattr(tok, "eos_token", None) is not None:
         tok.pad_token = tok.eos_token
     digest = f"{manifest_digest}-{folder_digest(ref)}-{device.type}-{dtype}".replace("torch.", "")

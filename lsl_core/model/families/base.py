@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from lsl_core.data.audio import TARGET_SR, prepare_audio
-from lsl_core.errors import LSLError
+from lsl_core.errors import AudioError, LSLError, ModelLoadError
 from lsl_core.model.lslm import LSLM, PromptInputs, SpeechEmbedding
 from lsl_core.model.prompt import DEFAULT_SYSTEM, PromptTemplate
 
@@ -169,6 +169,10 @@ class Family:
             caps[k] = Capability(False, why)
         return caps
 
+    def tokenizer_problem(self, tok) -> str | None:
+        """What is wrong with the checkpoint's tokenizer for this family (None: nothing found)."""
+        return None
+
     def check_config(self, config, field_name: str) -> None:
         """Raise a ManifestError naming `field_name` when config.json is not one this class opens."""
         from lsl_core.errors import ManifestError
@@ -204,14 +208,33 @@ class ChatTemplateFamily(Family):
         template = getattr(tok, "chat_template", None) or self.CHAT_TEMPLATE
         return tok.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
+    def tokenizer_problem(self, tok) -> str | None:
+        """The audio placeholder must be one token of the vocabulary (transformers builds an empty tokenizer for
+        a folder without tokenizer files, which maps every token to id 0)."""
+        i = tok.convert_tokens_to_ids(self.audio_token)  # an unknown token maps to the unk id (or None)
+        if i is not None and tok.convert_ids_to_tokens(i) == self.audio_token:
+            return None
+        return (f"its tokenizer ({len(tok)} tokens) does not know the audio placeholder '{self.audio_token}': the "
+                "tokenizer files (tokenizer.json or vocab.json + merges.txt, tokenizer_config.json) are missing or "
+                "belong to another model. Copy them from the checkpoint's repository"
+                + (f" ({self.hub_ids[0]})" if self.hub_ids else "") + " into the folder.")
+
     def _ids(self, tok, text: str) -> list[int]:
         return list(tok(text, add_special_tokens=False).input_ids) if text else []
 
     def speech_prompt_ids(self, tok, system, instruction=""):
-        full = self.render(tok, system, self.speech_content(instruction))
+        try:
+            full = self.render(tok, system, self.speech_content(instruction))
+            found = f"renders {full.count(self.audio_token)} '{self.audio_token}' placeholders for one audio clip"
+        except Exception as exc:  # noqa: BLE001 - jinja errors of a template that takes string content only
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            full, found = "", f"fails on an audio item ({type(exc).__name__}: {first})"
         if full.count(self.audio_token) != 1:
-            raise LSLError(f"The {self.name} chat template rendered {full.count(self.audio_token)} "
-                           f"'{self.audio_token}' placeholders for one audio clip; expected exactly one.")
+            raise ModelLoadError(
+                f"The checkpoint's chat template {found}; one '{self.audio_token}' is expected: it is not a "
+                f"{self.name} audio template (a text LLM's template?). Remove chat_template.jinja "
+                "(or 'chat_template' in tokenizer_config.json) from the folder to use the hub template built into "
+                "lsl_core, or copy the checkpoint's own audio template there.")
         prefix, suffix = full.split(self.audio_token)
         return self._ids(tok, prefix), self._ids(tok, suffix)
 
@@ -275,15 +298,24 @@ class FamilyLSLM(LSLM):
     def embed_speech(self, audio: np.ndarray, sr: int) -> SpeechEmbedding:
         """Audio -> the family's projector output [Ts, d] (one row per audio placeholder position)."""
         wav = prepare_audio(audio, sr, max_seconds=self.family.max_seconds_for(self.llm, self.feature_extractor))
+        ts = self.family.num_audio_tokens(self.llm, wav.shape[0])
+        if ts == 0:
+            raise self._too_short(wav.shape[0])
         with self.lock:
             emb = self.family.audio_embeddings(self.llm, self.feature_extractor, wav)  # [Ts, d]
-        ts = self.family.num_audio_tokens(self.llm, wav.shape[0])
         assert emb.shape[0] == ts, f"{self.family.name}: {emb.shape[0]} audio embeddings for {ts} placeholders"
         fs = self.family.frame_seconds_for(self.llm)
         return SpeechEmbedding(emb.to(self.device, self.dtype), np.arange(ts, dtype=np.float64) * fs, fs)
 
     def encode_audio(self, wav16k: np.ndarray) -> torch.Tensor:
         return self.embed_speech(wav16k, TARGET_SR).embeds
+
+    def _too_short(self, n: int) -> AudioError:
+        """The error for a 16 kHz clip of n samples from which the audio tower makes no speech position."""
+        need = next((k for k in range(n + 1, n + TARGET_SR) if self.family.num_audio_tokens(self.llm, k) > 0), None)
+        least = f" (it needs more than {1000 * (need - 1) / TARGET_SR:.0f} ms)" if need else ""
+        return AudioError(f"Audio lasts only {1000 * n / TARGET_SR:.1f} ms: {self.name} ({self.family.name}) makes "
+                          f"no speech position from it{least}. Record or upload the whole spoken question.")
 
     def build_prompt(self, query_embeds: torch.Tensor, query_ids=None, *, asr: bool = False) -> PromptInputs:
         """Speech query (query_ids None) or typed question (its ids) -> the family's prompt + span."""

@@ -13,12 +13,19 @@ rate after the projector (the tower's avg-pool + proj): mel hop 10 ms -> conv st
 plain sequential rope positions in all three M-RoPE sections (get_rope_index only builds 3-D
 positions when an image or video is present), so a prompt given as inputs_embeds gets the same
 positions as the processor's input_ids. Clips over 30 s are refused (the feature extractor cuts them).
+
+Stale rope deltas: the thinker keeps `rope_deltas` [B, 1] from its last generate and adds them to the positions
+of any later forward given without input_ids; after a batch of B > 1 a one-prompt forward crashed. A pre-hook on
+the thinker model (`forget_rope_deltas`) drops them before every fresh (no-cache) forward without input_ids,
+where the audio-only positions are plain 0..T-1 anyway.
 """
 
 from __future__ import annotations
 
+from torch import nn
+
 from lsl_core.model.families.base import ChatTemplateFamily
-from lsl_core.model.families.qwen2_audio import whisper_features, whisper_style_tokens
+from lsl_core.model.families.qwen2_audio import AUDIO_ITEM, whisper_features, whisper_style_tokens
 
 QWEN2_5_OMNI_TEMPLATE = (
     "{% for message in messages %}"
@@ -40,6 +47,25 @@ THINKER_KEYS = {r"^thinker\.model\.": "model.language_model.", r"^thinker\.audio
                 r"^thinker\.visual\.": "model.visual.", r"^thinker\.lm_head\.": "lm_head."}
 
 
+def _drop_stale_rope_deltas(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook of Qwen2_5OmniThinkerModel: a fresh forward (empty cache) without input_ids or
+    position_ids gets sequential positions, not the rope deltas [B, 1] a previous generate left behind."""
+    if args or kwargs.get("input_ids") is not None or kwargs.get("position_ids") is not None:
+        return
+    cache = kwargs.get("past_key_values")
+    if cache is None or cache.get_seq_length() == 0:
+        module.rope_deltas = None
+
+
+def forget_rope_deltas(thinker: nn.Module) -> nn.Module:
+    """The thinker with `_drop_stale_rope_deltas` on its inner model (once); returns it."""
+    inner = thinker.model
+    if not getattr(inner, "_lsl_drops_rope_deltas", False):
+        inner.register_forward_pre_hook(_drop_stale_rope_deltas, with_kwargs=True)
+        inner._lsl_drops_rope_deltas = True
+    return thinker
+
+
 class Qwen25OmniThinker(ChatTemplateFamily):
     name = "qwen2.5-omni"
     hf_class = "Qwen2_5OmniThinkerForConditionalGeneration"
@@ -55,17 +81,18 @@ class Qwen25OmniThinker(ChatTemplateFamily):
         """A thinker folder as is; a full Omni checkpoint -> only its thinker's weights (the `thinker.` keys),
         so the talker, token2wav and the speaker file (spk_dict.pt) are never read."""
         if config.model_type == "qwen2_5_omni_thinker":
-            return super().load_model(ref, config, dtype, device, local_only=local_only, device_map=device_map)
+            return forget_rope_deltas(super().load_model(ref, config, dtype, device, local_only=local_only,
+                                                         device_map=device_map))
         from transformers import Qwen2_5OmniThinkerForConditionalGeneration as Thinker
 
         kwargs = dict(config=config.thinker_config, dtype=dtype, local_files_only=local_only, use_safetensors=True,
                       key_mapping=THINKER_KEYS)
         if device_map:
-            return Thinker.from_pretrained(ref, device_map=device_map, **kwargs).eval()
-        return Thinker.from_pretrained(ref, **kwargs).to(device).eval()
+            return forget_rope_deltas(Thinker.from_pretrained(ref, device_map=device_map, **kwargs).eval())
+        return forget_rope_deltas(Thinker.from_pretrained(ref, **kwargs).to(device).eval())
 
     def speech_content(self, instruction: str):
-        return [{"type": "audio"}] + ([{"type": "text", "text": instruction}] if instruction else [])
+        return [dict(AUDIO_ITEM)] + ([{"type": "text", "text": instruction}] if instruction else [])
 
     def num_audio_tokens(self, model, n_samples: int) -> int:
         return whisper_style_tokens(-(-n_samples // 160))

@@ -36,6 +36,12 @@ QWEN2_AUDIO_TEMPLATE = (
 )
 
 
+# the audio content item: templates test "type" == "audio" (the current processor default) or, like transformers'
+# earlier Qwen2AudioProcessor default (which checkpoints saved then may carry), only an 'audio' / 'audio_url' key;
+# the value is never read (the clip enters as embeddings)
+AUDIO_ITEM = {"type": "audio", "audio": "question.wav"}
+
+
 def whisper_style_tokens(n_mel: int) -> int:
     """Positions after conv stride 2 and avg-pool 2 for n_mel feature frames."""
     return (((n_mel - 1) // 2 + 1) - 2) // 2 + 1
@@ -61,7 +67,7 @@ class Qwen2Audio(ChatTemplateFamily):
     CHAT_TEMPLATE = QWEN2_AUDIO_TEMPLATE
 
     def speech_content(self, instruction: str):
-        return [{"type": "audio"}] + ([{"type": "text", "text": instruction}] if instruction else [])
+        return [dict(AUDIO_ITEM)] + ([{"type": "text", "text": instruction}] if instruction else [])
 
     def num_audio_tokens(self, model, n_samples: int) -> int:
         return whisper_style_tokens(-(-n_samples // 160))  # n_mel = ones in the feature mask (every 160th sample)
