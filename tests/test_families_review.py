@@ -171,3 +171,22 @@ def test_text_only_chat_template_stops_with_one_error_naming_the_template(tiny_r
         load_checkpoint(folder, device="cpu")
     msg = str(err.value)
     assert "chat_template.jinja" in msg and "<|AUDIO|>" in msg and len(msg.splitlines()) == 1
+
+
+def test_folder_digest_follows_the_files_that_shape_prompts(tmp_path):
+    """Cached states are keyed by folder_digest: editing the chat template, the tokenizer or the generation
+    settings of a checkpoint folder changes them, so it must change the digest (only config.json and the
+    weight files counted); an unrelated file does not."""
+    from lsl_core.model.families.base import folder_digest
+
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2_audio"}')
+    (tmp_path / "model.safetensors").write_bytes(b"w")
+    seen = {folder_digest(tmp_path)}
+    for name, text in (("chat_template.jinja", "{{ messages }}"), ("tokenizer_config.json", "{}"),
+                       ("generation_config.json", '{"repetition_penalty": 1.05}'),
+                       ("chat_template.jinja", "{{ messages }}!")):
+        (tmp_path / name).write_text(text)
+        seen.add(folder_digest(tmp_path))
+    assert len(seen) == 5
+    (tmp_path / "README.md").write_text("notes")
+    assert folder_digest(tmp_path) in seen

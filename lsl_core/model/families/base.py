@@ -378,15 +378,23 @@ class FamilyLSLM(LSLM):
 
 
 # =============================================================================== digest
+# the small files of a checkpoint folder that change its prompts, tokens, features or answers (hashed by content)
+PROMPT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+                "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+                "chat_template.json", "preprocessor_config.json", "processor_config.json")
+
+
 def folder_digest(ref: str | Path) -> str:
-    """Identity of a local checkpoint folder for cache keys: config.json bytes + (name, size, mtime) of
-    every weight file (hashing many GB of weights on each load would be slow). Hub ids hash their name."""
+    """Identity of a local checkpoint folder for cache keys: the bytes of its PROMPT_FILES (config, tokenizer,
+    chat template, feature extractor, generation settings) + (name, size, mtime) of every weight file (hashing
+    many GB of weights on each load would be slow). Hub ids hash their name."""
     h = hashlib.sha256(str(ref).encode())
     p = Path(ref)
     if p.is_dir():
-        cfg = p / "config.json"
-        if cfg.is_file():
-            h.update(cfg.read_bytes())
+        for name in PROMPT_FILES:
+            f = p / name
+            if f.is_file():
+                h.update(f"{name}|".encode() + f.read_bytes())
         for f in sorted(p.glob("*.safetensors")):
             st = f.stat()
             h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
