@@ -24,6 +24,7 @@ Written into the trajectory folder `out`:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import time
@@ -46,9 +47,16 @@ from lsl_core.model.lslm import LSLM
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise LSLError(f"train config field 'device' must be auto, cpu, cuda or cuda:N (got {spec!r}).") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise LSLError(f"train config asks for device '{spec}' but CUDA is not available; use 'cpu' or 'auto'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LSLError(f"train config field 'device' asks for '{spec}' but this machine has "
+                       f"{torch.cuda.device_count()} CUDA device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+                       " or 'auto'.")
     return dev
 
 
@@ -176,9 +184,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | No
     the data are the same whatever the counts and kinds, up to float rounding);
     time_budget: seconds this call may take, model and data included: the step count (at most cfg.steps) is
     fitted to it during warmup, exactly as if the config had said it (Trainer, fit_step)."""
-    if time_budget is not None and (time_budget <= 0 or resume or prepare_only or monitor_only):
-        raise LSLError("--time-budget takes a positive number of seconds and fits the step count of a fresh run: "
-                       "not with --resume (a resumed run keeps its fitted count), --prepare-only or --monitor-only.")
+    if time_budget is not None and (not 0 < time_budget < math.inf or resume or prepare_only or monitor_only):
+        raise LSLError("--time-budget takes a positive (finite) number of seconds and fits the step count of a fresh "
+                       "run: not with --resume (a resumed run keeps its fitted count), --prepare-only or --monitor-only.")
     device = resolve_device(cfg.device)
     t0 = time.time()
     model = build_model(cfg, device)
@@ -225,7 +233,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
     add_device_args(p, device_help="override the config's device (auto, cpu, cuda)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override any config field (VALUE as JSON, else a string), e.g. --set init=<checkpoint> "
+                   help="override any config field (VALUE as JSON, else a string; a text field takes VALUE as written, "
+                        "null where it may be null), e.g. --set init=<checkpoint> "
                         "--set monitor_train_clips=48; repeatable")
     p.add_argument("--prepare-only", action="store_true", help="only synthesize/encode/generate targets (cached)")
     p.add_argument("--monitor-only", action="store_true",
@@ -248,18 +257,30 @@ def register(subparsers) -> None:
 
 
 def parse_sets(items: list[str]) -> dict:
-    """['init=a/b', 'steps=3', 'voices=["en-us"]'] -> {'init': 'a/b', 'steps': 3, 'voices': ['en-us']}."""
+    """['init=a/b', 'steps=3', 'voices=["en-us"]'] -> {'init': 'a/b', 'steps': 3, 'voices': ['en-us']}: VALUE as
+    JSON, else a string; a field that takes a string takes the text as written unless it reads as a JSON string
+    (or null where the field allows it): 'name=2024' -> {'name': '2024'}."""
     import json
+    import types
+    import typing
 
+    hints = typing.get_type_hints(TrainConfig)
     out = {}
     for item in items:
         key, eq, raw = item.partition("=")
-        if not eq or not key.strip():
+        key = key.strip()
+        if not eq or not key:
             raise LSLError(f"--set {item!r}: write FIELD=VALUE, e.g. --set monitor_train_clips=48.")
         try:
-            out[key.strip()] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            out[key.strip()] = raw
+            value = raw
+        hint = hints.get(key)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        takes_str = hint is str or (union and str in typing.get_args(hint))
+        if takes_str and not isinstance(value, str) and not (value is None and type(None) in typing.get_args(hint)):
+            value = raw
+        out[key] = value
     return out
 
 

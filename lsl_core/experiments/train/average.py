@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -128,8 +129,10 @@ def average_checkpoints(checkpoints: list[str | Path], out: str | Path, name: st
         raise LSLError("Give at least two checkpoints to average (--checkpoint A --checkpoint B).")
     ms = [read_manifest(c) for c in checkpoints]
     w = [1.0] * len(ms) if weights is None else [float(x) for x in weights]
-    if len(w) != len(ms) or sum(w) <= 0 or (not extrapolate and any(x < 0 for x in w)):
-        rule = "summing to more than 0" if extrapolate else ">= 0, not all 0 (negative ones need --extrapolate)"
+    if (len(w) != len(ms) or not all(math.isfinite(x) for x in w) or sum(w) <= 0
+            or (not extrapolate and any(x < 0 for x in w))):
+        rule = "summing to more than 0, each finite" if extrapolate else \
+            ">= 0, not all 0 (negative ones need --extrapolate), each finite"
         raise LSLError(f"Give one weight per checkpoint, {rule}: {len(ms)} checkpoints, weights {weights}.")
     w = [x / sum(w) for x in w]
     for m in ms:

@@ -20,8 +20,10 @@ previous stage's final checkpoint (`init`):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 import types
@@ -56,6 +58,13 @@ def _has_type(value, hint) -> bool:
     if hint in (str, dict):
         return isinstance(value, hint)
     return True
+
+
+@functools.lru_cache(maxsize=1)
+def _float_fields() -> tuple[str, ...]:
+    """TrainConfig's fields annotated float (or float | None)."""
+    hints = typing.get_type_hints(TrainConfig)
+    return tuple(k for k, h in hints.items() if h is float or float in typing.get_args(h))
 
 
 def _type_name(hint) -> str:
@@ -190,6 +199,10 @@ class TrainConfig:
         if self.vocab_doses and (len(set(self.vocab_doses)) != len(self.vocab_doses)
                                  or min(int(d) for d in self.vocab_doses) <= 0):
             raise bad("vocab_doses", "must list distinct positive clip counts, e.g. [3, 10, 30]")
+        for k in ("vocab_sentences", "written_questions"):
+            if self.vocab_doses and getattr(self, k):
+                raise bad(k, "must be 0 with vocab_doses (its text would speak the control words, which training never "
+                          "speaks, and the dose words more often than their dose)")
         if int(self.vocab_dose_words) < 0:
             raise bad("vocab_dose_words", "must be a positive integer, or 0 for every new word")
         if self.vocab_control_words is not None and int(self.vocab_control_words) <= 0:
@@ -206,9 +219,15 @@ class TrainConfig:
                           "question)")
         for k in ("adaptor_context", "n_questions", "n_val_questions", "vocab_sentences", "vocab_words",
                   "written_questions", "time_masks", "time_mask_frames", "channel_masks", "channel_mask_width",
-                  "warmup_steps", "save_every", "eval_every", "monitor_train_clips"):
+                  "warmup_steps", "save_every", "eval_every", "monitor_train_clips", "seed"):
             if int(getattr(self, k)) < 0:
                 raise bad(k, "must be >= 0")
+        for k in _float_fields():  # NaN passes every `< 0` check and inf most `> 0` ones: both train garbage
+            v = getattr(self, k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+                raise bad(k, "must be a finite number")
+        if int(self.lora_alpha) <= 0:
+            raise bad("lora_alpha", "must be a positive integer (LoRA scaling lora_alpha / lora_r; 0 trains nothing)")
         if not self.lr > 0 or (self.llm_lr is not None and not self.llm_lr > 0):
             raise bad("lr" if not self.lr > 0 else "llm_lr", "must be a positive number")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -226,8 +245,12 @@ class TrainConfig:
                       "must be positive (temperature) / non-negative (norm weight)")
         if not self.voices or len(set(self.voices)) != len(self.voices):
             raise bad("voices", "must list at least one voice, each once")
-        if self.heldout_voice and self.heldout_voice.split("+")[0] in {v.split("+")[0] for v in self.voices}:
+        base = lambda v: str(v).split("+")[0].strip().lower()  # noqa: E731 (espeak-ng ignores the case of a name)
+        if self.heldout_voice and base(self.heldout_voice) in {base(v) for v in self.voices}:
             raise bad("heldout_voice", "must not be a training voice: it is the unseen accent")
+        if base(UNSEEN_VOICE) in {base(v) for v in self.voices}:  # whatever voice is monitored as the held-out one
+            raise bad("voices", f"must not hold {UNSEEN_VOICE} (in any spelling or with a variant): it is the "
+                      "evaluation's unseen voice, never trained on")
         for k, lo, hi in (("speed_range", 80, 450), ("pitch_range", 0, 99)):
             r = getattr(self, k)
             if r and (len(r) != 2 or not lo <= r[0] <= r[1] <= hi):

@@ -18,6 +18,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import threading
@@ -52,9 +53,14 @@ def with_template(model: LSLM, template: PromptTemplate) -> LSLM:
 
 def bf16_native(device: torch.device) -> bool:
     """True where bf16 matmuls run natively (CUDA with bf16, CPUs with AMX/AVX512-BF16); elsewhere
-    autocast to bf16 is emulated and ~40x slower than float32 (measured on AVX2 CPUs)."""
+    autocast to bf16 is emulated and ~40x slower than float32 (measured on AVX2 CPUs). On CUDA: compute capability
+    >= 8 (Ampere and later) of this device - torch.cuda.is_bf16_supported() also says True where bf16 is only
+    emulated (T4, V100) and asks about the current device, not this one."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        if torch.version.hip:  # ROCm: every supported AMD GPU computes bf16
+            return True
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_capability(index)[0] >= 8
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -298,6 +304,10 @@ class Trainer:
             self._truncate_log(self.step)
         else:
             self.log_path.write_text("")
+            # an earlier run's resume state: its log is gone, so goes its state (a fresh run killed before its first
+            # checkpoint must not --resume from it, the log of the steps before it lost)
+            if (self.resume_dir / "state.json").is_file():
+                shutil.rmtree(self.resume_dir, ignore_errors=True)
         until = c.steps if until is None else min(until, c.steps)
         ckpt_steps, eval_steps = set(c.checkpoint_steps()), set(c.eval_steps())
         saved: list[Path] = []
