@@ -19,7 +19,9 @@ further column is kept in Sample.meta (lists and structs too), with subset, spli
 Problems (missing column, unknown subset, empty prompt/reference, malformed ifeval kwargs) name the
 file and row: `on_error="raise"` raises the first as DataError; "collect" skips the bad file or row
 and lists them in `SampleSet.problems`, so the rest can still be evaluated. An undecodable audio
-cell is found when that sample is first decoded (AudioError naming the file and row).
+cell is found when that sample is first decoded (AudioError naming the file and row). A subset folder
+without parquet files is such a problem; a selected subset or split with no file at all is always a
+DataError (naming what the folder holds), never a smaller table.
 """
 
 from __future__ import annotations
@@ -245,6 +247,26 @@ def load_voicebench(folder: str | Path, *, subsets=None,
         if on_error == "raise":
             raise DataError(str(p))
         problems.append(p)
+
+    # a subset folder without any parquet file (a partial download) is named, never silently dropped
+    found = {subset for subset, _, _ in files}
+    empty = sorted(d.name for d in folder.iterdir()
+                   if d.is_dir() and d.name in SUBSETS and d.name not in found) if is_root else []
+    if selection is not None:  # everything asked for must be there: a missing subset would shrink the table
+        have = {(subset, split) for subset, split, _ in files}
+        missing = [name for name, splits in selection.items() if not any(s == name for s, _ in have)]
+        missing += [f"{name}:{split}" for name, splits in selection.items() if splits and name not in missing
+                    for split in sorted(splits) if (name, split) not in have]
+        if missing:
+            held = ", ".join(f"{s} ({', '.join(sorted(p for t, p in have if t == s))})" for s in sorted(found))
+            raise DataError(f"{folder} has no VoiceBench files for {', '.join(missing)}"
+                            + (f" (empty folder: {', '.join(str(folder / e) for e in empty if e in selection)})"
+                               if any(e in selection for e in empty) else "")
+                            + f". It holds: {held or 'no subset'}. Add the missing parquet files, or leave "
+                            "them out of --subsets.")
+    for e in empty if selection is None else []:
+        problem(DataProblem(str(folder / e), None, "the subset folder holds no .parquet files (a partial "
+                                                   "download?); the subset is skipped."))
 
     records, counters = [], {}
     for subset, split, f in files:

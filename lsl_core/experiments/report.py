@@ -85,8 +85,26 @@ def register(sub) -> None:
     p.set_defaults(func=main)
 
 
+# each re-rendered page's own stored results (what its shipped path holds): (--results default, --name default)
+_STORED = {"checkpoints": ("assets/results", "checkpoints"), "interventions": ("assets/results", "table1"),
+           "alignment": ("assets/results/analysis.parquet", None)}
+
+
+def _other_results(args) -> bool:
+    """Whether --results / --name point at results other than the ones the page's shipped path holds."""
+    if args.page not in _STORED:
+        return False
+    results, name = _STORED[args.page]
+    if args.results is not None and Path(args.results).expanduser().resolve() != (ROOT / results).resolve():
+        return True
+    return name is not None and args.name is not None and args.name != name  # (alignment has no --name)
+
+
 def main(args) -> int:
     page = PAGES[args.page]
+    if page.name != "benchmarks" and page.name not in _STORED:  # no stored results to re-render it from
+        raise LSLError(f"The {page.name} page is not re-rendered from stored results; write it with its command: "
+                       f"`{page.command}`.")
     out = args.markdown or ROOT / page.path
     argv = getattr(args, "argv", None)
     if page.name == "benchmarks":
@@ -97,13 +115,17 @@ def main(args) -> int:
                 raise LSLError(f"--bench-args wants SCRIPT=ARGS (e.g. bench_model=--repeats 1), got {spec!r}.")
             extra[script.strip()] = shlex.split(rest)
         text = run_benchmarks(argv, extra)
-    elif page.name == "checkpoints":
-        text = evaluate.render_stored(args.results or ROOT / "assets/results", args.name or "checkpoints",
-                                      provenance(argv), args.zoo)
-    elif page.name == "interventions":
-        text = table1.render_stored(args.results or ROOT / "assets/results", args.name or "table1", provenance(argv))
     else:
-        text = analyze.render_stored(args.results or ROOT / "assets/results/analysis.parquet", provenance(argv))
+        results, name = args.results or ROOT / _STORED[page.name][0], args.name or _STORED[page.name][1]
+        if page.name == "checkpoints":
+            text = evaluate.render_stored(results, name, provenance(argv), args.zoo)
+        elif page.name == "interventions":
+            text = table1.render_stored(results, name, provenance(argv))
+        else:
+            text = analyze.render_stored(results, provenance(argv))
+    if args.markdown is None and _other_results(args):  # (checked after rendering: missing results say so first)
+        raise LSLError(f"These are not the results of the shipped page {page.path}; give --markdown PATH for the "
+                       "page of these results (only the page's own stored results are written there by default).")
     write_page(out, text)
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from lsl_core.cli import add_device_args
+from lsl_core.errors import LSLError
 
 
 def register(sub) -> None:
@@ -34,22 +35,43 @@ def run(args) -> int:
 
     from lsl_core.analysis import analyze_stability
     from lsl_core.data.sets import load_sample_set
+    from lsl_core.experiments.pages import provenance
+    from lsl_core.experiments.voicebench_run import write_atomically
     from lsl_core.model.loading import default_checkpoint, load_checkpoint
 
     sset = load_sample_set(args.samples)
-    samples = list(sset.with_voice(args.voice)) if args.voice else list(sset)
+    sset = sset.with_voice(args.voice) if args.voice else sset
     if args.limit:
-        samples = samples[: args.limit]
+        sset = sset[: args.limit]  # metadata only: each clip is decoded when its turn comes
+    unreadable: list[str] = []
+
+    def readable():
+        """The set's samples, decoded one at a time; a clip that cannot be decoded is listed and skipped."""
+        for i in range(len(sset)):
+            try:
+                yield sset[i]
+            except LSLError as exc:
+                unreadable.append(f"{sset.record(i).id}: {exc}")
+
     model = load_checkpoint(args.checkpoint or default_checkpoint(), device=args.device)
-    bar = tqdm(total=len(samples), desc=f"stability {model.name}", unit="sample")
-    res = analyze_stability(model, samples, tolerance=args.tolerance, progress=lambda i, t, sid: bar.update(1))
-    bar.close()
+    bar = tqdm(total=len(sset), desc=f"stability {model.name}", unit="sample")
+    try:
+        res = analyze_stability(model, readable(), tolerance=args.tolerance, total=len(sset),
+                                progress=lambda i, t, sid: bar.update(1))
+    except LSLError:
+        if unreadable:  # nothing analyzed because nothing could be decoded: say why
+            raise LSLError("No sample could be analyzed: " + "; ".join(unreadable[:3])) from None
+        raise
+    finally:
+        bar.close()
+    res.errors[:0] = unreadable
     for e in res.errors:
         print(f"warning: {e}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = res.summary
     payload = {
+        **provenance(getattr(args, "argv", None)),  # command + code version
         "checkpoint": model.name, "digest": model.digest, "samples": args.samples, "n": res.n,
         "tolerance": args.tolerance, "errors": res.errors,
         "configs": [c.label() for c in res.configs],
@@ -59,7 +81,7 @@ def run(args) -> int:
             "band": summary.band.tolist(), "band_agreement": summary.band_agreement.tolist(),
             "band_shift": summary.band_shift.tolist(), "missing": list(summary.missing)},
     }
-    out.write_text(json.dumps(payload, indent=1))
+    write_atomically(out, lambda p: p.write_text(json.dumps(payload, indent=1)))
     if summary is not None:
         print(summary.table().to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"{res.n} samples -> {out}")

@@ -430,8 +430,10 @@ def main(args) -> int:
     manifest = read_manifest(args.checkpoint or default_checkpoint())
     t0 = time.perf_counter()
     model = load_checkpoint(manifest, device=args.device, merge_lora=args.merge_lora)
-    samples = list(load_sample_set(args.set))
-    samples = spread_samples(samples, args.n) if args.select == "spread" else samples[: args.n]
+    sset = load_sample_set(args.set)
+    records = [sset.record(i) for i in range(len(sset))]  # metadata only: pick first, then decode what is used
+    picked = spread_samples(records, args.n) if args.select == "spread" else records[: args.n]
+    samples = [sset[r.id] for r in picked]
     if not samples:
         raise LSLError(f"Sample set {args.set!r} is empty.")
     t1 = time.perf_counter()
@@ -448,10 +450,14 @@ def main(args) -> int:
     })
     md = markdown_page(df, meta)
     if args.out:
+        from lsl_core.experiments.voicebench_run import write_atomically
+
         args.out.mkdir(parents=True, exist_ok=True)
         df.insert(0, "checkpoint", manifest.name)  # the same layout as evaluate --intervention writes
-        df.to_parquet(args.out / f"{args.name}_interventions.parquet", index=False)
-        (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta}, indent=1) + "\n")
+        # each file complete or the previous one (a crash mid-write must not tear the stored run)
+        write_atomically(args.out / f"{args.name}_interventions.parquet", lambda p: df.to_parquet(p, index=False))
+        write_atomically(args.out / f"{args.name}.json", lambda p: p.write_text(json.dumps({"meta": meta}, indent=1)
+                                                                                 + "\n"))
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(args.csv, index=False)

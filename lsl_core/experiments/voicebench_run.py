@@ -10,14 +10,18 @@ adaptor), cascade (the encoder's own Whisper decoder transcribes the audio; the 
 text query). Greedy answers are appended to <out>/answers/answers.<rank>-of-<world>.jsonl, one
 line per (checkpoint, modality, sample), flushed and fsync'ed per batch: a crash or Ctrl-C loses
 at most the batch in flight, and a rerun skips every row already there (a torn last line is
-ignored). Work is planned in fixed batches ("units") over all rows, sorted by prompt length, and
+ignored). A rerun into the same folder must match what made its answers (run.json: max_new_tokens, the
+weights' dtype, each checkpoint's weights, each row's prompt and source file), else it is refused.
+Work is planned in fixed batches ("units") over all rows, sorted by prompt length, and
 unit u goes to rank u % world, so 1 process and N processes run the very same batches.
 
-Then (rank 0, after every rank is done): the optional LLM judge (LSL_JUDGE_URL), per-sample scores,
+Then (rank 0, after every rank is done; only the answers of the selected rows, missing ones counted and
+said): the optional LLM judge (LSL_JUDGE_URL), per-sample scores,
 per-subset scores with bootstrap CIs, GAP per subset and overall (sample-weighted), the R² of
 every alignment metric vs GAP across checkpoints (alignment from --align N samples per subset, or
 an `analyze` parquet via --alignment), written to <out>/{scores,summary,gap,r2,alignment}.parquet,
-results.json (with config, versions, seeds, problems) and report.md.
+results.json (with config, versions, seeds, problems) and report.md (header: command + code version),
+each written to a temporary file and renamed into place.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -75,9 +78,11 @@ class RunConfig:
                 raise LSLError(f"RunConfig.as_subset must be a VoiceBench subset ({', '.join(SUBSETS)}), "
                                f"got {self.as_subset!r}.")
 
-    def answer_fields(self) -> dict:
-        """The settings that change an answer: a rerun into the same folder must match them."""
-        return {"max_new_tokens": self.max_new_tokens, "run_version": RUN_VERSION}
+    def answer_fields(self, dtype: str | None = None) -> dict:
+        """The settings that change an answer: a rerun into the same folder must match them (dtype: the
+        weights' precision, bf16 on CUDA and float32 on the CPU by default)."""
+        return {"max_new_tokens": self.max_new_tokens, "run_version": RUN_VERSION,
+                **({"dtype": dtype} if dtype else {})}
 
 
 # =========================================================================== samples
@@ -305,20 +310,53 @@ def _versions() -> dict:
             "lsl_core_commit": commit}
 
 
-def _check_config(out: Path, cfg: RunConfig, digests: dict[str, str], rank: int) -> None:
-    """Refuse to mix answers made with other settings or other weights under the same names."""
+def row_fingerprints(samples) -> dict[str, str]:
+    """sample id -> a short hash of what the row is (prompt, source file name and size, row, split): ids are
+    positions in the files, so this tells the same rows (also moved to another folder) from other rows."""
+    import hashlib
+
+    sizes: dict[str, int] = {}
+    out = {}
+    for i in range(len(samples)):
+        r = samples.record(i)
+        meta = r.meta or {}
+        path = meta.get("path")
+        if isinstance(path, str) and path not in sizes:
+            try:
+                sizes[path] = Path(path).stat().st_size
+            except OSError:
+                sizes[path] = -1
+        key = json.dumps([r.question, meta.get("file"), sizes.get(path), meta.get("row"), r.accent], default=str)
+        out[r.id] = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return out
+
+
+def _check_config(out: Path, cfg: RunConfig, digests: dict[str, str], rank: int, dtype: str | None = None,
+                  rows: dict[str, str] | None = None) -> None:
+    """Refuse to mix answers made with other settings, other weights under the same names, or other data rows
+    under the same sample ids (rows: row_fingerprints of the run's samples)."""
     path = out / "run.json"
-    want = {"answer_fields": cfg.answer_fields(), "checkpoints": digests}
+    want = {"answer_fields": cfg.answer_fields(dtype), "checkpoints": digests, "rows": rows or {}}
     if path.is_file():
         have = json.loads(path.read_text())
-        if have.get("answer_fields") != want["answer_fields"]:
+        stored = dict(have.get("answer_fields") or {})
+        if "dtype" not in stored and "dtype" in want["answer_fields"]:  # a folder from before dtype was recorded
+            stored["dtype"] = want["answer_fields"]["dtype"]
+        if stored != want["answer_fields"]:
             raise LSLError(f"{out} holds answers made with {have.get('answer_fields')}; this run asks for "
                            f"{want['answer_fields']}. Use another --out, or --fresh to start over.")
         clash = [k for k, d in digests.items() if have.get("checkpoints", {}).get(k, d) != d]
         if clash:
             raise LSLError(f"{out} holds answers of other weights named {', '.join(clash)}; use another --out, "
                            "or --fresh to start over.")
+        old_rows = have.get("rows") or {}
+        changed = [k for k, fp in (rows or {}).items() if old_rows.get(k, fp) != fp]
+        if changed:
+            raise LSLError(f"{out} holds answers of other data rows under the ids {', '.join(changed[:3])}"
+                           f"{' ...' if len(changed) > 3 else ''} ({len(changed)} rows: other prompts or audio files "
+                           f"than in {cfg.data}); use another --out, or --fresh to start over.")
         want["checkpoints"] = {**have.get("checkpoints", {}), **digests}
+        want["rows"] = {**old_rows, **(rows or {})}
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".run.json.{os.getpid()}.tmp")
@@ -338,10 +376,13 @@ def run_answers(cfg: RunConfig, manifests, out: Path, *, device: str | None = No
     answer_fn = answer_fn or answer_unit
     import torch
 
+    from lsl_core.model import loading
     from lsl_core.model.loading import load_checkpoint, manifest_digest
 
     samples = samples if samples is not None else load_samples(cfg)
-    _check_config(out, cfg, {m.name: manifest_digest(m) for m in manifests}, rank)
+    dev = torch.device(device) if device is not None else loading.default_device()
+    dtype = str(loading.default_dtype(dev)).removeprefix("torch.")  # what load_checkpoint will load
+    _check_config(out, cfg, {m.name: manifest_digest(m) for m in manifests}, rank, dtype, row_fingerprints(samples))
     log = AppendLog(out / "answers", rank, world)
     align_log = AppendLog(out / "alignment", rank, world)
     done = {_key(r) for r in read_jsonl_rows(out / "answers")}
@@ -436,19 +477,50 @@ def judge_answers(answers: pd.DataFrame, samples, out: Path) -> tuple[pd.DataFra
     return (pd.DataFrame(list(have.values())) if have else None), cfg.record()
 
 
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) then rename tmp over path: a reader (or a crash) sees the old file or the new one, never part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def finalize(out: Path, cfg: RunConfig, samples=None, alignment_file: str | None = None,
              command: str = "") -> dict:
-    """Answers in `out` -> scores, summary, gap, alignment, r2 (parquet), results.json, report.md."""
+    """Answers in `out` -> scores, summary, gap, alignment, r2 (parquet), results.json, report.md.
+
+    Only answers of this run's rows (`samples`, i.e. cfg's --subsets / --limit) are scored; others stored in
+    `out` are counted in meta["answers_not_selected"]. Every file is computed first, then each is written to a
+    temporary file and renamed over the old one.
+    """
     from lsl_core.data.voicebench import count_notes
-    from lsl_core.experiments.voicebench_scores import markdown_report, r2_table, score_answers, summarize_scores
+    from lsl_core.experiments import voicebench_scores as vs
+    from lsl_core.experiments.pages import code_version
 
     samples = samples if samples is not None else load_samples(cfg)
     answers = collect_answers(out)
+    selected = set(samples.ids())
+    in_run = answers["sample_id"].isin(selected)
+    not_selected = int((~in_run).sum())
+    answers = answers[in_run].reset_index(drop=True)
+    if answers.empty:
+        raise LSLError(f"None of the {not_selected} answers in {out / 'answers'} is for a row of this run's "
+                       f"selection ({cfg.data}, subsets {','.join(cfg.subsets) or 'all'}); pass the --data / "
+                       "--subsets / --limit / --as-subset the answers were made with.")
+    # every (checkpoint, modality) that has answers should have one for every selected row: fewer means shards
+    # that are not in `out` (several nodes without a shared filesystem, a merge that missed files) or a run
+    # still going; the tables then cover part of the rows, so it is counted and said
+    have_keys = set(zip(answers["checkpoint"], answers["modality"], answers["sample_id"]))
+    missing = [(ck, mod, sid) for ck, mod in dict.fromkeys(zip(answers["checkpoint"], answers["modality"]))
+               for sid in samples.ids() if (ck, mod, sid) not in have_keys]
     judged, judge_record = judge_answers(answers, samples, out)
-    scores, errors = score_answers(answers, samples, judged)
+    scores, errors = vs.score_answers(answers, samples, judged)
     problems = [str(p) for p in samples.problems]
-    tables = summarize_scores(scores, n_boot=cfg.n_boot, seed=cfg.seed, errors=problems + errors)
-    align = pd.DataFrame([r for r in read_jsonl_rows(out / "alignment") if not r.get("error")])
+    tables = vs.summarize_scores(scores, n_boot=cfg.n_boot, seed=cfg.seed, errors=problems + errors)
+    align = pd.DataFrame([r for r in read_jsonl_rows(out / "alignment")
+                          if not r.get("error") and r.get("sample_id") in selected])
     if alignment_file:
         extra = pd.read_parquet(alignment_file)
         if "checkpoint" not in extra.columns or "sample_id" not in extra.columns:
@@ -460,26 +532,30 @@ def finalize(out: Path, cfg: RunConfig, samples=None, alignment_file: str | None
         subset_of = {samples.record(i).id: samples.record(i).meta.get("subset") for i in range(len(samples))}
         align["subset"] = [subset_of.get(s, sub if isinstance(sub, str) else None)
                            for s, sub in zip(align["sample_id"], align.get("subset", [None] * len(align)))]
-    r2 = r2_table(tables.gap, align) if len(align) else None
-    meta = {"command": command or "python -m lsl_core voicebench ...", "data": cfg.data, "config": asdict(cfg),
+    r2 = vs.r2_table(tables.gap, align) if len(align) else None
+    meta = {"command": command or "python -m lsl_core voicebench ...", "code_version": code_version(),
+            "data": cfg.data, "config": asdict(cfg),
             "versions": _versions(), "seeds": {"torch": cfg.seed, "bootstrap": cfg.seed, "n_boot": cfg.n_boot},
             "max_new_tokens": cfg.max_new_tokens, "judge": judge_record,
             "checkpoints": list(dict.fromkeys(answers["checkpoint"])), "count_notes": count_notes(samples),
-            "problems": problems, "errors": errors,
+            "problems": problems, "errors": errors, "answers_not_selected": not_selected,
+            "missing_answers": len(missing), "missing_example": "/".join(missing[0]) if missing else None,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    out.mkdir(parents=True, exist_ok=True)
-    tables.scores.to_parquet(out / "scores.parquet", index=False)
-    tables.summary.to_parquet(out / "summary.parquet", index=False)
-    tables.gap.to_parquet(out / "gap.parquet", index=False)
-    if len(align):
-        align.to_parquet(out / "alignment.parquet", index=False)
-    if r2 is not None:
-        r2.to_parquet(out / "r2.parquet", index=False)
     payload = {"meta": meta, "summary": json.loads(tables.summary.to_json(orient="records")),
                "gap": json.loads(tables.gap.to_json(orient="records")),
                "r2": None if r2 is None else json.loads(r2.to_json(orient="records"))}
-    (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (out / "report.md").write_text(markdown_report(tables, r2, meta))
+    results_json = json.dumps(payload, indent=1) + "\n"
+    report = vs.markdown_report(tables, r2, meta)
+    out.mkdir(parents=True, exist_ok=True)
+    tabs = {"scores": tables.scores, "summary": tables.summary, "gap": tables.gap,
+            "alignment": align if len(align) else None, "r2": r2}
+    for name, df in tabs.items():
+        if df is not None:
+            write_atomically(out / f"{name}.parquet", lambda p, df=df: df.to_parquet(p, index=False))
+        else:  # an earlier finalize's table must not pass for this one's (the Benchmark page reads r2.parquet)
+            (out / f"{name}.parquet").unlink(missing_ok=True)
+    write_atomically(out / "results.json", lambda p: p.write_text(results_json))
+    write_atomically(out / "report.md", lambda p: p.write_text(report))
     return {"tables": tables, "r2": r2, "meta": meta}
 
 
@@ -543,8 +619,9 @@ def main(args: argparse.Namespace) -> int:
                        "--out FILE` wrote, or leave --alignment out.")
     rank, world = shard_of()
     out = Path(args.out)
-    command = "python -m lsl_core " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(
-        ("__main__.py", "lsl_core")) else "python -m lsl_core voicebench ..."
+    from lsl_core.experiments.pages import command_line
+
+    command = command_line(getattr(args, "argv", None))  # the argv cli.main ran (sys.argv[1:] without one)
     samples = load_samples(cfg)
     if rank == 0:
         from lsl_core.data.voicebench import count_notes
@@ -592,6 +669,10 @@ def main(args: argparse.Namespace) -> int:
     cols = [c for c in ("checkpoint", "subset", "n", "text", "speech", "cascade", "gap", "gap_ci_low", "gap_ci_high")
             if c in gap.columns]
     print(gap[cols].round(2).to_string(index=False))
+    if res["meta"]["missing_answers"]:
+        print(f"warning: {res['meta']['missing_answers']} answers of this selection are not in {out / 'answers'} "
+              f"(e.g. {res['meta']['missing_example']}): the tables cover only the rows answered. Copy every "
+              "node's answers/*.jsonl into it and rerun with --score-only.", flush=True)
     notes = res["meta"]["problems"] + res["meta"]["errors"]
     if notes:
         print(f"{len(notes)} rows/files left out (listed in {out / 'results.json'} and report.md), e.g. {notes[0]}")
@@ -600,4 +681,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 __all__ = ["RunConfig", "load_samples", "plan_units", "run_answers", "collect_answers", "finalize", "Unit",
-           "read_jsonl_rows", "AppendLog", "register", "main"]
+           "read_jsonl_rows", "AppendLog", "write_atomically", "register", "main"]
