@@ -271,7 +271,7 @@ def run(args) -> int:
     shard, n_shards = shard_of(args)
     if args.markdown and n_shards > 1:
         raise LSLError("--markdown needs every sample in one process; write the page after --merge with "
-                       f"`python -m lsl_core report alignment --results {out}`.")
+                       f"`python -m lsl_core report alignment --results {out} --markdown PAGE.md`.")
     if args.zoo:
         manifests = list_zoo(args.zoo)
         if not manifests:
