@@ -418,3 +418,45 @@ def test_resume_refuses_a_data_folder_whose_rows_changed_under_the_same_ids(tiny
     shutil.copytree(a, tmp_path / "moved")
     assert run_answers(RunConfig(data=str(tmp_path / "moved"), max_new_tokens=2, batch_size=2), zoo, out,
                        device="cpu", answer_fn=replay, progress=False)["rows"] == 0
+
+
+def test_a_family_answers_each_modality_with_its_own_prompt(tmp_path):
+    """A public speech LLM family (prompt and weights per modality): VoiceBench's text and cascade units are
+    answered from the family's text prompt, the speech unit from its speech prompt (the bare-query helpers
+    wrapped a typed question as speech; they now refuse families), and a whole run goes through."""
+    import torch
+
+    from lsl_core.experiments.voicebench_run import (RunConfig, answer_unit, load_samples, plan_units,
+                                                     read_jsonl_rows, run_answers)
+    from lsl_core.model.families.tiny import make_tiny
+    from lsl_core.model.loading import load_checkpoint, read_manifest
+    from voicebench_fixtures import write_voicebench
+
+    folder = make_tiny("qwen2-audio", tmp_path / "qwen2-audio")
+    model = load_checkpoint(folder, device="cpu")
+    model.asr_token_limit = 3  # random weights never stop a transcript on their own
+    cfg = RunConfig(data=str(write_voicebench(tmp_path / "vb")), subsets=("sd-qa:usa",),
+                    modalities=("text", "speech", "cascade"), max_new_tokens=2, batch_size=2, n_boot=20)
+    samples = load_samples(cfg)
+    seen: list = []
+    real = model.generate_ids
+    model.generate_ids = lambda prompts, *a, **k: (seen.append(list(prompts)), real(prompts, *a, **k))[1]
+    m = read_manifest(folder)
+    for unit in plan_units(m.name, samples, cfg.modalities, cfg.batch_size)[:6]:
+        seen.clear()
+        rows = answer_unit(model, unit, samples, m, cfg, "r")
+        assert rows and all(r["answer"] is not None for r in rows)
+        prompts = seen[-1]  # the answers' call (a cascade unit transcribes through generate_ids first)
+        assert len(prompts) == len(unit.items)
+        for (item, _), p in zip(unit.items, prompts):
+            if unit.modality == "speech":
+                s = samples[item]
+                want = model.prompt_for(audio=s.audio, sr=s.sr)
+            else:
+                r = next(r for r in rows if r["sample_id"] == item) if unit.modality == "cascade" else None
+                want = model.prompt_for(text=r["transcript"] or "." if r else item)
+            assert torch.equal(p.inputs_embeds, want.inputs_embeds)
+    out = tmp_path / "run"
+    run_answers(cfg, [m], out, progress=False)
+    done = read_jsonl_rows(out / "answers")
+    assert {r["modality"] for r in done} == {"text", "speech", "cascade"}

@@ -221,10 +221,19 @@ def answer_unit(model, unit: Unit, samples, m, cfg: RunConfig, run_id: str) -> l
     base = {**_meta_cols(m), "modality": unit.modality, "run": run_id}
     rows: list[dict] = []
     t0 = time.time()
+    # a family (prompt and weights per modality, no separate encoder) answers whole prompts; the plain stack answers
+    # query embeddings, its encoder states cached on disk
+    whole = bool(getattr(model, "weights_per_modality", False))
+    text_in = (lambda q: model.prompt_for(text=q)) if whole else (lambda q: B.text_query(model, q))
+
+    def answer(queries: list) -> list[str]:
+        if whole:
+            return model.generate_answers(queries, cfg.max_new_tokens, batch_size=max(1, len(queries)))
+        return B.generate_batch(model, queries, cfg.max_new_tokens, batch_size=max(1, len(queries)))
+
     with torch.no_grad():
         if unit.modality == "text":
-            answers = B.generate_batch(model, [B.text_query(model, p) for p, _ in unit.items], cfg.max_new_tokens,
-                                       batch_size=len(unit.items))
+            answers = answer([text_in(p) for p, _ in unit.items])
             for (_, ids), ans in zip(unit.items, answers):
                 rows += [{**base, "sample_id": sid, "answer": ans} for sid in ids]
         else:
@@ -235,7 +244,14 @@ def answer_unit(model, unit: Unit, samples, m, cfg: RunConfig, run_id: str) -> l
                 except AudioError as exc:  # the row's audio is unusable: the sample leaves every modality
                     rows.append({**base, "sample_id": sid, "answer": None, "error": str(exc), "error_scope": "sample"})
                     continue
-                if unit.modality == "speech":
+                if unit.modality == "speech" and whole:
+                    try:
+                        queries.append(model.prompt_for(audio=s.audio, sr=s.sr))
+                    except AudioError as exc:  # e.g. too short for one speech position of this family
+                        rows.append({**base, "sample_id": sid, "answer": None, "error": str(exc),
+                                     "error_scope": "modality"})
+                        continue
+                elif unit.modality == "speech":
                     st = B.cached_encoder_states(model.encoder, str(s.meta.get("subset", "set")), sid,
                                                  lambda s=s: s.audio, B.audio_key(s.audio))
                     queries.append(B.speech_query(model, st))
@@ -246,10 +262,9 @@ def answer_unit(model, unit: Unit, samples, m, cfg: RunConfig, run_id: str) -> l
                         rows.append({**base, "sample_id": sid, "answer": None, "error_scope": "modality",
                                      "error": f"ASR failed ({type(exc).__name__}: {exc})"})
                         continue
-                    queries.append(B.text_query(model, transcripts[sid] or "."))
+                    queries.append(text_in(transcripts[sid] or "."))
                 ok.append(sid)
-            answers = B.generate_batch(model, queries, cfg.max_new_tokens, batch_size=max(1, len(queries))) \
-                if queries else []
+            answers = answer(queries) if queries else []
             for sid, ans in zip(ok, answers):
                 row = {**base, "sample_id": sid, "answer": ans}
                 if unit.modality == "cascade":
