@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-from tiny_models import make_tiny_llm, make_tiny_whisper  # noqa: E402
+from tiny_models import make_tiny_llm, make_tiny_whisper, make_vivid_llm  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +32,18 @@ def tiny_model(tiny_parts):
 
     m = CheckpointManifest(name="tiny", llm=str(tiny_parts["llm"]), encoder=str(tiny_parts["encoder"]),
                            family="tiny", strategy="none", downsample=5, seed=1)
+    return load_checkpoint(m, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def vivid_model(tiny_parts, tmp_path_factory):
+    """An LSLM over a vivid tiny Llama (tiny_models.make_vivid_llm: answers differ per prompt) and the tiny
+    Whisper: the model for batched-equals-alone checks, which tiny_model's one repeated token cannot fail."""
+    from lsl_core.model.loading import CheckpointManifest, load_checkpoint
+
+    llm = make_vivid_llm(tmp_path_factory.mktemp("vivid") / "llm")
+    m = CheckpointManifest(name="vivid", llm=str(llm), encoder=str(tiny_parts["encoder"]), family="tiny",
+                           strategy="none", downsample=5, seed=1)
     return load_checkpoint(m, device="cpu")
 
 

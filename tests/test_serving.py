@@ -1,7 +1,7 @@
 """lsl_core.serving: concurrent requests gathered into one batch, each user getting exactly its own answers.
 
 The batched answers are compared with the one-request-at-a-time path of lsl_core.interventions on a tiny
-random model (same greedy tokens), the batcher's gathering/queueing with a fake run_batch whose timing
+random model whose answers differ per prompt (conftest's vivid_model; same greedy tokens), the batcher's gathering/queueing with a fake run_batch whose timing
 the test controls, and failures stay with the request that caused them."""
 
 from __future__ import annotations
@@ -29,32 +29,34 @@ def _rows(sbs) -> list[tuple]:
     return [(a.condition, a.answer, a.frames, a.tokens) for a in sbs.answers()] + [(sbs.transcript,)]
 
 
-def test_generate_rows_equals_one_at_a_time(tiny_model):
+def test_generate_rows_equals_one_at_a_time(vivid_model):
     """Rows of different lengths and different edits in one batch = each generated alone."""
     from lsl_core.interventions import generate_with_interventions, plan_interventions, sample_states
 
     rows, want = [], []
     for i, s in enumerate(_samples()[:3]):
-        sp, tx, states = sample_states(tiny_model, s)
+        sp, tx, states = sample_states(vivid_model, s)
         plans = tuple(plan_interventions(["angle:all", "length:bottom2@1"][i % 2], states, sp))
         rows += [GenerationRow(tx, (), 6), GenerationRow(sp, plans, 4 + i)]
-        want += [tiny_model.generate_from_prompt(tx, 6), generate_with_interventions(tiny_model, sp, plans, 4 + i)]
+        want += [vivid_model.generate_from_prompt(tx, 6), generate_with_interventions(vivid_model, sp, plans, 4 + i)]
     assert len({r.prompt.inputs_embeds.shape[1] for r in rows}) > 2  # real left padding
+    assert len(set(want)) > 3  # the answers differ, so a row given another row's answer would fail below
     seen = []
-    assert generate_rows(tiny_model, rows, progress=seen.append) == want
+    assert generate_rows(vivid_model, rows, progress=seen.append) == want
     assert seen and seen[-1] == 1.0 and seen == sorted(seen)  # progress per decoding step
 
 
-def test_batched_side_by_side_equals_the_unbatched_view(tiny_model, monkeypatch):
+def test_batched_side_by_side_equals_the_unbatched_view(vivid_model, monkeypatch):
     from lsl_core.interventions import generate_side_by_side
 
     # the tiny random Whisper cannot transcribe: a fixed transcript exercises the cascade row on both paths
-    monkeypatch.setattr(tiny_model, "transcribe", lambda audio, sr: "who wrote hamlet ?", raising=False)
+    monkeypatch.setattr(vivid_model, "transcribe", lambda audio, sr: "who wrote hamlet ?", raising=False)
     reqs = [SideBySideRequest(s, (c,), 5, cascade=True) for s, c in
             zip(_samples(), ("angle:bottom3", "angle:all", "calibrate:bottom2@1", "length:all"))]
-    got = serve_side_by_side(tiny_model, reqs)
+    got = serve_side_by_side(vivid_model, reqs)
+    assert len({a.answer for g in got for a in g.answers()}) > 3  # answers differ between requests and rows
     for req, g in zip(reqs, got):
-        want = generate_side_by_side(tiny_model, req.sample, list(req.conditions), 5, cascade=True)
+        want = generate_side_by_side(vivid_model, req.sample, list(req.conditions), 5, cascade=True)
         assert _rows(g) == _rows(want)
         assert g.sample_id == req.sample.id and g.tokens == want.tokens
         assert g.speech.f1 == want.speech.f1 or (np.isnan(g.speech.f1) and np.isnan(want.speech.f1))
@@ -88,12 +90,12 @@ def test_a_failing_request_does_not_fail_the_others(tiny_model):
     assert out[1].interventions[0].condition == "angle:all"
 
 
-def test_concurrent_sessions_share_one_batch_and_get_their_own_answers(tiny_model):
+def test_concurrent_sessions_share_one_batch_and_get_their_own_answers(vivid_model):
     """Four sessions (threads) submit at once: one batch, each result is the session's own sample."""
     from lsl_core.interventions import generate_side_by_side
 
-    srv = server_for(tiny_model, window_s=0.5)
-    assert server_for(tiny_model) is srv  # one server per model
+    srv = server_for(vivid_model, window_s=0.5)
+    assert server_for(vivid_model) is srv  # one server per model
     samples = _samples()
     conds = ["angle:bottom3", "angle:all", "length:bottom2", "calibrate:all"]
     results, errors = {}, []
@@ -120,7 +122,7 @@ def test_concurrent_sessions_share_one_batch_and_get_their_own_answers(tiny_mode
     assert len({r[1] for r in results.values()}) == 1  # the same batch
     for i, (sbs, _, size) in results.items():
         assert size == 4 and sbs.sample_id == samples[i].id and sbs.question == samples[i].question
-        want = generate_side_by_side(tiny_model, samples[i], [conds[i]], 5, cascade=False)
+        want = generate_side_by_side(vivid_model, samples[i], [conds[i]], 5, cascade=False)
         assert _rows(sbs) == _rows(want)
 
 

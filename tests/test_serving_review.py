@@ -8,7 +8,6 @@ a tolerance for hidden states."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,31 +21,10 @@ from lsl_core.serving import Batcher, GenerationRow, SideBySideRequest, generate
 QUESTIONS = ("what is the capital of france ?", "who wrote hamlet ?", "how many legs does a spider have ?")
 
 
-def _make_vivid_llm(folder: Path) -> Path:
-    """A tiny random Llama whose weights are large enough that greedy answers vary (tiny_models' tokenizer)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tiny_models import make_tokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer(folder)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=1,
-                      eos_token_id=2, pad_token_id=2, tie_word_embeddings=False, initializer_range=0.5)
-    LlamaForCausalLM(cfg).eval().save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
 @pytest.fixture(scope="module")
-def vivid(tiny_parts, tmp_path_factory):
-    """An LSLM over the vivid Llama and the tiny Whisper (seeded random adaptor)."""
-    from lsl_core.model.loading import CheckpointManifest, load_checkpoint
-
-    llm = _make_vivid_llm(tmp_path_factory.mktemp("vivid") / "llm")
-    m = CheckpointManifest(name="vivid", llm=str(llm), encoder=str(tiny_parts["encoder"]), family="tiny",
-                           strategy="none", downsample=5, seed=1)
-    return load_checkpoint(m, device="cpu")
+def vivid(vivid_model):
+    """conftest's vivid_model: a tiny Llama whose greedy answers differ per prompt, and the tiny Whisper."""
+    return vivid_model
 
 
 def _samples() -> list[Sample]:

@@ -61,6 +61,22 @@ def make_tiny_llm(folder: Path, hidden: int = 32, layers: int = 2, seed: int = 0
     return folder
 
 
+def make_vivid_llm(folder: Path) -> Path:
+    """A tiny random Llama whose weights are large enough (init 0.5) that greedy answers differ per prompt and per
+    step: make_tiny_llm's answer every prompt with one repeated token, so a batched-equals-alone check on it
+    cannot fail."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=2, tie_word_embeddings=False, initializer_range=0.5)
+    LlamaForCausalLM(cfg).eval().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def make_tiny_whisper(folder: Path, d_model: int = 16, seed: int = 0) -> Path:
     """A random WhisperForConditionalGeneration + feature extractor saved in folder."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
