@@ -93,21 +93,22 @@ def main() -> None:
                         persist_state="session", help="Each metric is also computed for this clip against K other "
                         "questions of the sample set; the delta under each value is the specific alignment.")
     sc = controls.sample_controls(handle, sel, sample, int(k))
+    card_sc = controls.for_path(sc, a.path_method)  # the cards' deltas only where the controls share the path
     sp_key = "spearman_cos" if metric == "cosine" else "spearman_dist"
     m = st.columns(5)
     v, d = viz.VALUE_DIGITS, viz.DISTANCE_DIGITS
     m[0].metric("APS (cosine)", f"{a.aps_cos:.{v}f}", help="Mean cosine along the path over layers 1..L and tokens.",
-                delta=controls.delta(sc, "aps_cos"), delta_color=controls.delta_color("aps_cos"))
+                delta=controls.delta(card_sc, "aps_cos"), delta_color=controls.delta_color("aps_cos"))
     m[1].metric("APS (distance)", f"{a.aps_dist:.{d}f}", help="Mean distance along the path over layers 1..L.",
-                delta=controls.delta(sc, "aps_dist"), delta_color=controls.delta_color("aps_dist"))
+                delta=controls.delta(card_sc, "aps_dist"), delta_color=controls.delta_color("aps_dist"))
     sp = a.spearman_cos if metric == "cosine" else a.spearman_dist
     m[2].metric(f"Spearman ρ, layer {layer}", "undefined" if "spearman_undefined" in codes else f"{sp[layer]:.{v}f}",
                 help=f"Monotonicity of the {metric} path: Spearman ρ between token order j and frame i*_j."
                      + (" Undefined here: a constant path (stored as 0)." if "spearman_undefined" in codes else ""),
-                delta=controls.delta(sc, sp_key, layer), delta_color=controls.delta_color(sp_key))
+                delta=controls.delta(card_sc, sp_key, layer), delta_color=controls.delta_color(sp_key))
     m[3].metric(f"Consistency, layer {layer}", f"{a.consistency[layer]:.{v}f}",
                 help="Share of tokens whose cosine and distance paths pick the same frame.",
-                delta=controls.delta(sc, "consistency", layer), delta_color=controls.delta_color("consistency"))
+                delta=controls.delta(card_sc, "consistency", layer), delta_color=controls.delta_color("consistency"))
     m[4].metric("Frames × tokens", f"{a.cos.shape[1]} × {a.cos.shape[2]}",
                 help=f"Ts speech frames ({a.frame_seconds * 1000:.0f} ms each) × Tt question tokens.")
     notes.show(layer_notes)
@@ -124,7 +125,7 @@ def main() -> None:
     if a.std_dist is not None:
         export.figure(_layer_range(viz.norm_curves(a, current_layer=layer), lo, hi), f"norm_curves_{a.model}_{sample.id}",
                       key="fig_norms")
-    controls.explorer_section(sc, layer, sample)
+    controls.explorer_section(sc, layer, sample, a.path_method)
     with st.expander("Tables: per-layer metrics, the alignment path, the matrix of this layer"):
         st.markdown("**Per layer**")
         export.table(tables.layer_table(a), f"layers_{sample.id}")

@@ -30,9 +30,13 @@ def _seed_from_link(L: int, Tt: int, here: str) -> None:
         return
     try:
         iv = Intervention.parse(raw)
-    except LSLError:
-        return
-    if iv.target not in TARGETS.values() or iv.layer >= L:
+        why = (f"this page edits {', '.join(TARGETS)} frames" if iv.target not in TARGETS.values() else
+               f"this model's edit layers are 0..{L - 1}" if iv.layer >= L else None)
+    except LSLError as exc:
+        why = str(exc)
+    if why:
+        st.warning(f"This link's iv={raw!r} is not valid here ({why}), so nothing is run; fix or remove 'iv' in "
+                   "the link, or choose an intervention below and press Regenerate.", icon=":material/link_off:")
         return
     if iv.target in ("bottom", "random"):
         iv = dataclasses.replace(iv, k=min(max(1, iv.k), max(1, Tt)))
@@ -158,7 +162,8 @@ def main() -> None:
             skey = context.sample_key(sel, sample)
             result = loaders.side_by_side(handle.key, skey, (applied, *applied_nulls), int(max_new),
                                           bool(cascade and handle.model.has_asr), handle.model, sample,
-                                          loaders.known_transcript(handle.key, skey), applied_donor)
+                                          loaders.known_transcript(handle.key, skey), applied_donor,
+                                          tuple(sample.answers))  # scored against the references typed now
         except Exception as exc:  # noqa: BLE001
             errors.show(exc, "Generation failed")
     else:

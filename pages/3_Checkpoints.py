@@ -149,7 +149,8 @@ def main() -> None:
     st.title("Checkpoints")
     sel = context.selection()
     if not sel.manifests:
-        st.error(sel.model_note or "No checkpoints in the zoo.")
+        st.info("No checkpoints to show: the message in the sidebar says why and what to do.",  # said once, there
+                icon=":material/arrow_back:")
         return
     trajectories = list(dict.fromkeys(_trajectory(m) for m in sel.manifests))
     chosen = st.multiselect("Trajectories (family · strategy)", trajectories,

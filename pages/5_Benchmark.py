@@ -123,9 +123,12 @@ def _vb_cases(vb, sel, ck: str, picked: list, set_spec: str) -> None:
     b.info(r[f"{wrong}_answer"] or "∅")
     st.caption(f"Reference: {r['references'] or '–'}")
     root = next((m.root for m in sel.manifests if m.name == ck), None)
+    opens = bool(set_spec) and sidebar.opens(set_spec)
     st.button("Open this case in the Sample Explorer", on_click=_open_vb_case, args=(root, set_spec, case),
-              key="bm_vb_open", disabled=not set_spec,
-              help="Selects the run's sample set, this checkpoint (when it is in the sidebar's zoo) and the sample.")
+              key="bm_vb_open", disabled=not opens,
+              help="Selects the run's sample set, this checkpoint (when it is in the sidebar's zoo) and the sample."
+              if opens else f"The run's sample set '{set_spec or '?'}' is not one the sidebar opens (sd-qa-mini, "
+                            "voicebench:<folder>, folder:<folder>).")
 
 
 def _request_iv(ids: tuple, conds: tuple, max_new: int) -> None:
@@ -199,6 +202,9 @@ def _cases(res, sel, ck: str) -> None:
     c2.info(r["speech_answer"] or "∅")
     st.caption(f"References: {r.get('references', '')}")
     root = next((m.root for m in sel.manifests if m.name == ck), None)
+    if root is None and sel.model_name:
+        st.caption(f"{ck} is not among the checkpoints in the sidebar, so the Explorer opens this case with "
+                   f"{sel.model_name}; add {ck}'s folder under “Add a model folder” to see its own states.")
     in_set = sel.full_set is not None and case in sel.full_set
     st.button("Open this case in the Sample Explorer", on_click=_open_in_explorer, args=(root, case),
               disabled=not in_set, key="bm_open",
@@ -327,6 +333,9 @@ def _interventions(res, sel) -> None:
         st.info("Choose a sample set in the sidebar to run the intervention benchmark live.")
         return
     n_max = len(sel.sample_set)
+    if not n_max:  # the sidebar's filters match no sample (it says so there too)
+        st.info(sel.set_hint or "No sample of the sidebar's set matches its filters; widen them.")
+        return
     c1, c2, c3 = st.columns([1, 1, 3])
     n = c1.number_input("Samples", 1, n_max, value=state.integer("bm_iv_n", 1, n_max, min(2, n_max)), key="bm_iv_n",
                         persist_state="session",

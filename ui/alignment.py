@@ -1,6 +1,7 @@
 """The alignment path method as one app-wide choice: "argmax" (each token's best frame, seed 001) or
-"dtw" (a monotone path, seed 000). One session key shared by the Sample Explorer and the
-Interventions page, seeded once from ?path= and written back to the URL (absent = argmax)."""
+"dtw" (a monotone path, seed 000). One session key (the Sample Explorer's radio), seeded once from ?path= and
+written back to the URL (absent = argmax). The Interventions page stays on the argmax path: lsl_core's
+interventions pick their frames on it (interventions/plan.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ LABEL = "Alignment path"
 HELP = ("argmax: each text token takes its best frame (argmax cosine / argmin distance). "
         "dtw: dynamic time warping over 1 − cosine (or the distance) gives a monotone path through all "
         "frames; each token takes the best of the frames the path visits with it. Path scores, Spearman, "
-        "APS, CKA pairs and the intervention's target frames all follow this choice.")
+        "APS and CKA pairs on this page follow this choice; the controls and the Interventions page use the "
+        "argmax path (the interventions pick their frames on it).")
 
 
 def current() -> str:

@@ -45,7 +45,8 @@ def require_sample(sel: Selection):
 def require_model(sel: Selection) -> ModelHandle | None:
     """The selected model (loaded once per process), or None after showing why it failed."""
     if sel.model_root is None:
-        st.error(sel.model_note or "No model selected.", icon=":material/warning:")
+        st.info("No model to show: the message in the sidebar says why and what to do.",  # said once, there
+                icon=":material/arrow_back:")
         return None
     try:
         with st.spinner(f"Loading {sel.model_name} (once per server process) …"):

@@ -57,6 +57,15 @@ def sample_controls(handle, sel, sample, partners: int):
         return None
 
 
+CONTROLS_PATH = "argmax"  # lsl_core.metrics.controls.candidate_metrics: per-token paths split per question
+
+
+def for_path(sc, path_method: str):
+    """The controls when they are on the shown path (argmax), else None: the metric cards then show no delta, so a
+    DTW value never stands over the argmax path's "specific (other questions: …)"."""
+    return sc if path_method == CONTROLS_PATH else None
+
+
 def delta(sc, metric: str, layer: int | None = None) -> str | None:
     """A metric card's delta: the specific alignment and the mismatched mean (None without controls)."""
     if sc is None:
@@ -73,11 +82,16 @@ def delta_color(metric: str) -> str:
     return "normal" if METRICS[metric][1] else "inverse"
 
 
-def explorer_section(sc, layer: int, sample) -> None:
+def explorer_section(sc, layer: int, sample, path_method: str = CONTROLS_PATH) -> None:
     """The Explorer's controls: table at this layer and over layers, the per-layer figure, the partners."""
     if sc is None:
         return
     st.subheader("Controls: is the alignment specific to this question?")
+    if path_method != CONTROLS_PATH:
+        st.info(f"The controls are computed on the argmax path (each token's best frame, which splits per question), "
+                f"not the {path_method} path shown above: every value here, “this clip” included, is the argmax "
+                "path's. Choose the argmax alignment path to see them next to the metrics above.",
+                icon=":material/info:")
     K = len(sc.partner_questions)
     st.caption(
         f"**Specific** = this clip with its own transcript − the mean over {K} other questions of the sample set "

@@ -26,7 +26,8 @@ def render() -> None:
                "The shipped speech is synthetic (espeak-ng voices stand in for accents).")
     sel = context.selection()
     if sel.model_root is None:
-        st.error(sel.model_note or "No model available.")
+        st.info("No model to show: the message in the sidebar says why and what to do.",  # said once, there
+                icon=":material/arrow_back:")
         return
     handle = context.require_model(sel)  # warms the process cache while the reader reads
     if handle is not None:

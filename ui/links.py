@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 _SEEDED = "_url_seeded"  # session_state: widget keys already seeded from the URL in this session
+_READ = "_url_read"  # session_state: URL parameters a seed has read (the rest wait in the URL for their page)
 _run = threading.local()  # parameters wanted by the current script run (one thread per run)
 
 
@@ -31,6 +32,7 @@ def seed(key: str, param: str, convert: Callable[[str], Any] = str,
     if key in seeded:
         return None
     seeded.add(key)
+    st.session_state.setdefault(_READ, set()).add(param)
     raw = st.query_params.get(param)
     if raw is None or raw == "":
         return None
@@ -48,12 +50,14 @@ def seed(key: str, param: str, convert: Callable[[str], Any] = str,
     return None
 
 
-def seed_once(name: str) -> bool:
-    """True the first time `name` is asked in this session (for seeding something that is not a widget)."""
+def seed_once(name: str, param: str | None = None) -> bool:
+    """True the first time `name` is asked in this session (for seeding something that is not a widget from the
+    URL parameter `param`, default: name)."""
     seeded = st.session_state.setdefault(_SEEDED, set())
     if name in seeded:
         return False
     seeded.add(name)
+    st.session_state.setdefault(_READ, set()).add(param or name)
     return True
 
 
@@ -79,8 +83,14 @@ def current() -> dict[str, str]:
 
 
 def flush() -> None:
-    """Write this run's parameters into the URL (only when they changed)."""
+    """Write this run's parameters into the URL (only when they changed). A parameter of the opened link that no
+    seed has read yet stays: its page has not drawn its widgets (e.g. it waits for an upload, a model that loads,
+    a sample set), and the link's settings are applied when it does."""
     params = current()
+    read = st.session_state.get(_READ, set())
+    for k, v in st.query_params.to_dict().items():
+        if k not in params and k not in read:
+            params[k] = v
     if st.query_params.to_dict() != params:
         st.query_params.from_dict(params)
 

@@ -55,6 +55,13 @@ def stored_or_live(spec: LiveTable, sel, manifests, stored: pd.DataFrame | None,
                       key=f"{k}_source", persist_state="session")
     if source == STORED:
         return stored, f"stored results ({folder})"
+    if not len(sel.sample_set):  # the sidebar's filters match no sample (it says so there too)
+        st.info(sel.set_hint or "No sample of the sidebar's set matches its filters; widen them.")
+        return None, ""
+    if len(sel.sample_set) < spec.n_min:
+        st.info(f"{spec.run_label} needs at least {spec.n_min} samples; the sidebar's set holds "
+                f"{len(sel.sample_set)}: widen its search and voice filters.")
+        return None, ""
     n_max = max(spec.n_min, len(sel.sample_set))
     c1, c2 = st.columns([1, 3])
     n = c1.number_input(spec.n_label, spec.n_min, n_max,

@@ -97,9 +97,32 @@ def load_model(manifest_root: str, device: str | None) -> ModelHandle:
 
 
 # =============================================================================== samples
-@st.cache_resource(show_spinner=False, max_entries=8)
 def sample_set(spec: str):
-    """A SampleSet (lazy audio) per spec; shared by all sessions."""
+    """A SampleSet (lazy audio) per spec; shared by all sessions, and read again when its index files change (a
+    researcher fixing a question or reference answer in questions.csv while the app runs)."""
+    return _sample_set(spec, _set_stamp(spec))
+
+
+def _set_stamp(spec: str) -> tuple:
+    """(file, mtime, size) of the files a sample-set spec's questions and answers come from."""
+    kind, _, arg = str(spec).partition(":")
+    if kind not in ("folder", "voicebench", "manifest") or not arg.strip():
+        return ()
+    p = Path(arg.strip()).expanduser()
+    if kind == "folder":
+        files = [p / "questions.csv"]
+    elif kind == "manifest":
+        files = [p / "manifest.jsonl"]
+    else:  # the depths lsl_core.data.voicebench reads
+        files = [f for pattern in ("*.parquet", "*/*.parquet", "*/*/*.parquet") for f in p.glob(pattern)]
+    try:
+        return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(files) if f.is_file())
+    except OSError:  # unreadable: load_sample_set says what is wrong
+        return ()
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _sample_set(spec: str, stamp: tuple):
     from lsl_core.data.sets import load_sample_set
 
     return load_sample_set(spec)
@@ -139,8 +162,12 @@ def known_transcript(model_key: str, sample_key: str) -> str | None:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def side_by_side(model_key: str, sample_key: str, labels: tuple[str, ...], max_new_tokens: int, cascade: bool,
-                 _model, _sample, _transcript: str | None = None, donor_question: str | None = None) -> dict:
+                 _model, _sample, _transcript: str | None = None, donor_question: str | None = None,
+                 references: tuple[str, ...] | None = None) -> dict:
     """Text / speech / cascade / intervened answers, scored; plain data (rows with edited frames/tokens).
+
+    references: the sample's reference answers, part of the cache key (sample_key holds the audio and the question,
+    not the answers; an uploaded clip's typed references change its scores, not its analysis). None: _sample's.
 
     Served by the model's lsl_core.serving.GenerationServer: requests of concurrent sessions are gathered
     and generated in one batch; while waiting, this session sees its queue position and the batch's progress.

@@ -121,6 +121,12 @@ def _model_label(m) -> str:
     return f"{m.name} · {m.strategy} · step {m.step}"
 
 
+def opens(spec: str) -> bool:
+    """Whether the sidebar can select the sample-set spec (sd-qa-mini, voicebench:<dir>, folder:<dir>, upload)."""
+    kind, _, _ = str(spec).partition(":")
+    return spec in ("sd-qa-mini", "upload") or kind in ("voicebench", "folder")
+
+
 def _split_spec(spec: str) -> tuple[str, str]:
     kind, _, arg = spec.partition(":")
     if spec == "upload":
@@ -137,9 +143,18 @@ def render() -> Selection:
     sb = st.sidebar
     _model_section(sb, sel)
     _samples_section(sb, sel)
-    links.want(model=sel.model_name, set=sel.set_spec,  # "upload": the link reopens the upload box, not a sample
+    links.want(model=_link_model(sel), set=sel.set_spec,  # "upload": the link reopens the upload box, not a sample
                sample=sel.sample_id if sel.upload is None else None)
     return sel
+
+
+def _link_model(sel: Selection) -> str | None:
+    """The selected checkpoint as the link names it: its name, or its folder when another checkpoint here has the
+    same name (the link's `model` takes either)."""
+    m = sel.manifest
+    if m is None:
+        return None
+    return m.name if sum(x.name == m.name for x in sel.manifests) == 1 else m.root
 
 
 # ----------------------------------------------------------------------------- model
@@ -170,7 +185,8 @@ def _model_section(sb, sel: Selection) -> None:
     refused = links.seed("sb_model", "model",
                          convert=lambda v: by_name.get(v) or str(Path(v).expanduser().resolve()),
                          valid=lambda r: r in roots, say=False)
-    labels = {m.root: _model_label(m) for m in manifests}
+    shared = {m.name for m in manifests if sum(x.name == m.name for x in manifests) > 1}
+    labels = {m.root: _model_label(m) + (f" · {m.root}" if m.name in shared else "") for m in manifests}
     index = state.choice("sb_model", roots, config.default_checkpoint_root(roots))
     if refused:
         pick.warning(f"The link's model '{refused}' is not among the checkpoints here, so "
@@ -186,9 +202,14 @@ def _model_section(sb, sel: Selection) -> None:
 def _samples_section(sb, sel: Selection) -> None:
     sb.subheader("Samples")
     default_kind, default_path = _split_spec(config.default_set_spec())
-    if links.seed_once("sb_set"):
+    if links.seed_once("sb_set", "set"):
         raw = st.query_params.get("set")
-        if raw:
+        if raw and not opens(raw):
+            sb.warning(f"The link's sample set '{raw}' is not one this sidebar opens (sd-qa-mini, "
+                       "voicebench:<folder>, folder:<folder> or upload), so the default set is shown instead. Fix "
+                       "'set' in the link, or choose the set below.",
+                       icon=":material/link_off:")
+        elif raw:
             kind, path = _split_spec(raw)
             st.session_state["sb_source"] = kind
             if path:
