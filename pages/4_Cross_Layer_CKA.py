@@ -20,12 +20,12 @@ CKA_NULL_CAPTION = (f"Null: each text token paired with the path frame of anothe
                     "the aligned CKA against this band; the heatmaps' hover gives each cell's null and permutation p.")
 
 
-def _request(ids: tuple, options_key: str) -> None:
-    st.session_state["cka_request"] = {"ids": ids, "options": options_key}
+def _request(ids: tuple, options_key: str, model: str) -> None:
+    st.session_state["cka_request"] = {"ids": ids, "options": options_key, "model": model}
 
 
-def _request_stability(ids: tuple) -> None:
-    st.session_state["cka_stability_request"] = {"ids": ids}
+def _request_stability(ids: tuple, model: str) -> None:
+    st.session_state["cka_stability_request"] = {"ids": ids, "model": model}
 
 
 def _sample_side_by_side(handle, sel, sample, metric: str, path_layer: int) -> None:
@@ -80,10 +80,10 @@ def _stability(handle, sel, ids: tuple) -> None:
     st.caption("The aligned CKA recomputed with the argmax and the DTW path, the cosine and the distance matrix, "
                "the path of the middle layer, of each speech layer itself and of the quarter layers, and the "
                "unaligned pooled variant. Seed 000 reports that the alignment band is stable across such choices.")
-    st.button(f"Compute stability over {len(ids)} samples", on_click=_request_stability, args=(ids,),
+    st.button(f"Compute stability over {len(ids)} samples", on_click=_request_stability, args=(ids, handle.key),
               key="cka_stability_run")
     req = st.session_state.get("cka_stability_request")
-    if not req or req["ids"] != ids:
+    if not req or req != {"ids": ids, "model": handle.key}:  # pressed for these samples and this model
         st.caption("Press the button (one speech + one text forward per sample, then every configuration).")
         return
     with errors.guard("Stability"):
@@ -148,10 +148,11 @@ def main() -> None:
                         persist_state="session",
                         help="The first n samples of the sidebar's filtered set.")
     ids = tuple(sel.sample_set.ids()[: int(n)])
-    c2.button(f"Compute over {len(ids)} samples", type="primary", on_click=_request, args=(ids, options.key()),
+    c2.button(f"Compute over {len(ids)} samples", type="primary", on_click=_request,
+              args=(ids, options.key(), handle.key),
               key="cka_run")
     req = st.session_state.get("cka_request")
-    if not req or req["ids"] != ids or req["options"] != options.key():
+    if not req or req != {"ids": ids, "options": options.key(), "model": handle.key}:  # pressed for this view
         st.caption("Press the button to average over the set (cached; a few seconds per new sample on a CPU).")
     else:
         with errors.guard("Set analysis"):

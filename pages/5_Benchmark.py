@@ -131,8 +131,8 @@ def _vb_cases(vb, sel, ck: str, picked: list, set_spec: str) -> None:
                             "voicebench:<folder>, folder:<folder>).")
 
 
-def _request_iv(ids: tuple, conds: tuple, max_new: int) -> None:
-    st.session_state["bm_iv_request"] = {"ids": ids, "conds": conds, "max_new": max_new}
+def _request_iv(ids: tuple, conds: tuple, max_new: int, model: str | None) -> None:
+    st.session_state["bm_iv_request"] = {"ids": ids, "conds": conds, "max_new": max_new, "model": model}
 
 
 def _scores(res, sel) -> None:
@@ -366,9 +366,9 @@ def _interventions(res, sel) -> None:
         return
     ids = tuple(sel.sample_set.ids()[: int(n)])
     st.button(f"Run {len(conds)} interventions on {_n(len(ids))}", type="primary", key="bm_iv_run",
-              on_click=_request_iv, args=(ids, tuple(conds), int(max_new)), disabled=not conds)
+              on_click=_request_iv, args=(ids, tuple(conds), int(max_new), sel.model_root), disabled=not conds)
     req = st.session_state.get("bm_iv_request")
-    if not req or req != {"ids": ids, "conds": tuple(conds), "max_new": int(max_new)}:
+    if not req or req != {"ids": ids, "conds": tuple(conds), "max_new": int(max_new), "model": sel.model_root}:
         st.caption("Greedy answers for the unedited speech input and each condition (about 10 s per answer on a CPU "
                    "for the shipped model).")
         return

@@ -316,3 +316,23 @@ def test_a_link_made_from_an_upload_keeps_its_settings_until_the_clip_is_uploade
     at = _app(EXPLORER, {"set": "upload", "layer": "1", "metric": "distance"})
     upload(at)
     assert _widget(at.slider, "Layer ℓ").value == 1 and _widget(at.radio, "Metric").value == "distance"
+
+
+def test_a_pressed_set_average_is_not_rerun_for_another_checkpoint_unasked(world):  # noqa: F811 (the world fixture)
+    """The CKA page's set average runs when pressed; switching the checkpoint afterwards must wait for a new press
+    (the request did not name the model, so a heavy run over the set started for the new model unasked)."""
+    from test_app import CKA
+
+    def waiting(at) -> bool:
+        return "Press the button to average over the set" in _texts(at)
+
+    at = _app(CKA)
+    _widget(at.number_input, "Samples").set_value(2)
+    _run(at)
+    assert waiting(at)
+    at.button(key="cka_run").click()
+    _run(at)
+    assert not waiting(at)  # computed for the pressed checkpoint
+    _widget(at.sidebar.selectbox, "Checkpoint").set_value(world["roots"]["tiny-step20"])
+    _run(at)
+    assert waiting(at)  # another checkpoint: a new press
