@@ -198,9 +198,7 @@ def main() -> None:
                 cols = st.columns(2)
                 with cols[0]:
                     style = "agreement_other_q" if "agreement_other_q" in rows.columns else None
-                    export.figure(viz.trend_curves(rows, "agreement", title=f"speech vs text answer agreement, voice "
-                                                   f"'{voice}', 95% CI (cascade: "
-                                                   f"{100 * rows['cascade_agreement'].mean():.1f} % mean)",
+                    export.figure(viz.trend_curves(rows, "agreement", title=viz.agreement_title(rows, voice),
                                                    baseline=style, baseline_label="answer style (other questions)"),
                                   "agreement_vs_step", key="fig_agreement_step", columns=2)
                 with cols[1]:

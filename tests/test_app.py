@@ -572,7 +572,7 @@ def test_checkpoints_live_alignment_curves_trends_and_gap_fit(world):
     summary = pd.read_parquet(world["root"] / "results" / "checkpoints_summary.parquet")
     allv = summary[summary["voice"] == "all"].set_index("checkpoint")
     agree = _fig(at, "speech vs text answer agreement, voice 'all'")
-    assert "cascade: 70.0 % mean" in agree["layout"]["title"]["text"]
+    assert "(cascade: 70.0 %)" in agree["layout"]["title"]["text"]  # every checkpoint's cascade agrees 70 %
     style = [t for t in agree["data"] if t["name"].endswith("· answer style (other questions)")]
     assert style and len(style) == len(agree["data"]) / 2  # one dotted null baseline per trajectory
     for trace in agree["data"]:

@@ -443,3 +443,17 @@ def test_cka_spread_band_and_hover_interval():
     band, line = sp.data
     np.testing.assert_allclose(line.y, [0.8, 0.8, 0.8])
     np.testing.assert_allclose(band.y, [0.9, 0.9, 0.9, 0.7, 0.7, 0.7])
+
+
+def test_agreement_title_gives_the_cascades_range_when_checkpoints_differ():
+    """The cascade runs through each checkpoint's own LLM (a LoRA changes it): one value when they agree, their
+    range when they differ (a mean over checkpoints named no cascade that was run)."""
+    import pandas as pd
+
+    from lsl_core.viz import agreement_title
+
+    same = pd.DataFrame({"cascade_agreement": [0.43, 0.43, float("nan")]})
+    assert agreement_title(same, "all") == "speech vs text answer agreement, voice 'all', 95% CI (cascade: 43.0 %)"
+    apart = pd.DataFrame({"cascade_agreement": [0.362, 0.398, 0.441]})
+    assert agreement_title(apart, "en-gb").endswith("(cascade: 36.2–44.1 %)")
+    assert agreement_title(pd.DataFrame({"cascade_agreement": [float("nan")]}), "x").endswith("(cascade: –)")

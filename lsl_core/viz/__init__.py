@@ -39,7 +39,7 @@ from lsl_core.viz.sample import (
     token_heatmap, layer_curves, tokenwise_curves, norm_curves, lens_grid,
 )
 from lsl_core.viz.checkpoints import (
-    checkpoint_curves, trend_curves, gap_scatter,
+    agreement_title, checkpoint_curves, trend_curves, gap_scatter,
 )
 from lsl_core.viz.cka import (
     cka_heatmap, cka_stability, cka_spread,
@@ -63,7 +63,7 @@ __all__ = [
     "display_table", "wrap_title", "fit_title", "place_title", "sample_title", "error_bars", "categorical_colors",
     "token_label",
     "MAX_HEATMAP_ROWS", "frame_bins", "token_heatmap", "layer_curves", "tokenwise_curves", "norm_curves",
-    "lens_grid", "checkpoint_curves", "trend_curves", "gap_scatter", "cka_heatmap", "cka_stability",
+    "lens_grid", "checkpoint_curves", "agreement_title", "trend_curves", "gap_scatter", "cka_heatmap", "cka_stability",
     "cka_spread", "scores_by_voice", "intervention_bars", "intervention_nulls", "intervention_nulls_across",
     "intervention_layers", "VERSUS_MARKS",
     "subset_scores", "CONTROL_AXES",

@@ -53,6 +53,15 @@ def checkpoint_curves(df: pd.DataFrame, metric: str, *, label: str = "checkpoint
     return _base_layout(fig, title or f"{ylabel} per layer, one curve per checkpoint", height=420)
 
 
+def agreement_title(rows: pd.DataFrame, voice: str) -> str:
+    """Title of the agreement-across-training figure: the cascade's agreement over these checkpoints' rows
+    (column cascade_agreement, a share), as its range when the checkpoints' cascades differ."""
+    c = 100 * rows["cascade_agreement"].dropna()
+    cascade = "–" if c.empty else (f"{c.iloc[0]:.1f} %" if c.max() - c.min() < 0.05
+                                   else f"{c.min():.1f}–{c.max():.1f} %")
+    return f"speech vs text answer agreement, voice '{voice}', 95% CI (cascade: {cascade})"
+
+
 def trend_curves(df: pd.DataFrame, y: str, *, x: str = "step", group: str = "trajectory",
                  hover: str = "checkpoint", title: str | None = None, baseline: str | None = None,
                  baseline_label: str = "null baseline") -> go.Figure:
