@@ -301,3 +301,26 @@ def test_rebuilding_a_set_keeps_audio_it_did_not_write(tmp_path):
     build_mini_set(out, qs[:1], ["en-gb"])  # fewer questions: b's clip is the set's own, removed
     assert mine.is_file()
     assert not (out / "audio" / "en-gb" / "b.flac").exists() and (out / "audio" / "en-gb" / "a.flac").is_file()
+
+
+def test_the_training_loader_drops_a_test_question_spoken_as_a_dev_question(tmp_path, monkeypatch):
+    """english.test.txt rows whose words are a dev question's (other case, spacing or punctuation) are spoken
+    identically, so the loader drops them (it compared stripped lower-cased text: "who wrote  hamlet ?" stayed)."""
+    import json
+
+    import lsl_core.data.sdqa as S
+
+    (tmp_path / S.DEV_FILE).write_text(json.dumps({"example_id": "d1", "question": "Who wrote Hamlet?",
+                                                   "answers": ["Shakespeare"]}) + "\n")
+    (tmp_path / S.TEST_FILE).write_text("")
+    (tmp_path / S.TRAIN_QUESTIONS_FILE).write_text(
+        "ID\tin XOR test\tsentence\nt1\t0\twho wrote  hamlet ?\nt2\t0\tWho wrote Hamlet's sonnets?\n")
+    monkeypatch.setattr(S, "sdqa_data_dir", lambda: tmp_path)
+    for fn in (S._read_jsonl, S._train_questions):
+        fn.cache_clear()
+    try:
+        assert [q.example_id for q in S.load_sdqa_train_questions()] == ["t2"]
+    finally:
+        for fn in (S._read_jsonl, S._train_questions):
+            fn.cache_clear()
+    assert S.spoken_form("Who wrote  Hamlet ?") == S.spoken_form("who wrote hamlet") == "who wrote hamlet"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -86,7 +87,7 @@ def _train_questions() -> tuple[SDQAQuestion, ...]:
     answers = {q.example_id: q.answers for q in _read_jsonl(TEST_FILE)}
     dev = _read_jsonl(DEV_FILE)
     dev_ids = {q.example_id for q in dev}
-    dev_texts = {q.question.strip().lower() for q in dev}
+    dev_texts = {spoken_form(q.question) for q in dev}
     out = []
     with p.open(encoding="utf-8-sig", newline="") as fh:
         rows = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -100,10 +101,16 @@ def _train_questions() -> tuple[SDQAQuestion, ...]:
             if len(row) < 3 or not row[2].strip():
                 raise DataError(f"{p} line {n} has no question text; expected ID<TAB>flag<TAB>sentence.")
             qid, text = row[0].strip(), row[2].strip()
-            if qid in dev_ids or text.lower() in dev_texts:  # never train on an evaluation question
+            if qid in dev_ids or spoken_form(text) in dev_texts:  # never train on an evaluation question, as spoken
                 continue
             out.append(SDQAQuestion(qid, text, answers.get(qid, ()), "test"))
     return tuple(out)
+
+
+def spoken_form(text: str) -> str:
+    """The words of a question as espeak-ng speaks them: lower case, punctuation and spacing dropped
+    ("Who wrote  Hamlet ?" -> "who wrote hamlet"); two questions of one spoken form are one clip."""
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
 
 
 def load_sdqa_train_questions() -> list[SDQAQuestion]:

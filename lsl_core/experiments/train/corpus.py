@@ -87,10 +87,10 @@ class TrainData:
 
 def split_questions(cfg: TrainConfig) -> tuple[list, list]:
     """(training, monitoring) SD-QA test questions: a seeded permutation, disjoint, never dev questions (nor a test
-    question spoken as a dev one: the same words in any case, spacing or punctuation, spoken_form)."""
-    from lsl_core.data.sdqa import load_sdqa_dev, load_sdqa_train_questions
+    question spoken as a dev one: the same words in any case, spacing or punctuation, data.sdqa.spoken_form)."""
+    from lsl_core.data.sdqa import load_sdqa_dev, load_sdqa_train_questions, spoken_form
 
-    dev = {spoken_form(q.question) for q in load_sdqa_dev()}
+    dev = {spoken_form(q.question) for q in load_sdqa_dev()}  # the loader drops them too; checked again here
     qs = [q for q in load_sdqa_train_questions() if spoken_form(q.question) not in dev]
     n_train = cfg.n_questions or len(qs) - cfg.n_val_questions
     need = n_train + cfg.n_val_questions
@@ -106,14 +106,6 @@ def split_questions(cfg: TrainConfig) -> tuple[list, list]:
     held = {normalised(q.question) for q in monitor}
     rest = [qs[i] for i in perm[cfg.n_val_questions:] if normalised(qs[i].question) not in held]
     return rest[:n_train], monitor
-
-
-def spoken_form(text: str) -> str:
-    """The words of a question as espeak-ng speaks them: lower case, punctuation and spacing dropped
-    ("Who wrote  Hamlet ?" -> "who wrote hamlet")."""
-    import re
-
-    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
 
 
 def rendition(cfg: TrainConfig, question_id: str, voice: str) -> Rendition:
