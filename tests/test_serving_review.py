@@ -206,3 +206,26 @@ def test_batch_generation_refuses_a_model_whose_prompts_depend_on_the_modality(v
         B.generate_batch(vivid, q, 3)
     with pytest.raises(LSLError, match="generate_ids"):
         B.prompt_batch(vivid, q)
+
+
+@pytest.mark.parametrize("plain_format", ["Question: {query}\nAnswer:", "Q: {query} A:", "{query}\nAnswer:"])
+def test_a_plain_template_gives_the_text_prompt_the_rendered_prompts_tokens(tiny_model, plain_format):
+    """A base model's plain template ('Question: {query}'): with a byte-level BPE tokenizer the prefix and the
+    question tokenized apart gave 'Question', ':', 'Ġ', 'what' instead of the rendered prompt's 'Question', ':',
+    'Ġwhat'; the text prompt's ids must be the rendered prompt's, and the query span exactly the question."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lsl_core.model.families.tiny import make_bpe_tokenizer
+    from lsl_core.model.lslm import LSLM
+    from lsl_core.model.prompt import PromptTemplate
+
+    tok = make_bpe_tokenizer(["<|endoftext|>"], bos=None, eos="<|endoftext|>", pad="<|endoftext|>")
+    d = tiny_model.llm.get_input_embeddings().weight.shape[1]
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=d, intermediate_size=2 * d,
+                                       num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)).eval()
+    template = PromptTemplate(kind="plain", plain_format=plain_format)
+    model = LSLM(tiny_model.encoder, tiny_model.adaptor, llm, tok, template, name="plain")
+    for q in ("what is the capital of france?", "Who wrote Hamlet?", "how many legs does a spider have"):
+        p = model.prompt_for(text=q)
+        assert p.prompt_ids == tok(template.render(tok, q), add_special_tokens=False).input_ids, q
+        assert tok.decode(p.prompt_ids[p.span]).strip() == q

@@ -97,6 +97,8 @@ class LSLM:
     # True where the weights differ between speech and text prompts (a model family with a speech-only
     # LoRA): one generate_ids call then holds prompts of one modality, and batchers split by modality.
     weights_per_modality: bool = False
+    # text the tokenizer reads in front of a typed question (see use_template): a plain template's trailing space
+    query_lead: str = ""
 
     def __init__(
         self,
@@ -123,11 +125,33 @@ class LSLM:
         self._asr = None
         # One generation/forward at a time per model: concurrent app sessions share this object.
         self.lock = threading.RLock()
-        prefix, suffix = self.template.split(tokenizer)
-        self.prefix_ids: list[int] = tokenizer(prefix, add_special_tokens=False).input_ids
-        self.suffix_ids: list[int] = tokenizer(suffix, add_special_tokens=False).input_ids
+        self.use_template(self.template)
         d_llm = self.llm.get_input_embeddings().weight.shape[1]
         assert adaptor.cfg.llm_dim == d_llm, "adaptor output width must equal the LLM width"
+
+    def use_template(self, template: PromptTemplate) -> None:
+        """Set the template and its prefix_ids / suffix_ids / query_lead.
+
+        A prefix ending in spaces ("Question: {query}") is where a BPE tokenizer joins the space to the question's
+        first word ("Ġwhat"); tokenized apart, the prefix would end in a lone space token and the question start
+        without it. So the trailing spaces move to `query_lead`, read with the typed question, when that
+        reproduces the rendered prompt's tokens (checked on a probe question); otherwise they stay in the prefix.
+        """
+        tok = self.tokenizer
+        ids = lambda text: tok(text, add_special_tokens=False).input_ids  # noqa: E731
+        prefix, suffix = template.split(tok)
+        core = prefix.rstrip(" ")
+        lead = prefix[len(core):]
+        if lead:
+            probe = "what is the capital of france?"
+            full = ids(template.render(tok, probe))
+            if ids(core) + ids(lead + probe) + ids(suffix) == full != ids(prefix) + ids(probe) + ids(suffix):
+                prefix = core
+            else:
+                lead = ""
+        self.template, self.query_lead = template, lead
+        self.prefix_ids: list[int] = ids(prefix)
+        self.suffix_ids: list[int] = ids(suffix)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -218,7 +242,7 @@ class LSLM:
             from lsl_core.errors import LSLError
 
             raise LSLError("The question text is empty; type the question that the audio speaks.")
-        ids = self.tokenizer(q, add_special_tokens=False).input_ids
+        ids = self.tokenizer(self.query_lead + q, add_special_tokens=False).input_ids
         tokens = [self.tokenizer.decode([i]) for i in ids]
         return TextEmbedding(self.token_embeddings(ids), ids, tokens)
 

@@ -44,10 +44,7 @@ from lsl_core.model.prompt import PromptTemplate
 def with_template(model: LSLM, template: PromptTemplate) -> LSLM:
     """A view of `model` (same modules) whose prompts use another template."""
     view = copy.copy(model)
-    view.template = template
-    prefix, suffix = template.split(model.tokenizer)
-    view.prefix_ids = model.tokenizer(prefix, add_special_tokens=False).input_ids
-    view.suffix_ids = model.tokenizer(suffix, add_special_tokens=False).input_ids
+    view.use_template(template)
     return view
 
 
