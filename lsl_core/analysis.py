@@ -176,10 +176,17 @@ def metrics_from_states(hs: torch.Tensor, ht: torch.Tensor, options: AnalysisOpt
 
 
 # --------------------------------------------------------------------------- caching
+# what a model's prompts put around the query (LSLM.use_template; families' speech prompt): part of the cache key
+PROMPT_IDENTITY = ("prefix_ids", "suffix_ids", "query_lead", "speech_prefix_ids", "speech_suffix_ids")
+
+
 def sample_key(model, sample, options: AnalysisOptions) -> str:
-    """Cache key: checkpoint digest (incl. device/dtype) + sample identity (audio bytes, question) + options."""
+    """Cache key: checkpoint digest (incl. device/dtype) + the prompt's tokens around the query + sample identity
+    (audio bytes, question) + options."""
     h = hashlib.sha256()
-    for part in (str(ANALYSIS_VERSION), model.digest, sample.id, sample.question, str(sample.sr), options.key()):
+    prompt = json.dumps([getattr(model, a, None) for a in PROMPT_IDENTITY])
+    for part in (str(ANALYSIS_VERSION), model.digest, prompt, sample.id, sample.question, str(sample.sr),
+                 options.key()):
         h.update(part.encode())
         h.update(b"\0")
     h.update(audio_digest(sample.audio).encode())

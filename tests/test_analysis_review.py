@@ -122,3 +122,21 @@ def test_gap_table_counts_a_copied_summary_row_once_and_refuses_two_runs():
     other_run = pd.concat([summary, pd.DataFrame([{"checkpoint": "b", **row}])], ignore_index=True)
     with pytest.raises(DataError, match="two different evaluations of checkpoint 'b'"):
         gap_table(means, other_run)
+
+
+def test_the_analysis_cache_key_follows_the_prompt_around_the_query():
+    """Cached analyses are keyed by the checkpoint digest; a change in how the prompt around the question is
+    tokenized (another template, the plain template's query_lead) changes the text states, so it changes the key."""
+    from types import SimpleNamespace
+
+    from lsl_core.analysis import AnalysisOptions, sample_key
+    from lsl_core.data.samples import Sample
+
+    s = Sample(id="q1", audio=np.zeros(1600, dtype=np.float32) + 0.1, sr=16_000, question="who wrote hamlet?",
+               answers=())
+    a = SimpleNamespace(digest="d", prefix_ids=[1, 2, 3], suffix_ids=[4], query_lead="")
+    keys = {sample_key(a, s, AnalysisOptions())}
+    for change in ({"prefix_ids": [1, 2]}, {"query_lead": " "}, {"suffix_ids": [4, 5]}):
+        keys.add(sample_key(SimpleNamespace(**{**vars(a), **change}), s, AnalysisOptions()))
+    assert len(keys) == 4
+    assert sample_key(SimpleNamespace(**vars(a)), s, AnalysisOptions()) in keys  # the same prompt: the same key
