@@ -432,25 +432,31 @@ class Batcher:
             batch = self._take()
             if not batch:
                 return
-            self.batches += 1
-            self.sizes.append(len(batch))
-            try:
-                results = self.run_batch([t.payload for t in batch], progress=self._report)
-                if len(results) != len(batch):
-                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} requests")
-            except BaseException as exc:  # noqa: BLE001 - every waiting user gets the error, the worker lives on
-                results = [exc] * len(batch)
-            with self._cv:
-                for t, r in zip(batch, results):
-                    t.batch_id, t.batch_size = self.batches, len(batch)
-                    if isinstance(r, BaseException):
-                        t._error = r
-                    else:
-                        t._result = r
-                    t._done.set()
-                self._running = []
-                self._progress = (0.0, "")
-                self._cv.notify_all()
+            self._serve(batch)
+            del batch  # nothing of a served batch stays referenced while waiting for the next (its model included)
+
+    def _serve(self, batch: list[Ticket]) -> None:
+        """Run one batch and hand each ticket its result or error (locals end here: an error's traceback holds
+        the batch's model, which must not outlive the tickets)."""
+        self.batches += 1
+        self.sizes.append(len(batch))
+        try:
+            results = self.run_batch([t.payload for t in batch], progress=self._report)
+            if len(results) != len(batch):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} requests")
+        except BaseException as exc:  # noqa: BLE001 - every waiting user gets the error, the worker lives on
+            results = [exc] * len(batch)
+        with self._cv:
+            for t, r in zip(batch, results):
+                t.batch_id, t.batch_size = self.batches, len(batch)
+                if isinstance(r, BaseException):
+                    t._error = r
+                else:
+                    t._result = r
+                t._done.set()
+            self._running = []
+            self._progress = (0.0, "")
+            self._cv.notify_all()
 
 
 class GenerationServer(Batcher):
@@ -478,6 +484,7 @@ def server_for(model: "LSLM", window_s: float = BATCH_WINDOW_S) -> GenerationSer
         srv = _SERVERS.get(model)
         if srv is None or srv._closed:
             srv = _SERVERS[model] = GenerationServer(model, window_s)
+            weakref.finalize(model, srv.close)  # a released model (the app's cache dropped it) ends its worker
         return srv
 
 

@@ -229,3 +229,26 @@ def test_a_plain_template_gives_the_text_prompt_the_rendered_prompts_tokens(tiny
         p = model.prompt_for(text=q)
         assert p.prompt_ids == tok(template.render(tok, q), add_special_tokens=False).input_ids, q
         assert tok.decode(p.prompt_ids[p.span]).strip() == q
+
+
+def test_a_released_model_ends_its_servers_worker_thread():
+    """The app's model cache drops models; the server's worker thread (blocked waiting for requests) must end
+    with its model instead of staying behind, one thread per model ever loaded."""
+    import gc
+
+    from lsl_core.serving import server_for
+
+    class Model:  # a stand-in: the request fails in serving, which is returned to its ticket
+        name = "released"
+
+    model = Model()
+    srv = server_for(model, window_s=0.0)
+    ticket = srv.submit(object())
+    with pytest.raises(Exception):
+        ticket.result(timeout=30)
+    worker = srv._thread
+    assert worker is not None and worker.is_alive()
+    del model, ticket  # (the ticket's error holds the model in its traceback)
+    gc.collect()
+    worker.join(timeout=30)
+    assert not worker.is_alive() and srv._closed
