@@ -203,3 +203,21 @@ def test_a_negative_seed_is_one_error_naming_the_field():
     once the model and data are being prepared."""
     with pytest.raises(LSLError, match="'seed'"):
         _base(seed=-1)
+
+
+@pytest.mark.parametrize("left", ["tmp", "old"])
+def test_resume_recovers_a_state_left_between_the_two_renames(tiny_parts, tmp_path, left):
+    """save_resume renames the state to resume.old, then resume.tmp to resume: a kill between the two left no
+    resume folder, and --resume said there was no state although a complete one was on disk."""
+    import os
+
+    from test_train import _cfg, _trainer
+
+    cfg = _cfg(tiny_parts, tmp_path, "frozen", objective="repeat", steps=4, save_every=2)
+    t = _trainer(cfg)
+    t.run(until=2)
+    d = t.resume_dir
+    os.replace(d, d.with_name(d.name + "." + left))  # as if killed between the renames
+    again = _trainer(cfg)
+    again.run(resume=True)
+    assert again.step == 4 and (d / "state.json").is_file()

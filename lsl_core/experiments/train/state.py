@@ -67,11 +67,24 @@ def save_resume(t: "Trainer") -> Path:
     return d
 
 
+def _recover(d: Path) -> None:
+    """A save_resume stopped between its two renames leaves no d, and the complete new state in d.tmp (its
+    state.json is written last) and the previous one in d.old: put the newest complete one back at d."""
+    if (d / "state.json").is_file():
+        return
+    for side in (d.with_name(d.name + ".tmp"), d.with_name(d.name + ".old")):
+        if (side / "state.json").is_file():
+            shutil.rmtree(d, ignore_errors=True)
+            os.replace(side, d)
+            return
+
+
 def load_resume(t: "Trainer") -> int:
     """Restore trainer t from t.resume_dir; returns the step to continue from."""
     from safetensors.torch import load_file
 
     d = t.resume_dir
+    _recover(d)
     if not (d / "state.json").is_file():
         raise LSLError(f"No resume state in {d}; start without --resume (or pass --resume-dir).")
     state = json.loads((d / "state.json").read_text())
