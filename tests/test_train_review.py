@@ -221,3 +221,25 @@ def test_resume_recovers_a_state_left_between_the_two_renames(tiny_parts, tmp_pa
     again = _trainer(cfg)
     again.run(resume=True)
     assert again.step == 4 and (d / "state.json").is_file()
+
+
+def test_an_average_says_the_dtype_its_tensors_have(tmp_path):
+    """mean_state returns the first checkpoint's dtypes; the manifest took weights_dtype from the last one."""
+    from safetensors.torch import load_file, save_file
+
+    from lsl_core.experiments.train.average import average_checkpoints
+    from lsl_core.model.loading import CheckpointManifest, read_manifest, write_manifest
+
+    folders = []
+    for name, dtype, label in (("a", torch.float16, "float16"), ("b", torch.float32, "float32")):
+        folder = tmp_path / name
+        folder.mkdir()
+        save_file({"fc1.weight": torch.ones(2, 2, dtype=dtype)}, str(folder / "adaptor.safetensors"))
+        write_manifest(CheckpointManifest(name=name, llm="some-llm", encoder="some-encoder", family="f",
+                                          strategy="frozen", adaptor="adaptor.safetensors",
+                                          extra={"weights_dtype": label}), folder)
+        folders.append(folder)
+    average_checkpoints(folders, tmp_path / "avg", name="avg")
+    m = read_manifest(tmp_path / "avg" / "avg")
+    assert load_file(str(m.path(m.adaptor)))["fc1.weight"].dtype == torch.float16
+    assert m.extra["weights_dtype"] == "float16"

@@ -191,7 +191,9 @@ def write_average(tmp: Path, ms: list[CheckpointManifest], w: list[float], confi
         (tmp / LORA_DIR / LORA_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     sources = [{"name": m.name, "path": str(Path(m.root).resolve()), "step": m.step, "weight": x}
                for m, x in zip(ms, w)]
-    extra = {k: v for k, v in last.extra.items() if k in ("stage", "weights_dtype")}
+    extra = {k: v for k, v in last.extra.items() if k == "stage"}
+    if "weights_dtype" in ms[0].extra:  # the tensors take the first checkpoint's dtypes (mean_state)
+        extra["weights_dtype"] = ms[0].extra["weights_dtype"]
     lora_fields = {"strategy": loras[-1].strategy, "lora": LORA_DIR, "lora_scope": loras[-1].lora_scope} if loras \
         else {"lora": None}
     manifest = dataclasses.replace(last, name=name, adaptor=ADAPTOR_FILE, root="", **lora_fields,
