@@ -324,3 +324,17 @@ def test_the_training_loader_drops_a_test_question_spoken_as_a_dev_question(tmp_
         for fn in (S._read_jsonl, S._train_questions):
             fn.cache_clear()
     assert S.spoken_form("Who wrote  Hamlet ?") == S.spoken_form("who wrote hamlet") == "who wrote hamlet"
+
+
+@pytest.mark.parametrize("flags", [["--n-questions", "5"], ["--voices", "en-us"], ["--speed", "120"],
+                                   ["--split", "test"]])
+def test_synth_never_rebuilds_the_shipped_set_with_other_options(flags, monkeypatch, capsys):
+    """`synth --n-questions 5` without --out rebuilt assets/sd-qa-mini with 5 questions, deleting the other clips;
+    an option that changes the set needs --out. Nothing is synthesized or deleted."""
+    import lsl_core.data.synth as S
+    from lsl_core.cli import main
+
+    monkeypatch.setattr(S, "build_mini_set", lambda *a, **k: pytest.fail("the shipped set would be rebuilt"))
+    assert main(["synth", "--set", "sd-qa-mini", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flags[0] in err and "--out" in err

@@ -403,6 +403,14 @@ def main(args) -> int:
     if args.set_name == MINI_SET:
         voices = _voices(args.voices.split(",")) if args.voices else list(MINI_VOICES)
         split = args.split or "dev"
+        other = [flag for flag, changed in (("--n-questions", n not in (None, MINI_N_QUESTIONS)),
+                                            ("--voices", voices != list(MINI_VOICES)),
+                                            ("--speed", args.speed is not None), ("--split", split != "dev"))
+                 if changed]
+        if other and args.out is None:  # the shipped set would be rebuilt with them, its other clips deleted
+            raise DataError(f"{', '.join(other)} change sd-qa-mini, and without --out the shipped "
+                            f"{assets_dir() / MINI_SET} would be rebuilt with them (its other clips deleted); "
+                            "give --out FOLDER for the new set.")
         pool = load_sdqa_dev() if split == "dev" else load_sdqa_test()
         questions = select_mini_questions(pool, n or MINI_N_QUESTIONS, offset=args.skip_questions)
         out = args.out or assets_dir() / MINI_SET
