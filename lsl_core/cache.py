@@ -19,8 +19,15 @@ def cache_dir(*parts: str) -> Path:
         import platformdirs
 
         root = platformdirs.user_cache_dir("modality-gap-explorer")
-    path = Path(root).joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    path = Path(root).expanduser().joinpath(*parts)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission, a read-only disk
+        from lsl_core.errors import LSLError
+
+        where = "$LSL_CACHE_DIR" if os.environ.get("LSL_CACHE_DIR") else "the user cache folder"
+        raise LSLError(f"The cache folder {path} ({where}) cannot be created: {exc.strerror or exc}. Set "
+                       "LSL_CACHE_DIR to a folder you can write to.") from None
     return path
 
 

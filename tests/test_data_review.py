@@ -338,3 +338,15 @@ def test_synth_never_rebuilds_the_shipped_set_with_other_options(flags, monkeypa
     assert main(["synth", "--set", "sd-qa-mini", *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and flags[0] in err and "--out" in err
+
+
+def test_a_cache_dir_that_cannot_be_created_is_one_error_naming_the_variable(tmp_path, monkeypatch, capsys):
+    """LSL_CACHE_DIR pointing at a file gave a FileExistsError traceback in every command, `info` included."""
+    from lsl_core.cache import cache_dir
+    from lsl_core.errors import LSLError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("LSL_CACHE_DIR", str(blocker))
+    with pytest.raises(LSLError, match="LSL_CACHE_DIR"):
+        cache_dir("analysis")
