@@ -84,6 +84,8 @@ def test_bad_input_is_one_clear_error():
         paired_difference(pd.concat([a, a.assign(checkpoint="B", sample_id="x" + a["sample_id"])]), "A", "B")
     with pytest.raises(LSLError, match="two rows for one clip"):
         paired_difference(pd.concat([a, a, a.assign(checkpoint="B")]), "A", "B")
+    with pytest.raises(LSLError, match="both 'A'"):  # a typo comparing a checkpoint with itself: all zeros
+        paired_difference(pd.concat([a, a.assign(checkpoint="B")]), "A", "A")
     with pytest.raises(LSLError, match="lack cascade_agreement"):
         paired_difference(pd.concat([a, a.assign(checkpoint="B")]).drop(columns="cascade_agreement"), "A", "B")
 

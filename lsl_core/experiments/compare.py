@@ -50,6 +50,9 @@ def paired_difference(samples: pd.DataFrame, base: str, other: str,
     """
     from lsl_core.metrics.stats import bootstrap_ci
 
+    if base == other:
+        raise LSLError(f"compare: --base and --other are both '{base}'; a checkpoint against itself differs by 0. "
+                       "Name two checkpoints (NAME@N picks the one of the N-th --results folder when names repeat).")
     names = list(dict.fromkeys(samples["checkpoint"])) if "checkpoint" in samples else []
     picked = {ck: checkpoint_rows(samples, ck) for ck in (base, other)}
     for ck, rows in picked.items():

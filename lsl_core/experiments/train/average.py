@@ -212,7 +212,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder to write the averaged checkpoint into")
     p.add_argument("--name", default=None, help="its name (default: <last checkpoint>-avg<N>)")
     p.add_argument("--extrapolate", action="store_true",
-                   help="allow negative weights (e.g. --weights -0.5,1.5 on a stage's start and end: half again "
+                   help="allow negative weights (e.g. --weights=-0.5,1.5 on a stage's start and end: half again "
                         "past the end)")
     p.set_defaults(func=main)
 
