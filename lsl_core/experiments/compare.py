@@ -50,9 +50,6 @@ def paired_difference(samples: pd.DataFrame, base: str, other: str,
     """
     from lsl_core.metrics.stats import bootstrap_ci
 
-    if base == other:
-        raise LSLError(f"compare: --base and --other are both '{base}'; a checkpoint against itself differs by 0. "
-                       "Name two checkpoints (NAME@N picks the one of the N-th --results folder when names repeat).")
     names = list(dict.fromkeys(samples["checkpoint"])) if "checkpoint" in samples else []
     picked = {ck: checkpoint_rows(samples, ck) for ck in (base, other)}
     for ck, rows in picked.items():
@@ -68,6 +65,9 @@ def paired_difference(samples: pd.DataFrame, base: str, other: str,
             raise LSLError(f"compare: checkpoint '{ck}' has two rows for one clip: two of the results folders hold "
                            f"a checkpoint of that name. Write it '{ck}@N' for the one in the N-th --results folder "
                            "(from 1), or pass only the folder with the one you mean.")
+    if base == other:
+        raise LSLError(f"compare: --base and --other are both '{base}'; a checkpoint against itself differs by 0. "
+                       "Name two checkpoints (NAME@N picks the one of the N-th --results folder when names repeat).")
     a = picked[base][["sample_id", "question", "voice", *COLUMNS]]
     b = picked[other][["sample_id", "question", "voice", *COLUMNS]]
     joined = a.set_index("sample_id").join(b.set_index("sample_id"), how="inner", rsuffix="_other")  # shared clips
