@@ -34,6 +34,19 @@ CONTROLS_COMMAND = ("python -m lsl_core analyze --controls --zoo assets/checkpoi
                     "--out assets/results/analysis.parquet")
 
 
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A stored results table (Parquet) -> DataFrame; a file that is not one is a DataError naming it (pyarrow's
+    own error was a traceback: `report alignment --results notes.txt`)."""
+    from lsl_core.errors import DataError
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path} is not a readable results table ({first}); give the .parquet file the command "
+                        "wrote (not the .json or .md beside it).") from None
+
+
 @dataclass
 class Results:
     """What a results folder holds; a table is None when absent (see `notes`)."""
@@ -80,7 +93,7 @@ def load_results(folder: str | Path | None = None) -> Results:
         frames = []
         for f in files:
             try:
-                frames.append(pd.read_parquet(f).assign(results=f.name[: -len(suffix)]))
+                frames.append(read_table(f).assign(results=f.name[: -len(suffix)]))
             except Exception as exc:  # pyarrow raises several types for a torn/foreign file
                 res.notes.append(f"Could not read {f.name} ({type(exc).__name__}: {exc}); re-run the command "
                                  "that wrote it.")
@@ -95,7 +108,7 @@ def load_results(folder: str | Path | None = None) -> Results:
     controls = []
     for f in control_files:
         try:
-            controls.append(pd.read_parquet(f).assign(results=f.name[: -len("_controls.parquet")]))
+            controls.append(read_table(f).assign(results=f.name[: -len("_controls.parquet")]))
         except Exception as exc:  # pyarrow raises several types for a torn/foreign file
             res.notes.append(f"Could not read {f.name} ({type(exc).__name__}: {exc}); re-run `{CONTROLS_COMMAND}`.")
     if controls:
@@ -103,7 +116,7 @@ def load_results(folder: str | Path | None = None) -> Results:
     align = []
     for f in sorted(set(root.glob("*.parquet")) - claimed - _merged_shards(root)):
         try:
-            df = pd.read_parquet(f)
+            df = read_table(f)
         except Exception as exc:
             res.notes.append(f"Could not read {f.name} ({type(exc).__name__}: {exc}).")
             continue

@@ -320,3 +320,19 @@ def test_a_device_this_machine_has_passes(monkeypatch, device, cuda):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
     check_device(argparse.Namespace(command="stability", device=device))  # no error
     check_device(argparse.Namespace(command="train", device="auto"))  # train checks its own (auto = by the machine)
+
+
+def test_a_results_file_that_is_not_parquet_is_one_line_not_a_traceback(tmp_path, capsys):
+    """report / compare read stored Parquet tables; a text file given instead was a pyarrow traceback."""
+    from lsl_core.cli import main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a table\n")
+    assert main(["report", "alignment", "--results", str(notes), "--markdown", str(tmp_path / "a.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "notes.txt" in err
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoints_samples.parquet").write_text("garbage")
+    assert main(["compare", "--results", str(tmp_path / "r"), "--base", "A", "--other", "B"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "checkpoints_samples.parquet" in err

@@ -33,7 +33,7 @@ from lsl_core.cli import add_device_args
 from lsl_core.errors import LSLError
 from lsl_core.experiments.pages import NOT_RECORDED, page_header
 from lsl_core.model.lslm import locked_items
-from lsl_core.results import CHECKPOINT_KEYS, checkpoint_means
+from lsl_core.results import CHECKPOINT_KEYS, checkpoint_means, read_table
 
 # the alignment page's columns: means over samples of each checkpoint (layers 1..L)
 PAGE_COLUMNS = ("seq_cos_mean", "aps_cos", "spearman_cos_mean", "consistency_mean", "seq_dist_mean", "aps_dist",
@@ -155,7 +155,7 @@ def merge_shards(out: Path) -> Path:
     missing = [shard_path(out, i, n).name for i in range(n) if not shard_path(out, i, n).is_file()]
     if missing:
         raise LSLError(f"Cannot merge {out.name}: {len(missing)} of {n} shard files are missing ({', '.join(missing)}).")
-    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    df = pd.concat([read_table(p) for p in parts], ignore_index=True)
     df.to_parquet(out, index=False)
     jsons = [json.loads(p.with_suffix(".json").read_text()) for p in parts if p.with_suffix(".json").is_file()]
     merged = merge_aggregates(jsons)
@@ -207,7 +207,7 @@ def render_stored(path: str | Path, render: dict) -> str:
     meta = {}
     if path.with_suffix(".json").is_file():
         meta = json.loads(path.with_suffix(".json").read_text()).get("meta", {})
-    return alignment_page(pd.read_parquet(path), {**meta, "render": render})
+    return alignment_page(read_table(path), {**meta, "render": render})
 
 
 # =============================================================================== the command

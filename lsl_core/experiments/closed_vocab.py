@@ -44,6 +44,7 @@ from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
 from lsl_core.experiments.hearing import (Lineage, lineage, trained_note, unseen_voice_check, untrained_voice_notes,
                                          words)
+from lsl_core.results import read_table
 
 SOURCES = ("typed", "asr")  # which text is closed (module docstring)
 MODES = ("drop", "nearest", "sound")  # what becomes of an unknown word (module docstring)
@@ -311,7 +312,7 @@ def stored_rows(results: Path, checkpoint: str, command: str = "closed-vocab",
     files = evaluate_files(results, command)
     holding = []
     for f in files:
-        d = pd.read_parquet(f)
+        d = read_table(f)
         if "checkpoint" in d.columns and (d["checkpoint"] == checkpoint).any():
             holding.append((f, d[d["checkpoint"] == checkpoint]))
     if not holding:

@@ -21,6 +21,7 @@ import pandas as pd
 from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
 from lsl_core.experiments.evaluate import check_unseen_voice, ratio_of_means
+from lsl_core.results import read_table
 
 COLUMNS = ("agreement", "cascade_agreement")
 MEASURES = ("agreement", "cascade_agreement", "ratio")  # reported per checkpoint and as other − base
@@ -121,7 +122,7 @@ def read_samples(folders: list[Path], name: str = "checkpoints") -> pd.DataFrame
         p = Path(f) / f"{name}_samples.parquet"
         if not p.is_file():
             raise LSLError(f"compare: {p} not found; pass a folder that `evaluate --out` wrote (or set --name).")
-        parts.append(pd.read_parquet(p).assign(results=i))
+        parts.append(read_table(p).assign(results=i))
     return pd.concat(parts, ignore_index=True)
 
 

@@ -34,6 +34,7 @@ from lsl_core.metrics.gap import gap_r2_table, is_constant
 from lsl_core.metrics.controls import best_layer_chance
 from lsl_core.metrics.stats import N_BOOT
 from lsl_core.experiments.pages import NOT_RECORDED, page_header
+from lsl_core.results import read_table
 
 # alignment metrics whose R² vs GAP is reported (column -> what it is)
 R2_METRICS = {
@@ -140,10 +141,10 @@ def curriculum_table(results: Path, measured: dict[str, dict] | None = None,
 
     results = Path(results)
     need = _check_results(results)
-    summary = pd.read_parquet(need[0])
-    head = pd.read_parquet(need[1])
+    summary = read_table(need[0])
+    head = read_table(need[1])
     apath = results / "analysis.parquet"
-    al = checkpoint_means(pd.read_parquet(apath)) if apath.is_file() else pd.DataFrame({"checkpoint": []})
+    al = checkpoint_means(read_table(apath)) if apath.is_file() else pd.DataFrame({"checkpoint": []})
     allv = summary[summary["voice"] == "all"].set_index("checkpoint")
     rows = []
     for ck, r in allv.iterrows():
@@ -163,7 +164,7 @@ def curriculum_table(results: Path, measured: dict[str, dict] | None = None,
     df = df.merge(al[keep], on="checkpoint", how="left")
     cpath = results / "analysis_controls.parquet"
     if cpath.is_file():
-        ctl = pd.read_parquet(cpath)
+        ctl = read_table(cpath)
         retr = ctl[(ctl["table"] == "retrieval") & (ctl["scorer"] == "seq_cos") & (ctl["layer"] >= 0)]
         best = retr.loc[retr.groupby("checkpoint")["top1"].idxmax(), ["checkpoint", "top1", "layer", "chance_top1"]]
         best = best.rename(columns={"top1": "retrieval_top1_best", "layer": "retrieval_best_layer",
@@ -379,7 +380,7 @@ def run(args) -> int:
         from lsl_core.data.sets import load_sample_set
         from lsl_core.model.loading import load_checkpoint
 
-        summary = pd.read_parquet(args.results / "checkpoints_summary.parquet")
+        summary = read_table(args.results / "checkpoints_summary.parquet")
         names = set(summary["checkpoint"])
         sset = load_sample_set(args.samples).filter(voice=args.silence_voice)
         clips = [sset[i] for i in range(min(args.silence_clips, len(sset)))]

@@ -35,6 +35,7 @@ from lsl_core.data.audio import audio_digest
 from lsl_core.data.synth import UNSEEN_VOICE
 from lsl_core.errors import LSLError
 from lsl_core.experiments.pages import NOT_RECORDED, page_header
+from lsl_core.results import read_table
 
 EVAL_VERSION = 3  # bump when answers or scores change meaning: invalidates the on-disk cache
 LOSS_WINDOW = 25  # training curves: the loss is averaged over this many steps up to each eval step
@@ -189,7 +190,7 @@ def evaluate_checkpoint(model, samples, opts: EvalOptions = EvalOptions(), *, us
                           [s.question for s in items]], sort_keys=True)
     path = cache_dir("evaluate") / f"{hashlib.sha256(key_src.encode()).hexdigest()[:20]}.parquet"
     if use_cache and path.is_file():
-        return score_rows(pd.read_parquet(path), items, opts)
+        return score_rows(read_table(path), items, opts)
     t0 = time.time()
     questions = list(dict.fromkeys(s.question for s in items))
     cascade = opts.cascade and getattr(model, "has_asr", False)
@@ -567,10 +568,10 @@ def render_stored(folder: str | Path, name: str, render: dict, zoo: str | Path |
     if not (table.is_file() and meta_file.is_file()):
         raise LSLError(f"No stored evaluation results {table.name} + {meta_file.name} in {folder}; write them with "
                        f"`python -m lsl_core evaluate ... --out {folder} --name {name}`.")
-    summary = pd.read_parquet(table)
+    summary = read_table(table)
     meta = json.loads(meta_file.read_text())["meta"]
     head_file = folder / f"{name}_headline.parquet"
-    headline = pd.read_parquet(head_file) if head_file.is_file() else None
+    headline = read_table(head_file) if head_file.is_file() else None
     names = set(meta.get("checkpoints") or summary["checkpoint"])
     manifests = [m for m in list_zoo(zoo or assets_dir() / "checkpoints") if m.name in names]
     return markdown_tables(summary, {**meta, "render": render}, training_curves(manifests), headline)

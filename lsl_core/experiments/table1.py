@@ -33,6 +33,7 @@ from lsl_core.experiments.pages import NOT_RECORDED, page_header
 from lsl_core.interventions import (GRAMMAR, OPS, ORIGINAL, Condition, condition_label, generate_side_by_side,
                                     intervention_nulls, is_null, needs_donor, parse_condition)
 from lsl_core.metrics.stats import PAIRED_DELTA_COLUMNS, TABLE1_METRIC_NAMES, paired_delta
+from lsl_core.results import read_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from lsl_core.data.samples import Sample
@@ -370,7 +371,7 @@ def render_stored(folder: str | Path, name: str, render: dict) -> str:
         raise LSLError(f"No stored Table 1 results {rows.name} + {meta_file.name} in {folder}; write them with "
                        f"`python -m lsl_core table1 --out {folder}`.")
     meta = json.loads(meta_file.read_text())["meta"]
-    return markdown_page(pd.read_parquet(rows), {**meta, "render": render})
+    return markdown_page(read_table(rows), {**meta, "render": render})
 
 
 # =============================================================================== the command

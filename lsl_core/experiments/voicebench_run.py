@@ -41,6 +41,7 @@ import pandas as pd
 
 from lsl_core.cli import add_device_args
 from lsl_core.errors import AudioError, DataError, LSLError
+from lsl_core.results import read_table
 
 RUN_VERSION = 1  # bump when answers change meaning (prompting, decoding)
 MODALITIES = ("text", "speech", "cascade")
@@ -537,7 +538,7 @@ def finalize(out: Path, cfg: RunConfig, samples=None, alignment_file: str | None
     align = pd.DataFrame([r for r in read_jsonl_rows(out / "alignment")
                           if not r.get("error") and r.get("sample_id") in selected])
     if alignment_file:
-        extra = pd.read_parquet(alignment_file)
+        extra = read_table(alignment_file)
         if "checkpoint" not in extra.columns or "sample_id" not in extra.columns:
             raise DataError(f"{alignment_file} has no checkpoint/sample_id columns; give the output of "
                             "`python -m lsl_core analyze`.")

@@ -30,6 +30,7 @@ import pandas as pd
 
 from lsl_core.errors import MetricInputError
 from lsl_core.scoring import ScoreItem, evaluator_for
+from lsl_core.results import read_table
 
 MODALITIES = ("text", "speech", "cascade")
 # per evaluator: the per-sample 0/1 column telling a right answer from a wrong one, and whether the
@@ -387,7 +388,7 @@ def load_voicebench_results(folder) -> VoiceBenchResults:
                 res.notes.append(f"No {f.name} in {root}; (re)run `{RUN_COMMAND}` (or add --score-only).")
             continue
         try:
-            setattr(res, name, pd.read_parquet(f))
+            setattr(res, name, read_table(f))
         except Exception as exc:  # pyarrow raises several types for a torn/foreign file
             res.notes.append(f"Could not read {f} ({type(exc).__name__}: {exc}); rerun with --score-only.")
     try:
