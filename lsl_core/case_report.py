@@ -256,7 +256,17 @@ def run(args) -> int:
 
     sset = load_sample_set(args.samples)
     key = args.sample
-    sample = sset[int(key)] if key.lstrip("-").isdigit() and key not in sset else sset[key]
+    if key.lstrip("-").isdigit() and key not in sset:
+        if int(key) < 0:  # Python would count from the end: the error text says 0..n-1
+            from lsl_core.errors import LSLError
+
+            raise LSLError(f"--sample {key}: give a sample id or an index 0 to {len(sset) - 1}.")
+        sample = sset[int(key)]
+    else:
+        sample = sset[key]
+    from lsl_core.interventions import parse_condition
+
+    parse_condition(args.intervention)  # a typo is refused before the model loads
     model = load_checkpoint(args.checkpoint or default_checkpoint(), device=args.device)
     command = "python -m lsl_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     from lsl_core.experiments.table1 import donors_for

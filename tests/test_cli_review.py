@@ -336,3 +336,19 @@ def test_a_results_file_that_is_not_parquet_is_one_line_not_a_traceback(tmp_path
     assert main(["compare", "--results", str(tmp_path / "r"), "--base", "A", "--other", "B"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "checkpoints_samples.parquet" in err
+
+
+def test_report_case_and_table1_refuse_typos_before_the_model_loads(monkeypatch, tmp_path, capsys):
+    """A negative --sample picked the last sample (the message says 0..n-1); a typo in report-case's
+    --intervention or table1's --set was found only after the model had loaded."""
+    import lsl_core.model.loading as loading
+    from lsl_core.cli import main
+
+    monkeypatch.setattr(loading, "load_checkpoint", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = str(tmp_path / "case.html")
+    for argv, says in ((["report-case", "--sample", "-1", "--out", out], "0 to"),
+                       (["report-case", "--sample", "0", "--intervention", "angel:all", "--out", out], "angel"),
+                       (["table1", "--set", "folder:/no/such/folder", "--out", str(tmp_path)], "/no/such/folder")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and says in err, (argv, err)

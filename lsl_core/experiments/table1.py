@@ -429,9 +429,9 @@ def main(args) -> int:
     for cond in args.interventions:  # a typo is refused before the model loads
         parse_condition(cond)
     manifest = read_manifest(args.checkpoint or default_checkpoint())
+    sset = load_sample_set(args.set)  # a typo in --set is refused before the model loads
     t0 = time.perf_counter()
     model = load_checkpoint(manifest, device=args.device, merge_lora=args.merge_lora)
-    sset = load_sample_set(args.set)
     records = [sset.record(i) for i in range(len(sset))]  # metadata only: pick first, then decode what is used
     picked = spread_samples(records, args.n) if args.select == "spread" else records[: args.n]
     samples = [sset[r.id] for r in picked]
