@@ -243,3 +243,18 @@ def test_an_average_says_the_dtype_its_tensors_have(tmp_path):
     m = read_manifest(tmp_path / "avg" / "avg")
     assert load_file(str(m.path(m.adaptor)))["fc1.weight"].dtype == torch.float16
     assert m.extra["weights_dtype"] == "float16"
+
+
+def test_resume_without_a_state_and_two_exclusive_modes_are_refused_before_any_work(tiny_parts, tmp_path,
+                                                                                    monkeypatch):
+    """--resume with nothing saved was refused only after the data were synthesized and the model built (minutes
+    on a CPU); --prepare-only with --monitor-only silently did the first."""
+    import lsl_core.experiments.train as T
+    from test_train import _cfg
+
+    monkeypatch.setattr(T, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    cfg = _cfg(tiny_parts, tmp_path, "frozen", objective="repeat", steps=4, save_every=2)
+    with pytest.raises(LSLError, match="No resume state"):
+        T.train(cfg, resume=True, resume_dir=tmp_path / "nothing-here", progress=False)
+    with pytest.raises(LSLError, match="prepare-only.*monitor-only"):
+        T.train(cfg, prepare_only=True, monitor_only=True, progress=False)

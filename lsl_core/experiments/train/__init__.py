@@ -36,7 +36,7 @@ from lsl_core.cli import add_device_args
 from lsl_core.errors import LSLError
 from lsl_core.experiments.train.config import OBJECTIVES, TRAIN_STRATEGIES, TrainConfig
 from lsl_core.experiments.train.corpus import WORKER_KINDS, MonitorClip, TrainData, TrainExample, prepare_data
-from lsl_core.experiments.train.state import default_resume_dir
+from lsl_core.experiments.train.state import default_resume_dir, has_resume_state
 from lsl_core.experiments.train.trainer import Trainer
 from lsl_core.model.adaptor import with_context
 from lsl_core.model.loading import CheckpointManifest, load_checkpoint, quiet_peft_wrap, read_manifest
@@ -187,6 +187,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | No
     if time_budget is not None and (not 0 < time_budget < math.inf or resume or prepare_only or monitor_only):
         raise LSLError("--time-budget takes a positive (finite) number of seconds and fits the step count of a fresh "
                        "run: not with --resume (a resumed run keeps its fitted count), --prepare-only or --monitor-only.")
+    if prepare_only and monitor_only:
+        raise LSLError("--prepare-only and --monitor-only are two different runs; give one of them.")
+    if resume and not (prepare_only or monitor_only):  # before the data and the model: minutes on a CPU
+        where = Path(resume_dir) if resume_dir else default_resume_dir(Path(cfg.out))
+        if not has_resume_state(where):
+            raise LSLError(f"No resume state in {where}; start without --resume (or pass --resume-dir).")
     device = resolve_device(cfg.device)
     t0 = time.time()
     model = build_model(cfg, device)

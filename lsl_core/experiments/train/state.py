@@ -67,6 +67,12 @@ def save_resume(t: "Trainer") -> Path:
     return d
 
 
+def has_resume_state(d: Path) -> bool:
+    """Whether d holds a resume state to continue from (after putting back one a crash left beside it)."""
+    _recover(Path(d))
+    return (Path(d) / "state.json").is_file()
+
+
 def _recover(d: Path) -> None:
     """A save_resume stopped between its two renames leaves no d, and the complete new state in d.tmp (its
     state.json is written last) and the previous one in d.old: put the newest complete one back at d."""
