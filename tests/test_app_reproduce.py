@@ -64,6 +64,12 @@ def test_explorer_snippet_rebuilds_the_page(world, monkeypatch):
     from ui.controls import delta  # the card's delta: specific alignment and the mismatched mean
 
     card = [m for m in at.metric if m.label == "APS (cosine)"][0]
+    assert not card.delta  # DTW values: the argmax path's controls are not put under them (ui.controls.for_path)
+    _widget(at.radio, "Alignment path").set_value("argmax")
+    _run(at)
+    (code,) = _shown_code(at, "python")
+    ns = _exec(code, monkeypatch)
+    card = [m for m in at.metric if m.label == "APS (cosine)"][0]
     assert card.delta and card.delta == delta(ns["sc"], "aps_cos")  # the snippet's controls are the page's
     assert delta(sample_controls_with(ns, 3), "aps_cos") != card.delta  # a third partner would show otherwise
 

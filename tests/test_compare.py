@@ -84,8 +84,6 @@ def test_bad_input_is_one_clear_error():
         paired_difference(pd.concat([a, a.assign(checkpoint="B", sample_id="x" + a["sample_id"])]), "A", "B")
     with pytest.raises(LSLError, match="two rows for one clip"):
         paired_difference(pd.concat([a, a, a.assign(checkpoint="B")]), "A", "B")
-    with pytest.raises(LSLError, match="both 'A'"):  # a typo comparing a checkpoint with itself: all zeros
-        paired_difference(pd.concat([a, a.assign(checkpoint="B")]), "A", "A")
     with pytest.raises(LSLError, match="lack cascade_agreement"):
         paired_difference(pd.concat([a, a.assign(checkpoint="B")]).drop(columns="cascade_agreement"), "A", "B")
 
@@ -99,6 +97,8 @@ def test_cli_reads_two_results_folders(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "B − A, paired on the same clips" in out
     assert "| seen | 6 |" in out and f"| {UNSEEN} | 6 |" in out
+    assert cli_main(["compare", "--results", str(tmp_path / "A"), "--base", "A", "--other", "A"]) == 2  # a typo
+    assert "both 'A'" in capsys.readouterr().err
     rc = cli_main(["compare", "--results", str(tmp_path / "nowhere"), "--base", "A", "--other", "B"])
     assert rc == 2 and "not found" in capsys.readouterr().err
     rc = cli_main(["compare", "--results", str(tmp_path / "A"), "--results", str(tmp_path / "B"), "--base", "A",

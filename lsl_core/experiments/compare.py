@@ -66,9 +66,6 @@ def paired_difference(samples: pd.DataFrame, base: str, other: str,
             raise LSLError(f"compare: checkpoint '{ck}' has two rows for one clip: two of the results folders hold "
                            f"a checkpoint of that name. Write it '{ck}@N' for the one in the N-th --results folder "
                            "(from 1), or pass only the folder with the one you mean.")
-    if base == other:
-        raise LSLError(f"compare: --base and --other are both '{base}'; a checkpoint against itself differs by 0. "
-                       "Name two checkpoints (NAME@N picks the one of the N-th --results folder when names repeat).")
     a = picked[base][["sample_id", "question", "voice", *COLUMNS]]
     b = picked[other][["sample_id", "question", "voice", *COLUMNS]]
     joined = a.set_index("sample_id").join(b.set_index("sample_id"), how="inner", rsuffix="_other")  # shared clips
@@ -162,6 +159,10 @@ def main(args: argparse.Namespace) -> int:
     rows = read_samples(args.results, args.name)
     check_unseen_voice(args.unseen_voice, rows["voice"], "results")
     d = paired_difference(rows, args.base, args.other, args.unseen_voice or UNSEEN_VOICE)
+    if args.base == args.other:  # a typo on the command line (after the check of two of one name; the library
+        # allows it: the app's sanity check)
+        raise LSLError(f"compare: --base and --other are both '{args.base}'; a checkpoint against itself differs by "
+                       "0. Name two checkpoints (NAME@N picks the one of the N-th --results folder when names repeat).")
     if d.attrs["n_only_base"] or d.attrs["n_only_other"]:  # said, not silently dropped
         print(f"note: the two results hold different clips: paired on the {d.attrs['n_clips']} clips both have; "
               f"left out {d.attrs['n_only_base']} only in {args.base} and {d.attrs['n_only_other']} only in "
