@@ -1,8 +1,8 @@
 """lsl_core.serving: concurrent requests gathered into one batch, each user getting exactly its own answers.
 
 The batched answers are compared with the one-request-at-a-time path of lsl_core.interventions on a tiny
-random model whose answers differ per prompt (conftest's vivid_model; same greedy tokens), the batcher's gathering/queueing with a fake run_batch whose timing
-the test controls, and failures stay with the request that caused them."""
+random model whose answers differ per prompt (conftest's vivid_model; same greedy tokens), the batcher's
+gathering/queueing with a fake run_batch whose timing the test controls, and failures stay with the request that caused them."""
 
 from __future__ import annotations
 

@@ -186,7 +186,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, resume_dir: str | Path | No
     fitted to it during warmup, exactly as if the config had said it (Trainer, fit_step)."""
     if time_budget is not None and (not 0 < time_budget < math.inf or resume or prepare_only or monitor_only):
         raise LSLError("--time-budget takes a positive (finite) number of seconds and fits the step count of a fresh "
-                       "run: not with --resume (a resumed run keeps its fitted count), --prepare-only or --monitor-only.")
+                       "run: not with --resume (a resumed run keeps its fitted count), --prepare-only or "
+                       "--monitor-only.")
     if prepare_only and monitor_only:
         raise LSLError("--prepare-only and --monitor-only are two different runs; give one of them.")
     if resume and not (prepare_only or monitor_only):  # before the data and the model: minutes on a CPU
