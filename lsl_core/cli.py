@@ -231,34 +231,38 @@ OWN_DEVICE_CHECK = {"train"}
 
 
 def check_device(args: argparse.Namespace) -> None:
-    """Refuse a --device this torch or machine lacks (LSLError): not a device name ('gpu'), CUDA without a usable
-    GPU, cuda:N past the last GPU, mps where it is not available. torch itself fails with a traceback, after the
-    command has read its data."""
+    """Refuse a --device this torch or machine lacks (usable_device); torch itself fails with a traceback, after
+    the command has read its data."""
     dev = getattr(args, "device", None)
     if dev is None or args.command in OWN_DEVICE_CHECK:
         return
+    usable_device(dev, "--device")
+
+
+def usable_device(spec: str, what: str):
+    """spec -> torch.device, or an LSLError naming `what` (a flag or a config field): not a device name ('gpu'),
+    CUDA without a usable GPU, cuda:N past the last GPU, mps where it is not available."""
     import torch
 
     from lsl_core.errors import LSLError
 
     try:
-        d = torch.device(str(dev).strip())
+        d = torch.device(str(spec).strip())
     except (RuntimeError, TypeError, ValueError):
-        raise LSLError(f"--device {dev!r} is not a device; give cpu, cuda or cuda:N (e.g. --device cpu).") from None
+        raise LSLError(f"{what} {spec!r} is not a device; give cpu, cuda or cuda:N (e.g. cpu).") from None
     if d.type == "cpu":
-        return
+        return d
     if d.type == "cuda":
         if not torch.cuda.is_available():
             why = "" if torch.version.cuda else f", torch {torch.__version__} is built without CUDA"
-            raise LSLError(f"--device {dev}: no CUDA GPU is usable here{why}; use --device cpu (or leave --device "
-                           "out).")
+            raise LSLError(f"{what} {spec}: no CUDA GPU is usable here{why}; use cpu.")
         n = torch.cuda.device_count()
         if d.index is not None and d.index >= n:
-            raise LSLError(f"--device {dev}: this machine has {n} CUDA device(s), cuda:0 .. cuda:{n - 1}.")
-        return
+            raise LSLError(f"{what} {spec}: this machine has {n} CUDA device(s), cuda:0 .. cuda:{n - 1}.")
+        return d
     if d.type == "mps" and torch.backends.mps.is_available():
-        return
-    raise LSLError(f"--device {dev}: not usable here; give cpu, cuda or cuda:N (e.g. --device cpu).")
+        return d
+    raise LSLError(f"{what} {spec}: not usable here; give cpu, cuda or cuda:N (e.g. cpu).")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from lsl_core.cli import add_device_args
+from lsl_core.cli import add_device_args, usable_device
 from lsl_core.errors import LSLError
 from lsl_core.experiments.train.config import OBJECTIVES, TRAIN_STRATEGIES, TrainConfig
 from lsl_core.experiments.train.corpus import WORKER_KINDS, MonitorClip, TrainData, TrainExample, prepare_data
@@ -45,19 +45,10 @@ from lsl_core.model.lslm import LSLM
 
 
 def resolve_device(spec: str) -> torch.device:
+    """The train config's device: auto (CUDA where usable, else the CPU) or one this machine has (cli.usable_device)."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, TypeError, ValueError):
-        raise LSLError(f"train config field 'device' must be auto, cpu, cuda or cuda:N (got {spec!r}).") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LSLError(f"train config asks for device '{spec}' but CUDA is not available; use 'cpu' or 'auto'.")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise LSLError(f"train config field 'device' asks for '{spec}' but this machine has "
-                       f"{torch.cuda.device_count()} CUDA device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
-                       " or 'auto'.")
-    return dev
+    return usable_device(spec, "train config field 'device'")
 
 
 def _same_model(a: str, b: str) -> bool:
